@@ -1,0 +1,77 @@
+//! Bottom halves: callbacks deferred to a later iteration of an AioContext's loop.
+//!
+//! QEMU's util/async.c (aio_bh_schedule_oneshot, aio_bh_poll). A bottom half is how work
+//! crosses from "inside some call" to "on the loop, later": a worker thread finishing a
+//! syscall, a vCPU thread submitting a request, or a completion that must not run inside the
+//! submitting call. Any thread may schedule one through an [`AioContextHandle`]; it always runs
+//! on the context's home thread, in the order scheduled.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use event_listener::{Event, EventListener};
+
+/// A bottom half that may be scheduled from any thread.
+pub type RemoteBh = Box<dyn FnOnce() + Send>;
+/// A bottom half scheduled from the home thread; it may capture thread-local state.
+pub type LocalBh = Box<dyn FnOnce()>;
+
+/// The cross-thread queue of a context, with the event that wakes its loop.
+#[derive(Default)]
+pub(crate) struct BhQueue {
+    queue: Mutex<VecDeque<RemoteBh>>,
+    event: Event,
+}
+
+impl BhQueue {
+    pub(crate) fn push(&self, bh: RemoteBh) {
+        self.queue.lock().unwrap().push_back(bh);
+        self.notify();
+    }
+
+    /// Wakes the loop (aio_notify): the loop thread's poller is kicked if it sleeps.
+    pub(crate) fn notify(&self) {
+        self.event.notify(1);
+    }
+
+    pub(crate) fn listen(&self) -> EventListener {
+        self.event.listen()
+    }
+
+    pub(crate) fn take(&self) -> VecDeque<RemoteBh> {
+        std::mem::take(&mut *self.queue.lock().unwrap())
+    }
+}
+
+/// The home-thread queue.
+#[derive(Default)]
+pub(crate) struct LocalBhQueue(RefCell<VecDeque<LocalBh>>);
+
+impl LocalBhQueue {
+    pub(crate) fn push(&self, bh: LocalBh) {
+        self.0.borrow_mut().push_back(bh);
+    }
+
+    pub(crate) fn take(&self) -> VecDeque<LocalBh> {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+}
+
+/// A thread-safe reference to an AioContext, for scheduling bottom halves on it from other
+/// threads (worker threads, vCPU threads).
+#[derive(Clone)]
+pub struct AioContextHandle {
+    queue: Arc<BhQueue>,
+}
+
+impl AioContextHandle {
+    pub(crate) fn new(queue: Arc<BhQueue>) -> AioContextHandle {
+        AioContextHandle { queue }
+    }
+
+    /// Schedules `f` to run on the context's home thread.
+    pub fn schedule_bh(&self, f: impl FnOnce() + Send + 'static) {
+        self.queue.push(Box::new(f));
+    }
+}

@@ -1,0 +1,299 @@
+//! BlockBackend: the handle devices and tools hold on a block graph (block/block-backend.c).
+//!
+//! A BlockBackend is the root of a graph as a user sees it: it checks requests against the
+//! device's size, applies the write-cache mode (writethrough makes every write FUA), counts
+//! requests in flight so that `drain` can wait for them, and offers two styles of call:
+//!
+//! * `co_*` — for code already running in a coroutine (tools, qemu-io commands);
+//! * `aio_*` — for device emulation: start a coroutine, return at once, and later call the
+//!   completion callback **from a bottom half**, never inside the submitting call, even when
+//!   the request could finish immediately. Device code is therefore never re-entered.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use crate::aio::AioContext;
+use crate::coroutine::InFlight;
+use crate::driver::{PreallocMode, RequestFlags};
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+use crate::node::{bdrv_open, BlockDriverState, OpenFlags};
+use crate::options::Options;
+use crate::trace;
+
+/// A completion callback of an `aio_*` request (QEMU's BlockCompletionFunc).
+pub type CompletionFn = Box<dyn FnOnce(Result<()>)>;
+
+/// The user-facing handle of a block graph.
+pub struct BlockBackend {
+    root: Rc<BlockDriverState>,
+    ctx: Rc<AioContext>,
+    in_flight: InFlight,
+    write_cache: Cell<bool>,
+}
+
+impl BlockBackend {
+    /// A backend over an opened graph, bound to the current thread's AioContext.
+    pub fn new(root: Rc<BlockDriverState>) -> Rc<BlockBackend> {
+        let write_cache = root.open_flags().cache.writeback;
+        Rc::new(BlockBackend {
+            root,
+            ctx: AioContext::current(),
+            in_flight: InFlight::default(),
+            write_cache: Cell::new(write_cache),
+        })
+    }
+
+    /// Opens a graph and wraps it (blk_new_open).
+    pub async fn open(
+        filename: Option<&str>,
+        options: Options,
+        flags: OpenFlags,
+    ) -> Result<Rc<BlockBackend>> {
+        let root = bdrv_open(filename, options, flags).await?;
+        Ok(BlockBackend::new(root))
+    }
+
+    /// The root node.
+    pub fn bs(&self) -> &Rc<BlockDriverState> {
+        &self.root
+    }
+
+    /// The device size in bytes.
+    pub fn getlength(&self) -> u64 {
+        self.root.getlength()
+    }
+
+    /// Whether writes complete only once stable (writethrough) or once cached (writeback).
+    pub fn set_write_cache(&self, enabled: bool) {
+        self.write_cache.set(enabled);
+    }
+
+    /// Whether the write cache is enabled.
+    pub fn write_cache(&self) -> bool {
+        self.write_cache.get()
+    }
+
+    /// Whether the root is read-only.
+    pub fn is_read_only(&self) -> bool {
+        self.root.is_read_only()
+    }
+
+    /// Requests past the device's end fail with EIO (blk_check_byte_request).
+    fn check_byte_request(&self, offset: u64, bytes: u64) -> Result<()> {
+        let len = self.getlength();
+        if offset > len || len - offset < bytes {
+            return Err(Error::from_errno(libc::EIO));
+        }
+        Ok(())
+    }
+
+    fn write_flags(&self, flags: RequestFlags) -> RequestFlags {
+        if self.write_cache.get() {
+            flags
+        } else {
+            flags | RequestFlags::FUA
+        }
+    }
+
+    /// Reads into `qiov` at `offset` (blk_co_preadv).
+    pub async fn co_preadv(&self, offset: u64, qiov: &IoVector, flags: RequestFlags) -> Result<()> {
+        trace!(
+            blk_co_preadv,
+            "blk {:p} bs {:p} offset {} bytes {} flags 0x{:x}",
+            self,
+            Rc::as_ptr(&self.root),
+            offset,
+            qiov.len(),
+            flags.bits()
+        );
+        self.check_byte_request(offset, qiov.len() as u64)?;
+        self.counted(self.root.co_preadv(offset, qiov, flags)).await
+    }
+
+    /// Writes `qiov` at `offset` (blk_co_pwritev).
+    pub async fn co_pwritev(
+        &self,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        trace!(
+            blk_co_pwritev,
+            "blk {:p} bs {:p} offset {} bytes {} flags 0x{:x}",
+            self,
+            Rc::as_ptr(&self.root),
+            offset,
+            qiov.len(),
+            flags.bits()
+        );
+        self.check_byte_request(offset, qiov.len() as u64)?;
+        self.counted(self.root.co_pwritev(offset, qiov, self.write_flags(flags)))
+            .await
+    }
+
+    /// Writes zeroes (blk_co_pwrite_zeroes); `MAY_UNMAP` lets the range be deallocated.
+    pub async fn co_pwrite_zeroes(
+        &self,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        trace!(
+            blk_co_pwrite_zeroes,
+            "blk {:p} offset {} bytes {} flags 0x{:x}",
+            self,
+            offset,
+            bytes,
+            flags.bits()
+        );
+        self.check_byte_request(offset, bytes)?;
+        self.counted(
+            self.root
+                .co_pwrite_zeroes(offset, bytes, self.write_flags(flags)),
+        )
+        .await
+    }
+
+    /// Discards a range (blk_co_pdiscard).
+    pub async fn co_pdiscard(&self, offset: u64, bytes: u64) -> Result<()> {
+        trace!(
+            blk_co_pdiscard,
+            "blk {:p} offset {} bytes {}",
+            self,
+            offset,
+            bytes
+        );
+        self.check_byte_request(offset, bytes)?;
+        self.counted(self.root.co_pdiscard(offset, bytes)).await
+    }
+
+    /// Flushes the whole graph (blk_co_flush).
+    pub async fn co_flush(&self) -> Result<()> {
+        trace!(blk_co_flush, "blk {:p}", self);
+        self.counted(self.root.co_flush()).await
+    }
+
+    /// Resizes the device (blk_co_truncate).
+    pub async fn co_truncate(
+        &self,
+        offset: u64,
+        exact: bool,
+        prealloc: PreallocMode,
+    ) -> Result<()> {
+        self.counted(self.root.co_truncate(offset, exact, prealloc))
+            .await
+    }
+
+    async fn counted<T>(&self, request: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        self.in_flight.inc();
+        let r = request.await;
+        self.in_flight.dec();
+        r
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.get()
+    }
+
+    /// Waits until every request in flight has completed, callbacks included (blk_drain).
+    pub async fn drain(&self) {
+        self.in_flight.drained().await;
+    }
+
+    /// Starts a coroutine for `request` and reports its result to `cb` from a bottom half
+    /// (blk_aio_prwv + blk_aio_complete_bh). The request stays counted in flight until the
+    /// callback has run.
+    fn aio_submit<F>(self: &Rc<Self>, request: F, cb: CompletionFn)
+    where
+        F: std::future::Future<Output = Result<()>> + 'static,
+    {
+        self.in_flight.inc();
+        let me = self.clone();
+        self.ctx
+            .spawn(async move {
+                let result = request.await;
+                let ctx = me.ctx.clone();
+                ctx.schedule_bh(move || {
+                    trace!(
+                        blk_aio_complete,
+                        "blk {:p} ret {}",
+                        Rc::as_ptr(&me),
+                        result.as_ref().map_or_else(|e| -e.errno(), |_| 0)
+                    );
+                    cb(result);
+                    me.in_flight.dec();
+                });
+            })
+            .detach();
+    }
+
+    /// Reads asynchronously; `cb` runs from a bottom half (blk_aio_preadv).
+    pub fn aio_preadv(
+        self: &Rc<Self>,
+        offset: u64,
+        qiov: IoVector,
+        flags: RequestFlags,
+        cb: CompletionFn,
+    ) {
+        let me = self.clone();
+        self.aio_submit(async move { me.co_preadv(offset, &qiov, flags).await }, cb);
+    }
+
+    /// Writes asynchronously; `cb` runs from a bottom half (blk_aio_pwritev).
+    pub fn aio_pwritev(
+        self: &Rc<Self>,
+        offset: u64,
+        qiov: IoVector,
+        flags: RequestFlags,
+        cb: CompletionFn,
+    ) {
+        let me = self.clone();
+        self.aio_submit(async move { me.co_pwritev(offset, &qiov, flags).await }, cb);
+    }
+
+    /// Writes zeroes asynchronously (blk_aio_pwrite_zeroes).
+    pub fn aio_pwrite_zeroes(
+        self: &Rc<Self>,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+        cb: CompletionFn,
+    ) {
+        let me = self.clone();
+        self.aio_submit(
+            async move { me.co_pwrite_zeroes(offset, bytes, flags).await },
+            cb,
+        );
+    }
+
+    /// Discards asynchronously (blk_aio_pdiscard).
+    pub fn aio_pdiscard(self: &Rc<Self>, offset: u64, bytes: u64, cb: CompletionFn) {
+        let me = self.clone();
+        self.aio_submit(async move { me.co_pdiscard(offset, bytes).await }, cb);
+    }
+
+    /// Flushes asynchronously (blk_aio_flush).
+    pub fn aio_flush(self: &Rc<Self>, cb: CompletionFn) {
+        let me = self.clone();
+        self.aio_submit(async move { me.co_flush().await }, cb);
+    }
+
+    /// Drains and closes the graph, writing back cached metadata (blk_unref of the last ref).
+    pub async fn close(&self) -> Result<()> {
+        self.drain().await;
+        close_graph(&self.root).await
+    }
+}
+
+/// Closes a node and then its children, top-down as QEMU's bdrv_close does.
+fn close_graph(bs: &Rc<BlockDriverState>) -> crate::coroutine::LocalBoxFuture<'_, Result<()>> {
+    Box::pin(async move {
+        bs.close().await?;
+        for child in bs.children() {
+            close_graph(&child.bs).await?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,391 @@
+//! The BlockDriver contract and the driver registry.
+//!
+//! QEMU's `struct BlockDriver` (include/block/block_int-common.h) is two things at once: a
+//! class with static facts and constructors (format name, probe, open, create), and a table of
+//! per-node callbacks working on `bs->opaque`. Here they are split the Rust way:
+//! [`DriverClass`] is the static class, registered once; [`BlockDriver`] is the trait of the
+//! per-node driver state that `open` returns, whose async methods are QEMU's coroutine
+//! callbacks (`bdrv_co_preadv`...). A format driver reaches its data only through the node's
+//! children (`bs.file()`, `bs.backing()`); a protocol driver is a leaf.
+
+use std::sync::{Mutex, OnceLock};
+
+use crate::coroutine::LocalBoxFuture;
+use async_trait::async_trait;
+
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+use crate::node::BlockDriverState;
+use crate::options::Options;
+
+bitflags::bitflags! {
+    /// Per-request flags (QEMU's BdrvRequestFlags).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct RequestFlags: u32 {
+        /// Write zeroes instead of a buffer (BDRV_REQ_ZERO_WRITE).
+        const ZERO_WRITE = 0x2;
+        /// A zero write may deallocate instead of writing (BDRV_REQ_MAY_UNMAP).
+        const MAY_UNMAP = 0x4;
+        /// The write must be on stable storage when it completes (BDRV_REQ_FUA).
+        const FUA = 0x10;
+        /// Fail with ENOTSUP rather than emulate the operation slowly (BDRV_REQ_NO_FALLBACK).
+        const NO_FALLBACK = 0x100;
+        /// Wait for overlapping requests and make later ones wait (BDRV_REQ_SERIALISING).
+        const SERIALISING = 0x80;
+    }
+}
+
+bitflags::bitflags! {
+    /// What a block-status query learned about a range (QEMU's BDRV_BLOCK_*).
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct StatusFlags: u32 {
+        /// The range holds data (reads may return anything).
+        const DATA = 0x01;
+        /// The range reads as zeroes.
+        const ZERO = 0x02;
+        /// `map` is a valid offset in `file`.
+        const OFFSET_VALID = 0x04;
+        /// The range is allocated in this layer (not inherited from a backing file).
+        const ALLOCATED = 0x10;
+        /// The range ends at the end of the image.
+        const EOF = 0x20;
+        /// Ask `file` at `map` whether the range is data or zero (raw-like mappings).
+        const RECURSE = 0x40;
+        /// The range is stored compressed.
+        const COMPRESSED = 0x80;
+    }
+}
+
+/// Answer of a block-status query: `flags` hold for `bytes` bytes from the query's offset.
+#[derive(Clone, Debug)]
+pub struct BlockStatus {
+    /// What holds for the range.
+    pub flags: StatusFlags,
+    /// How many bytes from the start of the query the answer covers (> 0 unless at EOF).
+    pub bytes: u64,
+    /// Offset of the data in `file` when OFFSET_VALID.
+    pub map: u64,
+    /// The node the data lives in when OFFSET_VALID.
+    pub file: Option<std::rc::Rc<BlockDriverState>>,
+}
+
+impl BlockStatus {
+    /// A status with no mapping.
+    pub fn new(flags: StatusFlags, bytes: u64) -> BlockStatus {
+        BlockStatus {
+            flags,
+            bytes,
+            map: 0,
+            file: None,
+        }
+    }
+}
+
+/// Request limits of a node (QEMU's BlockLimits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockLimits {
+    /// Requests must be aligned to this (1 for buffered files, 512/4096 for O_DIRECT).
+    pub request_alignment: u32,
+    /// Largest request the driver takes at once (0: no limit).
+    pub max_transfer: u64,
+    /// Alignment a driver prefers for write-zeroes (0: none).
+    pub pwrite_zeroes_alignment: u32,
+    /// Alignment a driver prefers for discard (0: none).
+    pub pdiscard_alignment: u32,
+    /// Memory alignment buffers need (O_DIRECT).
+    pub min_mem_alignment: usize,
+}
+
+impl Default for BlockLimits {
+    fn default() -> Self {
+        BlockLimits {
+            request_alignment: 1,
+            max_transfer: 0,
+            pwrite_zeroes_alignment: 0,
+            pdiscard_alignment: 0,
+            min_mem_alignment: 1,
+        }
+    }
+}
+
+/// Preallocation modes for create and truncate (QEMU's PreallocMode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreallocMode {
+    /// No preallocation.
+    Off,
+    /// Allocate metadata only (formats).
+    Metadata,
+    /// posix_fallocate the space.
+    Falloc,
+    /// Write zeroes to the space.
+    Full,
+}
+
+impl PreallocMode {
+    /// Parses QEMU's names.
+    pub fn parse(s: &str) -> Result<PreallocMode> {
+        match s {
+            "off" => Ok(PreallocMode::Off),
+            "metadata" => Ok(PreallocMode::Metadata),
+            "falloc" => Ok(PreallocMode::Falloc),
+            "full" => Ok(PreallocMode::Full),
+            _ => Err(Error::invalid(format!("Invalid parameter '{s}'"))),
+        }
+    }
+
+    /// QEMU's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PreallocMode::Off => "off",
+            PreallocMode::Metadata => "metadata",
+            PreallocMode::Falloc => "falloc",
+            PreallocMode::Full => "full",
+        }
+    }
+}
+
+/// Facts `qemu-io info` and `qemu-img info` print (QEMU's BlockDriverInfo).
+#[derive(Clone, Debug, Default)]
+pub struct DriverInfo {
+    /// Allocation unit of the format (0 when it has none).
+    pub cluster_size: u64,
+    /// Where VM state would be stored (qcow2 internal snapshots).
+    pub vm_state_offset: u64,
+    /// The image is marked dirty (lazy refcounts).
+    pub is_dirty: bool,
+}
+
+/// The per-node state of an open driver and its coroutine callbacks.
+///
+/// Every method receives the node it serves, so that a format can reach `bs.file()` and
+/// `bs.backing()`. The generic request path (`crate::io`) has already checked bounds,
+/// alignment and permissions when a driver is called.
+#[async_trait(?Send)]
+pub trait BlockDriver {
+    /// Reads `qiov.len()` bytes at `offset` (bdrv_co_preadv).
+    async fn co_preadv(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()>;
+
+    /// Writes `qiov` at `offset` (bdrv_co_pwritev).
+    async fn co_pwritev(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()>;
+
+    /// Writes zeroes efficiently; ENOTSUP makes the caller write a zero buffer instead.
+    async fn co_pwrite_zeroes(
+        &self,
+        _bs: &BlockDriverState,
+        _offset: u64,
+        _bytes: u64,
+        _flags: RequestFlags,
+    ) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Discards a range (advisory: ENOTSUP is ignored by the caller).
+    async fn co_pdiscard(&self, _bs: &BlockDriverState, _offset: u64, _bytes: u64) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Writes cached metadata to the children (bdrv_co_flush_to_os).
+    async fn co_flush_to_os(&self, _bs: &BlockDriverState) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes written data stable on the storage itself (bdrv_co_flush_to_disk; protocols).
+    async fn co_flush_to_disk(&self, _bs: &BlockDriverState) -> Result<()> {
+        Ok(())
+    }
+
+    /// Describes the range starting at `offset` (bdrv_co_block_status). The default suits a
+    /// format that maps everything 1:1 onto its `file` child, or a protocol with only data.
+    async fn co_block_status(
+        &self,
+        bs: &BlockDriverState,
+        _want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        let mut status = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, bytes);
+        status.map = offset;
+        status.file = bs.file();
+        Ok(status)
+    }
+
+    /// Changes the node's size (bdrv_co_truncate).
+    async fn co_truncate(
+        &self,
+        _bs: &BlockDriverState,
+        _offset: u64,
+        _exact: bool,
+        _prealloc: PreallocMode,
+    ) -> Result<()> {
+        Err(Error::not_supported(
+            "Image format driver does not support resize",
+        ))
+    }
+
+    /// The node's length in bytes (bdrv_co_getlength).
+    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64>;
+
+    /// Bytes the node occupies on the host, if known (bdrv_co_get_allocated_file_size).
+    async fn co_get_allocated_file_size(&self, bs: &BlockDriverState) -> Result<Option<u64>> {
+        match bs.file() {
+            Some(file) => file.co_get_allocated_file_size().await,
+            None => Ok(None),
+        }
+    }
+
+    /// The node's limits; the default inherits the `file` child's (bdrv_refresh_limits).
+    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
+        bs.file().map(|f| f.limits()).unwrap_or_default()
+    }
+
+    /// Request flags the driver honours itself on writes (the rest are emulated).
+    fn supported_write_flags(&self) -> RequestFlags {
+        RequestFlags::empty()
+    }
+
+    /// Facts for `info` (bdrv_get_info).
+    fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
+        Ok(DriverInfo::default())
+    }
+
+    /// The format-specific part of `qemu-img info` (ImageInfoSpecific), as JSON.
+    fn get_specific_info(&self, _bs: &BlockDriverState) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Whether a freshly created image reads as zeroes (bdrv_has_zero_init).
+    fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {
+        false
+    }
+
+    /// Writes back state before the node goes away (bdrv_close).
+    async fn close(&self, _bs: &BlockDriverState) -> Result<()> {
+        Ok(())
+    }
+
+    /// Lets tests and tools reach a driver's concrete type.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// What `open` is given: the node being built (its children already attached for formats)
+/// and the options left for the driver to take.
+pub type OpenFn = for<'a> fn(
+    &'a BlockDriverState,
+    &'a mut Options,
+) -> LocalBoxFuture<'a, Result<Box<dyn BlockDriver>>>;
+
+/// How `create` is called: filename, options (size, preallocation, format options).
+pub type CreateFn = for<'a> fn(&'a str, &'a mut Options) -> LocalBoxFuture<'a, Result<()>>;
+
+/// A creation option a driver accepts (for `-o help` and the "Formatting" line).
+#[derive(Clone, Copy, Debug)]
+pub struct CreateOption {
+    /// Option name (`size`, `preallocation`, `cluster_size`...).
+    pub name: &'static str,
+    /// Kind shown by `-o help`: "size", "str", "bool", "num".
+    pub kind: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// Default printed in the "Formatting" line, if it is printed there.
+    pub default: Option<&'static str>,
+}
+
+/// The static side of a driver (QEMU's BlockDriver struct fields that are not callbacks).
+pub struct DriverClass {
+    /// Name used with `-f` / `driver=` (`raw`, `qcow2`, `file`, `null-co`).
+    pub format_name: &'static str,
+    /// URI prefix for protocol drivers (`file`, `null-co`), None for formats.
+    pub protocol_name: Option<&'static str>,
+    /// Whether this is a format (has a `file` child) rather than a protocol.
+    pub is_format: bool,
+    /// Scores how well the first bytes of an image match (0 no, 100 certain).
+    pub probe: Option<fn(buf: &[u8], filename: &str) -> u32>,
+    /// Opens a node.
+    pub open: OpenFn,
+    /// Creates an image, if the driver can.
+    pub create: Option<CreateFn>,
+    /// Options `create` accepts, in the order QEMU lists them.
+    pub create_options: &'static [CreateOption],
+}
+
+static REGISTRY: OnceLock<Mutex<Vec<&'static DriverClass>>> = OnceLock::new();
+
+fn registry() -> &'static Mutex<Vec<&'static DriverClass>> {
+    REGISTRY.get_or_init(|| Mutex::new(crate::protocols::ALL.to_vec()))
+}
+
+/// Adds a driver class (bdrv_register). Registering the same name twice keeps the first.
+pub fn register(class: &'static DriverClass) {
+    let mut r = registry().lock().unwrap();
+    if !r.iter().any(|c| c.format_name == class.format_name) {
+        r.push(class);
+    }
+}
+
+/// Finds a driver by format name (bdrv_find_format).
+pub fn find_driver(name: &str) -> Option<&'static DriverClass> {
+    registry()
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .find(|c| c.format_name == name)
+}
+
+/// Finds the protocol driver for a filename's `proto:` prefix; plain paths use `file`.
+pub fn find_protocol(filename: &str) -> Result<&'static DriverClass> {
+    let prefix = filename
+        .split_once(':')
+        .map(|(p, _)| p)
+        .filter(|p| !p.contains('/'));
+    let name = match prefix {
+        Some(p) => p,
+        None => return Ok(find_driver("file").expect("file protocol is built in")),
+    };
+    registry()
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .find(|c| c.protocol_name == Some(name))
+        .ok_or_else(|| Error::invalid(format!("Unknown protocol '{name}'")))
+}
+
+/// Picks the format whose probe scores highest for these first bytes (bdrv_probe_all).
+pub fn probe_format(buf: &[u8], filename: &str) -> Option<&'static DriverClass> {
+    let r = registry().lock().unwrap();
+    let mut best: Option<(&'static DriverClass, u32)> = None;
+    for class in r.iter().copied().filter(|c| c.is_format) {
+        if let Some(probe) = class.probe {
+            let score = probe(buf, filename);
+            if score > best.map_or(0, |(_, s)| s) {
+                best = Some((class, score));
+            }
+        }
+    }
+    best.map(|(c, _)| c)
+}
+
+/// Names of all registered drivers, sorted (the "Supported formats" line).
+pub fn driver_names() -> Vec<&'static str> {
+    let mut names: Vec<_> = registry()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.format_name)
+        .collect();
+    names.sort_unstable();
+    names
+}

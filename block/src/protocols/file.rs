@@ -1,0 +1,562 @@
+//! The `file` protocol: a node whose bytes live in a host file (QEMU's block/file-posix.c).
+//!
+//! Reads and writes are preadv/pwritev, run on the AioContext's thread pool (aio=threads) or
+//! handed to its io_uring (aio=io_uring). cache.direct opens with O_DIRECT, which makes the
+//! node's request alignment the device's logical block size (probed at open) and sends
+//! misaligned memory through a bounce buffer. Zeroes and discards become fallocate calls,
+//! block status comes from SEEK_DATA/SEEK_HOLE, and the image is locked against other
+//! writers with the byte-range scheme in [`super::locking`].
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::locking::{self, lock_image};
+use crate::aio::AioContext;
+use crate::driver::{
+    BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, PreallocMode, RequestFlags,
+    StatusFlags,
+};
+use crate::error::{Error, Result};
+use crate::iov::{IoVector, BUFFER_ALIGN};
+use crate::node::{AioMode, BlockDriverState};
+use crate::options::Options;
+use crate::trace;
+
+/// The class registered as `file`.
+pub static FILE: DriverClass = DriverClass {
+    format_name: "file",
+    protocol_name: Some("file"),
+    is_format: false,
+    probe: None,
+    open: |bs, options| Box::pin(open(bs, options)),
+    create: Some(|filename, options| Box::pin(create(filename, options))),
+    create_options: &[
+        CreateOption {
+            name: "size",
+            kind: "size",
+            help: "Virtual disk size",
+            default: None,
+        },
+        CreateOption {
+            name: "preallocation",
+            kind: "str",
+            help: "Preallocation mode (allowed values: off, falloc, full)",
+            default: None,
+        },
+        CreateOption {
+            name: "nocow",
+            kind: "bool",
+            help: "Turn off copy-on-write (valid only on btrfs)",
+            default: None,
+        },
+        CreateOption {
+            name: "extent_size_hint",
+            kind: "size",
+            help: "Extent size hint for the image file, 0 to disable",
+            default: None,
+        },
+    ],
+};
+
+/// Linux's limit on iovecs per preadv call.
+const IOV_MAX: usize = 1024;
+
+/// An open host file.
+pub struct FileDriver {
+    fd: Arc<OwnedFd>,
+    aio: AioMode,
+    direct: bool,
+    alignment: u32,
+}
+
+fn strip_protocol(filename: &str) -> &str {
+    filename.strip_prefix("file:").unwrap_or(filename)
+}
+
+fn open_fd(path: &str, flags: i32, mode: u32) -> Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| Error::invalid("filename contains a NUL byte"))?;
+    // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    if fd < 0 {
+        return Err(Error::last_os_error());
+    }
+    // SAFETY: a freshly opened descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+    let filename = options
+        .take("filename")
+        .ok_or_else(|| Error::invalid("Parameter 'filename' is required"))?;
+    let path = strip_protocol(&filename).to_string();
+    let flags = bs.open_flags();
+    let locking = match options.take("locking").as_deref() {
+        None | Some("auto") | Some("on") => true,
+        Some("off") => false,
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "Parameter 'locking' does not accept value '{other}'"
+            )))
+        }
+    };
+    for ignored in ["x-check-cache-dropped", "pr-manager", "drop-cache"] {
+        options.take(ignored);
+    }
+    let mut oflags = if flags.read_only {
+        libc::O_RDONLY
+    } else {
+        libc::O_RDWR
+    };
+    if flags.cache.direct {
+        oflags |= libc::O_DIRECT;
+    }
+    let fd = open_fd(&path, oflags, 0)
+        .map_err(|e| Error::with_errno_message(e.errno(), format!("Could not open '{path}'")))?;
+    if flags.aio == AioMode::IoUring {
+        AioContext::current().io_uring()?;
+    }
+    if locking {
+        let (perm, shared) = permissions(flags.read_only, flags.force_share);
+        lock_image(fd.as_raw_fd(), perm, shared, &path)?;
+    }
+    let alignment = if flags.cache.direct {
+        probe_alignment(fd.as_raw_fd())
+    } else {
+        1
+    };
+    bs.set_filename(filename);
+    Ok(Box::new(FileDriver {
+        fd: Arc::new(fd),
+        aio: flags.aio,
+        direct: flags.cache.direct,
+        alignment,
+    }))
+}
+
+/// What a tool's open holds and shares (blk_new_open with BDRV_O_NO_SHARE unless -U).
+fn permissions(read_only: bool, force_share: bool) -> (u32, u32) {
+    let perm = if read_only {
+        locking::PERM_CONSISTENT_READ
+    } else {
+        locking::PERM_CONSISTENT_READ | locking::PERM_WRITE | locking::PERM_RESIZE
+    };
+    let shared = if force_share {
+        locking::PERM_ALL
+    } else {
+        locking::PERM_CONSISTENT_READ | locking::PERM_WRITE_UNCHANGED
+    };
+    (perm, shared)
+}
+
+/// The smallest read size O_DIRECT accepts (raw_probe_alignment).
+fn probe_alignment(fd: RawFd) -> u32 {
+    let buf = IoVector::alloc(BUFFER_ALIGN);
+    for align in [512usize, 1024, 2048, 4096] {
+        let iov = buf.slice(0, align).iovecs();
+        // SAFETY: one iovec into our own aligned buffer of at least `align` bytes.
+        let r = unsafe { libc::preadv(fd, iov.as_ptr(), 1, 0) };
+        if r >= 0 {
+            return align as u32;
+        }
+    }
+    BUFFER_ALIGN as u32
+}
+
+/// Runs preadv/pwritev until the whole vector is done. A read that reaches the end of the
+/// file fills the rest with zeroes (handle_aiocb_rw); a write that makes no progress is ENOSPC.
+fn blocking_rw(fd: RawFd, qiov: &IoVector, offset: u64, write: bool) -> Result<()> {
+    let total = qiov.len();
+    let mut done = 0;
+    while done < total {
+        let rest = qiov.slice(done, total - done);
+        let iov = rest.iovecs();
+        let pos = (offset + done as u64) as libc::off_t;
+        // SAFETY: the iovecs point into memory kept alive by `rest`; the count fits IOV_MAX.
+        let n = unsafe {
+            if write {
+                libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, pos)
+            } else {
+                libc::preadv(fd, iov.as_ptr(), iov.len() as i32, pos)
+            }
+        };
+        if n < 0 {
+            let e = Error::last_os_error();
+            if e.errno() == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            if write {
+                return Err(Error::from_errno(libc::ENOSPC));
+            }
+            qiov.fill(done, total - done, 0);
+            return Ok(());
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Result<()> {
+    loop {
+        // SAFETY: plain syscall on our descriptor.
+        let r = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = Error::last_os_error();
+        if e.errno() != libc::EINTR {
+            // Filesystems without the mode report EOPNOTSUPP; the caller falls back.
+            return Err(if e.errno() == libc::EOPNOTSUPP {
+                Error::from_errno(libc::ENOTSUP)
+            } else {
+                e
+            });
+        }
+    }
+}
+
+fn file_size(fd: RawFd) -> Result<u64> {
+    // SAFETY: fstat into a zeroed stat struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(Error::last_os_error());
+    }
+    Ok(st.st_size as u64)
+}
+
+impl FileDriver {
+    fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// One read or write through the selected engine (raw_co_prw).
+    async fn co_prw(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
+        // O_DIRECT needs aligned memory; long vectors exceed IOV_MAX: both use a bounce buffer.
+        let needs_bounce =
+            (self.direct && !qiov.is_aligned(self.alignment as usize)) || qiov.niov() > IOV_MAX;
+        if needs_bounce {
+            let bounce = IoVector::alloc(qiov.len());
+            if write {
+                bounce.copy_from(0, qiov, 0, qiov.len());
+            }
+            self.co_prw_engine(offset, &bounce, write).await?;
+            if !write {
+                qiov.copy_from(0, &bounce, 0, qiov.len());
+            }
+            return Ok(());
+        }
+        self.co_prw_engine(offset, qiov, write).await
+    }
+
+    async fn co_prw_engine(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
+        match self.aio {
+            AioMode::Threads => {
+                let fd = self.fd.clone();
+                let qiov = qiov.clone();
+                let pool = AioContext::current().thread_pool();
+                pool.submit(move || blocking_rw(fd.as_raw_fd(), &qiov, offset, write))
+                    .await
+            }
+            AioMode::IoUring => self.co_prw_uring(offset, qiov, write).await,
+        }
+    }
+
+    /// io_uring may complete short: resubmit the rest, zero-fill at end of file.
+    async fn co_prw_uring(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
+        let engine = AioContext::current().io_uring()?;
+        let total = qiov.len();
+        let mut done = 0;
+        while done < total {
+            let rest = qiov.slice(done, total - done);
+            let pos = offset + done as u64;
+            let n = if write {
+                engine.pwritev(self.raw_fd(), &rest, pos).await?
+            } else {
+                engine.preadv(self.raw_fd(), &rest, pos).await?
+            };
+            if n == 0 {
+                if write {
+                    return Err(Error::from_errno(libc::ENOSPC));
+                }
+                qiov.fill(done, total - done, 0);
+                break;
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(RawFd) -> R + Send + 'static,
+    ) -> R {
+        let fd = self.fd.clone();
+        AioContext::current()
+            .thread_pool()
+            .submit(move || work(fd.as_raw_fd()))
+            .await
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for FileDriver {
+    async fn co_preadv(
+        &self,
+        _bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        _flags: RequestFlags,
+    ) -> Result<()> {
+        self.co_prw(offset, qiov, false).await
+    }
+
+    async fn co_pwritev(
+        &self,
+        _bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        _flags: RequestFlags,
+    ) -> Result<()> {
+        self.co_prw(offset, qiov, true).await
+    }
+
+    async fn co_pwrite_zeroes(
+        &self,
+        _bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        let may_unmap = flags.contains(RequestFlags::MAY_UNMAP);
+        self.blocking(move |fd| {
+            let size = file_size(fd)?;
+            if may_unmap && offset + bytes <= size {
+                let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                if fallocate(fd, punch, offset, bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+            fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, offset, bytes)
+        })
+        .await
+    }
+
+    async fn co_pdiscard(&self, _bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        self.blocking(move |fd| {
+            fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                bytes,
+            )
+        })
+        .await
+    }
+
+    async fn co_flush_to_disk(&self, _bs: &BlockDriverState) -> Result<()> {
+        match self.aio {
+            AioMode::IoUring => {
+                AioContext::current()
+                    .io_uring()?
+                    .fdatasync(self.raw_fd())
+                    .await
+            }
+            AioMode::Threads => {
+                self.blocking(|fd| {
+                    // SAFETY: plain syscall on our descriptor.
+                    if unsafe { libc::fdatasync(fd) } < 0 {
+                        Err(Error::last_os_error())
+                    } else {
+                        Ok(())
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    /// SEEK_DATA/SEEK_HOLE tell data from holes (find_allocation).
+    async fn co_block_status(
+        &self,
+        _bs: &BlockDriverState,
+        want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        let data_at = |bytes| {
+            let mut s = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, bytes);
+            s.map = offset;
+            s
+        };
+        if !want_zero {
+            return Ok(data_at(bytes));
+        }
+        let fd = self.raw_fd();
+        // SAFETY: lseek on our own descriptor.
+        let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
+        let (flags, len) = if data < 0 {
+            // ENXIO: no data after offset; anything else: be conservative and say data.
+            match Error::last_os_error().errno() {
+                libc::ENXIO => (StatusFlags::ZERO, bytes),
+                _ => return Ok(data_at(bytes)),
+            }
+        } else if data as u64 > offset {
+            (StatusFlags::ZERO, (data as u64 - offset).min(bytes))
+        } else {
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_HOLE) };
+            if hole < 0 || (hole as u64) <= offset {
+                return Ok(data_at(bytes));
+            }
+            (StatusFlags::DATA, (hole as u64 - offset).min(bytes))
+        };
+        let align = self.alignment as u64;
+        let len = if len >= align { len - len % align } else { len };
+        let mut s = BlockStatus::new(flags | StatusFlags::OFFSET_VALID, len);
+        s.map = offset;
+        Ok(s)
+    }
+
+    async fn co_truncate(
+        &self,
+        _bs: &BlockDriverState,
+        offset: u64,
+        _exact: bool,
+        prealloc: PreallocMode,
+    ) -> Result<()> {
+        self.blocking(move |fd| regular_truncate(fd, offset, prealloc))
+            .await
+    }
+
+    async fn co_getlength(&self, _bs: &BlockDriverState) -> Result<u64> {
+        file_size(self.raw_fd())
+    }
+
+    async fn co_get_allocated_file_size(&self, _bs: &BlockDriverState) -> Result<Option<u64>> {
+        // SAFETY: fstat into a zeroed stat struct.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(self.raw_fd(), &mut st) } < 0 {
+            return Err(Error::last_os_error());
+        }
+        Ok(Some(st.st_blocks as u64 * 512))
+    }
+
+    fn refresh_limits(&self, _bs: &BlockDriverState) -> BlockLimits {
+        BlockLimits {
+            request_alignment: self.alignment,
+            min_mem_alignment: if self.direct {
+                self.alignment as usize
+            } else {
+                1
+            },
+            ..BlockLimits::default()
+        }
+    }
+
+    fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// Sets the file size, allocating the growth as `prealloc` asks (raw_regular_truncate).
+fn regular_truncate(fd: RawFd, offset: u64, prealloc: PreallocMode) -> Result<()> {
+    let current = file_size(fd)?;
+    match prealloc {
+        PreallocMode::Off => {}
+        _ if offset < current => {
+            return Err(Error::not_supported(format!(
+                "Preallocation mode '{}' unsupported for shrinking",
+                prealloc.name()
+            )))
+        }
+        PreallocMode::Metadata => {
+            return Err(Error::not_supported(
+                "Unsupported preallocation mode: metadata",
+            ));
+        }
+        PreallocMode::Falloc => {
+            // SAFETY: plain syscall on our descriptor.
+            let r = unsafe {
+                libc::posix_fallocate(
+                    fd,
+                    current as libc::off_t,
+                    (offset - current) as libc::off_t,
+                )
+            };
+            if r != 0 {
+                return Err(Error::with_errno_message(
+                    r,
+                    "Could not preallocate new data",
+                ));
+            }
+            return Ok(());
+        }
+        PreallocMode::Full => {
+            set_len(fd, offset)?;
+            let chunk = IoVector::alloc(1 << 20);
+            let mut pos = current;
+            while pos < offset {
+                let n = ((offset - pos) as usize).min(chunk.len());
+                blocking_rw(fd, &chunk.slice(0, n), pos, true).map_err(|e| {
+                    Error::with_errno_message(e.errno(), "Could not write zeros for preallocation")
+                })?;
+                pos += n as u64;
+            }
+            return Ok(());
+        }
+    }
+    set_len(fd, offset)
+}
+
+fn set_len(fd: RawFd, offset: u64) -> Result<()> {
+    // SAFETY: plain syscall on our descriptor.
+    if unsafe { libc::ftruncate(fd, offset as libc::off_t) } < 0 {
+        let e = Error::last_os_error();
+        return Err(Error::with_errno_message(
+            e.errno(),
+            "Failed to resize the file",
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a host file of `size` bytes (raw_co_create): the file is created if missing,
+/// locked, emptied, then grown with the requested preallocation.
+async fn create(filename: &str, options: &mut Options) -> Result<()> {
+    let path = strip_protocol(filename).to_string();
+    let size = options.take_size("size")?.unwrap_or(0);
+    let prealloc = match options.take("preallocation") {
+        Some(p) => PreallocMode::parse(&p)?,
+        None => PreallocMode::Off,
+    };
+    if prealloc == PreallocMode::Metadata {
+        return Err(Error::invalid("Unsupported preallocation mode: metadata"));
+    }
+    options.take("nocow");
+    options.take("extent_size_hint");
+    trace!(file_create, "filename {} size {}", path, size);
+    let pool = AioContext::current().thread_pool();
+    pool.submit(move || {
+        let fd = open_fd(&path, libc::O_RDWR | libc::O_CREAT, 0o644).map_err(|e| {
+            Error::with_errno_message(e.errno(), format!("Could not create '{path}'"))
+        })?;
+        lock_image(
+            fd.as_raw_fd(),
+            locking::PERM_WRITE | locking::PERM_RESIZE,
+            locking::PERM_CONSISTENT_READ | locking::PERM_WRITE_UNCHANGED,
+            &path,
+        )?;
+        set_len(fd.as_raw_fd(), 0)?;
+        regular_truncate(fd.as_raw_fd(), size, prealloc)
+    })
+    .await
+}

@@ -1,0 +1,13 @@
+//! rqemu's image formats: drivers that map a virtual disk onto the bytes of their `file`
+//! child (QEMU's block/raw-format.c, block/qcow2*.c...).
+//!
+//! A format never touches the host itself; it reads and writes its child node through the
+//! generic request path, so the same qcow2 code runs over a file, a null device or any filter.
+//! [`register_all`] adds every format to the block layer's registry, where probing finds them.
+
+pub mod raw;
+
+/// Registers every format driver with the block layer (QEMU's block_init).
+pub fn register_all() {
+    block::driver::register(&raw::RAW);
+}

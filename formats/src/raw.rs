@@ -1,0 +1,165 @@
+//! The `raw` format: the virtual disk is the file's bytes, optionally a window of them
+//! (QEMU's block/raw-format.c).
+//!
+//! `offset` and `size` options expose only part of the file, which is how a partition or an
+//! embedded image is presented as a disk. Every probe scores raw at 1, the lowest non-zero
+//! score, so it is chosen only when no real format recognises the image.
+
+use async_trait::async_trait;
+use block::driver::{
+    BlockDriver, BlockStatus, DriverClass, DriverInfo, PreallocMode, RequestFlags, StatusFlags,
+};
+use block::{BlockDriverState, Error, IoVector, Options, Result};
+
+/// The class registered as `raw`.
+pub static RAW: DriverClass = DriverClass {
+    format_name: "raw",
+    protocol_name: None,
+    is_format: true,
+    probe: Some(|_buf, _filename| 1),
+    open: |bs, options| Box::pin(open(bs, options)),
+    create: Some(|filename, options| Box::pin(create(filename, options))),
+    create_options: block::protocols::file::FILE.create_options,
+};
+
+/// An open raw node: a window `[offset, offset + size)` of the file child.
+pub struct RawDriver {
+    offset: u64,
+    size: Option<u64>,
+}
+
+async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+    let offset = options.take_size("offset")?.unwrap_or(0);
+    let size = options.take_size("size")?;
+    let file = bs.file().expect("format nodes have a file child");
+    let file_len = file.getlength();
+    if offset > file_len {
+        return Err(Error::invalid(format!(
+            "The sum of offset ({offset}) and size (0) has to be smaller or equal to the  actual size of the containing file ({file_len})"
+        )));
+    }
+    if let Some(size) = size {
+        if offset.checked_add(size).is_none_or(|end| end > file_len) {
+            return Err(Error::invalid(format!(
+                "The sum of offset ({offset}) and size ({size}) has to be smaller or equal to the  actual size of the containing file ({file_len})"
+            )));
+        }
+        if size % 512 != 0 {
+            return Err(Error::invalid("Specified size is not multiple of 512"));
+        }
+    }
+    if offset % 512 != 0 && size.is_some() {
+        return Err(Error::invalid("Specified offset is not multiple of 512"));
+    }
+    Ok(Box::new(RawDriver { offset, size }))
+}
+
+async fn create(filename: &str, options: &mut Options) -> Result<()> {
+    let create = block::protocols::file::FILE
+        .create
+        .expect("file protocol can create");
+    create(filename, options).await
+}
+
+impl RawDriver {
+    /// Checks a request against the window and moves it into file coordinates.
+    fn map(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<u64> {
+        if let Some(size) = self.size {
+            if offset.checked_add(bytes).is_none_or(|end| end > size) {
+                return Err(Error::from_errno(libc::EINVAL));
+            }
+        }
+        let _ = bs;
+        Ok(offset + self.offset)
+    }
+
+    fn file(bs: &BlockDriverState) -> std::rc::Rc<BlockDriverState> {
+        bs.file().expect("format nodes have a file child")
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for RawDriver {
+    async fn co_preadv(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        let at = self.map(bs, offset, qiov.len() as u64)?;
+        Self::file(bs).co_preadv(at, qiov, flags).await
+    }
+
+    async fn co_pwritev(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        let at = self.map(bs, offset, qiov.len() as u64)?;
+        Self::file(bs).co_pwritev(at, qiov, flags).await
+    }
+
+    async fn co_pwrite_zeroes(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        let at = self.map(bs, offset, bytes)?;
+        Self::file(bs).co_pwrite_zeroes(at, bytes, flags).await
+    }
+
+    async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        let at = self.map(bs, offset, bytes)?;
+        Self::file(bs).co_pdiscard(at, bytes).await
+    }
+
+    async fn co_block_status(
+        &self,
+        bs: &BlockDriverState,
+        _want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        let mut status = BlockStatus::new(StatusFlags::RECURSE | StatusFlags::OFFSET_VALID, bytes);
+        status.map = offset + self.offset;
+        status.file = bs.file();
+        Ok(status)
+    }
+
+    async fn co_truncate(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        exact: bool,
+        prealloc: PreallocMode,
+    ) -> Result<()> {
+        if self.offset != 0 || self.size.is_some() {
+            return Err(Error::not_supported(
+                "Cannot resize a raw image with an offset or size option",
+            ));
+        }
+        Self::file(bs).co_truncate(offset, exact, prealloc).await
+    }
+
+    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
+        let file_len = Self::file(bs).getlength();
+        Ok(self.size.unwrap_or(file_len.saturating_sub(self.offset)))
+    }
+
+    fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
+        Ok(DriverInfo::default())
+    }
+
+    fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
+        Self::file(bs).drv().has_zero_init(&Self::file(bs))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
