@@ -155,6 +155,40 @@ pub struct DriverInfo {
     pub is_dirty: bool,
 }
 
+/// What `qemu-img check -r` may repair (QEMU's BdrvCheckMode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckFix {
+    /// Repair leaked clusters (`-r leaks`, `-r all`).
+    pub leaks: bool,
+    /// Repair corruptions (`-r all`).
+    pub errors: bool,
+}
+
+/// The outcome of a consistency check (QEMU's BdrvCheckResult + BlockFragInfo).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Errors that make the image unsafe to use.
+    pub corruptions: u64,
+    /// Clusters allocated but not referenced.
+    pub leaks: u64,
+    /// Errors that prevented checking parts of the image.
+    pub check_errors: u64,
+    /// Corruptions repaired.
+    pub corruptions_fixed: u64,
+    /// Leaks repaired.
+    pub leaks_fixed: u64,
+    /// Offset of the end of the image's used data, 0 if unknown.
+    pub image_end_offset: u64,
+    /// Clusters in the virtual disk.
+    pub total_clusters: u64,
+    /// Clusters allocated.
+    pub allocated_clusters: u64,
+    /// Allocated clusters not contiguous with their predecessor.
+    pub fragmented_clusters: u64,
+    /// Compressed clusters.
+    pub compressed_clusters: u64,
+}
+
 /// The per-node state of an open driver and its coroutine callbacks.
 ///
 /// Every method receives the node it serves, so that a format can reach `bs.file()` and
@@ -263,6 +297,13 @@ pub trait BlockDriver {
     /// The format-specific part of `qemu-img info` (ImageInfoSpecific), as JSON.
     fn get_specific_info(&self, _bs: &BlockDriverState) -> Option<serde_json::Value> {
         None
+    }
+
+    /// Checks (and with `fix`, repairs) the image's metadata (bdrv_co_check). Problems are
+    /// reported on stderr as they are found, like QEMU's; the counts come back. Drivers
+    /// without a check answer ENOTSUP ("This image format does not support checks").
+    async fn co_check(&self, _bs: &BlockDriverState, _fix: CheckFix) -> Result<CheckResult> {
+        Err(Error::from_errno(libc::ENOTSUP))
     }
 
     /// Whether a freshly created image reads as zeroes (bdrv_has_zero_init).
