@@ -398,7 +398,7 @@ impl BlockDriverState {
         while pos < end {
             // Head up to the next alignment boundary, then whole aligned pieces, then the tail.
             let boundary = round_up(pos + 1, zero_align);
-            let n = if pos % zero_align != 0 {
+            let n = if !pos.is_multiple_of(zero_align) {
                 boundary.min(end) - pos
             } else if end - pos >= zero_align {
                 round_down(end - pos, zero_align)

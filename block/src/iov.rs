@@ -171,7 +171,7 @@ impl IoVector {
     pub fn is_aligned(&self, align: usize) -> bool {
         self.segments
             .iter()
-            .all(|s| (s.base as usize) % align == 0 && s.len % align == 0)
+            .all(|s| (s.base as usize).is_multiple_of(align) && s.len.is_multiple_of(align))
     }
 
     /// Walks the (pointer, length) pieces covering `offset..offset+len`.
