@@ -309,6 +309,12 @@ impl BlockBackend {
     }
 }
 
+impl std::fmt::Debug for BlockBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BlockBackend({:?})", self.root)
+    }
+}
+
 /// Closes a node and then its children, top-down as QEMU's bdrv_close does.
 fn close_graph(bs: &Rc<BlockDriverState>) -> crate::coroutine::LocalBoxFuture<'_, Result<()>> {
     Box::pin(async move {

@@ -141,6 +141,7 @@ pub struct BlockDriverState {
     flags: OpenFlags,
     pub(crate) detect_zeroes: DetectZeroes,
     children: RefCell<Vec<BdrvChild>>,
+    probed: Cell<bool>,
     limits: Cell<BlockLimits>,
     pub(crate) total_bytes: Cell<u64>,
     pub(crate) tracked: TrackedRequests,
@@ -167,6 +168,7 @@ impl BlockDriverState {
             flags,
             detect_zeroes,
             children: RefCell::new(Vec::new()),
+            probed: Cell::new(false),
             limits: Cell::new(BlockLimits::default()),
             total_bytes: Cell::new(0),
             tracked: TrackedRequests::default(),
@@ -211,6 +213,12 @@ impl BlockDriverState {
     /// Whether the node is read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only.get()
+    }
+
+    /// Whether the format was guessed by probing rather than named (bs->probed): raw then
+    /// refuses writes that would make the image probe as another format.
+    pub fn was_probed(&self) -> bool {
+        self.probed.get()
     }
 
     /// The flags the node was opened with.
@@ -416,6 +424,7 @@ fn open_node(
                     flags,
                     detect_zeroes,
                 ));
+                bs.probed.set(class.is_none());
                 bs.attach_child("file", file);
                 bs
             }
