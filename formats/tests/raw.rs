@@ -75,6 +75,7 @@ fn probing_picks_raw_for_unknown_content_and_remembers_it() {
         .unwrap();
     assert_eq!(blk.bs().format_name(), "raw");
     assert!(blk.bs().was_probed());
+    drop(blk); // closing releases the image lock
     let named = open(&format!("driver=raw,file.filename={path}")).unwrap();
     assert!(!named.bs().was_probed());
 }
