@@ -120,6 +120,8 @@ pub struct OpenFlags {
     pub unmap: bool,
     /// I/O engine for the file protocol.
     pub aio: AioMode,
+    /// Send writes to a temporary overlay (BDRV_O_SNAPSHOT, `-s`).
+    pub snapshot: bool,
 }
 
 /// A child link of a node (QEMU's BdrvChild).
@@ -313,7 +315,16 @@ pub async fn bdrv_open(
     options: Options,
     flags: OpenFlags,
 ) -> Result<Rc<BlockDriverState>> {
-    open_node(filename.map(str::to_string), options, flags, true).await
+    if !flags.snapshot {
+        return open_node(filename.map(str::to_string), options, flags, true).await;
+    }
+    let base_flags = OpenFlags {
+        read_only: true,
+        snapshot: false,
+        ..flags
+    };
+    let base = open_node(filename.map(str::to_string), options, base_flags, true).await?;
+    crate::temp_snapshot::bdrv_append_temp_snapshot(base, flags).await
 }
 
 /// Generic option keys every node takes, with the flag each one defaults from.
@@ -365,7 +376,7 @@ fn take_generic_options(
     Ok((flags, detect))
 }
 
-fn open_node(
+pub(crate) fn open_node(
     filename: Option<String>,
     mut options: Options,
     flags: OpenFlags,
