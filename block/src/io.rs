@@ -81,6 +81,15 @@ fn check_request(offset: u64, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// The part of `qiov` a piece covers; the whole vector itself when the request is one piece.
+fn piece(qiov: &IoVector, done: u64, n: u64) -> std::borrow::Cow<'_, IoVector> {
+    if done == 0 && n as usize == qiov.len() {
+        std::borrow::Cow::Borrowed(qiov)
+    } else {
+        std::borrow::Cow::Owned(qiov.slice(done as usize, n as usize))
+    }
+}
+
 fn round_down(x: u64, align: u64) -> u64 {
     x - x % align
 }
@@ -290,7 +299,7 @@ impl BlockDriverState {
         }
         let supported = self.drv().supported_write_flags();
         for (done, n) in self.max_transfer_pieces(bytes) {
-            let part = qiov.slice(done as usize, n as usize);
+            let part = piece(qiov, done, n);
             self.drv()
                 .co_pwritev(self, offset + done, &part, flags & supported)
                 .await?;
