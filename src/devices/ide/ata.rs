@@ -214,7 +214,7 @@ impl Drive {
             reset_on_completion: false,
         };
         d.reset();
-        d.set_signature();
+        d.diagnostic();
         d
     }
 
@@ -313,6 +313,8 @@ pub struct AtaChannel {
     control: u8,
     irq_pending: bool,
     irq_reported: bool,
+    /// The line went low at some point since the last `irq_update`.
+    irq_dropped: bool,
     next_seq: u64,
     requests: VecDeque<BlockRequest>,
     base: u16,
@@ -333,6 +335,7 @@ impl AtaChannel {
             control: 0,
             irq_pending: false,
             irq_reported: false,
+            irq_dropped: false,
             next_seq: 0,
             requests: VecDeque::new(),
             base,
@@ -362,7 +365,7 @@ impl AtaChannel {
         }
         self.unit = 0;
         self.control = 0;
-        self.irq_pending = false;
+        self.lower_irq();
         self.requests.clear();
     }
 
@@ -371,10 +374,24 @@ impl AtaChannel {
         self.irq_pending && self.control & NIEN == 0
     }
 
-    /// The new line level if it changed since the last call (for glue that signals edges).
-    pub fn irq_update(&mut self) -> Option<bool> {
+    /// The line transitions since the last call, for the glue to signal: empty, one level, or
+    /// `[false, true]` when an acknowledged interrupt was raised again within one access (a
+    /// command that completes at once must still give the PIC a fresh edge).
+    pub fn irq_update(&mut self) -> &'static [bool] {
         let level = self.irq_level();
-        (level != std::mem::replace(&mut self.irq_reported, level)).then_some(level)
+        let dropped = std::mem::take(&mut self.irq_dropped);
+        match (std::mem::replace(&mut self.irq_reported, level), level) {
+            (true, true) if dropped => &[false, true],
+            (false, true) => &[true],
+            (true, false) => &[false],
+            _ => &[],
+        }
+    }
+
+    /// Acknowledges the interrupt (Status read, Command write, reset).
+    fn lower_irq(&mut self) {
+        self.irq_pending = false;
+        self.irq_dropped = true;
     }
 
     /// Raises the interrupt (ide_bus_set_irq); nIEN only masks the line.
@@ -416,7 +433,7 @@ impl AtaChannel {
             _ => d.status,
         };
         if reg & 7 == reg::STATUS_COMMAND {
-            self.irq_pending = false;
+            self.lower_irq();
         }
         trace!(
             ide_ioport_read,
@@ -455,7 +472,7 @@ impl AtaChannel {
                 self.unit = usize::from(val & DEV_SELECT != 0);
             }
             reg::STATUS_COMMAND => {
-                self.irq_pending = false;
+                self.lower_irq();
                 self.exec_cmd(val);
             }
             _ => {
@@ -504,13 +521,16 @@ impl AtaChannel {
         );
         let was = self.control;
         self.control = val;
+        if was & NIEN == 0 && val & NIEN != 0 {
+            self.irq_dropped = true;
+        }
         if was & SRST == 0 && val & SRST != 0 {
             for d in &mut self.drives {
                 d.transfer_stop();
                 d.status |= BSY;
                 d.reset_on_completion = d.pending.is_some();
             }
-            self.irq_pending = false;
+            self.lower_irq();
         } else if was & SRST != 0 && val & SRST == 0 {
             for unit in 0..2 {
                 if !self.drives[unit].reset_on_completion {
@@ -594,59 +614,52 @@ impl AtaChannel {
         self.data_write_buf(size, &bytes[..size.min(4)]);
     }
 
-    /// A `rep ins` of `buf.len() / size` accesses of `size` (2 or 4) bytes. Accesses made
-    /// without DRQ, or past the end of the DRQ block, read zero and move nothing, as single
-    /// accesses do.
+    /// A `rep ins` of `buf.len() / size` accesses of `size` (2 or 4) bytes. Accesses past the
+    /// end of the DRQ block read zero and move nothing, as single accesses without DRQ do: the
+    /// next block is never ready within the same exit on real hardware either.
     pub fn data_read_buf(&mut self, size: usize, buf: &mut [u8]) {
         if size != 2 && size != 4 {
             buf.fill(if size == 1 { 0xFF } else { 0 });
             return;
         }
-        let mut done = 0;
-        while done < buf.len() {
-            let d = &mut self.drives[self.unit];
-            let avail = d.data_end - d.data_pos;
-            if d.status & DRQ == 0 || !d.data_in() || avail < size {
-                break;
-            }
-            let n = (avail.min(buf.len() - done) / size) * size;
-            if n == 0 {
-                break;
-            }
-            buf[done..done + n].copy_from_slice(&d.buffer[d.data_pos..d.data_pos + n]);
-            d.data_pos += n;
-            done += n;
-            if d.data_pos >= d.data_end {
-                d.status &= !DRQ;
-                self.end_transfer();
-            }
-        }
-        buf[done..].fill(0);
+        let d = &mut self.drives[self.unit];
+        let avail = d.data_end - d.data_pos;
+        let n = if d.status & DRQ != 0 && d.data_in() {
+            (avail.min(buf.len()) / size) * size
+        } else {
+            0
+        };
+        buf[..n].copy_from_slice(&d.buffer[d.data_pos..d.data_pos + n]);
+        buf[n..].fill(0);
+        self.advance(n);
     }
 
-    /// A `rep outs` of `buf.len() / size` accesses; accesses without DRQ are dropped.
+    /// A `rep outs` of `buf.len() / size` accesses; accesses without DRQ or past the end of
+    /// the DRQ block are dropped.
     pub fn data_write_buf(&mut self, size: usize, buf: &[u8]) {
         if size != 2 && size != 4 {
             return;
         }
-        let mut done = 0;
-        while done < buf.len() {
-            let d = &mut self.drives[self.unit];
-            let avail = d.data_end - d.data_pos;
-            if d.status & DRQ == 0 || d.data_in() || avail < size {
-                return;
-            }
-            let n = (avail.min(buf.len() - done) / size) * size;
-            if n == 0 {
-                return;
-            }
-            d.buffer[d.data_pos..d.data_pos + n].copy_from_slice(&buf[done..done + n]);
-            d.data_pos += n;
-            done += n;
-            if d.data_pos >= d.data_end {
-                d.status &= !DRQ;
-                self.end_transfer();
-            }
+        let d = &mut self.drives[self.unit];
+        let avail = d.data_end - d.data_pos;
+        if d.status & DRQ == 0 || d.data_in() {
+            return;
+        }
+        let n = (avail.min(buf.len()) / size) * size;
+        d.buffer[d.data_pos..d.data_pos + n].copy_from_slice(&buf[..n]);
+        self.advance(n);
+    }
+
+    /// Moves the data pointer by `n` bytes; the end of the DRQ block runs its end action.
+    fn advance(&mut self, n: usize) {
+        let d = &mut self.drives[self.unit];
+        if n == 0 {
+            return;
+        }
+        d.data_pos += n;
+        if d.data_pos >= d.data_end {
+            d.status &= !DRQ;
+            self.end_transfer();
         }
     }
 

@@ -297,7 +297,7 @@ impl AtaChannel {
     }
 
     fn cmd_write(&mut self, lba48: bool, block: u32) -> Done {
-        let read_only = self.cur().config.as_ref().map_or(true, |c| c.read_only);
+        let read_only = self.cur().config.as_ref().is_none_or(|c| c.read_only);
         if block == 0 || read_only {
             return self.abort();
         }

@@ -90,7 +90,7 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
             return;
         };
         let ch = dev.ata_channel(index);
-        if let Some(level) = ch.irq_update() {
+        for &level in ch.irq_update() {
             wiring.irq.set_level(level);
         }
         while let Some(req) = ch.take_request() {

@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(word(&page, 59), 0x110);
         assert_eq!(word(&page, 85) & 0x20, 0x20);
         // "QEMU HARDDISK" byte-swapped: 'E','Q' then 'U','M'.
-        assert_eq!(&page[54..58], b"EQMU");
+        assert_eq!(&page[54..58], b"EQUM");
         assert_eq!(&page[20..28], b"MQ0000 1");
     }
 

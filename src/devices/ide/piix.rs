@@ -198,7 +198,7 @@ impl Piix3Ide {
 /// The unit of a data-port buffer: DRQ blocks are whole sectors, so 4- and 2-byte units move
 /// the same bytes; only the width of a lone access matters and it equals the buffer length.
 fn access_size(len: usize) -> usize {
-    if len % 4 == 0 {
+    if len.is_multiple_of(4) {
         4
     } else {
         2
