@@ -8,7 +8,8 @@
 //! selected by the Device register's DEV bit. This type performs no I/O: when a command needs
 //! the disk it queues a [`BlockRequest`] that the glue ([`super::IdeBlockSubmitter`]) takes with
 //! [`AtaChannel::take_request`] and answers with [`AtaChannel::complete`]; the interrupt line is
-//! [`AtaChannel::irq_level`]. The commands themselves live in [`super::commands`].
+//! [`AtaChannel::irq_level`]. The commands live in [`super::commands`], the data port in
+//! [`super::data_port`].
 //!
 //! Interrupts follow the hardware rather than QEMU's shortcut: an event sets a pending bit
 //! whatever nIEN says; the line is `pending && !nIEN`; reading Status (not Alternate Status),
@@ -290,7 +291,7 @@ impl Drive {
     }
 
     /// Whether the open transfer goes from device to host.
-    fn data_in(&self) -> bool {
+    pub(super) fn data_in(&self) -> bool {
         self.end_transfer != EndTransfer::SectorWrite
     }
 
@@ -317,7 +318,7 @@ pub struct AtaChannel {
     irq_dropped: bool,
     next_seq: u64,
     requests: VecDeque<BlockRequest>,
-    base: u16,
+    pub(super) base: u16,
     ctl: u16,
 }
 
@@ -553,123 +554,6 @@ impl AtaChannel {
         d.diagnostic();
         d.reset_on_completion = false;
         self.unit = 0;
-    }
-
-    /// One 16- or 32-bit read of the data port (ide_data_readw/readl). An 8-bit read is a
-    /// register read of base+0 (0xFF), as on QEMU's port layout.
-    pub fn data_read(&mut self, size: usize) -> u32 {
-        if size == 1 {
-            return self.ioport_read(reg::DATA) as u32;
-        }
-        let mut bytes = [0u8; 4];
-        self.data_read_buf(size, &mut bytes[..size.min(4)]);
-        let val = u32::from_le_bytes(bytes);
-        if size == 2 {
-            trace!(
-                ide_data_readw,
-                "IDE PIO rd @ 0x{:x} (Data: Word); val 0x{:04x}; bus {:p}; IDEState {:p}",
-                self.base,
-                val,
-                self,
-                &self.drives[self.unit]
-            );
-        } else {
-            trace!(
-                ide_data_readl,
-                "IDE PIO rd @ 0x{:x} (Data: Long); val 0x{:08x}; bus {:p}; IDEState {:p}",
-                self.base,
-                val,
-                self,
-                &self.drives[self.unit]
-            );
-        }
-        val
-    }
-
-    /// One 16- or 32-bit write of the data port; 8-bit writes are ignored.
-    pub fn data_write(&mut self, size: usize, val: u32) {
-        if size == 1 {
-            return self.ioport_write(reg::DATA, val as u8);
-        }
-        if size == 2 {
-            trace!(
-                ide_data_writew,
-                "IDE PIO wr @ 0x{:x} (Data: Word); val 0x{:04x}; bus {:p}; IDEState {:p}",
-                self.base,
-                val,
-                self,
-                &self.drives[self.unit]
-            );
-        } else {
-            trace!(
-                ide_data_writel,
-                "IDE PIO wr @ 0x{:x} (Data: Long); val 0x{:08x}; bus {:p}; IDEState {:p}",
-                self.base,
-                val,
-                self,
-                &self.drives[self.unit]
-            );
-        }
-        let bytes = val.to_le_bytes();
-        self.data_write_buf(size, &bytes[..size.min(4)]);
-    }
-
-    /// A `rep ins` of `buf.len() / size` accesses of `size` (2 or 4) bytes. Accesses past the
-    /// end of the DRQ block read zero and move nothing, as single accesses without DRQ do: the
-    /// next block is never ready within the same exit on real hardware either.
-    pub fn data_read_buf(&mut self, size: usize, buf: &mut [u8]) {
-        if size != 2 && size != 4 {
-            buf.fill(if size == 1 { 0xFF } else { 0 });
-            return;
-        }
-        let d = &mut self.drives[self.unit];
-        let avail = d.data_end - d.data_pos;
-        let n = if d.status & DRQ != 0 && d.data_in() {
-            (avail.min(buf.len()) / size) * size
-        } else {
-            0
-        };
-        buf[..n].copy_from_slice(&d.buffer[d.data_pos..d.data_pos + n]);
-        buf[n..].fill(0);
-        self.advance(n);
-    }
-
-    /// A `rep outs` of `buf.len() / size` accesses; accesses without DRQ or past the end of
-    /// the DRQ block are dropped.
-    pub fn data_write_buf(&mut self, size: usize, buf: &[u8]) {
-        if size != 2 && size != 4 {
-            return;
-        }
-        let d = &mut self.drives[self.unit];
-        let avail = d.data_end - d.data_pos;
-        if d.status & DRQ == 0 || d.data_in() {
-            return;
-        }
-        let n = (avail.min(buf.len()) / size) * size;
-        d.buffer[d.data_pos..d.data_pos + n].copy_from_slice(&buf[..n]);
-        self.advance(n);
-    }
-
-    /// Moves the data pointer by `n` bytes; the end of the DRQ block runs its end action.
-    fn advance(&mut self, n: usize) {
-        let d = &mut self.drives[self.unit];
-        if n == 0 {
-            return;
-        }
-        d.data_pos += n;
-        if d.data_pos >= d.data_end {
-            d.status &= !DRQ;
-            self.end_transfer();
-        }
-    }
-
-    /// The host moved the last byte of the DRQ block of the selected drive.
-    fn end_transfer(&mut self) {
-        match self.cur().end_transfer {
-            EndTransfer::Stop => self.cur().transfer_stop(),
-            EndTransfer::SectorRead => self.sector_read(),
-            EndTransfer::SectorWrite => self.sector_write(),
-        }
     }
 }
 

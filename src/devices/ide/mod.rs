@@ -1,7 +1,8 @@
 //! IDE: the PIIX3 IDE function with two ATA channels of PIO disks (QEMU's hw/ide/).
 //!
 //! Read in this order:
-//! [`ata`] one channel's registers and data port as a sans-IO state machine, [`commands`]
+//! [`ata`] one channel's registers as a sans-IO state machine, [`data_port`] its PIO
+//! transfers, [`commands`]
 //! the ATA commands and the completion of their block requests, [`identify`] the IDENTIFY
 //! page and geometry, [`piix`] the PCI function and port routing, [`glue`] the path to the
 //! block layer, [`registry`] the loop thread's table of drives.
@@ -36,6 +37,7 @@
 
 pub mod ata;
 pub mod commands;
+pub mod data_port;
 pub mod glue;
 pub mod identify;
 pub mod piix;

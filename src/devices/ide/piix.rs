@@ -254,4 +254,31 @@ mod tests {
             Some(IdePort::Command { channel: 0, reg: 0 })
         );
     }
+
+    #[test]
+    fn port_buffers_reach_the_channel_registers_and_data_port() {
+        use crate::devices::ide::identify::DriveInfo;
+        let disk = DriveConfig {
+            info: DriveInfo::qemu_default(2048, 0),
+            read_only: false,
+            write_cache: true,
+        };
+        let mut ide = Piix3Ide::new([[Some(disk), None], [None, None]]);
+        assert_eq!(ide.pio_write(0x1F7, &[0xEC]), Some(0));
+        let mut status = [0u8; 1];
+        ide.pio_read(0x3F6, &mut status);
+        assert_eq!(status[0], 0x58);
+        // One `rep insd` exit for the whole page, then a lone 16-bit read finds no data.
+        let mut page = [0u8; 512];
+        ide.pio_read(0x1F0, &mut page);
+        assert_eq!(u16::from_le_bytes([page[120], page[121]]), 2048, "word 60");
+        let mut word = [0xFFu8; 2];
+        ide.pio_read(0x1F0, &mut word);
+        assert_eq!(word, [0, 0]);
+        // A 16-bit read of 0x1F2 is Sector Count then LBA low; the empty secondary reads 0.
+        ide.pio_read(0x1F2, &mut word);
+        assert_eq!(word, [1, 1]);
+        ide.pio_read(0x177, &mut status);
+        assert_eq!(status[0], 0);
+    }
 }
