@@ -349,11 +349,15 @@ impl AtaChannel {
         &mut self.drives[self.unit]
     }
 
-    /// Whether register reads of the selected slot float to zero: no drive on the channel, or
-    /// device 1 selected and absent (so presence probes fail there).
+    /// Whether Status and Error reads of the selected slot float to zero: no drive on the
+    /// channel, or device 1 selected and absent. (The other registers are latches and read
+    /// back while any drive is present, as on QEMU; a prober then sees status 0.)
     fn selected_absent(&self) -> bool {
-        let none = !self.drives[0].present() && !self.drives[1].present();
-        none || (self.unit == 1 && !self.drives[1].present())
+        self.no_drives() || (self.unit == 1 && !self.drives[1].present())
+    }
+
+    fn no_drives(&self) -> bool {
+        !self.drives[0].present() && !self.drives[1].present()
     }
 
     /// Hardware reset (power-on, machine reset): both drives, device 0 selected, no IRQ.
@@ -423,9 +427,9 @@ impl AtaChannel {
         let d = &self.drives[self.unit];
         let val = match reg & 7 {
             reg::DATA => 0xFF,
-            reg::DEVICE if !d.present() && !self.drives[1 - self.unit].present() => 0,
+            reg::ERROR_FEATURES | reg::STATUS_COMMAND if absent => 0,
+            _ if self.no_drives() => 0,
             reg::DEVICE => d.select,
-            _ if absent => 0,
             reg::ERROR_FEATURES => pick(hob, d.hob_feature, d.error),
             reg::COUNT => pick(hob, d.hob_nsector, d.nsector),
             reg::LBA_LOW => pick(hob, d.hob_sector, d.sector),
@@ -439,7 +443,7 @@ impl AtaChannel {
         trace!(
             ide_ioport_read,
             "IDE PIO rd @ 0x{:x} ({}); val 0x{:02x}; bus {:p} IDEState {:p}",
-            self.base + (reg & 7) as u16,
+            self.base.wrapping_add((reg & 7) as u16),
             reg_name(reg, false),
             val,
             self,
@@ -453,7 +457,7 @@ impl AtaChannel {
         trace!(
             ide_ioport_write,
             "IDE PIO wr @ 0x{:x} ({}); val 0x{:02x}; bus {:p} IDEState {:p}",
-            self.base + (reg & 7) as u16,
+            self.base.wrapping_add((reg & 7) as u16),
             reg_name(reg, true),
             val,
             self,

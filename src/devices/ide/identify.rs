@@ -6,7 +6,8 @@
 //! 60-61 LBA28 capacity, 64 PIO modes, 80 major version (>= ATA-4, so Linux never issues
 //! INITIALIZE DEVICE PARAMETERS), 83/86 LBA48 and FLUSH CACHE (EXT), 85 bit 5 write cache on
 //! (so Linux flushes), 100-103 LBA48 capacity. This disk does PIO only: the DMA words
-//! (62, 63, 88) are zero and word 49 does not claim DMA.
+//! (62, 63, 88) are zero and word 49 does not claim DMA; neither TRIM (69, 169) nor SMART
+//! is offered.
 
 /// Largest block of READ/WRITE MULTIPLE (IDENTIFY word 47, QEMU's MAX_MULT_SECTORS).
 pub const MAX_MULT_SECTORS: u8 = 16;
@@ -127,6 +128,7 @@ pub fn identify_page(info: &DriveInfo, state: &IdentifyState) -> [u8; 512] {
     w[86] = (1 << 13) | (1 << 12) | (1 << 10);
     w[87] = 1 << 14;
     w[93] = 0x6001; // reset result: device 0 passed, 80-wire cable
+    w[106] = 0x6000; // word valid; one logical sector per physical sector (exponent 0)
     for (i, word) in w[100..104].iter_mut().enumerate() {
         *word = (info.sectors >> (16 * i)) as u16;
     }
