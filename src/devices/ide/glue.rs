@@ -13,9 +13,22 @@ use std::sync::{Arc, Mutex};
 use block::aio::AioContextHandle;
 use block::{Error, IoVector, RequestFlags};
 
-use super::ata::{AtaChannel, BlockOp, BlockRequest, SECTOR_SIZE};
+use super::ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, SECTOR_SIZE};
+use super::identify::DriveInfo;
 use super::piix::Piix3Ide;
 use super::registry::{self, DriveId};
+
+impl DriveConfig {
+    /// The drive a backend makes for `-drive if=ide,index=N`: its size in whole sectors, its
+    /// read-only flag and its cache mode (on the loop thread, before the device is built).
+    pub fn for_backend(blk: &block::BlockBackend, index: u32) -> DriveConfig {
+        DriveConfig {
+            info: DriveInfo::qemu_default(blk.getlength() / SECTOR_SIZE as u64, index),
+            read_only: blk.is_read_only(),
+            write_cache: blk.write_cache(),
+        }
+    }
+}
 
 /// An interrupt line the device drives (KVM_IRQ_LINE for IRQ14/15 in the machine).
 pub trait IrqLine: Send + Sync {

@@ -70,6 +70,8 @@ impl LoopThread {
                     OpenFlags::default(),
                 ))
                 .unwrap();
+            let config = DriveConfig::for_backend(&blk, 0);
+            assert_eq!((config.info.sectors, config.read_only), (128, false));
             registry::register(1, blk);
             let (flag, queue) = (Rc::new(Cell::new(false)), Rc::new(CoQueue::new()));
             STOP.with(|s| *s.borrow_mut() = Some((flag.clone(), queue.clone())));
