@@ -385,3 +385,48 @@ fn unknown_commands_and_identify_packet_abort() {
     }
     assert_eq!(r.irqs, 6);
 }
+
+/// The PIO command stream Linux's ata_piix sends (platform notes, section 1.3): polled probe
+/// with nIEN, then interrupt-driven READ/WRITE MULTIPLE (EXT) with 32-bit transfers, the
+/// interrupt handler reading Status once per interrupt.
+#[test]
+fn linux_libata_pio_sequence() {
+    let mut r = Rig::new(1 << 20);
+    r.control(0x0A);
+    let w = r.identify();
+    assert_eq!(w[59], 0x0110, "multi 16 valid: Linux uses C4/C5");
+    r.write(reg::ERROR_FEATURES, 0x03);
+    r.write(reg::COUNT, 0x0C);
+    r.command(cmd::SET_FEATURES);
+    assert_eq!(r.status(), DRDY | DSC);
+    assert_eq!(r.identify()[64], 0x0003);
+    r.control(0x08);
+    let irqs = r.irqs;
+    // 512 sectors = 32 blocks of 16: one interrupt each, status read by the handler.
+    r.lba48(4096, 512);
+    r.command(cmd::READ_MULTIPLE_EXT);
+    for block in 0..32u64 {
+        assert_eq!(r.irqs, irqs + block as u32 + 1);
+        assert_eq!(r.status(), DRDY | DSC | DRQ);
+        let data = r.rep_in(4, 16 * 512);
+        assert_eq!(data[..512], pattern(4096 + 16 * block)[..]);
+    }
+    assert_eq!(r.ch.alt_status_read(), DRDY | DSC);
+    // WRITE MULTIPLE: first block from the polling task, then one interrupt per block.
+    let irqs = r.irqs;
+    r.lba28(8192, 40);
+    r.command(cmd::WRITE_MULTIPLE);
+    for block in 0..3u32 {
+        assert_eq!(r.ch.alt_status_read(), DRDY | DSC | DRQ);
+        let n = if block == 2 { 8 } else { 16 };
+        r.rep_out(4, &vec![block as u8 + 1; n * 512]);
+        assert_eq!(r.irqs, irqs + block + 1);
+        r.status();
+    }
+    assert_eq!(r.disk.written[&(8192 + 39)], vec![3; 512]);
+    for c in [cmd::FLUSH_CACHE, cmd::STANDBY_NOW1] {
+        r.command(c);
+        assert_eq!(r.status() & (BSY | ERR | DRQ), 0);
+    }
+    assert_eq!(r.irqs, irqs + 5);
+}
