@@ -1,0 +1,3 @@
+//! Device emulation: what the guest sees on its buses.
+
+pub mod ide;
