@@ -187,14 +187,11 @@ fn start_rtc_timer(main: &AioContextHandle, bql: Bql, cmos: Arc<Mutex<Cmos>>, al
 /// Runs the emulator: boots, and boots again after each guest reset unless `-no-reboot`.
 pub fn run(cfg: &VmConfig) -> Result<(), String> {
     let boot = prepare_boot(cfg)?;
-    if !crate::kvm::available() {
-        return Err(format!(
-            "Could not access KVM kernel module: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
     let out = open_outputs(cfg)?;
     let main = MainLoop::start(cfg.drives.clone())?;
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(crate::kvm::KVM_DEVICE) {
+        return Err(format!("Could not access KVM kernel module: {}", os_error(&e)));
+    }
     loop {
         let machine = Machine::new(cfg, &boot, &out, main.handle())?;
         let vcpu = std::thread::Builder::new()
@@ -242,12 +239,17 @@ fn os_error(e: &std::io::Error) -> String {
 }
 
 fn open_outputs(cfg: &VmConfig) -> Result<Outputs, String> {
-    let open = |what: &str, backend: &CharBackend| -> Result<Option<CharOut>, String> {
+    let open = |opt: &str, backend: &CharBackend| -> Result<Option<CharOut>, String> {
         if *backend == CharBackend::None {
             return Ok(None);
         }
-        CharOut::open(backend).map(Some).map_err(|e| {
-            format!("{what}: could not open '{backend:?}': {}", os_error(&e))
+        CharOut::open(backend).map(Some).map_err(|e| match backend {
+            CharBackend::File(path) => format!(
+                "{opt} file:{0}: Could not open '{0}': {1}",
+                path.display(),
+                os_error(&e)
+            ),
+            _ => format!("{opt}: {}", os_error(&e)),
         })
     };
     Ok(Outputs {

@@ -89,8 +89,10 @@ fn periodic_interrupt_sets_c_and_reading_c_lowers_irq8() {
 #[test]
 fn memory_boot_order_and_cpu_registers() {
     let (mut c, _) = cmos();
+    c.set_memory(16 << 20, 0);
+    assert_eq!(rd(&mut c, 0x30) as u16 | (rd(&mut c, 0x31) as u16) << 8, 15 * 1024);
+    assert_eq!(rd(&mut c, 0x17), rd(&mut c, 0x30));
     c.set_memory(128 << 20, 0);
-    assert_eq!(rd(&mut c, 0x30) as u16 | (rd(&mut c, 0x31) as u16) << 8, 127 * 1024);
     assert_eq!(rd(&mut c, 0x34) as u16 | (rd(&mut c, 0x35) as u16) << 8, 112 * 16);
     assert_eq!(rd(&mut c, 0x5B), 0);
     c.set_memory(0xC000_0000, 1 << 30);
