@@ -70,7 +70,12 @@ fn dev<T: crate::bus::BusDevice + 'static>(d: T) -> DeviceRef {
 
 impl Machine {
     /// Builds memory, the VM and the devices; starts the RTC's timer on the main loop.
-    pub fn new(cfg: &VmConfig, boot: &Boot, out: &Outputs, main: AioContextHandle) -> Result<Machine, String> {
+    pub fn new(
+        cfg: &VmConfig,
+        boot: &Boot,
+        out: &Outputs,
+        main: AioContextHandle,
+    ) -> Result<Machine, String> {
         let firmware = match boot {
             Boot::Bios(image) => Some(image.as_slice()),
             Boot::Linux { .. } => None,
@@ -78,9 +83,14 @@ impl Machine {
         let ram = GuestRam::new(cfg.ram_size, firmware)?;
         let entry = match boot {
             Boot::Bios(_) => None,
-            Boot::Linux { kernel, initrd, cmdline } => {
-                let mut f = File::open(kernel)
-                    .map_err(|e| format!("could not open kernel file '{}': {e}", kernel.display()))?;
+            Boot::Linux {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                let mut f = File::open(kernel).map_err(|e| {
+                    format!("could not open kernel file '{}': {e}", kernel.display())
+                })?;
                 Some(linux::load(&ram, &mut f, initrd.as_deref(), cmdline)?)
             }
         };
@@ -93,7 +103,14 @@ impl Machine {
         if let (Some(port), Some(CharOut::Stdout)) = (serial, &out.serial) {
             spawn_stdin_reader(bql.clone(), port);
         }
-        Ok(Machine { vm, bql, reset, entry, alive, _ram: ram })
+        Ok(Machine {
+            vm,
+            bql,
+            reset,
+            entry,
+            alive,
+            _ram: ram,
+        })
     }
 
     /// Runs the guest on the calling thread (the vCPU thread) until it resets or stops.
@@ -111,10 +128,19 @@ impl Machine {
 type Built = (IoBuses, Arc<Mutex<Cmos>>, Option<Arc<Mutex<SerialPort>>>);
 
 /// Creates the platform devices and registers their port ranges.
-fn build_devices(cfg: &VmConfig, ram: &GuestRam, vm: &Vm, reset: &ResetRequest, out: &Outputs) -> Result<Built, String> {
+fn build_devices(
+    cfg: &VmConfig,
+    ram: &GuestRam,
+    vm: &Vm,
+    reset: &ResetRequest,
+    out: &Outputs,
+) -> Result<Built, String> {
     let mut buses = IoBuses::default();
     let pio = &mut buses.pio;
-    let serial = out.serial.clone().map(|o| Arc::new(Mutex::new(SerialPort::new(vm.irq(COM1_IRQ), o))));
+    let serial = out
+        .serial
+        .clone()
+        .map(|o| Arc::new(Mutex::new(SerialPort::new(vm.irq(COM1_IRQ), o))));
     if let Some(port) = &serial {
         pio.insert(COM1_BASE as u64, 8, port.clone())?;
     }
@@ -140,7 +166,10 @@ fn build_devices(cfg: &VmConfig, ram: &GuestRam, vm: &Vm, reset: &ResetRequest, 
 /// What SeaBIOS learns through fw_cfg: RAM layout, CPU count, console and boot policy.
 fn firmware_config(cfg: &VmConfig, ram: &GuestRam) -> Result<FwCfg, String> {
     let mut fw = FwCfg::default();
-    fw.add_bytes(fw_cfg::FW_CFG_RAM_SIZE, ram.ram_size().to_le_bytes().to_vec());
+    fw.add_bytes(
+        fw_cfg::FW_CFG_RAM_SIZE,
+        ram.ram_size().to_le_bytes().to_vec(),
+    );
     fw.add_u16(fw_cfg::FW_CFG_NOGRAPHIC, cfg.nographic as u16);
     fw.add_u16(fw_cfg::FW_CFG_NB_CPUS, 1);
     fw.add_u16(fw_cfg::FW_CFG_MAX_CPUS, 1);
@@ -165,7 +194,12 @@ fn firmware_config(cfg: &VmConfig, ram: &GuestRam) -> Result<FwCfg, String> {
 
 /// The RTC's periodic interrupt is a timer on the main loop (QEMU's RTC uses a QEMUTimer
 /// there too): a coroutine that sleeps one period, then ticks the device under the BQL.
-fn start_rtc_timer(main: &AioContextHandle, bql: Bql, cmos: Arc<Mutex<Cmos>>, alive: Arc<AtomicBool>) {
+fn start_rtc_timer(
+    main: &AioContextHandle,
+    bql: Bql,
+    cmos: Arc<Mutex<Cmos>>,
+    alive: Arc<AtomicBool>,
+) {
     main.schedule_bh(move || {
         let ticker = async move {
             while alive.load(Ordering::SeqCst) {
@@ -189,8 +223,15 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
     let boot = prepare_boot(cfg)?;
     let out = open_outputs(cfg)?;
     let main = MainLoop::start(cfg.drives.clone())?;
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(crate::kvm::KVM_DEVICE) {
-        return Err(format!("Could not access KVM kernel module: {}", os_error(&e)));
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(crate::kvm::KVM_DEVICE)
+    {
+        return Err(format!(
+            "Could not access KVM kernel module: {}",
+            os_error(&e)
+        ));
     }
     loop {
         let machine = Machine::new(cfg, &boot, &out, main.handle())?;
@@ -215,11 +256,19 @@ fn prepare_boot(cfg: &VmConfig) -> Result<Boot, String> {
         return Ok(Boot::Bios(bios::load_bios(&cfg.bios)?));
     };
     File::open(kernel).map_err(|e| {
-        format!("could not open kernel file '{}': {}", kernel.display(), os_error(&e))
+        format!(
+            "could not open kernel file '{}': {}",
+            kernel.display(),
+            os_error(&e)
+        )
     })?;
     let initrd = match &cfg.initrd {
         Some(path) => Some(std::fs::read(path).map_err(|e| {
-            format!("could not load initial ram disk '{}': {}", path.display(), os_error(&e))
+            format!(
+                "could not load initial ram disk '{}': {}",
+                path.display(),
+                os_error(&e)
+            )
         })?),
         None => None,
     };

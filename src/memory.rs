@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(ram_ranges(0xD000_0000), vec![(0, 0xD000_0000)]);
         assert_eq!(
             ram_ranges(4 << 30),
-            vec![(0, PCI_HOLE_START), (HIGHMEM_START, (4 << 30) - PCI_HOLE_START)]
+            vec![
+                (0, PCI_HOLE_START),
+                (HIGHMEM_START, (4 << 30) - PCI_HOLE_START)
+            ]
         );
     }
 

@@ -163,7 +163,10 @@ pub fn machine_help() -> String {
             "pc",
             "Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-10.0)",
         ),
-        ("pc-i440fx-10.0", "Standard PC (i440FX + PIIX, 1996) (default)"),
+        (
+            "pc-i440fx-10.0",
+            "Standard PC (i440FX + PIIX, 1996) (default)",
+        ),
         ("none", "empty machine"),
     ] {
         s.push_str(&format!("{name:<20} {desc}\n"));
@@ -173,8 +176,8 @@ pub fn machine_help() -> String {
 
 /// Options that take an argument; everything else in [`FLAGS`] takes none.
 const WITH_ARG: &[&str] = &[
-    "m", "bios", "kernel", "initrd", "append", "drive", "blockdev", "device", "serial",
-    "debugcon", "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net",
+    "m", "bios", "kernel", "initrd", "append", "drive", "blockdev", "device", "serial", "debugcon",
+    "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net",
 ];
 const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "nodefaults"];
 
@@ -271,15 +274,20 @@ fn check_unique_id(cfg: &VmConfig, id: &str) -> Result<(), String> {
 fn parse_ram_size(arg: &str) -> Result<u64, String> {
     let value = arg.strip_prefix("size=").unwrap_or(arg);
     let bytes = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        value.parse::<u64>().ok().and_then(|mib| mib.checked_mul(1 << 20))
+        value
+            .parse::<u64>()
+            .ok()
+            .and_then(|mib| mib.checked_mul(1 << 20))
     } else {
         block::options::parse_size(value)
     };
     let Some(bytes) = bytes else {
-        return Err("Parameter 'size' expects a non-negative number below 2^64\n\
+        return Err(
+            "Parameter 'size' expects a non-negative number below 2^64\n\
              Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
              and exabytes, respectively."
-            .to_string());
+                .to_string(),
+        );
     };
     // 1 MiB is the BIOS area; 16 GiB keeps the e820 layout and the test machines sane.
     if !(2 << 20..=16 << 30).contains(&bytes) {
@@ -329,11 +337,12 @@ fn parse_boot(arg: &str) -> Result<Option<i64>, String> {
             "reboot-timeout" => {
                 let ms: i64 = value
                     .parse()
-                    .map_err(|_| format!("Parameter 'reboot-timeout' expects a number"))?;
+                    .map_err(|_| "Parameter 'reboot-timeout' expects a number".to_string())?;
                 if !(-1..=0xffff).contains(&ms) {
-                    return Err(format!(
+                    return Err(
                         "reboot timeout is invalid, it should be a value between -1 and 65535"
-                    ));
+                            .to_string(),
+                    );
                 }
                 timeout = Some(ms);
             }
@@ -422,9 +431,7 @@ fn parse_drive(arg: &str, ordinal: usize) -> Result<DriveConfig, String> {
             return Err("IDE drives (device 'ide-hd') are not supported yet".to_string())
         }
         DriveInterface::Virtio => {
-            return Err(
-                "virtio drives (device 'virtio-blk-pci') are not supported yet".to_string(),
-            )
+            return Err("virtio drives (device 'virtio-blk-pci') are not supported yet".to_string())
         }
         DriveInterface::None => {}
     }

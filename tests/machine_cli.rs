@@ -15,7 +15,11 @@ fn rqemu(args: &[&str]) -> Output {
 fn fails_with(args: &[&str], message: &str) {
     let out = rqemu(args);
     assert_eq!(out.status.code(), Some(1), "{args:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stderr), format!("{message}\n"), "{args:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("{message}\n"),
+        "{args:?}"
+    );
     assert!(out.stdout.is_empty(), "{args:?}");
 }
 
@@ -40,19 +44,34 @@ fn machine_help_lists_pc_as_alias_of_the_default() {
 fn bad_options_read_like_qemu() {
     fails_with(&["-foo"], "rqemu: -foo: invalid option");
     fails_with(&["-m"], "rqemu: -m: requires an argument");
-    fails_with(&["-serial", "bogus"], "rqemu: -serial bogus: 'bogus' is not a valid char driver");
+    fails_with(
+        &["-serial", "bogus"],
+        "rqemu: -serial bogus: 'bogus' is not a valid char driver",
+    );
     fails_with(
         &["-M", "q35"],
         "rqemu: -M q35: unsupported machine type: \"q35\"\nUse -machine help to list supported machines",
     );
-    fails_with(&["-accel", "tcg2"], "rqemu: -accel tcg2: invalid accelerator tcg2");
-    fails_with(&["-trace", "x,bar=1"], "rqemu: -trace x,bar=1: Invalid parameter 'bar'");
-    fails_with(&["-device", "foo"], "rqemu: -device foo: 'foo' is not a valid device model name");
+    fails_with(
+        &["-accel", "tcg2"],
+        "rqemu: -accel tcg2: invalid accelerator tcg2",
+    );
+    fails_with(
+        &["-trace", "x,bar=1"],
+        "rqemu: -trace x,bar=1: Invalid parameter 'bar'",
+    );
+    fails_with(
+        &["-device", "foo"],
+        "rqemu: -device foo: 'foo' is not a valid device model name",
+    );
 }
 
 #[test]
 fn missing_files_read_like_qemu() {
-    fails_with(&["-bios", "/nonexistent/bios.bin"], "rqemu: could not load PC BIOS '/nonexistent/bios.bin'");
+    fails_with(
+        &["-bios", "/nonexistent/bios.bin"],
+        "rqemu: could not load PC BIOS '/nonexistent/bios.bin'",
+    );
     fails_with(
         &["-kernel", "/nonexistent/vmlinuz"],
         "rqemu: could not open kernel file '/nonexistent/vmlinuz': No such file or directory",
@@ -73,7 +92,10 @@ fn drive_options_are_checked_by_the_block_layer() {
     std::fs::write(&img, vec![0u8; 65536]).unwrap();
     let p = img.display().to_string();
     let arg = format!("file={p},format=foo,if=none");
-    fails_with(&["-drive", &arg], &format!("rqemu: -drive {arg}: Unknown driver 'foo'"));
+    fails_with(
+        &["-drive", &arg],
+        &format!("rqemu: -drive {arg}: Unknown driver 'foo'"),
+    );
     let arg = format!("file={p},format=raw,if=none,bogus=1");
     fails_with(
         &["-drive", &arg],
@@ -88,7 +110,9 @@ fn disk_devices_not_built_yet_are_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'ide-hd') are not supported yet"));
     let out = rqemu(&["-drive", "file=/tmp/x.img,if=virtio"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("'virtio-blk-pci') are not supported yet"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("'virtio-blk-pci') are not supported yet")
+    );
     let out = rqemu(&["-device", "virtio-blk-pci,drive=d0"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'virtio-blk-pci' is not supported yet"));

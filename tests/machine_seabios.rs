@@ -14,7 +14,10 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Whether the test can run; prints why not, or panics when KVM is required.
 fn requirements_met() -> bool {
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
     let missing = match (kvm, Path::new(BIOS).exists()) {
         (Err(e), _) => format!("/dev/kvm is not usable ({e})"),
         (Ok(_), false) => format!("{BIOS} is missing (Debian package seabios)"),
@@ -53,7 +56,10 @@ fn run_to_exit(args: &[&str]) -> (String, bool) {
         if start.elapsed() > TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("rqemu did not exit within {TIMEOUT:?}: {}", reader.join().unwrap());
+            panic!(
+                "rqemu did not exit within {TIMEOUT:?}: {}",
+                reader.join().unwrap()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -61,8 +67,14 @@ fn run_to_exit(args: &[&str]) -> (String, bool) {
 }
 
 fn assert_seabios_gave_up(text: &str, what: &str) {
-    assert!(text.contains("SeaBIOS (version"), "no banner on {what}:\n{text}");
-    assert!(text.contains("No bootable device"), "no boot failure on {what}:\n{text}");
+    assert!(
+        text.contains("SeaBIOS (version"),
+        "no banner on {what}:\n{text}"
+    );
+    assert!(
+        text.contains("No bootable device"),
+        "no boot failure on {what}:\n{text}"
+    );
 }
 
 #[test]
@@ -77,7 +89,10 @@ fn seabios_without_disks_reports_no_bootable_device_and_exits() {
     assert_seabios_gave_up(&serial, "the serial console");
     let text = std::fs::read_to_string(&log).unwrap();
     assert_seabios_gave_up(&text, "the debug console");
-    assert!(text.contains("Running on QEMU (i440fx)"), "host bridge not found:\n{text}");
+    assert!(
+        text.contains("Running on QEMU (i440fx)"),
+        "host bridge not found:\n{text}"
+    );
     assert!(text.contains("Found QEMU fw_cfg"), "{text}");
     std::fs::remove_file(&log).unwrap();
 }
@@ -93,12 +108,29 @@ fn unattached_drives_and_serial_files_do_not_disturb_the_boot() {
     let drive = format!("file={},format=raw,if=none,id=d0,cache=none", img.display());
     let serial = format!("file:{}", console.display());
     let (stdout, ok) = run_to_exit(&[
-        "-M", "pc", "-enable-kvm", "-m", "64", "-nographic", "-no-reboot",
-        "-serial", &serial, "-drive", &drive, "-bios", BIOS,
+        "-M",
+        "pc",
+        "-enable-kvm",
+        "-m",
+        "64",
+        "-nographic",
+        "-no-reboot",
+        "-serial",
+        &serial,
+        "-drive",
+        &drive,
+        "-bios",
+        BIOS,
     ]);
     assert!(ok, "rqemu failed:\n{stdout}");
-    assert!(stdout.is_empty(), "serial went to a file, not stdout:\n{stdout}");
-    assert_seabios_gave_up(&std::fs::read_to_string(&console).unwrap(), "the serial file");
+    assert!(
+        stdout.is_empty(),
+        "serial went to a file, not stdout:\n{stdout}"
+    );
+    assert_seabios_gave_up(
+        &std::fs::read_to_string(&console).unwrap(),
+        "the serial file",
+    );
     std::fs::remove_file(&img).unwrap();
     std::fs::remove_file(&console).unwrap();
 }

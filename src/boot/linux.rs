@@ -106,8 +106,10 @@ pub fn load(
         .setup_header
         .ok_or_else(|| "the kernel has no setup header".to_string())?;
     check_header(hdr.header, hdr.version, hdr.xloadflags)?;
-    let mut params = boot_params::default();
-    params.hdr = hdr;
+    let mut params = boot_params {
+        hdr,
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_UNDEFINED;
     params.hdr.loadflags |= CAN_USE_HEAP;
     params.hdr.heap_end_ptr = 0xFE00;
@@ -211,7 +213,10 @@ fn write_page_tables(ram: &GuestRam) -> Result<(), String> {
         w(PDPT_ADDR + i * 8, (PD_ADDR + i * 0x1000) | PTE_PRESENT_RW)?;
         for j in 0..512u64 {
             let page = (i * 512 + j) << 21;
-            w(PD_ADDR + i * 0x1000 + j * 8, page | PTE_PRESENT_RW | PDE_PAGE_2M)?;
+            w(
+                PD_ADDR + i * 0x1000 + j * 8,
+                page | PTE_PRESENT_RW | PDE_PAGE_2M,
+            )?;
         }
     }
     Ok(())

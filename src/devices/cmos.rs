@@ -169,15 +169,15 @@ impl Cmos {
         self.ram[REG_B] & B_DM_BINARY != 0
     }
 
-    fn to_reg(&self, v: u32) -> u8 {
+    fn encode_reg(&self, v: u32) -> u8 {
         if self.binary_mode() {
             v as u8
         } else {
-            ((v / 10) << 4 | v % 10) as u8
+            (((v / 10) << 4) | (v % 10)) as u8
         }
     }
 
-    fn from_reg(&self, v: u8) -> u32 {
+    fn decode_reg(&self, v: u8) -> u32 {
         if self.binary_mode() {
             v as u32
         } else {
@@ -192,18 +192,22 @@ impl Cmos {
     fn read_time(&self, reg: usize) -> Option<u8> {
         let t = self.current();
         Some(match reg {
-            0x00 => self.to_reg(t.sec),
-            0x02 => self.to_reg(t.min),
-            0x04 if self.ram[REG_B] & B_24H != 0 => self.to_reg(t.hour),
+            0x00 => self.encode_reg(t.sec),
+            0x02 => self.encode_reg(t.min),
+            0x04 if self.ram[REG_B] & B_24H != 0 => self.encode_reg(t.hour),
             0x04 => {
-                let h12 = if t.hour % 12 == 0 { 12 } else { t.hour % 12 };
-                self.to_reg(h12) | if t.hour >= 12 { 0x80 } else { 0 }
+                let h12 = if t.hour.is_multiple_of(12) {
+                    12
+                } else {
+                    t.hour % 12
+                };
+                self.encode_reg(h12) | if t.hour >= 12 { 0x80 } else { 0 }
             }
-            0x06 => self.to_reg(t.wday),
-            0x07 => self.to_reg(t.mday),
-            0x08 => self.to_reg(t.month),
-            0x09 => self.to_reg(t.year.rem_euclid(100) as u32),
-            REG_CENTURY => self.to_reg(t.year.div_euclid(100) as u32),
+            0x06 => self.encode_reg(t.wday),
+            0x07 => self.encode_reg(t.mday),
+            0x08 => self.encode_reg(t.month),
+            0x09 => self.encode_reg(t.year.rem_euclid(100) as u32),
+            REG_CENTURY => self.encode_reg(t.year.div_euclid(100) as u32),
             _ => return None,
         })
     }
@@ -211,18 +215,18 @@ impl Cmos {
     fn write_time(&mut self, reg: usize, value: u8) -> bool {
         let mut t = self.current();
         match reg {
-            0x00 => t.sec = self.from_reg(value),
-            0x02 => t.min = self.from_reg(value),
-            0x04 if self.ram[REG_B] & B_24H != 0 => t.hour = self.from_reg(value),
+            0x00 => t.sec = self.decode_reg(value),
+            0x02 => t.min = self.decode_reg(value),
+            0x04 if self.ram[REG_B] & B_24H != 0 => t.hour = self.decode_reg(value),
             0x04 => {
-                let h = self.from_reg(value & 0x7F) % 12;
+                let h = self.decode_reg(value & 0x7F) % 12;
                 t.hour = h + if value & 0x80 != 0 { 12 } else { 0 };
             }
             0x06 => return true,
-            0x07 => t.mday = self.from_reg(value),
-            0x08 => t.month = self.from_reg(value),
-            0x09 => t.year = t.year - t.year.rem_euclid(100) + self.from_reg(value) as i64,
-            REG_CENTURY => t.year = self.from_reg(value) as i64 * 100 + t.year.rem_euclid(100),
+            0x07 => t.mday = self.decode_reg(value),
+            0x08 => t.month = self.decode_reg(value),
+            0x09 => t.year = t.year - t.year.rem_euclid(100) + self.decode_reg(value) as i64,
+            REG_CENTURY => t.year = self.decode_reg(value) as i64 * 100 + t.year.rem_euclid(100),
             _ => return false,
         }
         self.offset = t.to_unix() - (self.now)();

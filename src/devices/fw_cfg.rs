@@ -191,7 +191,11 @@ mod tests {
         assert_eq!(&dir[..4], &2u32.to_be_bytes());
         let first = &dir[4..68];
         assert_eq!(&first[0..4], &34u32.to_be_bytes());
-        assert_eq!(&first[4..6], &0x21u16.to_be_bytes(), "bootorder was added second");
+        assert_eq!(
+            &first[4..6],
+            &0x21u16.to_be_bytes(),
+            "bootorder was added second"
+        );
         assert_eq!(&first[8..17], b"bootorder");
         assert_eq!(first[17], 0);
         let second = &dir[68..132];

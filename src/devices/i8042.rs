@@ -235,6 +235,10 @@ mod tests {
         k.write(0x60, 0, &[0xF0]);
         k.write(0x60, 0, &[0x02]);
         assert_eq!(inb(&mut k, 0x60), KBD_ACK);
-        assert_eq!(inb(&mut k, 0x60), KBD_ACK, "the argument is acknowledged too");
+        assert_eq!(
+            inb(&mut k, 0x60),
+            KBD_ACK,
+            "the argument is acknowledged too"
+        );
     }
 }

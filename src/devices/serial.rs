@@ -152,8 +152,11 @@ mod tests {
         // Reading IIR acknowledges a pending THR-empty interrupt, so the next one is new.
         port.read(0x3F8, 2, &mut b);
         let edges = irq.edges.load(Ordering::SeqCst);
-        port.write(0x3F8, 0, &[b'A']);
-        assert!(irq.edges.load(Ordering::SeqCst) > edges, "THR empty interrupt");
+        port.write(0x3F8, 0, b"A");
+        assert!(
+            irq.edges.load(Ordering::SeqCst) > edges,
+            "THR empty interrupt"
+        );
         port.write(0x3F8, 7, &[0x5A]);
         port.read(0x3F8, 7, &mut b);
         assert_eq!(b[0], 0x5A);

@@ -41,7 +41,10 @@ fn nographic_puts_serial_on_stdio_unless_given() {
         config(&["-nographic", "-serial", "file:/tmp/x"]).serial,
         CharBackend::File(PathBuf::from("/tmp/x"))
     );
-    assert_eq!(config(&["-serial", "none", "-nographic"]).serial, CharBackend::None);
+    assert_eq!(
+        config(&["-serial", "none", "-nographic"]).serial,
+        CharBackend::None
+    );
     assert_eq!(
         error(&["-serial", "bogus"]),
         "-serial bogus: 'bogus' is not a valid char driver"
@@ -72,17 +75,30 @@ fn machine_help_and_machine_types() {
             assert!(text.contains(
                 "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-10.0)\n"
             ));
-            assert!(text.contains("pc-i440fx-10.0       Standard PC (i440FX + PIIX, 1996) (default)\n"));
+            assert!(
+                text.contains("pc-i440fx-10.0       Standard PC (i440FX + PIIX, 1996) (default)\n")
+            );
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(parse(&["-M", "help"]), Ok(Command::Print(_))));
-    config(&["-M", "pc", "-machine", "type=pc,accel=kvm", "-enable-kvm", "-accel", "kvm"]);
+    config(&[
+        "-M",
+        "pc",
+        "-machine",
+        "type=pc,accel=kvm",
+        "-enable-kvm",
+        "-accel",
+        "kvm",
+    ]);
     assert_eq!(
         error(&["-M", "q35"]),
         "-M q35: unsupported machine type: \"q35\"\nUse -machine help to list supported machines"
     );
-    assert_eq!(error(&["-accel", "tcg2"]), "-accel tcg2: invalid accelerator tcg2");
+    assert_eq!(
+        error(&["-accel", "tcg2"]),
+        "-accel tcg2: invalid accelerator tcg2"
+    );
 }
 
 #[test]
@@ -98,15 +114,27 @@ fn drives_if_none_are_accepted_with_their_options() {
     assert_eq!(d.options.get("driver"), Some("raw"));
     assert!(d.flags.read_only && d.flags.cache.direct);
     assert_eq!(d.flags.aio, block::node::AioMode::IoUring);
-    let cfg = config(&["-drive", "file=/tmp/a,if=none", "-drive", "file=/tmp/b,if=none"]);
+    let cfg = config(&[
+        "-drive",
+        "file=/tmp/a,if=none",
+        "-drive",
+        "file=/tmp/b,if=none",
+    ]);
     assert_eq!(cfg.drives[1].id, "none1");
-    assert!(error(&["-drive", "file=a,if=none,id=x", "-drive", "file=b,if=none,id=x"])
-        .contains("Duplicate ID 'x'"));
+    assert!(error(&[
+        "-drive",
+        "file=a,if=none,id=x",
+        "-drive",
+        "file=b,if=none,id=x"
+    ])
+    .contains("Duplicate ID 'x'"));
 }
 
 #[test]
 fn disk_devices_fail_clearly_until_they_exist() {
-    assert!(error(&["-drive", "file=/tmp/a.img"]).contains("device 'ide-hd') are not supported yet"));
+    assert!(
+        error(&["-drive", "file=/tmp/a.img"]).contains("device 'ide-hd') are not supported yet")
+    );
     assert!(error(&["-drive", "file=/tmp/a.img,if=virtio"]).contains("'virtio-blk-pci'"));
     assert_eq!(
         error(&["-drive", "file=x,if=scsi2"]),
@@ -114,7 +142,10 @@ fn disk_devices_fail_clearly_until_they_exist() {
     );
     assert!(error(&["-device", "ide-hd,drive=d0"]).contains("'ide-hd' is not supported yet"));
     assert!(error(&["-device", "virtio-blk-pci,drive=d0"]).contains("not supported yet"));
-    assert_eq!(error(&["-device", "foo"]), "-device foo: 'foo' is not a valid device model name");
+    assert_eq!(
+        error(&["-device", "foo"]),
+        "-device foo: 'foo' is not a valid device model name"
+    );
 }
 
 #[test]
@@ -130,5 +161,8 @@ fn blockdev_needs_driver_and_node_name() {
 #[test]
 fn trace_patterns_are_checked() {
     config(&["-trace", "blk_*"]);
-    assert_eq!(error(&["-trace", "foo,bar=1"]), "-trace foo,bar=1: Invalid parameter 'bar'");
+    assert_eq!(
+        error(&["-trace", "foo,bar=1"]),
+        "-trace foo,bar=1: Invalid parameter 'bar'"
+    );
 }

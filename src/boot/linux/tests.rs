@@ -59,7 +59,10 @@ fn zero_page_holds_header_cmdline_initrd_and_e820() {
     let (image, size) = ({ hdr.ramdisk_image } as u64, { hdr.ramdisk_size } as u64);
     assert_eq!(size, 10_000);
     assert_eq!(image % 4096, 0);
-    assert!(image + size <= RAM && image + size > RAM - 8192, "initrd at top of RAM");
+    assert!(
+        image + size <= RAM && image + size > RAM - 8192,
+        "initrd at top of RAM"
+    );
     let mut b = [0u8; 1];
     ram.read(GuestAddress(image + 9_999), &mut b).unwrap();
     assert_eq!(b[0], 0x42);
@@ -68,8 +71,14 @@ fn zero_page_holds_header_cmdline_initrd_and_e820() {
     assert_eq!(&line, b"console=ttyS0 panic=-1\0");
     assert_eq!(zp.e820_entries, 5);
     let e = zp.e820_table;
-    assert_eq!(({ e[0].addr }, { e[0].size }, { e[0].r#type }), (0, 0x9FC00, 1));
-    assert_eq!(({ e[3].addr }, { e[3].size }, { e[3].r#type }), (KERNEL_ADDR, RAM - KERNEL_ADDR, 1));
+    assert_eq!(
+        ({ e[0].addr }, { e[0].size }, { e[0].r#type }),
+        (0, 0x9FC00, 1)
+    );
+    assert_eq!(
+        ({ e[3].addr }, { e[3].size }, { e[3].r#type }),
+        (KERNEL_ADDR, RAM - KERNEL_ADDR, 1)
+    );
     assert_eq!({ e[4].r#type }, 2);
     ram.read(GuestAddress(KERNEL_ADDR), &mut b).unwrap();
     assert_eq!(b[0], 0xCC, "protected-mode kernel at 1 MiB");
@@ -87,7 +96,10 @@ fn gdt_and_identity_page_tables() {
     assert_eq!(read_u64(&ram, PD_ADDR), 0x83);
     assert_eq!(read_u64(&ram, PD_ADDR + 8), (2 << 20) | 0x83);
     // The last 2 MiB page of the 4th directory maps 4 GiB - 2 MiB.
-    assert_eq!(read_u64(&ram, PD_ADDR + 0x3000 + 511 * 8), ((4u64 << 30) - (2 << 20)) | 0x83);
+    assert_eq!(
+        read_u64(&ram, PD_ADDR + 0x3000 + 511 * 8),
+        ((4u64 << 30) - (2 << 20)) | 0x83
+    );
 }
 
 #[test]
@@ -96,7 +108,9 @@ fn old_or_32_bit_only_kernels_and_long_cmdlines_are_refused() {
     let mut kernel = fake_bzimage(0, &[0; 512]);
     let err = load(&ram, &mut kernel, None, "").unwrap_err();
     assert!(err.contains("64-bit"), "{err}");
-    assert!(check_header(HDRS_MAGIC, 0x020B, 1).unwrap_err().contains("2.11"));
+    assert!(check_header(HDRS_MAGIC, 0x020B, 1)
+        .unwrap_err()
+        .contains("2.11"));
     assert!(check_header(0, 0x020F, 1).is_err());
     let mut kernel = fake_bzimage(0x7F, &[0; 512]);
     let err = load(&ram, &mut kernel, None, &"x".repeat(3000)).unwrap_err();
@@ -110,13 +124,21 @@ fn garbage_is_not_a_bzimage() {
     std::fs::write(&path, vec![0u8; 8192]).unwrap();
     let mut f = File::open(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
-    assert!(load(&ram, &mut f, None, "").unwrap_err().contains("bzImage"));
+    assert!(load(&ram, &mut f, None, "")
+        .unwrap_err()
+        .contains("bzImage"));
 }
 
 #[test]
 fn initrd_placement_respects_initrd_addr_max_and_ram() {
-    assert_eq!(initrd_address(64 << 20, 0x7FFF_FFFF, 4096).unwrap(), (64 << 20) - 4096);
-    assert_eq!(initrd_address(64 << 20, 0x00FF_FFFF, 100).unwrap(), (16 << 20) - 4096);
+    assert_eq!(
+        initrd_address(64 << 20, 0x7FFF_FFFF, 4096).unwrap(),
+        (64 << 20) - 4096
+    );
+    assert_eq!(
+        initrd_address(64 << 20, 0x00FF_FFFF, 100).unwrap(),
+        (16 << 20) - 4096
+    );
     assert!(initrd_address(2 << 20, 0x7FFF_FFFF, 4 << 20).is_err());
 }
 

@@ -90,14 +90,25 @@ fn periodic_interrupt_sets_c_and_reading_c_lowers_irq8() {
 fn memory_boot_order_and_cpu_registers() {
     let (mut c, _) = cmos();
     c.set_memory(16 << 20, 0);
-    assert_eq!(rd(&mut c, 0x30) as u16 | (rd(&mut c, 0x31) as u16) << 8, 15 * 1024);
+    assert_eq!(
+        rd(&mut c, 0x30) as u16 | (rd(&mut c, 0x31) as u16) << 8,
+        15 * 1024
+    );
     assert_eq!(rd(&mut c, 0x17), rd(&mut c, 0x30));
     c.set_memory(128 << 20, 0);
-    assert_eq!(rd(&mut c, 0x34) as u16 | (rd(&mut c, 0x35) as u16) << 8, 112 * 16);
+    assert_eq!(
+        rd(&mut c, 0x34) as u16 | (rd(&mut c, 0x35) as u16) << 8,
+        112 * 16
+    );
     assert_eq!(rd(&mut c, 0x5B), 0);
     c.set_memory(0xC000_0000, 1 << 30);
-    assert_eq!(rd(&mut c, 0x30), 0xFF, "extended memory saturates at 0xFFFF KiB");
-    let high = rd(&mut c, 0x5B) as u32 | (rd(&mut c, 0x5C) as u32) << 8 | (rd(&mut c, 0x5D) as u32) << 16;
+    assert_eq!(
+        rd(&mut c, 0x30),
+        0xFF,
+        "extended memory saturates at 0xFFFF KiB"
+    );
+    let high =
+        rd(&mut c, 0x5B) as u32 | (rd(&mut c, 0x5C) as u32) << 8 | (rd(&mut c, 0x5D) as u32) << 16;
     assert_eq!(high, (1 << 30) >> 16);
     c.set_boot_order([2, 1, 3]);
     assert_eq!(rd(&mut c, 0x3D), 0x12);
@@ -106,5 +117,9 @@ fn memory_boot_order_and_cpu_registers() {
     assert_eq!(rd(&mut c, 0x5F), 0);
     wr(&mut c, 0x40, 0xAB);
     assert_eq!(rd(&mut c, 0x40), 0xAB, "plain CMOS RAM");
-    assert_eq!(rd(&mut c, 0x80 | 0x40), 0xAB, "bit 7 of the index is the NMI mask");
+    assert_eq!(
+        rd(&mut c, 0x80 | 0x40),
+        0xAB,
+        "bit 7 of the index is the NMI mask"
+    );
 }

@@ -39,7 +39,11 @@ fn host_bridge_and_isa_bridge_identify_like_qemu_pc() {
     assert_eq!(read32(&mut h, 0, 8) & 0xFF, 0x02);
     assert_eq!(read32(&mut h, 8, 0), 0x7000_8086);
     assert_eq!(read32(&mut h, 8, 8) >> 8, 0x06_01_00);
-    assert_eq!((read32(&mut h, 8, 0x0C) >> 16) & 0xFF, 0x80, "multi-function");
+    assert_eq!(
+        (read32(&mut h, 8, 0x0C) >> 16) & 0xFF,
+        0x80,
+        "multi-function"
+    );
     assert_eq!(read32(&mut h, 9, 0), 0xFFFF_FFFF, "00:01.1 absent for now");
     assert_eq!(read32(&mut h, 0x10, 0), 0xFFFF_FFFF);
 }
@@ -65,7 +69,11 @@ fn ids_are_read_only_and_pam_pirq_are_storage() {
     h.write(0xCF8, 0, &addr(0, 0x58));
     h.write(0xCF8, 5, &[0x30, 0x33, 0x33]);
     assert_eq!(read32(&mut h, 0, 0x58), 0x3333_3000);
-    assert_eq!(read32(&mut h, 8, 0x60), 0x8080_8080, "PIRQs disabled at reset");
+    assert_eq!(
+        read32(&mut h, 8, 0x60),
+        0x8080_8080,
+        "PIRQs disabled at reset"
+    );
     write32(&mut h, 8, 0x60, 0x0B0B_0A0A);
     assert_eq!(read32(&mut h, 8, 0x60), 0x0B0B_0A0A);
 }
@@ -108,7 +116,11 @@ fn bar_sizing_returns_the_size_mask_and_keeps_type_bits() {
     write32(&mut h, 0x10, 0x10, 0xC000);
     assert_eq!(read32(&mut h, 0x10, 0x10), 0xC001);
     write32(&mut h, 0x10, 0x18, 0xFFFF_FFFF);
-    assert_eq!(read32(&mut h, 0x10, 0x18), 0, "unimplemented BAR stays zero");
+    assert_eq!(
+        read32(&mut h, 0x10, 0x18),
+        0,
+        "unimplemented BAR stays zero"
+    );
 }
 
 #[test]
