@@ -13,7 +13,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::cpu::dump_state;
-use crate::bus::Bql;
+use crate::bus::{Bql, Bus};
 use crate::devices::ResetRequest;
 
 /// Why the loop ended.
@@ -36,17 +36,11 @@ pub fn run_loop(vcpu: &mut VcpuFd, bql: &Bql, reset: &ResetRequest) -> Result<Ru
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let size = io_size();
-                let buses = bql.lock();
-                for chunk in data.chunks_mut(size) {
-                    buses.pio.read(port as u64, chunk);
-                }
+                pio_in(&bql.lock().pio, port, data, size);
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let size = io_size();
-                let buses = bql.lock();
-                for chunk in data.chunks(size) {
-                    buses.pio.write(port as u64, chunk);
-                }
+                pio_out(&bql.lock().pio, port, data, size);
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 bql.lock().mmio.read(addr, data);
@@ -84,6 +78,56 @@ pub fn run_loop(vcpu: &mut VcpuFd, bql: &Bql, reset: &ResetRequest) -> Result<Ru
     }
 }
 
+/// An `in`/`ins` exit: `data` holds `data.len() / size` accesses of `size` bytes each.
+pub fn pio_in(bus: &Bus, port: u16, data: &mut [u8], size: usize) {
+    for chunk in data.chunks_mut(size) {
+        bus.read(port as u64, chunk);
+    }
+}
+
+/// An `out`/`outs` exit, split the same way.
+pub fn pio_out(bus: &Bus, port: u16, data: &[u8], size: usize) {
+    for chunk in data.chunks(size) {
+        bus.write(port as u64, chunk);
+    }
+}
+
 fn failure(vcpu: &VcpuFd, what: &str) -> String {
     format!("{what}\n{}", dump_state(vcpu))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::BusDevice;
+    use std::sync::{Arc, Mutex};
+
+    /// Records the size of every access and answers reads with a counter.
+    #[derive(Default)]
+    struct Port(Vec<usize>, u8);
+    impl BusDevice for Port {
+        fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+            self.0.push(data.len());
+            self.1 += 1;
+            data.fill(self.1);
+        }
+        fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
+            self.0.push(data.len());
+        }
+    }
+
+    #[test]
+    fn string_io_is_split_into_single_accesses() {
+        let port = Arc::new(Mutex::new(Port::default()));
+        let mut bus = Bus::default();
+        bus.insert(0x1F0, 8, port.clone()).unwrap();
+        // rep insw, count 3: three 2-byte reads.
+        let mut data = [0u8; 6];
+        pio_in(&bus, 0x1F0, &mut data, 2);
+        assert_eq!(data, [1, 1, 2, 2, 3, 3]);
+        // rep outsd, count 2, then a single outb.
+        pio_out(&bus, 0x1F0, &[0; 8], 4);
+        pio_out(&bus, 0x1F7, &[0xEC], 1);
+        assert_eq!(port.lock().unwrap().0, vec![2, 2, 2, 4, 4, 1]);
+    }
 }
