@@ -21,7 +21,9 @@ use crate::devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use crate::devices::fw_cfg::{self, e820_bytes, E820Type, FwCfg, FW_CFG_PORT_SEL};
 use crate::devices::i8042::{I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ};
 use crate::devices::pci::{pc_pci_bus, PciHost, PCI_CONFIG_ADDRESS};
-use crate::devices::serial::{spawn_stdin_reader, CharOut, SerialPort, COM1_BASE, COM1_IRQ};
+use crate::devices::serial::{
+    spawn_stdin_reader, CharOut, SerialInput, SerialPort, COM1_BASE, COM1_IRQ,
+};
 use crate::devices::{Port92, ResetRequest};
 use crate::kvm::vcpu::{run_loop, RunExit};
 use crate::kvm::{cpu, Vm};
@@ -51,6 +53,8 @@ pub struct Outputs {
     pub serial: Option<CharOut>,
     /// The debug console's output, if any.
     pub debugcon: Option<CharOut>,
+    /// Where stdin goes, when COM1 is on stdio.
+    pub serial_input: Option<SerialInput>,
 }
 
 /// One boot of the machine.
@@ -100,8 +104,8 @@ impl Machine {
         let (buses, cmos, serial) = build_devices(cfg, &ram, &vm, &reset, out)?;
         let bql = Bql::new(buses);
         start_rtc_timer(&main, bql.clone(), cmos, alive.clone());
-        if let (Some(port), Some(CharOut::Stdout)) = (serial, &out.serial) {
-            spawn_stdin_reader(bql.clone(), port);
+        if let (Some(port), Some(input)) = (serial, &out.serial_input) {
+            input.connect(bql.clone(), port);
         }
         Ok(Machine {
             vm,
@@ -301,8 +305,14 @@ fn open_outputs(cfg: &VmConfig) -> Result<Outputs, String> {
             _ => format!("{opt}: {}", os_error(&e)),
         })
     };
+    let serial_input = (cfg.serial == CharBackend::Stdio).then(|| {
+        let input = SerialInput::default();
+        spawn_stdin_reader(input.clone());
+        input
+    });
     Ok(Outputs {
         serial: open("-serial", &cfg.serial)?,
         debugcon: open("-debugcon", &cfg.debugcon)?,
+        serial_input,
     })
 }

@@ -1,16 +1,20 @@
 //! Direct Linux boot enters a bzImage's 64-bit entry point in long mode.
 //!
 //! A stock kernel cannot run on the nested-PVM KVM of the development machines, so the
-//! "kernel" here is a hand-made bzImage: a valid setup header and, at startup_64 (load address
-//! + 0x200), 64-bit code that checks the zero page RSI points to (type_of_loader 0xFF, the
-//! command line's first byte at cmd_line_ptr), prints "L64" plus the checks' results on COM1,
-//! and resets through the keyboard controller. Needs /dev/kvm: skipped with a printed reason
+//! "kernel" here is a hand-made bzImage: a valid setup header and, at startup_64 (the load
+//! address plus 0x200), 64-bit code that reads the zero page RSI points to (type_of_loader
+//! 0xFF, the command line's first byte at cmd_line_ptr), prints "L64" and what it read on
+//! COM1, and resets through the keyboard controller. Needs /dev/kvm: skipped with a printed reason
 //! when absent, failed instead when RQEMU_REQUIRE_KVM=1.
 
 use std::process::{Command, Stdio};
 
 fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) if std::env::var("RQEMU_REQUIRE_KVM").as_deref() == Ok("1") => {
             panic!("RQEMU_REQUIRE_KVM=1 but /dev/kvm is not usable: {e}")
@@ -65,8 +69,20 @@ fn fake_kernel_runs_its_64_bit_entry_with_the_zero_page() {
     let initrd = kernel.with_extension("initrd");
     std::fs::write(&initrd, vec![0x5Au8; 4096]).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_rqemu"))
-        .args(["-kernel", kernel.to_str().unwrap(), "-initrd", initrd.to_str().unwrap()])
-        .args(["-append", "Xconsole=ttyS0", "-nographic", "-no-reboot", "-m", "256"])
+        .args([
+            "-kernel",
+            kernel.to_str().unwrap(),
+            "-initrd",
+            initrd.to_str().unwrap(),
+        ])
+        .args([
+            "-append",
+            "Xconsole=ttyS0",
+            "-nographic",
+            "-no-reboot",
+            "-m",
+            "256",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("run rqemu");

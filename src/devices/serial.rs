@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use vm_superio::{Serial, Trigger};
 
 use super::Irq;
-use crate::bus::{lock, BusDevice};
+use crate::bus::{lock, Bql, BusDevice};
 use crate::vm_config::CharBackend;
 
 /// COM1's first port.
@@ -107,9 +107,34 @@ impl BusDevice for SerialPort {
     }
 }
 
-/// Starts a thread that copies stdin into the UART's receive FIFO (QEMU's stdio chardev).
-/// The bytes are delivered under the device lock; when the FIFO is full the thread waits.
-pub fn spawn_stdin_reader(bql: crate::bus::Bql, port: Arc<Mutex<SerialPort>>) {
+/// Where stdin's bytes go: the COM1 of the machine currently running. A guest reset builds a
+/// new machine; [`SerialInput::connect`] points the one stdin reader at its UART.
+#[derive(Clone, Default)]
+pub struct SerialInput(Arc<Mutex<Option<InputTarget>>>);
+
+/// A machine's device lock and its UART.
+type InputTarget = (Bql, Arc<Mutex<SerialPort>>);
+
+impl SerialInput {
+    /// Sends further input to `port`, delivered under `bql`.
+    pub fn connect(&self, bql: Bql, port: Arc<Mutex<SerialPort>>) {
+        *lock(&self.0) = Some((bql, port));
+    }
+
+    /// Hands as much of `bytes` to the UART as its FIFO takes; 0 when none is connected.
+    fn deliver(&self, bytes: &[u8]) -> usize {
+        let Some((bql, port)) = lock(&self.0).clone() else {
+            return 0;
+        };
+        let _bql = bql.lock();
+        let taken = lock(&port).receive(bytes);
+        taken
+    }
+}
+
+/// Starts the thread that copies stdin into COM1's receive FIFO (QEMU's stdio chardev);
+/// while the FIFO is full, or no machine is connected, the thread waits.
+pub fn spawn_stdin_reader(input: SerialInput) {
     let spawned = std::thread::Builder::new()
         .name("serial-stdin".into())
         .spawn(move || {
@@ -118,10 +143,7 @@ pub fn spawn_stdin_reader(bql: crate::bus::Bql, port: Arc<Mutex<SerialPort>>) {
             while let Ok(n @ 1..) = stdin.lock().read(&mut buf) {
                 let mut pending = &buf[..n];
                 while !pending.is_empty() {
-                    let taken = {
-                        let _bql = bql.lock();
-                        lock(&port).receive(pending)
-                    };
+                    let taken = input.deliver(pending);
                     pending = &pending[taken..];
                     if taken == 0 {
                         std::thread::sleep(std::time::Duration::from_millis(10));
