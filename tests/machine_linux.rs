@@ -7,24 +7,11 @@
 //! COM1, and resets through the keyboard controller. Needs /dev/kvm: skipped with a printed reason
 //! when absent, failed instead when RQEMU_REQUIRE_KVM=1.
 
-use std::process::{Command, Stdio};
+mod common;
 
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) if std::env::var("RQEMU_REQUIRE_KVM").as_deref() == Ok("1") => {
-            panic!("RQEMU_REQUIRE_KVM=1 but /dev/kvm is not usable: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: /dev/kvm is not usable ({e})");
-            false
-        }
-    }
-}
+use std::time::Duration;
+
+use common::{kvm_usable, run, temp_path};
 
 /// 64-bit code: print "L64", then [rsi+0x210] (type_of_loader), then the first byte of the
 /// command line (through cmd_line_ptr at [rsi+0x228]), "\n", and reset.
@@ -55,7 +42,7 @@ fn fake_bzimage() -> std::path::PathBuf {
     let mut payload = vec![0xF4u8; 0x200]; // startup_32 (unused)
     payload.extend_from_slice(&entry_code());
     img.extend_from_slice(&payload);
-    let path = std::env::temp_dir().join(format!("rqemu-fake-bzimage-{}", std::process::id()));
+    let path = temp_path("bzImage");
     std::fs::write(&path, img).unwrap();
     path
 }
@@ -68,27 +55,21 @@ fn fake_kernel_runs_its_64_bit_entry_with_the_zero_page() {
     let kernel = fake_bzimage();
     let initrd = kernel.with_extension("initrd");
     std::fs::write(&initrd, vec![0x5Au8; 4096]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rqemu"))
-        .args([
-            "-kernel",
-            kernel.to_str().unwrap(),
-            "-initrd",
-            initrd.to_str().unwrap(),
-        ])
-        .args([
-            "-append",
-            "Xconsole=ttyS0",
-            "-nographic",
-            "-no-reboot",
-            "-m",
-            "256",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run rqemu");
+    let args = [
+        "-kernel",
+        kernel.to_str().unwrap(),
+        "-initrd",
+        initrd.to_str().unwrap(),
+        "-append",
+        "Xconsole=ttyS0",
+        "-nographic",
+        "-no-reboot",
+        "-m",
+        "256",
+    ];
+    let r = run(&args, b"", Duration::from_secs(30));
     std::fs::remove_file(&kernel).unwrap();
     std::fs::remove_file(&initrd).unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "rqemu failed: {stderr}");
-    assert_eq!(out.stdout, b"L64\xFFX\n", "stderr: {stderr}");
+    assert_eq!(r.exited, Some(true), "rqemu failed: {}", r.stderr);
+    assert_eq!(r.stdout, b"L64\xFFX\n", "stderr: {}", r.stderr);
 }
