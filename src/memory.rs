@@ -83,6 +83,8 @@ impl GuestRam {
                 read_only: true,
             });
         }
+        // vm-memory wants its regions in address order: the ROM sits between the two RAM parts.
+        ranges.sort_by_key(|r| r.0);
         let mem = GuestMemoryMmap::from_ranges(&ranges)
             .map_err(|e| format!("cannot allocate guest memory: {e}"))?;
         let ram = GuestRam {
@@ -186,6 +188,20 @@ mod tests {
         assert_eq!(b[0], 0x33);
         let rom = ram.slots().iter().find(|s| s.read_only).unwrap();
         assert_eq!(rom.guest_addr + rom.size, HIGHMEM_START);
+    }
+
+    #[test]
+    fn big_guests_with_a_bios_map_ram_on_both_sides_of_the_rom() {
+        let image = vec![0xF4u8; 256 << 10];
+        let ram = GuestRam::new(4 << 30, Some(&image)).unwrap();
+        assert_eq!(ram.below_4g(), PCI_HOLE_START);
+        assert_eq!(ram.above_4g(), 1 << 30);
+        assert_eq!(ram.slots().len(), 3);
+        assert!(ram.host_address(HIGHMEM_START + (1 << 30) - 1).is_some());
+        assert!(
+            ram.host_address(PCI_HOLE_START).is_none(),
+            "the PCI hole has no RAM"
+        );
     }
 
     #[test]

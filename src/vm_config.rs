@@ -167,7 +167,6 @@ pub fn machine_help() -> String {
             "pc-i440fx-10.0",
             "Standard PC (i440FX + PIIX, 1996) (default)",
         ),
-        ("none", "empty machine"),
     ] {
         s.push_str(&format!("{name:<20} {desc}\n"));
     }
