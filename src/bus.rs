@@ -31,10 +31,13 @@ struct Range {
     device: DeviceRef,
 }
 
-/// One address space (I/O ports or memory) of non-overlapping device ranges.
+/// One address space (I/O ports or memory) of non-overlapping device ranges, plus an
+/// optional fallback that sees every access no range claims (with base 0 and the address as
+/// offset): the PCI bus, whose BARs move wherever firmware programs them.
 #[derive(Default)]
 pub struct Bus {
     ranges: Vec<Range>,
+    fallback: Option<DeviceRef>,
 }
 
 impl Bus {
@@ -58,7 +61,12 @@ impl Bus {
         Ok(())
     }
 
-    /// Removes the range registered at `base` (a PCI BAR moving, later).
+    /// Sets the device that answers unclaimed accesses.
+    pub fn set_fallback(&mut self, device: DeviceRef) {
+        self.fallback = Some(device);
+    }
+
+    /// Removes the range registered at `base`.
     pub fn remove(&mut self, base: u64) -> Option<DeviceRef> {
         let at = self.ranges.iter().position(|r| r.base == base)?;
         Some(self.ranges.remove(at).device)
@@ -77,10 +85,16 @@ impl Bus {
                 lock(&r.device).read(r.base, addr - r.base, data);
                 true
             }
-            None => {
-                data.fill(0xFF);
-                false
-            }
+            None => match &self.fallback {
+                Some(dev) => {
+                    lock(dev).read(0, addr, data);
+                    true
+                }
+                None => {
+                    data.fill(0xFF);
+                    false
+                }
+            },
         }
     }
 
@@ -91,7 +105,13 @@ impl Bus {
                 lock(&r.device).write(r.base, addr - r.base, data);
                 true
             }
-            None => false,
+            None => match &self.fallback {
+                Some(dev) => {
+                    lock(dev).write(0, addr, data);
+                    true
+                }
+                None => false,
+            },
         }
     }
 }

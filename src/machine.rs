@@ -20,7 +20,7 @@ use crate::devices::cmos::{Cmos, CMOS_PORT, RTC_IRQ};
 use crate::devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use crate::devices::fw_cfg::{self, e820_bytes, E820Type, FwCfg, FW_CFG_PORT_SEL};
 use crate::devices::i8042::{I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ};
-use crate::devices::pci::{pc_pci_bus, PciHost, PCI_CONFIG_ADDRESS};
+use crate::devices::pci::{pc_pci_bus, BarKind, PciBarWindow, PciHost, PCI_CONFIG_ADDRESS};
 use crate::devices::serial::{
     spawn_stdin_reader, CharOut, SerialInput, SerialPort, COM1_BASE, COM1_IRQ,
 };
@@ -158,8 +158,12 @@ fn build_devices(
     pio.insert(I8042_DATA as u64, 1, kbc.clone())?;
     pio.insert(I8042_COMMAND as u64, 1, kbc)?;
     pio.insert(0x92, 1, dev(Port92::new(reset.clone())))?;
-    let pci = PciHost::new(pc_pci_bus(), reset.clone());
-    pio.insert(PCI_CONFIG_ADDRESS as u64, 8, dev(pci))?;
+    let pci = Arc::new(Mutex::new(PciHost::new(pc_pci_bus(), reset.clone())));
+    pio.insert(PCI_CONFIG_ADDRESS as u64, 8, pci.clone())?;
+    pio.set_fallback(dev(PciBarWindow::new(pci.clone(), BarKind::Io)));
+    buses
+        .mmio
+        .set_fallback(dev(PciBarWindow::new(pci, BarKind::Mem32)));
     if let Some(o) = &out.debugcon {
         pio.insert(DEBUGCON_PORT as u64, 1, dev(DebugCon::new(o.clone())))?;
     }

@@ -64,7 +64,7 @@ fn seabios_without_disks_reports_no_bootable_device_and_exits() {
 }
 
 #[test]
-fn unattached_drives_and_serial_files_do_not_disturb_the_boot() {
+fn big_memory_unattached_drives_and_serial_files_do_not_disturb_the_boot() {
     if !requirements_met() {
         return;
     }

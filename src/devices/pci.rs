@@ -11,7 +11,9 @@
 //!
 //! Functions plug in with [`PciBus::add`] at a devfn (`device << 3 | function`): the host
 //! bridge at 00:00.0, the ISA bridge at 00:01.0, and later the IDE function at 00:01.1 and
-//! virtio functions from 00:02.0.
+//! virtio functions from 00:02.0. Accesses to their BARs arrive through [`PciBarWindow`],
+//! the fallback of the port and memory buses: it finds the enabled BAR that decodes the
+//! address and calls the function's `bar_read`/`bar_write` with the offset inside it.
 
 use super::ResetRequest;
 use crate::bus::BusDevice;
@@ -113,6 +115,23 @@ impl ConfigSpace {
         (self.data[PCI_COMMAND] & enable_bit != 0 && addr != 0).then_some(addr as u64)
     }
 
+    /// The kind, address and size of BAR `index` while it decodes (command register enable
+    /// bit set, address programmed); `None` for unimplemented or disabled BARs.
+    pub fn bar_region(&self, index: usize) -> Option<(BarKind, u64, u64)> {
+        let off = PCI_BASE_ADDRESS_0 + 4 * index;
+        let mask = u32::from_le_bytes(self.wmask[off..off + 4].try_into().unwrap());
+        if mask == 0 {
+            return None;
+        }
+        let kind = if self.dword(off) & 1 == 1 {
+            BarKind::Io
+        } else {
+            BarKind::Mem32
+        };
+        let size = (!mask as u64 + 1) & 0xFFFF_FFFF;
+        Some((kind, self.bar_address(index)?, size))
+    }
+
     /// Reads a little-endian dword.
     pub fn dword(&self, off: usize) -> u32 {
         u32::from_le_bytes(self.data[off..off + 4].try_into().unwrap())
@@ -148,6 +167,14 @@ pub trait PciFunction: Send {
     fn config_write(&mut self, off: usize, data: &[u8]) {
         self.config_mut().write(off, data);
     }
+
+    /// A read of `data.len()` bytes at `offset` inside BAR `bar`.
+    fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0xFF);
+    }
+
+    /// A write at `offset` inside BAR `bar`.
+    fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
 }
 
 /// Bus 0: up to 32 devices of 8 functions each.
@@ -184,6 +211,46 @@ impl PciBus {
             Some(f) => f.config_read(off, data),
             None => data.fill(0xFF),
         }
+    }
+
+    /// The function, BAR and offset that decode `[addr, addr + len)` in `kind` space.
+    fn find_bar(&self, kind: BarKind, addr: u64, len: u64) -> Option<(usize, usize, u64)> {
+        self.functions.iter().enumerate().find_map(|(devfn, f)| {
+            let cfg = f.as_ref()?.config();
+            (0..6).find_map(|bar| match cfg.bar_region(bar) {
+                Some((k, base, size)) if k == kind && addr >= base && addr + len <= base + size => {
+                    Some((devfn, bar, addr - base))
+                }
+                _ => None,
+            })
+        })
+    }
+
+    /// Dispatches a BAR read; returns false (and all-ones) when no BAR decodes `addr`.
+    pub fn bar_read(&mut self, kind: BarKind, addr: u64, data: &mut [u8]) -> bool {
+        match self.find_bar(kind, addr, data.len() as u64) {
+            Some((devfn, bar, off)) => {
+                if let Some(f) = &mut self.functions[devfn] {
+                    f.bar_read(bar, off, data);
+                }
+                true
+            }
+            None => {
+                data.fill(0xFF);
+                false
+            }
+        }
+    }
+
+    /// Dispatches a BAR write; returns false when no BAR decodes `addr`.
+    pub fn bar_write(&mut self, kind: BarKind, addr: u64, data: &[u8]) -> bool {
+        let Some((devfn, bar, off)) = self.find_bar(kind, addr, data.len() as u64) else {
+            return false;
+        };
+        if let Some(f) = &mut self.functions[devfn] {
+            f.bar_write(bar, off, data);
+        }
+        true
     }
 
     /// Writes config space of `devfn`; writes to absent functions are dropped.
@@ -341,6 +408,34 @@ impl BusDevice for PciHost {
             }
             _ => {}
         }
+    }
+}
+
+/// Routes a bus's unclaimed accesses to the PCI BARs of one kind (set as the port bus's
+/// fallback for I/O BARs and the memory bus's for memory BARs).
+pub struct PciBarWindow {
+    host: std::sync::Arc<std::sync::Mutex<PciHost>>,
+    kind: BarKind,
+}
+
+impl PciBarWindow {
+    /// A window onto `host`'s BARs of `kind`.
+    pub fn new(host: std::sync::Arc<std::sync::Mutex<PciHost>>, kind: BarKind) -> PciBarWindow {
+        PciBarWindow { host, kind }
+    }
+}
+
+impl BusDevice for PciBarWindow {
+    fn read(&mut self, _base: u64, addr: u64, data: &mut [u8]) {
+        crate::bus::lock(&self.host)
+            .bus_mut()
+            .bar_read(self.kind, addr, data);
+    }
+
+    fn write(&mut self, _base: u64, addr: u64, data: &[u8]) {
+        crate::bus::lock(&self.host)
+            .bus_mut()
+            .bar_write(self.kind, addr, data);
     }
 }
 

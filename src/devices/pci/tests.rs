@@ -90,7 +90,11 @@ fn disabled_address_or_other_bus_reads_all_ones() {
     assert_eq!(d, [0xFF; 4]);
 }
 
-struct BarDev(ConfigSpace);
+/// A function with BARs that records BAR accesses.
+struct BarDev(
+    ConfigSpace,
+    std::sync::Arc<std::sync::Mutex<Vec<(usize, u64, u8)>>>,
+);
 impl PciFunction for BarDev {
     fn config(&self) -> &ConfigSpace {
         &self.0
@@ -98,15 +102,25 @@ impl PciFunction for BarDev {
     fn config_mut(&mut self) -> &mut ConfigSpace {
         &mut self.0
     }
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        data.fill(0x40 + bar as u8 + offset as u8);
+    }
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.1.lock().unwrap().push((bar, offset, data[0]));
+    }
+}
+
+fn bar_dev() -> BarDev {
+    let mut cfg = ConfigSpace::new(0x1AF4, 0x1001, 0x01_00_00, 0);
+    cfg.set_bar(0, BarKind::Io, 0x40);
+    cfg.set_bar(1, BarKind::Mem32, 0x1000);
+    BarDev(cfg, Default::default())
 }
 
 #[test]
 fn bar_sizing_returns_the_size_mask_and_keeps_type_bits() {
-    let mut cfg = ConfigSpace::new(0x1AF4, 0x1001, 0x01_00_00, 0);
-    cfg.set_bar(0, BarKind::Io, 0x40);
-    cfg.set_bar(1, BarKind::Mem32, 0x1000);
     let mut bus = pc_pci_bus();
-    bus.add(0x10, Box::new(BarDev(cfg))).unwrap();
+    bus.add(0x10, Box::new(bar_dev())).unwrap();
     assert!(bus.add(0x10, Box::new(I440fx::default())).is_err());
     let mut h = PciHost::new(bus, ResetRequest::default());
     write32(&mut h, 0x10, 0x10, 0xFFFF_FFFF);
@@ -143,4 +157,39 @@ fn port_cf9_resets_on_bit2() {
     assert_eq!(b[0], 0x02);
     h.write(0xCF8, 1, &[0x06]);
     assert!(reset.take());
+}
+
+#[test]
+fn bar_window_routes_accesses_to_enabled_bars_only() {
+    let dev = bar_dev();
+    let writes = dev.1.clone();
+    let mut bus = pc_pci_bus();
+    bus.add(0x10, Box::new(dev)).unwrap();
+    let host = std::sync::Arc::new(std::sync::Mutex::new(PciHost::new(
+        bus,
+        ResetRequest::default(),
+    )));
+    let mut io = PciBarWindow::new(host.clone(), BarKind::Io);
+    let mut mem = PciBarWindow::new(host.clone(), BarKind::Mem32);
+    {
+        let mut h = host.lock().unwrap();
+        write32(&mut h, 0x10, 0x10, 0xC000);
+        write32(&mut h, 0x10, 0x14, 0xFEBF_0000);
+    }
+    let mut b = [0u8; 1];
+    io.read(0, 0xC004, &mut b);
+    assert_eq!(b[0], 0xFF, "I/O decoding still disabled");
+    write32(&mut host.lock().unwrap(), 0x10, 0x04, 0x3);
+    io.read(0, 0xC004, &mut b);
+    assert_eq!(b[0], 0x44, "BAR 0 offset 4");
+    mem.read(0, 0xFEBF_0010, &mut b);
+    assert_eq!(b[0], 0x51, "BAR 1 offset 0x10");
+    io.write(0, 0xC03F, &[7]);
+    io.write(0, 0xC040, &[8]);
+    mem.write(0, 0xC000, &[9]);
+    assert_eq!(
+        *writes.lock().unwrap(),
+        vec![(0, 0x3F, 7)],
+        "only the in-range I/O write"
+    );
 }
