@@ -78,7 +78,7 @@ fn big_memory_unattached_drives_and_serial_files_do_not_disturb_the_boot() {
         "pc",
         "-enable-kvm",
         "-m",
-        "64",
+        "4G",
         "-nographic",
         "-no-reboot",
         "-serial",
