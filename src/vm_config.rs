@@ -215,6 +215,21 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
             return Ok(Command::Print(text));
         }
     }
+    if cfg.kernel.is_none() {
+        // QEMU's wording, and no context: the options may come in any order.
+        if cfg.initrd.is_some() {
+            return Err(CliError::new(
+                "",
+                "-initrd only allowed with -kernel option",
+            ));
+        }
+        if !cfg.append.is_empty() {
+            return Err(CliError::new(
+                "",
+                "-append only allowed with -kernel option",
+            ));
+        }
+    }
     if cfg.nographic && !serial_given {
         cfg.serial = CharBackend::Stdio;
     }

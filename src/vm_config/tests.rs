@@ -166,3 +166,24 @@ fn trace_patterns_are_checked() {
         "-trace foo,bar=1: Invalid parameter 'bar'"
     );
 }
+
+#[test]
+fn initrd_and_append_need_a_kernel() {
+    assert_eq!(
+        error(&["-initrd", "x"]),
+        "-initrd only allowed with -kernel option"
+    );
+    assert_eq!(
+        error(&["-append", "quiet"]),
+        "-append only allowed with -kernel option"
+    );
+    let cfg = config(&[
+        "-append",
+        "console=ttyS0",
+        "-kernel",
+        "bzImage",
+        "-initrd",
+        "rd",
+    ]);
+    assert_eq!(cfg.append, "console=ttyS0");
+}
