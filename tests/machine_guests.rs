@@ -1,8 +1,9 @@
-//! Guest resets end the run with `-no-reboot` and restart the machine without it; COM1
-//! carries bytes both ways.
+//! Tiny guests against the vCPU loop and the platform: resets end the run with `-no-reboot`
+//! and restart the machine without it, COM1 carries bytes both ways, and the RTC's periodic
+//! timer (a coroutine on the main loop) reaches the device.
 //!
-//! The guests are tiny firmware images assembled by hand (tests/common): each prints "OK\n"
-//! on COM1 and then resets the machine one of the PC's ways. Needs /dev/kvm: skipped with a
+//! The guests are firmware images assembled by hand (tests/common): each prints "OK\n" on
+//! COM1, does its check, and then resets the machine one of the PC's ways. Needs /dev/kvm: skipped with a
 //! printed reason when absent, failed instead when RQEMU_REQUIRE_KVM=1.
 
 mod common;
@@ -116,4 +117,27 @@ fn serial_input_from_stdin_reaches_the_guest() {
     std::fs::remove_file(&bios).unwrap();
     assert_eq!(r.exited, Some(true), "{}", r.stderr);
     assert_eq!(r.stdout, b"OK\nZ");
+}
+
+#[test]
+fn rtc_periodic_flag_is_set_by_the_main_loop_timer() {
+    if !kvm_usable() {
+        return;
+    }
+    let poll = [
+        0xB0, 0x0B, 0xE6, 0x70, 0xB0, 0x42, 0xE6, 0x71, // CMOS B = PIE | 24h
+        0xB0, 0x0C, 0xE6, 0x70, 0xE4, 0x71, 0xA8, 0x40, 0x74, 0xF6, // poll C until PF
+        0xB0, b'P', 0xEE, // print "P" (DX is still 0x3f8)
+        0xB0, 0xFE, 0xE6, 0x64, // reset
+    ];
+    let bios = firmware("rtc", &poll);
+    let path = bios.display().to_string();
+    let r = run(
+        &["-bios", &path, "-nographic", "-no-reboot"],
+        b"",
+        Duration::from_secs(30),
+    );
+    std::fs::remove_file(&bios).unwrap();
+    assert_eq!(r.exited, Some(true), "{}", r.stderr);
+    assert_eq!(r.stdout, b"OK\nP");
 }
