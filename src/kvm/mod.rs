@@ -10,6 +10,7 @@
 pub mod cpu;
 pub mod vcpu;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
@@ -75,8 +76,9 @@ impl Vm {
                 memory_size: s.size,
                 userspace_addr: host,
             };
-            // SAFETY: `host` points into a mapping owned by `ram` of `s.size` bytes; the
-            // machine keeps `ram` alive for as long as this VM (the VM is dropped first).
+            // SAFETY: `host` points into a mapping owned by `ram` of `s.size` bytes. The
+            // machine drops `ram` last, after its vCPU: without a vCPU KVM does not touch
+            // guest memory, even if the VM fd itself is closed a little later.
             unsafe { self.fd.set_user_memory_region(region) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
@@ -93,6 +95,7 @@ impl Vm {
         Arc::new(KvmIrq {
             vm: self.fd.clone(),
             gsi,
+            level: AtomicBool::new(false),
         })
     }
 
@@ -114,10 +117,15 @@ impl Vm {
 pub struct KvmIrq {
     vm: Arc<VmFd>,
     gsi: u32,
+    /// The level last sent, so that repeating it costs no ioctl.
+    level: AtomicBool,
 }
 
 impl IrqLine for KvmIrq {
     fn set_level(&self, level: bool) {
+        if self.level.swap(level, Ordering::SeqCst) == level {
+            return;
+        }
         if let Err(e) = self.vm.set_irq_line(self.gsi, level) {
             eprintln!("rqemu: KVM_IRQ_LINE gsi {} failed: {e}", self.gsi);
         }
