@@ -122,6 +122,8 @@ impl FwCfg {
 
     /// Selects an item and rewinds it (a write to the selector port).
     pub fn select(&mut self, key: u16) {
+        let known = self.items.contains_key(&key);
+        block::trace!(fw_cfg_select, "key 0x{:04x} ret: {}", key, known as i32);
         self.selected = key;
         self.offset = 0;
     }

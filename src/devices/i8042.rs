@@ -94,6 +94,7 @@ impl I8042 {
     }
 
     fn command(&mut self, cmd: u8) {
+        block::trace!(pckbd_kbd_write_command, "0x{:02x}", cmd);
         self.status_cmd = true;
         match cmd {
             0x20 => self.push(self.ctr),
@@ -114,6 +115,7 @@ impl I8042 {
     }
 
     fn data(&mut self, byte: u8) {
+        block::trace!(pckbd_kbd_write_data, "0x{:02x}", byte);
         self.status_cmd = false;
         let pending = std::mem::replace(&mut self.pending, Pending::Keyboard);
         match pending {

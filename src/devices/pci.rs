@@ -208,7 +208,18 @@ impl PciBus {
     /// Reads config space of `devfn`; absent functions read all-ones (vendor 0xFFFF).
     pub fn config_read(&mut self, devfn: u8, off: usize, data: &mut [u8]) {
         match &mut self.functions[devfn as usize] {
-            Some(f) => f.config_read(off, data),
+            Some(f) => {
+                f.config_read(off, data);
+                block::trace!(
+                    pci_cfg_read,
+                    "{:02x}:{:02x}.{:x} @0x{:x} -> 0x{:x}",
+                    0,
+                    devfn >> 3,
+                    devfn & 7,
+                    off,
+                    le_value(data)
+                );
+            }
             None => data.fill(0xFF),
         }
     }
@@ -256,9 +267,23 @@ impl PciBus {
     /// Writes config space of `devfn`; writes to absent functions are dropped.
     pub fn config_write(&mut self, devfn: u8, off: usize, data: &[u8]) {
         if let Some(f) = &mut self.functions[devfn as usize] {
+            block::trace!(
+                pci_cfg_write,
+                "{:02x}:{:02x}.{:x} @0x{:x} <- 0x{:x}",
+                0,
+                devfn >> 3,
+                devfn & 7,
+                off,
+                le_value(data)
+            );
             f.config_write(off, data);
         }
     }
+}
+
+/// A little-endian access as a number, for traces.
+fn le_value(data: &[u8]) -> u32 {
+    data.iter().rev().fold(0, |v, &b| v << 8 | b as u32)
 }
 
 /// The i440FX host bridge, 00:00.0 (8086:1237). Its PAM registers (0x59-0x5F) steer the

@@ -33,7 +33,12 @@ pub fn run_loop(vcpu: &mut VcpuFd, bql: &Bql, reset: &ResetRequest) -> Result<Ru
         // total length. SAFETY: `run` points at the vCPU's kvm_run mapping, which lives as
         // long as `vcpu`; KVM writes it only while KVM_RUN executes, not during this read.
         let io_size = || unsafe { (*run).__bindgen_anon_1.io.size.max(1) as usize };
-        match vcpu.run() {
+        let exit = vcpu.run();
+        // SAFETY: as above; the exit reason is plain data written before KVM_RUN returned.
+        block::trace!(kvm_run_exit, "cpu_index 0, reason {}", unsafe {
+            (*run).exit_reason
+        });
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 let size = io_size();
                 pio_in(&bql.lock().pio, port, data, size);
