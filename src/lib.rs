@@ -9,6 +9,7 @@
 
 pub mod boot;
 pub mod bus;
+pub mod chardev;
 pub mod devices;
 pub mod drives;
 pub mod kvm;

@@ -16,14 +16,13 @@ use block::aio::AioContextHandle;
 
 use crate::boot::{bios, linux};
 use crate::bus::{lock, Bql, DeviceRef, IoBuses};
+use crate::chardev::{spawn_stdin_reader, CharInput, CharOut};
 use crate::devices::cmos::{Cmos, CMOS_PORT, RTC_IRQ};
 use crate::devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use crate::devices::fw_cfg::{self, e820_bytes, E820Type, FwCfg, FW_CFG_PORT_SEL};
 use crate::devices::i8042::{I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ};
 use crate::devices::pci::{pc_pci_bus, BarKind, PciBarWindow, PciHost, PCI_CONFIG_ADDRESS};
-use crate::devices::serial::{
-    spawn_stdin_reader, CharOut, SerialInput, SerialPort, COM1_BASE, COM1_IRQ,
-};
+use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::{Port92, ResetRequest};
 use crate::kvm::vcpu::{run_loop, RunExit};
 use crate::kvm::{cpu, Vm};
@@ -54,7 +53,7 @@ pub struct Outputs {
     /// The debug console's output, if any.
     pub debugcon: Option<CharOut>,
     /// Where stdin goes, when COM1 is on stdio.
-    pub serial_input: Option<SerialInput>,
+    pub serial_input: Option<CharInput>,
 }
 
 /// One boot of the machine.
@@ -310,7 +309,7 @@ fn open_outputs(cfg: &VmConfig) -> Result<Outputs, String> {
         })
     };
     let serial_input = (cfg.serial == CharBackend::Stdio).then(|| {
-        let input = SerialInput::default();
+        let input = CharInput::default();
         spawn_stdin_reader(input.clone());
         input
     });

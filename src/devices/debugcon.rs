@@ -6,8 +6,8 @@
 
 use std::io::Write;
 
-use super::serial::CharOut;
 use crate::bus::BusDevice;
+use crate::chardev::CharOut;
 
 /// SeaBIOS's debug port under QEMU.
 pub const DEBUGCON_PORT: u16 = 0x402;
