@@ -4,8 +4,8 @@
 //! QEMU's hw/i386/pc_piix.c (pc_init1) and softmmu/runstate.c (the main loop's reset and
 //! shutdown requests). A [`Machine`] is built fresh for every boot: a guest reset drops it
 //! and builds a new one (same configuration, same output files, same drives), which is the
-//! simplest way to give the guest pristine RAM, firmware and device state. With `-no-reboot`
-//! a reset ends the run instead.
+//! simplest way to give the guest pristine RAM, firmware and device state (unlike QEMU, CMOS
+//! RAM the guest wrote does not survive the reset). With `-no-reboot` a reset ends the run.
 
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,7 +92,11 @@ impl Machine {
                 cmdline,
             } => {
                 let mut f = File::open(kernel).map_err(|e| {
-                    format!("could not open kernel file '{}': {e}", kernel.display())
+                    format!(
+                        "could not open kernel file '{}': {}",
+                        kernel.display(),
+                        os_error(&e)
+                    )
                 })?;
                 Some(linux::load(&ram, &mut f, initrd.as_deref(), cmdline)?)
             }
@@ -122,9 +126,14 @@ impl Machine {
         if let Some(entry) = &self.entry {
             cpu::enter_linux(&vcpu, entry)?;
         }
-        let result = run_loop(&mut vcpu, &self.bql, &self.reset);
+        run_loop(&mut vcpu, &self.bql, &self.reset)
+    }
+}
+
+impl Drop for Machine {
+    /// Stops the machine's timers on the main loop.
+    fn drop(&mut self) {
         self.alive.store(false, Ordering::SeqCst);
-        result
     }
 }
 
