@@ -16,5 +16,6 @@ pub mod kvm;
 pub mod machine;
 pub mod main_loop;
 pub mod memory;
+pub mod runstate;
 pub mod tools;
 pub mod vm_config;

@@ -122,6 +122,7 @@ impl Machine {
 
     /// Runs the guest on the calling thread (the vCPU thread) until it resets or stops.
     pub fn run(self) -> Result<RunExit, String> {
+        let _kickable = crate::runstate::enter_vcpu_thread();
         let mut vcpu = self.vm.create_vcpu(0)?;
         if let Some(entry) = &self.entry {
             cpu::enter_linux(&vcpu, entry)?;
@@ -237,6 +238,8 @@ fn start_rtc_timer(
 /// Runs the emulator: boots, and boots again after each guest reset unless `-no-reboot`.
 pub fn run(cfg: &VmConfig) -> Result<(), String> {
     let boot = prepare_boot(cfg)?;
+    // Before any other thread starts: they all inherit the blocked termination signals.
+    crate::runstate::init()?;
     let out = open_outputs(cfg)?;
     let main = MainLoop::start(cfg.drives.clone())?;
     if let Err(e) = std::fs::OpenOptions::new()
@@ -249,7 +252,7 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
             os_error(&e)
         ));
     }
-    loop {
+    while !crate::runstate::stop_requested() {
         let machine = Machine::new(cfg, &boot, &out, main.handle())?;
         let vcpu = std::thread::Builder::new()
             .name("vcpu0".into())
@@ -258,7 +261,7 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
         let exit = vcpu
             .join()
             .map_err(|_| "the vCPU thread panicked".to_string())??;
-        if exit == RunExit::PowerOff || cfg.no_reboot {
+        if exit != RunExit::Reset || cfg.no_reboot {
             break;
         }
     }

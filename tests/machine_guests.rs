@@ -141,3 +141,40 @@ fn rtc_periodic_flag_is_set_by_the_main_loop_timer() {
     assert_eq!(r.exited, Some(true), "{}", r.stderr);
     assert_eq!(r.stdout, b"OK\nP");
 }
+
+#[test]
+fn a_termination_signal_stops_a_halted_guest_cleanly() {
+    if !kvm_usable() {
+        return;
+    }
+    // cli; then the common tail halts forever: the vCPU sleeps inside KVM_RUN.
+    let bios = firmware("halt", &[0xFA]);
+    let path = bios.display().to_string();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rqemu"))
+        .args(["-bios", &path, "-nographic"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the guest's "OK\n" so that the vCPU is surely running.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut ok = [0u8; 3];
+    std::io::Read::read_exact(&mut stdout, &mut ok).unwrap();
+    assert_eq!(&ok, b"OK\n");
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: sending SIGTERM to our own child process.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let out = child.wait_with_output().unwrap();
+    std::fs::remove_file(&bios).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let expected = format!(
+        "rqemu: terminating on signal 15 from pid {} (",
+        std::process::id()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+}

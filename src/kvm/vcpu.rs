@@ -23,12 +23,17 @@ pub enum RunExit {
     Reset,
     /// The guest powered off.
     PowerOff,
+    /// rqemu was asked to quit (a termination signal).
+    Stopped,
 }
 
 /// Runs `vcpu` until the guest resets or powers off, or KVM fails.
 pub fn run_loop(vcpu: &mut VcpuFd, bql: &Bql, reset: &ResetRequest) -> Result<RunExit, String> {
     let run: *const kvm_run = vcpu.get_kvm_run();
     loop {
+        if crate::runstate::stop_requested() {
+            return Ok(RunExit::Stopped);
+        }
         // Read the access size before `run()` borrows the vCPU: the exit data only has the
         // total length. SAFETY: `run` points at the vCPU's kvm_run mapping, which lives as
         // long as `vcpu`; KVM writes it only while KVM_RUN executes, not during this read.
@@ -74,6 +79,7 @@ pub fn run_loop(vcpu: &mut VcpuFd, bql: &Bql, reset: &ResetRequest) -> Result<Ru
                 let what = format!("unhandled KVM exit {other:?}");
                 return Err(failure(vcpu, &what));
             }
+            // A kick (runstate.rs) or another signal: the loop head checks why.
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => return Err(failure(vcpu, &format!("KVM_RUN failed: {e}"))),
         }
