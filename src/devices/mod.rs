@@ -1,0 +1,3 @@
+//! Device models (QEMU's hw/): what the guest sees on its buses.
+
+pub mod virtio;
