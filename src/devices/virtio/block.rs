@@ -109,22 +109,21 @@ impl VirtioBlk {
         }
     }
 
-    /// The limits requests are judged against.
-    pub fn limits(&self) -> DiskLimits {
-        DiskLimits {
-            capacity: self.capacity,
-            logical_block_size: self.conf.logical_block_size,
-            discard: self.conf.discard,
-            write_zeroes: self.conf.write_zeroes,
-            max_discard_sectors: MAX_DWZ_SECTORS,
-            max_write_zeroes_sectors: MAX_DWZ_SECTORS,
-            serial: self.conf.serial.clone(),
+    /// What the main-loop handler shares with this model; take it before boxing the model
+    /// into its transport.
+    pub fn shared(&self) -> VirtioBlkShared {
+        VirtioBlkShared {
+            limits: DiskLimits {
+                capacity: self.capacity,
+                logical_block_size: self.conf.logical_block_size,
+                discard: self.conf.discard,
+                write_zeroes: self.conf.write_zeroes,
+                max_discard_sectors: MAX_DWZ_SECTORS,
+                max_write_zeroes_sectors: MAX_DWZ_SECTORS,
+                serial: self.conf.serial.clone(),
+            },
+            wce: self.wce.clone(),
         }
-    }
-
-    /// The shared write-cache switch, for the handler.
-    pub fn write_cache(&self) -> Arc<AtomicBool> {
-        self.wce.clone()
     }
 
     fn config_bytes(&self) -> [u8; VIRTIO_BLK_CONFIG_LEN] {
@@ -154,6 +153,15 @@ impl VirtioBlk {
         put(56, &[1]);
         b
     }
+}
+
+/// The part of the device model the handler needs: request limits and the write-cache switch.
+#[derive(Clone, Debug)]
+pub struct VirtioBlkShared {
+    /// The limits requests are judged against.
+    pub limits: DiskLimits,
+    /// Write cache on (writeback) or off (writethrough), switched by the driver.
+    pub wce: Arc<AtomicBool>,
 }
 
 /// Largest discard / write-zeroes in sectors (QEMU's default max-*-sectors).
@@ -245,9 +253,9 @@ pub struct VirtioBlkHandler {
 }
 
 impl VirtioBlkHandler {
-    /// A handler for `device`'s queues; `notifiers[i]` is queue i's kick (ioeventfd).
+    /// A handler for a device's queues; `notifiers[i]` is queue i's kick (ioeventfd).
     pub fn new(
-        device: &VirtioBlk,
+        shared: VirtioBlkShared,
         core: SharedCore,
         mem: Arc<GuestMemoryMmap>,
         blk: Rc<BlockBackend>,
@@ -257,8 +265,8 @@ impl VirtioBlkHandler {
             core,
             mem,
             blk,
-            limits: device.limits(),
-            wce: device.write_cache(),
+            limits: shared.limits,
+            wce: shared.wce,
             notifiers,
             in_flight: Cell::new(0),
         })

@@ -316,7 +316,7 @@ pub fn sector_range_ok(limits: &DiskLimits, sector: u64, bytes: u64) -> bool {
     let sector_mask = u64::from(limits.logical_block_size / 512).saturating_sub(1);
     nb_sectors <= MAX_REQUEST_SECTORS
         && sector & sector_mask == 0
-        && bytes % u64::from(limits.logical_block_size.max(1)) == 0
+        && bytes.is_multiple_of(u64::from(limits.logical_block_size.max(1)))
         && sector <= limits.capacity
         && nb_sectors <= limits.capacity - sector
 }
