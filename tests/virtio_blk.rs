@@ -26,7 +26,7 @@ fn write_then_read_back_through_guest_memory() {
     let head = rig.request(0, VIRTIO_BLK_T_OUT, 8, 4096, false);
     assert_eq!(rig.run(1), vec![(u32::from(head), 1)]);
     assert_eq!(rig.status(0), VIRTIO_BLK_S_OK);
-    assert_eq!(rig.image.read(8 * 512, 4096), data);
+    assert_eq!(rig.image().read(8 * 512, 4096), data);
 
     let head = rig.request(1, VIRTIO_BLK_T_IN, 8, 4096, true);
     assert_eq!(rig.run(1), vec![(u32::from(head), 4097)]);
@@ -49,7 +49,7 @@ fn data_may_span_descriptors_and_share_one_with_the_status() {
     ]);
     rig.run(1);
     assert_eq!(rig.status(0), VIRTIO_BLK_S_OK);
-    assert_eq!(rig.image.read(1024, 1024), pattern(9, 1024));
+    assert_eq!(rig.image().read(1024, 1024), pattern(9, 1024));
     // Read 512 bytes whose writable buffer also holds the status byte at its end.
     let hdr = rig.header(1, VIRTIO_BLK_T_IN, 2);
     let d1 = Rig::data(1);
@@ -134,7 +134,7 @@ fn discard_and_write_zeroes() {
     assert_eq!(rig.status(4), VIRTIO_BLK_S_UNSUPP, "discard with UNMAP");
     assert_eq!(rig.status(5), VIRTIO_BLK_S_UNSUPP, "unknown flag");
     assert_eq!(rig.status(6), VIRTIO_BLK_S_IOERR, "past the end");
-    assert_eq!(rig.image.read(0, 4096), vec![0; 4096]);
+    assert_eq!(rig.image().read(0, 4096), vec![0; 4096]);
     // Two segments are unsupported (QEMU accepts only one).
     let hdr = rig.header(7, VIRTIO_BLK_T_DISCARD, 0);
     let seg = rig.segment(7, 0, 1, 0);
@@ -174,7 +174,7 @@ fn many_requests_in_flight_at_once() {
     assert_eq!(rig.run(64).len(), 64);
     for i in 0..64u64 {
         assert_eq!(rig.status(i), VIRTIO_BLK_S_OK);
-        assert_eq!(rig.image.read(i * 4096, 4096), pattern(i as u8, 4096));
+        assert_eq!(rig.image().read(i * 4096, 4096), pattern(i as u8, 4096));
     }
     for i in 0..64u64 {
         rig.request(i, VIRTIO_BLK_T_IN, (63 - i) * 8, 4096, true);
@@ -198,7 +198,7 @@ fn indirect_tables_carry_whole_requests() {
     rig.drv.publish(0);
     rig.run(1);
     assert_eq!(rig.status(0), VIRTIO_BLK_S_OK);
-    assert_eq!(rig.image.read(512, 512), pattern(5, 512));
+    assert_eq!(rig.image().read(512, 512), pattern(5, 512));
 }
 
 #[test]

@@ -215,7 +215,7 @@ fn modern_transport_serves_requests_and_reports_needs_reset() {
     rig.handler.handle_output(0);
     rig.run(1);
     assert_eq!(rig.status(0), VIRTIO_BLK_S_OK);
-    assert_eq!(rig.image.read(3 * 512, 512), vec![0x5a; 512]);
+    assert_eq!(rig.image().read(3 * 512, 512), vec![0x5a; 512]);
     assert_eq!(common_read(&mut rig, 0x1000, 1), 1, "ISR: used buffer");
 
     // A chain without a status byte: the device is broken and says so.

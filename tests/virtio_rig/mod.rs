@@ -84,7 +84,7 @@ pub struct Rig {
     pub handler: Rc<VirtioBlkHandler>,
     pub blk: Rc<BlockBackend>,
     pub core: SharedCore,
-    pub image: TempImage,
+    image: Option<TempImage>,
     _tasks: Vec<async_executor::Task<()>>,
 }
 
@@ -103,7 +103,7 @@ impl Rig {
     pub fn with(conf: VirtioBlkConf, pci: VirtioPciConf, size: u64, features: Option<u32>) -> Rig {
         let image = TempImage::new(size);
         let blk = open_raw(&image.0);
-        Rig::build(conf, pci, blk, image, features)
+        Rig::build(conf, pci, blk, Some(image), features)
     }
 
     /// A legacy-initialised device over an already opened backend.
@@ -112,16 +112,31 @@ impl Rig {
             VirtioBlkConf::default(),
             VirtioPciConf::default(),
             blk,
-            image,
+            Some(image),
             Some(u32::MAX),
         )
+    }
+
+    /// A device over a backend whose image the caller owns.
+    pub fn with_backend_conf(
+        conf: VirtioBlkConf,
+        pci: VirtioPciConf,
+        blk: Rc<BlockBackend>,
+        features: u32,
+    ) -> Rig {
+        Rig::build(conf, pci, blk, None, Some(features))
+    }
+
+    /// The image file under the device.
+    pub fn image(&self) -> &TempImage {
+        self.image.as_ref().expect("rig owns its image")
     }
 
     fn build(
         conf: VirtioBlkConf,
         pci: VirtioPciConf,
         blk: Rc<BlockBackend>,
-        image: TempImage,
+        image: Option<TempImage>,
         features: Option<u32>,
     ) -> Rig {
         let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM)]).unwrap());

@@ -25,7 +25,6 @@
 pub mod legacy;
 pub mod modern;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use block::aio::notifier::EventNotifier;
@@ -84,24 +83,43 @@ pub struct IoEvent {
     pub queue: usize,
 }
 
-/// The INTx pin: the device's level, gated by the command register's INTx-disable bit.
+/// The INTx pin: the device's level, gated by the command register's INTx-disable bit. Only
+/// changes reach the line, so a burst of completions costs one interrupt, not one each.
 struct IntxPin {
     line: Arc<dyn Interrupt>,
-    level: AtomicBool,
-    disabled: AtomicBool,
+    state: Mutex<IntxState>,
+}
+
+#[derive(Default)]
+struct IntxState {
+    level: bool,
+    disabled: bool,
+    output: bool,
 }
 
 impl IntxPin {
-    fn update(&self) {
-        let on = self.level.load(Ordering::SeqCst) && !self.disabled.load(Ordering::SeqCst);
-        self.line.set_level(on);
+    fn state(&self) -> std::sync::MutexGuard<'_, IntxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn level(&self) -> bool {
+        self.state().level
+    }
+
+    fn update(&self, change: impl FnOnce(&mut IntxState)) {
+        let mut st = self.state();
+        change(&mut st);
+        let out = st.level && !st.disabled;
+        if out != st.output {
+            st.output = out;
+            self.line.set_level(out);
+        }
     }
 }
 
 impl Interrupt for IntxPin {
     fn set_level(&self, asserted: bool) {
-        self.level.store(asserted, Ordering::SeqCst);
-        self.update();
+        self.update(|st| st.level = asserted);
     }
 }
 
@@ -133,8 +151,7 @@ impl VirtioPciDevice {
         }
         let intx = Arc::new(IntxPin {
             line: irq,
-            level: AtomicBool::new(false),
-            disabled: AtomicBool::new(false),
+            state: Mutex::new(IntxState::default()),
         });
         let n = device.num_queues();
         let mut core = VirtioCore::new(n, device.queue_max_size(), intx.clone());
@@ -336,7 +353,7 @@ impl VirtioPciDevice {
         if self.modern && modern::in_pci_cfg_window(offset, data.len()) {
             return modern::pci_cfg_read(self, data);
         }
-        let intx = self.intx.level.load(Ordering::SeqCst);
+        let intx = self.intx.level();
         for (i, d) in data.iter_mut().enumerate() {
             let at = offset + i;
             *d = self.config.get(at).copied().unwrap_or(0xff);
@@ -359,8 +376,7 @@ impl VirtioPciDevice {
             *c = (*c & !m) | (v & m);
         }
         let disabled = self.command() & PCI_COMMAND_INTX_DISABLE != 0;
-        self.intx.disabled.store(disabled, Ordering::SeqCst);
-        self.intx.update();
+        self.intx.update(|st| st.disabled = disabled);
     }
 
     /// Reads `data.len()` bytes of `bar` at `offset`.

@@ -167,6 +167,8 @@ pub struct Queue {
     signalled_used: Option<u16>,
     event_idx: bool,
     indirect: bool,
+    /// The (size, desc, avail, used) last found valid, so the check runs once per setup.
+    validated: Option<(u16, GuestAddress, GuestAddress, GuestAddress)>,
 }
 
 impl Queue {
@@ -185,6 +187,7 @@ impl Queue {
             signalled_used: None,
             event_idx: false,
             indirect: false,
+            validated: None,
         }
     }
 
@@ -231,7 +234,11 @@ impl Queue {
 
     /// Whether the configuration names a usable queue: a non-zero power-of-two size no larger
     /// than the maximum, and rings entirely inside guest memory.
-    pub fn check_config(&self, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
+    pub fn check_config(&mut self, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
+        let config = (self.size, self.desc_table, self.avail_ring, self.used_ring);
+        if self.validated == Some(config) {
+            return Ok(());
+        }
         if self.size == 0 || !self.size.is_power_of_two() || self.size > self.max_size {
             return Err(QueueError::BadSize(self.size));
         }
@@ -245,6 +252,7 @@ impl Queue {
                 return Err(QueueError::RingOutsideMemory(addr.0));
             }
         }
+        self.validated = Some(config);
         Ok(())
     }
 

@@ -175,14 +175,16 @@ impl Request {
         mem: &Arc<GuestMemoryMmap>,
         limits: &DiskLimits,
     ) -> Result<Request, RequestError> {
-        let readable: Vec<Buffer> = chain.readable().copied().collect();
-        let writable: Vec<Buffer> = chain.writable().copied().collect();
+        // The queue guarantees readable buffers come first.
+        let split = chain.buffers.iter().position(|b| b.writable);
+        let split = split.unwrap_or(chain.buffers.len());
+        let (readable, writable) = chain.buffers.split_at(split);
         let last = *writable.last().ok_or(RequestError::MissingHeaders)?;
         if readable.is_empty() {
             return Err(RequestError::MissingHeaders);
         }
         let mut hdr = [0u8; OUTHDR_LEN];
-        if read_bytes(mem, &readable, 0, &mut hdr)? != OUTHDR_LEN {
+        if read_bytes(mem, readable, 0, &mut hdr)? != OUTHDR_LEN {
             return Err(RequestError::OutHeaderTooShort);
         }
         let req_type = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
@@ -191,8 +193,8 @@ impl Request {
         let out_len: u64 = readable.iter().map(|b| u64::from(b.len)).sum();
         let parts = Parts {
             mem,
-            readable: &readable,
-            writable: &writable,
+            readable,
+            writable,
             in_data: in_len - 1,
             out_data: out_len - OUTHDR_LEN as u64,
         };
@@ -370,15 +372,19 @@ pub fn guest_iovec(
     len: u64,
 ) -> Result<IoVector, RequestError> {
     let owner: Arc<dyn std::any::Any + Send + Sync> = mem.clone();
-    let mut qiov = IoVector::new();
+    let mut pieces = Vec::new();
     for (addr, n) in ranges(buffers, offset, len) {
-        for (ptr, plen) in host_pieces(mem, addr, n as usize)? {
-            // SAFETY: `host_pieces` returned a pointer into a mapped guest memory region with
-            // at least `plen` bytes after it; `owner` keeps that mapping alive as long as the
-            // vector. The guest may change the bytes concurrently, as with any DMA.
-            let piece = unsafe { IoVector::from_raw_parts(ptr, plen, owner.clone()) };
-            qiov.push_vector(&piece);
-        }
+        pieces.extend(host_pieces(mem, addr, n as usize)?);
+    }
+    // SAFETY (both blocks): `host_pieces` returned pointers into mapped guest memory regions,
+    // each with at least its length after it; `owner` keeps the mapping alive as long as the
+    // vector. The guest may change the bytes concurrently, as with any DMA.
+    if let [(ptr, plen)] = pieces[..] {
+        return Ok(unsafe { IoVector::from_raw_parts(ptr, plen, owner) });
+    }
+    let mut qiov = IoVector::new();
+    for (ptr, plen) in pieces {
+        qiov.push_vector(&unsafe { IoVector::from_raw_parts(ptr, plen, owner.clone()) });
     }
     Ok(qiov)
 }
