@@ -269,3 +269,30 @@ fn writes_to_a_read_only_image_fail_with_ioerr() {
     rig.run(1);
     assert_eq!(rig.status(0), VIRTIO_BLK_S_IOERR);
 }
+
+#[test]
+fn completions_after_a_reset_leave_the_new_ring_alone() {
+    use rqemu::devices::virtio::testdriver::TestDriver;
+    let mut rig = Rig::new(MIB, u32::MAX);
+    rig.request(0, VIRTIO_BLK_T_IN, 0, 4096, true);
+    rig.drv.kick(&mut rig.dev);
+    rig.handler.handle_output(0);
+    assert_eq!(rig.handler.in_flight(), 1);
+    // The driver resets and sets up a fresh ring before the request completes.
+    rig.drv = TestDriver::new(rig.mem.clone(), virtio_rig::RING, 256);
+    rig.drv.legacy_init(&mut rig.dev, u32::MAX);
+    assert!(
+        rig.run_idle().is_empty(),
+        "stale completion reached the new ring"
+    );
+    assert_eq!(rig.handler.in_flight(), 0);
+    assert_eq!(
+        rig.status(0),
+        0xff,
+        "stale completion wrote its status byte"
+    );
+    // The new ring works.
+    rig.request(1, VIRTIO_BLK_T_FLUSH, 0, 0, false);
+    assert_eq!(rig.run(1).len(), 1);
+    assert_eq!(rig.status(1), VIRTIO_BLK_S_OK);
+}

@@ -346,34 +346,11 @@ impl VirtioBlkHandler {
     /// Runs one request on the block layer and returns its status byte.
     async fn execute(&self, req: &Request) -> u8 {
         self.blk.set_write_cache(self.wce.load(Ordering::Relaxed));
-        let me = self as *const Self;
+        self.trace_request(req);
+        let none = RequestFlags::empty();
         let result = match &req.kind {
-            RequestKind::Read { offset, data } => {
-                trace!(
-                    virtio_blk_handle_read,
-                    "vdev {:p} req {} sector {} nsectors {}",
-                    me,
-                    req.head,
-                    req.sector,
-                    data.len() >> 9
-                );
-                self.blk
-                    .co_preadv(*offset, data, RequestFlags::empty())
-                    .await
-            }
-            RequestKind::Write { offset, data } => {
-                trace!(
-                    virtio_blk_handle_write,
-                    "vdev {:p} req {} sector {} nsectors {}",
-                    me,
-                    req.head,
-                    req.sector,
-                    data.len() >> 9
-                );
-                self.blk
-                    .co_pwritev(*offset, data, RequestFlags::empty())
-                    .await
-            }
+            RequestKind::Read { offset, data } => self.blk.co_preadv(*offset, data, none).await,
+            RequestKind::Write { offset, data } => self.blk.co_pwritev(*offset, data, none).await,
             RequestKind::Flush => self.blk.co_flush().await,
             RequestKind::GetId { data } => {
                 let id = self.limits.serial.as_bytes();
@@ -381,35 +358,16 @@ impl VirtioBlkHandler {
                 data.copy_from_slice(0, &id[..n]);
                 Ok(())
             }
-            RequestKind::Discard { offset, bytes } => {
-                trace!(
-                    virtio_blk_handle_discard,
-                    "vdev {:p} req {} sector {} nsectors {}",
-                    me,
-                    req.head,
-                    offset >> 9,
-                    bytes >> 9
-                );
-                self.blk.co_pdiscard(*offset, *bytes).await
-            }
+            RequestKind::Discard { offset, bytes } => self.blk.co_pdiscard(*offset, *bytes).await,
             RequestKind::WriteZeroes {
                 offset,
                 bytes,
                 unmap,
             } => {
-                trace!(
-                    virtio_blk_handle_write_zeroes,
-                    "vdev {:p} req {} sector {} nsectors {} unmap {}",
-                    me,
-                    req.head,
-                    offset >> 9,
-                    bytes >> 9,
-                    unmap
-                );
                 let flags = if *unmap {
                     RequestFlags::MAY_UNMAP
                 } else {
-                    RequestFlags::empty()
+                    none
                 };
                 self.blk.co_pwrite_zeroes(*offset, *bytes, flags).await
             }
@@ -418,6 +376,42 @@ impl VirtioBlkHandler {
         match result {
             Ok(()) => VIRTIO_BLK_S_OK,
             Err(_) => VIRTIO_BLK_S_IOERR,
+        }
+    }
+
+    /// The trace event of a request about to run, named as QEMU's.
+    fn trace_request(&self, req: &Request) {
+        let (me, head) = (self as *const Self, req.head);
+        match &req.kind {
+            RequestKind::Read { data, .. } => trace!(
+                virtio_blk_handle_read,
+                "vdev {me:p} req {head} sector {} nsectors {}",
+                req.sector,
+                data.len() >> 9
+            ),
+            RequestKind::Write { data, .. } => trace!(
+                virtio_blk_handle_write,
+                "vdev {me:p} req {head} sector {} nsectors {}",
+                req.sector,
+                data.len() >> 9
+            ),
+            RequestKind::Discard { offset, bytes } => trace!(
+                virtio_blk_handle_discard,
+                "vdev {me:p} req {head} sector {} nsectors {}",
+                offset >> 9,
+                bytes >> 9
+            ),
+            RequestKind::WriteZeroes {
+                offset,
+                bytes,
+                unmap,
+            } => trace!(
+                virtio_blk_handle_write_zeroes,
+                "vdev {me:p} req {head} sector {} nsectors {} unmap {unmap}",
+                offset >> 9,
+                bytes >> 9
+            ),
+            _ => {}
         }
     }
 
