@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 const IMAGE_SIZE: usize = 4 << 20;
 const SERIAL: &str = "RQEMU-VIRTIO-SERIAL1";
-const TESTS: [&str; 7] = [
+const LEGACY_TESTS: [&str; 7] = [
     "pci-find",
     "init",
     "mixed-64",
@@ -24,6 +24,7 @@ const TESTS: [&str; 7] = [
     "desc-loop",
     "no-status",
 ];
+const MODERN_TESTS: [&str; 2] = ["modern-read", "modern-needs-reset"];
 
 /// Skips (returns false) with a printed reason, or panics when `require_var` is set.
 fn available(ok: bool, what: &str, require_var: &str) -> bool {
@@ -116,10 +117,12 @@ fn check_image(img: &[u8]) {
     }
 }
 
-/// The reference emulator's command line for the guest on `image` (`format` raw or qcow2).
-pub fn qemu_cmdline(image: &Path, format: &str) -> Vec<String> {
+/// The reference emulator's command line for the guest on `image` (`format` raw or qcow2);
+/// the device is legacy-only, or transitional (legacy + modern) with `modern`.
+pub fn qemu_cmdline(image: &Path, format: &str, modern: bool) -> Vec<String> {
     let drive = format!("file={},format={format},if=none,id=d0", image.display());
-    let device = format!("virtio-blk-pci,drive=d0,disable-modern=on,serial={SERIAL}");
+    let transport = if modern { "" } else { ",disable-modern=on" };
+    let device = format!("virtio-blk-pci,drive=d0{transport},serial={SERIAL}");
     [
         "qemu-system-x86_64",
         "-M",
@@ -160,11 +163,13 @@ pub fn run_guest(cmdline: &[String], timeout: Duration) -> (String, String) {
     (out, err)
 }
 
-/// Checks every test passed and the guest finished.
-fn check_verdicts(out: &str, err: &str) {
+/// Checks every test passed and the guest finished; the modern tests ran only if `modern`.
+fn check_verdicts(out: &str, err: &str, modern: bool) {
     let context = format!("guest output:\n{out}\nstderr:\n{err}");
     assert!(!out.contains("FAIL"), "{context}");
-    for name in TESTS {
+    let modern_tests = if modern { &MODERN_TESTS[..] } else { &[] };
+    assert_eq!(out.contains("SKIP modern"), !modern, "{context}");
+    for name in LEGACY_TESTS.iter().chain(modern_tests) {
         let line = format!("PASS {name}");
         assert!(
             out.lines().any(|l| l.trim_end() == line),
@@ -188,18 +193,30 @@ fn scratch(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()))
 }
 
-#[test]
-fn virtio_guest_on_raw_image_under_qemu() {
+fn raw_run(name: &str, modern: bool) {
     if !prerequisites() {
         return;
     }
     let program = std::fs::read(build_guest()).unwrap();
-    let image = scratch("virtio-guest.raw");
+    let image = scratch(name);
     std::fs::write(&image, raw_image(&program)).unwrap();
-    let (out, err) = run_guest(&qemu_cmdline(&image, "raw"), Duration::from_secs(180));
-    check_verdicts(&out, &err);
+    let (out, err) = run_guest(
+        &qemu_cmdline(&image, "raw", modern),
+        Duration::from_secs(180),
+    );
+    check_verdicts(&out, &err, modern);
     check_image(&std::fs::read(&image).unwrap());
     std::fs::remove_file(&image).unwrap();
+}
+
+#[test]
+fn virtio_guest_on_raw_image_under_qemu() {
+    raw_run("virtio-guest.raw", false);
+}
+
+#[test]
+fn virtio_guest_on_transitional_device_under_qemu() {
+    raw_run("virtio-guest-modern.raw", true);
 }
 
 #[test]
@@ -222,8 +239,11 @@ fn virtio_guest_on_qcow2_image_under_qemu() {
         assert!(ok.unwrap().success(), "qemu-img convert {args:?}");
     };
     convert(&["-f", "raw", "-O", "qcow2"], &raw, &qcow2);
-    let (out, err) = run_guest(&qemu_cmdline(&qcow2, "qcow2"), Duration::from_secs(180));
-    check_verdicts(&out, &err);
+    let (out, err) = run_guest(
+        &qemu_cmdline(&qcow2, "qcow2", false),
+        Duration::from_secs(180),
+    );
+    check_verdicts(&out, &err, false);
     convert(&["-f", "qcow2", "-O", "raw"], &qcow2, &back);
     check_image(&std::fs::read(&back).unwrap());
     for p in [raw, qcow2, back] {
