@@ -210,16 +210,19 @@ impl Rig {
         data_writable: bool,
     ) -> u16 {
         let hdr = self.header(i, req_type, sector);
-        let mut bufs = vec![Buf::r(hdr, 16)];
-        if len > 0 {
-            bufs.push(Buf {
-                addr: Rig::data(i),
-                len,
-                writable: data_writable,
-            });
-        }
-        bufs.push(Buf::w(STATUS + i, 1));
-        self.drv.add_chain(&bufs).expect("ring has room")
+        let data = Buf {
+            addr: Rig::data(i),
+            len,
+            writable: data_writable,
+        };
+        let status = Buf::w(STATUS + i, 1);
+        let bufs = [Buf::r(hdr, 16), data, status];
+        let chain = if len > 0 {
+            &bufs[..]
+        } else {
+            &[bufs[0], status][..]
+        };
+        self.drv.add_chain(chain).expect("ring has room")
     }
 
     /// The status byte of slot `i` (0xff: not written).

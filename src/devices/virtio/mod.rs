@@ -18,6 +18,7 @@ pub mod block;
 pub mod pci;
 pub mod queue;
 pub mod request;
+pub mod ring_cache;
 pub mod testdriver;
 
 use std::sync::{Arc, Mutex};

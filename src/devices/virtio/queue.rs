@@ -16,8 +16,13 @@
 
 use std::fmt;
 use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use super::ring_cache::{Ring, RingCache};
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
 
 /// Descriptor flag: the chain continues at `next`.
 pub const VRING_DESC_F_NEXT: u16 = 1;
@@ -169,6 +174,8 @@ pub struct Queue {
     indirect: bool,
     /// The (size, desc, avail, used) last found valid, so the check runs once per setup.
     validated: Option<(u16, GuestAddress, GuestAddress, GuestAddress)>,
+    /// Host pointers to the validated rings.
+    cache: Option<RingCache>,
 }
 
 impl Queue {
@@ -188,6 +195,7 @@ impl Queue {
             event_idx: false,
             indirect: false,
             validated: None,
+            cache: None,
         }
     }
 
@@ -234,53 +242,94 @@ impl Queue {
 
     /// Whether the configuration names a usable queue: a non-zero power-of-two size no larger
     /// than the maximum, and rings entirely inside guest memory.
-    pub fn check_config(&mut self, mem: &GuestMemoryMmap) -> Result<(), QueueError> {
+    pub fn check_config(&mut self, mem: &Arc<GuestMemoryMmap>) -> Result<(), QueueError> {
         let config = (self.size, self.desc_table, self.avail_ring, self.used_ring);
-        if self.validated == Some(config) {
+        if self.validated == Some(config) && self.cache.as_ref().is_some_and(|c| c.is_for(mem)) {
             return Ok(());
         }
         if self.size == 0 || !self.size.is_power_of_two() || self.size > self.max_size {
             return Err(QueueError::BadSize(self.size));
         }
         let size = u64::from(self.size);
-        for (addr, len) in [
+        let rings = [
             (self.desc_table, DESC_SIZE * size),
             (self.avail_ring, 6 + 2 * size),
             (self.used_ring, 6 + 8 * size),
-        ] {
+        ];
+        for (addr, len) in rings {
             if !in_ram(mem, addr, len as usize) {
                 return Err(QueueError::RingOutsideMemory(addr.0));
             }
         }
         self.validated = Some(config);
+        self.cache = Some(RingCache::new(mem, rings[0], rings[1], rings[2]));
         Ok(())
     }
 
-    fn read_u16(mem: &GuestMemoryMmap, addr: GuestAddress) -> Result<u16, QueueError> {
+    fn base(&self, ring: Ring) -> GuestAddress {
+        match ring {
+            Ring::Desc => self.desc_table,
+            Ring::Avail => self.avail_ring,
+            Ring::Used => self.used_ring,
+        }
+    }
+
+    fn cache_for(&self, mem: &Arc<GuestMemoryMmap>) -> Option<&RingCache> {
+        self.cache.as_ref().filter(|c| c.is_for(mem))
+    }
+
+    /// Reads the u16 at `offset` of a ring: through the cache, else vm-memory's accessors.
+    fn read_u16(
+        &self,
+        mem: &Arc<GuestMemoryMmap>,
+        ring: Ring,
+        offset: u64,
+    ) -> Result<u16, QueueError> {
+        if let Some(v) = self.cache_for(mem).and_then(|c| c.read_u16(ring, offset)) {
+            return Ok(v);
+        }
+        let addr = off(self.base(ring), offset);
         mem.read_obj::<u16>(addr)
             .map(u16::from_le)
             .map_err(|_| QueueError::RingOutsideMemory(addr.0))
     }
 
-    fn write_u16(mem: &GuestMemoryMmap, addr: GuestAddress, v: u16) -> Result<(), QueueError> {
+    /// Writes the u16 at `offset` of a ring.
+    fn write_u16(
+        &self,
+        mem: &Arc<GuestMemoryMmap>,
+        ring: Ring,
+        offset: u64,
+        v: u16,
+    ) -> Result<(), QueueError> {
+        if self
+            .cache_for(mem)
+            .is_some_and(|c| c.write_u16(ring, offset, v))
+        {
+            return Ok(());
+        }
+        let addr = off(self.base(ring), offset);
         mem.write_obj(v.to_le(), addr)
             .map_err(|_| QueueError::RingOutsideMemory(addr.0))
     }
 
-    fn avail_idx(&self, mem: &GuestMemoryMmap) -> Result<u16, QueueError> {
-        let idx = Self::read_u16(mem, off(self.avail_ring, 2))?;
+    fn avail_idx(&self, mem: &Arc<GuestMemoryMmap>) -> Result<u16, QueueError> {
+        let idx = self.read_u16(mem, Ring::Avail, 2)?;
         // Read the ring entries only after the index that published them (smp_rmb).
         fence(Ordering::Acquire);
         Ok(idx)
     }
 
     /// Whether the driver published chains the device has not popped yet.
-    pub fn has_pending(&self, mem: &GuestMemoryMmap) -> Result<bool, QueueError> {
+    pub fn has_pending(&self, mem: &Arc<GuestMemoryMmap>) -> Result<bool, QueueError> {
         Ok(self.avail_idx(mem)? != self.next_avail)
     }
 
     /// Takes the next available chain, validated (virtqueue_pop); `None` if there is none.
-    pub fn pop(&mut self, mem: &GuestMemoryMmap) -> Result<Option<DescriptorChain>, QueueError> {
+    pub fn pop(
+        &mut self,
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> Result<Option<DescriptorChain>, QueueError> {
         if !self.ready {
             return Ok(None);
         }
@@ -300,7 +349,7 @@ impl Queue {
             return Err(QueueError::SizeExceeded);
         }
         let slot = u64::from(self.next_avail % self.size);
-        let head = Self::read_u16(mem, off(self.avail_ring, 4 + 2 * slot))?;
+        let head = self.read_u16(mem, Ring::Avail, 4 + 2 * slot)?;
         if head >= self.size {
             return Err(QueueError::BadHead(head));
         }
@@ -314,15 +363,28 @@ impl Queue {
         Ok(Some(chain))
     }
 
+    /// Reads descriptor `i` of `table` (the queue's own table, or an indirect one).
     fn read_desc(
-        mem: &GuestMemoryMmap,
+        &self,
+        mem: &Arc<GuestMemoryMmap>,
         table: GuestAddress,
         i: u16,
     ) -> Result<Descriptor, QueueError> {
-        let at = off(table, DESC_SIZE * u64::from(i));
-        let mut raw = [0u8; 16];
-        mem.read_slice(&mut raw, at)
-            .map_err(|_| QueueError::RingOutsideMemory(at.0))?;
+        let cached = if table == self.desc_table {
+            self.cache_for(mem).and_then(|c| c.read_desc(i))
+        } else {
+            None
+        };
+        let raw = match cached {
+            Some(raw) => raw,
+            None => {
+                let at = off(table, DESC_SIZE * u64::from(i));
+                let mut raw = [0u8; 16];
+                mem.read_slice(&mut raw, at)
+                    .map_err(|_| QueueError::RingOutsideMemory(at.0))?;
+                raw
+            }
+        };
         let le = |r: std::ops::Range<usize>| {
             raw[r]
                 .iter()
@@ -338,13 +400,17 @@ impl Queue {
     }
 
     /// Walks a chain from `head`, following one indirect table if the head names one.
-    fn read_chain(&self, mem: &GuestMemoryMmap, head: u16) -> Result<DescriptorChain, QueueError> {
+    fn read_chain(
+        &self,
+        mem: &Arc<GuestMemoryMmap>,
+        head: u16,
+    ) -> Result<DescriptorChain, QueueError> {
         let mut table = self.desc_table;
         let mut table_len = self.size;
-        let mut desc = Self::read_desc(mem, table, head)?;
+        let mut desc = self.read_desc(mem, table, head)?;
         if desc.flags & VRING_DESC_F_INDIRECT != 0 {
             (table, table_len) = self.indirect_table(mem, &desc)?;
-            desc = Self::read_desc(mem, table, 0)?;
+            desc = self.read_desc(mem, table, 0)?;
         }
         let mut chain = DescriptorChain {
             head,
@@ -368,7 +434,7 @@ impl Queue {
             if desc.next >= table_len {
                 return Err(QueueError::BadNext(desc.next));
             }
-            desc = Self::read_desc(mem, table, desc.next)?;
+            desc = self.read_desc(mem, table, desc.next)?;
         }
     }
 
@@ -426,28 +492,33 @@ impl Queue {
     /// Returns a chain to the driver with `len` bytes written (virtqueue_push).
     pub fn add_used(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &Arc<GuestMemoryMmap>,
         head: u16,
         len: u32,
     ) -> Result<(), QueueError> {
         let slot = u64::from(self.next_used % self.size);
-        let elem = off(self.used_ring, 4 + 8 * slot);
-        let mut raw = [0u8; 8];
-        raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-        raw[4..].copy_from_slice(&len.to_le_bytes());
-        mem.write_slice(&raw, elem)
-            .map_err(|_| QueueError::RingOutsideMemory(elem.0))?;
+        let at = 4 + 8 * slot;
+        let cached = self.cache_for(mem).is_some_and(|c| {
+            c.write_u32(Ring::Used, at, u32::from(head)) && c.write_u32(Ring::Used, at + 4, len)
+        });
+        if !cached {
+            let elem = off(self.used_ring, at);
+            let mut raw = [0u8; 8];
+            raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            raw[4..].copy_from_slice(&len.to_le_bytes());
+            mem.write_slice(&raw, elem)
+                .map_err(|_| QueueError::RingOutsideMemory(elem.0))?;
+        }
         // The element must be visible before the index that publishes it (smp_wmb).
         fence(Ordering::Release);
         self.next_used = self.next_used.wrapping_add(1);
-        Self::write_u16(mem, off(self.used_ring, 2), self.next_used)?;
+        self.write_u16(mem, Ring::Used, 2, self.next_used)?;
         self.in_flight = self.in_flight.saturating_sub(1);
         Ok(())
     }
 
-    fn set_avail_event(&self, mem: &GuestMemoryMmap, idx: u16) -> Result<(), QueueError> {
-        let at = off(self.used_ring, 4 + 8 * u64::from(self.size));
-        Self::write_u16(mem, at, idx)
+    fn set_avail_event(&self, mem: &Arc<GuestMemoryMmap>, idx: u16) -> Result<(), QueueError> {
+        self.write_u16(mem, Ring::Used, 4 + 8 * u64::from(self.size), idx)
     }
 
     /// Turns guest notifications (kicks) on or off (virtio_queue_set_notification). Returns
@@ -455,18 +526,18 @@ impl Queue {
     /// before notifications came back on would otherwise wait for the next kick.
     pub fn set_notification(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &Arc<GuestMemoryMmap>,
         enable: bool,
     ) -> Result<bool, QueueError> {
         self.check_config(mem)?;
         if self.event_idx {
             if enable {
-                let idx = Self::read_u16(mem, off(self.avail_ring, 2))?;
+                let idx = self.read_u16(mem, Ring::Avail, 2)?;
                 self.set_avail_event(mem, idx)?;
             }
         } else {
             let flags = if enable { 0 } else { VRING_USED_F_NO_NOTIFY };
-            Self::write_u16(mem, self.used_ring, flags)?;
+            self.write_u16(mem, Ring::Used, 0, flags)?;
         }
         // The flag write must be visible before we look at the index again (smp_mb).
         fence(Ordering::SeqCst);
@@ -477,7 +548,7 @@ impl Queue {
     /// (virtio_should_notify). `notify_on_empty` is the legacy NOTIFY_ON_EMPTY feature.
     pub fn needs_notification(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &Arc<GuestMemoryMmap>,
         notify_on_empty: bool,
     ) -> Result<bool, QueueError> {
         // The used index must be visible before we read the driver's suppression state (smp_mb).
@@ -486,10 +557,10 @@ impl Queue {
             return Ok(true);
         }
         if !self.event_idx {
-            let flags = Self::read_u16(mem, self.avail_ring)?;
+            let flags = self.read_u16(mem, Ring::Avail, 0)?;
             return Ok(flags & VRING_AVAIL_F_NO_INTERRUPT == 0);
         }
-        let used_event = Self::read_u16(mem, off(self.avail_ring, 4 + 2 * u64::from(self.size)))?;
+        let used_event = self.read_u16(mem, Ring::Avail, 4 + 2 * u64::from(self.size))?;
         let new = self.next_used;
         let old = self.signalled_used.replace(new);
         Ok(match old {
@@ -507,7 +578,16 @@ fn off(base: GuestAddress, n: u64) -> GuestAddress {
 
 /// Whether `addr..addr+len` lies entirely in guest RAM (no wrap-around).
 pub fn in_ram(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> bool {
-    addr.0.checked_add(len as u64).is_some() && GuestMemoryBackend::check_range(mem, addr, len)
+    let Some(end) = addr.0.checked_add(len as u64) else {
+        return false;
+    };
+    // The common case, one region holding the whole range, without building slices.
+    if let Some(region) = mem.find_region(addr) {
+        if end <= region.start_addr().0 + region.len() {
+            return true;
+        }
+    }
+    GuestMemoryBackend::check_range(mem, addr, len)
 }
 
 /// Whether moving the used index from `old` to `new` crossed `event` (the driver's
@@ -535,7 +615,9 @@ pub fn host_pieces(
         let region = mem.find_region(at).ok_or(outside.clone())?;
         let offset = at.0 - region.start_addr().0;
         let n = ((region.len() - offset) as usize).min(left);
-        let ptr = mem.get_host_address(at).map_err(|_| outside)?;
+        let ptr = region
+            .get_host_address(MemoryRegionAddress(offset))
+            .map_err(|_| outside)?;
         pieces.push((ptr, n));
         at = off(at, n as u64);
         left -= n;

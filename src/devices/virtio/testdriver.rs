@@ -5,7 +5,6 @@
 //! and collects used elements — so the device can be driven with no vCPU. It also writes raw
 //! descriptors, which is how the tests build malformed chains a real driver never would.
 
-use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -60,7 +59,8 @@ pub struct TestDriver {
     avail_idx: u16,
     last_used: u16,
     free: Vec<u16>,
-    chains: HashMap<u16, Vec<u16>>,
+    /// The descriptors of the chain each head starts, to free when it comes back.
+    chains: Vec<Vec<u16>>,
 }
 
 impl TestDriver {
@@ -77,7 +77,7 @@ impl TestDriver {
             avail_idx: 0,
             last_used: 0,
             free: (0..size).rev().collect(),
-            chains: HashMap::new(),
+            chains: vec![Vec::new(); usize::from(size)],
         };
         let zeroes = vec![0u8; (used + 6 + 8 * u64::from(size) - base) as usize];
         d.mem
@@ -130,16 +130,20 @@ impl TestDriver {
         if bufs.is_empty() || self.free.len() < bufs.len() {
             return None;
         }
-        let ids: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().unwrap()).collect();
+        let ids_start = self.free.len() - bufs.len();
+        let head = *self.free.last().unwrap();
         for (k, b) in bufs.iter().enumerate() {
-            let next = ids.get(k + 1).copied();
+            let id = self.free[self.free.len() - 1 - k];
+            let next = (k + 1 < bufs.len()).then(|| self.free[self.free.len() - 2 - k]);
             let flags = if b.writable { VRING_DESC_F_WRITE } else { 0 }
                 | if next.is_some() { VRING_DESC_F_NEXT } else { 0 };
-            self.write_desc(ids[k], b.addr, b.len, flags, next.unwrap_or(0));
+            self.write_desc(id, b.addr, b.len, flags, next.unwrap_or(0));
         }
-        self.chains.insert(ids[0], ids.clone());
-        self.publish(ids[0]);
-        Some(ids[0])
+        let chain = &mut self.chains[usize::from(head)];
+        chain.clear();
+        chain.extend(self.free.drain(ids_start..).rev());
+        self.publish(head);
+        Some(head)
     }
 
     /// Puts `head` in the available ring and bumps its index.
@@ -181,8 +185,8 @@ impl TestDriver {
         self.last_used = self.last_used.wrapping_add(1);
         let id = u32::from_le_bytes(raw[0..4].try_into().unwrap());
         let len = u32::from_le_bytes(raw[4..8].try_into().unwrap());
-        if let Some(ids) = self.chains.remove(&(id as u16)) {
-            self.free.extend(ids);
+        if let Some(chain) = self.chains.get_mut(id as usize) {
+            self.free.extend(chain.drain(..).rev());
         }
         Some((id, len))
     }
