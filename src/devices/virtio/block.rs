@@ -18,9 +18,9 @@ use std::sync::Arc;
 use async_executor::Task;
 use block::aio::notifier::EventNotifier;
 use block::{trace, AioContext, BlockBackend, RequestFlags};
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
-use super::queue::QueueError;
+use super::queue::{host_pieces, QueueError};
 use super::request::{DiskLimits, Request, RequestKind, VIRTIO_BLK_ID_BYTES};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::{lock, SharedCore, VirtioDevice};
@@ -432,9 +432,10 @@ impl VirtioBlkHandler {
         let notify_on_empty = core.has_feature(VIRTIO_F_NOTIFY_ON_EMPTY);
         let queue = &mut core.queues[q];
         let pushed: Result<bool, QueueError> = (|| {
-            self.mem
-                .write_obj(status, req.status_addr)
-                .map_err(|_| QueueError::RingOutsideMemory(req.status_addr.0))?;
+            host_pieces(&self.mem, req.status_addr, 1, |p, _| {
+                // SAFETY: `host_pieces` hands out a pointer into mapped guest RAM.
+                unsafe { std::ptr::write_volatile(p, status) }
+            })?;
             queue.add_used(&self.mem, req.head, req.used_len)?;
             queue.needs_notification(&self.mem, notify_on_empty)
         })();

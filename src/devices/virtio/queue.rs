@@ -596,15 +596,15 @@ pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
-/// The parts of guest memory `buffers` cover, as host (pointer, length) pieces; a buffer that
-/// spans two memory regions yields two pieces. Buffers come from a validated chain, but the
-/// check is repeated: a missing region is an error, never an unchecked pointer.
+/// Calls `f` with the host (pointer, length) pieces covering `addr..addr+len` of guest
+/// memory; a range spanning two memory regions yields two pieces. Ranges come from a validated
+/// chain, but the check is repeated: a missing region is an error, never an unchecked pointer.
 pub fn host_pieces(
     mem: &GuestMemoryMmap,
     addr: GuestAddress,
     len: usize,
-) -> Result<Vec<(*mut u8, usize)>, QueueError> {
-    let mut pieces = Vec::new();
+    mut f: impl FnMut(*mut u8, usize),
+) -> Result<(), QueueError> {
     let mut at = addr;
     let mut left = len;
     while left > 0 {
@@ -618,11 +618,11 @@ pub fn host_pieces(
         let ptr = region
             .get_host_address(MemoryRegionAddress(offset))
             .map_err(|_| outside)?;
-        pieces.push((ptr, n));
+        f(ptr, n);
         at = off(at, n as u64);
         left -= n;
     }
-    Ok(pieces)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use block::IoVector;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::queue::{host_pieces, Buffer, DescriptorChain, QueueError};
 
@@ -332,35 +332,39 @@ fn read_bytes(
 ) -> Result<usize, RequestError> {
     let mut done = 0;
     for (addr, len) in ranges(buffers, offset, out.len() as u64) {
-        let dst = &mut out[done..done + len as usize];
-        mem.read_slice(dst, addr)
-            .map_err(|_| QueueError::BufferOutsideMemory {
-                addr: addr.0,
-                len: len as u32,
-            })?;
-        done += len as usize;
+        host_pieces(mem, addr, len as usize, |ptr, n| {
+            for (i, b) in out[done..done + n].iter_mut().enumerate() {
+                // SAFETY: `host_pieces` hands out pointers into mapped guest RAM with `n`
+                // bytes after them; volatile, as the guest may write concurrently.
+                *b = unsafe { std::ptr::read_volatile(ptr.add(i)) };
+            }
+            done += n;
+        })?;
     }
     Ok(done)
 }
 
 /// The (address, length) pieces of `buffers` covering logical `offset..offset+len`.
-fn ranges(buffers: &[Buffer], mut offset: u64, mut len: u64) -> Vec<(GuestAddress, u64)> {
-    let mut out = Vec::new();
-    for b in buffers {
+fn ranges(
+    buffers: &[Buffer],
+    mut offset: u64,
+    mut len: u64,
+) -> impl Iterator<Item = (GuestAddress, u64)> + '_ {
+    buffers.iter().filter_map(move |b| {
         let blen = u64::from(b.len);
         if len == 0 {
-            break;
+            return None;
         }
         if offset >= blen {
             offset -= blen;
-            continue;
+            return None;
         }
         let n = (blen - offset).min(len);
-        out.push((GuestAddress(b.addr.0 + offset), n));
+        let piece = (GuestAddress(b.addr.0 + offset), n);
         offset = 0;
         len -= n;
-    }
-    out
+        Some(piece)
+    })
 }
 
 /// An IoVector over logical `offset..offset+len` of `buffers`, pointing into guest RAM. The
@@ -372,19 +376,18 @@ pub fn guest_iovec(
     len: u64,
 ) -> Result<IoVector, RequestError> {
     let owner: Arc<dyn std::any::Any + Send + Sync> = mem.clone();
-    let mut pieces = Vec::new();
+    let mut qiov: Option<IoVector> = None;
     for (addr, n) in ranges(buffers, offset, len) {
-        pieces.extend(host_pieces(mem, addr, n as usize)?);
+        host_pieces(mem, addr, n as usize, |ptr, plen| {
+            // SAFETY: `host_pieces` hands out pointers into mapped guest memory regions with
+            // `plen` bytes after them; `owner` keeps the mapping alive as long as the vector.
+            // The guest may change the bytes concurrently, as with any DMA.
+            let piece = unsafe { IoVector::from_raw_parts(ptr, plen, owner.clone()) };
+            match &mut qiov {
+                None => qiov = Some(piece),
+                Some(v) => v.push_vector(&piece),
+            }
+        })?;
     }
-    // SAFETY (both blocks): `host_pieces` returned pointers into mapped guest memory regions,
-    // each with at least its length after it; `owner` keeps the mapping alive as long as the
-    // vector. The guest may change the bytes concurrently, as with any DMA.
-    if let [(ptr, plen)] = pieces[..] {
-        return Ok(unsafe { IoVector::from_raw_parts(ptr, plen, owner) });
-    }
-    let mut qiov = IoVector::new();
-    for (ptr, plen) in pieces {
-        qiov.push_vector(&unsafe { IoVector::from_raw_parts(ptr, plen, owner.clone()) });
-    }
-    Ok(qiov)
+    Ok(qiov.unwrap_or_default())
 }

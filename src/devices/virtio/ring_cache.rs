@@ -128,6 +128,33 @@ impl RingCache {
         true
     }
 
+    /// Reads the little-endian u32 at `off` of `ring`, if cached.
+    pub fn read_u32(&self, ring: Ring, off: u64) -> Option<u32> {
+        let p = self.area(ring)?.at(off, 4)?;
+        // SAFETY: `at` checked bounds and alignment inside a live mapping.
+        Some(u32::from_le(unsafe {
+            std::ptr::read_volatile(p as *const u32)
+        }))
+    }
+
+    /// Writes descriptor `i` (16 bytes); false if not cached. For driver-side test code.
+    pub fn write_desc(&self, i: u16, raw: [u8; 16]) -> bool {
+        let Some(p) = self
+            .area(Ring::Desc)
+            .and_then(|a| a.at(16 * u64::from(i), 16))
+        else {
+            return false;
+        };
+        let lo = u64::from_ne_bytes(raw[..8].try_into().unwrap());
+        let hi = u64::from_ne_bytes(raw[8..].try_into().unwrap());
+        // SAFETY: `at` checked bounds and alignment inside a live mapping.
+        unsafe {
+            std::ptr::write_volatile(p as *mut u64, lo);
+            std::ptr::write_volatile((p as *mut u64).add(1), hi);
+        }
+        true
+    }
+
     /// Writes a little-endian u32 at `off` of `ring`; false if not cached.
     pub fn write_u32(&self, ring: Ring, off: u64, v: u32) -> bool {
         let Some(p) = self.area(ring).and_then(|a| a.at(off, 4)) else {

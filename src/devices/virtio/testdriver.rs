@@ -13,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::pci::{legacy, VirtioPciDevice, LEGACY_BAR};
 use super::queue::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use super::ring_cache::{Ring, RingCache};
 use super::VIRTIO_CONFIG_S_DRIVER_OK;
 use super::{Interrupt, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER};
 
@@ -61,6 +62,8 @@ pub struct TestDriver {
     free: Vec<u16>,
     /// The descriptors of the chain each head starts, to free when it comes back.
     chains: Vec<Vec<u16>>,
+    /// Host views of the rings; the accessors below fall back to vm-memory without them.
+    cache: RingCache,
 }
 
 impl TestDriver {
@@ -68,7 +71,15 @@ impl TestDriver {
     pub fn new(mem: Arc<GuestMemoryMmap>, base: u64, size: u16) -> TestDriver {
         let avail = base + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4096);
+        let n = u64::from(size);
+        let cache = RingCache::new(
+            &mem,
+            (GuestAddress(base), 16 * n),
+            (GuestAddress(avail), 6 + 2 * n),
+            (GuestAddress(used), 6 + 8 * n),
+        );
         let d = TestDriver {
+            cache,
             mem,
             base,
             size,
@@ -109,16 +120,14 @@ impl TestDriver {
 
     /// Writes descriptor `i` as given, without any checking.
     pub fn write_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.write_desc_at(self.base + 16 * u64::from(i), addr, len, flags, next);
+        if !self.cache.write_desc(i, desc_bytes(addr, len, flags, next)) {
+            self.write_desc_at(self.base + 16 * u64::from(i), addr, len, flags, next);
+        }
     }
 
     /// Writes a descriptor at any guest address (for indirect tables).
     pub fn write_desc_at(&self, at: u64, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        let raw = desc_bytes(addr, len, flags, next);
         self.mem
             .write_slice(&raw, GuestAddress(at))
             .expect("descriptor in RAM");
@@ -177,14 +186,18 @@ impl TestDriver {
             return None;
         }
         fence(Ordering::Acquire);
-        let at = self.used + 4 + 8 * u64::from(self.last_used % self.size);
-        let mut raw = [0u8; 8];
-        self.mem
-            .read_slice(&mut raw, GuestAddress(at))
-            .expect("used ring in RAM");
+        let off = 4 + 8 * u64::from(self.last_used % self.size);
+        let read_u32 = |off: u64| {
+            self.cache.read_u32(Ring::Used, off).unwrap_or_else(|| {
+                let v: u32 = self
+                    .mem
+                    .read_obj(GuestAddress(self.used + off))
+                    .expect("used ring in RAM");
+                u32::from_le(v)
+            })
+        };
+        let (id, len) = (read_u32(off), read_u32(off + 4));
         self.last_used = self.last_used.wrapping_add(1);
-        let id = u32::from_le_bytes(raw[0..4].try_into().unwrap());
-        let len = u32::from_le_bytes(raw[4..8].try_into().unwrap());
         if let Some(chain) = self.chains.get_mut(id as usize) {
             self.free.extend(chain.drain(..).rev());
         }
@@ -196,15 +209,41 @@ impl TestDriver {
         dev.bar_write(LEGACY_BAR, legacy::VIRTIO_PCI_QUEUE_NOTIFY, &[0, 0]);
     }
 
+    /// The ring and offset of guest address `at` inside this driver's rings.
+    fn locate(&self, at: u64) -> (Ring, u64) {
+        if at >= self.used {
+            (Ring::Used, at - self.used)
+        } else if at >= self.avail {
+            (Ring::Avail, at - self.avail)
+        } else {
+            (Ring::Desc, at - self.base)
+        }
+    }
+
     fn write_u16(&self, at: u64, v: u16) {
-        self.mem
-            .write_obj(v.to_le(), GuestAddress(at))
-            .expect("ring in RAM");
+        let (ring, off) = self.locate(at);
+        if !self.cache.write_u16(ring, off, v) {
+            self.mem
+                .write_obj(v.to_le(), GuestAddress(at))
+                .expect("ring in RAM");
+        }
     }
 
     fn read_u16(&self, at: u64) -> u16 {
-        u16::from_le(self.mem.read_obj(GuestAddress(at)).expect("ring in RAM"))
+        let (ring, off) = self.locate(at);
+        self.cache.read_u16(ring, off).unwrap_or_else(|| {
+            u16::from_le(self.mem.read_obj(GuestAddress(at)).expect("ring in RAM"))
+        })
     }
+}
+
+fn desc_bytes(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut raw = [0u8; 16];
+    raw[0..8].copy_from_slice(&addr.to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..16].copy_from_slice(&next.to_le_bytes());
+    raw
 }
 
 /// An interrupt line that counts rising edges and signals an eventfd, as an irqfd would.
