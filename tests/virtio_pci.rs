@@ -270,3 +270,12 @@ fn legacy_pfn_zero_resets_the_device() {
     rig.dev.bar_write(0, 0x08, &0u32.to_le_bytes());
     assert_eq!(rig.device_status(), 0);
 }
+
+#[test]
+fn the_transport_can_move_to_a_vcpu_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<rqemu::devices::virtio::pci::VirtioPciDevice>();
+    assert_send::<rqemu::devices::virtio::block::VirtioBlk>();
+    fn assert_sync<T: Sync + Send>() {}
+    assert_sync::<rqemu::devices::virtio::SharedCore>();
+}

@@ -9,6 +9,12 @@
 //!   coroutine per request on the BlockBackend, so many requests are in flight at once. When
 //!   one finishes it writes the status byte, pushes the used element and interrupts the
 //!   guest if the driver asked for it.
+//!
+//! Reset: QEMU drains the device's requests inside the reset (blk_drain under the big lock).
+//! Here the reset happens on the vCPU side while requests run on the main loop, so a request
+//! in flight at a reset finishes on its own and then leaves the rings alone (the core's
+//! reset count has moved on). Until it finishes, a read may still land in its guest buffer,
+//! as DMA already started would on real hardware.
 
 use std::cell::Cell;
 use std::rc::Rc;

@@ -11,8 +11,11 @@
 //! Every value read from there is the guest's and may be hostile: indices, descriptor
 //! addresses and lengths, `next` links (loops), indirect tables, flags. Each is checked here,
 //! and a bad one is a [`QueueError`], which the device turns into "broken" (virtio_error).
-//! Guest memory is only ever touched through vm-memory's checked accessors, so a bad address
-//! is an error, never an access outside guest RAM.
+//! Guest memory is only ever touched through vm-memory's checked accessors or through host
+//! pointers checked against them ([`super::ring_cache`]), so a bad address is an error, never
+//! an access outside guest RAM. Every buffer must lie in RAM: QEMU instead maps up to 4 KiB of
+//! non-RAM space (MMIO, unassigned) through a bounce buffer and only fails beyond that; rqemu
+//! has no device-to-MMIO DMA, so such a descriptor is refused like any bad address.
 
 use std::fmt;
 use std::sync::atomic::{fence, Ordering};
