@@ -291,6 +291,21 @@ impl Rig {
         u32::from_le_bytes(f)
     }
 
+    /// Runs the loop until no request is in flight in the handler.
+    pub fn drain(&mut self) {
+        let handler = self.handler.clone();
+        AioContext::current().run_until(async move {
+            let start = Instant::now();
+            while handler.in_flight() > 0 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "requests never finished"
+                );
+                block::aio::co_sleep(Duration::from_micros(200)).await;
+            }
+        });
+    }
+
     /// Whether the device marked itself broken.
     pub fn broken(&self) -> bool {
         lock(&self.core).broken
