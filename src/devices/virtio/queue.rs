@@ -4,8 +4,8 @@
 //! virtio 1.x spec, section 2.7. Three areas of guest memory make a queue of `size` entries:
 //!
 //! * the descriptor table: `size` × {addr u64, len u32, flags u16, next u16};
-//! * the available ring (driver → device): {flags u16, idx u16, ring[size] u16, used_event u16};
-//! * the used ring (device → driver): {flags u16, idx u16, ring[size] {id u32, len u32},
+//! * the available ring (driver → device): {flags u16, idx u16, ring\[size\] u16, used_event u16};
+//! * the used ring (device → driver): {flags u16, idx u16, ring\[size\] {id u32, len u32},
 //!   avail_event u16}.
 //!
 //! Every value read from there is the guest's and may be hostile: indices, descriptor
