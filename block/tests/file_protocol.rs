@@ -168,15 +168,10 @@ fn missing_files_give_qemus_message() {
 #[test]
 fn snapshot_mode_without_qcow2_fails_naming_what_is_missing() {
     let f = scratch(4096);
-    let flags = OpenFlags {
-        snapshot: true,
-        ..Default::default()
-    };
+    let flags = OpenFlags { snapshot: true, ..Default::default() };
     let mut options = Options::new();
     options.set("driver", "file");
-    let err = AioContext::current()
-        .run_until(bdrv_open(f.path().to_str(), options, flags))
-        .unwrap_err();
+    let err = AioContext::current().run_until(bdrv_open(f.path().to_str(), options, flags)).unwrap_err();
     assert_eq!(err.errno(), libc::ENOTSUP);
     assert!(err.to_string().contains("qcow2"), "{err}");
 }

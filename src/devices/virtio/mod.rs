@@ -27,6 +27,7 @@
 //! ```
 
 pub mod block;
+pub mod guest_mem;
 pub mod pci;
 pub mod queue;
 pub mod request;

@@ -21,11 +21,11 @@ use std::fmt;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+pub use super::guest_mem::host_pieces;
+use super::guest_mem::in_ram;
 use super::ring_cache::{Ring, RingCache};
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress,
-};
 
 /// Descriptor flag: the chain continues at `next`.
 pub const VRING_DESC_F_NEXT: u16 = 1;
@@ -579,53 +579,10 @@ fn off(base: GuestAddress, n: u64) -> GuestAddress {
     GuestAddress(base.0.wrapping_add(n))
 }
 
-/// Whether `addr..addr+len` lies entirely in guest RAM (no wrap-around).
-pub fn in_ram(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> bool {
-    let Some(end) = addr.0.checked_add(len as u64) else {
-        return false;
-    };
-    // The common case, one region holding the whole range, without building slices.
-    if let Some(region) = mem.find_region(addr) {
-        if end <= region.start_addr().0 + region.len() {
-            return true;
-        }
-    }
-    GuestMemoryBackend::check_range(mem, addr, len)
-}
-
 /// Whether moving the used index from `old` to `new` crossed `event` (the driver's
 /// used_event), all modulo 2^16: the virtio spec's vring_need_event.
 pub fn vring_need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-}
-
-/// Calls `f` with the host (pointer, length) pieces covering `addr..addr+len` of guest
-/// memory; a range spanning two memory regions yields two pieces. Ranges come from a validated
-/// chain, but the check is repeated: a missing region is an error, never an unchecked pointer.
-pub fn host_pieces(
-    mem: &GuestMemoryMmap,
-    addr: GuestAddress,
-    len: usize,
-    mut f: impl FnMut(*mut u8, usize),
-) -> Result<(), QueueError> {
-    let mut at = addr;
-    let mut left = len;
-    while left > 0 {
-        let outside = QueueError::BufferOutsideMemory {
-            addr: at.0,
-            len: left as u32,
-        };
-        let region = mem.find_region(at).ok_or(outside.clone())?;
-        let offset = at.0 - region.start_addr().0;
-        let n = ((region.len() - offset) as usize).min(left);
-        let ptr = region
-            .get_host_address(MemoryRegionAddress(offset))
-            .map_err(|_| outside)?;
-        f(ptr, n);
-        at = off(at, n as u64);
-        left -= n;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
