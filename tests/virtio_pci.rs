@@ -279,3 +279,48 @@ fn the_transport_can_move_to_a_vcpu_thread() {
     fn assert_sync<T: Sync + Send>() {}
     assert_sync::<rqemu::devices::virtio::SharedCore>();
 }
+
+#[test]
+fn odd_access_sizes_and_offsets_are_harmless() {
+    let mut rig = Rig::with(
+        VirtioBlkConf::default(),
+        VirtioPciConf::default(),
+        MIB,
+        None,
+    );
+    map_bar4(&mut rig);
+    let mut wide = [0xaau8; 16];
+    for bar in [0, 1, 4, 5] {
+        for off in [
+            0u64,
+            3,
+            0x13,
+            0x14,
+            0x7f,
+            0x1000,
+            0x2fff,
+            0x3000,
+            0x3ffe,
+            0x4000,
+            u64::MAX,
+        ] {
+            rig.dev.bar_read(bar, off, &mut wide);
+            rig.dev.bar_read(bar, off, &mut []);
+            rig.dev.bar_write(bar, off, &[0xff; 3]);
+        }
+    }
+    for off in [0usize, 0x3f, 0x94, 0xfe, 0xff, 0x100, usize::MAX - 1] {
+        let mut b = [0u8; 4];
+        rig.dev.config_read(off, &mut b);
+    }
+    // Absurd queue selects and sizes only fail when the queue is used.
+    common_write(&mut rig, 22, 0xffff, 2);
+    assert_eq!(common_read(&mut rig, 24, 2), 0);
+    common_write(&mut rig, 22, 0, 2);
+    common_write(&mut rig, 24, 3, 2);
+    common_write(&mut rig, 20, 0xf, 1);
+    common_write(&mut rig, 28, 1, 2);
+    common_write(&mut rig, 0x3000, 0, 2);
+    rig.handler.handle_output(0);
+    assert!(rig.broken(), "queue size 3 is refused");
+}

@@ -355,7 +355,7 @@ impl VirtioPciDevice {
         }
         let intx = self.intx.level();
         for (i, d) in data.iter_mut().enumerate() {
-            let at = offset + i;
+            let at = offset.saturating_add(i);
             *d = self.config.get(at).copied().unwrap_or(0xff);
             if at == 0x06 && intx {
                 *d |= PCI_STATUS_INTERRUPT;
@@ -369,7 +369,11 @@ impl VirtioPciDevice {
             return modern::pci_cfg_write(self, data);
         }
         for (i, &v) in data.iter().enumerate() {
-            let Some(m) = self.wmask.get(offset + i).copied() else {
+            let Some(m) = offset
+                .checked_add(i)
+                .and_then(|at| self.wmask.get(at))
+                .copied()
+            else {
                 break;
             };
             let c = &mut self.config[offset + i];
@@ -407,6 +411,7 @@ pub(crate) fn le_value(data: &[u8]) -> u64 {
 /// Stores the low bytes of `v` into `data`, little-endian.
 pub(crate) fn put_le(data: &mut [u8], v: u64) {
     for (i, d) in data.iter_mut().enumerate() {
-        *d = (v >> (8 * i)) as u8;
+        // Accesses wider than 8 bytes read zeroes beyond the value.
+        *d = v.checked_shr(8 * i as u32).unwrap_or(0) as u8;
     }
 }

@@ -81,7 +81,10 @@ pub(super) fn add_capabilities(dev: &mut VirtioPciDevice) {
 
 /// Whether a config access falls in the PCI_CFG data field.
 pub(super) fn in_pci_cfg_window(offset: usize, len: usize) -> bool {
-    offset >= PCI_CFG_DATA && offset + len <= PCI_CFG_DATA + 4
+    offset >= PCI_CFG_DATA
+        && offset
+            .checked_add(len)
+            .is_some_and(|end| end <= PCI_CFG_DATA + 4)
 }
 
 fn pci_cfg_target(dev: &VirtioPciDevice, len: usize) -> Option<u64> {
