@@ -324,3 +324,18 @@ fn odd_access_sizes_and_offsets_are_harmless() {
     rig.handler.handle_output(0);
     assert!(rig.broken(), "queue size 3 is refused");
 }
+
+#[test]
+fn queue_reconfigured_under_a_request_in_flight() {
+    let mut rig = Rig::with(VirtioBlkConf::default(), modern_only(), MIB, None);
+    map_bar4(&mut rig);
+    modern_init(&mut rig);
+    rig.request(0, VIRTIO_BLK_T_IN, 0, 4096, true);
+    modern_kick(&mut rig);
+    rig.handler.handle_output(0);
+    assert_eq!(rig.handler.in_flight(), 1);
+    common_write(&mut rig, 24, 0, 2); // queue size 0 while the read runs
+    rig.drain();
+    assert!(rig.broken(), "completion into a size-0 queue is refused");
+    assert_ne!(common_read(&mut rig, 20, 1) & 0x40, 0);
+}

@@ -499,6 +499,8 @@ impl Queue {
         head: u16,
         len: u32,
     ) -> Result<(), QueueError> {
+        // The driver may have reconfigured the queue while the request ran.
+        self.check_config(mem)?;
         let slot = u64::from(self.next_used % self.size);
         let at = 4 + 8 * slot;
         let cached = self.cache_for(mem).is_some_and(|c| {
@@ -554,6 +556,7 @@ impl Queue {
         mem: &Arc<GuestMemoryMmap>,
         notify_on_empty: bool,
     ) -> Result<bool, QueueError> {
+        self.check_config(mem)?;
         // The used index must be visible before we read the driver's suppression state (smp_mb).
         fence(Ordering::SeqCst);
         if notify_on_empty && self.in_flight == 0 && !self.has_pending(mem)? {
