@@ -169,6 +169,11 @@ fn common_read(rig: &mut Rig, off: u64, len: usize) -> u64 {
 
 /// The virtio 1.0 initialisation sequence through the common configuration.
 fn modern_init(rig: &mut Rig) {
+    modern_init_at(rig, RING, RING + 16 * 256, RING + 8192);
+}
+
+/// The same with the rings where the caller put them.
+fn modern_init_at(rig: &mut Rig, desc: u64, avail: u64, used: u64) {
     common_write(rig, 20, 0, 1);
     common_write(rig, 20, 3, 1);
     common_write(rig, 0, 1, 4);
@@ -183,9 +188,9 @@ fn modern_init(rig: &mut Rig) {
     assert_eq!(common_read(rig, 18, 2), 1, "one queue");
     common_write(rig, 22, 0, 2);
     common_write(rig, 24, 256, 2);
-    common_write(rig, 32, RING, 4);
-    common_write(rig, 40, RING + 16 * 256, 4);
-    common_write(rig, 48, RING + 8192, 4);
+    common_write(rig, 32, desc, 4);
+    common_write(rig, 40, avail, 4);
+    common_write(rig, 48, used, 4);
     common_write(rig, 28, 1, 2);
     common_write(rig, 20, 0xf, 1);
 }
@@ -338,4 +343,33 @@ fn queue_reconfigured_under_a_request_in_flight() {
     rig.drain();
     assert!(rig.broken(), "completion into a size-0 queue is refused");
     assert_ne!(common_read(&mut rig, 20, 1) & 0x40, 0);
+}
+
+#[test]
+fn misaligned_rings_are_served_without_the_ring_cache() {
+    use rqemu::devices::virtio::testdriver::TestDriver;
+    let mut rig = Rig::with(VirtioBlkConf::default(), modern_only(), MIB, None);
+    map_bar4(&mut rig);
+    // Available ring at an odd address, used ring 2 bytes off its 4-byte alignment.
+    let (desc, avail, used) = (RING, RING + 0x1001, RING + 0x2002);
+    rig.drv = TestDriver::with_layout(rig.mem.clone(), desc, avail, used, 256);
+    modern_init_at(&mut rig, desc, avail, used);
+    rig.fill(0, &[0x3c; 512]);
+    rig.request(0, VIRTIO_BLK_T_OUT, 1, 512, false);
+    rig.request(1, VIRTIO_BLK_T_IN, 1, 512, true);
+    modern_kick(&mut rig);
+    rig.handler.handle_output(0);
+    rig.drain();
+    let mut lens: Vec<u32> = std::iter::from_fn(|| rig.drv.pop_used())
+        .map(|u| u.1)
+        .collect();
+    lens.sort();
+    assert_eq!(
+        lens,
+        vec![1, 513],
+        "used lengths: status only, data + status"
+    );
+    assert_eq!(rig.status(0), VIRTIO_BLK_S_OK);
+    assert_eq!(rig.status(1), VIRTIO_BLK_S_OK);
+    assert!(!rig.broken());
 }

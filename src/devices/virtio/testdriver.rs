@@ -51,7 +51,7 @@ impl Buf {
 /// The driver side of one legacy-layout split ring.
 pub struct TestDriver {
     mem: Arc<GuestMemoryMmap>,
-    /// Guest address of the descriptor table (page aligned: the legacy PFN is base >> 12).
+    /// Guest address of the descriptor table (page aligned for legacy: the PFN is base >> 12).
     pub base: u64,
     /// Queue size.
     pub size: u16,
@@ -71,17 +71,33 @@ impl TestDriver {
     pub fn new(mem: Arc<GuestMemoryMmap>, base: u64, size: u16) -> TestDriver {
         let avail = base + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size)).next_multiple_of(4096);
+        TestDriver::with_layout(mem, base, avail, used, size)
+    }
+
+    /// A ring with the three areas where the caller wants them (modern drivers choose each;
+    /// tests use it for misaligned rings). The areas must not overlap; `desc` comes first.
+    pub fn with_layout(
+        mem: Arc<GuestMemoryMmap>,
+        desc: u64,
+        avail: u64,
+        used: u64,
+        size: u16,
+    ) -> TestDriver {
         let n = u64::from(size);
         let cache = RingCache::new(
             &mem,
-            (GuestAddress(base), 16 * n),
+            (GuestAddress(desc), 16 * n),
             (GuestAddress(avail), 6 + 2 * n),
             (GuestAddress(used), 6 + 8 * n),
         );
-        let d = TestDriver {
+        let end = (avail + 6 + 2 * n).max(used + 6 + 8 * n);
+        let zeroes = vec![0u8; (end - desc) as usize];
+        mem.write_slice(&zeroes, GuestAddress(desc))
+            .expect("ring in RAM");
+        TestDriver {
             cache,
             mem,
-            base,
+            base: desc,
             size,
             avail,
             used,
@@ -89,12 +105,7 @@ impl TestDriver {
             last_used: 0,
             free: (0..size).rev().collect(),
             chains: vec![Vec::new(); usize::from(size)],
-        };
-        let zeroes = vec![0u8; (used + 6 + 8 * u64::from(size) - base) as usize];
-        d.mem
-            .write_slice(&zeroes, GuestAddress(base))
-            .expect("ring in RAM");
-        d
+        }
     }
 
     /// Brings a legacy device up as SeaBIOS does: reset, ACK|DRIVER, features, PFN,
@@ -211,9 +222,10 @@ impl TestDriver {
 
     /// The ring and offset of guest address `at` inside this driver's rings.
     fn locate(&self, at: u64) -> (Ring, u64) {
-        if at >= self.used {
+        let n = u64::from(self.size);
+        if (self.used..self.used + 6 + 8 * n).contains(&at) {
             (Ring::Used, at - self.used)
-        } else if at >= self.avail {
+        } else if (self.avail..self.avail + 6 + 2 * n).contains(&at) {
             (Ring::Avail, at - self.avail)
         } else {
             (Ring::Desc, at - self.base)
