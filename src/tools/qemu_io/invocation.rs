@@ -1,0 +1,287 @@
+//! The qemu-io program: its command-line options, opening the image, and the command loop
+//! over `-c` commands or standard input (main and command_loop in qemu-io.c).
+
+use std::io::BufRead;
+
+use block::AioContext;
+
+use super::cmd_file::{openfile, parse_aio, parse_cache, parse_discard, OpenRequest};
+use super::commands::run_line;
+use super::help::USAGE;
+use super::output::{self, out, report};
+use super::QemuIo;
+use crate::tools::getopt::{getopt_long, HasArg, LongOpt};
+use crate::tools::image::ImageSpec;
+
+const OPT_OBJECT: char = '\u{100}';
+const OPT_IMAGE_OPTS: char = '\u{101}';
+
+const SHORT: &str = "hVc:d:f:rsnCmki:t:UT:";
+
+const LONG: &[LongOpt] = &[
+    LongOpt {
+        name: "help",
+        has_arg: HasArg::No,
+        key: 'h',
+    },
+    LongOpt {
+        name: "version",
+        has_arg: HasArg::No,
+        key: 'V',
+    },
+    LongOpt {
+        name: "cmd",
+        has_arg: HasArg::Required,
+        key: 'c',
+    },
+    LongOpt {
+        name: "format",
+        has_arg: HasArg::Required,
+        key: 'f',
+    },
+    LongOpt {
+        name: "read-only",
+        has_arg: HasArg::No,
+        key: 'r',
+    },
+    LongOpt {
+        name: "snapshot",
+        has_arg: HasArg::No,
+        key: 's',
+    },
+    LongOpt {
+        name: "nocache",
+        has_arg: HasArg::No,
+        key: 'n',
+    },
+    LongOpt {
+        name: "copy-on-read",
+        has_arg: HasArg::No,
+        key: 'C',
+    },
+    LongOpt {
+        name: "misalign",
+        has_arg: HasArg::No,
+        key: 'm',
+    },
+    LongOpt {
+        name: "native-aio",
+        has_arg: HasArg::No,
+        key: 'k',
+    },
+    LongOpt {
+        name: "discard",
+        has_arg: HasArg::Required,
+        key: 'd',
+    },
+    LongOpt {
+        name: "cache",
+        has_arg: HasArg::Required,
+        key: 't',
+    },
+    LongOpt {
+        name: "aio",
+        has_arg: HasArg::Required,
+        key: 'i',
+    },
+    LongOpt {
+        name: "trace",
+        has_arg: HasArg::Required,
+        key: 'T',
+    },
+    LongOpt {
+        name: "object",
+        has_arg: HasArg::Required,
+        key: OPT_OBJECT,
+    },
+    LongOpt {
+        name: "image-opts",
+        has_arg: HasArg::No,
+        key: OPT_IMAGE_OPTS,
+    },
+    LongOpt {
+        name: "force-share",
+        has_arg: HasArg::No,
+        key: 'U',
+    },
+];
+
+/// What the command line asked for.
+struct Invocation {
+    io: QemuIo,
+    commands: Vec<String>,
+    format: Option<String>,
+    req: OpenRequest,
+    file: Option<String>,
+}
+
+/// How parsing the command line ended when it did not produce an invocation.
+enum Early {
+    /// Exit with this status (after -h, -V, or an error already printed).
+    Exit(i32),
+}
+
+fn usage_error() -> Early {
+    out!("{USAGE}");
+    Early::Exit(1)
+}
+
+fn parse_args(args: &[String]) -> Result<Invocation, Early> {
+    let parsed = getopt_long(args, SHORT, LONG).map_err(|e| {
+        report!("{e}");
+        usage_error()
+    })?;
+    let mut inv = Invocation {
+        io: QemuIo::default(),
+        commands: Vec::new(),
+        format: None,
+        req: OpenRequest::new(),
+        file: None,
+    };
+    let fail = |()| Early::Exit(1);
+    for opt in parsed.opts {
+        let arg = opt.arg.unwrap_or_default();
+        match opt.key {
+            's' => inv.req.snapshot = true,
+            'n' => parse_cache(&mut inv.req, "none").map_err(fail)?,
+            'C' => {
+                report!("copy-on-read (-C) is not supported by rqemu yet");
+                return Err(Early::Exit(1));
+            }
+            'd' => parse_discard(&mut inv.req, &arg).map_err(fail)?,
+            'f' => inv.format = Some(arg),
+            'c' => inv.commands.push(arg),
+            'r' => inv.req.flags.read_only = true,
+            'm' => inv.io.misalign = true,
+            'k' => parse_aio(&mut inv.req, "native").map_err(fail)?,
+            'i' => parse_aio(&mut inv.req, &arg).map_err(fail)?,
+            't' => parse_cache(&mut inv.req, &arg).map_err(fail)?,
+            'T' => block::trace::configure(&arg).map_err(|e| {
+                report!("{e}");
+                Early::Exit(1)
+            })?,
+            'V' => {
+                out!(
+                    "qemu-io version 10.0.2 (rqemu {})\n\
+                     rqemu: a Rust reproduction of QEMU's block layer\n",
+                    env!("CARGO_PKG_VERSION")
+                );
+                return Err(Early::Exit(0));
+            }
+            'h' => {
+                out!("{USAGE}");
+                return Err(Early::Exit(0));
+            }
+            'U' => inv.req.force_share = true,
+            OPT_OBJECT => {
+                report!("--object is not supported by rqemu yet");
+                return Err(Early::Exit(1));
+            }
+            OPT_IMAGE_OPTS => inv.io.image_opts = true,
+            _ => return Err(usage_error()),
+        }
+    }
+    if parsed.operands.len() > 1 {
+        return Err(usage_error());
+    }
+    if inv.format.is_some() && inv.io.image_opts {
+        report!("--image-opts and -f are mutually exclusive");
+        return Err(Early::Exit(1));
+    }
+    inv.file = parsed.operands.into_iter().next();
+    Ok(inv)
+}
+
+/// Turns the file operand into the open request (the image spec rules shared with qemu-img).
+fn complete_request(inv: &mut Invocation, file: String) -> block::Result<OpenRequest> {
+    let spec = ImageSpec {
+        filename: file,
+        format: inv.format.clone(),
+        image_opts: inv.io.image_opts,
+    };
+    let (name, opts) = spec.to_open_args()?;
+    let mut req = inv.req.clone();
+    req.name = name;
+    req.opts = opts;
+    Ok(req)
+}
+
+/// Reads one command line from stdin as `fgets` would; None at end of input.
+fn fetchline(stdin: &mut impl BufRead) -> Option<String> {
+    let mut line = Vec::new();
+    match stdin.read_until(b'\n', &mut line) {
+        Ok(0) | Err(_) => None,
+        Ok(_) => {
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            Some(String::from_utf8_lossy(&line).into_owned())
+        }
+    }
+}
+
+/// Runs the `-c` commands in order, or else the interactive loop; returns the last error.
+fn command_loop(ctx: &std::rc::Rc<AioContext>, io: &QemuIo, commands: &[String]) -> i32 {
+    let mut last_error = 0;
+    if !commands.is_empty() {
+        for cmd in commands {
+            let ret = ctx.run_until(run_line(io, cmd));
+            if ret < 0 {
+                last_error = ret;
+            }
+            if io.quitting() {
+                break;
+            }
+        }
+        return last_error;
+    }
+    let mut stdin = std::io::stdin().lock();
+    while !io.quitting() {
+        // Completions that arrived while the previous command finished print first.
+        ctx.run_until(futures_lite::future::yield_now());
+        out!("qemu-io> ");
+        output::flush();
+        let Some(line) = fetchline(&mut stdin) else {
+            break;
+        };
+        let ret = ctx.run_until(run_line(io, &line));
+        if ret < 0 {
+            last_error = ret;
+        }
+    }
+    last_error
+}
+
+/// The program: returns the exit status.
+pub fn main(args: Vec<String>) -> i32 {
+    formats::register_all();
+    let mut inv = match parse_args(&args) {
+        Ok(inv) => inv,
+        Err(Early::Exit(code)) => {
+            output::flush();
+            return code;
+        }
+    };
+    let ctx = AioContext::current();
+    if let Some(file) = inv.file.take() {
+        let opened = match complete_request(&mut inv, file.clone()) {
+            Ok(req) => ctx.run_until(openfile(&inv.io, req)),
+            Err(e) => {
+                report!("can't open device {file}: {e}");
+                Err(())
+            }
+        };
+        if opened.is_err() {
+            output::flush();
+            return 1;
+        }
+    }
+    let last_error = command_loop(&ctx, &inv.io, &inv.commands);
+    let io = &inv.io;
+    let closed = ctx.run_until(io.close_image());
+    if let Err(e) = &closed {
+        report!("{e}");
+    }
+    output::flush();
+    i32::from(last_error != 0 || closed.is_err())
+}

@@ -1,0 +1,82 @@
+//! qemu-io, the block layer exerciser: a command interpreter over one BlockBackend
+//! (QEMU's qemu-io.c for the program and qemu-io-cmds.c for the commands).
+//!
+//! Commands come from `-c` arguments or, without any, from standard input with a
+//! `qemu-io> ` prompt. Each command line is split into words, looked up in [`COMMANDS`],
+//! checked (an open file, the argument count, write permission) and run as a coroutine on the
+//! thread's AioContext, so `aio_*` requests submitted by earlier commands keep progressing
+//! while later ones run, as in QEMU's nested event loop. A command returns 0 or a negative
+//! errno; the program exits with 1 if any command failed.
+//!
+//! Modules: [`invocation`] (the program's options and main loop), [`commands`] (the table and
+//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`] (the commands),
+//! [`snapshot`] (`-s`), and [`parse`], [`report`], [`output`], [`help`] (their shared vocabulary).
+
+pub mod cmd_aio;
+pub mod cmd_file;
+pub mod cmd_misc;
+pub mod cmd_rw;
+pub mod commands;
+pub mod help;
+pub mod invocation;
+pub mod output;
+pub mod parse;
+pub mod report;
+pub mod snapshot;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use block::BlockBackend;
+
+pub use invocation::main;
+
+/// The interpreter's state: the open image, if any, and the program-wide settings.
+#[derive(Default)]
+pub struct QemuIo {
+    blk: RefCell<Option<Rc<BlockBackend>>>,
+    /// `--image-opts`: `open` takes its path operand as an option string.
+    pub image_opts: bool,
+    /// `-m`: offset I/O buffers from their natural alignment.
+    pub misalign: bool,
+    quit: Cell<bool>,
+}
+
+impl QemuIo {
+    /// The open image. Dispatch has checked that one is open for commands that need it.
+    pub fn blk(&self) -> Rc<BlockBackend> {
+        self.blk
+            .borrow()
+            .clone()
+            .expect("command needing an image ran without one")
+    }
+
+    /// Whether an image is open.
+    pub fn has_blk(&self) -> bool {
+        self.blk.borrow().is_some()
+    }
+
+    /// Installs a freshly opened image.
+    pub fn set_blk(&self, blk: Option<Rc<BlockBackend>>) {
+        *self.blk.borrow_mut() = blk;
+    }
+
+    /// Asks the command loop to stop after this command.
+    pub fn request_quit(&self) {
+        self.quit.set(true);
+    }
+
+    /// Whether `quit` was run.
+    pub fn quitting(&self) -> bool {
+        self.quit.get()
+    }
+
+    /// Drains and closes the open image, if any (blk_unref of qemu-io's reference).
+    pub async fn close_image(&self) -> block::Result<()> {
+        let blk = self.blk.borrow_mut().take();
+        match blk {
+            Some(blk) => blk.close().await,
+            None => Ok(()),
+        }
+    }
+}
