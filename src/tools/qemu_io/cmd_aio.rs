@@ -131,6 +131,7 @@ fn aio_write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
             Ok(('q', _)) => quiet = true,
             Ok(('r', _)) => {}
             Ok(('u', _)) => flags |= RequestFlags::MAY_UNMAP,
+            // qemu-io never records that -P was given, so -z silently wins over it.
             Ok(('P', Some(a))) => pattern = Some(parse_pattern(&a)?),
             Ok(('i', _)) => {
                 out!("injecting invalid write request\n");
@@ -148,8 +149,6 @@ fn aio_write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
         Some("-z supports only a single length parameter")
     } else if flags.contains(RequestFlags::MAY_UNMAP) && !zero {
         Some("-u requires -z to be specified")
-    } else if zero && pattern.is_some() {
-        Some("-z and -P cannot be specified at the same time")
     } else {
         None
     };

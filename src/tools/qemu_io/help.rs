@@ -213,3 +213,16 @@ pub const SIGRAISE: &str = "
  given to sigraise.
 
 ";
+
+/// `help reopen`.
+pub const REOPEN: &str = "
+ Changes the open options of an already opened image
+
+ Example:
+ 'reopen -o lazy-refcounts=on' - activates lazy refcount writeback on a qcow2 image
+
+ -r, -- Reopen the image read-only
+ -w, -- Reopen the image read-write
+ -c, -- Change the cache mode to the given value
+ -o, -- Changes block driver options (cf. 'open' command)
+";

@@ -126,9 +126,10 @@ fn usage_error() -> Early {
     Early::Exit(1)
 }
 
-fn parse_args(args: &[String]) -> Result<Invocation, Early> {
+fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, Early> {
     let parsed = getopt_long(args, SHORT, LONG).map_err(|e| {
-        report!("{e}");
+        // glibc names the program as it was invoked.
+        output::eprint(format_args!("{argv0}: {e}\n"));
         usage_error()
     })?;
     let mut inv = Invocation {
@@ -252,10 +253,11 @@ fn command_loop(ctx: &std::rc::Rc<AioContext>, io: &QemuIo, commands: &[String])
     last_error
 }
 
-/// The program: returns the exit status.
+/// The program, given its whole command line (`argv[0]` first): returns the exit status.
 pub fn main(args: Vec<String>) -> i32 {
     formats::register_all();
-    let mut inv = match parse_args(&args) {
+    let argv0 = args.first().map_or("qemu-io", String::as_str);
+    let mut inv = match parse_args(argv0, args.get(1..).unwrap_or_default()) {
         Ok(inv) => inv,
         Err(Early::Exit(code)) => {
             output::flush();

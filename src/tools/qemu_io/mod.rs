@@ -9,9 +9,10 @@
 //! errno; the program exits with 1 if any command failed.
 //!
 //! Modules: [`invocation`] (the program's options and main loop), [`commands`] (the table and
-//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`] (the commands),
+//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`], [`cmd_absent`] (the commands),
 //! [`snapshot`] (`-s`), and [`parse`], [`report`], [`output`], [`help`] (their shared vocabulary).
 
+pub mod cmd_absent;
 pub mod cmd_aio;
 pub mod cmd_file;
 pub mod cmd_misc;
