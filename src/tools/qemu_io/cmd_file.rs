@@ -5,7 +5,7 @@ use block::node::{AioMode, CacheMode};
 use block::{BlockBackend, OpenFlags, Options};
 
 use super::commands::{find_command, oneline, usage, COMMANDS};
-use super::output::{out, report};
+use super::output::{out, report, Reported};
 use super::parse::Getopt;
 use super::{snapshot, QemuIo};
 use crate::tools::image::raw_probe_warning;
@@ -58,45 +58,54 @@ impl OpenRequest {
 }
 
 /// Applies `-t MODE` (bdrv_parse_cache_mode); prints the error itself.
-pub fn parse_cache(req: &mut OpenRequest, mode: &str) -> Result<(), ()> {
-    req.flags.cache = CacheMode::parse(mode).map_err(|e| report!("{e}"))?;
+pub fn parse_cache(req: &mut OpenRequest, mode: &str) -> Result<(), Reported> {
+    req.flags.cache = CacheMode::parse(mode).map_err(|e| {
+        report!("{e}");
+        Reported
+    })?;
     Ok(())
 }
 
 /// Applies `-d MODE` (bdrv_parse_discard_flags); prints the error itself.
-pub fn parse_discard(req: &mut OpenRequest, mode: &str) -> Result<(), ()> {
+pub fn parse_discard(req: &mut OpenRequest, mode: &str) -> Result<(), Reported> {
     req.flags.unmap = match mode {
         "off" | "ignore" => false,
         "on" | "unmap" => true,
         _ => {
             report!("Invalid discard option: {mode}");
-            return Err(());
+            return Err(Reported);
         }
     };
     Ok(())
 }
 
 /// Applies `-i MODE` (bdrv_parse_aio); prints the error itself.
-pub fn parse_aio(req: &mut OpenRequest, mode: &str) -> Result<(), ()> {
-    req.flags.aio = AioMode::parse(mode).map_err(|e| report!("{e}"))?;
+pub fn parse_aio(req: &mut OpenRequest, mode: &str) -> Result<(), Reported> {
+    req.flags.aio = AioMode::parse(mode).map_err(|e| {
+        report!("{e}");
+        Reported
+    })?;
     Ok(())
 }
 
 /// Opens the image as qemu-io's current one; errors are printed as "can't open device
 /// NAME: why" (openfile).
-pub async fn openfile(io: &QemuIo, mut req: OpenRequest) -> Result<(), ()> {
+pub async fn openfile(io: &QemuIo, mut req: OpenRequest) -> Result<(), Reported> {
     if io.has_blk() {
         report!("file open already, try 'help close'");
-        return Err(());
+        return Err(Reported);
     }
-    let fail = |why: &dyn std::fmt::Display, name: &Option<String>| match name {
-        Some(n) => report!("can't open device {n}: {why}"),
-        None => report!("can't open: {why}"),
+    let fail = |why: &dyn std::fmt::Display, name: &Option<String>| {
+        match name {
+            Some(n) => report!("can't open device {n}: {why}"),
+            None => report!("can't open: {why}"),
+        }
+        Reported
     };
     if req.force_share {
         if req.opts.get("force-share").is_some_and(|v| v != "on") {
             report!("-U conflicts with image options");
-            return Err(());
+            return Err(Reported);
         }
         req.opts.set("force-share", "on");
         req.flags.force_share = true;
@@ -124,32 +133,47 @@ fn open_request(io: &QemuIo, argv: &[String]) -> Result<(OpenRequest, Vec<String
     let mut read_only = false;
     let mut g = Getopt::new(argv, "snCro:ki:t:d:U");
     while let Some(opt) = g.next() {
-        let ok = match opt {
-            Ok(('s', _)) => Ok(req.snapshot = true),
+        let applied = match opt {
+            Ok(('s', _)) => {
+                req.snapshot = true;
+                Ok(())
+            }
             Ok(('n', _)) => parse_cache(&mut req, "none"),
-            Ok(('C', _)) => Err(report!("copy-on-read (-C) is not supported by rqemu yet")),
-            Ok(('r', _)) => Ok(read_only = true),
+            Ok(('C', _)) => {
+                report!("copy-on-read (-C) is not supported by rqemu yet");
+                Err(Reported)
+            }
+            Ok(('r', _)) => {
+                read_only = true;
+                Ok(())
+            }
             Ok(('k', _)) => parse_aio(&mut req, "native"),
             Ok(('t', Some(mode))) => parse_cache(&mut req, &mode),
             Ok(('d', Some(mode))) => parse_discard(&mut req, &mode),
             Ok(('i', Some(mode))) => parse_aio(&mut req, &mode),
             Ok(('o', Some(text))) => add_open_options(io, &mut req.opts, &text),
-            Ok(('U', _)) => Ok(req.force_share = true),
+            Ok(('U', _)) => {
+                req.force_share = true;
+                Ok(())
+            }
             _ => return Err(usage(ct)),
         };
-        ok.map_err(|()| -libc::EINVAL)?;
+        applied.map_err(|Reported| -libc::EINVAL)?;
     }
     req.flags.read_only = read_only;
     Ok((req, g.operands()))
 }
 
 /// Merges one `-o` option string (qemu_opts_parse_noisily into empty_opts).
-fn add_open_options(io: &QemuIo, opts: &mut Options, text: &str) -> Result<(), ()> {
+fn add_open_options(io: &QemuIo, opts: &mut Options, text: &str) -> Result<(), Reported> {
     if io.image_opts {
         out!("--image-opts and 'open -o' are mutually exclusive\n");
-        return Err(());
+        return Err(Reported);
     }
-    let parsed = Options::parse_keyval(text, None).map_err(|e| report!("{e}"))?;
+    let parsed = Options::parse_keyval(text, None).map_err(|e| {
+        report!("{e}");
+        Reported
+    })?;
     for (k, v) in parsed.iter() {
         opts.set(k, v);
     }
@@ -179,7 +203,7 @@ pub async fn open_f(io: &QemuIo, argv: &[String]) -> i32 {
     }
     match openfile(io, req).await {
         Ok(()) => 0,
-        Err(()) => -libc::EINVAL,
+        Err(Reported) => -libc::EINVAL,
     }
 }
 

@@ -16,6 +16,9 @@ use super::QemuIo;
 /// Bytes `-m` shifts a buffer off its alignment (MISALIGN_OFFSET).
 const MISALIGN_OFFSET: usize = 16;
 
+/// The unit `-b` and `-c` requests must be aligned to (BDRV_SECTOR_SIZE).
+const SECTOR_SIZE: u64 = 512;
+
 /// Pattern qemu-io fills read buffers with before reading.
 pub const READ_FILL: u8 = 0xab;
 
@@ -89,7 +92,7 @@ async fn timed<T>(request: impl std::future::Future<Output = T>) -> (T, Duration
 }
 
 fn sector_aligned(value: u64, what: &str) -> Result<(), i32> {
-    if value % 512 != 0 {
+    if value & (SECTOR_SIZE - 1) != 0 {
         out!("{value} is not a sector-aligned value for '{what}'\n");
         return Err(-libc::EINVAL);
     }

@@ -8,7 +8,7 @@ use block::AioContext;
 use super::cmd_file::{openfile, parse_aio, parse_cache, parse_discard, OpenRequest};
 use super::commands::run_line;
 use super::help::USAGE;
-use super::output::{self, out, report};
+use super::output::{self, out, report, Reported};
 use super::QemuIo;
 use crate::tools::getopt::{getopt_long, HasArg, LongOpt};
 use crate::tools::image::ImageSpec;
@@ -139,7 +139,7 @@ fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, Early> {
         req: OpenRequest::new(),
         file: None,
     };
-    let fail = |()| Early::Exit(1);
+    let fail = |_: Reported| Early::Exit(1);
     for opt in parsed.opts {
         let arg = opt.arg.unwrap_or_default();
         match opt.key {
@@ -270,7 +270,7 @@ pub fn main(args: Vec<String>) -> i32 {
             Ok(req) => ctx.run_until(openfile(&inv.io, req)),
             Err(e) => {
                 report!("can't open device {file}: {e}");
-                Err(())
+                Err(Reported)
             }
         };
         if opened.is_err() {

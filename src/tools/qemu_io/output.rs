@@ -102,6 +102,10 @@ pub fn eprint(args: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
+/// An error whose message has already been printed; only the failure remains to be passed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reported;
+
 /// `printf` to qemu-io's buffered stdout.
 macro_rules! out {
     ($($arg:tt)*) => { $crate::tools::qemu_io::output::print(format_args!($($arg)*)) };

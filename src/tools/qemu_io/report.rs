@@ -35,9 +35,8 @@ pub fn cvtstr(value: f64) -> String {
         .find(|(_, shift)| value >= (1u64 << shift) as f64)
         .map(|(suffix, shift)| (c_fixed(value / (1u64 << shift) as f64, 3), *suffix))
         .unwrap_or_else(|| (c_fixed(value, 6), " bytes"));
-    match text.find(".000") {
-        Some(cut) => text.truncate(cut),
-        None => {}
+    if let Some(cut) = text.find(".000") {
+        text.truncate(cut);
     }
     text.push_str(suffix);
     text
