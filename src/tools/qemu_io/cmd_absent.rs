@@ -1,11 +1,11 @@
 //! Commands for block-layer features rqemu's graph does not have: blkdebug breakpoints
-//! (break, remove_break, resume, wait_break), zoned devices (zone_*), and reopen.
+//! (break, remove_break, resume, wait_break) and zoned devices (zone_*).
 //!
-//! qemu-io answers the first two families with ENOTSUP whenever no node of the graph
+//! qemu-io answers both families with ENOTSUP whenever no node of the graph
 //! supports them, which is always the case in rqemu: no blkdebug filter and no zoned
 //! device exist. Those answers are reproduced (after the same argument parsing). Where qemu-io
-//! would wait forever (`wait_break` without blkdebug) or needs a missing mechanism (`reopen`),
-//! the command fails with a message naming what is missing.
+//! would wait forever (`wait_break` without blkdebug), the command fails with a message
+//! naming what is missing.
 
 use super::cmd_rw::create_iovec;
 use super::output::{out, report};
@@ -38,12 +38,6 @@ pub async fn wait_break_f(_io: &QemuIo, argv: &[String]) -> i32 {
         "wait_break {}: breakpoints need the blkdebug driver, which rqemu does not have yet",
         argv[1]
     );
-    -libc::ENOTSUP
-}
-
-/// `reopen [(-r|-w)] [-c cache] [-o options]`.
-pub async fn reopen_f(_io: &QemuIo, _argv: &[String]) -> i32 {
-    report!("reopen: changing the options of an open image is not supported by rqemu yet");
     -libc::ENOTSUP
 }
 

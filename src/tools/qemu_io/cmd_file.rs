@@ -1,6 +1,8 @@
 //! Opening and closing the image, and the interpreter's own commands: open, close, help,
 //! quit (open_f/openfile in qemu-io.c, help_f in qemu-io-cmds.c).
 
+use std::rc::Rc;
+
 use block::node::{AioMode, CacheMode};
 use block::{BlockBackend, OpenFlags, Options};
 
@@ -110,20 +112,24 @@ pub async fn openfile(io: &QemuIo, mut req: OpenRequest) -> Result<(), Reported>
         req.opts.set("force-share", "on");
         req.flags.force_share = true;
     }
-    let probes = req.probes();
-    let opened = if req.snapshot {
-        snapshot::open_with_temp_overlay(req.name.as_deref(), req.opts.clone(), req.flags).await
-    } else {
-        BlockBackend::open(req.name.as_deref(), req.opts.clone(), req.flags).await
-    };
-    let blk = opened.map_err(|e| fail(&e, &req.name))?;
-    if probes && blk.bs().format_name() == "raw" {
+    let blk = open_backend(&req).await.map_err(|e| fail(&e, &req.name))?;
+    if req.probes() && blk.bs().format_name() == "raw" {
         let name = req.name.clone().unwrap_or_default();
         super::output::eprint(format_args!("{}\n", raw_probe_warning(&name)));
     }
-    blk.set_write_cache(req.flags.cache.writeback);
-    io.set_blk(Some(blk));
+    io.set_blk(blk, req);
     Ok(())
+}
+
+/// Opens the graph a request describes, with its write-cache mode applied.
+pub async fn open_backend(req: &OpenRequest) -> block::Result<Rc<BlockBackend>> {
+    let blk = if req.snapshot {
+        snapshot::open_with_temp_overlay(req.name.as_deref(), req.opts.clone(), req.flags).await?
+    } else {
+        BlockBackend::open(req.name.as_deref(), req.opts.clone(), req.flags).await?
+    };
+    blk.set_write_cache(req.flags.cache.writeback);
+    Ok(blk)
 }
 
 /// Parses `open`'s options into a request; Err carries the command's return value.
@@ -209,13 +215,8 @@ pub async fn open_f(io: &QemuIo, argv: &[String]) -> i32 {
 
 /// `close`: drains and closes the image; completions of its requests print first.
 pub async fn close_f(io: &QemuIo, _argv: &[String]) -> i32 {
-    match io.close_image().await {
-        Ok(()) => 0,
-        Err(e) => {
-            report!("{e}");
-            -e.errno()
-        }
-    }
+    io.close_image().await;
+    0
 }
 
 /// `help [command]`.

@@ -5,7 +5,7 @@ use block::coroutine::LocalBoxFuture;
 
 use super::output::{err, out, report};
 use super::parse::breakline;
-use super::{cmd_absent, cmd_aio, cmd_file, cmd_misc, cmd_rw, help, QemuIo};
+use super::{cmd_absent, cmd_aio, cmd_file, cmd_misc, cmd_reopen, cmd_rw, help, QemuIo};
 
 /// A command's implementation: gets the words (the name first), returns 0 or -errno.
 pub type CmdFn = for<'a> fn(&'a QemuIo, &'a [String]) -> LocalBoxFuture<'a, i32>;
@@ -270,7 +270,7 @@ pub static COMMANDS: &[Command] = &[
     Command {
         name: "reopen",
         altname: None,
-        run: run!(cmd_absent::reopen_f),
+        run: run!(cmd_reopen::reopen_f),
         argmin: 0,
         argmax: None,
         args: Some("[(-r|-w)] [-c cache] [-o options]"),

@@ -279,11 +279,7 @@ pub fn main(args: Vec<String>) -> i32 {
         }
     }
     let last_error = command_loop(&ctx, &inv.io, &inv.commands);
-    let io = &inv.io;
-    let closed = ctx.run_until(io.close_image());
-    if let Err(e) = &closed {
-        report!("{e}");
-    }
+    ctx.run_until(inv.io.close_image());
     output::flush();
-    i32::from(last_error != 0 || closed.is_err())
+    i32::from(last_error != 0)
 }

@@ -9,13 +9,15 @@
 //! errno; the program exits with 1 if any command failed.
 //!
 //! Modules: [`invocation`] (the program's options and main loop), [`commands`] (the table and
-//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`], [`cmd_absent`] (the commands),
+//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`], [`cmd_reopen`],
+//! [`cmd_absent`] (the commands),
 //! [`snapshot`] (`-s`), and [`parse`], [`report`], [`output`], [`help`] (their shared vocabulary).
 
 pub mod cmd_absent;
 pub mod cmd_aio;
 pub mod cmd_file;
 pub mod cmd_misc;
+pub mod cmd_reopen;
 pub mod cmd_rw;
 pub mod commands;
 pub mod help;
@@ -36,6 +38,8 @@ pub use invocation::main;
 #[derive(Default)]
 pub struct QemuIo {
     blk: RefCell<Option<Rc<BlockBackend>>>,
+    /// How the open image was opened, for `reopen`.
+    request: RefCell<Option<cmd_file::OpenRequest>>,
     /// `--image-opts`: `open` takes its path operand as an option string.
     pub image_opts: bool,
     /// `-m`: offset I/O buffers from their natural alignment.
@@ -57,9 +61,15 @@ impl QemuIo {
         self.blk.borrow().is_some()
     }
 
-    /// Installs a freshly opened image.
-    pub fn set_blk(&self, blk: Option<Rc<BlockBackend>>) {
-        *self.blk.borrow_mut() = blk;
+    /// Installs a freshly opened image and the request it was opened with.
+    pub fn set_blk(&self, blk: Rc<BlockBackend>, request: cmd_file::OpenRequest) {
+        *self.blk.borrow_mut() = Some(blk);
+        *self.request.borrow_mut() = Some(request);
+    }
+
+    /// The request the open image was opened with.
+    pub fn request(&self) -> Option<cmd_file::OpenRequest> {
+        self.request.borrow().clone()
     }
 
     /// Asks the command loop to stop after this command.
@@ -73,11 +83,15 @@ impl QemuIo {
     }
 
     /// Drains and closes the open image, if any (blk_unref of qemu-io's reference).
-    pub async fn close_image(&self) -> block::Result<()> {
+    ///
+    /// As in QEMU's bdrv_close, a failing final flush is not an error of the command or of
+    /// the program (closing /dev/null fails fdatasync with EINVAL, for one); what a driver
+    /// cannot write back it reports itself.
+    pub async fn close_image(&self) {
         let blk = self.blk.borrow_mut().take();
-        match blk {
-            Some(blk) => blk.close().await,
-            None => Ok(()),
+        self.request.borrow_mut().take();
+        if let Some(blk) = blk {
+            let _ = blk.close().await;
         }
     }
 }
