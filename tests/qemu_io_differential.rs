@@ -366,6 +366,170 @@ fn open_close_and_read_only() {
 }
 
 #[test]
+fn buffered_stdout_meets_unbuffered_stderr_at_block_boundaries() {
+    if !reference_available() {
+        return;
+    }
+    // Only output of a fixed length, so that block boundaries fall at the same place.
+    let mut lines: Vec<String> = Vec::new();
+    for i in 0..120 {
+        lines.push(format!("read -q -P 1 {} 48", i * 512));
+        lines.push("help write".to_string());
+        if i % 17 == 0 {
+            lines.push("nosuchcommand".to_string());
+        }
+    }
+    let mut args: Vec<&str> = vec!["-f", "raw"];
+    for l in &lines {
+        args.extend(["-c", l.as_str()]);
+    }
+    args.push("IMG");
+    check("interleave", &args, "");
+}
+
+#[test]
+fn every_help_text() {
+    if !reference_available() {
+        return;
+    }
+    let names = [
+        "abort",
+        "aio_flush",
+        "aio_read",
+        "aio_write",
+        "alloc",
+        "break",
+        "close",
+        "discard",
+        "flush",
+        "help",
+        "info",
+        "length",
+        "map",
+        "open",
+        "quit",
+        "read",
+        "readv",
+        "remove_break",
+        "reopen",
+        "resume",
+        "sigraise",
+        "sleep",
+        "truncate",
+        "wait_break",
+        "write",
+        "writev",
+        "zone_append",
+        "zone_close",
+        "zone_finish",
+        "zone_open",
+        "zone_report",
+        "zone_reset",
+        "w",
+        "q",
+        "?",
+    ];
+    let lines: Vec<String> = names.iter().map(|n| format!("help {n}")).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for l in &lines {
+        args.extend(["-c", l.as_str()]);
+    }
+    check("helps", &args, "");
+}
+
+#[test]
+fn program_options_and_signals() {
+    if !reference_available() {
+        return;
+    }
+    let rw = ["-c", "write -P 0x61 4k 4k", "-c", "read -P 0x61 4k 4k"];
+    for (name, opts) in [
+        ("misalign", &["-m"][..]),
+        ("nocache", &["-n"][..]),
+        ("writeback", &["-t", "writeback"][..]),
+        ("unsafe", &["--cache=unsafe"][..]),
+        ("discard-off", &["-d", "off"][..]),
+        ("io_uring", &["-i", "io_uring"][..]),
+    ] {
+        let mut args = vec!["-f", "raw"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&rw);
+        args.push("IMG");
+        check(name, &args, "");
+    }
+    check(
+        "share",
+        &["-U", "-r", "-f", "raw", "-c", "read -P 0x5a 0 512", "IMG"],
+        "",
+    );
+    check(
+        "share-rw",
+        &["-U", "-f", "raw", "-c", "read 0 512", "IMG"],
+        "",
+    );
+    check(
+        "sigraise",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 0 1",
+            "-c",
+            "sigraise 9",
+            "-c",
+            "read 0 1",
+            "IMG",
+        ],
+        "",
+    );
+    check(
+        "abort-loses-buffered-output",
+        &["-f", "raw", "-c", "write -P 1 0 1", "-c", "abort", "IMG"],
+        "",
+    );
+    check(
+        "quit",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 1 0 1",
+            "-c",
+            "quit",
+            "-c",
+            "write -P 2 0 1",
+            "IMG",
+        ],
+        "",
+    );
+    check(
+        "reopen",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "reopen -r",
+            "-c",
+            "write 0 1",
+            "-c",
+            "reopen -w -c none",
+            "-c",
+            "write -P 2 0 512",
+            "-c",
+            "reopen -r -w",
+            "-c",
+            "reopen -c bogus",
+            "-c",
+            "reopen x",
+            "-c",
+            "read -P 2 0 512",
+            "IMG",
+        ],
+        "",
+    );
+}
+
+#[test]
 fn interactive_mode_prints_prompts() {
     if !reference_available() {
         return;

@@ -225,4 +225,5 @@ pub const REOPEN: &str = "
  -w, -- Reopen the image read-write
  -c, -- Change the cache mode to the given value
  -o, -- Changes block driver options (cf. 'open' command)
+
 ";
