@@ -1,14 +1,13 @@
 //! The qemu-io program: its command-line options, opening the image, and the command loop
 //! over `-c` commands or standard input (main and command_loop in qemu-io.c).
 
-use std::io::BufRead;
-
 use block::AioContext;
 
 use super::cmd_file::{openfile, parse_aio, parse_cache, parse_discard, OpenRequest};
 use super::commands::run_line;
 use super::help::USAGE;
 use super::output::{self, out, report, Reported};
+use super::stdin::LineReader;
 use super::QemuIo;
 use crate::tools::getopt::{getopt_long, HasArg, LongOpt};
 use crate::tools::image::ImageSpec;
@@ -207,20 +206,6 @@ fn complete_request(inv: &mut Invocation, file: String) -> block::Result<OpenReq
     Ok(req)
 }
 
-/// Reads one command line from stdin as `fgets` would; None at end of input.
-fn fetchline(stdin: &mut impl BufRead) -> Option<String> {
-    let mut line = Vec::new();
-    match stdin.read_until(b'\n', &mut line) {
-        Ok(0) | Err(_) => None,
-        Ok(_) => {
-            if line.last() == Some(&b'\n') {
-                line.pop();
-            }
-            Some(String::from_utf8_lossy(&line).into_owned())
-        }
-    }
-}
-
 /// Runs the `-c` commands in order, or else the interactive loop; returns the last error.
 fn command_loop(ctx: &std::rc::Rc<AioContext>, io: &QemuIo, commands: &[String]) -> i32 {
     let mut last_error = 0;
@@ -236,13 +221,17 @@ fn command_loop(ctx: &std::rc::Rc<AioContext>, io: &QemuIo, commands: &[String])
         }
         return last_error;
     }
-    let mut stdin = std::io::stdin().lock();
+    let stdin = LineReader::stdin();
     while !io.quitting() {
-        // Completions that arrived while the previous command finished print first.
-        ctx.run_until(futures_lite::future::yield_now());
         out!("qemu-io> ");
         output::flush();
-        let Some(line) = fetchline(&mut stdin) else {
+        // Completions already due are handled before the next line, as one iteration of
+        // QEMU's main loop dispatches every ready handler, stdin's among them.
+        let next = ctx.run_until(async {
+            futures_lite::future::yield_now().await;
+            stdin.next_line().await
+        });
+        let Some(line) = next else {
             break;
         };
         let ret = ctx.run_until(run_line(io, &line));

@@ -2,16 +2,16 @@
 //! (QEMU's qemu-io.c for the program and qemu-io-cmds.c for the commands).
 //!
 //! Commands come from `-c` arguments or, without any, from standard input with a
-//! `qemu-io> ` prompt. Each command line is split into words, looked up in [`COMMANDS`],
+//! `qemu-io> ` prompt. Each command line is split into words, looked up in [`commands::COMMANDS`],
 //! checked (an open file, the argument count, write permission) and run as a coroutine on the
 //! thread's AioContext, so `aio_*` requests submitted by earlier commands keep progressing
 //! while later ones run, as in QEMU's nested event loop. A command returns 0 or a negative
 //! errno; the program exits with 1 if any command failed.
 //!
 //! Modules: [`invocation`] (the program's options and main loop), [`commands`] (the table and
-//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`], [`cmd_reopen`],
-//! [`cmd_absent`] (the commands),
-//! [`snapshot`] (`-s`), and [`parse`], [`report`], [`output`], [`help`] (their shared vocabulary).
+//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`], [`cmd_reopen`] and
+//! [`cmd_absent`] (the commands), [`snapshot`] (`-s`), [`stdin`] (interactive input), and
+//! [`parse`], [`report`], [`output`], [`help`] (their shared vocabulary).
 
 pub mod cmd_absent;
 pub mod cmd_aio;
@@ -26,6 +26,7 @@ pub mod output;
 pub mod parse;
 pub mod report;
 pub mod snapshot;
+pub mod stdin;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
