@@ -52,24 +52,19 @@ impl Stdout {
         }
     }
 
-    fn write(&mut self, data: &[u8]) {
+    /// Buffers `data` and returns what stdio would write out now.
+    fn push(&mut self, data: &[u8]) -> Vec<u8> {
         self.buf.extend_from_slice(data);
-        match self.mode {
-            Mode::Full { block } => {
-                // stdio writes whole blocks as the buffer fills; the tail stays buffered.
-                let whole = self.buf.len() - self.buf.len() % block;
-                if whole > 0 {
-                    write_all(&self.buf[..whole]);
-                    self.buf.drain(..whole);
-                }
-            }
-            Mode::Line => {
-                if let Some(nl) = self.buf.iter().rposition(|&b| b == b'\n') {
-                    write_all(&self.buf[..=nl]);
-                    self.buf.drain(..=nl);
-                }
-            }
-        }
+        let ready = match self.mode {
+            // stdio writes whole blocks as the buffer fills; the tail stays buffered.
+            Mode::Full { block } => self.buf.len() - self.buf.len() % block,
+            Mode::Line => self
+                .buf
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |nl| nl + 1),
+        };
+        self.buf.drain(..ready).collect()
     }
 
     fn flush(&mut self) {
@@ -88,7 +83,10 @@ fn write_all(data: &[u8]) {
 /// Appends formatted text to stdout's buffer (qemu-io's `printf`).
 pub fn print(args: std::fmt::Arguments<'_>) {
     let text = std::fmt::format(args);
-    STDOUT.with(|s| s.borrow_mut().write(text.as_bytes()));
+    let ready = STDOUT.with(|s| s.borrow_mut().push(text.as_bytes()));
+    if !ready.is_empty() {
+        write_all(&ready);
+    }
 }
 
 /// Writes out what stdout holds (`fflush(stdout)`).
@@ -124,3 +122,30 @@ macro_rules! err {
 }
 
 pub(crate) use {err, out, report};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_buffering_writes_whole_blocks() {
+        let mut out = Stdout {
+            mode: Mode::Full { block: 8 },
+            buf: Vec::new(),
+        };
+        assert!(out.push(b"abc\n").is_empty());
+        assert_eq!(out.push(b"defghijklmnopq"), b"abc\ndefghijklmno");
+        assert_eq!(out.buf, b"pq");
+    }
+
+    #[test]
+    fn line_buffering_writes_complete_lines() {
+        let mut out = Stdout {
+            mode: Mode::Line,
+            buf: Vec::new(),
+        };
+        assert!(out.push(b"qemu-io> ").is_empty());
+        assert_eq!(out.push(b"a\nb\nc"), b"qemu-io> a\nb\n");
+        assert_eq!(out.buf, b"c");
+    }
+}
