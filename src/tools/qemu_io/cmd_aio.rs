@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use block::backend::CompletionFn;
 use block::{IoVector, RequestFlags};
 
 use super::cmd_rw::{create_iovec, READ_FILL, WRITE_FILL};
@@ -119,25 +120,39 @@ pub async fn aio_write_f(io: &QemuIo, argv: &[String]) -> i32 {
     aio_write(io, argv).unwrap_or_else(|e| e)
 }
 
-fn aio_write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
+/// Options of `aio_write`; None when `-i` asked for no request at all.
+struct AioWriteOpts {
+    machine: bool,
+    quiet: bool,
+    zero: bool,
+    pattern: u8,
+    flags: RequestFlags,
+}
+
+fn aio_write_opts(argv: &[String]) -> Result<(Option<AioWriteOpts>, Vec<String>), i32> {
     let ct = find_command("aio_write").unwrap();
-    let (mut machine, mut quiet, mut zero, mut pattern) = (false, false, false, None);
-    let mut flags = RequestFlags::empty();
+    let mut o = AioWriteOpts {
+        machine: false,
+        quiet: false,
+        zero: false,
+        pattern: WRITE_FILL,
+        flags: RequestFlags::empty(),
+    };
     let mut g = Getopt::new(argv, "CfiqrP:uz");
     while let Some(opt) = g.next() {
         match opt {
-            Ok(('C', _)) => machine = true,
-            Ok(('f', _)) => flags |= RequestFlags::FUA,
-            Ok(('q', _)) => quiet = true,
+            Ok(('C', _)) => o.machine = true,
+            Ok(('f', _)) => o.flags |= RequestFlags::FUA,
+            Ok(('q', _)) => o.quiet = true,
             Ok(('r', _)) => {}
-            Ok(('u', _)) => flags |= RequestFlags::MAY_UNMAP,
+            Ok(('u', _)) => o.flags |= RequestFlags::MAY_UNMAP,
             // qemu-io never records that -P was given, so -z silently wins over it.
-            Ok(('P', Some(a))) => pattern = Some(parse_pattern(&a)?),
+            Ok(('P', Some(a))) => o.pattern = parse_pattern(&a)?,
             Ok(('i', _)) => {
                 out!("injecting invalid write request\n");
-                return Ok(0);
+                return Ok((None, Vec::new()));
             }
-            Ok(('z', _)) => zero = true,
+            Ok(('z', _)) => o.zero = true,
             _ => return Err(usage(ct)),
         }
     }
@@ -145,9 +160,9 @@ fn aio_write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
     if operands.len() < 2 {
         return Err(usage(ct));
     }
-    let conflict = if zero && operands.len() != 2 {
+    let conflict = if o.zero && operands.len() != 2 {
         Some("-z supports only a single length parameter")
-    } else if flags.contains(RequestFlags::MAY_UNMAP) && !zero {
+    } else if o.flags.contains(RequestFlags::MAY_UNMAP) && !o.zero {
         Some("-u requires -z to be specified")
     } else {
         None
@@ -156,38 +171,37 @@ fn aio_write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
         out!("{msg}\n");
         return Err(-libc::EINVAL);
     }
+    Ok((Some(o), operands))
+}
+
+fn aio_write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
+    let (Some(o), operands) = aio_write_opts(argv)? else {
+        return Ok(0);
+    };
     let offset = cvtnum_or_print(&operands[0])?;
     let blk = io.blk();
     let mut ctx = AioCtx {
         offset,
         qiov: IoVector::new(),
         len: 0,
-        machine,
-        quiet,
+        machine: o.machine,
+        quiet: o.quiet,
         verbose: false,
         pattern: None,
         start: Instant::now(),
     };
-    if zero {
+    let done: CompletionFn;
+    if o.zero {
         ctx.len = cvtnum_or_print(&operands[1])?;
         let count = ctx.len;
-        blk.aio_pwrite_zeroes(
-            offset,
-            count,
-            flags,
-            Box::new(move |r| aio_write_done(ctx, r)),
-        );
+        done = Box::new(move |r| aio_write_done(ctx, r));
+        blk.aio_pwrite_zeroes(offset, count, o.flags, done);
     } else {
-        let qiov =
-            create_iovec(io, &operands[1..], pattern.unwrap_or(WRITE_FILL)).ok_or(-libc::EINVAL)?;
+        let qiov = create_iovec(io, &operands[1..], o.pattern).ok_or(-libc::EINVAL)?;
         ctx.len = qiov.len() as u64;
         ctx.start = Instant::now();
-        blk.aio_pwritev(
-            offset,
-            qiov,
-            flags,
-            Box::new(move |r| aio_write_done(ctx, r)),
-        );
+        done = Box::new(move |r| aio_write_done(ctx, r));
+        blk.aio_pwritev(offset, qiov, o.flags, done);
     }
     Ok(0)
 }

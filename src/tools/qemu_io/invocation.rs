@@ -114,18 +114,61 @@ struct Invocation {
     file: Option<String>,
 }
 
-/// How parsing the command line ended when it did not produce an invocation.
-enum Early {
-    /// Exit with this status (after -h, -V, or an error already printed).
-    Exit(i32),
-}
+/// Parsing the command line ended the program early (after -h, -V, or an error already
+/// printed) with this exit status.
+struct Exit(i32);
 
-fn usage_error() -> Early {
+fn usage_error() -> Exit {
     out!("{USAGE}");
-    Early::Exit(1)
+    Exit(1)
 }
 
-fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, Early> {
+/// Applies one program option; `Err` ends the program early.
+fn apply_option(inv: &mut Invocation, key: char, arg: String) -> Result<(), Exit> {
+    let fail = |_: Reported| Exit(1);
+    match key {
+        's' => inv.req.snapshot = true,
+        'n' => parse_cache(&mut inv.req, "none").map_err(fail)?,
+        'C' => {
+            report!("copy-on-read (-C) is not supported by rqemu yet");
+            return Err(Exit(1));
+        }
+        'd' => parse_discard(&mut inv.req, &arg).map_err(fail)?,
+        'f' => inv.format = Some(arg),
+        'c' => inv.commands.push(arg),
+        'r' => inv.req.flags.read_only = true,
+        'm' => inv.io.misalign = true,
+        'k' => parse_aio(&mut inv.req, "native").map_err(fail)?,
+        'i' => parse_aio(&mut inv.req, &arg).map_err(fail)?,
+        't' => parse_cache(&mut inv.req, &arg).map_err(fail)?,
+        'T' => block::trace::configure(&arg).map_err(|e| {
+            report!("{e}");
+            Exit(1)
+        })?,
+        'V' => {
+            out!(
+                "qemu-io version 10.0.2 (rqemu {})\n\
+                 rqemu: a Rust reproduction of QEMU's block layer\n",
+                env!("CARGO_PKG_VERSION")
+            );
+            return Err(Exit(0));
+        }
+        'h' => {
+            out!("{USAGE}");
+            return Err(Exit(0));
+        }
+        'U' => inv.req.force_share = true,
+        OPT_OBJECT => {
+            report!("--object is not supported by rqemu yet");
+            return Err(Exit(1));
+        }
+        OPT_IMAGE_OPTS => inv.io.image_opts = true,
+        _ => return Err(usage_error()),
+    }
+    Ok(())
+}
+
+fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, Exit> {
     let parsed = getopt_long(args, SHORT, LONG).map_err(|e| {
         // glibc names the program as it was invoked.
         output::eprint(format_args!("{argv0}: {e}\n"));
@@ -138,55 +181,15 @@ fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, Early> {
         req: OpenRequest::new(),
         file: None,
     };
-    let fail = |_: Reported| Early::Exit(1);
     for opt in parsed.opts {
-        let arg = opt.arg.unwrap_or_default();
-        match opt.key {
-            's' => inv.req.snapshot = true,
-            'n' => parse_cache(&mut inv.req, "none").map_err(fail)?,
-            'C' => {
-                report!("copy-on-read (-C) is not supported by rqemu yet");
-                return Err(Early::Exit(1));
-            }
-            'd' => parse_discard(&mut inv.req, &arg).map_err(fail)?,
-            'f' => inv.format = Some(arg),
-            'c' => inv.commands.push(arg),
-            'r' => inv.req.flags.read_only = true,
-            'm' => inv.io.misalign = true,
-            'k' => parse_aio(&mut inv.req, "native").map_err(fail)?,
-            'i' => parse_aio(&mut inv.req, &arg).map_err(fail)?,
-            't' => parse_cache(&mut inv.req, &arg).map_err(fail)?,
-            'T' => block::trace::configure(&arg).map_err(|e| {
-                report!("{e}");
-                Early::Exit(1)
-            })?,
-            'V' => {
-                out!(
-                    "qemu-io version 10.0.2 (rqemu {})\n\
-                     rqemu: a Rust reproduction of QEMU's block layer\n",
-                    env!("CARGO_PKG_VERSION")
-                );
-                return Err(Early::Exit(0));
-            }
-            'h' => {
-                out!("{USAGE}");
-                return Err(Early::Exit(0));
-            }
-            'U' => inv.req.force_share = true,
-            OPT_OBJECT => {
-                report!("--object is not supported by rqemu yet");
-                return Err(Early::Exit(1));
-            }
-            OPT_IMAGE_OPTS => inv.io.image_opts = true,
-            _ => return Err(usage_error()),
-        }
+        apply_option(&mut inv, opt.key, opt.arg.unwrap_or_default())?;
     }
     if parsed.operands.len() > 1 {
         return Err(usage_error());
     }
     if inv.format.is_some() && inv.io.image_opts {
         report!("--image-opts and -f are mutually exclusive");
-        return Err(Early::Exit(1));
+        return Err(Exit(1));
     }
     inv.file = parsed.operands.into_iter().next();
     Ok(inv)
@@ -248,7 +251,7 @@ pub fn main(args: Vec<String>) -> i32 {
     let argv0 = args.first().map_or("qemu-io", String::as_str);
     let mut inv = match parse_args(argv0, args.get(1..).unwrap_or_default()) {
         Ok(inv) => inv,
-        Err(Early::Exit(code)) => {
+        Err(Exit(code)) => {
             output::flush();
             return code;
         }
