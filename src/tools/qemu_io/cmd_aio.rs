@@ -10,52 +10,38 @@
 use std::time::Instant;
 
 use block::backend::CompletionFn;
-use block::{IoVector, RequestFlags};
+use block::{IoVector, RequestFlags, Result};
 
-use super::cmd_rw::{create_iovec, READ_FILL, WRITE_FILL};
+use super::cmd_rw::{
+    create_iovec, report_vector_read, vector_read_opts, VectorReadOpts, READ_FILL, WRITE_FILL,
+};
 use super::commands::{find_command, usage};
 use super::output::out;
 use super::parse::{cvtnum_or_print, parse_pattern, Getopt};
-use super::report::{hexdump, print_report};
+use super::report::print_report;
 use super::QemuIo;
 
-/// What a request's completion needs to know to report it (struct aio_ctx).
-struct AioCtx {
+fn aio_read_done(qiov: IoVector, offset: u64, o: VectorReadOpts, start: Instant, r: Result<()>) {
+    let t = start.elapsed();
+    match r {
+        Err(e) => out!("readv failed: {}\n", block::error::strerror(e.errno())),
+        // A mismatch is reported, but an asynchronous command has already succeeded.
+        Ok(()) => {
+            report_vector_read(&qiov, offset, &o, t);
+        }
+    }
+}
+
+/// What a write's completion needs to know to report it (struct aio_ctx).
+struct AioWriteCtx {
     offset: u64,
-    qiov: IoVector,
     len: u64,
     machine: bool,
     quiet: bool,
-    verbose: bool,
-    pattern: Option<u8>,
     start: Instant,
 }
 
-fn aio_read_done(ctx: AioCtx, result: block::Result<()>) {
-    let t = ctx.start.elapsed();
-    if let Err(e) = result {
-        out!("readv failed: {}\n", block::error::strerror(e.errno()));
-        return;
-    }
-    if let Some(p) = ctx.pattern {
-        if !ctx.qiov.to_vec().iter().all(|&b| b == p) {
-            out!(
-                "Pattern verification failed at offset {}, {} bytes\n",
-                ctx.offset,
-                ctx.len
-            );
-        }
-    }
-    if ctx.quiet {
-        return;
-    }
-    if ctx.verbose {
-        out!("{}", hexdump(&ctx.qiov.to_vec(), ctx.offset));
-    }
-    print_report("read", t, ctx.offset, ctx.len, ctx.len, ctx.machine);
-}
-
-fn aio_write_done(ctx: AioCtx, result: block::Result<()>) {
+fn aio_write_done(ctx: AioWriteCtx, result: Result<()>) {
     let t = ctx.start.elapsed();
     if let Err(e) = result {
         out!("aio_write failed: {}\n", block::error::strerror(e.errno()));
@@ -71,46 +57,18 @@ pub async fn aio_read_f(io: &QemuIo, argv: &[String]) -> i32 {
     aio_read(io, argv).unwrap_or_else(|e| e)
 }
 
-fn aio_read(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
-    let ct = find_command("aio_read").unwrap();
-    let (mut machine, mut quiet, mut verbose, mut pattern) = (false, false, false, None);
-    let mut g = Getopt::new(argv, "CiP:qrv");
-    while let Some(opt) = g.next() {
-        match opt {
-            Ok(('C', _)) => machine = true,
-            Ok(('P', Some(a))) => pattern = Some(parse_pattern(&a)?),
-            Ok(('i', _)) => {
-                // Only I/O accounting sees an "invalid" request, and rqemu keeps none.
-                out!("injecting invalid read request\n");
-                return Ok(0);
-            }
-            Ok(('q', _)) => quiet = true,
-            Ok(('r', _)) => {}
-            Ok(('v', _)) => verbose = true,
-            _ => return Err(usage(ct)),
-        }
-    }
-    let operands = g.operands();
-    if operands.len() < 2 {
-        return Err(usage(ct));
-    }
+fn aio_read(io: &QemuIo, argv: &[String]) -> std::result::Result<i32, i32> {
+    let (Some(o), operands) = vector_read_opts(argv, "aio_read")? else {
+        return Ok(0);
+    };
     let offset = cvtnum_or_print(&operands[0])?;
     let qiov = create_iovec(io, &operands[1..], READ_FILL).ok_or(-libc::EINVAL)?;
-    let ctx = AioCtx {
-        offset,
-        len: qiov.len() as u64,
-        qiov: qiov.clone(),
-        machine,
-        quiet,
-        verbose,
-        pattern,
-        start: Instant::now(),
-    };
+    let (buf, start) = (qiov.clone(), Instant::now());
     io.blk().aio_preadv(
         offset,
         qiov,
         RequestFlags::empty(),
-        Box::new(move |r| aio_read_done(ctx, r)),
+        Box::new(move |r| aio_read_done(buf, offset, o, start, r)),
     );
     Ok(0)
 }
@@ -129,7 +87,9 @@ struct AioWriteOpts {
     flags: RequestFlags,
 }
 
-fn aio_write_opts(argv: &[String]) -> Result<(Option<AioWriteOpts>, Vec<String>), i32> {
+fn aio_write_opts(
+    argv: &[String],
+) -> std::result::Result<(Option<AioWriteOpts>, Vec<String>), i32> {
     let ct = find_command("aio_write").unwrap();
     let mut o = AioWriteOpts {
         machine: false,
@@ -174,20 +134,17 @@ fn aio_write_opts(argv: &[String]) -> Result<(Option<AioWriteOpts>, Vec<String>)
     Ok((Some(o), operands))
 }
 
-fn aio_write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
+fn aio_write(io: &QemuIo, argv: &[String]) -> std::result::Result<i32, i32> {
     let (Some(o), operands) = aio_write_opts(argv)? else {
         return Ok(0);
     };
     let offset = cvtnum_or_print(&operands[0])?;
     let blk = io.blk();
-    let mut ctx = AioCtx {
+    let mut ctx = AioWriteCtx {
         offset,
-        qiov: IoVector::new(),
         len: 0,
         machine: o.machine,
         quiet: o.quiet,
-        verbose: false,
-        pattern: None,
         start: Instant::now(),
     };
     let done: CompletionFn;

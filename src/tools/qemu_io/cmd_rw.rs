@@ -190,22 +190,45 @@ async fn read(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
     Ok(ret)
 }
 
-/// `readv [-Cqrv] [-P pattern] off len [len..]`.
-pub async fn readv_f(io: &QemuIo, argv: &[String]) -> i32 {
-    readv(io, argv).await.unwrap_or_else(|e| e)
+/// Options `readv` and `aio_read` share.
+pub struct VectorReadOpts {
+    /// `-C`: machine-parsable statistics.
+    pub machine: bool,
+    /// `-q`: no statistics.
+    pub quiet: bool,
+    /// `-v`: hex dump of the data.
+    pub verbose: bool,
+    /// `-P`: the byte every byte read must equal.
+    pub pattern: Option<u8>,
 }
 
-async fn readv(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
-    let ct = find_command("readv").unwrap();
-    let (mut machine, mut quiet, mut verbose, mut pattern) = (false, false, false, None);
-    let mut g = Getopt::new(argv, "CP:qrv");
+/// Parses the options of `readv` ("CP:qrv") or `aio_read` (which adds `-i`: no request,
+/// returned as None) and checks for an offset and at least one length.
+pub fn vector_read_opts(
+    argv: &[String],
+    name: &str,
+) -> Result<(Option<VectorReadOpts>, Vec<String>), i32> {
+    let ct = find_command(name).unwrap();
+    let aio = name == "aio_read";
+    let mut o = VectorReadOpts {
+        machine: false,
+        quiet: false,
+        verbose: false,
+        pattern: None,
+    };
+    let mut g = Getopt::new(argv, if aio { "CiP:qrv" } else { "CP:qrv" });
     while let Some(opt) = g.next() {
         match opt {
-            Ok(('C', _)) => machine = true,
-            Ok(('P', Some(a))) => pattern = Some(parse_pattern(&a)?),
-            Ok(('q', _)) => quiet = true,
+            Ok(('C', _)) => o.machine = true,
+            Ok(('P', Some(a))) => o.pattern = Some(parse_pattern(&a)?),
+            Ok(('q', _)) => o.quiet = true,
             Ok(('r', _)) => {}
-            Ok(('v', _)) => verbose = true,
+            Ok(('v', _)) => o.verbose = true,
+            Ok(('i', _)) => {
+                // Only I/O accounting sees an "invalid" request, and rqemu keeps none.
+                out!("injecting invalid read request\n");
+                return Ok((None, Vec::new()));
+            }
             _ => return Err(usage(ct)),
         }
     }
@@ -213,6 +236,33 @@ async fn readv(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
     if operands.len() < 2 {
         return Err(usage(ct));
     }
+    Ok((Some(o), operands))
+}
+
+/// Verifies and reports a finished vectored read; false on a pattern mismatch.
+pub fn report_vector_read(qiov: &IoVector, offset: u64, o: &VectorReadOpts, t: Duration) -> bool {
+    let matched = o
+        .pattern
+        .is_none_or(|p| verify_pattern(qiov, 0, qiov.len(), p, offset));
+    if !o.quiet {
+        if o.verbose {
+            out!("{}", hexdump(&qiov.to_vec(), offset));
+        }
+        let len = qiov.len() as u64;
+        print_report("read", t, offset, len, len, o.machine);
+    }
+    matched
+}
+
+/// `readv [-Cqrv] [-P pattern] off len [len..]`.
+pub async fn readv_f(io: &QemuIo, argv: &[String]) -> i32 {
+    readv(io, argv).await.unwrap_or_else(|e| e)
+}
+
+async fn readv(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
+    let (Some(o), operands) = vector_read_opts(argv, "readv")? else {
+        return Ok(0);
+    };
     let offset = cvtnum_or_print(&operands[0])?;
     let qiov = create_iovec(io, &operands[1..], READ_FILL).ok_or(-libc::EINVAL)?;
     let blk = io.blk();
@@ -221,20 +271,11 @@ async fn readv(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
         out!("readv failed: {}\n", block::error::strerror(e.errno()));
         return Err(-e.errno());
     }
-    let mut ret = 0;
-    if let Some(p) = pattern {
-        if !verify_pattern(&qiov, 0, qiov.len(), p, offset) {
-            ret = -libc::EINVAL;
-        }
+    if report_vector_read(&qiov, offset, &o, t) {
+        Ok(0)
+    } else {
+        Err(-libc::EINVAL)
     }
-    if !quiet {
-        if verbose {
-            out!("{}", hexdump(&qiov.to_vec(), offset));
-        }
-        let len = qiov.len() as u64;
-        print_report("read", t, offset, len, len, machine);
-    }
-    Ok(ret)
 }
 
 /// How `write` produces its data.
