@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::cmd_rw::check_length;
 use super::commands::{find_command, usage};
 use super::output::{self, out, report};
-use super::parse::{cvtnum_or_print, strtol, Getopt};
+use super::parse::{cvtnum, cvtnum_or_print, print_cvtnum_err, strtol, Getopt, NumError};
 use super::report::{cvtstr, print_report};
 use super::QemuIo;
 
@@ -235,13 +235,14 @@ async fn truncate(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
             _ => return Err(usage(ct)),
         }
     }
+    // qemu-io parses the first operand (a missing one fails to parse) and names argv[1] in
+    // the error, even when that is the -m option.
     let operands = g.operands();
-    let Some(arg) = operands.first() else {
-        return Err(usage(ct));
-    };
-    // qemu-io names argv[1] in this message even when that is the -m option.
-    let offset = super::parse::cvtnum(arg).map_err(|e| {
-        super::parse::print_cvtnum_err(e, &argv[1]);
+    let parsed = operands
+        .first()
+        .map_or(Err(NumError::Invalid), |arg| cvtnum(arg));
+    let offset = parsed.map_err(|e| {
+        print_cvtnum_err(e, &argv[1]);
         e.errno()
     })?;
     io.blk()

@@ -289,6 +289,8 @@ enum WriteKind {
 /// Options of `write`.
 struct WriteOpts {
     kind: WriteKind,
+    /// `-b` or `-c`: offset and length must be whole sectors.
+    sector_requests: bool,
     flags: RequestFlags,
     machine: bool,
     quiet: bool,
@@ -301,6 +303,7 @@ fn write_opts(argv: &[String]) -> Result<(WriteOpts, Vec<String>), i32> {
     let (mut b, mut c, mut z) = (false, false, false);
     let mut o = WriteOpts {
         kind: WriteKind::Buffer,
+        sector_requests: false,
         flags: RequestFlags::empty(),
         machine: false,
         quiet: false,
@@ -347,6 +350,7 @@ fn write_opts(argv: &[String]) -> Result<(WriteOpts, Vec<String>), i32> {
         out!("{msg}\n");
         return Err(-libc::EINVAL);
     }
+    o.sector_requests = b || c;
     o.kind = match (b, z, c) {
         (true, _, _) => WriteKind::VmState,
         (_, true, _) => WriteKind::Zeroes,
@@ -386,10 +390,14 @@ async fn write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
     let (o, operands) = write_opts(argv)?;
     let offset = cvtnum_or_print(&operands[0])?;
     let count = cvtnum_or_print(&operands[1])?;
-    if !o.flags.contains(RequestFlags::NO_FALLBACK) {
-        check_length(count, &operands[1])?;
+    if count > MAX_REQUEST_BYTES && !o.flags.contains(RequestFlags::NO_FALLBACK) {
+        out!(
+            "length cannot exceed {MAX_REQUEST_BYTES} without -n, given {}\n",
+            operands[1]
+        );
+        return Err(-libc::EINVAL);
     }
-    if matches!(o.kind, WriteKind::VmState | WriteKind::Compressed) {
+    if o.sector_requests {
         sector_aligned(offset, "offset")?;
         sector_aligned(count, "count")?;
     }
@@ -407,6 +415,11 @@ async fn write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
         match (&o.kind, &buf) {
             (WriteKind::Zeroes, _) => blk.co_pwrite_zeroes(offset, count, o.flags).await,
             (WriteKind::Buffer, Some(buf)) => blk.co_pwritev(offset, buf, o.flags).await,
+            // No driver compresses yet; the device bounds are still checked first, as
+            // blk_pwrite_compressed does.
+            (WriteKind::Compressed, _) if offset.saturating_add(count) > blk.getlength() => {
+                Err(Error::from_errno(libc::EIO))
+            }
             // Neither compressed writes nor the VM state area exist in any driver yet.
             _ => Err(Error::from_errno(libc::ENOTSUP)),
         }
