@@ -57,21 +57,26 @@ fn parse(argv: &[String]) -> Result<Changes, i32> {
 
 /// The request updated by `changes`; errors are printed.
 fn apply(mut req: OpenRequest, changes: Changes) -> Result<OpenRequest, Reported> {
-    let conflict = |key: &str, flag: &str| {
-        report!("Cannot set both {flag} and '{key}'");
-        Reported
-    };
     if let Some(read_only) = changes.read_only {
         if changes.opts.contains("read-only") {
-            return Err(conflict("read-only", "-r/-w"));
+            report!("Cannot set both -r/-w and 'read-only'");
+            return Err(Reported);
         }
         req.opts.take("read-only");
         req.flags.read_only = read_only;
+        if !read_only {
+            // QEMU lets a force-share node become writable; rqemu checks force-share only
+            // when opening, where it requires read-only, so it is dropped here.
+            req.opts.take("force-share");
+            req.flags.force_share = false;
+            req.force_share = false;
+        }
     }
     if let Some(cache) = changes.cache {
         for key in ["cache.direct", "cache.no-flush"] {
             if changes.opts.contains(key) {
-                return Err(conflict(key, "-c"));
+                report!("Cannot set both -c and the cache options");
+                return Err(Reported);
             }
             req.opts.take(key);
         }
@@ -99,6 +104,20 @@ pub async fn reopen_f(io: &QemuIo, argv: &[String]) -> i32 {
     let Ok(new) = apply(old.clone(), changes) else {
         return -libc::EINVAL;
     };
+    let wants_read_only = new
+        .opts
+        .get("read-only")
+        .and_then(block::options::parse_bool)
+        .unwrap_or(new.flags.read_only);
+    if wants_read_only && !new.flags.read_only && !io.blk().is_read_only() {
+        // Only -r gives up qemu-io's write permission; `-o read-only=on` alone cannot.
+        report!(
+            "Read-only block node '{}' cannot support read-write users",
+            io.blk().bs().node_name()
+        );
+        return 0;
+    }
+    // The old graph must be gone (its image locks released) before the new one opens.
     io.close_image().await;
     match open_backend(&new).await {
         Ok(blk) => io.set_blk(blk, new),
@@ -142,6 +161,8 @@ mod tests {
         let changes = parse(&words("reopen -r -o read-only=off")).unwrap();
         assert!(apply(OpenRequest::new(), changes).is_err());
         let changes = parse(&words("reopen -c none -o cache.direct=off")).unwrap();
+        assert!(apply(OpenRequest::new(), changes).is_err());
+        let changes = parse(&words("reopen -c none -o cache.no-flush=off")).unwrap();
         assert!(apply(OpenRequest::new(), changes).is_err());
     }
 }
