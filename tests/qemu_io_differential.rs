@@ -256,6 +256,11 @@ fn errors_and_argument_checks() {
             "help r",
             "help aio_write",
             "readv 0 3G",
+            "write 0 3G",
+            "w -z -c 1048575 4k",
+            "write -c 1048576 512",
+            "truncate -m full",
+            "truncate -m full 512k",
         ]),
         "",
     );
