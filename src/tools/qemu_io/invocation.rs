@@ -196,7 +196,7 @@ fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, Exit> {
 }
 
 /// Turns the file operand into the open request (the image spec rules shared with qemu-img).
-fn complete_request(inv: &mut Invocation, file: String) -> block::Result<OpenRequest> {
+fn complete_request(inv: &Invocation, file: String) -> block::Result<OpenRequest> {
     let spec = ImageSpec {
         filename: file,
         format: inv.format.clone(),
@@ -258,10 +258,11 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     let ctx = AioContext::current();
     if let Some(file) = inv.file.take() {
-        let opened = match complete_request(&mut inv, file.clone()) {
+        let opened = match complete_request(&inv, file) {
             Ok(req) => ctx.run_until(openfile(&inv.io, req)),
+            // Only an --image-opts string can fail here; qemu-io reports it bare.
             Err(e) => {
-                report!("can't open device {file}: {e}");
+                report!("{e}");
                 Err(Reported)
             }
         };
