@@ -1,0 +1,390 @@
+//! Consistency check and repair (QEMU's qcow2_co_check and qcow2_check_refcounts in
+//! block/qcow2-refcount.c; what `qemu-img check` runs).
+//!
+//! The check walks every structure that references host clusters — header, L1 tables, L2
+//! tables, data and compressed clusters, refcount table and blocks, snapshot table — and
+//! counts the references in memory. It then compares those counts with the stored refcounts:
+//! a stored count that is too high is a leak, one that is too low a corruption. Problems are
+//! reported on stderr with QEMU's wording; `fix` repairs them by adjusting refcounts, and
+//! fixes the "copied" flags, which must be set exactly on clusters with refcount 1.
+
+use block::driver::{CheckFix, CheckResult};
+use block::{BlockDriverState, Result};
+
+use super::cache::Which;
+use super::header::INCOMPAT_CORRUPT;
+use super::l2::{
+    cluster_type, get_entry, set_entry, ClusterType, L1E_OFFSET_MASK, L1E_RESERVED_MASK,
+    L2E_OFFSET_MASK, OFLAG_COPIED,
+};
+use super::read_bytes;
+use super::refcount::REFT_OFFSET_MASK;
+use super::state::{decode_table, encode_table, Meta};
+use super::Qcow2;
+
+/// The references counted by walking the metadata.
+struct Refs {
+    counts: Vec<u64>,
+    file_len: u64,
+    cluster_bits: u32,
+}
+
+impl Refs {
+    /// Counts one reference to every cluster of a range (inc_refcounts).
+    fn inc(&mut self, res: &mut CheckResult, offset: u64, size: u64) {
+        if size == 0 {
+            return;
+        }
+        let cs = 1u64 << self.cluster_bits;
+        if (offset + size).saturating_sub(self.file_len) >= cs {
+            eprintln!(
+                "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {offset:#x} size {size:#x}"
+            );
+            res.corruptions += 1;
+            return;
+        }
+        let first = offset >> self.cluster_bits;
+        let last = (offset + size - 1) >> self.cluster_bits;
+        if last as usize >= self.counts.len() {
+            self.counts.resize(last as usize + 1, 0);
+        }
+        for c in first..=last {
+            let n = &mut self.counts[c as usize];
+            if *n == u64::MAX {
+                eprintln!(
+                    "ERROR: overflow cluster offset={:#x}",
+                    c << self.cluster_bits
+                );
+                res.check_errors += 1;
+            } else {
+                *n += 1;
+            }
+        }
+    }
+}
+
+/// State of the fragmentation statistics while walking the active L2 tables.
+#[derive(Default)]
+struct Walk {
+    next_contiguous: u64,
+}
+
+impl Qcow2 {
+    /// Checks the image and, with `fix`, repairs it.
+    pub(super) async fn check(
+        &self,
+        _bs: &BlockDriverState,
+        fix: CheckFix,
+        _report: bool,
+    ) -> Result<CheckResult> {
+        let mut meta = self.meta.lock().await;
+        meta.flush().await?;
+        let mut res = CheckResult {
+            total_clusters: self.size.get().div_ceil(self.g.cluster_size),
+            ..CheckResult::default()
+        };
+        let mut refs = Refs {
+            counts: Vec::new(),
+            file_len: meta.file.getlength(),
+            cluster_bits: self.g.cluster_bits,
+        };
+        meta.count_all(&mut res, &mut refs).await?;
+        let highest = meta.compare_refcounts(&mut res, &refs, fix).await?;
+        meta.check_copied(&mut res, fix).await?;
+        res.image_end_offset = (highest + 1) << self.g.cluster_bits;
+        meta.flush().await?;
+        if fix.errors && res.corruptions == res.corruptions_fixed && res.check_errors == 0 {
+            if meta.header.incompatible_features & INCOMPAT_CORRUPT != 0 {
+                meta.header.incompatible_features &= !INCOMPAT_CORRUPT;
+                meta.write_incompatible().await?;
+                self.info.borrow_mut().incompatible_features &= !INCOMPAT_CORRUPT;
+            }
+            meta.corrupt = false;
+        }
+        Ok(res)
+    }
+}
+
+impl Meta {
+    async fn count_all(&mut self, res: &mut CheckResult, refs: &mut Refs) -> Result<()> {
+        let cs = self.g.cluster_size;
+        refs.inc(res, 0, cs);
+        self.count_snapshots(res, refs).await?;
+        let l1 = self.l1.clone();
+        let l1_offset = self.header.l1_table_offset;
+        self.count_l1(res, refs, l1_offset, &l1, Some(&mut Walk::default()))
+            .await?;
+        let (rt_off, rt_clusters) = (
+            self.header.refcount_table_offset,
+            self.header.refcount_table_clusters as u64,
+        );
+        refs.inc(res, rt_off, rt_clusters * cs);
+        for (i, &e) in self.reftable.clone().iter().enumerate() {
+            let offset = e & REFT_OFFSET_MASK;
+            if offset == 0 {
+                continue;
+            }
+            if offset & (cs - 1) != 0 {
+                eprintln!(
+                    "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
+                );
+                res.corruptions += 1;
+                continue;
+            }
+            if offset >= refs.file_len {
+                eprintln!("ERROR refcount block {i} is outside image");
+                res.corruptions += 1;
+                continue;
+            }
+            refs.inc(res, offset, cs);
+        }
+        Ok(())
+    }
+
+    /// Counts the snapshot table and every snapshot's L1/L2/data clusters.
+    async fn count_snapshots(&mut self, res: &mut CheckResult, refs: &mut Refs) -> Result<()> {
+        let n = self.header.nb_snapshots;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut pos = self.header.snapshots_offset;
+        for _ in 0..n {
+            let fixed = read_bytes(&self.file, pos, 40).await?;
+            let l1_offset = u64::from_be_bytes(fixed[0..8].try_into().unwrap());
+            let l1_size = u32::from_be_bytes(fixed[8..12].try_into().unwrap()) as u64;
+            let id_len = u16::from_be_bytes(fixed[12..14].try_into().unwrap()) as u64;
+            let name_len = u16::from_be_bytes(fixed[14..16].try_into().unwrap()) as u64;
+            let extra = u32::from_be_bytes(fixed[36..40].try_into().unwrap()) as u64;
+            pos = (pos + 40 + extra + id_len + name_len).next_multiple_of(8);
+            if l1_size > super::header::MAX_L1_BYTES / 8 || l1_offset % self.g.cluster_size != 0 {
+                res.corruptions += 1;
+                continue;
+            }
+            let l1 = decode_table(&read_bytes(&self.file, l1_offset, l1_size as usize * 8).await?);
+            self.count_l1(res, refs, l1_offset, &l1, None).await?;
+        }
+        let table_len = pos - self.header.snapshots_offset;
+        refs.inc(res, self.header.snapshots_offset, table_len);
+        Ok(())
+    }
+
+    /// Counts an L1 table and what it references; `walk` is Some for the active one, which
+    /// also feeds the statistics (check_refcounts_l1).
+    async fn count_l1(
+        &mut self,
+        res: &mut CheckResult,
+        refs: &mut Refs,
+        l1_offset: u64,
+        l1: &[u64],
+        mut walk: Option<&mut Walk>,
+    ) -> Result<()> {
+        let cs = self.g.cluster_size;
+        refs.inc(res, l1_offset, l1.len() as u64 * 8);
+        for (i, &e) in l1.iter().enumerate() {
+            if e & L1E_RESERVED_MASK != 0 {
+                eprintln!("ERROR found L1 entry with reserved bits set: {e:#x}");
+                res.corruptions += 1;
+            }
+            let l2 = e & L1E_OFFSET_MASK;
+            if l2 == 0 {
+                continue;
+            }
+            refs.inc(res, l2, cs);
+            if l2 & (cs - 1) != 0 {
+                eprintln!(
+                    "ERROR l2_offset={l2:#x}: Table is not cluster aligned; L1 entry corrupted"
+                );
+                res.corruptions += 1;
+                continue;
+            }
+            let _ = i;
+            let table = read_bytes(&self.file, l2, cs as usize).await?;
+            self.count_l2(res, refs, &table, walk.as_deref_mut());
+        }
+        Ok(())
+    }
+
+    fn count_l2(
+        &self,
+        res: &mut CheckResult,
+        refs: &mut Refs,
+        table: &[u8],
+        mut walk: Option<&mut Walk>,
+    ) {
+        let g = self.g;
+        let cs = g.cluster_size;
+        for i in 0..g.l2_size as usize {
+            let (e, bitmap) = get_entry(&g, table, i);
+            match cluster_type(&g, e) {
+                ClusterType::Compressed => {
+                    if e & OFLAG_COPIED != 0 {
+                        eprintln!("ERROR: coffset={:#x}: copied flag must never be set for compressed clusters", e & g.coffset_mask);
+                        res.corruptions += 1;
+                    }
+                    if g.extended && bitmap != 0 {
+                        eprintln!("ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={e:#x}");
+                        res.corruptions += 1;
+                    }
+                    if let Some(w) = walk.as_deref_mut() {
+                        res.allocated_clusters += 1;
+                        res.compressed_clusters += 1;
+                        res.fragmented_clusters += 1;
+                        w.next_contiguous = 0;
+                    }
+                    let (offset, len) = g.compressed_range(e);
+                    refs.inc(res, offset, len);
+                }
+                ClusterType::Normal | ClusterType::ZeroAlloc => {
+                    let offset = e & L2E_OFFSET_MASK;
+                    if g.extended && bitmap & (bitmap >> 32) & 0xffff_ffff != 0 {
+                        eprintln!("ERROR: Invalid cluster entry: alloc and zero bits set for the same subcluster (L2 index {i})");
+                        res.corruptions += 1;
+                    }
+                    if offset & (cs - 1) != 0 {
+                        eprintln!("ERROR offset={offset:#x}: Cluster is not properly aligned; L2 entry corrupted.");
+                        res.corruptions += 1;
+                        continue;
+                    }
+                    if let Some(w) = walk.as_deref_mut() {
+                        res.allocated_clusters += 1;
+                        if w.next_contiguous != 0 && offset != w.next_contiguous {
+                            res.fragmented_clusters += 1;
+                        }
+                        w.next_contiguous = offset + cs;
+                    }
+                    refs.inc(res, offset, cs);
+                }
+                ClusterType::Unallocated | ClusterType::ZeroPlain => {
+                    if g.extended && bitmap & 0xffff_ffff != 0 {
+                        eprintln!("ERROR: Invalid cluster entry: unallocated cluster with allocated subclusters (L2 index {i})");
+                        res.corruptions += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Compares counted and stored refcounts, repairing what `fix` allows
+    /// (compare_refcounts). Returns the highest cluster in use.
+    async fn compare_refcounts(
+        &mut self,
+        res: &mut CheckResult,
+        refs: &Refs,
+        fix: CheckFix,
+    ) -> Result<u64> {
+        let cs = self.g.cluster_size;
+        let file_clusters = refs.file_len.div_ceil(cs);
+        let n = file_clusters.max(refs.counts.len() as u64);
+        // Repairs must not allocate over clusters that are in use but counted as free.
+        self.free_cluster_index = self.free_cluster_index.max(n);
+        let mut highest = 0;
+        for i in 0..n {
+            let stored = self.get_refcount(i).await?;
+            let counted = refs.counts.get(i as usize).copied().unwrap_or(0);
+            if stored > 0 || counted > 0 {
+                highest = i;
+            }
+            if stored == counted {
+                continue;
+            }
+            let leak = stored > counted;
+            let repair = (leak && fix.leaks) || (!leak && fix.errors);
+            let word = if repair {
+                "Repairing"
+            } else if leak {
+                "Leaked"
+            } else {
+                "ERROR"
+            };
+            eprintln!("{word} cluster {i} refcount={stored} reference={counted}");
+            if repair {
+                let delta = counted as i128 - stored as i128;
+                let fixed = self.set_refcount_delta(i, delta).await;
+                match (fixed, leak) {
+                    (Ok(()), true) => res.leaks_fixed += 1,
+                    (Ok(()), false) => res.corruptions_fixed += 1,
+                    (Err(_), _) => res.check_errors += 1,
+                }
+            }
+            if leak {
+                res.leaks += 1;
+            } else {
+                res.corruptions += 1;
+            }
+        }
+        Ok(highest)
+    }
+
+    async fn set_refcount_delta(&mut self, cluster: u64, delta: i128) -> Result<()> {
+        let offset = cluster << self.g.cluster_bits;
+        let delta = i64::try_from(delta).map_err(|_| block::Error::from_errno(libc::ERANGE))?;
+        self.update_refcount(offset, 1, delta).await?;
+        self.caches.flush(Which::Refblock).await
+    }
+
+    /// Checks that the "copied" flag is set exactly where the refcount is 1
+    /// (check_oflag_copied).
+    async fn check_copied(&mut self, res: &mut CheckResult, fix: CheckFix) -> Result<()> {
+        let g = self.g;
+        for i in 0..self.l1.len() {
+            let e = self.l1[i];
+            let l2 = e & L1E_OFFSET_MASK;
+            if l2 == 0 || l2 & (g.cluster_size - 1) != 0 {
+                continue;
+            }
+            let rc = self.get_refcount(l2 >> g.cluster_bits).await?;
+            if (rc == 1) != (e & OFLAG_COPIED != 0) {
+                let word = if fix.errors { "Repairing" } else { "ERROR" };
+                eprintln!(
+                    "{word} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
+                );
+                res.corruptions += 1;
+                if fix.errors {
+                    self.l1[i] = if rc == 1 {
+                        e | OFLAG_COPIED
+                    } else {
+                        e & !OFLAG_COPIED
+                    };
+                    self.write_l1(i, 1).await?;
+                    res.corruptions_fixed += 1;
+                }
+            }
+            self.caches.load(Which::L2, l2).await?;
+            let mut changed = false;
+            for j in 0..g.l2_size as usize {
+                let (le, bitmap) = get_entry(&g, self.caches.table(Which::L2, l2), j);
+                if !matches!(
+                    cluster_type(&g, le),
+                    ClusterType::Normal | ClusterType::ZeroAlloc
+                ) {
+                    continue;
+                }
+                let data = le & L2E_OFFSET_MASK;
+                if data & (g.cluster_size - 1) != 0 {
+                    continue;
+                }
+                let rc = self.get_refcount(data >> g.cluster_bits).await?;
+                if (rc == 1) != (le & OFLAG_COPIED != 0) {
+                    let word = if fix.errors { "Repairing" } else { "ERROR" };
+                    eprintln!("{word} OFLAG_COPIED data cluster: l2_entry={le:x} refcount={rc}");
+                    res.corruptions += 1;
+                    if fix.errors {
+                        let new = if rc == 1 {
+                            le | OFLAG_COPIED
+                        } else {
+                            le & !OFLAG_COPIED
+                        };
+                        set_entry(&g, self.caches.table(Which::L2, l2), j, new, bitmap);
+                        changed = true;
+                        res.corruptions_fixed += 1;
+                    }
+                }
+            }
+            if changed {
+                self.caches.mark_dirty(Which::L2, l2);
+            }
+        }
+        let _ = encode_table;
+        Ok(())
+    }
+}

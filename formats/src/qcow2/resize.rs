@@ -1,0 +1,152 @@
+//! Changing the virtual size (QEMU's qcow2_co_truncate, qcow2_grow_l1_table and the shrink
+//! path in block/qcow2.c and qcow2-cluster.c).
+//!
+//! Growing may need a larger L1 table: it is written in fresh clusters and made live by one
+//! header update. Shrinking discards the clusters past the new end (so they can never
+//! reappear when the image grows again) and keeps the L1 table, which may be larger than
+//! needed.
+
+use block::driver::PreallocMode;
+use block::{BlockDriverState, Error, RequestFlags, Result};
+
+use super::cache::Which;
+use super::header::{l1_entries_for, put32, put64, MAX_L1_BYTES};
+use super::l2::{get_entry, set_entry};
+use super::state::{encode_table, Meta};
+use super::write_bytes;
+use super::Qcow2;
+
+impl Qcow2 {
+    /// Resizes the image to `offset` bytes.
+    pub(super) async fn truncate(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        _exact: bool,
+        prealloc: PreallocMode,
+    ) -> Result<()> {
+        if prealloc != PreallocMode::Off {
+            return Err(Error::not_supported(format!(
+                "qcow2: preallocation mode '{}' for resize is not supported by rqemu",
+                prealloc.name()
+            )));
+        }
+        if offset % 512 != 0 {
+            return Err(Error::invalid("The new size must be a multiple of 512"));
+        }
+        let old = self.size.get();
+        {
+            let mut meta = self.meta.lock().await;
+            meta.check_writable()?;
+            if meta.header.nb_snapshots != 0 {
+                return Err(Error::not_supported(
+                    "Can't resize an image which has snapshots",
+                ));
+            }
+            self.mark_dirty(&mut meta).await?;
+            if offset < old {
+                meta.discard_beyond(offset, old).await?;
+            } else {
+                meta.grow_l1(l1_entries_for(offset, self.g.cluster_bits, self.g.extended))
+                    .await?;
+            }
+            meta.flush().await?;
+            meta.set_size(offset).await?;
+            self.info.borrow_mut().size = offset;
+        }
+        self.size.set(offset);
+        if offset > old {
+            self.zero_grown_area(bs, old, offset).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the new area read as zeroes: the rest of a partial last cluster may hold old
+    /// data, and a backing file must not show through past the old end.
+    async fn zero_grown_area(&self, bs: &BlockDriverState, old: u64, new: u64) -> Result<()> {
+        let cluster_end = old.next_multiple_of(self.g.cluster_size).min(new);
+        if cluster_end > old {
+            let zeroes = block::IoVector::alloc((cluster_end - old) as usize);
+            let allocated = {
+                let mut meta = self.meta.lock().await;
+                meta.get_host_offset(old, cluster_end - old).await?.0
+            };
+            if allocated != super::mapping::Mapping::Unallocated || bs.backing().is_some() {
+                self.write(bs, old, &zeroes, RequestFlags::empty()).await?;
+            }
+        }
+        if bs.backing().is_some() && new > cluster_end && self.g.v3 {
+            self.pwrite_zeroes(bs, cluster_end, new - cluster_end, RequestFlags::empty())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Meta {
+    /// Drops every cluster at or past `new_size` (the full discard of qcow2_shrink).
+    async fn discard_beyond(&mut self, new_size: u64, old_size: u64) -> Result<()> {
+        let g = self.g;
+        let mut pos = new_size.next_multiple_of(g.cluster_size);
+        while pos < old_size {
+            let l2 = self.l2_offset_for(pos).await?;
+            let table_span = g.l2_size << g.cluster_bits;
+            if l2 == 0 {
+                pos = (pos / table_span + 1) * table_span;
+                continue;
+            }
+            let l2 = self.l2_for_write(pos).await?;
+            self.caches.load(Which::L2, l2).await?;
+            let idx = g.l2_index(pos);
+            let (entry, _) = get_entry(&g, self.caches.table(Which::L2, l2), idx);
+            set_entry(&g, self.caches.table(Which::L2, l2), idx, 0, 0);
+            self.caches.mark_dirty(Which::L2, l2);
+            self.free_any_cluster(entry).await?;
+            pos += g.cluster_size;
+        }
+        Ok(())
+    }
+
+    /// Makes the L1 table hold at least `needed` entries (qcow2_grow_l1_table).
+    pub async fn grow_l1(&mut self, needed: u64) -> Result<()> {
+        let old_len = self.l1.len() as u64;
+        if needed <= old_len {
+            return Ok(());
+        }
+        let new_len = needed.max(old_len + old_len / 2).min(MAX_L1_BYTES / 8);
+        if needed > new_len {
+            return Err(Error::new(libc::EFBIG, "Image is too big"));
+        }
+        let cs = self.g.cluster_size;
+        let bytes = (new_len * 8).next_multiple_of(cs);
+        let new_offset = self.alloc_clusters(bytes / cs).await?;
+        let mut table = self.l1.clone();
+        table.resize(new_len as usize, 0);
+        self.caches.flush(Which::Refblock).await?;
+        let mut data = encode_table(&table);
+        data.resize(bytes as usize, 0);
+        write_bytes(&self.file, new_offset, &data).await?;
+        self.file.co_flush().await?;
+        let mut fields = [0u8; 12];
+        put32(&mut fields, 0, new_len as u32);
+        put64(&mut fields, 4, new_offset);
+        write_bytes(&self.file, 36, &fields).await?;
+        self.file.co_flush().await?;
+        let (old_offset, old_bytes) = (self.header.l1_table_offset, old_len * 8);
+        self.header.l1_table_offset = new_offset;
+        self.header.l1_size = new_len as u32;
+        self.l1 = table;
+        if old_bytes > 0 {
+            self.free_clusters(old_offset, old_bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the size field of the header.
+    async fn set_size(&mut self, size: u64) -> Result<()> {
+        write_bytes(&self.file, 24, &size.to_be_bytes()).await?;
+        self.file.co_flush().await?;
+        self.header.size = size;
+        Ok(())
+    }
+}
