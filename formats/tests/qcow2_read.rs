@@ -74,12 +74,47 @@ fn backing_chain_of_depth_three() {
     setup();
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    run_ok("/usr/bin/qemu-img", &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "4M"]);
+    run_ok(
+        "/usr/bin/qemu-img",
+        &["create", "-q", "-f", "qcow2", &p("base.qcow2"), "4M"],
+    );
     qemu_io(&p("base.qcow2"), &["write -P 1 0 4M"]);
-    run_ok("/usr/bin/qemu-img", &["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", &p("mid.qcow2")]);
+    run_ok(
+        "/usr/bin/qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            &p("mid.qcow2"),
+        ],
+    );
     qemu_io(&p("mid.qcow2"), &["write -P 2 64k 64k", "write -z 1M 128k"]);
-    run_ok("/usr/bin/qemu-img", &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "mid.qcow2", "-F", "qcow2", &p("top.qcow2"), "6M"]);
-    qemu_io(&p("top.qcow2"), &["write -P 3 70k 3k", "write -P 4 5M 4k", "discard 2M 64k"]);
+    run_ok(
+        "/usr/bin/qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            &p("top.qcow2"),
+            "6M",
+        ],
+    );
+    qemu_io(
+        &p("top.qcow2"),
+        &["write -P 3 70k 3k", "write -P 4 5M 4k", "discard 2M 64k"],
+    );
     check_matches_reference(&p("top.qcow2"), dir.path());
 }
 
@@ -92,7 +127,19 @@ fn info_and_block_status() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("i.qcow2");
     let path = path.to_str().unwrap();
-    run_ok("/usr/bin/qemu-img", &["create", "-q", "-f", "qcow2", "-o", "lazy_refcounts=on,compression_type=zstd", path, "1M"]);
+    run_ok(
+        "/usr/bin/qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on,compression_type=zstd",
+            path,
+            "1M",
+        ],
+    );
     qemu_io(path, &["write 64k 64k", "write -z 128k 64k"]);
     block_on(async {
         let blk = open(path, false).await.unwrap();
@@ -109,7 +156,9 @@ fn info_and_block_status() {
         assert_eq!(s.bytes, 65536);
         assert!(!s.flags.contains(StatusFlags::ALLOCATED));
         let s = bs.co_block_status(true, 65536, 1 << 20).await.unwrap();
-        assert!(s.flags.contains(StatusFlags::DATA | StatusFlags::OFFSET_VALID));
+        assert!(s
+            .flags
+            .contains(StatusFlags::DATA | StatusFlags::OFFSET_VALID));
         assert_eq!(s.bytes, 65536);
         let s = bs.co_block_status(true, 131072, 1 << 20).await.unwrap();
         assert!(s.flags.contains(StatusFlags::ZERO | StatusFlags::ALLOCATED));

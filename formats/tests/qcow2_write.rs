@@ -96,7 +96,13 @@ fn create_refuses_bad_options_like_qemu() {
 
 /// Applies a random mix of writes, zero writes and discards, many in flight at once, and
 /// mirrors them in `model`.
-async fn random_workload(blk: Rc<BlockBackend>, model: Rc<RefCell<Vec<u8>>>, seed: u64, ops: usize, unmap: bool) {
+async fn random_workload(
+    blk: Rc<BlockBackend>,
+    model: Rc<RefCell<Vec<u8>>>,
+    seed: u64,
+    ops: usize,
+    unmap: bool,
+) {
     let size = blk.getlength();
     let mut rng = Rng(seed);
     let mut tasks = Vec::new();
@@ -115,7 +121,10 @@ async fn random_workload(blk: Rc<BlockBackend>, model: Rc<RefCell<Vec<u8>>>, see
         let kind = rng.below(10);
         let pattern = (i % 251) as u8 + 1;
         loop {
-            let clash = busy.borrow().iter().any(|&(o, l)| o < offset + len && offset < o + l);
+            let clash = busy
+                .borrow()
+                .iter()
+                .any(|&(o, l)| o < offset + len && offset < o + l);
             if !clash {
                 break;
             }
@@ -136,7 +145,11 @@ async fn random_workload(blk: Rc<BlockBackend>, model: Rc<RefCell<Vec<u8>>>, see
                     blk.co_pwritev(offset, &buf, RequestFlags::empty()).await
                 }
                 _ => {
-                    let flags = if unmap { RequestFlags::MAY_UNMAP } else { RequestFlags::empty() };
+                    let flags = if unmap {
+                        RequestFlags::MAY_UNMAP
+                    } else {
+                        RequestFlags::empty()
+                    };
                     blk.co_pwrite_zeroes(offset, len, flags).await
                 }
             };
@@ -162,7 +175,10 @@ fn workload_case(opts: &str, backing: bool, seed: u64) {
     if backing {
         let base = dir.path().join("base.qcow2");
         let base = base.to_str().unwrap();
-        run_ok("/usr/bin/qemu-img", &["create", "-q", "-f", "qcow2", base, &size.to_string()]);
+        run_ok(
+            "/usr/bin/qemu-img",
+            &["create", "-q", "-f", "qcow2", base, &size.to_string()],
+        );
         qemu_io(base, &["write -P 0xbb 0 24M"]);
         model.fill(0xbb);
         if !full_opts.is_empty() {
@@ -174,14 +190,29 @@ fn workload_case(opts: &str, backing: bool, seed: u64) {
     let model = Rc::new(RefCell::new(model));
     block_on(async {
         let blk = open(&path, true).await.unwrap();
-        random_workload(blk.clone(), model.clone(), seed, 400, seed % 2 == 0).await;
+        random_workload(
+            blk.clone(),
+            model.clone(),
+            seed,
+            400,
+            seed.is_multiple_of(2),
+        )
+        .await;
         let back = read_all(&blk, 1 << 20).await;
-        assert_eq!(first_diff(&back, &model.borrow()), None, "read-back differs ({opts})");
+        assert_eq!(
+            first_diff(&back, &model.borrow()),
+            None,
+            "read-back differs ({opts})"
+        );
         blk.close().await.unwrap();
     });
     assert_clean(&path);
     let reference = reference_raw(&path, dir.path());
-    assert_eq!(first_diff(&reference, &model.borrow()), None, "qemu sees different data ({opts})");
+    assert_eq!(
+        first_diff(&reference, &model.borrow()),
+        None,
+        "qemu sees different data ({opts})"
+    );
 }
 
 #[test]

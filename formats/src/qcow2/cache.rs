@@ -53,10 +53,9 @@ impl TableCache {
     fn touch(&mut self, offset: u64) -> Option<&mut Slot> {
         self.tick += 1;
         let tick = self.tick;
-        self.slots.get_mut(&offset).map(|s| {
-            s.last_used = tick;
-            s
-        })
+        let slot = self.slots.get_mut(&offset)?;
+        slot.last_used = tick;
+        Some(slot)
     }
 
     fn lru_victim(&self) -> Option<u64> {

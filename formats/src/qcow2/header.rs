@@ -509,7 +509,7 @@ pub fn l1_entries_for(size: u64, cluster_bits: u32, extended_l2: bool) -> u64 {
 
 /// QEMU's validate_table_offset: aligned, and the end representable.
 fn validate_table(offset: u64, bytes: u64, cluster_size: u64) -> Result<()> {
-    if offset % cluster_size != 0
+    if !offset.is_multiple_of(cluster_size)
         || offset
             .checked_add(bytes)
             .is_none_or(|e| e > i64::MAX as u64)

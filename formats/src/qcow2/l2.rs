@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(cluster_type(&g, e), ClusterType::Compressed);
         let (off, len) = g.compressed_range(e);
         assert_eq!(off, 0x12345);
-        assert!(len >= 1000 && len < 1000 + 512);
+        assert!((1000..1000 + 512).contains(&len));
     }
 
     #[test]

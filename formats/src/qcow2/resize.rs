@@ -31,7 +31,7 @@ impl Qcow2 {
                 prealloc.name()
             )));
         }
-        if offset % 512 != 0 {
+        if !offset.is_multiple_of(512) {
             return Err(Error::invalid("The new size must be a multiple of 512"));
         }
         let old = self.size.get();

@@ -39,7 +39,7 @@ impl Qcow2 {
         let sc = g.subcluster_size();
         let end = offset + bytes;
         let tail_ok = end == self.size.get();
-        if !g.v3 || offset % sc != 0 || (end % sc != 0 && !tail_ok) {
+        if !g.v3 || !offset.is_multiple_of(sc) || (!end.is_multiple_of(sc) && !tail_ok) {
             return Err(Error::from_errno(libc::ENOTSUP));
         }
         let unmap = flags.contains(RequestFlags::MAY_UNMAP);
