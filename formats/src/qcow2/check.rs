@@ -225,11 +225,11 @@ impl Meta {
                         eprintln!("ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={e:#x}");
                         res.corruptions += 1;
                     }
-                    if let Some(w) = walk.as_deref_mut() {
+                    if walk.is_some() {
+                        // Compressed clusters are fragmented by nature.
                         res.allocated_clusters += 1;
                         res.compressed_clusters += 1;
                         res.fragmented_clusters += 1;
-                        w.next_contiguous = 0;
                     }
                     let (offset, len) = g.compressed_range(e);
                     refs.inc(res, offset, len);
