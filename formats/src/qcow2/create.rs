@@ -104,6 +104,8 @@ pub struct CreateParams {
     pub compression: CompressionType,
     /// Backing file name and format.
     pub backing: Option<(String, Option<String>)>,
+    /// Preallocation mode.
+    pub prealloc: PreallocMode,
 }
 
 fn v3_only(what: &str) -> Error {
@@ -149,6 +151,10 @@ pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
             )))
         }
     };
+    let prealloc = match options.take("preallocation") {
+        Some(p) => PreallocMode::parse(&p)?,
+        None => PreallocMode::Off,
+    };
     let backing_file = options.take("backing_file");
     let backing_fmt = options.take("backing_fmt");
     refuse_unsupported(options)?;
@@ -171,6 +177,9 @@ pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
             "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
         ));
     }
+    if backing_file.is_some() && prealloc != PreallocMode::Off && !extended_l2 {
+        return Err(Error::invalid("Backing file and preallocation can only be used at the same time if extended_l2 is on"));
+    }
     if backing_fmt.is_some() && backing_file.is_none() {
         return Err(Error::invalid(
             "Backing format cannot be used without backing file",
@@ -185,6 +194,7 @@ pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
         extended_l2,
         compression,
         backing: backing_file.map(|f| (f, backing_fmt)),
+        prealloc,
     })
 }
 
@@ -205,13 +215,7 @@ fn refuse_unsupported(options: &mut Options) -> Result<()> {
             "qcow2: encryption is not supported by rqemu",
         ));
     }
-    match options.take("preallocation").as_deref() {
-        None => Ok(()),
-        Some(p) if PreallocMode::parse(p)? == PreallocMode::Off => Ok(()),
-        Some(p) => Err(Error::not_supported(format!(
-            "qcow2: preallocation={p} is not supported by rqemu"
-        ))),
-    }
+    Ok(())
 }
 
 /// The first three clusters of a new image of size 0: header, refcount table, refcount
@@ -284,7 +288,7 @@ pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
         ..OpenFlags::default()
     };
     let bs = block::bdrv_open(None, qcow2_opts, flags).await?;
-    let result = bs.co_truncate(params.size, false, PreallocMode::Off).await;
+    let result = bs.co_truncate(params.size, false, params.prealloc).await;
     let closed = bs.close().await;
     result.and(closed)
 }

@@ -18,6 +18,9 @@ pub enum Mapping {
     Unallocated,
     /// Reads as zeroes.
     Zero,
+    /// Reads as zeroes, with a preallocated host cluster at this offset (including the
+    /// offset within the cluster).
+    ZeroAlloc(u64),
     /// Data at this host offset (already including the offset within the cluster).
     Data(u64),
     /// A compressed cluster with this L2 entry.
@@ -52,7 +55,16 @@ impl Meta {
                     .await)
             }
             SubclusterType::Unallocated | SubclusterType::UnallocatedAlloc => Mapping::Unallocated,
-            SubclusterType::ZeroPlain | SubclusterType::ZeroAlloc => Mapping::Zero,
+            SubclusterType::ZeroPlain => Mapping::Zero,
+            SubclusterType::ZeroAlloc if host & (g.cluster_size - 1) != 0 => {
+                return Err(self
+                    .signal_corruption(format!(
+                        "Preallocated zero cluster offset {host:#x} unaligned (guest offset: {:#x})",
+                        g.cluster_start(offset)
+                    ))
+                    .await)
+            }
+            SubclusterType::ZeroAlloc => Mapping::ZeroAlloc(host + g.in_cluster(offset)),
             SubclusterType::Compressed => {
                 let end = (g.cluster_start(offset) + g.cluster_size - offset).min(limit);
                 return Ok((Mapping::Compressed(entry), end));
@@ -80,8 +92,10 @@ impl Meta {
                     t,
                     SubclusterType::Unallocated | SubclusterType::UnallocatedAlloc
                 ),
-                Mapping::Zero => {
-                    matches!(t, SubclusterType::ZeroPlain | SubclusterType::ZeroAlloc)
+                Mapping::Zero => t == SubclusterType::ZeroPlain,
+                Mapping::ZeroAlloc(h) => {
+                    t == SubclusterType::ZeroAlloc
+                        && (e & L2E_OFFSET_MASK) + g.in_cluster(next) == h + covered
                 }
                 Mapping::Data(h) => {
                     t == SubclusterType::Normal

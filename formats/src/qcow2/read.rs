@@ -44,7 +44,7 @@ impl Qcow2 {
                     }
                     None => part.fill(0, n as usize, 0),
                 },
-                Mapping::Zero => part.fill(0, n as usize, 0),
+                Mapping::Zero | Mapping::ZeroAlloc(_) => part.fill(0, n as usize, 0),
                 Mapping::Data(host) => {
                     self.file(bs)
                         .co_preadv(host, &part, RequestFlags::empty())
@@ -95,6 +95,12 @@ impl Qcow2 {
         let status = match mapping {
             Mapping::Unallocated => BlockStatus::new(StatusFlags::empty(), n),
             Mapping::Zero => BlockStatus::new(StatusFlags::ZERO, n),
+            Mapping::ZeroAlloc(host) => {
+                let mut s = BlockStatus::new(StatusFlags::ZERO | StatusFlags::OFFSET_VALID, n);
+                s.map = host;
+                s.file = bs.file();
+                s
+            }
             Mapping::Compressed(_) => {
                 BlockStatus::new(StatusFlags::DATA | StatusFlags::COMPRESSED, n)
             }

@@ -11,7 +11,7 @@ use block::{BlockDriverState, Error, RequestFlags, Result};
 
 use super::cache::Which;
 use super::header::{l1_entries_for, put32, put64, MAX_L1_BYTES};
-use super::l2::{get_entry, set_entry};
+use super::l2::{cluster_type, get_entry, set_entry, ClusterType, L2E_OFFSET_MASK, OFLAG_COPIED};
 use super::state::{encode_table, Meta};
 use super::write_bytes;
 use super::Qcow2;
@@ -25,12 +25,6 @@ impl Qcow2 {
         _exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        if prealloc != PreallocMode::Off {
-            return Err(Error::not_supported(format!(
-                "qcow2: preallocation mode '{}' for resize is not supported by rqemu",
-                prealloc.name()
-            )));
-        }
         if !offset.is_multiple_of(512) {
             return Err(Error::invalid("The new size must be a multiple of 512"));
         }
@@ -50,12 +44,15 @@ impl Qcow2 {
                 meta.grow_l1(l1_entries_for(offset, self.g.cluster_bits, self.g.extended))
                     .await?;
             }
+            if prealloc != PreallocMode::Off && offset > old {
+                meta.preallocate(old, offset, prealloc).await?;
+            }
             meta.flush().await?;
             meta.set_size(offset).await?;
             self.info.borrow_mut().size = offset;
         }
         self.size.set(offset);
-        if offset > old {
+        if offset > old && prealloc == PreallocMode::Off {
             self.zero_grown_area(bs, old, offset).await?;
         }
         Ok(())
@@ -123,8 +120,7 @@ impl Meta {
         let mut table = self.l1.clone();
         table.resize(new_len as usize, 0);
         self.caches.flush(Which::Refblock).await?;
-        let mut data = encode_table(&table);
-        data.resize(bytes as usize, 0);
+        let data = encode_table(&table);
         write_bytes(&self.file, new_offset, &data).await?;
         self.file.co_flush().await?;
         let mut fields = [0u8; 12];
@@ -138,6 +134,58 @@ impl Meta {
         self.l1 = table;
         if old_bytes > 0 {
             self.free_clusters(old_offset, old_bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives every cluster of `from..to` a host cluster (preallocation=metadata), and with
+    /// falloc/full also the file space behind them (QEMU's preallocate_co).
+    async fn preallocate(&mut self, from: u64, to: u64, mode: PreallocMode) -> Result<()> {
+        let g = self.g;
+        let cs = g.cluster_size;
+        let file_len = self.file.getlength();
+        let mut host_end = 0;
+        let mut pos = g.cluster_start(from);
+        while pos < to {
+            let l2 = self.l2_for_write(pos).await?;
+            self.caches.load(Which::L2, l2).await?;
+            let first = g.l2_index(pos);
+            let table_end = ((pos >> g.cluster_bits) | (g.l2_size - 1)) + 1;
+            let clusters_left = (to.div_ceil(cs)).min(table_end) - (pos >> g.cluster_bits);
+            // The run of clusters without a host cluster, starting here.
+            let mut n = 0;
+            while n < clusters_left {
+                let (e, _) = get_entry(&g, self.caches.table(Which::L2, l2), first + n as usize);
+                if e & L2E_OFFSET_MASK != 0 || cluster_type(&g, e) == ClusterType::Compressed {
+                    break;
+                }
+                n += 1;
+            }
+            if n == 0 {
+                pos += cs;
+                continue;
+            }
+            let host = self.alloc_clusters(n).await?;
+            if host < file_len {
+                self.file.co_pwrite_zeroes(host, (n * cs).min(file_len - host), RequestFlags::empty()).await?;
+            }
+            // With extended L2 the subclusters stay unallocated, so a backing file still
+            // shows through the preallocated clusters.
+            let bitmap = 0;
+            for k in 0..n {
+                let table = self.caches.table(Which::L2, l2);
+                set_entry(&g, table, first + k as usize, (host + k * cs) | OFLAG_COPIED, bitmap);
+            }
+            self.caches.mark_dirty(Which::L2, l2);
+            host_end = host_end.max(host + n * cs);
+            pos += n * cs;
+        }
+        if host_end > self.file.getlength() {
+            let file_mode = match mode {
+                PreallocMode::Metadata => PreallocMode::Off,
+                other => other,
+            };
+            self.file.co_truncate(host_end, false, file_mode).await?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ use super::l2::{
     cluster_type, get_entry, sc_mask, set_entry, ClusterType, BITMAP_ALL_ZEROES, L2E_OFFSET_MASK,
     OFLAG_COPIED, OFLAG_ZERO,
 };
+use super::mapping::Mapping;
 use super::state::Meta;
 use super::Qcow2;
 
@@ -37,10 +38,26 @@ impl Qcow2 {
     ) -> Result<()> {
         let g = self.g;
         let sc = g.subcluster_size();
+        if !g.v3 {
+            return Err(Error::from_errno(libc::ENOTSUP));
+        }
+        let (mut offset, mut bytes) = (offset, bytes);
         let end = offset + bytes;
         let tail_ok = end == self.size.get();
-        if !g.v3 || !offset.is_multiple_of(sc) || (!end.is_multiple_of(sc) && !tail_ok) {
-            return Err(Error::from_errno(libc::ENOTSUP));
+        let start = offset - offset % sc;
+        let rounded_end = if tail_ok { end } else { end.next_multiple_of(sc) };
+        if start != offset || rounded_end != end {
+            // A partial subcluster can only become a zero subcluster if the rest of it
+            // already reads as zeroes (QEMU's is_zero check).
+            let rest_end = rounded_end.min(self.size.get());
+            if rounded_end - start > sc
+                || !self.reads_as_zero(bs, start, offset - start).await?
+                || !self.reads_as_zero(bs, end, rest_end.saturating_sub(end)).await?
+            {
+                return Err(Error::from_errno(libc::ENOTSUP));
+            }
+            offset = start;
+            bytes = rounded_end - start;
         }
         let unmap = flags.contains(RequestFlags::MAY_UNMAP);
         self.for_each_cluster(bs, offset, bytes, |start, len| {
@@ -53,6 +70,27 @@ impl Qcow2 {
             }
         })
         .await
+    }
+
+    /// Whether a guest range reads as zeroes without looking at data.
+    async fn reads_as_zero(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<bool> {
+        let mut done = 0;
+        while done < bytes {
+            let (mapping, n) = {
+                let mut meta = self.meta.lock().await;
+                meta.get_host_offset(offset + done, bytes - done).await?
+            };
+            let zero = match mapping {
+                Mapping::Zero | Mapping::ZeroAlloc(_) => true,
+                Mapping::Unallocated => bs.backing().is_none(),
+                Mapping::Data(_) | Mapping::Compressed(_) => false,
+            };
+            if !zero {
+                return Ok(false);
+            }
+            done += n;
+        }
+        Ok(true)
     }
 
     /// Discards whole clusters (a partial cluster is ignored, except the image's tail).
