@@ -178,7 +178,9 @@ pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
         ));
     }
     if backing_file.is_some() && prealloc != PreallocMode::Off && !extended_l2 {
-        return Err(Error::invalid("Backing file and preallocation can only be used at the same time if extended_l2 is on"));
+        return Err(Error::invalid(
+            "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+        ));
     }
     if backing_fmt.is_some() && backing_file.is_none() {
         return Err(Error::invalid(

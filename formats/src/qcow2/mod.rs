@@ -129,8 +129,8 @@ fn refuse_unimplemented(h: &Header) -> Result<()> {
     Ok(())
 }
 
-/// Takes the qcow2 runtime options QEMU accepts; sizes are validated, and the L2/refcount
-/// caches are sized by this driver itself.
+/// Takes the other qcow2 runtime options QEMU accepts (discard and overlap-check policies,
+/// which this driver fixes at QEMU's defaults).
 fn take_runtime_options(options: &mut Options) -> Result<()> {
     for key in [
         "l2-cache-size",
@@ -168,6 +168,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
             "qcow2: Image is corrupt; cannot be opened read/write",
         ));
     }
+    let sizes = cache::take_cache_options(options, h.cluster_size())?;
     take_runtime_options(options)?;
     let backing_opt = options.take("backing");
     let backing_opts = options.extract_prefix("backing");
@@ -178,7 +179,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         // We maintain none of the autoclear structures: declare them stale.
         h.autoclear_features = 0;
     }
-    let meta = Meta::load(file.clone(), h.clone(), writable).await?;
+    let meta = Meta::load(file.clone(), h.clone(), writable, sizes).await?;
     let q = Qcow2 {
         meta: CoMutex::new(meta),
         g,

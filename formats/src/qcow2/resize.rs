@@ -167,14 +167,22 @@ impl Meta {
             }
             let host = self.alloc_clusters(n).await?;
             if host < file_len {
-                self.file.co_pwrite_zeroes(host, (n * cs).min(file_len - host), RequestFlags::empty()).await?;
+                self.file
+                    .co_pwrite_zeroes(host, (n * cs).min(file_len - host), RequestFlags::empty())
+                    .await?;
             }
             // With extended L2 the subclusters stay unallocated, so a backing file still
             // shows through the preallocated clusters.
             let bitmap = 0;
             for k in 0..n {
                 let table = self.caches.table(Which::L2, l2);
-                set_entry(&g, table, first + k as usize, (host + k * cs) | OFLAG_COPIED, bitmap);
+                set_entry(
+                    &g,
+                    table,
+                    first + k as usize,
+                    (host + k * cs) | OFLAG_COPIED,
+                    bitmap,
+                );
             }
             self.caches.mark_dirty(Which::L2, l2);
             host_end = host_end.max(host + n * cs);

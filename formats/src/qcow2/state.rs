@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use block::{BlockDriverState, Error, Result};
 
-use super::cache::Caches;
+use super::cache::{CacheSizes, Caches};
 use super::header::{self, Header};
 use super::l2::{Geometry, L1E_OFFSET_MASK};
 use super::refcount::REFT_OFFSET_MASK;
@@ -61,7 +61,12 @@ fn l2_cache_tables(g: &Geometry, size: u64) -> usize {
 
 impl Meta {
     /// Loads the tables a header points to.
-    pub async fn load(file: Rc<BlockDriverState>, header: Header, writable: bool) -> Result<Meta> {
+    pub async fn load(
+        file: Rc<BlockDriverState>,
+        header: Header,
+        writable: bool,
+        sizes: CacheSizes,
+    ) -> Result<Meta> {
         let g = Geometry::new(&header);
         let l1_bytes = read_bytes(&file, header.l1_table_offset, header.l1_size as usize * 8)
             .await
@@ -73,8 +78,11 @@ impl Meta {
         )
         .await
         .map_err(|e| e.context("Could not read refcount table: "))?;
-        let l2_tables = l2_cache_tables(&g, header.size);
-        let caches = Caches::new(file.clone(), g.cluster_size as usize, l2_tables, 8);
+        let l2_tables = sizes
+            .l2_tables
+            .unwrap_or_else(|| l2_cache_tables(&g, header.size));
+        let refblocks = sizes.refblocks.unwrap_or(8);
+        let caches = Caches::new(file.clone(), g.cluster_size as usize, l2_tables, refblocks);
         Ok(Meta {
             file,
             g,

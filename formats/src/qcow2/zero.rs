@@ -45,14 +45,20 @@ impl Qcow2 {
         let end = offset + bytes;
         let tail_ok = end == self.size.get();
         let start = offset - offset % sc;
-        let rounded_end = if tail_ok { end } else { end.next_multiple_of(sc) };
+        let rounded_end = if tail_ok {
+            end
+        } else {
+            end.next_multiple_of(sc)
+        };
         if start != offset || rounded_end != end {
             // A partial subcluster can only become a zero subcluster if the rest of it
             // already reads as zeroes (QEMU's is_zero check).
             let rest_end = rounded_end.min(self.size.get());
             if rounded_end - start > sc
                 || !self.reads_as_zero(bs, start, offset - start).await?
-                || !self.reads_as_zero(bs, end, rest_end.saturating_sub(end)).await?
+                || !self
+                    .reads_as_zero(bs, end, rest_end.saturating_sub(end))
+                    .await?
             {
                 return Err(Error::from_errno(libc::ENOTSUP));
             }
