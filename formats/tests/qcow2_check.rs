@@ -58,7 +58,7 @@ fn clean_images_agree_with_qemu() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let p = image(dir.path(), "clean.qcow2");
     qemu_io(&p, &["write -P 3 640k 64k", "write -P 4 512k 64k"]);
@@ -72,7 +72,7 @@ fn leaks_and_corruptions_are_found_and_repaired() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let p = image(dir.path(), "broken.qcow2");
     // Cluster 5: refcount 0 (corruption, and its copied flag is now wrong);
@@ -102,7 +102,7 @@ fn leaks_only_repair() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let p = image(dir.path(), "leak.qcow2");
     // Cluster 8 is past the data but inside the file once we extend it: a pure leak.
@@ -127,7 +127,7 @@ fn writes_respect_internal_snapshots() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let p = image(dir.path(), "snap.qcow2");
     run_ok("/usr/bin/qemu-img", &["snapshot", "-c", "s1", &p]);

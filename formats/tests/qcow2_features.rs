@@ -34,7 +34,7 @@ fn lazy_refcounts_mark_dirty_while_writing_and_clean_on_close() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("lazy.qcow2");
     let p = p.to_str().unwrap();
@@ -70,7 +70,7 @@ fn compressed_writes_read_back_in_qemu() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     for opts in [
         "",
         "compression_type=zstd",
@@ -116,7 +116,7 @@ fn resize_grow_and_shrink() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("r.qcow2");
     let p = p.to_str().unwrap();
@@ -147,7 +147,7 @@ fn zero_writes_and_discard_in_v2_and_v3() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     for opts in ["", "compat=0.10", "extended_l2=on"] {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("b.qcow2");

@@ -66,7 +66,7 @@ fn qemu_open_error(path: &str) -> Option<String> {
 
 #[test]
 fn patched_headers_fail_like_qemu() {
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let be32 = |v: u32| v.to_be_bytes().to_vec();
     let be64 = |v: u64| v.to_be_bytes().to_vec();
@@ -171,7 +171,7 @@ fn patched_headers_fail_like_qemu() {
 
 #[test]
 fn encrypted_and_external_data_images_are_refused_by_name() {
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let path = valid_image(dir.path(), "enc.qcow2");
     patch(&path, 32, &2u32.to_be_bytes());
@@ -198,7 +198,7 @@ fn l2_of_first_cluster(path: &str) -> (u64, u64) {
 
 #[test]
 fn corrupt_pointers_fail_requests_cleanly() {
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     // An L2 table pointer that is not cluster aligned.
     let path = valid_image(dir.path(), "l1.qcow2");

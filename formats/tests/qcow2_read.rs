@@ -39,7 +39,7 @@ fn option_matrix_reads_like_qemu() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let matrix: &[(&str, u64, bool)] = &[
         ("compat=0.10", 65536, true),
@@ -71,7 +71,7 @@ fn backing_chain_of_depth_three() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
     run_ok(
@@ -123,7 +123,7 @@ fn info_and_block_status() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("i.qcow2");
     let path = path.to_str().unwrap();

@@ -34,7 +34,7 @@ fn created_images_are_clean_and_match_qemu_layout() {
     if !have_qemu() {
         return;
     }
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     for (i, opts) in [
         "",
@@ -76,7 +76,7 @@ fn created_images_are_clean_and_match_qemu_layout() {
 
 #[test]
 fn create_refuses_bad_options_like_qemu() {
-    setup();
+    let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("x.qcow2");
     let p = p.to_str().unwrap();
@@ -218,7 +218,7 @@ fn workload_case(opts: &str, backing: bool, seed: u64) {
 #[test]
 fn random_workload_v3_64k() {
     if have_qemu() {
-        setup();
+        let _serial = setup();
         workload_case("", false, 1);
     }
 }
@@ -226,7 +226,7 @@ fn random_workload_v3_64k() {
 #[test]
 fn random_workload_v2_with_backing() {
     if have_qemu() {
-        setup();
+        let _serial = setup();
         workload_case("compat=0.10", true, 2);
     }
 }
@@ -234,7 +234,7 @@ fn random_workload_v2_with_backing() {
 #[test]
 fn random_workload_small_clusters_narrow_refcounts() {
     if have_qemu() {
-        setup();
+        let _serial = setup();
         workload_case("cluster_size=512,refcount_bits=1", false, 3);
     }
 }
@@ -242,7 +242,7 @@ fn random_workload_small_clusters_narrow_refcounts() {
 #[test]
 fn random_workload_extended_l2_with_backing() {
     if have_qemu() {
-        setup();
+        let _serial = setup();
         workload_case("extended_l2=on,cluster_size=128k", true, 4);
     }
 }
@@ -250,7 +250,7 @@ fn random_workload_extended_l2_with_backing() {
 #[test]
 fn random_workload_wide_refcounts_2m_clusters() {
     if have_qemu() {
-        setup();
+        let _serial = setup();
         workload_case("cluster_size=2M,refcount_bits=64", true, 5);
     }
 }

@@ -161,7 +161,7 @@ impl Meta {
         let (e0, b0) = get_entry(&g, table, first);
         // A cluster we own whose touched subclusters are not all allocated: complete them in
         // place (extended L2 only).
-        let own = cluster_type(&g, e0) == ClusterType::Normal && e0 & OFLAG_COPIED != 0;
+        let own = owned(&g, e0);
         let mut old = vec![(e0, b0)];
         let nb_clusters = if own {
             1
@@ -169,7 +169,7 @@ impl Meta {
             let mut n = 1u64;
             while n * g.cluster_size < in_cluster + span {
                 let (e, b) = get_entry(&g, table, first + n as usize);
-                if cluster_type(&g, e) == ClusterType::Normal && e & OFLAG_COPIED != 0 {
+                if owned(&g, e) {
                     break;
                 }
                 old.push((e, b));
@@ -180,7 +180,15 @@ impl Meta {
         let guest_start = g.cluster_start(offset);
         let data_end = (in_cluster + span).min(nb_clusters * g.cluster_size);
         let host_start = if own {
-            e0 & L2E_OFFSET_MASK
+            let host = e0 & L2E_OFFSET_MASK;
+            if host & (g.cluster_size - 1) != 0 {
+                return Err(self
+                    .signal_corruption(format!(
+                        "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2:#x}, L2 index: {first:#x})"
+                    ))
+                    .await);
+            }
+            host
         } else {
             self.alloc_clusters(nb_clusters).await?
         };
@@ -282,6 +290,15 @@ impl Meta {
             .get(self.g.l1_index(guest) as usize)
             .map(|e| e & L1E_OFFSET_MASK)
     }
+}
+
+/// Whether this image alone owns the entry's host cluster, so that a write may reuse it
+/// (data, or a preallocated zero cluster).
+fn owned(g: &super::l2::Geometry, entry: u64) -> bool {
+    matches!(
+        cluster_type(g, entry),
+        ClusterType::Normal | ClusterType::ZeroAlloc
+    ) && entry & OFLAG_COPIED != 0
 }
 
 /// Whether bytes `start..end` of a cluster with this entry can be written in place.

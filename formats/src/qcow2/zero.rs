@@ -203,7 +203,9 @@ impl Meta {
                 unmap,
             } => {
                 let whole = count == g.subclusters;
-                let keep_host = ctype == ClusterType::Normal && old & OFLAG_COPIED != 0 && !unmap;
+                // Without unmap a host cluster stays preallocated behind the zero flag.
+                let keep_host =
+                    !unmap && matches!(ctype, ClusterType::Normal | ClusterType::ZeroAlloc);
                 if g.extended {
                     if whole && !keep_host {
                         (0, BITMAP_ALL_ZEROES, allocated)
@@ -230,6 +232,14 @@ impl Meta {
         self.caches.mark_dirty(Which::L2, l2);
         if free {
             self.free_any_cluster(old).await?;
+            // Guest discards and unmapping zero writes reach the file too
+            // (pass-discard-request=on), once nothing references the cluster any more.
+            let host = old & L2E_OFFSET_MASK;
+            if cluster_type(&g, old) != ClusterType::Compressed
+                && self.get_refcount(host >> g.cluster_bits).await? == 0
+            {
+                self.file.co_pdiscard(host, g.cluster_size).await?;
+            }
         }
         Ok(())
     }

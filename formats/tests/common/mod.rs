@@ -68,9 +68,15 @@ pub fn qemu_check(path: &str) -> (i32, String) {
     (rc, format!("{out}{err}"))
 }
 
-/// Registers the formats once per test binary.
-pub fn setup() {
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Registers the formats, and runs the tests of a binary one at a time: a child process
+/// forked by a parallel test (qemu-img) can hold a copy of our image's descriptor, and
+/// with it the image lock, until it execs, which on a loaded machine takes long enough to
+/// make the reference tools see a stale lock.
+pub fn setup() -> std::sync::MutexGuard<'static, ()> {
     formats::register_all();
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Opens an image with our qcow2 driver.
