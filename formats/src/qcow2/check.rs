@@ -12,19 +12,19 @@ use block::driver::{CheckFix, CheckResult};
 use block::{BlockDriverState, Result};
 
 use super::cache::Which;
-use super::header::INCOMPAT_CORRUPT;
+use super::header::{INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use super::l2::{
     cluster_type, get_entry, set_entry, ClusterType, L1E_OFFSET_MASK, L1E_RESERVED_MASK,
     L2E_OFFSET_MASK, OFLAG_COPIED,
 };
 use super::read_bytes;
 use super::refcount::REFT_OFFSET_MASK;
-use super::state::{decode_table, encode_table, Meta};
+use super::state::{decode_table, Meta};
 use super::Qcow2;
 
 /// The references counted by walking the metadata.
-struct Refs {
-    counts: Vec<u64>,
+pub(super) struct Refs {
+    pub(super) counts: Vec<u64>,
     file_len: u64,
     cluster_bits: u32,
 }
@@ -70,36 +70,30 @@ struct Walk {
 }
 
 impl Qcow2 {
-    /// Checks the image and, with `fix`, repairs it.
-    pub(super) async fn check(
-        &self,
-        _bs: &BlockDriverState,
-        fix: CheckFix,
-        _report: bool,
-    ) -> Result<CheckResult> {
+    /// Checks the image and, with `fix`, repairs it (qcow2_co_check).
+    pub(super) async fn check(&self, _bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {
         let mut meta = self.meta.lock().await;
-        meta.flush().await?;
+        meta.caches.flush_all().await?;
         let mut res = CheckResult {
             total_clusters: self.size.get().div_ceil(self.g.cluster_size),
             ..CheckResult::default()
         };
-        let mut refs = Refs {
-            counts: Vec::new(),
-            file_len: meta.file.getlength(),
-            cluster_bits: self.g.cluster_bits,
-        };
-        meta.count_all(&mut res, &mut refs).await?;
-        let highest = meta.compare_refcounts(&mut res, &refs, fix).await?;
+        let highest = meta.check_refcounts(&mut res, fix).await?;
         meta.check_copied(&mut res, fix).await?;
         res.image_end_offset = (highest + 1) << self.g.cluster_bits;
-        meta.flush().await?;
-        if fix.errors && res.corruptions == res.corruptions_fixed && res.check_errors == 0 {
-            if meta.header.incompatible_features & INCOMPAT_CORRUPT != 0 {
-                meta.header.incompatible_features &= !INCOMPAT_CORRUPT;
-                meta.write_incompatible().await?;
-                self.info.borrow_mut().incompatible_features &= !INCOMPAT_CORRUPT;
-            }
+        meta.caches.flush_all().await?;
+        let repaired = (fix.errors || fix.leaks)
+            && res.corruptions == 0
+            && res.leaks == 0
+            && res.check_errors == 0;
+        if repaired {
+            // A repaired image is consistent: neither dirty nor corrupt any more.
+            meta.header.incompatible_features &= !(INCOMPAT_CORRUPT | INCOMPAT_DIRTY);
+            meta.write_incompatible().await?;
+            let mut info = self.info.borrow_mut();
+            info.incompatible_features &= !(INCOMPAT_CORRUPT | INCOMPAT_DIRTY);
             meta.corrupt = false;
+            self.needs_repair.set(false);
         }
         Ok(res)
     }
@@ -264,20 +258,80 @@ impl Meta {
         }
     }
 
+    /// Counts references, compares and repairs refcounts, rebuilding the refcount structure
+    /// when a used cluster has none (qcow2_check_refcounts). Returns the highest cluster in
+    /// use.
+    async fn check_refcounts(&mut self, res: &mut CheckResult, fix: CheckFix) -> Result<u64> {
+        let mut refs = self.count_refs(res).await?;
+        let pre_compare = res.clone();
+        let (mut highest, rebuild) = self
+            .compare_refcounts(res, &refs, CheckFix::default())
+            .await?;
+        if rebuild && fix.errors {
+            eprintln!("Rebuilding refcount structure");
+            let old = res.clone();
+            self.rebuild_refcount_structure(&mut refs).await?;
+            res.corruptions = 0;
+            res.leaks = 0;
+            let refs = self.count_refs(res).await?;
+            let mut fresh_leaks = 0;
+            if fix.leaks {
+                // The old structure is now leaked: free it.
+                let saved = res.clone();
+                *res = CheckResult::default();
+                let leaks_only = CheckFix {
+                    leaks: true,
+                    errors: false,
+                };
+                let (h, still) = self.compare_refcounts(res, &refs, leaks_only).await?;
+                if still {
+                    eprintln!("ERROR rebuilt refcount structure is still broken");
+                }
+                highest = h;
+                fresh_leaks = res.leaks;
+                *res = saved;
+            }
+            res.corruptions_fixed += old.corruptions.saturating_sub(res.corruptions);
+            res.leaks_fixed += old.leaks.saturating_sub(res.leaks);
+            res.leaks += fresh_leaks;
+        } else if fix.errors || fix.leaks {
+            if rebuild {
+                eprintln!("ERROR need to rebuild refcount structures");
+                res.check_errors += 1;
+            }
+            if res.leaks != 0 || res.corruptions != 0 {
+                *res = pre_compare;
+                highest = self.compare_refcounts(res, &refs, fix).await?.0;
+            }
+        }
+        Ok(highest)
+    }
+
+    /// Walks all metadata and counts the references to every cluster.
+    async fn count_refs(&mut self, res: &mut CheckResult) -> Result<Refs> {
+        let mut refs = Refs {
+            counts: Vec::new(),
+            file_len: self.file.getlength(),
+            cluster_bits: self.g.cluster_bits,
+        };
+        self.count_all(res, &mut refs).await?;
+        Ok(refs)
+    }
+
     /// Compares counted and stored refcounts, repairing what `fix` allows
-    /// (compare_refcounts). Returns the highest cluster in use.
+    /// (compare_refcounts). Returns the highest cluster in use, and whether a used cluster
+    /// has no refcount at all (then only a rebuild helps).
     async fn compare_refcounts(
         &mut self,
         res: &mut CheckResult,
         refs: &Refs,
         fix: CheckFix,
-    ) -> Result<u64> {
+    ) -> Result<(u64, bool)> {
         let cs = self.g.cluster_size;
-        let file_clusters = refs.file_len.div_ceil(cs);
-        let n = file_clusters.max(refs.counts.len() as u64);
+        let n = refs.file_len.div_ceil(cs).max(refs.counts.len() as u64);
         // Repairs must not allocate over clusters that are in use but counted as free.
         self.free_cluster_index = self.free_cluster_index.max(n);
-        let mut highest = 0;
+        let (mut highest, mut rebuild) = (0, false);
         for i in 0..n {
             let stored = self.get_refcount(i).await?;
             let counted = refs.counts.get(i as usize).copied().unwrap_or(0);
@@ -288,22 +342,23 @@ impl Meta {
                 continue;
             }
             let leak = stored > counted;
-            let repair = (leak && fix.leaks) || (!leak && fix.errors);
-            let word = if repair {
-                "Repairing"
-            } else if leak {
-                "Leaked"
-            } else {
-                "ERROR"
+            let repair = stored != 0 && ((leak && fix.leaks) || (!leak && fix.errors));
+            rebuild |= stored == 0;
+            let word = match (repair, leak) {
+                (true, _) => "Repairing",
+                (false, true) => "Leaked",
+                (false, false) => "ERROR",
             };
             eprintln!("{word} cluster {i} refcount={stored} reference={counted}");
             if repair {
                 let delta = counted as i128 - stored as i128;
-                let fixed = self.set_refcount_delta(i, delta).await;
-                match (fixed, leak) {
-                    (Ok(()), true) => res.leaks_fixed += 1,
-                    (Ok(()), false) => res.corruptions_fixed += 1,
-                    (Err(_), _) => res.check_errors += 1,
+                if self.set_refcount_delta(i, delta).await.is_ok() {
+                    if leak {
+                        res.leaks_fixed += 1;
+                    } else {
+                        res.corruptions_fixed += 1;
+                    }
+                    continue;
                 }
             }
             if leak {
@@ -312,7 +367,7 @@ impl Meta {
                 res.corruptions += 1;
             }
         }
-        Ok(highest)
+        Ok((highest, rebuild))
     }
 
     async fn set_refcount_delta(&mut self, cluster: u64, delta: i128) -> Result<()> {
@@ -367,8 +422,9 @@ impl Meta {
                 if (rc == 1) != (le & OFLAG_COPIED != 0) {
                     let word = if fix.errors { "Repairing" } else { "ERROR" };
                     eprintln!("{word} OFLAG_COPIED data cluster: l2_entry={le:x} refcount={rc}");
-                    res.corruptions += 1;
-                    if fix.errors {
+                    if !fix.errors {
+                        res.corruptions += 1;
+                    } else {
                         let new = if rc == 1 {
                             le | OFLAG_COPIED
                         } else {
@@ -384,7 +440,6 @@ impl Meta {
                 self.caches.mark_dirty(Which::L2, l2);
             }
         }
-        let _ = encode_table;
         Ok(())
     }
 }

@@ -519,8 +519,14 @@ fn validate_table(offset: u64, bytes: u64, cluster_size: u64) -> Result<()> {
     Ok(())
 }
 
+/// Parses the feature name table; a short last entry is zero-padded and the table ends at
+/// the first entry without a name, as QEMU reads it.
 fn parse_feature_table(data: &[u8]) -> Vec<FeatureName> {
-    data.chunks_exact(48)
+    let mut padded = data.to_vec();
+    padded.resize(data.len().next_multiple_of(48), 0);
+    padded
+        .chunks_exact(48)
+        .take_while(|e| e[2] != 0)
         .map(|e| {
             let name = &e[2..];
             let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());

@@ -19,6 +19,7 @@ pub mod header;
 pub mod l2;
 pub mod mapping;
 mod read;
+pub mod rebuild;
 pub mod refcount;
 pub mod resize;
 pub mod state;
@@ -99,6 +100,10 @@ pub struct Qcow2 {
     info: RefCell<Header>,
     /// The compatible lazy-refcounts bit is set: the image is marked dirty while written.
     lazy_refcounts: bool,
+    /// The image was found dirty: its refcounts must be repaired before the first write.
+    needs_repair: Cell<bool>,
+    /// Serialises that repair.
+    repair_lock: CoMutex<()>,
 }
 
 async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
@@ -190,16 +195,14 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         alloc_done: CoQueue::new(),
         lazy_refcounts: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
         info: RefCell::new(h.clone()),
+        needs_repair: Cell::new(writable && dirty),
+        repair_lock: CoMutex::new(()),
     };
     if writable {
         let mut meta = q.meta.lock().await;
         if stale_autoclear {
             meta.write_header().await?;
             meta.file.co_flush().await?;
-        }
-        if dirty {
-            drop(meta);
-            q.repair_dirty(bs).await?;
         }
     }
     open_backing(bs, &h, backing_opt, backing_opts).await?;
@@ -250,8 +253,10 @@ impl Qcow2 {
 
     /// Clears the dirty bit once everything is on disk (qcow2_mark_clean).
     async fn mark_clean(&self, meta: &mut Meta) -> Result<()> {
-        if meta.header.incompatible_features & header::INCOMPAT_DIRTY != 0 {
-            meta.flush().await?;
+        if meta.header.incompatible_features & header::INCOMPAT_DIRTY != 0
+            && !self.needs_repair.get()
+        {
+            meta.caches.flush_all().await?;
             meta.file.co_flush().await?;
             meta.header.incompatible_features &= !header::INCOMPAT_DIRTY;
             meta.write_incompatible().await?;
@@ -260,24 +265,32 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Repairs an image left dirty by a lazy-refcounts writer before using it read-write.
-    async fn repair_dirty(&self, bs: &BlockDriverState) -> Result<()> {
+    /// Repairs an image left dirty by a lazy-refcounts writer before its first write
+    /// (QEMU does it at open; a check with repair, run first, makes it unnecessary).
+    pub(crate) async fn repair_if_dirty(&self, bs: &BlockDriverState) -> Result<()> {
+        if !self.needs_repair.get() {
+            return Ok(());
+        }
+        let _once = self.repair_lock.lock().await;
+        if !self.needs_repair.get() {
+            return Ok(());
+        }
         let fix = CheckFix {
             leaks: true,
             errors: true,
         };
         let result = self
-            .check(bs, fix, false)
+            .check(bs, fix)
             .await
             .map_err(|e| e.context("Could not repair dirty image: "))?;
-        if result.corruptions != result.corruptions_fixed {
+        if result.corruptions != 0 || result.check_errors != 0 {
             return Err(Error::new(
                 libc::EIO,
                 "Could not repair dirty image: Input/output error",
             ));
         }
-        let mut meta = self.meta.lock().await;
-        self.mark_clean(&mut meta).await
+        self.needs_repair.set(false);
+        Ok(())
     }
 }
 
@@ -300,6 +313,7 @@ impl BlockDriver for Qcow2 {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
         self.write(bs, offset, qiov, flags).await
     }
 
@@ -310,10 +324,12 @@ impl BlockDriver for Qcow2 {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
         self.pwrite_zeroes(bs, offset, bytes, flags).await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
         self.pdiscard(bs, offset, bytes).await
     }
 
@@ -339,6 +355,7 @@ impl BlockDriver for Qcow2 {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
         self.truncate(bs, offset, exact, prealloc).await
     }
 
@@ -403,7 +420,7 @@ impl BlockDriver for Qcow2 {
     }
 
     async fn co_check(&self, bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {
-        self.check(bs, fix, true).await
+        self.check(bs, fix).await
     }
 
     fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {

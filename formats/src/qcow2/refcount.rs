@@ -179,9 +179,11 @@ impl Meta {
         let offset = start << self.g.cluster_bits;
         self.update_refcount(offset, n << self.g.cluster_bits, 1)
             .await?;
-        self.caches
-            .set_dependency(Which::L2, Which::Refblock)
-            .await?;
+        if self.accurate_refcounts() {
+            self.caches
+                .set_dependency(Which::L2, Which::Refblock)
+                .await?;
+        }
         block::trace!(qcow2_alloc_clusters, "offset 0x{:x} n {}", offset, n);
         Ok(offset)
     }

@@ -225,8 +225,19 @@ impl Meta {
         }
     }
 
-    /// Writes caches back and flushes the file (qcow2_co_flush_to_os + file flush).
+    /// Whether refcounts on disk must be kept exact: not while a lazy-refcounts image is
+    /// marked dirty (qcow2_need_accurate_refcounts).
+    pub fn accurate_refcounts(&self) -> bool {
+        self.header.incompatible_features & header::INCOMPAT_DIRTY == 0
+    }
+
+    /// Writes the caches back (qcow2_write_caches): refcount blocks only when refcounts must
+    /// be accurate.
     pub async fn flush(&mut self) -> Result<()> {
-        self.caches.flush_all().await
+        if self.accurate_refcounts() {
+            self.caches.flush_all().await
+        } else {
+            self.caches.flush(super::cache::Which::L2).await
+        }
     }
 }
