@@ -83,9 +83,19 @@ impl Meta {
         let entry = self.l1[idx];
         let old = self.l2_offset_for(guest).await?;
         if old != 0 && entry & OFLAG_COPIED != 0 {
+            if let Some(what) = self.overlap(old, self.g.cluster_size, false) {
+                return Err(self
+                    .signal_corruption(format!(
+                        "Preventing invalid write on metadata (overlaps with {what})"
+                    ))
+                    .await);
+            }
             return Ok(old);
         }
         let new = self.alloc_clusters(1).await?;
+        // The new table's refcount reaches the disk before L1 points at it, even with lazy
+        // refcounts (l2_allocate).
+        self.caches.flush(Which::Refblock).await?;
         let contents = if old != 0 {
             self.caches.load(Which::L2, old).await?;
             self.caches.table(Which::L2, old).to_vec()

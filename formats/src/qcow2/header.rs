@@ -357,7 +357,10 @@ impl Header {
         }
         .min(buf.len());
         let mut pos = self.header_length as usize;
-        while pos + 8 <= end {
+        while pos < end {
+            if pos + 8 > end || pos + 8 > buf.len() {
+                return Err(err("Header extension too large"));
+            }
             let ty = be32(buf, pos);
             let len = be32(buf, pos + 4) as usize;
             pos += 8;

@@ -98,8 +98,25 @@ impl Meta {
             let (entry, _) = get_entry(&g, self.caches.table(Which::L2, l2), idx);
             set_entry(&g, self.caches.table(Which::L2, l2), idx, 0, 0);
             self.caches.mark_dirty(Which::L2, l2);
-            self.free_any_cluster(entry).await?;
+            self.free_and_discard(entry).await?;
             pos += g.cluster_size;
+        }
+        self.truncate_file_to_last_cluster().await
+    }
+
+    /// Cuts the file after its last used cluster (the end of qcow2_co_truncate's shrink).
+    async fn truncate_file_to_last_cluster(&mut self) -> Result<()> {
+        self.flush().await?;
+        let cs = self.g.cluster_size;
+        let file_len = self.file.getlength();
+        let mut last = file_len.div_ceil(cs);
+        while last > 0 && self.get_refcount(last - 1).await? == 0 {
+            last -= 1;
+        }
+        if last * cs < file_len {
+            self.file
+                .co_truncate(last * cs, false, PreallocMode::Off)
+                .await?;
         }
         Ok(())
     }

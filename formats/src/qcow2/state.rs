@@ -128,7 +128,7 @@ impl Meta {
             );
         }
         self.corrupt = true;
-        Error::new(libc::EIO, what)
+        Error::from_errno(libc::EIO)
     }
 
     /// Fails writes to an image known to be corrupt.
@@ -187,10 +187,26 @@ impl Meta {
     /// table, the refcount table, a refcount block or an active L2 table (QEMU's
     /// qcow2_check_metadata_overlap with the "cached" checks). Such a write can only come
     /// from corrupt L2 entries.
-    pub fn check_data_write(&self, offset: u64, len: u64) -> Result<()> {
+    pub async fn check_data_write(&mut self, offset: u64, len: u64) -> Result<()> {
+        let what = self.overlap(offset, len, true);
+        match what {
+            Some(w) => Err(self
+                .signal_corruption(format!(
+                    "Preventing invalid write on metadata (overlaps with {w})"
+                ))
+                .await),
+            None => Ok(()),
+        }
+    }
+
+    /// Which metadata structure `offset..offset+len` overlaps, if any (active L2 tables
+    /// only when `with_l2`; QEMU's qcow2_check_metadata_overlap, "cached" level).
+    pub fn overlap(&self, offset: u64, len: u64, with_l2: bool) -> Option<&'static str> {
         let cs = self.g.cluster_size;
         let hit = |start: u64, size: u64| start < offset + len && offset < start + size;
-        let what = if hit(0, cs) {
+        let in_table =
+            |table: &[u64], mask: u64| table.iter().any(|&e| e & mask != 0 && hit(e & mask, cs));
+        if hit(0, cs) {
             Some("qcow2_header")
         } else if hit(self.header.l1_table_offset, self.l1.len() as u64 * 8) {
             Some("active L1 table")
@@ -199,29 +215,12 @@ impl Meta {
             self.header.refcount_table_clusters as u64 * cs,
         ) {
             Some("refcount table")
-        } else if self
-            .reftable
-            .iter()
-            .any(|&e| e & REFT_OFFSET_MASK != 0 && hit(e & REFT_OFFSET_MASK, cs))
-        {
+        } else if in_table(&self.reftable, REFT_OFFSET_MASK) {
             Some("refcount block")
-        } else if self
-            .l1
-            .iter()
-            .any(|&e| e & L1E_OFFSET_MASK != 0 && hit(e & L1E_OFFSET_MASK, cs))
-        {
+        } else if with_l2 && in_table(&self.l1, L1E_OFFSET_MASK) {
             Some("active L2 table")
         } else {
             None
-        };
-        match what {
-            Some(w) => {
-                eprintln!(
-                    "qcow2: Marking image as corrupt: Preventing invalid write on metadata (overlaps with {w}); further corruption events will be suppressed"
-                );
-                Err(Error::from_errno(libc::EIO))
-            }
-            None => Ok(()),
         }
     }
 

@@ -83,7 +83,7 @@ impl Qcow2 {
             self.mark_dirty(&mut meta).await?;
             match meta.plan_write(at, len - done).await? {
                 WritePlan::InPlace { host, bytes } => {
-                    meta.check_data_write(host, bytes)?;
+                    meta.check_data_write(host, bytes).await?;
                     let first = self.g.cluster_start(at);
                     let _guard =
                         self.register(first, (at + bytes).next_multiple_of(self.g.cluster_size));
@@ -138,8 +138,8 @@ impl Qcow2 {
         all.push_vector(&tail);
         let host = m.host_start + head_from;
         {
-            let meta = self.meta.lock().await;
-            meta.check_data_write(host, all.len() as u64)?;
+            let mut meta = self.meta.lock().await;
+            meta.check_data_write(host, all.len() as u64).await?;
         }
         block::trace!(
             qcow2_writev_data,

@@ -168,6 +168,21 @@ impl Qcow2 {
 }
 
 impl Meta {
+    /// Frees the host cluster of an entry and, once nothing references it, discards it in
+    /// the file too (pass-discard-request=on; QEMU's qcow2_process_discards).
+    pub(super) async fn free_and_discard(&mut self, entry: u64) -> Result<()> {
+        let g = self.g;
+        self.free_any_cluster(entry).await?;
+        let host = entry & L2E_OFFSET_MASK;
+        if host != 0
+            && cluster_type(&g, entry) != ClusterType::Compressed
+            && self.get_refcount(host >> g.cluster_bits).await? == 0
+        {
+            self.file.co_pdiscard(host, g.cluster_size).await?;
+        }
+        Ok(())
+    }
+
     /// Changes the L2 entry of the cluster at `guest` (zero_in_l2_slice /
     /// discard_in_l2_slice).
     async fn apply(&mut self, guest: u64, op: Op) -> Result<()> {
@@ -231,15 +246,7 @@ impl Meta {
         set_entry(&g, self.caches.table(Which::L2, l2), idx, new, new_bitmap);
         self.caches.mark_dirty(Which::L2, l2);
         if free {
-            self.free_any_cluster(old).await?;
-            // Guest discards and unmapping zero writes reach the file too
-            // (pass-discard-request=on), once nothing references the cluster any more.
-            let host = old & L2E_OFFSET_MASK;
-            if cluster_type(&g, old) != ClusterType::Compressed
-                && self.get_refcount(host >> g.cluster_bits).await? == 0
-            {
-                self.file.co_pdiscard(host, g.cluster_size).await?;
-            }
+            self.free_and_discard(old).await?;
         }
         Ok(())
     }
