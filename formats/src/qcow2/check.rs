@@ -25,6 +25,8 @@ use super::Qcow2;
 /// The references counted by walking the metadata.
 pub(super) struct Refs {
     pub(super) counts: Vec<u64>,
+    /// The refcount structure itself is broken: only a rebuild repairs it.
+    broken_structure: bool,
     file_len: u64,
     cluster_bits: u32,
 }
@@ -123,14 +125,27 @@ impl Meta {
                     "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
                 );
                 res.corruptions += 1;
+                refs.broken_structure = true;
                 continue;
             }
             if offset >= refs.file_len {
                 eprintln!("ERROR refcount block {i} is outside image");
                 res.corruptions += 1;
+                refs.broken_structure = true;
                 continue;
             }
             refs.inc(res, offset, cs);
+            let counted = refs
+                .counts
+                .get((offset / cs) as usize)
+                .copied()
+                .unwrap_or(0);
+            if counted != 1 {
+                // Something else uses the refcount block's cluster too (check_refblocks).
+                eprintln!("ERROR refcount block {i} refcount={counted}");
+                res.corruptions += 1;
+                refs.broken_structure = true;
+            }
         }
         Ok(())
     }
@@ -267,6 +282,7 @@ impl Meta {
         let (mut highest, rebuild) = self
             .compare_refcounts(res, &refs, CheckFix::default())
             .await?;
+        let rebuild = rebuild || refs.broken_structure;
         if rebuild && fix.errors {
             eprintln!("Rebuilding refcount structure");
             let old = res.clone();
@@ -311,6 +327,7 @@ impl Meta {
     async fn count_refs(&mut self, res: &mut CheckResult) -> Result<Refs> {
         let mut refs = Refs {
             counts: Vec::new(),
+            broken_structure: false,
             file_len: self.file.getlength(),
             cluster_bits: self.g.cluster_bits,
         };
