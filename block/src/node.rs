@@ -120,6 +120,9 @@ pub struct OpenFlags {
     pub unmap: bool,
     /// I/O engine for the file protocol.
     pub aio: AioMode,
+    /// Opened by a consistency check (BDRV_O_CHECK): a format may then open a damaged
+    /// image read-write so that the check can repair it.
+    pub check: bool,
 }
 
 /// A child link of a node (QEMU's BdrvChild).

@@ -167,7 +167,8 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     let mut h = Header::parse(&first)?;
     refuse_unimplemented(&h)?;
     let writable = !bs.is_read_only();
-    if writable && h.incompatible_features & header::INCOMPAT_CORRUPT != 0 {
+    let checking = bs.open_flags().check;
+    if writable && !checking && h.incompatible_features & header::INCOMPAT_CORRUPT != 0 {
         return Err(Error::new(
             libc::EACCES,
             "qcow2: Image is corrupt; cannot be opened read/write",
@@ -195,7 +196,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         alloc_done: CoQueue::new(),
         lazy_refcounts: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
         info: RefCell::new(h.clone()),
-        needs_repair: Cell::new(writable && dirty),
+        needs_repair: Cell::new(writable && dirty && !checking),
         repair_lock: CoMutex::new(()),
     };
     if writable {
