@@ -17,7 +17,7 @@ use super::l2::{
     cluster_type, get_entry, sc_mask, set_entry, subcluster_type, ClusterType, SubclusterType,
     L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED,
 };
-use super::state::Meta;
+use super::state::{c_hex, Meta};
 
 /// Guest clusters with an allocation in flight (an entry of s->cluster_allocs).
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +93,7 @@ impl Meta {
             return Ok(old);
         }
         let new = self.alloc_clusters(1).await?;
+        self.check_metadata_alloc(new, "L2 table").await?;
         // The new table's refcount reaches the disk before L1 points at it, even with lazy
         // refcounts (l2_allocate).
         self.caches.flush(Which::Refblock).await?;
@@ -148,7 +149,10 @@ impl Meta {
             if host0 & (g.cluster_size - 1) != 0 {
                 return Err(self
                     .signal_corruption(format!(
-                        "Cluster allocation offset {host0:#x} unaligned (L2 offset: {l2:#x}, L2 index: {first:#x})"
+                        "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                        c_hex(host0),
+                        c_hex(l2),
+                        c_hex(first as u64)
                     ))
                     .await);
             }
@@ -194,7 +198,10 @@ impl Meta {
             if host & (g.cluster_size - 1) != 0 {
                 return Err(self
                     .signal_corruption(format!(
-                        "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2:#x}, L2 index: {first:#x})"
+                        "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                        c_hex(host),
+                        c_hex(l2),
+                        c_hex(first as u64)
                     ))
                     .await);
             }
@@ -275,9 +282,10 @@ impl Meta {
             ClusterType::Normal | ClusterType::ZeroAlloc => {
                 let host = entry & L2E_OFFSET_MASK;
                 if host & (self.g.cluster_size - 1) != 0 {
-                    return Err(self
-                        .signal_corruption(format!("Cannot free unaligned cluster {host:#x}"))
-                        .await);
+                    // Not fatal: the cluster is simply not freed (a leak at worst).
+                    let what = format!("Cannot free unaligned cluster {}", c_hex(host));
+                    self.signal_nonfatal_corruption(&what);
+                    return Ok(());
                 }
                 self.free_clusters(host, self.g.cluster_size).await
             }

@@ -9,7 +9,7 @@ use block::Result;
 
 use super::cache::Which;
 use super::l2::{get_entry, subcluster_type, SubclusterType, L2E_OFFSET_MASK};
-use super::state::Meta;
+use super::state::{c_hex, Meta};
 
 /// Where a guest range lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +50,9 @@ impl Meta {
             SubclusterType::Invalid => {
                 return Err(self
                     .signal_corruption(format!(
-                        "Invalid cluster entry found (L2 offset: {l2_offset:#x}, L2 index: {first_index:#x})"
+                        "Invalid cluster entry found (L2 offset: {}, L2 index: {})",
+                        c_hex(l2_offset),
+                        c_hex(first_index as u64)
                     ))
                     .await)
             }
@@ -59,8 +61,9 @@ impl Meta {
             SubclusterType::ZeroAlloc if host & (g.cluster_size - 1) != 0 => {
                 return Err(self
                     .signal_corruption(format!(
-                        "Preallocated zero cluster offset {host:#x} unaligned (guest offset: {:#x})",
-                        g.cluster_start(offset)
+                        "Preallocated zero cluster offset {} unaligned (guest offset: {})",
+                        c_hex(host),
+                        c_hex(g.cluster_start(offset)),
                     ))
                     .await)
             }
@@ -73,7 +76,10 @@ impl Meta {
                 if host & (g.cluster_size - 1) != 0 {
                     return Err(self
                         .signal_corruption(format!(
-                            "Cluster allocation offset {host:#x} unaligned (L2 offset: {l2_offset:#x}, L2 index: {first_index:#x})"
+                            "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
+                            c_hex(host),
+                            c_hex(l2_offset),
+                            c_hex(first_index as u64)
                         ))
                         .await);
                 }

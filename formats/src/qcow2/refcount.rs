@@ -11,7 +11,7 @@ use block::{Error, Result};
 
 use super::cache::Which;
 use super::header::{put32, put64, MAX_REFTABLE_BYTES};
-use super::state::{encode_table, Meta};
+use super::state::{c_hex, encode_table, Meta};
 use super::write_bytes;
 
 /// Reserved low bits of a refcount table entry.
@@ -72,7 +72,9 @@ impl Meta {
         if offset & (self.g.cluster_size - 1) != 0 {
             return Err(self
                 .signal_corruption(format!(
-                    "Refblock offset {offset:#x} unaligned (reftable index: {idx:#x})"
+                    "Refblock offset {} unaligned (reftable index: {})",
+                    c_hex(offset),
+                    c_hex(idx)
                 ))
                 .await);
         }
@@ -188,6 +190,20 @@ impl Meta {
         Ok(offset)
     }
 
+    /// Refuses to place metadata over other metadata, which only a corrupt refcount
+    /// structure can make the allocator suggest.
+    pub async fn check_metadata_alloc(&mut self, offset: u64, what: &str) -> Result<()> {
+        if offset == 0 || self.overlap(offset, self.g.cluster_size, true).is_some() {
+            return Err(self
+                .signal_corruption(format!(
+                    "Preventing invalid allocation of {what} at offset {}",
+                    c_hex(offset)
+                ))
+                .await);
+        }
+        Ok(())
+    }
+
     /// Drops one reference to every cluster of a range (qcow2_free_clusters). Whoever
     /// pointed at them must reach the disk first, hence the dependency on the L2 cache.
     pub async fn free_clusters(&mut self, offset: u64, len: u64) -> Result<()> {
@@ -215,6 +231,7 @@ impl Meta {
         }
         let cluster = self.find_free(1).await?;
         let offset = cluster << self.g.cluster_bits;
+        self.check_metadata_alloc(offset, "refcount block").await?;
         self.caches.load_empty(Which::Refblock, offset).await?;
         if cluster >> self.g.refblock_bits == idx {
             // The block describes itself: count it in its own table.

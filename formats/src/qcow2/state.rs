@@ -36,6 +36,17 @@ pub struct Meta {
     pub corrupt: bool,
     /// Whether the image is open read-write.
     pub writable: bool,
+    /// A corruption was reported already; later ones are not (signaled_corruption).
+    pub signaled_corruption: bool,
+}
+
+/// A number as C's `%#x` prints it: "0" for zero, "0x..." otherwise (QEMU's messages).
+pub fn c_hex(v: u64) -> String {
+    if v == 0 {
+        "0".to_string()
+    } else {
+        format!("{v:#x}")
+    }
 }
 
 /// Entries of a table of 64-bit big-endian values.
@@ -93,6 +104,7 @@ impl Meta {
             caches,
             free_cluster_index: 0,
             writable,
+            signaled_corruption: false,
         })
     }
 
@@ -112,23 +124,41 @@ impl Meta {
         self.file.co_flush().await
     }
 
-    /// Records a corruption the way qcow2_signal_corruption does: report it, set the corrupt
-    /// bit on disk (best effort) and refuse further writes. Returns the error to fail with.
+    /// Records a corruption the way qcow2_signal_corruption does: report it (once), set the
+    /// corrupt bit on disk (best effort) and refuse further writes. Returns the error to
+    /// fail with.
     pub async fn signal_corruption(&mut self, what: String) -> Error {
-        let first = !self.corrupt;
-        if first && self.writable {
-            eprintln!(
-                "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
-            );
-            self.header.incompatible_features |= header::INCOMPAT_CORRUPT;
-            let _ = self.write_incompatible().await;
-        } else if first {
-            eprintln!(
-                "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be suppressed"
-            );
+        let fatal = self.writable;
+        let already_marked = self.header.incompatible_features & header::INCOMPAT_CORRUPT != 0;
+        if !(self.signaled_corruption && (!fatal || already_marked)) {
+            if fatal {
+                eprintln!(
+                    "qcow2: Marking image as corrupt: {what}; further corruption events will be suppressed"
+                );
+                self.header.incompatible_features |= header::INCOMPAT_CORRUPT;
+                let _ = self.write_incompatible().await;
+            } else {
+                self.report_nonfatal(&what);
+            }
+            self.signaled_corruption = true;
         }
         self.corrupt = true;
         Error::from_errno(libc::EIO)
+    }
+
+    /// Reports a corruption that the operation can work around (QEMU's non-fatal
+    /// qcow2_signal_corruption).
+    pub fn signal_nonfatal_corruption(&mut self, what: &str) {
+        if !self.signaled_corruption {
+            self.report_nonfatal(what);
+            self.signaled_corruption = true;
+        }
+    }
+
+    fn report_nonfatal(&self, what: &str) {
+        eprintln!(
+            "qcow2: Image is corrupt: {what}; further non-fatal corruption events will be suppressed"
+        );
     }
 
     /// Fails writes to an image known to be corrupt.
@@ -149,7 +179,9 @@ impl Meta {
         if l2 & (self.g.cluster_size - 1) != 0 {
             return Err(self
                 .signal_corruption(format!(
-                    "L2 table offset {l2:#x} unaligned (L1 index: {idx:#x})"
+                    "L2 table offset {} unaligned (L1 index: {})",
+                    c_hex(l2),
+                    c_hex(idx)
                 ))
                 .await);
         }

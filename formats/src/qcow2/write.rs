@@ -207,6 +207,8 @@ impl Qcow2 {
         let (old, _) = get_entry(&self.g, meta.caches.table(super::cache::Which::L2, l2), idx);
         let nclusters = (data.len() as u64).div_ceil(cs);
         let host = meta.alloc_clusters(nclusters).await?;
+        meta.check_metadata_alloc(host, "compressed cluster")
+            .await?;
         let _guard = self.register(at, at + cs);
         drop(meta);
         meta_write_data(self, bs, host, &data).await?;
