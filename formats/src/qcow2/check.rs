@@ -350,8 +350,15 @@ impl Meta {
         self.free_cluster_index = self.free_cluster_index.max(n);
         let (mut highest, mut rebuild) = (0, false);
         for i in 0..n {
-            let stored = self.get_refcount(i).await?;
             let counted = refs.counts.get(i as usize).copied().unwrap_or(0);
+            let stored = match self.get_refcount(i).await {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("Can't get refcount for cluster {i}: {e}");
+                    res.check_errors += 1;
+                    continue;
+                }
+            };
             if stored > 0 || counted > 0 {
                 highest = i;
             }

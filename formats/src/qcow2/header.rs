@@ -317,9 +317,6 @@ impl Header {
         if self.refcount_table_clusters as u64 > MAX_REFTABLE_BYTES / cs {
             return Err(err("Reference count table too large"));
         }
-        if self.refcount_table_clusters == 0 && self.incompatible_features & INCOMPAT_CORRUPT == 0 {
-            return Err(err("Image does not contain a reference count table"));
-        }
         validate_table(
             self.refcount_table_offset,
             self.refcount_table_clusters as u64 * cs,

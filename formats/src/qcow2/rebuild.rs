@@ -76,8 +76,8 @@ impl Meta {
         for (&idx, &block) in &blocks {
             let mut data = vec![0u8; cs];
             let end = counts.len().min((idx + 1) * epb);
-            for c in idx * epb..end {
-                set_entry(&mut data, order, c - idx * epb, counts[c].min(max));
+            for (k, &count) in counts[idx * epb..end].iter().enumerate() {
+                set_entry(&mut data, order, k, count.min(max));
             }
             write_bytes(&self.file, (block * cs) as u64, &data).await?;
             reftable[idx] = (block * cs) as u64;
