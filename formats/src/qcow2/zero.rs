@@ -88,7 +88,10 @@ impl Qcow2 {
             };
             let zero = match mapping {
                 Mapping::Zero | Mapping::ZeroAlloc(_) => true,
-                Mapping::Unallocated => bs.backing().is_none(),
+                Mapping::Unallocated => match bs.backing() {
+                    None => true,
+                    Some(backing) => backing_reads_zero(&backing, offset + done, n).await?,
+                },
                 Mapping::Data(_) | Mapping::Compressed(_) => false,
             };
             if !zero {
@@ -165,6 +168,26 @@ impl Qcow2 {
             .iter()
             .any(|a| a.start < e && s < a.end)
     }
+}
+
+/// Whether a backing chain reads as zeroes over a range, by block status alone
+/// (bdrv_co_is_zero_fast).
+async fn backing_reads_zero(backing: &BlockDriverState, offset: u64, bytes: u64) -> Result<bool> {
+    let mut done = 0;
+    while done < bytes {
+        let (status, _) = backing
+            .co_block_status_above(None, true, offset + done, bytes - done)
+            .await?;
+        if status.bytes == 0 {
+            // Past the end of the backing file: zeroes.
+            return Ok(true);
+        }
+        if !status.flags.contains(block::driver::StatusFlags::ZERO) {
+            return Ok(false);
+        }
+        done += status.bytes;
+    }
+    Ok(true)
 }
 
 impl Meta {
