@@ -299,6 +299,12 @@ pub trait BlockDriver {
         None
     }
 
+    /// The backing file name recorded in the image and its format, if any (bs->backing_file
+    /// and bs->backing_format), for `qemu-img info`.
+    fn backing_file_name(&self, _bs: &BlockDriverState) -> Option<(String, Option<String>)> {
+        None
+    }
+
     /// Checks (and with `fix`, repairs) the image's metadata (bdrv_co_check). Problems are
     /// reported on stderr as they are found, like QEMU's; the counts come back. Drivers
     /// without a check answer ENOTSUP ("This image format does not support checks").

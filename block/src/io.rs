@@ -317,6 +317,7 @@ impl BlockDriverState {
     }
 
     fn grow_to(&self, end: u64) {
+        let end = end.div_ceil(512).saturating_mul(512);
         if end > self.total_bytes.get() {
             self.total_bytes.set(end);
         }

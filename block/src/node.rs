@@ -267,9 +267,12 @@ impl BlockDriverState {
         self.drv().co_get_allocated_file_size(self).await
     }
 
-    /// Re-reads the length from the driver (after truncate or a change underneath).
+    /// Re-reads the length from the driver (after truncate or a change underneath). Like
+    /// QEMU's total_sectors, the length is counted in whole 512-byte sectors: a 65537-byte
+    /// file is a 66048-byte node whose tail past the file's end reads as zeroes.
     pub async fn refresh_total_bytes(&self) -> Result<u64> {
         let len = self.drv().co_getlength(self).await?;
+        let len = len.div_ceil(512).saturating_mul(512);
         self.total_bytes.set(len);
         Ok(len)
     }
