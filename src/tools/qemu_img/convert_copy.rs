@@ -285,7 +285,11 @@ impl ConvertState {
                     / self.allocated_sectors.get().max(1) as f32;
                 self.progress.borrow_mut().print(pct, 0);
             }
-            let data = buf.slice(0, (n * SECTOR) as usize);
+            let data = match status {
+                RunStatus::Data => buf.slice(0, (n * SECTOR) as usize),
+                _ if self.min_sparse == 0 => buf.slice(0, (n * SECTOR) as usize),
+                _ => IoVector::new(),
+            };
             if status == RunStatus::Data {
                 if let Err(e) = self.co_read(sector_num, &data).await {
                     error_report(&format!(
@@ -305,7 +309,7 @@ impl ConvertState {
                     .await;
             }
             if !self.failed() {
-                if let Err(e) = self.co_write(sector_num, &data, status).await {
+                if let Err(e) = self.co_write(sector_num, n, &data, status).await {
                     error_report(&format!(
                         "error while writing at byte {}: {}",
                         sector_num * SECTOR,
@@ -358,20 +362,32 @@ impl ConvertState {
     }
 
     /// Writes a run to the target, turning zero stretches into holes (convert_co_write).
-    async fn co_write(&self, sector_num: u64, buf: &IoVector, status: RunStatus) -> block::Result<()> {
-        let total = buf.len() as u64 / SECTOR;
+    /// `buf` holds the run's data for a Data run and is empty otherwise.
+    async fn co_write(
+        &self,
+        sector_num: u64,
+        total: u64,
+        buf: &IoVector,
+        status: RunStatus,
+    ) -> block::Result<()> {
         let mut done = 0;
         while done < total {
             let mut n = total - done;
             let at = (sector_num + done) * SECTOR;
-            let part = buf.slice((done * SECTOR) as usize, ((total - done) * SECTOR) as usize);
+            let part = match status {
+                RunStatus::Data => buf.slice((done * SECTOR) as usize, (n * SECTOR) as usize),
+                _ => IoVector::new(),
+            };
             let write_data = match status {
-                RunStatus::BackingFile => false,
-                RunStatus::Zero => false,
+                RunStatus::BackingFile | RunStatus::Zero => false,
                 RunStatus::Data if self.min_sparse == 0 => true,
                 RunStatus::Data => {
-                    let (allocated, pnum) =
-                        is_allocated_sectors_min(&part, self.min_sparse, sector_num + done, self.alignment);
+                    let (allocated, pnum) = is_allocated_sectors_min(
+                        &part,
+                        self.min_sparse,
+                        sector_num + done,
+                        self.alignment,
+                    );
                     n = pnum;
                     allocated
                 }
