@@ -7,7 +7,8 @@
 
 use async_trait::async_trait;
 use block::driver::{
-    BlockDriver, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode, RequestFlags, StatusFlags,
+    BlockDriver, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode, RequestFlags,
+    StatusFlags,
 };
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 

@@ -582,7 +582,12 @@ fn set_len(fd: RawFd, offset: u64) -> Result<()> {
 /// locked, emptied, then grown with the requested preallocation.
 async fn create(filename: &str, options: &mut Options) -> Result<()> {
     let path = strip_protocol(filename).to_string();
-    let size = options.take_size("size")?.unwrap_or(0);
+    // Like file-posix, the file is created in whole sectors.
+    let size = options
+        .take_size("size")?
+        .unwrap_or(0)
+        .div_ceil(512)
+        .saturating_mul(512);
     let prealloc = match options.take("preallocation") {
         Some(p) => PreallocMode::parse(&p)
             .map_err(|_| Error::invalid(format!("invalid parameter value: {p}")))?,

@@ -73,6 +73,66 @@ fn parse_uint(arg: &str, max: u64, what: &str) -> Option<u64> {
     }
 }
 
+/// Applies one option; false after reporting a bad value.
+fn apply(p: &mut BenchParams, spec: &mut OpenSpec, key: char, arg: String) -> bool {
+    let int_max = i32::MAX as u64;
+    let set = |slot: &mut u64, v: Option<u64>| v.map(|v| *slot = v).is_some();
+    match key {
+        'c' => return set(&mut p.count, parse_uint(&arg, int_max, "request count")),
+        'd' => return set(&mut p.depth, parse_uint(&arg, int_max, "queue depth")),
+        'o' => return set(&mut p.offset, cli::cvtnum("offset", &arg).map(|v| v as u64)),
+        's' => {
+            let v = cli::cvtnum_full("buffer size", &arg, 0, i32::MAX as i64);
+            return set(&mut p.bufsize, v.map(|v| v as u64));
+        }
+        'S' => {
+            let v = cli::cvtnum_full("step_size", &arg, 0, i32::MAX as i64);
+            return set(&mut p.step, v.map(|v| v as u64));
+        }
+        OPT_FLUSH_INTERVAL => {
+            let v = parse_uint(&arg, int_max, "flush interval");
+            return set(&mut p.flush_interval, v);
+        }
+        OPT_PATTERN => match parse_uint(&arg, 0xff, "pattern byte") {
+            Some(v) => p.pattern = v as u8,
+            None => return false,
+        },
+        'f' => spec.fmt = Some(arg),
+        'n' => {
+            error_report(
+                "aio=native (linux-aio) is not supported by rqemu; use -i threads or -i io_uring",
+            );
+            return false;
+        }
+        'i' => match AioMode::parse(&arg) {
+            Ok(mode) => spec.flags.aio = mode,
+            Err(e) => {
+                match arg.as_str() {
+                    "native" => error_report(&e.to_string()),
+                    _ => error_report(&format!("Invalid aio option: {arg}")),
+                }
+                return false;
+            }
+        },
+        't' => match cli::parse_cache(&arg) {
+            Some(c) => {
+                spec.flags.cache = c;
+                spec.writethrough = !c.writeback;
+            }
+            None => {
+                error_report("Invalid cache mode");
+                return false;
+            }
+        },
+        'w' => p.write = true,
+        'U' => spec.flags.force_share = true,
+        OPT_NO_DRAIN => p.drain_on_flush = false,
+        OPT_IMAGE_OPTS => spec.image_opts = true,
+        _ => {}
+    }
+    true
+}
+
 /// Runs `qemu-img bench`.
 pub fn run(args: &[String]) -> i32 {
     let parsed = match cli::getopt(args, ":hc:d:f:ni:o:qs:S:t:wU", LONG) {
@@ -91,56 +151,11 @@ pub fn run(args: &[String]) -> i32 {
         drain_on_flush: true,
     };
     let mut spec = OpenSpec::default();
-    let int_max = i32::MAX as u64;
     for opt in parsed.opts {
-        let arg = opt.arg.unwrap_or_default();
-        let r = match opt.key {
-            'h' => return super::help::print_help(),
-            'c' => parse_uint(&arg, int_max, "request count").map(|v| p.count = v),
-            'd' => parse_uint(&arg, int_max, "queue depth").map(|v| p.depth = v),
-            'f' => Some(spec.fmt = Some(arg)),
-            'n' => {
-                error_report("aio=native (linux-aio) is not supported by rqemu; use -i threads or -i io_uring");
-                None
-            }
-            'i' => match AioMode::parse(&arg) {
-                Ok(mode) => Some(spec.flags.aio = mode),
-                Err(e) if arg == "native" => {
-                    error_report(&e.to_string());
-                    None
-                }
-                Err(_) => {
-                    error_report(&format!("Invalid aio option: {arg}"));
-                    None
-                }
-            },
-            'o' => cli::cvtnum("offset", &arg).map(|v| p.offset = v as u64),
-            'q' => Some(()),
-            's' => cli::cvtnum_full("buffer size", &arg, 0, i32::MAX as i64)
-                .map(|v| p.bufsize = v as u64),
-            'S' => cli::cvtnum_full("step_size", &arg, 0, i32::MAX as i64)
-                .map(|v| p.step = v as u64),
-            't' => match cli::parse_cache(&arg) {
-                Some(c) => {
-                    spec.flags.cache = c;
-                    Some(spec.writethrough = !c.writeback)
-                }
-                None => {
-                    error_report("Invalid cache mode");
-                    None
-                }
-            },
-            'w' => Some(p.write = true),
-            'U' => Some(spec.flags.force_share = true),
-            OPT_PATTERN => parse_uint(&arg, 0xff, "pattern byte").map(|v| p.pattern = v as u8),
-            OPT_FLUSH_INTERVAL => {
-                parse_uint(&arg, int_max, "flush interval").map(|v| p.flush_interval = v)
-            }
-            OPT_NO_DRAIN => Some(p.drain_on_flush = false),
-            OPT_IMAGE_OPTS => Some(spec.image_opts = true),
-            _ => Some(()),
-        };
-        if r.is_none() {
+        if opt.key == 'h' {
+            return super::help::print_help();
+        }
+        if !apply(&mut p, &mut spec, opt.key, opt.arg.unwrap_or_default()) {
             return 1;
         }
     }
@@ -225,7 +240,7 @@ fn bench_cb(data: &Rc<RefCell<BenchData>>, ret: block::Result<()>) {
         if b.n == 0 {
             b.done.restart_all();
         }
-        if b.p.flush_interval != 0 && remaining % b.p.flush_interval == 0 {
+        if b.p.flush_interval != 0 && remaining.is_multiple_of(b.p.flush_interval) {
             if b.in_flight == 0 || !b.p.drain_on_flush {
                 let d = data.clone();
                 let cb: block::backend::CompletionFn = if b.p.drain_on_flush {

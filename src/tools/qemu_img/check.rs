@@ -106,7 +106,10 @@ async fn check_image(
             return 63;
         }
         Err(e) => {
-            error_report(&format!("Check failed: {}", block::error::strerror(e.errno())));
+            error_report(&format!(
+                "Check failed: {}",
+                block::error::strerror(e.errno())
+            ));
             return 1;
         }
     };
@@ -121,7 +124,10 @@ async fn check_image(
         result = match bs.drv().co_check(bs, CheckFix::default()).await {
             Ok(r) => r,
             Err(e) => {
-                error_report(&format!("Check failed: {}", block::error::strerror(e.errno())));
+                error_report(&format!(
+                    "Check failed: {}",
+                    block::error::strerror(e.errno())
+                ));
                 return 1;
             }
         };

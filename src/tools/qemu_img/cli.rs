@@ -142,12 +142,12 @@ pub fn qemu_strtosz(text: &str) -> Result<u64, SizeError> {
         }
         number.parse().map_err(|_| SizeError::Invalid)?
     } else {
-        let v: u64 = number.parse().map_err(|e: std::num::ParseIntError| {
-            match e.kind() {
+        let v: u64 = number
+            .parse()
+            .map_err(|e: std::num::ParseIntError| match e.kind() {
                 std::num::IntErrorKind::PosOverflow => SizeError::Range,
                 _ => SizeError::Invalid,
-            }
-        })?;
+            })?;
         return v.checked_mul(1 << shift).ok_or(SizeError::Range);
     };
     let bytes = value * (1u64 << shift) as f64;
@@ -228,7 +228,9 @@ pub fn parse_output(output: Option<&str>) -> Option<OutputFormat> {
 
 /// `--object`: QOM objects (secrets for encrypted images) are not built yet.
 pub fn object_unsupported() -> i32 {
-    error_report("--object is not supported by rqemu-img yet (no secret or other user-creatable objects)");
+    error_report(
+        "--object is not supported by rqemu-img yet (no secret or other user-creatable objects)",
+    );
     1
 }
 
@@ -292,7 +294,10 @@ pub async fn img_open_with(spec: &OpenSpec, extra: Options) -> Option<Rc<BlockBa
         Ok(blk) => {
             blk.set_write_cache(!spec.writethrough);
             if probing && blk.bs().format_name() == "raw" && !blk.is_read_only() {
-                let name = blk.bs().file().map_or(spec.filename.clone(), |f| f.filename());
+                let name = blk
+                    .bs()
+                    .file()
+                    .map_or(spec.filename.clone(), |f| f.filename());
                 eprintln!("{}", raw_probe_warning(&name));
             }
             Some(blk)

@@ -152,7 +152,9 @@ impl Compare {
                     Err(code) => return code,
                 };
                 let mut chunk = status.1;
-                if status.0.contains(StatusFlags::ALLOCATED) && !status.0.contains(StatusFlags::ZERO) {
+                if status.0.contains(StatusFlags::ALLOCATED)
+                    && !status.0.contains(StatusFlags::ZERO)
+                {
                     chunk = chunk.min(IO_BUF_SIZE);
                     let r = check_empty(over, offset, chunk, self.quiet).await;
                     if r != 0 {
@@ -223,7 +225,11 @@ async fn status_of(side: &Side, offset: u64, bytes: u64) -> Result<(StatusFlags,
 
 async fn read(side: &Side, offset: u64, bytes: u64) -> Result<Vec<u8>, i32> {
     let buf = IoVector::alloc(bytes as usize);
-    match side.blk.co_preadv(offset, &buf, RequestFlags::empty()).await {
+    match side
+        .blk
+        .co_preadv(offset, &buf, RequestFlags::empty())
+        .await
+    {
         Ok(()) => Ok(buf.to_vec()),
         Err(e) => {
             error_report(&format!(

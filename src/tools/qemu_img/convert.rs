@@ -73,7 +73,7 @@ fn apply(a: &mut Args, key: char, arg: String) -> Result<(), i32> {
         'l' => a.snapshot = true,
         'S' => {
             let v = cli::cvtnum("buffer size for sparse output", &arg).ok_or(1)? as u64;
-            if v % SECTOR != 0 || v / SECTOR > MAX_BUF_SECTORS {
+            if !v.is_multiple_of(SECTOR) || v / SECTOR > MAX_BUF_SECTORS {
                 error_report(&format!(
                     "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to {}. Select 0 to disable sparse detection (fully allocates output).",
                     MAX_BUF_SECTORS * SECTOR
@@ -203,7 +203,12 @@ async fn open_sources(a: &Args, mode: block::node::CacheMode) -> Option<Vec<Rc<B
     Some(src)
 }
 
-async fn convert(a: &Args, src_mode: block::node::CacheMode, out: &str, mut progress: Progress) -> bool {
+async fn convert(
+    a: &Args,
+    src_mode: block::node::CacheMode,
+    out: &str,
+    mut progress: Progress,
+) -> bool {
     progress.print(0.0, 100);
     let Some(src) = open_sources(a, src_mode).await else {
         progress.end();
@@ -235,7 +240,9 @@ async fn prepare_target(
     nsrc: usize,
 ) -> Option<(Rc<BlockBackend>, bool)> {
     if a.snapshot {
-        error_report("Failed to load snapshot: internal snapshots are not supported by rqemu-img yet");
+        error_report(
+            "Failed to load snapshot: internal snapshots are not supported by rqemu-img yet",
+        );
         return None;
     }
     let out_fmt = a.out_fmt.clone();
@@ -329,7 +336,9 @@ fn create_options(a: &Args, fmt: &str, out: &str, total_bytes: u64) -> Option<Cr
         } else {
             ("Protocol", proto.format_name)
         };
-        error_report(&format!("{kind} driver '{name}' does not support image creation"));
+        error_report(&format!(
+            "{kind} driver '{name}' does not support image creation"
+        ));
         return None;
     }
     let mut opts = CreateOpts::new(drv, Some(proto));
@@ -381,8 +390,15 @@ async fn copy(
     s.target_has_backing = target_has_backing;
     let out_bs = target.bs();
     let limits = out_bs.limits();
-    s.buf_sectors = MAX_BUF_SECTORS.min(s.buf_sectors.max(limits.pdiscard_alignment as u64 / SECTOR));
-    let pow2floor = |x: u64| if x == 0 { 0 } else { 1u64 << (63 - x.leading_zeros()) };
+    s.buf_sectors =
+        MAX_BUF_SECTORS.min(s.buf_sectors.max(limits.pdiscard_alignment as u64 / SECTOR));
+    let pow2floor = |x: u64| {
+        if x == 0 {
+            0
+        } else {
+            1u64 << (63 - x.leading_zeros())
+        }
+    };
     s.alignment = pow2floor(s.min_sparse)
         .max((limits.request_alignment as u64).div_ceil(SECTOR))
         .max(1);
@@ -390,7 +406,10 @@ async fn copy(
         s.target_backing_sectors = out_bs.backing().map(|b| b.getlength() / SECTOR);
     }
     s.has_zero_init = a.target_is_zero
-        || (!a.skip_create && s.min_sparse != 0 && !target_has_backing && out_bs.drv().has_zero_init(out_bs));
+        || (!a.skip_create
+            && s.min_sparse != 0
+            && !target_has_backing
+            && out_bs.drv().has_zero_init(out_bs));
     let s = Rc::new(s);
     let ret = s.do_copy().await;
     s.progress_end(ret == 0);

@@ -224,9 +224,9 @@ impl ConvertState {
         let mut sector = 0;
         while sector < self.total_sectors {
             let n = self.iteration_sectors(&mut c, sector).await?;
-            if c.status == RunStatus::Data || (self.min_sparse == 0 && c.status == RunStatus::Zero) {
-                self.allocated_sectors
-                    .set(self.allocated_sectors.get() + n);
+            if c.status == RunStatus::Data || (self.min_sparse == 0 && c.status == RunStatus::Zero)
+            {
+                self.allocated_sectors.set(self.allocated_sectors.get() + n);
             }
             sector += n;
         }
@@ -338,7 +338,10 @@ impl ConvertState {
                 n = 1;
             }
             let part = buf.slice((pos * SECTOR) as usize, (n * SECTOR) as usize);
-            if let Err(e) = self.src[cur].co_preadv(offset, &part, RequestFlags::empty()).await {
+            if let Err(e) = self.src[cur]
+                .co_preadv(offset, &part, RequestFlags::empty())
+                .await
+            {
                 if !self.salvage {
                     return Err(e);
                 }
@@ -396,7 +399,9 @@ impl ConvertState {
                 if write_data {
                     self.throttle(n * SECTOR).await;
                     let data = part.slice(0, (n * SECTOR) as usize);
-                    self.target.co_pwritev(at, &data, RequestFlags::empty()).await?;
+                    self.target
+                        .co_pwritev(at, &data, RequestFlags::empty())
+                        .await?;
                 } else if !self.has_zero_init {
                     self.target
                         .co_pwrite_zeroes(at, n * SECTOR, RequestFlags::MAY_UNMAP)
@@ -425,7 +430,13 @@ impl ConvertState {
 
 /// Whether the first sector holds data, and for how many sectors that holds, ending on the
 /// write alignment where possible (is_allocated_sectors).
-fn is_allocated_sectors(buf: &IoVector, first: u64, n: u64, sector_num: u64, alignment: u64) -> (bool, u64) {
+fn is_allocated_sectors(
+    buf: &IoVector,
+    first: u64,
+    n: u64,
+    sector_num: u64,
+    alignment: u64,
+) -> (bool, u64) {
     if n == 0 {
         return (false, 0);
     }
@@ -456,7 +467,12 @@ fn is_allocated_sectors(buf: &IoVector, first: u64, n: u64, sector_num: u64, ali
 
 /// Like [`is_allocated_sectors`], but a data run absorbs zero stretches shorter than `min`
 /// sectors, so small holes do not split writes (is_allocated_sectors_min).
-fn is_allocated_sectors_min(buf: &IoVector, min: u64, sector_num: u64, alignment: u64) -> (bool, u64) {
+fn is_allocated_sectors_min(
+    buf: &IoVector,
+    min: u64,
+    sector_num: u64,
+    alignment: u64,
+) -> (bool, u64) {
     let mut n = buf.len() as u64 / SECTOR;
     let min = min.min(n);
     let (allocated, pnum) = is_allocated_sectors(buf, 0, n, sector_num, alignment);

@@ -8,8 +8,8 @@ use block::node::resolve_relative;
 use block::{OpenFlags, Options};
 
 use super::cli::{self, error_exit, error_report, long, OPT_OBJECT};
-use super::create_opts::{has_help_option, is_valid_option_list, print_block_option_help};
 use super::create_opts::CreateOpts;
+use super::create_opts::{has_help_option, is_valid_option_list, print_block_option_help};
 
 const LONG: &[crate::tools::getopt::LongOpt] =
     &[long("help", false, 'h'), long("object", true, OPT_OBJECT)];
@@ -70,11 +70,7 @@ pub fn run(args: &[String]) -> i32 {
             'F' => req.backing_fmt = Some(arg),
             'b' => req.backing = Some(arg),
             'f' => req.fmt = arg,
-            'o' => {
-                if !accumulate_options(&mut req.options, &arg) {
-                    return 1;
-                }
-            }
+            'o' if !accumulate_options(&mut req.options, &arg) => return 1,
             'q' => req.quiet = true,
             'u' => req.unsafe_backing = true,
             OPT_OBJECT => return cli::object_unsupported(),

@@ -30,7 +30,7 @@ pub fn is_valid_option_list(list: &str) -> bool {
         return false;
     }
     let trailing = list.len() - list.trim_end_matches(',').len();
-    trailing % 2 == 0
+    trailing.is_multiple_of(2)
 }
 
 /// Splits `a=1,b=x,,y` into items (a doubled comma is a literal comma).
@@ -285,10 +285,7 @@ mod tests {
         let mut o = CreateOpts::new(raw, Some(file));
         o.parse("preallocation=falloc,nocow=on").unwrap();
         o.set_number("size", 1 << 20);
-        assert_eq!(
-            o.print_line(),
-            "size=1048576 nocow=on preallocation=falloc"
-        );
+        assert_eq!(o.print_line(), "size=1048576 nocow=on preallocation=falloc");
         assert_eq!(o.parse("foo=bar").unwrap_err(), "Invalid parameter 'foo'");
         assert!(o.parse("nocow=maybe").is_err());
         assert_eq!(o.to_options().get("size"), Some("1048576"));

@@ -37,8 +37,14 @@ fn parse_operands(operands: &[String], dd: &mut Dd) -> bool {
         let ok = match key {
             "bs" => cli::cvtnum_full("bs", value, 1, i32::MAX as i64).map(|v| dd.bs = v as u64),
             "count" => cli::cvtnum("count", value).map(|v| dd.count = Some(v as u64)),
-            "if" => Some(dd.input = Some(value.to_string())),
-            "of" => Some(dd.output = Some(value.to_string())),
+            "if" => {
+                dd.input = Some(value.to_string());
+                Some(())
+            }
+            "of" => {
+                dd.output = Some(value.to_string());
+                Some(())
+            }
             "skip" => cli::cvtnum("skip", value).map(|v| dd.skip = Some(v as u64)),
             _ => {
                 error_report(&format!("unrecognized operand {key}"));
@@ -118,7 +124,8 @@ async fn copy(spec: &OpenSpec, dd: &Dd, output: &str, out_fmt: &str) -> bool {
         }
     }
     let skip_bytes = dd.skip.map(|s| s.checked_mul(dd.bs));
-    let beyond = matches!(skip_bytes, Some(None)) || matches!(skip_bytes, Some(Some(b)) if b > size);
+    let beyond =
+        matches!(skip_bytes, Some(None)) || matches!(skip_bytes, Some(Some(b)) if b > size);
     let in_start = if beyond {
         size
     } else {
@@ -140,7 +147,10 @@ async fn copy(spec: &OpenSpec, dd: &Dd, output: &str, out_fmt: &str) -> bool {
         return false;
     };
     if beyond {
-        error_report(&format!("{}: cannot skip to specified offset", spec.filename));
+        error_report(&format!(
+            "{}: cannot skip to specified offset",
+            spec.filename
+        ));
     }
     let buf = IoVector::alloc(dd.bs as usize);
     let (mut in_pos, mut out_pos) = (in_start, 0);

@@ -101,9 +101,7 @@ async fn collect_image_info_list(mut spec: OpenSpec, chain: bool) -> Option<Vec<
         };
         let _ = blk.close().await;
         let next = info.get("full-backing-filename").and_then(Value::as_str);
-        let next_fmt = info
-            .get("backing-filename-format")
-            .and_then(Value::as_str);
+        let next_fmt = info.get("backing-filename-format").and_then(Value::as_str);
         let (next, next_fmt) = (next.map(str::to_string), next_fmt.map(str::to_string));
         list.push(info);
         match next {
@@ -176,11 +174,7 @@ pub fn dump_human_image_info(info: &Value, indentation: usize, path: &str) -> St
             "",
             ind = indentation * 4
         );
-        out += &dump_human_image_info(
-            &child["info"],
-            indentation + 1,
-            &format!("{path}{name}/"),
-        );
+        out += &dump_human_image_info(&child["info"], indentation + 1, &format!("{path}{name}/"));
     }
     out
 }

@@ -146,7 +146,10 @@ pub async fn get_block_status(
         if status.bytes == 0 {
             return Err(block::Error::from_errno(libc::EIO));
         }
-        if status.flags.intersects(StatusFlags::ZERO | StatusFlags::DATA) {
+        if status
+            .flags
+            .intersects(StatusFlags::ZERO | StatusFlags::DATA)
+        {
             break status;
         }
         match layer.backing() {
@@ -159,7 +162,9 @@ pub async fn get_block_status(
     };
     let has_offset = status.flags.contains(StatusFlags::OFFSET_VALID);
     let present = status.flags.contains(StatusFlags::ALLOCATED)
-        && status.flags.intersects(StatusFlags::ZERO | StatusFlags::DATA);
+        && status
+            .flags
+            .intersects(StatusFlags::ZERO | StatusFlags::DATA);
     Ok(MapEntry {
         start: offset,
         length: status.bytes,

@@ -46,11 +46,7 @@ pub fn run(args: &[String]) -> i32 {
             'h' => return super::help::print_help(),
             'f' => spec.fmt = Some(arg),
             'O' => out_fmt = arg,
-            'o' => {
-                if !accumulate_options(&mut options, &arg) {
-                    return 1;
-                }
-            }
+            'o' if !accumulate_options(&mut options, &arg) => return 1,
             'l' => snapshot = true,
             'U' => spec.flags.force_share = true,
             OPT_OBJECT => return cli::object_unsupported(),
@@ -87,7 +83,9 @@ pub fn run(args: &[String]) -> i32 {
         _ => {}
     }
     if snapshot {
-        error_report("Failed to load snapshot: internal snapshots are not supported by rqemu-img yet");
+        error_report(
+            "Failed to load snapshot: internal snapshots are not supported by rqemu-img yet",
+        );
         return 1;
     }
     spec.filename = filename.clone().unwrap_or_default();
@@ -100,7 +98,12 @@ pub fn run(args: &[String]) -> i32 {
             },
             None => None,
         };
-        let info = measure(&out_fmt, options.as_deref(), size, blk.as_ref().map(|b| b.bs()));
+        let info = measure(
+            &out_fmt,
+            options.as_deref(),
+            size,
+            blk.as_ref().map(|b| b.bs()),
+        );
         if let Some(b) = blk {
             let _ = b.close().await;
         }

@@ -121,7 +121,14 @@ mod tests {
             .collect();
         assert_eq!(
             keys,
-            ["children", "virtual-size", "filename", "format", "actual-size", "dirty-flag"]
+            [
+                "children",
+                "virtual-size",
+                "filename",
+                "format",
+                "actual-size",
+                "dirty-flag"
+            ]
         );
     }
 
