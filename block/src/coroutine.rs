@@ -52,6 +52,10 @@ impl CoQueue {
     /// Waits while `condition()` holds, re-checking after each wakeup. The listener is
     /// registered before each check, so a restart between check and wait is never lost.
     pub async fn wait_while(&self, mut condition: impl FnMut() -> bool) {
+        // Fast path: most requests never wait, and a listener costs an allocation.
+        if !condition() {
+            return;
+        }
         loop {
             let listener = self.event.listen();
             if !condition() {

@@ -81,6 +81,15 @@ fn check_request(offset: u64, bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// The part of `qiov` a piece covers; the whole vector itself when the request is one piece.
+fn piece(qiov: &IoVector, done: u64, n: u64) -> std::borrow::Cow<'_, IoVector> {
+    if done == 0 && n as usize == qiov.len() {
+        std::borrow::Cow::Borrowed(qiov)
+    } else {
+        std::borrow::Cow::Owned(qiov.slice(done as usize, n as usize))
+    }
+}
+
 fn round_down(x: u64, align: u64) -> u64 {
     x - x % align
 }
@@ -178,13 +187,7 @@ impl BlockDriverState {
         let align = self.limits().request_alignment as u64;
         let total = self.total_bytes.get();
         let readable = round_up(total.saturating_sub(offset), align).min(bytes);
-        let max = match self.limits().max_transfer {
-            0 => MAX_REQUEST_BYTES,
-            m => m,
-        };
-        let mut done = 0;
-        while done < readable {
-            let n = (readable - done).min(max);
+        for (done, n) in self.max_transfer_pieces(readable) {
             let part = qiov.slice(done as usize, n as usize);
             self.drv()
                 .co_preadv(
@@ -194,7 +197,6 @@ impl BlockDriverState {
                     flags & !RequestFlags::SERIALISING,
                 )
                 .await?;
-            done += n;
         }
         if readable < bytes {
             qiov.fill(readable as usize, (bytes - readable) as usize, 0);
@@ -296,24 +298,28 @@ impl BlockDriverState {
             return self.aligned_pwrite_zeroes(offset, bytes, flags).await;
         }
         let supported = self.drv().supported_write_flags();
-        let max = match self.limits().max_transfer {
-            0 => MAX_REQUEST_BYTES,
-            m => m,
-        };
-        let mut done = 0;
-        while done < bytes {
-            let n = (bytes - done).min(max);
-            let part = qiov.slice(done as usize, n as usize);
+        for (done, n) in self.max_transfer_pieces(bytes) {
+            let part = piece(qiov, done, n);
             self.drv()
                 .co_pwritev(self, offset + done, &part, flags & supported)
                 .await?;
-            done += n;
         }
         if flags.contains(RequestFlags::FUA) && !supported.contains(RequestFlags::FUA) {
             self.co_flush().await?;
         }
         self.grow_to(offset + bytes);
         Ok(())
+    }
+
+    /// The pieces `(offset in the request, length)` a request is split into at max_transfer.
+    fn max_transfer_pieces(&self, bytes: u64) -> impl Iterator<Item = (u64, u64)> {
+        let max = match self.limits().max_transfer {
+            0 => MAX_REQUEST_BYTES,
+            m => m,
+        };
+        (0..bytes)
+            .step_by(max as usize)
+            .map(move |done| (done, (bytes - done).min(max)))
     }
 
     fn grow_to(&self, end: u64) {
@@ -399,7 +405,7 @@ impl BlockDriverState {
         while pos < end {
             // Head up to the next alignment boundary, then whole aligned pieces, then the tail.
             let boundary = round_up(pos + 1, zero_align);
-            let n = if pos % zero_align != 0 {
+            let n = if !pos.is_multiple_of(zero_align) {
                 boundary.min(end) - pos
             } else if end - pos >= zero_align {
                 round_down(end - pos, zero_align)

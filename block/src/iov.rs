@@ -10,6 +10,8 @@ use std::alloc::{self, Layout};
 use std::any::Any;
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 /// Alignment of buffers the block layer allocates: enough for O_DIRECT on any device.
 pub const BUFFER_ALIGN: usize = 4096;
 
@@ -51,6 +53,9 @@ impl Drop for AlignedBuffer {
     }
 }
 
+/// The iovec array of a vector; small ones stay inline.
+pub type IovecArray = SmallVec<[libc::iovec; 2]>;
+
 #[derive(Clone, Copy)]
 struct Segment {
     base: *mut u8,
@@ -58,11 +63,14 @@ struct Segment {
 }
 
 /// A scatter/gather list (QEMUIOVector). Cloning or slicing shares the same memory.
+///
+/// Most vectors have one or two segments and one owner, so those live inline: cloning and
+/// slicing a request's vector on its way down the graph allocates nothing.
 #[derive(Clone, Default)]
 pub struct IoVector {
-    segments: Vec<Segment>,
+    segments: SmallVec<[Segment; 2]>,
     size: usize,
-    keepalive: Vec<Arc<dyn Any + Send + Sync>>,
+    keepalive: SmallVec<[Arc<dyn Any + Send + Sync>; 2]>,
 }
 
 // SAFETY: the segments point into memory owned by `keepalive` (or, for `from_raw_parts`,
@@ -157,7 +165,7 @@ impl IoVector {
     }
 
     /// The segments as `struct iovec`s, for preadv/pwritev and io_uring.
-    pub fn iovecs(&self) -> Vec<libc::iovec> {
+    pub fn iovecs(&self) -> IovecArray {
         self.segments
             .iter()
             .map(|s| libc::iovec {
@@ -171,7 +179,7 @@ impl IoVector {
     pub fn is_aligned(&self, align: usize) -> bool {
         self.segments
             .iter()
-            .all(|s| (s.base as usize) % align == 0 && s.len % align == 0)
+            .all(|s| (s.base as usize).is_multiple_of(align) && s.len.is_multiple_of(align))
     }
 
     /// Walks the (pointer, length) pieces covering `offset..offset+len`.

@@ -18,6 +18,7 @@ pub mod iov;
 pub mod node;
 pub mod options;
 pub mod protocols;
+pub mod temp_snapshot;
 #[macro_use]
 pub mod trace;
 

@@ -120,6 +120,8 @@ pub struct OpenFlags {
     pub unmap: bool,
     /// I/O engine for the file protocol.
     pub aio: AioMode,
+    /// Send writes to a temporary overlay (BDRV_O_SNAPSHOT, `-s`).
+    pub snapshot: bool,
 }
 
 /// A child link of a node (QEMU's BdrvChild).
@@ -141,6 +143,7 @@ pub struct BlockDriverState {
     flags: OpenFlags,
     pub(crate) detect_zeroes: DetectZeroes,
     children: RefCell<Vec<BdrvChild>>,
+    probed: Cell<bool>,
     limits: Cell<BlockLimits>,
     pub(crate) total_bytes: Cell<u64>,
     pub(crate) tracked: TrackedRequests,
@@ -167,6 +170,7 @@ impl BlockDriverState {
             flags,
             detect_zeroes,
             children: RefCell::new(Vec::new()),
+            probed: Cell::new(false),
             limits: Cell::new(BlockLimits::default()),
             total_bytes: Cell::new(0),
             tracked: TrackedRequests::default(),
@@ -211,6 +215,12 @@ impl BlockDriverState {
     /// Whether the node is read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only.get()
+    }
+
+    /// Whether the format was guessed by probing rather than named (bs->probed): raw then
+    /// refuses writes that would make the image probe as another format.
+    pub fn was_probed(&self) -> bool {
+        self.probed.get()
     }
 
     /// The flags the node was opened with.
@@ -308,7 +318,16 @@ pub async fn bdrv_open(
     options: Options,
     flags: OpenFlags,
 ) -> Result<Rc<BlockDriverState>> {
-    open_node(filename.map(str::to_string), options, flags, true).await
+    if !flags.snapshot {
+        return open_node(filename.map(str::to_string), options, flags, true).await;
+    }
+    let base_flags = OpenFlags {
+        read_only: true,
+        snapshot: false,
+        ..flags
+    };
+    let base = open_node(filename.map(str::to_string), options, base_flags, true).await?;
+    crate::temp_snapshot::bdrv_append_temp_snapshot(base, flags).await
 }
 
 /// Generic option keys every node takes, with the flag each one defaults from.
@@ -360,7 +379,7 @@ fn take_generic_options(
     Ok((flags, detect))
 }
 
-fn open_node(
+pub(crate) fn open_node(
     filename: Option<String>,
     mut options: Options,
     flags: OpenFlags,
@@ -419,6 +438,7 @@ fn open_node(
                     flags,
                     detect_zeroes,
                 ));
+                bs.probed.set(class.is_none());
                 bs.attach_child("file", file);
                 bs
             }

@@ -67,6 +67,27 @@ async fn create(filename: &str, options: &mut Options) -> Result<()> {
     create(filename, options).await
 }
 
+/// How much of the start of an image probing looks at (and a probed raw image guards).
+const PROBE_GUARD_BYTES: u64 = 512;
+
+/// A probed raw image must stay raw: refuse a write to its first sector that would make the
+/// next probe pick another format, which could let a guest turn its disk into, say, a qcow2
+/// header pointing at host files (raw_co_pwritev's probing guard).
+async fn check_probe_guard(bs: &BlockDriverState, offset: u64, qiov: &IoVector) -> Result<()> {
+    let first = IoVector::alloc(PROBE_GUARD_BYTES as usize);
+    bs.file()
+        .expect("format nodes have a file child")
+        .co_preadv(0, &first, RequestFlags::empty())
+        .await?;
+    let n = (PROBE_GUARD_BYTES - offset).min(qiov.len() as u64) as usize;
+    first.copy_from(offset as usize, qiov, 0, n);
+    let probed = block::driver::probe_format(&first.to_vec(), &bs.filename());
+    if probed.is_some_and(|c| c.format_name != "raw") {
+        return Err(Error::from_errno(libc::EPERM));
+    }
+    Ok(())
+}
+
 impl RawDriver {
     /// Checks a request against the window and moves it into file coordinates.
     fn map(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<u64> {
@@ -105,6 +126,9 @@ impl BlockDriver for RawDriver {
         flags: RequestFlags,
     ) -> Result<()> {
         let at = self.map(bs, offset, qiov.len() as u64)?;
+        if bs.was_probed() && offset < PROBE_GUARD_BYTES {
+            check_probe_guard(bs, offset, qiov).await?;
+        }
         Self::file(bs).co_pwritev(at, qiov, flags).await
     }
 

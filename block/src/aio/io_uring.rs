@@ -39,7 +39,7 @@ struct InFlight {
     /// Set when the waiting coroutine went away: the slot is freed on completion instead.
     orphaned: bool,
     /// The iovec array and the memory it points to must outlive the kernel's use of them.
-    _iovecs: Vec<libc::iovec>,
+    _iovecs: Box<[libc::iovec]>,
     _buffers: Option<IoVector>,
 }
 
@@ -67,11 +67,7 @@ impl IoUringEngine {
 
     /// Reads into `qiov` from `fd` at `offset`; returns the byte count (may be short).
     pub async fn preadv(self: &Rc<Self>, fd: RawFd, qiov: &IoVector, offset: u64) -> Result<usize> {
-        let iovecs = qiov.iovecs();
-        let entry = opcode::Readv::new(types::Fd(fd), iovecs.as_ptr(), iovecs.len() as u32)
-            .offset(offset)
-            .build();
-        self.submit(entry, iovecs, Some(qiov.clone())).await
+        self.submit_rw(fd, qiov, offset, false).await
     }
 
     /// Writes `qiov` to `fd` at `offset`; returns the byte count (may be short).
@@ -81,11 +77,38 @@ impl IoUringEngine {
         qiov: &IoVector,
         offset: u64,
     ) -> Result<usize> {
+        self.submit_rw(fd, qiov, offset, true).await
+    }
+
+    /// A single-segment request is a plain READ/WRITE with the buffer address; a vector needs
+    /// READV/WRITEV and an iovec array, kept on the heap so it stays put until the kernel has
+    /// consumed it.
+    fn submit_rw(
+        self: &Rc<Self>,
+        fd: RawFd,
+        qiov: &IoVector,
+        offset: u64,
+        write: bool,
+    ) -> impl Future<Output = Result<usize>> {
         let iovecs = qiov.iovecs();
-        let entry = opcode::Writev::new(types::Fd(fd), iovecs.as_ptr(), iovecs.len() as u32)
-            .offset(offset)
-            .build();
-        self.submit(entry, iovecs, Some(qiov.clone())).await
+        let fd = types::Fd(fd);
+        if let [one] = iovecs.as_slice() {
+            let (base, len) = (one.iov_base.cast::<u8>(), one.iov_len as u32);
+            let entry = if write {
+                opcode::Write::new(fd, base, len).offset(offset).build()
+            } else {
+                opcode::Read::new(fd, base, len).offset(offset).build()
+            };
+            return self.submit(entry, Box::default(), Some(qiov.clone()));
+        }
+        let iovecs: Box<[libc::iovec]> = iovecs.into_vec().into_boxed_slice();
+        let (ptr, n) = (iovecs.as_ptr(), iovecs.len() as u32);
+        let entry = if write {
+            opcode::Writev::new(fd, ptr, n).offset(offset).build()
+        } else {
+            opcode::Readv::new(fd, ptr, n).offset(offset).build()
+        };
+        self.submit(entry, iovecs, Some(qiov.clone()))
     }
 
     /// fdatasync(fd) through the ring.
@@ -93,13 +116,13 @@ impl IoUringEngine {
         let entry = opcode::Fsync::new(types::Fd(fd))
             .flags(types::FsyncFlags::DATASYNC)
             .build();
-        self.submit(entry, Vec::new(), None).await.map(|_| ())
+        self.submit(entry, Box::default(), None).await.map(|_| ())
     }
 
     fn submit(
         self: &Rc<Self>,
         entry: squeue::Entry,
-        iovecs: Vec<libc::iovec>,
+        iovecs: Box<[libc::iovec]>,
         buffers: Option<IoVector>,
     ) -> impl Future<Output = Result<usize>> {
         let slot = self.alloc_slot(InFlight {

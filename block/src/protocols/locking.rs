@@ -41,7 +41,7 @@ fn lock_op(fd: RawFd, cmd: i32, lock_type: i32, byte: i64) -> Result<Option<i32>
 
 /// Whether another open file holds a lock on `byte` that conflicts with an exclusive one.
 fn locked_by_other(fd: RawFd, byte: i64) -> Result<bool> {
-    Ok(lock_op(fd, libc::F_OFD_GETLK, libc::F_WRLCK, byte)? != Some(libc::F_UNLCK as i32))
+    Ok(lock_op(fd, libc::F_OFD_GETLK, libc::F_WRLCK, byte)? != Some(libc::F_UNLCK))
 }
 
 /// Takes the locks for holding `perm` and sharing only `shared`, after checking that nobody
