@@ -289,11 +289,11 @@ pub async fn img_open_with(spec: &OpenSpec, extra: Options) -> Option<Rc<BlockBa
     for (k, v) in extra.iter() {
         opts.set_default(k, v);
     }
-    let probing = !opts.contains("driver") && !spec.filename.starts_with("json:");
     match BlockBackend::open(filename.as_deref(), opts, spec.flags).await {
         Ok(blk) => {
             blk.set_write_cache(!spec.writethrough);
-            if probing && blk.bs().format_name() == "raw" && !blk.is_read_only() {
+            // raw_open's warning: a guessed raw format opened for writing.
+            if blk.bs().was_probed() && blk.bs().format_name() == "raw" && !blk.is_read_only() {
                 let name = blk
                     .bs()
                     .file()
