@@ -32,6 +32,8 @@ bitflags::bitflags! {
         const NO_FALLBACK = 0x100;
         /// Wait for overlapping requests and make later ones wait (BDRV_REQ_SERIALISING).
         const SERIALISING = 0x80;
+        /// Store the data compressed; whole clusters only (BDRV_REQ_WRITE_COMPRESSED).
+        const WRITE_COMPRESSED = 0x20;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use block::{BlockBackend, OpenFlags, Options};
+use block::{BlockBackend, OpenFlags, Options, RequestFlags};
 
 use super::cli::{self, error_report, long, OpenSpec};
 use super::cli::{OPT_BITMAPS, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_SALVAGE, OPT_SKIP_BROKEN};
@@ -269,8 +269,17 @@ async fn prepare_target(
         return None;
     }
     if a.compressed {
-        error_report("Compression not supported for this file format");
-        return None;
+        // raw has no compressed layout; other formats are asked once the target is open.
+        let raw = out_fmt.as_deref() == Some("raw");
+        if raw && !a.skip_create {
+            error_report("Compression not supported for this file format");
+            return None;
+        }
+        let prealloc = create.as_ref().and_then(|(_, o)| o.get("preallocation"));
+        if prealloc.is_some_and(|p| p != "off") {
+            error_report("Compression and preallocation not supported at the same time");
+            return None;
+        }
     }
     if a.bitmaps {
         error_report(if nsrc > 1 {
@@ -310,6 +319,15 @@ async fn prepare_target(
         writethrough: !mode.writeback,
     };
     let target = cli::img_open_with(&spec, Options::new()).await?;
+    let can_compress = target
+        .bs()
+        .drv()
+        .supported_write_flags()
+        .contains(RequestFlags::WRITE_COMPRESSED);
+    if a.compressed && !can_compress {
+        error_report("Compression not supported for this file format");
+        return None;
+    }
     if a.skip_create && target.getlength() / SECTOR < total_bytes / SECTOR {
         error_report("output file is smaller than input file");
         return None;
@@ -404,6 +422,18 @@ async fn copy(
         .max(1);
     if target_has_backing && !a.skip_create {
         s.target_backing_sectors = out_bs.backing().map(|b| b.getlength() / SECTOR);
+    }
+    s.compressed = a.compressed;
+    s.cluster_sectors = out_bs
+        .drv()
+        .get_info(out_bs)
+        .map_or(0, |i| i.cluster_size / SECTOR);
+    if s.compressed {
+        if s.cluster_sectors == 0 || s.cluster_sectors > s.buf_sectors {
+            error_report("invalid cluster size");
+            return false;
+        }
+        s.buf_sectors = s.cluster_sectors;
     }
     s.has_zero_init = a.target_is_zero
         || (!a.skip_create

@@ -71,6 +71,10 @@ pub struct ConvertState {
     pub num_coroutines: usize,
     /// `-r` in bytes per second (0: unlimited).
     pub rate_limit: u64,
+    /// `-c`: write whole clusters compressed.
+    pub compressed: bool,
+    /// The target's cluster size in sectors (for `-c`).
+    pub cluster_sectors: u64,
     total_sectors: u64,
     allocated_sectors: Cell<u64>,
     allocated_done: Cell<u64>,
@@ -104,6 +108,8 @@ impl ConvertState {
             buf_sectors: 4096,
             num_coroutines: 8,
             rate_limit: 0,
+            compressed: false,
+            cluster_sectors: 0,
             total_sectors,
             allocated_sectors: Cell::new(0),
             allocated_done: Cell::new(0),
@@ -214,6 +220,15 @@ impl ConvertState {
         n = n.min(c.sector_next_status - sector_num);
         if c.status == RunStatus::Data {
             n = n.min(self.buf_sectors);
+        }
+        if self.compressed {
+            // Compressed writes take whole clusters: a short run is read as a full cluster.
+            if n < self.cluster_sectors {
+                n = self.cluster_sectors.min(self.total_sectors - sector_num);
+                c.status = RunStatus::Data;
+            } else {
+                n -= n % self.cluster_sectors;
+            }
         }
         Ok(n)
     }
@@ -383,6 +398,7 @@ impl ConvertState {
             };
             let write_data = match status {
                 RunStatus::BackingFile | RunStatus::Zero => false,
+                RunStatus::Data if self.compressed => !part.is_zero(),
                 RunStatus::Data if self.min_sparse == 0 => true,
                 RunStatus::Data => {
                     let (allocated, pnum) = is_allocated_sectors_min(
@@ -399,9 +415,12 @@ impl ConvertState {
                 if write_data {
                     self.throttle(n * SECTOR).await;
                     let data = part.slice(0, (n * SECTOR) as usize);
-                    self.target
-                        .co_pwritev(at, &data, RequestFlags::empty())
-                        .await?;
+                    let flags = if self.compressed {
+                        RequestFlags::WRITE_COMPRESSED
+                    } else {
+                        RequestFlags::empty()
+                    };
+                    self.target.co_pwritev(at, &data, flags).await?;
                 } else if !self.has_zero_init {
                     self.target
                         .co_pwrite_zeroes(at, n * SECTOR, RequestFlags::MAY_UNMAP)
