@@ -253,10 +253,6 @@ async fn prepare_target(
         let opts = create_options(a, &fmt, out, total_bytes)?;
         if let Some(b) = opts.get("backing_file") {
             backing = Some(b.to_string());
-            if opts.get("backing_fmt").is_none() {
-                error_report("Use of backing file requires explicit backing format");
-                return None;
-            }
         }
         create = Some((fmt, opts));
     }
@@ -266,6 +262,16 @@ async fn prepare_target(
     }
     if nsrc > 1 && backing.is_some() {
         error_report("Having a backing file for the target makes no sense when concatenating multiple input images");
+        return None;
+    }
+    let backing_param = create.as_ref().and_then(|(_, o)| o.get("backing_file"));
+    if backing_param.is_some()
+        && create
+            .as_ref()
+            .and_then(|(_, o)| o.get("backing_fmt"))
+            .is_none()
+    {
+        error_report("Use of backing file requires explicit backing format");
         return None;
     }
     if a.compressed {

@@ -398,8 +398,8 @@ impl ConvertState {
             };
             let write_data = match status {
                 RunStatus::BackingFile | RunStatus::Zero => false,
-                RunStatus::Data if self.compressed => !part.is_zero(),
                 RunStatus::Data if self.min_sparse == 0 => true,
+                RunStatus::Data if self.compressed => !part.is_zero(),
                 RunStatus::Data => {
                     let (allocated, pnum) = is_allocated_sectors_min(
                         &part,

@@ -141,11 +141,18 @@ pub async fn get_block_status(
 ) -> block::Result<MapEntry> {
     let mut layer = bs.clone();
     let mut depth = 0;
+    let mut bytes = bytes;
     let status = loop {
-        let status = layer.co_block_status(true, offset, bytes).await?;
+        let mut status = layer.co_block_status(true, offset, bytes).await?;
         if status.bytes == 0 {
-            return Err(block::Error::from_errno(libc::EIO));
+            if depth == 0 {
+                return Err(block::Error::from_errno(libc::EIO));
+            }
+            // Past the end of a shorter backing file: zeroes.
+            status = block::driver::BlockStatus::new(StatusFlags::ZERO, bytes);
+            break status;
         }
+        bytes = status.bytes;
         if status
             .flags
             .intersects(StatusFlags::ZERO | StatusFlags::DATA)
