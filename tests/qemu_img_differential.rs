@@ -381,6 +381,51 @@ fn convert_dd_and_resize_give_identical_bytes() {
         &["dd", "if=a.img", "of=out.img", "bs=0"],
         out,
     );
+    same(
+        "convert-p",
+        &two_images,
+        &["convert", "-p", "-O", "raw", "a.img", "out.img"],
+        out,
+    );
+    same(
+        "convert-image-opts",
+        &two_images,
+        &[
+            "convert",
+            "--image-opts",
+            "driver=raw,file.filename=c.img",
+            "out.img",
+        ],
+        out,
+    );
+    same(
+        "convert-json",
+        &two_images,
+        &[
+            "convert",
+            "json:{'driver': 'null-co', 'size': 1048576, 'read-zeroes': true}",
+            "out.img",
+        ],
+        out,
+    );
+    same(
+        "convert-target-image-opts",
+        &two_images,
+        &[
+            "convert",
+            "-n",
+            "--target-image-opts",
+            "c.img",
+            "driver=raw,file.filename=b.img",
+        ],
+        into_b,
+    );
+    same(
+        "compare-p",
+        &two_images,
+        &["compare", "-p", "a.img", "b.img"],
+        &[],
+    );
     let a = &["a.img"];
     same(
         "resize-grow",
