@@ -245,61 +245,22 @@ async fn prepare_target(
         );
         return None;
     }
-    let out_fmt = a.out_fmt.clone();
-    let mut backing = a.backing.clone();
-    let mut create = None;
-    if !a.skip_create {
-        let fmt = out_fmt.clone().unwrap_or_default();
-        let opts = create_options(a, &fmt, out, total_bytes)?;
-        if let Some(b) = opts.get("backing_file") {
-            backing = Some(b.to_string());
+    let create = match a.skip_create {
+        true => None,
+        false => {
+            let fmt = a.out_fmt.clone().unwrap_or_default();
+            Some((create_options(a, &fmt, out, total_bytes)?, fmt))
         }
-        create = Some((fmt, opts));
-    }
-    if a.target_is_zero && backing.is_some() {
-        error_report("Cannot use --target-is-zero when the destination image has a backing file");
+    };
+    let opts = create.as_ref().map(|(o, _)| o);
+    let backing = opts
+        .and_then(|o| o.get("backing_file").map(str::to_string))
+        .or_else(|| a.backing.clone());
+    if let Err(msg) = check_target(a, opts, backing.is_some(), nsrc) {
+        error_report(msg);
         return None;
     }
-    if nsrc > 1 && backing.is_some() {
-        error_report("Having a backing file for the target makes no sense when concatenating multiple input images");
-        return None;
-    }
-    let backing_param = create.as_ref().and_then(|(_, o)| o.get("backing_file"));
-    if backing_param.is_some()
-        && create
-            .as_ref()
-            .and_then(|(_, o)| o.get("backing_fmt"))
-            .is_none()
-    {
-        error_report("Use of backing file requires explicit backing format");
-        return None;
-    }
-    if a.compressed {
-        // raw has no compressed layout; other formats are asked once the target is open.
-        let raw = out_fmt.as_deref() == Some("raw");
-        if raw && !a.skip_create {
-            error_report("Compression not supported for this file format");
-            return None;
-        }
-        let prealloc = create.as_ref().and_then(|(_, o)| o.get("preallocation"));
-        if prealloc.is_some_and(|p| p != "off") {
-            error_report("Compression and preallocation not supported at the same time");
-            return None;
-        }
-    }
-    if a.bitmaps {
-        error_report(if nsrc > 1 {
-            "Copying bitmaps only possible with single source"
-        } else {
-            "Source lacks bitmap support"
-        });
-        return None;
-    }
-    if a.copy_range {
-        error_report("Copy offloading (-C) is not supported by rqemu-img yet");
-        return None;
-    }
-    if let Some((fmt, opts)) = &create {
+    if let Some((opts, fmt)) = &create {
         let drv = block::driver::find_driver(fmt).expect("checked in create_options");
         let create_fn = drv.create.expect("checked in create_options");
         if let Err(e) = create_fn(out, &mut opts.to_options()).await {
@@ -307,24 +268,7 @@ async fn prepare_target(
             return None;
         }
     }
-    let cache = a.cache.clone().unwrap_or_else(|| "unsafe".into());
-    let Some(mode) = cli::parse_cache(&cache) else {
-        error_report(&format!("Invalid cache option: {cache}"));
-        return None;
-    };
-    let min_sparse = a.min_sparse.unwrap_or(8);
-    let spec = OpenSpec {
-        filename: out.to_string(),
-        fmt: out_fmt,
-        image_opts: a.skip_create && a.tgt_image_opts,
-        flags: OpenFlags {
-            cache: mode,
-            unmap: min_sparse != 0,
-            ..OpenFlags::default()
-        },
-        writethrough: !mode.writeback,
-    };
-    let target = cli::img_open_with(&spec, Options::new()).await?;
+    let target = open_target(a, out).await?;
     let can_compress = target
         .bs()
         .drv()
@@ -339,6 +283,66 @@ async fn prepare_target(
         return None;
     }
     Some((target, backing.is_some()))
+}
+
+/// The checks img_convert makes between parsing the target options and creating it.
+fn check_target(
+    a: &Args,
+    opts: Option<&CreateOpts>,
+    has_backing: bool,
+    nsrc: usize,
+) -> Result<(), &'static str> {
+    let opt = |k: &str| opts.and_then(|o| o.get(k));
+    if a.target_is_zero && has_backing {
+        return Err("Cannot use --target-is-zero when the destination image has a backing file");
+    }
+    if nsrc > 1 && has_backing {
+        return Err("Having a backing file for the target makes no sense when concatenating multiple input images");
+    }
+    if opt("backing_file").is_some() && opt("backing_fmt").is_none() {
+        return Err("Use of backing file requires explicit backing format");
+    }
+    if a.compressed {
+        // raw has no compressed layout; other formats are asked once the target is open.
+        if a.out_fmt.as_deref() == Some("raw") && !a.skip_create {
+            return Err("Compression not supported for this file format");
+        }
+        if opt("preallocation").is_some_and(|p| p != "off") {
+            return Err("Compression and preallocation not supported at the same time");
+        }
+    }
+    if a.bitmaps {
+        return Err(if nsrc > 1 {
+            "Copying bitmaps only possible with single source"
+        } else {
+            "Source lacks bitmap support"
+        });
+    }
+    if a.copy_range {
+        return Err("Copy offloading (-C) is not supported by rqemu-img yet");
+    }
+    Ok(())
+}
+
+/// Opens the target: cache mode `-t` (default unsafe), discard on when sparse.
+async fn open_target(a: &Args, out: &str) -> Option<Rc<BlockBackend>> {
+    let cache = a.cache.clone().unwrap_or_else(|| "unsafe".into());
+    let Some(mode) = cli::parse_cache(&cache) else {
+        error_report(&format!("Invalid cache option: {cache}"));
+        return None;
+    };
+    let spec = OpenSpec {
+        filename: out.to_string(),
+        fmt: a.out_fmt.clone(),
+        image_opts: a.skip_create && a.tgt_image_opts,
+        flags: OpenFlags {
+            cache: mode,
+            unmap: a.min_sparse.unwrap_or(8) != 0,
+            ..OpenFlags::default()
+        },
+        writethrough: !mode.writeback,
+    };
+    cli::img_open_with(&spec, Options::new()).await
 }
 
 /// The target's creation options: -o, the size, -B/-F (convert's part of bdrv_img_create).

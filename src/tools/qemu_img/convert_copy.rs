@@ -166,40 +166,8 @@ impl ConvertState {
         }
         if c.sector_next_status <= sector_num {
             let offset = (sector_num - cur_offset) * SECTOR;
-            let src = self.src[cur].bs();
-            let base = if self.target_has_backing {
-                src.backing()
-            } else {
-                None
-            };
-            let flags = loop {
-                match src
-                    .co_block_status_above(base.as_deref(), true, offset, n * SECTOR)
-                    .await
-                {
-                    Ok((st, _)) => {
-                        n = st.bytes.div_ceil(SECTOR).max(1);
-                        break st.flags;
-                    }
-                    Err(e) if self.salvage && n == 1 => {
-                        if !self.quiet {
-                            warn_report(&format!(
-                                "error while reading block status at offset {offset}: {}",
-                                block::error::strerror(e.errno())
-                            ));
-                        }
-                        break StatusFlags::DATA;
-                    }
-                    Err(_) if self.salvage => n = n.div_ceil(4),
-                    Err(e) => {
-                        error_report(&format!(
-                            "error while reading block status at offset {offset}: {}",
-                            block::error::strerror(e.errno())
-                        ));
-                        return Err(-e.errno());
-                    }
-                }
-            };
+            let flags;
+            (flags, n) = self.source_status(cur, offset, n).await?;
             let tail = (sector_num - cur_offset + n) % self.src_alignment[cur];
             if n > tail {
                 n -= tail;
@@ -231,6 +199,48 @@ impl ConvertState {
             }
         }
         Ok(n)
+    }
+
+    /// Block status of `n` sectors at `offset` of source `cur` (down to the target's backing
+    /// level); with `--salvage`, errors narrow the query down to one sector, which then counts
+    /// as data. Returns the flags and how many sectors they hold for.
+    async fn source_status(
+        &self,
+        cur: usize,
+        offset: u64,
+        mut n: u64,
+    ) -> Result<(StatusFlags, u64), i32> {
+        let src = self.src[cur].bs();
+        let base = if self.target_has_backing {
+            src.backing()
+        } else {
+            None
+        };
+        loop {
+            match src
+                .co_block_status_above(base.as_deref(), true, offset, n * SECTOR)
+                .await
+            {
+                Ok((st, _)) => return Ok((st.flags, st.bytes.div_ceil(SECTOR).max(1))),
+                Err(e) if self.salvage && n == 1 => {
+                    if !self.quiet {
+                        warn_report(&format!(
+                            "error while reading block status at offset {offset}: {}",
+                            block::error::strerror(e.errno())
+                        ));
+                    }
+                    return Ok((StatusFlags::DATA, 1));
+                }
+                Err(_) if self.salvage => n = n.div_ceil(4),
+                Err(e) => {
+                    error_report(&format!(
+                        "error while reading block status at offset {offset}: {}",
+                        block::error::strerror(e.errno())
+                    ));
+                    return Err(-e.errno());
+                }
+            }
+        }
     }
 
     /// Counts the sectors that will be copied, for the progress bar.
@@ -271,28 +281,34 @@ impl ConvertState {
         self.ret.get().is_some()
     }
 
+    /// Takes the next run to copy under the cursor lock: (first sector, sectors, status), or
+    /// None when done or failed.
+    async fn next_run(&self) -> Option<(u64, u64, RunStatus)> {
+        let mut c = self.cursor.lock().await;
+        if self.failed() || c.sector_num >= self.total_sectors {
+            return None;
+        }
+        let sector = c.sector_num;
+        let mut n = match self.iteration_sectors(&mut c, sector).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.ret.set(Some(e));
+                return None;
+            }
+        };
+        if self.min_sparse == 0 && c.status == RunStatus::Zero {
+            n = n.min(self.buf_sectors);
+        }
+        c.sector_num += n;
+        Some((sector, n, c.status))
+    }
+
     /// One copying coroutine (convert_co_do_copy).
     async fn co_do_copy(&self) {
         let buf = IoVector::alloc((self.buf_sectors * SECTOR) as usize);
         loop {
-            let (sector_num, n, mut status) = {
-                let mut c = self.cursor.lock().await;
-                if self.failed() || c.sector_num >= self.total_sectors {
-                    return;
-                }
-                let sector = c.sector_num;
-                let mut n = match self.iteration_sectors(&mut c, sector).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.ret.set(Some(e));
-                        return;
-                    }
-                };
-                if self.min_sparse == 0 && c.status == RunStatus::Zero {
-                    n = n.min(self.buf_sectors);
-                }
-                c.sector_num += n;
-                (sector, n, c.status)
+            let Some((sector_num, n, mut status)) = self.next_run().await else {
+                return;
             };
             if status == RunStatus::Data || (self.min_sparse == 0 && status == RunStatus::Zero) {
                 self.allocated_done.set(self.allocated_done.get() + n);

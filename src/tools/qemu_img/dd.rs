@@ -93,10 +93,8 @@ pub fn run(args: &[String]) -> i32 {
     i32::from(!cli::run_co(copy(&spec, &dd, &output, &out_fmt)))
 }
 
-async fn copy(spec: &OpenSpec, dd: &Dd, output: &str, out_fmt: &str) -> bool {
-    let Some(src) = cli::img_open(spec).await else {
-        return false;
-    };
+/// Creates the output image of `size` bytes; false after reporting.
+async fn create_output(output: &str, out_fmt: &str, size: u64) -> bool {
     let Some(drv) = block::driver::find_driver(out_fmt) else {
         error_report("Unknown file format");
         return false;
@@ -117,6 +115,19 @@ async fn copy(spec: &OpenSpec, dd: &Dd, output: &str, out_fmt: &str) -> bool {
         error_report(&format!("{who} does not support image creation"));
         return false;
     };
+    let mut opts = CreateOpts::new(drv, Some(proto));
+    opts.set_number("size", size);
+    if let Err(e) = create(output, &mut opts.to_options()).await {
+        error_report(&format!("{output}: error while creating output image: {e}"));
+        return false;
+    }
+    true
+}
+
+async fn copy(spec: &OpenSpec, dd: &Dd, output: &str, out_fmt: &str) -> bool {
+    let Some(src) = cli::img_open(spec).await else {
+        return false;
+    };
     let mut size = src.getlength();
     if let Some(count) = dd.count {
         if count.checked_mul(dd.bs).is_some_and(|b| b < size) {
@@ -131,10 +142,7 @@ async fn copy(spec: &OpenSpec, dd: &Dd, output: &str, out_fmt: &str) -> bool {
     } else {
         skip_bytes.flatten().unwrap_or(0)
     };
-    let mut opts = CreateOpts::new(drv, Some(proto));
-    opts.set_number("size", size - in_start);
-    if let Err(e) = create(output, &mut opts.to_options()).await {
-        error_report(&format!("{output}: error while creating output image: {e}"));
+    if !create_output(output, out_fmt, size - in_start).await {
         return false;
     }
     let out_spec = OpenSpec {

@@ -62,30 +62,9 @@ pub fn run(args: &[String]) -> i32 {
             _ => {}
         }
     }
-    if parsed.operands.len() > 1 {
-        error_report("At most one filename argument is allowed.");
-        return 1;
-    }
     let filename = parsed.operands.first().cloned();
-    if filename.is_none() && (spec.image_opts || spec.fmt.is_some() || snapshot) {
-        error_report("--image-opts, -f, and -l require a filename argument.");
-        return 1;
-    }
-    match (&filename, size) {
-        (Some(_), Some(_)) => {
-            error_report("--size N cannot be used together with a filename.");
-            return 1;
-        }
-        (None, None) => {
-            error_report("Either --size N or one filename must be specified.");
-            return 1;
-        }
-        _ => {}
-    }
-    if snapshot {
-        error_report(
-            "Failed to load snapshot: internal snapshots are not supported by rqemu-img yet",
-        );
+    if let Err(msg) = check_args(&parsed.operands, &spec, size, snapshot) {
+        error_report(msg);
         return 1;
     }
     spec.filename = filename.clone().unwrap_or_default();
@@ -115,6 +94,30 @@ pub fn run(args: &[String]) -> i32 {
             None => 1,
         }
     })
+}
+
+/// The combinations of filename, --size, -f, -l and --image-opts measure refuses.
+fn check_args(
+    operands: &[String],
+    spec: &OpenSpec,
+    size: Option<u64>,
+    snapshot: bool,
+) -> Result<(), &'static str> {
+    if operands.len() > 1 {
+        return Err("At most one filename argument is allowed.");
+    }
+    let has_file = !operands.is_empty();
+    if !has_file && (spec.image_opts || spec.fmt.is_some() || snapshot) {
+        return Err("--image-opts, -f, and -l require a filename argument.");
+    }
+    match (has_file, size) {
+        (true, Some(_)) => Err("--size N cannot be used together with a filename."),
+        (false, None) => Err("Either --size N or one filename must be specified."),
+        _ if snapshot => {
+            Err("Failed to load snapshot: internal snapshots are not supported by rqemu-img yet")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Measures for `out_fmt` (bdrv_measure); errors are reported.

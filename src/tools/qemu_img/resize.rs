@@ -70,46 +70,68 @@ pub fn run(args: &[String]) -> i32 {
         }
     };
     spec.flags = OpenFlags::default();
+    let req = Resize {
+        relative,
+        n,
+        prealloc,
+        shrink,
+        quiet,
+    };
     cli::run_co(async {
         let Some(blk) = cli::img_open(&spec).await else {
             return 1;
         };
-        let current = blk.getlength() as i128;
-        let total = if relative != 0 {
-            current + relative * n as i128
-        } else {
-            n as i128
-        };
-        let ret = if total <= 0 || total > i64::MAX as i128 {
-            error_report("New image size must be positive");
-            1
-        } else if total <= current && prealloc != PreallocMode::Off {
-            error_report("Preallocation can only be used for growing images");
-            1
-        } else if total < current && !shrink {
-            error_report("Use the --shrink option to perform a shrink operation.");
-            cli::warn_report(
-                "Shrinking an image will delete all data beyond the shrunken image's end. \
-                 Before performing such an operation, make sure there is no important data there.",
-            );
-            1
-        } else {
-            match blk.co_truncate(total as u64, true, prealloc).await {
-                Ok(()) => {
-                    if !quiet {
-                        println!("Image resized.");
-                    }
-                    0
-                }
-                Err(e) => {
-                    error_report(&e.to_string());
-                    1
-                }
-            }
-        };
+        let ret = resize(&blk, &req).await;
         if !cli::close(&blk).await {
             return 1;
         }
         ret
     })
+}
+
+/// What to resize to: `n` bytes absolute (relative 0) or added/removed (relative +1/-1).
+struct Resize {
+    relative: i128,
+    n: u64,
+    prealloc: PreallocMode,
+    shrink: bool,
+    quiet: bool,
+}
+
+/// Checks the new size against the current one and truncates; returns the exit status.
+async fn resize(blk: &block::BlockBackend, r: &Resize) -> i32 {
+    let current = blk.getlength() as i128;
+    let total = if r.relative != 0 {
+        current + r.relative * r.n as i128
+    } else {
+        r.n as i128
+    };
+    if total <= 0 || total > i64::MAX as i128 {
+        error_report("New image size must be positive");
+        return 1;
+    }
+    if total <= current && r.prealloc != PreallocMode::Off {
+        error_report("Preallocation can only be used for growing images");
+        return 1;
+    }
+    if total < current && !r.shrink {
+        error_report("Use the --shrink option to perform a shrink operation.");
+        cli::warn_report(
+            "Shrinking an image will delete all data beyond the shrunken image's end. \
+             Before performing such an operation, make sure there is no important data there.",
+        );
+        return 1;
+    }
+    match blk.co_truncate(total as u64, true, r.prealloc).await {
+        Ok(()) => {
+            if !r.quiet {
+                println!("Image resized.");
+            }
+            0
+        }
+        Err(e) => {
+            error_report(&e.to_string());
+            1
+        }
+    }
 }
