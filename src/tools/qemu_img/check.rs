@@ -36,23 +36,14 @@ pub fn run(args: &[String]) -> i32 {
         match opt.key {
             'h' => return super::help::print_help(),
             'f' => spec.fmt = Some(arg),
-            'r' => {
-                fix = match arg.as_str() {
-                    "leaks" => CheckFix {
-                        leaks: true,
-                        errors: false,
-                    },
-                    "all" => CheckFix {
-                        leaks: true,
-                        errors: true,
-                    },
-                    _ => {
-                        return error_exit(&format!(
-                            "Unknown option value for -r (expecting 'leaks' or 'all'): {arg}"
-                        ))
-                    }
+            'r' => match parse_repair(&arg) {
+                Some(f) => fix = f,
+                None => {
+                    return error_exit(&format!(
+                        "Unknown option value for -r (expecting 'leaks' or 'all'): {arg}"
+                    ))
                 }
-            }
+            },
             OPT_OUTPUT => output = Some(arg),
             'T' => cache = arg,
             'q' => quiet = true,
@@ -92,6 +83,21 @@ pub fn run(args: &[String]) -> i32 {
     })
 }
 
+/// `-r leaks` or `-r all`.
+fn parse_repair(arg: &str) -> Option<CheckFix> {
+    match arg {
+        "leaks" => Some(CheckFix {
+            leaks: true,
+            errors: false,
+        }),
+        "all" => Some(CheckFix {
+            leaks: true,
+            errors: true,
+        }),
+        _ => None,
+    }
+}
+
 async fn check_image(
     bs: &BlockDriverState,
     filename: &str,
@@ -99,19 +105,9 @@ async fn check_image(
     format: OutputFormat,
     quiet: bool,
 ) -> i32 {
-    let mut result = match bs.drv().co_check(bs, fix).await {
+    let mut result = match run_check(bs, fix).await {
         Ok(r) => r,
-        Err(e) if e.errno() == libc::ENOTSUP => {
-            error_report("This image format does not support checks");
-            return 63;
-        }
-        Err(e) => {
-            error_report(&format!(
-                "Check failed: {}",
-                block::error::strerror(e.errno())
-            ));
-            return 1;
-        }
+        Err(code) => return code,
     };
     if result.corruptions_fixed != 0 || result.leaks_fixed != 0 {
         if format == OutputFormat::Human && !quiet {
@@ -121,15 +117,9 @@ async fn check_image(
             );
         }
         let (leaks_fixed, corruptions_fixed) = (result.leaks_fixed, result.corruptions_fixed);
-        result = match bs.drv().co_check(bs, CheckFix::default()).await {
+        result = match run_check(bs, CheckFix::default()).await {
             Ok(r) => r,
-            Err(e) => {
-                error_report(&format!(
-                    "Check failed: {}",
-                    block::error::strerror(e.errno())
-                ));
-                return 1;
-            }
+            Err(code) => return code,
         };
         result.leaks_fixed = leaks_fixed;
         result.corruptions_fixed = corruptions_fixed;
@@ -154,6 +144,22 @@ async fn check_image(
     } else {
         0
     }
+}
+
+/// Runs the driver's check (bdrv_check); Err is the exit status after reporting.
+async fn run_check(bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult, i32> {
+    bs.drv().co_check(bs, fix).await.map_err(|e| {
+        if e.errno() == libc::ENOTSUP {
+            error_report("This image format does not support checks");
+            63
+        } else {
+            error_report(&format!(
+                "Check failed: {}",
+                block::error::strerror(e.errno())
+            ));
+            1
+        }
+    })
 }
 
 /// The human report (dump_human_image_check).

@@ -90,30 +90,42 @@ pub fn run(args: &[String]) -> i32 {
         spec(&parsed.operands[0], fmt1),
         spec(&parsed.operands[1], fmt2),
     );
-    let ret = cli::run_co(async {
-        let Some(a) = cli::img_open(&s1).await else {
-            return 2;
-        };
-        let Some(b) = cli::img_open(&s2).await else {
-            return 2;
-        };
-        let mut cmp = Compare {
-            a: Side {
-                blk: a,
-                name: s1.filename.clone(),
-            },
-            b: Side {
-                blk: b,
-                name: s2.filename.clone(),
-            },
-            quiet,
-            strict,
-            progress,
-        };
-        let ret = cmp.compare().await;
-        cmp.progress.end();
-        ret
-    });
+    cli::run_co(open_and_compare(&s1, &s2, quiet, strict, progress))
+}
+
+/// Opens both images and compares them; the progress bar ends however it goes.
+async fn open_and_compare(
+    s1: &OpenSpec,
+    s2: &OpenSpec,
+    quiet: bool,
+    strict: bool,
+    mut progress: Progress,
+) -> i32 {
+    let Some(a) = cli::img_open(s1).await else {
+        progress.end();
+        return 2;
+    };
+    let Some(b) = cli::img_open(s2).await else {
+        progress.end();
+        return 2;
+    };
+    let mut cmp = Compare {
+        a: Side {
+            blk: a,
+            name: s1.filename.clone(),
+        },
+        b: Side {
+            blk: b,
+            name: s2.filename.clone(),
+        },
+        quiet,
+        strict,
+        progress,
+    };
+    let ret = cmp.compare().await;
+    cmp.progress.end();
+    let _ = cmp.a.blk.close().await;
+    let _ = cmp.b.blk.close().await;
     ret
 }
 

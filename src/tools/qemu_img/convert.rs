@@ -391,6 +391,14 @@ fn create_options(a: &Args, fmt: &str, out: &str, total_bytes: u64) -> Option<Cr
     Some(opts)
 }
 
+/// Runs of a source are aligned to its request alignment and cluster size, in sectors.
+fn source_alignment(blk: &BlockBackend) -> u64 {
+    let bs = blk.bs();
+    let align = (bs.limits().request_alignment as u64).div_ceil(SECTOR);
+    let cluster = bs.drv().get_info(bs).map_or(0, |i| i.cluster_size / SECTOR);
+    align.max(cluster).max(1)
+}
+
 async fn copy(
     a: &Args,
     src: Vec<Rc<BlockBackend>>,
@@ -399,16 +407,7 @@ async fn copy(
     progress: Progress,
 ) -> bool {
     let mut s = ConvertState::new(src, target.clone(), progress);
-    s.src_alignment = s
-        .src
-        .iter()
-        .map(|b| {
-            let bs = b.bs();
-            let align = (bs.limits().request_alignment as u64).div_ceil(SECTOR);
-            let cluster = bs.drv().get_info(bs).map_or(0, |i| i.cluster_size / SECTOR);
-            align.max(cluster).max(1)
-        })
-        .collect();
+    s.src_alignment = s.src.iter().map(|b| source_alignment(b)).collect();
     s.min_sparse = a.min_sparse.unwrap_or(8);
     s.quiet = a.quiet;
     s.salvage = a.salvage;
