@@ -278,11 +278,15 @@ impl BlockDriverState {
     }
 
     /// Re-reads the length from the driver (after truncate or a change underneath). Like
-    /// QEMU's total_sectors, the length is counted in whole 512-byte sectors: a 65537-byte
-    /// file is a 66048-byte node whose tail past the file's end reads as zeroes.
+    /// QEMU's total_sectors, it is rounded up to whole 512-byte sectors: the tail of a short
+    /// file reads as zeroes.
     pub async fn refresh_total_bytes(&self) -> Result<u64> {
-        let len = self.drv().co_getlength(self).await?;
-        let len = len.div_ceil(512).saturating_mul(512);
+        let len = self
+            .drv()
+            .co_getlength(self)
+            .await?
+            .checked_next_multiple_of(512)
+            .ok_or_else(|| Error::from_errno(libc::EFBIG))?;
         self.total_bytes.set(len);
         Ok(len)
     }

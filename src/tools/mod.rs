@@ -4,3 +4,4 @@
 pub mod getopt;
 pub mod image;
 pub mod qemu_img;
+pub mod qemu_io;

@@ -1,0 +1,189 @@
+use super::*;
+
+fn parse(args: &[&str]) -> Result<Command, CliError> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    parse_args(&args)
+}
+
+fn config(args: &[&str]) -> VmConfig {
+    match parse(args) {
+        Ok(Command::Run(cfg)) => *cfg,
+        other => panic!("expected a config, got {other:?}"),
+    }
+}
+
+fn error(args: &[&str]) -> String {
+    parse(args).unwrap_err().to_string()
+}
+
+#[test]
+fn defaults_match_qemu_pc() {
+    let cfg = config(&[]);
+    assert_eq!(cfg.ram_size, 128 << 20);
+    assert_eq!(cfg.bios, PathBuf::from(DEFAULT_BIOS));
+    assert_eq!(cfg.serial, CharBackend::Null);
+    assert_eq!(cfg.boot_fail_wait(), -1);
+}
+
+#[test]
+fn ram_sizes_default_to_mib_and_take_suffixes() {
+    assert_eq!(config(&["-m", "512"]).ram_size, 512 << 20);
+    assert_eq!(config(&["-m", "1G"]).ram_size, 1 << 30);
+    assert_eq!(config(&["-m", "size=64M"]).ram_size, 64 << 20);
+    assert!(error(&["-m", "abc"]).starts_with("-m abc: Parameter 'size' expects"));
+    assert!(error(&["-m", "1"]).contains("not supported"));
+}
+
+#[test]
+fn nographic_puts_serial_on_stdio_unless_given() {
+    assert_eq!(config(&["-nographic"]).serial, CharBackend::Stdio);
+    assert_eq!(
+        config(&["-nographic", "-serial", "file:/tmp/x"]).serial,
+        CharBackend::File(PathBuf::from("/tmp/x"))
+    );
+    assert_eq!(
+        config(&["-serial", "none", "-nographic"]).serial,
+        CharBackend::None
+    );
+    assert_eq!(
+        error(&["-serial", "bogus"]),
+        "-serial bogus: 'bogus' is not a valid char driver"
+    );
+}
+
+#[test]
+fn no_reboot_makes_seabios_give_up_at_once_unless_told_otherwise() {
+    assert_eq!(config(&["-no-reboot"]).boot_fail_wait(), 0);
+    let cfg = config(&["-no-reboot", "-boot", "reboot-timeout=1000"]);
+    assert_eq!(cfg.boot_fail_wait(), 1000);
+    assert!(error(&["-boot", "reboot-timeout=70000"]).contains("between -1 and 65535"));
+}
+
+#[test]
+fn unknown_options_and_missing_arguments_read_like_qemu() {
+    assert_eq!(error(&["-foo"]), "-foo: invalid option");
+    assert_eq!(error(&["-m"]), "-m: requires an argument");
+    assert_eq!(error(&["--nographic", "-bogus"]), "-bogus: invalid option");
+    assert!(error(&["disk.img"]).contains("not supported yet"));
+}
+
+#[test]
+fn machine_help_and_machine_types() {
+    match parse(&["-machine", "help"]).unwrap() {
+        Command::Print(text) => {
+            assert!(text.starts_with("Supported machines are:\n"));
+            assert!(text.contains(
+                "pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-10.0)\n"
+            ));
+            assert!(
+                text.contains("pc-i440fx-10.0       Standard PC (i440FX + PIIX, 1996) (default)\n")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(parse(&["-M", "help"]), Ok(Command::Print(_))));
+    config(&[
+        "-M",
+        "pc",
+        "-machine",
+        "type=pc,accel=kvm",
+        "-enable-kvm",
+        "-accel",
+        "kvm",
+    ]);
+    assert_eq!(
+        error(&["-M", "q35"]),
+        "-M q35: unsupported machine type: \"q35\"\nUse -machine help to list supported machines"
+    );
+    assert_eq!(
+        error(&["-accel", "tcg2"]),
+        "-accel tcg2: invalid accelerator tcg2"
+    );
+}
+
+#[test]
+fn drives_if_none_are_accepted_with_their_options() {
+    let cfg = config(&[
+        "-drive",
+        "file=/tmp/a.img,format=raw,if=none,id=d0,cache=none,aio=io_uring,readonly=on",
+    ]);
+    let d = &cfg.drives[0];
+    assert_eq!(d.id, "d0");
+    assert_eq!(d.interface, DriveInterface::None);
+    assert_eq!(d.filename.as_deref(), Some("/tmp/a.img"));
+    assert_eq!(d.options.get("driver"), Some("raw"));
+    assert!(d.flags.read_only && d.flags.cache.direct);
+    assert_eq!(d.flags.aio, block::node::AioMode::IoUring);
+    let cfg = config(&[
+        "-drive",
+        "file=/tmp/a,if=none",
+        "-drive",
+        "file=/tmp/b,if=none",
+    ]);
+    assert_eq!(cfg.drives[1].id, "none1");
+    assert!(error(&[
+        "-drive",
+        "file=a,if=none,id=x",
+        "-drive",
+        "file=b,if=none,id=x"
+    ])
+    .contains("Duplicate ID 'x'"));
+}
+
+#[test]
+fn disk_devices_fail_clearly_until_they_exist() {
+    assert!(
+        error(&["-drive", "file=/tmp/a.img"]).contains("device 'ide-hd') are not supported yet")
+    );
+    assert!(error(&["-drive", "file=/tmp/a.img,if=virtio"]).contains("'virtio-blk-pci'"));
+    assert_eq!(
+        error(&["-drive", "file=x,if=scsi2"]),
+        "-drive file=x,if=scsi2: unsupported bus type 'scsi2'"
+    );
+    assert!(error(&["-device", "ide-hd,drive=d0"]).contains("'ide-hd' is not supported yet"));
+    assert!(error(&["-device", "virtio-blk-pci,drive=d0"]).contains("not supported yet"));
+    assert_eq!(
+        error(&["-device", "foo"]),
+        "-device foo: 'foo' is not a valid device model name"
+    );
+}
+
+#[test]
+fn blockdev_needs_driver_and_node_name() {
+    let cfg = config(&["-blockdev", "driver=file,filename=/tmp/a,node-name=n0"]);
+    assert_eq!(cfg.drives[0].id, "n0");
+    assert_eq!(cfg.drives[0].options.get("driver"), Some("file"));
+    assert!(error(&["-blockdev", "filename=/tmp/a,node-name=n0"]).contains("'driver' is missing"));
+    let json = r#"{"driver":"file","filename":"/tmp/a","node-name":"j"}"#;
+    assert_eq!(config(&["-blockdev", json]).drives[0].id, "j");
+}
+
+#[test]
+fn trace_patterns_are_checked() {
+    config(&["-trace", "blk_*"]);
+    assert_eq!(
+        error(&["-trace", "foo,bar=1"]),
+        "-trace foo,bar=1: Invalid parameter 'bar'"
+    );
+}
+
+#[test]
+fn initrd_and_append_need_a_kernel() {
+    assert_eq!(
+        error(&["-initrd", "x"]),
+        "-initrd only allowed with -kernel option"
+    );
+    assert_eq!(
+        error(&["-append", "quiet"]),
+        "-append only allowed with -kernel option"
+    );
+    let cfg = config(&[
+        "-append",
+        "console=ttyS0",
+        "-kernel",
+        "bzImage",
+        "-initrd",
+        "rd",
+    ]);
+    assert_eq!(cfg.append, "console=ttyS0");
+}
