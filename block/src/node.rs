@@ -122,6 +122,9 @@ pub struct OpenFlags {
     pub aio: AioMode,
     /// Send writes to a temporary overlay (BDRV_O_SNAPSHOT, `-s`).
     pub snapshot: bool,
+    /// Opened by a consistency check (BDRV_O_CHECK): a format may then open a damaged
+    /// image read-write so that the check can repair it.
+    pub check: bool,
 }
 
 /// A child link of a node (QEMU's BdrvChild).
