@@ -66,6 +66,7 @@ pub fn run(args: &[String]) -> i32 {
     };
     spec.flags = OpenFlags {
         read_only: !(fix.leaks || fix.errors),
+        check: true,
         cache: cache_mode,
         force_share: spec.flags.force_share,
         ..OpenFlags::default()
