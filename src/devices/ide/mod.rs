@@ -4,8 +4,9 @@
 //! [`ata`] one channel's registers as a sans-IO state machine, [`data_port`] its PIO
 //! transfers, [`commands`]
 //! the ATA commands and the completion of their block requests, [`identify`] the IDENTIFY
-//! page and geometry, [`piix`] the PCI function and port routing, [`glue`] the path to the
-//! block layer, [`registry`] the loop thread's table of drives.
+//! page and geometry, [`piix`] the PCI function and port routing, [`glue`] the port-bus
+//! device and the path to the block layer (whose drives the loop thread keeps in
+//! [`crate::drives`]).
 //!
 //! # How a port write becomes disk I/O
 //!
@@ -17,7 +18,7 @@
 //!   Piix3Ide::pio_write -> AtaChannel::data_write_buf
 //!     last byte of the DRQ block: status BSY, BlockRequest queued
 //!   IdeBlockSubmitter::after_access
-//!     take_request -> ctx.schedule_bh(Send closure) ----> BH: registry::lookup(drive id)
+//!     take_request -> ctx.schedule_bh(Send closure) ----> BH: drives::lookup(drive id)
 //!   unlock, KVM_RUN again (guest polls BSY             blk.aio_pwritev(IoVector::from_slice)
 //!   or waits for IRQ14)                                  coroutine -> format -> file -> pool
 //!                                                      completion BH (blk_aio_complete_bh):
@@ -31,7 +32,7 @@
 //! The state machine never blocks and never calls out: every effect is a value the glue
 //! collects (`take_request`, `irq_update`), so tests drive it register by register without
 //! threads, and the same code runs under the real loop. The BlockBackend stays on the loop
-//! thread (it is `Rc`, like all block-graph state); devices name drives by [`DriveId`].
+//! thread (it is `Rc`, like all block-graph state); devices name drives by their `-drive id=`.
 //! Request data is copied once each way between the sector buffer and an aligned
 //! `IoVector` (at most 16 sectors per DRQ block), as QEMU bounces PIO through `io_buffer`.
 
@@ -41,13 +42,11 @@ pub mod data_port;
 pub mod glue;
 pub mod identify;
 pub mod piix;
-pub mod registry;
 
 pub use ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, RequestId};
-pub use glue::{AtaController, ChannelWiring, IdeBlockSubmitter, IrqLine};
+pub use glue::{AtaController, ChannelWiring, IdeBlockSubmitter, IdePorts};
 pub use identify::DriveInfo;
 pub use piix::Piix3Ide;
-pub use registry::DriveId;
 
 #[cfg(test)]
 mod tests;
