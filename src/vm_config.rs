@@ -408,9 +408,11 @@ fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     match driver.as_str() {
         "ide-hd" => {}
         "ide-cd" => return Err("device 'ide-cd' (CD-ROM) is not supported by rqemu".to_string()),
-        "virtio-blk-pci" | "virtio-blk" => return Err(format!(
+        "virtio-blk-pci" | "virtio-blk" => {
+            return Err(format!(
             "device '{driver}' is not supported yet (virtio-blk comes in a later version of rqemu)"
-        )),
+        ))
+        }
         _ => return Err(format!("'{driver}' is not a valid device model name")),
     }
     let Some(drive) = opts.take("drive") else {

@@ -186,7 +186,7 @@ fn ide_hd_devices_attach_if_none_drives() {
     assert_eq!(cfg.ide[1][1].as_deref(), Some("d1"));
     assert_eq!(cfg.ide[0][0].as_deref(), Some("d2"));
     let d = ["-drive", "file=a,if=none,id=d"];
-    let with = |dev: &str| [&d[..], &["-device", dev]].concat();
+    let with = |dev: &'static str| [&d[..], &["-device", dev]].concat();
     assert_eq!(
         error(&with("ide-hd,drive=x")),
         "-device ide-hd,drive=x: Property 'ide-hd.drive' can't find value 'x'"

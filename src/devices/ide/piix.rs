@@ -194,7 +194,7 @@ mod tests {
 
     fn config_read(ide: &mut Piix3Ide, offset: usize, size: usize) -> u32 {
         let mut b = [0u8; 4];
-        config_read(&mut ide, offset, &mut b[..size]);
+        PciFunction::config_read(ide, offset, &mut b[..size]);
         u32::from_le_bytes(b)
     }
 
