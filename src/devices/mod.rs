@@ -12,6 +12,7 @@ pub mod i8042;
 pub mod ide;
 pub mod pci;
 pub mod serial;
+pub mod virtio;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,457 @@
+//! virtio-blk: a block device whose requests travel through a virtqueue.
+//!
+//! QEMU's hw/block/virtio-blk.c. Two halves, because they live on two threads:
+//!
+//! * [`VirtioBlk`] is the device model the transport talks to on the vCPU side: features,
+//!   the configuration space (capacity, limits, topology, the write-cache switch), reset;
+//! * [`VirtioBlkHandler`] runs on the main loop (the AioContext): it waits on each queue's
+//!   notifier (the ioeventfd), pops chains, parses them ([`super::request`]) and starts one
+//!   coroutine per request on the BlockBackend, so many requests are in flight at once. When
+//!   one finishes it writes the status byte, pushes the used element and interrupts the
+//!   guest if the driver asked for it.
+//!
+//! Reset: QEMU drains the device's requests inside the reset (blk_drain under the big lock).
+//! Here the reset happens on the vCPU side while requests run on the main loop, so a request
+//! in flight at a reset finishes on its own and then leaves the rings alone (the core's
+//! reset count has moved on). Until it finishes, a read may still land in its guest buffer,
+//! as DMA already started would on real hardware.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_executor::Task;
+use block::aio::notifier::EventNotifier;
+use block::{trace, AioContext, BlockBackend, RequestFlags};
+use vm_memory::GuestMemoryMmap;
+
+use super::queue::{host_pieces, QueueError};
+use super::request::{DiskLimits, Request, RequestKind, VIRTIO_BLK_ID_BYTES};
+use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+use super::{lock, SharedCore, VirtioDevice};
+use super::{VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_RING_F_EVENT_IDX};
+use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
+
+/// Feature: `size_max` is valid.
+pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
+/// Feature: `seg_max` is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+/// Feature: the disk is read-only.
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+/// Feature: `blk_size` is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+/// Feature: FLUSH requests.
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+/// Feature: topology fields are valid.
+pub const VIRTIO_BLK_F_TOPOLOGY: u32 = 10;
+/// Feature: the write-cache mode is switchable in config space.
+pub const VIRTIO_BLK_F_CONFIG_WCE: u32 = 11;
+/// Feature: DISCARD requests.
+pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
+/// Feature: WRITE_ZEROES requests.
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+
+/// virtio device type of a block device.
+pub const VIRTIO_ID_BLOCK: u16 = 2;
+/// Size of the configuration space we expose (through `write_zeroes_may_unmap` + padding).
+pub const VIRTIO_BLK_CONFIG_LEN: usize = 60;
+/// Offset of the `writeback` byte in the configuration space.
+const CONFIG_WRITEBACK: usize = 32;
+
+/// User-settable properties of a virtio-blk device (QEMU's `-device virtio-blk-pci,...`).
+#[derive(Clone, Debug)]
+pub struct VirtioBlkConf {
+    /// GET_ID answer (`serial=`), at most 20 bytes are returned.
+    pub serial: String,
+    /// Queue size (`queue-size=`, default 256).
+    pub queue_size: u16,
+    /// Offer CONFIG_WCE (`config-wce=`, default on).
+    pub config_wce: bool,
+    /// Offer DISCARD (`discard=`, default on).
+    pub discard: bool,
+    /// Offer WRITE_ZEROES (`write-zeroes=`, default on).
+    pub write_zeroes: bool,
+    /// Logical block size (`logical_block_size=`, default 512).
+    pub logical_block_size: u32,
+    /// Physical block size (`physical_block_size=`, default 512).
+    pub physical_block_size: u32,
+    /// Largest segment in bytes announced as size_max.
+    pub size_max: u32,
+}
+
+impl Default for VirtioBlkConf {
+    fn default() -> Self {
+        VirtioBlkConf {
+            serial: String::new(),
+            queue_size: 256,
+            config_wce: true,
+            discard: true,
+            write_zeroes: true,
+            logical_block_size: 512,
+            physical_block_size: 512,
+            size_max: 1 << 20,
+        }
+    }
+}
+
+/// The device model half: features and configuration space (QEMU's VirtIOBlock fields).
+pub struct VirtioBlk {
+    conf: VirtioBlkConf,
+    capacity: u64,
+    read_only: bool,
+    /// Write cache on (writeback) or off (writethrough); read by the handler per request.
+    wce: Arc<AtomicBool>,
+}
+
+impl VirtioBlk {
+    /// A device over a disk of `capacity` sectors.
+    pub fn new(conf: VirtioBlkConf, capacity: u64, read_only: bool) -> VirtioBlk {
+        VirtioBlk {
+            conf,
+            capacity,
+            read_only,
+            wce: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// What the main-loop handler shares with this model; take it before boxing the model
+    /// into its transport.
+    pub fn shared(&self) -> VirtioBlkShared {
+        VirtioBlkShared {
+            limits: DiskLimits {
+                capacity: self.capacity,
+                logical_block_size: self.conf.logical_block_size,
+                discard: self.conf.discard,
+                write_zeroes: self.conf.write_zeroes,
+                max_discard_sectors: MAX_DWZ_SECTORS,
+                max_write_zeroes_sectors: MAX_DWZ_SECTORS,
+                serial: self.conf.serial.clone(),
+            },
+            wce: self.wce.clone(),
+        }
+    }
+
+    fn config_bytes(&self) -> [u8; VIRTIO_BLK_CONFIG_LEN] {
+        let c = &self.conf;
+        let mut b = [0u8; VIRTIO_BLK_CONFIG_LEN];
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(0, &self.capacity.to_le_bytes());
+        put(8, &c.size_max.to_le_bytes());
+        put(12, &u32::from(c.queue_size.saturating_sub(2)).to_le_bytes());
+        put(20, &c.logical_block_size.to_le_bytes());
+        let exp = (c.physical_block_size / c.logical_block_size.max(1))
+            .max(1)
+            .ilog2() as u8;
+        put(24, &[exp, 0]);
+        put(
+            26,
+            &((c.physical_block_size / c.logical_block_size.max(1)) as u16).to_le_bytes(),
+        );
+        put(CONFIG_WRITEBACK, &[self.wce.load(Ordering::Relaxed) as u8]);
+        put(34, &1u16.to_le_bytes());
+        let discard_align = (c.logical_block_size >> 9).max(1);
+        put(36, &MAX_DWZ_SECTORS.to_le_bytes());
+        put(40, &1u32.to_le_bytes());
+        put(44, &discard_align.to_le_bytes());
+        put(48, &MAX_DWZ_SECTORS.to_le_bytes());
+        put(52, &1u32.to_le_bytes());
+        put(56, &[1]);
+        b
+    }
+}
+
+/// The part of the device model the handler needs: request limits and the write-cache switch.
+#[derive(Clone, Debug)]
+pub struct VirtioBlkShared {
+    /// The limits requests are judged against.
+    pub limits: DiskLimits,
+    /// Write cache on (writeback) or off (writethrough), switched by the driver.
+    pub wce: Arc<AtomicBool>,
+}
+
+/// Largest discard / write-zeroes in sectors (QEMU's default max-*-sectors).
+const MAX_DWZ_SECTORS: u32 = (i32::MAX as u32) >> 9;
+
+impl VirtioDevice for VirtioBlk {
+    fn device_type(&self) -> u16 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn host_features(&self) -> u64 {
+        let mut bits = vec![
+            VIRTIO_BLK_F_SIZE_MAX,
+            VIRTIO_BLK_F_SEG_MAX,
+            VIRTIO_BLK_F_BLK_SIZE,
+            VIRTIO_BLK_F_FLUSH,
+            VIRTIO_BLK_F_TOPOLOGY,
+            VIRTIO_F_NOTIFY_ON_EMPTY,
+            VIRTIO_F_ANY_LAYOUT,
+            VIRTIO_RING_F_INDIRECT_DESC,
+            VIRTIO_RING_F_EVENT_IDX,
+        ];
+        let optional = [
+            (self.read_only, VIRTIO_BLK_F_RO),
+            (self.conf.config_wce, VIRTIO_BLK_F_CONFIG_WCE),
+            (self.conf.discard, VIRTIO_BLK_F_DISCARD),
+            (self.conf.write_zeroes, VIRTIO_BLK_F_WRITE_ZEROES),
+        ];
+        bits.extend(optional.iter().filter(|(on, _)| *on).map(|(_, b)| *b));
+        bits.iter().fold(0, |f, b| f | 1u64 << b)
+    }
+
+    fn num_queues(&self) -> usize {
+        1
+    }
+
+    fn queue_max_size(&self) -> u16 {
+        self.conf.queue_size
+    }
+
+    fn config_len(&self) -> usize {
+        VIRTIO_BLK_CONFIG_LEN
+    }
+
+    fn read_config(&self, offset: usize, data: &mut [u8]) {
+        let bytes = self.config_bytes();
+        for (i, d) in data.iter_mut().enumerate() {
+            *d = offset
+                .checked_add(i)
+                .and_then(|o| bytes.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: usize, data: &[u8]) {
+        // Only `writeback` is writable, and only when CONFIG_WCE is offered.
+        if self.conf.config_wce && offset <= CONFIG_WRITEBACK {
+            if let Some(&v) = data.get(CONFIG_WRITEBACK - offset) {
+                self.wce.store(v != 0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn set_features(&mut self, features: u64) {
+        // A driver that cannot switch the cache gets writeback only if it can flush
+        // (virtio_blk_set_features); a modern driver always gets writeback.
+        let has = |bit: u32| features & (1u64 << bit) != 0;
+        if !has(VIRTIO_BLK_F_CONFIG_WCE) && !has(VIRTIO_F_VERSION_1) {
+            self.wce.store(has(VIRTIO_BLK_F_FLUSH), Ordering::Relaxed);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.wce.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The main-loop half: pops requests and runs them on the block layer.
+pub struct VirtioBlkHandler {
+    core: SharedCore,
+    mem: Arc<GuestMemoryMmap>,
+    blk: Rc<BlockBackend>,
+    limits: DiskLimits,
+    wce: Arc<AtomicBool>,
+    notifiers: Vec<Arc<EventNotifier>>,
+    /// Requests started and not yet completed.
+    in_flight: Cell<u64>,
+}
+
+impl VirtioBlkHandler {
+    /// A handler for a device's queues; `notifiers[i]` is queue i's kick (ioeventfd).
+    pub fn new(
+        shared: VirtioBlkShared,
+        core: SharedCore,
+        mem: Arc<GuestMemoryMmap>,
+        blk: Rc<BlockBackend>,
+        notifiers: Vec<Arc<EventNotifier>>,
+    ) -> Rc<VirtioBlkHandler> {
+        Rc::new(VirtioBlkHandler {
+            core,
+            mem,
+            blk,
+            limits: shared.limits,
+            wce: shared.wce,
+            notifiers,
+            in_flight: Cell::new(0),
+        })
+    }
+
+    /// Starts one coroutine per queue that waits for kicks; dropping the tasks stops them.
+    pub fn start(self: &Rc<Self>) -> Vec<Task<()>> {
+        let ctx = AioContext::current();
+        (0..self.notifiers.len())
+            .map(|q| {
+                let me = self.clone();
+                ctx.spawn(async move { me.queue_loop(q).await })
+            })
+            .collect()
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.get()
+    }
+
+    async fn queue_loop(self: Rc<Self>, q: usize) {
+        loop {
+            if self.notifiers[q].wait().await.is_err() {
+                return;
+            }
+            trace!(virtio_queue_notify, "vdev {:p} n {}", Rc::as_ptr(&self), q);
+            self.handle_output(q);
+        }
+    }
+
+    /// Pops every available chain of queue `q` and starts its request (virtio_blk_handle_vq).
+    /// Kicks are suppressed while popping and re-enabled after, re-checking the ring so a chain
+    /// published in between is not left waiting.
+    pub fn handle_output(self: &Rc<Self>, q: usize) {
+        let mut core = lock(&self.core);
+        if !core.running() || q >= core.queues.len() {
+            return;
+        }
+        let generation = core.reset_count;
+        loop {
+            let queue = &mut core.queues[q];
+            if let Err(e) = queue.set_notification(&self.mem, false) {
+                return core.error(&e.to_string());
+            }
+            loop {
+                let chain = match core.queues[q].pop(&self.mem) {
+                    Ok(Some(chain)) => chain,
+                    Ok(None) => break,
+                    Err(e) => return core.error(&e.to_string()),
+                };
+                match Request::parse(&chain, &self.mem, &self.limits) {
+                    Ok(req) => self.submit(q, req, generation),
+                    Err(e) => return core.error(&e.to_string()),
+                }
+            }
+            match core.queues[q].set_notification(&self.mem, true) {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(e) => return core.error(&e.to_string()),
+            }
+        }
+    }
+
+    fn submit(self: &Rc<Self>, q: usize, req: Request, generation: u64) {
+        self.in_flight.set(self.in_flight.get() + 1);
+        let me = self.clone();
+        AioContext::current()
+            .spawn(async move {
+                let status = me.execute(&req).await;
+                me.complete(q, &req, status, generation);
+                me.in_flight.set(me.in_flight.get() - 1);
+            })
+            .detach();
+    }
+
+    /// Runs one request on the block layer and returns its status byte.
+    async fn execute(&self, req: &Request) -> u8 {
+        self.blk.set_write_cache(self.wce.load(Ordering::Relaxed));
+        self.trace_request(req);
+        let none = RequestFlags::empty();
+        let result = match &req.kind {
+            RequestKind::Read { offset, data } => self.blk.co_preadv(*offset, data, none).await,
+            RequestKind::Write { offset, data } => self.blk.co_pwritev(*offset, data, none).await,
+            RequestKind::Flush => self.blk.co_flush().await,
+            RequestKind::GetId { data } => {
+                let id = self.limits.serial.as_bytes();
+                let n = id.len().min(VIRTIO_BLK_ID_BYTES).min(data.len());
+                data.copy_from_slice(0, &id[..n]);
+                Ok(())
+            }
+            RequestKind::Discard { offset, bytes } => self.blk.co_pdiscard(*offset, *bytes).await,
+            RequestKind::WriteZeroes {
+                offset,
+                bytes,
+                unmap,
+            } => {
+                let flags = if *unmap {
+                    RequestFlags::MAY_UNMAP
+                } else {
+                    none
+                };
+                self.blk.co_pwrite_zeroes(*offset, *bytes, flags).await
+            }
+            RequestKind::Status(status) => return *status,
+        };
+        match result {
+            Ok(()) => VIRTIO_BLK_S_OK,
+            Err(_) => VIRTIO_BLK_S_IOERR,
+        }
+    }
+
+    /// The trace event of a request about to run, named as QEMU's.
+    fn trace_request(&self, req: &Request) {
+        let (me, head) = (self as *const Self, req.head);
+        match &req.kind {
+            RequestKind::Read { data, .. } => trace!(
+                virtio_blk_handle_read,
+                "vdev {me:p} req {head} sector {} nsectors {}",
+                req.sector,
+                data.len() >> 9
+            ),
+            RequestKind::Write { data, .. } => trace!(
+                virtio_blk_handle_write,
+                "vdev {me:p} req {head} sector {} nsectors {}",
+                req.sector,
+                data.len() >> 9
+            ),
+            RequestKind::Discard { offset, bytes } => trace!(
+                virtio_blk_handle_discard,
+                "vdev {me:p} req {head} sector {} nsectors {}",
+                offset >> 9,
+                bytes >> 9
+            ),
+            RequestKind::WriteZeroes {
+                offset,
+                bytes,
+                unmap,
+            } => trace!(
+                virtio_blk_handle_write_zeroes,
+                "vdev {me:p} req {head} sector {} nsectors {} unmap {unmap}",
+                offset >> 9,
+                bytes >> 9
+            ),
+            _ => {}
+        }
+    }
+
+    /// Writes the status, returns the chain and interrupts if wanted (virtio_blk_req_complete).
+    /// A request that outlived a device reset must not touch the new driver's rings.
+    fn complete(&self, q: usize, req: &Request, status: u8, generation: u64) {
+        trace!(
+            virtio_blk_req_complete,
+            "vdev {:p} req {} status {}",
+            self as *const Self,
+            req.head,
+            status
+        );
+        let mut core = lock(&self.core);
+        if core.reset_count != generation || core.broken {
+            return;
+        }
+        let notify_on_empty = core.has_feature(VIRTIO_F_NOTIFY_ON_EMPTY);
+        let queue = &mut core.queues[q];
+        let pushed: Result<bool, QueueError> = (|| {
+            host_pieces(&self.mem, req.status_addr, 1, |p, _| {
+                // SAFETY: `host_pieces` hands out a pointer into mapped guest RAM.
+                unsafe { std::ptr::write_volatile(p, status) }
+            })?;
+            queue.add_used(&self.mem, req.head, req.used_len)?;
+            queue.needs_notification(&self.mem, notify_on_empty)
+        })();
+        match pushed {
+            Ok(true) => {
+                trace!(virtio_notify, "vdev {:p} vq {}", self as *const Self, q);
+                core.raise(super::VIRTIO_ISR_QUEUE);
+            }
+            Ok(false) => {}
+            Err(e) => core.error(&e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Checked access from virtio devices to guest RAM.
+//!
+//! The part of QEMU's address_space_map / dma_memory_map a virtio device needs: whether a
+//! guest range is RAM, and the host pointers behind it. vm-memory's region collection does the
+//! lookups; a range that crosses from one region into the next is handled piecewise, and any
+//! byte outside RAM makes the whole range an error.
+
+use vm_memory::MemoryRegionAddress;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::queue::QueueError;
+
+/// Whether `addr..addr+len` lies entirely in guest RAM (no wrap-around).
+pub fn in_ram(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> bool {
+    let Some(end) = addr.0.checked_add(len as u64) else {
+        return false;
+    };
+    // The common case, one region holding the whole range, without building slices.
+    if let Some(region) = mem.find_region(addr) {
+        if end <= region.start_addr().0 + region.len() {
+            return true;
+        }
+    }
+    GuestMemoryBackend::check_range(mem, addr, len)
+}
+
+/// Calls `f` with the host (pointer, length) pieces covering `addr..addr+len` of guest
+/// memory; a range spanning two memory regions yields two pieces. Ranges come from a validated
+/// chain, but the check is repeated: a missing region is an error, never an unchecked pointer.
+pub fn host_pieces(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+    mut f: impl FnMut(*mut u8, usize),
+) -> Result<(), QueueError> {
+    let mut at = addr;
+    let mut left = len;
+    while left > 0 {
+        let outside = QueueError::BufferOutsideMemory {
+            addr: at.0,
+            len: left as u32,
+        };
+        let region = mem.find_region(at).ok_or(outside.clone())?;
+        let offset = at.0 - region.start_addr().0;
+        let n = ((region.len() - offset) as usize).min(left);
+        let ptr = region
+            .get_host_address(MemoryRegionAddress(offset))
+            .map_err(|_| outside)?;
+        f(ptr, n);
+        at = GuestAddress(at.0.wrapping_add(n as u64));
+        left -= n;
+    }
+    Ok(())
+}
