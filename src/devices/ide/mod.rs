@@ -13,9 +13,10 @@
 //! ```text
 //! vCPU thread                         main loop thread (AioContext)
 //! -----------                         -----------------------------
-//! KVM_EXIT_IO out 0x1F0 (rep outsw)
+//! KVM_EXIT_IO out 0x1F0 (rep outsw, up to a page)
+//!   BQL, Bus::write_string -> IdePorts::write_string
 //!   lock device (Arc<Mutex<Piix3Ide>>)
-//!   Piix3Ide::pio_write -> AtaChannel::data_write_buf
+//!   Piix3Ide::pio_write -> AtaChannel::data_write_buf (whole buffer)
 //!     last byte of the DRQ block: status BSY, BlockRequest queued
 //!   IdeBlockSubmitter::after_access
 //!     take_request -> ctx.schedule_bh(Send closure) ----> BH: drives::lookup(drive id)
@@ -27,7 +28,14 @@
 //!                                                        for the next block or done, IRQ
 //!                                                        after_access: irq_update ->
 //!                                                          IrqLine::set_level(true)
+//!                                                          = KVM_IRQ_LINE 14 (in-kernel PIC)
 //! ```
+//!
+//! The machine (`crate::machine`) puts the function at PCI 00:01.1 and its ports 0x1F0-0x1F7,
+//! 0x3F6, 0x170-0x177, 0x376 on the port bus; `-drive if=ide,index=N` or `-device ide-hd`
+//! fill the slots. With `-trace 'ide_*' -trace 'blk_*'` one request shows as
+//! `ide_bus_exec_cmd`, `ide_sector_read`, `blk_co_preadv`, `blk_aio_complete`,
+//! `ide_transfer_start`.
 //!
 //! The state machine never blocks and never calls out: every effect is a value the glue
 //! collects (`take_request`, `irq_update`), so tests drive it register by register without
