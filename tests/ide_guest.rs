@@ -297,7 +297,6 @@ fn ide_test_guest_passes_on_a_raw_image_under_rqemu() {
 }
 
 #[test]
-#[ignore = "needs the qcow2 format driver, which is not in formats yet"]
 fn ide_test_guest_passes_on_a_qcow2_overlay_under_rqemu() {
     ide_test_guest(rqemu, true);
 }
