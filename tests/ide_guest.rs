@@ -301,6 +301,31 @@ fn ide_test_guest_passes_on_a_qcow2_overlay_under_rqemu() {
     ide_test_guest(rqemu, true);
 }
 
+/// `snapshot=on`: the guest's writes go to a temporary overlay; the image is left untouched.
+#[test]
+fn ide_test_guest_writes_nothing_to_the_image_with_snapshot_on_under_rqemu() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let defines = [format!("-DDISK_SECTORS={DISK_SECTORS}")];
+    let guest = build_guest("ide-test", &defines, dir.path());
+    let image = dir.path().join("base.raw");
+    raw_image(&image, DISK_SECTORS * 512, &guest);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rqemu"));
+    cmd.args(["-nographic", "-no-reboot", "-m", "64", "-drive"])
+        .arg(format!(
+            "file={},format=raw,if=ide,snapshot=on",
+            image.display()
+        ));
+    check_report(&boot(cmd), EXPECTED);
+    let scratch = dir.path().join("sectors.raw");
+    for &(lba, count, _) in WRITTEN {
+        let got = read_sectors(&image, "raw", lba, count, &scratch);
+        assert!(got.iter().all(|b| *b == 0), "sectors {lba}+{count} written");
+    }
+}
+
 #[test]
 fn ide_bench_guest_runs_under_qemu() {
     ide_bench_guest(qemu);
