@@ -13,10 +13,16 @@ bin=${CARGO_TARGET_DIR:-target}/release
 out=${CARGO_TARGET_DIR:-target}/default-image
 mkdir -p "$out"
 nasm -f bin fixtures/guests/hello.asm -o "$out/hello.bin"
+# rqemu-img makes the image; until it is built, the reference qemu-img stands in for it.
+img="$bin/rqemu-img"
+if [ ! -x "$img" ]; then
+  echo "run.sh: $img not built; using qemu-img to make the image"
+  img=qemu-img
+fi
 rm -f "$out/hello.qcow2"
-"$bin/rqemu-img" convert -f raw -O qcow2 "$out/hello.bin" "$out/hello.qcow2"
-"$bin/rqemu-img" resize -q "$out/hello.qcow2" 64M
-"$bin/rqemu-img" info "$out/hello.qcow2"
+"$img" convert -f raw -O qcow2 "$out/hello.bin" "$out/hello.qcow2"
+"$img" resize -q "$out/hello.qcow2" 64M
+"$img" info "$out/hello.qcow2"
 echo "--- booting rqemu (the guest resets when done; -no-reboot then ends the run) ---"
 exec "$bin/rqemu" -m 64 -nographic -no-reboot \
   -drive file="$out/hello.qcow2",format=qcow2,if=ide "$@"
