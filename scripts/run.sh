@@ -13,12 +13,7 @@ bin=${CARGO_TARGET_DIR:-target}/release
 out=${CARGO_TARGET_DIR:-target}/default-image
 mkdir -p "$out"
 nasm -f bin fixtures/guests/hello.asm -o "$out/hello.bin"
-# rqemu-img makes the image; until it is built, the reference qemu-img stands in for it.
 img="$bin/rqemu-img"
-if [ ! -x "$img" ]; then
-  echo "run.sh: $img not built; using qemu-img to make the image"
-  img=qemu-img
-fi
 rm -f "$out/hello.qcow2"
 "$img" convert -f raw -O qcow2 "$out/hello.bin" "$out/hello.qcow2"
 "$img" resize -q "$out/hello.qcow2" 64M
