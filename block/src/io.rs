@@ -222,6 +222,14 @@ impl BlockDriverState {
         );
         check_request(offset, bytes)?;
         self.check_writable()?;
+        if flags.contains(RequestFlags::WRITE_COMPRESSED)
+            && !self
+                .drv()
+                .supported_write_flags()
+                .contains(RequestFlags::WRITE_COMPRESSED)
+        {
+            return Err(Error::from_errno(libc::ENOTSUP));
+        }
         let _in_flight = InFlightGuard::new(self);
         let align = self.limits().request_alignment as u64;
         let start = round_down(offset, align);

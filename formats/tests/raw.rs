@@ -79,3 +79,20 @@ fn probing_picks_raw_for_unknown_content_and_remembers_it() {
     let named = open(&format!("driver=raw,file.filename={path}")).unwrap();
     assert!(!named.bs().was_probed());
 }
+
+#[test]
+fn compressed_writes_are_refused_by_formats_that_cannot_compress() {
+    let f = image(65536);
+    let blk = open(&format!("driver=raw,file.filename={}", f.path().display())).unwrap();
+    let err = AioContext::current()
+        .run_until(async move {
+            blk.co_pwritev(0, &IoVector::alloc(65536), RequestFlags::WRITE_COMPRESSED)
+                .await
+        })
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::ENOTSUP);
+    assert!(
+        std::fs::read(f.path()).unwrap()[1] == 1,
+        "nothing was written"
+    );
+}

@@ -415,12 +415,11 @@ async fn write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
         match (&o.kind, &buf) {
             (WriteKind::Zeroes, _) => blk.co_pwrite_zeroes(offset, count, o.flags).await,
             (WriteKind::Buffer, Some(buf)) => blk.co_pwritev(offset, buf, o.flags).await,
-            // No driver compresses yet; the device bounds are still checked first, as
-            // blk_pwrite_compressed does.
-            (WriteKind::Compressed, _) if offset.saturating_add(count) > blk.getlength() => {
-                Err(Error::from_errno(libc::EIO))
+            (WriteKind::Compressed, Some(buf)) => {
+                let flags = o.flags | RequestFlags::WRITE_COMPRESSED;
+                blk.co_pwritev(offset, buf, flags).await
             }
-            // Neither compressed writes nor the VM state area exist in any driver yet.
+            // The VM state area (`-b`) exists in no driver yet.
             _ => Err(Error::from_errno(libc::ENOTSUP)),
         }
     })
