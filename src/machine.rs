@@ -23,6 +23,7 @@ use crate::devices::fw_cfg::{self, e820_bytes, E820Type, FwCfg, FW_CFG_PORT_SEL}
 use crate::devices::i8042::{I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ};
 use crate::devices::pci::{pc_pci_bus, BarKind, PciBarWindow, PciHost, PCI_CONFIG_ADDRESS};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
+use crate::devices::virtio::machine::{self as virtio, VirtioDisks};
 use crate::devices::{Port92, ResetRequest};
 use crate::kvm::vcpu::{run_loop, RunExit};
 use crate::kvm::{cpu, Vm};
@@ -63,6 +64,7 @@ pub struct Machine {
     reset: ResetRequest,
     entry: Option<linux::EntryState>,
     alive: Arc<AtomicBool>,
+    _virtio: VirtioDisks,
     // Dropped last: KVM's memory slots point into it.
     _ram: GuestRam,
 }
@@ -104,7 +106,7 @@ impl Machine {
         let vm = Vm::new(&ram)?;
         let reset = ResetRequest::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let (buses, cmos, serial) = build_devices(cfg, &ram, &vm, &reset, out)?;
+        let (buses, cmos, serial, virtio) = build_devices(cfg, &ram, &vm, &reset, out, &main)?;
         let bql = Bql::new(buses);
         start_rtc_timer(&main, bql.clone(), cmos, alive.clone());
         if let (Some(port), Some(input)) = (serial, &out.serial_input) {
@@ -116,6 +118,7 @@ impl Machine {
             reset,
             entry,
             alive,
+            _virtio: virtio,
             _ram: ram,
         })
     }
@@ -138,7 +141,12 @@ impl Drop for Machine {
     }
 }
 
-type Built = (IoBuses, Arc<Mutex<Cmos>>, Option<Arc<Mutex<SerialPort>>>);
+type Built = (
+    IoBuses,
+    Arc<Mutex<Cmos>>,
+    Option<Arc<Mutex<SerialPort>>>,
+    VirtioDisks,
+);
 
 /// Creates the platform devices and registers their port ranges.
 fn build_devices(
@@ -147,6 +155,7 @@ fn build_devices(
     vm: &Vm,
     reset: &ResetRequest,
     out: &Outputs,
+    main: &AioContextHandle,
 ) -> Result<Built, String> {
     let mut buses = IoBuses::default();
     let pio = &mut buses.pio;
@@ -167,7 +176,9 @@ fn build_devices(
     pio.insert(I8042_DATA as u64, 1, kbc.clone())?;
     pio.insert(I8042_COMMAND as u64, 1, kbc)?;
     pio.insert(0x92, 1, dev(Port92::new(reset.clone())))?;
-    let pci = Arc::new(Mutex::new(PciHost::new(pc_pci_bus(), reset.clone())));
+    let mut pci_bus = pc_pci_bus();
+    let virtio = virtio::plug_all(&cfg.virtio_disks, &mut pci_bus, vm, ram.memory(), main)?;
+    let pci = Arc::new(Mutex::new(PciHost::new(pci_bus, reset.clone())));
     pio.insert(PCI_CONFIG_ADDRESS as u64, 8, pci.clone())?;
     pio.set_fallback(dev(PciBarWindow::new(pci.clone(), BarKind::Io)));
     buses
@@ -177,7 +188,7 @@ fn build_devices(
         pio.insert(DEBUGCON_PORT as u64, 1, dev(DebugCon::new(o.clone())))?;
     }
     pio.insert(FW_CFG_PORT_SEL as u64, 2, dev(firmware_config(cfg, ram)?))?;
-    Ok((buses, cmos, serial))
+    Ok((buses, cmos, serial, virtio))
 }
 
 /// What SeaBIOS learns through fw_cfg: RAM layout, CPU count, console and boot policy.

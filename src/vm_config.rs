@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::devices::virtio::machine::{self as virtio, VirtioDiskConfig};
 use block::Options;
 
 /// The SeaBIOS image QEMU's `pc` machine loads by default.
@@ -73,6 +74,8 @@ pub struct VmConfig {
     pub append: String,
     /// `-drive` and `-blockdev` options, in order.
     pub drives: Vec<DriveConfig>,
+    /// virtio-blk-pci disks (`-device virtio-blk-pci`, `-drive if=virtio`), in order.
+    pub virtio_disks: Vec<crate::devices::virtio::machine::VirtioDiskConfig>,
     /// COM1.
     pub serial: CharBackend,
     /// The debug console at port 0x402.
@@ -95,6 +98,7 @@ impl Default for VmConfig {
             initrd: None,
             append: String::new(),
             drives: Vec::new(),
+            virtio_disks: Vec::new(),
             serial: CharBackend::Null,
             debugcon: CharBackend::None,
             nographic: false,
@@ -256,12 +260,19 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "drive" => {
             let drive = parse_drive(arg, cfg.drives.len())?;
             check_unique_id(cfg, &drive.id)?;
+            if drive.interface == DriveInterface::Virtio {
+                let disk = VirtioDiskConfig::for_drive(&drive.id, &drive.origin);
+                cfg.virtio_disks.push(disk);
+            }
             cfg.drives.push(drive);
         }
         "blockdev" => {
             let drive = parse_blockdev(arg)?;
             check_unique_id(cfg, &drive.id)?;
             cfg.drives.push(drive);
+        }
+        "device" if virtio::is_virtio_blk(arg.split(',').next().unwrap_or("")) => {
+            cfg.virtio_disks.push(virtio::parse_device(arg)?)
         }
         "device" => parse_device(arg)?,
         "serial" => cfg.serial = parse_chardev(arg)?,
@@ -399,9 +410,6 @@ fn parse_device(arg: &str) -> Result<(), String> {
         "ide-hd" | "ide-cd" | "ide-drive" => Err(format!(
             "device '{driver}' is not supported yet (IDE disks come in a later version of rqemu)"
         )),
-        "virtio-blk-pci" | "virtio-blk" => Err(format!(
-            "device '{driver}' is not supported yet (virtio-blk comes in a later version of rqemu)"
-        )),
         _ => Err(format!("'{driver}' is not a valid device model name")),
     }
 }
@@ -444,10 +452,7 @@ fn parse_drive(arg: &str, ordinal: usize) -> Result<DriveConfig, String> {
         DriveInterface::Ide => {
             return Err("IDE drives (device 'ide-hd') are not supported yet".to_string())
         }
-        DriveInterface::Virtio => {
-            return Err("virtio drives (device 'virtio-blk-pci') are not supported yet".to_string())
-        }
-        DriveInterface::None => {}
+        DriveInterface::Virtio | DriveInterface::None => {}
     }
     let filename = opts.take("file");
     let id = opts

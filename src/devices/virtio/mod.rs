@@ -28,6 +28,8 @@
 
 pub mod block;
 pub mod guest_mem;
+pub mod kvm_glue;
+pub mod machine;
 pub mod pci;
 pub mod queue;
 pub mod request;
