@@ -32,6 +32,8 @@ bitflags::bitflags! {
         const NO_FALLBACK = 0x100;
         /// Wait for overlapping requests and make later ones wait (BDRV_REQ_SERIALISING).
         const SERIALISING = 0x80;
+        /// Store the data compressed; whole clusters only (BDRV_REQ_WRITE_COMPRESSED).
+        const WRITE_COMPRESSED = 0x20;
     }
 }
 
@@ -296,6 +298,12 @@ pub trait BlockDriver {
 
     /// The format-specific part of `qemu-img info` (ImageInfoSpecific), as JSON.
     fn get_specific_info(&self, _bs: &BlockDriverState) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// The backing file name recorded in the image and its format, if any (bs->backing_file
+    /// and bs->backing_format), for `qemu-img info`.
+    fn backing_file_name(&self, _bs: &BlockDriverState) -> Option<(String, Option<String>)> {
         None
     }
 

@@ -322,7 +322,9 @@ impl BlockDriverState {
             .map(move |done| (done, (bytes - done).min(max)))
     }
 
+    /// A write past the end grew the node; lengths stay whole sectors (bdrv's total_sectors).
     fn grow_to(&self, end: u64) {
+        let end = end.next_multiple_of(512);
         if end > self.total_bytes.get() {
             self.total_bytes.set(end);
         }

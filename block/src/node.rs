@@ -122,6 +122,9 @@ pub struct OpenFlags {
     pub aio: AioMode,
     /// Send writes to a temporary overlay (BDRV_O_SNAPSHOT, `-s`).
     pub snapshot: bool,
+    /// Opened by a consistency check (BDRV_O_CHECK): a format may then open a damaged
+    /// image read-write so that the check can repair it.
+    pub check: bool,
 }
 
 /// A child link of a node (QEMU's BdrvChild).
@@ -277,9 +280,16 @@ impl BlockDriverState {
         self.drv().co_get_allocated_file_size(self).await
     }
 
-    /// Re-reads the length from the driver (after truncate or a change underneath).
+    /// Re-reads the length from the driver (after truncate or a change underneath). Like
+    /// QEMU's total_sectors, it is rounded up to whole 512-byte sectors: the tail of a short
+    /// file reads as zeroes.
     pub async fn refresh_total_bytes(&self) -> Result<u64> {
-        let len = self.drv().co_getlength(self).await?;
+        let len = self
+            .drv()
+            .co_getlength(self)
+            .await?
+            .checked_next_multiple_of(512)
+            .ok_or_else(|| Error::from_errno(libc::EFBIG))?;
         self.total_bytes.set(len);
         Ok(len)
     }

@@ -5,9 +5,11 @@
 //! generic request path, so the same qcow2 code runs over a file, a null device or any filter.
 //! [`register_all`] adds every format to the block layer's registry, where probing finds them.
 
+pub mod qcow2;
 pub mod raw;
 
 /// Registers every format driver with the block layer (QEMU's block_init).
 pub fn register_all() {
     block::driver::register(&raw::RAW);
+    block::driver::register(&qcow2::QCOW2);
 }

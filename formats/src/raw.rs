@@ -48,9 +48,6 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
             return Err(Error::invalid("Specified size is not multiple of 512"));
         }
     }
-    if offset % 512 != 0 && size.is_some() {
-        return Err(Error::invalid("Specified offset is not multiple of 512"));
-    }
     Ok(Box::new(RawDriver { offset, size }))
 }
 

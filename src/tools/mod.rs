@@ -3,3 +3,4 @@
 
 pub mod getopt;
 pub mod image;
+pub mod qemu_io;

@@ -5,6 +5,11 @@
 //! syscall, a vCPU thread submitting a request, or a completion that must not run inside the
 //! submitting call. Any thread may schedule one through an [`AioContextHandle`]; it always runs
 //! on the context's home thread, in the order scheduled.
+//!
+//! One difference from QEMU: QEMU pushes a scheduled BH onto the head of its list, so the BHs
+//! of one slice run newest first; here a slice runs oldest first, which is easier to reason
+//! about. It shows only when several requests fail inside their submitting call (qemu-io then
+//! reports their errors in the opposite order).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

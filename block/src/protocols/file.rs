@@ -473,10 +473,9 @@ fn regular_truncate(fd: RawFd, offset: u64, prealloc: PreallocMode) -> Result<()
     match prealloc {
         PreallocMode::Off => {}
         _ if offset < current => {
-            return Err(Error::not_supported(format!(
-                "Preallocation mode '{}' unsupported for shrinking",
-                prealloc.name()
-            )))
+            return Err(Error::not_supported(
+                "Cannot use preallocation for shrinking files",
+            ))
         }
         PreallocMode::Metadata => {
             return Err(Error::not_supported(

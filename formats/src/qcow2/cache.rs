@@ -1,0 +1,314 @@
+//! The metadata table cache: L2 tables and refcount blocks kept in memory, written back
+//! lazily, with the write ordering between the two that keeps an image consistent after a
+//! crash without a journal (QEMU's block/qcow2-cache.c).
+//!
+//! Each cache holds whole tables (one cluster each) keyed by their host offset, evicting the
+//! least recently used clean-or-written-back table when full. The ordering rule: a new cluster
+//! must be counted before anything points at it, and must stop being pointed at before its
+//! count drops. So after an allocation the L2 cache *depends on* the refcount cache (refcount
+//! blocks are written, and the file flushed, before any L2 table), and after a free the
+//! refcount cache depends on the L2 cache. Setting one dependency while the opposite one is
+//! pending first flushes the pending side, so the two never wait on each other.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use block::{BlockDriverState, Result};
+
+use super::{read_bytes, write_bytes};
+
+/// Cache sizes a user asked for (`cache-size`, `l2-cache-size`, `refcount-cache-size`),
+/// in tables; None leaves the driver's default.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheSizes {
+    /// L2 tables.
+    pub l2_tables: Option<usize>,
+    /// Refcount blocks.
+    pub refblocks: Option<usize>,
+}
+
+/// Reads and checks the cache options with QEMU's rules and messages (read_cache_sizes).
+pub fn take_cache_options(options: &mut block::Options, cluster_size: u64) -> Result<CacheSizes> {
+    let combined = options.take_size("cache-size")?;
+    let l2 = options.take_size("l2-cache-size")?;
+    let refcount = options.take_size("refcount-cache-size")?;
+    let entry = options.take_size("l2-cache-entry-size")?;
+    options.take_u64("cache-clean-interval")?;
+    let invalid = |m: &str| Err(block::Error::invalid(m));
+    if combined.is_some() && l2.is_some() && refcount.is_some() {
+        return invalid(
+            "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time",
+        );
+    }
+    if let Some(c) = combined {
+        if l2.is_some_and(|l| l > c) {
+            return invalid("l2-cache-size may not exceed cache-size");
+        }
+        if refcount.is_some_and(|r| r > c) {
+            return invalid("refcount-cache-size may not exceed cache-size");
+        }
+    }
+    if let Some(e) = entry {
+        if !e.is_power_of_two() || e < 512 || e > cluster_size {
+            return Err(block::Error::invalid(format!(
+                "L2 cache entry size must be a power of two between 512 and the cluster size ({cluster_size})"
+            )));
+        }
+    }
+    let tables = |bytes: u64| Some((bytes / cluster_size).clamp(2, 1 << 16) as usize);
+    let (l2, refcount) = match (combined, l2, refcount) {
+        (Some(c), Some(l), None) => (Some(l), Some(c - l)),
+        (Some(c), None, Some(r)) => (Some(c - r), Some(r)),
+        (Some(c), None, None) => (Some(c - c / 4), Some(c / 4)),
+        (_, l, r) => (l, r),
+    };
+    Ok(CacheSizes {
+        l2_tables: l2.and_then(tables),
+        refblocks: refcount.and_then(tables),
+    })
+}
+
+/// Which of the two caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// L2 tables.
+    L2,
+    /// Refcount blocks.
+    Refblock,
+}
+
+struct Slot {
+    data: Vec<u8>,
+    dirty: bool,
+    last_used: u64,
+}
+
+/// One cache of equally sized tables.
+pub struct TableCache {
+    table_size: usize,
+    capacity: usize,
+    slots: HashMap<u64, Slot>,
+    tick: u64,
+}
+
+impl TableCache {
+    fn new(table_size: usize, capacity: usize) -> TableCache {
+        TableCache {
+            table_size,
+            capacity: capacity.max(2),
+            slots: HashMap::new(),
+            tick: 0,
+        }
+    }
+
+    fn touch(&mut self, offset: u64) -> Option<&mut Slot> {
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = self.slots.get_mut(&offset)?;
+        slot.last_used = tick;
+        Some(slot)
+    }
+
+    fn lru_victim(&self) -> Option<u64> {
+        self.slots
+            .iter()
+            .min_by_key(|(_, s)| s.last_used)
+            .map(|(&o, _)| o)
+    }
+
+    fn dirty_offsets(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(&o, _)| o)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// The L2 and refcount-block caches with their mutual write ordering.
+pub struct Caches {
+    file: Rc<BlockDriverState>,
+    l2: TableCache,
+    refblock: TableCache,
+    l2_depends_on_refblock: bool,
+    refblock_depends_on_l2: bool,
+}
+
+impl Caches {
+    /// Caches of `table_size`-byte tables with room for the given numbers of tables.
+    pub fn new(
+        file: Rc<BlockDriverState>,
+        table_size: usize,
+        l2_tables: usize,
+        refblocks: usize,
+    ) -> Caches {
+        Caches {
+            file,
+            l2: TableCache::new(table_size, l2_tables),
+            refblock: TableCache::new(table_size, refblocks),
+            l2_depends_on_refblock: false,
+            refblock_depends_on_l2: false,
+        }
+    }
+
+    fn cache(&mut self, which: Which) -> &mut TableCache {
+        match which {
+            Which::L2 => &mut self.l2,
+            Which::Refblock => &mut self.refblock,
+        }
+    }
+
+    /// Makes sure the table at `offset` is in memory (qcow2_cache_get).
+    pub async fn load(&mut self, which: Which, offset: u64) -> Result<()> {
+        if self.cache(which).touch(offset).is_some() {
+            return Ok(());
+        }
+        self.make_room(which).await?;
+        let size = self.cache(which).table_size;
+        let data = read_bytes(&self.file, offset, size).await?;
+        self.insert(which, offset, data, false);
+        Ok(())
+    }
+
+    /// Puts a brand-new table (all zeroes) in the cache without reading it
+    /// (qcow2_cache_get_empty); it is dirty, so it will be written.
+    pub async fn load_empty(&mut self, which: Which, offset: u64) -> Result<()> {
+        if self.cache(which).touch(offset).is_none() {
+            self.make_room(which).await?;
+        }
+        let size = self.cache(which).table_size;
+        self.insert(which, offset, vec![0; size], true);
+        Ok(())
+    }
+
+    fn insert(&mut self, which: Which, offset: u64, data: Vec<u8>, dirty: bool) {
+        let c = self.cache(which);
+        c.tick += 1;
+        let last_used = c.tick;
+        c.slots.insert(
+            offset,
+            Slot {
+                data,
+                dirty,
+                last_used,
+            },
+        );
+    }
+
+    async fn make_room(&mut self, which: Which) -> Result<()> {
+        while self.cache(which).slots.len() >= self.cache(which).capacity {
+            let victim = self
+                .cache(which)
+                .lru_victim()
+                .expect("full cache has slots");
+            if self.cache(which).slots[&victim].dirty {
+                self.write_back(which, &[victim]).await?;
+            }
+            self.cache(which).slots.remove(&victim);
+        }
+        Ok(())
+    }
+
+    /// The cached table at `offset`; `load` must have been called under the same lock hold.
+    pub fn table(&mut self, which: Which, offset: u64) -> &mut [u8] {
+        &mut self
+            .cache(which)
+            .touch(offset)
+            .expect("table loaded before use")
+            .data
+    }
+
+    /// Marks a cached table as modified (qcow2_cache_entry_mark_dirty).
+    pub fn mark_dirty(&mut self, which: Which, offset: u64) {
+        if let Some(s) = self.cache(which).slots.get_mut(&offset) {
+            s.dirty = true;
+        }
+    }
+
+    /// Drops a table from the cache without writing it (the cluster was freed).
+    pub fn discard(&mut self, which: Which, offset: u64) {
+        self.cache(which).slots.remove(&offset);
+    }
+
+    /// Records that `which` must not reach the disk before `before` has
+    /// (qcow2_cache_set_dependency).
+    pub async fn set_dependency(&mut self, which: Which, before: Which) -> Result<()> {
+        debug_assert_ne!(which, before);
+        let opposite_pending = match before {
+            Which::L2 => self.l2_depends_on_refblock,
+            Which::Refblock => self.refblock_depends_on_l2,
+        };
+        if opposite_pending {
+            self.flush(before).await?;
+        }
+        match which {
+            Which::L2 => self.l2_depends_on_refblock = true,
+            Which::Refblock => self.refblock_depends_on_l2 = true,
+        }
+        Ok(())
+    }
+
+    /// Writes back every dirty table of one cache, honouring its dependency
+    /// (qcow2_cache_write).
+    pub async fn flush(&mut self, which: Which) -> Result<()> {
+        let dirty = self.cache(which).dirty_offsets();
+        self.write_back(which, &dirty).await
+    }
+
+    /// Writes back both caches, refcount blocks first (they usually must precede L2).
+    pub async fn flush_all(&mut self) -> Result<()> {
+        if self.refblock_depends_on_l2 {
+            self.flush(Which::L2).await?;
+            self.flush(Which::Refblock).await
+        } else {
+            self.flush(Which::Refblock).await?;
+            self.flush(Which::L2).await
+        }
+    }
+
+    fn write_back<'a>(
+        &'a mut self,
+        which: Which,
+        offsets: &'a [u64],
+    ) -> block::coroutine::LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let dependency = match which {
+                Which::L2 if self.l2_depends_on_refblock => Some(Which::Refblock),
+                Which::Refblock if self.refblock_depends_on_l2 => Some(Which::L2),
+                _ => None,
+            };
+            if let (Some(before), false) = (dependency, offsets.is_empty()) {
+                match which {
+                    Which::L2 => self.l2_depends_on_refblock = false,
+                    Which::Refblock => self.refblock_depends_on_l2 = false,
+                }
+                self.flush(before).await?;
+                self.file.co_flush().await?;
+            }
+            for &offset in offsets {
+                let Some(slot) = self.cache(which).slots.get(&offset) else {
+                    continue;
+                };
+                if !slot.dirty {
+                    continue;
+                }
+                let data = slot.data.clone();
+                block::trace!(qcow2_cache_entry_flush, "{:?} offset 0x{:x}", which, offset);
+                write_bytes(&self.file, offset, &data).await?;
+                if let Some(s) = self.cache(which).slots.get_mut(&offset) {
+                    s.dirty = false;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets every table (after the image was changed underneath, e.g. by a repair).
+    pub fn clear(&mut self) {
+        self.l2.slots.clear();
+        self.refblock.slots.clear();
+    }
+}

@@ -1,0 +1,443 @@
+//! The qcow2 format driver (QEMU's block/qcow2.c and friends; the format is specified in
+//! QEMU's docs/interop/qcow2.txt).
+//!
+//! The modules follow the specification's table of contents:
+//! [`header`] (first cluster, extensions, feature bits) → [`l2`] (L1/L2 entries, cluster and
+//! subcluster types) → [`mapping`] (guest → host translation) → [`refcount`] (host cluster
+//! accounting and allocation) → [`cache`] (L2/refcount-block cache and write ordering) →
+//! [`cluster`] (allocating writes, copy-on-write) → [`compress`] (zlib/zstd clusters) →
+//! [`zero`] (zero writes and discard) → [`resize`] (truncate) → [`create`] → [`check`].
+//! [`state`] holds the image state behind the metadata lock; [`read`] and [`write`] are the
+//! request paths built from the pieces above.
+
+pub mod cache;
+pub mod check;
+pub mod cluster;
+pub mod compress;
+pub mod create;
+pub mod header;
+pub mod l2;
+pub mod mapping;
+mod read;
+pub mod rebuild;
+pub mod refcount;
+pub mod resize;
+pub mod state;
+mod write;
+pub mod zero;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use async_trait::async_trait;
+use block::coroutine::{CoMutex, CoQueue};
+use block::driver::{
+    BlockDriver, BlockLimits, BlockStatus, CheckFix, CheckResult, DriverClass, DriverInfo,
+    PreallocMode, RequestFlags,
+};
+use block::node::bdrv_open_backing;
+use block::{BlockDriverState, Error, IoVector, Options, Result};
+
+use cluster::InflightAlloc;
+use header::{CompressionType, Header};
+use l2::Geometry;
+use state::Meta;
+
+/// The class registered as `qcow2`.
+pub static QCOW2: DriverClass = DriverClass {
+    format_name: "qcow2",
+    protocol_name: None,
+    is_format: true,
+    probe: Some(probe),
+    open: |bs, options| Box::pin(open(bs, options)),
+    create: Some(|filename, options| Box::pin(create::create(filename, options))),
+    create_options: &create::CREATE_OPTIONS,
+};
+
+/// Scores 100 for the qcow2 magic with a version we know (qcow2_probe).
+fn probe(buf: &[u8], _filename: &str) -> u32 {
+    if buf.len() >= 8
+        && buf[0..4] == header::QCOW_MAGIC.to_be_bytes()
+        && u32::from_be_bytes(buf[4..8].try_into().unwrap()) >= 2
+    {
+        100
+    } else {
+        0
+    }
+}
+
+/// Reads `len` bytes of a node into a vector (metadata reads).
+pub(crate) async fn read_bytes(
+    file: &BlockDriverState,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let buf = IoVector::alloc(len);
+    file.co_preadv(offset, &buf, RequestFlags::empty()).await?;
+    Ok(buf.to_vec())
+}
+
+/// Writes bytes to a node (metadata writes).
+pub(crate) async fn write_bytes(file: &BlockDriverState, offset: u64, data: &[u8]) -> Result<()> {
+    file.co_pwritev(offset, &IoVector::from_slice(data), RequestFlags::empty())
+        .await
+}
+
+/// An open qcow2 image.
+pub struct Qcow2 {
+    /// Metadata, behind the lock that QEMU calls s->lock.
+    pub(crate) meta: CoMutex<Meta>,
+    /// Sizes and shifts (fixed while open).
+    pub(crate) g: Geometry,
+    compression_type: CompressionType,
+    /// Virtual size.
+    size: Cell<u64>,
+    /// Guest clusters with an allocation in flight.
+    allocs: RefCell<Vec<InflightAlloc>>,
+    next_alloc_id: Cell<u64>,
+    alloc_done: CoQueue,
+    /// Header facts for the synchronous info calls.
+    info: RefCell<Header>,
+    /// The compatible lazy-refcounts bit is set: the image is marked dirty while written.
+    lazy_refcounts: bool,
+    /// The image was found dirty: its refcounts must be repaired before the first write.
+    needs_repair: Cell<bool>,
+    /// Serialises that repair.
+    repair_lock: CoMutex<()>,
+}
+
+async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
+    let head = read_bytes(file, 0, 512).await?;
+    if head.len() < 24 || head[0..4] != header::QCOW_MAGIC.to_be_bytes() {
+        return Err(Error::invalid("Image is not in qcow2 format"));
+    }
+    let bits = u32::from_be_bytes(head[20..24].try_into().unwrap());
+    if !(header::MIN_CLUSTER_BITS..=header::MAX_CLUSTER_BITS).contains(&bits) {
+        return Ok(head);
+    }
+    read_bytes(file, 0, 1 << bits).await
+}
+
+/// Refuses what this driver does not implement, naming it.
+fn refuse_unimplemented(h: &Header) -> Result<()> {
+    h.check_incompatible()?;
+    if h.crypt_method != 0 {
+        return Err(Error::not_supported(
+            "qcow2: encrypted images (AES or LUKS) are not supported by rqemu",
+        ));
+    }
+    if h.incompatible_features & header::INCOMPAT_DATA_FILE != 0 || h.data_file.is_some() {
+        return Err(Error::not_supported(
+            "qcow2: external data files are not supported by rqemu",
+        ));
+    }
+    Ok(())
+}
+
+/// Takes the other qcow2 runtime options QEMU accepts (discard and overlap-check policies,
+/// which this driver fixes at QEMU's defaults).
+fn take_runtime_options(options: &mut Options) -> Result<()> {
+    for key in [
+        "l2-cache-size",
+        "refcount-cache-size",
+        "cache-size",
+        "l2-cache-entry-size",
+    ] {
+        options.take_size(key)?;
+    }
+    options.take_u64("cache-clean-interval")?;
+    for key in [
+        "lazy-refcounts",
+        "pass-discard-request",
+        "pass-discard-snapshot",
+        "pass-discard-other",
+        "discard-no-unref",
+    ] {
+        options.take_bool(key)?;
+    }
+    for key in ["overlap-check", "overlap-check.template"] {
+        options.take(key);
+    }
+    Ok(())
+}
+
+async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+    let file = bs.file().expect("format nodes have a file child");
+    let first = read_first_cluster(&file).await?;
+    let mut h = Header::parse(&first)?;
+    refuse_unimplemented(&h)?;
+    let writable = !bs.is_read_only();
+    let checking = bs.open_flags().check;
+    if writable && !checking && h.incompatible_features & header::INCOMPAT_CORRUPT != 0 {
+        return Err(Error::new(
+            libc::EACCES,
+            "qcow2: Image is corrupt; cannot be opened read/write",
+        ));
+    }
+    let sizes = cache::take_cache_options(options, h.cluster_size())?;
+    take_runtime_options(options)?;
+    let backing_opt = options.take("backing");
+    let backing_opts = options.extract_prefix("backing");
+    let g = Geometry::new(&h);
+    let dirty = h.incompatible_features & header::INCOMPAT_DIRTY != 0;
+    let stale_autoclear = writable && h.autoclear_features != 0;
+    if stale_autoclear {
+        // We maintain none of the autoclear structures: declare them stale.
+        h.autoclear_features = 0;
+    }
+    let meta = Meta::load(file.clone(), h.clone(), writable, sizes).await?;
+    let q = Qcow2 {
+        meta: CoMutex::new(meta),
+        g,
+        compression_type: h.compression_type,
+        size: Cell::new(h.size),
+        allocs: RefCell::new(Vec::new()),
+        next_alloc_id: Cell::new(1),
+        alloc_done: CoQueue::new(),
+        lazy_refcounts: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+        info: RefCell::new(h.clone()),
+        needs_repair: Cell::new(writable && dirty && !checking),
+        repair_lock: CoMutex::new(()),
+    };
+    if writable {
+        let mut meta = q.meta.lock().await;
+        if stale_autoclear {
+            meta.write_header().await?;
+            meta.file.co_flush().await?;
+        }
+    }
+    open_backing(bs, &h, backing_opt, backing_opts).await?;
+    Ok(Box::new(q))
+}
+
+/// Opens the backing file the header names, unless options say otherwise
+/// (bdrv_open_backing_file).
+async fn open_backing(
+    bs: &BlockDriverState,
+    h: &Header,
+    backing_opt: Option<String>,
+    backing_opts: Options,
+) -> Result<()> {
+    if bs.open_flags().no_backing
+        || backing_opt.as_deref() == Some("")
+        || backing_opt.as_deref() == Some("null")
+    {
+        return Ok(());
+    }
+    let name = match (&backing_opt, &h.backing_file) {
+        (Some(n), _) => n.clone(),
+        (None, Some(n)) => n.clone(),
+        (None, None) if backing_opts.is_empty() => return Ok(()),
+        (None, None) => String::new(),
+    };
+    let backing = bdrv_open_backing(bs, &name, h.backing_format.as_deref(), backing_opts).await?;
+    bs.attach_child("backing", backing);
+    Ok(())
+}
+
+impl Qcow2 {
+    fn file(&self, bs: &BlockDriverState) -> Rc<BlockDriverState> {
+        bs.file().expect("format nodes have a file child")
+    }
+
+    /// Sets the dirty bit before the first write of a lazy-refcounts image
+    /// (qcow2_mark_dirty).
+    pub(crate) async fn mark_dirty(&self, meta: &mut Meta) -> Result<()> {
+        if self.lazy_refcounts && meta.header.incompatible_features & header::INCOMPAT_DIRTY == 0 {
+            meta.file.co_flush().await?;
+            meta.header.incompatible_features |= header::INCOMPAT_DIRTY;
+            meta.write_incompatible().await?;
+            self.info.borrow_mut().incompatible_features |= header::INCOMPAT_DIRTY;
+        }
+        Ok(())
+    }
+
+    /// Clears the dirty bit once everything is on disk (qcow2_mark_clean).
+    async fn mark_clean(&self, meta: &mut Meta) -> Result<()> {
+        if meta.header.incompatible_features & header::INCOMPAT_DIRTY != 0
+            && !self.needs_repair.get()
+        {
+            meta.caches.flush_all().await?;
+            meta.file.co_flush().await?;
+            meta.header.incompatible_features &= !header::INCOMPAT_DIRTY;
+            meta.write_incompatible().await?;
+            self.info.borrow_mut().incompatible_features &= !header::INCOMPAT_DIRTY;
+        }
+        Ok(())
+    }
+
+    /// Repairs an image left dirty by a lazy-refcounts writer before its first write
+    /// (QEMU does it at open; a check with repair, run first, makes it unnecessary).
+    pub(crate) async fn repair_if_dirty(&self, bs: &BlockDriverState) -> Result<()> {
+        if !self.needs_repair.get() {
+            return Ok(());
+        }
+        let _once = self.repair_lock.lock().await;
+        if !self.needs_repair.get() {
+            return Ok(());
+        }
+        let fix = CheckFix {
+            leaks: true,
+            errors: true,
+        };
+        let result = self
+            .check(bs, fix)
+            .await
+            .map_err(|e| e.context("Could not repair dirty image: "))?;
+        if result.corruptions != 0 || result.check_errors != 0 {
+            return Err(Error::new(
+                libc::EIO,
+                "Could not repair dirty image: Input/output error",
+            ));
+        }
+        self.needs_repair.set(false);
+        Ok(())
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for Qcow2 {
+    async fn co_preadv(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        _flags: RequestFlags,
+    ) -> Result<()> {
+        self.read(bs, offset, qiov).await
+    }
+
+    async fn co_pwritev(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
+        self.write(bs, offset, qiov, flags).await
+    }
+
+    async fn co_pwrite_zeroes(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
+        self.pwrite_zeroes(bs, offset, bytes, flags).await
+    }
+
+    async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
+        self.pdiscard(bs, offset, bytes).await
+    }
+
+    async fn co_flush_to_os(&self, _bs: &BlockDriverState) -> Result<()> {
+        let mut meta = self.meta.lock().await;
+        meta.flush().await
+    }
+
+    async fn co_block_status(
+        &self,
+        bs: &BlockDriverState,
+        _want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        self.block_status(bs, offset, bytes).await
+    }
+
+    async fn co_truncate(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        exact: bool,
+        prealloc: PreallocMode,
+    ) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
+        self.truncate(bs, offset, exact, prealloc).await
+    }
+
+    async fn co_getlength(&self, _bs: &BlockDriverState) -> Result<u64> {
+        Ok(self.size.get())
+    }
+
+    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
+        let file = bs.file().map(|f| f.limits()).unwrap_or_default();
+        BlockLimits {
+            request_alignment: 1,
+            max_transfer: 0,
+            pwrite_zeroes_alignment: self.g.subcluster_size() as u32,
+            pdiscard_alignment: self.g.cluster_size as u32,
+            min_mem_alignment: file.min_mem_alignment,
+        }
+    }
+
+    fn supported_write_flags(&self) -> RequestFlags {
+        RequestFlags::WRITE_COMPRESSED
+    }
+
+    fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
+        let h = self.info.borrow();
+        Ok(DriverInfo {
+            cluster_size: self.g.cluster_size,
+            vm_state_offset: self
+                .size
+                .get()
+                .div_ceil(self.g.l2_size << self.g.cluster_bits)
+                * (self.g.l2_size << self.g.cluster_bits),
+            is_dirty: h.incompatible_features & header::INCOMPAT_DIRTY != 0,
+        })
+    }
+
+    fn get_specific_info(&self, _bs: &BlockDriverState) -> Option<serde_json::Value> {
+        let h = self.info.borrow();
+        let data = if h.version == 2 {
+            serde_json::json!({
+                "compat": "0.10",
+                "compression-type": h.compression_type.name(),
+                "refcount-bits": h.refcount_bits(),
+            })
+        } else {
+            serde_json::json!({
+                "compat": "1.1",
+                "compression-type": h.compression_type.name(),
+                "lazy-refcounts": h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+                "refcount-bits": h.refcount_bits(),
+                "corrupt": h.incompatible_features & header::INCOMPAT_CORRUPT != 0,
+                "extended-l2": h.extended_l2(),
+            })
+        };
+        Some(serde_json::json!({"type": "qcow2", "data": data}))
+    }
+
+    fn backing_file_name(&self, _bs: &BlockDriverState) -> Option<(String, Option<String>)> {
+        let h = self.info.borrow();
+        h.backing_file
+            .clone()
+            .map(|name| (name, h.backing_format.clone()))
+    }
+
+    async fn co_check(&self, bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {
+        self.check(bs, fix).await
+    }
+
+    fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {
+        true
+    }
+
+    async fn close(&self, bs: &BlockDriverState) -> Result<()> {
+        if bs.is_read_only() {
+            return Ok(());
+        }
+        let mut meta = self.meta.lock().await;
+        meta.flush().await?;
+        self.mark_clean(&mut meta).await
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

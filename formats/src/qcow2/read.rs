@@ -1,0 +1,116 @@
+//! Reading guest data and answering block-status queries (QEMU's qcow2_co_preadv_part,
+//! qcow2_co_preadv_compressed and qcow2_co_block_status in block/qcow2.c).
+//!
+//! A read translates a piece of its range under the metadata lock, drops the lock, and
+//! fetches the piece from wherever it lives: the file, the backing file, a compressed cluster
+//! or nowhere (zeroes).
+
+use block::driver::{BlockStatus, StatusFlags};
+use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
+
+use super::compress;
+use super::mapping::Mapping;
+use super::Qcow2;
+
+impl Qcow2 {
+    /// Reads `qiov.len()` guest bytes at `offset`.
+    pub(super) async fn read(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+    ) -> Result<()> {
+        let len = qiov.len() as u64;
+        let mut done = 0;
+        while done < len {
+            let (mapping, n) = {
+                let mut meta = self.meta.lock().await;
+                meta.get_host_offset(offset + done, len - done).await?
+            };
+            let part = qiov.slice(done as usize, n as usize);
+            block::trace!(
+                qcow2_co_preadv_part,
+                "offset 0x{:x} bytes {} {:?}",
+                offset + done,
+                n,
+                mapping
+            );
+            match mapping {
+                Mapping::Unallocated => match bs.backing() {
+                    Some(backing) => {
+                        backing
+                            .co_preadv(offset + done, &part, RequestFlags::empty())
+                            .await?
+                    }
+                    None => part.fill(0, n as usize, 0),
+                },
+                Mapping::Zero | Mapping::ZeroAlloc(_) => part.fill(0, n as usize, 0),
+                Mapping::Data(host) => {
+                    self.file(bs)
+                        .co_preadv(host, &part, RequestFlags::empty())
+                        .await?
+                }
+                Mapping::Compressed(entry) => {
+                    let cluster = self.read_compressed(bs, entry).await?;
+                    let at = self.g.in_cluster(offset + done) as usize;
+                    part.copy_from_slice(0, &cluster[at..at + n as usize]);
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads and decompresses the cluster a compressed L2 entry describes.
+    pub(super) async fn read_compressed(
+        &self,
+        bs: &BlockDriverState,
+        entry: u64,
+    ) -> Result<Vec<u8>> {
+        let (host, len) = self.g.compressed_range(entry);
+        let buf = IoVector::alloc(len as usize);
+        self.file(bs)
+            .co_preadv(host, &buf, RequestFlags::empty())
+            .await?;
+        compress::decompress(
+            self.compression_type,
+            buf.to_vec(),
+            self.g.cluster_size as usize,
+        )
+        .await
+        .map_err(|e| Error::new(libc::EIO, e.to_string()))
+    }
+
+    /// Describes the guest range at `offset` (qcow2_co_block_status).
+    pub(super) async fn block_status(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        let (mapping, n) = {
+            let mut meta = self.meta.lock().await;
+            meta.get_host_offset(offset, bytes).await?
+        };
+        let status = match mapping {
+            Mapping::Unallocated => BlockStatus::new(StatusFlags::empty(), n),
+            Mapping::Zero => BlockStatus::new(StatusFlags::ZERO, n),
+            Mapping::ZeroAlloc(host) => {
+                let mut s = BlockStatus::new(StatusFlags::ZERO | StatusFlags::OFFSET_VALID, n);
+                s.map = host;
+                s.file = bs.file();
+                s
+            }
+            Mapping::Compressed(_) => {
+                BlockStatus::new(StatusFlags::DATA | StatusFlags::COMPRESSED, n)
+            }
+            Mapping::Data(host) => {
+                let mut s = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, n);
+                s.map = host;
+                s.file = bs.file();
+                s
+            }
+        };
+        Ok(status)
+    }
+}

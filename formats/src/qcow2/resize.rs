@@ -1,0 +1,225 @@
+//! Changing the virtual size (QEMU's qcow2_co_truncate, qcow2_grow_l1_table and the shrink
+//! path in block/qcow2.c and qcow2-cluster.c).
+//!
+//! Growing may need a larger L1 table: it is written in fresh clusters and made live by one
+//! header update. Shrinking discards the clusters past the new end (so they can never
+//! reappear when the image grows again) and keeps the L1 table, which may be larger than
+//! needed.
+
+use block::driver::PreallocMode;
+use block::{BlockDriverState, Error, RequestFlags, Result};
+
+use super::cache::Which;
+use super::header::{l1_entries_for, put32, put64, MAX_L1_BYTES};
+use super::l2::{cluster_type, get_entry, set_entry, ClusterType, L2E_OFFSET_MASK, OFLAG_COPIED};
+use super::state::{encode_table, Meta};
+use super::write_bytes;
+use super::Qcow2;
+
+impl Qcow2 {
+    /// Resizes the image to `offset` bytes.
+    pub(super) async fn truncate(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        _exact: bool,
+        prealloc: PreallocMode,
+    ) -> Result<()> {
+        if !offset.is_multiple_of(512) {
+            return Err(Error::invalid("The new size must be a multiple of 512"));
+        }
+        let old = self.size.get();
+        {
+            let mut meta = self.meta.lock().await;
+            meta.check_writable()?;
+            if meta.header.nb_snapshots != 0 {
+                return Err(Error::not_supported(
+                    "Can't resize an image which has snapshots",
+                ));
+            }
+            self.mark_dirty(&mut meta).await?;
+            if offset < old {
+                meta.discard_beyond(offset, old).await?;
+            } else {
+                meta.grow_l1(l1_entries_for(offset, self.g.cluster_bits, self.g.extended))
+                    .await?;
+            }
+            if prealloc != PreallocMode::Off && offset > old {
+                meta.preallocate(old, offset, prealloc).await?;
+            }
+            meta.flush().await?;
+            meta.set_size(offset).await?;
+            self.info.borrow_mut().size = offset;
+        }
+        self.size.set(offset);
+        if offset > old && prealloc == PreallocMode::Off {
+            self.zero_grown_area(bs, old, offset).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the new area read as zeroes: the rest of a partial last cluster may hold old
+    /// data, and a backing file must not show through past the old end.
+    async fn zero_grown_area(&self, bs: &BlockDriverState, old: u64, new: u64) -> Result<()> {
+        let cluster_end = old.next_multiple_of(self.g.cluster_size).min(new);
+        if cluster_end > old {
+            let zeroes = block::IoVector::alloc((cluster_end - old) as usize);
+            let allocated = {
+                let mut meta = self.meta.lock().await;
+                meta.get_host_offset(old, cluster_end - old).await?.0
+            };
+            if allocated != super::mapping::Mapping::Unallocated || bs.backing().is_some() {
+                self.write(bs, old, &zeroes, RequestFlags::empty()).await?;
+            }
+        }
+        if bs.backing().is_some() && new > cluster_end && self.g.v3 {
+            self.pwrite_zeroes(bs, cluster_end, new - cluster_end, RequestFlags::empty())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Meta {
+    /// Drops every cluster at or past `new_size` (the full discard of qcow2_shrink).
+    async fn discard_beyond(&mut self, new_size: u64, old_size: u64) -> Result<()> {
+        let g = self.g;
+        let mut pos = new_size.next_multiple_of(g.cluster_size);
+        while pos < old_size {
+            let l2 = self.l2_offset_for(pos).await?;
+            let table_span = g.l2_size << g.cluster_bits;
+            if l2 == 0 {
+                pos = (pos / table_span + 1) * table_span;
+                continue;
+            }
+            let l2 = self.l2_for_write(pos).await?;
+            self.caches.load(Which::L2, l2).await?;
+            let idx = g.l2_index(pos);
+            let (entry, _) = get_entry(&g, self.caches.table(Which::L2, l2), idx);
+            set_entry(&g, self.caches.table(Which::L2, l2), idx, 0, 0);
+            self.caches.mark_dirty(Which::L2, l2);
+            self.free_and_discard(entry).await?;
+            pos += g.cluster_size;
+        }
+        self.truncate_file_to_last_cluster().await
+    }
+
+    /// Cuts the file after its last used cluster (the end of qcow2_co_truncate's shrink).
+    async fn truncate_file_to_last_cluster(&mut self) -> Result<()> {
+        self.flush().await?;
+        let cs = self.g.cluster_size;
+        let file_len = self.file.getlength();
+        let mut last = file_len.div_ceil(cs);
+        while last > 0 && self.get_refcount(last - 1).await? == 0 {
+            last -= 1;
+        }
+        if last * cs < file_len {
+            self.file
+                .co_truncate(last * cs, false, PreallocMode::Off)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the L1 table hold at least `needed` entries (qcow2_grow_l1_table).
+    pub async fn grow_l1(&mut self, needed: u64) -> Result<()> {
+        let old_len = self.l1.len() as u64;
+        if needed <= old_len {
+            return Ok(());
+        }
+        let new_len = needed.max(old_len + old_len / 2).min(MAX_L1_BYTES / 8);
+        if needed > new_len {
+            return Err(Error::new(libc::EFBIG, "Image is too big"));
+        }
+        let cs = self.g.cluster_size;
+        let bytes = (new_len * 8).next_multiple_of(cs);
+        let new_offset = self.alloc_clusters(bytes / cs).await?;
+        let mut table = self.l1.clone();
+        table.resize(new_len as usize, 0);
+        self.caches.flush(Which::Refblock).await?;
+        let data = encode_table(&table);
+        write_bytes(&self.file, new_offset, &data).await?;
+        self.file.co_flush().await?;
+        let mut fields = [0u8; 12];
+        put32(&mut fields, 0, new_len as u32);
+        put64(&mut fields, 4, new_offset);
+        write_bytes(&self.file, 36, &fields).await?;
+        self.file.co_flush().await?;
+        let (old_offset, old_bytes) = (self.header.l1_table_offset, old_len * 8);
+        self.header.l1_table_offset = new_offset;
+        self.header.l1_size = new_len as u32;
+        self.l1 = table;
+        if old_bytes > 0 {
+            self.free_clusters(old_offset, old_bytes).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives every cluster of `from..to` a host cluster (preallocation=metadata), and with
+    /// falloc/full also the file space behind them (QEMU's preallocate_co).
+    async fn preallocate(&mut self, from: u64, to: u64, mode: PreallocMode) -> Result<()> {
+        let g = self.g;
+        let cs = g.cluster_size;
+        let file_len = self.file.getlength();
+        let mut host_end = 0;
+        let mut pos = g.cluster_start(from);
+        while pos < to {
+            let l2 = self.l2_for_write(pos).await?;
+            self.caches.load(Which::L2, l2).await?;
+            let first = g.l2_index(pos);
+            let table_end = ((pos >> g.cluster_bits) | (g.l2_size - 1)) + 1;
+            let clusters_left = (to.div_ceil(cs)).min(table_end) - (pos >> g.cluster_bits);
+            // The run of clusters without a host cluster, starting here.
+            let mut n = 0;
+            while n < clusters_left {
+                let (e, _) = get_entry(&g, self.caches.table(Which::L2, l2), first + n as usize);
+                if e & L2E_OFFSET_MASK != 0 || cluster_type(&g, e) == ClusterType::Compressed {
+                    break;
+                }
+                n += 1;
+            }
+            if n == 0 {
+                pos += cs;
+                continue;
+            }
+            let host = self.alloc_clusters(n).await?;
+            if host < file_len {
+                self.file
+                    .co_pwrite_zeroes(host, (n * cs).min(file_len - host), RequestFlags::empty())
+                    .await?;
+            }
+            // With extended L2 the subclusters stay unallocated, so a backing file still
+            // shows through the preallocated clusters.
+            let bitmap = 0;
+            for k in 0..n {
+                let table = self.caches.table(Which::L2, l2);
+                set_entry(
+                    &g,
+                    table,
+                    first + k as usize,
+                    (host + k * cs) | OFLAG_COPIED,
+                    bitmap,
+                );
+            }
+            self.caches.mark_dirty(Which::L2, l2);
+            host_end = host_end.max(host + n * cs);
+            pos += n * cs;
+        }
+        if host_end > self.file.getlength() {
+            let file_mode = match mode {
+                PreallocMode::Metadata => PreallocMode::Off,
+                other => other,
+            };
+            self.file.co_truncate(host_end, false, file_mode).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the size field of the header.
+    async fn set_size(&mut self, size: u64) -> Result<()> {
+        write_bytes(&self.file, 24, &size.to_be_bytes()).await?;
+        self.file.co_flush().await?;
+        self.header.size = size;
+        Ok(())
+    }
+}

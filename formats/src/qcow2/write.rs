@@ -1,0 +1,238 @@
+//! Writing guest data: in place, or through an allocation with copy-on-write (QEMU's
+//! qcow2_co_pwritev_part and qcow2_co_pwritev_compressed_part in block/qcow2.c).
+//!
+//! The metadata lock is held only to plan and to link; the data itself is written without
+//! it. Overlapping allocations are serialised through the in-flight list (see
+//! [`super::cluster`]).
+
+use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
+
+use super::cluster::{InflightAlloc, L2Meta, WritePlan};
+use super::compress;
+use super::l2::get_entry;
+use super::Qcow2;
+
+/// Removes an in-flight allocation from the list when its write ends, however it ends.
+struct InflightGuard<'a> {
+    q: &'a Qcow2,
+    id: u64,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.q.allocs.borrow_mut().retain(|a| a.id != self.id);
+        self.q.alloc_done.restart_all();
+    }
+}
+
+impl Qcow2 {
+    fn overlaps_inflight(&self, start: u64, end: u64) -> bool {
+        self.allocs
+            .borrow()
+            .iter()
+            .any(|a| a.start < end && start < a.end)
+    }
+
+    fn register(&self, start: u64, end: u64) -> InflightGuard<'_> {
+        let id = self.next_alloc_id.get();
+        self.next_alloc_id.set(id + 1);
+        self.allocs
+            .borrow_mut()
+            .push(InflightAlloc { id, start, end });
+        InflightGuard { q: self, id }
+    }
+
+    /// Waits until no allocation in flight touches the guest clusters of a range
+    /// (handle_dependencies).
+    pub(super) async fn wait_for_allocs(&self, offset: u64, bytes: u64) {
+        let start = self.g.cluster_start(offset);
+        let end = (offset + bytes).next_multiple_of(self.g.cluster_size);
+        if self.overlaps_inflight(start, end) {
+            block::trace!(qcow2_wait_dependency, "offset 0x{:x}", offset);
+        }
+        self.alloc_done
+            .wait_while(|| self.overlaps_inflight(start, end))
+            .await;
+    }
+
+    /// Writes `qiov` at guest `offset`.
+    pub(super) async fn write(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        if flags.contains(RequestFlags::WRITE_COMPRESSED) {
+            return self.write_compressed(bs, offset, qiov).await;
+        }
+        let len = qiov.len() as u64;
+        let mut done = 0;
+        while done < len {
+            let at = offset + done;
+            self.wait_for_allocs(at, len - done).await;
+            let mut meta = self.meta.lock().await;
+            if self.overlaps_inflight(
+                self.g.cluster_start(at),
+                (offset + len).next_multiple_of(self.g.cluster_size),
+            ) {
+                // Someone started an allocation while we waited for the lock.
+                continue;
+            }
+            meta.check_writable()?;
+            self.mark_dirty(&mut meta).await?;
+            match meta.plan_write(at, len - done).await? {
+                WritePlan::InPlace { host, bytes } => {
+                    meta.check_data_write(host, bytes).await?;
+                    let first = self.g.cluster_start(at);
+                    let _guard =
+                        self.register(first, (at + bytes).next_multiple_of(self.g.cluster_size));
+                    drop(meta);
+                    let part = qiov.slice(done as usize, bytes as usize);
+                    self.file(bs)
+                        .co_pwritev(host, &part, RequestFlags::empty())
+                        .await?;
+                    done += bytes;
+                }
+                WritePlan::Alloc(m) => {
+                    let end = m.guest_start + m.nb_clusters * self.g.cluster_size;
+                    let _guard = self.register(m.guest_start, end);
+                    drop(meta);
+                    let written = m.data.1 - m.data.0;
+                    let part = qiov.slice(done as usize, written as usize);
+                    let result = self.write_with_cow(bs, &m, &part).await;
+                    let mut meta = self.meta.lock().await;
+                    if let Err(e) = result {
+                        meta.abort_alloc(&m).await;
+                        return Err(e);
+                    }
+                    meta.link_l2(&m).await?;
+                    done += written;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the guest data of an allocation together with its copy-on-write head and
+    /// tail, read from what the guest currently sees there (perform_cow).
+    async fn write_with_cow(
+        &self,
+        bs: &BlockDriverState,
+        m: &L2Meta,
+        data: &IoVector,
+    ) -> Result<()> {
+        let (head_from, head_to) = m.cow_head;
+        let (tail_from, tail_to) = m.cow_tail;
+        let head = IoVector::alloc((head_to - head_from) as usize);
+        let tail = IoVector::alloc((tail_to - tail_from) as usize);
+        if !head.is_empty() {
+            self.read(bs, m.guest_start + head_from, &head).await?;
+        }
+        if !tail.is_empty() {
+            self.read(bs, m.guest_start + tail_from, &tail).await?;
+        }
+        let mut all = IoVector::new();
+        all.push_vector(&head);
+        all.push_vector(data);
+        all.push_vector(&tail);
+        let host = m.host_start + head_from;
+        {
+            let mut meta = self.meta.lock().await;
+            meta.check_data_write(host, all.len() as u64).await?;
+        }
+        block::trace!(
+            qcow2_writev_data,
+            "host 0x{:x} bytes {} cow {}+{}",
+            host,
+            all.len(),
+            head.len(),
+            tail.len()
+        );
+        self.file(bs)
+            .co_pwritev(host, &all, RequestFlags::empty())
+            .await
+    }
+
+    /// Writes one whole cluster compressed (qcow2_co_pwritev_compressed_part); data that
+    /// does not shrink is written normally, as QEMU does.
+    async fn write_compressed(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+    ) -> Result<()> {
+        let cs = self.g.cluster_size;
+        let len = qiov.len() as u64;
+        if self.g.in_cluster(offset) != 0 {
+            return Err(Error::from_errno(libc::EINVAL));
+        }
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(cs);
+            let at = offset + done;
+            let part = qiov.slice(done as usize, n as usize);
+            if n < cs && at + n != self.size.get() {
+                return Err(Error::from_errno(libc::EINVAL));
+            }
+            let mut input = part.to_vec();
+            input.resize(cs as usize, 0);
+            match compress::compress(self.compression_type, input).await {
+                Some(c) => self.write_one_compressed(bs, at, c).await?,
+                None => {
+                    let plain: block::coroutine::LocalBoxFuture<'_, Result<()>> =
+                        Box::pin(self.write(bs, at, &part, RequestFlags::empty()));
+                    plain.await?
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    async fn write_one_compressed(
+        &self,
+        bs: &BlockDriverState,
+        at: u64,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        let cs = self.g.cluster_size;
+        self.wait_for_allocs(at, cs).await;
+        let mut meta = self.meta.lock().await;
+        meta.check_writable()?;
+        self.mark_dirty(&mut meta).await?;
+        let l2 = meta.l2_for_write(at).await?;
+        meta.caches.load(super::cache::Which::L2, l2).await?;
+        let idx = self.g.l2_index(at);
+        let (old, _) = get_entry(&self.g, meta.caches.table(super::cache::Which::L2, l2), idx);
+        let nclusters = (data.len() as u64).div_ceil(cs);
+        let host = meta.alloc_clusters(nclusters).await?;
+        meta.check_metadata_alloc(host, "compressed cluster")
+            .await?;
+        let _guard = self.register(at, at + cs);
+        drop(meta);
+        meta_write_data(self, bs, host, &data).await?;
+        let mut meta = self.meta.lock().await;
+        let l2 = meta.l2_for_write(at).await?;
+        meta.caches.load(super::cache::Which::L2, l2).await?;
+        let entry = self.g.compressed_entry(host, data.len() as u64);
+        let table = meta.caches.table(super::cache::Which::L2, l2);
+        super::l2::set_entry(&self.g, table, idx, entry, 0);
+        meta.caches.mark_dirty(super::cache::Which::L2, l2);
+        // Whole clusters were allocated; free any beyond the compressed data's last sector.
+        let used_end = (host + data.len() as u64).next_multiple_of(cs);
+        if used_end < host + nclusters * cs {
+            meta.free_clusters(used_end, host + nclusters * cs - used_end)
+                .await?;
+        }
+        meta.free_any_cluster(old).await?;
+        Ok(())
+    }
+}
+
+async fn meta_write_data(q: &Qcow2, bs: &BlockDriverState, host: u64, data: &[u8]) -> Result<()> {
+    let buf = IoVector::from_slice(data);
+    q.file(bs)
+        .co_pwritev(host, &buf, RequestFlags::empty())
+        .await
+}
