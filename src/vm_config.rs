@@ -237,6 +237,16 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
     if cfg.nographic && !serial_given {
         cfg.serial = CharBackend::Stdio;
     }
+    // Like QEMU, devices find their drives after all options are read.
+    for disk in &cfg.virtio_disks {
+        if !cfg.drives.iter().any(|d| d.id == disk.drive) {
+            let msg = format!(
+                "Property 'virtio-blk-pci.drive' can't find value '{}'",
+                disk.drive
+            );
+            return Err(CliError::new(disk.origin.as_str(), msg));
+        }
+    }
     Ok(Command::Run(Box::new(cfg)))
 }
 

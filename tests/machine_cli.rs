@@ -109,11 +109,20 @@ fn disk_devices_not_built_yet_are_named() {
     let out = rqemu(&["-drive", "file=/tmp/x.img,format=raw,if=ide"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'ide-hd') are not supported yet"));
-    let out = rqemu(&["-drive", "file=/tmp/x.img,if=virtio"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("'virtio-blk-pci') are not supported yet")
-    );
+}
+
+#[test]
+fn virtio_blk_pci_options_are_checked() {
     let out = rqemu(&["-device", "virtio-blk-pci,drive=d0"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("'virtio-blk-pci' is not supported yet"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("Property 'virtio-blk-pci.drive' can't find value 'd0'"));
+    let out = rqemu(&[
+        "-drive",
+        "file=/tmp/x.img,if=none,id=d0",
+        "-device",
+        "virtio-blk-pci,drive=d0,num-queues=2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only num-queues=1"));
 }

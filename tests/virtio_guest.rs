@@ -1,12 +1,13 @@
-//! Boots fixtures/guests/virtio-test.asm under an emulator with a legacy virtio-blk disk and
-//! checks its verdicts on COM1 and the image bytes it left on the host.
+//! Boots fixtures/guests/virtio-test.asm under an emulator (the reference QEMU, and rqemu)
+//! with a virtio-blk-pci disk and checks its verdicts on COM1 and the image bytes it left on
+//! the host.
 //!
 //! The guest (a SeaBIOS-booted MBR program) finds the device by PCI config cycles, drives the
 //! virtqueue itself with 64 requests in flight of every type, then submits malformed chains
-//! and checks the device refuses them and recovers after a reset. Today the emulator is the
-//! reference QEMU; [`run_guest`] takes any command line, so the same test can boot `rqemu`.
-//! Needs nasm, QEMU and KVM: skips with the reason when one is missing, fails instead when
-//! RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
+//! and checks the device refuses them and recovers after a reset. Each emulator runs it on
+//! the three transports (legacy-only, transitional, modern-only) over a raw image, and on a
+//! qcow2 image. Needs nasm and KVM (and QEMU for its half, qemu-img for qcow2): skips with the
+//! reason when one is missing, fails instead when RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -117,14 +118,41 @@ fn check_image(img: &[u8]) {
     }
 }
 
-/// The reference emulator's command line for the guest on `image` (`format` raw or qcow2);
-/// the device is legacy-only, or transitional (legacy + modern) with `modern`.
-pub fn qemu_cmdline(image: &Path, format: &str, modern: bool) -> Vec<String> {
+/// Which register interfaces the device has (`disable-modern=on`, default, `disable-legacy=on`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Transport {
+    /// Legacy only.
+    Legacy,
+    /// Legacy and modern.
+    Transitional,
+    /// Modern only.
+    Modern,
+}
+
+/// The emulator under test.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Emulator {
+    /// The reference qemu-system-x86_64.
+    Qemu,
+    /// This project's rqemu.
+    Rqemu,
+}
+
+/// The command line for the guest on `image` (`format` raw or qcow2).
+pub fn cmdline(emu: Emulator, image: &Path, format: &str, transport: Transport) -> Vec<String> {
     let drive = format!("file={},format={format},if=none,id=d0", image.display());
-    let transport = if modern { "" } else { ",disable-modern=on" };
-    let device = format!("virtio-blk-pci,drive=d0{transport},serial={SERIAL}");
+    let props = match transport {
+        Transport::Legacy => ",disable-modern=on",
+        Transport::Transitional => "",
+        Transport::Modern => ",disable-legacy=on",
+    };
+    let device = format!("virtio-blk-pci,drive=d0{props},serial={SERIAL}");
+    let program = match emu {
+        Emulator::Qemu => "qemu-system-x86_64",
+        Emulator::Rqemu => env!("CARGO_BIN_EXE_rqemu"),
+    };
     [
-        "qemu-system-x86_64",
+        program,
         "-M",
         "pc",
         "-enable-kvm",
@@ -138,7 +166,8 @@ pub fn qemu_cmdline(image: &Path, format: &str, modern: bool) -> Vec<String> {
 }
 
 /// Runs an emulator command line to completion (the guest resets it away) and returns what
-/// it printed on stdout (the guest's COM1) and stderr.
+/// it printed on stdout (the guest's COM1) and stderr. The emulator must exit successfully:
+/// malformed chains must not bring it down.
 pub fn run_guest(cmdline: &[String], timeout: Duration) -> (String, String) {
     let mut child = Command::new(&cmdline[0])
         .args(&cmdline[1..])
@@ -147,28 +176,53 @@ pub fn run_guest(cmdline: &[String], timeout: Duration) -> (String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", cmdline[0]));
+    // Drain the pipes while waiting, so a chatty emulator cannot block on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
     let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
             panic!("guest did not finish within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let mut out = String::new();
-    let mut err = String::new();
-    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    };
+    let out = out_reader.join().unwrap();
+    let err = err_reader.join().unwrap();
+    assert!(
+        status.success(),
+        "{} exited with {status}\nstdout:\n{out}\nstderr:\n{err}",
+        cmdline[0]
+    );
     (out, err)
 }
 
-/// Checks every test passed and the guest finished; the modern tests ran only if `modern`.
-fn check_verdicts(out: &str, err: &str, modern: bool) {
+/// Checks every test passed and the guest finished; the modern tests run unless legacy-only.
+fn check_verdicts(out: &str, err: &str, transport: Transport) {
     let context = format!("guest output:\n{out}\nstderr:\n{err}");
     assert!(!out.contains("FAIL"), "{context}");
+    let modern = transport != Transport::Legacy;
     let modern_tests = if modern { &MODERN_TESTS[..] } else { &[] };
     assert_eq!(out.contains("SKIP modern"), !modern, "{context}");
+    assert_eq!(
+        out.contains("MODE modern-only"),
+        transport == Transport::Modern,
+        "{context}"
+    );
     for name in LEGACY_TESTS.iter().chain(modern_tests) {
         let line = format!("PASS {name}");
         assert!(
@@ -179,13 +233,14 @@ fn check_verdicts(out: &str, err: &str, modern: bool) {
     assert!(out.contains("DONE"), "{context}");
 }
 
-fn prerequisites() -> bool {
-    available(have("nasm"), "nasm", "RQEMU_REQUIRE_QEMU")
-        && available(
-            have("qemu-system-x86_64"),
-            "qemu-system-x86_64",
-            "RQEMU_REQUIRE_QEMU",
-        )
+fn prerequisites(emu: Emulator) -> bool {
+    available(have("nasm"), "nasm", "RQEMU_REQUIRE_KVM")
+        && (emu == Emulator::Rqemu
+            || available(
+                have("qemu-system-x86_64"),
+                "qemu-system-x86_64",
+                "RQEMU_REQUIRE_QEMU",
+            ))
         && available(have_kvm(), "/dev/kvm", "RQEMU_REQUIRE_KVM")
 }
 
@@ -193,41 +248,30 @@ fn scratch(name: &str) -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()))
 }
 
-fn raw_run(name: &str, modern: bool) {
-    if !prerequisites() {
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+fn raw_run(emu: Emulator, transport: Transport) {
+    if !prerequisites(emu) {
         return;
     }
     let program = std::fs::read(build_guest()).unwrap();
-    let image = scratch(name);
+    let image = scratch(&format!("virtio-guest-{emu:?}-{transport:?}.raw"));
     std::fs::write(&image, raw_image(&program)).unwrap();
-    let (out, err) = run_guest(
-        &qemu_cmdline(&image, "raw", modern),
-        Duration::from_secs(180),
-    );
-    check_verdicts(&out, &err, modern);
+    let (out, err) = run_guest(&cmdline(emu, &image, "raw", transport), TIMEOUT);
+    check_verdicts(&out, &err, transport);
     check_image(&std::fs::read(&image).unwrap());
     std::fs::remove_file(&image).unwrap();
 }
 
-#[test]
-fn virtio_guest_on_raw_image_under_qemu() {
-    raw_run("virtio-guest.raw", false);
-}
-
-#[test]
-fn virtio_guest_on_transitional_device_under_qemu() {
-    raw_run("virtio-guest-modern.raw", true);
-}
-
-#[test]
-fn virtio_guest_on_qcow2_image_under_qemu() {
-    if !prerequisites() || !available(have("qemu-img"), "qemu-img", "RQEMU_REQUIRE_QEMU") {
+fn qcow2_run(emu: Emulator, transport: Transport) {
+    if !prerequisites(emu) || !available(have("qemu-img"), "qemu-img", "RQEMU_REQUIRE_QEMU") {
         return;
     }
     let program = std::fs::read(build_guest()).unwrap();
-    let raw = scratch("virtio-guest-src.raw");
-    let qcow2 = scratch("virtio-guest.qcow2");
-    let back = scratch("virtio-guest-back.raw");
+    let name = format!("virtio-guest-{emu:?}-{transport:?}");
+    let raw = scratch(&format!("{name}-src.raw"));
+    let qcow2 = scratch(&format!("{name}.qcow2"));
+    let back = scratch(&format!("{name}-back.raw"));
     std::fs::write(&raw, raw_image(&program)).unwrap();
     let convert = |args: &[&str], from: &Path, to: &Path| {
         let ok = Command::new("qemu-img")
@@ -239,14 +283,66 @@ fn virtio_guest_on_qcow2_image_under_qemu() {
         assert!(ok.unwrap().success(), "qemu-img convert {args:?}");
     };
     convert(&["-f", "raw", "-O", "qcow2"], &raw, &qcow2);
-    let (out, err) = run_guest(
-        &qemu_cmdline(&qcow2, "qcow2", false),
-        Duration::from_secs(180),
+    let (out, err) = run_guest(&cmdline(emu, &qcow2, "qcow2", transport), TIMEOUT);
+    check_verdicts(&out, &err, transport);
+    let check = Command::new("qemu-img")
+        .args(["check", "-f", "qcow2"])
+        .arg(&qcow2)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "qemu-img check: {}",
+        String::from_utf8_lossy(&check.stdout)
     );
-    check_verdicts(&out, &err, false);
     convert(&["-f", "qcow2", "-O", "raw"], &qcow2, &back);
     check_image(&std::fs::read(&back).unwrap());
     for p in [raw, qcow2, back] {
         std::fs::remove_file(p).unwrap();
     }
+}
+
+#[test]
+fn virtio_guest_on_raw_image_under_qemu() {
+    raw_run(Emulator::Qemu, Transport::Legacy);
+}
+
+#[test]
+fn virtio_guest_on_transitional_device_under_qemu() {
+    raw_run(Emulator::Qemu, Transport::Transitional);
+}
+
+#[test]
+fn virtio_guest_on_modern_device_under_qemu() {
+    raw_run(Emulator::Qemu, Transport::Modern);
+}
+
+#[test]
+fn virtio_guest_on_qcow2_image_under_qemu() {
+    qcow2_run(Emulator::Qemu, Transport::Legacy);
+}
+
+#[test]
+fn virtio_guest_on_raw_image_under_rqemu_legacy() {
+    raw_run(Emulator::Rqemu, Transport::Legacy);
+}
+
+#[test]
+fn virtio_guest_on_raw_image_under_rqemu_transitional() {
+    raw_run(Emulator::Rqemu, Transport::Transitional);
+}
+
+#[test]
+fn virtio_guest_on_raw_image_under_rqemu_modern() {
+    raw_run(Emulator::Rqemu, Transport::Modern);
+}
+
+#[test]
+fn virtio_guest_on_qcow2_image_under_rqemu_legacy() {
+    qcow2_run(Emulator::Rqemu, Transport::Legacy);
+}
+
+#[test]
+fn virtio_guest_on_qcow2_image_under_rqemu_modern() {
+    qcow2_run(Emulator::Rqemu, Transport::Modern);
 }
