@@ -280,3 +280,96 @@ impl PciFunction for VirtioPciFunction {
         self.dev.bar_write(bar, offset, data);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::pci::PciBus;
+    use crate::devices::virtio::block::{VirtioBlk, VirtioBlkConf};
+    use crate::devices::virtio::pci::VirtioPciConf;
+    use crate::memory::GuestRam;
+
+    fn kvm_or_skip() -> bool {
+        if crate::kvm::available() {
+            return true;
+        }
+        assert!(
+            std::env::var("RQEMU_REQUIRE_KVM").as_deref() != Ok("1"),
+            "KVM is required (RQEMU_REQUIRE_KVM=1) but /dev/kvm is not usable"
+        );
+        eprintln!("skipping: /dev/kvm not available");
+        false
+    }
+
+    fn cfg_write(bus: &mut PciBus, devfn: u8, off: usize, v: u32) {
+        bus.config_write(devfn, off, &v.to_le_bytes());
+    }
+
+    /// The bus decodes the BARs where the guest puts them, kicks get ioeventfds that follow
+    /// the BARs (re-registering the same address would fail with EEXIST, so a stale set
+    /// would show as an error), and the irqfd follows the Interrupt Line.
+    #[test]
+    fn bars_ioeventfds_and_irqfd_follow_the_guest() {
+        if !kvm_or_skip() {
+            return;
+        }
+        let ram = GuestRam::new(16 << 20, None).unwrap();
+        let vm = crate::kvm::Vm::new(&ram).unwrap();
+        let model = VirtioBlk::new(VirtioBlkConf::default(), 8, false);
+        let irq = Arc::new(IrqfdLine::new(vm.fd().clone()).unwrap());
+        let dev =
+            VirtioPciDevice::new(Box::new(model), VirtioPciConf::default(), irq.clone()).unwrap();
+        let notifier = dev.notifiers()[0].clone();
+        let f = VirtioPciFunction::new(dev, irq.clone(), vm.fd().clone()).unwrap();
+        let mut bus = PciBus::default();
+        let devfn = 2 << 3;
+        bus.add(devfn, Box::new(f)).unwrap();
+        let mut b = [0u8; 4];
+        bus.config_read(devfn, 0, &mut b);
+        assert_eq!(u32::from_le_bytes(b), 0x1001_1af4);
+        // KVM refuses a second ioeventfd on a matching address: that tells what is registered.
+        let probe = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let taken = |addr: u64| {
+            let at = IoEventAddress::Pio(addr);
+            match vm.fd().register_ioevent(&probe, &at, 0u16) {
+                Ok(()) => {
+                    vm.fd().unregister_ioevent(&probe, &at, 0u16).unwrap();
+                    false
+                }
+                Err(_) => true,
+            }
+        };
+        for (io, mem) in [(0xc000u32, 0xfebf_0000u32), (0xc080, 0xfeb0_0000)] {
+            cfg_write(&mut bus, devfn, 0x10, io | 1);
+            cfg_write(&mut bus, devfn, 0x20, mem | 0xc);
+            cfg_write(&mut bus, devfn, 0x24, 0);
+            cfg_write(&mut bus, devfn, 0x04, 7);
+            // Legacy queue-size register through the I/O BAR; device config through BAR4.
+            let mut q = [0u8; 2];
+            assert!(bus.bar_read(BarKind::Io, u64::from(io) + 0x0c, &mut q));
+            assert_eq!(u16::from_le_bytes(q), 256);
+            let mut cap = [0u8; 4];
+            assert!(bus.bar_read(BarKind::Mem32, u64::from(mem) + 0x2000, &mut cap));
+            assert_eq!(u32::from_le_bytes(cap), 8);
+            // A kick through the bus (what a vCPU exit does) reaches the queue's notifier.
+            assert!(bus.bar_write(BarKind::Io, u64::from(io) + 0x10, &0u16.to_le_bytes()));
+            assert!(notifier.test_and_clear());
+            assert!(taken(u64::from(io) + 0x10), "ioeventfd at the BAR");
+        }
+        assert!(!taken(0xc010), "the old address was released");
+        // BAR4 above 4 GiB does not decode here; the I/O BAR still does.
+        cfg_write(&mut bus, devfn, 0x24, 1);
+        let mut cap = [0u8; 4];
+        assert!(!bus.bar_read(BarKind::Mem32, 0xfeb0_2000, &mut cap));
+        // Decoding off: nothing decodes, all ioeventfds go.
+        cfg_write(&mut bus, devfn, 0x04, 0);
+        assert!(!bus.bar_read(BarKind::Io, 0xc08c, &mut cap[..2]));
+        assert!(!taken(0xc090));
+        bus.config_write(devfn, PCI_INTERRUPT_LINE, &[11]);
+        assert_eq!(*irq.gsi.lock().unwrap(), Some(11));
+        bus.config_write(devfn, PCI_INTERRUPT_LINE, &[10]);
+        assert_eq!(*irq.gsi.lock().unwrap(), Some(10));
+        bus.config_write(devfn, PCI_INTERRUPT_LINE, &[0xff]);
+        assert_eq!(*irq.gsi.lock().unwrap(), None);
+    }
+}
