@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 const IMAGE_SIZE: usize = 4 << 20;
 const SERIAL: &str = "RQEMU-VIRTIO-SERIAL1";
-const LEGACY_TESTS: [&str; 7] = [
+const LEGACY_TESTS: [&str; 8] = [
     "pci-find",
     "init",
     "mixed-64",
@@ -24,6 +24,7 @@ const LEGACY_TESTS: [&str; 7] = [
     "bad-addr",
     "desc-loop",
     "no-status",
+    "intx",
 ];
 const MODERN_TESTS: [&str; 2] = ["modern-read", "modern-needs-reset"];
 
