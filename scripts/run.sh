@@ -9,12 +9,15 @@ if ! command -v nasm >/dev/null || [ ! -f /usr/share/seabios/bios-256k.bin ]; th
   apt-get update -qq && apt-get install -y -qq nasm seabios >/dev/null
 fi
 cargo build --release --bins
-out=target/default-image
+bin=${CARGO_TARGET_DIR:-target}/release
+out=${CARGO_TARGET_DIR:-target}/default-image
 mkdir -p "$out"
 nasm -f bin fixtures/guests/hello.asm -o "$out/hello.bin"
-target/release/rqemu-img convert -f raw -O qcow2 "$out/hello.bin" "$out/hello.qcow2"
-target/release/rqemu-img resize -q "$out/hello.qcow2" 64M
-target/release/rqemu-img info "$out/hello.qcow2"
+img="$bin/rqemu-img"
+rm -f "$out/hello.qcow2"
+"$img" convert -f raw -O qcow2 "$out/hello.bin" "$out/hello.qcow2"
+"$img" resize -q "$out/hello.qcow2" 64M
+"$img" info "$out/hello.qcow2"
 echo "--- booting rqemu (the guest resets when done; -no-reboot then ends the run) ---"
-exec target/release/rqemu -m 64 -nographic -no-reboot \
+exec "$bin/rqemu" -m 64 -nographic -no-reboot \
   -drive file="$out/hello.qcow2",format=qcow2,if=ide "$@"

@@ -7,10 +7,11 @@
 //! ISA bus with nothing driving the lines does, and unclaimed writes vanish.
 //!
 //! All buses live inside [`Bql`], the one device lock (QEMU's "big QEMU lock"): the vCPU
-//! thread takes it for each exit and the main loop takes it to run a device's completion, so a
-//! device never sees two callers at once. Each device also sits in its own `Mutex` only so
-//! that several owners (the bus, a completion bottom half) can hold it; that inner lock is
-//! always taken under the BQL and therefore never contended.
+//! thread takes it for each exit and the main loop takes it for its timers, so a device never
+//! sees two callers at once. Each device also sits in its own `Mutex` so that several owners
+//! (the bus, a completion bottom half) can hold it. A disk's completion bottom half takes only
+//! that device lock, not the BQL: it touches nothing else, and the vCPU's next exit need not
+//! wait for it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,6 +21,22 @@ pub trait BusDevice: Send {
     fn read(&mut self, base: u64, offset: u64, data: &mut [u8]);
     /// A write of `data` at `offset` within the range registered at `base`.
     fn write(&mut self, base: u64, offset: u64, data: &[u8]);
+
+    /// A string read (`rep ins`): `data.len() / size` reads of `size` bytes from the same
+    /// port. The default makes them one by one; a device that can take the whole buffer at
+    /// once (the IDE data port) overrides this to save a lock round and call per element.
+    fn read_string(&mut self, base: u64, offset: u64, size: usize, data: &mut [u8]) {
+        for chunk in data.chunks_mut(size.max(1)) {
+            self.read(base, offset, chunk);
+        }
+    }
+
+    /// A string write (`rep outs`), split by default like [`BusDevice::read_string`].
+    fn write_string(&mut self, base: u64, offset: u64, size: usize, data: &[u8]) {
+        for chunk in data.chunks(size.max(1)) {
+            self.write(base, offset, chunk);
+        }
+    }
 }
 
 /// A shared device handle as the buses keep it.
@@ -80,14 +97,25 @@ impl Bus {
 
     /// Dispatches a read; returns whether a device claimed it (unclaimed bytes read 0xFF).
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
-        match self.find(addr, data.len() as u64) {
+        self.read_string(addr, data.len(), data)
+    }
+
+    /// Dispatches a write; returns whether a device claimed it.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        self.write_string(addr, data.len(), data)
+    }
+
+    /// Dispatches `data.len() / size` reads of `size` bytes at `addr` (a string instruction;
+    /// `size == data.len()` for a single access) to one device in one call.
+    pub fn read_string(&self, addr: u64, size: usize, data: &mut [u8]) -> bool {
+        match self.find(addr, size as u64) {
             Some(r) => {
-                lock(&r.device).read(r.base, addr - r.base, data);
+                lock(&r.device).read_string(r.base, addr - r.base, size, data);
                 true
             }
             None => match &self.fallback {
                 Some(dev) => {
-                    lock(dev).read(0, addr, data);
+                    lock(dev).read_string(0, addr, size, data);
                     true
                 }
                 None => {
@@ -98,16 +126,16 @@ impl Bus {
         }
     }
 
-    /// Dispatches a write; returns whether a device claimed it.
-    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
-        match self.find(addr, data.len() as u64) {
+    /// Dispatches `data.len() / size` writes of `size` bytes at `addr` in one call.
+    pub fn write_string(&self, addr: u64, size: usize, data: &[u8]) -> bool {
+        match self.find(addr, size as u64) {
             Some(r) => {
-                lock(&r.device).write(r.base, addr - r.base, data);
+                lock(&r.device).write_string(r.base, addr - r.base, size, data);
                 true
             }
             None => match &self.fallback {
                 Some(dev) => {
-                    lock(dev).write(0, addr, data);
+                    lock(dev).write_string(0, addr, size, data);
                     true
                 }
                 None => false,

@@ -21,12 +21,6 @@ thread_local! {
 
 /// Opens one drive (QEMU's drive_new / blockdev-add).
 pub async fn open(cfg: &DriveConfig) -> Result<Rc<BlockBackend>, String> {
-    if cfg.snapshot {
-        return Err(format!(
-            "{}: snapshot=on (temporary qcow2 overlay) is not supported yet",
-            cfg.origin
-        ));
-    }
     BlockBackend::open(cfg.filename.as_deref(), cfg.options.clone(), cfg.flags)
         .await
         .map_err(|e| format!("{}: {e}", cfg.origin))
@@ -44,11 +38,6 @@ pub async fn open_all(cfgs: &[DriveConfig]) -> Result<(), String> {
 /// The drive registered as `id`, on the loop thread (QEMU's blk_by_name).
 pub fn lookup(id: &str) -> Option<Rc<BlockBackend>> {
     DRIVES.with(|d| d.borrow().get(id).cloned())
-}
-
-/// The ids of all registered drives.
-pub fn ids() -> Vec<String> {
-    DRIVES.with(|d| d.borrow().keys().cloned().collect())
 }
 
 /// Drains and closes every drive, reporting failures (QEMU's bdrv_close_all at exit).

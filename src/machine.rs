@@ -21,6 +21,8 @@ use crate::devices::cmos::{Cmos, CMOS_PORT, RTC_IRQ};
 use crate::devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use crate::devices::fw_cfg::{self, e820_bytes, E820Type, FwCfg, FW_CFG_PORT_SEL};
 use crate::devices::i8042::{I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ};
+use crate::devices::ide::piix::LEGACY_PORTS;
+use crate::devices::ide::{ChannelWiring, DriveConfig, IdeBlockSubmitter, IdePorts, Piix3Ide};
 use crate::devices::pci::{pc_pci_bus, BarKind, PciBarWindow, PciHost, PCI_CONFIG_ADDRESS};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::virtio::machine::{self as virtio, VirtioDisks};
@@ -176,7 +178,8 @@ fn build_devices(
     pio.insert(I8042_DATA as u64, 1, kbc.clone())?;
     pio.insert(I8042_COMMAND as u64, 1, kbc)?;
     pio.insert(0x92, 1, dev(Port92::new(reset.clone())))?;
-    let mut pci_bus = pc_pci_bus();
+    let ide = build_ide(cfg, vm, main, pio)?;
+    let mut pci_bus = pc_pci_bus(ide);
     let virtio = virtio::plug_all(&cfg.virtio_disks, &mut pci_bus, vm, ram.memory(), main)?;
     let pci = Arc::new(Mutex::new(PciHost::new(pci_bus, reset.clone())));
     pio.insert(PCI_CONFIG_ADDRESS as u64, 8, pci.clone())?;
@@ -189,6 +192,44 @@ fn build_devices(
     }
     pio.insert(FW_CFG_PORT_SEL as u64, 2, dev(firmware_config(cfg, ram)?))?;
     Ok((buses, cmos, serial, virtio))
+}
+
+/// The PIIX3 IDE function (00:01.1) with the `-drive if=ide` / `-device ide-hd` disks: its
+/// legacy ports on the port bus, IRQ14/15 on the in-kernel PIC, requests to the main loop.
+fn build_ide(
+    cfg: &VmConfig,
+    vm: &Vm,
+    main: &AioContextHandle,
+    pio: &mut crate::bus::Bus,
+) -> Result<Arc<Mutex<Piix3Ide>>, String> {
+    let mut disks: [[Option<DriveConfig>; 2]; 2] = Default::default();
+    for (bus, units) in cfg.ide.iter().enumerate() {
+        for (unit, id) in units.iter().enumerate() {
+            if let Some(id) = id {
+                let index = (bus * units.len() + unit) as u32;
+                disks[bus][unit] = Some(DriveConfig::query(main, id, index)?);
+            }
+        }
+    }
+    let device = Arc::new(Mutex::new(Piix3Ide::new(disks)));
+    let wiring = LEGACY_PORTS
+        .iter()
+        .zip(&cfg.ide)
+        .map(|(&(_, _, irq), units)| ChannelWiring {
+            drives: units.clone().map(|id| id.map(Arc::from)),
+            irq: vm.irq(irq),
+        })
+        .collect();
+    let ports = dev(IdePorts::new(IdeBlockSubmitter::new(
+        main.clone(),
+        device.clone(),
+        wiring,
+    )));
+    for (base, ctl, _) in LEGACY_PORTS {
+        pio.insert(base as u64, 8, ports.clone())?;
+        pio.insert(ctl as u64, 1, ports.clone())?;
+    }
+    Ok(device)
 }
 
 /// What SeaBIOS learns through fw_cfg: RAM layout, CPU count, console and boot policy.

@@ -5,8 +5,8 @@
 //! joins the others. Everything that touches the block graph (opening drives, request
 //! coroutines, completions) runs on this thread. Other threads reach it only through its
 //! [`AioContextHandle`]: `schedule_bh` with a `Send` closure, which runs here on the next
-//! loop iteration. Disk devices will submit requests that way and get their completion back
-//! as a bottom half that takes the device lock.
+//! loop iteration. Disk devices (IDE, see `devices::ide::glue`) submit requests that way and
+//! get their completion back as a bottom half that takes the device lock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -131,7 +131,7 @@ mod tests {
         }
     }
 
-    /// The path a disk device will take: from another thread, schedule a bottom half on the
+    /// The path a disk device takes: from another thread, schedule a bottom half on the
     /// loop that finds the drive by id and submits an aio request; the completion runs on
     /// the loop as a bottom half and hands the data back.
     #[test]

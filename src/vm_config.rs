@@ -55,9 +55,12 @@ pub struct DriveConfig {
     pub options: Options,
     /// The flags derived from `readonly=`, `snapshot=`, `cache=`, `aio=`.
     pub flags: block::OpenFlags,
-    /// `snapshot=on`: writes go to a temporary overlay (refused at open: not built yet).
-    pub snapshot: bool,
 }
+
+/// IDE channels of the PIIX3 and drives per channel (QEMU's `ide.0`/`ide.1`, units 0 and 1).
+pub const IDE_BUSES: usize = 2;
+/// Master and slave.
+pub const IDE_UNITS: usize = 2;
 
 /// Everything needed to build and run one machine.
 #[derive(Clone, Debug)]
@@ -76,6 +79,8 @@ pub struct VmConfig {
     pub drives: Vec<DriveConfig>,
     /// virtio-blk-pci disks (`-device virtio-blk-pci`, `-drive if=virtio`), in order.
     pub virtio_disks: Vec<crate::devices::virtio::machine::VirtioDiskConfig>,
+    /// The drive id of each IDE disk, by channel and unit (`-drive if=ide`, `-device ide-hd`).
+    pub ide: [[Option<String>; IDE_UNITS]; IDE_BUSES],
     /// COM1.
     pub serial: CharBackend,
     /// The debug console at port 0x402.
@@ -99,6 +104,7 @@ impl Default for VmConfig {
             append: String::new(),
             drives: Vec::new(),
             virtio_disks: Vec::new(),
+            ide: Default::default(),
             serial: CharBackend::Null,
             debugcon: CharBackend::None,
             nographic: false,
@@ -188,16 +194,17 @@ const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "nodefaults"];
 pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
     let mut cfg = VmConfig::default();
     let mut serial_given = false;
+    // QEMU creates devices after all drives, so `-device` may name a later `-drive`.
+    let mut devices = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let word = &args[i];
         i += 1;
         let Some(name) = word.strip_prefix('-').filter(|n| !n.is_empty()) else {
-            // A bare word is QEMU's "hda" shorthand: an IDE disk.
-            return Err(CliError::new(
-                word.as_str(),
-                "IDE disks (ide-hd, from a bare image operand) are not supported yet",
-            ));
+            // A bare word is QEMU's "hda" shorthand: the IDE primary master.
+            let drive = format!("file={},index=0,media=disk", word.replace(',', ",,"));
+            parse_drive(&mut cfg, &drive).map_err(|m| CliError::new(word.as_str(), m))?;
+            continue;
         };
         let name = name.strip_prefix('-').unwrap_or(name);
         if FLAGS.contains(&name) {
@@ -215,9 +222,16 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
         if name == "serial" {
             serial_given = true;
         }
+        if name == "device" {
+            devices.push((ctx, arg.clone()));
+            continue;
+        }
         if let Some(text) = apply_option(&mut cfg, name, arg).map_err(|m| CliError::new(ctx, m))? {
             return Ok(Command::Print(text));
         }
+    }
+    for (ctx, arg) in devices {
+        parse_device(&mut cfg, &arg).map_err(|m| CliError::new(ctx, m))?;
     }
     if cfg.kernel.is_none() {
         // QEMU's wording, and no context: the options may come in any order.
@@ -236,16 +250,6 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
     }
     if cfg.nographic && !serial_given {
         cfg.serial = CharBackend::Stdio;
-    }
-    // Like QEMU, devices find their drives after all options are read.
-    for disk in &cfg.virtio_disks {
-        if !cfg.drives.iter().any(|d| d.id == disk.drive) {
-            let msg = format!(
-                "Property 'virtio-blk-pci.drive' can't find value '{}'",
-                disk.drive
-            );
-            return Err(CliError::new(disk.origin.as_str(), msg));
-        }
     }
     Ok(Command::Run(Box::new(cfg)))
 }
@@ -268,23 +272,20 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "initrd" => cfg.initrd = Some(PathBuf::from(arg)),
         "append" => cfg.append = arg.to_string(),
         "drive" => {
-            let drive = parse_drive(arg, cfg.drives.len())?;
-            check_unique_id(cfg, &drive.id)?;
-            if drive.interface == DriveInterface::Virtio {
-                let disk = VirtioDiskConfig::for_drive(&drive.id, &drive.origin);
+            parse_drive(cfg, arg)?;
+            let virtio = cfg
+                .drives
+                .last()
+                .filter(|d| d.interface == DriveInterface::Virtio);
+            if let Some(disk) = virtio.map(|d| VirtioDiskConfig::for_drive(&d.id, &d.origin)) {
                 cfg.virtio_disks.push(disk);
             }
-            cfg.drives.push(drive);
         }
         "blockdev" => {
             let drive = parse_blockdev(arg)?;
             check_unique_id(cfg, &drive.id)?;
             cfg.drives.push(drive);
         }
-        "device" if virtio::is_virtio_blk(arg.split(',').next().unwrap_or("")) => {
-            cfg.virtio_disks.push(virtio::parse_device(arg)?)
-        }
-        "device" => parse_device(arg)?,
         "serial" => cfg.serial = parse_chardev(arg)?,
         "debugcon" => cfg.debugcon = parse_chardev(arg)?,
         "trace" => block::trace::configure(arg)?,
@@ -413,19 +414,100 @@ pub fn parse_chardev(arg: &str) -> Result<CharBackend, String> {
     }
 }
 
-/// `-device DRIVER,...`: the disk devices come with their own issues; until then, name them.
-fn parse_device(arg: &str) -> Result<(), String> {
-    let driver = arg.split(',').next().unwrap_or("");
-    match driver {
-        "ide-hd" | "ide-cd" | "ide-drive" => Err(format!(
-            "device '{driver}' is not supported yet (IDE disks come in a later version of rqemu)"
-        )),
-        _ => Err(format!("'{driver}' is not a valid device model name")),
+/// `-device DRIVER,...`: `ide-hd,drive=ID[,bus=ide.N][,unit=M]` attaches an `if=none` drive.
+fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
+    let mut opts = Options::parse_keyval(arg, Some("driver")).map_err(|e| e.to_string())?;
+    let driver = opts.take("driver").unwrap_or_default();
+    match driver.as_str() {
+        "ide-hd" => {}
+        "ide-cd" => return Err("device 'ide-cd' (CD-ROM) is not supported by rqemu".to_string()),
+        d if virtio::is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
+        _ => return Err(format!("'{driver}' is not a valid device model name")),
     }
+    let Some(drive) = opts.take("drive") else {
+        return Err("No drive specified".to_string());
+    };
+    let bus = match opts.take("bus") {
+        None => None,
+        Some(b) => match b.as_str() {
+            "ide.0" => Some(0),
+            "ide.1" => Some(1),
+            _ => return Err(format!("Bus '{b}' not found")),
+        },
+    };
+    let unit = opts.take_u64("unit").map_err(|e| e.to_string())?;
+    if let Some((key, _)) = opts.iter().next() {
+        return Err(format!("Property 'ide-hd.{key}' not found"));
+    }
+    let Some(d) = cfg.drives.iter().find(|d| d.id == drive) else {
+        return Err(format!(
+            "Property 'ide-hd.drive' can't find value '{drive}'"
+        ));
+    };
+    let in_use = cfg
+        .ide
+        .iter()
+        .flatten()
+        .any(|s| s.as_deref() == Some(&drive))
+        || cfg.virtio_disks.iter().any(|v| v.drive == drive);
+    if d.interface != DriveInterface::None || in_use {
+        return Err(format!(
+            "Property 'ide-hd.drive' can't take value '{drive}', it's in use"
+        ));
+    }
+    let (bus, unit) = ide_device_slot(cfg, bus, unit)?;
+    cfg.ide[bus][unit] = Some(drive);
+    Ok(())
+}
+
+/// `-device virtio-blk-pci,drive=ID,...`: attaches an `if=none` drive to a virtio disk.
+fn parse_virtio_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
+    let disk = virtio::parse_device(arg)?;
+    let id = disk.drive.as_str();
+    let Some(d) = cfg.drives.iter().find(|d| d.id == id) else {
+        return Err(format!(
+            "Property 'virtio-blk-pci.drive' can't find value '{id}'"
+        ));
+    };
+    let in_use = cfg.ide.iter().flatten().any(|s| s.as_deref() == Some(id))
+        || cfg.virtio_disks.iter().any(|v| v.drive == id);
+    if d.interface != DriveInterface::None || in_use {
+        return Err(format!(
+            "Property 'virtio-blk-pci.drive' can't take value '{id}', it's in use"
+        ));
+    }
+    cfg.virtio_disks.push(disk);
+    Ok(())
+}
+
+/// The slot `-device ide-hd` takes: the first free one on the given (or any) bus.
+fn ide_device_slot(
+    cfg: &VmConfig,
+    bus: Option<usize>,
+    unit: Option<u64>,
+) -> Result<(usize, usize), String> {
+    if let Some(u) = unit.filter(|u| *u >= IDE_UNITS as u64) {
+        return Err(format!(
+            "Can't create IDE unit {u}, bus supports only {IDE_UNITS} units"
+        ));
+    }
+    let buses = bus.map_or(0..IDE_BUSES, |b| b..b + 1);
+    for b in buses {
+        if let Some(u) = unit {
+            if cfg.ide[b][u as usize].is_some() {
+                return Err(format!("IDE unit {u} is in use"));
+            }
+            return Ok((b, u as usize));
+        }
+        if let Some(u) = (0..IDE_UNITS).find(|u| cfg.ide[b][*u].is_none()) {
+            return Ok((b, u));
+        }
+    }
+    Err("IDE bus is full".to_string())
 }
 
 /// Splits `readonly=`, `snapshot=`, `cache=`, `aio=` off `opts` into open flags.
-fn take_open_flags(opts: &mut Options) -> Result<(block::OpenFlags, bool), String> {
+fn take_open_flags(opts: &mut Options) -> Result<block::OpenFlags, String> {
     let err = |e: block::Error| e.to_string();
     let mut flags = block::OpenFlags::default();
     if let Some(ro) = opts.take_bool("readonly").map_err(err)? {
@@ -434,18 +516,19 @@ fn take_open_flags(opts: &mut Options) -> Result<(block::OpenFlags, bool), Strin
     if let Some(ro) = opts.take_bool("read-only").map_err(err)? {
         flags.read_only = ro;
     }
-    let snapshot = opts.take_bool("snapshot").map_err(err)?.unwrap_or(false);
+    flags.snapshot = opts.take_bool("snapshot").map_err(err)?.unwrap_or(false);
     if let Some(cache) = opts.take("cache") {
         flags.cache = block::node::CacheMode::parse(&cache).map_err(err)?;
     }
     if let Some(aio) = opts.take("aio") {
         flags.aio = block::node::AioMode::parse(&aio).map_err(err)?;
     }
-    Ok((flags, snapshot))
+    Ok(flags)
 }
 
-/// `-drive file=,format=,if=,index=,id=,cache=,aio=,readonly=,snapshot=` (QEMU's drive_new).
-fn parse_drive(arg: &str, ordinal: usize) -> Result<DriveConfig, String> {
+/// `-drive file=,format=,if=,index=,bus=,unit=,media=,id=,cache=,aio=,readonly=,snapshot=`
+/// (QEMU's drive_new): opens a drive and, for `if=ide`, attaches it as an IDE disk.
+fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     let mut opts = Options::parse_keyval(arg, None).map_err(|e| e.to_string())?;
     let interface = match opts.take("if").as_deref() {
         None | Some("ide") => DriveInterface::Ide,
@@ -453,33 +536,82 @@ fn parse_drive(arg: &str, ordinal: usize) -> Result<DriveConfig, String> {
         Some("none") => DriveInterface::None,
         Some(other) => return Err(format!("unsupported bus type '{other}'")),
     };
-    let index = opts.take_u64("index").map_err(|e| e.to_string())?;
-    let (flags, snapshot) = take_open_flags(&mut opts)?;
+    let index = take_index(&mut opts)?;
+    let slot = match interface {
+        DriveInterface::Ide => Some(ide_slot(cfg, index)?),
+        _ => None,
+    };
+    match opts.take("media").as_deref() {
+        None | Some("disk") => {}
+        Some("cdrom") => return Err("media=cdrom (ide-cd) is not supported by rqemu".to_string()),
+        Some(other) => return Err(format!("'{other}' invalid media")),
+    }
+    let flags = take_open_flags(&mut opts)?;
     if let Some(format) = opts.take("format") {
         opts.set("driver", format);
     }
-    match interface {
-        DriveInterface::Ide => {
-            return Err("IDE drives (device 'ide-hd') are not supported yet".to_string())
-        }
-        DriveInterface::Virtio | DriveInterface::None => {}
-    }
+    let id = match (opts.take("id"), slot) {
+        (Some(id), _) => id,
+        (None, Some((bus, unit))) => format!("ide{bus}-hd{unit}"),
+        (None, None) => format!("none{}", index.unwrap_or(cfg.drives.len() as u64)),
+    };
     let filename = opts.take("file");
-    let id = opts
-        .take("id")
-        .unwrap_or_else(|| format!("none{}", index.unwrap_or(ordinal as u64)));
     if filename.is_none() && !opts.contains("file.filename") && !opts.contains("file.driver") {
         return Err("A block device must be specified for \"file\"".to_string());
     }
-    Ok(DriveConfig {
+    check_unique_id(cfg, &id)?;
+    if let Some((bus, unit)) = slot {
+        cfg.ide[bus][unit] = Some(id.clone());
+    }
+    cfg.drives.push(DriveConfig {
         origin: format!("-drive {arg}"),
         id,
         interface,
         filename,
         options: opts,
         flags,
-        snapshot,
-    })
+    });
+    Ok(())
+}
+
+/// The `index=` of a `-drive`, or the one `bus=`/`unit=` name.
+fn take_index(opts: &mut Options) -> Result<Option<u64>, String> {
+    let err = |e: block::Error| e.to_string();
+    let index = opts.take_u64("index").map_err(err)?;
+    let bus = opts.take_u64("bus").map_err(err)?;
+    let unit = opts.take_u64("unit").map_err(err)?;
+    match (index, bus, unit) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            Err("index cannot be used with bus and unit".to_string())
+        }
+        (Some(i), None, None) => Ok(Some(i)),
+        (None, None, None) => Ok(None),
+        (None, b, u) => Ok(Some(
+            b.unwrap_or(0)
+                .saturating_mul(IDE_UNITS as u64)
+                .saturating_add(u.unwrap_or(0)),
+        )),
+    }
+}
+
+/// The (bus, unit) an `if=ide` drive takes: `index` (bus * 2 + unit) or the first free one.
+fn ide_slot(cfg: &VmConfig, index: Option<u64>) -> Result<(usize, usize), String> {
+    let index = index.unwrap_or_else(|| {
+        let free = cfg.ide.iter().flatten().position(|s| s.is_none());
+        free.unwrap_or(IDE_BUSES * IDE_UNITS) as u64
+    });
+    let (bus, unit) = (index / IDE_UNITS as u64, index % IDE_UNITS as u64);
+    if bus >= IDE_BUSES as u64 {
+        return Err(format!(
+            "machine type does not support if=ide,bus={bus},unit={unit}"
+        ));
+    }
+    if cfg.ide[bus as usize][unit as usize].is_some() {
+        return Err(format!(
+            "drive with bus={bus}, unit={unit} (index={index}) exists"
+        ));
+    }
+    Ok((bus as usize, unit as usize))
 }
 
 /// `-blockdev driver=...,node-name=...,...` (QMP blockdev-add on the command line).
@@ -495,7 +627,7 @@ fn parse_blockdev(arg: &str) -> Result<DriveConfig, String> {
     let Some(id) = opts.take("node-name") else {
         return Err("A node-name is required for -blockdev".to_string());
     };
-    let (flags, snapshot) = take_open_flags(&mut opts)?;
+    let flags = take_open_flags(&mut opts)?;
     Ok(DriveConfig {
         origin: format!("-blockdev {arg}"),
         id,
@@ -503,7 +635,6 @@ fn parse_blockdev(arg: &str) -> Result<DriveConfig, String> {
         filename: None,
         options: opts,
         flags,
-        snapshot,
     })
 }
 

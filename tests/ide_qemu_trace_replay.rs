@@ -192,10 +192,10 @@ fn replay(accesses: &[Access], boot: Vec<u8>) -> (usize, usize, Vec<String>) {
     for a in accesses {
         let bytes = a.val.to_le_bytes();
         if a.write {
-            ide.pio_write(a.port, &bytes[..a.size]);
+            ide.pio_write(a.port, a.size, &bytes[..a.size]);
         } else {
             let mut buf = [0u8; 4];
-            ide.pio_read(a.port, &mut buf[..a.size]);
+            ide.pio_read(a.port, a.size, &mut buf[..a.size]);
             let ours = u32::from_le_bytes(buf);
             if ours != a.val && ctx.excused(a, ours) {
                 excused += 1;

@@ -105,13 +105,6 @@ fn drive_options_are_checked_by_the_block_layer() {
 }
 
 #[test]
-fn disk_devices_not_built_yet_are_named() {
-    let out = rqemu(&["-drive", "file=/tmp/x.img,format=raw,if=ide"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("'ide-hd') are not supported yet"));
-}
-
-#[test]
 fn virtio_blk_pci_options_are_checked() {
     let out = rqemu(&["-device", "virtio-blk-pci,drive=d0"]);
     assert_eq!(out.status.code(), Some(1));

@@ -553,6 +553,9 @@ impl BlockDriverState {
             } else if self.backing().is_none() {
                 // Unallocated without a backing file reads as zeroes.
                 status.flags |= StatusFlags::ZERO;
+            } else if want_zero && self.backing().is_some_and(|b| offset >= b.getlength()) {
+                // ...and so does what lies past the end of a shorter backing file.
+                status.flags |= StatusFlags::ZERO;
             }
         } else {
             status.flags |= StatusFlags::ALLOCATED;

@@ -58,6 +58,7 @@ impl Options {
     pub fn parse_json_filename(filename: &str) -> Result<Options> {
         let text = filename.strip_prefix("json:").unwrap_or(filename);
         let value: Value = serde_json::from_str(text)
+            .or_else(|_| serde_json::from_str(&single_quotes_to_double(text)))
             .map_err(|e| Error::invalid(format!("Could not parse the JSON options: {e}")))?;
         let Value::Object(_) = value else {
             return Err(Error::invalid("Invalid JSON object given"));
@@ -190,6 +191,37 @@ impl Options {
     }
 }
 
+/// QEMU's JSON parser also takes 'single-quoted' strings (iotests write `json:{'driver':
+/// 'null-co'}`); rewrites them as standard double-quoted strings.
+fn single_quotes_to_double(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'') | (None, '"') => {
+                quote = Some(c);
+                out.push('"');
+            }
+            (Some(q), c) if c == q => {
+                quote = None;
+                out.push('"');
+            }
+            (Some(_), '\\') => match chars.next() {
+                Some('\'') => out.push('\''),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            },
+            (Some('\''), '"') => out.push_str("\\\""),
+            (_, c) => out.push(c),
+        }
+    }
+    out
+}
+
 fn split_unescaped(text: &str) -> Vec<String> {
     let mut items = vec![String::new()];
     let mut chars = text.chars().peekable();
@@ -316,6 +348,17 @@ mod tests {
         assert_eq!(o.get("read-only"), Some("on"));
         assert_eq!(o.get("size"), Some("4096"));
         assert_eq!(o.to_json()["file"]["driver"], "file");
+    }
+
+    #[test]
+    fn json_filenames_take_single_quotes() {
+        let o = Options::parse_json_filename(
+            "json:{ 'driver': 'null-co', 'size': 1048576, 'read-zeroes': true, 'x': 'a\\'b\"c' }",
+        )
+        .unwrap();
+        assert_eq!(o.get("driver"), Some("null-co"));
+        assert_eq!(o.get("read-zeroes"), Some("on"));
+        assert_eq!(o.get("x"), Some("a'b\"c"));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 
 use async_trait::async_trait;
 use block::driver::{
-    BlockDriver, BlockStatus, DriverClass, DriverInfo, PreallocMode, RequestFlags, StatusFlags,
+    BlockDriver, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode, RequestFlags,
+    StatusFlags,
 };
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
@@ -19,7 +20,12 @@ pub static RAW: DriverClass = DriverClass {
     probe: Some(|_buf, _filename| 1),
     open: |bs, options| Box::pin(open(bs, options)),
     create: Some(|filename, options| Box::pin(create(filename, options))),
-    create_options: block::protocols::file::FILE.create_options,
+    create_options: &[CreateOption {
+        name: "size",
+        kind: "size",
+        help: "Virtual disk size",
+        default: None,
+    }],
 };
 
 /// An open raw node: a window `[offset, offset + size)` of the file child.

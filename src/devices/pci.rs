@@ -15,8 +15,10 @@
 //! the fallback of the port and memory buses: it finds the enabled BAR that decodes the
 //! address and calls the function's `bar_read`/`bar_write` with the offset inside it.
 
+use std::sync::{Arc, Mutex};
+
 use super::ResetRequest;
-use crate::bus::BusDevice;
+use crate::bus::{lock, BusDevice};
 
 /// Standard header offsets.
 pub const PCI_VENDOR_ID: usize = 0x00;
@@ -82,6 +84,11 @@ impl ConfigSpace {
     /// Sets a byte.
     pub fn set_byte(&mut self, off: usize, v: u8) {
         self.data[off] = v;
+    }
+
+    /// Sets which bits of the byte at `off` the guest may write.
+    pub fn set_wmask(&mut self, off: usize, mask: u8) {
+        self.wmask[off] = mask;
     }
 
     /// Makes `[off, off + len)` writable by the guest (plain storage registers).
@@ -177,9 +184,13 @@ pub trait PciFunction: Send {
     fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
 }
 
+/// A function as the bus holds it: shared, because some functions are also reached through
+/// their fixed ports (the IDE function's legacy ports) and by their completions.
+pub type PciFunctionRef = Arc<Mutex<dyn PciFunction>>;
+
 /// Bus 0: up to 32 devices of 8 functions each.
 pub struct PciBus {
-    functions: Vec<Option<Box<dyn PciFunction>>>,
+    functions: Vec<Option<PciFunctionRef>>,
 }
 
 impl Default for PciBus {
@@ -192,7 +203,7 @@ impl Default for PciBus {
 
 impl PciBus {
     /// Plugs `function` in at `devfn`; fails if the slot is taken.
-    pub fn add(&mut self, devfn: u8, function: Box<dyn PciFunction>) -> Result<(), String> {
+    pub fn add(&mut self, devfn: u8, function: PciFunctionRef) -> Result<(), String> {
         let slot = &mut self.functions[devfn as usize];
         if slot.is_some() {
             return Err(format!(
@@ -207,9 +218,9 @@ impl PciBus {
 
     /// Reads config space of `devfn`; absent functions read all-ones (vendor 0xFFFF).
     pub fn config_read(&mut self, devfn: u8, off: usize, data: &mut [u8]) {
-        match &mut self.functions[devfn as usize] {
+        match &self.functions[devfn as usize] {
             Some(f) => {
-                f.config_read(off, data);
+                lock(f).config_read(off, data);
                 block::trace!(
                     pci_cfg_read,
                     "{:02x}:{:02x}.{:x} @0x{:x} -> 0x{:x}",
@@ -227,7 +238,8 @@ impl PciBus {
     /// The function, BAR and offset that decode `[addr, addr + len)` in `kind` space.
     fn find_bar(&self, kind: BarKind, addr: u64, len: u64) -> Option<(usize, usize, u64)> {
         self.functions.iter().enumerate().find_map(|(devfn, f)| {
-            let cfg = f.as_ref()?.config();
+            let f = lock(f.as_ref()?);
+            let cfg = f.config();
             (0..6).find_map(|bar| match cfg.bar_region(bar) {
                 Some((k, base, size)) if k == kind && addr >= base && addr + len <= base + size => {
                     Some((devfn, bar, addr - base))
@@ -241,8 +253,8 @@ impl PciBus {
     pub fn bar_read(&mut self, kind: BarKind, addr: u64, data: &mut [u8]) -> bool {
         match self.find_bar(kind, addr, data.len() as u64) {
             Some((devfn, bar, off)) => {
-                if let Some(f) = &mut self.functions[devfn] {
-                    f.bar_read(bar, off, data);
+                if let Some(f) = &self.functions[devfn] {
+                    lock(f).bar_read(bar, off, data);
                 }
                 true
             }
@@ -258,15 +270,15 @@ impl PciBus {
         let Some((devfn, bar, off)) = self.find_bar(kind, addr, data.len() as u64) else {
             return false;
         };
-        if let Some(f) = &mut self.functions[devfn] {
-            f.bar_write(bar, off, data);
+        if let Some(f) = &self.functions[devfn] {
+            lock(f).bar_write(bar, off, data);
         }
         true
     }
 
     /// Writes config space of `devfn`; writes to absent functions are dropped.
     pub fn config_write(&mut self, devfn: u8, off: usize, data: &[u8]) {
-        if let Some(f) = &mut self.functions[devfn as usize] {
+        if let Some(f) = &self.functions[devfn as usize] {
             block::trace!(
                 pci_cfg_write,
                 "{:02x}:{:02x}.{:x} @0x{:x} <- 0x{:x}",
@@ -276,7 +288,7 @@ impl PciBus {
                 off,
                 le_value(data)
             );
-            f.config_write(off, data);
+            lock(f).config_write(off, data);
         }
     }
 }
@@ -439,36 +451,39 @@ impl BusDevice for PciHost {
 /// Routes a bus's unclaimed accesses to the PCI BARs of one kind (set as the port bus's
 /// fallback for I/O BARs and the memory bus's for memory BARs).
 pub struct PciBarWindow {
-    host: std::sync::Arc<std::sync::Mutex<PciHost>>,
+    host: Arc<Mutex<PciHost>>,
     kind: BarKind,
 }
 
 impl PciBarWindow {
     /// A window onto `host`'s BARs of `kind`.
-    pub fn new(host: std::sync::Arc<std::sync::Mutex<PciHost>>, kind: BarKind) -> PciBarWindow {
+    pub fn new(host: Arc<Mutex<PciHost>>, kind: BarKind) -> PciBarWindow {
         PciBarWindow { host, kind }
     }
 }
 
 impl BusDevice for PciBarWindow {
     fn read(&mut self, _base: u64, addr: u64, data: &mut [u8]) {
-        crate::bus::lock(&self.host)
-            .bus_mut()
-            .bar_read(self.kind, addr, data);
+        lock(&self.host).bus_mut().bar_read(self.kind, addr, data);
     }
 
     fn write(&mut self, _base: u64, addr: u64, data: &[u8]) {
-        crate::bus::lock(&self.host)
-            .bus_mut()
-            .bar_write(self.kind, addr, data);
+        lock(&self.host).bus_mut().bar_write(self.kind, addr, data);
     }
 }
 
-/// The standard bus 0 of the `pc` machine: host bridge and ISA bridge.
-pub fn pc_pci_bus() -> PciBus {
+/// The standard bus 0 of the `pc` machine: host bridge, ISA bridge and, as function 1 of
+/// the PIIX3, its IDE controller.
+pub fn pc_pci_bus(ide: PciFunctionRef) -> PciBus {
     let mut bus = PciBus::default();
-    bus.add(0x00, Box::new(I440fx::default())).unwrap();
-    bus.add(0x08, Box::new(Piix3Isa::default())).unwrap();
+    let functions: [(u8, PciFunctionRef); 3] = [
+        (0x00, Arc::new(Mutex::new(I440fx::default()))),
+        (0x08, Arc::new(Mutex::new(Piix3Isa::default()))),
+        (0x09, ide),
+    ];
+    for (devfn, f) in functions {
+        bus.add(devfn, f).expect("fixed slots are distinct");
+    }
     bus
 }
 

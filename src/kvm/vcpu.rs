@@ -2,8 +2,10 @@
 //!
 //! QEMU's accel/kvm/kvm-all.c (kvm_cpu_exec). Port and MMIO exits go to the buses under
 //! the device lock; a string instruction (`rep insw`) arrives as one exit carrying
-//! `count * size` bytes, which is split here into `count` accesses of `size` bytes so that a
-//! device sees exactly what the guest did. A reset request from a device, a triple fault
+//! `count * size` bytes (up to a page), which goes to the device as one buffer with its
+//! element size: a device that moves whole buffers (the IDE data port) copies it at once,
+//! the others get `count` single accesses (`BusDevice::read_string`). QEMU's
+//! kvm_handle_io makes the single accesses for every device. A reset request from a device, a triple fault
 //! (KVM_EXIT_SHUTDOWN) or a reset system event ends the loop with [`RunExit::Reset`];
 //! anything KVM could not handle ends it with an error carrying the register state.
 
@@ -91,16 +93,12 @@ pub fn run_loop(vcpu: &mut VcpuFd, bql: &Bql, reset: &ResetRequest) -> Result<Ru
 
 /// An `in`/`ins` exit: `data` holds `data.len() / size` accesses of `size` bytes each.
 pub fn pio_in(bus: &Bus, port: u16, data: &mut [u8], size: usize) {
-    for chunk in data.chunks_mut(size) {
-        bus.read(port as u64, chunk);
-    }
+    bus.read_string(port as u64, size, data);
 }
 
-/// An `out`/`outs` exit, split the same way.
+/// An `out`/`outs` exit, likewise.
 pub fn pio_out(bus: &Bus, port: u16, data: &[u8], size: usize) {
-    for chunk in data.chunks(size) {
-        bus.write(port as u64, chunk);
-    }
+    bus.write_string(port as u64, size, data);
 }
 
 fn failure(vcpu: &VcpuFd, what: &str) -> String {
@@ -125,6 +123,35 @@ mod tests {
         fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
             self.0.push(data.len());
         }
+    }
+
+    /// Takes string accesses whole.
+    #[derive(Default)]
+    struct Fifo(Vec<(usize, usize)>);
+    impl BusDevice for Fifo {
+        fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+            self.0.push((data.len(), data.len()));
+        }
+        fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
+            self.0.push((data.len(), data.len()));
+        }
+        fn read_string(&mut self, _base: u64, _offset: u64, size: usize, data: &mut [u8]) {
+            self.0.push((size, data.len()));
+        }
+        fn write_string(&mut self, _base: u64, _offset: u64, size: usize, data: &[u8]) {
+            self.0.push((size, data.len()));
+        }
+    }
+
+    #[test]
+    fn string_io_reaches_a_buffer_device_whole() {
+        let fifo = Arc::new(Mutex::new(Fifo::default()));
+        let mut bus = Bus::default();
+        bus.insert(0x1F0, 8, fifo.clone()).unwrap();
+        pio_in(&bus, 0x1F0, &mut [0u8; 512], 2);
+        pio_out(&bus, 0x1F0, &[0u8; 4096], 4);
+        pio_in(&bus, 0x1F7, &mut [0u8; 1], 1);
+        assert_eq!(fifo.lock().unwrap().0, vec![(2, 512), (4, 4096), (1, 1)]);
     }
 
     #[test]

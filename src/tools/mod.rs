@@ -3,4 +3,5 @@
 
 pub mod getopt;
 pub mod image;
+pub mod qemu_img;
 pub mod qemu_io;

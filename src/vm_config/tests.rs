@@ -64,7 +64,7 @@ fn unknown_options_and_missing_arguments_read_like_qemu() {
     assert_eq!(error(&["-foo"]), "-foo: invalid option");
     assert_eq!(error(&["-m"]), "-m: requires an argument");
     assert_eq!(error(&["--nographic", "-bogus"]), "-bogus: invalid option");
-    assert!(error(&["disk.img"]).contains("not supported yet"));
+    assert_eq!(config(&["disk.img"]).ide[0][0].as_deref(), Some("ide0-hd0"));
 }
 
 #[test]
@@ -131,15 +131,90 @@ fn drives_if_none_are_accepted_with_their_options() {
 }
 
 #[test]
-fn disk_devices_fail_clearly_until_they_exist() {
-    assert!(
-        error(&["-drive", "file=/tmp/a.img"]).contains("device 'ide-hd') are not supported yet")
+fn ide_drives_take_their_index_or_the_first_free_slot() {
+    let cfg = config(&[
+        "-drive",
+        "file=/tmp/a.img,format=raw,index=3,snapshot=on",
+        "-drive",
+        "file=/tmp/b.img,if=ide",
+        "-drive",
+        "file=/tmp/c.img,if=ide,id=c",
+    ]);
+    assert_eq!(
+        cfg.ide,
+        [
+            [Some("ide0-hd0".to_string()), Some("c".to_string())],
+            [None, Some("ide1-hd1".to_string())]
+        ]
     );
+    assert!(cfg.drives[0].flags.snapshot);
+    assert_eq!(cfg.drives[0].interface, DriveInterface::Ide);
+    assert_eq!(
+        error(&["-drive", "file=a,index=0", "-drive", "file=b,index=0"]),
+        "-drive file=b,index=0: drive with bus=0, unit=0 (index=0) exists"
+    );
+    assert_eq!(
+        error(&["-drive", "file=a,index=4"]),
+        "-drive file=a,index=4: machine type does not support if=ide,bus=2,unit=0"
+    );
+    let four = [
+        "-drive", "file=a", "-drive", "file=b", "-drive", "file=c", "-drive", "file=d",
+    ];
+    assert_eq!(config(&four).ide[1][1].as_deref(), Some("ide1-hd1"));
+    let mut five = four.to_vec();
+    five.extend(["-drive", "file=e"]);
+    assert!(error(&five).contains("does not support if=ide,bus=2,unit=0"));
+    assert_eq!(
+        config(&["-drive", "file=a,bus=1,unit=0"]).ide[1][0].as_deref(),
+        Some("ide1-hd0")
+    );
+    assert!(error(&["-drive", "file=a,media=cdrom"]).contains("not supported by rqemu"));
+}
+
+#[test]
+fn ide_hd_devices_attach_if_none_drives() {
+    let cfg = config(&[
+        "-device",
+        "ide-hd,drive=d1,bus=ide.1,unit=1",
+        "-drive",
+        "file=/tmp/a.img,if=none,id=d1",
+        "-drive",
+        "file=/tmp/b.img,if=none,id=d2",
+        "-device",
+        "ide-hd,drive=d2",
+    ]);
+    assert_eq!(cfg.ide[1][1].as_deref(), Some("d1"));
+    assert_eq!(cfg.ide[0][0].as_deref(), Some("d2"));
+    let d = ["-drive", "file=a,if=none,id=d"];
+    let with = |dev: &'static str| [&d[..], &["-device", dev]].concat();
+    assert_eq!(
+        error(&with("ide-hd,drive=x")),
+        "-device ide-hd,drive=x: Property 'ide-hd.drive' can't find value 'x'"
+    );
+    assert_eq!(error(&with("ide-hd")), "-device ide-hd: No drive specified");
+    assert!(error(&with("ide-hd,drive=d,bus=ide.2")).ends_with("Bus 'ide.2' not found"));
+    assert!(error(&with("ide-hd,drive=d,unit=2")).contains("bus supports only 2 units"));
+    let twice = [&with("ide-hd,drive=d")[..], &["-device", "ide-hd,drive=d"]].concat();
+    assert!(error(&twice).ends_with("can't take value 'd', it's in use"));
+    let ide = ["-drive", "file=a,id=e", "-device", "ide-hd,drive=e"];
+    assert!(error(&ide).ends_with("it's in use"));
+    let taken = [
+        "-drive",
+        "file=a,index=0",
+        "-drive",
+        "file=b,if=none,id=d",
+        "-device",
+        "ide-hd,drive=d,bus=ide.0,unit=0",
+    ];
+    assert!(error(&taken).ends_with("IDE unit 0 is in use"));
+}
+
+#[test]
+fn other_disk_devices_fail_clearly_until_they_exist() {
     assert_eq!(
         error(&["-drive", "file=x,if=scsi2"]),
         "-drive file=x,if=scsi2: unsupported bus type 'scsi2'"
     );
-    assert!(error(&["-device", "ide-hd,drive=d0"]).contains("'ide-hd' is not supported yet"));
     assert_eq!(
         error(&["-device", "foo"]),
         "-device foo: 'foo' is not a valid device model name"
@@ -197,13 +272,14 @@ fn virtio_blk_pci_devices_and_virtio_drives() {
         "file=/tmp/b.img,if=virtio",
     ]);
     assert_eq!(cfg.virtio_disks.len(), 2);
-    let d = &cfg.virtio_disks[0];
+    // -drive if=virtio makes its device at once, -device ones come after all drives.
+    assert_eq!(cfg.virtio_disks[0].drive, cfg.drives[1].id);
+    let d = &cfg.virtio_disks[1];
     assert_eq!(
         (d.drive.as_str(), d.serial.as_str(), d.slot),
         ("d0", "S1", Some(5))
     );
     assert!(d.transport.disable_legacy && !d.transport.disable_modern);
-    assert_eq!(cfg.virtio_disks[1].drive, cfg.drives[1].id);
     assert_eq!(
         error(&["-device", "virtio-blk-pci,drive=d0"]),
         "-device virtio-blk-pci,drive=d0: Property 'virtio-blk-pci.drive' can't find value 'd0'"
@@ -218,4 +294,18 @@ fn virtio_blk_pci_devices_and_virtio_drives() {
             .contains("neither modern nor legacy")
     );
     assert!(with("virtio-blk-pci,drive=d0,addr=1.1").contains("slots 02-1f"));
+    let dev = "virtio-blk-pci,drive=d0";
+    let twice = [&d0[..], &["-device", dev, "-device", dev]].concat();
+    assert!(error(&twice).ends_with("can't take value 'd0', it's in use"));
+    let ide = [
+        &d0[..],
+        &[
+            "-device",
+            "virtio-blk-pci,drive=d0",
+            "-device",
+            "ide-hd,drive=d0",
+        ],
+    ]
+    .concat();
+    assert!(error(&ide).ends_with("it's in use"));
 }

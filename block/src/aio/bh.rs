@@ -15,33 +15,34 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use event_listener::{Event, EventListener};
+use super::Kick;
 
 /// A bottom half that may be scheduled from any thread.
 pub type RemoteBh = Box<dyn FnOnce() + Send>;
 /// A bottom half scheduled from the home thread; it may capture thread-local state.
 pub type LocalBh = Box<dyn FnOnce()>;
 
-/// The cross-thread queue of a context, with the event that wakes its loop.
-#[derive(Default)]
+/// The cross-thread queue of a context, with the kick that wakes its loop.
 pub(crate) struct BhQueue {
     queue: Mutex<VecDeque<RemoteBh>>,
-    event: Event,
+    kick: Arc<Kick>,
 }
 
 impl BhQueue {
+    pub(crate) fn new(kick: Arc<Kick>) -> BhQueue {
+        BhQueue {
+            queue: Mutex::new(VecDeque::new()),
+            kick,
+        }
+    }
+
     pub(crate) fn push(&self, bh: RemoteBh) {
         self.queue.lock().unwrap().push_back(bh);
-        self.notify();
+        self.kick.kick();
     }
 
-    /// Wakes the loop (aio_notify): the loop thread's poller is kicked if it sleeps.
-    pub(crate) fn notify(&self) {
-        self.event.notify(1);
-    }
-
-    pub(crate) fn listen(&self) -> EventListener {
-        self.event.listen()
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.queue.lock().unwrap().is_empty()
     }
 
     pub(crate) fn take(&self) -> VecDeque<RemoteBh> {
@@ -56,6 +57,10 @@ pub(crate) struct LocalBhQueue(RefCell<VecDeque<LocalBh>>);
 impl LocalBhQueue {
     pub(crate) fn push(&self, bh: LocalBh) {
         self.0.borrow_mut().push_back(bh);
+    }
+
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.0.borrow().is_empty()
     }
 
     pub(crate) fn take(&self) -> VecDeque<LocalBh> {

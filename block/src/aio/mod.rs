@@ -1,41 +1,90 @@
 //! AioContext: the main loop that runs request coroutines, bottom halves and fd handlers.
 //!
 //! QEMU's util/async.c + util/aio-posix.c. One AioContext belongs to one thread (the "home"
-//! thread); all block-graph state is touched only from there. It is built from two crates that
-//! do the generic work: `async-executor` runs the coroutines (Rust futures) and `async-io`
-//! waits on file descriptors (epoll) and timers. On top sit the QEMU concepts:
+//! thread); all block-graph state is touched only from there. Its loop, [`AioContext::run_until`],
+//! is QEMU's `aio_poll` turned around a future:
 //!
-//! * bottom halves ([`bh`]): one-shot callbacks, schedulable from any thread, run in FIFO
-//!   slices on the home thread — how completions get back to devices and tools;
-//! * the thread pool ([`thread_pool`]) and io_uring ([`io_uring`]) engines, where request
-//!   coroutines yield while the kernel or a worker does the I/O;
-//! * event notifiers ([`notifier`]): eventfds a coroutine or handler can wait on.
+//! 1. run the coroutines that are ready (Rust futures on an `async-executor` LocalExecutor);
+//! 2. run the pending bottom halves ([`bh`]), which may make more coroutines ready;
+//! 3. when nothing is ready, sleep in epoll (the `polling` crate) until a file descriptor
+//!    turns readable — an io_uring completion eventfd, a KVM ioeventfd — a timer expires, or
+//!    another thread kicks the loop;
+//! 4. wake the coroutines waiting on what happened, and go round again.
+//!
+//! The engines where request coroutines wait for I/O are the thread pool ([`thread_pool`]) and
+//! io_uring ([`io_uring`]); [`notifier`] is the eventfd wrapper, [`timer`] the timer list.
 
 pub mod bh;
 pub mod io_uring;
 pub mod notifier;
 pub mod thread_pool;
+pub mod timer;
 
-use std::cell::{Cell, OnceCell};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::pin::pin;
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Instant;
 
 use async_executor::{LocalExecutor, Task};
+use polling::{Event, Events, Poller};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 pub use bh::AioContextHandle;
 use bh::{BhQueue, LocalBhQueue};
+pub use timer::co_sleep;
 
 /// The event loop of one thread (QEMU's AioContext).
 pub struct AioContext {
     executor: LocalExecutor<'static>,
-    remote_bhs: std::sync::Arc<BhQueue>,
+    kick: Arc<Kick>,
+    remote_bhs: Arc<BhQueue>,
     local_bhs: LocalBhQueue,
-    dispatcher: OnceCell<Task<()>>,
+    fd_waiters: RefCell<HashMap<RawFd, FdWaiter>>,
+    timers: timer::TimerList,
     running: Cell<bool>,
     thread_pool: OnceCell<Rc<thread_pool::ThreadPool>>,
     io_uring: OnceCell<Rc<io_uring::IoUringEngine>>,
+}
+
+/// A coroutine waiting for a descriptor to become readable.
+struct FdWaiter {
+    waker: Option<Waker>,
+    ready: bool,
+}
+
+/// How other threads (and wakers) get a sleeping loop going again (QEMU's aio_notify with
+/// its notify_me/notified pair): `woken` records that something happened; `sleeping` says
+/// the loop is in, or about to enter, epoll and needs the eventfd write to return from it.
+pub(crate) struct Kick {
+    poller: Poller,
+    woken: AtomicBool,
+    sleeping: AtomicBool,
+}
+
+impl Kick {
+    /// Marks the loop as having work; interrupts epoll only when the loop may be sleeping.
+    pub(crate) fn kick(&self) {
+        self.woken.store(true, Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _ = self.poller.notify();
+        }
+    }
+}
+
+impl Wake for Kick {
+    fn wake(self: Arc<Self>) {
+        self.kick();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.kick();
+    }
 }
 
 thread_local! {
@@ -50,11 +99,19 @@ impl AioContext {
     }
 
     fn new() -> AioContext {
+        let poller = Poller::new().expect("cannot create an epoll instance for the AioContext");
+        let kick = Arc::new(Kick {
+            poller,
+            woken: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+        });
         AioContext {
             executor: LocalExecutor::new(),
-            remote_bhs: std::sync::Arc::new(BhQueue::default()),
+            remote_bhs: Arc::new(BhQueue::new(kick.clone())),
+            kick,
             local_bhs: LocalBhQueue::default(),
-            dispatcher: OnceCell::new(),
+            fd_waiters: RefCell::new(HashMap::new()),
+            timers: timer::TimerList::default(),
             running: Cell::new(false),
             thread_pool: OnceCell::new(),
             io_uring: OnceCell::new(),
@@ -76,7 +133,6 @@ impl AioContext {
     /// (qemu_bh_schedule on a one-shot BH, aio_bh_schedule_oneshot).
     pub fn schedule_bh(&self, f: impl FnOnce() + 'static) {
         self.local_bhs.push(Box::new(f));
-        self.remote_bhs.notify();
     }
 
     /// Runs the loop until `future` completes and returns its output (the tools' way of
@@ -86,29 +142,32 @@ impl AioContext {
             !self.running.replace(true),
             "AioContext::run_until is not re-entrant"
         );
-        let me = self.clone();
-        self.dispatcher
-            .get_or_init(|| self.executor.spawn(me.dispatch_bottom_halves()));
-        let out = async_io::block_on(self.executor.run(future));
+        let waker = Waker::from(self.kick.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut main = pin!(self.executor.run(future));
+        let mut events = Events::new();
+        let out = loop {
+            self.kick.woken.store(false, Ordering::SeqCst);
+            // 1: the coroutines (the executor runs every ready task, then polls `future`).
+            if let Poll::Ready(out) = main.as_mut().poll(&mut cx) {
+                break out;
+            }
+            // 2: bottom halves; they usually make coroutines ready, so go round again.
+            if self.run_bottom_halves() {
+                continue;
+            }
+            // 3: sleep until an fd, a timer or a kick.
+            self.wait_for_events(&mut events);
+            // 4: wake what happened.
+            self.dispatch_fd_events(&events);
+            self.timers.fire_expired(Instant::now());
+        };
         self.running.set(false);
         out
     }
 
-    /// The home-thread loop body that runs bottom halves, in slices: BHs scheduled while a
-    /// slice runs wait for the next one (QEMU's aio_bh_poll splices the list the same way).
-    async fn dispatch_bottom_halves(self: Rc<Self>) {
-        loop {
-            let listener = self.remote_bhs.listen();
-            if self.run_bottom_halves() {
-                // Let the coroutines a slice woke run before the next slice.
-                futures_lite::future::yield_now().await;
-            } else {
-                listener.await;
-            }
-        }
-    }
-
-    /// Runs one slice of pending bottom halves; returns whether any ran.
+    /// Runs one slice of pending bottom halves; returns whether any ran. BHs scheduled
+    /// while a slice runs wait for the next one (QEMU's aio_bh_poll splices the list so).
     fn run_bottom_halves(&self) -> bool {
         let remote = self.remote_bhs.take();
         let local = self.local_bhs.take();
@@ -120,6 +179,78 @@ impl AioContext {
             bh();
         }
         ran
+    }
+
+    fn wait_for_events(&self, events: &mut Events) {
+        events.clear();
+        self.kick.sleeping.store(true, Ordering::SeqCst);
+        // Checked after announcing the sleep: a kick from now on also writes the eventfd.
+        let nothing_pending = !self.kick.woken.load(Ordering::SeqCst)
+            && !self.remote_bhs.has_pending()
+            && !self.local_bhs.has_pending();
+        if nothing_pending {
+            let timeout = self
+                .timers
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            // EINTR or a failed wait just means another turn of the loop.
+            let _ = self.kick.poller.wait(events, timeout);
+        }
+        self.kick.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    fn dispatch_fd_events(&self, events: &Events) {
+        let mut waiters = self.fd_waiters.borrow_mut();
+        for ev in events.iter() {
+            if let Some(w) = waiters.get_mut(&(ev.key as RawFd)) {
+                w.ready = true;
+                if let Some(waker) = w.waker.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Waits until `fd` is readable (an fd handler in QEMU's terms). The descriptor is armed
+    /// in epoll for one event per wait; the caller must keep it open while waiting.
+    pub async fn wait_readable(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        self.arm(fd)?;
+        std::future::poll_fn(|cx| {
+            let mut waiters = self.fd_waiters.borrow_mut();
+            let w = waiters
+                .get_mut(&raw)
+                .expect("armed descriptors have a waiter");
+            if std::mem::take(&mut w.ready) {
+                Poll::Ready(Ok(()))
+            } else {
+                w.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn arm(&self, fd: BorrowedFd<'_>) -> Result<()> {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let interest = Event::readable(raw as usize);
+        let mut waiters = self.fd_waiters.borrow_mut();
+        let known = waiters.contains_key(&raw);
+        waiters.insert(
+            raw,
+            FdWaiter {
+                waker: None,
+                ready: false,
+            },
+        );
+        // epoll forgets a descriptor when it is closed; a reused number then needs `add` again.
+        let modified = known && self.kick.poller.modify(fd, interest).is_ok();
+        if !modified {
+            // SAFETY: polling requires the source to be deleted before it is closed; on Linux
+            // epoll drops closed descriptors itself, and a stale entry is re-added above.
+            unsafe { self.kick.poller.add(raw, interest) }.map_err(Error::from)?;
+        }
+        Ok(())
     }
 
     /// The context's thread pool for blocking system calls (created on first use).
@@ -137,11 +268,6 @@ impl AioContext {
         let engine = io_uring::IoUringEngine::new()?;
         Ok(self.io_uring.get_or_init(|| engine).clone())
     }
-}
-
-/// Suspends the calling coroutine for `duration` (qemu_co_sleep_ns).
-pub async fn co_sleep(duration: Duration) {
-    async_io::Timer::after(duration).await;
 }
 
 #[cfg(test)]

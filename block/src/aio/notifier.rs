@@ -5,13 +5,12 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use async_io::Async;
-
+use super::AioContext;
 use crate::error::{Error, Result};
 
 /// An eventfd that can be set from anywhere and awaited on the loop.
 pub struct EventNotifier {
-    fd: Async<OwnedFd>,
+    fd: OwnedFd,
 }
 
 impl EventNotifier {
@@ -24,9 +23,7 @@ impl EventNotifier {
         }
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(EventNotifier {
-            fd: Async::new(owned)?,
-        })
+        Ok(EventNotifier { fd: owned })
     }
 
     /// The descriptor, to hand to the kernel (io_uring, KVM ioeventfd/irqfd).
@@ -47,13 +44,14 @@ impl EventNotifier {
         n == 8
     }
 
-    /// Waits until the notifier is set, then clears it.
+    /// Waits until the notifier is set, then clears it; on the calling thread's AioContext.
     pub async fn wait(&self) -> Result<()> {
+        let ctx = AioContext::current();
         loop {
             if self.test_and_clear() {
                 return Ok(());
             }
-            self.fd.readable().await?;
+            ctx.wait_readable(self.fd.as_fd()).await?;
         }
     }
 }

@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
 use crate::coroutine::co_spawn;
@@ -139,4 +140,41 @@ fn co_spawned_coroutines_run_only_when_the_loop_runs() {
     ctx.run_until(futures_lite::future::yield_now());
     ctx.run_until(co_sleep(Duration::from_millis(1)));
     assert!(*flag.borrow());
+}
+
+#[test]
+fn an_event_notifier_set_by_another_thread_wakes_the_sleeping_loop() {
+    let ctx = AioContext::current();
+    let notifier = Arc::new(notifier::EventNotifier::new().unwrap());
+    let setter = notifier.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        setter.set();
+    });
+    let start = std::time::Instant::now();
+    ctx.run_until(async move { notifier.wait().await.unwrap() });
+    t.join().unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(15));
+}
+
+#[test]
+fn timers_wake_sleepers_in_deadline_order() {
+    let ctx = AioContext::current();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let tasks: Vec<_> = [30u64, 10, 20]
+        .into_iter()
+        .map(|ms| {
+            let log = log.clone();
+            ctx.spawn(async move {
+                co_sleep(Duration::from_millis(ms)).await;
+                log.borrow_mut().push(ms);
+            })
+        })
+        .collect();
+    ctx.run_until(async move {
+        for t in tasks {
+            t.await;
+        }
+    });
+    assert_eq!(*log.borrow(), vec![10, 20, 30]);
 }

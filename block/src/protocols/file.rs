@@ -41,15 +41,15 @@ pub static FILE: DriverClass = DriverClass {
             default: None,
         },
         CreateOption {
-            name: "preallocation",
-            kind: "str",
-            help: "Preallocation mode (allowed values: off, falloc, full)",
-            default: None,
-        },
-        CreateOption {
             name: "nocow",
             kind: "bool",
             help: "Turn off copy-on-write (valid only on btrfs)",
+            default: None,
+        },
+        CreateOption {
+            name: "preallocation",
+            kind: "str",
+            help: "Preallocation mode (allowed values: off, falloc, full)",
             default: None,
         },
         CreateOption {
@@ -218,6 +218,26 @@ fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Result<()> {
             });
         }
     }
+}
+
+/// The file's extent size hint (FS_IOC_FSGETXATTR), if set.
+fn extent_size_hint(fd: RawFd) -> Option<u64> {
+    /// struct fsxattr from linux/fs.h.
+    #[repr(C)]
+    #[derive(Default)]
+    struct FsXattr {
+        xflags: u32,
+        extsize: u32,
+        nextents: u32,
+        projid: u32,
+        cowextsize: u32,
+        pad: [u8; 8],
+    }
+    const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+    let mut attr = FsXattr::default();
+    // SAFETY: the ioctl fills a struct fsxattr we own; the result is checked.
+    let r = unsafe { libc::ioctl(fd, FS_IOC_FSGETXATTR, &mut attr as *mut FsXattr) };
+    (r == 0 && attr.extsize != 0).then_some(attr.extsize as u64)
 }
 
 fn file_size(fd: RawFd) -> Result<u64> {
@@ -446,6 +466,15 @@ impl BlockDriver for FileDriver {
         Ok(Some(st.st_blocks as u64 * 512))
     }
 
+    /// ImageInfoSpecificFile: the extent size hint, when the file system has one set.
+    fn get_specific_info(&self, _bs: &BlockDriverState) -> Option<serde_json::Value> {
+        let mut data = serde_json::Map::new();
+        if let Some(hint) = extent_size_hint(self.raw_fd()) {
+            data.insert("extent-size-hint".into(), hint.into());
+        }
+        Some(serde_json::json!({"type": "file", "data": data}))
+    }
+
     fn refresh_limits(&self, _bs: &BlockDriverState) -> BlockLimits {
         BlockLimits {
             request_alignment: self.alignment,
@@ -497,6 +526,9 @@ fn regular_truncate(fd: RawFd, offset: u64, prealloc: PreallocMode) -> Result<()
                     "Could not preallocate new data",
                 ));
             }
+            if current == 0 {
+                allocate_first_block(fd, offset);
+            }
             return Ok(());
         }
         PreallocMode::Full => {
@@ -513,7 +545,24 @@ fn regular_truncate(fd: RawFd, offset: u64, prealloc: PreallocMode) -> Result<()
             return Ok(());
         }
     }
-    set_len(fd, offset)
+    set_len(fd, offset)?;
+    if current == 0 && offset > 0 {
+        allocate_first_block(fd, offset);
+    }
+    Ok(())
+}
+
+/// Writes zeroes over the first block of a freshly grown empty file, so that the file
+/// system has allocated it and O_DIRECT alignment probing reads real data there (QEMU's
+/// allocate_first_block). Failures are harmless and ignored.
+fn allocate_first_block(fd: RawFd, new_size: u64) {
+    const MAX_BLOCKSIZE: usize = 4096;
+    let len = if new_size < MAX_BLOCKSIZE as u64 {
+        512
+    } else {
+        MAX_BLOCKSIZE
+    };
+    let _ = blocking_rw(fd, &IoVector::alloc(len), 0, true);
 }
 
 fn set_len(fd: RawFd, offset: u64) -> Result<()> {
@@ -532,9 +581,15 @@ fn set_len(fd: RawFd, offset: u64) -> Result<()> {
 /// locked, emptied, then grown with the requested preallocation.
 async fn create(filename: &str, options: &mut Options) -> Result<()> {
     let path = strip_protocol(filename).to_string();
-    let size = options.take_size("size")?.unwrap_or(0);
+    // Like file-posix, the file is created in whole sectors.
+    let size = options
+        .take_size("size")?
+        .unwrap_or(0)
+        .div_ceil(512)
+        .saturating_mul(512);
     let prealloc = match options.take("preallocation") {
-        Some(p) => PreallocMode::parse(&p)?,
+        Some(p) => PreallocMode::parse(&p)
+            .map_err(|_| Error::invalid(format!("invalid parameter value: {p}")))?,
         None => PreallocMode::Off,
     };
     if prealloc == PreallocMode::Metadata {

@@ -14,8 +14,29 @@ use super::header::{
 use super::refcount::set_entry;
 use super::state::encode_table;
 
-/// Creation options in QEMU's order (qcow2_create_opts).
+/// Creation options in QEMU's order (qcow2_create_opts: the qcow2-only options, then the
+/// ones shared with amend), which is the order of the "Formatting" line.
 pub const CREATE_OPTIONS: [CreateOption; 13] = [
+    opt(
+        "encryption",
+        "bool",
+        "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+        None,
+    ),
+    opt("cluster_size", "size", "qcow2 cluster size", Some("65536")),
+    opt("extended_l2", "bool", "Extended L2 tables", Some("off")),
+    opt(
+        "preallocation",
+        "str",
+        "Preallocation mode (allowed values: off, metadata, falloc, full)",
+        None,
+    ),
+    opt(
+        "compression_type",
+        "str",
+        "Compression method used for image cluster compression",
+        Some("zlib"),
+    ),
     opt("size", "size", "Virtual disk size", None),
     opt(
         "compat",
@@ -38,20 +59,6 @@ pub const CREATE_OPTIONS: [CreateOption; 13] = [
         None,
     ),
     opt(
-        "encryption",
-        "bool",
-        "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
-        None,
-    ),
-    opt("cluster_size", "size", "qcow2 cluster size", Some("65536")),
-    opt("extended_l2", "bool", "Extended L2 tables", Some("off")),
-    opt(
-        "preallocation",
-        "str",
-        "Preallocation mode (allowed values: off, metadata, falloc, full)",
-        None,
-    ),
-    opt(
         "lazy_refcounts",
         "bool",
         "Postpone refcount updates",
@@ -62,12 +69,6 @@ pub const CREATE_OPTIONS: [CreateOption; 13] = [
         "num",
         "Width of a reference count entry in bits",
         Some("16"),
-    ),
-    opt(
-        "compression_type",
-        "str",
-        "Compression method used for image cluster compression",
-        Some("zlib"),
     ),
 ];
 

@@ -183,11 +183,19 @@ impl Meta {
                 continue;
             }
             let host = self.alloc_clusters(n).await?;
-            if host < file_len {
+            if mode != PreallocMode::Metadata {
+                // falloc/full: the data clusters get real space, wherever they lie (L2 tables
+                // written meanwhile may have moved the end of the file past them).
+                self.file
+                    .co_pwrite_zeroes(host, n * cs, RequestFlags::empty())
+                    .await?;
+            } else if host < file_len {
+                // Reused space may hold old data; fresh space past the end reads as zeroes.
                 self.file
                     .co_pwrite_zeroes(host, (n * cs).min(file_len - host), RequestFlags::empty())
                     .await?;
             }
+
             // With extended L2 the subclusters stay unallocated, so a backing file still
             // shows through the preallocated clusters.
             let bitmap = 0;

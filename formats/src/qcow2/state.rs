@@ -40,6 +40,9 @@ pub struct Meta {
     pub signaled_corruption: bool,
 }
 
+/// Largest L1 or refcount table whose entries the overlap check scans.
+const MAX_SCANNED_ENTRIES: usize = 1 << 16;
+
 /// A number as C's `%#x` prints it: "0" for zero, "0x..." otherwise (QEMU's messages).
 pub fn c_hex(v: u64) -> String {
     if v == 0 {
@@ -236,8 +239,12 @@ impl Meta {
     pub fn overlap(&self, offset: u64, len: u64, with_l2: bool) -> Option<&'static str> {
         let cs = self.g.cluster_size;
         let hit = |start: u64, size: u64| start < offset + len && offset < start + size;
-        let in_table =
-            |table: &[u64], mask: u64| table.iter().any(|&e| e & mask != 0 && hit(e & mask, cs));
+        // Scanning a huge table on every write would cost more than the check is worth;
+        // the constant structures (header, L1, refcount table) are always checked.
+        let in_table = |table: &[u64], mask: u64| {
+            table.len() <= MAX_SCANNED_ENTRIES
+                && table.iter().any(|&e| e & mask != 0 && hit(e & mask, cs))
+        };
         if hit(0, cs) {
             Some("qcow2_header")
         } else if hit(self.header.l1_table_offset, self.l1.len() as u64 * 8) {

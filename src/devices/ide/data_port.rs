@@ -20,27 +20,7 @@ impl AtaChannel {
         }
         let mut bytes = [0u8; 4];
         self.data_read_buf(size, &mut bytes[..size.min(4)]);
-        let val = u32::from_le_bytes(bytes);
-        if size == 2 {
-            trace!(
-                ide_data_readw,
-                "IDE PIO rd @ 0x{:x} (Data: Word); val 0x{:04x}; bus {:p}; IDEState {:p}",
-                self.base,
-                val,
-                self,
-                &self.drives[self.unit]
-            );
-        } else {
-            trace!(
-                ide_data_readl,
-                "IDE PIO rd @ 0x{:x} (Data: Long); val 0x{:08x}; bus {:p}; IDEState {:p}",
-                self.base,
-                val,
-                self,
-                &self.drives[self.unit]
-            );
-        }
-        val
+        u32::from_le_bytes(bytes)
     }
 
     /// One 16- or 32-bit write of the data port; 8-bit writes are ignored.
@@ -48,27 +28,35 @@ impl AtaChannel {
         if size == 1 {
             return self.ioport_write(reg::DATA, val as u8);
         }
-        if size == 2 {
-            trace!(
-                ide_data_writew,
-                "IDE PIO wr @ 0x{:x} (Data: Word); val 0x{:04x}; bus {:p}; IDEState {:p}",
-                self.base,
-                val,
-                self,
-                &self.drives[self.unit]
-            );
-        } else {
-            trace!(
-                ide_data_writel,
-                "IDE PIO wr @ 0x{:x} (Data: Long); val 0x{:08x}; bus {:p}; IDEState {:p}",
-                self.base,
-                val,
-                self,
-                &self.drives[self.unit]
-            );
-        }
         let bytes = val.to_le_bytes();
         self.data_write_buf(size, &bytes[..size.min(4)]);
+    }
+
+    /// Traces each access of a buffer as QEMU traces its single accesses, so that a trace
+    /// reads the same whether KVM delivered `rep insw` whole or word by word.
+    fn trace_data(&self, write: bool, size: usize, buf: &[u8]) {
+        let (base, bus, ifs) = (self.base, self as *const Self, &self.drives[self.unit]);
+        for access in buf.chunks_exact(size) {
+            let val = access.iter().rev().fold(0u32, |v, &b| v << 8 | b as u32);
+            match (write, size) {
+                (false, 2) => trace!(
+                    ide_data_readw,
+                    "IDE PIO rd @ 0x{base:x} (Data: Word); val 0x{val:04x}; bus {bus:p}; IDEState {ifs:p}"
+                ),
+                (false, _) => trace!(
+                    ide_data_readl,
+                    "IDE PIO rd @ 0x{base:x} (Data: Long); val 0x{val:08x}; bus {bus:p}; IDEState {ifs:p}"
+                ),
+                (true, 2) => trace!(
+                    ide_data_writew,
+                    "IDE PIO wr @ 0x{base:x} (Data: Word); val 0x{val:04x}; bus {bus:p}; IDEState {ifs:p}"
+                ),
+                (true, _) => trace!(
+                    ide_data_writel,
+                    "IDE PIO wr @ 0x{base:x} (Data: Long); val 0x{val:08x}; bus {bus:p}; IDEState {ifs:p}"
+                ),
+            }
+        }
     }
 
     /// A `rep ins` of `buf.len() / size` accesses of `size` (2 or 4) bytes. Accesses past the
@@ -88,6 +76,7 @@ impl AtaChannel {
         };
         buf[..n].copy_from_slice(&d.buffer[d.data_pos..d.data_pos + n]);
         buf[n..].fill(0);
+        self.trace_data(false, size, buf);
         self.advance(n);
     }
 
@@ -97,6 +86,7 @@ impl AtaChannel {
         if size != 2 && size != 4 {
             return;
         }
+        self.trace_data(true, size, buf);
         let d = &mut self.drives[self.unit];
         let avail = d.data_end - d.data_pos;
         if d.status & DRQ == 0 || d.data_in() {

@@ -8,7 +8,7 @@
 //! `blk.aio_*`, whose completion bottom half locks the device, calls
 //! [`AtaChannel::complete`] and moves the interrupt line.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use block::aio::AioContextHandle;
 use block::{Error, IoVector, RequestFlags};
@@ -16,7 +16,9 @@ use block::{Error, IoVector, RequestFlags};
 use super::ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, SECTOR_SIZE};
 use super::identify::DriveInfo;
 use super::piix::Piix3Ide;
-use super::registry::{self, DriveId};
+use crate::bus::{lock, BusDevice};
+use crate::devices::Irq;
+use crate::drives;
 
 impl DriveConfig {
     /// The drive a backend makes for `-drive if=ide,index=N`: its size in whole sectors, its
@@ -28,12 +30,21 @@ impl DriveConfig {
             write_cache: blk.write_cache(),
         }
     }
-}
 
-/// An interrupt line the device drives (KVM_IRQ_LINE for IRQ14/15 in the machine).
-pub trait IrqLine: Send + Sync {
-    /// Sets the line's level; called only on changes.
-    fn set_level(&self, level: bool);
+    /// Asks the loop behind `ctx` for the drive registered as `id` (the machine is built on
+    /// another thread than the one owning the backends) and describes it as IDE disk `index`.
+    pub fn query(ctx: &AioContextHandle, id: &str, index: u32) -> Result<DriveConfig, String> {
+        let (tx, rx) = mpsc::channel();
+        let name = id.to_string();
+        ctx.schedule_bh(move || {
+            let cfg = drives::lookup(&name).map(|blk| DriveConfig::for_backend(&blk, index));
+            let _ = tx.send(cfg);
+        });
+        rx.recv()
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("drive '{id}' is not open on the main loop"))
+    }
 }
 
 /// A device that holds ATA channels, so one glue serves PIIX3 and a bare channel alike.
@@ -57,10 +68,10 @@ impl AtaController for AtaChannel {
 /// How one channel is wired: its drives' ids and its interrupt line.
 #[derive(Clone)]
 pub struct ChannelWiring {
-    /// Drive id of the master and slave slot.
-    pub drives: [Option<DriveId>; 2],
+    /// Drive id (`-drive id=`) of the master and slave slot.
+    pub drives: [Option<Arc<str>>; 2],
     /// The channel's interrupt line.
-    pub irq: Arc<dyn IrqLine>,
+    pub irq: Irq,
 }
 
 /// Carries a controller's block requests to the main loop and their completions back.
@@ -82,7 +93,7 @@ impl<D: AtaController> Clone for IdeBlockSubmitter<D> {
 
 impl<D: AtaController> IdeBlockSubmitter<D> {
     /// Glue for `device`, whose channel `i` is wired as `channels[i]`; requests run on the
-    /// loop behind `ctx`, where the drives are registered in [`registry`].
+    /// loop behind `ctx`, where the drives are registered in [`crate::drives`].
     pub fn new(ctx: AioContextHandle, device: Arc<Mutex<D>>, channels: Vec<ChannelWiring>) -> Self {
         IdeBlockSubmitter {
             ctx,
@@ -107,7 +118,7 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
             wiring.irq.set_level(level);
         }
         while let Some(req) = ch.take_request() {
-            let drive = wiring.drives.get(req.id.unit).copied().flatten();
+            let drive = wiring.drives.get(req.id.unit).cloned().flatten();
             let me = self.clone();
             self.ctx
                 .schedule_bh(move || me.run_on_loop(index, drive, req));
@@ -115,8 +126,8 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
     }
 
     /// On the loop thread: starts the request on the drive's backend.
-    fn run_on_loop(self, index: usize, drive: Option<DriveId>, req: BlockRequest) {
-        let Some(blk) = drive.and_then(registry::lookup) else {
+    fn run_on_loop(self, index: usize, drive: Option<Arc<str>>, req: BlockRequest) {
+        let Some(blk) = drive.and_then(|id| drives::lookup(&id)) else {
             let err = Error::new(libc::ENOMEDIUM, "IDE drive not registered on this loop");
             return self.complete(index, req.id, Err(err));
         };
@@ -156,8 +167,46 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
 
     /// The completion bottom half: under the device lock, report and move the line.
     fn complete(&self, index: usize, id: super::ata::RequestId, result: block::Result<Vec<u8>>) {
-        let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dev = lock(&self.device);
         dev.ata_channel(index).complete(id, result);
         self.after_access(&mut dev, index);
+    }
+}
+
+/// The legacy port ranges of a PIIX3 IDE function on the port bus: each access runs under the
+/// device lock, then the glue moves the interrupt line and ships new block requests.
+pub struct IdePorts(IdeBlockSubmitter<Piix3Ide>);
+
+impl IdePorts {
+    /// The ports of the function behind `glue`.
+    pub fn new(glue: IdeBlockSubmitter<Piix3Ide>) -> IdePorts {
+        IdePorts(glue)
+    }
+}
+
+impl BusDevice for IdePorts {
+    fn read(&mut self, base: u64, offset: u64, data: &mut [u8]) {
+        self.read_string(base, offset, data.len(), data);
+    }
+
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
+        self.write_string(base, offset, data.len(), data);
+    }
+
+    /// A whole `rep ins` in one call: the data port copies it out of the sector buffer.
+    fn read_string(&mut self, base: u64, offset: u64, size: usize, data: &mut [u8]) {
+        let mut dev = lock(self.0.device());
+        match dev.pio_read((base + offset) as u16, size, data) {
+            Some(channel) => self.0.after_access(&mut dev, channel),
+            None => data.fill(0xFF),
+        }
+    }
+
+    /// A whole `rep outs` in one call.
+    fn write_string(&mut self, base: u64, offset: u64, size: usize, data: &[u8]) {
+        let mut dev = lock(self.0.device());
+        if let Some(channel) = dev.pio_write((base + offset) as u16, size, data) {
+            self.0.after_access(&mut dev, channel);
+        }
     }
 }

@@ -4,20 +4,22 @@
 //! [`ata`] one channel's registers as a sans-IO state machine, [`data_port`] its PIO
 //! transfers, [`commands`]
 //! the ATA commands and the completion of their block requests, [`identify`] the IDENTIFY
-//! page and geometry, [`piix`] the PCI function and port routing, [`glue`] the path to the
-//! block layer, [`registry`] the loop thread's table of drives.
+//! page and geometry, [`piix`] the PCI function and port routing, [`glue`] the port-bus
+//! device and the path to the block layer (whose drives the loop thread keeps in
+//! [`crate::drives`]).
 //!
 //! # How a port write becomes disk I/O
 //!
 //! ```text
 //! vCPU thread                         main loop thread (AioContext)
 //! -----------                         -----------------------------
-//! KVM_EXIT_IO out 0x1F0 (rep outsw)
+//! KVM_EXIT_IO out 0x1F0 (rep outsw, up to a page)
+//!   BQL, Bus::write_string -> IdePorts::write_string
 //!   lock device (Arc<Mutex<Piix3Ide>>)
-//!   Piix3Ide::pio_write -> AtaChannel::data_write_buf
+//!   Piix3Ide::pio_write -> AtaChannel::data_write_buf (whole buffer)
 //!     last byte of the DRQ block: status BSY, BlockRequest queued
 //!   IdeBlockSubmitter::after_access
-//!     take_request -> ctx.schedule_bh(Send closure) ----> BH: registry::lookup(drive id)
+//!     take_request -> ctx.schedule_bh(Send closure) ----> BH: drives::lookup(drive id)
 //!   unlock, KVM_RUN again (guest polls BSY             blk.aio_pwritev(IoVector::from_slice)
 //!   or waits for IRQ14)                                  coroutine -> format -> file -> pool
 //!                                                      completion BH (blk_aio_complete_bh):
@@ -26,12 +28,19 @@
 //!                                                        for the next block or done, IRQ
 //!                                                        after_access: irq_update ->
 //!                                                          IrqLine::set_level(true)
+//!                                                          = KVM_IRQ_LINE 14 (in-kernel PIC)
 //! ```
+//!
+//! The machine (`crate::machine`) puts the function at PCI 00:01.1 and its ports 0x1F0-0x1F7,
+//! 0x3F6, 0x170-0x177, 0x376 on the port bus; `-drive if=ide,index=N` or `-device ide-hd`
+//! fill the slots. With `-trace 'ide_*' -trace 'blk_*'` one request shows as
+//! `ide_bus_exec_cmd`, `ide_sector_read`, `blk_co_preadv`, `blk_aio_complete`,
+//! `ide_transfer_start`.
 //!
 //! The state machine never blocks and never calls out: every effect is a value the glue
 //! collects (`take_request`, `irq_update`), so tests drive it register by register without
 //! threads, and the same code runs under the real loop. The BlockBackend stays on the loop
-//! thread (it is `Rc`, like all block-graph state); devices name drives by [`DriveId`].
+//! thread (it is `Rc`, like all block-graph state); devices name drives by their `-drive id=`.
 //! Request data is copied once each way between the sector buffer and an aligned
 //! `IoVector` (at most 16 sectors per DRQ block), as QEMU bounces PIO through `io_buffer`.
 
@@ -41,13 +50,11 @@ pub mod data_port;
 pub mod glue;
 pub mod identify;
 pub mod piix;
-pub mod registry;
 
 pub use ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, RequestId};
-pub use glue::{AtaController, ChannelWiring, IdeBlockSubmitter, IrqLine};
+pub use glue::{AtaController, ChannelWiring, IdeBlockSubmitter, IdePorts};
 pub use identify::DriveInfo;
 pub use piix::Piix3Ide;
-pub use registry::DriveId;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@
 //! storage that ata_piix programs with PIO timings.
 
 use super::ata::{AtaChannel, DriveConfig};
+use crate::devices::pci::{ConfigSpace, PciFunction, PCI_COMMAND};
 
 /// PCI vendor ID (Intel).
 pub const VENDOR_ID: u16 = 0x8086;
@@ -21,11 +22,9 @@ pub const CLASS_CODE: u32 = 0x010180;
 /// Port bases, control ports and ISA IRQs of the primary and secondary channel.
 pub const LEGACY_PORTS: [(u16, u16, u32); 2] = [(0x1F0, 0x3F6, 14), (0x170, 0x376, 15)];
 
-const COMMAND: usize = 0x04;
 /// Writable bits of the PCI command register: I/O space and bus master.
 const COMMAND_WMASK: u16 = 0x0005;
 const STATUS: usize = 0x06;
-const INTERRUPT_LINE: usize = 0x3C;
 const IDETIM: usize = 0x40;
 const TIMING_REGS: std::ops::Range<usize> = 0x40..0x48;
 /// IDETIM bit 15: the channel's legacy ports decode.
@@ -50,7 +49,7 @@ pub enum IdePort {
 
 /// The PIIX3 IDE function: configuration space plus two channels.
 pub struct Piix3Ide {
-    config: [u8; 256],
+    config: ConfigSpace,
     channels: [AtaChannel; 2],
 }
 
@@ -60,7 +59,7 @@ impl Piix3Ide {
         let [[m0, s0], [m1, s1]] = drives;
         let (p, s) = (LEGACY_PORTS[0], LEGACY_PORTS[1]);
         let mut ide = Piix3Ide {
-            config: [0; 256],
+            config: config_space(),
             channels: [
                 AtaChannel::new(m0, s0, p.0, p.1),
                 AtaChannel::new(m1, s1, s.0, s.1),
@@ -72,43 +71,9 @@ impl Piix3Ide {
 
     /// Machine reset: configuration registers to their defaults, both channels reset.
     pub fn reset(&mut self) {
-        let c = &mut self.config;
-        c.fill(0);
-        c[0..2].copy_from_slice(&VENDOR_ID.to_le_bytes());
-        c[2..4].copy_from_slice(&DEVICE_ID.to_le_bytes());
-        c[STATUS..STATUS + 2].copy_from_slice(&0x0280u16.to_le_bytes()); // DEVSEL medium, fast b2b
-        c[0x09..0x0C].copy_from_slice(&CLASS_CODE.to_le_bytes()[..3]);
-        c[IDETIM + 1] = IDE_DECODE_ENABLE;
-        c[IDETIM + 3] = IDE_DECODE_ENABLE;
+        self.config = config_space();
         for ch in &mut self.channels {
             ch.reset();
-        }
-    }
-
-    /// Reads `size` (1, 2 or 4) bytes of configuration space at `offset`, little-endian;
-    /// bytes past the 256-byte space read as 0xFF.
-    pub fn config_read(&self, offset: usize, size: usize) -> u32 {
-        (0..size.min(4)).fold(0, |acc, i| {
-            let byte = self.config.get(offset + i).copied().unwrap_or(0xFF);
-            acc | (byte as u32) << (8 * i)
-        })
-    }
-
-    /// Writes `size` bytes of configuration space; read-only bits keep their value.
-    pub fn config_write(&mut self, offset: usize, size: usize, val: u32) {
-        for i in 0..size.min(4) {
-            let byte = (val >> (8 * i)) as u8;
-            let at = offset + i;
-            let mask = match at {
-                COMMAND => COMMAND_WMASK as u8,
-                a if a == COMMAND + 1 => (COMMAND_WMASK >> 8) as u8,
-                INTERRUPT_LINE => 0xFF,
-                a if TIMING_REGS.contains(&a) => 0xFF,
-                _ => 0,
-            };
-            if let Some(slot) = self.config.get_mut(at) {
-                *slot = (*slot & !mask) | (byte & mask);
-            }
         }
     }
 
@@ -117,7 +82,11 @@ impl Piix3Ide {
         LEGACY_PORTS
             .iter()
             .enumerate()
-            .filter(|(channel, _)| self.config[IDETIM + 1 + 2 * channel] & IDE_DECODE_ENABLE != 0)
+            .filter(|(channel, _)| {
+                let mut idetim_hi = [0u8];
+                self.config.read(IDETIM + 1 + 2 * channel, &mut idetim_hi);
+                idetim_hi[0] & IDE_DECODE_ENABLE != 0
+            })
             .find_map(|(channel, &(base, ctl, _))| {
                 if (base..base + 8).contains(&port) {
                     Some(IdePort::Command {
@@ -137,24 +106,25 @@ impl Piix3Ide {
         &mut self.channels[index]
     }
 
-    /// Handles a port read of `data.len()` bytes as a vCPU exit delivers it (a `rep ins`
-    /// arrives as one buffer). Returns the channel touched, or `None` if the port is not ours
-    /// (then `data` is left alone).
+    /// Handles `data.len() / size` port reads of `size` bytes as a vCPU exit delivers them
+    /// (a `rep ins` arrives as one buffer). Returns the channel touched, or `None` if the port
+    /// is not ours (then `data` is left alone).
     ///
-    /// The data port moves bytes in order whatever the access width. On other registers a
-    /// buffer of up to 4 bytes is one wide access, split into byte accesses of consecutive
-    /// ports as QEMU's port layer does; a longer buffer is a `rep insb` of the same port.
-    pub fn pio_read(&mut self, port: u16, data: &mut [u8]) -> Option<usize> {
+    /// The data port moves the whole buffer in order. On other registers each access of
+    /// `size` bytes is split into byte accesses of consecutive ports, as QEMU's port layer
+    /// does for registers that are 8 bits wide.
+    pub fn pio_read(&mut self, port: u16, size: usize, data: &mut [u8]) -> Option<usize> {
         match self.decode(port)? {
             IdePort::Command { channel, reg } => {
                 let ch = &mut self.channels[channel];
-                if reg == 0 && data.len() >= 2 {
-                    ch.data_read_buf(access_size(data.len()), data);
+                if reg == 0 && size >= 2 {
+                    ch.data_read_buf(size, data);
                 } else {
-                    let wide = data.len() <= 4;
-                    for (i, byte) in data.iter_mut().enumerate() {
-                        let r = if wide { reg + i as u8 } else { reg };
-                        *byte = if r < 8 { ch.ioport_read(r) } else { 0xFF };
+                    for access in data.chunks_mut(size.max(1)) {
+                        for (i, byte) in access.iter_mut().enumerate() {
+                            let r = reg + i as u8;
+                            *byte = if r < 8 { ch.ioport_read(r) } else { 0xFF };
+                        }
                     }
                 }
                 Some(channel)
@@ -167,19 +137,20 @@ impl Piix3Ide {
         }
     }
 
-    /// Handles a port write (see [`Piix3Ide::pio_read`] for how buffers are split).
-    pub fn pio_write(&mut self, port: u16, data: &[u8]) -> Option<usize> {
+    /// Handles port writes (see [`Piix3Ide::pio_read`] for how buffers are split).
+    pub fn pio_write(&mut self, port: u16, size: usize, data: &[u8]) -> Option<usize> {
         match self.decode(port)? {
             IdePort::Command { channel, reg } => {
                 let ch = &mut self.channels[channel];
-                if reg == 0 && data.len() >= 2 {
-                    ch.data_write_buf(access_size(data.len()), data);
+                if reg == 0 && size >= 2 {
+                    ch.data_write_buf(size, data);
                 } else {
-                    let wide = data.len() <= 4;
-                    for (i, byte) in data.iter().enumerate() {
-                        let r = if wide { reg + i as u8 } else { reg };
-                        if r < 8 {
-                            ch.ioport_write(r, *byte);
+                    for access in data.chunks(size.max(1)) {
+                        for (i, byte) in access.iter().enumerate() {
+                            let r = reg + i as u8;
+                            if r < 8 {
+                                ch.ioport_write(r, *byte);
+                            }
                         }
                     }
                 }
@@ -195,13 +166,25 @@ impl Piix3Ide {
     }
 }
 
-/// The unit of a data-port buffer: DRQ blocks are whole sectors, so 4- and 2-byte units move
-/// the same bytes; only the width of a lone access matters and it equals the buffer length.
-fn access_size(len: usize) -> usize {
-    if len.is_multiple_of(4) {
-        4
-    } else {
-        2
+/// The function's configuration space at power-on: IDs, class, both channels decoding.
+fn config_space() -> ConfigSpace {
+    let mut c = ConfigSpace::new(VENDOR_ID, DEVICE_ID, CLASS_CODE, 0);
+    c.set_word(STATUS, 0x0280); // DEVSEL medium, fast back-to-back
+    c.set_wmask(PCI_COMMAND, COMMAND_WMASK as u8);
+    c.set_wmask(PCI_COMMAND + 1, (COMMAND_WMASK >> 8) as u8);
+    c.set_writable(TIMING_REGS.start, TIMING_REGS.len());
+    c.set_byte(IDETIM + 1, IDE_DECODE_ENABLE);
+    c.set_byte(IDETIM + 3, IDE_DECODE_ENABLE);
+    c
+}
+
+/// On the PCI bus at 00:01.1; its ports are on the port bus through [`super::IdePorts`].
+impl PciFunction for Piix3Ide {
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
     }
 }
 
@@ -209,25 +192,35 @@ fn access_size(len: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn config_read(ide: &mut Piix3Ide, offset: usize, size: usize) -> u32 {
+        let mut b = [0u8; 4];
+        PciFunction::config_read(ide, offset, &mut b[..size]);
+        u32::from_le_bytes(b)
+    }
+
+    fn config_write(ide: &mut Piix3Ide, offset: usize, size: usize, val: u32) {
+        PciFunction::config_write(ide, offset, &val.to_le_bytes()[..size]);
+    }
+
     #[test]
     fn config_space_identifies_a_legacy_pio_piix3_ide() {
         let mut ide = Piix3Ide::new([[None, None], [None, None]]);
-        assert_eq!(ide.config_read(0, 4), 0x7010_8086);
-        assert_eq!(ide.config_read(0x08, 4) >> 8, CLASS_CODE);
-        assert_eq!(ide.config_read(0x41, 1) & 0x80, 0x80);
-        assert_eq!(ide.config_read(0x43, 1) & 0x80, 0x80);
+        assert_eq!(config_read(&mut ide, 0, 4), 0x7010_8086);
+        assert_eq!(config_read(&mut ide, 0x08, 4) >> 8, CLASS_CODE);
+        assert_eq!(config_read(&mut ide, 0x41, 1) & 0x80, 0x80);
+        assert_eq!(config_read(&mut ide, 0x43, 1) & 0x80, 0x80);
         // No BARs: sizing reads back zero.
         for bar in (0x10..0x28).step_by(4) {
-            ide.config_write(bar, 4, 0xFFFF_FFFF);
-            assert_eq!(ide.config_read(bar, 4), 0);
+            config_write(&mut ide, bar, 4, 0xFFFF_FFFF);
+            assert_eq!(config_read(&mut ide, bar, 4), 0);
         }
-        ide.config_write(0x00, 4, 0);
-        assert_eq!(ide.config_read(0, 4), 0x7010_8086);
-        ide.config_write(0x40, 4, 0xA307_E307);
-        assert_eq!(ide.config_read(0x40, 4), 0xA307_E307);
-        ide.config_write(0x04, 2, 0xFFFF);
-        assert_eq!(ide.config_read(0x04, 2), 0x0005);
-        assert_eq!(ide.config_read(0xFE, 4), 0xFFFF_0000);
+        config_write(&mut ide, 0x00, 4, 0);
+        assert_eq!(config_read(&mut ide, 0, 4), 0x7010_8086);
+        config_write(&mut ide, 0x40, 4, 0xA307_E307);
+        assert_eq!(config_read(&mut ide, 0x40, 4), 0xA307_E307);
+        config_write(&mut ide, 0x04, 2, 0xFFFF);
+        assert_eq!(config_read(&mut ide, 0x04, 2), 0x0005);
+        assert_eq!(config_read(&mut ide, 0xFC, 4), 0);
     }
 
     #[test]
@@ -245,10 +238,10 @@ mod tests {
         assert_eq!(ide.decode(0x376), Some(IdePort::Control { channel: 1 }));
         assert_eq!(ide.decode(0x3F7), None);
         assert_eq!(ide.decode(0x1F8), None);
-        ide.config_write(0x43, 1, 0);
+        config_write(&mut ide, 0x43, 1, 0);
         assert_eq!(ide.decode(0x177), None);
         let mut b = [0u8; 1];
-        assert_eq!(ide.pio_read(0x177, &mut b), None);
+        assert_eq!(ide.pio_read(0x177, 1, &mut b), None);
         assert_eq!(
             ide.decode(0x1F0),
             Some(IdePort::Command { channel: 0, reg: 0 })
@@ -264,21 +257,21 @@ mod tests {
             write_cache: true,
         };
         let mut ide = Piix3Ide::new([[Some(disk), None], [None, None]]);
-        assert_eq!(ide.pio_write(0x1F7, &[0xEC]), Some(0));
+        assert_eq!(ide.pio_write(0x1F7, 1, &[0xEC]), Some(0));
         let mut status = [0u8; 1];
-        ide.pio_read(0x3F6, &mut status);
+        ide.pio_read(0x3F6, 1, &mut status);
         assert_eq!(status[0], 0x58);
         // One `rep insd` exit for the whole page, then a lone 16-bit read finds no data.
         let mut page = [0u8; 512];
-        ide.pio_read(0x1F0, &mut page);
+        ide.pio_read(0x1F0, 4, &mut page);
         assert_eq!(u16::from_le_bytes([page[120], page[121]]), 2048, "word 60");
         let mut word = [0xFFu8; 2];
-        ide.pio_read(0x1F0, &mut word);
+        ide.pio_read(0x1F0, 2, &mut word);
         assert_eq!(word, [0, 0]);
         // A 16-bit read of 0x1F2 is Sector Count then LBA low; the empty secondary reads 0.
-        ide.pio_read(0x1F2, &mut word);
+        ide.pio_read(0x1F2, 2, &mut word);
         assert_eq!(word, [1, 1]);
-        ide.pio_read(0x177, &mut status);
+        ide.pio_read(0x177, 1, &mut status);
         assert_eq!(status[0], 0);
     }
 }

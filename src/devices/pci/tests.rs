@@ -1,4 +1,12 @@
 use super::*;
+use crate::devices::ide::Piix3Ide;
+
+fn pc_pci_bus() -> PciBus {
+    super::pc_pci_bus(Arc::new(Mutex::new(Piix3Ide::new([
+        [None, None],
+        [None, None],
+    ]))))
+}
 
 fn host() -> (PciHost, ResetRequest) {
     let reset = ResetRequest::default();
@@ -44,7 +52,6 @@ fn host_bridge_and_isa_bridge_identify_like_qemu_pc() {
         0x80,
         "multi-function"
     );
-    assert_eq!(read32(&mut h, 9, 0), 0xFFFF_FFFF, "00:01.1 absent for now");
     assert_eq!(read32(&mut h, 0x10, 0), 0xFFFF_FFFF);
 }
 
@@ -120,8 +127,10 @@ fn bar_dev() -> BarDev {
 #[test]
 fn bar_sizing_returns_the_size_mask_and_keeps_type_bits() {
     let mut bus = pc_pci_bus();
-    bus.add(0x10, Box::new(bar_dev())).unwrap();
-    assert!(bus.add(0x10, Box::new(I440fx::default())).is_err());
+    bus.add(0x10, Arc::new(Mutex::new(bar_dev()))).unwrap();
+    assert!(bus
+        .add(0x10, Arc::new(Mutex::new(I440fx::default())))
+        .is_err());
     let mut h = PciHost::new(bus, ResetRequest::default());
     write32(&mut h, 0x10, 0x10, 0xFFFF_FFFF);
     assert_eq!(read32(&mut h, 0x10, 0x10), 0xFFFF_FFC1);
@@ -164,7 +173,7 @@ fn bar_window_routes_accesses_to_enabled_bars_only() {
     let dev = bar_dev();
     let writes = dev.1.clone();
     let mut bus = pc_pci_bus();
-    bus.add(0x10, Box::new(dev)).unwrap();
+    bus.add(0x10, Arc::new(Mutex::new(dev))).unwrap();
     let host = std::sync::Arc::new(std::sync::Mutex::new(PciHost::new(
         bus,
         ResetRequest::default(),
@@ -192,4 +201,18 @@ fn bar_window_routes_accesses_to_enabled_bars_only() {
         vec![(0, 0x3F, 7)],
         "only the in-range I/O write"
     );
+}
+
+#[test]
+fn the_ide_function_is_function_1_of_the_piix3() {
+    let (mut h, _) = host();
+    assert_eq!(
+        read32(&mut h, 0x08, 0x0C) >> 16 & 0x80,
+        0x80,
+        "00:01.0 multi-function"
+    );
+    assert_eq!(read32(&mut h, 0x09, 0x00), 0x7010_8086);
+    assert_eq!(read32(&mut h, 0x09, 0x08) >> 8, 0x01_01_80);
+    write32(&mut h, 0x09, 0x40, 0x0000_0000);
+    assert_eq!(read32(&mut h, 0x09, 0x40), 0, "IDETIM is storage");
 }

@@ -323,7 +323,7 @@ mod tests {
         let f = VirtioPciFunction::new(dev, irq.clone(), vm.fd().clone()).unwrap();
         let mut bus = PciBus::default();
         let devfn = 2 << 3;
-        bus.add(devfn, Box::new(f)).unwrap();
+        bus.add(devfn, Arc::new(Mutex::new(f))).unwrap();
         let mut b = [0u8; 4];
         bus.config_read(devfn, 0, &mut b);
         assert_eq!(u32::from_le_bytes(b), 0x1001_1af4);

@@ -250,7 +250,7 @@ fn plug_one(
     let core = dev.core();
     let notifiers = dev.notifiers();
     let function = VirtioPciFunction::new(dev, irq.clone(), vm.fd().clone())?;
-    bus.add(slot << 3, Box::new(function))
+    bus.add(slot << 3, Arc::new(std::sync::Mutex::new(function)))
         .map_err(|e| format!("{}: {e}", disk.origin))?;
     let (mem, stop, drive) = (mem.clone(), stop.clone(), disk.drive.clone());
     main.schedule_bh(move || {

@@ -9,7 +9,7 @@ use block::{BlockBackend, OpenFlags, Options};
 use super::commands::{find_command, oneline, usage, COMMANDS};
 use super::output::{out, report, Reported};
 use super::parse::Getopt;
-use super::{snapshot, QemuIo};
+use super::QemuIo;
 use crate::tools::image::raw_probe_warning;
 
 /// Everything needed to open the image (openfile's arguments).
@@ -123,11 +123,11 @@ pub async fn openfile(io: &QemuIo, mut req: OpenRequest) -> Result<(), Reported>
 
 /// Opens the graph a request describes, with its write-cache mode applied.
 pub async fn open_backend(req: &OpenRequest) -> block::Result<Rc<BlockBackend>> {
-    let blk = if req.snapshot {
-        snapshot::open_with_temp_overlay(req.name.as_deref(), req.opts.clone(), req.flags).await?
-    } else {
-        BlockBackend::open(req.name.as_deref(), req.opts.clone(), req.flags).await?
+    let flags = OpenFlags {
+        snapshot: req.snapshot,
+        ..req.flags
     };
+    let blk = BlockBackend::open(req.name.as_deref(), req.opts.clone(), flags).await?;
     blk.set_write_cache(req.flags.cache.writeback);
     Ok(blk)
 }

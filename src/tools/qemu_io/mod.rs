@@ -10,7 +10,7 @@
 //!
 //! Modules: [`invocation`] (the program's options and main loop), [`commands`] (the table and
 //! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`], [`cmd_reopen`] and
-//! [`cmd_absent`] (the commands), [`snapshot`] (`-s`), [`stdin`] (interactive input), and
+//! [`cmd_absent`] (the commands), [`stdin`] (interactive input), and
 //! [`parse`], [`report`], [`output`], [`help`] (their shared vocabulary).
 
 pub mod cmd_absent;
@@ -25,7 +25,6 @@ pub mod invocation;
 pub mod output;
 pub mod parse;
 pub mod report;
-pub mod snapshot;
 pub mod stdin;
 
 use std::cell::{Cell, RefCell};

@@ -1,18 +1,14 @@
 //! The glue with a real AioContext loop thread and a raw image: PIO on the test thread (the
 //! "vCPU"), requests and completions on the loop, interrupts through an IrqLine.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use block::aio::AioContextHandle;
-use block::coroutine::CoQueue;
-use block::{AioContext, BlockBackend, OpenFlags, Options};
-
-use super::super::glue::{ChannelWiring, IdeBlockSubmitter, IrqLine};
-use super::super::registry;
+use super::super::glue::{ChannelWiring, IdeBlockSubmitter};
 use super::*;
+use crate::devices::IrqLine;
+use crate::main_loop::MainLoop;
+use crate::vm_config::{parse_args, Command};
 
 /// Records the line's level and counts rising edges.
 #[derive(Default)]
@@ -44,59 +40,14 @@ impl TestIrq {
     }
 }
 
-type StopSignal = (Rc<Cell<bool>>, Rc<CoQueue>);
-
-thread_local! {
-    static STOP: RefCell<Option<StopSignal>> = const { RefCell::new(None) };
-}
-
-/// A loop thread owning the image's BlockBackend as drive 1.
-struct LoopThread {
-    handle: AioContextHandle,
-    join: std::thread::JoinHandle<()>,
-}
-
-impl LoopThread {
-    fn start(path: String) -> LoopThread {
-        let (tx, rx) = mpsc::channel();
-        let join = std::thread::spawn(move || {
-            formats::register_all();
-            let ctx = AioContext::current();
-            let opts = Options::parse_keyval(&format!("driver=raw,file.filename={path}"), None);
-            let blk = ctx
-                .run_until(BlockBackend::open(
-                    None,
-                    opts.unwrap(),
-                    OpenFlags::default(),
-                ))
-                .unwrap();
-            let config = DriveConfig::for_backend(&blk, 0);
-            assert_eq!((config.info.sectors, config.read_only), (128, false));
-            registry::register(1, blk);
-            let (flag, queue) = (Rc::new(Cell::new(false)), Rc::new(CoQueue::new()));
-            STOP.with(|s| *s.borrow_mut() = Some((flag.clone(), queue.clone())));
-            tx.send(ctx.handle()).unwrap();
-            ctx.run_until(async move { queue.wait_while(|| !flag.get()).await });
-            let blk = registry::unregister(1).unwrap();
-            ctx.run_until(blk.close()).unwrap();
-        });
-        LoopThread {
-            handle: rx.recv().unwrap(),
-            join,
-        }
-    }
-
-    fn stop(self) {
-        self.handle.schedule_bh(|| {
-            STOP.with(|s| {
-                let s = s.borrow();
-                let (flag, queue) = s.as_ref().unwrap();
-                flag.set(true);
-                queue.restart_all();
-            })
-        });
-        self.join.join().unwrap();
-    }
+/// The main loop with the image open as drive `d1` (`-drive if=none,id=d1`).
+fn start_loop(path: &std::path::Path) -> MainLoop {
+    let arg = format!("file={},format=raw,if=none,id=d1", path.display());
+    let cfg = match parse_args(&["-drive".to_string(), arg]) {
+        Ok(Command::Run(cfg)) => cfg,
+        other => panic!("{other:?}"),
+    };
+    MainLoop::start(cfg.drives).unwrap()
 }
 
 #[test]
@@ -104,7 +55,10 @@ fn pio_requests_reach_a_raw_image_through_the_loop() {
     let file = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
     let image: Vec<u8> = (0..64 * 1024).map(|i| (i / 512) as u8).collect();
     std::fs::write(file.path(), &image).unwrap();
-    let lt = LoopThread::start(file.path().to_str().unwrap().to_string());
+    let main = start_loop(file.path());
+    let config = DriveConfig::query(&main.handle(), "d1", 0).unwrap();
+    assert_eq!((config.info.sectors, config.read_only), (128, false));
+    assert!(DriveConfig::query(&main.handle(), "d2", 1).is_err());
 
     let mut slave = drive(128);
     slave.info.serial = "UNREGISTERED".into();
@@ -112,10 +66,10 @@ fn pio_requests_reach_a_raw_image_through_the_loop() {
     let device = Arc::new(Mutex::new(ch));
     let irq = Arc::new(TestIrq::default());
     let wiring = ChannelWiring {
-        drives: [Some(1), Some(2)],
+        drives: [Some("d1".into()), Some("d2".into())],
         irq: irq.clone(),
     };
-    let glue = IdeBlockSubmitter::new(lt.handle.clone(), device.clone(), vec![wiring]);
+    let glue = IdeBlockSubmitter::new(main.handle(), device.clone(), vec![wiring]);
     // One port access as a vCPU thread makes it: under the lock, then the glue.
     let access = |f: &mut dyn FnMut(&mut AtaChannel) -> u8| -> u8 {
         let mut dev = device.lock().unwrap();
@@ -183,7 +137,7 @@ fn pio_requests_reach_a_raw_image_through_the_loop() {
     assert_eq!(access(&mut |ch| ch.ioport_read(reg::ERROR_FEATURES)), UNC);
     assert!(!irq.state.lock().unwrap().0, "status read lowered the line");
 
-    lt.stop();
+    main.shutdown();
     let on_disk = std::fs::read(file.path()).unwrap();
     assert!(on_disk[3 * 512..4 * 512].iter().all(|b| *b == 0xA1));
     assert!(on_disk[4 * 512..5 * 512].iter().all(|b| *b == 0xB2));

@@ -1,12 +1,13 @@
 //! The IDE test guests (fixtures/guests/ide-*.asm) booted by SeaBIOS from raw and qcow2
-//! images, under the reference QEMU for now: every PASS line present, no FAIL, and the sectors
-//! the guest wrote are on the image afterwards.
+//! images, under rqemu and under the reference QEMU: every PASS line present, no FAIL, and
+//! the sectors the guest wrote are on the image afterwards.
 //!
-//! The emulator is a parameter ([`Emulator`]): once rqemu boots SeaBIOS, the same checks run
-//! against it by building its command line instead of QEMU's.
+//! The emulator is a parameter ([`Emulator`]): the same checks run against both by building
+//! each one's command line.
 //!
-//! Needs nasm, qemu-system-x86_64, qemu-img, SeaBIOS and /dev/kvm; each missing piece skips
-//! the test with a reason, or fails it when RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
+//! Needs nasm, qemu-system-x86_64, qemu-img, SeaBIOS and /dev/kvm (qemu-img builds the images
+//! and reads them back for both emulators); each missing piece skips the test with a reason,
+//! or fails it when RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -68,6 +69,30 @@ fn qemu(image: &Path, format: &str) -> Command {
         "file={},format={format},if=ide,index=0,media=disk",
         image.display()
     ));
+    c
+}
+
+/// rqemu with the disk as `-drive if=ide,index=0`.
+fn rqemu(image: &Path, format: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rqemu"));
+    c.args(["-M", "pc", "-nographic", "-no-reboot", "-m", "64"])
+        .args(["-bios", SEABIOS, "-drive"])
+        .arg(format!(
+            "file={},format={format},if=ide,index=0,media=disk",
+            image.display()
+        ));
+    c
+}
+
+/// rqemu with the disk as `-drive if=none` plus `-device ide-hd` on ide.0 unit 0.
+fn rqemu_ide_hd(image: &Path, format: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rqemu"));
+    c.args(["-nographic", "-no-reboot", "-m", "64", "-drive"])
+        .arg(format!(
+            "file={},format={format},if=none,id=disk0",
+            image.display()
+        ))
+        .args(["-device", "ide-hd,drive=disk0,bus=ide.0,unit=0"]);
     c
 }
 
@@ -266,9 +291,53 @@ fn ide_test_guest_passes_on_a_qcow2_overlay_under_qemu() {
     ide_test_guest(qemu, true);
 }
 
-/// The throughput guest runs to its PASS line and reports its TSC ticks.
+#[test]
+fn ide_test_guest_passes_on_a_raw_image_under_rqemu() {
+    ide_test_guest(rqemu_ide_hd, false);
+}
+
+#[test]
+fn ide_test_guest_passes_on_a_qcow2_overlay_under_rqemu() {
+    ide_test_guest(rqemu, true);
+}
+
+/// `snapshot=on`: the guest's writes go to a temporary overlay; the image is left untouched.
+#[test]
+fn ide_test_guest_writes_nothing_to_the_image_with_snapshot_on_under_rqemu() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let defines = [format!("-DDISK_SECTORS={DISK_SECTORS}")];
+    let guest = build_guest("ide-test", &defines, dir.path());
+    let image = dir.path().join("base.raw");
+    raw_image(&image, DISK_SECTORS * 512, &guest);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rqemu"));
+    cmd.args(["-nographic", "-no-reboot", "-m", "64", "-drive"])
+        .arg(format!(
+            "file={},format=raw,if=ide,snapshot=on",
+            image.display()
+        ));
+    check_report(&boot(cmd), EXPECTED);
+    let scratch = dir.path().join("sectors.raw");
+    for &(lba, count, _) in WRITTEN {
+        let got = read_sectors(&image, "raw", lba, count, &scratch);
+        assert!(got.iter().all(|b| *b == 0), "sectors {lba}+{count} written");
+    }
+}
+
 #[test]
 fn ide_bench_guest_runs_under_qemu() {
+    ide_bench_guest(qemu);
+}
+
+#[test]
+fn ide_bench_guest_runs_under_rqemu() {
+    ide_bench_guest(rqemu);
+}
+
+/// The throughput guest runs to its PASS line and reports its TSC ticks.
+fn ide_bench_guest(emulator: Emulator) {
     if !prerequisites() {
         return;
     }
@@ -278,7 +347,7 @@ fn ide_bench_guest_runs_under_qemu() {
     let image = dir.path().join("bench.raw");
     raw_image(&image, (mib + 1) << 20, &guest);
     let start = Instant::now();
-    let serial = boot(qemu(&image, "raw"));
+    let serial = boot(emulator(&image, "raw"));
     check_report(&serial, &["ide-bench"]);
     let bench = serial
         .lines()
