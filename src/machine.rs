@@ -251,7 +251,7 @@ fn firmware_config(cfg: &VmConfig, ram: &GuestRam) -> Result<FwCfg, String> {
         e820.push((HIGHMEM_START, ram.above_4g(), E820Type::Ram));
     }
     fw.add_file("etc/e820", e820_bytes(&e820))?;
-    fw.add_file("bootorder", Vec::new())?;
+    fw.add_file("bootorder", virtio::bootorder(&cfg.virtio_disks))?;
     let wait = cfg.boot_fail_wait() as i32;
     fw.add_file("etc/boot-fail-wait", wait.to_le_bytes().to_vec())?;
     if cfg.nographic && cfg.serial != CharBackend::None {

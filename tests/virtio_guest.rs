@@ -347,3 +347,27 @@ fn virtio_guest_on_qcow2_image_under_rqemu_legacy() {
 fn virtio_guest_on_qcow2_image_under_rqemu_modern() {
     qcow2_run(Emulator::Rqemu, Transport::Modern);
 }
+
+/// With an unbootable IDE disk in front, SeaBIOS boots the virtio disk that has a bootindex
+/// (fw_cfg `bootorder`).
+#[test]
+fn virtio_disk_with_bootindex_boots_before_an_ide_disk_under_rqemu() {
+    if !prerequisites(Emulator::Rqemu) {
+        return;
+    }
+    let program = std::fs::read(build_guest()).unwrap();
+    let image = scratch("virtio-guest-bootindex.raw");
+    let ide = scratch("virtio-guest-bootindex-ide.raw");
+    std::fs::write(&image, raw_image(&program)).unwrap();
+    std::fs::write(&ide, vec![0u8; 1 << 20]).unwrap();
+    let mut cmd = cmdline(Emulator::Rqemu, &image, "raw", Transport::Legacy);
+    let device = cmd.pop().unwrap();
+    cmd.push(format!("{device},bootindex=1"));
+    cmd.push("-drive".into());
+    cmd.push(format!("file={},format=raw,if=ide", ide.display()));
+    let (out, err) = run_guest(&cmd, TIMEOUT);
+    check_verdicts(&out, &err, Transport::Legacy);
+    for p in [image, ide] {
+        std::fs::remove_file(p).unwrap();
+    }
+}

@@ -39,6 +39,8 @@ pub struct VirtioDiskConfig {
     pub transport: VirtioPciConf,
     /// `addr=SLOT[.0]`: the PCI slot, else the next free one.
     pub slot: Option<u8>,
+    /// `bootindex=N`: the disk's place in the firmware's boot order.
+    pub bootindex: Option<u32>,
 }
 
 impl VirtioDiskConfig {
@@ -50,6 +52,7 @@ impl VirtioDiskConfig {
             serial: String::new(),
             transport: VirtioPciConf::default(),
             slot: None,
+            bootindex: None,
         }
     }
 }
@@ -117,7 +120,13 @@ pub fn parse_device(arg: &str) -> Result<VirtioDiskConfig, String> {
             "disable-legacy" => disk.transport.disable_legacy = parse_bool(key, value)?,
             "disable-modern" => disk.transport.disable_modern = parse_bool(key, value)?,
             "addr" => disk.slot = Some(parse_addr(value)?),
-            "id" | "bootindex" => {}
+            "bootindex" => {
+                let n = value.parse::<u32>().map_err(|_| {
+                    format!("Property '{driver}.bootindex' doesn't take value '{value}'")
+                })?;
+                disk.bootindex = Some(n);
+            }
+            "id" => {}
             _ => return Err(format!("Property '{driver}.{key}' not found")),
         }
     }
@@ -154,6 +163,31 @@ fn drive_facts(
     });
     rx.recv()
         .map_err(|_| "the main loop ended while plugging virtio disks".to_string())
+}
+
+/// The fw_cfg `bootorder` file: the OpenFirmware paths of the disks with a `bootindex`, in
+/// its order (QEMU's get_boot_devices_list); SeaBIOS boots them first. A virtio-blk function
+/// at slot S of the i440FX bus is "/pci@i0cf8/scsi@S/disk@0,0" (class 01: "scsi").
+pub fn bootorder(disks: &[VirtioDiskConfig]) -> Vec<u8> {
+    let Ok(slots) = assign_slots(disks) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<(u32, u8)> = disks
+        .iter()
+        .zip(slots)
+        .filter_map(|(d, slot)| d.bootindex.map(|i| (i, slot)))
+        .collect();
+    entries.sort();
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|(_, slot)| format!("/pci@i0cf8/scsi@{slot:x}/disk@0,0"))
+        .collect();
+    let mut file = lines.join("\n").into_bytes();
+    file.push(0);
+    file
 }
 
 /// Picks each disk's slot: explicit `addr=` first, then the free slots from 02 up.
