@@ -25,6 +25,7 @@ use crate::devices::ide::piix::LEGACY_PORTS;
 use crate::devices::ide::{ChannelWiring, DriveConfig, IdeBlockSubmitter, IdePorts, Piix3Ide};
 use crate::devices::pci::{pc_pci_bus, BarKind, PciBarWindow, PciHost, PCI_CONFIG_ADDRESS};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
+use crate::devices::virtio::machine::{self as virtio, VirtioDisks};
 use crate::devices::{Port92, ResetRequest};
 use crate::kvm::vcpu::{run_loop, RunExit};
 use crate::kvm::{cpu, Vm};
@@ -65,6 +66,7 @@ pub struct Machine {
     reset: ResetRequest,
     entry: Option<linux::EntryState>,
     alive: Arc<AtomicBool>,
+    _virtio: VirtioDisks,
     // Dropped last: KVM's memory slots point into it.
     _ram: GuestRam,
 }
@@ -106,7 +108,7 @@ impl Machine {
         let vm = Vm::new(&ram)?;
         let reset = ResetRequest::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let (buses, cmos, serial) = build_devices(cfg, &ram, &vm, &reset, out, &main)?;
+        let (buses, cmos, serial, virtio) = build_devices(cfg, &ram, &vm, &reset, out, &main)?;
         let bql = Bql::new(buses);
         start_rtc_timer(&main, bql.clone(), cmos, alive.clone());
         if let (Some(port), Some(input)) = (serial, &out.serial_input) {
@@ -118,6 +120,7 @@ impl Machine {
             reset,
             entry,
             alive,
+            _virtio: virtio,
             _ram: ram,
         })
     }
@@ -140,7 +143,12 @@ impl Drop for Machine {
     }
 }
 
-type Built = (IoBuses, Arc<Mutex<Cmos>>, Option<Arc<Mutex<SerialPort>>>);
+type Built = (
+    IoBuses,
+    Arc<Mutex<Cmos>>,
+    Option<Arc<Mutex<SerialPort>>>,
+    VirtioDisks,
+);
 
 /// Creates the platform devices and registers their port ranges.
 fn build_devices(
@@ -171,7 +179,9 @@ fn build_devices(
     pio.insert(I8042_COMMAND as u64, 1, kbc)?;
     pio.insert(0x92, 1, dev(Port92::new(reset.clone())))?;
     let ide = build_ide(cfg, vm, main, pio)?;
-    let pci = Arc::new(Mutex::new(PciHost::new(pc_pci_bus(ide), reset.clone())));
+    let mut pci_bus = pc_pci_bus(ide);
+    let virtio = virtio::plug_all(&cfg.virtio_disks, &mut pci_bus, vm, ram.memory(), main)?;
+    let pci = Arc::new(Mutex::new(PciHost::new(pci_bus, reset.clone())));
     pio.insert(PCI_CONFIG_ADDRESS as u64, 8, pci.clone())?;
     pio.set_fallback(dev(PciBarWindow::new(pci.clone(), BarKind::Io)));
     buses
@@ -181,7 +191,7 @@ fn build_devices(
         pio.insert(DEBUGCON_PORT as u64, 1, dev(DebugCon::new(o.clone())))?;
     }
     pio.insert(FW_CFG_PORT_SEL as u64, 2, dev(firmware_config(cfg, ram)?))?;
-    Ok((buses, cmos, serial))
+    Ok((buses, cmos, serial, virtio))
 }
 
 /// The PIIX3 IDE function (00:01.1) with the `-drive if=ide` / `-device ide-hd` disks: its
@@ -241,7 +251,7 @@ fn firmware_config(cfg: &VmConfig, ram: &GuestRam) -> Result<FwCfg, String> {
         e820.push((HIGHMEM_START, ram.above_4g(), E820Type::Ram));
     }
     fw.add_file("etc/e820", e820_bytes(&e820))?;
-    fw.add_file("bootorder", Vec::new())?;
+    fw.add_file("bootorder", virtio::bootorder(&cfg.virtio_disks))?;
     let wait = cfg.boot_fail_wait() as i32;
     fw.add_file("etc/boot-fail-wait", wait.to_le_bytes().to_vec())?;
     if cfg.nographic && cfg.serial != CharBackend::None {

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::devices::virtio::machine::{self as virtio, VirtioDiskConfig};
 use block::Options;
 
 /// The SeaBIOS image QEMU's `pc` machine loads by default.
@@ -76,6 +77,8 @@ pub struct VmConfig {
     pub append: String,
     /// `-drive` and `-blockdev` options, in order.
     pub drives: Vec<DriveConfig>,
+    /// virtio-blk-pci disks (`-device virtio-blk-pci`, `-drive if=virtio`), in order.
+    pub virtio_disks: Vec<crate::devices::virtio::machine::VirtioDiskConfig>,
     /// The drive id of each IDE disk, by channel and unit (`-drive if=ide`, `-device ide-hd`).
     pub ide: [[Option<String>; IDE_UNITS]; IDE_BUSES],
     /// COM1.
@@ -100,6 +103,7 @@ impl Default for VmConfig {
             initrd: None,
             append: String::new(),
             drives: Vec::new(),
+            virtio_disks: Vec::new(),
             ide: Default::default(),
             serial: CharBackend::Null,
             debugcon: CharBackend::None,
@@ -267,7 +271,16 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "kernel" => cfg.kernel = Some(PathBuf::from(arg)),
         "initrd" => cfg.initrd = Some(PathBuf::from(arg)),
         "append" => cfg.append = arg.to_string(),
-        "drive" => parse_drive(cfg, arg)?,
+        "drive" => {
+            parse_drive(cfg, arg)?;
+            let virtio = cfg
+                .drives
+                .last()
+                .filter(|d| d.interface == DriveInterface::Virtio);
+            if let Some(disk) = virtio.map(|d| VirtioDiskConfig::for_drive(&d.id, &d.origin)) {
+                cfg.virtio_disks.push(disk);
+            }
+        }
         "blockdev" => {
             let drive = parse_blockdev(arg)?;
             check_unique_id(cfg, &drive.id)?;
@@ -408,11 +421,7 @@ fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     match driver.as_str() {
         "ide-hd" => {}
         "ide-cd" => return Err("device 'ide-cd' (CD-ROM) is not supported by rqemu".to_string()),
-        "virtio-blk-pci" | "virtio-blk" => {
-            return Err(format!(
-            "device '{driver}' is not supported yet (virtio-blk comes in a later version of rqemu)"
-        ))
-        }
+        d if virtio::is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
         _ => return Err(format!("'{driver}' is not a valid device model name")),
     }
     let Some(drive) = opts.take("drive") else {
@@ -439,7 +448,8 @@ fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
         .ide
         .iter()
         .flatten()
-        .any(|s| s.as_deref() == Some(&drive));
+        .any(|s| s.as_deref() == Some(&drive))
+        || cfg.virtio_disks.iter().any(|v| v.drive == drive);
     if d.interface != DriveInterface::None || in_use {
         return Err(format!(
             "Property 'ide-hd.drive' can't take value '{drive}', it's in use"
@@ -447,6 +457,26 @@ fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     }
     let (bus, unit) = ide_device_slot(cfg, bus, unit)?;
     cfg.ide[bus][unit] = Some(drive);
+    Ok(())
+}
+
+/// `-device virtio-blk-pci,drive=ID,...`: attaches an `if=none` drive to a virtio disk.
+fn parse_virtio_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
+    let disk = virtio::parse_device(arg)?;
+    let id = disk.drive.as_str();
+    let Some(d) = cfg.drives.iter().find(|d| d.id == id) else {
+        return Err(format!(
+            "Property 'virtio-blk-pci.drive' can't find value '{id}'"
+        ));
+    };
+    let in_use = cfg.ide.iter().flatten().any(|s| s.as_deref() == Some(id))
+        || cfg.virtio_disks.iter().any(|v| v.drive == id);
+    if d.interface != DriveInterface::None || in_use {
+        return Err(format!(
+            "Property 'virtio-blk-pci.drive' can't take value '{id}', it's in use"
+        ));
+    }
+    cfg.virtio_disks.push(disk);
     Ok(())
 }
 
@@ -519,9 +549,6 @@ fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     let flags = take_open_flags(&mut opts)?;
     if let Some(format) = opts.take("format") {
         opts.set("driver", format);
-    }
-    if interface == DriveInterface::Virtio {
-        return Err("virtio drives (device 'virtio-blk-pci') are not supported yet".to_string());
     }
     let id = match (opts.take("id"), slot) {
         (Some(id), _) => id,

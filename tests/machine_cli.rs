@@ -105,12 +105,17 @@ fn drive_options_are_checked_by_the_block_layer() {
 }
 
 #[test]
-fn disk_devices_not_built_yet_are_named() {
-    let out = rqemu(&["-drive", "file=/tmp/x.img,if=virtio"]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("'virtio-blk-pci') are not supported yet")
-    );
+fn virtio_blk_pci_options_are_checked() {
     let out = rqemu(&["-device", "virtio-blk-pci,drive=d0"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("'virtio-blk-pci' is not supported yet"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("Property 'virtio-blk-pci.drive' can't find value 'd0'"));
+    let out = rqemu(&[
+        "-drive",
+        "file=/tmp/x.img,if=none,id=d0",
+        "-device",
+        "virtio-blk-pci,drive=d0,num-queues=2",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only num-queues=1"));
 }

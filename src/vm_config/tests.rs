@@ -211,12 +211,10 @@ fn ide_hd_devices_attach_if_none_drives() {
 
 #[test]
 fn other_disk_devices_fail_clearly_until_they_exist() {
-    assert!(error(&["-drive", "file=/tmp/a.img,if=virtio"]).contains("'virtio-blk-pci'"));
     assert_eq!(
         error(&["-drive", "file=x,if=scsi2"]),
         "-drive file=x,if=scsi2: unsupported bus type 'scsi2'"
     );
-    assert!(error(&["-device", "virtio-blk-pci,drive=d0"]).contains("not supported yet"));
     assert_eq!(
         error(&["-device", "foo"]),
         "-device foo: 'foo' is not a valid device model name"
@@ -261,4 +259,53 @@ fn initrd_and_append_need_a_kernel() {
         "rd",
     ]);
     assert_eq!(cfg.append, "console=ttyS0");
+}
+
+#[test]
+fn virtio_blk_pci_devices_and_virtio_drives() {
+    let cfg = config(&[
+        "-device",
+        "virtio-blk-pci,drive=d0,serial=S1,num-queues=1,disable-legacy=on,addr=05",
+        "-drive",
+        "file=/tmp/a.img,format=raw,if=none,id=d0",
+        "-drive",
+        "file=/tmp/b.img,if=virtio",
+    ]);
+    assert_eq!(cfg.virtio_disks.len(), 2);
+    // -drive if=virtio makes its device at once, -device ones come after all drives.
+    assert_eq!(cfg.virtio_disks[0].drive, cfg.drives[1].id);
+    let d = &cfg.virtio_disks[1];
+    assert_eq!(
+        (d.drive.as_str(), d.serial.as_str(), d.slot),
+        ("d0", "S1", Some(5))
+    );
+    assert!(d.transport.disable_legacy && !d.transport.disable_modern);
+    assert_eq!(
+        error(&["-device", "virtio-blk-pci,drive=d0"]),
+        "-device virtio-blk-pci,drive=d0: Property 'virtio-blk-pci.drive' can't find value 'd0'"
+    );
+    let d0 = ["-drive", "file=/tmp/a.img,if=none,id=d0"];
+    let with = |dev: &str| error(&[d0[0], d0[1], "-device", dev]);
+    assert!(with("virtio-blk-pci,drive=d0,num-queues=4").contains("num-queues=4: multiqueue"));
+    assert!(with("virtio-blk-pci").contains("drive property not set"));
+    assert!(with("virtio-blk-pci,drive=d0,bogus=1").contains("'virtio-blk-pci.bogus' not found"));
+    assert!(
+        with("virtio-blk-pci,drive=d0,disable-legacy=on,disable-modern=on")
+            .contains("neither modern nor legacy")
+    );
+    assert!(with("virtio-blk-pci,drive=d0,addr=1.1").contains("slots 02-1f"));
+    let dev = "virtio-blk-pci,drive=d0";
+    let twice = [&d0[..], &["-device", dev, "-device", dev]].concat();
+    assert!(error(&twice).ends_with("can't take value 'd0', it's in use"));
+    let ide = [
+        &d0[..],
+        &[
+            "-device",
+            "virtio-blk-pci,drive=d0",
+            "-device",
+            "ide-hd,drive=d0",
+        ],
+    ]
+    .concat();
+    assert!(error(&ide).ends_with("it's in use"));
 }

@@ -14,20 +14,16 @@
 //! handlers from the main loop, always under the one mutex of [`SharedCore`] (the role of
 //! QEMU's big lock for this device).
 //!
-//! Wiring a virtio-blk disk into a machine (what `-device virtio-blk-pci,drive=d0` does):
-//!
-//! ```text
-//! let model = VirtioBlk::new(conf, blk.getlength() >> 9, blk.is_read_only());
-//! let shared = model.shared();                       // before the model moves
-//! let dev = VirtioPciDevice::new(Box::new(model), pci_conf, intx_line)?;   // vCPU side
-//! let handler = VirtioBlkHandler::new(shared, dev.core(), guest_mem, blk, dev.notifiers());
-//! let tasks = handler.start();                       // on the main loop thread
-//! // bus: config space -> dev.config_read/config_write, BAR0/BAR4 -> dev.bar_read/bar_write;
-//! // after each config write, (re)register dev.ioevents() with KVM as ioeventfds.
-//! ```
+//! Wiring a virtio-blk disk into a machine (what `-device virtio-blk-pci,drive=d0` does) is
+//! [`machine`]: the model and its [`pci::VirtioPciDevice`] on the vCPU side, plugged into PCI
+//! bus 0 through [`kvm_glue::VirtioPciFunction`] (which also keeps the KVM ioeventfds of the
+//! queue kicks and the resampling irqfd of INTx in step with the guest's BARs and Interrupt
+//! Line), and the [`block::VirtioBlkHandler`] on the main loop over the machine's guest memory.
 
 pub mod block;
 pub mod guest_mem;
+pub mod kvm_glue;
+pub mod machine;
 pub mod pci;
 pub mod queue;
 pub mod request;

@@ -1,0 +1,315 @@
+//! virtio-blk-pci disks in the `pc` machine: their command-line properties and how one is
+//! plugged in (device model on the vCPU side, request handler on the main loop).
+//!
+//! QEMU's virtio-blk-pci device properties (hw/virtio/virtio-blk-pci.c, hw/block/
+//! virtio-blk.c) and the `-drive if=virtio` shorthand of blockdev.c. A disk is built in three
+//! steps, because the BlockBackend lives on the main-loop thread and the device on the vCPU
+//! side: ask the loop for the drive's size and read-only flag, build the [`VirtioPciDevice`]
+//! and plug it into PCI bus 0 (slot 2 up, or `addr=`), then start its
+//! [`VirtioBlkHandler`] on the loop over a clone of the machine's guest memory. The
+//! handler's coroutines stop when the [`VirtioDisks`] the machine keeps is dropped.
+
+use std::collections::BTreeSet;
+use std::sync::{mpsc, Arc};
+
+use block::aio::notifier::EventNotifier;
+use block::aio::AioContextHandle;
+use block::AioContext;
+use vm_memory::GuestMemoryMmap;
+
+use super::block::{VirtioBlk, VirtioBlkConf, VirtioBlkHandler};
+use super::kvm_glue::{IrqfdLine, VirtioPciFunction};
+use super::pci::{VirtioPciConf, VirtioPciDevice};
+use crate::devices::pci::PciBus;
+use crate::kvm::Vm;
+
+/// The first PCI slot handed out to virtio disks without `addr=` (00:01 is the PIIX3).
+pub const FIRST_VIRTIO_SLOT: u8 = 2;
+
+/// One `-device virtio-blk-pci,...` (or `-drive if=virtio`).
+#[derive(Clone, Debug)]
+pub struct VirtioDiskConfig {
+    /// The option text, for error messages.
+    pub origin: String,
+    /// The id of the `-drive`/`-blockdev` it serves.
+    pub drive: String,
+    /// `serial=`: the GET_ID answer.
+    pub serial: String,
+    /// Transport: `disable-legacy=`, `disable-modern=`.
+    pub transport: VirtioPciConf,
+    /// `addr=SLOT[.0]`: the PCI slot, else the next free one.
+    pub slot: Option<u8>,
+    /// `bootindex=N`: the disk's place in the firmware's boot order.
+    pub bootindex: Option<u32>,
+}
+
+impl VirtioDiskConfig {
+    /// The device `-drive if=virtio` creates for drive `id`.
+    pub fn for_drive(id: &str, origin: &str) -> VirtioDiskConfig {
+        VirtioDiskConfig {
+            origin: origin.to_string(),
+            drive: id.to_string(),
+            serial: String::new(),
+            transport: VirtioPciConf::default(),
+            slot: None,
+            bootindex: None,
+        }
+    }
+}
+
+/// Whether `-device DRIVER` names a virtio-blk PCI device.
+pub fn is_virtio_blk(driver: &str) -> bool {
+    matches!(driver, "virtio-blk-pci" | "virtio-blk")
+}
+
+fn parse_bool(prop: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!(
+            "Parameter '{prop}' expects 'on' or 'off' (got '{v}')"
+        )),
+    }
+}
+
+/// `addr=S` or `addr=S.F` (hex, as QEMU): function must be 0, slots 2-31 are free for us.
+fn parse_addr(v: &str) -> Result<u8, String> {
+    let bad = || format!("Property 'virtio-blk-pci.addr' doesn't take value '{v}'");
+    let (slot, func) = v.split_once('.').unwrap_or((v, "0"));
+    let slot = u8::from_str_radix(slot.trim_start_matches("0x"), 16).map_err(|_| bad())?;
+    let func = u8::from_str_radix(func, 16).map_err(|_| bad())?;
+    if slot >= 32 || func >= 8 {
+        return Err(bad());
+    }
+    if func != 0 || slot < FIRST_VIRTIO_SLOT {
+        return Err(format!(
+            "addr={v}: rqemu plugs virtio disks only at function 0 of slots 02-1f"
+        ));
+    }
+    Ok(slot)
+}
+
+/// Parses `virtio-blk-pci,drive=ID,serial=S,num-queues=1,disable-legacy=,disable-modern=,
+/// addr=` (what rqemu supports of QEMU's properties).
+pub fn parse_device(arg: &str) -> Result<VirtioDiskConfig, String> {
+    let mut parts = arg.split(',');
+    let driver = parts.next().unwrap_or("");
+    let mut disk = VirtioDiskConfig::for_drive("", &format!("-device {arg}"));
+    let mut drive = None;
+    for prop in parts {
+        let (key, value) = prop.split_once('=').unwrap_or((prop, "on"));
+        match key {
+            "drive" => drive = Some(value.to_string()),
+            "serial" => disk.serial = value.to_string(),
+            "num-queues" => match value.parse::<u32>() {
+                Ok(1) => {}
+                Ok(0) => return Err("num-queues property must be larger than 0".to_string()),
+                Ok(n) => {
+                    return Err(format!(
+                        "num-queues={n}: multiqueue virtio-blk is not supported by rqemu \
+                         (only num-queues=1)"
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "Property '{driver}.num-queues' doesn't take value '{value}'"
+                    ))
+                }
+            },
+            "disable-legacy" if value == "auto" => {}
+            "disable-legacy" => disk.transport.disable_legacy = parse_bool(key, value)?,
+            "disable-modern" => disk.transport.disable_modern = parse_bool(key, value)?,
+            "addr" => disk.slot = Some(parse_addr(value)?),
+            "bootindex" => {
+                let n = value.parse::<u32>().map_err(|_| {
+                    format!("Property '{driver}.bootindex' doesn't take value '{value}'")
+                })?;
+                disk.bootindex = Some(n);
+            }
+            "id" => {}
+            _ => return Err(format!("Property '{driver}.{key}' not found")),
+        }
+    }
+    if disk.transport.disable_legacy && disk.transport.disable_modern {
+        return Err("device cannot work as neither modern nor legacy mode is enabled".to_string());
+    }
+    disk.drive = drive.ok_or_else(|| "drive property not set".to_string())?;
+    Ok(disk)
+}
+
+/// The handlers of a machine's virtio disks; dropping it stops them on the main loop.
+pub struct VirtioDisks {
+    stop: Arc<EventNotifier>,
+}
+
+impl Drop for VirtioDisks {
+    fn drop(&mut self) {
+        self.stop.set();
+    }
+}
+
+/// Asks the loop for each drive's (length in bytes, read-only); `None` for unknown ids.
+fn drive_facts(
+    main: &AioContextHandle,
+    ids: Vec<String>,
+) -> Result<Vec<Option<(u64, bool)>>, String> {
+    let (tx, rx) = mpsc::channel();
+    main.schedule_bh(move || {
+        let facts = ids
+            .iter()
+            .map(|id| crate::drives::lookup(id).map(|b| (b.getlength(), b.is_read_only())))
+            .collect::<Vec<_>>();
+        let _ = tx.send(facts);
+    });
+    rx.recv()
+        .map_err(|_| "the main loop ended while plugging virtio disks".to_string())
+}
+
+/// The fw_cfg `bootorder` file: the OpenFirmware paths of the disks with a `bootindex`, in
+/// its order (QEMU's get_boot_devices_list); SeaBIOS boots them first. A virtio-blk function
+/// at slot S of the i440FX bus is "/pci@i0cf8/scsi@S/disk@0,0" (class 01: "scsi").
+pub fn bootorder(disks: &[VirtioDiskConfig]) -> Vec<u8> {
+    let Ok(slots) = assign_slots(disks) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<(u32, u8)> = disks
+        .iter()
+        .zip(slots)
+        .filter_map(|(d, slot)| d.bootindex.map(|i| (i, slot)))
+        .collect();
+    entries.sort();
+    if entries.is_empty() {
+        return Vec::new();
+    }
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|(_, slot)| format!("/pci@i0cf8/scsi@{slot:x}/disk@0,0"))
+        .collect();
+    let mut file = lines.join("\n").into_bytes();
+    file.push(0);
+    file
+}
+
+/// Picks each disk's slot: explicit `addr=` first, then the free slots from 02 up.
+fn assign_slots(disks: &[VirtioDiskConfig]) -> Result<Vec<u8>, String> {
+    let mut taken = BTreeSet::new();
+    for d in disks {
+        if let Some(s) = d.slot {
+            if !taken.insert(s) {
+                return Err(format!(
+                    "{}: PCI slot {s:02x}.0 is already in use",
+                    d.origin
+                ));
+            }
+        }
+    }
+    let mut next = FIRST_VIRTIO_SLOT;
+    let mut out = Vec::new();
+    for d in disks {
+        let slot = match d.slot {
+            Some(s) => s,
+            None => {
+                while taken.contains(&next) {
+                    next += 1;
+                }
+                if next >= 32 {
+                    return Err(format!("{}: no free PCI slot", d.origin));
+                }
+                taken.insert(next);
+                next
+            }
+        };
+        out.push(slot);
+    }
+    Ok(out)
+}
+
+/// Plugs every disk of `disks` into `bus` and starts their handlers on `main`.
+pub fn plug_all(
+    disks: &[VirtioDiskConfig],
+    bus: &mut PciBus,
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    main: &AioContextHandle,
+) -> Result<VirtioDisks, String> {
+    let stop = Arc::new(EventNotifier::new().map_err(|e| e.to_string())?);
+    let guard = VirtioDisks { stop: stop.clone() };
+    if disks.is_empty() {
+        return Ok(guard);
+    }
+    let mut used = BTreeSet::new();
+    for d in disks {
+        if !used.insert(d.drive.as_str()) {
+            return Err(format!(
+                "{}: Drive '{}' is already in use by another device",
+                d.origin, d.drive
+            ));
+        }
+    }
+    let facts = drive_facts(main, disks.iter().map(|d| d.drive.clone()).collect())?;
+    let slots = assign_slots(disks)?;
+    let mem = Arc::new(mem.clone());
+    for ((disk, fact), slot) in disks.iter().zip(facts).zip(slots) {
+        let Some((length, read_only)) = fact else {
+            return Err(format!(
+                "{}: Property 'virtio-blk-pci.drive' can't find value '{}'",
+                disk.origin, disk.drive
+            ));
+        };
+        plug_one(disk, (length, read_only), slot, bus, vm, &mem, main, &stop)?;
+    }
+    Ok(guard)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn plug_one(
+    disk: &VirtioDiskConfig,
+    (length, read_only): (u64, bool),
+    slot: u8,
+    bus: &mut PciBus,
+    vm: &Vm,
+    mem: &Arc<GuestMemoryMmap>,
+    main: &AioContextHandle,
+    stop: &Arc<EventNotifier>,
+) -> Result<(), String> {
+    let err = |e: block::Error| format!("{}: {e}", disk.origin);
+    let conf = VirtioBlkConf {
+        serial: disk.serial.clone(),
+        ..VirtioBlkConf::default()
+    };
+    let model = VirtioBlk::new(conf, length >> 9, read_only);
+    let shared = model.shared();
+    let irq = Arc::new(IrqfdLine::new(vm.fd().clone())?);
+    let dev = VirtioPciDevice::new(Box::new(model), disk.transport, irq.clone()).map_err(err)?;
+    let core = dev.core();
+    let notifiers = dev.notifiers();
+    let function = VirtioPciFunction::new(dev, irq.clone(), vm.fd().clone())?;
+    bus.add(slot << 3, Arc::new(std::sync::Mutex::new(function)))
+        .map_err(|e| format!("{}: {e}", disk.origin))?;
+    let (mem, stop, drive) = (mem.clone(), stop.clone(), disk.drive.clone());
+    main.schedule_bh(move || {
+        let Some(blk) = crate::drives::lookup(&drive) else {
+            eprintln!("rqemu: virtio-blk: drive '{drive}' went away");
+            return;
+        };
+        let handler = VirtioBlkHandler::new(shared, core, mem, blk, notifiers);
+        let tasks = handler.start();
+        let resample = irq.resample_notifier();
+        let serve = async move {
+            let _tasks = tasks;
+            let resampler = async {
+                while resample.wait().await.is_ok() {
+                    irq.resampled();
+                }
+            };
+            futures_lite::future::or(resampler, async {
+                let _ = stop.wait().await;
+                // Wake the other handlers of this machine too.
+                stop.set();
+            })
+            .await;
+        };
+        AioContext::current().spawn(serve).detach();
+    });
+    Ok(())
+}
