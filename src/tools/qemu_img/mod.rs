@@ -22,6 +22,7 @@ pub mod info;
 pub mod map;
 pub mod measure;
 pub mod qjson;
+pub mod rebase;
 pub mod resize;
 
 use cli::error_exit;
@@ -34,7 +35,7 @@ struct Command {
 }
 
 /// Subcommands qemu-img 10.0.2 has that rqemu-img does not implement yet.
-const NOT_YET: &[&str] = &["amend", "bitmap", "commit", "rebase", "snapshot"];
+const NOT_YET: &[&str] = &["amend", "bitmap", "commit", "snapshot"];
 
 const COMMANDS: &[Command] = &[
     Command {
@@ -72,6 +73,10 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "measure",
         run: measure::run,
+    },
+    Command {
+        name: "rebase",
+        run: rebase::run,
     },
     Command {
         name: "resize",
