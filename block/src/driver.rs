@@ -318,6 +318,12 @@ pub trait BlockDriver {
         Err(Error::from_errno(libc::ENOTSUP))
     }
 
+    /// Deallocates everything the image stores itself, so that it reads from its backing
+    /// file again (bdrv_make_empty; `qemu-img commit` empties the committed overlay).
+    async fn co_make_empty(&self, _bs: &BlockDriverState) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
     /// Checks (and with `fix`, repairs) the image's metadata (bdrv_co_check). Problems are
     /// reported on stderr as they are found, like QEMU's; the counts come back. Drivers
     /// without a check answer ENOTSUP ("This image format does not support checks").

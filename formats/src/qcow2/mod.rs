@@ -453,6 +453,11 @@ impl BlockDriver for Qcow2 {
         self.change_backing_file(backing_file, backing_fmt).await
     }
 
+    async fn co_make_empty(&self, bs: &BlockDriverState) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
+        self.make_empty(bs).await
+    }
+
     async fn co_check(&self, bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {
         self.check(bs, fix).await
     }

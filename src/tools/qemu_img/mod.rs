@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod check;
 pub mod cli;
+pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod convert_copy;
@@ -35,7 +36,7 @@ struct Command {
 }
 
 /// Subcommands qemu-img 10.0.2 has that rqemu-img does not implement yet.
-const NOT_YET: &[&str] = &["amend", "bitmap", "commit", "snapshot"];
+const NOT_YET: &[&str] = &["amend", "bitmap", "snapshot"];
 
 const COMMANDS: &[Command] = &[
     Command {
@@ -45,6 +46,10 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "check",
         run: check::run,
+    },
+    Command {
+        name: "commit",
+        run: commit::run,
     },
     Command {
         name: "compare",
