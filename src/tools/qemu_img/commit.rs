@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use block::driver::{PreallocMode, RequestFlags, StatusFlags};
+use block::node::resolve_relative;
 use block::{BlockBackend, BlockDriverState, IoVector, OpenFlags, Options, Result};
 
 use super::cli::{self, error_exit, error_report, long, OpenSpec};
@@ -147,15 +148,14 @@ async fn base_depth(a: &Args) -> Option<usize> {
     depth.filter(|_| closed)
 }
 
-/// The depth of the backing file named `name` (relative names as the overlay would resolve
-/// them, compared as canonical paths).
+/// The depth of the backing file named `name` (a relative name is taken relative to the
+/// overlay's directory, as bdrv_find_backing_image does; compared as canonical paths).
 fn find_in_chain(bs: &Rc<BlockDriverState>, name: &str) -> Option<usize> {
-    let wanted = std::fs::canonicalize(name).ok();
+    let wanted = std::fs::canonicalize(resolve_relative(&bs.filename(), name)).ok()?;
     let mut layer = bs.backing();
     let mut depth = 1;
     while let Some(node) = layer {
-        let here = std::fs::canonicalize(node.filename()).ok();
-        if node.filename() == name || (wanted.is_some() && here == wanted) {
+        if std::fs::canonicalize(node.filename()).is_ok_and(|p| p == wanted) {
             return Some(depth);
         }
         layer = node.backing();
@@ -176,7 +176,7 @@ async fn commit(blk: &BlockBackend, depth: usize, a: &Args, progress: &mut Progr
         return 1;
     };
     if let Err(e) = copy_down(&top, &base, a.rate_limit, progress).await {
-        error_report(&e.to_string());
+        error_report(&format!("Block job failed: {e}"));
         return 1;
     }
     if !a.drop {
