@@ -228,3 +228,37 @@ fn errors_match_the_reference() {
     }
     let _ = fs::remove_dir_all(&base);
 }
+
+/// A chain made to loop with `rebase -u` is refused when opened, with a message, instead of
+/// recursing until the stack overflows (needs no reference QEMU).
+#[test]
+fn a_looping_chain_fails_cleanly() {
+    let dir = scratch("loop");
+    let io = env!("CARGO_BIN_EXE_rqemu-io");
+    ok(
+        OURS,
+        &dir,
+        &["create", "-q", "-f", "qcow2", "a.qcow2", "1M"],
+    );
+    let create_b = [
+        "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",
+    ];
+    ok(OURS, &dir, &create_b);
+    ok(
+        OURS,
+        &dir,
+        &["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"],
+    );
+    let out = run(io, &dir, &["-r", "-U", "-c", "read 0 512", "b.qcow2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "qemu-io: can't open device b.qcow2: Could not open backing file: \
+         Backing file 'b.qcow2' creates an infinite loop.\n"
+    );
+    let info = run(OURS, &dir, &["info", "-U", "--backing-chain", "b.qcow2"]);
+    assert_eq!(info.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&info.stderr)
+        .contains("qemu-img: Backing file 'b.qcow2' creates an infinite loop."));
+    let _ = fs::remove_dir_all(&dir);
+}
