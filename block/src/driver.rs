@@ -307,6 +307,23 @@ pub trait BlockDriver {
         None
     }
 
+    /// Rewrites the backing file reference stored in the image (bdrv_change_backing_file):
+    /// `None` removes it. Only the header changes; the open backing child stays as it is.
+    async fn co_change_backing_file(
+        &self,
+        _bs: &BlockDriverState,
+        _backing_file: Option<&str>,
+        _backing_fmt: Option<&str>,
+    ) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Deallocates everything the image stores itself, so that it reads from its backing
+    /// file again (bdrv_make_empty; `qemu-img commit` empties the committed overlay).
+    async fn co_make_empty(&self, _bs: &BlockDriverState) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
     /// Checks (and with `fix`, repairs) the image's metadata (bdrv_co_check). Problems are
     /// reported on stderr as they are found, like QEMU's; the counts come back. Drivers
     /// without a check answer ENOTSUP ("This image format does not support checks").

@@ -152,6 +152,9 @@ pub struct BlockDriverState {
     pub(crate) tracked: TrackedRequests,
     pub(crate) tracked_done: CoQueue,
     pub(crate) in_flight: InFlight,
+    /// Files of the overlays above this node while it is a backing file being opened
+    /// (canonical paths), to refuse a chain that loops back on itself.
+    backing_ancestors: RefCell<Vec<String>>,
 }
 
 static NEXT_NODE: AtomicU64 = AtomicU64::new(1);
@@ -179,6 +182,7 @@ impl BlockDriverState {
             tracked: TrackedRequests::default(),
             tracked_done: CoQueue::new(),
             in_flight: InFlight::default(),
+            backing_ancestors: RefCell::new(Vec::new()),
         }
     }
 
@@ -404,6 +408,7 @@ pub(crate) fn open_node(
         if filename.is_none() && !is_protocol_opts(&options) {
             filename = options.take("filename");
         }
+        let ancestors = options.take(BACKING_ANCESTORS_KEY);
         apply_flag_defaults(&mut options, &flags);
         let (flags, detect_zeroes) = take_generic_options(&mut options, flags)?;
         let node_name = options
@@ -450,6 +455,9 @@ pub(crate) fn open_node(
                 bs
             }
         };
+        if let Some(list) = ancestors {
+            *bs.backing_ancestors.borrow_mut() = list.split('\n').map(str::to_string).collect();
+        }
         let drv = (bs.class.open)(&bs, &mut options).await?;
         if let Some(key) = options.first_key() {
             let (kind, verb) = if bs.class.is_format {
@@ -542,6 +550,14 @@ pub async fn bdrv_open_backing(
     mut options: Options,
 ) -> Result<Rc<BlockDriverState>> {
     let path = resolve_relative(&parent.filename(), backing_name);
+    let mut ancestors = parent.backing_ancestors.borrow().clone();
+    ancestors.push(canonical_name(&parent.filename()));
+    if ancestors.contains(&canonical_name(&path)) {
+        return Err(Error::invalid(format!(
+            "Backing file '{path}' creates an infinite loop."
+        )));
+    }
+    options.set(BACKING_ANCESTORS_KEY, ancestors.join("\n"));
     if let Some(fmt) = backing_format {
         options.set_default("driver", fmt);
     }
@@ -552,6 +568,15 @@ pub async fn bdrv_open_backing(
         .await
         .map_err(|e| e.context("Could not open backing file: "))?;
     Ok(bs)
+}
+
+/// Internal option through which a backing node learns the files of the overlays above it.
+const BACKING_ANCESTORS_KEY: &str = "x-rqemu-backing-ancestors";
+
+/// A name that is the same for every path to one file (symlinks, `..`), for loop detection;
+/// names that are not local files stay as they are.
+fn canonical_name(name: &str) -> String {
+    std::fs::canonicalize(name).map_or_else(|_| name.to_string(), |p| p.display().to_string())
 }
 
 /// Resolves `name` against the directory of `base` unless it is absolute or a URI

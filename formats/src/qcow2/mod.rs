@@ -266,6 +266,30 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Rewrites the backing file name and the backing-format extension in the header,
+    /// keeping every other extension (qcow2_change_backing_file).
+    async fn change_backing_file(&self, file: Option<&str>, fmt: Option<&str>) -> Result<()> {
+        if file.is_some_and(|f| f.len() > header::MAX_BACKING_NAME as usize) {
+            return Err(Error::from_errno(libc::EINVAL));
+        }
+        // A format without a file means nothing (QEMU drops it too).
+        let fmt = file.and(fmt);
+        let mut meta = self.meta.lock().await;
+        meta.check_writable()?;
+        let saved = meta.header.clone();
+        meta.header.backing_file = file.map(str::to_string);
+        meta.header.backing_format = fmt.map(str::to_string);
+        if let Err(e) = meta.write_header().await {
+            meta.header = saved;
+            return Err(e);
+        }
+        meta.file.co_flush().await?;
+        let mut info = self.info.borrow_mut();
+        info.backing_file = meta.header.backing_file.clone();
+        info.backing_format = meta.header.backing_format.clone();
+        Ok(())
+    }
+
     /// Repairs an image left dirty by a lazy-refcounts writer before its first write
     /// (QEMU does it at open; a check with repair, run first, makes it unnecessary).
     pub(crate) async fn repair_if_dirty(&self, bs: &BlockDriverState) -> Result<()> {
@@ -418,6 +442,20 @@ impl BlockDriver for Qcow2 {
         h.backing_file
             .clone()
             .map(|name| (name, h.backing_format.clone()))
+    }
+
+    async fn co_change_backing_file(
+        &self,
+        _bs: &BlockDriverState,
+        backing_file: Option<&str>,
+        backing_fmt: Option<&str>,
+    ) -> Result<()> {
+        self.change_backing_file(backing_file, backing_fmt).await
+    }
+
+    async fn co_make_empty(&self, bs: &BlockDriverState) -> Result<()> {
+        self.repair_if_dirty(bs).await?;
+        self.make_empty(bs).await
     }
 
     async fn co_check(&self, bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {

@@ -25,6 +25,8 @@ enum Op {
     Zero { first: u32, count: u32, unmap: bool },
     /// Discard the whole cluster.
     Discard { has_backing: bool },
+    /// Make the cluster unallocated, whatever the backing file holds (make_empty).
+    Deallocate,
 }
 
 impl Qcow2 {
@@ -127,6 +129,15 @@ impl Qcow2 {
         .await
     }
 
+    /// Makes every cluster unallocated, so that reads fall through to the backing file
+    /// (qcow2_make_empty, done cluster by cluster rather than by rebuilding the tables).
+    pub(super) async fn make_empty(&self, bs: &BlockDriverState) -> Result<()> {
+        let size = self.size.get();
+        self.for_each_cluster(bs, 0, size, |_, _| Op::Deallocate)
+            .await?;
+        self.meta.lock().await.flush().await
+    }
+
     /// Applies `op_for(range)` to every cluster touching `offset..offset+bytes`, one L2
     /// table at a time, waiting for allocations in flight on those clusters.
     async fn for_each_cluster(
@@ -210,7 +221,7 @@ impl Meta {
     /// discard_in_l2_slice).
     async fn apply(&mut self, guest: u64, op: Op) -> Result<()> {
         let g = self.g;
-        if let Op::Discard { .. } = op {
+        if let Op::Discard { .. } | Op::Deallocate = op {
             if self.l2_offset_for(guest).await? == 0 {
                 return Ok(());
             }
@@ -235,6 +246,7 @@ impl Meta {
                     (0, 0, allocated)
                 }
             }
+            Op::Deallocate => (0, 0, allocated),
             Op::Zero {
                 first,
                 count,

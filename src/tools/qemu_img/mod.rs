@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod check;
 pub mod cli;
+pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod convert_copy;
@@ -22,6 +23,7 @@ pub mod info;
 pub mod map;
 pub mod measure;
 pub mod qjson;
+pub mod rebase;
 pub mod resize;
 
 use cli::error_exit;
@@ -34,7 +36,7 @@ struct Command {
 }
 
 /// Subcommands qemu-img 10.0.2 has that rqemu-img does not implement yet.
-const NOT_YET: &[&str] = &["amend", "bitmap", "commit", "rebase", "snapshot"];
+const NOT_YET: &[&str] = &["amend", "bitmap", "snapshot"];
 
 const COMMANDS: &[Command] = &[
     Command {
@@ -44,6 +46,10 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "check",
         run: check::run,
+    },
+    Command {
+        name: "commit",
+        run: commit::run,
     },
     Command {
         name: "compare",
@@ -72,6 +78,10 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "measure",
         run: measure::run,
+    },
+    Command {
+        name: "rebase",
+        run: rebase::run,
     },
     Command {
         name: "resize",
