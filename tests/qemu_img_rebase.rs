@@ -9,73 +9,11 @@
 //! RQEMU_REQUIRE_QEMU=1 a missing reference is a failure.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-const QEMU_IMG: &str = "/usr/bin/qemu-img";
-const QEMU_IO: &str = "/usr/bin/qemu-io";
-const OURS: &str = env!("CARGO_BIN_EXE_rqemu-img");
+mod reference_tools;
 
-fn reference_available() -> bool {
-    if Path::new(QEMU_IMG).exists() && Path::new(QEMU_IO).exists() {
-        return true;
-    }
-    if std::env::var("RQEMU_REQUIRE_QEMU").as_deref() == Ok("1") {
-        panic!("{QEMU_IMG} or {QEMU_IO} is missing and RQEMU_REQUIRE_QEMU=1");
-    }
-    eprintln!("skipping: reference {QEMU_IMG} / {QEMU_IO} is not installed");
-    false
-}
-
-fn scratch(case: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rqemu-rebase-{}/{case}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run(bin: &str, dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap()
-}
-
-fn ok(bin: &str, dir: &Path, args: &[&str]) {
-    let out = run(bin, dir, args);
-    assert!(
-        out.status.success(),
-        "{bin} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Creates a qcow2 image, optionally over a backing file, with `(pattern, offset, len)`
-/// writes.
-fn image(dir: &Path, name: &str, size: &str, backing: Option<&str>, writes: &[(u8, u64, u64)]) {
-    let mut args = vec!["create", "-q", "-f", "qcow2"];
-    if let Some(b) = backing {
-        args.extend(["-b", b, "-F", "qcow2"]);
-    }
-    args.extend([name, size]);
-    ok(QEMU_IMG, dir, &args);
-    for &(p, off, len) in writes {
-        let cmd = format!("write -P {p} {off} {len}");
-        ok(QEMU_IO, dir, &["-c", &cmd, name]);
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = fs::remove_dir_all(to);
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
+use reference_tools::*;
 
 /// The header's backing fields as `qemu-img info` reports them.
 fn backing_fields(dir: &Path, image: &str) -> (Option<String>, Option<String>) {
