@@ -222,7 +222,8 @@ fn single_quotes_to_double(text: &str) -> String {
     out
 }
 
-fn split_unescaped(text: &str) -> Vec<String> {
+/// Splits a keyval list at single commas; a doubled comma is a literal comma (`a=1,b=x,,y`).
+pub fn split_unescaped(text: &str) -> Vec<String> {
     let mut items = vec![String::new()];
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {

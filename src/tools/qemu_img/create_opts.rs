@@ -33,22 +33,9 @@ pub fn is_valid_option_list(list: &str) -> bool {
     trailing.is_multiple_of(2)
 }
 
-/// Splits `a=1,b=x,,y` into items (a doubled comma is a literal comma).
+/// Splits `a=1,b=x,,y` into items (a doubled comma is a literal comma), dropping empty ones.
 fn split_items(list: &str) -> Vec<String> {
-    let mut items = vec![String::new()];
-    let mut chars = list.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                items.last_mut().unwrap().push(',');
-            } else {
-                items.push(String::new());
-            }
-        } else {
-            items.last_mut().unwrap().push(c);
-        }
-    }
+    let mut items = block::options::split_unescaped(list);
     items.retain(|i| !i.is_empty());
     items
 }
