@@ -238,32 +238,7 @@ impl BlockDriverState {
         let head = IoVector::alloc(align as usize);
         let tail = IoVector::alloc(align as usize);
         let tail_start = end - align;
-        if offset != start {
-            trace!(
-                bdrv_co_padding_rmw_read,
-                "bs {:p} offset {} bytes {}",
-                self,
-                start,
-                align
-            );
-            self.aligned_preadv(start, &head, RequestFlags::empty())
-                .await?;
-        }
-        if end != offset + bytes {
-            if offset != start && tail_start == start {
-                tail.copy_from(0, &head, 0, align as usize);
-            } else {
-                trace!(
-                    bdrv_co_padding_rmw_read,
-                    "bs {:p} offset {} bytes {}",
-                    self,
-                    tail_start,
-                    align
-                );
-                self.aligned_preadv(tail_start, &tail, RequestFlags::empty())
-                    .await?;
-            }
-        }
+        self.padding_rmw_read(offset, bytes, &head, &tail).await?;
         let mut padded = IoVector::new();
         padded.push_slice(&head, 0, (offset - start) as usize);
         padded.push_vector(qiov);
@@ -273,6 +248,66 @@ impl BlockDriverState {
             (end - offset - bytes) as usize,
         );
         self.aligned_pwritev(start, &padded, flags).await
+    }
+
+    /// Reads the aligned blocks around an unaligned write's head and tail
+    /// (bdrv_padding_rmw_read). When the padded request spans at most two blocks QEMU reads
+    /// both at once, raising both "before" events first; the debug events keep that order.
+    async fn padding_rmw_read(
+        &self,
+        offset: u64,
+        bytes: u64,
+        head: &IoVector,
+        tail: &IoVector,
+    ) -> Result<()> {
+        use crate::filters::blkdebug::BlkdbgEvent as Ev;
+        let align = self.limits().request_alignment as u64;
+        let start = round_down(offset, align);
+        let end = round_up(offset + bytes, align);
+        let tail_start = end - align;
+        let (has_head, has_tail) = (offset != start, end != offset + bytes);
+        let merged = has_head && has_tail && end - start <= 2 * align;
+        if has_head {
+            self.debug_event(Ev::PwritevRmwHead).await;
+            if merged {
+                self.debug_event(Ev::PwritevRmwTail).await;
+            }
+            trace!(
+                bdrv_co_padding_rmw_read,
+                "bs {:p} offset {} bytes {}",
+                self,
+                start,
+                align
+            );
+            self.aligned_preadv(start, head, RequestFlags::empty())
+                .await?;
+            if !merged {
+                self.debug_event(Ev::PwritevRmwAfterHead).await;
+            }
+        }
+        if has_tail && !merged {
+            self.debug_event(Ev::PwritevRmwTail).await;
+        }
+        if has_tail && tail_start == start {
+            tail.copy_from(0, head, 0, align as usize);
+        } else if has_tail {
+            trace!(
+                bdrv_co_padding_rmw_read,
+                "bs {:p} offset {} bytes {}",
+                self,
+                tail_start,
+                align
+            );
+            self.aligned_preadv(tail_start, tail, RequestFlags::empty())
+                .await?;
+        }
+        if merged {
+            self.debug_event(Ev::PwritevRmwAfterHead).await;
+        }
+        if has_tail {
+            self.debug_event(Ev::PwritevRmwAfterTail).await;
+        }
+        Ok(())
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -298,6 +333,7 @@ impl BlockDriverState {
             return self.aligned_pwrite_zeroes(offset, bytes, flags).await;
         }
         let supported = self.drv().supported_write_flags();
+        self.debug_event(crate::BlkdbgEvent::Pwritev).await;
         for (done, n) in self.max_transfer_pieces(bytes) {
             let part = piece(qiov, done, n);
             self.drv()
@@ -307,6 +343,7 @@ impl BlockDriverState {
         if flags.contains(RequestFlags::FUA) && !supported.contains(RequestFlags::FUA) {
             self.co_flush().await?;
         }
+        self.debug_event(crate::BlkdbgEvent::PwritevDone).await;
         self.grow_to(offset + bytes);
         Ok(())
     }
@@ -384,8 +421,10 @@ impl BlockDriverState {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
+        self.debug_event(crate::BlkdbgEvent::PwritevZero).await;
         self.do_pwrite_zeroes(offset, bytes, flags | RequestFlags::ZERO_WRITE)
             .await?;
+        self.debug_event(crate::BlkdbgEvent::PwritevDone).await;
         self.grow_to(offset + bytes);
         Ok(())
     }
@@ -478,8 +517,15 @@ impl BlockDriverState {
     pub async fn co_flush(&self) -> Result<()> {
         trace!(bdrv_co_flush, "bs {:p}", self);
         let _in_flight = InFlightGuard::new(self);
+        let file = self.file();
+        if let Some(file) = &file {
+            file.debug_event(crate::BlkdbgEvent::FlushToOs).await;
+        }
         self.drv().co_flush_to_os(self).await?;
         if !self.open_flags().cache.no_flush {
+            if let Some(file) = &file {
+                file.debug_event(crate::BlkdbgEvent::FlushToDisk).await;
+            }
             self.drv().co_flush_to_disk(self).await?;
         }
         for child in self.children() {

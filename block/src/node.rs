@@ -294,6 +294,14 @@ impl BlockDriverState {
         Ok(len)
     }
 
+    /// Raises a debug event on this node (bdrv_debug_event, what QEMU's BLKDBG_EVENT calls
+    /// on a child): a blkdebug node may then fail later requests or suspend this one.
+    pub async fn debug_event(&self, event: crate::filters::blkdebug::BlkdbgEvent) {
+        if let Some(wait) = self.drv.get().and_then(|d| d.debug_event(event)) {
+            wait.await;
+        }
+    }
+
     /// Writes back state and closes the driver (bdrv_close); children close when dropped.
     pub async fn close(&self) -> Result<()> {
         self.in_flight.drained().await;
@@ -483,16 +491,27 @@ async fn open_file_child(
     options: &mut Options,
     flags: OpenFlags,
 ) -> Result<Rc<BlockDriverState>> {
-    let mut child_opts = options.extract_prefix("file");
-    let child_name = options.take("file").or(filename);
+    open_protocol_child("file", filename, options, flags).await
+}
+
+/// Opens a protocol-level child under `role` (`file`, or a filter's `image`) from
+/// `role.*` options or a filename.
+pub(crate) async fn open_protocol_child(
+    role: &str,
+    filename: Option<String>,
+    options: &mut Options,
+    flags: OpenFlags,
+) -> Result<Rc<BlockDriverState>> {
+    let mut child_opts = options.extract_prefix(role);
+    let child_name = options.take(role).or(filename);
     inherit(&mut child_opts, options);
     if !child_opts.contains("driver") {
         let class = match child_opts.get("filename").or(child_name.as_deref()) {
             Some(name) => find_protocol(name)?,
             None => {
-                return Err(Error::invalid(
-                    "A block device must be specified for \"file\"",
-                ))
+                return Err(Error::invalid(format!(
+                    "A block device must be specified for \"{role}\""
+                )))
             }
         };
         child_opts.set("driver", class.format_name);

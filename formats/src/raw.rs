@@ -106,7 +106,9 @@ impl BlockDriver for RawDriver {
         flags: RequestFlags,
     ) -> Result<()> {
         let at = self.map(bs, offset, qiov.len() as u64)?;
-        Self::file(bs).co_preadv(at, qiov, flags).await
+        let file = Self::file(bs);
+        file.debug_event(block::BlkdbgEvent::ReadAio).await;
+        file.co_preadv(at, qiov, flags).await
     }
 
     async fn co_pwritev(
@@ -120,7 +122,9 @@ impl BlockDriver for RawDriver {
         if bs.was_probed() && offset < PROBE_GUARD_BYTES {
             check_probe_guard(bs, offset, qiov).await?;
         }
-        Self::file(bs).co_pwritev(at, qiov, flags).await
+        let file = Self::file(bs);
+        file.debug_event(block::BlkdbgEvent::WriteAio).await;
+        file.co_pwritev(at, qiov, flags).await
     }
 
     async fn co_pwrite_zeroes(

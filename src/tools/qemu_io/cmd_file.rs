@@ -123,7 +123,10 @@ pub async fn openfile(io: &QemuIo, mut req: OpenRequest) -> Result<(), Reported>
 
 /// Opens the graph a request describes, with its write-cache mode applied.
 pub async fn open_backend(req: &OpenRequest) -> block::Result<Rc<BlockBackend>> {
-    let flags = OpenFlags { snapshot: req.snapshot, ..req.flags };
+    let flags = OpenFlags {
+        snapshot: req.snapshot,
+        ..req.flags
+    };
     let blk = BlockBackend::open(req.name.as_deref(), req.opts.clone(), flags).await?;
     blk.set_write_cache(req.flags.cache.writeback);
     Ok(blk)
