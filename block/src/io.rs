@@ -69,6 +69,16 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// Counts a write when it finishes (bdrv_co_write_req_finish's write_gen): a flush tells
+/// from the count whether anything was written since the last one.
+struct WriteGenGuard<'a>(&'a BlockDriverState);
+
+impl Drop for WriteGenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.write_gen.set(self.0.write_gen.get() + 1);
+    }
+}
+
 /// Rejects ranges the layer cannot represent (bdrv_check_request).
 fn check_request(offset: u64, bytes: u64) -> Result<()> {
     if bytes > MAX_REQUEST_BYTES
@@ -223,6 +233,7 @@ impl BlockDriverState {
         check_request(offset, bytes)?;
         self.check_writable()?;
         let _in_flight = InFlightGuard::new(self);
+        let _gen = WriteGenGuard(self);
         let align = self.limits().request_alignment as u64;
         let start = round_down(offset, align);
         let end = round_up(offset + bytes, align);
@@ -400,6 +411,7 @@ impl BlockDriverState {
         }
         if tail_start > head_end {
             let _in_flight = InFlightGuard::new(self);
+            let _gen = WriteGenGuard(self);
             let _req = self.track(head_end, tail_start - head_end, false).await;
             self.aligned_pwrite_zeroes(head_end, tail_start - head_end, flags)
                 .await?;
@@ -491,6 +503,7 @@ impl BlockDriverState {
             return Ok(());
         }
         let _in_flight = InFlightGuard::new(self);
+        let _gen = WriteGenGuard(self);
         let limits = self.limits();
         let align = (limits.pdiscard_alignment as u64)
             .max(limits.request_alignment as u64)
@@ -517,13 +530,20 @@ impl BlockDriverState {
     pub async fn co_flush(&self) -> Result<()> {
         trace!(bdrv_co_flush, "bs {:p}", self);
         let _in_flight = InFlightGuard::new(self);
+        let current_gen = self.write_gen.get();
         let file = self.file();
         if let Some(file) = &file {
             file.debug_event(crate::BlkdbgEvent::FlushToOs).await;
         }
         self.drv().co_flush_to_os(self).await?;
         if !self.open_flags().cache.no_flush {
-            if let Some(file) = &file {
+            // QEMU raises flush_to_disk only when something was written since the last
+            // flush (a write's own FUA flush runs before its write counts); blkdebug rules
+            // see the same events. The flush itself always happens.
+            if let Some(file) = file
+                .as_ref()
+                .filter(|_| self.flushed_gen.get() != current_gen)
+            {
                 file.debug_event(crate::BlkdbgEvent::FlushToDisk).await;
             }
             self.drv().co_flush_to_disk(self).await?;
@@ -533,6 +553,7 @@ impl BlockDriverState {
                 child.bs.co_flush_boxed().await?;
             }
         }
+        self.flushed_gen.set(current_gen);
         Ok(())
     }
 
@@ -558,6 +579,7 @@ impl BlockDriverState {
             return Err(Error::new(libc::EACCES, "Image is read-only"));
         }
         let _in_flight = InFlightGuard::new(self);
+        let _gen = WriteGenGuard(self);
         let _req = self
             .track(offset.min(self.total_bytes.get()), u64::MAX / 2, true)
             .await;

@@ -152,6 +152,10 @@ pub struct BlockDriverState {
     pub(crate) tracked: TrackedRequests,
     pub(crate) tracked_done: CoQueue,
     pub(crate) in_flight: InFlight,
+    /// Writes finished so far and the count at the last successful flush (write_gen,
+    /// flushed_gen).
+    pub(crate) write_gen: Cell<u64>,
+    pub(crate) flushed_gen: Cell<u64>,
 }
 
 static NEXT_NODE: AtomicU64 = AtomicU64::new(1);
@@ -179,6 +183,8 @@ impl BlockDriverState {
             tracked: TrackedRequests::default(),
             tracked_done: CoQueue::new(),
             in_flight: InFlight::default(),
+            write_gen: Cell::new(0),
+            flushed_gen: Cell::new(0),
         }
     }
 
