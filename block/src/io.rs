@@ -299,7 +299,7 @@ impl BlockDriverState {
         if has_tail && !merged {
             self.debug_event(Ev::PwritevRmwTail).await;
         }
-        if has_tail && tail_start == start {
+        if has_head && has_tail && tail_start == start {
             tail.copy_from(0, head, 0, align as usize);
         } else if has_tail {
             trace!(
