@@ -184,6 +184,16 @@ impl BlockDriver for RawDriver {
         Self::file(bs).drv().has_zero_init(&Self::file(bs))
     }
 
+    /// The child's limits except its request alignment: as in QEMU (bdrv_merge_limits),
+    /// unaligned requests pass through and the child pads them itself, which is where
+    /// blkdebug's pwritev_rmw_* events are raised.
+    fn refresh_limits(&self, bs: &BlockDriverState) -> block::driver::BlockLimits {
+        block::driver::BlockLimits {
+            request_alignment: 1,
+            ..Self::file(bs).limits()
+        }
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
