@@ -170,12 +170,19 @@ pub fn parse_config(text: &str) -> Result<Vec<(&'static str, Options)>> {
             sections.push((kind, Options::new()));
             continue;
         }
-        let invalid = || Error::invalid(format!("Invalid parameter '{}'", raw.trim_end()));
-        let (key, value) = line.split_once(" = \"").ok_or_else(invalid)?;
-        let value = value.trim_end().strip_suffix('"').ok_or_else(invalid)?;
-        if key.contains(char::is_whitespace) || value.contains('"') {
-            return Err(invalid());
-        }
+        // sscanf(" %63s = \"%[^\"]\""): a key token, '=' with any blanks around it, and
+        // a quoted value; a malformed line is reported by its first token.
+        let key_end = line.find(char::is_whitespace).unwrap_or(line.len());
+        let (key, rest) = line.split_at(key_end);
+        let invalid = || Error::invalid(format!("Invalid parameter '{key}'"));
+        let value = rest
+            .trim_start()
+            .strip_prefix('=')
+            .map(str::trim_start)
+            .and_then(|r| r.strip_prefix('"'))
+            .and_then(|r| r.split_once('"'))
+            .map(|(v, _)| v)
+            .ok_or_else(invalid)?;
         match sections.last_mut() {
             Some((_, opts)) => opts.set(key, value),
             None => return Err(Error::invalid("no group defined")),
