@@ -27,6 +27,8 @@ struct TrackedRequest {
     offset: u64,
     bytes: u64,
     serialising: bool,
+    /// Waiting for a conflicting request: others do not wait for it.
+    waiting: bool,
 }
 
 /// The list of requests in flight on a node (bs->tracked_requests).
@@ -109,10 +111,11 @@ fn round_up(x: u64, align: u64) -> u64 {
 }
 
 impl BlockDriverState {
-    /// Registers a request and waits for earlier overlapping ones it must not interleave with:
-    /// a serialising request waits for every earlier overlapping request, and any request
-    /// waits for an earlier overlapping serialising one (bdrv_wait_serialising_requests).
-    /// Waiting only on earlier requests means no two requests can wait for each other.
+    /// Registers a request and waits for overlapping ones it must not interleave with: a
+    /// serialising request waits for every overlapping request, and any request waits for
+    /// an overlapping serialising one (bdrv_wait_serialising_requests). As in QEMU, a
+    /// request that is itself waiting is not waited for, so no two requests can wait for
+    /// each other, and a request suspended (by blkdebug) holds up only what overlaps it.
     async fn track(&self, offset: u64, bytes: u64, serialising: bool) -> TrackedGuard<'_> {
         let id = self.tracked.next_id.get();
         self.tracked.next_id.set(id + 1);
@@ -121,15 +124,24 @@ impl BlockDriverState {
             offset,
             bytes,
             serialising,
+            waiting: true,
         });
         let guard = TrackedGuard { bs: self, id };
         let conflicts = || {
-            self.tracked.list.borrow().iter().any(|r| {
-                r.id < id
+            let mut list = self.tracked.list.borrow_mut();
+            let found = list.iter().any(|r| {
+                r.id != id
+                    && !r.waiting
                     && (serialising || r.serialising)
                     && r.offset < offset + bytes
                     && offset < r.offset + r.bytes
-            })
+            });
+            if !found {
+                if let Some(me) = list.iter_mut().find(|r| r.id == id) {
+                    me.waiting = false;
+                }
+            }
+            found
         };
         if conflicts() {
             trace!(
@@ -139,8 +151,8 @@ impl BlockDriverState {
                 offset,
                 bytes
             );
+            self.tracked_done.wait_while(conflicts).await;
         }
-        self.tracked_done.wait_while(conflicts).await;
         guard
     }
 
