@@ -14,6 +14,7 @@ use crate::coroutine::LocalBoxFuture;
 use async_trait::async_trait;
 
 use crate::error::{Error, Result};
+use crate::filters::blkdebug::BlkdbgEvent;
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::options::Options;
@@ -341,6 +342,12 @@ pub trait BlockDriver {
         Ok(())
     }
 
+    /// Acts on a debug event raised on this node (bdrv_debug_event): None when there is
+    /// nothing to do, as for every driver but blkdebug; a future when the request must wait.
+    fn debug_event(&self, _event: BlkdbgEvent) -> Option<LocalBoxFuture<'_, ()>> {
+        None
+    }
+
     /// Lets tests and tools reach a driver's concrete type.
     fn as_any(&self) -> &dyn std::any::Any;
 }
@@ -389,7 +396,11 @@ pub struct DriverClass {
 static REGISTRY: OnceLock<Mutex<Vec<&'static DriverClass>>> = OnceLock::new();
 
 fn registry() -> &'static Mutex<Vec<&'static DriverClass>> {
-    REGISTRY.get_or_init(|| Mutex::new(crate::protocols::ALL.to_vec()))
+    REGISTRY.get_or_init(|| {
+        let mut all = crate::protocols::ALL.to_vec();
+        all.extend_from_slice(crate::filters::ALL);
+        Mutex::new(all)
+    })
 }
 
 /// Adds a driver class (bdrv_register). Registering the same name twice keeps the first.

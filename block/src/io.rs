@@ -27,6 +27,8 @@ struct TrackedRequest {
     offset: u64,
     bytes: u64,
     serialising: bool,
+    /// Waiting for a conflicting request: others do not wait for it.
+    waiting: bool,
 }
 
 /// The list of requests in flight on a node (bs->tracked_requests).
@@ -69,6 +71,16 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// Counts a write when it finishes (bdrv_co_write_req_finish's write_gen): a flush tells
+/// from the count whether anything was written since the last one.
+struct WriteGenGuard<'a>(&'a BlockDriverState);
+
+impl Drop for WriteGenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.write_gen.set(self.0.write_gen.get() + 1);
+    }
+}
+
 /// Rejects ranges the layer cannot represent (bdrv_check_request).
 fn check_request(offset: u64, bytes: u64) -> Result<()> {
     if bytes > MAX_REQUEST_BYTES
@@ -99,10 +111,11 @@ fn round_up(x: u64, align: u64) -> u64 {
 }
 
 impl BlockDriverState {
-    /// Registers a request and waits for earlier overlapping ones it must not interleave with:
-    /// a serialising request waits for every earlier overlapping request, and any request
-    /// waits for an earlier overlapping serialising one (bdrv_wait_serialising_requests).
-    /// Waiting only on earlier requests means no two requests can wait for each other.
+    /// Registers a request and waits for overlapping ones it must not interleave with: a
+    /// serialising request waits for every overlapping request, and any request waits for
+    /// an overlapping serialising one (bdrv_wait_serialising_requests). As in QEMU, a
+    /// request that is itself waiting is not waited for, so no two requests can wait for
+    /// each other, and a request suspended (by blkdebug) holds up only what overlaps it.
     async fn track(&self, offset: u64, bytes: u64, serialising: bool) -> TrackedGuard<'_> {
         let id = self.tracked.next_id.get();
         self.tracked.next_id.set(id + 1);
@@ -111,15 +124,24 @@ impl BlockDriverState {
             offset,
             bytes,
             serialising,
+            waiting: true,
         });
         let guard = TrackedGuard { bs: self, id };
         let conflicts = || {
-            self.tracked.list.borrow().iter().any(|r| {
-                r.id < id
+            let mut list = self.tracked.list.borrow_mut();
+            let found = list.iter().any(|r| {
+                r.id != id
+                    && !r.waiting
                     && (serialising || r.serialising)
                     && r.offset < offset + bytes
                     && offset < r.offset + r.bytes
-            })
+            });
+            if !found {
+                if let Some(me) = list.iter_mut().find(|r| r.id == id) {
+                    me.waiting = false;
+                }
+            }
+            found
         };
         if conflicts() {
             trace!(
@@ -129,8 +151,8 @@ impl BlockDriverState {
                 offset,
                 bytes
             );
+            self.tracked_done.wait_while(conflicts).await;
         }
-        self.tracked_done.wait_while(conflicts).await;
         guard
     }
 
@@ -231,6 +253,7 @@ impl BlockDriverState {
             return Err(Error::from_errno(libc::ENOTSUP));
         }
         let _in_flight = InFlightGuard::new(self);
+        let _gen = WriteGenGuard(self);
         let align = self.limits().request_alignment as u64;
         let start = round_down(offset, align);
         let end = round_up(offset + bytes, align);
@@ -246,32 +269,7 @@ impl BlockDriverState {
         let head = IoVector::alloc(align as usize);
         let tail = IoVector::alloc(align as usize);
         let tail_start = end - align;
-        if offset != start {
-            trace!(
-                bdrv_co_padding_rmw_read,
-                "bs {:p} offset {} bytes {}",
-                self,
-                start,
-                align
-            );
-            self.aligned_preadv(start, &head, RequestFlags::empty())
-                .await?;
-        }
-        if end != offset + bytes {
-            if offset != start && tail_start == start {
-                tail.copy_from(0, &head, 0, align as usize);
-            } else {
-                trace!(
-                    bdrv_co_padding_rmw_read,
-                    "bs {:p} offset {} bytes {}",
-                    self,
-                    tail_start,
-                    align
-                );
-                self.aligned_preadv(tail_start, &tail, RequestFlags::empty())
-                    .await?;
-            }
-        }
+        self.padding_rmw_read(offset, bytes, &head, &tail).await?;
         let mut padded = IoVector::new();
         padded.push_slice(&head, 0, (offset - start) as usize);
         padded.push_vector(qiov);
@@ -281,6 +279,66 @@ impl BlockDriverState {
             (end - offset - bytes) as usize,
         );
         self.aligned_pwritev(start, &padded, flags).await
+    }
+
+    /// Reads the aligned blocks around an unaligned write's head and tail
+    /// (bdrv_padding_rmw_read). When the padded request spans at most two blocks QEMU reads
+    /// both at once, raising both "before" events first; the debug events keep that order.
+    async fn padding_rmw_read(
+        &self,
+        offset: u64,
+        bytes: u64,
+        head: &IoVector,
+        tail: &IoVector,
+    ) -> Result<()> {
+        use crate::filters::blkdebug::BlkdbgEvent as Ev;
+        let align = self.limits().request_alignment as u64;
+        let start = round_down(offset, align);
+        let end = round_up(offset + bytes, align);
+        let tail_start = end - align;
+        let (has_head, has_tail) = (offset != start, end != offset + bytes);
+        let merged = has_head && has_tail && end - start <= 2 * align;
+        if has_head {
+            self.debug_event(Ev::PwritevRmwHead).await;
+            if merged {
+                self.debug_event(Ev::PwritevRmwTail).await;
+            }
+            trace!(
+                bdrv_co_padding_rmw_read,
+                "bs {:p} offset {} bytes {}",
+                self,
+                start,
+                align
+            );
+            self.aligned_preadv(start, head, RequestFlags::empty())
+                .await?;
+            if !merged {
+                self.debug_event(Ev::PwritevRmwAfterHead).await;
+            }
+        }
+        if has_tail && !merged {
+            self.debug_event(Ev::PwritevRmwTail).await;
+        }
+        if has_head && has_tail && tail_start == start {
+            tail.copy_from(0, head, 0, align as usize);
+        } else if has_tail {
+            trace!(
+                bdrv_co_padding_rmw_read,
+                "bs {:p} offset {} bytes {}",
+                self,
+                tail_start,
+                align
+            );
+            self.aligned_preadv(tail_start, tail, RequestFlags::empty())
+                .await?;
+        }
+        if merged {
+            self.debug_event(Ev::PwritevRmwAfterHead).await;
+        }
+        if has_tail {
+            self.debug_event(Ev::PwritevRmwAfterTail).await;
+        }
+        Ok(())
     }
 
     fn check_writable(&self) -> Result<()> {
@@ -306,6 +364,7 @@ impl BlockDriverState {
             return self.aligned_pwrite_zeroes(offset, bytes, flags).await;
         }
         let supported = self.drv().supported_write_flags();
+        self.debug_event(crate::BlkdbgEvent::Pwritev).await;
         for (done, n) in self.max_transfer_pieces(bytes) {
             let part = piece(qiov, done, n);
             self.drv()
@@ -315,6 +374,7 @@ impl BlockDriverState {
         if flags.contains(RequestFlags::FUA) && !supported.contains(RequestFlags::FUA) {
             self.co_flush().await?;
         }
+        self.debug_event(crate::BlkdbgEvent::PwritevDone).await;
         self.grow_to(offset + bytes);
         Ok(())
     }
@@ -371,6 +431,7 @@ impl BlockDriverState {
         }
         if tail_start > head_end {
             let _in_flight = InFlightGuard::new(self);
+            let _gen = WriteGenGuard(self);
             let _req = self.track(head_end, tail_start - head_end, false).await;
             self.aligned_pwrite_zeroes(head_end, tail_start - head_end, flags)
                 .await?;
@@ -392,8 +453,10 @@ impl BlockDriverState {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
+        self.debug_event(crate::BlkdbgEvent::PwritevZero).await;
         self.do_pwrite_zeroes(offset, bytes, flags | RequestFlags::ZERO_WRITE)
             .await?;
+        self.debug_event(crate::BlkdbgEvent::PwritevDone).await;
         self.grow_to(offset + bytes);
         Ok(())
     }
@@ -460,6 +523,7 @@ impl BlockDriverState {
             return Ok(());
         }
         let _in_flight = InFlightGuard::new(self);
+        let _gen = WriteGenGuard(self);
         let limits = self.limits();
         let align = (limits.pdiscard_alignment as u64)
             .max(limits.request_alignment as u64)
@@ -486,8 +550,22 @@ impl BlockDriverState {
     pub async fn co_flush(&self) -> Result<()> {
         trace!(bdrv_co_flush, "bs {:p}", self);
         let _in_flight = InFlightGuard::new(self);
+        let current_gen = self.write_gen.get();
+        let file = self.file();
+        if let Some(file) = &file {
+            file.debug_event(crate::BlkdbgEvent::FlushToOs).await;
+        }
         self.drv().co_flush_to_os(self).await?;
         if !self.open_flags().cache.no_flush {
+            // QEMU raises flush_to_disk only when something was written since the last
+            // flush (a write's own FUA flush runs before its write counts); blkdebug rules
+            // see the same events. The flush itself always happens.
+            if let Some(file) = file
+                .as_ref()
+                .filter(|_| self.flushed_gen.get() != current_gen)
+            {
+                file.debug_event(crate::BlkdbgEvent::FlushToDisk).await;
+            }
             self.drv().co_flush_to_disk(self).await?;
         }
         for child in self.children() {
@@ -495,6 +573,7 @@ impl BlockDriverState {
                 child.bs.co_flush_boxed().await?;
             }
         }
+        self.flushed_gen.set(current_gen);
         Ok(())
     }
 
@@ -520,6 +599,7 @@ impl BlockDriverState {
             return Err(Error::new(libc::EACCES, "Image is read-only"));
         }
         let _in_flight = InFlightGuard::new(self);
+        let _gen = WriteGenGuard(self);
         let _req = self
             .track(offset.min(self.total_bytes.get()), u64::MAX / 2, true)
             .await;

@@ -155,6 +155,10 @@ pub struct BlockDriverState {
     /// Files of the overlays above this node while it is a backing file being opened
     /// (canonical paths), to refuse a chain that loops back on itself.
     backing_ancestors: RefCell<Vec<String>>,
+    /// Writes finished so far and the count at the last successful flush (write_gen,
+    /// flushed_gen).
+    pub(crate) write_gen: Cell<u64>,
+    pub(crate) flushed_gen: Cell<u64>,
 }
 
 static NEXT_NODE: AtomicU64 = AtomicU64::new(1);
@@ -183,6 +187,8 @@ impl BlockDriverState {
             tracked_done: CoQueue::new(),
             in_flight: InFlight::default(),
             backing_ancestors: RefCell::new(Vec::new()),
+            write_gen: Cell::new(0),
+            flushed_gen: Cell::new(0),
         }
     }
 
@@ -296,6 +302,14 @@ impl BlockDriverState {
             .ok_or_else(|| Error::from_errno(libc::EFBIG))?;
         self.total_bytes.set(len);
         Ok(len)
+    }
+
+    /// Raises a debug event on this node (bdrv_debug_event, what QEMU's BLKDBG_EVENT calls
+    /// on a child): a blkdebug node may then fail later requests or suspend this one.
+    pub async fn debug_event(&self, event: crate::filters::blkdebug::BlkdbgEvent) {
+        if let Some(wait) = self.drv.get().and_then(|d| d.debug_event(event)) {
+            wait.await;
+        }
     }
 
     /// Writes back state and closes the driver (bdrv_close); children close when dropped.
@@ -491,16 +505,27 @@ async fn open_file_child(
     options: &mut Options,
     flags: OpenFlags,
 ) -> Result<Rc<BlockDriverState>> {
-    let mut child_opts = options.extract_prefix("file");
-    let child_name = options.take("file").or(filename);
+    open_protocol_child("file", filename, options, flags).await
+}
+
+/// Opens a protocol-level child under `role` (`file`, or a filter's `image`) from
+/// `role.*` options or a filename.
+pub(crate) async fn open_protocol_child(
+    role: &str,
+    filename: Option<String>,
+    options: &mut Options,
+    flags: OpenFlags,
+) -> Result<Rc<BlockDriverState>> {
+    let mut child_opts = options.extract_prefix(role);
+    let child_name = options.take(role).or(filename);
     inherit(&mut child_opts, options);
     if !child_opts.contains("driver") {
         let class = match child_opts.get("filename").or(child_name.as_deref()) {
             Some(name) => find_protocol(name)?,
             None => {
-                return Err(Error::invalid(
-                    "A block device must be specified for \"file\"",
-                ))
+                return Err(Error::invalid(format!(
+                    "A block device must be specified for \"{role}\""
+                )))
             }
         };
         child_opts.set("driver", class.format_name);

@@ -253,6 +253,12 @@ fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
                 flatten(&key, v, out);
             }
         }
+        // Lists flatten to numbered keys (qdict_flatten): `inject-error.0.event`.
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                flatten(&format!("{prefix}.{i}"), v, out);
+            }
+        }
         Value::String(s) => {
             out.insert(prefix.to_string(), s.clone());
         }

@@ -112,7 +112,9 @@ impl BlockDriver for RawDriver {
         flags: RequestFlags,
     ) -> Result<()> {
         let at = self.map(bs, offset, qiov.len() as u64)?;
-        Self::file(bs).co_preadv(at, qiov, flags).await
+        let file = Self::file(bs);
+        file.debug_event(block::BlkdbgEvent::ReadAio).await;
+        file.co_preadv(at, qiov, flags).await
     }
 
     async fn co_pwritev(
@@ -126,7 +128,9 @@ impl BlockDriver for RawDriver {
         if bs.was_probed() && offset < PROBE_GUARD_BYTES {
             check_probe_guard(bs, offset, qiov).await?;
         }
-        Self::file(bs).co_pwritev(at, qiov, flags).await
+        let file = Self::file(bs);
+        file.debug_event(block::BlkdbgEvent::WriteAio).await;
+        file.co_pwritev(at, qiov, flags).await
     }
 
     async fn co_pwrite_zeroes(
@@ -184,6 +188,16 @@ impl BlockDriver for RawDriver {
 
     fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
         Self::file(bs).drv().has_zero_init(&Self::file(bs))
+    }
+
+    /// The child's limits except its request alignment: as in QEMU (bdrv_merge_limits),
+    /// unaligned requests pass through and the child pads them itself, which is where
+    /// blkdebug's pwritev_rmw_* events are raised.
+    fn refresh_limits(&self, bs: &BlockDriverState) -> block::driver::BlockLimits {
+        block::driver::BlockLimits {
+            request_alignment: 1,
+            ..Self::file(bs).limits()
+        }
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -168,6 +168,12 @@ impl Caches {
         }
         self.make_room(which).await?;
         let size = self.cache(which).table_size;
+        self.file
+            .debug_event(match which {
+                Which::L2 => block::BlkdbgEvent::L2Load,
+                Which::Refblock => block::BlkdbgEvent::RefblockLoad,
+            })
+            .await;
         let data = read_bytes(&self.file, offset, size).await?;
         self.insert(which, offset, data, false);
         Ok(())
@@ -297,6 +303,12 @@ impl Caches {
                 }
                 let data = slot.data.clone();
                 block::trace!(qcow2_cache_entry_flush, "{:?} offset 0x{:x}", which, offset);
+                self.file
+                    .debug_event(match which {
+                        Which::L2 => block::BlkdbgEvent::L2Update,
+                        Which::Refblock => block::BlkdbgEvent::RefblockUpdatePart,
+                    })
+                    .await;
                 write_bytes(&self.file, offset, &data).await?;
                 if let Some(s) = self.cache(which).slots.get_mut(&offset) {
                     s.dirty = false;

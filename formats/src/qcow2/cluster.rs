@@ -98,6 +98,9 @@ impl Meta {
         // refcounts (l2_allocate).
         self.caches.flush(Which::Refblock).await?;
         let contents = if old != 0 {
+            self.file
+                .debug_event(block::BlkdbgEvent::L2AllocCowRead)
+                .await;
             self.caches.load(Which::L2, old).await?;
             self.caches.table(Which::L2, old).to_vec()
         } else {
@@ -105,6 +108,9 @@ impl Meta {
         };
         self.caches.load_empty(Which::L2, new).await?;
         self.caches.table(Which::L2, new).copy_from_slice(&contents);
+        self.file
+            .debug_event(block::BlkdbgEvent::L2AllocWrite)
+            .await;
         // The table (and the refcount saying it is used) reach the disk before L1 points at
         // it.
         self.caches.flush(Which::L2).await?;

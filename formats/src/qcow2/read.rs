@@ -38,6 +38,9 @@ impl Qcow2 {
             match mapping {
                 Mapping::Unallocated => match bs.backing() {
                     Some(backing) => {
+                        self.file(bs)
+                            .debug_event(block::BlkdbgEvent::ReadBackingAio)
+                            .await;
                         backing
                             .co_preadv(offset + done, &part, RequestFlags::empty())
                             .await?
@@ -46,9 +49,9 @@ impl Qcow2 {
                 },
                 Mapping::Zero | Mapping::ZeroAlloc(_) => part.fill(0, n as usize, 0),
                 Mapping::Data(host) => {
-                    self.file(bs)
-                        .co_preadv(host, &part, RequestFlags::empty())
-                        .await?
+                    let file = self.file(bs);
+                    file.debug_event(block::BlkdbgEvent::ReadAio).await;
+                    file.co_preadv(host, &part, RequestFlags::empty()).await?
                 }
                 Mapping::Compressed(entry) => {
                     let cluster = self.read_compressed(bs, entry).await?;
@@ -69,9 +72,9 @@ impl Qcow2 {
     ) -> Result<Vec<u8>> {
         let (host, len) = self.g.compressed_range(entry);
         let buf = IoVector::alloc(len as usize);
-        self.file(bs)
-            .co_preadv(host, &buf, RequestFlags::empty())
-            .await?;
+        let file = self.file(bs);
+        file.debug_event(block::BlkdbgEvent::ReadCompressed).await;
+        file.co_preadv(host, &buf, RequestFlags::empty()).await?;
         compress::decompress(
             self.compression_type,
             buf.to_vec(),

@@ -177,6 +177,9 @@ impl Meta {
     /// (qcow2_alloc_clusters). Anything pointing at them must be written after the refcount
     /// blocks, which the L2 cache dependency ensures.
     pub async fn alloc_clusters(&mut self, n: u64) -> Result<u64> {
+        self.file
+            .debug_event(block::BlkdbgEvent::ClusterAlloc)
+            .await;
         let start = self.find_free(n).await?;
         let offset = start << self.g.cluster_bits;
         self.update_refcount(offset, n << self.g.cluster_bits, 1)
@@ -210,6 +213,7 @@ impl Meta {
         self.caches
             .set_dependency(Which::Refblock, Which::L2)
             .await?;
+        self.file.debug_event(block::BlkdbgEvent::ClusterFree).await;
         self.update_refcount(offset, len, -1).await
     }
 
@@ -217,11 +221,17 @@ impl Meta {
     async fn write_reftable_entry(&mut self, idx: u64) -> Result<()> {
         let at = self.header.refcount_table_offset + idx * 8;
         let bytes = self.reftable[idx as usize].to_be_bytes();
+        self.file
+            .debug_event(block::BlkdbgEvent::ReftableUpdate)
+            .await;
         write_bytes(&self.file, at, &bytes).await
     }
 
     /// Creates the refcount block for reftable index `idx` (alloc_refcount_block).
     async fn alloc_refblock(&mut self, idx: u64) -> Result<u64> {
+        self.file
+            .debug_event(block::BlkdbgEvent::RefblockAlloc)
+            .await;
         if idx as usize >= self.reftable.len() {
             self.grow_reftable(idx).await?;
             let existing = self.refblock_offset(idx).await?;
@@ -242,8 +252,14 @@ impl Meta {
             self.update_refcount(offset, self.g.cluster_size, 1).await?;
         }
         // The block and every count it depends on reach the disk before the table entry.
+        self.file
+            .debug_event(block::BlkdbgEvent::RefblockAllocWrite)
+            .await;
         self.caches.flush(Which::Refblock).await?;
         self.file.co_flush().await?;
+        self.file
+            .debug_event(block::BlkdbgEvent::RefblockAllocHookup)
+            .await;
         self.reftable[idx as usize] = offset;
         self.write_reftable_entry(idx).await?;
         block::trace!(qcow2_alloc_refblock, "idx {} offset 0x{:x}", idx, offset);
@@ -252,6 +268,9 @@ impl Meta {
 
     /// Replaces the refcount table with a larger one that has room for index `idx`.
     async fn grow_reftable(&mut self, idx: u64) -> Result<()> {
+        self.file
+            .debug_event(block::BlkdbgEvent::ReftableGrow)
+            .await;
         let cs = self.g.cluster_size;
         let epb = self.refblock_entries();
         let old_len = self.reftable.len() as u64;
@@ -278,6 +297,9 @@ impl Meta {
         table.resize((table_clusters * cs / 8) as usize, 0);
         let _ = new_len;
         let order = self.g.refcount_order;
+        self.file
+            .debug_event(block::BlkdbgEvent::RefblockAllocWriteBlocks)
+            .await;
         for (k, bidx) in (area_start / epb..=(area_end - 1) / epb).enumerate() {
             let block_offset = (area_start + k as u64) << self.g.cluster_bits;
             let mut data = vec![0u8; cs as usize];
@@ -288,12 +310,18 @@ impl Meta {
             table[bidx as usize] = block_offset;
         }
         let table_offset = (area_start + blocks) << self.g.cluster_bits;
+        self.file
+            .debug_event(block::BlkdbgEvent::RefblockAllocWriteTable)
+            .await;
         write_bytes(&self.file, table_offset, &encode_table(&table)).await?;
         self.caches.flush(Which::Refblock).await?;
         self.file.co_flush().await?;
         let mut fields = [0u8; 12];
         put64(&mut fields, 0, table_offset);
         put32(&mut fields, 8, table_clusters as u32);
+        self.file
+            .debug_event(block::BlkdbgEvent::RefblockAllocSwitchTable)
+            .await;
         write_bytes(&self.file, 48, &fields).await?;
         self.file.co_flush().await?;
         let old_offset = self.header.refcount_table_offset;

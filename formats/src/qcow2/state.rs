@@ -85,6 +85,7 @@ impl Meta {
         let l1_bytes = read_bytes(&file, header.l1_table_offset, header.l1_size as usize * 8)
             .await
             .map_err(|e| e.context("Could not read L1 table: "))?;
+        file.debug_event(block::BlkdbgEvent::ReftableLoad).await;
         let reftable_bytes = read_bytes(
             &file,
             header.refcount_table_offset,
@@ -198,6 +199,7 @@ impl Meta {
             self.header.l1_table_offset + first as u64 * 8,
             bytes.len() as u64,
         )?;
+        self.file.debug_event(block::BlkdbgEvent::L1Update).await;
         write_bytes(
             &self.file,
             self.header.l1_table_offset + first as u64 * 8,

@@ -89,9 +89,9 @@ impl Qcow2 {
                         self.register(first, (at + bytes).next_multiple_of(self.g.cluster_size));
                     drop(meta);
                     let part = qiov.slice(done as usize, bytes as usize);
-                    self.file(bs)
-                        .co_pwritev(host, &part, RequestFlags::empty())
-                        .await?;
+                    let file = self.file(bs);
+                    file.debug_event(block::BlkdbgEvent::WriteAio).await;
+                    file.co_pwritev(host, &part, RequestFlags::empty()).await?;
                     done += bytes;
                 }
                 WritePlan::Alloc(m) => {
@@ -126,6 +126,17 @@ impl Qcow2 {
         let (tail_from, tail_to) = m.cow_tail;
         let head = IoVector::alloc((head_to - head_from) as usize);
         let tail = IoVector::alloc((tail_to - tail_from) as usize);
+        if !head.is_empty() || !tail.is_empty() {
+            // QEMU zero-fills fresh clusters that have nothing to copy (handle_alloc_space)
+            // instead of reading them; its debug events tell the two apart.
+            let zero_cow = bs.backing().is_none() && m.old.iter().all(|&(e, _)| e == 0);
+            let event = if zero_cow {
+                block::BlkdbgEvent::ClusterAllocSpace
+            } else {
+                block::BlkdbgEvent::CowRead
+            };
+            self.file(bs).debug_event(event).await;
+        }
         if !head.is_empty() {
             self.read(bs, m.guest_start + head_from, &head).await?;
         }
@@ -149,9 +160,10 @@ impl Qcow2 {
             head.len(),
             tail.len()
         );
-        self.file(bs)
-            .co_pwritev(host, &all, RequestFlags::empty())
-            .await
+        // QEMU merges the guest data into the COW write and then reports it as write_aio.
+        let file = self.file(bs);
+        file.debug_event(block::BlkdbgEvent::WriteAio).await;
+        file.co_pwritev(host, &all, RequestFlags::empty()).await
     }
 
     /// Writes one whole cluster compressed (qcow2_co_pwritev_compressed_part); data that
@@ -232,7 +244,7 @@ impl Qcow2 {
 
 async fn meta_write_data(q: &Qcow2, bs: &BlockDriverState, host: u64, data: &[u8]) -> Result<()> {
     let buf = IoVector::from_slice(data);
-    q.file(bs)
-        .co_pwritev(host, &buf, RequestFlags::empty())
-        .await
+    let file = q.file(bs);
+    file.debug_event(block::BlkdbgEvent::WriteCompressed).await;
+    file.co_pwritev(host, &buf, RequestFlags::empty()).await
 }

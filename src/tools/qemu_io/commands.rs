@@ -5,7 +5,7 @@ use block::coroutine::LocalBoxFuture;
 
 use super::output::{err, out, report};
 use super::parse::breakline;
-use super::{cmd_absent, cmd_aio, cmd_file, cmd_misc, cmd_reopen, cmd_rw, help, QemuIo};
+use super::{cmd_absent, cmd_aio, cmd_break, cmd_file, cmd_misc, cmd_reopen, cmd_rw, help, QemuIo};
 
 /// A command's implementation: gets the words (the name first), returns 0 or -errno.
 pub type CmdFn = for<'a> fn(&'a QemuIo, &'a [String]) -> LocalBoxFuture<'a, i32>;
@@ -114,7 +114,7 @@ pub static COMMANDS: &[Command] = &[
     Command {
         name: "break",
         altname: None,
-        run: run!(cmd_absent::break_f),
+        run: run!(cmd_break::break_f),
         argmin: 2,
         argmax: Some(2),
         args: Some("event tag"),
@@ -258,7 +258,7 @@ pub static COMMANDS: &[Command] = &[
     Command {
         name: "remove_break",
         altname: None,
-        run: run!(cmd_absent::remove_break_f),
+        run: run!(cmd_break::remove_break_f),
         argmin: 1,
         argmax: Some(1),
         args: Some("tag"),
@@ -282,7 +282,7 @@ pub static COMMANDS: &[Command] = &[
     Command {
         name: "resume",
         altname: None,
-        run: run!(cmd_absent::resume_f),
+        run: run!(cmd_break::resume_f),
         argmin: 1,
         argmax: Some(1),
         args: Some("tag"),
@@ -330,7 +330,7 @@ pub static COMMANDS: &[Command] = &[
     Command {
         name: "wait_break",
         altname: None,
-        run: run!(cmd_absent::wait_break_f),
+        run: run!(cmd_break::wait_break_f),
         argmin: 1,
         argmax: Some(1),
         args: Some("tag"),

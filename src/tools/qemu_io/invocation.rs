@@ -248,6 +248,7 @@ fn command_loop(ctx: &std::rc::Rc<AioContext>, io: &QemuIo, commands: &[String])
 /// The program, given its whole command line (`argv[0]` first): returns the exit status.
 pub fn main(args: Vec<String>) -> i32 {
     formats::register_all();
+    super::cmd_break::install_message_sink();
     let argv0 = args.first().map_or("qemu-io", String::as_str);
     let mut inv = match parse_args(argv0, args.get(1..).unwrap_or_default()) {
         Ok(inv) => inv,

@@ -9,12 +9,13 @@
 //! errno; the program exits with 1 if any command failed.
 //!
 //! Modules: [`invocation`] (the program's options and main loop), [`commands`] (the table and
-//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`], [`cmd_reopen`] and
-//! [`cmd_absent`] (the commands), [`stdin`] (interactive input), and
+//! dispatch), [`cmd_rw`], [`cmd_aio`], [`cmd_misc`], [`cmd_file`], [`cmd_reopen`],
+//! [`cmd_break`] and [`cmd_absent`] (the commands), [`stdin`] (interactive input), and
 //! [`parse`], [`report`], [`output`], [`help`] (their shared vocabulary).
 
 pub mod cmd_absent;
 pub mod cmd_aio;
+pub mod cmd_break;
 pub mod cmd_file;
 pub mod cmd_misc;
 pub mod cmd_reopen;

@@ -1,0 +1,296 @@
+//! blkdebug: a filter that injects errors and suspends requests at debug events (QEMU's
+//! block/blkdebug.c).
+//!
+//! Formats raise debug events on their `file` child (`l2_load`, `write_aio`...; see
+//! [`BlkdbgEvent`]). When the child is a blkdebug node, its rules for that event run: an
+//! `inject-error` rule becomes active and makes the following requests on the node fail, a
+//! `set-state` rule moves the node to another state (rules may apply in one state only), and
+//! a breakpoint set by qemu-io's `break` suspends the request that raised the event until
+//! `resume`. Requests themselves pass through to the `image` child unchanged.
+
+mod config;
+mod event;
+mod rules;
+
+use std::rc::Rc;
+
+use async_trait::async_trait;
+
+use crate::coroutine::LocalBoxFuture;
+use crate::driver::{
+    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags, StatusFlags,
+};
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+use crate::node::{open_protocol_child, BlockDriverState};
+use crate::options::Options;
+
+pub use config::iotype;
+pub use event::BlkdbgEvent;
+pub use rules::set_message_sink;
+use rules::RuleSet;
+
+/// The blkdebug driver class (`blkdebug:CONFIG:IMAGE`, `driver=blkdebug`).
+pub static BLKDEBUG: DriverClass = DriverClass {
+    format_name: "blkdebug",
+    protocol_name: Some("blkdebug"),
+    is_format: false,
+    probe: None,
+    open: |bs, options| Box::pin(open(bs, options)),
+    create: None,
+    create_options: &[],
+};
+
+/// An open blkdebug node (BDRVBlkdebugState).
+pub struct Blkdebug {
+    rules: RuleSet,
+    align: u32,
+    max_transfer: u64,
+    opt_write_zero: u32,
+    opt_discard: u32,
+}
+
+/// Splits `blkdebug:CONFIG:IMAGE` into the `config` and `x-image` options
+/// (blkdebug_parse_filename).
+fn parse_filename(filename: &str, options: &mut Options) -> Result<()> {
+    let rest = filename.strip_prefix("blkdebug:").unwrap_or(filename);
+    let (config, image) = rest
+        .split_once(':')
+        .ok_or_else(|| Error::invalid("blkdebug requires both config file and image path"))?;
+    if !config.is_empty() {
+        options.set_default("config", config);
+    }
+    options.set_default("x-image", image);
+    Ok(())
+}
+
+/// Takes a power-of-two size option no larger than u32 (align, opt-write-zero...).
+fn take_limit(options: &mut Options, key: &str, what: &str) -> Result<u64> {
+    let v = options.take_size(key)?.unwrap_or(0);
+    if v != 0 && (!v.is_power_of_two() || v > i32::MAX as u64) {
+        return Err(Error::invalid(format!(
+            "Cannot meet constraints with {what} {v}"
+        )));
+    }
+    Ok(v)
+}
+
+async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+    if let Some(name) = options.take("filename") {
+        parse_filename(&name, options)?;
+    }
+    let rules = RuleSet::new();
+    if let Some(path) = options.take("config") {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            Error::with_errno_message(errno, "Could not read blkdebug config file")
+        })?;
+        for (kind, opts) in config::parse_config(&text)? {
+            rules.add(kind, opts)?;
+        }
+    }
+    for (kind, opts) in config::take_option_rules(options) {
+        rules.add(kind, opts)?;
+    }
+    for key in ["take-child-perms", "unshare-child-perms"] {
+        options.take(key);
+        options.extract_prefix(key);
+    }
+    let image = options.take("x-image");
+    let child = open_protocol_child("image", image, options, bs.open_flags()).await?;
+    bs.set_filename(child.filename());
+    bs.attach_child("file", child);
+    let align = take_limit(options, "align", "align")?;
+    let max_transfer = options.take_size("max-transfer")?.unwrap_or(0);
+    let opt_write_zero = take_limit(options, "opt-write-zero", "opt-write-zero")?;
+    let opt_discard = take_limit(options, "opt-discard", "opt-discard")?;
+    for key in ["max-write-zero", "max-discard"] {
+        options.take_size(key)?;
+    }
+    if max_transfer != 0 && align != 0 && max_transfer % align != 0 {
+        return Err(Error::invalid(format!(
+            "Cannot meet constraints with max-transfer {max_transfer}"
+        )));
+    }
+    Ok(Box::new(Blkdebug {
+        rules,
+        align: align as u32,
+        max_transfer,
+        opt_write_zero: opt_write_zero as u32,
+        opt_discard: opt_discard as u32,
+    }))
+}
+
+impl Blkdebug {
+    fn image(bs: &BlockDriverState) -> Rc<BlockDriverState> {
+        bs.file().expect("blkdebug nodes have an image child")
+    }
+
+    /// The rules of the node, for breakpoints.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for Blkdebug {
+    async fn co_preadv(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        let bytes = qiov.len() as u64;
+        self.rules.check(offset, bytes, iotype::READ).await?;
+        Self::image(bs).co_preadv(offset, qiov, flags).await
+    }
+
+    async fn co_pwritev(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        let bytes = qiov.len() as u64;
+        self.rules.check(offset, bytes, iotype::WRITE).await?;
+        Self::image(bs).co_pwritev(offset, qiov, flags).await
+    }
+
+    async fn co_pwrite_zeroes(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        self.rules
+            .check(offset, bytes, iotype::WRITE_ZEROES)
+            .await?;
+        Self::image(bs).co_pwrite_zeroes(offset, bytes, flags).await
+    }
+
+    async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        self.rules.check(offset, bytes, iotype::DISCARD).await?;
+        Self::image(bs).co_pdiscard(offset, bytes).await
+    }
+
+    async fn co_flush_to_disk(&self, _bs: &BlockDriverState) -> Result<()> {
+        // The generic flush goes on to the image child by itself.
+        self.rules.check(0, 0, iotype::FLUSH).await
+    }
+
+    async fn co_block_status(
+        &self,
+        bs: &BlockDriverState,
+        _want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        self.rules
+            .check(offset, bytes, iotype::BLOCK_STATUS)
+            .await?;
+        let mut status = BlockStatus::new(StatusFlags::RECURSE | StatusFlags::OFFSET_VALID, bytes);
+        status.map = offset;
+        status.file = bs.file();
+        Ok(status)
+    }
+
+    async fn co_truncate(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        exact: bool,
+        prealloc: PreallocMode,
+    ) -> Result<()> {
+        Self::image(bs).co_truncate(offset, exact, prealloc).await
+    }
+
+    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
+        Ok(Self::image(bs).getlength())
+    }
+
+    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
+        let mut limits = Self::image(bs).limits();
+        if self.align != 0 {
+            limits.request_alignment = self.align;
+        }
+        if self.max_transfer != 0 {
+            limits.max_transfer = self.max_transfer;
+        }
+        if self.opt_write_zero != 0 {
+            limits.pwrite_zeroes_alignment = self.opt_write_zero;
+        }
+        if self.opt_discard != 0 {
+            limits.pdiscard_alignment = self.opt_discard;
+        }
+        limits
+    }
+
+    fn supported_write_flags(&self) -> RequestFlags {
+        RequestFlags::FUA
+    }
+
+    fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
+        let image = Self::image(bs);
+        image.drv().has_zero_init(&image)
+    }
+
+    fn debug_event(&self, event: BlkdbgEvent) -> Option<LocalBoxFuture<'_, ()>> {
+        self.rules.event(event)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// The first blkdebug node on the way down from `bs` through primary children, as
+/// bdrv_debug_breakpoint and friends look for one.
+pub fn find_blkdebug(bs: &Rc<BlockDriverState>) -> Option<Rc<BlockDriverState>> {
+    let mut node = bs.clone();
+    loop {
+        if node.drv().as_any().is::<Blkdebug>() {
+            return Some(node);
+        }
+        node = node.file()?;
+    }
+}
+
+fn with_rules<T>(bs: &Rc<BlockDriverState>, f: impl FnOnce(&RuleSet) -> Result<T>) -> Result<T> {
+    let node = find_blkdebug(bs).ok_or_else(|| Error::from_errno(libc::ENOTSUP))?;
+    let drv = node.drv().as_any().downcast_ref::<Blkdebug>();
+    f(&drv.expect("find_blkdebug checked the type").rules)
+}
+
+/// Sets a breakpoint: the next request raising `event` is suspended as `tag`
+/// (bdrv_debug_breakpoint).
+pub fn debug_breakpoint(bs: &Rc<BlockDriverState>, event: &str, tag: &str) -> Result<()> {
+    with_rules(bs, |r| r.add_breakpoint(event, tag))
+}
+
+/// Removes the breakpoints tagged `tag` and resumes requests suspended there
+/// (bdrv_debug_remove_breakpoint).
+pub fn debug_remove_breakpoint(bs: &Rc<BlockDriverState>, tag: &str) -> Result<()> {
+    with_rules(bs, |r| r.remove_breakpoint(tag))
+}
+
+/// Resumes the request suspended as `tag` (bdrv_debug_resume).
+pub fn debug_resume(bs: &Rc<BlockDriverState>, tag: &str) -> Result<()> {
+    with_rules(bs, |r| r.resume(tag))
+}
+
+/// Whether a request is suspended as `tag` (bdrv_debug_is_suspended).
+pub fn debug_is_suspended(bs: &Rc<BlockDriverState>, tag: &str) -> bool {
+    with_rules(bs, |r| Ok(r.is_suspended(tag))).unwrap_or(false)
+}
+
+/// Waits until a request is suspended as `tag`; None when the graph has no blkdebug node,
+/// where no request could ever stop.
+pub async fn debug_wait_suspended(bs: &Rc<BlockDriverState>, tag: &str) -> Option<()> {
+    let node = find_blkdebug(bs)?;
+    let drv = node.drv().as_any().downcast_ref::<Blkdebug>()?;
+    drv.rules.wait_suspended(tag).await;
+    Some(())
+}

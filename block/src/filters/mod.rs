@@ -1,0 +1,12 @@
+//! Filter drivers: nodes that pass requests through to one child and change how they behave
+//! on the way (QEMU's block/blkdebug.c and the other filters).
+//!
+//! `blkdebug` injects errors and suspends requests at the debug events formats raise, so
+//! that tests can reproduce failures and races deterministically.
+
+pub mod blkdebug;
+
+use crate::driver::DriverClass;
+
+/// The filter drivers built into the block crate, registered with the protocols.
+pub(crate) const ALL: &[&DriverClass] = &[&blkdebug::BLKDEBUG];
