@@ -9,6 +9,8 @@
 //! and reads them back for both emulators); each missing piece skips the test with a reason,
 //! or fails it when RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
 
+mod prereq;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -96,39 +98,14 @@ fn rqemu_ide_hd(image: &Path, format: &str) -> Command {
     c
 }
 
-/// Whether a prerequisite is there; if not, prints why and says to skip, or panics when the
-/// environment requires it.
-fn have(what: &str, ok: bool, require_var: &str) -> bool {
-    if !ok {
-        if std::env::var(require_var).is_ok_and(|v| v == "1") {
-            panic!("{what} is required ({require_var}=1) but missing");
-        }
-        eprintln!("skipped: {what} is missing");
-    }
-    ok
-}
-
-fn in_path(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Checks KVM, QEMU, SeaBIOS and nasm.
 fn prerequisites() -> bool {
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    let qemu = in_path("qemu-system-x86_64") && in_path("qemu-img");
-    have("/dev/kvm", kvm, "RQEMU_REQUIRE_KVM")
-        && have("qemu-system-x86_64/qemu-img", qemu, "RQEMU_REQUIRE_QEMU")
-        && have(SEABIOS, Path::new(SEABIOS).exists(), "RQEMU_REQUIRE_QEMU")
-        && have("nasm", in_path("nasm"), "RQEMU_REQUIRE_QEMU")
+    use prereq::{kvm, require, tool};
+    let qemu = tool("qemu-system-x86_64") && tool("qemu-img");
+    require("/dev/kvm", kvm(), "RQEMU_REQUIRE_KVM")
+        && require("qemu-system-x86_64/qemu-img", qemu, "RQEMU_REQUIRE_QEMU")
+        && require(SEABIOS, Path::new(SEABIOS).exists(), "RQEMU_REQUIRE_QEMU")
+        && require("nasm", tool("nasm"), "RQEMU_REQUIRE_QEMU")
 }
 
 /// Assembles fixtures/guests/`name`.asm with `defines` into `dir`.

@@ -11,6 +11,8 @@
 //!
 //! Skips (or fails with RQEMU_REQUIRE_KVM/RQEMU_REQUIRE_QEMU=1) without KVM, QEMU or nasm.
 
+mod prereq;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -21,41 +23,16 @@ const DISK_SECTORS: u64 = 200 << 21;
 /// IDENTIFY words where this PIO-only disk differs from QEMU's.
 const IDENTIFY_DIFFS: &[usize] = &[49, 52, 53, 59, 62, 63, 69, 82, 85, 88, 169];
 
-fn tool_ok(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn prerequisites() -> bool {
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    let checks = [
-        ("/dev/kvm", kvm, "RQEMU_REQUIRE_KVM"),
-        (
+    use prereq::{kvm, require, tool};
+    require("/dev/kvm", kvm(), "RQEMU_REQUIRE_KVM")
+        && require(
             "qemu-system-x86_64",
-            tool_ok("qemu-system-x86_64"),
+            tool("qemu-system-x86_64"),
             "RQEMU_REQUIRE_QEMU",
-        ),
-        ("qemu-img", tool_ok("qemu-img"), "RQEMU_REQUIRE_QEMU"),
-        ("nasm", tool_ok("nasm"), "RQEMU_REQUIRE_QEMU"),
-    ];
-    for (what, ok, var) in checks {
-        if !ok {
-            if std::env::var(var).is_ok_and(|v| v == "1") {
-                panic!("{what} is required ({var}=1) but missing");
-            }
-            eprintln!("skipped: {what} is missing");
-            return false;
-        }
-    }
-    true
+        )
+        && require("qemu-img", tool("qemu-img"), "RQEMU_REQUIRE_QEMU")
+        && require("nasm", tool("nasm"), "RQEMU_REQUIRE_QEMU")
 }
 
 /// One primary-channel port access from QEMU's trace.

@@ -9,6 +9,8 @@
 //! qcow2 image. Needs nasm and KVM (and QEMU for its half, qemu-img for qcow2): skips with the
 //! reason when one is missing, fails instead when RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
 
+mod prereq;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -27,34 +29,6 @@ const LEGACY_TESTS: [&str; 8] = [
     "intx",
 ];
 const MODERN_TESTS: [&str; 2] = ["modern-read", "modern-needs-reset"];
-
-/// Skips (returns false) with a printed reason, or panics when `require_var` is set.
-fn available(ok: bool, what: &str, require_var: &str) -> bool {
-    if !ok {
-        if std::env::var(require_var).is_ok_and(|v| v == "1") {
-            panic!("{what} is required ({require_var}=1) but not available");
-        }
-        eprintln!("skipping: {what} not available");
-    }
-    ok
-}
-
-fn have_kvm() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 /// Assembles the guest into the test's target directory.
 fn build_guest() -> PathBuf {
@@ -235,14 +209,14 @@ fn check_verdicts(out: &str, err: &str, transport: Transport) {
 }
 
 fn prerequisites(emu: Emulator) -> bool {
-    available(have("nasm"), "nasm", "RQEMU_REQUIRE_KVM")
+    prereq::require("nasm", prereq::tool("nasm"), "RQEMU_REQUIRE_KVM")
         && (emu == Emulator::Rqemu
-            || available(
-                have("qemu-system-x86_64"),
+            || prereq::require(
                 "qemu-system-x86_64",
+                prereq::tool("qemu-system-x86_64"),
                 "RQEMU_REQUIRE_QEMU",
             ))
-        && available(have_kvm(), "/dev/kvm", "RQEMU_REQUIRE_KVM")
+        && prereq::require("/dev/kvm", prereq::kvm(), "RQEMU_REQUIRE_KVM")
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -265,7 +239,9 @@ fn raw_run(emu: Emulator, transport: Transport) {
 }
 
 fn qcow2_run(emu: Emulator, transport: Transport) {
-    if !prerequisites(emu) || !available(have("qemu-img"), "qemu-img", "RQEMU_REQUIRE_QEMU") {
+    if !prerequisites(emu)
+        || !prereq::require("qemu-img", prereq::tool("qemu-img"), "RQEMU_REQUIRE_QEMU")
+    {
         return;
     }
     let program = std::fs::read(build_guest()).unwrap();
