@@ -32,7 +32,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use async_executor::{LocalExecutor, Task};
-use polling::{Event, Events, Poller};
+use polling::{Event, Events, PollMode, Poller};
 
 use crate::error::{Error, Result};
 pub use bh::AioContextHandle;
@@ -54,6 +54,9 @@ pub struct AioContext {
 
 /// A coroutine waiting for a descriptor to become readable.
 struct FdWaiter {
+    /// Which open descriptor the registration belongs to: fd numbers are reused after a
+    /// close, so a different token for the same number means "register afresh".
+    token: u64,
     waker: Option<Waker>,
     ready: bool,
 }
@@ -211,16 +214,19 @@ impl AioContext {
         }
     }
 
-    /// Waits until `fd` is readable (an fd handler in QEMU's terms). The descriptor is armed
-    /// in epoll for one event per wait; the caller must keep it open while waiting.
-    pub async fn wait_readable(&self, fd: BorrowedFd<'_>) -> Result<()> {
+    /// Waits until `fd` becomes readable (an fd handler in QEMU's terms). `token` names the
+    /// open descriptor (an EventNotifier's id): the first wait registers it with epoll,
+    /// edge-triggered, and later waits cost no system call. An edge that arrives while
+    /// nobody waits is remembered, so the caller must check its descriptor (e.g. read the
+    /// eventfd) before waiting; it must keep the descriptor open while waiting.
+    pub async fn wait_readable(&self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        self.arm(fd)?;
+        self.register(raw, token)?;
         std::future::poll_fn(|cx| {
             let mut waiters = self.fd_waiters.borrow_mut();
             let w = waiters
                 .get_mut(&raw)
-                .expect("armed descriptors have a waiter");
+                .expect("registered descriptors have a waiter");
             if std::mem::take(&mut w.ready) {
                 Poll::Ready(Ok(()))
             } else {
@@ -231,25 +237,29 @@ impl AioContext {
         .await
     }
 
-    fn arm(&self, fd: BorrowedFd<'_>) -> Result<()> {
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        let interest = Event::readable(raw as usize);
+    fn register(&self, raw: RawFd, token: u64) -> Result<()> {
         let mut waiters = self.fd_waiters.borrow_mut();
-        let known = waiters.contains_key(&raw);
+        if waiters.get(&raw).is_some_and(|w| w.token == token) {
+            return Ok(());
+        }
+        // A new descriptor, or a reused number: epoll dropped the old one when it was closed.
+        let interest = Event::readable(raw as usize);
+        // SAFETY: polling asks that a source be deleted before it is closed; on Linux epoll
+        // drops closed descriptors itself, and a reused number is registered afresh here.
+        unsafe {
+            self.kick
+                .poller
+                .add_with_mode(raw, interest, PollMode::Edge)
+        }
+        .map_err(Error::from)?;
         waiters.insert(
             raw,
             FdWaiter {
+                token,
                 waker: None,
                 ready: false,
             },
         );
-        // epoll forgets a descriptor when it is closed; a reused number then needs `add` again.
-        let modified = known && self.kick.poller.modify(fd, interest).is_ok();
-        if !modified {
-            // SAFETY: polling requires the source to be deleted before it is closed; on Linux
-            // epoll drops closed descriptors itself, and a stale entry is re-added above.
-            unsafe { self.kick.poller.add(raw, interest) }.map_err(Error::from)?;
-        }
         Ok(())
     }
 

@@ -11,7 +11,11 @@ use crate::error::{Error, Result};
 /// An eventfd that can be set from anywhere and awaited on the loop.
 pub struct EventNotifier {
     fd: OwnedFd,
+    /// Distinguishes this descriptor from a later one that reuses its number.
+    id: u64,
 }
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl EventNotifier {
     /// Creates a non-blocking eventfd with counter 0.
@@ -23,7 +27,10 @@ impl EventNotifier {
         }
         // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(EventNotifier { fd: owned })
+        Ok(EventNotifier {
+            fd: owned,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     /// The descriptor, to hand to the kernel (io_uring, KVM ioeventfd/irqfd).
@@ -51,7 +58,7 @@ impl EventNotifier {
             if self.test_and_clear() {
                 return Ok(());
             }
-            ctx.wait_readable(self.fd.as_fd()).await?;
+            ctx.wait_readable(self.fd.as_fd(), self.id).await?;
         }
     }
 }
