@@ -82,6 +82,21 @@ impl BlockStatus {
             file: None,
         }
     }
+
+    /// A range that lives 1:1 at `map` in `file`, whose own status says whether it is data
+    /// or zeroes (raw-like mappings and filters: BDRV_BLOCK_RECURSE).
+    pub fn in_file(
+        file: Option<std::rc::Rc<BlockDriverState>>,
+        map: u64,
+        bytes: u64,
+    ) -> BlockStatus {
+        BlockStatus {
+            flags: StatusFlags::RECURSE | StatusFlags::OFFSET_VALID,
+            bytes,
+            map,
+            file,
+        }
+    }
 }
 
 /// Request limits of a node (QEMU's BlockLimits).

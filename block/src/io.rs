@@ -210,7 +210,7 @@ impl BlockDriverState {
         let total = self.total_bytes.get();
         let readable = round_up(total.saturating_sub(offset), align).min(bytes);
         for (done, n) in self.max_transfer_pieces(readable) {
-            let part = qiov.slice(done as usize, n as usize);
+            let part = piece(qiov, done, n);
             self.drv()
                 .co_preadv(
                     self,

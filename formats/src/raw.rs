@@ -8,7 +8,6 @@
 use async_trait::async_trait;
 use block::driver::{
     BlockDriver, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode, RequestFlags,
-    StatusFlags,
 };
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
@@ -156,10 +155,7 @@ impl BlockDriver for RawDriver {
         offset: u64,
         bytes: u64,
     ) -> Result<BlockStatus> {
-        let mut status = BlockStatus::new(StatusFlags::RECURSE | StatusFlags::OFFSET_VALID, bytes);
-        status.map = offset + self.offset;
-        status.file = bs.file();
-        Ok(status)
+        Ok(BlockStatus::in_file(bs.file(), offset + self.offset, bytes))
     }
 
     async fn co_truncate(

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 
 use crate::coroutine::LocalBoxFuture;
 use crate::driver::{
-    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags, StatusFlags,
+    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags,
 };
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -191,10 +191,7 @@ impl BlockDriver for Blkdebug {
         self.rules
             .check(offset, bytes, iotype::BLOCK_STATUS)
             .await?;
-        let mut status = BlockStatus::new(StatusFlags::RECURSE | StatusFlags::OFFSET_VALID, bytes);
-        status.map = offset;
-        status.file = bs.file();
-        Ok(status)
+        Ok(BlockStatus::in_file(bs.file(), offset, bytes))
     }
 
     async fn co_truncate(
