@@ -125,6 +125,9 @@ pub struct OpenFlags {
     /// Opened by a consistency check (BDRV_O_CHECK): a format may then open a damaged
     /// image read-write so that the check can repair it.
     pub check: bool,
+    /// Only metadata is looked at, no guest data is read or written (BDRV_O_NO_IO, what
+    /// `qemu-img info` opens with): a format need not open its external data file.
+    pub no_io: bool,
 }
 
 /// A child link of a node (QEMU's BdrvChild).
@@ -508,9 +511,9 @@ async fn open_file_child(
     open_protocol_child("file", filename, options, flags).await
 }
 
-/// Opens a protocol-level child under `role` (`file`, or a filter's `image`) from
-/// `role.*` options or a filename.
-pub(crate) async fn open_protocol_child(
+/// Opens a protocol-level child under `role` (`file`, a filter's `image`, qcow2's
+/// `data-file`) from `role.*` options or a filename.
+pub async fn open_protocol_child(
     role: &str,
     filename: Option<String>,
     options: &mut Options,

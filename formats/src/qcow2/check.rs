@@ -230,6 +230,12 @@ impl Meta {
                         eprintln!("ERROR: coffset={:#x}: copied flag must never be set for compressed clusters", e & g.coffset_mask);
                         res.corruptions += 1;
                     }
+                    if self.data.is_external() {
+                        let shown = e & !OFLAG_COPIED;
+                        eprintln!("ERROR compressed cluster {i} with data file, entry={shown:#x}");
+                        res.corruptions += 1;
+                        continue;
+                    }
                     if g.extended && bitmap != 0 {
                         eprintln!("ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry={e:#x}");
                         res.corruptions += 1;
@@ -261,7 +267,10 @@ impl Meta {
                         }
                         w.next_contiguous = offset + cs;
                     }
-                    refs.inc(res, offset, cs);
+                    // Clusters of an external data file are not refcounted.
+                    if !self.data.is_external() {
+                        refs.inc(res, offset, cs);
+                    }
                 }
                 ClusterType::Unallocated | ClusterType::ZeroPlain => {
                     if g.extended && bitmap & 0xffff_ffff != 0 {
@@ -442,7 +451,12 @@ impl Meta {
                 if data & (g.cluster_size - 1) != 0 {
                     continue;
                 }
-                let rc = self.get_refcount(data >> g.cluster_bits).await?;
+                let rc = if self.data.is_external() {
+                    // A data file cluster belongs to this image alone.
+                    1
+                } else {
+                    self.get_refcount(data >> g.cluster_bits).await?
+                };
                 if (rc == 1) != (le & OFLAG_COPIED != 0) {
                     let word = if fix.errors { "Repairing" } else { "ERROR" };
                     eprintln!("{word} OFLAG_COPIED data cluster: l2_entry={le:x} refcount={rc}");

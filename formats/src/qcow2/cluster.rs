@@ -4,7 +4,8 @@
 //! qcow2_alloc_cluster_link_l2 in block/qcow2-cluster.c).
 //!
 //! A write into clusters this image owns alone (the "copied" flag) goes straight to their host
-//! offset. Anything else gets new clusters: the metadata lock is taken to plan and allocate,
+//! offset. Anything else gets new clusters (with an external data file: the data file's
+//! cluster at the guest offset, see [`super::data_file`]): the metadata lock is taken to plan and allocate,
 //! released while the guest data and the copy-on-write parts are written, and taken again to
 //! point L2 at the new clusters and drop the old ones. While that is in flight the guest
 //! clusters are registered as an [`InflightAlloc`]; any other write touching them waits, so
@@ -212,6 +213,10 @@ impl Meta {
                     .await);
             }
             host
+        } else if self.data.is_external() {
+            // A data file maps guest offsets one to one, without refcounts
+            // (do_alloc_cluster_offset).
+            guest_start
         } else {
             self.alloc_clusters(nb_clusters).await?
         };
@@ -280,6 +285,10 @@ impl Meta {
     /// Drops the reference an L2 entry holds on its host cluster(s), if any
     /// (qcow2_free_any_cluster).
     pub async fn free_any_cluster(&mut self, entry: u64) -> Result<()> {
+        if self.data.is_external() {
+            // Data clusters live in the data file and hold no refcount here.
+            return Ok(());
+        }
         match cluster_type(&self.g, entry) {
             ClusterType::Compressed => {
                 let (offset, len) = self.g.compressed_range(entry);
@@ -301,7 +310,7 @@ impl Meta {
 
     /// Undoes the allocation of a failed write (best effort: a leak is harmless).
     pub async fn abort_alloc(&mut self, m: &L2Meta) {
-        if m.new_clusters {
+        if m.new_clusters && !self.data.is_external() {
             let _ = self
                 .free_clusters(m.host_start, m.nb_clusters * self.g.cluster_size)
                 .await;

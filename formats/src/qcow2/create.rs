@@ -8,6 +8,7 @@
 use block::driver::{CreateOption, PreallocMode};
 use block::{Error, OpenFlags, Options, Result};
 
+use super::data_file::DataFileParams;
 use super::header::{
     self, CompressionType, Header, COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2,
 };
@@ -107,6 +108,8 @@ pub struct CreateParams {
     pub backing: Option<(String, Option<String>)>,
     /// Preallocation mode.
     pub prealloc: PreallocMode,
+    /// External data file, if any.
+    pub data_file: DataFileParams,
 }
 
 fn v3_only(what: &str) -> Error {
@@ -158,6 +161,7 @@ pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
     };
     let backing_file = options.take("backing_file");
     let backing_fmt = options.take("backing_fmt");
+    let data_file = DataFileParams::take(options, version, backing_file.is_some())?;
     refuse_unsupported(options)?;
     if version == 2 {
         if lazy_refcounts {
@@ -198,15 +202,11 @@ pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
         compression,
         backing: backing_file.map(|f| (f, backing_fmt)),
         prealloc,
+        data_file,
     })
 }
 
 fn refuse_unsupported(options: &mut Options) -> Result<()> {
-    if options.take("data_file").is_some() || options.take_bool("data_file_raw")? == Some(true) {
-        return Err(Error::not_supported(
-            "qcow2: external data files (data_file) are not supported by rqemu",
-        ));
-    }
     let encrypt_keys: Vec<String> = options
         .iter()
         .map(|(k, _)| k.to_string())
@@ -246,6 +246,7 @@ pub fn initial_image(p: &CreateParams) -> Result<Vec<u8>> {
         h.backing_file = Some(file.clone());
         h.backing_format = fmt.clone();
     }
+    p.data_file.apply(&mut h);
     let mut image = h.serialise()?;
     image.resize(3 * cs, 0);
     let reftable = encode_table(&[2 * cs as u64]);
@@ -256,23 +257,32 @@ pub fn initial_image(p: &CreateParams) -> Result<Vec<u8>> {
     Ok(image)
 }
 
-/// Creates a qcow2 image at `filename` (qcow2_co_create_opts).
-pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
-    let params = parse_params(options)?;
-    let file_class = block::driver::find_protocol(filename)?;
-    let file_create = file_class
+/// Creates an empty file with the protocol its name selects, and names that protocol.
+async fn create_protocol_file(
+    name: &str,
+    file_opts: &Options,
+) -> Result<&'static block::driver::DriverClass> {
+    let class = block::driver::find_protocol(name)?;
+    let file_create = class
         .create
         .ok_or_else(|| Error::not_supported("The protocol cannot create images"))?;
+    file_create(name, &mut file_opts.clone()).await?;
+    Ok(class)
+}
+
+/// Creates a qcow2 image at `filename` (qcow2_co_create_opts), and its external data file
+/// when one is asked for.
+pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
+    let params = parse_params(options)?;
+    // Both files start empty; only the protocol's own options reach them.
     let mut file_opts = Options::new();
     file_opts.set("size", "0");
-    for (k, v) in options.iter() {
-        if matches!(k, "nocow" | "extent_size_hint") {
-            file_opts.set(k, v);
+    for key in ["nocow", "extent_size_hint"] {
+        if let Some(v) = options.take(key) {
+            file_opts.set(key, v);
         }
     }
-    options.take("nocow");
-    options.take("extent_size_hint");
-    file_create(filename, &mut file_opts).await?;
+    let file_class = create_protocol_file(filename, &file_opts).await?;
     let mut open_opts = Options::new();
     open_opts.set("driver", file_class.format_name);
     open_opts.set("filename", filename);
@@ -286,6 +296,11 @@ pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
     qcow2_opts.set("driver", "qcow2");
     qcow2_opts.set("file.driver", file_class.format_name);
     qcow2_opts.set("file.filename", filename);
+    if let Some(data_file) = &params.data_file.name {
+        let data_class = create_protocol_file(data_file, &file_opts).await?;
+        qcow2_opts.set("data-file.driver", data_class.format_name);
+        qcow2_opts.set("data-file.filename", data_file.as_str());
+    }
     let flags = OpenFlags {
         no_backing: true,
         ..OpenFlags::default()

@@ -68,6 +68,15 @@ impl Meta {
                     .await)
             }
             SubclusterType::ZeroAlloc => Mapping::ZeroAlloc(host + g.in_cluster(offset)),
+            SubclusterType::Compressed if self.data.is_external() => {
+                return Err(self
+                    .signal_corruption(format!(
+                        "Compressed cluster entry found in image with external data file (L2 offset: {}, L2 index: {})",
+                        c_hex(l2_offset),
+                        c_hex(first_index as u64)
+                    ))
+                    .await)
+            }
             SubclusterType::Compressed => {
                 let end = (g.cluster_start(offset) + g.cluster_size - offset).min(limit);
                 return Ok((Mapping::Compressed(entry), end));

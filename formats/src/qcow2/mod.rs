@@ -7,6 +7,7 @@
 //! accounting and allocation) → [`cache`] (L2/refcount-block cache and write ordering) →
 //! [`cluster`] (allocating writes, copy-on-write) → [`compress`] (zlib/zstd clusters) →
 //! [`zero`] (zero writes and discard) → [`resize`] (truncate) → [`create`] → [`check`].
+//! [`data_file`] says where guest data lives: in the image, or in an external data file.
 //! [`state`] holds the image state behind the metadata lock; [`read`] and [`write`] are the
 //! request paths built from the pieces above.
 
@@ -15,6 +16,7 @@ pub mod check;
 pub mod cluster;
 pub mod compress;
 pub mod create;
+pub mod data_file;
 pub mod header;
 pub mod l2;
 pub mod mapping;
@@ -39,6 +41,7 @@ use block::node::bdrv_open_backing;
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
 use cluster::InflightAlloc;
+use data_file::DataFile;
 use header::{CompressionType, Header};
 use l2::Geometry;
 use state::Meta;
@@ -104,6 +107,8 @@ pub struct Qcow2 {
     needs_repair: Cell<bool>,
     /// Serialises that repair.
     repair_lock: CoMutex<()>,
+    /// Where guest data lives (the same as `meta.data`, reachable without the lock).
+    data: DataFile,
 }
 
 async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
@@ -124,11 +129,6 @@ fn refuse_unimplemented(h: &Header) -> Result<()> {
     if h.crypt_method != 0 {
         return Err(Error::not_supported(
             "qcow2: encrypted images (AES or LUKS) are not supported by rqemu",
-        ));
-    }
-    if h.incompatible_features & header::INCOMPAT_DATA_FILE != 0 || h.data_file.is_some() {
-        return Err(Error::not_supported(
-            "qcow2: external data files are not supported by rqemu",
         ));
     }
     Ok(())
@@ -178,14 +178,18 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     take_runtime_options(options)?;
     let backing_opt = options.take("backing");
     let backing_opts = options.extract_prefix("backing");
+    let data = data_file::open(bs, &h, options).await?;
     let g = Geometry::new(&h);
     let dirty = h.incompatible_features & header::INCOMPAT_DIRTY != 0;
-    let stale_autoclear = writable && h.autoclear_features != 0;
+    // Of the autoclear structures only the raw data file is maintained here: declare the
+    // others stale.
+    let kept = h.autoclear_features & header::AUTOCLEAR_DATA_FILE_RAW;
+    let stale_autoclear = writable && h.autoclear_features != kept;
     if stale_autoclear {
-        // We maintain none of the autoclear structures: declare them stale.
-        h.autoclear_features = 0;
+        h.autoclear_features = kept;
     }
-    let meta = Meta::load(file.clone(), h.clone(), writable, sizes).await?;
+    let mut meta = Meta::load(file.clone(), h.clone(), writable, sizes).await?;
+    meta.data = data.clone();
     let q = Qcow2 {
         meta: CoMutex::new(meta),
         g,
@@ -198,6 +202,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         info: RefCell::new(h.clone()),
         needs_repair: Cell::new(writable && dirty && !checking),
         repair_lock: CoMutex::new(()),
+        data,
     };
     if writable {
         let mut meta = q.meta.lock().await;
@@ -238,6 +243,11 @@ async fn open_backing(
 impl Qcow2 {
     fn file(&self, bs: &BlockDriverState) -> Rc<BlockDriverState> {
         bs.file().expect("format nodes have a file child")
+    }
+
+    /// The node guest data is read from and written to (QEMU's s->data_file).
+    fn data_child(&self, bs: &BlockDriverState) -> Result<Rc<BlockDriverState>> {
+        self.data.node(&self.file(bs))
     }
 
     /// Sets the dirty bit before the first write of a lazy-refcounts image
@@ -425,14 +435,21 @@ impl BlockDriver for Qcow2 {
                 "refcount-bits": h.refcount_bits(),
             })
         } else {
-            serde_json::json!({
+            let mut data = serde_json::json!({
                 "compat": "1.1",
                 "compression-type": h.compression_type.name(),
                 "lazy-refcounts": h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
                 "refcount-bits": h.refcount_bits(),
                 "corrupt": h.incompatible_features & header::INCOMPAT_CORRUPT != 0,
                 "extended-l2": h.extended_l2(),
-            })
+            });
+            if let Some(name) = &h.data_file {
+                data["data-file"] = serde_json::json!(name);
+            }
+            if self.data.is_external() {
+                data["data-file-raw"] = serde_json::json!(self.data.is_raw());
+            }
+            data
         };
         Some(serde_json::json!({"type": "qcow2", "data": data}))
     }

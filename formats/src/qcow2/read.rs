@@ -2,8 +2,8 @@
 //! qcow2_co_preadv_compressed and qcow2_co_block_status in block/qcow2.c).
 //!
 //! A read translates a piece of its range under the metadata lock, drops the lock, and
-//! fetches the piece from wherever it lives: the file, the backing file, a compressed cluster
-//! or nowhere (zeroes).
+//! fetches the piece from wherever it lives: the data file (the image file itself unless an
+//! external one is used), the backing file, a compressed cluster or nowhere (zeroes).
 
 use block::driver::{BlockStatus, StatusFlags};
 use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
@@ -49,9 +49,9 @@ impl Qcow2 {
                 },
                 Mapping::Zero | Mapping::ZeroAlloc(_) => part.fill(0, n as usize, 0),
                 Mapping::Data(host) => {
-                    let file = self.file(bs);
-                    file.debug_event(block::BlkdbgEvent::ReadAio).await;
-                    file.co_preadv(host, &part, RequestFlags::empty()).await?
+                    let data = self.data_child(bs)?;
+                    data.debug_event(block::BlkdbgEvent::ReadAio).await;
+                    data.co_preadv(host, &part, RequestFlags::empty()).await?
                 }
                 Mapping::Compressed(entry) => {
                     let cluster = self.read_compressed(bs, entry).await?;
@@ -101,7 +101,7 @@ impl Qcow2 {
             Mapping::ZeroAlloc(host) => {
                 let mut s = BlockStatus::new(StatusFlags::ZERO | StatusFlags::OFFSET_VALID, n);
                 s.map = host;
-                s.file = bs.file();
+                s.file = Some(self.data_child(bs)?);
                 s
             }
             Mapping::Compressed(_) => {
@@ -110,7 +110,7 @@ impl Qcow2 {
             Mapping::Data(host) => {
                 let mut s = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, n);
                 s.map = host;
-                s.file = bs.file();
+                s.file = Some(self.data_child(bs)?);
                 s
             }
         };

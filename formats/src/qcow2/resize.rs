@@ -22,13 +22,14 @@ impl Qcow2 {
         &self,
         bs: &BlockDriverState,
         offset: u64,
-        _exact: bool,
+        exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
         if !offset.is_multiple_of(512) {
             return Err(Error::invalid("The new size must be a multiple of 512"));
         }
         let old = self.size.get();
+        let prealloc = self.data.prealloc(prealloc);
         {
             let mut meta = self.meta.lock().await;
             meta.check_writable()?;
@@ -46,6 +47,9 @@ impl Qcow2 {
             }
             if prealloc != PreallocMode::Off && offset > old {
                 meta.preallocate(old, offset, prealloc).await?;
+            } else if prealloc == PreallocMode::Off {
+                // The data file follows the virtual size exactly.
+                meta.data.truncate(offset, exact, prealloc).await?;
             }
             meta.flush().await?;
             meta.set_size(offset).await?;
@@ -158,6 +162,9 @@ impl Meta {
     /// Gives every cluster of `from..to` a host cluster (preallocation=metadata), and with
     /// falloc/full also the file space behind them (QEMU's preallocate_co).
     async fn preallocate(&mut self, from: u64, to: u64, mode: PreallocMode) -> Result<()> {
+        if self.data.is_external() {
+            return self.preallocate_data_file(from, to, mode).await;
+        }
         let g = self.g;
         let cs = g.cluster_size;
         let file_len = self.file.getlength();
@@ -221,6 +228,38 @@ impl Meta {
             self.file.co_truncate(host_end, false, file_mode).await?;
         }
         Ok(())
+    }
+
+    /// Maps every cluster of `from..to` to its own offset in the external data file, and
+    /// grows the data file to `to` (with falloc/full, giving it real space): with a data
+    /// file, preallocation is metadata here and a truncate there (qcow2_co_truncate).
+    async fn preallocate_data_file(
+        &mut self,
+        from: u64,
+        to: u64,
+        mode: PreallocMode,
+    ) -> Result<()> {
+        let g = self.g;
+        let mut pos = g.cluster_start(from);
+        while pos < to {
+            let l2 = self.l2_for_write(pos).await?;
+            self.caches.load(Which::L2, l2).await?;
+            let first = g.l2_index(pos);
+            let table_end = ((pos >> g.cluster_bits) | (g.l2_size - 1)) + 1;
+            let last = to.div_ceil(g.cluster_size).min(table_end);
+            for k in 0..last - (pos >> g.cluster_bits) {
+                let table = self.caches.table(Which::L2, l2);
+                let (e, bitmap) = get_entry(&g, table, first + k as usize);
+                // Only clusters with no entry at all: a zero cluster keeps reading as zeroes.
+                if e == 0 {
+                    let host = pos + k * g.cluster_size;
+                    set_entry(&g, table, first + k as usize, host | OFLAG_COPIED, bitmap);
+                }
+            }
+            self.caches.mark_dirty(Which::L2, l2);
+            pos = last << g.cluster_bits;
+        }
+        self.data.grow_to(to, mode).await
     }
 
     /// Writes the size field of the header.

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use block::{BlockDriverState, Error, Result};
 
 use super::cache::{CacheSizes, Caches};
+use super::data_file::DataFile;
 use super::header::{self, Header};
 use super::l2::{Geometry, L1E_OFFSET_MASK};
 use super::refcount::REFT_OFFSET_MASK;
@@ -38,6 +39,8 @@ pub struct Meta {
     pub writable: bool,
     /// A corruption was reported already; later ones are not (signaled_corruption).
     pub signaled_corruption: bool,
+    /// Where guest data lives: decides how data clusters are allocated and freed.
+    pub data: DataFile,
 }
 
 /// Largest L1 or refcount table whose entries the overlap check scans.
@@ -109,6 +112,7 @@ impl Meta {
             free_cluster_index: 0,
             writable,
             signaled_corruption: false,
+            data: DataFile::Internal,
         })
     }
 
@@ -225,6 +229,10 @@ impl Meta {
     /// qcow2_check_metadata_overlap with the "cached" checks). Such a write can only come
     /// from corrupt L2 entries.
     pub async fn check_data_write(&mut self, offset: u64, len: u64) -> Result<()> {
+        if self.data.is_external() {
+            // Guest data goes to the data file, where no metadata lives.
+            return Ok(());
+        }
         let what = self.overlap(offset, len, true);
         match what {
             Some(w) => Err(self

@@ -89,9 +89,9 @@ impl Qcow2 {
                         self.register(first, (at + bytes).next_multiple_of(self.g.cluster_size));
                     drop(meta);
                     let part = qiov.slice(done as usize, bytes as usize);
-                    let file = self.file(bs);
-                    file.debug_event(block::BlkdbgEvent::WriteAio).await;
-                    file.co_pwritev(host, &part, RequestFlags::empty()).await?;
+                    let data = self.data_child(bs)?;
+                    data.debug_event(block::BlkdbgEvent::WriteAio).await;
+                    data.co_pwritev(host, &part, RequestFlags::empty()).await?;
                     done += bytes;
                 }
                 WritePlan::Alloc(m) => {
@@ -161,9 +161,9 @@ impl Qcow2 {
             tail.len()
         );
         // QEMU merges the guest data into the COW write and then reports it as write_aio.
-        let file = self.file(bs);
-        file.debug_event(block::BlkdbgEvent::WriteAio).await;
-        file.co_pwritev(host, &all, RequestFlags::empty()).await
+        let data = self.data_child(bs)?;
+        data.debug_event(block::BlkdbgEvent::WriteAio).await;
+        data.co_pwritev(host, &all, RequestFlags::empty()).await
     }
 
     /// Writes one whole cluster compressed (qcow2_co_pwritev_compressed_part); data that
@@ -176,6 +176,10 @@ impl Qcow2 {
     ) -> Result<()> {
         let cs = self.g.cluster_size;
         let len = qiov.len() as u64;
+        if self.data.is_external() {
+            // A compressed cluster has no place in a data file mapped one to one.
+            return Err(Error::from_errno(libc::ENOTSUP));
+        }
         if self.g.in_cluster(offset) != 0 {
             return Err(Error::from_errno(libc::EINVAL));
         }

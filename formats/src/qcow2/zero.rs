@@ -67,6 +67,13 @@ impl Qcow2 {
             offset = start;
             bytes = rounded_end - start;
         }
+        if self.data.is_raw() {
+            // The data file must read as the guest sees the disk: zero it first
+            // (qcow2_subcluster_zeroize).
+            self.data_child(bs)?
+                .co_pwrite_zeroes(offset, bytes, flags)
+                .await?;
+        }
         let unmap = flags.contains(RequestFlags::MAY_UNMAP);
         self.for_each_cluster(bs, offset, bytes, |start, len| {
             let first = g.sc_index(start);
@@ -206,6 +213,20 @@ impl Meta {
     /// the file too (pass-discard-request=on; QEMU's qcow2_process_discards).
     pub(super) async fn free_and_discard(&mut self, entry: u64) -> Result<()> {
         let g = self.g;
+        if self.data.is_external() {
+            // Nothing to free in the image: the cluster is dropped from the data file.
+            let host = entry & L2E_OFFSET_MASK;
+            if matches!(
+                cluster_type(&g, entry),
+                ClusterType::Normal | ClusterType::ZeroAlloc
+            ) {
+                self.data
+                    .node(&self.file)?
+                    .co_pdiscard(host, g.cluster_size)
+                    .await?;
+            }
+            return Ok(());
+        }
         self.free_any_cluster(entry).await?;
         let host = entry & L2E_OFFSET_MASK;
         if host != 0

@@ -214,6 +214,7 @@ async fn check_backing(req: &ImgCreate, opts: &mut CreateOpts) -> Result<(), Str
     let flags = OpenFlags {
         read_only: true,
         force_share: true,
+        no_io: true,
         ..OpenFlags::default()
     };
     let bs = block::bdrv_open(Some(&full), options, flags)

@@ -57,6 +57,7 @@ pub fn run(args: &[String]) -> i32 {
     spec.flags = OpenFlags {
         read_only: true,
         no_backing: true,
+        no_io: true,
         force_share: spec.flags.force_share,
         ..OpenFlags::default()
     };
