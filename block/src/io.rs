@@ -8,6 +8,7 @@
 //! keeps the cached length up to date when a write grows the node.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use crate::driver::{BlockStatus, RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
@@ -685,13 +686,14 @@ impl BlockDriverState {
         Ok(status)
     }
 
-    /// Data mapped to a hole of the file child reads as zeroes.
+    /// Data mapped to a hole of the file child reads as zeroes. Only the `file` child is
+    /// asked: this stands for QEMU's qcow2 metadata-preallocation detection, which looks at
+    /// the image file and never at an external data file.
     async fn refine_zero_from_file(&self, mut status: BlockStatus) -> Result<BlockStatus> {
-        let Some(file) = status
-            .file
-            .clone()
-            .filter(|f| !std::ptr::eq(f.as_ref(), self))
-        else {
+        let own_file = self.file();
+        let Some(file) = status.file.clone().filter(|f| {
+            !std::ptr::eq(f.as_ref(), self) && own_file.as_ref().is_some_and(|o| Rc::ptr_eq(o, f))
+        }) else {
             return Ok(status);
         };
         let inner = file

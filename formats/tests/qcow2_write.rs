@@ -87,7 +87,7 @@ fn create_refuses_bad_options_like_qemu() {
         ("compat=0.10,lazy_refcounts=on", "Lazy refcounts only supported with compatibility level 1.1 and above (use version=v3 or greater)"),
         ("cluster_size=4k,extended_l2=on", "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes"),
         ("backing_fmt=raw", "Backing format cannot be used without backing file"),
-        ("data_file=x.raw", "qcow2: external data files (data_file) are not supported by rqemu"),
+        ("data_file_raw=on", "data-file-raw requires data-file"),
     ] {
         let e = create(p, opts, 1 << 20).unwrap_err();
         assert_eq!(e.to_string(), msg, "for {opts}");

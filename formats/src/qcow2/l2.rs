@@ -89,6 +89,8 @@ pub struct Geometry {
     pub refblock_bits: u32,
     /// Whether the image is version 3.
     pub v3: bool,
+    /// Whether guest data lives in an external data file, where host offset 0 is valid.
+    pub external_data: bool,
 }
 
 impl Geometry {
@@ -113,6 +115,7 @@ impl Geometry {
             refcount_order: h.refcount_order,
             refblock_bits: h.cluster_bits + 3 - h.refcount_order,
             v3: h.version >= 3,
+            external_data: h.incompatible_features & super::header::INCOMPAT_DATA_FILE != 0,
         }
     }
 
@@ -181,7 +184,13 @@ pub fn cluster_type(g: &Geometry, entry: u64) -> ClusterType {
             ClusterType::ZeroPlain
         }
     } else if entry & L2E_OFFSET_MASK == 0 {
-        ClusterType::Unallocated
+        // In a data file offset 0 is a cluster like any other; its entry, like every data
+        // file cluster's, has the "copied" flag, which an unallocated entry never has.
+        if g.external_data && entry & OFLAG_COPIED != 0 {
+            ClusterType::Normal
+        } else {
+            ClusterType::Unallocated
+        }
     } else {
         ClusterType::Normal
     }
