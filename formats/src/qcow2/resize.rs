@@ -29,7 +29,11 @@ impl Qcow2 {
             return Err(Error::invalid("The new size must be a multiple of 512"));
         }
         let old = self.size.get();
-        let prealloc = self.data.prealloc(prealloc);
+        let prealloc = if offset > old {
+            self.data.prealloc(prealloc)
+        } else {
+            prealloc
+        };
         {
             let mut meta = self.meta.lock().await;
             meta.check_writable()?;

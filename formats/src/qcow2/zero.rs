@@ -11,8 +11,8 @@ use block::{BlockDriverState, Error, RequestFlags, Result};
 
 use super::cache::Which;
 use super::l2::{
-    cluster_type, get_entry, sc_mask, set_entry, ClusterType, BITMAP_ALL_ZEROES, L2E_OFFSET_MASK,
-    OFLAG_COPIED, OFLAG_ZERO,
+    cluster_type, get_entry, sc_mask, set_entry, subcluster_type, ClusterType, SubclusterType,
+    BITMAP_ALL_ZEROES, L2E_OFFSET_MASK, OFLAG_COPIED, OFLAG_ZERO,
 };
 use super::mapping::Mapping;
 use super::state::Meta;
@@ -21,8 +21,15 @@ use super::Qcow2;
 /// What happens to one L2 entry.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
-    /// Zero subclusters `first..first+count` (count == all for a whole cluster).
-    Zero { first: u32, count: u32, unmap: bool },
+    /// Zero subclusters `first..first+count` (count == all for a whole cluster);
+    /// `partial`: the request covered only part of them, which was found to read as zeroes
+    /// already, and must still do so under the lock (a write may have landed meanwhile).
+    Zero {
+        first: u32,
+        count: u32,
+        unmap: bool,
+        partial: bool,
+    },
     /// Discard the whole cluster.
     Discard { has_backing: bool },
     /// Make the cluster unallocated, whatever the backing file holds (make_empty).
@@ -52,7 +59,8 @@ impl Qcow2 {
         } else {
             end.next_multiple_of(sc)
         };
-        if start != offset || rounded_end != end {
+        let partial = start != offset || rounded_end != end;
+        if partial {
             // A partial subcluster can only become a zero subcluster if the rest of it
             // already reads as zeroes (QEMU's is_zero check).
             let rest_end = rounded_end.min(self.size.get());
@@ -67,13 +75,6 @@ impl Qcow2 {
             offset = start;
             bytes = rounded_end - start;
         }
-        if self.data.is_raw() {
-            // The data file must read as the guest sees the disk: zero it first
-            // (qcow2_subcluster_zeroize).
-            self.data_child(bs)?
-                .co_pwrite_zeroes(offset, bytes, flags)
-                .await?;
-        }
         let unmap = flags.contains(RequestFlags::MAY_UNMAP);
         self.for_each_cluster(bs, offset, bytes, |start, len| {
             let first = g.sc_index(start);
@@ -82,6 +83,7 @@ impl Qcow2 {
                 first,
                 count,
                 unmap: unmap && count == g.subclusters,
+                partial,
             }
         })
         .await
@@ -209,6 +211,32 @@ async fn backing_reads_zero(backing: &BlockDriverState, offset: u64, bytes: u64)
 }
 
 impl Meta {
+    /// Zeroes subclusters of a guest cluster in a raw data file, which must read as the
+    /// guest sees the disk, before the L2 entry says so (qcow2_subcluster_zeroize).
+    async fn zero_raw_data_file(
+        &self,
+        guest: u64,
+        first: u32,
+        count: u32,
+        unmap: bool,
+    ) -> Result<()> {
+        if !self.data.is_raw() {
+            return Ok(());
+        }
+        let sc = self.g.subcluster_size();
+        let start = self.g.cluster_start(guest) + first as u64 * sc;
+        let end = (start + count as u64 * sc).min(self.header.size);
+        let flags = if unmap {
+            RequestFlags::MAY_UNMAP
+        } else {
+            RequestFlags::empty()
+        };
+        self.data
+            .node(&self.file)?
+            .co_pwrite_zeroes(start, end.saturating_sub(start), flags)
+            .await
+    }
+
     /// Frees the host cluster of an entry and, once nothing references it, discards it in
     /// the file too (pass-discard-request=on; QEMU's qcow2_process_discards).
     pub(super) async fn free_and_discard(&mut self, entry: u64) -> Result<()> {
@@ -272,7 +300,15 @@ impl Meta {
                 first,
                 count,
                 unmap,
+                partial,
             } => {
+                let now = subcluster_type(&g, old, old_bitmap, first);
+                if partial && matches!(now, SubclusterType::Normal | SubclusterType::Compressed) {
+                    // Written since it was found to read as zeroes (QEMU's recheck under
+                    // s->lock): the caller writes real zeroes instead.
+                    return Err(Error::from_errno(libc::ENOTSUP));
+                }
+                self.zero_raw_data_file(guest, first, count, unmap).await?;
                 let whole = count == g.subclusters;
                 // Without unmap a host cluster stays preallocated behind the zero flag.
                 let keep_host =
