@@ -56,7 +56,7 @@ fn qemu_open_error(args: &[&str]) -> String {
     let (rc, _, err) = run("/usr/bin/qemu-io", &all);
     assert_ne!(rc, 0, "qemu-io {args:?} opened the image");
     let line = err.lines().next().unwrap_or_default();
-    let reason = line.splitn(2, ": ").nth(1).unwrap_or(line);
+    let reason = line.split_once(": ").map_or(line, |(_, r)| r);
     reason
         .split_once(": ")
         .map_or(reason, |(_, r)| r)
