@@ -163,7 +163,17 @@ impl Qcow2 {
         // QEMU merges the guest data into the COW write and then reports it as write_aio.
         let data = self.data_child(bs)?;
         data.debug_event(block::BlkdbgEvent::WriteAio).await;
-        data.co_pwritev(host, &all, RequestFlags::empty()).await
+        // One allocation may span more than a request can carry: write it in pieces.
+        let total = all.len();
+        let mut done = 0;
+        while done < total {
+            let n = (total - done).min(block::io::MAX_REQUEST_BYTES as usize);
+            let part = all.slice(done, n);
+            data.co_pwritev(host + done as u64, &part, RequestFlags::empty())
+                .await?;
+            done += n;
+        }
+        Ok(())
     }
 
     /// Writes one whole cluster compressed (qcow2_co_pwritev_compressed_part); data that
