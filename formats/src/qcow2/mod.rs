@@ -400,12 +400,17 @@ impl BlockDriver for Qcow2 {
 
     fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
         let file = bs.file().map(|f| f.limits()).unwrap_or_default();
+        // Buffers must suit the data file too (it may be opened with O_DIRECT alone).
+        let data = bs
+            .child("data-file")
+            .map(|f| f.limits())
+            .unwrap_or_default();
         BlockLimits {
             request_alignment: 1,
             max_transfer: 0,
             pwrite_zeroes_alignment: self.g.subcluster_size() as u32,
             pdiscard_alignment: self.g.cluster_size as u32,
-            min_mem_alignment: file.min_mem_alignment,
+            min_mem_alignment: file.min_mem_alignment.max(data.min_mem_alignment),
         }
     }
 
