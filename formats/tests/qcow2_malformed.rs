@@ -170,7 +170,7 @@ fn patched_headers_fail_like_qemu() {
 }
 
 #[test]
-fn encrypted_and_external_data_images_are_refused_by_name() {
+fn encrypted_images_are_refused_by_name_and_data_file_images_need_one() {
     let _serial = setup();
     let dir = tempfile::tempdir().unwrap();
     let path = valid_image(dir.path(), "enc.qcow2");
@@ -181,9 +181,10 @@ fn encrypted_and_external_data_images_are_refused_by_name() {
     );
     let path = valid_image(dir.path(), "data.qcow2");
     patch(&path, 72, &4u64.to_be_bytes());
+    // The external data file bit without a data file name (QEMU's message).
     assert_eq!(
         our_open_error(&path),
-        "qcow2: external data files are not supported by rqemu"
+        "'data-file' is required for this image"
     );
 }
 
