@@ -258,6 +258,13 @@ impl Meta {
                 if e == 0 {
                     let host = pos + k * g.cluster_size;
                     set_entry(&g, table, first + k as usize, host | OFLAG_COPIED, bitmap);
+                    if host < from {
+                        // The old tail of a partial cluster read as zeroes; it still must
+                        // (QEMU's copy-on-write of the head).
+                        let data = self.data.node(&self.file)?;
+                        data.co_pwrite_zeroes(host, from - host, RequestFlags::empty())
+                            .await?;
+                    }
                 }
             }
             self.caches.mark_dirty(Which::L2, l2);
