@@ -420,3 +420,42 @@ fn create_refuses_what_qemu_refuses() {
         assert_eq!(e.to_string(), msg, "for {opts}");
     }
 }
+
+#[test]
+fn metadata_only_open_needs_no_data_file() {
+    if !have_qemu() {
+        return;
+    }
+    let _serial = setup();
+    let dir = tempfile::tempdir().unwrap();
+    let img = path_in(dir.path(), "i.qcow2");
+    let data = path_in(dir.path(), "i.data");
+    let o = format!("data_file={data},data_file_raw=on");
+    run_ok(
+        "/usr/bin/qemu-img",
+        &["create", "-q", "-f", "qcow2", "-o", &o, &img, "1M"],
+    );
+    std::fs::remove_file(&data).unwrap();
+    // What `qemu-img info` opens: the data file is not looked at, the header still says
+    // everything about it.
+    let specific = block_on(async {
+        let mut opts = Options::new();
+        opts.set("driver", "qcow2");
+        let flags = block::OpenFlags {
+            read_only: true,
+            no_io: true,
+            ..block::OpenFlags::default()
+        };
+        let blk = block::BlockBackend::open(Some(&img), opts, flags)
+            .await
+            .unwrap();
+        let bs = blk.bs().clone();
+        assert!(bs.child("data-file").is_none());
+        let buf = IoVector::alloc(512);
+        assert!(blk.co_preadv(0, &buf, RequestFlags::empty()).await.is_err());
+        bs.drv().get_specific_info(&bs).unwrap()
+    });
+    let info = run_ok("/usr/bin/qemu-img", &["info", "--output=json", &img]);
+    let theirs: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(specific, theirs["format-specific"]);
+}
