@@ -14,6 +14,7 @@ use super::cache::{CacheSizes, Caches};
 use super::header::{self, Header};
 use super::l2::{Geometry, L1E_OFFSET_MASK};
 use super::refcount::REFT_OFFSET_MASK;
+use super::snapshot::{read_snapshots, Snapshot};
 use super::{read_bytes, write_bytes};
 
 /// Metadata of an open image.
@@ -38,6 +39,10 @@ pub struct Meta {
     pub writable: bool,
     /// A corruption was reported already; later ones are not (signaled_corruption).
     pub signaled_corruption: bool,
+    /// The internal snapshots, as the snapshot table on disk lists them.
+    pub snapshots: Vec<Snapshot>,
+    /// Bytes the snapshot table on disk occupies.
+    pub snapshots_size: u64,
 }
 
 /// Largest L1 or refcount table whose entries the overlap check scans.
@@ -98,6 +103,7 @@ impl Meta {
             .unwrap_or_else(|| l2_cache_tables(&g, header.size));
         let refblocks = sizes.refblocks.unwrap_or(8);
         let caches = Caches::new(file.clone(), g.cluster_size as usize, l2_tables, refblocks);
+        let (snapshots, snapshots_size) = read_snapshots(&file, &header).await?;
         Ok(Meta {
             file,
             g,
@@ -109,6 +115,8 @@ impl Meta {
             free_cluster_index: 0,
             writable,
             signaled_corruption: false,
+            snapshots,
+            snapshots_size,
         })
     }
 
