@@ -88,12 +88,15 @@ pub async fn bdrv_snapshot_delete(
 }
 
 /// Shows a snapshot read-only in place of the current state, until the node is closed
-/// (bdrv_snapshot_load_tmp). The node must be read-only.
+/// (bdrv_snapshot_load_tmp). The node must be read-only; its length does not change.
 pub async fn bdrv_snapshot_load_tmp(
     bs: &BlockDriverState,
     id: Option<&str>,
     name: Option<&str>,
 ) -> Result<()> {
+    if id.is_none() && name.is_none() {
+        return Err(Error::invalid("snapshot_id and name are both NULL"));
+    }
     if !bs.is_read_only() {
         return Err(Error::invalid("Device is not readonly"));
     }
@@ -101,8 +104,7 @@ pub async fn bdrv_snapshot_load_tmp(
         Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => {
             Err(no_internal_snapshots(bs))
         }
-        Err(e) => Err(e),
-        Ok(()) => bs.refresh_total_bytes().await.map(|_| ()),
+        other => other,
     }
 }
 

@@ -336,7 +336,7 @@ impl Qcow2 {
         result
     }
 
-    /// Makes a snapshot's L1 table and disk size the ones reads see, for a read-only image
+    /// Makes a snapshot's L1 table the one reads go through, for a read-only image
     /// (qcow2_snapshot_load_tmp).
     pub(super) async fn snapshot_load_tmp(&self, id: Option<&str>, name: Option<&str>) -> Result<()> {
         let mut meta = self.meta.lock().await;
@@ -350,8 +350,7 @@ impl Qcow2 {
         meta.l1 = l1.into_iter().map(|e| e & !OFLAG_COPIED).collect();
         meta.header.l1_size = sn.l1_size;
         meta.header.l1_table_offset = sn.l1_table_offset;
-        self.size.set(sn.disk_size);
-        self.info.borrow_mut().size = sn.disk_size;
+        // The disk size stays the current one, as in QEMU: only the mapping changes.
         Ok(())
     }
 
