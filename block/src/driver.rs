@@ -385,12 +385,22 @@ pub trait BlockDriver {
     }
 
     /// Writes into the VM state area (bdrv_co_writev_vmstate).
-    async fn co_save_vmstate(&self, _bs: &BlockDriverState, _qiov: &IoVector, _pos: u64) -> Result<()> {
+    async fn co_save_vmstate(
+        &self,
+        _bs: &BlockDriverState,
+        _qiov: &IoVector,
+        _pos: u64,
+    ) -> Result<()> {
         Err(Error::from_errno(libc::ENOTSUP))
     }
 
     /// Reads from the VM state area (bdrv_co_readv_vmstate).
-    async fn co_load_vmstate(&self, _bs: &BlockDriverState, _qiov: &IoVector, _pos: u64) -> Result<()> {
+    async fn co_load_vmstate(
+        &self,
+        _bs: &BlockDriverState,
+        _qiov: &IoVector,
+        _pos: u64,
+    ) -> Result<()> {
         Err(Error::from_errno(libc::ENOTSUP))
     }
 

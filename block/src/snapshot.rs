@@ -62,9 +62,10 @@ pub async fn bdrv_snapshot_goto(bs: &BlockDriverState, id_or_name: &str) -> Resu
             libc::ENOTSUP,
             "Block driver does not support snapshots",
         )),
-        Err(e) if e.message().is_none() => {
-            Err(Error::with_errno_message(e.errno(), "Failed to load snapshot"))
-        }
+        Err(e) if e.message().is_none() => Err(Error::with_errno_message(
+            e.errno(),
+            "Failed to load snapshot",
+        )),
         Err(e) => Err(e),
         Ok(()) => bs.refresh_total_bytes().await.map(|_| ()),
     }
@@ -77,7 +78,9 @@ pub async fn bdrv_snapshot_delete(
     name: Option<&str>,
 ) -> Result<()> {
     if id.is_none() && name.is_none() {
-        return Err(Error::invalid("snapshot_id and snapshot_name are both NULL"));
+        return Err(Error::invalid(
+            "snapshot_id and snapshot_name are both NULL",
+        ));
     }
     match bs.drv().co_snapshot_delete(bs, id, name).await {
         Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => {

@@ -495,11 +495,21 @@ impl BlockDriver for Qcow2 {
         self.snapshot_load_tmp(id, name).await
     }
 
-    async fn co_save_vmstate(&self, bs: &BlockDriverState, qiov: &IoVector, pos: u64) -> Result<()> {
+    async fn co_save_vmstate(
+        &self,
+        bs: &BlockDriverState,
+        qiov: &IoVector,
+        pos: u64,
+    ) -> Result<()> {
         self.save_vmstate(bs, qiov, pos).await
     }
 
-    async fn co_load_vmstate(&self, bs: &BlockDriverState, qiov: &IoVector, pos: u64) -> Result<()> {
+    async fn co_load_vmstate(
+        &self,
+        bs: &BlockDriverState,
+        qiov: &IoVector,
+        pos: u64,
+    ) -> Result<()> {
         self.load_vmstate(bs, qiov, pos).await
     }
 

@@ -125,7 +125,9 @@ pub async fn read_snapshots(
         if pos + ENTRY_HEADER_LEN as u64 > file_len {
             return Err(read_err(Error::from_errno(libc::EIO)));
         }
-        let fixed = read_bytes(file, pos, ENTRY_HEADER_LEN).await.map_err(read_err)?;
+        let fixed = read_bytes(file, pos, ENTRY_HEADER_LEN)
+            .await
+            .map_err(read_err)?;
         let (extra_len, id_len, name_len) = variable_lengths(&fixed);
         if extra_len as u32 > MAX_EXTRA_DATA {
             return Err(Error::new(
@@ -138,7 +140,9 @@ pub async fn read_snapshots(
         if rest_at + rest_len as u64 > file_len {
             return Err(read_err(Error::from_errno(libc::EIO)));
         }
-        let rest = read_bytes(file, rest_at, rest_len).await.map_err(read_err)?;
+        let rest = read_bytes(file, rest_at, rest_len)
+            .await
+            .map_err(read_err)?;
         snapshots.push(decode_entry(&fixed, &rest, header.size)?);
         pos = rest_at + rest_len as u64;
         if pos - start > MAX_TABLE_BYTES {
@@ -189,8 +193,11 @@ pub fn validate_l1(sn: &Snapshot, cluster_size: u64, file_len: u64) -> Result<()
     if bytes > MAX_L1_BYTES {
         return Err(Error::new(libc::EFBIG, "Snapshot L1 table too large"));
     }
-    if sn.l1_table_offset % cluster_size != 0
-        || sn.l1_table_offset.checked_add(bytes).is_none_or(|end| end > file_len)
+    if !sn.l1_table_offset.is_multiple_of(cluster_size)
+        || sn
+            .l1_table_offset
+            .checked_add(bytes)
+            .is_none_or(|end| end > file_len)
     {
         return Err(Error::invalid("Snapshot L1 table offset invalid"));
     }
@@ -206,7 +213,9 @@ impl Meta {
         let new_offset = if bytes.is_empty() {
             0
         } else {
-            let offset = self.alloc_clusters((bytes.len() as u64).div_ceil(cs)).await?;
+            let offset = self
+                .alloc_clusters((bytes.len() as u64).div_ceil(cs))
+                .await?;
             if let Err(e) = self.place_table(offset, &bytes).await {
                 let _ = self.free_clusters(offset, bytes.len() as u64).await;
                 return Err(e);
@@ -274,7 +283,10 @@ mod tests {
         put32(&mut fixed, 32, 1234);
         fixed[13] = 1; // id length 1
         let sn = decode_entry(&fixed, b"7", 99).unwrap();
-        assert_eq!((sn.vm_state_size, sn.disk_size, sn.icount), (1234, 99, u64::MAX));
+        assert_eq!(
+            (sn.vm_state_size, sn.disk_size, sn.icount),
+            (1234, 99, u64::MAX)
+        );
         assert_eq!(sn.id_str, "7");
     }
 

@@ -17,8 +17,7 @@ use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
 use super::cache::Which;
 use super::header::l1_entries_for;
 use super::l2::{
-    cluster_type, get_entry, set_entry, ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK,
-    OFLAG_COPIED,
+    cluster_type, get_entry, set_entry, ClusterType, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED,
 };
 use super::snapshot::{validate_l1, Snapshot};
 use super::state::{c_hex, decode_table, encode_table, Meta};
@@ -56,7 +55,7 @@ impl Meta {
             if l2 == 0 {
                 continue;
             }
-            if l2 % cs != 0 {
+            if !l2.is_multiple_of(cs) {
                 return Err(self
                     .signal_corruption(format!(
                         "L2 table offset {} unaligned (L1 index: {})",
@@ -86,7 +85,9 @@ impl Meta {
         let g = self.g;
         if addend != 0 {
             // Counts go to disk before the flags that depend on them.
-            self.caches.set_dependency(Which::L2, Which::Refblock).await?;
+            self.caches
+                .set_dependency(Which::L2, Which::Refblock)
+                .await?;
         }
         for j in 0..g.l2_size as usize {
             self.caches.load(Which::L2, l2).await?;
@@ -102,7 +103,7 @@ impl Meta {
                 }
                 ClusterType::Normal | ClusterType::ZeroAlloc => {
                     let host = e & L2E_OFFSET_MASK;
-                    if host % g.cluster_size != 0 {
+                    if !host.is_multiple_of(g.cluster_size) {
                         return Err(self
                             .signal_corruption(format!(
                                 "Cluster allocation offset {} unaligned (L2 offset: {}, L2 index: {})",
@@ -172,7 +173,8 @@ impl Meta {
             0
         } else {
             let offset = self.alloc_clusters(l1_bytes.div_ceil(cs)).await?;
-            self.check_metadata_alloc(offset, "snapshot L1 table").await?;
+            self.check_metadata_alloc(offset, "snapshot L1 table")
+                .await?;
             write_bytes(&self.file, offset, &encode_table(&copy)).await?;
             offset
         };
@@ -293,7 +295,11 @@ impl Qcow2 {
     }
 
     /// Takes a snapshot.
-    pub(super) async fn snapshot_create(&self, bs: &BlockDriverState, sn: &SnapshotInfo) -> Result<()> {
+    pub(super) async fn snapshot_create(
+        &self,
+        bs: &BlockDriverState,
+        sn: &SnapshotInfo,
+    ) -> Result<()> {
         self.repair_if_dirty(bs).await?;
         let mut meta = self.meta.lock().await;
         meta.check_writable()?;
@@ -304,7 +310,11 @@ impl Qcow2 {
     }
 
     /// Applies the snapshot with this id, else this name.
-    pub(super) async fn snapshot_goto(&self, bs: &BlockDriverState, id_or_name: &str) -> Result<()> {
+    pub(super) async fn snapshot_goto(
+        &self,
+        bs: &BlockDriverState,
+        id_or_name: &str,
+    ) -> Result<()> {
         self.repair_if_dirty(bs).await?;
         let mut meta = self.meta.lock().await;
         meta.check_writable()?;
@@ -338,12 +348,21 @@ impl Qcow2 {
 
     /// Makes a snapshot's L1 table the one reads go through, for a read-only image
     /// (qcow2_snapshot_load_tmp).
-    pub(super) async fn snapshot_load_tmp(&self, id: Option<&str>, name: Option<&str>) -> Result<()> {
+    pub(super) async fn snapshot_load_tmp(
+        &self,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<()> {
         let mut meta = self.meta.lock().await;
         if meta.writable {
             return Err(Error::invalid("Device is not readonly"));
         }
-        let Some(sn) = meta.snapshots.iter().find(|s| matches(s, id, name)).cloned() else {
+        let Some(sn) = meta
+            .snapshots
+            .iter()
+            .find(|s| matches(s, id, name))
+            .cloned()
+        else {
             return Err(Error::new(libc::ENOENT, "Can't find snapshot"));
         };
         let l1 = meta.read_snapshot_l1(&sn).await?;
@@ -365,19 +384,32 @@ impl Qcow2 {
     fn vmstate_position(&self, pos: u64, len: usize) -> Result<u64> {
         self.vm_state_offset()
             .checked_add(pos)
-            .filter(|&at| at.checked_add(len as u64).is_some_and(|end| end <= i64::MAX as u64))
+            .filter(|&at| {
+                at.checked_add(len as u64)
+                    .is_some_and(|end| end <= i64::MAX as u64)
+            })
             .ok_or_else(|| Error::from_errno(libc::EINVAL))
     }
 
     /// Writes VM state (qcow2_save_vmstate): an ordinary write past the end of the disk.
-    pub(super) async fn save_vmstate(&self, bs: &BlockDriverState, qiov: &IoVector, pos: u64) -> Result<()> {
+    pub(super) async fn save_vmstate(
+        &self,
+        bs: &BlockDriverState,
+        qiov: &IoVector,
+        pos: u64,
+    ) -> Result<()> {
         let at = self.vmstate_position(pos, qiov.len())?;
         self.repair_if_dirty(bs).await?;
         self.write(bs, at, qiov, RequestFlags::empty()).await
     }
 
     /// Reads VM state (qcow2_load_vmstate).
-    pub(super) async fn load_vmstate(&self, bs: &BlockDriverState, qiov: &IoVector, pos: u64) -> Result<()> {
+    pub(super) async fn load_vmstate(
+        &self,
+        bs: &BlockDriverState,
+        qiov: &IoVector,
+        pos: u64,
+    ) -> Result<()> {
         let at = self.vmstate_position(pos, qiov.len())?;
         self.read(bs, at, qiov).await
     }

@@ -163,8 +163,14 @@ fn snapshot_info_json(sn: &SnapshotInfo) -> Value {
     m.insert("vm-state-size".into(), json!(sn.vm_state_size));
     m.insert("date-sec".into(), json!(sn.date_sec));
     m.insert("date-nsec".into(), json!(sn.date_nsec));
-    m.insert("vm-clock-sec".into(), json!(sn.vm_clock_nsec / 1_000_000_000));
-    m.insert("vm-clock-nsec".into(), json!(sn.vm_clock_nsec % 1_000_000_000));
+    m.insert(
+        "vm-clock-sec".into(),
+        json!(sn.vm_clock_nsec / 1_000_000_000),
+    );
+    m.insert(
+        "vm-clock-nsec".into(),
+        json!(sn.vm_clock_nsec % 1_000_000_000),
+    );
     if sn.icount != u64::MAX {
         m.insert("icount".into(), json!(sn.icount));
     }

@@ -246,7 +246,10 @@ mod tests {
             ..SnapshotInfo::default()
         };
         let line = snapshot_line(&sn);
-        assert!(line.starts_with("1       foo                   0 B "), "{line}");
+        assert!(
+            line.starts_with("1       foo                   0 B "),
+            "{line}"
+        );
         assert!(line.ends_with(" 0001:02:03.004           "), "{line}");
     }
 
