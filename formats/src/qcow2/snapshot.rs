@@ -98,6 +98,24 @@ pub fn decode_entry(fixed: &[u8], rest: &[u8], current_size: u64) -> Result<Snap
     })
 }
 
+/// Reads `len` bytes at `offset`, the part past the end of the file reading as zeroes (as
+/// QEMU's file driver reads it; the caller bounds `len`).
+async fn read_padded(
+    file: &BlockDriverState,
+    file_len: u64,
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let present = file_len.saturating_sub(offset).min(len as u64) as usize;
+    let mut data = if present > 0 {
+        read_bytes(file, offset, present).await?
+    } else {
+        Vec::new()
+    };
+    data.resize(len, 0);
+    Ok(data)
+}
+
 /// Reads and validates the table the header points to; returns the entries and the
 /// table's size in bytes (qcow2_read_snapshots). Every length is bounded before anything
 /// is allocated from it.
@@ -122,10 +140,7 @@ pub async fn read_snapshots(
         if pos - start + ENTRY_HEADER_LEN as u64 > MAX_TABLE_BYTES {
             return Err(Error::new(libc::EFBIG, "Snapshot table is too big"));
         }
-        if pos + ENTRY_HEADER_LEN as u64 > file_len {
-            return Err(read_err(Error::from_errno(libc::EIO)));
-        }
-        let fixed = read_bytes(file, pos, ENTRY_HEADER_LEN)
+        let fixed = read_padded(file, file_len, pos, ENTRY_HEADER_LEN)
             .await
             .map_err(read_err)?;
         let (extra_len, id_len, name_len) = variable_lengths(&fixed);
@@ -137,10 +152,7 @@ pub async fn read_snapshots(
         }
         let rest_len = extra_len + id_len + name_len;
         let rest_at = pos + ENTRY_HEADER_LEN as u64;
-        if rest_at + rest_len as u64 > file_len {
-            return Err(read_err(Error::from_errno(libc::EIO)));
-        }
-        let rest = read_bytes(file, rest_at, rest_len)
+        let rest = read_padded(file, file_len, rest_at, rest_len)
             .await
             .map_err(read_err)?;
         snapshots.push(decode_entry(&fixed, &rest, header.size)?);

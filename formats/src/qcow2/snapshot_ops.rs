@@ -96,6 +96,7 @@ impl Meta {
                 ClusterType::Compressed => {
                     if addend != 0 {
                         let (offset, len) = g.compressed_range(e);
+                        self.check_refcount_covered(offset + len - 1).await?;
                         self.update_refcount(offset, len, addend).await?;
                     }
                     // Compressed clusters are never written in place.
@@ -114,6 +115,7 @@ impl Meta {
                             .await);
                     }
                     if addend != 0 {
+                        self.check_refcount_covered(host).await?;
                         self.update_refcount(host, g.cluster_size, addend).await?;
                     }
                     self.get_refcount(host >> g.cluster_bits).await?
@@ -130,6 +132,32 @@ impl Meta {
                 set_entry(&g, self.caches.table(Which::L2, l2), j, new, bitmap);
                 self.caches.mark_dirty(Which::L2, l2);
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses to count a reference to a cluster without a refcount block: only a corrupt
+    /// L2 entry points there.
+    async fn check_refcount_covered(&mut self, host: u64) -> Result<()> {
+        let idx = host >> (self.g.cluster_bits + self.g.refblock_bits);
+        if idx as usize >= self.reftable.len() {
+            // QEMU's errno tells whether the table could have grown that far.
+            let errno = if (idx + 1) * 8 > super::header::MAX_REFTABLE_BYTES {
+                libc::EFBIG
+            } else {
+                libc::EAGAIN
+            };
+            return Err(Error::new(
+                errno,
+                format!("Cluster {} lies past the refcount table", c_hex(host)),
+            ));
+        }
+        if self.reftable[idx as usize] & super::refcount::REFT_OFFSET_MASK == 0 {
+            // A cluster in use always has a refcount block (QEMU fails with EAGAIN here).
+            return Err(Error::new(
+                libc::EAGAIN,
+                format!("Cluster {} has no refcount block", c_hex(host)),
+            ));
         }
         Ok(())
     }
