@@ -407,6 +407,10 @@ impl Meta {
     /// (check_oflag_copied).
     async fn check_copied(&mut self, res: &mut CheckResult, fix: CheckFix) -> Result<()> {
         let g = self.g;
+        // With only leaks to repair, the flags are fixed too once the refcounts are known
+        // to be right (check_oflag_copied).
+        let repair = fix.errors
+            || (fix.leaks && res.check_errors == 0 && res.corruptions == 0 && res.leaks == 0);
         for i in 0..self.l1.len() {
             let e = self.l1[i];
             let l2 = e & L1E_OFFSET_MASK;
@@ -415,18 +419,19 @@ impl Meta {
             }
             let rc = self.get_refcount(l2 >> g.cluster_bits).await?;
             if (rc == 1) != (e & OFLAG_COPIED != 0) {
-                let word = if fix.errors { "Repairing" } else { "ERROR" };
+                let word = if repair { "Repairing" } else { "ERROR" };
                 eprintln!(
                     "{word} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
                 );
                 res.corruptions += 1;
-                if fix.errors {
+                if repair {
                     self.l1[i] = if rc == 1 {
                         e | OFLAG_COPIED
                     } else {
                         e & !OFLAG_COPIED
                     };
                     self.write_l1(i, 1).await?;
+                    res.corruptions -= 1;
                     res.corruptions_fixed += 1;
                 }
             }
@@ -446,9 +451,9 @@ impl Meta {
                 }
                 let rc = self.get_refcount(data >> g.cluster_bits).await?;
                 if (rc == 1) != (le & OFLAG_COPIED != 0) {
-                    let word = if fix.errors { "Repairing" } else { "ERROR" };
+                    let word = if repair { "Repairing" } else { "ERROR" };
                     eprintln!("{word} OFLAG_COPIED data cluster: l2_entry={le:x} refcount={rc}");
-                    if !fix.errors {
+                    if !repair {
                         res.corruptions += 1;
                     } else {
                         let new = if rc == 1 {

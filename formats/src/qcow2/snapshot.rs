@@ -244,7 +244,13 @@ impl Meta {
         self.header.snapshots_offset = new_offset;
         self.snapshots_size = bytes.len() as u64;
         if old_size != 0 {
-            self.free_clusters(old_offset, old_size).await?;
+            // The new table is live: failing to free the old one only leaks it.
+            if let Err(e) = self.free_clusters(old_offset, old_size).await {
+                eprintln!(
+                    "qcow2_free_clusters failed: {}",
+                    block::error::strerror(e.errno())
+                );
+            }
         }
         Ok(())
     }

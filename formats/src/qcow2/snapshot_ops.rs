@@ -285,13 +285,25 @@ impl Meta {
             return Err(e);
         }
         // The snapshot is gone from the table: its references can go.
-        self.update_l1_refcounts(&mut sn_l1, -1).await?;
-        self.free_clusters(sn.l1_table_offset, sn.l1_size as u64 * 8)
-            .await?;
+        self.update_l1_refcounts(&mut sn_l1, -1)
+            .await
+            .map_err(|e| {
+                Error::with_errno_message(e.errno(), "Failed to free the cluster and L1 table")
+            })?;
+        let l1_bytes = sn.l1_size as u64 * 8;
+        if let Err(e) = self.free_clusters(sn.l1_table_offset, l1_bytes).await {
+            eprintln!(
+                "qcow2_free_clusters failed: {}",
+                block::error::strerror(e.errno())
+            );
+        }
         let mut active = std::mem::take(&mut self.l1);
         let changed = self.update_l1_refcounts(&mut active, 0).await;
         self.l1 = active;
-        if changed? {
+        let changed = changed.map_err(|e| {
+            Error::with_errno_message(e.errno(), "Failed to update snapshot status in disk")
+        })?;
+        if changed {
             self.write_active_l1().await?;
         }
         self.flush().await
