@@ -245,7 +245,8 @@ impl Meta {
     }
 
     /// Which metadata structure `offset..offset+len` overlaps, if any (active L2 tables
-    /// only when `with_l2`; QEMU's qcow2_check_metadata_overlap, "cached" level).
+    /// only when `with_l2`; QEMU's qcow2_check_metadata_overlap, "cached" level, which
+    /// includes the snapshot table and the snapshots' L1 tables).
     pub fn overlap(&self, offset: u64, len: u64, with_l2: bool) -> Option<&'static str> {
         let cs = self.g.cluster_size;
         let hit = |start: u64, size: u64| start < offset + len && offset < start + size;
@@ -268,6 +269,16 @@ impl Meta {
             Some("refcount block")
         } else if with_l2 && in_table(&self.l1, L1E_OFFSET_MASK) {
             Some("active L2 table")
+        } else if self.snapshots_size != 0 && hit(self.header.snapshots_offset, self.snapshots_size)
+        {
+            Some("snapshot table")
+        } else if self.snapshots.len() <= MAX_SCANNED_ENTRIES
+            && self
+                .snapshots
+                .iter()
+                .any(|sn| sn.l1_size != 0 && hit(sn.l1_table_offset, sn.l1_size as u64 * 8))
+        {
+            Some("inactive L1 table")
         } else {
             None
         }
