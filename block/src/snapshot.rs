@@ -52,11 +52,15 @@ pub fn bdrv_snapshot_find(bs: &BlockDriverState, name: &str) -> Result<SnapshotI
 
 /// Takes a snapshot of the node's current state (bdrv_snapshot_create).
 pub async fn bdrv_snapshot_create(bs: &BlockDriverState, sn: &SnapshotInfo) -> Result<()> {
+    // A write planned before the snapshot must not land in a cluster it makes shared
+    // (QEMU drains the node around snapshot operations).
+    bs.in_flight.drained().await;
     bs.drv().co_snapshot_create(bs, sn).await
 }
 
 /// Reverts the node to the snapshot with this id, or else this name (bdrv_snapshot_goto).
 pub async fn bdrv_snapshot_goto(bs: &BlockDriverState, id_or_name: &str) -> Result<()> {
+    bs.in_flight.drained().await;
     match bs.drv().co_snapshot_goto(bs, id_or_name).await {
         Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => Err(Error::new(
             libc::ENOTSUP,
@@ -82,6 +86,7 @@ pub async fn bdrv_snapshot_delete(
             "snapshot_id and snapshot_name are both NULL",
         ));
     }
+    bs.in_flight.drained().await;
     match bs.drv().co_snapshot_delete(bs, id, name).await {
         Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => {
             Err(no_internal_snapshots(bs))
