@@ -170,7 +170,15 @@ impl Meta {
                 res.corruptions += 1;
                 continue;
             }
-            let bytes = read_bytes(&self.file, sn.l1_table_offset, sn.l1_size as usize * 8).await?;
+            let bytes =
+                match read_bytes(&self.file, sn.l1_table_offset, sn.l1_size as usize * 8).await {
+                    Ok(bytes) => bytes,
+                    Err(_) => {
+                        eprintln!("ERROR: I/O error in check_refcounts_l1");
+                        res.check_errors += 1;
+                        continue;
+                    }
+                };
             let l1 = decode_table(&bytes);
             self.count_l1(res, refs, sn.l1_table_offset, &l1, None)
                 .await?;
