@@ -19,14 +19,14 @@ const RAW: &[&str] = &[
     "025", "032", "048", "052", "063", "150", "159", "170", "221",
 ];
 
-/// Tests of issue #3's qcow2 list that rqemu passes (029 122 125 290 still fail:
-/// internal snapshots, and a few driver details: v2 zero writes, falloc growth).
-/// Beyond that list: 020, 046, 089 (blkdebug, commit); 270, 289 (external data files).
+/// Tests of issue #3's qcow2 list that rqemu passes (122 125 290 still fail: a few driver
+/// details: v2 zero writes, falloc growth). Beyond that list: 020, 046, 089 (blkdebug,
+/// commit); 270, 289 (external data files); 014, 015, 062, 103, 217 (internal snapshots).
 const QCOW2: &[&str] = &[
     "020", "046", "089", "001", "002", "003", "004", "005", "008", "009", "010", "011", "012",
     "013", "017", "018", "019", "021", "024", "025", "027", "034", "037", "038", "042", "043",
     "048", "050", "052", "053", "063", "073", "090", "107", "154", "159", "170", "292", "243",
-    "270", "289",
+    "270", "289", "029", "014", "015", "062", "103", "217",
 ];
 
 fn shared_tools() -> Option<PathBuf> {

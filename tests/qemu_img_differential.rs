@@ -554,3 +554,112 @@ fn measure_and_bench_output() {
         assert_eq!(q, o, "case {case}");
     }
 }
+
+/// A qcow2 image with two snapshots taken by the reference, data changed after each.
+fn snapshotted_qcow2(dir: &Path) {
+    sparse_1m(dir);
+    let run = |args: &[&str]| {
+        let st = Command::new(QEMU_IMG)
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{args:?}");
+    };
+    run(&[
+        "convert", "-q", "-f", "raw", "-O", "qcow2", "a.img", "s.qcow2",
+    ]);
+    run(&["snapshot", "-c", "one", "s.qcow2"]);
+    run(&["resize", "-q", "s.qcow2", "2M"]);
+    run(&["snapshot", "-c", "two", "s.qcow2"]);
+    run(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=d.raw",
+        "d.qcow2",
+        "1M",
+    ]);
+}
+
+/// Blanks snapshot dates (wall-clock times of the two setups differ).
+fn without_dates(s: &str) -> String {
+    let s = without_disk_usage(s);
+    let is_date = |w: &[u8]| {
+        w.iter().enumerate().all(|(i, &c)| match i {
+            4 | 7 => c == b'-',
+            10 => c == b' ',
+            13 | 16 => c == b':',
+            _ => c.is_ascii_digit(),
+        })
+    };
+    let mut out = Vec::new();
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if i + 19 <= bytes.len() && is_date(&bytes[i..i + 19]) {
+            out.extend_from_slice(b"DATE");
+            i += 19;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"date-sec\"") && !l.contains("\"date-nsec\""))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn snapshot_commands_agree() {
+    if !reference_available() {
+        return;
+    }
+    for (case, args) in [
+        ("snap-list", &["snapshot", "-l", "s.qcow2"][..]),
+        ("snap-default", &["snapshot", "-U", "s.qcow2"]),
+        ("snap-apply", &["snapshot", "-a", "one", "s.qcow2"]),
+        ("snap-apply-id", &["snapshot", "-a", "2", "s.qcow2"]),
+        ("snap-apply-missing", &["snapshot", "-a", "nope", "s.qcow2"]),
+        ("snap-delete", &["snapshot", "-d", "two", "s.qcow2"]),
+        ("snap-delete-by-id", &["snapshot", "-d", "1", "s.qcow2"]),
+        ("snap-create", &["snapshot", "-q", "-c", "three", "s.qcow2"]),
+        (
+            "snap-raw-create",
+            &["snapshot", "-c", "x", "-f", "raw", "a.img"],
+        ),
+        (
+            "snap-raw-apply",
+            &["snapshot", "-a", "x", "-f", "raw", "a.img"],
+        ),
+        ("snap-raw-list", &["snapshot", "-l", "a.img"]),
+        ("snap-missing", &["snapshot", "-l", "nope.qcow2"]),
+        ("snap-data-file", &["snapshot", "-c", "x", "d.qcow2"]),
+        ("snap-info", &["info", "s.qcow2"]),
+        ("snap-info-json", &["info", "--output=json", "s.qcow2"]),
+        (
+            "snap-convert-l",
+            &[
+                "convert",
+                "-l",
+                "snapshot.name=one",
+                "-O",
+                "raw",
+                "s.qcow2",
+                "o.raw",
+            ],
+        ),
+        (
+            "snap-convert-l-missing",
+            &["convert", "-l", "x", "s.qcow2", "o.raw"],
+        ),
+    ] {
+        let (q, o) = run_both(case, &snapshotted_qcow2, args, &["o.raw"], &without_dates);
+        assert_eq!(q, o, "case {case}");
+    }
+}

@@ -18,6 +18,7 @@ use crate::filters::blkdebug::BlkdbgEvent;
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::options::Options;
+use crate::snapshot::SnapshotInfo;
 
 bitflags::bitflags! {
     /// Per-request flags (QEMU's BdrvRequestFlags).
@@ -344,6 +345,62 @@ pub trait BlockDriver {
     /// reported on stderr as they are found, like QEMU's; the counts come back. Drivers
     /// without a check answer ENOTSUP ("This image format does not support checks").
     async fn co_check(&self, _bs: &BlockDriverState, _fix: CheckFix) -> Result<CheckResult> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// The internal snapshots the image holds (bdrv_snapshot_list).
+    fn snapshot_list(&self, _bs: &BlockDriverState) -> Result<Vec<SnapshotInfo>> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Takes an internal snapshot of the current state (bdrv_snapshot_create).
+    async fn co_snapshot_create(&self, _bs: &BlockDriverState, _sn: &SnapshotInfo) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Reverts the current state to a snapshot found by id, else by name
+    /// (bdrv_snapshot_goto).
+    async fn co_snapshot_goto(&self, _bs: &BlockDriverState, _id_or_name: &str) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Deletes the snapshot matching the id and/or name given (bdrv_snapshot_delete).
+    async fn co_snapshot_delete(
+        &self,
+        _bs: &BlockDriverState,
+        _id: Option<&str>,
+        _name: Option<&str>,
+    ) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Shows a snapshot read-only instead of the current state (bdrv_snapshot_load_tmp).
+    async fn co_snapshot_load_tmp(
+        &self,
+        _bs: &BlockDriverState,
+        _id: Option<&str>,
+        _name: Option<&str>,
+    ) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Writes into the VM state area (bdrv_co_writev_vmstate).
+    async fn co_save_vmstate(
+        &self,
+        _bs: &BlockDriverState,
+        _qiov: &IoVector,
+        _pos: u64,
+    ) -> Result<()> {
+        Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Reads from the VM state area (bdrv_co_readv_vmstate).
+    async fn co_load_vmstate(
+        &self,
+        _bs: &BlockDriverState,
+        _qiov: &IoVector,
+        _pos: u64,
+    ) -> Result<()> {
         Err(Error::from_errno(libc::ENOTSUP))
     }
 

@@ -19,6 +19,7 @@ pub mod iov;
 pub mod node;
 pub mod options;
 pub mod protocols;
+pub mod snapshot;
 pub mod temp_snapshot;
 #[macro_use]
 pub mod trace;

@@ -152,28 +152,38 @@ impl Meta {
 
     /// Counts the snapshot table and every snapshot's L1/L2/data clusters.
     async fn count_snapshots(&mut self, res: &mut CheckResult, refs: &mut Refs) -> Result<()> {
-        let n = self.header.nb_snapshots;
-        if n == 0 {
-            return Ok(());
-        }
-        let mut pos = self.header.snapshots_offset;
-        for _ in 0..n {
-            let fixed = read_bytes(&self.file, pos, 40).await?;
-            let l1_offset = u64::from_be_bytes(fixed[0..8].try_into().unwrap());
-            let l1_size = u32::from_be_bytes(fixed[8..12].try_into().unwrap()) as u64;
-            let id_len = u16::from_be_bytes(fixed[12..14].try_into().unwrap()) as u64;
-            let name_len = u16::from_be_bytes(fixed[14..16].try_into().unwrap()) as u64;
-            let extra = u32::from_be_bytes(fixed[36..40].try_into().unwrap()) as u64;
-            pos = (pos + 40 + extra + id_len + name_len).next_multiple_of(8);
-            if l1_size > super::header::MAX_L1_BYTES / 8 || l1_offset % self.g.cluster_size != 0 {
+        for sn in self.snapshots.clone() {
+            let what = format!("ERROR snapshot {} ({})", sn.id_str, sn.name);
+            if sn.l1_size as u64 > super::header::MAX_L1_BYTES / 8 {
+                eprintln!(
+                    "{what} l1_size={:#x}: L1 table is too large; snapshot table entry corrupted",
+                    sn.l1_size
+                );
                 res.corruptions += 1;
                 continue;
             }
-            let l1 = decode_table(&read_bytes(&self.file, l1_offset, l1_size as usize * 8).await?);
-            self.count_l1(res, refs, l1_offset, &l1, None).await?;
+            if sn.l1_table_offset % self.g.cluster_size != 0 {
+                eprintln!(
+                    "{what} l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",
+                    sn.l1_table_offset
+                );
+                res.corruptions += 1;
+                continue;
+            }
+            let bytes =
+                match read_bytes(&self.file, sn.l1_table_offset, sn.l1_size as usize * 8).await {
+                    Ok(bytes) => bytes,
+                    Err(_) => {
+                        eprintln!("ERROR: I/O error in check_refcounts_l1");
+                        res.check_errors += 1;
+                        continue;
+                    }
+                };
+            let l1 = decode_table(&bytes);
+            self.count_l1(res, refs, sn.l1_table_offset, &l1, None)
+                .await?;
         }
-        let table_len = pos - self.header.snapshots_offset;
-        refs.inc(res, self.header.snapshots_offset, table_len);
+        refs.inc(res, self.header.snapshots_offset, self.snapshots_size);
         Ok(())
     }
 
@@ -414,6 +424,10 @@ impl Meta {
     /// (check_oflag_copied).
     async fn check_copied(&mut self, res: &mut CheckResult, fix: CheckFix) -> Result<()> {
         let g = self.g;
+        // With only leaks to repair, the flags are fixed too once the refcounts are known
+        // to be right (check_oflag_copied).
+        let repair = fix.errors
+            || (fix.leaks && res.check_errors == 0 && res.corruptions == 0 && res.leaks == 0);
         for i in 0..self.l1.len() {
             let e = self.l1[i];
             let l2 = e & L1E_OFFSET_MASK;
@@ -422,18 +436,19 @@ impl Meta {
             }
             let rc = self.get_refcount(l2 >> g.cluster_bits).await?;
             if (rc == 1) != (e & OFLAG_COPIED != 0) {
-                let word = if fix.errors { "Repairing" } else { "ERROR" };
+                let word = if repair { "Repairing" } else { "ERROR" };
                 eprintln!(
                     "{word} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
                 );
                 res.corruptions += 1;
-                if fix.errors {
+                if repair {
                     self.l1[i] = if rc == 1 {
                         e | OFLAG_COPIED
                     } else {
                         e & !OFLAG_COPIED
                     };
                     self.write_l1(i, 1).await?;
+                    res.corruptions -= 1;
                     res.corruptions_fixed += 1;
                 }
             }
@@ -458,9 +473,9 @@ impl Meta {
                     self.get_refcount(data >> g.cluster_bits).await?
                 };
                 if (rc == 1) != (le & OFLAG_COPIED != 0) {
-                    let word = if fix.errors { "Repairing" } else { "ERROR" };
+                    let word = if repair { "Repairing" } else { "ERROR" };
                     eprintln!("{word} OFLAG_COPIED data cluster: l2_entry={le:x} refcount={rc}");
-                    if !fix.errors {
+                    if !repair {
                         res.corruptions += 1;
                     } else {
                         let new = if rc == 1 {

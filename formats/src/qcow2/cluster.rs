@@ -11,7 +11,7 @@
 //! clusters are registered as an [`InflightAlloc`]; any other write touching them waits, so
 //! two allocations of one cluster can never race.
 
-use block::{Error, Result};
+use block::Result;
 
 use super::cache::Which;
 use super::l2::{
@@ -79,7 +79,8 @@ impl Meta {
     pub async fn l2_for_write(&mut self, guest: u64) -> Result<u64> {
         let idx = self.g.l1_index(guest) as usize;
         if idx >= self.l1.len() {
-            return Err(Error::new(libc::EIO, "Write beyond the L1 table"));
+            // Only the VM state area lies past the disk's L1 entries (get_cluster_table).
+            self.grow_l1(idx as u64 + 1).await?;
         }
         let entry = self.l1[idx];
         let old = self.l2_offset_for(guest).await?;

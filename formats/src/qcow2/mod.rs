@@ -24,6 +24,8 @@ mod read;
 pub mod rebuild;
 pub mod refcount;
 pub mod resize;
+pub mod snapshot;
+mod snapshot_ops;
 pub mod state;
 mod write;
 pub mod zero;
@@ -38,6 +40,7 @@ use block::driver::{
     PreallocMode, RequestFlags,
 };
 use block::node::bdrv_open_backing;
+use block::snapshot::SnapshotInfo;
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
 use cluster::InflightAlloc;
@@ -109,6 +112,8 @@ pub struct Qcow2 {
     repair_lock: CoMutex<()>,
     /// Where guest data lives (the same as `meta.data`, reachable without the lock).
     data: DataFile,
+    /// The snapshot list for the synchronous `snapshot_list` (a copy of the one in `meta`).
+    snapshot_infos: RefCell<Vec<block::snapshot::SnapshotInfo>>,
 }
 
 async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
@@ -203,7 +208,9 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         needs_repair: Cell::new(writable && dirty && !checking),
         repair_lock: CoMutex::new(()),
         data,
+        snapshot_infos: RefCell::new(Vec::new()),
     };
+    q.publish_snapshots(&*q.meta.lock().await);
     if writable {
         let mut meta = q.meta.lock().await;
         if stale_autoclear {
@@ -422,11 +429,7 @@ impl BlockDriver for Qcow2 {
         let h = self.info.borrow();
         Ok(DriverInfo {
             cluster_size: self.g.cluster_size,
-            vm_state_offset: self
-                .size
-                .get()
-                .div_ceil(self.g.l2_size << self.g.cluster_bits)
-                * (self.g.l2_size << self.g.cluster_bits),
+            vm_state_offset: self.vm_state_offset(),
             is_dirty: h.incompatible_features & header::INCOMPAT_DIRTY != 0,
         })
     }
@@ -482,6 +485,54 @@ impl BlockDriver for Qcow2 {
 
     async fn co_check(&self, bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {
         self.check(bs, fix).await
+    }
+
+    fn snapshot_list(&self, _bs: &BlockDriverState) -> Result<Vec<SnapshotInfo>> {
+        Ok(self.list_snapshots())
+    }
+
+    async fn co_snapshot_create(&self, bs: &BlockDriverState, sn: &SnapshotInfo) -> Result<()> {
+        self.snapshot_create(bs, sn).await
+    }
+
+    async fn co_snapshot_goto(&self, bs: &BlockDriverState, id_or_name: &str) -> Result<()> {
+        self.snapshot_goto(bs, id_or_name).await
+    }
+
+    async fn co_snapshot_delete(
+        &self,
+        bs: &BlockDriverState,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<()> {
+        self.snapshot_delete(bs, id, name).await
+    }
+
+    async fn co_snapshot_load_tmp(
+        &self,
+        _bs: &BlockDriverState,
+        id: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<()> {
+        self.snapshot_load_tmp(id, name).await
+    }
+
+    async fn co_save_vmstate(
+        &self,
+        bs: &BlockDriverState,
+        qiov: &IoVector,
+        pos: u64,
+    ) -> Result<()> {
+        self.save_vmstate(bs, qiov, pos).await
+    }
+
+    async fn co_load_vmstate(
+        &self,
+        bs: &BlockDriverState,
+        qiov: &IoVector,
+        pos: u64,
+    ) -> Result<()> {
+        self.load_vmstate(bs, qiov, pos).await
     }
 
     fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {

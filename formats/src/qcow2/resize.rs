@@ -37,9 +37,11 @@ impl Qcow2 {
         {
             let mut meta = self.meta.lock().await;
             meta.check_writable()?;
-            if meta.header.nb_snapshots != 0 {
+            // Version 3 snapshots record their own disk size; version 2 ones would take
+            // the new one.
+            if meta.header.nb_snapshots != 0 && !self.g.v3 {
                 return Err(Error::not_supported(
-                    "Can't resize an image which has snapshots",
+                    "Can't resize a v2 image which has snapshots",
                 ));
             }
             self.mark_dirty(&mut meta).await?;
@@ -274,7 +276,7 @@ impl Meta {
     }
 
     /// Writes the size field of the header.
-    async fn set_size(&mut self, size: u64) -> Result<()> {
+    pub(super) async fn set_size(&mut self, size: u64) -> Result<()> {
         write_bytes(&self.file, 24, &size.to_be_bytes()).await?;
         self.file.co_flush().await?;
         self.header.size = size;

@@ -15,6 +15,7 @@ use super::data_file::DataFile;
 use super::header::{self, Header};
 use super::l2::{Geometry, L1E_OFFSET_MASK};
 use super::refcount::REFT_OFFSET_MASK;
+use super::snapshot::{read_snapshots, Snapshot};
 use super::{read_bytes, write_bytes};
 
 /// Metadata of an open image.
@@ -41,6 +42,10 @@ pub struct Meta {
     pub signaled_corruption: bool,
     /// Where guest data lives: decides how data clusters are allocated and freed.
     pub data: DataFile,
+    /// The internal snapshots, as the snapshot table on disk lists them.
+    pub snapshots: Vec<Snapshot>,
+    /// Bytes the snapshot table on disk occupies.
+    pub snapshots_size: u64,
 }
 
 /// Largest L1 or refcount table whose entries the overlap check scans.
@@ -101,6 +106,7 @@ impl Meta {
             .unwrap_or_else(|| l2_cache_tables(&g, header.size));
         let refblocks = sizes.refblocks.unwrap_or(8);
         let caches = Caches::new(file.clone(), g.cluster_size as usize, l2_tables, refblocks);
+        let (snapshots, snapshots_size) = read_snapshots(&file, &header).await?;
         Ok(Meta {
             file,
             g,
@@ -113,6 +119,8 @@ impl Meta {
             writable,
             signaled_corruption: false,
             data: DataFile::Internal,
+            snapshots,
+            snapshots_size,
         })
     }
 
@@ -245,7 +253,8 @@ impl Meta {
     }
 
     /// Which metadata structure `offset..offset+len` overlaps, if any (active L2 tables
-    /// only when `with_l2`; QEMU's qcow2_check_metadata_overlap, "cached" level).
+    /// only when `with_l2`; QEMU's qcow2_check_metadata_overlap, "cached" level, which
+    /// includes the snapshot table and the snapshots' L1 tables).
     pub fn overlap(&self, offset: u64, len: u64, with_l2: bool) -> Option<&'static str> {
         let cs = self.g.cluster_size;
         let hit = |start: u64, size: u64| start < offset + len && offset < start + size;
@@ -268,6 +277,16 @@ impl Meta {
             Some("refcount block")
         } else if with_l2 && in_table(&self.l1, L1E_OFFSET_MASK) {
             Some("active L2 table")
+        } else if self.snapshots_size != 0 && hit(self.header.snapshots_offset, self.snapshots_size)
+        {
+            Some("snapshot table")
+        } else if self.snapshots.len() <= MAX_SCANNED_ENTRIES
+            && self
+                .snapshots
+                .iter()
+                .any(|sn| sn.l1_size != 0 && hit(sn.l1_table_offset, sn.l1_size as u64 * 8))
+        {
+            Some("inactive L1 table")
         } else {
             None
         }

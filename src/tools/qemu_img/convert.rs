@@ -39,7 +39,7 @@ struct Args {
     options: Option<String>,
     compressed: bool,
     copy_range: bool,
-    snapshot: bool,
+    snapshot: Option<SnapshotParam>,
     min_sparse: Option<u64>,
     progress: bool,
     cache: Option<String>,
@@ -70,7 +70,7 @@ fn apply(a: &mut Args, key: char, arg: String) -> Result<(), i32> {
         'c' => a.compressed = true,
         'F' => a.backing_fmt = Some(arg),
         'o' if !accumulate_options(&mut a.options, &arg) => return Err(1),
-        'l' => a.snapshot = true,
+        'l' => a.snapshot = Some(SnapshotParam::parse(&arg).ok_or(1)?),
         'S' => {
             let v = cli::cvtnum("buffer size for sparse output", &arg).ok_or(1)? as u64;
             if !v.is_multiple_of(SECTOR) || v / SECTOR > MAX_BUF_SECTORS {
@@ -169,6 +169,10 @@ pub fn run(args: &[String]) -> i32 {
         error_report("Must specify image file name");
         return 1;
     }
+    if a.snapshot.is_some() && a.files.len() > 2 {
+        error_report("No support for concatenating multiple snapshot");
+        return 1;
+    }
     let src_cache = a.src_cache.clone().unwrap_or_else(|| "writeback".into());
     let Some(src_mode) = cli::parse_cache(&src_cache) else {
         error_report(&format!("Invalid source cache option: {src_cache}"));
@@ -214,6 +218,13 @@ async fn convert(
         progress.end();
         return false;
     };
+    if let Some(param) = &a.snapshot {
+        if let Err(e) = param.load(src[0].bs()).await {
+            error_report(&format!("Failed to load snapshot: {e}"));
+            progress.end();
+            return false;
+        }
+    }
     let total_bytes: u64 = src.iter().map(|b| b.getlength()).sum();
     let result = match prepare_target(a, out, total_bytes, src.len()).await {
         Some((target, target_has_backing)) => {
@@ -239,12 +250,6 @@ async fn prepare_target(
     total_bytes: u64,
     nsrc: usize,
 ) -> Option<(Rc<BlockBackend>, bool)> {
-    if a.snapshot {
-        error_report(
-            "Failed to load snapshot: internal snapshots are not supported by rqemu-img yet",
-        );
-        return None;
-    }
     let create = match a.skip_create {
         true => None,
         false => {
@@ -453,4 +458,48 @@ async fn copy(
     let ret = s.do_copy().await;
     s.progress_end(ret == 0);
     ret == 0
+}
+
+/// The `-l` argument: a bare id-or-name, or `snapshot.id=...,snapshot.name=...`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotParam {
+    /// Tried as an id first, then as a name.
+    IdOrName(String),
+    /// Both given must match.
+    IdName(Option<String>, Option<String>),
+}
+
+impl SnapshotParam {
+    /// Parses `-l` as qemu-img does; errors are reported and give None.
+    pub fn parse(arg: &str) -> Option<SnapshotParam> {
+        if !arg.starts_with("snapshot.") {
+            return Some(SnapshotParam::IdOrName(arg.to_string()));
+        }
+        let (mut id, mut name) = (None, None);
+        for item in arg.split(',') {
+            let (key, value) = item.split_once('=').unwrap_or((item, "on"));
+            match key {
+                "snapshot.id" => id = Some(value.to_string()),
+                "snapshot.name" => name = Some(value.to_string()),
+                _ => {
+                    error_report(&format!("Invalid parameter '{key}'"));
+                    error_report(&format!("Failed in parsing snapshot param '{arg}'"));
+                    return None;
+                }
+            }
+        }
+        Some(SnapshotParam::IdName(id, name))
+    }
+
+    /// Shows the snapshot in place of the image's current state (read-only).
+    pub async fn load(&self, bs: &block::BlockDriverState) -> block::Result<()> {
+        match self {
+            SnapshotParam::IdOrName(s) => {
+                block::snapshot::bdrv_snapshot_load_tmp_by_id_or_name(bs, s).await
+            }
+            SnapshotParam::IdName(id, name) => {
+                block::snapshot::bdrv_snapshot_load_tmp(bs, id.as_deref(), name.as_deref()).await
+            }
+        }
+    }
 }

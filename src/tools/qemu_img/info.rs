@@ -8,6 +8,7 @@
 use std::collections::HashSet;
 
 use block::node::resolve_relative;
+use block::snapshot::SnapshotInfo;
 use block::{BlockDriverState, OpenFlags};
 use serde_json::{json, Map, Value};
 
@@ -142,10 +143,53 @@ pub async fn query_node_info(bs: &BlockDriverState) -> block::Result<Map<String,
             info.insert("backing-filename-format".into(), json!(fmt));
         }
     }
+    if let Some(list) = block::snapshot::bdrv_snapshot_list(bs)
+        .ok()
+        .filter(|l| !l.is_empty())
+    {
+        let list: Vec<Value> = list.iter().map(snapshot_info_json).collect();
+        info.insert("snapshots".into(), Value::Array(list));
+    }
     if let Some(specific) = bs.drv().get_specific_info(bs) {
         info.insert("format-specific".into(), specific);
     }
     Ok(info)
+}
+
+/// A snapshot as QAPI's SnapshotInfo, members in schema order.
+fn snapshot_info_json(sn: &SnapshotInfo) -> Value {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(sn.id_str));
+    m.insert("name".into(), json!(sn.name));
+    m.insert("vm-state-size".into(), json!(sn.vm_state_size));
+    m.insert("date-sec".into(), json!(sn.date_sec));
+    m.insert("date-nsec".into(), json!(sn.date_nsec));
+    m.insert(
+        "vm-clock-sec".into(),
+        json!(sn.vm_clock_nsec / 1_000_000_000),
+    );
+    m.insert(
+        "vm-clock-nsec".into(),
+        json!(sn.vm_clock_nsec % 1_000_000_000),
+    );
+    if sn.icount != u64::MAX {
+        m.insert("icount".into(), json!(sn.icount));
+    }
+    Value::Object(m)
+}
+
+/// A SnapshotInfo back from its QAPI form (for the human dump).
+fn snapshot_info_from_json(v: &Value) -> SnapshotInfo {
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
+    SnapshotInfo {
+        id_str: v["id"].as_str().unwrap_or("").to_string(),
+        name: v["name"].as_str().unwrap_or("").to_string(),
+        vm_state_size: n("vm-state-size"),
+        date_sec: n("date-sec") as u32,
+        date_nsec: n("date-nsec") as u32,
+        vm_clock_nsec: n("vm-clock-sec") * 1_000_000_000 + n("vm-clock-nsec"),
+        icount: v["icount"].as_u64().unwrap_or(u64::MAX),
+    }
 }
 
 /// The BlockGraphInfo of a node: its BlockNodeInfo plus its children's, recursively.
@@ -221,6 +265,11 @@ fn node_info_dump(info: &Value, indentation: usize, protocol: bool) -> String {
         if let Some(fmt) = info["backing-filename-format"].as_str() {
             out += &format!("{ind}backing file format: {fmt}\n");
         }
+    }
+    if let Some(list) = info["snapshots"].as_array() {
+        let list: Vec<SnapshotInfo> = list.iter().map(snapshot_info_from_json).collect();
+        out += &format!("{ind}Snapshot list:\n");
+        out += &super::snapshot::snapshot_table(&list, &ind);
     }
     if let Some(data) = info.get("format-specific").and_then(|f| f.get("data")) {
         if !is_empty_dump(data) {

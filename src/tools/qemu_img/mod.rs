@@ -25,6 +25,7 @@ pub mod measure;
 pub mod qjson;
 pub mod rebase;
 pub mod resize;
+pub mod snapshot;
 
 use cli::error_exit;
 
@@ -36,7 +37,7 @@ struct Command {
 }
 
 /// Subcommands qemu-img 10.0.2 has that rqemu-img does not implement yet.
-const NOT_YET: &[&str] = &["amend", "bitmap", "snapshot"];
+const NOT_YET: &[&str] = &["amend", "bitmap"];
 
 const COMMANDS: &[Command] = &[
     Command {
@@ -86,6 +87,10 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "resize",
         run: resize::run,
+    },
+    Command {
+        name: "snapshot",
+        run: snapshot::run,
     },
 ];
 

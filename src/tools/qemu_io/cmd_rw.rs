@@ -163,8 +163,7 @@ async fn read(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
     let blk = io.blk();
     let (result, t) = timed(async {
         if o.vmstate {
-            // No driver keeps VM state yet (qcow2's vmstate area is not built).
-            Err(Error::from_errno(libc::ENOTSUP))
+            block::snapshot::bdrv_load_vmstate(blk.bs(), &buf, offset).await
         } else {
             blk.co_preadv(offset, &buf, RequestFlags::empty()).await
         }
@@ -419,8 +418,10 @@ async fn write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
                 let flags = o.flags | RequestFlags::WRITE_COMPRESSED;
                 blk.co_pwritev(offset, buf, flags).await
             }
-            // The VM state area (`-b`) exists in no driver yet.
-            _ => Err(Error::from_errno(libc::ENOTSUP)),
+            (WriteKind::VmState, Some(buf)) => {
+                block::snapshot::bdrv_save_vmstate(blk.bs(), buf, offset).await
+            }
+            (_, None) => Err(Error::from_errno(libc::EINVAL)),
         }
     })
     .await;

@@ -1,0 +1,141 @@
+//! Internal snapshots and the VM state area, seen from above the format driver (QEMU's
+//! block/snapshot.c and the vmstate part of block/io.c).
+//!
+//! A format that keeps snapshots inside the image (qcow2) implements the `co_snapshot_*`
+//! hooks of [`crate::driver::BlockDriver`]; these functions add what every caller needs: the
+//! lookup rules (by id, by name), the error texts QEMU's callers print, and the refresh of
+//! the node's length after a snapshot with another disk size was applied.
+
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+use crate::node::BlockDriverState;
+
+/// One internal snapshot as a driver describes it (QEMU's QEMUSnapshotInfo).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Unique id, numeric by convention ("1", "2"...); empty asks the driver to pick one.
+    pub id_str: String,
+    /// Name (tag) given by the user; need not be unique.
+    pub name: String,
+    /// Bytes of saved VM state.
+    pub vm_state_size: u64,
+    /// Creation time, seconds since the epoch.
+    pub date_sec: u32,
+    /// Creation time, nanoseconds part.
+    pub date_nsec: u32,
+    /// Guest clock when the snapshot was taken, in nanoseconds.
+    pub vm_clock_nsec: u64,
+    /// Instruction counter when taken; `u64::MAX` when not recorded (QEMU's -1).
+    pub icount: u64,
+}
+
+fn no_internal_snapshots(bs: &BlockDriverState) -> Error {
+    Error::not_supported(format!(
+        "Block format '{}' used by device '{}' does not support internal snapshots",
+        bs.format_name(),
+        bs.node_name()
+    ))
+}
+
+/// The node's snapshots (bdrv_snapshot_list); ENOTSUP for formats without any.
+pub fn bdrv_snapshot_list(bs: &BlockDriverState) -> Result<Vec<SnapshotInfo>> {
+    bs.drv().snapshot_list(bs)
+}
+
+/// The first snapshot named `name` (bdrv_snapshot_find: names only, not ids).
+pub fn bdrv_snapshot_find(bs: &BlockDriverState, name: &str) -> Result<SnapshotInfo> {
+    bdrv_snapshot_list(bs)?
+        .into_iter()
+        .find(|sn| sn.name == name)
+        .ok_or_else(|| Error::from_errno(libc::ENOENT))
+}
+
+/// Takes a snapshot of the node's current state (bdrv_snapshot_create).
+pub async fn bdrv_snapshot_create(bs: &BlockDriverState, sn: &SnapshotInfo) -> Result<()> {
+    // A write planned before the snapshot must not land in a cluster it makes shared
+    // (QEMU drains the node around snapshot operations).
+    bs.in_flight.drained().await;
+    bs.drv().co_snapshot_create(bs, sn).await
+}
+
+/// Reverts the node to the snapshot with this id, or else this name (bdrv_snapshot_goto).
+pub async fn bdrv_snapshot_goto(bs: &BlockDriverState, id_or_name: &str) -> Result<()> {
+    bs.in_flight.drained().await;
+    match bs.drv().co_snapshot_goto(bs, id_or_name).await {
+        Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => Err(Error::new(
+            libc::ENOTSUP,
+            "Block driver does not support snapshots",
+        )),
+        Err(e) if e.message().is_none() => Err(Error::with_errno_message(
+            e.errno(),
+            "Failed to load snapshot",
+        )),
+        Err(e) => Err(e),
+        Ok(()) => bs.refresh_total_bytes().await.map(|_| ()),
+    }
+}
+
+/// Deletes the snapshot that matches `id` and/or `name` (bdrv_snapshot_delete).
+pub async fn bdrv_snapshot_delete(
+    bs: &BlockDriverState,
+    id: Option<&str>,
+    name: Option<&str>,
+) -> Result<()> {
+    if id.is_none() && name.is_none() {
+        return Err(Error::invalid(
+            "snapshot_id and snapshot_name are both NULL",
+        ));
+    }
+    bs.in_flight.drained().await;
+    match bs.drv().co_snapshot_delete(bs, id, name).await {
+        Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => {
+            Err(no_internal_snapshots(bs))
+        }
+        other => other,
+    }
+}
+
+/// Shows a snapshot read-only in place of the current state, until the node is closed
+/// (bdrv_snapshot_load_tmp). The node must be read-only; its length does not change.
+pub async fn bdrv_snapshot_load_tmp(
+    bs: &BlockDriverState,
+    id: Option<&str>,
+    name: Option<&str>,
+) -> Result<()> {
+    if id.is_none() && name.is_none() {
+        return Err(Error::invalid("snapshot_id and name are both NULL"));
+    }
+    if !bs.is_read_only() {
+        return Err(Error::invalid("Device is not readonly"));
+    }
+    match bs.drv().co_snapshot_load_tmp(bs, id, name).await {
+        Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => {
+            Err(no_internal_snapshots(bs))
+        }
+        other => other,
+    }
+}
+
+/// [`bdrv_snapshot_load_tmp`] by id first, then by name
+/// (bdrv_snapshot_load_tmp_by_id_or_name).
+pub async fn bdrv_snapshot_load_tmp_by_id_or_name(
+    bs: &BlockDriverState,
+    id_or_name: &str,
+) -> Result<()> {
+    match bdrv_snapshot_load_tmp(bs, Some(id_or_name), None).await {
+        Err(e) if matches!(e.errno(), libc::ENOENT | libc::EINVAL) => {
+            bdrv_snapshot_load_tmp(bs, None, Some(id_or_name)).await
+        }
+        other => other,
+    }
+}
+
+/// Writes VM state at `pos` of the node's VM state area (bdrv_save_vmstate).
+pub async fn bdrv_save_vmstate(bs: &BlockDriverState, qiov: &IoVector, pos: u64) -> Result<()> {
+    bs.drv().co_save_vmstate(bs, qiov, pos).await
+}
+
+/// Reads VM state from `pos` of the node's VM state area (bdrv_load_vmstate).
+pub async fn bdrv_load_vmstate(bs: &BlockDriverState, qiov: &IoVector, pos: u64) -> Result<()> {
+    bs.drv().co_load_vmstate(bs, qiov, pos).await
+}
