@@ -7,14 +7,14 @@
 //! needed.
 
 use block::driver::PreallocMode;
-use block::{BlockDriverState, Error, RequestFlags, Result};
+use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
 
 use super::cache::Which;
 use super::header::{l1_entries_for, put32, put64, MAX_L1_BYTES};
 use super::l2::{cluster_type, get_entry, set_entry, ClusterType, L2E_OFFSET_MASK, OFLAG_COPIED};
 use super::state::{encode_table, Meta};
-use super::write_bytes;
 use super::Qcow2;
+use super::{read_bytes, write_bytes};
 
 impl Qcow2 {
     /// Resizes the image to `offset` bytes.
@@ -29,6 +29,11 @@ impl Qcow2 {
             return Err(Error::invalid("The new size must be a multiple of 512"));
         }
         let old = self.size.get();
+        let head = if prealloc != PreallocMode::Off && offset > old {
+            self.backing_head(bs, old).await?
+        } else {
+            None
+        };
         {
             let mut meta = self.meta.lock().await;
             meta.check_writable()?;
@@ -52,10 +57,35 @@ impl Qcow2 {
             self.info.borrow_mut().size = offset;
         }
         self.size.set(offset);
+        if let Some(head) = head {
+            let start = self.g.cluster_start(old);
+            self.write(bs, start, &head, RequestFlags::empty()).await?;
+        }
         if offset > old && prealloc == PreallocMode::Off {
             self.zero_grown_area(bs, old, offset).await?;
         }
         Ok(())
+    }
+
+    /// The guest data before the old end in its cluster, when it comes from the backing
+    /// file: preallocating gives that cluster a host cluster, and the data is copied into
+    /// it (the copy-on-write of QEMU's preallocate_co).
+    async fn backing_head(&self, bs: &BlockDriverState, old: u64) -> Result<Option<IoVector>> {
+        let in_cluster = self.g.in_cluster(old);
+        if in_cluster == 0 || bs.backing().is_none() {
+            return Ok(None);
+        }
+        let start = self.g.cluster_start(old);
+        let mapping = {
+            let mut meta = self.meta.lock().await;
+            meta.get_host_offset(start, in_cluster).await?.0
+        };
+        if mapping != super::mapping::Mapping::Unallocated {
+            return Ok(None);
+        }
+        let head = IoVector::alloc(in_cluster as usize);
+        self.read(bs, start, &head).await?;
+        Ok(Some(head))
     }
 
     /// Makes the new area read as zeroes: the rest of a partial last cluster may hold old
@@ -162,6 +192,9 @@ impl Meta {
         let cs = g.cluster_size;
         let file_len = self.file.getlength();
         let mut host_end = 0;
+        // falloc/full move the cluster holding the old end to new, fully allocated space
+        // too (it may have none behind it, e.g. after preallocation=metadata), as QEMU does.
+        let mut moved = None;
         let mut pos = g.cluster_start(from);
         while pos < to {
             let l2 = self.l2_for_write(pos).await?;
@@ -173,7 +206,17 @@ impl Meta {
             let mut n = 0;
             while n < clusters_left {
                 let (e, _) = get_entry(&g, self.caches.table(Which::L2, l2), first + n as usize);
-                if e & L2E_OFFSET_MASK != 0 || cluster_type(&g, e) == ClusterType::Compressed {
+                let movable = pos + n * cs < from
+                    && mode != PreallocMode::Metadata
+                    && !g.extended
+                    && matches!(
+                        cluster_type(&g, e),
+                        ClusterType::Normal | ClusterType::ZeroAlloc
+                    );
+                if movable {
+                    moved = Some(e);
+                } else if e & L2E_OFFSET_MASK != 0 || cluster_type(&g, e) == ClusterType::Compressed
+                {
                     break;
                 }
                 n += 1;
@@ -210,6 +253,9 @@ impl Meta {
                 );
             }
             self.caches.mark_dirty(Which::L2, l2);
+            if let Some(old) = moved.take() {
+                self.move_head(old, host, g.in_cluster(from)).await?;
+            }
             host_end = host_end.max(host + n * cs);
             pos += n * cs;
         }
@@ -221,6 +267,17 @@ impl Meta {
             self.file.co_truncate(host_end, false, file_mode).await?;
         }
         Ok(())
+    }
+
+    /// Copies the guest data of the cluster the old end fell in (its first `bytes`) to its
+    /// new host cluster and frees the old one; a preallocated zero cluster has nothing to
+    /// copy (the new cluster reads as zeroes).
+    async fn move_head(&mut self, old: u64, new_host: u64, bytes: u64) -> Result<()> {
+        if cluster_type(&self.g, old) == ClusterType::Normal {
+            let data = read_bytes(&self.file, old & L2E_OFFSET_MASK, bytes as usize).await?;
+            write_bytes(&self.file, new_host, &data).await?;
+        }
+        self.free_any_cluster(old).await
     }
 
     /// Writes the size field of the header.
