@@ -202,25 +202,8 @@ impl Meta {
             let first = g.l2_index(pos);
             let table_end = ((pos >> g.cluster_bits) | (g.l2_size - 1)) + 1;
             let clusters_left = (to.div_ceil(cs)).min(table_end) - (pos >> g.cluster_bits);
-            // The run of clusters without a host cluster, starting here.
-            let mut n = 0;
-            while n < clusters_left {
-                let (e, _) = get_entry(&g, self.caches.table(Which::L2, l2), first + n as usize);
-                let movable = pos + n * cs < from
-                    && mode != PreallocMode::Metadata
-                    && !g.extended
-                    && matches!(
-                        cluster_type(&g, e),
-                        ClusterType::Normal | ClusterType::ZeroAlloc
-                    );
-                if movable {
-                    moved = Some(e);
-                } else if e & L2E_OFFSET_MASK != 0 || cluster_type(&g, e) == ClusterType::Compressed
-                {
-                    break;
-                }
-                n += 1;
-            }
+            let (n, moving) = self.prealloc_run(l2, pos, clusters_left, from, mode);
+            moved = moved.or(moving);
             if n == 0 {
                 pos += cs;
                 continue;
@@ -267,6 +250,39 @@ impl Meta {
             self.file.co_truncate(host_end, false, file_mode).await?;
         }
         Ok(())
+    }
+
+    /// The run of clusters from `pos` that need a host cluster, at most `max`: those
+    /// without one, and under falloc/full also the cluster holding the old end `from`
+    /// (returned with its old entry, to be moved).
+    fn prealloc_run(
+        &mut self,
+        l2: u64,
+        pos: u64,
+        max: u64,
+        from: u64,
+        mode: PreallocMode,
+    ) -> (u64, Option<u64>) {
+        let g = self.g;
+        let first = g.l2_index(pos);
+        let table = self.caches.table(Which::L2, l2);
+        let mut moved = None;
+        let mut n = 0;
+        while n < max {
+            let (e, _) = get_entry(&g, table, first + n as usize);
+            let ctype = cluster_type(&g, e);
+            let movable = pos + n * g.cluster_size < from
+                && mode != PreallocMode::Metadata
+                && !g.extended
+                && matches!(ctype, ClusterType::Normal | ClusterType::ZeroAlloc);
+            if movable {
+                moved = Some(e);
+            } else if e & L2E_OFFSET_MASK != 0 || ctype == ClusterType::Compressed {
+                break;
+            }
+            n += 1;
+        }
+        (n, moved)
     }
 
     /// Copies the guest data of the cluster the old end fell in (its first `bytes`) to its
