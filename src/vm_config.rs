@@ -309,15 +309,8 @@ fn check_unique_id(cfg: &VmConfig, id: &str) -> Result<(), String> {
 /// `-m 512`, `-m 1G`, `-m size=1G`: a plain number means MiB.
 fn parse_ram_size(arg: &str) -> Result<u64, String> {
     let value = arg.strip_prefix("size=").unwrap_or(arg);
-    let bytes = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        value
-            .parse::<u64>()
-            .ok()
-            .and_then(|mib| mib.checked_mul(1 << 20))
-    } else {
-        block::options::parse_size(value)
-    };
-    let Some(bytes) = bytes else {
+    // qemu_strtosz_MiB: without a suffix the unit is MiB.
+    let Ok(bytes) = block::options::strtosz_unit(value, 20) else {
         return Err(
             "Parameter 'size' expects a non-negative number below 2^64\n\
              Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\

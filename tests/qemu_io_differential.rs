@@ -562,3 +562,111 @@ fn filter_matches_iotests() {
         "read 1/1 bytes at offset 0"
     );
 }
+
+/// Every spelling of a byte count that qemu_strtosz treats specially: suffixes, fractions,
+/// hex, exponents, signs, overflow and trailing text. A zero-length read at the parsed
+/// offset prints the value (or why it was refused), so the parsers can be compared exactly.
+#[test]
+fn size_arguments_parse_like_qemu_strtosz() {
+    if !reference_available() {
+        return;
+    }
+    const SIZES: &[&str] = &[
+        "1.5k",
+        "0x1000",
+        "0X10",
+        "0x10b",
+        "0xB",
+        "+0x10",
+        "010",
+        "00",
+        "4096b",
+        "4.5B",
+        "1K",
+        "+1k",
+        "+.5k",
+        ".5k",
+        ".0",
+        "1.",
+        "1.k",
+        "1.0",
+        "1.0b",
+        "12.5m",
+        "0.75G",
+        "3.999T",
+        "1P",
+        "1.5E",
+        "0.5e",
+        "1e",
+        "1E",
+        "7.5E",
+        "15E",
+        "16E",
+        "8E",
+        "8191.99P",
+        "0.0000000001k",
+        "1.9999999999999999999999k",
+        "1.0000000000000000001k",
+        "9223372036854775807",
+        "9223372036854775808",
+        "18446744073709551615",
+        "18446744073709551616",
+        "18446744073709551616k",
+        "99999999999999999999k",
+        "0x7fffffffffffffff",
+        "0xffffffffffffffff",
+        "0x10000000000000000",
+        "0x10000000000000000k",
+        "1e3",
+        "1.5e3k",
+        "1.5e+3k",
+        "1.5E3",
+        "0.5e1k",
+        "1.0e0",
+        "1.5ek",
+        "1e-3k",
+        "1.5",
+        ".5",
+        "1.5b",
+        "0.1b",
+        "k",
+        ".",
+        ".k",
+        "..5k",
+        ".5.5k",
+        "1.5.5k",
+        ".e5k",
+        "1..5k",
+        "1.-5k",
+        "1kb",
+        "1.5kk",
+        "1k5",
+        "1.5x",
+        "0b1",
+        "inf",
+        "nan",
+        "0x",
+        "0x1k",
+        "0x1.",
+        "0x1.5",
+        "0x+10",
+        "00x10",
+        "1,5k",
+        "-1",
+        "-0",
+        "-1k",
+        "-k",
+        "-.5k",
+        "+-1",
+        "++1",
+        "-0x10",
+    ];
+    let commands: Vec<String> = SIZES.iter().map(|s| format!("read -- {s} 0")).collect();
+    let mut args = vec!["-f", "raw"];
+    for c in &commands {
+        args.push("-c");
+        args.push(c);
+    }
+    args.push("IMG");
+    check("sizes", &args, "");
+}

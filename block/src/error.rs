@@ -5,6 +5,24 @@
 //! open/create paths ("Could not open 'x': No such file or directory"). One type carries both.
 
 use std::fmt;
+use std::sync::OnceLock;
+
+/// The program name error_report prefixes messages with ("qemu-io", "qemu-img").
+static PROGNAME: OnceLock<&'static str> = OnceLock::new();
+
+/// Sets the name error_report prints before each message (error_set_progname).
+pub fn set_progname(name: &'static str) {
+    let _ = PROGNAME.set(name);
+}
+
+/// Prints `PROGNAME: MSG` on stderr, for failures a driver reports itself rather than
+/// returning (QEMU's error_report, e.g. a cache that cannot be written back on close).
+pub fn error_report(msg: &str) {
+    match PROGNAME.get() {
+        Some(name) => eprintln!("{name}: {msg}"),
+        None => eprintln!("{msg}"),
+    }
+}
 
 /// A block-layer error: what went wrong (errno) and, optionally, the sentence to show.
 #[derive(Clone, PartialEq, Eq)]

@@ -557,14 +557,11 @@ impl BlockDriverState {
             file.debug_event(crate::BlkdbgEvent::FlushToOs).await;
         }
         self.drv().co_flush_to_os(self).await?;
-        if !self.open_flags().cache.no_flush {
-            // QEMU raises flush_to_disk only when something was written since the last
-            // flush (a write's own FUA flush runs before its write counts); blkdebug rules
-            // see the same events. The flush itself always happens.
-            if let Some(file) = file
-                .as_ref()
-                .filter(|_| self.flushed_gen.get() != current_gen)
-            {
+        // Only what was written since the last flush needs forcing to the disk (a write's
+        // own FUA flush runs before its write counts); as in QEMU, a node with nothing new
+        // neither flushes nor raises flush_to_disk, so blkdebug rules see the same requests.
+        if !self.open_flags().cache.no_flush && self.flushed_gen.get() != current_gen {
+            if let Some(file) = &file {
                 file.debug_event(crate::BlkdbgEvent::FlushToDisk).await;
             }
             self.drv().co_flush_to_disk(self).await?;

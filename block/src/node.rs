@@ -316,12 +316,17 @@ impl BlockDriverState {
     }
 
     /// Writes back state and closes the driver (bdrv_close); children close when dropped.
+    /// The driver closes even when the flush failed, as in QEMU: it may report what it
+    /// could not write back itself.
     pub async fn close(&self) -> Result<()> {
         self.in_flight.drained().await;
-        if !self.is_read_only() {
-            self.co_flush().await?;
-        }
-        self.drv().close(self).await
+        let flushed = if self.is_read_only() {
+            Ok(())
+        } else {
+            self.co_flush().await
+        };
+        let closed = self.drv().close(self).await;
+        flushed.and(closed)
     }
 }
 

@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+mod size;
+pub use size::{strtosz, strtosz_unit, SizeError};
+
 /// A flattened option dictionary.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Options {
@@ -121,13 +124,18 @@ impl Options {
     pub fn take_size(&mut self, key: &str) -> Result<Option<u64>> {
         match self.take(key) {
             None => Ok(None),
-            Some(v) => parse_size(&v).map(Some).ok_or_else(|| {
-                Error::invalid(format!(
+            // QEMU's parse_option_size messages.
+            Some(v) => match strtosz(&v) {
+                Ok(size) => Ok(Some(size)),
+                Err(SizeError::Range) => Err(Error::invalid(format!(
+                    "Value '{v}' is out of range for parameter '{key}'"
+                ))),
+                Err(SizeError::Invalid) => Err(Error::invalid(format!(
                     "Parameter '{key}' expects a non-negative number below 2^64\n\
                      Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
                      and exabytes, respectively."
-                ))
-            }),
+                ))),
+            },
         }
     }
 
@@ -294,39 +302,10 @@ pub fn parse_u64(v: &str) -> Option<u64> {
     }
 }
 
-/// Parses a size with an optional binary suffix: `512`, `64k`, `1.5M`, `1G` (QEMU's
-/// qemu_strtosz: the default unit is bytes; suffixes b, k/K, M, G, T, P, E).
+/// Parses a size with an optional binary suffix: `512`, `64k`, `1.5M`, `0x200`; None when
+/// [`strtosz`] refuses it.
 pub fn parse_size(v: &str) -> Option<u64> {
-    let v = v.trim();
-    let split = v
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(v.len());
-    let (number, suffix) = v.split_at(split);
-    if number.is_empty() {
-        return None;
-    }
-    let shift = match suffix {
-        "" | "b" | "B" => 0,
-        "k" | "K" => 10,
-        "m" | "M" => 20,
-        "g" | "G" => 30,
-        "t" | "T" => 40,
-        "p" | "P" => 50,
-        "e" | "E" => 60,
-        _ => return None,
-    };
-    let unit = 1u128 << shift;
-    let value = if let Some((int, frac)) = number.split_once('.') {
-        if shift == 0 || frac.contains('.') {
-            return None;
-        }
-        let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-        let frac_value: f64 = format!("0.{frac}").parse().ok()?;
-        int * unit + (frac_value * unit as f64) as u128
-    } else {
-        number.parse::<u128>().ok()? * unit
-    };
-    u64::try_from(value).ok().filter(|&v| v < u64::MAX)
+    strtosz(v).ok()
 }
 
 #[cfg(test)]

@@ -187,12 +187,55 @@ fn zero_writes_and_discard_in_v2_and_v3() {
         assert!(raw[65536..131072].iter().all(|&b| b == 0), "{opts}");
         assert!(raw[200_000..201_000].iter().all(|&b| b == 0), "{opts}");
         assert_eq!(raw[199_999], 1);
-        // v3 discards read as zeroes; v2 can only fall back to the backing file.
-        let discarded = if opts == "compat=0.10" { 0xbb } else { 0 };
+        // v3 discards read as zeroes; v2 cannot say "zero" and refuses rather than expose
+        // the backing file (qemu-iotests 290), so the data stays.
+        let discarded = if opts == "compat=0.10" { 1 } else { 0 };
         assert!(
             raw[1 << 20..2 << 20].iter().all(|&b| b == discarded),
             "{opts}"
         );
         assert!(raw[2 << 20..].iter().all(|&b| b == 1), "{opts}");
     }
+}
+
+#[test]
+fn v2_zero_writes_deallocate_and_full_growth_keeps_the_last_cluster() {
+    if !have_qemu() {
+        return;
+    }
+    let _serial = setup();
+    let dir = tempfile::tempdir().unwrap();
+    // v2 without a backing file: zeroes become unallocated clusters, not written data.
+    let p = dir.path().join("v2.qcow2");
+    let p = p.to_str().unwrap();
+    create(p, "compat=0.10", 1 << 20);
+    let blk = block_on(open(p, true)).unwrap();
+    write(&blk, 0, &[7; 1 << 20], RequestFlags::empty());
+    block_on(blk.co_pwrite_zeroes(0, 1 << 20, RequestFlags::empty())).unwrap();
+    block_on(blk.close()).unwrap();
+    drop(blk);
+    assert_eq!(qemu_check(p).0, 0);
+    let map = run_ok("/usr/bin/qemu-img", &["map", "--output=json", p]);
+    assert!(map.contains("\"present\": false"), "{map}");
+    assert!(reference_raw(p, dir.path()).iter().all(|&b| b == 0));
+
+    // preallocation=full growth from inside a cluster: the guest data before the old end
+    // survives (the cluster moves to preallocated space), the rest reads as zeroes, and
+    // later writes do not make the file longer.
+    let p = dir.path().join("grow.qcow2");
+    let p = p.to_str().unwrap();
+    create(p, "preallocation=metadata", 99_840);
+    let blk = block_on(open(p, true)).unwrap();
+    write(&blk, 65536, &[9; 34304], RequestFlags::empty());
+    block_on(blk.co_truncate(300_032, false, PreallocMode::Full)).unwrap();
+    let len = blk.bs().file().unwrap().getlength();
+    write(&blk, 99_840, &[4; 200_192], RequestFlags::empty());
+    assert_eq!(blk.bs().file().unwrap().getlength(), len);
+    block_on(blk.close()).unwrap();
+    drop(blk);
+    assert_eq!(qemu_check(p).0, 0);
+    let raw = reference_raw(p, dir.path());
+    assert!(raw[..65536].iter().all(|&b| b == 0));
+    assert!(raw[65536..99_840].iter().all(|&b| b == 9));
+    assert!(raw[99_840..].iter().all(|&b| b == 4));
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use rqemu::vm_config::{parse_args, Command};
 
 fn main() -> ExitCode {
+    block::error::set_progname("rqemu");
     let args: Vec<String> = std::env::args().skip(1).collect();
     let cfg = match parse_args(&args) {
         Ok(Command::Print(text)) => {

@@ -168,12 +168,11 @@ impl Caches {
         }
         self.make_room(which).await?;
         let size = self.cache(which).table_size;
-        self.file
-            .debug_event(match which {
-                Which::L2 => block::BlkdbgEvent::L2Load,
-                Which::Refblock => block::BlkdbgEvent::RefblockLoad,
-            })
-            .await;
+        // refblock_load is raised by update_refcount instead, on hits too, as QEMU's
+        // load_refcount_block does (its refcount lookups load without an event).
+        if which == Which::L2 {
+            self.file.debug_event(block::BlkdbgEvent::L2Load).await;
+        }
         let data = read_bytes(&self.file, offset, size).await?;
         self.insert(which, offset, data, false);
         Ok(())

@@ -135,6 +135,9 @@ impl Meta {
         let in_cluster = g.in_cluster(offset);
         let max_clusters = (g.l2_size as usize - first) as u64;
         let span = bytes.min(max_clusters * g.cluster_size - in_cluster);
+        if let Some(m) = self.plan_owned_run(l2, offset, span) {
+            return Ok(WritePlan::Alloc(m));
+        }
         let table = self.caches.table(Which::L2, l2);
         // Clusters that can be written in place, contiguously.
         let mut n = 0u64;
@@ -173,6 +176,57 @@ impl Meta {
         self.plan_alloc(l2, offset, span)
             .await
             .map(WritePlan::Alloc)
+    }
+
+    /// A run of host-contiguous clusters this image owns, at least one of them a
+    /// preallocated zero cluster: written in one request into the clusters it already has,
+    /// then relinked without the zero flag (handle_copied with keep_old). Only without
+    /// extended L2, where a zero cluster is a whole-cluster flag.
+    fn plan_owned_run(&mut self, l2: u64, offset: u64, span: u64) -> Option<L2Meta> {
+        let g = self.g;
+        if g.extended {
+            return None;
+        }
+        let cs = g.cluster_size;
+        let first = g.l2_index(offset);
+        let in_cluster = g.in_cluster(offset);
+        let table = self.caches.table(Which::L2, l2);
+        let (e0, _) = get_entry(&g, table, first);
+        let host_start = e0 & L2E_OFFSET_MASK;
+        if !owned(&g, e0) || host_start & (cs - 1) != 0 {
+            return None;
+        }
+        let mut old = Vec::new();
+        while (old.len() as u64) * cs < in_cluster + span {
+            let (e, b) = get_entry(&g, table, first + old.len());
+            if !owned(&g, e) || e & L2E_OFFSET_MASK != host_start + old.len() as u64 * cs {
+                break;
+            }
+            old.push((e, b));
+        }
+        let is_zero = |e: u64| cluster_type(&g, e) == ClusterType::ZeroAlloc;
+        if !old.iter().any(|&(e, _)| is_zero(e)) {
+            return None;
+        }
+        let nb_clusters = old.len() as u64;
+        let data_end = (in_cluster + span).min(nb_clusters * cs);
+        // Only a zero cluster needs its untouched part written (with zeroes).
+        let head_from = if is_zero(old[0].0) { 0 } else { in_cluster };
+        let tail_to = if is_zero(old[old.len() - 1].0) {
+            nb_clusters * cs
+        } else {
+            data_end
+        };
+        Some(L2Meta {
+            guest_start: g.cluster_start(offset),
+            host_start,
+            nb_clusters,
+            new_clusters: false,
+            data: (in_cluster, data_end),
+            cow_head: (head_from, in_cluster),
+            cow_tail: (data_end, tail_to),
+            old,
+        })
     }
 
     async fn plan_alloc(&mut self, l2: u64, offset: u64, span: u64) -> Result<L2Meta> {

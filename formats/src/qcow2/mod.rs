@@ -543,8 +543,24 @@ impl BlockDriver for Qcow2 {
         if bs.is_read_only() {
             return Ok(());
         }
+        // Each cache is written back and reported on its own, and the image is marked
+        // clean only when both made it (qcow2_inactivate).
         let mut meta = self.meta.lock().await;
-        meta.flush().await?;
+        let mut result = Ok(());
+        for (which, name) in [
+            (cache::Which::L2, "L2 table"),
+            (cache::Which::Refblock, "refcount block"),
+        ] {
+            let flushed = match meta.caches.flush(which).await {
+                Ok(()) => meta.file.co_flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = flushed {
+                block::error::error_report(&format!("Failed to flush the {name} cache: {e}"));
+                result = Err(e);
+            }
+        }
+        result?;
         self.mark_clean(&mut meta).await
     }
 

@@ -113,8 +113,18 @@ impl Meta {
             let first = offset >> self.g.cluster_bits;
             let last = (offset + len - 1) >> self.g.cluster_bits;
             let order = self.g.refcount_order;
+            let mut prev_idx = None;
             for cluster in first..=last {
                 let idx = cluster >> self.g.refblock_bits;
+                let first_of_block = prev_idx != Some(idx);
+                prev_idx = Some(idx);
+                if first_of_block {
+                    // QEMU raises refblock_alloc on every refcount block lookup here (at the
+                    // top of alloc_refcount_block), not only when one is created.
+                    self.file
+                        .debug_event(block::BlkdbgEvent::RefblockAlloc)
+                        .await;
+                }
                 let mut block = self.refblock_offset(idx).await?;
                 if block == 0 {
                     if addend < 0 {
@@ -126,6 +136,11 @@ impl Meta {
                             .await);
                     }
                     block = self.alloc_refblock(idx).await?;
+                } else if first_of_block {
+                    // load_refcount_block, cached or not.
+                    self.file
+                        .debug_event(block::BlkdbgEvent::RefblockLoad)
+                        .await;
                 }
                 self.caches.load(Which::Refblock, block).await?;
                 let i = (cluster & (self.refblock_entries() - 1)) as usize;
@@ -229,9 +244,6 @@ impl Meta {
 
     /// Creates the refcount block for reftable index `idx` (alloc_refcount_block).
     async fn alloc_refblock(&mut self, idx: u64) -> Result<u64> {
-        self.file
-            .debug_event(block::BlkdbgEvent::RefblockAlloc)
-            .await;
         if idx as usize >= self.reftable.len() {
             self.grow_reftable(idx).await?;
             let existing = self.refblock_offset(idx).await?;

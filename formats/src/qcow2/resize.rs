@@ -7,14 +7,14 @@
 //! needed.
 
 use block::driver::PreallocMode;
-use block::{BlockDriverState, Error, RequestFlags, Result};
+use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
 
 use super::cache::Which;
 use super::header::{l1_entries_for, put32, put64, MAX_L1_BYTES};
 use super::l2::{cluster_type, get_entry, set_entry, ClusterType, L2E_OFFSET_MASK, OFLAG_COPIED};
 use super::state::{encode_table, Meta};
-use super::write_bytes;
 use super::Qcow2;
+use super::{read_bytes, write_bytes};
 
 impl Qcow2 {
     /// Resizes the image to `offset` bytes.
@@ -33,6 +33,11 @@ impl Qcow2 {
             self.data.prealloc(prealloc)
         } else {
             prealloc
+        };
+        let head = if prealloc != PreallocMode::Off && offset > old {
+            self.backing_head(bs, old).await?
+        } else {
+            None
         };
         {
             let mut meta = self.meta.lock().await;
@@ -62,10 +67,35 @@ impl Qcow2 {
             self.info.borrow_mut().size = offset;
         }
         self.size.set(offset);
+        if let Some(head) = head {
+            let start = self.g.cluster_start(old);
+            self.write(bs, start, &head, RequestFlags::empty()).await?;
+        }
         if offset > old && prealloc == PreallocMode::Off {
             self.zero_grown_area(bs, old, offset).await?;
         }
         Ok(())
+    }
+
+    /// The guest data before the old end in its cluster, when it comes from the backing
+    /// file: preallocating gives that cluster a host cluster, and the data is copied into
+    /// it (the copy-on-write of QEMU's preallocate_co).
+    async fn backing_head(&self, bs: &BlockDriverState, old: u64) -> Result<Option<IoVector>> {
+        let in_cluster = self.g.in_cluster(old);
+        if in_cluster == 0 || bs.backing().is_none() {
+            return Ok(None);
+        }
+        let start = self.g.cluster_start(old);
+        let mapping = {
+            let mut meta = self.meta.lock().await;
+            meta.get_host_offset(start, in_cluster).await?.0
+        };
+        if mapping != super::mapping::Mapping::Unallocated {
+            return Ok(None);
+        }
+        let head = IoVector::alloc(in_cluster as usize);
+        self.read(bs, start, &head).await?;
+        Ok(Some(head))
     }
 
     /// Makes the new area read as zeroes: the rest of a partial last cluster may hold old
@@ -175,6 +205,9 @@ impl Meta {
         let cs = g.cluster_size;
         let file_len = self.file.getlength();
         let mut host_end = 0;
+        // falloc/full move the cluster holding the old end to new, fully allocated space
+        // too (it may have none behind it, e.g. after preallocation=metadata), as QEMU does.
+        let mut moved = None;
         let mut pos = g.cluster_start(from);
         while pos < to {
             let l2 = self.l2_for_write(pos).await?;
@@ -182,15 +215,8 @@ impl Meta {
             let first = g.l2_index(pos);
             let table_end = ((pos >> g.cluster_bits) | (g.l2_size - 1)) + 1;
             let clusters_left = (to.div_ceil(cs)).min(table_end) - (pos >> g.cluster_bits);
-            // The run of clusters without a host cluster, starting here.
-            let mut n = 0;
-            while n < clusters_left {
-                let (e, _) = get_entry(&g, self.caches.table(Which::L2, l2), first + n as usize);
-                if e & L2E_OFFSET_MASK != 0 || cluster_type(&g, e) == ClusterType::Compressed {
-                    break;
-                }
-                n += 1;
-            }
+            let (n, moving) = self.prealloc_run(l2, pos, clusters_left, from, mode);
+            moved = moved.or(moving);
             if n == 0 {
                 pos += cs;
                 continue;
@@ -223,6 +249,9 @@ impl Meta {
                 );
             }
             self.caches.mark_dirty(Which::L2, l2);
+            if let Some(old) = moved.take() {
+                self.move_head(old, host, g.in_cluster(from)).await?;
+            }
             host_end = host_end.max(host + n * cs);
             pos += n * cs;
         }
@@ -273,6 +302,50 @@ impl Meta {
             pos = last << g.cluster_bits;
         }
         self.data.grow_to(to, mode).await
+    }
+
+    /// The run of clusters from `pos` that need a host cluster, at most `max`: those
+    /// without one, and under falloc/full also the cluster holding the old end `from`
+    /// (returned with its old entry, to be moved).
+    fn prealloc_run(
+        &mut self,
+        l2: u64,
+        pos: u64,
+        max: u64,
+        from: u64,
+        mode: PreallocMode,
+    ) -> (u64, Option<u64>) {
+        let g = self.g;
+        let first = g.l2_index(pos);
+        let table = self.caches.table(Which::L2, l2);
+        let mut moved = None;
+        let mut n = 0;
+        while n < max {
+            let (e, _) = get_entry(&g, table, first + n as usize);
+            let ctype = cluster_type(&g, e);
+            let movable = pos + n * g.cluster_size < from
+                && mode != PreallocMode::Metadata
+                && !g.extended
+                && matches!(ctype, ClusterType::Normal | ClusterType::ZeroAlloc);
+            if movable {
+                moved = Some(e);
+            } else if e & L2E_OFFSET_MASK != 0 || ctype == ClusterType::Compressed {
+                break;
+            }
+            n += 1;
+        }
+        (n, moved)
+    }
+
+    /// Copies the guest data of the cluster the old end fell in (its first `bytes`) to its
+    /// new host cluster and frees the old one; a preallocated zero cluster has nothing to
+    /// copy (the new cluster reads as zeroes).
+    async fn move_head(&mut self, old: u64, new_host: u64, bytes: u64) -> Result<()> {
+        if cluster_type(&self.g, old) == ClusterType::Normal {
+            let data = read_bytes(&self.file, old & L2E_OFFSET_MASK, bytes as usize).await?;
+            write_bytes(&self.file, new_host, &data).await?;
+        }
+        self.free_any_cluster(old).await
     }
 
     /// Writes the size field of the header.

@@ -3,9 +3,11 @@
 //! block/qcow2*.c).
 //!
 //! Zeroes need the v3 zero flag (or, with extended L2, the subcluster zero bits); a v2 image
-//! or an unaligned piece answers ENOTSUP and the generic layer writes a zero buffer instead.
-//! Discard frees whole clusters: afterwards they read as zeroes where the format can say so
-//! (v3), or fall through to the backing file (v2), as in QEMU.
+//! without a backing file discards instead (unallocated reads as zeroes there). A v2 image
+//! with a backing file, or an unaligned piece, answers ENOTSUP and the generic layer writes
+//! a zero buffer instead. Discard frees whole clusters: afterwards they read as zeroes where
+//! the format can say so (v3) or where nothing lies below; on a v2 image with a backing file
+//! it is refused (ENOTSUP, which the generic layer ignores), as in QEMU.
 
 use block::{BlockDriverState, Error, RequestFlags, Result};
 
@@ -47,7 +49,7 @@ impl Qcow2 {
     ) -> Result<()> {
         let g = self.g;
         let sc = g.subcluster_size();
-        if !g.v3 {
+        if !g.v3 && bs.backing().is_some() {
             return Err(Error::from_errno(libc::ENOTSUP));
         }
         let (mut offset, mut bytes) = (offset, bytes);
@@ -74,6 +76,13 @@ impl Qcow2 {
             }
             offset = start;
             bytes = rounded_end - start;
+        }
+        if !g.v3 {
+            // No zero flag, but with no backing file an unallocated cluster reads as
+            // zeroes: discarding is zeroing (as in qcow2_subcluster_zeroize).
+            return self
+                .for_each_cluster(bs, offset, bytes, |_, _| Op::Discard { has_backing: false })
+                .await;
         }
         let unmap = flags.contains(RequestFlags::MAY_UNMAP);
         self.for_each_cluster(bs, offset, bytes, |start, len| {
@@ -132,6 +141,11 @@ impl Qcow2 {
             return Ok(());
         }
         let has_backing = bs.backing().is_some();
+        if has_backing && !g.v3 {
+            // v2 cannot say "zeroes" and an empty entry would expose the backing file's
+            // data, so the discard is not done at all.
+            return Err(Error::from_errno(libc::ENOTSUP));
+        }
         self.for_each_cluster(bs, start, aligned_end - start, |_, _| Op::Discard {
             has_backing,
         })

@@ -104,70 +104,7 @@ pub fn getopt(args: &[String], short: &str, long: &[LongOpt]) -> Result<Parsed, 
     Err(error_exit(&first))
 }
 
-/// Why a size did not parse (qemu_strtosz's -EINVAL / -ERANGE).
-#[derive(Debug, PartialEq, Eq)]
-pub enum SizeError {
-    /// Not a number with an allowed suffix.
-    Invalid,
-    /// Too large for 64 bits.
-    Range,
-}
-
-/// Parses a size as QEMU's qemu_strtosz: decimal (fractions allowed with a unit suffix) or
-/// 0x hex, optional suffix B/K/M/G/T/P/E (any case, 1024-based), default unit bytes.
-pub fn qemu_strtosz(text: &str) -> Result<u64, SizeError> {
-    let (number, suffix) = match text.find(|c: char| !(c.is_ascii_alphanumeric() || c == '.')) {
-        Some(_) => return Err(SizeError::Invalid),
-        None => split_suffix(text),
-    };
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" => 10,
-        "m" => 20,
-        "g" => 30,
-        "t" => 40,
-        "p" => 50,
-        "e" => 60,
-        _ => return Err(SizeError::Invalid),
-    };
-    let value: f64 = if let Some(hex) = number
-        .strip_prefix("0x")
-        .or_else(|| number.strip_prefix("0X"))
-    {
-        let v = u64::from_str_radix(hex, 16).map_err(|_| SizeError::Invalid)?;
-        return v.checked_mul(1 << shift).ok_or(SizeError::Range);
-    } else if number.contains('.') {
-        if shift == 0 {
-            return Err(SizeError::Invalid);
-        }
-        number.parse().map_err(|_| SizeError::Invalid)?
-    } else {
-        let v: u64 = number
-            .parse()
-            .map_err(|e: std::num::ParseIntError| match e.kind() {
-                std::num::IntErrorKind::PosOverflow => SizeError::Range,
-                _ => SizeError::Invalid,
-            })?;
-        return v.checked_mul(1 << shift).ok_or(SizeError::Range);
-    };
-    let bytes = value * (1u64 << shift) as f64;
-    if bytes >= 18446744073709551616.0 {
-        return Err(SizeError::Range);
-    }
-    Ok(bytes as u64)
-}
-
-fn split_suffix(text: &str) -> (&str, &str) {
-    let hex = text.starts_with("0x") || text.starts_with("0X");
-    let cut = text
-        .char_indices()
-        .find(|&(i, c)| {
-            !(c.is_ascii_digit() || c == '.' || (hex && (i == 1 || c.is_ascii_hexdigit())))
-        })
-        .map_or(text.len(), |(i, _)| i);
-    // In hex a trailing b/e are digits; QEMU accepts no suffix there except after digits.
-    text.split_at(cut)
-}
+pub use block::options::{strtosz as qemu_strtosz, SizeError};
 
 /// Parses a size argument within [min, max], reporting errors as qemu-img's cvtnum_full.
 pub fn cvtnum_full(name: &str, value: &str, min: i64, max: i64) -> Option<i64> {
@@ -331,7 +268,8 @@ mod tests {
         assert_eq!(qemu_strtosz("0x10"), Ok(16));
         assert_eq!(qemu_strtosz("12b"), Ok(12));
         assert_eq!(qemu_strtosz("1.5"), Err(SizeError::Invalid));
-        assert_eq!(qemu_strtosz("-1"), Err(SizeError::Invalid));
+        assert_eq!(qemu_strtosz("-1"), Err(SizeError::Range));
+        assert_eq!(qemu_strtosz("-1k"), Err(SizeError::Invalid));
         assert_eq!(qemu_strtosz("16E"), Err(SizeError::Range));
         assert_eq!(qemu_strtosz("99999999999999999999"), Err(SizeError::Range));
         assert_eq!(qemu_strtosz("1x"), Err(SizeError::Invalid));

@@ -83,9 +83,12 @@ impl CreateOpts {
         let number = match self.descs[i].kind {
             "size" => match qemu_strtosz(text) {
                 Ok(v) => Some(v),
-                Err(SizeError::Invalid | SizeError::Range) => {
-                    return Err(format!("Parameter '{name}' {SIZE_HELP}"))
+                Err(SizeError::Range) => {
+                    return Err(format!(
+                        "Value '{text}' is out of range for parameter '{name}'"
+                    ))
                 }
+                Err(SizeError::Invalid) => return Err(format!("Parameter '{name}' {SIZE_HELP}")),
             },
             "num" => Some(
                 text.parse()

@@ -102,6 +102,7 @@ const GLOBAL_LONG: &[crate::tools::getopt::LongOpt] = &[
 
 /// Runs qemu-img with `args` (without the program name); returns the exit status.
 pub fn main(args: Vec<String>) -> i32 {
+    block::error::set_progname(cli::PROG);
     formats::register_all();
     if args.is_empty() {
         return error_exit("Not enough arguments");

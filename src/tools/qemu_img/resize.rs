@@ -60,7 +60,13 @@ pub fn run(args: &[String]) -> i32 {
     };
     let n = match cli::qemu_strtosz(number) {
         Ok(n) => n,
-        Err(_) => {
+        Err(cli::SizeError::Range) => {
+            error_report(&format!(
+                "Value '{number}' is out of range for parameter 'size'"
+            ));
+            return 1;
+        }
+        Err(cli::SizeError::Invalid) => {
             error_report(
                 "Parameter 'size' expects a non-negative number below 2^64\n\
                  Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\

@@ -247,6 +247,7 @@ fn command_loop(ctx: &std::rc::Rc<AioContext>, io: &QemuIo, commands: &[String])
 
 /// The program, given its whole command line (`argv[0]` first): returns the exit status.
 pub fn main(args: Vec<String>) -> i32 {
+    block::error::set_progname("qemu-io");
     formats::register_all();
     super::cmd_break::install_message_sink();
     let argv0 = args.first().map_or("qemu-io", String::as_str);

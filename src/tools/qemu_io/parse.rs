@@ -32,85 +32,13 @@ impl NumError {
     }
 }
 
-/// Splits leading ASCII digits of `s` in `radix` off the rest.
-fn split_digits(s: &str, radix: u32) -> (&str, &str) {
-    let end = s.find(|c: char| !c.is_digit(radix)).unwrap_or(s.len());
-    s.split_at(end)
-}
-
-fn suffix_shift(c: Option<char>) -> Option<u32> {
-    Some(match c? {
-        'b' | 'B' => 0,
-        'k' | 'K' => 10,
-        'm' | 'M' => 20,
-        'g' | 'G' => 30,
-        't' | 'T' => 40,
-        'p' | 'P' => 50,
-        'e' | 'E' => 60,
-        _ => return None,
-    })
-}
-
 /// A byte count with an optional binary suffix and fraction: "512", "4k", "1.5M", "0x200"
-/// (qemu_strtosz). Negative numbers are out of range, as in parse_uint.
+/// (qemu_strtosz, shared with the rest of rqemu in block::options).
 pub fn strtosz(s: &str) -> Result<u64, NumError> {
-    let body = s.trim_start_matches(|c: char| c.is_ascii_whitespace());
-    let body = body.strip_prefix('+').unwrap_or(body);
-    if body.starts_with('-') {
-        return Err(NumError::Range);
-    }
-    if let Some(hex) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
-        let (digits, rest) = split_digits(hex, 16);
-        if digits.is_empty() || !rest.is_empty() {
-            return Err(NumError::Invalid);
-        }
-        return u64::from_str_radix(digits, 16).map_err(|_| NumError::Range);
-    }
-    let (int, rest) = split_digits(body, 10);
-    let (frac, rest) = match rest.strip_prefix('.') {
-        Some(after) => split_digits(after, 10),
-        None if int.is_empty() => return Err(NumError::Invalid),
-        None => ("", rest),
-    };
-    if int.is_empty() && frac.is_empty() {
-        return Err(NumError::Invalid);
-    }
-    let int: u64 = if int.is_empty() {
-        0
-    } else {
-        int.parse().map_err(|_| NumError::Range)?
-    };
-    let mut chars = rest.chars();
-    let shift = match suffix_shift(chars.next()) {
-        Some(shift) => {
-            if chars.next().is_some() {
-                return Err(NumError::Invalid);
-            }
-            shift
-        }
-        None if rest.is_empty() => 0,
-        None => return Err(NumError::Invalid),
-    };
-    scale(int, frac, shift)
-}
-
-/// `int.frac * 2^shift`, rounding the fraction's contribution half up as QEMU's 64.64 fixed
-/// point does; a fraction needs a unit.
-fn scale(int: u64, frac: &str, shift: u32) -> Result<u64, NumError> {
-    let fraction: f64 = format!("0.{frac}0").parse().unwrap_or(0.0);
-    // QEMU keeps the fraction as a 0.64 fixed-point number (saturating at 1 - 2^-64).
-    let valf = (fraction * 18_446_744_073_709_551_616.0) as u64;
-    if shift == 0 {
-        return if valf != 0 {
-            Err(NumError::Invalid)
-        } else {
-            Ok(int)
-        };
-    }
-    let whole = u128::from(int) << shift;
-    let frac_scaled = u128::from(valf) << shift;
-    let value = whole + (frac_scaled >> 64) + ((frac_scaled >> 63) & 1);
-    u64::try_from(value).map_err(|_| NumError::Range)
+    block::options::strtosz(s).map_err(|e| match e {
+        block::options::SizeError::Invalid => NumError::Invalid,
+        block::options::SizeError::Range => NumError::Range,
+    })
 }
 
 /// A byte count or offset argument (cvtnum): at most INT64_MAX.
@@ -140,6 +68,12 @@ pub fn cvtnum_or_print(arg: &str) -> Result<u64, i32> {
         print_cvtnum_err(e, arg);
         e.errno()
     })
+}
+
+/// Splits leading ASCII digits of `s` in `radix` off the rest.
+fn split_digits(s: &str, radix: u32) -> (&str, &str) {
+    let end = s.find(|c: char| !c.is_digit(radix)).unwrap_or(s.len());
+    s.split_at(end)
 }
 
 /// C's `strtol(s, &end, 0)`: a signed number in decimal, octal (leading 0) or hex (0x),
