@@ -56,6 +56,9 @@ bitflags::bitflags! {
         const RECURSE = 0x40;
         /// The range is stored compressed.
         const COMPRESSED = 0x80;
+        /// Data whose host range may be a hole of `file` (QEMU's BDRV_BLOCK_RECURSE, which
+        /// qcow2 sets for metadata-preallocated images): ask `file` whether it reads as zeroes.
+        const ZERO_FROM_FILE = 0x100;
     }
 }
 

@@ -18,6 +18,7 @@ pub mod create;
 pub mod header;
 pub mod l2;
 pub mod mapping;
+pub mod measure;
 mod read;
 pub mod rebuild;
 pub mod refcount;
@@ -104,6 +105,8 @@ pub struct Qcow2 {
     needs_repair: Cell<bool>,
     /// Serialises that repair.
     repair_lock: CoMutex<()>,
+    /// Whether the image looks metadata-preallocated, once block status asked.
+    metadata_preallocation: Cell<Option<bool>>,
 }
 
 async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
@@ -198,6 +201,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         info: RefCell::new(h.clone()),
         needs_repair: Cell::new(writable && dirty && !checking),
         repair_lock: CoMutex::new(()),
+        metadata_preallocation: Cell::new(None),
     };
     if writable {
         let mut meta = q.meta.lock().await;
