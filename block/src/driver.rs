@@ -343,6 +343,20 @@ pub trait BlockDriver {
         Err(Error::from_errno(libc::ENOTSUP))
     }
 
+    /// Changes creation options of an open image in place (bdrv_amend_options): `options`
+    /// holds the driver's amend options as given, `status` hears (done, total) progress.
+    async fn co_amend(
+        &self,
+        _bs: &BlockDriverState,
+        _options: &mut Options,
+        _force: bool,
+        _status: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        Err(Error::not_supported(
+            "The block driver does not support option amendment",
+        ))
+    }
+
     /// Checks (and with `fix`, repairs) the image's metadata (bdrv_co_check). Problems are
     /// reported on stderr as they are found, like QEMU's; the counts come back. Drivers
     /// without a check answer ENOTSUP ("This image format does not support checks").

@@ -70,6 +70,14 @@ impl CreateOpts {
         CreateOpts { descs, values }
     }
 
+    /// An option list from descriptions alone (amend's lists).
+    pub fn from_descs(descs: &[CreateOption]) -> CreateOpts {
+        CreateOpts {
+            descs: descs.to_vec(),
+            values: vec![None; descs.len()],
+        }
+    }
+
     /// Whether the driver knows an option.
     pub fn has(&self, name: &str) -> bool {
         self.descs.iter().any(|d| d.name == name)
