@@ -7,7 +7,7 @@
 use block::driver::CreateOption;
 use block::OpenFlags;
 
-use super::cli::{self, error_report, long, OpenSpec};
+use super::cli::{self, error_exit, error_report, long, OpenSpec};
 use super::cli::{OPT_IMAGE_OPTS, OPT_OBJECT};
 use super::create::accumulate_options;
 use super::create_opts::{has_help_option, CreateOpts};
@@ -61,9 +61,7 @@ fn parse(args: &[String]) -> Result<Args, i32> {
         }
     }
     let Some(options) = options else {
-        error_report("Must specify options (-o)");
-        eprintln!("Try '{} amend --help' for more info", cli::PROG);
-        return Err(1);
+        return Err(error_exit("Must specify options (-o)"));
     };
     if let Some(fmt) = spec.fmt.clone().filter(|_| has_help_option(&options)) {
         return Err(print_amend_option_help(&fmt));
