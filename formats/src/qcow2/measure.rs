@@ -88,7 +88,7 @@ fn take_shape(opts: &mut Options) -> Result<Shape> {
 /// the fixed point of "blocks for everything, table for the blocks".
 pub fn refcount_metadata_size(clusters: u64, cluster_size: u64, refcount_order: u32) -> u64 {
     let blocks_per_table_cluster = cluster_size / 8;
-    let refcounts_per_block = cluster_size * 8 >> refcount_order;
+    let refcounts_per_block = (cluster_size * 8) >> refcount_order;
     let (mut table, mut blocks, mut total) = (0u64, 0u64, 0u64);
     loop {
         let last = total;
@@ -200,4 +200,49 @@ pub async fn measure(opts: &mut Options, input: Option<&BlockDriverState>) -> Re
         fully_allocated,
         bitmaps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measure_new(opts: &[(&str, &str)]) -> Result<Measurement> {
+        let mut o = Options::new();
+        for (k, v) in opts {
+            o.set(k, *v);
+        }
+        futures_lite::future::block_on(measure(&mut o, None))
+    }
+
+    /// Figures `qemu-img measure -O qcow2 --size N` prints.
+    #[test]
+    fn new_images_match_qemu() {
+        let m = measure_new(&[("size", "1073741824")]).unwrap();
+        assert_eq!((m.required, m.fully_allocated), (393216, 1074135040));
+        let m = measure_new(&[("size", "1")]).unwrap();
+        assert_eq!((m.required, m.fully_allocated), (327680, 393216));
+        let m = measure_new(&[("size", "0")]).unwrap();
+        assert_eq!((m.required, m.fully_allocated), (196608, 196608));
+        let m = measure_new(&[
+            ("size", "1073741824"),
+            ("refcount_bits", "64"),
+            ("cluster_size", "512"),
+        ])
+        .unwrap();
+        assert_eq!((m.required, m.fully_allocated), (34629120, 1108370944));
+        let m = measure_new(&[("size", "1073741824"), ("preallocation", "full")]).unwrap();
+        assert_eq!(m.required, m.fully_allocated);
+        assert_eq!(m.bitmaps, None);
+    }
+
+    #[test]
+    fn refusals_use_qemu_messages() {
+        let err = |opts: &[(&str, &str)]| measure_new(opts).unwrap_err().to_string();
+        assert!(err(&[("size", "1099511627776"), ("cluster_size", "512")])
+            .contains("The image size is too large"));
+        assert!(err(&[("compat", "0.10"), ("refcount_bits", "1")])
+            .contains("use compat=1.1 or greater"));
+        assert!(err(&[("extended_l2", "on"), ("cluster_size", "4096")])
+            .contains("at least 16384 bytes"));
+    }
 }
