@@ -154,33 +154,31 @@ fn parse_request(h: &Header, opts: &mut Options) -> Result<Request> {
                 }
                 r.refcount_bits = Some(bits);
             }
-            // This driver opens no image with a data file or encryption (it refuses them
-            // by name at open), so these are QEMU's answers for such an image.
-            "data_file" => {
-                return Err(Error::invalid(
-                    "data-file can only be set for images that use an external data file",
-                ))
-            }
-            "data_file_raw" => {
-                if block::options::parse_bool(&value) == Some(true) {
-                    return Err(Error::invalid(
-                        "data-file-raw cannot be set on existing images",
-                    ));
-                }
-            }
-            _ if h.crypt_method == 0 => {
-                return Err(Error::invalid(
-                    "Can't amend encryption options - encryption not present",
-                ))
-            }
-            _ => {
-                return Err(Error::not_supported(
-                    "Only LUKS encryption options can be amended",
-                ))
-            }
+            _ => refuse_unsupported(h, desc.name, &value)?,
         }
     }
     Ok(r)
+}
+
+/// The data file and encryption options. This driver opens no image with a data file or
+/// encryption (it refuses them by name at open), so these are QEMU's answers for an image
+/// without them.
+fn refuse_unsupported(h: &Header, name: &str, value: &str) -> Result<()> {
+    match name {
+        "data_file" => Err(Error::invalid(
+            "data-file can only be set for images that use an external data file",
+        )),
+        "data_file_raw" if block::options::parse_bool(value) == Some(true) => Err(Error::invalid(
+            "data-file-raw cannot be set on existing images",
+        )),
+        "data_file_raw" => Ok(()),
+        _ if h.crypt_method == 0 => Err(Error::invalid(
+            "Can't amend encryption options - encryption not present",
+        )),
+        _ => Err(Error::not_supported(
+            "Only LUKS encryption options can be amended",
+        )),
+    }
 }
 
 fn v3_feature_names() -> Vec<header::FeatureName> {
