@@ -57,6 +57,9 @@ bitflags::bitflags! {
         const RECURSE = 0x40;
         /// The range is stored compressed.
         const COMPRESSED = 0x80;
+        /// Data whose host range may be a hole of `file` (QEMU's BDRV_BLOCK_RECURSE, which
+        /// qcow2 sets for metadata-preallocated images): ask `file` whether it reads as zeroes.
+        const ZERO_FROM_FILE = 0x100;
     }
 }
 
@@ -339,6 +342,20 @@ pub trait BlockDriver {
     /// file again (bdrv_make_empty; `qemu-img commit` empties the committed overlay).
     async fn co_make_empty(&self, _bs: &BlockDriverState) -> Result<()> {
         Err(Error::from_errno(libc::ENOTSUP))
+    }
+
+    /// Changes creation options of an open image in place (bdrv_amend_options): `options`
+    /// holds the driver's amend options as given, `status` hears (done, total) progress.
+    async fn co_amend(
+        &self,
+        _bs: &BlockDriverState,
+        _options: &mut Options,
+        _force: bool,
+        _status: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        Err(Error::not_supported(
+            "The block driver does not support option amendment",
+        ))
     }
 
     /// Checks (and with `fix`, repairs) the image's metadata (bdrv_co_check). Problems are

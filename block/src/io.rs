@@ -646,14 +646,17 @@ impl BlockDriverState {
         } else {
             status.flags |= StatusFlags::ALLOCATED;
         }
+        // Only on the driver's request: a format's data cluster whose host range is a hole
+        // (a COW tail the format zeroed by punching) is still data, as QEMU reports it.
         if want_zero
-            && status
-                .flags
-                .contains(StatusFlags::DATA | StatusFlags::OFFSET_VALID)
+            && status.flags.contains(
+                StatusFlags::DATA | StatusFlags::OFFSET_VALID | StatusFlags::ZERO_FROM_FILE,
+            )
             && !status.flags.contains(StatusFlags::ZERO)
         {
             status = self.refine_zero_from_file(status).await?;
         }
+        status.flags.remove(StatusFlags::ZERO_FROM_FILE);
         if offset + status.bytes == total {
             status.flags |= StatusFlags::EOF;
         }

@@ -11,6 +11,8 @@
 //! [`state`] holds the image state behind the metadata lock; [`read`] and [`write`] are the
 //! request paths built from the pieces above.
 
+pub mod amend;
+mod amend_walk;
 pub mod cache;
 pub mod check;
 pub mod cluster;
@@ -20,6 +22,7 @@ pub mod data_file;
 pub mod header;
 pub mod l2;
 pub mod mapping;
+pub mod measure;
 mod read;
 pub mod rebuild;
 pub mod refcount;
@@ -105,7 +108,7 @@ pub struct Qcow2 {
     /// Header facts for the synchronous info calls.
     info: RefCell<Header>,
     /// The compatible lazy-refcounts bit is set: the image is marked dirty while written.
-    lazy_refcounts: bool,
+    lazy_refcounts: Cell<bool>,
     /// The image was found dirty: its refcounts must be repaired before the first write.
     needs_repair: Cell<bool>,
     /// Serialises that repair.
@@ -114,6 +117,8 @@ pub struct Qcow2 {
     data: DataFile,
     /// The snapshot list for the synchronous `snapshot_list` (a copy of the one in `meta`).
     snapshot_infos: RefCell<Vec<block::snapshot::SnapshotInfo>>,
+    /// Whether the image looks metadata-preallocated, once block status asked.
+    metadata_preallocation: Cell<Option<bool>>,
 }
 
 async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
@@ -203,12 +208,13 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         allocs: RefCell::new(Vec::new()),
         next_alloc_id: Cell::new(1),
         alloc_done: CoQueue::new(),
-        lazy_refcounts: h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
+        lazy_refcounts: Cell::new(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
         info: RefCell::new(h.clone()),
         needs_repair: Cell::new(writable && dirty && !checking),
         repair_lock: CoMutex::new(()),
         data,
         snapshot_infos: RefCell::new(Vec::new()),
+        metadata_preallocation: Cell::new(None),
     };
     q.publish_snapshots(&*q.meta.lock().await);
     if writable {
@@ -260,7 +266,9 @@ impl Qcow2 {
     /// Sets the dirty bit before the first write of a lazy-refcounts image
     /// (qcow2_mark_dirty).
     pub(crate) async fn mark_dirty(&self, meta: &mut Meta) -> Result<()> {
-        if self.lazy_refcounts && meta.header.incompatible_features & header::INCOMPAT_DIRTY == 0 {
+        if self.lazy_refcounts.get()
+            && meta.header.incompatible_features & header::INCOMPAT_DIRTY == 0
+        {
             meta.file.co_flush().await?;
             meta.header.incompatible_features |= header::INCOMPAT_DIRTY;
             meta.write_incompatible().await?;
@@ -481,6 +489,16 @@ impl BlockDriver for Qcow2 {
     async fn co_make_empty(&self, bs: &BlockDriverState) -> Result<()> {
         self.repair_if_dirty(bs).await?;
         self.make_empty(bs).await
+    }
+
+    async fn co_amend(
+        &self,
+        bs: &BlockDriverState,
+        options: &mut Options,
+        _force: bool,
+        status: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.amend(bs, options, status).await
     }
 
     async fn co_check(&self, bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {

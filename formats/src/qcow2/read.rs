@@ -10,6 +10,7 @@ use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
 
 use super::compress;
 use super::mapping::Mapping;
+use super::state::Meta;
 use super::Qcow2;
 
 impl Qcow2 {
@@ -91,9 +92,14 @@ impl Qcow2 {
         offset: u64,
         bytes: u64,
     ) -> Result<BlockStatus> {
-        let (mapping, n) = {
+        let (mapping, n, prealloc) = {
             let mut meta = self.meta.lock().await;
-            meta.get_host_offset(offset, bytes).await?
+            if self.metadata_preallocation.get().is_none() {
+                let found = detect_metadata_preallocation(&mut meta).await?;
+                self.metadata_preallocation.set(Some(found));
+            }
+            let (mapping, n) = meta.get_host_offset(offset, bytes).await?;
+            (mapping, n, self.metadata_preallocation.get() == Some(true))
         };
         let status = match mapping {
             Mapping::Unallocated => BlockStatus::new(StatusFlags::empty(), n),
@@ -109,6 +115,10 @@ impl Qcow2 {
             }
             Mapping::Data(host) => {
                 let mut s = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, n);
+                if prealloc {
+                    // Preallocated clusters may never have been written: holes read as zero.
+                    s.flags |= StatusFlags::ZERO_FROM_FILE;
+                }
                 s.map = host;
                 s.file = Some(self.data_child(bs)?);
                 s
@@ -116,4 +126,26 @@ impl Qcow2 {
         };
         Ok(status)
     }
+}
+
+/// Whether the image looks metadata-preallocated: clearly more clusters have a refcount
+/// than the file really has allocated (qcow2_detect_metadata_preallocation). Only then is a
+/// data cluster's host range worth asking about holes.
+async fn detect_metadata_preallocation(meta: &mut Meta) -> Result<bool> {
+    let file_length = meta.file.getlength();
+    let Some(allocated) = meta.file.co_get_allocated_file_size().await? else {
+        return Ok(false);
+    };
+    let real_clusters = allocated / meta.g.cluster_size;
+    let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+    let end = file_length.div_ceil(meta.g.cluster_size);
+    let mut counted = 0;
+    let mut cluster = 0;
+    while cluster < end && counted < threshold {
+        if meta.get_refcount(cluster).await? != 0 {
+            counted += 1;
+        }
+        cluster += 1;
+    }
+    Ok(counted >= threshold)
 }

@@ -35,12 +35,41 @@ fn alloc_in_counts(counts: &mut Vec<u64>, first_free: &mut usize, n: usize) -> u
     start
 }
 
+/// A refcount structure written to free clusters but not yet made live.
+pub(super) struct NewRefcounts {
+    /// Where the table starts.
+    pub(super) table_offset: u64,
+    /// How many clusters it spans.
+    pub(super) table_clusters: u32,
+    /// Its entries.
+    pub(super) reftable: Vec<u64>,
+}
+
 impl Meta {
     /// Replaces the refcount table and blocks with ones built from `refs`.
     pub(super) async fn rebuild_refcount_structure(&mut self, refs: &mut Refs) -> Result<()> {
+        let new = self.write_refcount_structure(&mut refs.counts).await?;
+        let mut fields = [0u8; 12];
+        put64(&mut fields, 0, new.table_offset);
+        put32(&mut fields, 8, new.table_clusters);
+        write_bytes(&self.file, 48, &fields).await?;
+        self.file.co_flush().await?;
+        self.header.refcount_table_offset = new.table_offset;
+        self.header.refcount_table_clusters = new.table_clusters;
+        self.reftable = new.reftable;
+        self.caches.clear();
+        self.free_cluster_index = 0;
+        Ok(())
+    }
+
+    /// Places refcount blocks and a table for `counts` (per cluster, at the width of
+    /// `self.g`) in clusters the counts show free, counting them too, and writes them.
+    pub(super) async fn write_refcount_structure(
+        &mut self,
+        counts: &mut Vec<u64>,
+    ) -> Result<NewRefcounts> {
         let cs = self.g.cluster_size as usize;
         let epb = 1usize << self.g.refblock_bits;
-        let counts = &mut refs.counts;
         let mut first_free = 0;
         let mut blocks: BTreeMap<usize, usize> = BTreeMap::new();
         let mut table: Option<(usize, usize)> = None;
@@ -85,16 +114,10 @@ impl Meta {
         let table_offset = (table_start * cs) as u64;
         write_bytes(&self.file, table_offset, &encode_table(&reftable)).await?;
         self.file.co_flush().await?;
-        let mut fields = [0u8; 12];
-        put64(&mut fields, 0, table_offset);
-        put32(&mut fields, 8, table_clusters as u32);
-        write_bytes(&self.file, 48, &fields).await?;
-        self.file.co_flush().await?;
-        self.header.refcount_table_offset = table_offset;
-        self.header.refcount_table_clusters = table_clusters as u32;
-        self.reftable = reftable;
-        self.caches.clear();
-        self.free_cluster_index = 0;
-        Ok(())
+        Ok(NewRefcounts {
+            table_offset,
+            table_clusters: table_clusters as u32,
+            reftable,
+        })
     }
 }

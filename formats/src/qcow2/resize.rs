@@ -112,7 +112,8 @@ impl Qcow2 {
                 self.write(bs, old, &zeroes, RequestFlags::empty()).await?;
             }
         }
-        if bs.backing().is_some() && new > cluster_end && self.g.v3 {
+        // The version may have changed since open (amend upgrades before resizing).
+        if bs.backing().is_some() && new > cluster_end && self.info.borrow().version >= 3 {
             self.pwrite_zeroes(bs, cluster_end, new - cluster_end, RequestFlags::empty())
                 .await?;
         }

@@ -53,6 +53,22 @@ fn kind_name(kind: &str) -> &str {
     }
 }
 
+/// Parses a number option as qemu_strtou64 with base 0 does: leading blanks, a sign (a
+/// minus wraps like C's strtoull), then decimal, 0x hex or 0 octal.
+fn parse_number(text: &str) -> Option<u64> {
+    let t = text.trim_start();
+    let (negative, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let value = super::cli::strtoul(digits)?;
+    Some(if negative {
+        value.wrapping_neg()
+    } else {
+        value
+    })
+}
+
 const SIZE_HELP: &str = "expects a non-negative number below 2^64\n\
      Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
      and exabytes, respectively.";
@@ -68,6 +84,14 @@ impl CreateOpts {
         }
         let values = vec![None; descs.len()];
         CreateOpts { descs, values }
+    }
+
+    /// An option list from descriptions alone (amend's lists).
+    pub fn from_descs(descs: &[CreateOption]) -> CreateOpts {
+        CreateOpts {
+            descs: descs.to_vec(),
+            values: vec![None; descs.len()],
+        }
     }
 
     /// Whether the driver knows an option.
@@ -91,8 +115,7 @@ impl CreateOpts {
                 Err(SizeError::Invalid) => return Err(format!("Parameter '{name}' {SIZE_HELP}")),
             },
             "num" => Some(
-                text.parse()
-                    .map_err(|_| format!("Parameter '{name}' expects a number"))?,
+                parse_number(text).ok_or_else(|| format!("Parameter '{name}' expects a number"))?,
             ),
             "bool" => {
                 if block::options::parse_bool(text).is_none() {
@@ -159,7 +182,9 @@ impl CreateOpts {
         for (desc, value) in self.descs.iter().zip(&self.values) {
             let text = match (value, desc.default) {
                 (Some(v), _) => match (desc.kind, v.number) {
-                    ("size" | "num", Some(n)) => n.to_string(),
+                    ("size", Some(n)) => n.to_string(),
+                    // QEMU prints number options signed (PRId64).
+                    ("num", Some(n)) => (n as i64).to_string(),
                     _ => v.text.clone(),
                 },
                 (None, Some(d)) => d.to_string(),
@@ -278,6 +303,9 @@ mod tests {
         assert_eq!(o.print_line(), "size=1048576 nocow=on preallocation=falloc");
         assert_eq!(o.parse("foo=bar").unwrap_err(), "Invalid parameter 'foo'");
         assert!(o.parse("nocow=maybe").is_err());
+        assert_eq!(parse_number(" 0x10"), Some(16));
+        assert_eq!(parse_number("-1"), Some(u64::MAX));
+        assert_eq!(parse_number("16k"), None);
         assert_eq!(o.to_options().get("size"), Some("1048576"));
     }
 }

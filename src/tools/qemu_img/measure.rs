@@ -2,8 +2,8 @@
 //! img_measure + the driver's bdrv_measure).
 //!
 //! Measured either for a new image of `--size N` or for converting an existing image. The
-//! raw answer is the virtual size (sector-rounded), allocated or not; formats that cannot
-//! measure yet say so by name.
+//! raw answer is the virtual size (sector-rounded), allocated or not; qcow2 measures its
+//! metadata geometry (formats::qcow2::measure).
 
 use block::BlockDriverState;
 use serde_json::{json, Map, Value};
@@ -29,6 +29,8 @@ pub struct MeasureInfo {
     pub required: u64,
     /// Bytes a fully allocated image needs.
     pub fully_allocated: u64,
+    /// Bytes for persistent bitmaps, when both sides could hold them.
+    pub bitmaps: Option<u64>,
 }
 
 /// Runs `qemu-img measure`.
@@ -82,7 +84,8 @@ pub fn run(args: &[String]) -> i32 {
             options.as_deref(),
             size,
             blk.as_ref().map(|b| b.bs()),
-        );
+        )
+        .await;
         if let Some(b) = blk {
             let _ = b.close().await;
         }
@@ -121,7 +124,7 @@ fn check_args(
 }
 
 /// Measures for `out_fmt` (bdrv_measure); errors are reported.
-fn measure(
+async fn measure(
     out_fmt: &str,
     options: Option<&str>,
     size: Option<u64>,
@@ -150,21 +153,39 @@ fn measure(
     if let Some(size) = size {
         opts.set_number("size", size);
     }
-    if drv.format_name != "raw" {
-        error_report(&format!(
-            "Block driver '{}' does not support size measurement",
-            drv.format_name
-        ));
-        return None;
+    match drv.format_name {
+        "raw" => {
+            let required = match input {
+                Some(bs) => bs.getlength(),
+                None => opts.get_number("size").unwrap_or(0).div_ceil(512) * 512,
+            };
+            Some(MeasureInfo {
+                required,
+                fully_allocated: required,
+                bitmaps: None,
+            })
+        }
+        "qcow2" => {
+            let mut create_opts = opts.to_options();
+            match formats::qcow2::measure::measure(&mut create_opts, input.map(|b| &**b)).await {
+                Ok(m) => Some(MeasureInfo {
+                    required: m.required,
+                    fully_allocated: m.fully_allocated,
+                    bitmaps: m.bitmaps,
+                }),
+                Err(e) => {
+                    error_report(&e.to_string());
+                    None
+                }
+            }
+        }
+        other => {
+            error_report(&format!(
+                "Block driver '{other}' does not support size measurement"
+            ));
+            None
+        }
     }
-    let required = match input {
-        Some(bs) => bs.getlength(),
-        None => opts.get_number("size").unwrap_or(0).div_ceil(512) * 512,
-    };
-    Some(MeasureInfo {
-        required,
-        fully_allocated: required,
-    })
 }
 
 fn print_info(info: &MeasureInfo, format: OutputFormat) {
@@ -172,11 +193,17 @@ fn print_info(info: &MeasureInfo, format: OutputFormat) {
         OutputFormat::Human => {
             println!("required size: {}", info.required);
             println!("fully allocated size: {}", info.fully_allocated);
+            if let Some(b) = info.bitmaps {
+                println!("bitmaps size: {b}");
+            }
         }
         OutputFormat::Json => {
             let mut m = Map::new();
             m.insert("required".into(), json!(info.required));
             m.insert("fully-allocated".into(), json!(info.fully_allocated));
+            if let Some(b) = info.bitmaps {
+                m.insert("bitmaps".into(), json!(b));
+            }
             println!("{}", qjson::to_pretty(&Value::Object(m)));
         }
     }

@@ -7,6 +7,7 @@
 //! (`-o` option lists, `-o help`, the "Formatting" line), [`human`] (sizes and the progress
 //! bar) and [`qjson`] (JSON printed exactly as QEMU's QDict/JSON writer prints it).
 
+pub mod amend;
 pub mod bench;
 pub mod check;
 pub mod cli;
@@ -37,9 +38,13 @@ struct Command {
 }
 
 /// Subcommands qemu-img 10.0.2 has that rqemu-img does not implement yet.
-const NOT_YET: &[&str] = &["amend", "bitmap"];
+const NOT_YET: &[&str] = &["bitmap"];
 
 const COMMANDS: &[Command] = &[
+    Command {
+        name: "amend",
+        run: amend::run,
+    },
     Command {
         name: "bench",
         run: bench::run,

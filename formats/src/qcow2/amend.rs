@@ -1,0 +1,380 @@
+//! Changing the options of an existing image in place (QEMU's qcow2_amend_options,
+//! qcow2_upgrade and qcow2_downgrade in block/qcow2.c).
+//!
+//! The options are read in the order of [`AMEND_OPTIONS`], so that the first bad one is the
+//! one reported; the changes are then made in QEMU's order: upgrade first (later features
+//! may need version 3), refcount width, header, backing file, lazy refcounts, size, and the
+//! downgrade last (after the features it cannot keep are gone). The two long walks, zero
+//! cluster expansion and the refcount rebuild, live in [`super::amend_walk`].
+
+use block::driver::{CreateOption, PreallocMode};
+use block::{BlockDriverState, Error, Options, Result};
+
+use super::create::CREATE_OPTIONS;
+use super::header::{self, Header, COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY};
+use super::l2::Geometry;
+use super::Qcow2;
+
+const fn opt(name: &'static str, kind: &'static str, help: &'static str) -> CreateOption {
+    CreateOption {
+        name,
+        kind,
+        help,
+        default: None,
+    }
+}
+
+/// The options `amend` takes, in QEMU's order (qcow2_amend_opts: the LUKS keyslot options,
+/// then those shared with creation).
+pub const AMEND_OPTIONS: [CreateOption; 13] = [
+    opt(
+        "encrypt.state",
+        "str",
+        "Select new state of affected keyslots (active/inactive)",
+    ),
+    opt(
+        "encrypt.keyslot",
+        "num",
+        "Select a single keyslot to modify explicitly",
+    ),
+    opt(
+        "encrypt.old-secret",
+        "str",
+        "Select all keyslots that match this password",
+    ),
+    opt(
+        "encrypt.new-secret",
+        "str",
+        "New secret to set in the matching keyslots. Empty string to erase",
+    ),
+    opt(
+        "encrypt.iter-time",
+        "num",
+        "Time to spend in PBKDF in milliseconds",
+    ),
+    CREATE_OPTIONS[5],
+    CREATE_OPTIONS[6],
+    CREATE_OPTIONS[7],
+    CREATE_OPTIONS[8],
+    CREATE_OPTIONS[9],
+    CREATE_OPTIONS[10],
+    CREATE_OPTIONS[11],
+    CREATE_OPTIONS[12],
+];
+
+/// The steps of an amendment that report progress (Qcow2AmendOperation).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Operation {
+    None,
+    Upgrading,
+    ChangingRefcountOrder,
+    Downgrading,
+}
+
+/// Turns each step's own (done, total) into progress of the whole amendment, projecting
+/// the steps not begun yet to be as long as the ones seen (qcow2_amend_helper_cb).
+pub(super) struct AmendProgress<'a> {
+    status: &'a mut dyn FnMut(u64, u64),
+    total_operations: u64,
+    operations_completed: u64,
+    offset_completed: u64,
+    last_work_size: u64,
+    current: Operation,
+    last: Operation,
+}
+
+impl AmendProgress<'_> {
+    /// Starts reporting for `op`.
+    pub(super) fn begin(&mut self, op: Operation) {
+        self.current = op;
+    }
+
+    /// The current step has done `offset` of `work_size`.
+    pub(super) fn report(&mut self, offset: u64, work_size: u64) {
+        if self.current != self.last {
+            if self.last != Operation::None {
+                self.offset_completed += self.last_work_size;
+                self.operations_completed += 1;
+            }
+            self.last = self.current;
+        }
+        let total_ops = self.total_operations.max(self.operations_completed + 1);
+        self.last_work_size = work_size;
+        let current_work = self.offset_completed + work_size;
+        let projected = current_work * (total_ops - self.operations_completed - 1)
+            / (self.operations_completed + 1);
+        (self.status)(self.offset_completed + offset, current_work + projected);
+    }
+}
+
+/// What an amend command line asks for.
+#[derive(Default)]
+struct Request {
+    version: Option<u32>,
+    size: u64,
+    backing_file: Option<String>,
+    backing_fmt: Option<String>,
+    lazy_refcounts: Option<bool>,
+    refcount_bits: Option<u64>,
+}
+
+/// Reads the options in [`AMEND_OPTIONS`] order with QEMU's checks and messages.
+fn parse_request(h: &Header, opts: &mut Options) -> Result<Request> {
+    let mut r = Request::default();
+    for desc in AMEND_OPTIONS.iter() {
+        let Some(value) = opts.take(desc.name) else {
+            continue;
+        };
+        match desc.name {
+            "compat" => {
+                r.version = Some(match value.as_str() {
+                    "0.10" | "v2" => 2,
+                    "1.1" | "v3" => 3,
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "Unknown compatibility level {other}"
+                        )))
+                    }
+                })
+            }
+            "size" => {
+                r.size = block::options::parse_size(&value).ok_or_else(|| {
+                    Error::invalid(format!("Parameter 'size' expects a size: {value}"))
+                })?
+            }
+            "backing_file" => r.backing_file = Some(value),
+            "backing_fmt" => r.backing_fmt = Some(value),
+            "lazy_refcounts" => r.lazy_refcounts = block::options::parse_bool(&value),
+            "refcount_bits" => {
+                let bits: u64 = value.parse().unwrap_or(0);
+                if bits == 0 || bits > 64 || !bits.is_power_of_two() {
+                    return Err(Error::invalid(
+                        "Refcount width must be a power of two and may not exceed 64 bits",
+                    ));
+                }
+                r.refcount_bits = Some(bits);
+            }
+            _ => refuse_unsupported(h, desc.name, &value)?,
+        }
+    }
+    Ok(r)
+}
+
+/// The data file and encryption options. This driver opens no image with a data file or
+/// encryption (it refuses them by name at open), so these are QEMU's answers for an image
+/// without them.
+fn refuse_unsupported(h: &Header, name: &str, value: &str) -> Result<()> {
+    match name {
+        "data_file" => Err(Error::invalid(
+            "data-file can only be set for images that use an external data file",
+        )),
+        "data_file_raw" if block::options::parse_bool(value) == Some(true) => Err(Error::invalid(
+            "data-file-raw cannot be set on existing images",
+        )),
+        "data_file_raw" => Ok(()),
+        _ if h.crypt_method == 0 => Err(Error::invalid(
+            "Can't amend encryption options - encryption not present",
+        )),
+        _ => Err(Error::not_supported(
+            "Only LUKS encryption options can be amended",
+        )),
+    }
+}
+
+fn v3_feature_names() -> Vec<header::FeatureName> {
+    Header::new(3, header::MIN_CLUSTER_BITS, 0).feature_names
+}
+
+impl Qcow2 {
+    /// Applies an amend option list (qcow2_amend_options). `status` hears (done, total).
+    pub(super) async fn amend(
+        &self,
+        bs: &BlockDriverState,
+        opts: &mut Options,
+        status: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        let (old_version, old_bits) = {
+            let h = self.info.borrow();
+            (h.version, h.refcount_bits() as u64)
+        };
+        let r = parse_request(&self.info.borrow().clone(), opts)?;
+        let new_version = r.version.unwrap_or(old_version);
+        let refcount_bits = r.refcount_bits.unwrap_or(old_bits);
+        self.repair_if_dirty(bs).await?;
+        let mut progress = AmendProgress {
+            status,
+            total_operations: (new_version != old_version) as u64
+                + (refcount_bits != old_bits) as u64,
+            operations_completed: 0,
+            offset_completed: 0,
+            last_work_size: 0,
+            current: Operation::None,
+            last: Operation::None,
+        };
+        if new_version > old_version {
+            progress.begin(Operation::Upgrading);
+            self.upgrade(&mut progress).await?;
+        }
+        if refcount_bits != old_bits {
+            if new_version < 3 && refcount_bits != 16 {
+                return Err(Error::invalid("Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
+            }
+            progress.begin(Operation::ChangingRefcountOrder);
+            let mut meta = self.meta.lock().await;
+            meta.check_writable()?;
+            meta.change_refcount_order(refcount_bits.trailing_zeros(), &mut progress)
+                .await?;
+            self.info.borrow_mut().refcount_order = meta.header.refcount_order;
+        }
+        self.rewrite_header()
+            .await
+            .map_err(|e| e.context("Failed to update the image header: "))?;
+        self.check_backing(&r)?;
+        if let Some(lazy) = r.lazy_refcounts {
+            self.set_lazy_refcounts(lazy, new_version).await?;
+        }
+        if r.size != 0 {
+            bs.co_truncate(r.size, true, PreallocMode::Off).await?;
+        }
+        if new_version < old_version {
+            progress.begin(Operation::Downgrading);
+            self.downgrade(bs, &mut progress).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the header as it stands (qcow2_update_header).
+    async fn rewrite_header(&self) -> Result<()> {
+        let mut meta = self.meta.lock().await;
+        meta.write_header().await?;
+        meta.file.co_flush().await
+    }
+
+    /// Amend no longer changes the backing file; naming the current one is allowed.
+    fn check_backing(&self, r: &Request) -> Result<()> {
+        if r.backing_file.is_none() && r.backing_fmt.is_none() {
+            return Ok(());
+        }
+        let h = self.info.borrow();
+        if r.backing_file != h.backing_file || r.backing_fmt != h.backing_format {
+            return Err(Error::invalid(
+                "Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Turns lazy refcounts on or off; off makes the image clean first.
+    async fn set_lazy_refcounts(&self, lazy: bool, version: u32) -> Result<()> {
+        if lazy == self.lazy_refcounts.get() {
+            return Ok(());
+        }
+        if lazy && version < 3 {
+            return Err(Error::invalid("Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)"));
+        }
+        let mut meta = self.meta.lock().await;
+        if !lazy {
+            self.mark_clean(&mut meta)
+                .await
+                .map_err(|e| e.context("Failed to make the image clean: "))?;
+        }
+        let saved = meta.header.compatible_features;
+        meta.header.compatible_features ^= COMPAT_LAZY_REFCOUNTS;
+        if let Err(e) = meta.write_header().await {
+            meta.header.compatible_features = saved;
+            return Err(e.context("Failed to update the image header: "));
+        }
+        self.info.borrow_mut().compatible_features = meta.header.compatible_features;
+        self.lazy_refcounts.set(lazy);
+        Ok(())
+    }
+
+    /// Makes a version 2 image version 3 (qcow2_upgrade).
+    async fn upgrade(&self, progress: &mut AmendProgress<'_>) -> Result<()> {
+        progress.report(0, 2);
+        let mut meta = self.meta.lock().await;
+        if meta.header.nb_snapshots > 0 {
+            // v3 snapshot entries carry extra data that v2 ones may lack.
+            return Err(Error::not_supported(
+                "qcow2: upgrading an image with internal snapshots is not supported by rqemu",
+            ));
+        }
+        progress.report(1, 2);
+        let saved = meta.header.clone();
+        meta.header.version = 3;
+        meta.header.feature_names = v3_feature_names();
+        if let Err(e) = meta.write_header().await {
+            meta.header = saved;
+            return Err(e.context("Failed to update the image header: "));
+        }
+        self.after_header_change(&mut meta);
+        progress.report(2, 2);
+        Ok(())
+    }
+
+    /// Makes a version 3 image version 2, expanding zero clusters (qcow2_downgrade).
+    async fn downgrade(
+        &self,
+        bs: &BlockDriverState,
+        progress: &mut AmendProgress<'_>,
+    ) -> Result<()> {
+        let mut meta = self.meta.lock().await;
+        if meta.header.refcount_order != 4 {
+            return Err(Error::not_supported(
+                "compat=0.10 requires refcount_bits=16",
+            ));
+        }
+        if meta.header.incompatible_features & INCOMPAT_DIRTY != 0 {
+            self.mark_clean(&mut meta)
+                .await
+                .map_err(|e| e.context("Failed to make the image clean: "))?;
+        }
+        let incompatible = meta.header.incompatible_features & !INCOMPAT_COMPRESSION;
+        if incompatible != 0 {
+            return Err(Error::not_supported(format!(
+                "Cannot downgrade an image with incompatible features {incompatible:#x} set"
+            )));
+        }
+        if meta.header.nb_snapshots > 0 {
+            return Err(Error::not_supported(
+                "qcow2: downgrading an image with internal snapshots is not supported by rqemu",
+            ));
+        }
+        meta.header.compatible_features = 0;
+        meta.header.autoclear_features = 0;
+        meta.expand_zero_clusters(bs.backing().is_some(), progress)
+            .await
+            .map_err(|e| e.context("Failed to turn zero into data clusters: "))?;
+        if meta.header.compression_type != header::CompressionType::Zlib {
+            if meta.has_compressed_clusters().await? {
+                return Err(Error::not_supported("Cannot downgrade an image with zstd compression type and existing compressed clusters"));
+            }
+            meta.header.incompatible_features &= !INCOMPAT_COMPRESSION;
+            meta.header.compression_type = header::CompressionType::Zlib;
+        }
+        let saved = meta.header.clone();
+        meta.header.version = 2;
+        meta.header.feature_names.clear();
+        if let Err(e) = meta.write_header().await {
+            meta.header = saved;
+            return Err(e.context("Failed to update the image header: "));
+        }
+        meta.file.co_flush().await?;
+        self.after_header_change(&mut meta);
+        Ok(())
+    }
+
+    /// Brings the derived state in line with a rewritten header.
+    fn after_header_change(&self, meta: &mut super::state::Meta) {
+        meta.g = Geometry::new(&meta.header);
+        let mut info = self.info.borrow_mut();
+        info.version = meta.header.version;
+        info.compatible_features = meta.header.compatible_features;
+        info.autoclear_features = meta.header.autoclear_features;
+        info.incompatible_features = meta.header.incompatible_features;
+        info.compression_type = meta.header.compression_type;
+        info.feature_names = meta.header.feature_names.clone();
+        self.lazy_refcounts
+            .set(meta.header.compatible_features & COMPAT_LAZY_REFCOUNTS != 0);
+    }
+}

@@ -1,0 +1,201 @@
+//! The two whole-image walks of `amend` (QEMU's qcow2_expand_zero_clusters in
+//! block/qcow2-cluster.c and qcow2_change_refcount_order in block/qcow2-refcount.c).
+//!
+//! A version 2 image has no zero flag, so a downgrade turns every zero cluster into a real
+//! cluster of zeroes (or, without a backing file to hide, into an unallocated one). A new
+//! refcount width changes every refcount block: the counts are read at the old width, a new
+//! structure is written at the new width in free clusters, one header write makes it live,
+//! and the old structure is then freed through the new one.
+
+use block::{Error, RequestFlags, Result};
+
+use super::amend::AmendProgress;
+use super::cache::Which;
+use super::l2::{cluster_type, get_entry, set_entry, ClusterType, Geometry};
+use super::l2::{L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED};
+use super::refcount::{self, max_refcount, REFT_OFFSET_MASK};
+use super::state::{c_hex, Meta};
+
+impl Meta {
+    /// Replaces every zero cluster of the active L1 table by zeroed data (or by nothing,
+    /// without a backing file); reports progress per L1 entry.
+    pub(super) async fn expand_zero_clusters(
+        &mut self,
+        has_backing: bool,
+        progress: &mut AmendProgress<'_>,
+    ) -> Result<()> {
+        let n = self.l1.len() as u64;
+        for i in 0..self.l1.len() {
+            let l2 = self.l1[i] & L1E_OFFSET_MASK;
+            if l2 != 0 {
+                if l2 & (self.g.cluster_size - 1) != 0 {
+                    let msg = format!("L2 table offset {} unaligned (L1 index: {i:#x})", c_hex(l2));
+                    return Err(self.signal_corruption(msg).await);
+                }
+                self.expand_in_l2(l2, has_backing).await?;
+            }
+            progress.report(i as u64 + 1, n);
+        }
+        self.flush().await
+    }
+
+    async fn expand_in_l2(&mut self, l2: u64, has_backing: bool) -> Result<()> {
+        let g = self.g;
+        let mut dirty = false;
+        for j in 0..g.l2_size as usize {
+            self.caches.load(Which::L2, l2).await?;
+            let (entry, _) = get_entry(&g, self.caches.table(Which::L2, l2), j);
+            let host = match cluster_type(&g, entry) {
+                ClusterType::ZeroPlain if !has_backing => {
+                    self.store_entry(&g, l2, j, 0).await?;
+                    dirty = true;
+                    continue;
+                }
+                ClusterType::ZeroPlain => self.alloc_clusters(1).await?,
+                ClusterType::ZeroAlloc => entry & L2E_OFFSET_MASK,
+                _ => continue,
+            };
+            self.check_data_write(host, g.cluster_size).await?;
+            self.file
+                .co_pwrite_zeroes(host, g.cluster_size, RequestFlags::empty())
+                .await?;
+            let copied = if self.get_refcount(host >> g.cluster_bits).await? == 1 {
+                OFLAG_COPIED
+            } else {
+                0
+            };
+            self.store_entry(&g, l2, j, host | copied).await?;
+            dirty = true;
+        }
+        if dirty {
+            // The zeroes reach the disk before the entries that make them data.
+            self.file.co_flush().await?;
+            self.caches.flush(Which::L2).await?;
+        }
+        Ok(())
+    }
+
+    async fn store_entry(&mut self, g: &Geometry, l2: u64, j: usize, entry: u64) -> Result<()> {
+        self.caches.load(Which::L2, l2).await?;
+        set_entry(g, self.caches.table(Which::L2, l2), j, entry, 0);
+        self.caches.mark_dirty(Which::L2, l2);
+        Ok(())
+    }
+
+    /// Whether any cluster of the active L1 table is compressed.
+    pub(super) async fn has_compressed_clusters(&mut self) -> Result<bool> {
+        let g = self.g;
+        for i in 0..self.l1.len() {
+            let l2 = self.l1[i] & L1E_OFFSET_MASK;
+            if l2 == 0 || l2 & (g.cluster_size - 1) != 0 {
+                continue;
+            }
+            self.caches.load(Which::L2, l2).await?;
+            let table = self.caches.table(Which::L2, l2);
+            if (0..g.l2_size as usize)
+                .any(|j| cluster_type(&g, get_entry(&g, table, j).0) == ClusterType::Compressed)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Every cluster's refcount at the current width, checked to fit `new_order`.
+    async fn read_all_refcounts(&mut self, new_order: u32) -> Result<Vec<u64>> {
+        let g = self.g;
+        let file_clusters = self.file.getlength().div_ceil(g.cluster_size);
+        let mut counts = vec![0u64; file_clusters as usize];
+        let epb = 1u64 << g.refblock_bits;
+        for idx in 0..self.reftable.len() as u64 {
+            let block = self.reftable[idx as usize] & REFT_OFFSET_MASK;
+            if block == 0 {
+                continue;
+            }
+            // Validates the block's offset and loads it.
+            self.get_refcount(idx * epb).await?;
+            let data = self.caches.table(Which::Refblock, block).to_vec();
+            for i in 0..epb {
+                let count = refcount::get_entry(&data, g.refcount_order, i as usize);
+                if count == 0 {
+                    continue;
+                }
+                let cluster = idx * epb + i;
+                if count > max_refcount(new_order) {
+                    return Err(Error::invalid(format!(
+                        "Cannot decrease refcount entry width to {} bits: Cluster at offset {} has a refcount of {count}",
+                        1u32 << new_order,
+                        c_hex(cluster << g.cluster_bits)
+                    )));
+                }
+                match counts.get_mut(cluster as usize) {
+                    Some(c) => *c = count,
+                    None => {
+                        return Err(Error::new(
+                            libc::EIO,
+                            format!(
+                                "qcow2: cluster at offset {} past the end of the file has a refcount; repair the image first (qemu-img check -r all)",
+                                c_hex(cluster << g.cluster_bits)
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Rebuilds the refcount structure at `2^new_order` bits per entry.
+    pub(super) async fn change_refcount_order(
+        &mut self,
+        new_order: u32,
+        progress: &mut AmendProgress<'_>,
+    ) -> Result<()> {
+        progress.report(0, 3);
+        self.caches.flush_all().await?;
+        let mut counts = self.read_all_refcounts(new_order).await?;
+        progress.report(1, 3);
+        let cs = self.g.cluster_size;
+        let old_blocks: Vec<u64> = self
+            .reftable
+            .iter()
+            .map(|e| e & REFT_OFFSET_MASK)
+            .filter(|&b| b != 0)
+            .collect();
+        let old_table = (
+            self.header.refcount_table_offset,
+            self.header.refcount_table_clusters as u64 * cs,
+        );
+        let saved_header = self.header.clone();
+        let old_g = self.g;
+        self.header.refcount_order = new_order;
+        self.g = Geometry::new(&self.header);
+        let new = match self.write_refcount_structure(&mut counts).await {
+            Ok(new) => new,
+            Err(e) => {
+                self.header = saved_header;
+                self.g = old_g;
+                return Err(e);
+            }
+        };
+        progress.report(2, 3);
+        self.header.refcount_table_offset = new.table_offset;
+        self.header.refcount_table_clusters = new.table_clusters;
+        if let Err(e) = self.write_header().await {
+            self.header = saved_header;
+            self.g = old_g;
+            return Err(e.context("Failed to update the image header: "));
+        }
+        self.file.co_flush().await?;
+        self.reftable = new.reftable;
+        self.caches.clear();
+        self.free_cluster_index = 0;
+        for block in old_blocks {
+            self.free_clusters(block, cs).await?;
+        }
+        self.free_clusters(old_table.0, old_table.1).await?;
+        self.caches.flush_all().await?;
+        progress.report(3, 3);
+        Ok(())
+    }
+}
