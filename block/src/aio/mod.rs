@@ -172,15 +172,18 @@ impl AioContext {
     /// Runs one slice of pending bottom halves; returns whether any ran. BHs scheduled
     /// while a slice runs wait for the next one (QEMU's aio_bh_poll splices the list so).
     fn run_bottom_halves(&self) -> bool {
-        let remote = self.remote_bhs.take();
-        let local = self.local_bhs.take();
+        let mut remote = self.remote_bhs.take();
+        let mut local = self.local_bhs.take();
         let ran = !remote.is_empty() || !local.is_empty();
-        for bh in remote {
+        for bh in remote.drain(..) {
             bh();
         }
-        for bh in local {
+        for bh in local.drain(..) {
             bh();
         }
+        // The emptied lists keep their capacity for the next slices.
+        self.remote_bhs.recycle(remote);
+        self.local_bhs.recycle(local);
         ran
     }
 
