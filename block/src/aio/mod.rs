@@ -4,7 +4,7 @@
 //! thread); all block-graph state is touched only from there. Its loop, [`AioContext::run_until`],
 //! is QEMU's `aio_poll` turned around a future:
 //!
-//! 1. run the coroutines that are ready (Rust futures on an `async-executor` LocalExecutor);
+//! 1. run the coroutines that are ready (Rust futures, tasks on the context's [`executor`]);
 //! 2. run the pending bottom halves ([`bh`]), which may make more coroutines ready;
 //! 3. when nothing is ready, sleep in epoll (the `polling` crate) until a file descriptor
 //!    turns readable — an io_uring completion eventfd, a KVM ioeventfd — a timer expires, or
@@ -15,6 +15,7 @@
 //! io_uring ([`io_uring`]); [`notifier`] is the eventfd wrapper, [`timer`] the timer list.
 
 pub mod bh;
+mod executor;
 pub mod io_uring;
 pub mod notifier;
 pub mod thread_pool;
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use async_executor::{LocalExecutor, Task};
+use async_task::Task;
 use polling::{Event, Events, PollMode, Poller};
 
 use crate::error::{Error, Result};
@@ -41,7 +42,7 @@ pub use timer::co_sleep;
 
 /// The event loop of one thread (QEMU's AioContext).
 pub struct AioContext {
-    executor: LocalExecutor<'static>,
+    executor: executor::Executor,
     kick: Arc<Kick>,
     remote_bhs: Arc<BhQueue>,
     local_bhs: LocalBhQueue,
@@ -109,7 +110,7 @@ impl AioContext {
             sleeping: AtomicBool::new(false),
         });
         AioContext {
-            executor: LocalExecutor::new(),
+            executor: executor::Executor::new(kick.clone()),
             remote_bhs: Arc::new(BhQueue::new(kick.clone())),
             kick,
             local_bhs: LocalBhQueue::default(),
@@ -147,14 +148,15 @@ impl AioContext {
         );
         let waker = Waker::from(self.kick.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut main = pin!(self.executor.run(future));
+        let mut main = pin!(future);
         let mut events = Events::new();
         let out = loop {
             self.kick.woken.store(false, Ordering::SeqCst);
-            // 1: the coroutines (the executor runs every ready task, then polls `future`).
+            // 1: the coroutines: `future` first, then every one that is ready.
             if let Poll::Ready(out) = main.as_mut().poll(&mut cx) {
                 break out;
             }
+            self.executor.run_ready();
             // 2: bottom halves; they usually make coroutines ready, so go round again.
             if self.run_bottom_halves() {
                 continue;
@@ -192,6 +194,7 @@ impl AioContext {
         self.kick.sleeping.store(true, Ordering::SeqCst);
         // Checked after announcing the sleep: a kick from now on also writes the eventfd.
         let nothing_pending = !self.kick.woken.load(Ordering::SeqCst)
+            && !self.executor.has_ready()
             && !self.remote_bhs.has_pending()
             && !self.local_bhs.has_pending();
         if nothing_pending {
