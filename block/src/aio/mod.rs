@@ -6,7 +6,7 @@
 //!
 //! 1. run the coroutines that are ready (Rust futures, tasks on the context's [`executor`]);
 //! 2. run the pending bottom halves ([`bh`]), which may make more coroutines ready;
-//! 3. when nothing is ready, sleep in epoll (the `polling` crate) until a file descriptor
+//! 3. when nothing is ready, sleep in epoll ([`epoll`]) until a file descriptor
 //!    turns readable — an io_uring completion eventfd, a KVM ioeventfd — a timer expires, or
 //!    another thread kicks the loop;
 //! 4. wake the coroutines waiting on what happened, and go round again.
@@ -15,6 +15,7 @@
 //! io_uring ([`io_uring`]); [`notifier`] is the eventfd wrapper, [`timer`] the timer list.
 
 pub mod bh;
+mod epoll;
 mod executor;
 pub mod io_uring;
 pub mod notifier;
@@ -33,7 +34,6 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use async_task::Task;
-use polling::{Event, Events, PollMode, Poller};
 
 use crate::error::{Error, Result};
 pub use bh::AioContextHandle;
@@ -66,7 +66,9 @@ struct FdWaiter {
 /// its notify_me/notified pair): `woken` records that something happened; `sleeping` says
 /// the loop is in, or about to enter, epoll and needs the eventfd write to return from it.
 pub(crate) struct Kick {
-    poller: Poller,
+    epoll: epoll::Epoll,
+    /// Written to interrupt the wait; registered with `epoll` under [`KICK_KEY`].
+    notifier: notifier::EventNotifier,
     woken: AtomicBool,
     sleeping: AtomicBool,
 }
@@ -76,7 +78,7 @@ impl Kick {
     pub(crate) fn kick(&self) {
         self.woken.store(true, Ordering::SeqCst);
         if self.sleeping.load(Ordering::SeqCst) {
-            let _ = self.poller.notify();
+            self.notifier.set();
         }
     }
 }
@@ -91,6 +93,9 @@ impl Wake for Kick {
     }
 }
 
+/// The epoll key of the kick notifier; other descriptors are keyed by their number.
+const KICK_KEY: u64 = u64::MAX;
+
 thread_local! {
     static CURRENT: OnceCell<Rc<AioContext>> = const { OnceCell::new() };
 }
@@ -103,9 +108,16 @@ impl AioContext {
     }
 
     fn new() -> AioContext {
-        let poller = Poller::new().expect("cannot create an epoll instance for the AioContext");
+        let epoll =
+            epoll::Epoll::new().expect("cannot create an epoll instance for the AioContext");
+        let notifier =
+            notifier::EventNotifier::new().expect("cannot create the AioContext's eventfd");
+        epoll
+            .add_edge(notifier.as_raw_fd(), KICK_KEY)
+            .expect("cannot register the AioContext's eventfd");
         let kick = Arc::new(Kick {
-            poller,
+            epoll,
+            notifier,
             woken: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
         });
@@ -149,7 +161,7 @@ impl AioContext {
         let waker = Waker::from(self.kick.clone());
         let mut cx = Context::from_waker(&waker);
         let mut main = pin!(future);
-        let mut events = Events::new();
+        let mut events = Vec::new();
         let out = loop {
             self.kick.woken.store(false, Ordering::SeqCst);
             // 1: the coroutines: `future` first, then every one that is ready.
@@ -189,7 +201,7 @@ impl AioContext {
         ran
     }
 
-    fn wait_for_events(&self, events: &mut Events) {
+    fn wait_for_events(&self, events: &mut Vec<u64>) {
         events.clear();
         self.kick.sleeping.store(true, Ordering::SeqCst);
         // Checked after announcing the sleep: a kick from now on also writes the eventfd.
@@ -202,16 +214,20 @@ impl AioContext {
                 .timers
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
-            // EINTR or a failed wait just means another turn of the loop.
-            let _ = self.kick.poller.wait(events, timeout);
+            self.kick.epoll.wait(events, timeout);
         }
         self.kick.sleeping.store(false, Ordering::SeqCst);
     }
 
-    fn dispatch_fd_events(&self, events: &Events) {
+    fn dispatch_fd_events(&self, events: &[u64]) {
         let mut waiters = self.fd_waiters.borrow_mut();
-        for ev in events.iter() {
-            if let Some(w) = waiters.get_mut(&(ev.key as RawFd)) {
+        for &key in events {
+            if key == KICK_KEY {
+                // Edge-triggered: the read only keeps the counter from growing.
+                self.kick.notifier.test_and_clear();
+                continue;
+            }
+            if let Some(w) = waiters.get_mut(&(key as RawFd)) {
                 w.ready = true;
                 if let Some(waker) = w.waker.take() {
                     waker.wake();
@@ -249,15 +265,10 @@ impl AioContext {
             return Ok(());
         }
         // A new descriptor, or a reused number: epoll dropped the old one when it was closed.
-        let interest = Event::readable(raw as usize);
-        // SAFETY: polling asks that a source be deleted before it is closed; on Linux epoll
-        // drops closed descriptors itself, and a reused number is registered afresh here.
-        unsafe {
-            self.kick
-                .poller
-                .add_with_mode(raw, interest, PollMode::Edge)
-        }
-        .map_err(Error::from)?;
+        self.kick
+            .epoll
+            .add_edge(raw, raw as u64)
+            .map_err(Error::from)?;
         waiters.insert(
             raw,
             FdWaiter {
