@@ -13,7 +13,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use crate::aio::AioContext;
-use crate::coroutine::InFlight;
+use crate::coroutine::{CoroutinePool, InFlight, PoolJob};
 use crate::driver::{PreallocMode, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -30,6 +30,51 @@ pub struct BlockBackend {
     ctx: Rc<AioContext>,
     in_flight: InFlight,
     write_cache: Cell<bool>,
+    /// The coroutines that run `aio_*` requests.
+    aio_pool: Rc<CoroutinePool<AioJob>>,
+}
+
+/// What an `aio_*` request does, with its arguments.
+enum AioOp {
+    Read(u64, IoVector, RequestFlags),
+    Write(u64, IoVector, RequestFlags),
+    WriteZeroes(u64, u64, RequestFlags),
+    Discard(u64, u64),
+    Flush,
+}
+
+/// One `aio_*` request (QEMU's BlkAioEmAIOCB): run by a pooled coroutine, it reports its
+/// result to `cb` from a bottom half.
+struct AioJob {
+    blk: Rc<BlockBackend>,
+    op: AioOp,
+    cb: CompletionFn,
+}
+
+impl PoolJob for AioJob {
+    async fn run(self) {
+        let AioJob { blk, op, cb } = self;
+        let result = match op {
+            AioOp::Read(offset, qiov, flags) => blk.do_preadv(offset, &qiov, flags).await,
+            AioOp::Write(offset, qiov, flags) => blk.do_pwritev(offset, &qiov, flags).await,
+            AioOp::WriteZeroes(offset, bytes, flags) => {
+                blk.do_pwrite_zeroes(offset, bytes, flags).await
+            }
+            AioOp::Discard(offset, bytes) => blk.do_pdiscard(offset, bytes).await,
+            AioOp::Flush => blk.do_flush().await,
+        };
+        let ctx = blk.ctx.clone();
+        ctx.schedule_bh(move || {
+            trace!(
+                blk_aio_complete,
+                "blk {:p} ret {}",
+                Rc::as_ptr(&blk),
+                result.as_ref().map_or_else(|e| -e.errno(), |_| 0)
+            );
+            cb(result);
+            blk.in_flight.dec();
+        });
+    }
 }
 
 impl BlockBackend {
@@ -41,6 +86,7 @@ impl BlockBackend {
             ctx: AioContext::current(),
             in_flight: InFlight::default(),
             write_cache: Cell::new(write_cache),
+            aio_pool: CoroutinePool::new(),
         })
     }
 
@@ -224,31 +270,16 @@ impl BlockBackend {
         self.in_flight.drained().await;
     }
 
-    /// Starts a coroutine for `request` and reports its result to `cb` from a bottom half
+    /// Hands `op` to a pooled coroutine and reports its result to `cb` from a bottom half
     /// (blk_aio_prwv + blk_aio_complete_bh). The request stays counted in flight until the
     /// callback has run.
-    fn aio_submit<F>(self: &Rc<Self>, request: F, cb: CompletionFn)
-    where
-        F: std::future::Future<Output = Result<()>> + 'static,
-    {
+    fn aio_submit(self: &Rc<Self>, op: AioOp, cb: CompletionFn) {
         self.in_flight.inc();
-        let me = self.clone();
-        self.ctx
-            .spawn(async move {
-                let result = request.await;
-                let ctx = me.ctx.clone();
-                ctx.schedule_bh(move || {
-                    trace!(
-                        blk_aio_complete,
-                        "blk {:p} ret {}",
-                        Rc::as_ptr(&me),
-                        result.as_ref().map_or_else(|e| -e.errno(), |_| 0)
-                    );
-                    cb(result);
-                    me.in_flight.dec();
-                });
-            })
-            .detach();
+        self.aio_pool.submit(AioJob {
+            blk: self.clone(),
+            op,
+            cb,
+        });
     }
 
     /// Reads asynchronously; `cb` runs from a bottom half (blk_aio_preadv).
@@ -259,8 +290,7 @@ impl BlockBackend {
         flags: RequestFlags,
         cb: CompletionFn,
     ) {
-        let me = self.clone();
-        self.aio_submit(async move { me.do_preadv(offset, &qiov, flags).await }, cb);
+        self.aio_submit(AioOp::Read(offset, qiov, flags), cb);
     }
 
     /// Writes asynchronously; `cb` runs from a bottom half (blk_aio_pwritev).
@@ -271,8 +301,7 @@ impl BlockBackend {
         flags: RequestFlags,
         cb: CompletionFn,
     ) {
-        let me = self.clone();
-        self.aio_submit(async move { me.do_pwritev(offset, &qiov, flags).await }, cb);
+        self.aio_submit(AioOp::Write(offset, qiov, flags), cb);
     }
 
     /// Writes zeroes asynchronously (blk_aio_pwrite_zeroes).
@@ -283,23 +312,17 @@ impl BlockBackend {
         flags: RequestFlags,
         cb: CompletionFn,
     ) {
-        let me = self.clone();
-        self.aio_submit(
-            async move { me.do_pwrite_zeroes(offset, bytes, flags).await },
-            cb,
-        );
+        self.aio_submit(AioOp::WriteZeroes(offset, bytes, flags), cb);
     }
 
     /// Discards asynchronously (blk_aio_pdiscard).
     pub fn aio_pdiscard(self: &Rc<Self>, offset: u64, bytes: u64, cb: CompletionFn) {
-        let me = self.clone();
-        self.aio_submit(async move { me.do_pdiscard(offset, bytes).await }, cb);
+        self.aio_submit(AioOp::Discard(offset, bytes), cb);
     }
 
     /// Flushes asynchronously (blk_aio_flush).
     pub fn aio_flush(self: &Rc<Self>, cb: CompletionFn) {
-        let me = self.clone();
-        self.aio_submit(async move { me.do_flush().await }, cb);
+        self.aio_submit(AioOp::Flush, cb);
     }
 
     /// Drains and closes the graph, writing back cached metadata (blk_unref of the last ref).

@@ -5,11 +5,15 @@
 //! that returns `Pending` where QEMU would `qemu_coroutine_yield()`, and the AioContext's
 //! executor resumes it when its waker fires — the same shape without separate stacks.
 //! `co_spawn` is `qemu_coroutine_create` + `aio_co_enter`; [`CoQueue`] is QEMU's CoQueue (a
-//! wait list of coroutines); [`CoMutex`] is QEMU's CoMutex (a lock held across yields).
+//! wait list of coroutines); [`CoMutex`] is QEMU's CoMutex (a lock held across yields);
+//! [`CoroutinePool`] keeps finished request coroutines for reuse (QEMU's coroutine pool).
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
 
 use event_listener::Event;
 
@@ -102,5 +106,74 @@ impl InFlight {
     /// Waits until no request is in flight.
     pub async fn drained(&self) {
         self.idle.wait_while(|| *self.count.borrow() > 0).await;
+    }
+}
+
+/// Work for a [`CoroutinePool`]: one request, run to completion by a pooled coroutine.
+pub trait PoolJob: 'static {
+    /// Runs the request.
+    fn run(self) -> impl Future<Output = ()>;
+}
+
+/// Idle coroutines a pool keeps (QEMU keeps a batch of 64 per thread).
+const POOL_MAX_IDLE: usize = 64;
+
+/// Long-lived coroutines that run jobs one after another (QEMU's coroutine pool).
+///
+/// Spawning a task per request costs an allocation, a copy of the request's whole state
+/// machine into it and the executor's bookkeeping. A pooled coroutine is allocated once
+/// with room for the largest job and then only waits for the next job. A job still first
+/// runs on a later loop iteration, as a freshly spawned coroutine would, and jobs start in
+/// the order submitted. Idle coroutines hold the pool weakly: dropping the pool lets them
+/// finish.
+pub struct CoroutinePool<J: PoolJob> {
+    queue: RefCell<VecDeque<J>>,
+    idle: RefCell<Vec<Waker>>,
+}
+
+impl<J: PoolJob> CoroutinePool<J> {
+    /// An empty pool; coroutines are started on demand.
+    pub fn new() -> Rc<CoroutinePool<J>> {
+        Rc::new(CoroutinePool {
+            queue: RefCell::new(VecDeque::new()),
+            idle: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Queues `job` and wakes an idle coroutine for it, or starts one.
+    pub fn submit(self: &Rc<Self>, job: J) {
+        self.queue.borrow_mut().push_back(job);
+        let idle = self.idle.borrow_mut().pop();
+        match idle {
+            Some(waker) => waker.wake(),
+            None => co_spawn(pool_worker(Rc::downgrade(self))),
+        }
+    }
+
+    /// The next job, or `None` when the pool is gone or has enough idle coroutines. An
+    /// idle coroutine waits with its waker on the idle list; `submit` takes it off to wake
+    /// it, so each idle coroutine is listed at most once.
+    fn next_job(pool: &Weak<Self>) -> impl Future<Output = Option<J>> + '_ {
+        std::future::poll_fn(move |cx| {
+            let Some(pool) = pool.upgrade() else {
+                return Poll::Ready(None);
+            };
+            if let Some(job) = pool.queue.borrow_mut().pop_front() {
+                return Poll::Ready(Some(job));
+            }
+            let mut idle = pool.idle.borrow_mut();
+            if idle.len() >= POOL_MAX_IDLE {
+                return Poll::Ready(None);
+            }
+            idle.push(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+/// The body of a pooled coroutine: run jobs while there are any, then wait idle.
+async fn pool_worker<J: PoolJob>(pool: Weak<CoroutinePool<J>>) {
+    while let Some(job) = CoroutinePool::next_job(&pool).await {
+        job.run().await;
     }
 }

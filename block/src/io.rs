@@ -33,26 +33,59 @@ struct TrackedRequest {
 }
 
 /// The list of requests in flight on a node (bs->tracked_requests).
+///
+/// Every request is listed, but the list is searched only while a serialising request is
+/// in flight or for a serialising request itself (QEMU's serialising_in_flight), and waiters
+/// are woken only when some request waits: the common case costs a push and a removal.
 #[derive(Default)]
 pub(crate) struct TrackedRequests {
     list: RefCell<Vec<TrackedRequest>>,
     next_id: Cell<u64>,
+    /// Serialising requests listed now.
+    serialising: Cell<usize>,
+    /// Requests waiting for a conflicting one to finish.
+    waiters: Cell<usize>,
 }
 
 /// Removes a tracked request when the request finishes, however it finishes.
 struct TrackedGuard<'a> {
     bs: &'a BlockDriverState,
     id: u64,
+    serialising: bool,
 }
 
 impl Drop for TrackedGuard<'_> {
     fn drop(&mut self) {
-        self.bs
-            .tracked
-            .list
-            .borrow_mut()
-            .retain(|r| r.id != self.id);
-        self.bs.tracked_done.restart_all();
+        let tracked = &self.bs.tracked;
+        {
+            let mut list = tracked.list.borrow_mut();
+            // Newest requests sit at the end and usually finish first.
+            if let Some(i) = list.iter().rposition(|r| r.id == self.id) {
+                list.swap_remove(i);
+            }
+        }
+        if self.serialising {
+            tracked.serialising.set(tracked.serialising.get() - 1);
+        }
+        if tracked.waiters.get() > 0 {
+            self.bs.tracked_done.restart_all();
+        }
+    }
+}
+
+/// Counts a request waiting in `track` for as long as it waits (also when it is dropped).
+struct WaiterGuard<'a>(&'a Cell<usize>);
+
+impl<'a> WaiterGuard<'a> {
+    fn new(count: &'a Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        WaiterGuard(count)
+    }
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -118,18 +151,31 @@ impl BlockDriverState {
     /// request that is itself waiting is not waited for, so no two requests can wait for
     /// each other, and a request suspended (by blkdebug) holds up only what overlaps it.
     async fn track(&self, offset: u64, bytes: u64, serialising: bool) -> TrackedGuard<'_> {
-        let id = self.tracked.next_id.get();
-        self.tracked.next_id.set(id + 1);
-        self.tracked.list.borrow_mut().push(TrackedRequest {
+        let tracked = &self.tracked;
+        let id = tracked.next_id.get();
+        tracked.next_id.set(id + 1);
+        if serialising {
+            tracked.serialising.set(tracked.serialising.get() + 1);
+        }
+        // Only a serialising request, ours or another's, can make this one wait.
+        let may_conflict = tracked.serialising.get() > 0;
+        tracked.list.borrow_mut().push(TrackedRequest {
             id,
             offset,
             bytes,
             serialising,
-            waiting: true,
+            waiting: may_conflict,
         });
-        let guard = TrackedGuard { bs: self, id };
+        let guard = TrackedGuard {
+            bs: self,
+            id,
+            serialising,
+        };
+        if !may_conflict {
+            return guard;
+        }
         let conflicts = || {
-            let mut list = self.tracked.list.borrow_mut();
+            let mut list = tracked.list.borrow_mut();
             let found = list.iter().any(|r| {
                 r.id != id
                     && !r.waiting
@@ -152,6 +198,7 @@ impl BlockDriverState {
                 offset,
                 bytes
             );
+            let _waiter = WaiterGuard::new(&tracked.waiters);
             self.tracked_done.wait_while(conflicts).await;
         }
         guard

@@ -66,11 +66,27 @@ struct Segment {
 ///
 /// Most vectors have one or two segments and one owner, so those live inline: cloning and
 /// slicing a request's vector on its way down the graph allocates nothing.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct IoVector {
     segments: SmallVec<[Segment; 2]>,
     size: usize,
     keepalive: SmallVec<[Arc<dyn Any + Send + Sync>; 2]>,
+}
+
+impl Clone for IoVector {
+    /// Every request clones its vector on the way down; the segments are plain pointers
+    /// and are copied in one go rather than element by element as a derived Clone would.
+    fn clone(&self) -> IoVector {
+        let mut keepalive = SmallVec::new();
+        for owner in &self.keepalive {
+            keepalive.push(owner.clone());
+        }
+        IoVector {
+            segments: SmallVec::from_slice(&self.segments),
+            size: self.size,
+            keepalive,
+        }
+    }
 }
 
 // SAFETY: the segments point into memory owned by `keepalive` (or, for `from_raw_parts`,

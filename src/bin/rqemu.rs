@@ -7,6 +7,12 @@ use std::process::ExitCode;
 
 use rqemu::vm_config::{parse_args, Command};
 
+/// mimalloc instead of glibc's malloc: a request allocates a few small blocks (boxed
+/// driver futures, completion callbacks) and frees them in bursts of a queue depth, which
+/// overflows glibc's per-thread cache; measured at ~14% fewer instructions per request.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     block::error::set_progname("rqemu");
     let args: Vec<String> = std::env::args().skip(1).collect();

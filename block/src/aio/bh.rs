@@ -25,6 +25,8 @@ pub type LocalBh = Box<dyn FnOnce()>;
 /// The cross-thread queue of a context, with the kick that wakes its loop.
 pub(crate) struct BhQueue {
     queue: Mutex<VecDeque<RemoteBh>>,
+    /// The emptied queue of the last slice, kept for its capacity.
+    spare: Mutex<VecDeque<RemoteBh>>,
     kick: Arc<Kick>,
 }
 
@@ -32,6 +34,7 @@ impl BhQueue {
     pub(crate) fn new(kick: Arc<Kick>) -> BhQueue {
         BhQueue {
             queue: Mutex::new(VecDeque::new()),
+            spare: Mutex::new(VecDeque::new()),
             kick,
         }
     }
@@ -45,26 +48,48 @@ impl BhQueue {
         !self.queue.lock().unwrap().is_empty()
     }
 
+    /// Takes the BHs queued now (a slice), leaving the spare queue in their place.
     pub(crate) fn take(&self) -> VecDeque<RemoteBh> {
-        std::mem::take(&mut *self.queue.lock().unwrap())
+        let mut slice = std::mem::take(&mut *self.spare.lock().unwrap());
+        std::mem::swap(&mut slice, &mut *self.queue.lock().unwrap());
+        slice
+    }
+
+    /// Keeps a slice's emptied queue as the next spare.
+    pub(crate) fn recycle(&self, slice: VecDeque<RemoteBh>) {
+        debug_assert!(slice.is_empty());
+        *self.spare.lock().unwrap() = slice;
     }
 }
 
-/// The home-thread queue.
+/// The home-thread queue, and the emptied queue of the last slice kept for its capacity
+/// (a loop iteration then allocates nothing for its BHs' list).
 #[derive(Default)]
-pub(crate) struct LocalBhQueue(RefCell<VecDeque<LocalBh>>);
+pub(crate) struct LocalBhQueue {
+    queue: RefCell<VecDeque<LocalBh>>,
+    spare: RefCell<VecDeque<LocalBh>>,
+}
 
 impl LocalBhQueue {
     pub(crate) fn push(&self, bh: LocalBh) {
-        self.0.borrow_mut().push_back(bh);
+        self.queue.borrow_mut().push_back(bh);
     }
 
     pub(crate) fn has_pending(&self) -> bool {
-        !self.0.borrow().is_empty()
+        !self.queue.borrow().is_empty()
     }
 
+    /// Takes the BHs queued now (a slice), leaving the spare queue in their place.
     pub(crate) fn take(&self) -> VecDeque<LocalBh> {
-        std::mem::take(&mut *self.0.borrow_mut())
+        let mut slice = self.spare.take();
+        std::mem::swap(&mut slice, &mut *self.queue.borrow_mut());
+        slice
+    }
+
+    /// Keeps a slice's emptied queue as the next spare.
+    pub(crate) fn recycle(&self, slice: VecDeque<LocalBh>) {
+        debug_assert!(slice.is_empty());
+        *self.spare.borrow_mut() = slice;
     }
 }
 

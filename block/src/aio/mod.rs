@@ -4,9 +4,9 @@
 //! thread); all block-graph state is touched only from there. Its loop, [`AioContext::run_until`],
 //! is QEMU's `aio_poll` turned around a future:
 //!
-//! 1. run the coroutines that are ready (Rust futures on an `async-executor` LocalExecutor);
+//! 1. run the coroutines that are ready (Rust futures, tasks on the context's [`executor`]);
 //! 2. run the pending bottom halves ([`bh`]), which may make more coroutines ready;
-//! 3. when nothing is ready, sleep in epoll (the `polling` crate) until a file descriptor
+//! 3. when nothing is ready, sleep in epoll ([`epoll`]) until a file descriptor
 //!    turns readable — an io_uring completion eventfd, a KVM ioeventfd — a timer expires, or
 //!    another thread kicks the loop;
 //! 4. wake the coroutines waiting on what happened, and go round again.
@@ -15,6 +15,8 @@
 //! io_uring ([`io_uring`]); [`notifier`] is the eventfd wrapper, [`timer`] the timer list.
 
 pub mod bh;
+mod epoll;
+mod executor;
 pub mod io_uring;
 pub mod notifier;
 pub mod thread_pool;
@@ -31,8 +33,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use async_executor::{LocalExecutor, Task};
-use polling::{Event, Events, PollMode, Poller};
+use async_task::Task;
 
 use crate::error::{Error, Result};
 pub use bh::AioContextHandle;
@@ -41,7 +42,7 @@ pub use timer::co_sleep;
 
 /// The event loop of one thread (QEMU's AioContext).
 pub struct AioContext {
-    executor: LocalExecutor<'static>,
+    executor: executor::Executor,
     kick: Arc<Kick>,
     remote_bhs: Arc<BhQueue>,
     local_bhs: LocalBhQueue,
@@ -65,7 +66,9 @@ struct FdWaiter {
 /// its notify_me/notified pair): `woken` records that something happened; `sleeping` says
 /// the loop is in, or about to enter, epoll and needs the eventfd write to return from it.
 pub(crate) struct Kick {
-    poller: Poller,
+    epoll: epoll::Epoll,
+    /// Written to interrupt the wait; registered with `epoll` under [`KICK_KEY`].
+    notifier: notifier::EventNotifier,
     woken: AtomicBool,
     sleeping: AtomicBool,
 }
@@ -75,7 +78,7 @@ impl Kick {
     pub(crate) fn kick(&self) {
         self.woken.store(true, Ordering::SeqCst);
         if self.sleeping.load(Ordering::SeqCst) {
-            let _ = self.poller.notify();
+            self.notifier.set();
         }
     }
 }
@@ -90,6 +93,9 @@ impl Wake for Kick {
     }
 }
 
+/// The epoll key of the kick notifier; other descriptors are keyed by their number.
+const KICK_KEY: u64 = u64::MAX;
+
 thread_local! {
     static CURRENT: OnceCell<Rc<AioContext>> = const { OnceCell::new() };
 }
@@ -102,14 +108,21 @@ impl AioContext {
     }
 
     fn new() -> AioContext {
-        let poller = Poller::new().expect("cannot create an epoll instance for the AioContext");
+        let epoll =
+            epoll::Epoll::new().expect("cannot create an epoll instance for the AioContext");
+        let notifier =
+            notifier::EventNotifier::new().expect("cannot create the AioContext's eventfd");
+        epoll
+            .add_edge(notifier.as_raw_fd(), KICK_KEY)
+            .expect("cannot register the AioContext's eventfd");
         let kick = Arc::new(Kick {
-            poller,
+            epoll,
+            notifier,
             woken: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
         });
         AioContext {
-            executor: LocalExecutor::new(),
+            executor: executor::Executor::new(kick.clone()),
             remote_bhs: Arc::new(BhQueue::new(kick.clone())),
             kick,
             local_bhs: LocalBhQueue::default(),
@@ -147,14 +160,15 @@ impl AioContext {
         );
         let waker = Waker::from(self.kick.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut main = pin!(self.executor.run(future));
-        let mut events = Events::new();
+        let mut main = pin!(future);
+        let mut events = Vec::new();
         let out = loop {
             self.kick.woken.store(false, Ordering::SeqCst);
-            // 1: the coroutines (the executor runs every ready task, then polls `future`).
+            // 1: the coroutines: `future` first, then every one that is ready.
             if let Poll::Ready(out) = main.as_mut().poll(&mut cx) {
                 break out;
             }
+            self.executor.run_ready();
             // 2: bottom halves; they usually make coroutines ready, so go round again.
             if self.run_bottom_halves() {
                 continue;
@@ -172,23 +186,27 @@ impl AioContext {
     /// Runs one slice of pending bottom halves; returns whether any ran. BHs scheduled
     /// while a slice runs wait for the next one (QEMU's aio_bh_poll splices the list so).
     fn run_bottom_halves(&self) -> bool {
-        let remote = self.remote_bhs.take();
-        let local = self.local_bhs.take();
+        let mut remote = self.remote_bhs.take();
+        let mut local = self.local_bhs.take();
         let ran = !remote.is_empty() || !local.is_empty();
-        for bh in remote {
+        for bh in remote.drain(..) {
             bh();
         }
-        for bh in local {
+        for bh in local.drain(..) {
             bh();
         }
+        // The emptied lists keep their capacity for the next slices.
+        self.remote_bhs.recycle(remote);
+        self.local_bhs.recycle(local);
         ran
     }
 
-    fn wait_for_events(&self, events: &mut Events) {
+    fn wait_for_events(&self, events: &mut Vec<u64>) {
         events.clear();
         self.kick.sleeping.store(true, Ordering::SeqCst);
         // Checked after announcing the sleep: a kick from now on also writes the eventfd.
         let nothing_pending = !self.kick.woken.load(Ordering::SeqCst)
+            && !self.executor.has_ready()
             && !self.remote_bhs.has_pending()
             && !self.local_bhs.has_pending();
         if nothing_pending {
@@ -196,16 +214,20 @@ impl AioContext {
                 .timers
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
-            // EINTR or a failed wait just means another turn of the loop.
-            let _ = self.kick.poller.wait(events, timeout);
+            self.kick.epoll.wait(events, timeout);
         }
         self.kick.sleeping.store(false, Ordering::SeqCst);
     }
 
-    fn dispatch_fd_events(&self, events: &Events) {
+    fn dispatch_fd_events(&self, events: &[u64]) {
         let mut waiters = self.fd_waiters.borrow_mut();
-        for ev in events.iter() {
-            if let Some(w) = waiters.get_mut(&(ev.key as RawFd)) {
+        for &key in events {
+            if key == KICK_KEY {
+                // Edge-triggered: the read only keeps the counter from growing.
+                self.kick.notifier.test_and_clear();
+                continue;
+            }
+            if let Some(w) = waiters.get_mut(&(key as RawFd)) {
                 w.ready = true;
                 if let Some(waker) = w.waker.take() {
                     waker.wake();
@@ -243,15 +265,10 @@ impl AioContext {
             return Ok(());
         }
         // A new descriptor, or a reused number: epoll dropped the old one when it was closed.
-        let interest = Event::readable(raw as usize);
-        // SAFETY: polling asks that a source be deleted before it is closed; on Linux epoll
-        // drops closed descriptors itself, and a reused number is registered afresh here.
-        unsafe {
-            self.kick
-                .poller
-                .add_with_mode(raw, interest, PollMode::Edge)
-        }
-        .map_err(Error::from)?;
+        self.kick
+            .epoll
+            .add_edge(raw, raw as u64)
+            .map_err(Error::from)?;
         waiters.insert(
             raw,
             FdWaiter {

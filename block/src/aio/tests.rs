@@ -178,3 +178,96 @@ fn timers_wake_sleepers_in_deadline_order() {
     });
     assert_eq!(*log.borrow(), vec![10, 20, 30]);
 }
+
+/// A job for the pool tests: logs its number, optionally after waiting for a queue.
+struct LogJob {
+    n: u32,
+    log: Rc<RefCell<Vec<u32>>>,
+    wait_for: Option<(Rc<crate::coroutine::CoQueue>, Rc<RefCell<bool>>)>,
+}
+
+impl crate::coroutine::PoolJob for LogJob {
+    async fn run(self) {
+        if let Some((queue, go)) = &self.wait_for {
+            queue.wait_while(|| !*go.borrow()).await;
+        }
+        self.log.borrow_mut().push(self.n);
+    }
+}
+
+#[test]
+fn pooled_coroutines_run_jobs_later_and_in_order() {
+    let ctx = AioContext::current();
+    let pool = crate::coroutine::CoroutinePool::new();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    for n in 0..3 {
+        let log = log.clone();
+        pool.submit(LogJob {
+            n,
+            log,
+            wait_for: None,
+        });
+    }
+    assert!(log.borrow().is_empty(), "a job must not run inside submit");
+    ctx.run_until(co_sleep(Duration::from_millis(1)));
+    assert_eq!(*log.borrow(), vec![0, 1, 2]);
+    // The now idle coroutines take the next jobs.
+    pool.submit(LogJob {
+        n: 3,
+        log: log.clone(),
+        wait_for: None,
+    });
+    ctx.run_until(co_sleep(Duration::from_millis(1)));
+    assert_eq!(*log.borrow(), vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn a_waiting_pooled_job_does_not_hold_up_later_ones() {
+    let ctx = AioContext::current();
+    let pool = crate::coroutine::CoroutinePool::new();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let queue = Rc::new(crate::coroutine::CoQueue::new());
+    let go = Rc::new(RefCell::new(false));
+    pool.submit(LogJob {
+        n: 0,
+        log: log.clone(),
+        wait_for: Some((queue.clone(), go.clone())),
+    });
+    pool.submit(LogJob {
+        n: 1,
+        log: log.clone(),
+        wait_for: None,
+    });
+    ctx.run_until(co_sleep(Duration::from_millis(1)));
+    assert_eq!(*log.borrow(), vec![1]);
+    *go.borrow_mut() = true;
+    queue.restart_all();
+    ctx.run_until(co_sleep(Duration::from_millis(1)));
+    assert_eq!(*log.borrow(), vec![1, 0]);
+}
+
+#[test]
+fn a_coroutine_woken_from_another_thread_runs_on_the_home_thread() {
+    let ctx = AioContext::current();
+    let home = std::thread::current().id();
+    let (tx, rx) = std::sync::mpsc::channel::<Waker>();
+    let t = std::thread::spawn(move || {
+        let waker = rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        waker.wake();
+    });
+    let task = ctx.spawn(async move {
+        let mut tx = Some(tx);
+        std::future::poll_fn(|cx| match tx.take() {
+            Some(tx) => {
+                tx.send(cx.waker().clone()).unwrap();
+                Poll::Pending
+            }
+            None => Poll::Ready(()),
+        })
+        .await;
+        std::thread::current().id()
+    });
+    assert_eq!(ctx.run_until(task), home);
+    t.join().unwrap();
+}

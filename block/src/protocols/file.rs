@@ -292,12 +292,19 @@ impl FileDriver {
         let total = qiov.len();
         let mut done = 0;
         while done < total {
-            let rest = qiov.slice(done, total - done);
+            // Only a short completion needs the rest as a vector of its own.
+            let rest;
+            let part = if done == 0 {
+                qiov
+            } else {
+                rest = qiov.slice(done, total - done);
+                &rest
+            };
             let pos = offset + done as u64;
             let n = if write {
-                engine.pwritev(self.raw_fd(), &rest, pos).await?
+                engine.pwritev(self.raw_fd(), part, pos).await?
             } else {
-                engine.preadv(self.raw_fd(), &rest, pos).await?
+                engine.preadv(self.raw_fd(), part, pos).await?
             };
             if n == 0 {
                 if write {
