@@ -18,7 +18,6 @@
 //! as DMA already started would on real hardware.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -345,7 +344,8 @@ impl VirtioBlkHandler {
 
     /// Starts one request on the block layer. Each kind runs as a coroutine sized for its own
     /// block-layer call: one coroutine type for all kinds would be sized for the largest
-    /// (write zeroes), and every read would copy all of it when spawned.
+    /// (write zeroes), and every read would copy all of it when spawned. Each coroutine
+    /// awaits its call directly: a future passed in and awaited would be stored twice.
     fn submit(self: &Rc<Self>, ctx: &AioContext, q: usize, req: Request, generation: u64) {
         self.in_flight.set(self.in_flight.get() + 1);
         self.blk.set_write_cache(self.wce.load(Ordering::Relaxed));
@@ -358,58 +358,52 @@ impl VirtioBlkHandler {
             status: VIRTIO_BLK_S_OK,
             generation,
         };
-        let blk = self.blk.clone();
+        let me = self.clone();
         let none = RequestFlags::empty();
-        match req.kind {
-            RequestKind::Read { offset, data } => self.run(ctx, done, async move {
-                blk.co_preadv(offset, &data, none).await
+        let task = match req.kind {
+            RequestKind::Read { offset, data } => ctx.spawn(async move {
+                let ret = me.blk.co_preadv(offset, &data, none).await;
+                me.finish(done, ret)
             }),
-            RequestKind::Write { offset, data } => self.run(ctx, done, async move {
-                blk.co_pwritev(offset, &data, none).await
+            RequestKind::Write { offset, data } => ctx.spawn(async move {
+                let ret = me.blk.co_pwritev(offset, &data, none).await;
+                me.finish(done, ret)
             }),
-            RequestKind::Flush => self.run(ctx, done, async move { blk.co_flush().await }),
-            RequestKind::Discard { offset, bytes } => {
-                self.run(
-                    ctx,
-                    done,
-                    async move { blk.co_pdiscard(offset, bytes).await },
-                )
-            }
+            RequestKind::Flush => ctx.spawn(async move {
+                let ret = me.blk.co_flush().await;
+                me.finish(done, ret)
+            }),
+            RequestKind::Discard { offset, bytes } => ctx.spawn(async move {
+                let ret = me.blk.co_pdiscard(offset, bytes).await;
+                me.finish(done, ret)
+            }),
             RequestKind::WriteZeroes {
                 offset,
                 bytes,
                 unmap,
-            } => {
+            } => ctx.spawn(async move {
                 let flags = if unmap { RequestFlags::MAY_UNMAP } else { none };
-                let io = async move { blk.co_pwrite_zeroes(offset, bytes, flags).await };
-                self.run(ctx, done, io)
-            }
+                let ret = me.blk.co_pwrite_zeroes(offset, bytes, flags).await;
+                me.finish(done, ret)
+            }),
             RequestKind::GetId { data } => {
                 let id = self.limits.serial.as_bytes();
                 let n = id.len().min(VIRTIO_BLK_ID_BYTES).min(data.len());
                 data.copy_from_slice(0, &id[..n]);
-                self.complete(done)
+                return self.complete(done);
             }
-            RequestKind::Status(status) => self.complete(Completion { status, ..done }),
-        }
+            RequestKind::Status(status) => return self.complete(Completion { status, ..done }),
+        };
+        task.detach();
     }
 
-    /// Runs `io` as a coroutine and completes the request with its outcome.
-    fn run(
-        self: &Rc<Self>,
-        ctx: &AioContext,
-        mut done: Completion,
-        io: impl Future<Output = block::Result<()>> + 'static,
-    ) {
-        let me = self.clone();
-        ctx.spawn(async move {
-            done.status = match io.await {
-                Ok(()) => VIRTIO_BLK_S_OK,
-                Err(_) => VIRTIO_BLK_S_IOERR,
-            };
-            me.complete(done);
-        })
-        .detach();
+    /// Completes a request with the outcome of its block-layer call.
+    fn finish(self: &Rc<Self>, mut done: Completion, ret: block::Result<()>) {
+        done.status = match ret {
+            Ok(()) => VIRTIO_BLK_S_OK,
+            Err(_) => VIRTIO_BLK_S_IOERR,
+        };
+        self.complete(done);
     }
 
     /// The trace event of a request about to run, named as QEMU's.
