@@ -381,11 +381,23 @@ fn main() {
             i.add(iops, cpu * 1e6 / img_count as f64);
         }
     }
-    println!(
+    let guest = (driver, isr_kick, per_interrupt);
+    let title = format!(
         "virtio-blk device benchmark: 4 KiB random reads, depth {DEPTH}, {mib} MiB raw image, \
          aio={}, best of {rounds} x {secs} s",
         aio.name()
     );
+    report(&title, only, img_count, [b, i, d, dev_only], guest);
+    drop(img);
+}
+
+/// Prints the best rounds of the bare block layer, rqemu-img bench, the device path and the
+/// device alone, the simulated guest's share (driver, ISR + notify, completions per
+/// interrupt), and the device's overheads.
+fn report(title: &str, only: &str, img_count: u64, best: [Best; 4], guest: (f64, f64, f64)) {
+    let [b, i, d, dev_only] = best;
+    let (driver, isr_kick, per_interrupt) = guest;
+    println!("{title}");
     let row = |name: &str, r: Best| {
         println!(
             "{name:<44}{:>9.0} IOPS  {:>6.2} us CPU/request",
@@ -418,5 +430,4 @@ fn main() {
             pct(dev_only.cpu, i.cpu)
         );
     }
-    drop(img);
 }

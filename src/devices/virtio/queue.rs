@@ -489,17 +489,6 @@ impl Queue {
         })
     }
 
-    /// Returns a chain to the driver with `len` bytes written (virtqueue_push).
-    pub fn add_used(
-        &mut self,
-        mem: &Arc<GuestMemoryMmap>,
-        head: u16,
-        len: u32,
-    ) -> Result<(), QueueError> {
-        self.fill(mem, head, len, 0)?;
-        self.flush(mem, 1)
-    }
-
     /// Writes a used element `idx` places past the next unpublished one (virtqueue_fill);
     /// the driver sees it once [`Queue::flush`] publishes it. Completions batched this way
     /// move the used index, and the driver's view of it, once per batch.
