@@ -6,9 +6,10 @@
 //!   the configuration space (capacity, limits, topology, the write-cache switch), reset;
 //! * [`VirtioBlkHandler`] runs on the main loop (the AioContext): it waits on each queue's
 //!   notifier (the ioeventfd), pops chains, parses them ([`super::request`]) and starts one
-//!   coroutine per request on the BlockBackend, so many requests are in flight at once. When
-//!   one finishes it writes the status byte, pushes the used element and interrupts the
-//!   guest if the driver asked for it.
+//!   coroutine per request on the BlockBackend, so many requests are in flight at once. The
+//!   requests that finish in one turn of the loop are returned together by a bottom half:
+//!   status bytes, used elements, one move of the used index, and an interrupt if the
+//!   driver asked for one.
 //!
 //! Reset: QEMU drains the device's requests inside the reset (blk_drain under the big lock).
 //! Here the reset happens on the vCPU side while requests run on the main loop, so a request
@@ -16,7 +17,7 @@
 //! reset count has moved on). Until it finishes, a read may still land in its guest buffer,
 //! as DMA already started would on real hardware.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,9 +25,9 @@ use std::sync::Arc;
 use async_executor::Task;
 use block::aio::notifier::EventNotifier;
 use block::{trace, AioContext, BlockBackend, RequestFlags};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::queue::{host_pieces, QueueError};
+use super::queue::{host_pieces, Queue, QueueError};
 use super::request::{DiskLimits, Request, RequestKind, VIRTIO_BLK_ID_BYTES};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::{lock, SharedCore, VirtioDevice};
@@ -256,6 +257,8 @@ pub struct VirtioBlkHandler {
     notifiers: Vec<Arc<EventNotifier>>,
     /// Requests started and not yet completed.
     in_flight: Cell<u64>,
+    /// Requests finished, waiting for the completion bottom half to return them.
+    completions: RefCell<Vec<Completion>>,
 }
 
 impl VirtioBlkHandler {
@@ -275,6 +278,7 @@ impl VirtioBlkHandler {
             wce: shared.wce,
             notifiers,
             in_flight: Cell::new(0),
+            completions: RefCell::new(Vec::new()),
         })
     }
 
@@ -313,6 +317,7 @@ impl VirtioBlkHandler {
             return;
         }
         let generation = core.reset_count;
+        let ctx = AioContext::current();
         loop {
             let queue = &mut core.queues[q];
             if let Err(e) = queue.set_notification(&self.mem, false) {
@@ -325,7 +330,7 @@ impl VirtioBlkHandler {
                     Err(e) => return core.error(&e.to_string()),
                 };
                 match Request::parse(&chain, &self.mem, &self.limits) {
-                    Ok(req) => self.submit(q, req, generation),
+                    Ok(req) => self.submit(&ctx, q, req, generation),
                     Err(e) => return core.error(&e.to_string()),
                 }
             }
@@ -337,52 +342,68 @@ impl VirtioBlkHandler {
         }
     }
 
-    fn submit(self: &Rc<Self>, q: usize, req: Request, generation: u64) {
+    /// Starts one request on the block layer. Each kind runs as a coroutine sized for its own
+    /// block-layer call: one coroutine type for all kinds would be sized for the largest
+    /// (write zeroes), and every read would copy all of it when spawned. Each coroutine
+    /// awaits its call directly: a future passed in and awaited would be stored twice.
+    fn submit(self: &Rc<Self>, ctx: &AioContext, q: usize, req: Request, generation: u64) {
         self.in_flight.set(self.in_flight.get() + 1);
-        let me = self.clone();
-        AioContext::current()
-            .spawn(async move {
-                let status = me.execute(&req).await;
-                me.complete(q, &req, status, generation);
-                me.in_flight.set(me.in_flight.get() - 1);
-            })
-            .detach();
-    }
-
-    /// Runs one request on the block layer and returns its status byte.
-    async fn execute(&self, req: &Request) -> u8 {
         self.blk.set_write_cache(self.wce.load(Ordering::Relaxed));
-        self.trace_request(req);
+        self.trace_request(&req);
+        let done = Completion {
+            q,
+            head: req.head,
+            used_len: req.used_len,
+            status_addr: req.status_addr,
+            status: VIRTIO_BLK_S_OK,
+            generation,
+        };
+        let me = self.clone();
         let none = RequestFlags::empty();
-        let result = match &req.kind {
-            RequestKind::Read { offset, data } => self.blk.co_preadv(*offset, data, none).await,
-            RequestKind::Write { offset, data } => self.blk.co_pwritev(*offset, data, none).await,
-            RequestKind::Flush => self.blk.co_flush().await,
-            RequestKind::GetId { data } => {
-                let id = self.limits.serial.as_bytes();
-                let n = id.len().min(VIRTIO_BLK_ID_BYTES).min(data.len());
-                data.copy_from_slice(0, &id[..n]);
-                Ok(())
-            }
-            RequestKind::Discard { offset, bytes } => self.blk.co_pdiscard(*offset, *bytes).await,
+        let task = match req.kind {
+            RequestKind::Read { offset, data } => ctx.spawn(async move {
+                let ret = me.blk.co_preadv(offset, &data, none).await;
+                me.finish(done, ret)
+            }),
+            RequestKind::Write { offset, data } => ctx.spawn(async move {
+                let ret = me.blk.co_pwritev(offset, &data, none).await;
+                me.finish(done, ret)
+            }),
+            RequestKind::Flush => ctx.spawn(async move {
+                let ret = me.blk.co_flush().await;
+                me.finish(done, ret)
+            }),
+            RequestKind::Discard { offset, bytes } => ctx.spawn(async move {
+                let ret = me.blk.co_pdiscard(offset, bytes).await;
+                me.finish(done, ret)
+            }),
             RequestKind::WriteZeroes {
                 offset,
                 bytes,
                 unmap,
-            } => {
-                let flags = if *unmap {
-                    RequestFlags::MAY_UNMAP
-                } else {
-                    none
-                };
-                self.blk.co_pwrite_zeroes(*offset, *bytes, flags).await
+            } => ctx.spawn(async move {
+                let flags = if unmap { RequestFlags::MAY_UNMAP } else { none };
+                let ret = me.blk.co_pwrite_zeroes(offset, bytes, flags).await;
+                me.finish(done, ret)
+            }),
+            RequestKind::GetId { data } => {
+                let id = self.limits.serial.as_bytes();
+                let n = id.len().min(VIRTIO_BLK_ID_BYTES).min(data.len());
+                data.copy_from_slice(0, &id[..n]);
+                return self.complete(done);
             }
-            RequestKind::Status(status) => return *status,
+            RequestKind::Status(status) => return self.complete(Completion { status, ..done }),
         };
-        match result {
+        task.detach();
+    }
+
+    /// Completes a request with the outcome of its block-layer call.
+    fn finish(self: &Rc<Self>, mut done: Completion, ret: block::Result<()>) {
+        done.status = match ret {
             Ok(()) => VIRTIO_BLK_S_OK,
             Err(_) => VIRTIO_BLK_S_IOERR,
-        }
+        };
+        self.complete(done);
     }
 
     /// The trace event of a request about to run, named as QEMU's.
@@ -421,37 +442,91 @@ impl VirtioBlkHandler {
         }
     }
 
-    /// Writes the status, returns the chain and interrupts if wanted (virtio_blk_req_complete).
-    /// A request that outlived a device reset must not touch the new driver's rings.
-    fn complete(&self, q: usize, req: &Request, status: u8, generation: u64) {
+    /// Queues a finished request for [`Self::flush_completions`], which a bottom half runs
+    /// once the requests that finish in the same turn of the loop have all queued theirs
+    /// (virtio_blk_req_complete; like QEMU's virtqueue_fill + virtqueue_flush, the used index
+    /// moves and the driver is notified once per batch).
+    fn complete(self: &Rc<Self>, done: Completion) {
         trace!(
             virtio_blk_req_complete,
             "vdev {:p} req {} status {}",
-            self as *const Self,
-            req.head,
-            status
+            Rc::as_ptr(self),
+            done.head,
+            done.status
         );
-        let mut core = lock(&self.core);
-        if core.reset_count != generation || core.broken {
-            return;
+        let mut pending = self.completions.borrow_mut();
+        if pending.is_empty() {
+            let me = self.clone();
+            AioContext::current().schedule_bh(move || me.flush_completions());
         }
+        pending.push(done);
+    }
+
+    /// Writes the status bytes, returns the chains and interrupts if wanted, under one lock
+    /// of the core. A request that outlived a device reset must not touch the new driver's
+    /// rings.
+    fn flush_completions(&self) {
+        let mut done = self.completions.take();
+        let mut core = lock(&self.core);
         let notify_on_empty = core.has_feature(VIRTIO_F_NOTIFY_ON_EMPTY);
-        let queue = &mut core.queues[q];
-        let pushed: Result<bool, QueueError> = (|| {
-            host_pieces(&self.mem, req.status_addr, 1, |p, _| {
-                // SAFETY: `host_pieces` hands out a pointer into mapped guest RAM.
-                unsafe { std::ptr::write_volatile(p, status) }
-            })?;
-            queue.add_used(&self.mem, req.head, req.used_len)?;
-            queue.needs_notification(&self.mem, notify_on_empty)
-        })();
-        match pushed {
-            Ok(true) => {
-                trace!(virtio_notify, "vdev {:p} vq {}", self as *const Self, q);
-                core.raise(super::VIRTIO_ISR_QUEUE);
+        let generation = core.reset_count;
+        for q in 0..core.queues.len() {
+            if core.broken {
+                break;
             }
-            Ok(false) => {}
-            Err(e) => core.error(&e.to_string()),
+            let batch = done
+                .iter()
+                .filter(|c| c.q == q && c.generation == generation);
+            match self.push_used(&mut core.queues[q], batch, notify_on_empty) {
+                Ok(true) => {
+                    trace!(virtio_notify, "vdev {:p} vq {}", self as *const Self, q);
+                    core.raise(super::VIRTIO_ISR_QUEUE);
+                }
+                Ok(false) => {}
+                Err(e) => core.error(&e.to_string()),
+            }
+        }
+        drop(core);
+        self.in_flight.set(self.in_flight.get() - done.len() as u64);
+        // Keep the vector's allocation for the next batch.
+        done.clear();
+        let mut pending = self.completions.borrow_mut();
+        if pending.is_empty() {
+            *pending = done;
         }
     }
+
+    /// Fills and publishes one queue's share of a batch; returns whether to interrupt.
+    fn push_used<'a>(
+        &self,
+        queue: &mut Queue,
+        batch: impl Iterator<Item = &'a Completion>,
+        notify_on_empty: bool,
+    ) -> Result<bool, QueueError> {
+        let mut count = 0u16;
+        for c in batch {
+            host_pieces(&self.mem, c.status_addr, 1, |p, _| {
+                // SAFETY: `host_pieces` hands out a pointer into mapped guest RAM.
+                unsafe { std::ptr::write_volatile(p, c.status) }
+            })?;
+            queue.fill(&self.mem, c.head, c.used_len, count)?;
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(false);
+        }
+        queue.flush(&self.mem, count)?;
+        queue.needs_notification(&self.mem, notify_on_empty)
+    }
+}
+
+/// A finished request waiting for its used element.
+struct Completion {
+    q: usize,
+    head: u16,
+    used_len: u32,
+    status_addr: GuestAddress,
+    status: u8,
+    /// The core's reset count when the request was popped.
+    generation: u64,
 }

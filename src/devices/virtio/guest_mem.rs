@@ -36,16 +36,16 @@ pub fn host_pieces(
     let mut at = addr;
     let mut left = len;
     while left > 0 {
-        let outside = QueueError::BufferOutsideMemory {
+        let outside = || QueueError::BufferOutsideMemory {
             addr: at.0,
             len: left as u32,
         };
-        let region = mem.find_region(at).ok_or(outside.clone())?;
+        let region = mem.find_region(at).ok_or_else(outside)?;
         let offset = at.0 - region.start_addr().0;
         let n = ((region.len() - offset) as usize).min(left);
         let ptr = region
             .get_host_address(MemoryRegionAddress(offset))
-            .map_err(|_| outside)?;
+            .map_err(|_| outside())?;
         f(ptr, n);
         at = GuestAddress(at.0.wrapping_add(n as u64));
         left -= n;

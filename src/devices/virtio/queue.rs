@@ -21,6 +21,7 @@ use std::fmt;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
+use smallvec::SmallVec;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use super::guest_mem::host_pieces;
@@ -130,8 +131,9 @@ pub struct Buffer {
 pub struct DescriptorChain {
     /// The head index, returned in the used element.
     pub head: u16,
-    /// The buffers in chain order.
-    pub buffers: Vec<Buffer>,
+    /// The buffers in chain order; a usual request (header, data, status) fits inline, so
+    /// popping a chain allocates nothing.
+    pub buffers: SmallVec<[Buffer; 4]>,
 }
 
 impl DescriptorChain {
@@ -388,17 +390,11 @@ impl Queue {
                 raw
             }
         };
-        let le = |r: std::ops::Range<usize>| {
-            raw[r]
-                .iter()
-                .rev()
-                .fold(0u64, |a, &b| a << 8 | u64::from(b))
-        };
         Ok(Descriptor {
-            addr: le(0..8),
-            len: le(8..12) as u32,
-            flags: le(12..14) as u16,
-            next: le(14..16) as u16,
+            addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
+            len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),
+            flags: u16::from_le_bytes(raw[12..14].try_into().unwrap()),
+            next: u16::from_le_bytes(raw[14..16].try_into().unwrap()),
         })
     }
 
@@ -417,7 +413,7 @@ impl Queue {
         }
         let mut chain = DescriptorChain {
             head,
-            buffers: Vec::new(),
+            buffers: SmallVec::new(),
         };
         loop {
             if chain.buffers.len() >= usize::from(table_len) {
@@ -475,7 +471,8 @@ impl Queue {
             return Err(QueueError::ZeroSizedBuffer);
         }
         let writable = desc.flags & VRING_DESC_F_WRITE != 0;
-        if !writable && chain.buffers.iter().any(|b| b.writable) {
+        // Readable buffers come first, so the last one says whether any is writable.
+        if !writable && chain.buffers.last().is_some_and(|b| b.writable) {
             return Err(QueueError::WrongOrder);
         }
         let addr = GuestAddress(desc.addr);
@@ -492,16 +489,19 @@ impl Queue {
         })
     }
 
-    /// Returns a chain to the driver with `len` bytes written (virtqueue_push).
-    pub fn add_used(
+    /// Writes a used element `idx` places past the next unpublished one (virtqueue_fill);
+    /// the driver sees it once [`Queue::flush`] publishes it. Completions batched this way
+    /// move the used index, and the driver's view of it, once per batch.
+    pub fn fill(
         &mut self,
         mem: &Arc<GuestMemoryMmap>,
         head: u16,
         len: u32,
+        idx: u16,
     ) -> Result<(), QueueError> {
         // The driver may have reconfigured the queue while the request ran.
         self.check_config(mem)?;
-        let slot = u64::from(self.next_used % self.size);
+        let slot = u64::from(self.next_used.wrapping_add(idx) % self.size);
         let at = 4 + 8 * slot;
         let cached = self.cache_for(mem).is_some_and(|c| {
             c.write_u32(Ring::Used, at, u32::from(head)) && c.write_u32(Ring::Used, at + 4, len)
@@ -514,11 +514,17 @@ impl Queue {
             mem.write_slice(&raw, elem)
                 .map_err(|_| QueueError::RingOutsideMemory(elem.0))?;
         }
-        // The element must be visible before the index that publishes it (smp_wmb).
+        Ok(())
+    }
+
+    /// Publishes the `count` elements filled since the last flush (virtqueue_flush).
+    pub fn flush(&mut self, mem: &Arc<GuestMemoryMmap>, count: u16) -> Result<(), QueueError> {
+        self.check_config(mem)?;
+        // The elements must be visible before the index that publishes them (smp_wmb).
         fence(Ordering::Release);
-        self.next_used = self.next_used.wrapping_add(1);
+        self.next_used = self.next_used.wrapping_add(count);
         self.write_u16(mem, Ring::Used, 2, self.next_used)?;
-        self.in_flight = self.in_flight.saturating_sub(1);
+        self.in_flight = self.in_flight.saturating_sub(count);
         Ok(())
     }
 

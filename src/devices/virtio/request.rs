@@ -375,14 +375,14 @@ pub fn guest_iovec(
     offset: u64,
     len: u64,
 ) -> Result<IoVector, RequestError> {
-    let owner: Arc<dyn std::any::Any + Send + Sync> = mem.clone();
     let mut qiov: Option<IoVector> = None;
     for (addr, n) in ranges(buffers, offset, len) {
         host_pieces(mem, addr, n as usize, |ptr, plen| {
             // SAFETY: `host_pieces` hands out pointers into mapped guest memory regions with
-            // `plen` bytes after them; `owner` keeps the mapping alive as long as the vector.
-            // The guest may change the bytes concurrently, as with any DMA.
-            let piece = unsafe { IoVector::from_raw_parts(ptr, plen, owner.clone()) };
+            // `plen` bytes after them; the vector's owner, the guest memory, keeps the mapping
+            // alive as long as the vector. The guest may change the bytes concurrently, as
+            // with any DMA.
+            let piece = unsafe { IoVector::from_raw_parts(ptr, plen, mem.clone()) };
             match &mut qiov {
                 None => qiov = Some(piece),
                 Some(v) => v.push_vector(&piece),

@@ -186,6 +186,11 @@ impl TestDriver {
         self.write_u16(self.avail + 4 + 2 * u64::from(self.size), v);
     }
 
+    /// The index of the next used element the driver will take.
+    pub fn last_used(&self) -> u16 {
+        self.last_used
+    }
+
     /// The used ring's avail_event field (EVENT_IDX).
     pub fn avail_event(&self) -> u16 {
         self.read_u16(self.used + 4 + 8 * u64::from(self.size))
