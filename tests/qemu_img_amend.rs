@@ -155,6 +155,13 @@ fn upgrade_with_features_and_size() {
         &v2,
         &["-o", "compat=1.1,refcount_bits=8"],
     );
+    // Snapshot entries are rewritten with version 3's extra data before the header moves.
+    let v2_snapshot = |d: &Path| {
+        v2(d);
+        ok(QEMU_IMG, d, &["snapshot", "-c", "s1", "t.qcow2"]);
+        ok(QEMU_IO, d, &["-c", "write -P 2 0 64k", "t.qcow2"]);
+    };
+    amend_case("upgrade-snapshot", &v2_snapshot, &["-o", "compat=1.1"]);
     amend_case("v2-lazy", &v2, &["-o", "lazy_refcounts=on"]);
     amend_case("v2-refcount", &v2, &["-o", "refcount_bits=8"]);
 }

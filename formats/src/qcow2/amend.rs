@@ -294,10 +294,12 @@ impl Qcow2 {
         progress.report(0, 2);
         let mut meta = self.meta.lock().await;
         if meta.header.nb_snapshots > 0 {
-            // v3 snapshot entries carry extra data that v2 ones may lack.
-            return Err(Error::not_supported(
-                "qcow2: upgrading an image with internal snapshots is not supported by rqemu",
-            ));
+            // Version 3 requires each snapshot entry's extra data to hold the 64-bit VM state
+            // size and the disk size; version 2 readers skip extra data, so the rewritten
+            // table goes out before the header says version 3.
+            meta.write_snapshots()
+                .await
+                .map_err(|e| e.context("Failed to update the snapshot table: "))?;
         }
         progress.report(1, 2);
         let saved = meta.header.clone();
