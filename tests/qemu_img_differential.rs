@@ -640,6 +640,15 @@ fn snapshot_commands_agree() {
         ("snap-raw-list", &["snapshot", "-l", "a.img"]),
         ("snap-missing", &["snapshot", "-l", "nope.qcow2"]),
         ("snap-data-file", &["snapshot", "-c", "x", "d.qcow2"]),
+        (
+            "snap-measure-l",
+            &["measure", "-O", "qcow2", "-l", "one", "s.qcow2"],
+        ),
+        (
+            "snap-measure-l-id",
+            &["measure", "-O", "qcow2", "-l", "snapshot.id=1", "s.qcow2"],
+        ),
+        ("snap-measure-l-missing", &["measure", "-l", "x", "s.qcow2"]),
         ("snap-info", &["info", "s.qcow2"]),
         ("snap-info-json", &["info", "--output=json", "s.qcow2"]),
         (

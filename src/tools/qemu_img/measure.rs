@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::cli::{self, error_report, long, OpenSpec, OutputFormat};
 use super::cli::{OPT_IMAGE_OPTS, OPT_OBJECT, OPT_OUTPUT, OPT_SIZE};
+use super::convert::SnapshotParam;
 use super::create::accumulate_options;
 use super::create_opts::CreateOpts;
 use super::qjson;
@@ -41,7 +42,7 @@ pub fn run(args: &[String]) -> i32 {
     };
     let mut spec = OpenSpec::default();
     let (mut out_fmt, mut options, mut size) = ("raw".to_string(), None, None);
-    let (mut format, mut snapshot) = (OutputFormat::Human, false);
+    let (mut format, mut snapshot) = (OutputFormat::Human, None);
     for opt in parsed.opts {
         let arg = opt.arg.unwrap_or_default();
         match opt.key {
@@ -49,7 +50,10 @@ pub fn run(args: &[String]) -> i32 {
             'f' => spec.fmt = Some(arg),
             'O' => out_fmt = arg,
             'o' if !accumulate_options(&mut options, &arg) => return 1,
-            'l' => snapshot = true,
+            'l' => match SnapshotParam::parse(&arg) {
+                Some(p) => snapshot = Some(p),
+                None => return 1,
+            },
             'U' => spec.flags.force_share = true,
             OPT_OBJECT => return cli::object_unsupported(),
             OPT_IMAGE_OPTS => spec.image_opts = true,
@@ -65,7 +69,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let filename = parsed.operands.first().cloned();
-    if let Err(msg) = check_args(&parsed.operands, &spec, size, snapshot) {
+    if let Err(msg) = check_args(&parsed.operands, &spec, size, snapshot.is_some()) {
         error_report(msg);
         return 1;
     }
@@ -79,6 +83,13 @@ pub fn run(args: &[String]) -> i32 {
             },
             None => None,
         };
+        if let (Some(param), Some(b)) = (&snapshot, &blk) {
+            if let Err(e) = param.load(b.bs()).await {
+                error_report(&format!("Failed to load snapshot: {e}"));
+                let _ = b.close().await;
+                return 1;
+            }
+        }
         let info = measure(
             &out_fmt,
             options.as_deref(),
@@ -116,9 +127,6 @@ fn check_args(
     match (has_file, size) {
         (true, Some(_)) => Err("--size N cannot be used together with a filename."),
         (false, None) => Err("Either --size N or one filename must be specified."),
-        _ if snapshot => {
-            Err("Failed to load snapshot: internal snapshots are not supported by rqemu-img yet")
-        }
         _ => Ok(()),
     }
 }
