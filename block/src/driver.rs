@@ -56,6 +56,9 @@ bitflags::bitflags! {
         const RECURSE = 0x40;
         /// The range is stored compressed.
         const COMPRESSED = 0x80;
+        /// The data may sit on holes of `file` (preallocated metadata): with want_zero, ask
+        /// `file` at `map` whether it reads as zeroes (QEMU's BDRV_BLOCK_RECURSE).
+        const ZERO_FROM_FILE = 0x100;
     }
 }
 

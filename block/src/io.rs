@@ -649,13 +649,14 @@ impl BlockDriverState {
             status.flags |= StatusFlags::ALLOCATED;
         }
         if want_zero
-            && status
-                .flags
-                .contains(StatusFlags::DATA | StatusFlags::OFFSET_VALID)
+            && status.flags.contains(
+                StatusFlags::ZERO_FROM_FILE | StatusFlags::DATA | StatusFlags::OFFSET_VALID,
+            )
             && !status.flags.contains(StatusFlags::ZERO)
         {
             status = self.refine_zero_from_file(status).await?;
         }
+        status.flags.remove(StatusFlags::ZERO_FROM_FILE);
         if offset + status.bytes == total {
             status.flags |= StatusFlags::EOF;
         }
@@ -685,7 +686,8 @@ impl BlockDriverState {
         Ok(status)
     }
 
-    /// Data mapped to a hole of the file child reads as zeroes.
+    /// Data mapped to a hole of the file child reads as zeroes (only asked for where the
+    /// driver expects such holes: every data cluster would cost a query of the file).
     async fn refine_zero_from_file(&self, mut status: BlockStatus) -> Result<BlockStatus> {
         let Some(file) = status
             .file

@@ -104,6 +104,8 @@ pub struct Qcow2 {
     needs_repair: Cell<bool>,
     /// Serialises that repair.
     repair_lock: CoMutex<()>,
+    /// Whether the image looks metadata-preallocated, once a block-status query asked.
+    metadata_preallocation: Cell<Option<bool>>,
 }
 
 async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
@@ -198,6 +200,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         info: RefCell::new(h.clone()),
         needs_repair: Cell::new(writable && dirty && !checking),
         repair_lock: CoMutex::new(()),
+        metadata_preallocation: Cell::new(None),
     };
     if writable {
         let mut meta = q.meta.lock().await;

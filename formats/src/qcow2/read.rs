@@ -10,6 +10,7 @@ use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
 
 use super::compress;
 use super::mapping::Mapping;
+use super::state::Meta;
 use super::Qcow2;
 
 impl Qcow2 {
@@ -91,9 +92,11 @@ impl Qcow2 {
         offset: u64,
         bytes: u64,
     ) -> Result<BlockStatus> {
-        let (mapping, n) = {
+        let (mapping, n, preallocated) = {
             let mut meta = self.meta.lock().await;
-            meta.get_host_offset(offset, bytes).await?
+            let preallocated = self.metadata_preallocated(bs, &mut meta).await?;
+            let (mapping, n) = meta.get_host_offset(offset, bytes).await?;
+            (mapping, n, preallocated)
         };
         let status = match mapping {
             Mapping::Unallocated => BlockStatus::new(StatusFlags::empty(), n),
@@ -108,12 +111,35 @@ impl Qcow2 {
                 BlockStatus::new(StatusFlags::DATA | StatusFlags::COMPRESSED, n)
             }
             Mapping::Data(host) => {
-                let mut s = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, n);
+                let mut flags = StatusFlags::DATA | StatusFlags::OFFSET_VALID;
+                if preallocated {
+                    // Preallocated clusters never written read as the file's holes.
+                    flags |= StatusFlags::ZERO_FROM_FILE;
+                }
+                let mut s = BlockStatus::new(flags, n);
                 s.map = host;
                 s.file = bs.file();
                 s
             }
         };
         Ok(status)
+    }
+
+    /// Whether the image looks metadata-preallocated, decided on the first query.
+    async fn metadata_preallocated(&self, bs: &BlockDriverState, meta: &mut Meta) -> Result<bool> {
+        if let Some(known) = self.metadata_preallocation.get() {
+            return Ok(known);
+        }
+        let file = self.file(bs);
+        let file_length = file.getlength();
+        let preallocated = match file.co_get_allocated_file_size().await? {
+            Some(real) => {
+                meta.detect_metadata_preallocation(file_length, real)
+                    .await?
+            }
+            None => false,
+        };
+        self.metadata_preallocation.set(Some(preallocated));
+        Ok(preallocated)
     }
 }

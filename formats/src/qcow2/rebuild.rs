@@ -92,7 +92,7 @@ impl Meta {
         self.file.co_flush().await?;
         self.header.refcount_table_offset = table_offset;
         self.header.refcount_table_clusters = table_clusters as u32;
-        self.reftable = reftable;
+        self.set_reftable(reftable);
         self.caches.clear();
         self.free_cluster_index = 0;
         Ok(())

@@ -98,6 +98,29 @@ impl Meta {
         ))
     }
 
+    /// Whether the image looks preallocated with metadata: clearly more clusters are counted
+    /// as used than the file really occupies, so some data clusters lie on holes
+    /// (qcow2_detect_metadata_preallocation; a heuristic, like QEMU's).
+    pub async fn detect_metadata_preallocation(
+        &mut self,
+        file_length: u64,
+        real_allocation: u64,
+    ) -> Result<bool> {
+        let real_clusters = real_allocation >> self.g.cluster_bits;
+        let threshold = (real_clusters * 10 / 9).max(real_clusters + 2);
+        let end_cluster = file_length.div_ceil(self.g.cluster_size);
+        let mut used = 0;
+        for cluster in 0..end_cluster {
+            if used >= threshold {
+                break;
+            }
+            if self.get_refcount(cluster).await? != 0 {
+                used += 1;
+            }
+        }
+        Ok(used >= threshold)
+    }
+
     /// Adds `addend` to the refcount of every cluster touching `offset..offset+len`
     /// (update_refcount). Allocates refcount blocks as needed when counting up.
     pub fn update_refcount(
@@ -260,7 +283,7 @@ impl Meta {
         self.file
             .debug_event(block::BlkdbgEvent::RefblockAllocHookup)
             .await;
-        self.reftable[idx as usize] = offset;
+        self.set_reftable_entry(idx as usize, offset);
         self.write_reftable_entry(idx).await?;
         block::trace!(qcow2_alloc_refblock, "idx {} offset 0x{:x}", idx, offset);
         Ok(offset)
@@ -328,7 +351,7 @@ impl Meta {
         let old_clusters = self.header.refcount_table_clusters as u64;
         self.header.refcount_table_offset = table_offset;
         self.header.refcount_table_clusters = table_clusters as u32;
-        self.reftable = table;
+        self.set_reftable(table);
         self.free_cluster_index = self.free_cluster_index.max(area_end);
         block::trace!(
             qcow2_grow_reftable,
