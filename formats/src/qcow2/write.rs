@@ -5,12 +5,17 @@
 //! it. Overlapping allocations are serialised through the in-flight list (see
 //! [`super::cluster`]).
 
-use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
+use std::collections::VecDeque;
+
+use block::{AioContext, BlockDriverState, Error, IoVector, RequestFlags, Result};
 
 use super::cluster::{InflightAlloc, L2Meta, WritePlan};
 use super::compress;
 use super::l2::get_entry;
 use super::Qcow2;
+
+/// Clusters of one request compressed at once (QEMU's QCOW2_MAX_WORKERS).
+const MAX_COMPRESS_WORKERS: usize = 8;
 
 /// Removes an in-flight allocation from the list when its write ends, however it ends.
 struct InflightGuard<'a> {
@@ -166,8 +171,13 @@ impl Qcow2 {
         file.co_pwritev(host, &all, RequestFlags::empty()).await
     }
 
-    /// Writes one whole cluster compressed (qcow2_co_pwritev_compressed_part); data that
-    /// does not shrink is written normally, as QEMU does.
+    /// Writes whole clusters compressed (qcow2_co_pwritev_compressed_part); a cluster that
+    /// does not shrink is written normally, as QEMU does. Only the image's last cluster may
+    /// be partial.
+    ///
+    /// Compression is CPU work: up to [`MAX_COMPRESS_WORKERS`] clusters are compressed at
+    /// once on the thread pool (QEMU's task pool does the same), and the results are written
+    /// in guest order as they arrive.
     async fn write_compressed(
         &self,
         bs: &BlockDriverState,
@@ -176,22 +186,31 @@ impl Qcow2 {
     ) -> Result<()> {
         let cs = self.g.cluster_size;
         let len = qiov.len() as u64;
-        if self.g.in_cluster(offset) != 0 {
+        if self.g.in_cluster(offset) != 0 || (len % cs != 0 && offset + len != self.size.get()) {
             return Err(Error::from_errno(libc::EINVAL));
         }
+        let ctx = AioContext::current();
+        let mut compressing = VecDeque::new();
+        let mut started = 0;
         let mut done = 0;
         while done < len {
+            while compressing.len() < MAX_COMPRESS_WORKERS && started < len {
+                let n = (len - started).min(cs);
+                let mut input = qiov.slice(started as usize, n as usize).to_vec();
+                input.resize(cs as usize, 0);
+                compressing.push_back(ctx.spawn(compress::compress(self.compression_type, input)));
+                started += n;
+            }
+            let compressed = compressing
+                .pop_front()
+                .expect("one started per cluster")
+                .await;
             let n = (len - done).min(cs);
             let at = offset + done;
-            let part = qiov.slice(done as usize, n as usize);
-            if n < cs && at + n != self.size.get() {
-                return Err(Error::from_errno(libc::EINVAL));
-            }
-            let mut input = part.to_vec();
-            input.resize(cs as usize, 0);
-            match compress::compress(self.compression_type, input).await {
+            match compressed {
                 Some(c) => self.write_one_compressed(bs, at, c).await?,
                 None => {
+                    let part = qiov.slice(done as usize, n as usize);
                     let plain: block::coroutine::LocalBoxFuture<'_, Result<()>> =
                         Box::pin(self.write(bs, at, &part, RequestFlags::empty()));
                     plain.await?
