@@ -95,6 +95,7 @@ impl Meta {
         self.set_reftable(reftable);
         self.caches.clear();
         self.free_cluster_index = 0;
+        self.free_byte_offset = 0;
         Ok(())
     }
 }

@@ -36,6 +36,9 @@ pub struct Meta {
     pub caches: Caches,
     /// No cluster below this index is free (allocation scan hint).
     pub free_cluster_index: u64,
+    /// Where the next compressed cluster may be packed, right after the last one; 0 when
+    /// a fresh host cluster is needed (QEMU's free_byte_offset).
+    pub free_byte_offset: u64,
     /// Set once a corruption was found; writes are refused from then on.
     pub corrupt: bool,
     /// Whether the image is open read-write.
@@ -112,6 +115,7 @@ impl Meta {
             reftable_end: 0,
             caches,
             free_cluster_index: 0,
+            free_byte_offset: 0,
             writable,
             signaled_corruption: false,
         };

@@ -11,7 +11,7 @@ use block::{AioContext, BlockDriverState, Error, IoVector, RequestFlags, Result}
 
 use super::cluster::{InflightAlloc, L2Meta, WritePlan};
 use super::compress;
-use super::l2::get_entry;
+use super::l2::{get_entry, L2E_OFFSET_MASK};
 use super::Qcow2;
 
 /// Clusters of one request compressed at once (QEMU's QCOW2_MAX_WORKERS).
@@ -236,9 +236,13 @@ impl Qcow2 {
         meta.caches.load(super::cache::Which::L2, l2).await?;
         let idx = self.g.l2_index(at);
         let (old, _) = get_entry(&self.g, meta.caches.table(super::cache::Which::L2, l2), idx);
-        let nclusters = (data.len() as u64).div_ceil(cs);
-        let host = meta.alloc_clusters(nclusters).await?;
-        meta.check_metadata_alloc(host, "compressed cluster")
+        if old & L2E_OFFSET_MASK != 0 {
+            // Compression never overwrites a cluster in place (QEMU refuses the same way).
+            return Err(Error::from_errno(libc::EIO));
+        }
+        let len = data.len() as u64;
+        let host = meta.alloc_bytes(len).await?;
+        meta.check_metadata_alloc(host, len, "compressed cluster")
             .await?;
         let _guard = self.register(at, at + cs);
         drop(meta);
@@ -246,17 +250,10 @@ impl Qcow2 {
         let mut meta = self.meta.lock().await;
         let l2 = meta.l2_for_write(at).await?;
         meta.caches.load(super::cache::Which::L2, l2).await?;
-        let entry = self.g.compressed_entry(host, data.len() as u64);
+        let entry = self.g.compressed_entry(host, len);
         let table = meta.caches.table(super::cache::Which::L2, l2);
         super::l2::set_entry(&self.g, table, idx, entry, 0);
         meta.caches.mark_dirty(super::cache::Which::L2, l2);
-        // Whole clusters were allocated; free any beyond the compressed data's last sector.
-        let used_end = (host + data.len() as u64).next_multiple_of(cs);
-        if used_end < host + nclusters * cs {
-            meta.free_clusters(used_end, host + nclusters * cs - used_end)
-                .await?;
-        }
-        meta.free_any_cluster(old).await?;
         Ok(())
     }
 }
