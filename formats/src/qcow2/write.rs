@@ -186,7 +186,9 @@ impl Qcow2 {
     ) -> Result<()> {
         let cs = self.g.cluster_size;
         let len = qiov.len() as u64;
-        if self.g.in_cluster(offset) != 0 || (len % cs != 0 && offset + len != self.size.get()) {
+        if self.g.in_cluster(offset) != 0
+            || (!len.is_multiple_of(cs) && offset + len != self.size.get())
+        {
             return Err(Error::from_errno(libc::EINVAL));
         }
         let ctx = AioContext::current();
