@@ -100,6 +100,13 @@ impl Qcow2 {
                     done += bytes;
                 }
                 WritePlan::Alloc(m) => {
+                    // The whole write (data and copy-on-write parts) is checked now, while
+                    // the lock is held anyway.
+                    let (from, to) = (m.cow_head.0, m.cow_tail.1);
+                    if let Err(e) = meta.check_data_write(m.host_start + from, to - from).await {
+                        meta.abort_alloc(&m).await;
+                        return Err(e);
+                    }
                     let end = m.guest_start + m.nb_clusters * self.g.cluster_size;
                     let _guard = self.register(m.guest_start, end);
                     drop(meta);
@@ -153,10 +160,6 @@ impl Qcow2 {
         all.push_vector(data);
         all.push_vector(&tail);
         let host = m.host_start + head_from;
-        {
-            let mut meta = self.meta.lock().await;
-            meta.check_data_write(host, all.len() as u64).await?;
-        }
         block::trace!(
             qcow2_writev_data,
             "host 0x{:x} bytes {} cow {}+{}",
