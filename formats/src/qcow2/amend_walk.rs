@@ -187,9 +187,7 @@ impl Meta {
             return Err(e.context("Failed to update the image header: "));
         }
         self.file.co_flush().await?;
-        self.reftable = new.reftable;
-        self.caches.clear();
-        self.free_cluster_index = 0;
+        self.adopt_reftable(new.reftable);
         for block in old_blocks {
             self.free_clusters(block, cs).await?;
         }

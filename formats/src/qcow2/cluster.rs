@@ -95,7 +95,8 @@ impl Meta {
             return Ok(old);
         }
         let new = self.alloc_clusters(1).await?;
-        self.check_metadata_alloc(new, "L2 table").await?;
+        self.check_metadata_alloc(new, self.g.cluster_size, "L2 table")
+            .await?;
         // The new table's refcount reaches the disk before L1 points at it, even with lazy
         // refcounts (l2_allocate).
         self.caches.flush(Which::Refblock).await?;

@@ -56,10 +56,17 @@ impl Meta {
         self.file.co_flush().await?;
         self.header.refcount_table_offset = new.table_offset;
         self.header.refcount_table_clusters = new.table_clusters;
-        self.reftable = new.reftable;
+        self.adopt_reftable(new.reftable);
+        Ok(())
+    }
+
+    /// Makes a new refcount table the live one: cached blocks and allocation cursors
+    /// referred to the old structure.
+    pub(super) fn adopt_reftable(&mut self, reftable: Vec<u64>) {
+        self.set_reftable(reftable);
         self.caches.clear();
         self.free_cluster_index = 0;
-        Ok(())
+        self.free_byte_offset = 0;
     }
 
     /// Places refcount blocks and a table for `counts` (per cluster, at the width of

@@ -161,6 +161,10 @@ impl Meta {
                 self.caches.mark_dirty(Which::Refblock, block);
                 if new == 0 {
                     self.free_cluster_index = self.free_cluster_index.min(cluster);
+                    if self.free_byte_offset >> self.g.cluster_bits == cluster {
+                        // The cluster may be reused for anything now: pack nothing into it.
+                        self.free_byte_offset = 0;
+                    }
                     self.caches
                         .discard(Which::L2, cluster << self.g.cluster_bits);
                 }
@@ -208,10 +212,45 @@ impl Meta {
         Ok(offset)
     }
 
+    /// Allocates `size` bytes (at most a cluster) for compressed data, right after the
+    /// previous compressed cluster when they fit or the next host cluster follows it
+    /// (qcow2_alloc_bytes). Every host cluster the bytes touch gets one more reference, so a
+    /// shared cluster is counted once per compressed cluster in it.
+    pub async fn alloc_bytes(&mut self, size: u64) -> Result<u64> {
+        let cs = self.g.cluster_size;
+        debug_assert!(size > 0 && size <= cs);
+        self.file
+            .debug_event(block::BlkdbgEvent::ClusterAllocBytes)
+            .await;
+        let mut offset = self.free_byte_offset;
+        if offset != 0 {
+            let refcount = self.get_refcount(offset >> self.g.cluster_bits).await?;
+            if refcount == 0 || refcount >= max_refcount(self.g.refcount_order) {
+                offset = 0;
+            }
+        }
+        if offset == 0 || cs - self.g.in_cluster(offset) < size {
+            let next = self.find_free(1).await? << self.g.cluster_bits;
+            if offset == 0 || offset.next_multiple_of(cs) != next {
+                offset = next;
+            }
+        }
+        self.update_refcount(offset, size, 1).await?;
+        if self.accurate_refcounts() {
+            self.caches
+                .set_dependency(Which::L2, Which::Refblock)
+                .await?;
+        }
+        let end = offset + size;
+        self.free_byte_offset = if self.g.in_cluster(end) == 0 { 0 } else { end };
+        block::trace!(qcow2_alloc_bytes, "offset 0x{:x} size {}", offset, size);
+        Ok(offset)
+    }
+
     /// Refuses to place metadata over other metadata, which only a corrupt refcount
     /// structure can make the allocator suggest.
-    pub async fn check_metadata_alloc(&mut self, offset: u64, what: &str) -> Result<()> {
-        if offset == 0 || self.overlap(offset, self.g.cluster_size, true).is_some() {
+    pub async fn check_metadata_alloc(&mut self, offset: u64, len: u64, what: &str) -> Result<()> {
+        if offset == 0 || self.overlap(offset, len, true).is_some() {
             return Err(self
                 .signal_corruption(format!(
                     "Preventing invalid allocation of {what} at offset {}",
@@ -253,7 +292,8 @@ impl Meta {
         }
         let cluster = self.find_free(1).await?;
         let offset = cluster << self.g.cluster_bits;
-        self.check_metadata_alloc(offset, "refcount block").await?;
+        self.check_metadata_alloc(offset, self.g.cluster_size, "refcount block")
+            .await?;
         self.caches.load_empty(Which::Refblock, offset).await?;
         if cluster >> self.g.refblock_bits == idx {
             // The block describes itself: count it in its own table.
@@ -272,7 +312,7 @@ impl Meta {
         self.file
             .debug_event(block::BlkdbgEvent::RefblockAllocHookup)
             .await;
-        self.reftable[idx as usize] = offset;
+        self.set_reftable_entry(idx as usize, offset);
         self.write_reftable_entry(idx).await?;
         block::trace!(qcow2_alloc_refblock, "idx {} offset 0x{:x}", idx, offset);
         Ok(offset)
@@ -340,7 +380,7 @@ impl Meta {
         let old_clusters = self.header.refcount_table_clusters as u64;
         self.header.refcount_table_offset = table_offset;
         self.header.refcount_table_clusters = table_clusters as u32;
-        self.reftable = table;
+        self.set_reftable(table);
         self.free_cluster_index = self.free_cluster_index.max(area_end);
         block::trace!(
             qcow2_grow_reftable,

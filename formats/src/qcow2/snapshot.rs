@@ -257,7 +257,8 @@ impl Meta {
 
     /// Writes a new table and makes sure it and its refcounts are on disk.
     async fn place_table(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
-        self.check_metadata_alloc(offset, "snapshot table").await?;
+        self.check_metadata_alloc(offset, bytes.len() as u64, "snapshot table")
+            .await?;
         write_bytes(&self.file, offset, bytes).await?;
         self.caches.flush_all().await?;
         self.file.co_flush().await

@@ -201,7 +201,7 @@ impl Meta {
             0
         } else {
             let offset = self.alloc_clusters(l1_bytes.div_ceil(cs)).await?;
-            self.check_metadata_alloc(offset, "snapshot L1 table")
+            self.check_metadata_alloc(offset, l1_bytes, "snapshot L1 table")
                 .await?;
             write_bytes(&self.file, offset, &encode_table(&copy)).await?;
             offset

@@ -28,12 +28,19 @@ pub struct Meta {
     pub header: Header,
     /// The active L1 table.
     pub l1: Vec<u64>,
-    /// The refcount table.
+    /// The refcount table (changed only through [`Meta::set_reftable`] and
+    /// [`Meta::set_reftable_entry`], which keep `reftable_end` right).
     pub reftable: Vec<u64>,
+    /// One past the last non-zero refcount table entry: the overlap check, run on every
+    /// write, scans no further (QEMU's max_refcount_table_index).
+    reftable_end: usize,
     /// L2 and refcount-block caches.
     pub caches: Caches,
     /// No cluster below this index is free (allocation scan hint).
     pub free_cluster_index: u64,
+    /// Where the next compressed cluster may be packed, right after the last one; 0 when
+    /// a fresh host cluster is needed (QEMU's free_byte_offset).
+    pub free_byte_offset: u64,
     /// Set once a corruption was found; writes are refused from then on.
     pub corrupt: bool,
     /// Whether the image is open read-write.
@@ -107,21 +114,39 @@ impl Meta {
         let refblocks = sizes.refblocks.unwrap_or(8);
         let caches = Caches::new(file.clone(), g.cluster_size as usize, l2_tables, refblocks);
         let (snapshots, snapshots_size) = read_snapshots(&file, &header).await?;
-        Ok(Meta {
+        let mut meta = Meta {
             file,
             g,
             corrupt: header.incompatible_features & header::INCOMPAT_CORRUPT != 0,
             header,
             l1: decode_table(&l1_bytes),
-            reftable: decode_table(&reftable_bytes),
+            reftable: Vec::new(),
+            reftable_end: 0,
             caches,
             free_cluster_index: 0,
+            free_byte_offset: 0,
             writable,
             signaled_corruption: false,
             data: DataFile::Internal,
             snapshots,
             snapshots_size,
-        })
+        };
+        meta.set_reftable(decode_table(&reftable_bytes));
+        Ok(meta)
+    }
+
+    /// Replaces the in-memory refcount table (after loading, growing or rebuilding it).
+    pub fn set_reftable(&mut self, table: Vec<u64>) {
+        self.reftable_end = table.iter().rposition(|&e| e != 0).map_or(0, |i| i + 1);
+        self.reftable = table;
+    }
+
+    /// Sets one in-memory refcount table entry (a new refcount block).
+    pub fn set_reftable_entry(&mut self, idx: usize, entry: u64) {
+        self.reftable[idx] = entry;
+        if entry != 0 {
+            self.reftable_end = self.reftable_end.max(idx + 1);
+        }
     }
 
     /// Writes the whole first cluster from `self.header` (qcow2_update_header).
@@ -273,7 +298,7 @@ impl Meta {
             self.header.refcount_table_clusters as u64 * cs,
         ) {
             Some("refcount table")
-        } else if in_table(&self.reftable, REFT_OFFSET_MASK) {
+        } else if in_table(&self.reftable[..self.reftable_end], REFT_OFFSET_MASK) {
             Some("refcount block")
         } else if with_l2 && in_table(&self.l1, L1E_OFFSET_MASK) {
             Some("active L2 table")

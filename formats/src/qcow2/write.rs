@@ -5,12 +5,17 @@
 //! it. Overlapping allocations are serialised through the in-flight list (see
 //! [`super::cluster`]).
 
-use block::{BlockDriverState, Error, IoVector, RequestFlags, Result};
+use std::collections::VecDeque;
+
+use block::{AioContext, BlockDriverState, Error, IoVector, RequestFlags, Result};
 
 use super::cluster::{InflightAlloc, L2Meta, WritePlan};
 use super::compress;
-use super::l2::get_entry;
+use super::l2::{get_entry, L2E_OFFSET_MASK};
 use super::Qcow2;
+
+/// Clusters of one request compressed at once (QEMU's QCOW2_MAX_WORKERS).
+const MAX_COMPRESS_WORKERS: usize = 8;
 
 /// Removes an in-flight allocation from the list when its write ends, however it ends.
 struct InflightGuard<'a> {
@@ -95,6 +100,13 @@ impl Qcow2 {
                     done += bytes;
                 }
                 WritePlan::Alloc(m) => {
+                    // The whole write (data and copy-on-write parts) is checked now, while
+                    // the lock is held anyway.
+                    let (from, to) = (m.cow_head.0, m.cow_tail.1);
+                    if let Err(e) = meta.check_data_write(m.host_start + from, to - from).await {
+                        meta.abort_alloc(&m).await;
+                        return Err(e);
+                    }
                     let end = m.guest_start + m.nb_clusters * self.g.cluster_size;
                     let _guard = self.register(m.guest_start, end);
                     drop(meta);
@@ -148,10 +160,6 @@ impl Qcow2 {
         all.push_vector(data);
         all.push_vector(&tail);
         let host = m.host_start + head_from;
-        {
-            let mut meta = self.meta.lock().await;
-            meta.check_data_write(host, all.len() as u64).await?;
-        }
         block::trace!(
             qcow2_writev_data,
             "host 0x{:x} bytes {} cow {}+{}",
@@ -176,8 +184,13 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Writes one whole cluster compressed (qcow2_co_pwritev_compressed_part); data that
-    /// does not shrink is written normally, as QEMU does.
+    /// Writes whole clusters compressed (qcow2_co_pwritev_compressed_part); a cluster that
+    /// does not shrink is written normally, as QEMU does. Only the image's last cluster may
+    /// be partial.
+    ///
+    /// Compression is CPU work: up to [`MAX_COMPRESS_WORKERS`] clusters are compressed at
+    /// once on the thread pool (QEMU's task pool does the same), and the results are written
+    /// in guest order as they arrive.
     async fn write_compressed(
         &self,
         bs: &BlockDriverState,
@@ -190,22 +203,33 @@ impl Qcow2 {
             // A compressed cluster has no place in a data file mapped one to one.
             return Err(Error::from_errno(libc::ENOTSUP));
         }
-        if self.g.in_cluster(offset) != 0 {
+        if self.g.in_cluster(offset) != 0
+            || (!len.is_multiple_of(cs) && offset + len != self.size.get())
+        {
             return Err(Error::from_errno(libc::EINVAL));
         }
+        let ctx = AioContext::current();
+        let mut compressing = VecDeque::new();
+        let mut started = 0;
         let mut done = 0;
         while done < len {
+            while compressing.len() < MAX_COMPRESS_WORKERS && started < len {
+                let n = (len - started).min(cs);
+                let mut input = qiov.slice(started as usize, n as usize).to_vec();
+                input.resize(cs as usize, 0);
+                compressing.push_back(ctx.spawn(compress::compress(self.compression_type, input)));
+                started += n;
+            }
+            let compressed = compressing
+                .pop_front()
+                .expect("one started per cluster")
+                .await;
             let n = (len - done).min(cs);
             let at = offset + done;
-            let part = qiov.slice(done as usize, n as usize);
-            if n < cs && at + n != self.size.get() {
-                return Err(Error::from_errno(libc::EINVAL));
-            }
-            let mut input = part.to_vec();
-            input.resize(cs as usize, 0);
-            match compress::compress(self.compression_type, input).await {
+            match compressed {
                 Some(c) => self.write_one_compressed(bs, at, c).await?,
                 None => {
+                    let part = qiov.slice(done as usize, n as usize);
                     let plain: block::coroutine::LocalBoxFuture<'_, Result<()>> =
                         Box::pin(self.write(bs, at, &part, RequestFlags::empty()));
                     plain.await?
@@ -231,9 +255,13 @@ impl Qcow2 {
         meta.caches.load(super::cache::Which::L2, l2).await?;
         let idx = self.g.l2_index(at);
         let (old, _) = get_entry(&self.g, meta.caches.table(super::cache::Which::L2, l2), idx);
-        let nclusters = (data.len() as u64).div_ceil(cs);
-        let host = meta.alloc_clusters(nclusters).await?;
-        meta.check_metadata_alloc(host, "compressed cluster")
+        if old & L2E_OFFSET_MASK != 0 {
+            // Compression never overwrites a cluster in place (QEMU refuses the same way).
+            return Err(Error::from_errno(libc::EIO));
+        }
+        let len = data.len() as u64;
+        let host = meta.alloc_bytes(len).await?;
+        meta.check_metadata_alloc(host, len, "compressed cluster")
             .await?;
         let _guard = self.register(at, at + cs);
         drop(meta);
@@ -241,17 +269,10 @@ impl Qcow2 {
         let mut meta = self.meta.lock().await;
         let l2 = meta.l2_for_write(at).await?;
         meta.caches.load(super::cache::Which::L2, l2).await?;
-        let entry = self.g.compressed_entry(host, data.len() as u64);
+        let entry = self.g.compressed_entry(host, len);
         let table = meta.caches.table(super::cache::Which::L2, l2);
         super::l2::set_entry(&self.g, table, idx, entry, 0);
         meta.caches.mark_dirty(super::cache::Which::L2, l2);
-        // Whole clusters were allocated; free any beyond the compressed data's last sector.
-        let used_end = (host + data.len() as u64).next_multiple_of(cs);
-        if used_end < host + nclusters * cs {
-            meta.free_clusters(used_end, host + nclusters * cs - used_end)
-                .await?;
-        }
-        meta.free_any_cluster(old).await?;
         Ok(())
     }
 }
