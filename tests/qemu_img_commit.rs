@@ -57,19 +57,7 @@ fn differential(case: &str, args: &[&str]) {
         );
     }
     for name in ["top.qcow2", "mid.qcow2", "base.qcow2"] {
-        let a = theirs.join(name);
-        let b = ours.join(name);
-        let cmp = run(
-            QEMU_IMG,
-            &base,
-            &["compare", "-U", a.to_str().unwrap(), b.to_str().unwrap()],
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&cmp.stdout),
-            "Images are identical.\n",
-            "{name}: {}",
-            String::from_utf8_lossy(&cmp.stderr)
-        );
+        assert_identical(&theirs.join(name), &ours.join(name), name);
         ok(QEMU_IMG, &ours, &["check", "-q", name]);
         let info = |dir: &Path| {
             let out = run(QEMU_IMG, dir, &["info", "-U", "--output=json", name]);

@@ -50,18 +50,10 @@ fn differential(case: &str, setup: &dyn Fn(&Path), args: &[&str]) {
         backing_fields(&theirs, "top.qcow2"),
         backing_fields(&ours, "top.qcow2")
     );
-    let a = theirs.join("top.qcow2");
-    let b = ours.join("top.qcow2");
-    let cmp = run(
-        QEMU_IMG,
-        &base,
-        &["compare", "-U", a.to_str().unwrap(), b.to_str().unwrap()],
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&cmp.stdout),
-        "Images are identical.\n",
-        "{}",
-        String::from_utf8_lossy(&cmp.stderr)
+    assert_identical(
+        &theirs.join("top.qcow2"),
+        &ours.join("top.qcow2"),
+        "top.qcow2",
     );
     ok(QEMU_IMG, &ours, &["check", "-q", "top.qcow2"]);
     let _ = fs::remove_dir_all(&base);

@@ -76,3 +76,18 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Asserts that `qemu-img compare` finds two images identical (guest contents).
+pub fn assert_identical(a: &Path, b: &Path, what: &str) {
+    let cmp = run(
+        QEMU_IMG,
+        Path::new("/"),
+        &["compare", "-U", a.to_str().unwrap(), b.to_str().unwrap()],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cmp.stdout),
+        "Images are identical.\n",
+        "{what}: {}",
+        String::from_utf8_lossy(&cmp.stderr)
+    );
+}
