@@ -342,10 +342,9 @@ impl VirtioBlkHandler {
         }
     }
 
-    /// Starts one request on the block layer. Each kind runs as a coroutine sized for its own
-    /// block-layer call: one coroutine type for all kinds would be sized for the largest
-    /// (write zeroes), and every read would copy all of it when spawned. Each coroutine
-    /// awaits its call directly: a future passed in and awaited would be stored twice.
+    /// Starts one request on the block layer. Reads and writes go to the BlockBackend's
+    /// pooled coroutines; the rarer kinds each run as a coroutine sized for its own call (one
+    /// coroutine type for all would be sized for the largest, write zeroes).
     fn submit(self: &Rc<Self>, ctx: &AioContext, q: usize, req: Request, generation: u64) {
         self.in_flight.set(self.in_flight.get() + 1);
         self.blk.set_write_cache(self.wce.load(Ordering::Relaxed));
