@@ -211,11 +211,7 @@ impl Meta {
         let mut moved = None;
         let mut pos = g.cluster_start(from);
         while pos < to {
-            let l2 = self.l2_for_write(pos).await?;
-            self.caches.load(Which::L2, l2).await?;
-            let first = g.l2_index(pos);
-            let table_end = ((pos >> g.cluster_bits) | (g.l2_size - 1)) + 1;
-            let clusters_left = (to.div_ceil(cs)).min(table_end) - (pos >> g.cluster_bits);
+            let (l2, first, clusters_left) = self.l2_slice_for_write(pos, to).await?;
             let (n, moving) = self.prealloc_run(l2, pos, clusters_left, from, mode);
             moved = moved.or(moving);
             if n == 0 {
@@ -278,12 +274,8 @@ impl Meta {
         let g = self.g;
         let mut pos = g.cluster_start(from);
         while pos < to {
-            let l2 = self.l2_for_write(pos).await?;
-            self.caches.load(Which::L2, l2).await?;
-            let first = g.l2_index(pos);
-            let table_end = ((pos >> g.cluster_bits) | (g.l2_size - 1)) + 1;
-            let last = to.div_ceil(g.cluster_size).min(table_end);
-            for k in 0..last - (pos >> g.cluster_bits) {
+            let (l2, first, n) = self.l2_slice_for_write(pos, to).await?;
+            for k in 0..n {
                 let table = self.caches.table(Which::L2, l2);
                 let (e, bitmap) = get_entry(&g, table, first + k as usize);
                 // Only clusters with no entry at all: a zero cluster keeps reading as zeroes.
@@ -300,9 +292,20 @@ impl Meta {
                 }
             }
             self.caches.mark_dirty(Which::L2, l2);
-            pos = last << g.cluster_bits;
+            pos += n * g.cluster_size;
         }
         self.data.grow_to(to, mode).await
+    }
+
+    /// The L2 table mapping the cluster-aligned `pos`, loaded for writing: its offset,
+    /// the index of `pos` in it, and how many clusters of `pos..to` it maps.
+    async fn l2_slice_for_write(&mut self, pos: u64, to: u64) -> Result<(u64, usize, u64)> {
+        let g = self.g;
+        let l2 = self.l2_for_write(pos).await?;
+        self.caches.load(Which::L2, l2).await?;
+        let table_end = ((pos >> g.cluster_bits) | (g.l2_size - 1)) + 1;
+        let n = to.div_ceil(g.cluster_size).min(table_end) - (pos >> g.cluster_bits);
+        Ok((l2, g.l2_index(pos), n))
     }
 
     /// The run of clusters from `pos` that need a host cluster, at most `max`: those
