@@ -89,7 +89,7 @@ impl Clone for IoVector {
     }
 }
 
-// SAFETY: the segments point into memory owned by `keepalive` (or, for `from_raw_parts`,
+// SAFETY: the segments point into memory owned by `keepalive` (or, for `push_raw_parts`,
 // memory the caller promised outlives the vector). The block layer hands a vector to one
 // worker or to the kernel at a time, as QEMU does with its iovecs.
 unsafe impl Send for IoVector {}
@@ -118,19 +118,23 @@ impl IoVector {
         v
     }
 
-    /// A vector over foreign memory (guest RAM). `owner` is kept alive as long as the vector.
-    ///
-    /// # Safety
-    /// `base..base+len` must be valid for reads and writes for as long as `owner` lives.
-    pub unsafe fn from_raw_parts(
-        base: *mut u8,
-        len: usize,
-        owner: Arc<dyn Any + Send + Sync>,
-    ) -> IoVector {
+    /// An empty vector that keeps `owner` alive as long as it lives: the start of a vector
+    /// over foreign memory (guest RAM) that `owner` holds, filled with
+    /// [`IoVector::push_raw_parts`].
+    pub fn with_owner(owner: Arc<dyn Any + Send + Sync>) -> IoVector {
         let mut v = IoVector::new();
-        v.push_raw(base, len);
         v.keepalive.push(owner);
         v
+    }
+
+    /// Appends `base..base+len` of foreign memory that an owner the vector keeps holds (see
+    /// [`IoVector::with_owner`]).
+    ///
+    /// # Safety
+    /// `base..base+len` must be valid for reads and writes for as long as the vector's owners
+    /// live.
+    pub unsafe fn push_raw_parts(&mut self, base: *mut u8, len: usize) {
+        self.push_raw(base, len);
     }
 
     fn push_raw(&mut self, base: *mut u8, len: usize) {

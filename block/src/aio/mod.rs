@@ -239,8 +239,10 @@ impl AioContext {
     /// Waits until `fd` becomes readable (an fd handler in QEMU's terms). `token` names the
     /// open descriptor (an EventNotifier's id): the first wait registers it with epoll,
     /// edge-triggered, and later waits cost no system call. An edge that arrives while
-    /// nobody waits is remembered, so the caller must check its descriptor (e.g. read the
-    /// eventfd) before waiting; it must keep the descriptor open while waiting.
+    /// nobody waits is remembered, and registering a descriptor that is already readable
+    /// reports it, so waiting first and reading after misses nothing; a wake-up may be
+    /// stale (the data went with an earlier read), so the caller reads and, finding
+    /// nothing, waits again. It must keep the descriptor open while waiting.
     pub async fn wait_readable(&self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         self.register(raw, token)?;

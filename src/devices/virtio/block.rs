@@ -18,6 +18,7 @@
 //! as DMA already started would on real hardware.
 
 use std::cell::{Cell, RefCell};
+use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,9 +26,9 @@ use std::sync::Arc;
 use async_executor::Task;
 use block::aio::notifier::EventNotifier;
 use block::{trace, AioContext, BlockBackend, RequestFlags};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 
-use super::queue::{host_pieces, Queue, QueueError};
+use super::queue::{DescriptorChain, Queue, QueueError};
 use super::request::{DiskLimits, Request, RequestKind, VIRTIO_BLK_ID_BYTES};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::{lock, SharedCore, VirtioDevice};
@@ -318,17 +319,18 @@ impl VirtioBlkHandler {
         }
         let generation = core.reset_count;
         let ctx = AioContext::current();
+        let mut chain = DescriptorChain::default();
         loop {
             let queue = &mut core.queues[q];
             if let Err(e) = queue.set_notification(&self.mem, false) {
                 return core.error(&e.to_string());
             }
             loop {
-                let chain = match core.queues[q].pop(&self.mem) {
-                    Ok(Some(chain)) => chain,
-                    Ok(None) => break,
+                match core.queues[q].pop(&self.mem, &mut chain) {
+                    Ok(true) => {}
+                    Ok(false) => break,
                     Err(e) => return core.error(&e.to_string()),
-                };
+                }
                 match Request::parse(&chain, &self.mem, &self.limits) {
                     Ok(req) => self.submit(&ctx, q, req, generation),
                     Err(e) => return core.error(&e.to_string()),
@@ -353,7 +355,7 @@ impl VirtioBlkHandler {
             q,
             head: req.head,
             used_len: req.used_len,
-            status_addr: req.status_addr,
+            status_byte: req.status,
             status: VIRTIO_BLK_S_OK,
             generation,
         };
@@ -497,26 +499,22 @@ impl VirtioBlkHandler {
         }
     }
 
-    /// Fills and publishes one queue's share of a batch; returns whether to interrupt.
+    /// Returns one queue's share of a batch: status bytes first, then the used elements
+    /// that publish them. Returns whether to interrupt.
     fn push_used<'a>(
         &self,
         queue: &mut Queue,
-        batch: impl Iterator<Item = &'a Completion>,
+        batch: impl Iterator<Item = &'a Completion> + Clone,
         notify_on_empty: bool,
     ) -> Result<bool, QueueError> {
-        let mut count = 0u16;
-        for c in batch {
-            host_pieces(&self.mem, c.status_addr, 1, |p, _| {
-                // SAFETY: `host_pieces` hands out a pointer into mapped guest RAM.
-                unsafe { std::ptr::write_volatile(p, c.status) }
-            })?;
-            queue.fill(&self.mem, c.head, c.used_len, count)?;
-            count += 1;
+        for c in batch.clone() {
+            // SAFETY: the pointer was found in guest RAM at pop time, and `self.mem` keeps
+            // that mapping alive.
+            unsafe { std::ptr::write_volatile(c.status_byte.as_ptr(), c.status) };
         }
-        if count == 0 {
+        if queue.push_used(&self.mem, batch.map(|c| (c.head, c.used_len)))? == 0 {
             return Ok(false);
         }
-        queue.flush(&self.mem, count)?;
         queue.needs_notification(&self.mem, notify_on_empty)
     }
 }
@@ -526,7 +524,8 @@ struct Completion {
     q: usize,
     head: u16,
     used_len: u32,
-    status_addr: GuestAddress,
+    /// Where the status byte goes, in guest RAM.
+    status_byte: NonNull<u8>,
     status: u8,
     /// The core's reset count when the request was popped.
     generation: u64,

@@ -10,18 +10,25 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 
 use super::queue::QueueError;
 
-/// Whether `addr..addr+len` lies entirely in guest RAM (no wrap-around).
-pub fn in_ram(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> bool {
-    let Some(end) = addr.0.checked_add(len as u64) else {
-        return false;
-    };
-    // The common case, one region holding the whole range, without building slices.
-    if let Some(region) = mem.find_region(addr) {
-        if end <= region.start_addr().0 + region.len() {
-            return true;
-        }
+/// The host address of `addr..addr+len` when the whole range lies in one memory region: the
+/// usual case, where one pointer serves a whole buffer. `None` when the range spans regions
+/// or is not (all) RAM.
+pub fn host_range(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> Option<*mut u8> {
+    let end = addr.0.checked_add(len as u64)?;
+    let region = mem.find_region(addr)?;
+    if end > region.start_addr().0 + region.len() {
+        return None;
     }
-    GuestMemoryBackend::check_range(mem, addr, len)
+    let offset = MemoryRegionAddress(addr.0 - region.start_addr().0);
+    region.get_host_address(offset).ok()
+}
+
+/// Whether `addr..addr+len` lies entirely in guest RAM (no wrap-around), in one region or
+/// across adjacent ones.
+pub fn in_ram(mem: &GuestMemoryMmap, addr: GuestAddress, len: usize) -> bool {
+    host_range(mem, addr, len).is_some()
+        || (addr.0.checked_add(len as u64).is_some()
+            && GuestMemoryBackend::check_range(mem, addr, len))
 }
 
 /// Calls `f` with the host (pointer, length) pieces covering `addr..addr+len` of guest

@@ -18,6 +18,7 @@
 //! has no device-to-MMIO DMA, so such a descriptor is refused like any bad address.
 
 use std::fmt;
+use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use smallvec::SmallVec;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use super::guest_mem::host_pieces;
-use super::guest_mem::in_ram;
+use super::guest_mem::{host_range, in_ram};
 use super::ring_cache::{Ring, RingCache};
 
 /// Descriptor flag: the chain continues at `next`.
@@ -123,6 +124,10 @@ pub struct Buffer {
     pub len: u32,
     /// Whether the device writes it (VRING_DESC_F_WRITE).
     pub writable: bool,
+    /// Where the buffer is mapped in this process, when it lies in one memory region (the
+    /// usual case): found once at pop time, so the request uses it without another lookup.
+    /// `None` for a buffer spanning two regions, which is walked piece by piece.
+    pub host: Option<NonNull<u8>>,
 }
 
 /// A validated descriptor chain (QEMU's VirtQueueElement): readable buffers first, then
@@ -175,6 +180,8 @@ pub struct Queue {
     next_used: u16,
     in_flight: u16,
     signalled_used: Option<u16>,
+    /// Whether the device wants kicks now (off while it is popping).
+    notification: bool,
     event_idx: bool,
     indirect: bool,
     /// The (size, desc, avail, used) last found valid, so the check runs once per setup.
@@ -197,6 +204,7 @@ impl Queue {
             next_used: 0,
             in_flight: 0,
             signalled_used: None,
+            notification: true,
             event_idx: false,
             indirect: false,
             validated: None,
@@ -238,6 +246,7 @@ impl Queue {
         self.next_used = 0;
         self.in_flight = 0;
         self.signalled_used = None;
+        self.notification = true;
     }
 
     /// Number of chains popped and not yet returned.
@@ -330,13 +339,16 @@ impl Queue {
         Ok(self.avail_idx(mem)? != self.next_avail)
     }
 
-    /// Takes the next available chain, validated (virtqueue_pop); `None` if there is none.
+    /// Takes the next available chain into `chain`, validated (virtqueue_pop); false if there
+    /// is none. The caller's chain is reused from one pop to the next, so popping neither
+    /// allocates nor moves the buffer list around.
     pub fn pop(
         &mut self,
         mem: &Arc<GuestMemoryMmap>,
-    ) -> Result<Option<DescriptorChain>, QueueError> {
+        chain: &mut DescriptorChain,
+    ) -> Result<bool, QueueError> {
         if !self.ready {
-            return Ok(None);
+            return Ok(false);
         }
         self.check_config(mem)?;
         let avail = self.avail_idx(mem)?;
@@ -348,7 +360,7 @@ impl Queue {
             });
         }
         if pending == 0 {
-            return Ok(None);
+            return Ok(false);
         }
         if self.in_flight >= self.size {
             return Err(QueueError::SizeExceeded);
@@ -358,14 +370,15 @@ impl Queue {
         if head >= self.size {
             return Err(QueueError::BadHead(head));
         }
-        let chain = self.read_chain(mem, head)?;
+        self.read_chain(mem, head, chain)?;
         self.next_avail = self.next_avail.wrapping_add(1);
         self.in_flight += 1;
-        if self.event_idx {
+        if self.event_idx && self.notification {
             // Tell the driver how far we have read: it kicks again only past this point.
+            // (While kicks are off, [`Queue::set_notification`] writes it when they come back.)
             self.set_avail_event(mem, self.next_avail)?;
         }
-        Ok(Some(chain))
+        Ok(true)
     }
 
     /// Reads descriptor `i` of `table` (the queue's own table, or an indirect one).
@@ -398,12 +411,14 @@ impl Queue {
         })
     }
 
-    /// Walks a chain from `head`, following one indirect table if the head names one.
+    /// Walks a chain from `head` into `chain`, following one indirect table if the head
+    /// names one.
     fn read_chain(
         &self,
         mem: &Arc<GuestMemoryMmap>,
         head: u16,
-    ) -> Result<DescriptorChain, QueueError> {
+        chain: &mut DescriptorChain,
+    ) -> Result<(), QueueError> {
         let mut table = self.desc_table;
         let mut table_len = self.size;
         let mut desc = self.read_desc(mem, table, head)?;
@@ -411,10 +426,8 @@ impl Queue {
             (table, table_len) = self.indirect_table(mem, &desc)?;
             desc = self.read_desc(mem, table, 0)?;
         }
-        let mut chain = DescriptorChain {
-            head,
-            buffers: SmallVec::new(),
-        };
+        chain.head = head;
+        chain.buffers.clear();
         loop {
             if chain.buffers.len() >= usize::from(table_len) {
                 return Err(QueueError::Loop);
@@ -426,9 +439,10 @@ impl Queue {
                     QueueError::NestedIndirect
                 });
             }
-            chain.buffers.push(Self::check_buffer(mem, &desc, &chain)?);
+            let buffer = Self::check_buffer(mem, &desc, chain)?;
+            chain.buffers.push(buffer);
             if desc.flags & VRING_DESC_F_NEXT == 0 {
-                return Ok(chain);
+                return Ok(());
             }
             if desc.next >= table_len {
                 return Err(QueueError::BadNext(desc.next));
@@ -476,7 +490,8 @@ impl Queue {
             return Err(QueueError::WrongOrder);
         }
         let addr = GuestAddress(desc.addr);
-        if !in_ram(mem, addr, desc.len as usize) {
+        let host = host_range(mem, addr, desc.len as usize);
+        if host.is_none() && !in_ram(mem, addr, desc.len as usize) {
             return Err(QueueError::BufferOutsideMemory {
                 addr: desc.addr,
                 len: desc.len,
@@ -486,46 +501,46 @@ impl Queue {
             addr,
             len: desc.len,
             writable,
+            host: host.and_then(NonNull::new),
         })
     }
 
-    /// Writes a used element `idx` places past the next unpublished one (virtqueue_fill);
-    /// the driver sees it once [`Queue::flush`] publishes it. Completions batched this way
-    /// move the used index, and the driver's view of it, once per batch.
-    pub fn fill(
+    /// Returns finished chains to the driver, as (head, bytes written) pairs: each element
+    /// is written to the used ring (virtqueue_fill), then the used index moves once for all
+    /// of them (virtqueue_flush), so the driver sees the batch at once. Returns how many
+    /// were returned.
+    pub fn push_used(
         &mut self,
         mem: &Arc<GuestMemoryMmap>,
-        head: u16,
-        len: u32,
-        idx: u16,
-    ) -> Result<(), QueueError> {
-        // The driver may have reconfigured the queue while the request ran.
+        elems: impl IntoIterator<Item = (u16, u32)>,
+    ) -> Result<u16, QueueError> {
+        // The driver may have reconfigured the queue while the requests ran.
         self.check_config(mem)?;
-        let slot = u64::from(self.next_used.wrapping_add(idx) % self.size);
-        let at = 4 + 8 * slot;
-        let cached = self.cache_for(mem).is_some_and(|c| {
-            c.write_u32(Ring::Used, at, u32::from(head)) && c.write_u32(Ring::Used, at + 4, len)
-        });
-        if !cached {
-            let elem = off(self.used_ring, at);
-            let mut raw = [0u8; 8];
-            raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-            raw[4..].copy_from_slice(&len.to_le_bytes());
-            mem.write_slice(&raw, elem)
-                .map_err(|_| QueueError::RingOutsideMemory(elem.0))?;
+        let mut count = 0u16;
+        for (head, len) in elems {
+            let slot = u64::from(self.next_used.wrapping_add(count) % self.size);
+            let at = 4 + 8 * slot;
+            let cached = self.cache_for(mem).is_some_and(|c| {
+                c.write_u32(Ring::Used, at, u32::from(head)) && c.write_u32(Ring::Used, at + 4, len)
+            });
+            if !cached {
+                let elem = off(self.used_ring, at);
+                let mut raw = [0u8; 8];
+                raw[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+                raw[4..].copy_from_slice(&len.to_le_bytes());
+                mem.write_slice(&raw, elem)
+                    .map_err(|_| QueueError::RingOutsideMemory(elem.0))?;
+            }
+            count += 1;
         }
-        Ok(())
-    }
-
-    /// Publishes the `count` elements filled since the last flush (virtqueue_flush).
-    pub fn flush(&mut self, mem: &Arc<GuestMemoryMmap>, count: u16) -> Result<(), QueueError> {
-        self.check_config(mem)?;
-        // The elements must be visible before the index that publishes them (smp_wmb).
-        fence(Ordering::Release);
-        self.next_used = self.next_used.wrapping_add(count);
-        self.write_u16(mem, Ring::Used, 2, self.next_used)?;
-        self.in_flight = self.in_flight.saturating_sub(count);
-        Ok(())
+        if count > 0 {
+            // The elements must be visible before the index that publishes them (smp_wmb).
+            fence(Ordering::Release);
+            self.next_used = self.next_used.wrapping_add(count);
+            self.write_u16(mem, Ring::Used, 2, self.next_used)?;
+            self.in_flight = self.in_flight.saturating_sub(count);
+        }
+        Ok(count)
     }
 
     fn set_avail_event(&self, mem: &Arc<GuestMemoryMmap>, idx: u16) -> Result<(), QueueError> {
@@ -541,6 +556,7 @@ impl Queue {
         enable: bool,
     ) -> Result<bool, QueueError> {
         self.check_config(mem)?;
+        self.notification = enable;
         if self.event_idx {
             if enable {
                 let idx = self.read_u16(mem, Ring::Avail, 2)?;

@@ -14,6 +14,7 @@
 //! vector keeps the guest memory mapping alive for as long as the I/O needs it.
 
 use std::fmt;
+use std::ptr::NonNull;
 use std::sync::Arc;
 
 use block::IoVector;
@@ -161,8 +162,9 @@ pub struct Request {
     pub sector: u64,
     /// What to do.
     pub kind: RequestKind,
-    /// Guest address of the status byte.
-    pub status_addr: GuestAddress,
+    /// The status byte, in guest RAM (the last byte of the chain). The pointer stays valid
+    /// while the guest memory lives, which the device holds.
+    pub status: NonNull<u8>,
     /// Bytes reported written in the used element: every writable byte (as QEMU does).
     pub used_len: u32,
 }
@@ -204,7 +206,7 @@ impl Request {
             req_type,
             sector,
             kind,
-            status_addr: GuestAddress(last.addr.0 + u64::from(last.len) - 1),
+            status: last_byte(mem, &last)?,
             used_len: u32::try_from(in_len).unwrap_or(u32::MAX),
         })
     }
@@ -330,13 +332,24 @@ fn read_bytes(
     offset: u64,
     out: &mut [u8],
 ) -> Result<usize, RequestError> {
+    // Usual case: the bytes sit in the first buffer, mapped at pop time.
+    if let Some((b, Some(host))) = buffers.first().map(|b| (b, b.host)) {
+        if offset + out.len() as u64 <= u64::from(b.len) {
+            for (i, byte) in out.iter_mut().enumerate() {
+                // SAFETY: `host` maps the whole buffer and `offset + out.len()` lies inside
+                // it; volatile, as the guest may write concurrently.
+                *byte = unsafe { std::ptr::read_volatile(host.as_ptr().add(offset as usize + i)) };
+            }
+            return Ok(out.len());
+        }
+    }
     let mut done = 0;
-    for (addr, len) in ranges(buffers, offset, out.len() as u64) {
-        host_pieces(mem, addr, len as usize, |ptr, n| {
-            for (i, b) in out[done..done + n].iter_mut().enumerate() {
-                // SAFETY: `host_pieces` hands out pointers into mapped guest RAM with `n`
+    for (b, at, len) in ranges(buffers, offset, out.len() as u64) {
+        buffer_pieces(mem, b, at, len, |ptr, n| {
+            for (i, byte) in out[done..done + n].iter_mut().enumerate() {
+                // SAFETY: `buffer_pieces` hands out pointers into mapped guest RAM with `n`
                 // bytes after them; volatile, as the guest may write concurrently.
-                *b = unsafe { std::ptr::read_volatile(ptr.add(i)) };
+                *byte = unsafe { std::ptr::read_volatile(ptr.add(i)) };
             }
             done += n;
         })?;
@@ -344,12 +357,13 @@ fn read_bytes(
     Ok(done)
 }
 
-/// The (address, length) pieces of `buffers` covering logical `offset..offset+len`.
+/// The (buffer, offset in it, length) pieces of `buffers` covering logical
+/// `offset..offset+len`.
 fn ranges(
     buffers: &[Buffer],
     mut offset: u64,
     mut len: u64,
-) -> impl Iterator<Item = (GuestAddress, u64)> + '_ {
+) -> impl Iterator<Item = (&Buffer, u64, u64)> + '_ {
     buffers.iter().filter_map(move |b| {
         let blen = u64::from(b.len);
         if len == 0 {
@@ -360,10 +374,43 @@ fn ranges(
             return None;
         }
         let n = (blen - offset).min(len);
-        let piece = (GuestAddress(b.addr.0 + offset), n);
+        let piece = (b, offset, n);
         offset = 0;
         len -= n;
         Some(piece)
+    })
+}
+
+/// Calls `f` with the host (pointer, length) pieces of bytes `at..at+len` of buffer `b`
+/// (`at + len <= b.len`): one piece through the pointer found at pop time, or a walk over
+/// the memory regions of a buffer that spans two.
+fn buffer_pieces(
+    mem: &GuestMemoryMmap,
+    b: &Buffer,
+    at: u64,
+    len: u64,
+    mut f: impl FnMut(*mut u8, usize),
+) -> Result<(), QueueError> {
+    debug_assert!(at + len <= u64::from(b.len));
+    match b.host {
+        Some(host) => {
+            // SAFETY: `host` maps the whole buffer, `b.len` bytes, and `at + len <= b.len`.
+            f(unsafe { host.as_ptr().add(at as usize) }, len as usize);
+            Ok(())
+        }
+        None => host_pieces(mem, GuestAddress(b.addr.0 + at), len as usize, f),
+    }
+}
+
+/// The host address of the last byte of `b`, where a request's status goes.
+fn last_byte(mem: &GuestMemoryMmap, b: &Buffer) -> Result<NonNull<u8>, QueueError> {
+    let mut last = None;
+    buffer_pieces(mem, b, u64::from(b.len) - 1, 1, |ptr, _| {
+        last = NonNull::new(ptr)
+    })?;
+    last.ok_or(QueueError::BufferOutsideMemory {
+        addr: b.addr.0,
+        len: b.len,
     })
 }
 
@@ -375,19 +422,15 @@ pub fn guest_iovec(
     offset: u64,
     len: u64,
 ) -> Result<IoVector, RequestError> {
-    let mut qiov: Option<IoVector> = None;
-    for (addr, n) in ranges(buffers, offset, len) {
-        host_pieces(mem, addr, n as usize, |ptr, plen| {
-            // SAFETY: `host_pieces` hands out pointers into mapped guest memory regions with
+    let mut qiov = IoVector::with_owner(mem.clone());
+    for (b, at, n) in ranges(buffers, offset, len) {
+        buffer_pieces(mem, b, at, n, |ptr, plen| {
+            // SAFETY: `buffer_pieces` hands out pointers into mapped guest memory regions with
             // `plen` bytes after them; the vector's owner, the guest memory, keeps the mapping
             // alive as long as the vector. The guest may change the bytes concurrently, as
             // with any DMA.
-            let piece = unsafe { IoVector::from_raw_parts(ptr, plen, mem.clone()) };
-            match &mut qiov {
-                None => qiov = Some(piece),
-                Some(v) => v.push_vector(&piece),
-            }
+            unsafe { qiov.push_raw_parts(ptr, plen) }
         })?;
     }
-    Ok(qiov.unwrap_or_default())
+    Ok(qiov)
 }
