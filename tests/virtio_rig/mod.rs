@@ -209,12 +209,19 @@ impl Rig {
         len: u32,
         data_writable: bool,
     ) -> u16 {
-        let hdr = self.header(i, req_type, sector);
         let data = Buf {
             addr: Rig::data(i),
             len,
             writable: data_writable,
         };
+        self.request_with(i, req_type, sector, data)
+    }
+
+    /// Posts a 3-part chain with slot `i`'s header and status around the given data buffer
+    /// (length 0: no data descriptor).
+    pub fn request_with(&mut self, i: u64, req_type: u32, sector: u64, data: Buf) -> u16 {
+        let hdr = self.header(i, req_type, sector);
+        let len = data.len;
         let status = Buf::w(STATUS + i, 1);
         let bufs = [Buf::r(hdr, 16), data, status];
         let chain = if len > 0 {

@@ -53,18 +53,24 @@ impl EventNotifier {
 
     /// Waits until the notifier is set, then clears it; on the calling thread's AioContext.
     ///
-    /// Readiness comes first and the read second, so a wait costs one system call: the
-    /// context remembers an edge that arrived while nobody waited (and registering a
-    /// descriptor that is already readable reports it), so no set is missed. A read that
-    /// finds nothing (the set was consumed along with an earlier one) just waits again.
+    /// Readiness comes first and the read second, so a wait costs one system call. A read
+    /// that finds nothing (the set was consumed along with an earlier one) waits again.
     pub async fn wait(&self) -> Result<()> {
-        let ctx = AioContext::current();
         loop {
-            ctx.wait_readable(self.fd.as_fd(), self.id).await?;
+            self.readable().await?;
             if self.test_and_clear() {
                 return Ok(());
             }
         }
+    }
+
+    /// Waits until the notifier may be set, without clearing it: the context remembers an
+    /// edge that arrived while nobody waited (and registering a descriptor that is already
+    /// readable reports it), so no set is missed, but a wake-up may be stale.
+    pub async fn readable(&self) -> Result<()> {
+        AioContext::current()
+            .wait_readable(self.fd.as_fd(), self.id)
+            .await
     }
 }
 

@@ -347,6 +347,7 @@ impl VirtioBlkHandler {
     /// Starts one request on the block layer. Reads and writes go to the BlockBackend's
     /// pooled coroutines; the rarer kinds each run as a coroutine sized for its own call (one
     /// coroutine type for all would be sized for the largest, write zeroes).
+    #[inline]
     fn submit(self: &Rc<Self>, ctx: &AioContext, q: usize, req: Request, generation: u64) {
         self.in_flight.set(self.in_flight.get() + 1);
         self.blk.set_write_cache(self.wce.load(Ordering::Relaxed));

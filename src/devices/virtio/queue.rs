@@ -22,7 +22,6 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
-use smallvec::SmallVec;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use super::guest_mem::host_pieces;
@@ -136,20 +135,22 @@ pub struct Buffer {
 pub struct DescriptorChain {
     /// The head index, returned in the used element.
     pub head: u16,
-    /// The buffers in chain order; a usual request (header, data, status) fits inline, so
-    /// popping a chain allocates nothing.
-    pub buffers: SmallVec<[Buffer; 4]>,
+    /// The buffers in chain order. A chain is reused from one pop to the next, so once the
+    /// vector has grown to the usual request's length, popping allocates nothing.
+    pub buffers: Vec<Buffer>,
+    /// How many of `buffers` are device-readable (QEMU's out_num).
+    readable: usize,
 }
 
 impl DescriptorChain {
     /// The device-readable buffers.
-    pub fn readable(&self) -> impl Iterator<Item = &Buffer> {
-        self.buffers.iter().filter(|b| !b.writable)
+    pub fn readable(&self) -> &[Buffer] {
+        &self.buffers[..self.readable]
     }
 
     /// The device-writable buffers.
-    pub fn writable(&self) -> impl Iterator<Item = &Buffer> {
-        self.buffers.iter().filter(|b| b.writable)
+    pub fn writable(&self) -> &[Buffer] {
+        &self.buffers[self.readable..]
     }
 }
 
@@ -382,17 +383,14 @@ impl Queue {
     }
 
     /// Reads descriptor `i` of `table` (the queue's own table, or an indirect one).
+    /// `cache` is the queue's ring cache when `table` is the queue's own table.
     fn read_desc(
-        &self,
-        mem: &Arc<GuestMemoryMmap>,
+        mem: &GuestMemoryMmap,
+        cache: Option<&RingCache>,
         table: GuestAddress,
         i: u16,
     ) -> Result<Descriptor, QueueError> {
-        let cached = if table == self.desc_table {
-            self.cache_for(mem).and_then(|c| c.read_desc(i))
-        } else {
-            None
-        };
+        let cached = cache.and_then(|c| c.read_desc(i));
         let raw = match cached {
             Some(raw) => raw,
             None => {
@@ -419,15 +417,19 @@ impl Queue {
         head: u16,
         chain: &mut DescriptorChain,
     ) -> Result<(), QueueError> {
+        let cache = self.cache_for(mem);
         let mut table = self.desc_table;
         let mut table_len = self.size;
-        let mut desc = self.read_desc(mem, table, head)?;
+        let mut table_cache = cache;
+        let mut desc = Self::read_desc(mem, table_cache, table, head)?;
         if desc.flags & VRING_DESC_F_INDIRECT != 0 {
             (table, table_len) = self.indirect_table(mem, &desc)?;
-            desc = self.read_desc(mem, table, 0)?;
+            table_cache = None;
+            desc = Self::read_desc(mem, table_cache, table, 0)?;
         }
         chain.head = head;
         chain.buffers.clear();
+        chain.readable = 0;
         loop {
             if chain.buffers.len() >= usize::from(table_len) {
                 return Err(QueueError::Loop);
@@ -439,7 +441,8 @@ impl Queue {
                     QueueError::NestedIndirect
                 });
             }
-            let buffer = Self::check_buffer(mem, &desc, chain)?;
+            let buffer = Self::check_buffer(mem, cache, &desc, chain)?;
+            chain.readable += usize::from(!buffer.writable);
             chain.buffers.push(buffer);
             if desc.flags & VRING_DESC_F_NEXT == 0 {
                 return Ok(());
@@ -447,7 +450,7 @@ impl Queue {
             if desc.next >= table_len {
                 return Err(QueueError::BadNext(desc.next));
             }
-            desc = self.read_desc(mem, table, desc.next)?;
+            desc = Self::read_desc(mem, table_cache, table, desc.next)?;
         }
     }
 
@@ -476,8 +479,11 @@ impl Queue {
         Ok((addr, count as u16))
     }
 
+    /// Checks one descriptor's buffer and maps it: through `cache`'s region when the buffer
+    /// lies there (the usual case), else by a lookup in `mem`.
     fn check_buffer(
         mem: &GuestMemoryMmap,
+        cache: Option<&RingCache>,
         desc: &Descriptor,
         chain: &DescriptorChain,
     ) -> Result<Buffer, QueueError> {
@@ -485,12 +491,15 @@ impl Queue {
             return Err(QueueError::ZeroSizedBuffer);
         }
         let writable = desc.flags & VRING_DESC_F_WRITE != 0;
-        // Readable buffers come first, so the last one says whether any is writable.
-        if !writable && chain.buffers.last().is_some_and(|b| b.writable) {
+        // Readable buffers come first: none may follow a writable one.
+        if !writable && chain.readable < chain.buffers.len() {
             return Err(QueueError::WrongOrder);
         }
         let addr = GuestAddress(desc.addr);
-        let host = host_range(mem, addr, desc.len as usize);
+        let host = match cache.and_then(|c| c.host_range(addr, desc.len)) {
+            Some(host) => Some(host),
+            None => host_range(mem, addr, desc.len as usize),
+        };
         if host.is_none() && !in_ram(mem, addr, desc.len as usize) {
             return Err(QueueError::BufferOutsideMemory {
                 addr: desc.addr,

@@ -177,10 +177,7 @@ impl Request {
         mem: &Arc<GuestMemoryMmap>,
         limits: &DiskLimits,
     ) -> Result<Request, RequestError> {
-        // The queue guarantees readable buffers come first.
-        let split = chain.buffers.iter().position(|b| b.writable);
-        let split = split.unwrap_or(chain.buffers.len());
-        let (readable, writable) = chain.buffers.split_at(split);
+        let (readable, writable) = (chain.readable(), chain.writable());
         let last = *writable.last().ok_or(RequestError::MissingHeaders)?;
         if readable.is_empty() {
             return Err(RequestError::MissingHeaders);

@@ -37,13 +37,19 @@ impl Area {
     /// A pointer to `size` bytes at `off`, if they lie in the area and `off` keeps the
     /// natural alignment of a `size`-byte value (the area itself is aligned).
     fn at(&self, off: u64, size: u64) -> Option<*mut u8> {
-        let fits = off.checked_add(size).is_some_and(|end| end <= self.len);
-        // SAFETY: `off + size <= len`, and `host..host+len` is mapped (see RingCache).
-        (fits && off.is_multiple_of(size)).then(|| unsafe { self.host.add(off as usize) })
+        self.range(off, size).filter(|_| off.is_multiple_of(size))
+    }
+
+    /// A pointer to `len` bytes at `off`, if they lie in the area.
+    fn range(&self, off: u64, len: u64) -> Option<*mut u8> {
+        let fits = off.checked_add(len).is_some_and(|end| end <= self.len);
+        // SAFETY: `off + len <= self.len`, and `host..host+len` is mapped (see RingCache).
+        fits.then(|| unsafe { self.host.add(off as usize) })
     }
 }
 
-/// Host views of a queue's descriptor table, available ring and used ring.
+/// Host views of a queue's descriptor table, available ring and used ring, and of the
+/// memory region the table lies in.
 #[derive(Clone)]
 pub struct RingCache {
     /// Keeps the mapping alive as long as the pointers.
@@ -51,6 +57,9 @@ pub struct RingCache {
     desc: Option<Area>,
     avail: Option<Area>,
     used: Option<Area>,
+    /// The whole region holding the descriptor table, with its guest start: a driver's
+    /// buffers usually sit in it too, and then mapping one is a range check, not a search.
+    region: Option<(u64, Area)>,
 }
 
 // SAFETY: the pointers point into `mem`'s mappings, which the Arc keeps alive; the queue that
@@ -88,12 +97,24 @@ impl RingCache {
         avail: (GuestAddress, u64),
         used: (GuestAddress, u64),
     ) -> RingCache {
+        let region = mem.find_region(desc.0).and_then(|r| {
+            let start = r.start_addr();
+            Some((start.0, Area::new(mem, start, r.len(), 1)?))
+        });
         RingCache {
             mem: mem.clone(),
             desc: Area::new(mem, desc.0, desc.1, 16),
             avail: Area::new(mem, avail.0, avail.1, 2),
             used: Area::new(mem, used.0, used.1, 4),
+            region,
         }
+    }
+
+    /// The host address of guest `addr..addr+len` if it lies in the region that holds the
+    /// descriptor table; `None` sends the caller to a full lookup.
+    pub fn host_range(&self, addr: GuestAddress, len: u32) -> Option<*mut u8> {
+        let (start, area) = self.region.as_ref()?;
+        area.range(addr.0.checked_sub(*start)?, u64::from(len))
     }
 
     /// Whether the cache was built over this guest memory.

@@ -6,7 +6,8 @@
 //! descriptors, which is how the tests build malformed chains a real driver never would.
 
 use std::sync::atomic::{fence, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 use block::aio::notifier::EventNotifier;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -271,6 +272,9 @@ pub struct IrqCounter {
     level: std::sync::atomic::AtomicBool,
     /// Signalled on each rising edge, if set.
     pub event: Option<EventNotifier>,
+    /// Woken on each rising edge: a simulated vCPU taking the interrupt (see
+    /// [`IrqCounter::raised_after`]).
+    vcpu: Mutex<Option<Waker>>,
 }
 
 impl IrqCounter {
@@ -286,6 +290,26 @@ impl IrqCounter {
     pub fn level(&self) -> bool {
         self.level.load(Ordering::SeqCst)
     }
+
+    /// Waits until the line has risen more than `seen` times in all, and returns the count:
+    /// the interrupt as a vCPU receives it. The eventfd is left alone, as in a VM, where KVM
+    /// consumes the irqfd and the event loop never reads it.
+    pub async fn raised_after(&self, seen: u64) -> u64 {
+        std::future::poll_fn(|cx| {
+            let check = || Some(self.raised.load(Ordering::SeqCst)).filter(|&n| n > seen);
+            if let Some(n) = check() {
+                return Poll::Ready(n);
+            }
+            *lock_vcpu(&self.vcpu) = Some(cx.waker().clone());
+            // An edge between the check and the store woke nobody: look again.
+            check().map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+}
+
+fn lock_vcpu(m: &Mutex<Option<Waker>>) -> std::sync::MutexGuard<'_, Option<Waker>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Interrupt for IrqCounter {
@@ -295,6 +319,9 @@ impl Interrupt for IrqCounter {
             self.raised.fetch_add(1, Ordering::SeqCst);
             if let Some(e) = &self.event {
                 e.set();
+            }
+            if let Some(vcpu) = lock_vcpu(&self.vcpu).take() {
+                vcpu.wake();
             }
         }
     }
