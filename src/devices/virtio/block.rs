@@ -414,16 +414,16 @@ impl VirtioBlkHandler {
     fn trace_request(&self, req: &Request) {
         let (me, head) = (self as *const Self, req.head);
         match &req.kind {
-            RequestKind::Read { data, .. } => trace!(
+            RequestKind::Read { offset, data } => trace!(
                 virtio_blk_handle_read,
                 "vdev {me:p} req {head} sector {} nsectors {}",
-                req.sector,
+                offset >> 9,
                 data.len() >> 9
             ),
-            RequestKind::Write { data, .. } => trace!(
+            RequestKind::Write { offset, data } => trace!(
                 virtio_blk_handle_write,
                 "vdev {me:p} req {head} sector {} nsectors {}",
-                req.sector,
+                offset >> 9,
                 data.len() >> 9
             ),
             RequestKind::Discard { offset, bytes } => trace!(

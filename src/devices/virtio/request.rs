@@ -156,10 +156,6 @@ pub enum RequestKind {
 pub struct Request {
     /// The chain head, for the used ring.
     pub head: u16,
-    /// The request type from the header.
-    pub req_type: u32,
-    /// The sector from the header.
-    pub sector: u64,
     /// What to do.
     pub kind: RequestKind,
     /// The status byte, in guest RAM (the last byte of the chain). The pointer stays valid
@@ -182,10 +178,8 @@ impl Request {
         if readable.is_empty() {
             return Err(RequestError::MissingHeaders);
         }
-        let mut hdr = [0u8; OUTHDR_LEN];
-        if read_bytes(mem, readable, 0, &mut hdr)? != OUTHDR_LEN {
-            return Err(RequestError::OutHeaderTooShort);
-        }
+        let hdr =
+            read_array::<OUTHDR_LEN>(mem, readable, 0)?.ok_or(RequestError::OutHeaderTooShort)?;
         let req_type = u32::from_le_bytes(hdr[0..4].try_into().unwrap());
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap());
         let in_len: u64 = writable.iter().map(|b| u64::from(b.len)).sum();
@@ -200,8 +194,6 @@ impl Request {
         let kind = parts.kind(req_type, sector, limits)?;
         Ok(Request {
             head: chain.head,
-            req_type,
-            sector,
             kind,
             status: last_byte(mem, &last)?,
             used_len: u32::try_from(in_len).unwrap_or(u32::MAX),
@@ -276,10 +268,8 @@ impl Parts<'_> {
         if !offered || !is_out || self.out_data > DWZ_LEN as u64 {
             return Ok(RequestKind::Status(VIRTIO_BLK_S_UNSUPP));
         }
-        let mut seg = [0u8; DWZ_LEN];
-        if read_bytes(self.mem, self.readable, OUTHDR_LEN as u64, &mut seg)? != DWZ_LEN {
-            return Err(RequestError::DwzHeaderTooShort);
-        }
+        let seg = read_array::<DWZ_LEN>(self.mem, self.readable, OUTHDR_LEN as u64)?
+            .ok_or(RequestError::DwzHeaderTooShort)?;
         let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap());
         let num_sectors = u32::from_le_bytes(seg[8..12].try_into().unwrap());
         let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap());
@@ -322,26 +312,26 @@ pub fn sector_range_ok(limits: &DiskLimits, sector: u64, bytes: u64) -> bool {
         && nb_sectors <= limits.capacity - sector
 }
 
-/// Copies bytes at logical `offset` of `buffers` into `out`; returns how many were available.
-fn read_bytes(
+/// The `N` bytes at logical `offset` of `buffers`, or `None` if the buffers end first.
+fn read_array<const N: usize>(
     mem: &GuestMemoryMmap,
     buffers: &[Buffer],
     offset: u64,
-    out: &mut [u8],
-) -> Result<usize, RequestError> {
-    // Usual case: the bytes sit in the first buffer, mapped at pop time.
+) -> Result<Option<[u8; N]>, RequestError> {
+    // Usual case: the bytes sit in the first buffer, mapped at pop time: one load.
     if let Some((b, Some(host))) = buffers.first().map(|b| (b, b.host)) {
-        if offset + out.len() as u64 <= u64::from(b.len) {
-            for (i, byte) in out.iter_mut().enumerate() {
-                // SAFETY: `host` maps the whole buffer and `offset + out.len()` lies inside
-                // it; volatile, as the guest may write concurrently.
-                *byte = unsafe { std::ptr::read_volatile(host.as_ptr().add(offset as usize + i)) };
-            }
-            return Ok(out.len());
+        if offset + N as u64 <= u64::from(b.len) {
+            // SAFETY: `host` maps the whole buffer and `offset + N` lies inside it; an array
+            // of bytes needs no alignment; volatile, as the guest may write concurrently.
+            let at = unsafe { host.as_ptr().add(offset as usize) };
+            return Ok(Some(unsafe {
+                std::ptr::read_volatile(at as *const [u8; N])
+            }));
         }
     }
+    let mut out = [0u8; N];
     let mut done = 0;
-    for (b, at, len) in ranges(buffers, offset, out.len() as u64) {
+    for (b, at, len) in ranges(buffers, offset, N as u64) {
         buffer_pieces(mem, b, at, len, |ptr, n| {
             for (i, byte) in out[done..done + n].iter_mut().enumerate() {
                 // SAFETY: `buffer_pieces` hands out pointers into mapped guest RAM with `n`
@@ -351,7 +341,7 @@ fn read_bytes(
             done += n;
         })?;
     }
-    Ok(done)
+    Ok((done == N).then_some(out))
 }
 
 /// The (buffer, offset in it, length) pieces of `buffers` covering logical
