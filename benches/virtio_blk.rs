@@ -32,6 +32,10 @@ use rqemu::devices::virtio::testdriver::Buf;
 use virtio_rig::{Rig, TempImage};
 use vm_memory::{Bytes, GuestAddress};
 
+/// The allocator the rqemu binaries use, so the paths cost here what they cost there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEPTH: usize = 32;
 const BS: u64 = 4096;
 
