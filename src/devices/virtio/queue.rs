@@ -125,8 +125,17 @@ pub struct Buffer {
     pub writable: bool,
     /// Where the buffer is mapped in this process, when it lies in one memory region (the
     /// usual case): found once at pop time, so the request uses it without another lookup.
-    /// `None` for a buffer spanning two regions, which is walked piece by piece.
-    pub host: Option<NonNull<u8>>,
+    /// `None` for a buffer spanning two regions, which is walked piece by piece. Private, so
+    /// that only [`Queue::pop`] makes buffers: the pointer is trusted.
+    host: Option<NonNull<u8>>,
+}
+
+impl Buffer {
+    /// The host address of the whole buffer, if it lies in one memory region of the guest
+    /// memory it was popped from (see [`DescriptorChain::popped_from`]).
+    pub fn host(&self) -> Option<NonNull<u8>> {
+        self.host
+    }
 }
 
 /// A validated descriptor chain (QEMU's VirtQueueElement): readable buffers first, then
@@ -137,12 +146,20 @@ pub struct DescriptorChain {
     pub head: u16,
     /// The buffers in chain order. A chain is reused from one pop to the next, so once the
     /// vector has grown to the usual request's length, popping allocates nothing.
-    pub buffers: Vec<Buffer>,
+    buffers: Vec<Buffer>,
     /// How many of `buffers` are device-readable (QEMU's out_num).
     readable: usize,
+    /// The guest memory the buffers were mapped in (its address, as an identity).
+    mem: usize,
 }
 
 impl DescriptorChain {
+    /// Whether the chain's buffers were mapped in `mem`: their host addresses are only
+    /// valid there.
+    pub fn popped_from(&self, mem: &Arc<GuestMemoryMmap>) -> bool {
+        self.mem == Arc::as_ptr(mem) as usize
+    }
+
     /// The device-readable buffers.
     pub fn readable(&self) -> &[Buffer] {
         &self.buffers[..self.readable]
@@ -430,6 +447,7 @@ impl Queue {
         chain.head = head;
         chain.buffers.clear();
         chain.readable = 0;
+        chain.mem = Arc::as_ptr(mem) as usize;
         loop {
             if chain.buffers.len() >= usize::from(table_len) {
                 return Err(QueueError::Loop);

@@ -166,13 +166,21 @@ pub struct Request {
 }
 
 impl Request {
-    /// Parses and validates a chain. The chain's buffers were checked against guest RAM by
-    /// the queue; here the request layout and values are checked.
+    /// Parses and validates a chain popped from a queue over `mem`. The chain's buffers
+    /// were checked against guest RAM and mapped by the queue; here the request layout and
+    /// values are checked.
+    ///
+    /// # Panics
+    /// If the chain was not popped from `mem` (its host addresses belong to that memory).
     pub fn parse(
         chain: &DescriptorChain,
         mem: &Arc<GuestMemoryMmap>,
         limits: &DiskLimits,
     ) -> Result<Request, RequestError> {
+        assert!(
+            chain.popped_from(mem),
+            "a chain parsed against another memory"
+        );
         let (readable, writable) = (chain.readable(), chain.writable());
         let last = *writable.last().ok_or(RequestError::MissingHeaders)?;
         if readable.is_empty() {
@@ -319,7 +327,7 @@ fn read_array<const N: usize>(
     offset: u64,
 ) -> Result<Option<[u8; N]>, RequestError> {
     // Usual case: the bytes sit in the first buffer, mapped at pop time: one load.
-    if let Some((b, Some(host))) = buffers.first().map(|b| (b, b.host)) {
+    if let Some((b, Some(host))) = buffers.first().map(|b| (b, b.host())) {
         if offset + N as u64 <= u64::from(b.len) {
             // SAFETY: `host` maps the whole buffer and `offset + N` lies inside it; an array
             // of bytes needs no alignment; volatile, as the guest may write concurrently.
@@ -379,7 +387,7 @@ fn buffer_pieces(
     mut f: impl FnMut(*mut u8, usize),
 ) -> Result<(), QueueError> {
     debug_assert!(at + len <= u64::from(b.len));
-    match b.host {
+    match b.host() {
         Some(host) => {
             // SAFETY: `host` maps the whole buffer, `b.len` bytes, and `at + len <= b.len`.
             f(unsafe { host.as_ptr().add(at as usize) }, len as usize);
@@ -403,7 +411,7 @@ fn last_byte(mem: &GuestMemoryMmap, b: &Buffer) -> Result<NonNull<u8>, QueueErro
 
 /// An IoVector over logical `offset..offset+len` of `buffers`, pointing into guest RAM. The
 /// vector holds a reference to the guest memory so the mapping outlives the I/O.
-pub fn guest_iovec(
+fn guest_iovec(
     mem: &Arc<GuestMemoryMmap>,
     buffers: &[Buffer],
     offset: u64,
