@@ -158,6 +158,34 @@ fn an_event_notifier_set_by_another_thread_wakes_the_sleeping_loop() {
 }
 
 #[test]
+fn every_set_is_reported_even_if_the_counter_is_never_cleared() {
+    // The virtio-blk kick handler relies on this: it waits for readiness only.
+    let ctx = AioContext::current();
+    let notifier = Rc::new(notifier::EventNotifier::new().unwrap());
+    let woke = Rc::new(std::cell::Cell::new(false));
+    ctx.run_until(async {
+        notifier.set();
+        notifier.readable().await.unwrap();
+        // Still readable (never cleared): only a new set may end the next wait.
+        let (n, w) = (notifier.clone(), woke.clone());
+        co_spawn(async move {
+            n.readable().await.unwrap();
+            w.set(true);
+        });
+        co_sleep(Duration::from_millis(20)).await;
+        assert!(!woke.get(), "a wait ended without a new set");
+        notifier.set();
+        for _ in 0..2000 {
+            if woke.get() {
+                break;
+            }
+            co_sleep(Duration::from_millis(1)).await;
+        }
+        assert!(woke.get(), "a new set was not reported");
+    });
+}
+
+#[test]
 fn timers_wake_sleepers_in_deadline_order() {
     let ctx = AioContext::current();
     let log = Rc::new(RefCell::new(Vec::new()));

@@ -299,9 +299,13 @@ impl VirtioBlkHandler {
         self.in_flight.get()
     }
 
+    /// Handles queue `q`'s kicks. The notifier's counter is never read back (QEMU reads it,
+    /// event_notifier_test_and_clear): the loop's epoll is edge-triggered and reports every
+    /// new kick whether the counter was cleared or not, so the read would only cost a system
+    /// call per kick. (A 64-bit counter of kicks does not fill up.)
     async fn queue_loop(self: Rc<Self>, q: usize) {
         loop {
-            if self.notifiers[q].wait().await.is_err() {
+            if self.notifiers[q].readable().await.is_err() {
                 return;
             }
             trace!(virtio_queue_notify, "vdev {:p} n {}", Rc::as_ptr(&self), q);
