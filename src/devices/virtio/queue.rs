@@ -407,22 +407,23 @@ impl Queue {
         table: GuestAddress,
         i: u16,
     ) -> Result<Descriptor, QueueError> {
-        let cached = cache.and_then(|c| c.read_desc(i));
-        let raw = match cached {
-            Some(raw) => raw,
+        let words = match cache.and_then(|c| c.read_desc(i)) {
+            Some(words) => words,
             None => {
                 let at = off(table, DESC_SIZE * u64::from(i));
                 let mut raw = [0u8; 16];
                 mem.read_slice(&mut raw, at)
                     .map_err(|_| QueueError::RingOutsideMemory(at.0))?;
-                raw
+                let word = |k: usize| u64::from_le_bytes(raw[8 * k..8 * k + 8].try_into().unwrap());
+                [word(0), word(1)]
             }
         };
+        // {addr u64, len u32, flags u16, next u16}, little-endian.
         Ok(Descriptor {
-            addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
-            len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),
-            flags: u16::from_le_bytes(raw[12..14].try_into().unwrap()),
-            next: u16::from_le_bytes(raw[14..16].try_into().unwrap()),
+            addr: words[0],
+            len: words[1] as u32,
+            flags: (words[1] >> 32) as u16,
+            next: (words[1] >> 48) as u16,
         })
     }
 

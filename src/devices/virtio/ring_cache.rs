@@ -186,20 +186,17 @@ impl RingCache {
         true
     }
 
-    /// Reads descriptor `i` (16 bytes), if cached.
-    pub fn read_desc(&self, i: u16) -> Option<[u8; 16]> {
+    /// Reads descriptor `i` (16 bytes), if cached, as its two little-endian 8-byte words:
+    /// the address, then length, flags and next.
+    pub fn read_desc(&self, i: u16) -> Option<[u64; 2]> {
         let p = self.area(Ring::Desc)?.at(16 * u64::from(i), 16)?;
         // SAFETY: `at` checked bounds and alignment inside a live mapping; two volatile 8-byte
         // loads keep the compiler from assuming the guest does not change the bytes.
-        let (lo, hi) = unsafe {
-            (
-                std::ptr::read_volatile(p as *const u64),
-                std::ptr::read_volatile((p as *const u64).add(1)),
-            )
-        };
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&lo.to_ne_bytes());
-        raw[8..].copy_from_slice(&hi.to_ne_bytes());
-        Some(raw)
+        Some(unsafe {
+            [
+                u64::from_le(std::ptr::read_volatile(p as *const u64)),
+                u64::from_le(std::ptr::read_volatile((p as *const u64).add(1))),
+            ]
+        })
     }
 }
