@@ -6,7 +6,9 @@
 //! single memory region at the alignment the spec requires (descriptors 16, available ring 2,
 //! used ring 4) is kept as a host pointer. Accesses then are single volatile loads and stores
 //! at offsets checked against the area's length. An area that cannot be cached is left to
-//! vm-memory's checked accessors; the queue falls back to those for it.
+//! vm-memory's checked accessors; the queue falls back to those for it. The cache also keeps
+//! the whole memory region the descriptor table lies in, where a driver's buffers usually
+//! are: mapping a buffer found there is a range check instead of a region search.
 
 use std::sync::Arc;
 
