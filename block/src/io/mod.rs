@@ -1,0 +1,58 @@
+//! The generic request path every node's I/O goes through (QEMU's block/io.c).
+//!
+//! Before a driver sees a request, this layer: checks its range; counts it in flight; widens
+//! an unaligned request to the node's `request_alignment` (reads through bounce buffers,
+//! writes by read-modify-write); tracks it so that overlapping requests that must not
+//! interleave wait for each other (serialisation); splits it at `max_transfer`; turns reads
+//! past the node's end into zeroes; emulates write-zeroes and FUA where the driver cannot; and
+//! keeps the cached length up to date when a write grows the node.
+//!
+//! The folder is split by concept: `tracked` (request tracking and serialisation), `rw`
+//! (reads and writes, with alignment padding), `zeroes_discard` (write zeroes, discard,
+//! flush, truncate) and `status` (block status).
+
+mod rw;
+mod status;
+mod tracked;
+mod zeroes_discard;
+
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+
+/// Largest request the layer accepts (QEMU's BDRV_MAX_LENGTH is about 2^63; we keep I/O
+/// sizes within what an iovec can describe).
+pub const MAX_REQUEST_BYTES: u64 = i32::MAX as u64 & !511;
+/// Largest zero buffer written when a driver cannot write zeroes natively.
+pub(super) const MAX_ZERO_BOUNCE: u64 = 16 << 20;
+
+pub(crate) use tracked::TrackedRequests;
+use tracked::{InFlightGuard, WriteGenGuard};
+
+/// Rejects ranges the layer cannot represent (bdrv_check_request).
+pub(super) fn check_request(offset: u64, bytes: u64) -> Result<()> {
+    if bytes > MAX_REQUEST_BYTES
+        || offset
+            .checked_add(bytes)
+            .is_none_or(|end| end > i64::MAX as u64)
+    {
+        return Err(Error::from_errno(libc::EINVAL));
+    }
+    Ok(())
+}
+
+/// The part of `qiov` a piece covers; the whole vector itself when the request is one piece.
+pub(super) fn piece(qiov: &IoVector, done: u64, n: u64) -> std::borrow::Cow<'_, IoVector> {
+    if done == 0 && n as usize == qiov.len() {
+        std::borrow::Cow::Borrowed(qiov)
+    } else {
+        std::borrow::Cow::Owned(qiov.slice(done as usize, n as usize))
+    }
+}
+
+pub(super) fn round_down(x: u64, align: u64) -> u64 {
+    x - x % align
+}
+
+pub(super) fn round_up(x: u64, align: u64) -> u64 {
+    round_down(x + align - 1, align)
+}
