@@ -17,7 +17,8 @@ use crate::coroutine::{CoroutinePool, InFlight, PoolJob};
 use crate::driver::{PreallocMode, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
-use crate::node::{bdrv_open, BlockDriverState, OpenFlags};
+use crate::node::{BlockDriverState, OpenFlags};
+use crate::open::bdrv_open;
 use crate::options::Options;
 use crate::trace;
 

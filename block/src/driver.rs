@@ -1,4 +1,4 @@
-//! The BlockDriver contract and the driver registry.
+//! The BlockDriver contract.
 //!
 //! QEMU's `struct BlockDriver` (include/block/block_int-common.h) is two things at once: a
 //! class with static facts and constructors (format name, probe, open, create), and a table of
@@ -6,19 +6,18 @@
 //! [`DriverClass`] is the static class, registered once; [`BlockDriver`] is the trait of the
 //! per-node driver state that `open` returns, whose async methods are QEMU's coroutine
 //! callbacks (`bdrv_co_preadv`...). A format driver reaches its data only through the node's
-//! children (`bs.file()`, `bs.backing()`); a protocol driver is a leaf.
+//! children (`bs.file()`, `bs.backing()`); a protocol driver is a leaf. The contract knows no
+//! driver: they register in [`crate::registry`].
 
-use std::sync::{Mutex, OnceLock};
-
-use crate::coroutine::LocalBoxFuture;
 use async_trait::async_trait;
 
+use crate::coroutine::LocalBoxFuture;
+use crate::debug_event::BlkdbgEvent;
+
 use crate::error::{Error, Result};
-use crate::filters::blkdebug::BlkdbgEvent;
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::options::Options;
-use crate::snapshot::SnapshotInfo;
 
 bitflags::bitflags! {
     /// Per-request flags (QEMU's BdrvRequestFlags).
@@ -482,76 +481,21 @@ pub struct DriverClass {
     pub create_options: &'static [CreateOption],
 }
 
-static REGISTRY: OnceLock<Mutex<Vec<&'static DriverClass>>> = OnceLock::new();
-
-fn registry() -> &'static Mutex<Vec<&'static DriverClass>> {
-    REGISTRY.get_or_init(|| {
-        let mut all = crate::protocols::ALL.to_vec();
-        all.extend_from_slice(crate::filters::ALL);
-        Mutex::new(all)
-    })
-}
-
-/// Adds a driver class (bdrv_register). Registering the same name twice keeps the first.
-pub fn register(class: &'static DriverClass) {
-    let mut r = registry().lock().unwrap();
-    if !r.iter().any(|c| c.format_name == class.format_name) {
-        r.push(class);
-    }
-}
-
-/// Finds a driver by format name (bdrv_find_format).
-pub fn find_driver(name: &str) -> Option<&'static DriverClass> {
-    registry()
-        .lock()
-        .unwrap()
-        .iter()
-        .copied()
-        .find(|c| c.format_name == name)
-}
-
-/// Finds the protocol driver for a filename's `proto:` prefix; plain paths use `file`.
-pub fn find_protocol(filename: &str) -> Result<&'static DriverClass> {
-    let prefix = filename
-        .split_once(':')
-        .map(|(p, _)| p)
-        .filter(|p| !p.contains('/'));
-    let name = match prefix {
-        Some(p) => p,
-        None => return Ok(find_driver("file").expect("file protocol is built in")),
-    };
-    registry()
-        .lock()
-        .unwrap()
-        .iter()
-        .copied()
-        .find(|c| c.protocol_name == Some(name))
-        .ok_or_else(|| Error::invalid(format!("Unknown protocol '{name}'")))
-}
-
-/// Picks the format whose probe scores highest for these first bytes (bdrv_probe_all).
-pub fn probe_format(buf: &[u8], filename: &str) -> Option<&'static DriverClass> {
-    let r = registry().lock().unwrap();
-    let mut best: Option<(&'static DriverClass, u32)> = None;
-    for class in r.iter().copied().filter(|c| c.is_format) {
-        if let Some(probe) = class.probe {
-            let score = probe(buf, filename);
-            if score > best.map_or(0, |(_, s)| s) {
-                best = Some((class, score));
-            }
-        }
-    }
-    best.map(|(c, _)| c)
-}
-
-/// Names of all registered drivers, sorted (the "Supported formats" line).
-pub fn driver_names() -> Vec<&'static str> {
-    let mut names: Vec<_> = registry()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|c| c.format_name)
-        .collect();
-    names.sort_unstable();
-    names
+/// One internal snapshot as a driver describes it (QEMU's QEMUSnapshotInfo).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Unique id, numeric by convention ("1", "2"...); empty asks the driver to pick one.
+    pub id_str: String,
+    /// Name (tag) given by the user; need not be unique.
+    pub name: String,
+    /// Bytes of saved VM state.
+    pub vm_state_size: u64,
+    /// Creation time, seconds since the epoch.
+    pub date_sec: u32,
+    /// Creation time, nanoseconds part.
+    pub date_nsec: u32,
+    /// Guest clock when the snapshot was taken, in nanoseconds.
+    pub vm_clock_nsec: u64,
+    /// Instruction counter when taken; `u64::MAX` when not recorded (QEMU's -1).
+    pub icount: u64,
 }

@@ -6,29 +6,44 @@
 //! [`io`] (the generic request path of every node) →
 //! [`driver`] (the BlockDriver contract) and [`node`] (BlockDriverState, the graph) →
 //! [`protocols`] (file, null-co) → [`aio`] (the main loop, thread pool, io_uring).
+//! [`open`] builds a graph, finding drivers in the [`registry`]; [`filters`] hold blkdebug,
+//! which acts on the [`debug_event`]s formats raise.
 //! [`coroutine`], [`iov`], [`options`], [`error`] and [`trace`] are the vocabulary they share.
 
 pub mod aio;
 pub mod backend;
 pub mod coroutine;
+pub mod debug_event;
 pub mod driver;
 pub mod error;
 pub mod filters;
 pub mod io;
 pub mod iov;
 pub mod node;
+pub mod open;
 pub mod options;
 pub mod protocols;
+pub mod registry;
 pub mod snapshot;
-pub mod temp_snapshot;
 #[macro_use]
 pub mod trace;
+mod tracked;
 
 pub use aio::AioContext;
 pub use backend::BlockBackend;
+pub use debug_event::BlkdbgEvent;
 pub use driver::{BlockDriver, RequestFlags};
 pub use error::{Error, Result};
-pub use filters::blkdebug::BlkdbgEvent;
 pub use iov::IoVector;
-pub use node::{bdrv_open, BlockDriverState, OpenFlags};
+pub use node::{BlockDriverState, OpenFlags};
+pub use open::bdrv_open;
 pub use options::Options;
+
+/// The drivers built into this crate, which the registry starts with (what QEMU's block_init
+/// constructors register): the protocols, then the filters. The crate root is the one place
+/// that knows every module, so neither the registry nor the contract has to.
+fn builtin_drivers() -> Vec<&'static driver::DriverClass> {
+    let mut all = protocols::ALL.to_vec();
+    all.extend_from_slice(filters::ALL);
+    all
+}

@@ -6,28 +6,10 @@
 //! lookup rules (by id, by name), the error texts QEMU's callers print, and the refresh of
 //! the node's length after a snapshot with another disk size was applied.
 
+pub use crate::driver::SnapshotInfo;
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
-
-/// One internal snapshot as a driver describes it (QEMU's QEMUSnapshotInfo).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SnapshotInfo {
-    /// Unique id, numeric by convention ("1", "2"...); empty asks the driver to pick one.
-    pub id_str: String,
-    /// Name (tag) given by the user; need not be unique.
-    pub name: String,
-    /// Bytes of saved VM state.
-    pub vm_state_size: u64,
-    /// Creation time, seconds since the epoch.
-    pub date_sec: u32,
-    /// Creation time, nanoseconds part.
-    pub date_nsec: u32,
-    /// Guest clock when the snapshot was taken, in nanoseconds.
-    pub vm_clock_nsec: u64,
-    /// Instruction counter when taken; `u64::MAX` when not recorded (QEMU's -1).
-    pub icount: u64,
-}
 
 fn no_internal_snapshots(bs: &BlockDriverState) -> Error {
     Error::not_supported(format!(

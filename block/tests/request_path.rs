@@ -184,7 +184,7 @@ fn writes_past_the_end_grow_the_cached_length() {
 
 #[test]
 fn read_only_nodes_refuse_writes() {
-    block::driver::register(&common::MEM);
+    block::registry::register(&common::MEM);
     let mut options =
         block::Options::parse_keyval("driver=test-mem,size=4096,read-only=on", None).unwrap();
     options.set("driver", "test-mem");
@@ -203,7 +203,7 @@ fn read_only_nodes_refuse_writes() {
 
 #[test]
 fn unknown_options_are_refused_with_qemus_message() {
-    block::driver::register(&common::MEM);
+    block::registry::register(&common::MEM);
     let options = block::Options::parse_keyval("driver=test-mem,size=4096,bogus=1", None).unwrap();
     let err = AioContext::current()
         .run_until(block::bdrv_open(None, options, Default::default()))

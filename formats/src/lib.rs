@@ -10,6 +10,6 @@ pub mod raw;
 
 /// Registers every format driver with the block layer (QEMU's block_init).
 pub fn register_all() {
-    block::driver::register(&raw::RAW);
-    block::driver::register(&qcow2::QCOW2);
+    block::registry::register(&raw::RAW);
+    block::registry::register(&qcow2::QCOW2);
 }

@@ -77,7 +77,7 @@ async fn check_probe_guard(bs: &BlockDriverState, offset: u64, qiov: &IoVector) 
         .await?;
     let n = (PROBE_GUARD_BYTES - offset).min(qiov.len() as u64) as usize;
     first.copy_from(offset as usize, qiov, 0, n);
-    let probed = block::driver::probe_format(&first.to_vec(), &bs.filename());
+    let probed = block::registry::probe_format(&first.to_vec(), &bs.filename());
     if probed.is_some_and(|c| c.format_name != "raw") {
         return Err(Error::from_errno(libc::EPERM));
     }

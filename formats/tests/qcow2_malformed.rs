@@ -25,7 +25,7 @@ fn valid_image(dir: &std::path::Path, name: &str) -> String {
         let mut o = block::Options::new();
         o.set("size", "1048576");
         block_on(async {
-            let class = block::driver::find_driver("qcow2").unwrap();
+            let class = block::registry::find_driver("qcow2").unwrap();
             (class.create.unwrap())(&path, &mut o).await.unwrap()
         });
     }

@@ -18,7 +18,7 @@ fn create(path: &str, opts: &str, size: u64) -> block::Result<()> {
     };
     options.set("size", size.to_string());
     block_on(async {
-        let class = block::driver::find_driver("qcow2").unwrap();
+        let class = block::registry::find_driver("qcow2").unwrap();
         (class.create.unwrap())(path, &mut options).await
     })
 }

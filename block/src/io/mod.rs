@@ -7,26 +7,24 @@
 //! past the node's end into zeroes; emulates write-zeroes and FUA where the driver cannot; and
 //! keeps the cached length up to date when a write grows the node.
 //!
-//! The folder is split by concept: `tracked` (request tracking and serialisation), `rw`
-//! (reads and writes, with alignment padding), `zeroes_discard` (write zeroes, discard,
+//! Requests are tracked in the node's [`crate::tracked`] list. The folder is split by concept:
+//! `rw` (reads and writes, with alignment padding), `zeroes_discard` (write zeroes, discard,
 //! flush, truncate) and `status` (block status).
 
 mod rw;
 mod status;
-mod tracked;
 mod zeroes_discard;
 
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
+use crate::node::BlockDriverState;
+use crate::tracked::TrackedGuard;
 
 /// Largest request the layer accepts (QEMU's BDRV_MAX_LENGTH is about 2^63; we keep I/O
 /// sizes within what an iovec can describe).
 pub const MAX_REQUEST_BYTES: u64 = i32::MAX as u64 & !511;
 /// Largest zero buffer written when a driver cannot write zeroes natively.
 pub(super) const MAX_ZERO_BOUNCE: u64 = 16 << 20;
-
-pub(crate) use tracked::TrackedRequests;
-use tracked::{InFlightGuard, WriteGenGuard};
 
 /// Rejects ranges the layer cannot represent (bdrv_check_request).
 pub(super) fn check_request(offset: u64, bytes: u64) -> Result<()> {
@@ -55,4 +53,39 @@ pub(super) fn round_down(x: u64, align: u64) -> u64 {
 
 pub(super) fn round_up(x: u64, align: u64) -> u64 {
     round_down(x + align - 1, align)
+}
+
+/// Counts a request in flight on a node for as long as it lives.
+pub(super) struct InFlightGuard<'a>(&'a BlockDriverState);
+
+impl<'a> InFlightGuard<'a> {
+    pub(super) fn new(bs: &'a BlockDriverState) -> Self {
+        bs.in_flight.inc();
+        InFlightGuard(bs)
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// Counts a write when it finishes (bdrv_co_write_req_finish's write_gen): a flush tells
+/// from the count whether anything was written since the last one.
+pub(super) struct WriteGenGuard<'a>(pub(super) &'a BlockDriverState);
+
+impl Drop for WriteGenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.write_gen.set(self.0.write_gen.get() + 1);
+    }
+}
+
+impl BlockDriverState {
+    /// Registers a request in the node's tracked list and waits for the overlapping ones it
+    /// must not interleave with (bdrv_wait_serialising_requests).
+    async fn track(&self, offset: u64, bytes: u64, serialising: bool) -> TrackedGuard<'_> {
+        let bs = self as *const BlockDriverState as *const ();
+        self.tracked.track(bs, offset, bytes, serialising).await
+    }
 }

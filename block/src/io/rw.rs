@@ -146,7 +146,7 @@ impl BlockDriverState {
         head: &IoVector,
         tail: &IoVector,
     ) -> Result<()> {
-        use crate::filters::blkdebug::BlkdbgEvent as Ev;
+        use crate::debug_event::BlkdbgEvent as Ev;
         let align = self.limits().request_alignment as u64;
         let start = round_down(offset, align);
         let end = round_up(offset + bytes, align);
@@ -219,7 +219,8 @@ impl BlockDriverState {
             return self.aligned_pwrite_zeroes(offset, bytes, flags).await;
         }
         let supported = self.drv().supported_write_flags();
-        self.debug_event(crate::BlkdbgEvent::Pwritev).await;
+        self.debug_event(crate::debug_event::BlkdbgEvent::Pwritev)
+            .await;
         for (done, n) in self.max_transfer_pieces(bytes) {
             let part = piece(qiov, done, n);
             self.drv()
@@ -229,7 +230,8 @@ impl BlockDriverState {
         if flags.contains(RequestFlags::FUA) && !supported.contains(RequestFlags::FUA) {
             self.co_flush().await?;
         }
-        self.debug_event(crate::BlkdbgEvent::PwritevDone).await;
+        self.debug_event(crate::debug_event::BlkdbgEvent::PwritevDone)
+            .await;
         self.grow_to(offset + bytes);
         Ok(())
     }

@@ -66,10 +66,12 @@ impl BlockDriverState {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
-        self.debug_event(crate::BlkdbgEvent::PwritevZero).await;
+        self.debug_event(crate::debug_event::BlkdbgEvent::PwritevZero)
+            .await;
         self.do_pwrite_zeroes(offset, bytes, flags | RequestFlags::ZERO_WRITE)
             .await?;
-        self.debug_event(crate::BlkdbgEvent::PwritevDone).await;
+        self.debug_event(crate::debug_event::BlkdbgEvent::PwritevDone)
+            .await;
         self.grow_to(offset + bytes);
         Ok(())
     }
@@ -166,7 +168,8 @@ impl BlockDriverState {
         let current_gen = self.write_gen.get();
         let file = self.file();
         if let Some(file) = &file {
-            file.debug_event(crate::BlkdbgEvent::FlushToOs).await;
+            file.debug_event(crate::debug_event::BlkdbgEvent::FlushToOs)
+                .await;
         }
         self.drv().co_flush_to_os(self).await?;
         // Only what was written since the last flush needs forcing to the disk (a write's
@@ -174,7 +177,8 @@ impl BlockDriverState {
         // neither flushes nor raises flush_to_disk, so blkdebug rules see the same requests.
         if !self.open_flags().cache.no_flush && self.flushed_gen.get() != current_gen {
             if let Some(file) = &file {
-                file.debug_event(crate::BlkdbgEvent::FlushToDisk).await;
+                file.debug_event(crate::debug_event::BlkdbgEvent::FlushToDisk)
+                    .await;
             }
             self.drv().co_flush_to_disk(self).await?;
         }

@@ -142,7 +142,7 @@ impl BlockDriver for MemDriver {
 
 /// Opens a memory node with keyval options (`size=...,align=...`) and returns it with its state.
 pub fn open_mem(opts: &str) -> (Rc<BlockDriverState>, Rc<MemState>) {
-    block::driver::register(&MEM);
+    block::registry::register(&MEM);
     let ctx = block::AioContext::current();
     let mut options = Options::parse_keyval(opts, None).unwrap();
     options.set("driver", "test-mem");

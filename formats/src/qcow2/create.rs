@@ -262,7 +262,7 @@ async fn create_protocol_file(
     name: &str,
     file_opts: &Options,
 ) -> Result<&'static block::driver::DriverClass> {
-    let class = block::driver::find_protocol(name)?;
+    let class = block::registry::find_protocol(name)?;
     let file_create = class
         .create
         .ok_or_else(|| Error::not_supported("The protocol cannot create images"))?;

@@ -18,7 +18,7 @@
 use std::rc::Rc;
 
 use block::driver::PreallocMode;
-use block::node::open_protocol_child;
+use block::open::open_protocol_child;
 use block::{BlockDriverState, Error, Options, Result};
 
 use super::header::{Header, AUTOCLEAR_DATA_FILE_RAW, INCOMPAT_DATA_FILE};

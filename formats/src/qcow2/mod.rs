@@ -42,7 +42,7 @@ use block::driver::{
     BlockDriver, BlockLimits, BlockStatus, CheckFix, CheckResult, DriverClass, DriverInfo,
     PreallocMode, RequestFlags,
 };
-use block::node::bdrv_open_backing;
+use block::open::bdrv_open_backing;
 use block::snapshot::SnapshotInfo;
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 

@@ -176,7 +176,7 @@ fn creation_only_hint(
 
 /// Prints the amend options of a format (print_amend_option_help); returns the exit status.
 fn print_amend_option_help(format: &str) -> i32 {
-    let Some(drv) = block::driver::find_driver(format) else {
+    let Some(drv) = block::registry::find_driver(format) else {
         error_report(&format!("Unknown file format '{format}'"));
         return 1;
     };

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use block::driver::{PreallocMode, RequestFlags, StatusFlags};
-use block::node::resolve_relative;
+use block::open::resolve_relative;
 use block::{BlockBackend, BlockDriverState, IoVector, OpenFlags, Options, Result};
 
 use super::cli::{self, error_exit, error_report, long, OpenSpec};

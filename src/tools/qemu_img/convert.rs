@@ -266,7 +266,7 @@ async fn prepare_target(
         return None;
     }
     if let Some((opts, fmt)) = &create {
-        let drv = block::driver::find_driver(fmt).expect("checked in create_options");
+        let drv = block::registry::find_driver(fmt).expect("checked in create_options");
         let create_fn = drv.create.expect("checked in create_options");
         if let Err(e) = create_fn(out, &mut opts.to_options()).await {
             error_report(&format!("{out}: error while converting {fmt}: {e}"));
@@ -352,11 +352,11 @@ async fn open_target(a: &Args, out: &str) -> Option<Rc<BlockBackend>> {
 
 /// The target's creation options: -o, the size, -B/-F (convert's part of bdrv_img_create).
 fn create_options(a: &Args, fmt: &str, out: &str, total_bytes: u64) -> Option<CreateOpts> {
-    let Some(drv) = block::driver::find_driver(fmt) else {
+    let Some(drv) = block::registry::find_driver(fmt) else {
         error_report(&format!("Unknown file format '{fmt}'"));
         return None;
     };
-    let proto = match block::driver::find_protocol(out) {
+    let proto = match block::registry::find_protocol(out) {
         Ok(p) => p,
         Err(e) => {
             error_report(&e.to_string());

@@ -4,7 +4,7 @@
 //! `-b`/`-F`; a backing file is opened (unless `-u`) to check it and to borrow its size; then
 //! the "Formatting" line is printed and the driver's create function runs.
 
-use block::node::resolve_relative;
+use block::open::resolve_relative;
 use block::{OpenFlags, Options};
 
 use super::cli::{self, error_exit, error_report, long, OPT_OBJECT};
@@ -106,9 +106,9 @@ pub fn run(args: &[String]) -> i32 {
 
 /// Creates the image (bdrv_img_create); the error is the message to print after the name.
 pub async fn img_create(req: &ImgCreate) -> Result<(), String> {
-    let drv = block::driver::find_driver(&req.fmt)
+    let drv = block::registry::find_driver(&req.fmt)
         .ok_or_else(|| format!("Unknown file format '{}'", req.fmt))?;
-    let proto = block::driver::find_protocol(&req.filename).map_err(|e| e.to_string())?;
+    let proto = block::registry::find_protocol(&req.filename).map_err(|e| e.to_string())?;
     let Some(create) = drv.create else {
         return Err(format!(
             "Format driver '{}' does not support image creation",

@@ -236,7 +236,7 @@ impl CreateOpts {
 /// (print_block_option_help); returns the exit status.
 pub fn print_block_option_help(filename: Option<&str>, fmt: &str) -> i32 {
     use super::cli::error_report;
-    let Some(drv) = block::driver::find_driver(fmt) else {
+    let Some(drv) = block::registry::find_driver(fmt) else {
         error_report(&format!("Unknown file format '{fmt}'"));
         return 1;
     };
@@ -246,7 +246,7 @@ pub fn print_block_option_help(filename: Option<&str>, fmt: &str) -> i32 {
         ));
         return 1;
     }
-    let proto = match filename.map(block::driver::find_protocol) {
+    let proto = match filename.map(block::registry::find_protocol) {
         None => None,
         Some(Ok(p)) => {
             if p.create.is_none() {
@@ -295,8 +295,8 @@ mod tests {
     #[test]
     fn raw_formatting_line_and_types() {
         formats::register_all();
-        let raw = block::driver::find_driver("raw").unwrap();
-        let file = block::driver::find_driver("file").unwrap();
+        let raw = block::registry::find_driver("raw").unwrap();
+        let file = block::registry::find_driver("file").unwrap();
         let mut o = CreateOpts::new(raw, Some(file));
         o.parse("preallocation=falloc,nocow=on").unwrap();
         o.set_number("size", 1 << 20);

@@ -95,11 +95,11 @@ pub fn run(args: &[String]) -> i32 {
 
 /// Creates the output image of `size` bytes; false after reporting.
 async fn create_output(output: &str, out_fmt: &str, size: u64) -> bool {
-    let Some(drv) = block::driver::find_driver(out_fmt) else {
+    let Some(drv) = block::registry::find_driver(out_fmt) else {
         error_report("Unknown file format");
         return false;
     };
-    let proto = match block::driver::find_protocol(output) {
+    let proto = match block::registry::find_protocol(output) {
         Ok(p) => p,
         Err(e) => {
             error_report(&e.to_string());

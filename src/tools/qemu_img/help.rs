@@ -128,7 +128,7 @@ pub fn print_help() -> i32 {
         println!("{line}");
     }
     print!("\nSupported formats:");
-    for name in block::driver::driver_names() {
+    for name in block::registry::driver_names() {
         print!(" {name}");
     }
     println!("\n");

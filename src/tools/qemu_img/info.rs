@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use block::node::resolve_relative;
+use block::open::resolve_relative;
 use block::snapshot::SnapshotInfo;
 use block::{BlockDriverState, OpenFlags};
 use serde_json::{json, Map, Value};

@@ -138,7 +138,7 @@ async fn measure(
     size: Option<u64>,
     input: Option<&std::rc::Rc<BlockDriverState>>,
 ) -> Option<MeasureInfo> {
-    let Some(drv) = block::driver::find_driver(out_fmt) else {
+    let Some(drv) = block::registry::find_driver(out_fmt) else {
         error_report(&format!("Unknown file format '{out_fmt}'"));
         return None;
     };
@@ -149,7 +149,7 @@ async fn measure(
         ));
         return None;
     }
-    let file = block::driver::find_driver("file");
+    let file = block::registry::find_driver("file");
     let mut opts = CreateOpts::new(drv, file);
     if let Some(list) = options {
         if let Err(e) = opts.parse(list) {

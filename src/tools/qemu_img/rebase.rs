@@ -8,7 +8,7 @@
 use std::rc::Rc;
 
 use block::driver::{RequestFlags, StatusFlags};
-use block::node::resolve_relative;
+use block::open::resolve_relative;
 use block::{BlockBackend, BlockDriverState, IoVector, OpenFlags, Options, Result};
 
 use super::cli::{self, error_exit, error_report, long, OpenSpec};
@@ -146,7 +146,7 @@ async fn rebase(
         write_flags |= RequestFlags::WRITE_COMPRESSED;
     }
     if let Some(fmt) = &a.backing_fmt {
-        if block::driver::find_driver(fmt).is_none() {
+        if block::registry::find_driver(fmt).is_none() {
             error_report(&format!("Invalid format name: '{fmt}'"));
             return 1;
         }

@@ -2,7 +2,7 @@
 //! options and the ini-style config file (QEMU's add_rule and read_config in
 //! block/blkdebug.c, with the file syntax of util/qemu-config.c).
 
-use super::event::BlkdbgEvent;
+use crate::debug_event::BlkdbgEvent;
 use crate::error::{Error, Result};
 use crate::options::{parse_bool, Options};
 

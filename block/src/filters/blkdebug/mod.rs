@@ -9,7 +9,6 @@
 //! `resume`. Requests themselves pass through to the `image` child unchanged.
 
 mod config;
-mod event;
 mod rules;
 
 use std::rc::Rc;
@@ -22,11 +21,12 @@ use crate::driver::{
 };
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
-use crate::node::{open_protocol_child, BlockDriverState};
+use crate::node::BlockDriverState;
+use crate::open::open_protocol_child;
 use crate::options::Options;
 
+pub use crate::debug_event::BlkdbgEvent;
 pub use config::iotype;
-pub use event::BlkdbgEvent;
 pub use rules::set_message_sink;
 use rules::RuleSet;
 

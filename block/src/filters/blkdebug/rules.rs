@@ -8,8 +8,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::config::{parse_rule, Action, Rule};
-use super::event::BlkdbgEvent;
 use crate::coroutine::{CoQueue, LocalBoxFuture};
+use crate::debug_event::BlkdbgEvent;
 use crate::error::{Error, Result};
 use crate::options::Options;
 

@@ -1,5 +1,7 @@
 //! The debug events formats and the generic request path raise on a child node (QEMU's
-//! BlkdebugEvent, raised by BLKDBG_EVENT); blkdebug rules and breakpoints name them.
+//! BlkdebugEvent, raised by BLKDBG_EVENT); blkdebug rules and breakpoints name them. They live
+//! apart from both the BlockDriver contract and blkdebug: drivers raise them through
+//! `BlockDriverState::debug_event`, and only a blkdebug node acts on them.
 
 macro_rules! events {
     ($($variant:ident = $name:literal,)*) => {

@@ -9,13 +9,14 @@
 use std::ffi::CString;
 use std::rc::Rc;
 
-use crate::driver::find_driver;
+use super::open_node;
 use crate::error::{Error, Result};
-use crate::node::{open_node, BlockDriverState, OpenFlags};
+use crate::node::{BlockDriverState, OpenFlags};
 use crate::options::Options;
+use crate::registry::find_driver;
 
 /// Puts a temporary qcow2 overlay on top of `bs` and returns the overlay.
-pub async fn bdrv_append_temp_snapshot(
+pub(super) async fn bdrv_append_temp_snapshot(
     bs: Rc<BlockDriverState>,
     flags: OpenFlags,
 ) -> Result<Rc<BlockDriverState>> {

@@ -5,10 +5,13 @@
 //! node's request alignment the device's logical block size (probed at open) and sends
 //! misaligned memory through a bounce buffer. Zeroes and discards become fallocate calls,
 //! block status comes from SEEK_DATA/SEEK_HOLE, and the image is locked against other
-//! writers with the byte-range scheme in [`super::locking`].
+//! writers with the byte-range scheme in [`super::locking`]. The system calls themselves are
+//! in `posix`; creating and growing a file in `create`.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+mod create;
+mod posix;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,10 +23,12 @@ use crate::driver::{
     StatusFlags,
 };
 use crate::error::{Error, Result};
-use crate::iov::{IoVector, BUFFER_ALIGN};
+use crate::iov::IoVector;
 use crate::node::{AioMode, BlockDriverState};
 use crate::options::Options;
-use crate::trace;
+
+use create::{create, regular_truncate};
+use posix::{blocking_rw, extent_size_hint, fallocate, file_size, open_fd, probe_alignment};
 
 /// The class registered as `file`.
 pub static FILE: DriverClass = DriverClass {
@@ -74,17 +79,6 @@ pub struct FileDriver {
 
 fn strip_protocol(filename: &str) -> &str {
     filename.strip_prefix("file:").unwrap_or(filename)
-}
-
-fn open_fd(path: &str, flags: i32, mode: u32) -> Result<OwnedFd> {
-    let c = CString::new(path).map_err(|_| Error::invalid("filename contains a NUL byte"))?;
-    // SAFETY: open(2) with a valid NUL-terminated path; the result is checked.
-    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        return Err(Error::last_os_error());
-    }
-    // SAFETY: a freshly opened descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
@@ -149,104 +143,6 @@ fn permissions(read_only: bool, force_share: bool) -> (u32, u32) {
         locking::PERM_CONSISTENT_READ | locking::PERM_WRITE_UNCHANGED
     };
     (perm, shared)
-}
-
-/// The smallest read size O_DIRECT accepts (raw_probe_alignment).
-fn probe_alignment(fd: RawFd) -> u32 {
-    let buf = IoVector::alloc(BUFFER_ALIGN);
-    for align in [512usize, 1024, 2048, 4096] {
-        let iov = buf.slice(0, align).iovecs();
-        // SAFETY: one iovec into our own aligned buffer of at least `align` bytes.
-        let r = unsafe { libc::preadv(fd, iov.as_ptr(), 1, 0) };
-        if r >= 0 {
-            return align as u32;
-        }
-    }
-    BUFFER_ALIGN as u32
-}
-
-/// Runs preadv/pwritev until the whole vector is done. A read that reaches the end of the
-/// file fills the rest with zeroes (handle_aiocb_rw); a write that makes no progress is ENOSPC.
-fn blocking_rw(fd: RawFd, qiov: &IoVector, offset: u64, write: bool) -> Result<()> {
-    let total = qiov.len();
-    let mut done = 0;
-    while done < total {
-        let rest = qiov.slice(done, total - done);
-        let iov = rest.iovecs();
-        let pos = (offset + done as u64) as libc::off_t;
-        // SAFETY: the iovecs point into memory kept alive by `rest`; the count fits IOV_MAX.
-        let n = unsafe {
-            if write {
-                libc::pwritev(fd, iov.as_ptr(), iov.len() as i32, pos)
-            } else {
-                libc::preadv(fd, iov.as_ptr(), iov.len() as i32, pos)
-            }
-        };
-        if n < 0 {
-            let e = Error::last_os_error();
-            if e.errno() == libc::EINTR {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            if write {
-                return Err(Error::from_errno(libc::ENOSPC));
-            }
-            qiov.fill(done, total - done, 0);
-            return Ok(());
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
-fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Result<()> {
-    loop {
-        // SAFETY: plain syscall on our descriptor.
-        let r = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = Error::last_os_error();
-        if e.errno() != libc::EINTR {
-            // Filesystems without the mode report EOPNOTSUPP; the caller falls back.
-            return Err(if e.errno() == libc::EOPNOTSUPP {
-                Error::from_errno(libc::ENOTSUP)
-            } else {
-                e
-            });
-        }
-    }
-}
-
-/// The file's extent size hint (FS_IOC_FSGETXATTR), if set.
-fn extent_size_hint(fd: RawFd) -> Option<u64> {
-    /// struct fsxattr from linux/fs.h.
-    #[repr(C)]
-    #[derive(Default)]
-    struct FsXattr {
-        xflags: u32,
-        extsize: u32,
-        nextents: u32,
-        projid: u32,
-        cowextsize: u32,
-        pad: [u8; 8],
-    }
-    const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
-    let mut attr = FsXattr::default();
-    // SAFETY: the ioctl fills a struct fsxattr we own; the result is checked.
-    let r = unsafe { libc::ioctl(fd, FS_IOC_FSGETXATTR, &mut attr as *mut FsXattr) };
-    (r == 0 && attr.extsize != 0).then_some(attr.extsize as u64)
-}
-
-fn file_size(fd: RawFd) -> Result<u64> {
-    // SAFETY: fstat into a zeroed stat struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
-        return Err(Error::last_os_error());
-    }
-    Ok(st.st_size as u64)
 }
 
 impl FileDriver {
@@ -501,123 +397,4 @@ impl BlockDriver for FileDriver {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
-}
-
-/// Sets the file size, allocating the growth as `prealloc` asks (raw_regular_truncate).
-fn regular_truncate(fd: RawFd, offset: u64, prealloc: PreallocMode) -> Result<()> {
-    let current = file_size(fd)?;
-    match prealloc {
-        PreallocMode::Off => {}
-        _ if offset < current => {
-            return Err(Error::not_supported(
-                "Cannot use preallocation for shrinking files",
-            ))
-        }
-        PreallocMode::Metadata => {
-            return Err(Error::not_supported(
-                "Unsupported preallocation mode: metadata",
-            ));
-        }
-        PreallocMode::Falloc => {
-            // SAFETY: plain syscall on our descriptor.
-            let r = unsafe {
-                libc::posix_fallocate(
-                    fd,
-                    current as libc::off_t,
-                    (offset - current) as libc::off_t,
-                )
-            };
-            if r != 0 {
-                return Err(Error::with_errno_message(
-                    r,
-                    "Could not preallocate new data",
-                ));
-            }
-            if current == 0 {
-                allocate_first_block(fd, offset);
-            }
-            return Ok(());
-        }
-        PreallocMode::Full => {
-            set_len(fd, offset)?;
-            let chunk = IoVector::alloc(1 << 20);
-            let mut pos = current;
-            while pos < offset {
-                let n = ((offset - pos) as usize).min(chunk.len());
-                blocking_rw(fd, &chunk.slice(0, n), pos, true).map_err(|e| {
-                    Error::with_errno_message(e.errno(), "Could not write zeros for preallocation")
-                })?;
-                pos += n as u64;
-            }
-            return Ok(());
-        }
-    }
-    set_len(fd, offset)?;
-    if current == 0 && offset > 0 {
-        allocate_first_block(fd, offset);
-    }
-    Ok(())
-}
-
-/// Writes zeroes over the first block of a freshly grown empty file, so that the file
-/// system has allocated it and O_DIRECT alignment probing reads real data there (QEMU's
-/// allocate_first_block). Failures are harmless and ignored.
-fn allocate_first_block(fd: RawFd, new_size: u64) {
-    const MAX_BLOCKSIZE: usize = 4096;
-    let len = if new_size < MAX_BLOCKSIZE as u64 {
-        512
-    } else {
-        MAX_BLOCKSIZE
-    };
-    let _ = blocking_rw(fd, &IoVector::alloc(len), 0, true);
-}
-
-fn set_len(fd: RawFd, offset: u64) -> Result<()> {
-    // SAFETY: plain syscall on our descriptor.
-    if unsafe { libc::ftruncate(fd, offset as libc::off_t) } < 0 {
-        let e = Error::last_os_error();
-        return Err(Error::with_errno_message(
-            e.errno(),
-            "Failed to resize the file",
-        ));
-    }
-    Ok(())
-}
-
-/// Creates a host file of `size` bytes (raw_co_create): the file is created if missing,
-/// locked, emptied, then grown with the requested preallocation.
-async fn create(filename: &str, options: &mut Options) -> Result<()> {
-    let path = strip_protocol(filename).to_string();
-    // Like file-posix, the file is created in whole sectors.
-    let size = options
-        .take_size("size")?
-        .unwrap_or(0)
-        .div_ceil(512)
-        .saturating_mul(512);
-    let prealloc = match options.take("preallocation") {
-        Some(p) => PreallocMode::parse(&p)
-            .map_err(|_| Error::invalid(format!("invalid parameter value: {p}")))?,
-        None => PreallocMode::Off,
-    };
-    if prealloc == PreallocMode::Metadata {
-        return Err(Error::invalid("Unsupported preallocation mode: metadata"));
-    }
-    options.take("nocow");
-    options.take("extent_size_hint");
-    trace!(file_create, "filename {} size {}", path, size);
-    let pool = AioContext::current().thread_pool();
-    pool.submit(move || {
-        let fd = open_fd(&path, libc::O_RDWR | libc::O_CREAT, 0o644).map_err(|e| {
-            Error::with_errno_message(e.errno(), format!("Could not create '{path}'"))
-        })?;
-        lock_image(
-            fd.as_raw_fd(),
-            locking::PERM_WRITE | locking::PERM_RESIZE,
-            locking::PERM_CONSISTENT_READ | locking::PERM_WRITE_UNCHANGED,
-            &path,
-        )?;
-        set_len(fd.as_raw_fd(), 0)?;
-        regular_truncate(fd.as_raw_fd(), size, prealloc)
-    })
-    .await
 }

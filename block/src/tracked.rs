@@ -1,12 +1,11 @@
-//! Request tracking on a node: the list of requests in flight, the wait of serialising
-//! requests for overlapping ones, and the guards that undo the bookkeeping when a request
-//! ends however it ends (QEMU's tracked_requests and bdrv_wait_serialising_requests in
-//! block/io.c).
+//! Request tracking on a node: the list of requests in flight, and the wait of serialising
+//! requests for overlapping ones (QEMU's tracked_requests and bdrv_wait_serialising_requests
+//! in block/io.c). A node owns one list; the generic request path (`crate::io`) registers
+//! every request in it.
 
 use std::cell::{Cell, RefCell};
 
-use crate::node::BlockDriverState;
-use crate::trace;
+use crate::coroutine::CoQueue;
 
 /// A request in flight on a node, as other requests see it.
 struct TrackedRequest {
@@ -23,7 +22,6 @@ struct TrackedRequest {
 /// Every request is listed, but the list is searched only while a serialising request is
 /// in flight or for a serialising request itself (QEMU's serialising_in_flight), and waiters
 /// are woken only when some request waits: the common case costs a push and a removal.
-#[derive(Default)]
 pub(crate) struct TrackedRequests {
     list: RefCell<Vec<TrackedRequest>>,
     next_id: Cell<u64>,
@@ -31,18 +29,32 @@ pub(crate) struct TrackedRequests {
     serialising: Cell<usize>,
     /// Requests waiting for a conflicting one to finish.
     waiters: Cell<usize>,
+    /// Woken when a request finishes while some request waits.
+    done: CoQueue,
+}
+
+impl Default for TrackedRequests {
+    fn default() -> Self {
+        TrackedRequests {
+            list: RefCell::new(Vec::new()),
+            next_id: Cell::new(0),
+            serialising: Cell::new(0),
+            waiters: Cell::new(0),
+            done: CoQueue::new(),
+        }
+    }
 }
 
 /// Removes a tracked request when the request finishes, however it finishes.
-pub(super) struct TrackedGuard<'a> {
-    bs: &'a BlockDriverState,
+pub(crate) struct TrackedGuard<'a> {
+    tracked: &'a TrackedRequests,
     id: u64,
     serialising: bool,
 }
 
 impl Drop for TrackedGuard<'_> {
     fn drop(&mut self) {
-        let tracked = &self.bs.tracked;
+        let tracked = self.tracked;
         {
             let mut list = tracked.list.borrow_mut();
             // Newest requests sit at the end and usually finish first.
@@ -54,7 +66,7 @@ impl Drop for TrackedGuard<'_> {
             tracked.serialising.set(tracked.serialising.get() - 1);
         }
         if tracked.waiters.get() > 0 {
-            self.bs.tracked_done.restart_all();
+            tracked.done.restart_all();
         }
     }
 }
@@ -75,44 +87,21 @@ impl Drop for WaiterGuard<'_> {
     }
 }
 
-/// Counts a request in flight on a node for as long as it lives.
-pub(super) struct InFlightGuard<'a>(&'a BlockDriverState);
-
-impl<'a> InFlightGuard<'a> {
-    pub(super) fn new(bs: &'a BlockDriverState) -> Self {
-        bs.in_flight.inc();
-        InFlightGuard(bs)
-    }
-}
-
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.in_flight.dec();
-    }
-}
-
-/// Counts a write when it finishes (bdrv_co_write_req_finish's write_gen): a flush tells
-/// from the count whether anything was written since the last one.
-pub(super) struct WriteGenGuard<'a>(pub(super) &'a BlockDriverState);
-
-impl Drop for WriteGenGuard<'_> {
-    fn drop(&mut self) {
-        self.0.write_gen.set(self.0.write_gen.get() + 1);
-    }
-}
-impl BlockDriverState {
+impl TrackedRequests {
     /// Registers a request and waits for overlapping ones it must not interleave with: a
     /// serialising request waits for every overlapping request, and any request waits for
     /// an overlapping serialising one (bdrv_wait_serialising_requests). As in QEMU, a
     /// request that is itself waiting is not waited for, so no two requests can wait for
     /// each other, and a request suspended (by blkdebug) holds up only what overlaps it.
-    pub(super) async fn track(
+    /// `bs` names the node in the trace.
+    pub(crate) async fn track(
         &self,
+        bs: *const (),
         offset: u64,
         bytes: u64,
         serialising: bool,
     ) -> TrackedGuard<'_> {
-        let tracked = &self.tracked;
+        let tracked = self;
         let id = tracked.next_id.get();
         tracked.next_id.set(id + 1);
         if serialising {
@@ -128,7 +117,7 @@ impl BlockDriverState {
             waiting: may_conflict,
         });
         let guard = TrackedGuard {
-            bs: self,
+            tracked: self,
             id,
             serialising,
         };
@@ -155,12 +144,12 @@ impl BlockDriverState {
             trace!(
                 bdrv_co_wait_serialising,
                 "bs {:p} offset {} bytes {}",
-                self,
+                bs,
                 offset,
                 bytes
             );
             let _waiter = WaiterGuard::new(&tracked.waiters);
-            self.tracked_done.wait_while(conflicts).await;
+            self.done.wait_while(conflicts).await;
         }
         guard
     }
