@@ -3,10 +3,16 @@
 //! qcow2_do_open and writes it in qcow2_update_header, block/qcow2.c).
 //!
 //! Everything in the first cluster is described here, so that one function reads it and one
-//! writes it back. Every field is checked against QEMU's limits before anything is sized from
+//! writes it back; the extensions and the backing file name after the fixed fields are read
+//! in `extensions`. Every field is checked against QEMU's limits before anything is sized from
 //! it: a lying header gets the same error QEMU gives, never a huge allocation.
 
+mod extensions;
+
 use block::{Error, Result};
+
+use extensions::{feature_table_bytes, push_ext};
+pub use extensions::{FeatureName, QEMU_FEATURE_NAMES};
 
 /// The magic at offset 0: "QFI\xfb".
 pub const QCOW_MAGIC: u32 = 0x5146_49fb;
@@ -75,29 +81,6 @@ impl CompressionType {
     }
 }
 
-/// One entry of the feature name table extension.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FeatureName {
-    /// 0 incompatible, 1 compatible, 2 autoclear.
-    pub kind: u8,
-    /// Bit number.
-    pub bit: u8,
-    /// Human-readable name.
-    pub name: String,
-}
-
-/// The names QEMU writes into every v3 image it creates.
-pub const QEMU_FEATURE_NAMES: &[(u8, u8, &str)] = &[
-    (0, 0, "dirty bit"),
-    (0, 1, "corrupt bit"),
-    (0, 2, "external data file"),
-    (0, 3, "compression type"),
-    (0, 4, "extended L2 entries"),
-    (1, 0, "lazy refcounts"),
-    (2, 0, "bitmaps"),
-    (2, 1, "raw external data"),
-];
-
 /// The parsed contents of the first cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -149,7 +132,7 @@ pub struct Header {
     pub other_extensions: Vec<(u32, Vec<u8>)>,
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+pub(super) fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
 }
 
@@ -157,7 +140,7 @@ fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-fn err(msg: impl Into<String>) -> Error {
+pub(super) fn err(msg: impl Into<String>) -> Error {
     Error::invalid(msg)
 }
 
@@ -343,65 +326,6 @@ impl Header {
         Ok(())
     }
 
-    /// Walks the extensions between the fixed header and the end of the first cluster (or
-    /// the backing file name, whichever comes first), as qcow2_read_extensions does.
-    fn parse_extensions(&mut self, buf: &[u8]) -> Result<()> {
-        let cs = self.cluster_size() as usize;
-        let end = if self.backing_file_offset != 0 {
-            self.backing_file_offset as usize
-        } else {
-            cs
-        }
-        .min(buf.len());
-        let mut pos = self.header_length as usize;
-        while pos < end {
-            if pos + 8 > end || pos + 8 > buf.len() {
-                return Err(err("Header extension too large"));
-            }
-            let ty = be32(buf, pos);
-            let len = be32(buf, pos + 4) as usize;
-            pos += 8;
-            if len > end - pos {
-                return Err(err("Header extension too large"));
-            }
-            let data = &buf[pos..pos + len];
-            match ty {
-                EXT_END => return Ok(()),
-                EXT_BACKING_FORMAT => {
-                    if len >= 16 {
-                        return Err(Error::invalid(format!(
-                            "ERROR: ext_backing_format: len={len} too large (>=16)"
-                        )));
-                    }
-                    self.backing_format = Some(String::from_utf8_lossy(data).into_owned());
-                }
-                EXT_FEATURE_TABLE => self.feature_names = parse_feature_table(data),
-                EXT_DATA_FILE => {
-                    self.data_file = Some(String::from_utf8_lossy(data).into_owned());
-                }
-                _ => self.other_extensions.push((ty, data.to_vec())),
-            }
-            pos += len.next_multiple_of(8);
-        }
-        Ok(())
-    }
-
-    fn parse_backing_name(&mut self, buf: &[u8]) -> Result<()> {
-        if self.backing_file_offset == 0 {
-            return Ok(());
-        }
-        let start = self.backing_file_offset as usize;
-        let len = self.backing_file_size as usize;
-        if len as u32 > MAX_BACKING_NAME || start + len > self.cluster_size() as usize {
-            return Err(err("Backing file name too long"));
-        }
-        if start + len > buf.len() {
-            return Err(err("Backing file name too long"));
-        }
-        self.backing_file = Some(String::from_utf8_lossy(&buf[start..start + len]).into_owned());
-        Ok(())
-    }
-
     /// The "Unsupported qcow2 feature(s): ..." refusal for unknown incompatible bits.
     pub fn check_incompatible(&self) -> Result<()> {
         let unknown = self.incompatible_features & !INCOMPAT_KNOWN;
@@ -517,46 +441,6 @@ fn validate_table(offset: u64, bytes: u64, cluster_size: u64) -> Result<()> {
         return Err(Error::from_errno(libc::EINVAL));
     }
     Ok(())
-}
-
-/// Parses the feature name table; a short last entry is zero-padded and the table ends at
-/// the first entry without a name, as QEMU reads it.
-fn parse_feature_table(data: &[u8]) -> Vec<FeatureName> {
-    let mut padded = data.to_vec();
-    padded.resize(data.len().next_multiple_of(48), 0);
-    padded
-        .chunks_exact(48)
-        .take_while(|e| e[2] != 0)
-        .map(|e| {
-            let name = &e[2..];
-            let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-            FeatureName {
-                kind: e[0],
-                bit: e[1],
-                name: String::from_utf8_lossy(&name[..n]).into_owned(),
-            }
-        })
-        .collect()
-}
-
-fn feature_table_bytes(names: &[FeatureName]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(names.len() * 48);
-    for f in names {
-        let mut e = [0u8; 48];
-        e[0] = f.kind;
-        e[1] = f.bit;
-        let n = f.name.len().min(46);
-        e[2..2 + n].copy_from_slice(&f.name.as_bytes()[..n]);
-        out.extend_from_slice(&e);
-    }
-    out
-}
-
-fn push_ext(b: &mut Vec<u8>, ty: u32, data: &[u8]) {
-    b.extend_from_slice(&ty.to_be_bytes());
-    b.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    b.extend_from_slice(data);
-    b.resize(b.len().next_multiple_of(8), 0);
 }
 
 /// Stores a big-endian u32 at `at`.
