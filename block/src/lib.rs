@@ -11,6 +11,7 @@
 pub mod aio;
 pub mod backend;
 pub mod coroutine;
+pub mod crypto;
 pub mod driver;
 pub mod error;
 pub mod filters;
