@@ -18,6 +18,7 @@ pub mod filters;
 pub mod io;
 pub mod iov;
 pub mod node;
+pub mod objects;
 pub mod options;
 pub mod protocols;
 pub mod snapshot;
