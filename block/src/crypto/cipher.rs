@@ -295,10 +295,7 @@ where
     match mode {
         CipherMode::Ecb => Ok(Box::new(Ecb(c))),
         CipherMode::Cbc => Ok(Box::new(Cbc(c))),
-        CipherMode::Xts => Err(Error::not_supported(format!(
-            "Cipher mode xts is not supported with {}",
-            alg.name()
-        ))),
+        CipherMode::Xts => Err(Error::not_supported("Unsupported cipher mode xts")),
     }
 }
 

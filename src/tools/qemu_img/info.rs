@@ -157,6 +157,9 @@ pub async fn query_node_info(bs: &BlockDriverState) -> block::Result<Map<String,
     if let Some(specific) = bs.drv().get_specific_info(bs) {
         info.insert("format-specific".into(), specific);
     }
+    if bs.drv().is_encrypted() {
+        info.insert("encrypted".into(), json!(true));
+    }
     Ok(info)
 }
 

@@ -230,9 +230,6 @@ pub fn info_json(h: &LuksHeader, p: &LuksParams) -> Value {
     // QEMU prints these members in its QDict's hash order, not in schema order.
     let mut data = serde_json::Map::new();
     data.insert("ivgen-alg".into(), json!(p.ivgen.name()));
-    if let Some(hash) = p.ivgen_hash {
-        data.insert("ivgen-hash-alg".into(), json!(hash.name()));
-    }
     data.insert(
         "detached-header".into(),
         json!(h.payload_offset_sector == 0),
@@ -240,6 +237,9 @@ pub fn info_json(h: &LuksHeader, p: &LuksParams) -> Value {
     data.insert("hash-alg".into(), json!(p.hash.name()));
     data.insert("cipher-alg".into(), json!(p.cipher.name()));
     data.insert("uuid".into(), json!(c_str(&h.uuid)));
+    if let Some(hash) = p.ivgen_hash {
+        data.insert("ivgen-hash-alg".into(), json!(hash.name()));
+    }
     data.insert("cipher-mode".into(), json!(p.mode.name()));
     data.insert("slots".into(), Value::Array(slots));
     data.insert(
