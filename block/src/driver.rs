@@ -320,6 +320,11 @@ pub trait BlockDriver {
         None
     }
 
+    /// Whether guest data is stored encrypted (bdrv_is_encrypted; `encrypted: yes`).
+    fn is_encrypted(&self) -> bool {
+        false
+    }
+
     /// The backing file name recorded in the image and its format, if any (bs->backing_file
     /// and bs->backing_format), for `qemu-img info`.
     fn backing_file_name(&self, _bs: &BlockDriverState) -> Option<(String, Option<String>)> {

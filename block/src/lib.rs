@@ -13,6 +13,7 @@
 pub mod aio;
 pub mod backend;
 pub mod coroutine;
+pub mod crypto;
 pub mod debug_event;
 pub mod driver;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod filters;
 pub mod io;
 pub mod iov;
 pub mod node;
+pub mod objects;
 pub mod open;
 pub mod options;
 pub mod protocols;

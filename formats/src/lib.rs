@@ -5,6 +5,7 @@
 //! generic request path, so the same qcow2 code runs over a file, a null device or any filter.
 //! [`register_all`] adds every format to the block layer's registry, where probing finds them.
 
+pub mod luks;
 pub mod qcow2;
 pub mod raw;
 
@@ -12,4 +13,5 @@ pub mod raw;
 pub fn register_all() {
     block::registry::register(&raw::RAW);
     block::registry::register(&qcow2::QCOW2);
+    block::registry::register(&luks::LUKS);
 }

@@ -152,7 +152,7 @@ pub fn machine_help() -> String {
 /// Options that take an argument; everything else in [`FLAGS`] takes none.
 const WITH_ARG: &[&str] = &[
     "m", "bios", "kernel", "initrd", "append", "drive", "blockdev", "device", "serial", "debugcon",
-    "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net",
+    "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net", "object",
 ];
 const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "nodefaults"];
 
@@ -255,6 +255,8 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "serial" => cfg.serial = parse_chardev(arg)?,
         "debugcon" => cfg.debugcon = parse_chardev(arg)?,
         "trace" => block::trace::configure(arg)?,
+        // Secrets for encrypted drives; created at once, before any drive is opened.
+        "object" => block::objects::user_creatable_add_from_str(arg).map_err(|e| e.to_string())?,
         "machine" | "M" => return parse_machine(arg),
         "accel" => parse_accel(arg)?,
         "boot" => cfg.reboot_timeout = parse_boot(arg)?.or(cfg.reboot_timeout),

@@ -258,7 +258,7 @@ pub fn initial_image(p: &CreateParams) -> Result<Vec<u8>> {
 }
 
 /// Creates an empty file with the protocol its name selects, and names that protocol.
-async fn create_protocol_file(
+pub async fn create_protocol_file(
     name: &str,
     file_opts: &Options,
 ) -> Result<&'static block::driver::DriverClass> {

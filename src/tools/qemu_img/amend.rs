@@ -54,7 +54,7 @@ fn parse(args: &[String]) -> Result<Args, i32> {
             't' => cache = arg,
             'p' => progress = true,
             'q' => quiet = true,
-            OPT_OBJECT => return Err(cli::object_unsupported()),
+            OPT_OBJECT => cli::object_add(&arg)?,
             OPT_IMAGE_OPTS => spec.image_opts = true,
             OPT_FORCE => force = true,
             _ => {}

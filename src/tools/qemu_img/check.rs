@@ -48,7 +48,11 @@ pub fn run(args: &[String]) -> i32 {
             'T' => cache = arg,
             'q' => quiet = true,
             'U' => spec.flags.force_share = true,
-            OPT_OBJECT => return cli::object_unsupported(),
+            OPT_OBJECT => {
+                if let Err(rc) = cli::object_add(&arg) {
+                    return rc;
+                }
+            }
             OPT_IMAGE_OPTS => spec.image_opts = true,
             _ => {}
         }

@@ -163,12 +163,13 @@ pub fn parse_output(output: Option<&str>) -> Option<OutputFormat> {
     }
 }
 
-/// `--object`: QOM objects (secrets for encrypted images) are not built yet.
-pub fn object_unsupported() -> i32 {
-    error_report(
-        "--object is not supported by rqemu-img yet (no secret or other user-creatable objects)",
-    );
-    1
+/// `--object OBJECTDEF`: creates a user object (a secret...) right away, as qemu-img
+/// does while parsing its options; a bad definition ends the program with status 1.
+pub fn object_add(optarg: &str) -> Result<(), i32> {
+    block::objects::user_creatable_add_from_str(optarg).map_err(|e| {
+        error_report(&e.to_string());
+        1
+    })
 }
 
 /// Parses a cache mode name (bdrv_parse_cache_mode); None when invalid.

@@ -63,7 +63,7 @@ fn parse(args: &[String]) -> std::result::Result<Args, i32> {
                 Some(v) => a.rate_limit = v as u64,
                 None => return Err(1),
             },
-            OPT_OBJECT => return Err(cli::object_unsupported()),
+            OPT_OBJECT => cli::object_add(&arg)?,
             OPT_IMAGE_OPTS => a.spec.image_opts = true,
             _ => {}
         }

@@ -58,8 +58,9 @@ pub fn run(args: &[String]) -> i32 {
             's' => strict = true,
             'U' => force_share = true,
             OPT_OBJECT => {
-                cli::object_unsupported();
-                return 2;
+                if let Err(rc) = cli::object_add(opt.arg.as_deref().unwrap_or_default()) {
+                    return rc;
+                }
             }
             OPT_IMAGE_OPTS => image_opts = true,
             _ => {}

@@ -97,7 +97,7 @@ fn apply(a: &mut Args, key: char, arg: String) -> Result<(), i32> {
         'W' => a.out_of_order = true,
         'U' => a.force_share = true,
         'r' => a.rate_limit = cli::cvtnum("rate limit", &arg).ok_or(1)? as u64,
-        OPT_OBJECT => return Err(cli::object_unsupported()),
+        OPT_OBJECT => cli::object_add(&arg)?,
         OPT_IMAGE_OPTS => a.image_opts = true,
         OPT_SALVAGE => a.salvage = true,
         OPT_TARGET_IMAGE_OPTS => a.tgt_image_opts = true,

@@ -73,7 +73,11 @@ pub fn run(args: &[String]) -> i32 {
             'o' if !accumulate_options(&mut req.options, &arg) => return 1,
             'q' => req.quiet = true,
             'u' => req.unsafe_backing = true,
-            OPT_OBJECT => return cli::object_unsupported(),
+            OPT_OBJECT => {
+                if let Err(rc) = cli::object_add(&arg) {
+                    return rc;
+                }
+            }
             _ => {}
         }
     }

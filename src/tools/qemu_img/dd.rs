@@ -72,7 +72,11 @@ pub fn run(args: &[String]) -> i32 {
             'O' => out_fmt = opt.arg.unwrap_or_default(),
             'f' => spec.fmt = opt.arg,
             'U' => spec.flags.force_share = true,
-            OPT_OBJECT => return cli::object_unsupported(),
+            OPT_OBJECT => {
+                if let Err(rc) = cli::object_add(opt.arg.as_deref().unwrap_or_default()) {
+                    return rc;
+                }
+            }
             OPT_IMAGE_OPTS => spec.image_opts = true,
             _ => {}
         }

@@ -43,7 +43,11 @@ pub fn run(args: &[String]) -> i32 {
             'U' => spec.flags.force_share = true,
             OPT_OUTPUT => output = opt.arg,
             OPT_BACKING_CHAIN => chain = true,
-            OPT_OBJECT => return cli::object_unsupported(),
+            OPT_OBJECT => {
+                if let Err(rc) = cli::object_add(opt.arg.as_deref().unwrap_or_default()) {
+                    return rc;
+                }
+            }
             OPT_IMAGE_OPTS => spec.image_opts = true,
             _ => {}
         }
@@ -152,6 +156,9 @@ pub async fn query_node_info(bs: &BlockDriverState) -> block::Result<Map<String,
     }
     if let Some(specific) = bs.drv().get_specific_info(bs) {
         info.insert("format-specific".into(), specific);
+    }
+    if bs.drv().is_encrypted() {
+        info.insert("encrypted".into(), json!(true));
     }
     Ok(info)
 }

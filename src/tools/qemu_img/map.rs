@@ -69,7 +69,11 @@ pub fn run(args: &[String]) -> i32 {
                 Some(v) => max_length = Some(v as u64),
                 None => return 1,
             },
-            OPT_OBJECT => return cli::object_unsupported(),
+            OPT_OBJECT => {
+                if let Err(rc) = cli::object_add(&arg) {
+                    return rc;
+                }
+            }
             OPT_IMAGE_OPTS => spec.image_opts = true,
             _ => {}
         }

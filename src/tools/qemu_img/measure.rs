@@ -55,7 +55,11 @@ pub fn run(args: &[String]) -> i32 {
                 None => return 1,
             },
             'U' => spec.flags.force_share = true,
-            OPT_OBJECT => return cli::object_unsupported(),
+            OPT_OBJECT => {
+                if let Err(rc) = cli::object_add(&arg) {
+                    return rc;
+                }
+            }
             OPT_IMAGE_OPTS => spec.image_opts = true,
             OPT_OUTPUT => match cli::parse_output(Some(&arg)) {
                 Some(f) => format = f,

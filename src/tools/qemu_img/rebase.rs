@@ -58,7 +58,7 @@ fn parse(args: &[String]) -> std::result::Result<Args, i32> {
             'q' => a.quiet = true,
             'U' => a.force_share = true,
             'c' => a.compress = true,
-            OPT_OBJECT => return Err(cli::object_unsupported()),
+            OPT_OBJECT => cli::object_add(&arg)?,
             OPT_IMAGE_OPTS => a.spec.image_opts = true,
             _ => {}
         }

@@ -36,7 +36,11 @@ pub fn run(args: &[String]) -> i32 {
             'h' => return super::help::print_help(),
             'f' => spec.fmt = Some(arg),
             'q' => quiet = true,
-            OPT_OBJECT => return cli::object_unsupported(),
+            OPT_OBJECT => {
+                if let Err(rc) = cli::object_add(&arg) {
+                    return rc;
+                }
+            }
             OPT_IMAGE_OPTS => spec.image_opts = true,
             OPT_PREALLOCATION => match PreallocMode::parse(&arg) {
                 Ok(p) => prealloc = p,

@@ -57,7 +57,12 @@ pub fn run(args: &[String]) -> i32 {
                 spec.flags.force_share |= opt.key == 'U';
                 None
             }
-            OPT_OBJECT => return cli::object_unsupported(),
+            OPT_OBJECT => {
+                if let Err(rc) = cli::object_add(&arg) {
+                    return rc;
+                }
+                None
+            }
             OPT_IMAGE_OPTS => {
                 spec.image_opts = true;
                 None

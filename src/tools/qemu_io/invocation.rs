@@ -159,8 +159,10 @@ fn apply_option(inv: &mut Invocation, key: char, arg: String) -> Result<(), Exit
         }
         'U' => inv.req.force_share = true,
         OPT_OBJECT => {
-            report!("--object is not supported by rqemu yet");
-            return Err(Exit(1));
+            if let Err(e) = block::objects::user_creatable_add_from_str(&arg) {
+                report!("{e}");
+                return Err(Exit(1));
+            }
         }
         OPT_IMAGE_OPTS => inv.io.image_opts = true,
         _ => return Err(usage_error()),

@@ -1,0 +1,72 @@
+//! Sector-wise payload encryption: a keyed cipher plus an IV generator, applied one
+//! encryption sector at a time (QEMU's crypto/block.c, qcrypto_block_encrypt and its
+//! cipher helper).
+//!
+//! The IV of a sector depends on its number counted from the start of the *guest* disk
+//! (or of the key material, for key slots), never on where the bytes sit in the host file.
+
+use super::cipher::{Cipher, CipherAlg, CipherMode};
+use super::ivgen::IvGen;
+use crate::error::Result;
+
+/// The encryption a volume's payload (or a key slot's material) uses.
+pub struct CryptoBlock {
+    cipher: Cipher,
+    ivgen: IvGen,
+    niv: usize,
+    sector_size: usize,
+}
+
+impl CryptoBlock {
+    /// Pairs a keyed cipher with its IV generator, for `sector_size`-byte sectors.
+    pub fn new(cipher: Cipher, ivgen: IvGen, sector_size: usize) -> CryptoBlock {
+        let niv = cipher.mode().iv_len(cipher.alg());
+        CryptoBlock {
+            cipher,
+            ivgen,
+            niv,
+            sector_size,
+        }
+    }
+
+    /// The cipher algorithm.
+    pub fn alg(&self) -> CipherAlg {
+        self.cipher.alg()
+    }
+
+    /// The cipher mode.
+    pub fn mode(&self) -> CipherMode {
+        self.cipher.mode()
+    }
+
+    /// Size of an encryption sector.
+    pub fn sector_size(&self) -> usize {
+        self.sector_size
+    }
+
+    /// Encrypts `data`, whose first byte starts sector `start_sector`, in place.
+    pub fn encrypt(&self, start_sector: u64, data: &mut [u8]) -> Result<()> {
+        self.each_sector(start_sector, data, |c, iv, s| c.encrypt(iv, s))
+    }
+
+    /// Decrypts `data`, whose first byte starts sector `start_sector`, in place.
+    pub fn decrypt(&self, start_sector: u64, data: &mut [u8]) -> Result<()> {
+        self.each_sector(start_sector, data, |c, iv, s| c.decrypt(iv, s))
+    }
+
+    fn each_sector(
+        &self,
+        start_sector: u64,
+        data: &mut [u8],
+        op: impl Fn(&Cipher, &[u8], &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut iv = vec![0u8; self.niv];
+        for (i, sector) in data.chunks_mut(self.sector_size).enumerate() {
+            if self.niv > 0 {
+                self.ivgen.calculate(start_sector + i as u64, &mut iv)?;
+            }
+            op(&self.cipher, &iv, sector)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,88 @@
+//! User-creatable objects: what `--object` (tools) and `-object` (rqemu) define, looked up
+//! later by id (QEMU's qom/object_interfaces.c, user_creatable_add_qapi and the
+//! `/objects` container).
+//!
+//! An object definition is a keyval string whose implied first key is the type:
+//! `secret,id=sec0,data=letmein`. Each type has a constructor that takes the options it
+//! knows and refuses the rest; the objects live for the whole process, like QEMU's.
+//! Types other developers add later (tls-creds-x509 for NBD, throttle-group) go into
+//! [`TYPES`] with their own module.
+
+pub mod secret;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::options::Options;
+
+/// An object created by the user.
+pub enum UserObject {
+    /// A `secret` (passphrases, keys).
+    Secret(secret::Secret),
+}
+
+/// Builds an object of one type from its remaining options.
+type Constructor = fn(&mut Options) -> Result<UserObject>;
+
+/// The types `--object` accepts, by QOM type name.
+const TYPES: &[(&str, Constructor)] = &[("secret", secret::Secret::create)];
+
+/// QOM types QEMU has that rqemu will need but does not build yet.
+const NOT_YET: &[&str] = &[
+    "tls-creds-x509",
+    "tls-creds-psk",
+    "tls-creds-anon",
+    "throttle-group",
+];
+
+static OBJECTS: Mutex<BTreeMap<String, Arc<UserObject>>> = Mutex::new(BTreeMap::new());
+
+/// Creates an object from a command-line definition (user_creatable_add_from_str).
+pub fn user_creatable_add_from_str(optarg: &str) -> Result<()> {
+    let mut opts = Options::parse_keyval(optarg, Some("qom-type"))?;
+    let qom_type = opts
+        .take("qom-type")
+        .ok_or_else(|| Error::invalid("Parameter 'qom-type' is missing"))?;
+    let Some(&(_, constructor)) = TYPES.iter().find(|(name, _)| *name == qom_type) else {
+        if NOT_YET.contains(&qom_type.as_str()) {
+            return Err(Error::not_supported(format!(
+                "Object type '{qom_type}' is not supported by rqemu yet"
+            )));
+        }
+        return Err(Error::invalid(format!(
+            "Parameter 'qom-type' does not accept value '{qom_type}'"
+        )));
+    };
+    let id = opts
+        .take("id")
+        .ok_or_else(|| Error::invalid("Parameter 'id' is missing"))?;
+    let object = constructor(&mut opts)?;
+    object_add(&id, object)
+}
+
+/// Adds an object under `id` (object_property_try_add_child on `/objects`).
+pub fn object_add(id: &str, object: UserObject) -> Result<()> {
+    let mut objects = OBJECTS.lock().unwrap_or_else(|e| e.into_inner());
+    if objects.contains_key(id) {
+        return Err(Error::invalid(format!(
+            "attempt to add duplicate property '{id}' to object (type 'container')"
+        )));
+    }
+    objects.insert(id.to_string(), Arc::new(object));
+    Ok(())
+}
+
+/// The object named `id`, if there is one (object_resolve_path_component).
+pub fn lookup(id: &str) -> Option<Arc<UserObject>> {
+    let objects = OBJECTS.lock().unwrap_or_else(|e| e.into_inner());
+    objects.get(id).cloned()
+}
+
+/// Fails with "Parameter 'KEY' is unexpected" when a constructor left an option unread.
+pub fn check_unused(opts: &Options) -> Result<()> {
+    match opts.first_key() {
+        Some(key) => Err(Error::invalid(format!("Parameter '{key}' is unexpected"))),
+        None => Ok(()),
+    }
+}
