@@ -6,6 +6,7 @@
 //! [`io`] (the generic request path of every node) →
 //! [`driver`] (the BlockDriver contract) and [`node`] (BlockDriverState, the graph) →
 //! [`protocols`] (file, null-co) → [`aio`] (the main loop, thread pool, io_uring).
+//! [`nbd`] serves a BlockBackend to NBD clients over a socket.
 //! [`coroutine`], [`iov`], [`options`], [`error`] and [`trace`] are the vocabulary they share.
 
 pub mod aio;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod filters;
 pub mod io;
 pub mod iov;
+pub mod nbd;
 pub mod node;
 pub mod options;
 pub mod protocols;
