@@ -111,7 +111,7 @@ impl NbdServer {
             Some(Ok(None)) => return,
             Some(Err(e)) => {
                 // A client that connects and leaves (a port probe) is no error.
-                if e.errno() != libc::ECONNRESET {
+                if !matches!(e.errno(), libc::ECONNRESET | libc::EPIPE) {
                     error_report(&format!("Failed to negotiate: {e}"));
                 }
                 return;
