@@ -17,7 +17,8 @@ pub struct ExportOptions {
     pub read_only: bool,
     /// Offer the `qemu:allocation-depth` metadata context (`-A`).
     pub allocation_depth: bool,
-    /// Tell clients a flush on one connection covers all (NBD_FLAG_CAN_MULTI_CONN).
+    /// Tell clients a flush on one connection covers all (NBD_FLAG_CAN_MULTI_CONN); qemu-nbd
+    /// sets it when more than one client may connect.
     pub multi_conn: bool,
 }
 
@@ -75,9 +76,9 @@ impl NbdExport {
         } else {
             flags |= tflags::SEND_TRIM | tflags::SEND_WRITE_ZEROES | tflags::SEND_FAST_ZERO;
         }
-        // Every connection shares this one backend on one thread: a flush flushes what
-        // every connection wrote. QEMU still asks for it to be switched on.
-        if self.opts.multi_conn || self.opts.read_only {
+        // Every connection shares this one backend on one thread, so a flush flushes what
+        // every connection wrote; as QEMU, it is advertised when several may connect.
+        if self.opts.multi_conn {
             flags |= tflags::CAN_MULTI_CONN;
         }
         flags
