@@ -35,7 +35,7 @@ fn raw_image(dir: &std::path::Path) -> std::path::PathBuf {
 /// The well-behaved client: a write and a read-back at a fresh spot each time.
 fn good_round(good: &mut TestClient, round: u64) {
     let data = vec![round as u8 ^ 0x5a; 4096];
-    let offset = 1 << 20 | round * 4096;
+    let offset = (1 << 20) + round * 4096;
     assert_eq!(good.write(1000 + round, offset, &data), 0);
     assert_eq!(good.read(2000 + round, offset, 4096), data);
     assert_eq!(good.read(3000 + round, 0, 512), vec![0x11; 512]);

@@ -99,7 +99,7 @@ impl NbdOptions {
 /// `--version` or an error, already printed).
 pub enum Parsed {
     /// Run the program.
-    Run(NbdOptions),
+    Run(Box<NbdOptions>),
     /// Exit with this status.
     Exit(i32),
 }
@@ -325,5 +325,5 @@ pub fn parse(argv0: &str, args: &[String]) -> Parsed {
     } else {
         o.file = operands.into_iter().next();
     }
-    Parsed::Run(o)
+    Parsed::Run(Box::new(o))
 }
