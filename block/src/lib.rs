@@ -8,6 +8,7 @@
 //! [`protocols`] (file, null-co) → [`aio`] (the main loop, thread pool, io_uring).
 //! [`open`] builds a graph, finding drivers in the [`registry`]; [`filters`] hold blkdebug,
 //! which acts on the [`debug_event`]s formats raise.
+//! [`nbd`] serves a BlockBackend to NBD clients over a socket.
 //! [`coroutine`], [`iov`], [`options`], [`error`] and [`trace`] are the vocabulary they share.
 
 pub mod aio;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod filters;
 pub mod io;
 pub mod iov;
+pub mod nbd;
 pub mod node;
 pub mod objects;
 pub mod open;

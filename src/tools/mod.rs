@@ -5,3 +5,4 @@ pub mod getopt;
 pub mod image;
 pub mod qemu_img;
 pub mod qemu_io;
+pub mod qemu_nbd;

@@ -33,8 +33,13 @@ impl Epoll {
     /// Registers `fd` for readability, edge-triggered, reported as `key`. epoll forgets a
     /// descriptor by itself when it is closed.
     pub(crate) fn add_edge(&self, fd: RawFd, key: u64) -> io::Result<()> {
+        self.add_edge_for(fd, key, libc::EPOLLIN)
+    }
+
+    /// Registers `fd` for `events` (EPOLLIN or EPOLLOUT), edge-triggered, reported as `key`.
+    pub(crate) fn add_edge_for(&self, fd: RawFd, key: u64, events: i32) -> io::Result<()> {
         let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            events: (events | libc::EPOLLET) as u32,
             u64: key,
         };
         // SAFETY: `ev` is a valid epoll_event for the duration of the call.

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::pin::pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
@@ -91,6 +91,14 @@ impl Wake for Kick {
     fn wake_by_ref(self: &Arc<Self>) {
         self.kick();
     }
+}
+
+static NEXT_FD_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh token naming one open descriptor for [`AioContext::wait_readable`]: fd numbers
+/// are reused after a close, tokens are not.
+pub fn new_fd_token() -> u64 {
+    NEXT_FD_TOKEN.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The epoll key of the kick notifier; other descriptors are keyed by their number.
@@ -244,8 +252,20 @@ impl AioContext {
     /// stale (the data went with an earlier read), so the caller reads and, finding
     /// nothing, waits again. It must keep the descriptor open while waiting.
     pub async fn wait_readable(&self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
+        self.wait_for(fd, token, libc::EPOLLIN).await
+    }
+
+    /// Waits until `fd` becomes writable, as [`AioContext::wait_readable`] waits for input.
+    /// A descriptor is watched for one direction only: a socket whose writes may block is
+    /// watched for output through a `dup` of it (QEMU's fd handlers have both callbacks on
+    /// one registration; one waker per registration keeps this loop simpler).
+    pub async fn wait_writable(&self, fd: BorrowedFd<'_>, token: u64) -> Result<()> {
+        self.wait_for(fd, token, libc::EPOLLOUT).await
+    }
+
+    async fn wait_for(&self, fd: BorrowedFd<'_>, token: u64, events: i32) -> Result<()> {
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        self.register(raw, token)?;
+        self.register(raw, token, events)?;
         std::future::poll_fn(|cx| {
             let mut waiters = self.fd_waiters.borrow_mut();
             let w = waiters
@@ -261,7 +281,7 @@ impl AioContext {
         .await
     }
 
-    fn register(&self, raw: RawFd, token: u64) -> Result<()> {
+    fn register(&self, raw: RawFd, token: u64, events: i32) -> Result<()> {
         let mut waiters = self.fd_waiters.borrow_mut();
         if waiters.get(&raw).is_some_and(|w| w.token == token) {
             return Ok(());
@@ -269,7 +289,7 @@ impl AioContext {
         // A new descriptor, or a reused number: epoll dropped the old one when it was closed.
         self.kick
             .epoll
-            .add_edge(raw, raw as u64)
+            .add_edge_for(raw, raw as u64, events)
             .map_err(Error::from)?;
         waiters.insert(
             raw,

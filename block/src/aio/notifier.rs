@@ -15,8 +15,6 @@ pub struct EventNotifier {
     id: u64,
 }
 
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 impl EventNotifier {
     /// Creates a non-blocking eventfd with counter 0.
     pub fn new() -> Result<EventNotifier> {
@@ -29,7 +27,7 @@ impl EventNotifier {
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(EventNotifier {
             fd: owned,
-            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: super::new_fd_token(),
         })
     }
 

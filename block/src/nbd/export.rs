@@ -1,0 +1,98 @@
+//! An NBD export: a BlockBackend offered under a name, with the facts the handshake
+//! advertises (QEMU's NBDExport in nbd/server.c, made by nbd_export_create).
+
+use std::rc::Rc;
+
+use super::proto::{tflags, NBD_MAX_BUFFER_SIZE};
+use crate::backend::BlockBackend;
+
+/// How an export is offered (the knobs of qemu-nbd's command line that reach the server).
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    /// The export's name (`-x`; "" is the default export).
+    pub name: String,
+    /// A description shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION (`-D`).
+    pub description: Option<String>,
+    /// Refuse writes (`-r`).
+    pub read_only: bool,
+    /// Offer the `qemu:allocation-depth` metadata context (`-A`).
+    pub allocation_depth: bool,
+    /// Tell clients a flush on one connection covers all (NBD_FLAG_CAN_MULTI_CONN); qemu-nbd
+    /// sets it when more than one client may connect.
+    pub multi_conn: bool,
+}
+
+/// One export of a server.
+pub struct NbdExport {
+    blk: Rc<BlockBackend>,
+    opts: ExportOptions,
+}
+
+impl NbdExport {
+    /// Offers `blk` as described by `opts`.
+    pub fn new(blk: Rc<BlockBackend>, opts: ExportOptions) -> Rc<NbdExport> {
+        Rc::new(NbdExport { blk, opts })
+    }
+
+    /// The backend requests go to.
+    pub fn blk(&self) -> &Rc<BlockBackend> {
+        &self.blk
+    }
+
+    /// The export's name.
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
+    /// The export's description, if it has one.
+    pub fn description(&self) -> Option<&str> {
+        self.opts.description.as_deref()
+    }
+
+    /// Whether writes are refused.
+    pub fn read_only(&self) -> bool {
+        self.opts.read_only
+    }
+
+    /// Whether the qemu:allocation-depth context is offered.
+    pub fn allocation_depth(&self) -> bool {
+        self.opts.allocation_depth
+    }
+
+    /// The export's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.blk.getlength()
+    }
+
+    /// The transmission flags sent with the size: what the export supports.
+    pub fn transmission_flags(&self) -> u16 {
+        let mut flags = tflags::HAS_FLAGS
+            | tflags::SEND_FLUSH
+            | tflags::SEND_FUA
+            | tflags::SEND_DF
+            | tflags::SEND_CACHE;
+        if self.opts.read_only {
+            flags |= tflags::READ_ONLY;
+        } else {
+            flags |= tflags::SEND_TRIM | tflags::SEND_WRITE_ZEROES | tflags::SEND_FAST_ZERO;
+        }
+        // Every connection shares this one backend on one thread, so a flush flushes what
+        // every connection wrote; as QEMU, it is advertised when several may connect.
+        if self.opts.multi_conn {
+            flags |= tflags::CAN_MULTI_CONN;
+        }
+        flags
+    }
+
+    /// Minimum, preferred and maximum block sizes (NBD_INFO_BLOCK_SIZE). The block layer
+    /// does read-modify-write for unaligned requests, so any byte granularity works.
+    pub fn block_sizes(&self) -> [u32; 3] {
+        let max_transfer = self.blk.bs().limits().max_transfer;
+        let max = if max_transfer == 0 {
+            NBD_MAX_BUFFER_SIZE
+        } else {
+            max_transfer.min(NBD_MAX_BUFFER_SIZE as u64) as u32
+        };
+        [1, 4096.min(max), max]
+    }
+}

@@ -1,0 +1,17 @@
+//! NBD, the Network Block Device protocol: how QEMU's block layer is reached over a socket
+//! (QEMU's nbd/ directory).
+//!
+//! [`proto`] is the wire format, without I/O; [`channel`] a socket that coroutines read
+//! and write; the server is [`server`] (listening and each connection's life),
+//! [`server_negotiate`] (the handshake) and [`server_requests`] (the transmission phase),
+//! serving an [`export::NbdExport`].
+
+pub mod channel;
+pub mod export;
+pub mod proto;
+pub mod server;
+pub mod server_negotiate;
+pub mod server_requests;
+
+pub use export::{ExportOptions, NbdExport};
+pub use server::NbdServer;

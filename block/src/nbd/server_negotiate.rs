@@ -1,0 +1,320 @@
+//! The server's side of the fixed-newstyle handshake: option haggling until the client
+//! picks the export (the negotiation half of QEMU's nbd/server.c: nbd_negotiate,
+//! nbd_negotiate_options, nbd_negotiate_handle_info, nbd_negotiate_meta_queries).
+
+use super::channel::Channel;
+use super::export::NbdExport;
+use super::proto::*;
+use crate::error::{Error, Result};
+use crate::trace;
+
+/// Option data the server reads into memory; larger options are skipped and refused.
+const MAX_OPTION_DATA: u32 = 64 << 10;
+
+/// Which reply format the transmission phase uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// Simple replies only.
+    Simple,
+    /// Structured replies (NBD_OPT_STRUCTURED_REPLY).
+    Structured,
+    /// Structured replies with 64-bit headers (NBD_OPT_EXTENDED_HEADERS).
+    Extended,
+}
+
+/// The metadata contexts NBD_CMD_BLOCK_STATUS reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaContexts {
+    /// `base:allocation`: holes and zeroes.
+    pub base_allocation: bool,
+    /// `qemu:allocation-depth`: which backing layer holds the data.
+    pub allocation_depth: bool,
+}
+
+/// The context id of base:allocation (QEMU's NBD_META_ID_BASE_ALLOCATION).
+pub const META_ID_BASE_ALLOCATION: u32 = 0;
+/// The context id of qemu:allocation-depth.
+pub const META_ID_ALLOCATION_DEPTH: u32 = 1;
+
+/// What a successful handshake settled.
+#[derive(Clone, Copy, Debug)]
+pub struct Negotiated {
+    /// Reply format.
+    pub mode: Mode,
+    /// Contexts selected with NBD_OPT_SET_META_CONTEXT.
+    pub contexts: MetaContexts,
+}
+
+/// Negotiation state of one connection.
+struct Haggle<'a> {
+    ch: &'a Channel,
+    export: &'a NbdExport,
+    mode: Mode,
+    contexts: MetaContexts,
+    no_zeroes: bool,
+}
+
+/// Runs the handshake on a fresh connection. `Ok(None)`: the client ended it with
+/// NBD_OPT_ABORT; an error means the connection must be closed.
+pub async fn negotiate(ch: &Channel, export: &NbdExport) -> Result<Option<Negotiated>> {
+    trace!(nbd_negotiate_begin, "");
+    let mut hello = WireBuf::with_capacity(18);
+    hello
+        .u64(NBD_INIT_MAGIC)
+        .u64(NBD_OPTS_MAGIC)
+        .u16(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+    ch.write_all(&[&hello.0]).await?;
+    let mut flags = [0u8; 4];
+    ch.read_exact(&mut flags).await?;
+    let flags = u32::from_be_bytes(flags);
+    if flags & !(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) != 0 {
+        return Err(Error::invalid(format!(
+            "Unknown client flags 0x{flags:x} received"
+        )));
+    }
+    let mut h = Haggle {
+        ch,
+        export,
+        mode: Mode::Simple,
+        contexts: MetaContexts::default(),
+        no_zeroes: flags & NBD_FLAG_C_NO_ZEROES != 0,
+    };
+    let result = h.options().await;
+    if let Ok(Some(_)) = result {
+        trace!(nbd_negotiate_success, "");
+    }
+    result
+}
+
+impl Haggle<'_> {
+    async fn options(&mut self) -> Result<Option<Negotiated>> {
+        loop {
+            let mut head = [0u8; OPTION_HEADER_LEN];
+            self.ch.read_exact(&mut head).await?;
+            let h = OptionHeader::parse(&head)
+                .ok_or_else(|| Error::invalid("Bad magic received in option negotiation"))?;
+            trace!(
+                nbd_negotiate_options_check_option,
+                "Checking option {} ({})",
+                h.option,
+                opt_name(h.option)
+            );
+            if h.length > MAX_OPTION_DATA {
+                if h.length > NBD_MAX_BUFFER_SIZE {
+                    return Err(Error::invalid(format!(
+                        "option length {} too large",
+                        h.length
+                    )));
+                }
+                self.ch.discard(h.length as u64).await?;
+                self.error(h.option, rep::ERR_TOO_BIG, "option too large")
+                    .await?;
+                continue;
+            }
+            let mut data = vec![0u8; h.length as usize];
+            self.ch.read_exact(&mut data).await?;
+            if let Some(done) = self.option(h.option, &data).await? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Handles one option; `Some` ends the handshake (`Some(None)`: aborted).
+    async fn option(&mut self, option: u32, data: &[u8]) -> Result<Option<Option<Negotiated>>> {
+        match option {
+            opt::EXPORT_NAME => {
+                let name = std::str::from_utf8(data).unwrap_or("\u{fffd}");
+                if data.len() > NBD_MAX_STRING_SIZE || name != self.export.name() {
+                    return Err(Error::invalid(format!("export '{name}' not present")));
+                }
+                let mut w = WireBuf::with_capacity(134);
+                w.u64(self.export.size())
+                    .u16(self.export.transmission_flags());
+                if !self.no_zeroes {
+                    w.bytes(&[0; 124]);
+                }
+                self.ch.write_all(&[&w.0]).await?;
+                return Ok(Some(Some(self.negotiated())));
+            }
+            opt::ABORT => {
+                // The client may already have closed; a failed ACK changes nothing.
+                let _ = self.reply(option, rep::ACK, &[]).await;
+                return Ok(Some(None));
+            }
+            opt::LIST => {
+                if !data.is_empty() {
+                    return self.invalid(option, "no payload expected").await;
+                }
+                let mut w = WireBuf::default();
+                w.u32(self.export.name().len() as u32)
+                    .bytes(self.export.name().as_bytes())
+                    .bytes(self.export.description().unwrap_or("").as_bytes());
+                self.reply(option, rep::SERVER, &w.0).await?;
+                self.reply(option, rep::ACK, &[]).await?;
+            }
+            opt::INFO | opt::GO => {
+                if self.info(option, data).await? && option == opt::GO {
+                    return Ok(Some(Some(self.negotiated())));
+                }
+            }
+            opt::STRUCTURED_REPLY | opt::EXTENDED_HEADERS => {
+                if !data.is_empty() {
+                    return self.invalid(option, "no payload expected").await;
+                }
+                let want = if option == opt::STRUCTURED_REPLY {
+                    Mode::Structured
+                } else {
+                    Mode::Extended
+                };
+                if self.mode >= want {
+                    return self.invalid(option, "already negotiated").await;
+                }
+                self.mode = want;
+                self.reply(option, rep::ACK, &[]).await?;
+            }
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                self.meta_context(option, data).await?;
+            }
+            opt::STARTTLS => {
+                self.error(option, rep::ERR_POLICY, "TLS not configured")
+                    .await?
+            }
+            _ => {
+                let msg = format!("Unsupported option {option} ({})", opt_name(option));
+                self.error(option, rep::ERR_UNSUP, &msg).await?
+            }
+        }
+        Ok(None)
+    }
+
+    fn negotiated(&self) -> Negotiated {
+        Negotiated {
+            mode: self.mode,
+            contexts: self.contexts,
+        }
+    }
+
+    async fn reply(&self, option: u32, kind: u32, data: &[u8]) -> Result<()> {
+        let head = option_reply_header(option, kind, data.len() as u32);
+        self.ch.write_all(&[&head, data]).await
+    }
+
+    async fn error(&self, option: u32, kind: u32, msg: &str) -> Result<()> {
+        self.reply(option, kind, msg.as_bytes()).await
+    }
+
+    async fn invalid(&self, option: u32, msg: &str) -> Result<Option<Option<Negotiated>>> {
+        self.error(option, rep::ERR_INVALID, msg).await?;
+        Ok(None)
+    }
+
+    async fn unknown_export(&self, option: u32, name: &str) -> Result<()> {
+        let msg = format!("export '{name}' not present");
+        self.error(option, rep::ERR_UNKNOWN, &msg).await
+    }
+
+    /// NBD_OPT_INFO / NBD_OPT_GO; returns whether the export was found and described.
+    async fn info(&self, option: u32, data: &[u8]) -> Result<bool> {
+        let mut r = WireReader::new(data);
+        let parsed = (|| {
+            let name = r.string()?;
+            let count = r.u16()?;
+            let mut wanted = Vec::new();
+            for _ in 0..count {
+                wanted.push(r.u16()?);
+            }
+            (r.remaining() == 0).then_some((name, wanted))
+        })();
+        let Some((name, wanted)) = parsed else {
+            self.error(option, rep::ERR_INVALID, "request data length mismatch")
+                .await?;
+            return Ok(false);
+        };
+        if name != self.export.name() {
+            self.unknown_export(option, name).await?;
+            return Ok(false);
+        }
+        let exp = self.export;
+        if wanted.contains(&info::NAME) {
+            let mut w = WireBuf::default();
+            w.u16(info::NAME).bytes(exp.name().as_bytes());
+            self.reply(option, rep::INFO, &w.0).await?;
+        }
+        if let (true, Some(desc)) = (wanted.contains(&info::DESCRIPTION), exp.description()) {
+            let mut w = WireBuf::default();
+            w.u16(info::DESCRIPTION).bytes(desc.as_bytes());
+            self.reply(option, rep::INFO, &w.0).await?;
+        }
+        let [min, preferred, max] = exp.block_sizes();
+        let mut w = WireBuf::default();
+        w.u16(info::BLOCK_SIZE).u32(min).u32(preferred).u32(max);
+        self.reply(option, rep::INFO, &w.0).await?;
+        let mut w = WireBuf::default();
+        w.u16(info::EXPORT)
+            .u64(exp.size())
+            .u16(exp.transmission_flags());
+        self.reply(option, rep::INFO, &w.0).await?;
+        self.reply(option, rep::ACK, &[]).await?;
+        Ok(true)
+    }
+
+    /// NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.
+    async fn meta_context(&mut self, option: u32, data: &[u8]) -> Result<()> {
+        let set = option == opt::SET_META_CONTEXT;
+        if set && self.mode == Mode::Simple {
+            return self
+                .error(option, rep::ERR_INVALID, "request structured replies first")
+                .await;
+        }
+        let mut r = WireReader::new(data);
+        let parsed = (|| {
+            let name = r.string()?;
+            let count = r.u32()?;
+            let mut queries = Vec::new();
+            for _ in 0..count {
+                queries.push(r.string()?);
+            }
+            (r.remaining() == 0).then_some((name, queries))
+        })();
+        let Some((name, queries)) = parsed else {
+            return self
+                .error(option, rep::ERR_INVALID, "request data length mismatch")
+                .await;
+        };
+        if name != self.export.name() {
+            return self.unknown_export(option, name).await;
+        }
+        let mut found = MetaContexts::default();
+        let depth_offered = self.export.allocation_depth();
+        if queries.is_empty() && !set {
+            found.base_allocation = true;
+            found.allocation_depth = depth_offered;
+        }
+        for q in &queries {
+            // A bare namespace lists everything in it, but selects nothing.
+            match *q {
+                "base:allocation" => found.base_allocation = true,
+                "base:" if !set => found.base_allocation = true,
+                "qemu:allocation-depth" => found.allocation_depth |= depth_offered,
+                "qemu:" if !set => found.allocation_depth |= depth_offered,
+                _ => {}
+            }
+        }
+        let mut contexts = Vec::new();
+        if found.base_allocation {
+            contexts.push((META_ID_BASE_ALLOCATION, "base:allocation"));
+        }
+        if found.allocation_depth {
+            contexts.push((META_ID_ALLOCATION_DEPTH, "qemu:allocation-depth"));
+        }
+        for (id, name) in contexts {
+            let mut w = WireBuf::default();
+            w.u32(id).bytes(name.as_bytes());
+            self.reply(option, rep::META_CONTEXT, &w.0).await?;
+        }
+        if set {
+            self.contexts = found;
+        }
+        self.reply(option, rep::ACK, &[]).await
+    }
+}

@@ -1,0 +1,276 @@
+//! rqemu-nbd against clients that break the protocol: bad magics, unknown commands and
+//! flags, out-of-range and oversized requests, a disconnect in the middle of a write
+//! payload, an option that claims gigabytes, and a flood of connections that never
+//! negotiate. Throughout, a well-behaved client keeps reading and writing, the image holds
+//! exactly what the well-behaved writes put there, and the server's memory stays bounded.
+//! Needs nothing but rqemu-nbd.
+
+mod nbd_rig;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use block::nbd::proto::*;
+use nbd_rig::{Reply, Server, TestClient, RQEMU_NBD};
+
+const SIZE: u64 = 4 << 20;
+
+fn scratch(case: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rqemu-nbd-hostile-{}-{case}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn raw_image(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("disk.raw");
+    // Sparse: 64 KiB of data, then a hole to the end.
+    std::fs::write(&path, [0x11; 65536]).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(SIZE).unwrap();
+    path
+}
+
+/// The well-behaved client: a write and a read-back at a fresh spot each time.
+fn good_round(good: &mut TestClient, round: u64) {
+    let data = vec![round as u8 ^ 0x5a; 4096];
+    let offset = (1 << 20) + round * 4096;
+    assert_eq!(good.write(1000 + round, offset, &data), 0);
+    assert_eq!(good.read(2000 + round, offset, 4096), data);
+    assert_eq!(good.read(3000 + round, 0, 512), vec![0x11; 512]);
+}
+
+fn expect_error(c: &mut TestClient, cookie: u64, errno: u32) {
+    match c.reply(0).unwrap() {
+        Reply::Simple {
+            cookie: got, error, ..
+        } => {
+            assert_eq!((got, error), (cookie, errno));
+        }
+        other => panic!("expected a simple error reply, got {other:?}"),
+    }
+}
+
+fn expect_closed(stream: &mut UnixStream) {
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("connection should have been closed, got {other:?}"),
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn hostile_requests_get_errors_and_good_client_keeps_working() {
+    let dir = scratch("requests");
+    let image = raw_image(&dir);
+    let server = Server::start(
+        RQEMU_NBD,
+        &dir,
+        "srv",
+        &["-f", "raw", "-e", "0", "-t", image.to_str().unwrap()],
+    );
+    let pid = server.pid();
+    let mut good = TestClient::connect(&server.socket, false);
+    assert_eq!(good.size, SIZE);
+    good_round(&mut good, 0);
+
+    let mut bad = TestClient::connect(&server.socket, false);
+    // Unknown command and unknown flags: EINVAL, connection stays.
+    bad.request(42, 0, 1, 0, 512, &[]);
+    expect_error(&mut bad, 1, errno::EINVAL);
+    bad.request(cmd::READ, 0x8000, 2, 0, 512, &[]);
+    expect_error(&mut bad, 2, errno::EINVAL);
+    // Out of range: a read is EINVAL, a write ENOSPC after its payload is consumed.
+    bad.request(cmd::READ, 0, 3, SIZE - 512, 1024, &[]);
+    expect_error(&mut bad, 3, errno::EINVAL);
+    bad.request(cmd::WRITE, 0, 4, u64::MAX - 10, 4096, &[0xee; 4096]);
+    expect_error(&mut bad, 4, errno::ENOSPC);
+    // A read larger than the server's buffer limit: EINVAL, nothing allocated.
+    bad.request(cmd::READ, 0, 5, 0, 64 << 20, &[]);
+    expect_error(&mut bad, 5, errno::EINVAL);
+    // Block status without structured replies is refused.
+    bad.request(cmd::BLOCK_STATUS, 0, 6, 0, 4096, &[]);
+    expect_error(&mut bad, 6, errno::EINVAL);
+    // The connection still works after all of that.
+    assert_eq!(bad.read(7, 0, 16), vec![0x11; 16]);
+    good_round(&mut good, 1);
+
+    // A write header claiming 4 GiB - 1: the server hangs up instead of buffering it.
+    let huge = Request {
+        flags: 0,
+        kind: cmd::WRITE,
+        cookie: 8,
+        offset: 0,
+        length: u32::MAX as u64,
+    };
+    // The server may hang up before the payload is sent: that write may fail.
+    bad.stream.write_all(&huge.encode(false)).unwrap();
+    let _ = bad.stream.write_all(&[0xee; 100]);
+    expect_closed(&mut bad.stream);
+    good_round(&mut good, 2);
+
+    // A bad request magic: the connection is closed.
+    let mut bad = TestClient::connect(&server.socket, false);
+    bad.stream.write_all(&[0xde; REQUEST_LEN]).unwrap();
+    expect_closed(&mut bad.stream);
+    good_round(&mut good, 3);
+
+    // A disconnect in the middle of a write payload: nothing of it reaches the image.
+    let mut bad = TestClient::connect(&server.socket, false);
+    bad.request(cmd::WRITE, 0, 9, 2 << 20, 65536, &[0xee; 30000]);
+    drop(bad);
+    good_round(&mut good, 4);
+    assert_eq!(good.read(10, 2 << 20, 65536), vec![0; 65536]);
+
+    // Handshake abuse: an option claiming 2 GiB of data, and a bad option magic.
+    for garbage in [
+        OptionHeader::encode(opt::GO, &[])[..12]
+            .iter()
+            .copied()
+            .chain(0x7fff_ffffu32.to_be_bytes())
+            .collect::<Vec<u8>>(),
+        vec![0x42; 16],
+    ] {
+        let mut s = UnixStream::connect(&server.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(&NBD_FLAG_C_FIXED_NEWSTYLE.to_be_bytes())
+            .unwrap();
+        s.write_all(&garbage).unwrap();
+        expect_closed(&mut s);
+    }
+    good_round(&mut good, 5);
+    assert!(
+        rss_kib(pid) < 256 << 10,
+        "server memory grew to {} KiB",
+        rss_kib(pid)
+    );
+    drop(good);
+    assert!(server.stop(), "rqemu-nbd did not exit cleanly on SIGTERM");
+    let data = std::fs::read(&image).unwrap();
+    assert_eq!(&data[..65536], &[0x11; 65536][..]);
+    assert_eq!(&data[2 << 20..(2 << 20) + 65536], &[0; 65536][..]);
+    assert_eq!(&data[1 << 20..(1 << 20) + 4096], &[0x5a; 4096][..]);
+}
+
+#[test]
+fn structured_reads_have_holes_and_block_status_maps_them() {
+    let dir = scratch("structured");
+    let image = raw_image(&dir);
+    let server = Server::start(
+        RQEMU_NBD,
+        &dir,
+        "srv",
+        &["-f", "raw", image.to_str().unwrap()],
+    );
+    let mut c = TestClient::connect(&server.socket, true);
+    // 64 KiB of data then zeroes: one data chunk, then a hole chunk that ends the reply.
+    c.request(cmd::READ, 0, 1, 0, 128 << 10, &[]);
+    let mut data_bytes = 0;
+    let mut hole_bytes = 0;
+    loop {
+        let Reply::Chunk { header, payload } = c.reply(0).unwrap() else {
+            panic!("structured replies were negotiated");
+        };
+        assert_eq!(header.cookie, 1);
+        let mut r = WireReader::new(&payload);
+        let offset = r.u64().unwrap();
+        match header.kind {
+            chunk::OFFSET_DATA => {
+                assert!(payload[8..].iter().all(|&b| b == 0x11));
+                data_bytes += payload.len() - 8;
+            }
+            chunk::OFFSET_HOLE => {
+                assert!(offset >= 65536);
+                hole_bytes += r.u32().unwrap() as usize;
+            }
+            k => panic!("unexpected chunk type {k}"),
+        }
+        if header.flags & NBD_REPLY_FLAG_DONE != 0 {
+            break;
+        }
+    }
+    assert_eq!((data_bytes, hole_bytes), (65536, 65536));
+    // base:allocation over the same range (a raw file: data, then a hole that reads as zero).
+    c.request(cmd::BLOCK_STATUS, 0, 2, 0, 1 << 20, &[]);
+    let Reply::Chunk { header, payload } = c.reply(0).unwrap() else {
+        panic!("structured replies were negotiated");
+    };
+    assert_eq!(
+        (header.kind, header.flags),
+        (chunk::BLOCK_STATUS, NBD_REPLY_FLAG_DONE)
+    );
+    let mut r = WireReader::new(&payload);
+    assert_eq!(r.u32(), Some(0));
+    let mut covered = 0;
+    while r.remaining() > 0 {
+        let len = r.u32().unwrap();
+        let flags = r.u32().unwrap();
+        if covered == 0 {
+            assert_eq!(flags & NBD_STATE_ZERO, 0, "the first 64 KiB hold data");
+        }
+        covered += len as u64;
+    }
+    assert_eq!(covered, 1 << 20);
+    // Errors come back as error chunks in structured mode.
+    c.request(cmd::READ, 0, 3, SIZE, 512, &[]);
+    match c.reply(0).unwrap() {
+        Reply::Chunk { header, payload } => {
+            assert_eq!(header.kind, chunk::ERROR);
+            assert_eq!(&payload[..4], &errno::EINVAL.to_be_bytes());
+        }
+        other => panic!("expected an error chunk, got {other:?}"),
+    }
+    // Without --persistent the server exits once the last client has gone.
+    c.request(cmd::DISC, 0, 4, 0, 0, &[]);
+    drop(c);
+    let mut server = server;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.exited().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "rqemu-nbd kept running after its last client"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn connection_flood_is_cut_off_by_the_handshake_limit() {
+    let dir = scratch("flood");
+    let image = raw_image(&dir);
+    let server = Server::start(
+        RQEMU_NBD,
+        &dir,
+        "srv",
+        &[
+            "-f",
+            "raw",
+            "-t",
+            "-e",
+            "4",
+            "--handshake-limit",
+            "1",
+            image.to_str().unwrap(),
+        ],
+    );
+    // Eight connections that never negotiate; the server serves four at a time and cuts
+    // each off after a second, so a real client gets its turn.
+    let idle: Vec<UnixStream> = (0..8)
+        .map(|_| UnixStream::connect(&server.socket).unwrap())
+        .collect();
+    let start = Instant::now();
+    let mut good = TestClient::connect(&server.socket, false);
+    assert!(start.elapsed() < Duration::from_secs(9));
+    good_round(&mut good, 0);
+    drop(idle);
+}
