@@ -1,28 +1,46 @@
 #!/bin/bash
-# Runs rqemu's whole test suite on a fresh Debian machine: installs what the tests need
-# (the reference QEMU 10.0.2 and SeaBIOS through the shared script, nasm for the test guests),
-# then `cargo test --workspace --release`. Extra arguments go to cargo test.
+# Runs rqemu's whole test suite on a fresh Debian machine: installs what the tests need (as root:
+# the reference QEMU 10.0.2 and SeaBIOS through install-reference-qemu.sh, and the Debian
+# packages below), then `cargo test --workspace --release`. Extra arguments go to cargo test.
+# qemu-iotests, QEMU's own suite, is fetched into a cache on first use (scripts/fetch-iotests.sh).
 #
 # Tests that need KVM or the reference QEMU skip with a reason when those are missing;
 # RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1 (set by .ci/run) make them fail instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED=${RQEMU_SHARED:-$(pwd)/../shared}
 
-have_reference() {
-  command -v qemu-system-x86_64 >/dev/null && command -v nasm >/dev/null && command -v fio >/dev/null &&
-    qemu-img --version 2>/dev/null | grep -q 'version 10\.' &&
-    [ -f /usr/share/seabios/bios-256k.bin ]
+# ---- Debian packages the tests need (besides QEMU and SeaBIOS). Add yours here, one per line,
+# ---- with the tests that use them.
+PACKAGES=(
+  nasm        # assembles the test guests (tests/machine_*.rs, tests/*_guest.rs)
+  fio         # the guest and block benchmarks' load
+  python3     # qemu-iotests' harness (tests/iotests.rs)
+  xz-utils    # unpacks the qemu-iotests source (scripts/fetch-iotests.sh)
+  cryptsetup  # LUKS interop: cryptsetup reads our images, we read its
+  nbdkit      # NBD interop: another NBD server
+  libnbd-bin  # NBD interop: nbdinfo, nbdcopy and nbdfuse (bookworm has no separate nbdfuse)
+  gnutls-bin  # NBD over TLS: certtool makes the test certificates
+  # ceph's packages for the rbd tests go here
+)
+
+missing_prerequisites() {
+  qemu-img --version 2>/dev/null | grep -q ' version 10\.0\.' || return 0
+  command -v qemu-system-x86_64 >/dev/null || return 0
+  [ -f /usr/share/seabios/bios-256k.bin ] || return 0
+  local p
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || return 0
+  done
+  return 1
 }
 
-if ! have_reference; then
-  if [ "$(id -u)" = 0 ] && [ -x "$SHARED/tools/install-reference-qemu.sh" ]; then
-    echo "test.sh: installing the reference QEMU, SeaBIOS, nasm and fio"
-    "$SHARED/tools/install-reference-qemu.sh" nasm fio
+if missing_prerequisites; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "test.sh: installing the reference QEMU, SeaBIOS and: ${PACKAGES[*]}"
+    ./scripts/install-reference-qemu.sh "${PACKAGES[@]}"
   else
-    echo "test.sh: reference QEMU/nasm/fio missing and cannot install them (need root and $SHARED); tests needing them will skip"
+    echo "test.sh: prerequisites missing and not root, cannot install them; tests needing them will skip"
   fi
 fi
 
-export RQEMU_SHARED="$SHARED"
 exec cargo test --workspace --release "$@"

@@ -174,6 +174,9 @@ fn reads_and_writes_with_patterns() {
             "read -C 0 512",
             "w 100 1",
             "r -P 0xcd 100 1",
+            // An endless source file: only the request's length is read from it (308).
+            "write -s /dev/zero 8k 4k",
+            "read -P 0 8k 4k",
         ]),
         "",
     );

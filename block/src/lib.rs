@@ -51,3 +51,9 @@ fn builtin_drivers() -> Vec<&'static driver::DriverClass> {
     all.extend_from_slice(filters::ALL);
     all
 }
+
+/// The built-in protocol for a filename without a `proto:` prefix (`file`, or `host_device`
+/// for a host device), for the registry's bdrv_find_protocol.
+fn builtin_protocol_for_path(filename: &str) -> &'static driver::DriverClass {
+    protocols::for_plain_path(filename)
+}

@@ -37,7 +37,8 @@ pub fn find_driver(name: &str) -> Option<&'static DriverClass> {
         .find(|c| c.format_name == name)
 }
 
-/// Finds the protocol driver for a filename's `proto:` prefix; plain paths use `file`.
+/// Finds the protocol driver for a filename's `proto:` prefix; plain paths use `file`, or
+/// `host_device` when they name a host device.
 pub fn find_protocol(filename: &str) -> Result<&'static DriverClass> {
     let prefix = filename
         .split_once(':')
@@ -45,7 +46,7 @@ pub fn find_protocol(filename: &str) -> Result<&'static DriverClass> {
         .filter(|p| !p.contains('/'));
     let name = match prefix {
         Some(p) => p,
-        None => return Ok(find_driver("file").expect("file protocol is built in")),
+        None => return Ok(crate::builtin_protocol_for_path(filename)),
     };
     registry()
         .lock()

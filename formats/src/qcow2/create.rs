@@ -120,9 +120,12 @@ fn v3_only(what: &str) -> Error {
 
 /// Reads and validates the creation options, with QEMU's messages.
 pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
+    // The virtual size is kept in whole sectors (qcow2_co_create_opts rounds it up).
     let size = options
         .take_size("size")?
-        .ok_or_else(|| Error::invalid("Image creation needs a size parameter"))?;
+        .ok_or_else(|| Error::invalid("Image creation needs a size parameter"))?
+        .checked_next_multiple_of(512)
+        .ok_or_else(|| Error::new(libc::EFBIG, "Image size too large"))?;
     let version = match options.take("compat").as_deref() {
         None | Some("1.1") | Some("v3") => 3,
         Some("0.10") | Some("v2") => 2,

@@ -150,7 +150,8 @@ pub async fn img_create(req: &ImgCreate) -> Result<(), String> {
     let mut options = opts.to_options();
     create(&req.filename, &mut options).await.map_err(|e| {
         if e.errno() == libc::EFBIG {
-            let hint = if opts.get_number("cluster_size").unwrap_or(0) != 0 {
+            // A format's default cluster size counts too, as in bdrv_img_create.
+            let hint = if opts.get_size("cluster_size") != 0 {
                 " (try using a larger cluster size)"
             } else {
                 ""

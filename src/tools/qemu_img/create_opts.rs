@@ -169,6 +169,20 @@ impl CreateOpts {
         self.values[i].as_ref().and_then(|v| v.number)
     }
 
+    /// A size or number option's value, else its default, else 0 (qemu_opt_get_size).
+    pub fn get_size(&self, name: &str) -> u64 {
+        let Some(i) = self.descs.iter().position(|d| d.name == name) else {
+            return 0;
+        };
+        match &self.values[i] {
+            Some(v) => v.number.unwrap_or(0),
+            None => self.descs[i]
+                .default
+                .and_then(block::options::parse_size)
+                .unwrap_or(0),
+        }
+    }
+
     /// Whether a boolean option is set to on.
     pub fn get_bool(&self, name: &str) -> bool {
         self.get(name)

@@ -360,12 +360,17 @@ fn write_opts(argv: &[String]) -> Result<(WriteOpts, Vec<String>), i32> {
 }
 
 /// A write buffer repeating the contents of a pattern file (qemu_io_alloc_from_file).
+/// At most `len` bytes are read: the file may be endless (`-s /dev/urandom`).
 fn alloc_from_file(io: &QemuIo, len: usize, path: &str) -> Result<IoVector, i32> {
-    let data = std::fs::read(path).map_err(|e| {
-        let errno = e.raw_os_error().unwrap_or(libc::EIO);
-        err!("{path}: {}\n", block::error::strerror(errno));
-        -errno
-    })?;
+    use std::io::Read;
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(len as u64).read_to_end(&mut data))
+        .map_err(|e| {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            err!("{path}: {}\n", block::error::strerror(errno));
+            -errno
+        })?;
     if data.is_empty() {
         err!("{path}: file is empty\n");
         return Err(-libc::EINVAL);

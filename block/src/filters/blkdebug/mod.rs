@@ -112,6 +112,10 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
             "Cannot meet constraints with max-transfer {max_transfer}"
         )));
     }
+    // Rules of the `none` event apply from the start; no breakpoint can exist yet (qemu-io's
+    // `break` sets them later), so nothing is suspended here.
+    let suspends = rules.event(BlkdbgEvent::None).is_some();
+    debug_assert!(!suspends);
     Ok(Box::new(Blkdebug {
         rules,
         align: align as u32,

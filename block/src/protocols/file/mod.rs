@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::host_device;
 use super::locking::{self, lock_image};
 use crate::aio::AioContext;
 use crate::driver::{
@@ -77,15 +78,23 @@ pub struct FileDriver {
     alignment: u32,
 }
 
-fn strip_protocol(filename: &str) -> &str {
-    filename.strip_prefix("file:").unwrap_or(filename)
+/// The path of a `proto:path` filename (raw_parse_filename, hdev_parse_filename).
+fn strip_protocol<'a>(filename: &'a str, protocol: &str) -> &'a str {
+    filename
+        .strip_prefix(protocol)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .unwrap_or(filename)
 }
 
-async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+/// Opens a node of `file` or of the device drivers sharing its I/O (raw_open_common).
+pub(super) async fn open(
+    bs: &BlockDriverState,
+    options: &mut Options,
+) -> Result<Box<dyn BlockDriver>> {
     let filename = options
         .take("filename")
         .ok_or_else(|| Error::invalid("Parameter 'filename' is required"))?;
-    let path = strip_protocol(&filename).to_string();
+    let path = strip_protocol(&filename, bs.format_name()).to_string();
     let flags = bs.open_flags();
     let locking = match options.take("locking").as_deref() {
         None | Some("auto") | Some("on") => true,
@@ -109,6 +118,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     }
     let fd = open_fd(&path, oflags, 0)
         .map_err(|e| Error::with_errno_message(e.errno(), format!("Could not open '{path}'")))?;
+    host_device::check_kind(bs.format_name(), &filename, fd.as_raw_fd())?;
     if flags.aio == AioMode::IoUring {
         AioContext::current().io_uring()?;
     }
@@ -336,10 +346,11 @@ impl BlockDriver for FileDriver {
             if hole < 0 || (hole as u64) <= offset {
                 return Ok(data_at(bytes));
             }
-            (StatusFlags::DATA, (hole as u64 - offset).min(bytes))
+            // A data extent ends in the middle of a request-alignment block only at a
+            // partial block at EOF: it counts whole, as a read of it would (QEMU rounds up).
+            let len = (hole as u64 - offset).next_multiple_of(self.alignment as u64);
+            (StatusFlags::DATA, len.min(bytes))
         };
-        let align = self.alignment as u64;
-        let len = if len >= align { len - len % align } else { len };
         let mut s = BlockStatus::new(flags | StatusFlags::OFFSET_VALID, len);
         s.map = offset;
         Ok(s)

@@ -109,13 +109,15 @@ pub(super) fn extent_size_hint(fd: RawFd) -> Option<u64> {
     (r == 0 && attr.extsize != 0).then_some(attr.extsize as u64)
 }
 
+/// The length of a regular file or a block device alike (raw_getlength): I/O is positioned,
+/// so moving the descriptor's offset is harmless.
 pub(super) fn file_size(fd: RawFd) -> Result<u64> {
-    // SAFETY: fstat into a zeroed stat struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+    // SAFETY: lseek on our own descriptor.
+    let end = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+    if end < 0 {
         return Err(Error::last_os_error());
     }
-    Ok(st.st_size as u64)
+    Ok(end as u64)
 }
 
 pub(super) fn set_len(fd: RawFd, offset: u64) -> Result<()> {

@@ -316,11 +316,12 @@ impl Header {
         }
         validate_table(self.l1_table_offset, self.l1_size as u64 * 8, cs)
             .map_err(|_| err("Active L1 table offset invalid"))?;
-        if self.size > i64::MAX as u64 {
+        // The L1 index of the VM state, past the guest's data, must fit an int.
+        let l1_needed = l1_entries_for(self.size, self.cluster_bits, self.extended_l2());
+        if self.size > i64::MAX as u64 || l1_needed > i32::MAX as u64 {
             return Err(err("Image is too big"));
         }
-        if (self.l1_size as u64) < l1_entries_for(self.size, self.cluster_bits, self.extended_l2())
-        {
+        if (self.l1_size as u64) < l1_needed {
             return Err(err("L1 table is too small"));
         }
         Ok(())
