@@ -5,11 +5,16 @@
 //! generic request path, so the same qcow2 code runs over a file, a null device or any filter.
 //! [`register_all`] adds every format to the block layer's registry, where probing finds them.
 
+mod image_file;
 pub mod qcow2;
 pub mod raw;
+pub mod vdi;
+pub mod vpc;
 
 /// Registers every format driver with the block layer (QEMU's block_init).
 pub fn register_all() {
     block::driver::register(&raw::RAW);
     block::driver::register(&qcow2::QCOW2);
+    block::driver::register(&vdi::VDI);
+    block::driver::register(&vpc::VPC);
 }
