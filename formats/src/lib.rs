@@ -7,6 +7,7 @@
 
 mod image_file;
 pub mod qcow2;
+pub mod qed;
 pub mod raw;
 pub mod vdi;
 pub mod vpc;
@@ -15,6 +16,7 @@ pub mod vpc;
 pub fn register_all() {
     block::driver::register(&raw::RAW);
     block::driver::register(&qcow2::QCOW2);
+    block::driver::register(&qed::QED);
     block::driver::register(&vdi::VDI);
     block::driver::register(&vpc::VPC);
 }
