@@ -5,13 +5,20 @@
 //! generic request path, so the same qcow2 code runs over a file, a null device or any filter.
 //! [`register_all`] adds every format to the block layer's registry, where probing finds them.
 
+mod image_file;
 pub mod luks;
 pub mod qcow2;
+pub mod qed;
 pub mod raw;
+pub mod vdi;
+pub mod vpc;
 
 /// Registers every format driver with the block layer (QEMU's block_init).
 pub fn register_all() {
     block::registry::register(&raw::RAW);
     block::registry::register(&qcow2::QCOW2);
     block::registry::register(&luks::LUKS);
+    block::registry::register(&qed::QED);
+    block::registry::register(&vdi::VDI);
+    block::registry::register(&vpc::VPC);
 }

@@ -125,7 +125,7 @@ pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
             file_opts.set(key, v);
         }
     }
-    let class = crate::qcow2::create::create_protocol_file(filename, &file_opts).await?;
+    let class = crate::image_file::create_protocol_file(filename, &file_opts).await?;
     let mut open_opts = Options::new();
     open_opts.set("driver", class.format_name);
     open_opts.set("filename", filename);

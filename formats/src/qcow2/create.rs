@@ -14,6 +14,7 @@ use super::header::{
 };
 use super::refcount::set_entry;
 use super::state::encode_table;
+use crate::image_file::create_protocol_file;
 
 /// Creation options in QEMU's order (qcow2_create_opts: the qcow2-only options, then the
 /// ones shared with amend), which is the order of the "Formatting" line.
@@ -258,19 +259,6 @@ pub fn initial_image(p: &CreateParams) -> Result<Vec<u8>> {
         set_entry(&mut image[2 * cs..], p.refcount_order, cluster, 1);
     }
     Ok(image)
-}
-
-/// Creates an empty file with the protocol its name selects, and names that protocol.
-pub async fn create_protocol_file(
-    name: &str,
-    file_opts: &Options,
-) -> Result<&'static block::driver::DriverClass> {
-    let class = block::registry::find_protocol(name)?;
-    let file_create = class
-        .create
-        .ok_or_else(|| Error::not_supported("The protocol cannot create images"))?;
-    file_create(name, &mut file_opts.clone()).await?;
-    Ok(class)
 }
 
 /// Creates a qcow2 image at `filename` (qcow2_co_create_opts), and its external data file

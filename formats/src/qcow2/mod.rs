@@ -75,22 +75,7 @@ fn probe(buf: &[u8], _filename: &str) -> u32 {
     }
 }
 
-/// Reads `len` bytes of a node into a vector (metadata reads).
-pub(crate) async fn read_bytes(
-    file: &BlockDriverState,
-    offset: u64,
-    len: usize,
-) -> Result<Vec<u8>> {
-    let buf = IoVector::alloc(len);
-    file.co_preadv(offset, &buf, RequestFlags::empty()).await?;
-    Ok(buf.to_vec())
-}
-
-/// Writes bytes to a node (metadata writes).
-pub(crate) async fn write_bytes(file: &BlockDriverState, offset: u64, data: &[u8]) -> Result<()> {
-    file.co_pwritev(offset, &IoVector::from_slice(data), RequestFlags::empty())
-        .await
-}
+pub(crate) use crate::image_file::{read_bytes, write_bytes};
 
 /// An open qcow2 image.
 pub struct Qcow2 {
