@@ -22,7 +22,7 @@ use block::driver::{
     BlockDriver, BlockStatus, CheckFix, CheckResult, DriverClass, DriverInfo, PreallocMode,
     RequestFlags, StatusFlags,
 };
-use block::node::bdrv_open_backing;
+use block::open::bdrv_open_backing;
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
 use crate::image_file::{read_bytes, write_bytes};
