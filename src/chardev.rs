@@ -7,10 +7,36 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::bus::{lock, Bql};
-use crate::vm_config::CharBackend;
+
+/// Where a character stream (serial port, debug console) goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CharBackend {
+    /// The process's stdout (and stdin for input).
+    Stdio,
+    /// Appended to a file created or truncated at start.
+    File(PathBuf),
+    /// Discarded.
+    Null,
+    /// Not connected at all (`none`).
+    None,
+}
+
+/// `stdio`, `file:PATH`, `null`, `none` (QEMU's -serial / -debugcon character backends).
+pub fn parse_chardev(arg: &str) -> Result<CharBackend, String> {
+    match arg {
+        "stdio" => Ok(CharBackend::Stdio),
+        "null" => Ok(CharBackend::Null),
+        "none" => Ok(CharBackend::None),
+        _ => match arg.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => Ok(CharBackend::File(PathBuf::from(path))),
+            _ => Err(format!("'{arg}' is not a valid char driver")),
+        },
+    }
+}
 
 /// Where output bytes of a character device go; every write is flushed, so the host sees
 /// a guest's line as soon as the guest sent it.

@@ -17,7 +17,7 @@ use block::AioContext;
 use event_listener::Event;
 
 use crate::drives;
-use crate::vm_config::DriveConfig;
+use crate::drives::DriveOptions;
 
 /// A one-shot "stop now" signal the loop waits on.
 #[derive(Default)]
@@ -51,7 +51,7 @@ pub struct MainLoop {
 impl MainLoop {
     /// Starts the thread, registers the image formats and opens every drive there; returns
     /// the first open error (QEMU's drive_new/blockdev_add at start-up).
-    pub fn start(drives: Vec<DriveConfig>) -> Result<MainLoop, String> {
+    pub fn start(drives: Vec<DriveOptions>) -> Result<MainLoop, String> {
         let stop = Arc::new(Stop::default());
         let (tx, rx) = mpsc::channel();
         let thread_stop = stop.clone();
@@ -104,7 +104,7 @@ impl Drop for MainLoop {
 
 type Started = Result<AioContextHandle, String>;
 
-fn loop_thread(drives: Vec<DriveConfig>, stop: Arc<Stop>, started: mpsc::Sender<Started>) {
+fn loop_thread(drives: Vec<DriveOptions>, stop: Arc<Stop>, started: mpsc::Sender<Started>) {
     formats::register_all();
     let ctx = AioContext::current();
     if let Err(e) = ctx.run_until(drives::open_all(&drives)) {
@@ -123,7 +123,7 @@ mod tests {
     use super::*;
     use crate::vm_config::{parse_args, Command};
 
-    fn drive_config(path: &std::path::Path) -> DriveConfig {
+    fn drive_config(path: &std::path::Path) -> DriveOptions {
         let arg = format!("file={},format=raw,if=none,id=disk0", path.display());
         match parse_args(&["-drive".to_string(), arg]) {
             Ok(Command::Run(cfg)) => cfg.drives[0].clone(),

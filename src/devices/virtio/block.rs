@@ -31,9 +31,10 @@ use vm_memory::GuestMemoryMmap;
 use super::queue::{DescriptorChain, Queue, QueueError};
 use super::request::{DiskLimits, Request, RequestKind, VIRTIO_BLK_ID_BYTES};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
-use super::{lock, SharedCore, VirtioDevice};
+use super::{SharedCore, VirtioDevice};
 use super::{VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_RING_F_EVENT_IDX};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
+use crate::bus::lock;
 
 /// Feature: `size_max` is valid.
 pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;

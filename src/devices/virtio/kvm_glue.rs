@@ -31,8 +31,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::pci::{IoEvent, IoEventAddress as VirtioIoAddr, VirtioPciDevice, LEGACY_BAR};
 use super::pci::{MODERN_BAR, PCI_VENDOR_ID_REDHAT_QUMRANET};
-use super::Interrupt;
 use crate::devices::pci::{BarKind, ConfigSpace, PciFunction, PCI_COMMAND, PCI_INTERRUPT_LINE};
+use crate::devices::IrqLine;
 
 /// A second descriptor for the eventfd behind `notifier`, in the type kvm-ioctls takes.
 fn dup_eventfd(notifier: &EventNotifier) -> Result<EventFd, String> {
@@ -76,21 +76,20 @@ impl IrqfdLine {
         })
     }
 
-    /// The notifier KVM sets when it deasserted the line at an EOI.
-    pub fn resample_notifier(&self) -> Arc<EventNotifier> {
-        self.resample.clone()
-    }
-
     fn trigger(&self) {
         if let Err(e) = self.irqfd.write(1) {
             eprintln!("rqemu: virtio irqfd write failed: {e}");
         }
     }
 
-    /// After an EOI: assert again while the device still wants the interrupt.
-    pub fn resampled(&self) {
-        if self.asserted.load(Ordering::SeqCst) {
-            self.trigger();
+    /// The INTx resampler, run on the main loop: each time KVM deasserts the line at an EOI
+    /// and sets the resample notifier, assert the line again while the device still wants
+    /// the interrupt (what QEMU's irqfd resample handler does). Ends if the notifier fails.
+    pub async fn run_resampler(&self) {
+        while self.resample.wait().await.is_ok() {
+            if self.asserted.load(Ordering::SeqCst) {
+                self.trigger();
+            }
         }
     }
 
@@ -123,7 +122,7 @@ impl IrqfdLine {
     }
 }
 
-impl Interrupt for IrqfdLine {
+impl IrqLine for IrqfdLine {
     fn set_level(&self, asserted: bool) {
         self.asserted.store(asserted, Ordering::SeqCst);
         if asserted && self.gsi.lock().unwrap_or_else(|p| p.into_inner()).is_some() {

@@ -15,7 +15,8 @@
 //! QEMU's big lock for this device).
 //!
 //! Wiring a virtio-blk disk into a machine (what `-device virtio-blk-pci,drive=d0` does) is
-//! [`machine`]: the model and its [`pci::VirtioPciDevice`] on the vCPU side, plugged into PCI
+//! the machine's (`crate::machine::virtio`): the model and its [`pci::VirtioPciDevice`] on the
+//! vCPU side, plugged into PCI
 //! bus 0 through [`kvm_glue::VirtioPciFunction`] (which also keeps the KVM ioeventfds of the
 //! queue kicks and the resampling irqfd of INTx in step with the guest's BARs and Interrupt
 //! Line), and the [`block::VirtioBlkHandler`] on the main loop over the machine's guest memory.
@@ -23,7 +24,6 @@
 pub mod block;
 pub mod guest_mem;
 pub mod kvm_glue;
-pub mod machine;
 pub mod pci;
 pub mod queue;
 pub mod request;
@@ -33,6 +33,8 @@ pub mod testdriver;
 use std::sync::{Arc, Mutex};
 
 use queue::Queue;
+
+use crate::devices::Irq;
 
 /// Device status: the guest has noticed the device.
 pub const VIRTIO_CONFIG_S_ACKNOWLEDGE: u8 = 1;
@@ -62,14 +64,6 @@ pub const VIRTIO_F_VERSION_1: u32 = 32;
 pub const VIRTIO_ISR_QUEUE: u8 = 1;
 /// ISR bit: the device configuration changed (also raised with NEEDS_RESET).
 pub const VIRTIO_ISR_CONFIG: u8 = 2;
-
-/// An interrupt line as the device sees it (QEMU's `pci_set_irq`): level-triggered INTx. The
-/// machine implements it with KVM_IRQ_LINE, or with an irqfd (pulsed on the rising edge,
-/// re-asserted through a resample fd), or in tests with a flag.
-pub trait Interrupt: Send + Sync {
-    /// Asserts (`true`) or deasserts (`false`) the line.
-    fn set_level(&self, asserted: bool);
-}
 
 /// What a transport needs from a device model (QEMU's VirtioDeviceClass). Everything here is
 /// `Send`: it lives with the transport on the vCPU side. The queue processing lives in a
@@ -113,21 +107,15 @@ pub struct VirtioCore {
     pub broken: bool,
     /// Counts resets, so a request that completes after a reset leaves the new rings alone.
     pub reset_count: u64,
-    irq: Arc<dyn Interrupt>,
+    irq: Irq,
 }
 
 /// The core as shared by the transport and the device's handlers.
 pub type SharedCore = Arc<Mutex<VirtioCore>>;
 
-/// Locks a shared core. A poisoned lock only means another thread panicked while holding it;
-/// the state itself is plain data, so keep going rather than cascade the panic.
-pub fn lock(core: &SharedCore) -> std::sync::MutexGuard<'_, VirtioCore> {
-    core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl VirtioCore {
     /// A reset core with `num_queues` queues of at most `max_size` entries.
-    pub fn new(num_queues: usize, max_size: u16, irq: Arc<dyn Interrupt>) -> VirtioCore {
+    pub fn new(num_queues: usize, max_size: u16, irq: Irq) -> VirtioCore {
         VirtioCore {
             status: 0,
             host_features: 0,

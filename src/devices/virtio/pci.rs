@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex};
 
 use block::aio::notifier::EventNotifier;
 
-use super::{lock, Interrupt, SharedCore, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{SharedCore, VirtioCore, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::bus::lock;
+use crate::devices::{Irq, IrqLine};
 
 /// Red Hat / Qumranet, the virtio PCI vendor.
 pub const PCI_VENDOR_ID_REDHAT_QUMRANET: u16 = 0x1af4;
@@ -87,7 +89,7 @@ pub struct IoEvent {
 /// The INTx pin: the device's level, gated by the command register's INTx-disable bit. Only
 /// changes reach the line, so a burst of completions costs one interrupt, not one each.
 struct IntxPin {
-    line: Arc<dyn Interrupt>,
+    line: Irq,
     state: Mutex<IntxState>,
 }
 
@@ -118,7 +120,7 @@ impl IntxPin {
     }
 }
 
-impl Interrupt for IntxPin {
+impl IrqLine for IntxPin {
     fn set_level(&self, asserted: bool) {
         self.update(|st| st.level = asserted);
     }
@@ -143,7 +145,7 @@ impl VirtioPciDevice {
     pub fn new(
         device: Box<dyn VirtioDevice>,
         conf: VirtioPciConf,
-        irq: Arc<dyn Interrupt>,
+        irq: Irq,
     ) -> block::Result<VirtioPciDevice> {
         if conf.disable_legacy && conf.disable_modern {
             return Err(block::Error::invalid(

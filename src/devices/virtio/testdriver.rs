@@ -16,7 +16,8 @@ use super::pci::{legacy, VirtioPciDevice, LEGACY_BAR};
 use super::queue::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use super::ring_cache::{Ring, RingCache};
 use super::VIRTIO_CONFIG_S_DRIVER_OK;
-use super::{Interrupt, VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER};
+use super::{VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER};
+use crate::devices::IrqLine;
 
 /// One buffer of a chain as the driver describes it.
 #[derive(Clone, Copy, Debug)]
@@ -312,7 +313,7 @@ fn lock_vcpu(m: &Mutex<Option<Waker>>) -> std::sync::MutexGuard<'_, Option<Waker
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Interrupt for IrqCounter {
+impl IrqLine for IrqCounter {
     fn set_level(&self, asserted: bool) {
         let was = self.level.swap(asserted, Ordering::SeqCst);
         if asserted && !was {

@@ -15,7 +15,7 @@
 //! | 0x14 | - | device configuration |
 
 use super::{le_value, put_le, VirtioPciDevice};
-use crate::devices::virtio::lock;
+use crate::bus::lock;
 
 /// Device features.
 pub const VIRTIO_PCI_HOST_FEATURES: u64 = 0x00;

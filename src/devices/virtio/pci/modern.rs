@@ -17,7 +17,8 @@
 use vm_memory::GuestAddress;
 
 use super::{le_value, put_le, VirtioPciDevice, MODERN_BAR};
-use crate::devices::virtio::{lock, VIRTIO_CONFIG_S_FEATURES_OK};
+use crate::bus::lock;
+use crate::devices::virtio::VIRTIO_CONFIG_S_FEATURES_OK;
 
 /// Size of BAR4.
 pub const BAR_SIZE: u64 = 0x4000;

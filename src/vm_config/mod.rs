@@ -8,54 +8,20 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::devices::virtio::machine::{self as virtio, VirtioDiskConfig};
+mod device;
+mod drive;
+
 use block::Options;
 
+use crate::chardev::{parse_chardev, CharBackend};
+use crate::drives::{DriveInterface, DriveOptions};
+use device::parse_device;
+pub use device::{VirtioDiskConfig, FIRST_VIRTIO_SLOT};
+use drive::{parse_blockdev, parse_drive};
 /// The SeaBIOS image QEMU's `pc` machine loads by default.
 pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
 /// Default guest RAM (QEMU's default_ram_size for pc: 128 MiB).
 pub const DEFAULT_RAM: u64 = 128 << 20;
-
-/// Where a character stream (serial port, debug console) goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CharBackend {
-    /// The process's stdout (and stdin for input).
-    Stdio,
-    /// Appended to a file created or truncated at start.
-    File(PathBuf),
-    /// Discarded.
-    Null,
-    /// Not connected at all (`none`).
-    None,
-}
-
-/// Which device a `-drive` is meant for (`if=`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DriveInterface {
-    /// An IDE disk on the PIIX3 controller.
-    Ide,
-    /// A virtio-blk-pci device.
-    Virtio,
-    /// No device: the drive is only a named backend for `-device ...,drive=ID`.
-    None,
-}
-
-/// One `-drive` or `-blockdev`: what to open, with which options.
-#[derive(Clone, Debug)]
-pub struct DriveConfig {
-    /// The option text as given, for error messages (`-drive file=x: ...`).
-    pub origin: String,
-    /// The drive's id (`id=` / `node-name=`), unique per machine.
-    pub id: String,
-    /// The interface it attaches to.
-    pub interface: DriveInterface,
-    /// The filename, when given with `file=` as a plain string.
-    pub filename: Option<String>,
-    /// The remaining block options for `bdrv_open` (driver=, cache.*, aio=, file.*...).
-    pub options: Options,
-    /// The flags derived from `readonly=`, `snapshot=`, `cache=`, `aio=`.
-    pub flags: block::OpenFlags,
-}
 
 /// IDE channels of the PIIX3 and drives per channel (QEMU's `ide.0`/`ide.1`, units 0 and 1).
 pub const IDE_BUSES: usize = 2;
@@ -76,9 +42,9 @@ pub struct VmConfig {
     /// `-append`.
     pub append: String,
     /// `-drive` and `-blockdev` options, in order.
-    pub drives: Vec<DriveConfig>,
+    pub drives: Vec<DriveOptions>,
     /// virtio-blk-pci disks (`-device virtio-blk-pci`, `-drive if=virtio`), in order.
-    pub virtio_disks: Vec<crate::devices::virtio::machine::VirtioDiskConfig>,
+    pub virtio_disks: Vec<VirtioDiskConfig>,
     /// The drive id of each IDE disk, by channel and unit (`-drive if=ide`, `-device ide-hd`).
     pub ide: [[Option<String>; IDE_UNITS]; IDE_BUSES],
     /// COM1.
@@ -392,243 +358,6 @@ fn parse_smp(arg: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `stdio`, `file:PATH`, `null`, `none` (QEMU's -serial / -debugcon character backends).
-pub fn parse_chardev(arg: &str) -> Result<CharBackend, String> {
-    match arg {
-        "stdio" => Ok(CharBackend::Stdio),
-        "null" => Ok(CharBackend::Null),
-        "none" => Ok(CharBackend::None),
-        _ => match arg.strip_prefix("file:") {
-            Some(path) if !path.is_empty() => Ok(CharBackend::File(PathBuf::from(path))),
-            _ => Err(format!("'{arg}' is not a valid char driver")),
-        },
-    }
-}
-
-/// `-device DRIVER,...`: `ide-hd,drive=ID[,bus=ide.N][,unit=M]` attaches an `if=none` drive.
-fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
-    let mut opts = Options::parse_keyval(arg, Some("driver")).map_err(|e| e.to_string())?;
-    let driver = opts.take("driver").unwrap_or_default();
-    match driver.as_str() {
-        "ide-hd" => {}
-        "ide-cd" => return Err("device 'ide-cd' (CD-ROM) is not supported by rqemu".to_string()),
-        d if virtio::is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
-        _ => return Err(format!("'{driver}' is not a valid device model name")),
-    }
-    let Some(drive) = opts.take("drive") else {
-        return Err("No drive specified".to_string());
-    };
-    let bus = match opts.take("bus") {
-        None => None,
-        Some(b) => match b.as_str() {
-            "ide.0" => Some(0),
-            "ide.1" => Some(1),
-            _ => return Err(format!("Bus '{b}' not found")),
-        },
-    };
-    let unit = opts.take_u64("unit").map_err(|e| e.to_string())?;
-    if let Some((key, _)) = opts.iter().next() {
-        return Err(format!("Property 'ide-hd.{key}' not found"));
-    }
-    let Some(d) = cfg.drives.iter().find(|d| d.id == drive) else {
-        return Err(format!(
-            "Property 'ide-hd.drive' can't find value '{drive}'"
-        ));
-    };
-    let in_use = cfg
-        .ide
-        .iter()
-        .flatten()
-        .any(|s| s.as_deref() == Some(&drive))
-        || cfg.virtio_disks.iter().any(|v| v.drive == drive);
-    if d.interface != DriveInterface::None || in_use {
-        return Err(format!(
-            "Property 'ide-hd.drive' can't take value '{drive}', it's in use"
-        ));
-    }
-    let (bus, unit) = ide_device_slot(cfg, bus, unit)?;
-    cfg.ide[bus][unit] = Some(drive);
-    Ok(())
-}
-
-/// `-device virtio-blk-pci,drive=ID,...`: attaches an `if=none` drive to a virtio disk.
-fn parse_virtio_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
-    let disk = virtio::parse_device(arg)?;
-    let id = disk.drive.as_str();
-    let Some(d) = cfg.drives.iter().find(|d| d.id == id) else {
-        return Err(format!(
-            "Property 'virtio-blk-pci.drive' can't find value '{id}'"
-        ));
-    };
-    let in_use = cfg.ide.iter().flatten().any(|s| s.as_deref() == Some(id))
-        || cfg.virtio_disks.iter().any(|v| v.drive == id);
-    if d.interface != DriveInterface::None || in_use {
-        return Err(format!(
-            "Property 'virtio-blk-pci.drive' can't take value '{id}', it's in use"
-        ));
-    }
-    cfg.virtio_disks.push(disk);
-    Ok(())
-}
-
-/// The slot `-device ide-hd` takes: the first free one on the given (or any) bus.
-fn ide_device_slot(
-    cfg: &VmConfig,
-    bus: Option<usize>,
-    unit: Option<u64>,
-) -> Result<(usize, usize), String> {
-    if let Some(u) = unit.filter(|u| *u >= IDE_UNITS as u64) {
-        return Err(format!(
-            "Can't create IDE unit {u}, bus supports only {IDE_UNITS} units"
-        ));
-    }
-    let buses = bus.map_or(0..IDE_BUSES, |b| b..b + 1);
-    for b in buses {
-        if let Some(u) = unit {
-            if cfg.ide[b][u as usize].is_some() {
-                return Err(format!("IDE unit {u} is in use"));
-            }
-            return Ok((b, u as usize));
-        }
-        if let Some(u) = (0..IDE_UNITS).find(|u| cfg.ide[b][*u].is_none()) {
-            return Ok((b, u));
-        }
-    }
-    Err("IDE bus is full".to_string())
-}
-
-/// Splits `readonly=`, `snapshot=`, `cache=`, `aio=` off `opts` into open flags.
-fn take_open_flags(opts: &mut Options) -> Result<block::OpenFlags, String> {
-    let err = |e: block::Error| e.to_string();
-    let mut flags = block::OpenFlags::default();
-    if let Some(ro) = opts.take_bool("readonly").map_err(err)? {
-        flags.read_only = ro;
-    }
-    if let Some(ro) = opts.take_bool("read-only").map_err(err)? {
-        flags.read_only = ro;
-    }
-    flags.snapshot = opts.take_bool("snapshot").map_err(err)?.unwrap_or(false);
-    if let Some(cache) = opts.take("cache") {
-        flags.cache = block::node::CacheMode::parse(&cache).map_err(err)?;
-    }
-    if let Some(aio) = opts.take("aio") {
-        flags.aio = block::node::AioMode::parse(&aio).map_err(err)?;
-    }
-    Ok(flags)
-}
-
-/// `-drive file=,format=,if=,index=,bus=,unit=,media=,id=,cache=,aio=,readonly=,snapshot=`
-/// (QEMU's drive_new): opens a drive and, for `if=ide`, attaches it as an IDE disk.
-fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
-    let mut opts = Options::parse_keyval(arg, None).map_err(|e| e.to_string())?;
-    let interface = match opts.take("if").as_deref() {
-        None | Some("ide") => DriveInterface::Ide,
-        Some("virtio") => DriveInterface::Virtio,
-        Some("none") => DriveInterface::None,
-        Some(other) => return Err(format!("unsupported bus type '{other}'")),
-    };
-    let index = take_index(&mut opts)?;
-    let slot = match interface {
-        DriveInterface::Ide => Some(ide_slot(cfg, index)?),
-        _ => None,
-    };
-    match opts.take("media").as_deref() {
-        None | Some("disk") => {}
-        Some("cdrom") => return Err("media=cdrom (ide-cd) is not supported by rqemu".to_string()),
-        Some(other) => return Err(format!("'{other}' invalid media")),
-    }
-    let flags = take_open_flags(&mut opts)?;
-    if let Some(format) = opts.take("format") {
-        opts.set("driver", format);
-    }
-    let id = match (opts.take("id"), slot) {
-        (Some(id), _) => id,
-        (None, Some((bus, unit))) => format!("ide{bus}-hd{unit}"),
-        (None, None) => format!("none{}", index.unwrap_or(cfg.drives.len() as u64)),
-    };
-    let filename = opts.take("file");
-    if filename.is_none() && !opts.contains("file.filename") && !opts.contains("file.driver") {
-        return Err("A block device must be specified for \"file\"".to_string());
-    }
-    check_unique_id(cfg, &id)?;
-    if let Some((bus, unit)) = slot {
-        cfg.ide[bus][unit] = Some(id.clone());
-    }
-    cfg.drives.push(DriveConfig {
-        origin: format!("-drive {arg}"),
-        id,
-        interface,
-        filename,
-        options: opts,
-        flags,
-    });
-    Ok(())
-}
-
-/// The `index=` of a `-drive`, or the one `bus=`/`unit=` name.
-fn take_index(opts: &mut Options) -> Result<Option<u64>, String> {
-    let err = |e: block::Error| e.to_string();
-    let index = opts.take_u64("index").map_err(err)?;
-    let bus = opts.take_u64("bus").map_err(err)?;
-    let unit = opts.take_u64("unit").map_err(err)?;
-    match (index, bus, unit) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            Err("index cannot be used with bus and unit".to_string())
-        }
-        (Some(i), None, None) => Ok(Some(i)),
-        (None, None, None) => Ok(None),
-        (None, b, u) => Ok(Some(
-            b.unwrap_or(0)
-                .saturating_mul(IDE_UNITS as u64)
-                .saturating_add(u.unwrap_or(0)),
-        )),
-    }
-}
-
-/// The (bus, unit) an `if=ide` drive takes: `index` (bus * 2 + unit) or the first free one.
-fn ide_slot(cfg: &VmConfig, index: Option<u64>) -> Result<(usize, usize), String> {
-    let index = index.unwrap_or_else(|| {
-        let free = cfg.ide.iter().flatten().position(|s| s.is_none());
-        free.unwrap_or(IDE_BUSES * IDE_UNITS) as u64
-    });
-    let (bus, unit) = (index / IDE_UNITS as u64, index % IDE_UNITS as u64);
-    if bus >= IDE_BUSES as u64 {
-        return Err(format!(
-            "machine type does not support if=ide,bus={bus},unit={unit}"
-        ));
-    }
-    if cfg.ide[bus as usize][unit as usize].is_some() {
-        return Err(format!(
-            "drive with bus={bus}, unit={unit} (index={index}) exists"
-        ));
-    }
-    Ok((bus as usize, unit as usize))
-}
-
-/// `-blockdev driver=...,node-name=...,...` (QMP blockdev-add on the command line).
-fn parse_blockdev(arg: &str) -> Result<DriveConfig, String> {
-    let mut opts = if arg.starts_with('{') {
-        Options::parse_json_filename(&format!("json:{arg}")).map_err(|e| e.to_string())?
-    } else {
-        Options::parse_keyval(arg, None).map_err(|e| e.to_string())?
-    };
-    if !opts.contains("driver") {
-        return Err("Parameter 'driver' is missing".to_string());
-    }
-    let Some(id) = opts.take("node-name") else {
-        return Err("A node-name is required for -blockdev".to_string());
-    };
-    let flags = take_open_flags(&mut opts)?;
-    Ok(DriveConfig {
-        origin: format!("-blockdev {arg}"),
-        id,
-        interface: DriveInterface::None,
-        filename: None,
-        options: opts,
-        flags,
-    })
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! virtio-blk-pci disks in the `pc` machine: their command-line properties and how one is
-//! plugged in (device model on the vCPU side, request handler on the main loop).
+//! virtio-blk-pci disks in the `pc` machine: how one is plugged in (device model on the vCPU
+//! side, request handler on the main loop). Their command-line properties are parsed in
+//! `crate::vm_config`.
 //!
-//! QEMU's virtio-blk-pci device properties (hw/virtio/virtio-blk-pci.c, hw/block/
-//! virtio-blk.c) and the `-drive if=virtio` shorthand of blockdev.c. A disk is built in three
+//! QEMU's virtio_blk_pci_realize (hw/virtio/virtio-blk-pci.c) and virtio_blk_device_realize
+//! (hw/block/virtio-blk.c). A disk is built in three
 //! steps, because the BlockBackend lives on the main-loop thread and the device on the vCPU
 //! side: ask the loop for the drive's size and read-only flag, build the [`VirtioPciDevice`]
 //! and plug it into PCI bus 0 (slot 2 up, or `addr=`), then start its
@@ -17,125 +18,12 @@ use block::aio::AioContextHandle;
 use block::AioContext;
 use vm_memory::GuestMemoryMmap;
 
-use super::block::{VirtioBlk, VirtioBlkConf, VirtioBlkHandler};
-use super::kvm_glue::{IrqfdLine, VirtioPciFunction};
-use super::pci::{VirtioPciConf, VirtioPciDevice};
 use crate::devices::pci::PciBus;
+use crate::devices::virtio::block::{VirtioBlk, VirtioBlkConf, VirtioBlkHandler};
+use crate::devices::virtio::kvm_glue::{IrqfdLine, VirtioPciFunction};
+use crate::devices::virtio::pci::VirtioPciDevice;
 use crate::kvm::Vm;
-
-/// The first PCI slot handed out to virtio disks without `addr=` (00:01 is the PIIX3).
-pub const FIRST_VIRTIO_SLOT: u8 = 2;
-
-/// One `-device virtio-blk-pci,...` (or `-drive if=virtio`).
-#[derive(Clone, Debug)]
-pub struct VirtioDiskConfig {
-    /// The option text, for error messages.
-    pub origin: String,
-    /// The id of the `-drive`/`-blockdev` it serves.
-    pub drive: String,
-    /// `serial=`: the GET_ID answer.
-    pub serial: String,
-    /// Transport: `disable-legacy=`, `disable-modern=`.
-    pub transport: VirtioPciConf,
-    /// `addr=SLOT[.0]`: the PCI slot, else the next free one.
-    pub slot: Option<u8>,
-    /// `bootindex=N`: the disk's place in the firmware's boot order.
-    pub bootindex: Option<u32>,
-}
-
-impl VirtioDiskConfig {
-    /// The device `-drive if=virtio` creates for drive `id`.
-    pub fn for_drive(id: &str, origin: &str) -> VirtioDiskConfig {
-        VirtioDiskConfig {
-            origin: origin.to_string(),
-            drive: id.to_string(),
-            serial: String::new(),
-            transport: VirtioPciConf::default(),
-            slot: None,
-            bootindex: None,
-        }
-    }
-}
-
-/// Whether `-device DRIVER` names a virtio-blk PCI device.
-pub fn is_virtio_blk(driver: &str) -> bool {
-    matches!(driver, "virtio-blk-pci" | "virtio-blk")
-}
-
-fn parse_bool(prop: &str, v: &str) -> Result<bool, String> {
-    match v {
-        "on" | "true" | "yes" => Ok(true),
-        "off" | "false" | "no" => Ok(false),
-        _ => Err(format!(
-            "Parameter '{prop}' expects 'on' or 'off' (got '{v}')"
-        )),
-    }
-}
-
-/// `addr=S` or `addr=S.F` (hex, as QEMU): function must be 0, slots 2-31 are free for us.
-fn parse_addr(v: &str) -> Result<u8, String> {
-    let bad = || format!("Property 'virtio-blk-pci.addr' doesn't take value '{v}'");
-    let (slot, func) = v.split_once('.').unwrap_or((v, "0"));
-    let slot = u8::from_str_radix(slot.trim_start_matches("0x"), 16).map_err(|_| bad())?;
-    let func = u8::from_str_radix(func, 16).map_err(|_| bad())?;
-    if slot >= 32 || func >= 8 {
-        return Err(bad());
-    }
-    if func != 0 || slot < FIRST_VIRTIO_SLOT {
-        return Err(format!(
-            "addr={v}: rqemu plugs virtio disks only at function 0 of slots 02-1f"
-        ));
-    }
-    Ok(slot)
-}
-
-/// Parses `virtio-blk-pci,drive=ID,serial=S,num-queues=1,disable-legacy=,disable-modern=,
-/// addr=` (what rqemu supports of QEMU's properties).
-pub fn parse_device(arg: &str) -> Result<VirtioDiskConfig, String> {
-    let mut parts = arg.split(',');
-    let driver = parts.next().unwrap_or("");
-    let mut disk = VirtioDiskConfig::for_drive("", &format!("-device {arg}"));
-    let mut drive = None;
-    for prop in parts {
-        let (key, value) = prop.split_once('=').unwrap_or((prop, "on"));
-        match key {
-            "drive" => drive = Some(value.to_string()),
-            "serial" => disk.serial = value.to_string(),
-            "num-queues" => match value.parse::<u32>() {
-                Ok(1) => {}
-                Ok(0) => return Err("num-queues property must be larger than 0".to_string()),
-                Ok(n) => {
-                    return Err(format!(
-                        "num-queues={n}: multiqueue virtio-blk is not supported by rqemu \
-                         (only num-queues=1)"
-                    ))
-                }
-                Err(_) => {
-                    return Err(format!(
-                        "Property '{driver}.num-queues' doesn't take value '{value}'"
-                    ))
-                }
-            },
-            "disable-legacy" if value == "auto" => {}
-            "disable-legacy" => disk.transport.disable_legacy = parse_bool(key, value)?,
-            "disable-modern" => disk.transport.disable_modern = parse_bool(key, value)?,
-            "addr" => disk.slot = Some(parse_addr(value)?),
-            "bootindex" => {
-                let n = value.parse::<u32>().map_err(|_| {
-                    format!("Property '{driver}.bootindex' doesn't take value '{value}'")
-                })?;
-                disk.bootindex = Some(n);
-            }
-            "id" => {}
-            _ => return Err(format!("Property '{driver}.{key}' not found")),
-        }
-    }
-    if disk.transport.disable_legacy && disk.transport.disable_modern {
-        return Err("device cannot work as neither modern nor legacy mode is enabled".to_string());
-    }
-    disk.drive = drive.ok_or_else(|| "drive property not set".to_string())?;
-    Ok(disk)
-}
+use crate::vm_config::{VirtioDiskConfig, FIRST_VIRTIO_SLOT};
 
 /// The handlers of a machine's virtio disks; dropping it stops them on the main loop.
 pub struct VirtioDisks {
@@ -294,14 +182,9 @@ fn plug_one(
         };
         let handler = VirtioBlkHandler::new(shared, core, mem, blk, notifiers);
         let tasks = handler.start();
-        let resample = irq.resample_notifier();
         let serve = async move {
             let _tasks = tasks;
-            let resampler = async {
-                while resample.wait().await.is_ok() {
-                    irq.resampled();
-                }
-            };
+            let resampler = irq.run_resampler();
             futures_lite::future::or(resampler, async {
                 let _ = stop.wait().await;
                 // Wake the other handlers of this machine too.

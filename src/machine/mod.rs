@@ -7,6 +7,8 @@
 //! simplest way to give the guest pristine RAM, firmware and device state (unlike QEMU, CMOS
 //! RAM the guest wrote does not survive the reset). With `-no-reboot` a reset ends the run.
 
+mod virtio;
+
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,7 @@ use block::aio::AioContextHandle;
 
 use crate::boot::{bios, linux};
 use crate::bus::{lock, Bql, DeviceRef, IoBuses};
-use crate::chardev::{spawn_stdin_reader, CharInput, CharOut};
+use crate::chardev::{spawn_stdin_reader, CharBackend, CharInput, CharOut};
 use crate::devices::cmos::{Cmos, CMOS_PORT, RTC_IRQ};
 use crate::devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use crate::devices::fw_cfg::{self, e820_bytes, E820Type, FwCfg, FW_CFG_PORT_SEL};
@@ -25,13 +27,13 @@ use crate::devices::ide::piix::LEGACY_PORTS;
 use crate::devices::ide::{ChannelWiring, DriveConfig, IdeBlockSubmitter, IdePorts, Piix3Ide};
 use crate::devices::pci::{pc_pci_bus, BarKind, PciBarWindow, PciHost, PCI_CONFIG_ADDRESS};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
-use crate::devices::virtio::machine::{self as virtio, VirtioDisks};
 use crate::devices::{Port92, ResetRequest};
 use crate::kvm::vcpu::{run_loop, RunExit};
 use crate::kvm::{cpu, Vm};
 use crate::main_loop::MainLoop;
 use crate::memory::{GuestRam, HIGHMEM_START, KVM_RESERVED};
-use crate::vm_config::{CharBackend, VmConfig};
+use crate::vm_config::VmConfig;
+use virtio::VirtioDisks;
 
 /// How the guest starts.
 pub enum Boot {

@@ -1,0 +1,214 @@
+//! `-device`: the device models a drive can be attached to, and their properties
+//! (QEMU's qdev property parsing for `ide-hd` and `virtio-blk-pci`).
+
+use block::Options;
+
+use super::{VmConfig, IDE_BUSES, IDE_UNITS};
+use crate::devices::virtio::pci::VirtioPciConf;
+use crate::drives::DriveInterface;
+
+/// `-device DRIVER,...`: `ide-hd,drive=ID[,bus=ide.N][,unit=M]` attaches an `if=none` drive.
+pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
+    let mut opts = Options::parse_keyval(arg, Some("driver")).map_err(|e| e.to_string())?;
+    let driver = opts.take("driver").unwrap_or_default();
+    match driver.as_str() {
+        "ide-hd" => {}
+        "ide-cd" => return Err("device 'ide-cd' (CD-ROM) is not supported by rqemu".to_string()),
+        d if is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
+        _ => return Err(format!("'{driver}' is not a valid device model name")),
+    }
+    let Some(drive) = opts.take("drive") else {
+        return Err("No drive specified".to_string());
+    };
+    let bus = match opts.take("bus") {
+        None => None,
+        Some(b) => match b.as_str() {
+            "ide.0" => Some(0),
+            "ide.1" => Some(1),
+            _ => return Err(format!("Bus '{b}' not found")),
+        },
+    };
+    let unit = opts.take_u64("unit").map_err(|e| e.to_string())?;
+    if let Some((key, _)) = opts.iter().next() {
+        return Err(format!("Property 'ide-hd.{key}' not found"));
+    }
+    let Some(d) = cfg.drives.iter().find(|d| d.id == drive) else {
+        return Err(format!(
+            "Property 'ide-hd.drive' can't find value '{drive}'"
+        ));
+    };
+    let in_use = cfg
+        .ide
+        .iter()
+        .flatten()
+        .any(|s| s.as_deref() == Some(&drive))
+        || cfg.virtio_disks.iter().any(|v| v.drive == drive);
+    if d.interface != DriveInterface::None || in_use {
+        return Err(format!(
+            "Property 'ide-hd.drive' can't take value '{drive}', it's in use"
+        ));
+    }
+    let (bus, unit) = ide_device_slot(cfg, bus, unit)?;
+    cfg.ide[bus][unit] = Some(drive);
+    Ok(())
+}
+
+/// `-device virtio-blk-pci,drive=ID,...`: attaches an `if=none` drive to a virtio disk.
+fn parse_virtio_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
+    let disk = parse_virtio_blk(arg)?;
+    let id = disk.drive.as_str();
+    let Some(d) = cfg.drives.iter().find(|d| d.id == id) else {
+        return Err(format!(
+            "Property 'virtio-blk-pci.drive' can't find value '{id}'"
+        ));
+    };
+    let in_use = cfg.ide.iter().flatten().any(|s| s.as_deref() == Some(id))
+        || cfg.virtio_disks.iter().any(|v| v.drive == id);
+    if d.interface != DriveInterface::None || in_use {
+        return Err(format!(
+            "Property 'virtio-blk-pci.drive' can't take value '{id}', it's in use"
+        ));
+    }
+    cfg.virtio_disks.push(disk);
+    Ok(())
+}
+
+/// The slot `-device ide-hd` takes: the first free one on the given (or any) bus.
+fn ide_device_slot(
+    cfg: &VmConfig,
+    bus: Option<usize>,
+    unit: Option<u64>,
+) -> Result<(usize, usize), String> {
+    if let Some(u) = unit.filter(|u| *u >= IDE_UNITS as u64) {
+        return Err(format!(
+            "Can't create IDE unit {u}, bus supports only {IDE_UNITS} units"
+        ));
+    }
+    let buses = bus.map_or(0..IDE_BUSES, |b| b..b + 1);
+    for b in buses {
+        if let Some(u) = unit {
+            if cfg.ide[b][u as usize].is_some() {
+                return Err(format!("IDE unit {u} is in use"));
+            }
+            return Ok((b, u as usize));
+        }
+        if let Some(u) = (0..IDE_UNITS).find(|u| cfg.ide[b][*u].is_none()) {
+            return Ok((b, u));
+        }
+    }
+    Err("IDE bus is full".to_string())
+}
+
+/// The first PCI slot handed out to virtio disks without `addr=` (00:01 is the PIIX3).
+pub const FIRST_VIRTIO_SLOT: u8 = 2;
+
+/// One `-device virtio-blk-pci,...` (or `-drive if=virtio`).
+#[derive(Clone, Debug)]
+pub struct VirtioDiskConfig {
+    /// The option text, for error messages.
+    pub origin: String,
+    /// The id of the `-drive`/`-blockdev` it serves.
+    pub drive: String,
+    /// `serial=`: the GET_ID answer.
+    pub serial: String,
+    /// Transport: `disable-legacy=`, `disable-modern=`.
+    pub transport: VirtioPciConf,
+    /// `addr=SLOT[.0]`: the PCI slot, else the next free one.
+    pub slot: Option<u8>,
+    /// `bootindex=N`: the disk's place in the firmware's boot order.
+    pub bootindex: Option<u32>,
+}
+
+impl VirtioDiskConfig {
+    /// The device `-drive if=virtio` creates for drive `id`.
+    pub fn for_drive(id: &str, origin: &str) -> VirtioDiskConfig {
+        VirtioDiskConfig {
+            origin: origin.to_string(),
+            drive: id.to_string(),
+            serial: String::new(),
+            transport: VirtioPciConf::default(),
+            slot: None,
+            bootindex: None,
+        }
+    }
+}
+
+/// Whether `-device DRIVER` names a virtio-blk PCI device.
+pub(super) fn is_virtio_blk(driver: &str) -> bool {
+    matches!(driver, "virtio-blk-pci" | "virtio-blk")
+}
+
+fn parse_bool(prop: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!(
+            "Parameter '{prop}' expects 'on' or 'off' (got '{v}')"
+        )),
+    }
+}
+
+/// `addr=S` or `addr=S.F` (hex, as QEMU): function must be 0, slots 2-31 are free for us.
+fn parse_addr(v: &str) -> Result<u8, String> {
+    let bad = || format!("Property 'virtio-blk-pci.addr' doesn't take value '{v}'");
+    let (slot, func) = v.split_once('.').unwrap_or((v, "0"));
+    let slot = u8::from_str_radix(slot.trim_start_matches("0x"), 16).map_err(|_| bad())?;
+    let func = u8::from_str_radix(func, 16).map_err(|_| bad())?;
+    if slot >= 32 || func >= 8 {
+        return Err(bad());
+    }
+    if func != 0 || slot < FIRST_VIRTIO_SLOT {
+        return Err(format!(
+            "addr={v}: rqemu plugs virtio disks only at function 0 of slots 02-1f"
+        ));
+    }
+    Ok(slot)
+}
+
+/// Parses `virtio-blk-pci,drive=ID,serial=S,num-queues=1,disable-legacy=,disable-modern=,
+/// addr=` (what rqemu supports of QEMU's properties).
+pub(super) fn parse_virtio_blk(arg: &str) -> Result<VirtioDiskConfig, String> {
+    let mut parts = arg.split(',');
+    let driver = parts.next().unwrap_or("");
+    let mut disk = VirtioDiskConfig::for_drive("", &format!("-device {arg}"));
+    let mut drive = None;
+    for prop in parts {
+        let (key, value) = prop.split_once('=').unwrap_or((prop, "on"));
+        match key {
+            "drive" => drive = Some(value.to_string()),
+            "serial" => disk.serial = value.to_string(),
+            "num-queues" => match value.parse::<u32>() {
+                Ok(1) => {}
+                Ok(0) => return Err("num-queues property must be larger than 0".to_string()),
+                Ok(n) => {
+                    return Err(format!(
+                        "num-queues={n}: multiqueue virtio-blk is not supported by rqemu \
+                         (only num-queues=1)"
+                    ))
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "Property '{driver}.num-queues' doesn't take value '{value}'"
+                    ))
+                }
+            },
+            "disable-legacy" if value == "auto" => {}
+            "disable-legacy" => disk.transport.disable_legacy = parse_bool(key, value)?,
+            "disable-modern" => disk.transport.disable_modern = parse_bool(key, value)?,
+            "addr" => disk.slot = Some(parse_addr(value)?),
+            "bootindex" => {
+                let n = value.parse::<u32>().map_err(|_| {
+                    format!("Property '{driver}.bootindex' doesn't take value '{value}'")
+                })?;
+                disk.bootindex = Some(n);
+            }
+            "id" => {}
+            _ => return Err(format!("Property '{driver}.{key}' not found")),
+        }
+    }
+    if disk.transport.disable_legacy && disk.transport.disable_modern {
+        return Err("device cannot work as neither modern nor legacy mode is enabled".to_string());
+    }
+    disk.drive = drive.ok_or_else(|| "drive property not set".to_string())?;
+    Ok(disk)
+}

@@ -1,0 +1,139 @@
+//! `-drive` and `-blockdev`: the drives to open, their open flags, and the IDE slot an
+//! `if=ide` drive takes (QEMU's drive_new in blockdev.c).
+
+use block::Options;
+
+use super::{check_unique_id, VmConfig, IDE_BUSES, IDE_UNITS};
+use crate::drives::{DriveInterface, DriveOptions};
+
+/// Splits `readonly=`, `snapshot=`, `cache=`, `aio=` off `opts` into open flags.
+fn take_open_flags(opts: &mut Options) -> Result<block::OpenFlags, String> {
+    let err = |e: block::Error| e.to_string();
+    let mut flags = block::OpenFlags::default();
+    if let Some(ro) = opts.take_bool("readonly").map_err(err)? {
+        flags.read_only = ro;
+    }
+    if let Some(ro) = opts.take_bool("read-only").map_err(err)? {
+        flags.read_only = ro;
+    }
+    flags.snapshot = opts.take_bool("snapshot").map_err(err)?.unwrap_or(false);
+    if let Some(cache) = opts.take("cache") {
+        flags.cache = block::node::CacheMode::parse(&cache).map_err(err)?;
+    }
+    if let Some(aio) = opts.take("aio") {
+        flags.aio = block::node::AioMode::parse(&aio).map_err(err)?;
+    }
+    Ok(flags)
+}
+
+/// `-drive file=,format=,if=,index=,bus=,unit=,media=,id=,cache=,aio=,readonly=,snapshot=`
+/// (QEMU's drive_new): opens a drive and, for `if=ide`, attaches it as an IDE disk.
+pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
+    let mut opts = Options::parse_keyval(arg, None).map_err(|e| e.to_string())?;
+    let interface = match opts.take("if").as_deref() {
+        None | Some("ide") => DriveInterface::Ide,
+        Some("virtio") => DriveInterface::Virtio,
+        Some("none") => DriveInterface::None,
+        Some(other) => return Err(format!("unsupported bus type '{other}'")),
+    };
+    let index = take_index(&mut opts)?;
+    let slot = match interface {
+        DriveInterface::Ide => Some(ide_slot(cfg, index)?),
+        _ => None,
+    };
+    match opts.take("media").as_deref() {
+        None | Some("disk") => {}
+        Some("cdrom") => return Err("media=cdrom (ide-cd) is not supported by rqemu".to_string()),
+        Some(other) => return Err(format!("'{other}' invalid media")),
+    }
+    let flags = take_open_flags(&mut opts)?;
+    if let Some(format) = opts.take("format") {
+        opts.set("driver", format);
+    }
+    let id = match (opts.take("id"), slot) {
+        (Some(id), _) => id,
+        (None, Some((bus, unit))) => format!("ide{bus}-hd{unit}"),
+        (None, None) => format!("none{}", index.unwrap_or(cfg.drives.len() as u64)),
+    };
+    let filename = opts.take("file");
+    if filename.is_none() && !opts.contains("file.filename") && !opts.contains("file.driver") {
+        return Err("A block device must be specified for \"file\"".to_string());
+    }
+    check_unique_id(cfg, &id)?;
+    if let Some((bus, unit)) = slot {
+        cfg.ide[bus][unit] = Some(id.clone());
+    }
+    cfg.drives.push(DriveOptions {
+        origin: format!("-drive {arg}"),
+        id,
+        interface,
+        filename,
+        options: opts,
+        flags,
+    });
+    Ok(())
+}
+
+/// The `index=` of a `-drive`, or the one `bus=`/`unit=` name.
+fn take_index(opts: &mut Options) -> Result<Option<u64>, String> {
+    let err = |e: block::Error| e.to_string();
+    let index = opts.take_u64("index").map_err(err)?;
+    let bus = opts.take_u64("bus").map_err(err)?;
+    let unit = opts.take_u64("unit").map_err(err)?;
+    match (index, bus, unit) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+            Err("index cannot be used with bus and unit".to_string())
+        }
+        (Some(i), None, None) => Ok(Some(i)),
+        (None, None, None) => Ok(None),
+        (None, b, u) => Ok(Some(
+            b.unwrap_or(0)
+                .saturating_mul(IDE_UNITS as u64)
+                .saturating_add(u.unwrap_or(0)),
+        )),
+    }
+}
+
+/// The (bus, unit) an `if=ide` drive takes: `index` (bus * 2 + unit) or the first free one.
+fn ide_slot(cfg: &VmConfig, index: Option<u64>) -> Result<(usize, usize), String> {
+    let index = index.unwrap_or_else(|| {
+        let free = cfg.ide.iter().flatten().position(|s| s.is_none());
+        free.unwrap_or(IDE_BUSES * IDE_UNITS) as u64
+    });
+    let (bus, unit) = (index / IDE_UNITS as u64, index % IDE_UNITS as u64);
+    if bus >= IDE_BUSES as u64 {
+        return Err(format!(
+            "machine type does not support if=ide,bus={bus},unit={unit}"
+        ));
+    }
+    if cfg.ide[bus as usize][unit as usize].is_some() {
+        return Err(format!(
+            "drive with bus={bus}, unit={unit} (index={index}) exists"
+        ));
+    }
+    Ok((bus as usize, unit as usize))
+}
+
+/// `-blockdev driver=...,node-name=...,...` (QMP blockdev-add on the command line).
+pub(super) fn parse_blockdev(arg: &str) -> Result<DriveOptions, String> {
+    let mut opts = if arg.starts_with('{') {
+        Options::parse_json_filename(&format!("json:{arg}")).map_err(|e| e.to_string())?
+    } else {
+        Options::parse_keyval(arg, None).map_err(|e| e.to_string())?
+    };
+    if !opts.contains("driver") {
+        return Err("Parameter 'driver' is missing".to_string());
+    }
+    let Some(id) = opts.take("node-name") else {
+        return Err("A node-name is required for -blockdev".to_string());
+    };
+    let flags = take_open_flags(&mut opts)?;
+    Ok(DriveOptions {
+        origin: format!("-blockdev {arg}"),
+        id,
+        interface: DriveInterface::None,
+        filename: None,
+        options: opts,
+        flags,
+    })
+}
