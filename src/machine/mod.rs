@@ -223,10 +223,10 @@ fn build_ide(
         })
         .collect();
     let ports = dev(IdePorts::new(IdeBlockSubmitter::new(
-        main.clone(),
+        main,
         device.clone(),
         wiring,
-    )));
+    )?));
     for (base, ctl, _) in LEGACY_PORTS {
         pio.insert(base as u64, 8, ports.clone())?;
         pio.insert(ctl as u64, 1, ports.clone())?;

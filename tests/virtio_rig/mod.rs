@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use block::{AioContext, BlockBackend, OpenFlags, Options};
+use rqemu::bus::lock;
 use rqemu::devices::virtio::block::{VirtioBlk, VirtioBlkConf, VirtioBlkHandler};
 use rqemu::devices::virtio::pci::{VirtioPciConf, VirtioPciDevice};
 use rqemu::devices::virtio::testdriver::{Buf, IrqCounter, TestDriver};
-use rqemu::devices::virtio::{lock, SharedCore};
+use rqemu::devices::virtio::SharedCore;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest RAM size.

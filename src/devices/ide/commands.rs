@@ -314,7 +314,11 @@ impl AtaChannel {
         Done::Later
     }
 
-    /// The host filled a data-out block: write it (ide_sector_write).
+    /// The host filled a data-out block: write it (ide_sector_write). The block is queued as
+    /// a `BlockOp::Write`; `glue::IdeBlockSubmitter::after_access` queues it for the main
+    /// loop, where `IdeBlockSubmitter::start` calls `blk_aio_pwritev`
+    /// (`BlockBackend::aio_pwritev`) on the drive's backend, which its `glue::IdeBus` holds,
+    /// and `write_done` (ide_sector_write_cb) runs when it completes.
     pub(super) fn sector_write(&mut self) {
         let unit = self.unit;
         let d = self.cur();

@@ -1,17 +1,23 @@
 //! The glue between an ATA channel (vCPU threads, under the device lock) and its drives'
-//! BlockBackends (the main loop thread): requests out as bottom halves, completions back.
+//! BlockBackends (the main loop thread): requests out through a queue, completions back.
 //!
 //! QEMU's hw/ide/core.c calls blk_aio_preadv/pwritev/flush straight from the port write,
-//! under the BQL, and gets its callback from a bottom half of the same main loop. Here the
-//! vCPU thread does not own the block graph, so [`IdeBlockSubmitter::after_access`] ships
-//! each [`BlockRequest`] to the loop as a `Send` bottom half; there it becomes
-//! `blk.aio_*`, whose completion bottom half locks the device, calls
+//! under the BQL, on the `blk` of the drive's IDEState, and gets its callback from a bottom
+//! half of the same main loop. Here the vCPU thread does not own the block graph:
+//! [`IdeBlockSubmitter::after_access`] queues each [`BlockRequest`] and kicks the loop, where
+//! the controller's [`IdeBus`]es (one per channel, holding the BlockBackend of each slot,
+//! resolved once when the controller is wired, as the virtio-blk handler holds its own) turn
+//! it into `blk.aio_*`. The completion bottom half locks the device, calls
 //! [`AtaChannel::complete`] and moves the interrupt line.
 
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
+use block::aio::notifier::EventNotifier;
 use block::aio::AioContextHandle;
-use block::{Error, IoVector, RequestFlags};
+use block::{AioContext, BlockBackend, Error, IoVector, RequestFlags};
 
 use super::ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, SECTOR_SIZE};
 use super::identify::DriveInfo;
@@ -74,32 +80,62 @@ pub struct ChannelWiring {
     pub irq: Irq,
 }
 
+/// Block requests on their way from the vCPU side to the loop, with their channel index.
+struct RequestQueue {
+    pending: Mutex<VecDeque<(usize, BlockRequest)>>,
+    /// Set after every push: the loop's [`IdeBus`]es wait on it.
+    kick: EventNotifier,
+    /// The controller is gone: the loop side stops serving.
+    stopped: AtomicBool,
+}
+
 /// Carries a controller's block requests to the main loop and their completions back.
 pub struct IdeBlockSubmitter<D: AtaController> {
-    ctx: AioContextHandle,
     device: Arc<Mutex<D>>,
     channels: Arc<Vec<ChannelWiring>>,
+    queue: Arc<RequestQueue>,
 }
 
 impl<D: AtaController> Clone for IdeBlockSubmitter<D> {
     fn clone(&self) -> Self {
         IdeBlockSubmitter {
-            ctx: self.ctx.clone(),
             device: self.device.clone(),
             channels: self.channels.clone(),
+            queue: self.queue.clone(),
         }
     }
 }
 
 impl<D: AtaController> IdeBlockSubmitter<D> {
-    /// Glue for `device`, whose channel `i` is wired as `channels[i]`; requests run on the
-    /// loop behind `ctx`, where the drives are registered in [`crate::drives`].
-    pub fn new(ctx: AioContextHandle, device: Arc<Mutex<D>>, channels: Vec<ChannelWiring>) -> Self {
-        IdeBlockSubmitter {
-            ctx,
+    /// Glue for `device`, whose channel `i` is wired as `channels[i]`. On the loop behind
+    /// `ctx`, each channel's drives are looked up once in [`crate::drives`] and served from
+    /// then on by its [`IdeBus`].
+    pub fn new(
+        ctx: &AioContextHandle,
+        device: Arc<Mutex<D>>,
+        channels: Vec<ChannelWiring>,
+    ) -> Result<Self, String> {
+        let queue = RequestQueue {
+            pending: Mutex::new(VecDeque::new()),
+            kick: EventNotifier::new().map_err(|e| format!("IDE request queue: {e}"))?,
+            stopped: AtomicBool::new(false),
+        };
+        let glue = IdeBlockSubmitter {
             device,
             channels: Arc::new(channels),
-        }
+            queue: Arc::new(queue),
+        };
+        let on_loop = glue.clone();
+        ctx.schedule_bh(move || {
+            AioContext::current().spawn(on_loop.serve()).detach();
+        });
+        Ok(glue)
+    }
+
+    /// Stops the loop side once the requests queued so far are started.
+    fn stop(&self) {
+        self.queue.stopped.store(true, Ordering::SeqCst);
+        self.queue.kick.set();
     }
 
     /// The device lock the vCPU threads take for port accesses.
@@ -117,17 +153,39 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
         for &level in ch.irq_update() {
             wiring.irq.set_level(level);
         }
+        let mut queued = false;
         while let Some(req) = ch.take_request() {
-            let drive = wiring.drives.get(req.id.unit).cloned().flatten();
-            let me = self.clone();
-            self.ctx
-                .schedule_bh(move || me.run_on_loop(index, drive, req));
+            lock(&self.queue.pending).push_back((index, req));
+            queued = true;
+        }
+        if queued {
+            self.queue.kick.set();
         }
     }
 
-    /// On the loop thread: starts the request on the drive's backend.
-    fn run_on_loop(self, index: usize, drive: Option<Arc<str>>, req: BlockRequest) {
-        let Some(blk) = drive.and_then(|id| drives::lookup(&id)) else {
+    /// The loop side, for as long as the controller lives: resolves each channel's drives
+    /// once, then starts every request queued for them.
+    async fn serve(self) {
+        let buses: Vec<IdeBus> = self.channels.iter().map(IdeBus::attach).collect();
+        while self.queue.kick.wait().await.is_ok() {
+            loop {
+                let next = lock(&self.queue.pending).pop_front();
+                let Some((index, req)) = next else {
+                    break;
+                };
+                let blk = buses.get(index).and_then(|bus| bus.blk(req.id.unit));
+                self.clone().start(index, blk, req);
+            }
+            if self.queue.stopped.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+    }
+
+    /// On the loop thread: starts the request on the drive's backend (ide_sector_read's
+    /// blk_aio_preadv, ide_sector_write's blk_aio_pwritev, ide_flush_cache's blk_aio_flush).
+    fn start(self, index: usize, blk: Option<Rc<BlockBackend>>, req: BlockRequest) {
+        let Some(blk) = blk else {
             let err = Error::new(libc::ENOMEDIUM, "IDE drive not registered on this loop");
             return self.complete(index, req.id, Err(err));
         };
@@ -173,6 +231,29 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
     }
 }
 
+/// One IDE channel as the main loop sees it (QEMU's IDEBus, whose two IDEStates each hold
+/// the `blk` of their drive): the BlockBackend of the master and slave slot.
+pub struct IdeBus {
+    blk: [Option<Rc<BlockBackend>>; 2],
+}
+
+impl IdeBus {
+    /// Looks the channel's drives up in the loop's registry, once (blk_by_name at realize).
+    fn attach(wiring: &ChannelWiring) -> IdeBus {
+        IdeBus {
+            blk: wiring
+                .drives
+                .clone()
+                .map(|id| id.and_then(|id| drives::lookup(&id))),
+        }
+    }
+
+    /// The backend of slot `unit`, if a drive is attached there.
+    fn blk(&self, unit: usize) -> Option<Rc<BlockBackend>> {
+        self.blk.get(unit).cloned().flatten()
+    }
+}
+
 /// The legacy port ranges of a PIIX3 IDE function on the port bus: each access runs under the
 /// device lock, then the glue moves the interrupt line and ships new block requests.
 pub struct IdePorts(IdeBlockSubmitter<Piix3Ide>);
@@ -181,6 +262,13 @@ impl IdePorts {
     /// The ports of the function behind `glue`.
     pub fn new(glue: IdeBlockSubmitter<Piix3Ide>) -> IdePorts {
         IdePorts(glue)
+    }
+}
+
+impl Drop for IdePorts {
+    /// The machine is gone: its drives' loop side stops too.
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 

@@ -19,7 +19,8 @@
 //!   Piix3Ide::pio_write -> AtaChannel::data_write_buf (whole buffer)
 //!     last byte of the DRQ block: status BSY, BlockRequest queued
 //!   IdeBlockSubmitter::after_access
-//!     take_request -> ctx.schedule_bh(Send closure) ----> BH: drives::lookup(drive id)
+//!     take_request -> queue, kick (eventfd) ------------> IdeBlockSubmitter::serve: the
+//!                                                       channel's IdeBus holds the blk
 //!   unlock, KVM_RUN again (guest polls BSY             blk.aio_pwritev(IoVector::from_slice)
 //!   or waits for IRQ14)                                  coroutine -> format -> file -> pool
 //!                                                      completion BH (blk_aio_complete_bh):
@@ -41,8 +42,12 @@
 //! collects (`take_request`, `irq_update`), so tests drive it register by register without
 //! threads, and the same code runs under the real loop. The BlockBackend stays on the loop
 //! thread (it is `Rc`, like all block-graph state); devices name drives by their `-drive id=`.
-//! Request data is copied once each way between the sector buffer and an aligned
-//! `IoVector` (at most 16 sectors per DRQ block), as QEMU bounces PIO through `io_buffer`.
+//! Request data is copied twice each way, at most 16 sectors per DRQ block: a write's
+//! sectors go from the sector buffer into the `BlockRequest` (plain bytes, so the state
+//! machine stays free of block-layer types and the request can cross to the loop thread),
+//! then into an aligned `IoVector`; a read comes back as bytes copied out of its `IoVector`,
+//! then into the sector buffer. QEMU copies once, because its `qiov` points straight into
+//! `io_buffer` under the one lock both sides hold.
 
 pub mod ata;
 pub mod commands;

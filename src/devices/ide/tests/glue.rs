@@ -69,7 +69,7 @@ fn pio_requests_reach_a_raw_image_through_the_loop() {
         drives: [Some("d1".into()), Some("d2".into())],
         irq: irq.clone(),
     };
-    let glue = IdeBlockSubmitter::new(main.handle(), device.clone(), vec![wiring]);
+    let glue = IdeBlockSubmitter::new(&main.handle(), device.clone(), vec![wiring]).unwrap();
     // One port access as a vCPU thread makes it: under the lock, then the glue.
     let access = |f: &mut dyn FnMut(&mut AtaChannel) -> u8| -> u8 {
         let mut dev = device.lock().unwrap();
