@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use crate::devices::virtio::machine::{self as virtio, VirtioDiskConfig};
 use block::Options;
+pub use boot::BootOptions;
 
 /// The SeaBIOS image QEMU's `pc` machine loads by default.
 pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
@@ -81,6 +82,8 @@ pub struct VmConfig {
     pub virtio_disks: Vec<crate::devices::virtio::machine::VirtioDiskConfig>,
     /// The drive id of each IDE disk, by channel and unit (`-drive if=ide`, `-device ide-hd`).
     pub ide: [[Option<String>; IDE_UNITS]; IDE_BUSES],
+    /// Which IDE slots hold a CD-ROM drive rather than a disk (`media=cdrom`, `-cdrom`, `ide-cd`).
+    pub ide_cdrom: [[bool; IDE_UNITS]; IDE_BUSES],
     /// COM1.
     pub serial: CharBackend,
     /// The debug console at port 0x402.
@@ -89,9 +92,9 @@ pub struct VmConfig {
     pub nographic: bool,
     /// `-no-reboot`: a guest reset ends the run instead of restarting the machine.
     pub no_reboot: bool,
-    /// `-boot reboot-timeout=MS`: how long SeaBIOS waits after "No bootable device"
-    /// before it reboots; `None` = the default (see [`VmConfig::boot_fail_wait`]).
-    pub reboot_timeout: Option<i64>,
+    /// `-boot`: boot order, menu, and (`reboot-timeout=`) how long SeaBIOS waits after "No
+    /// bootable device" before it reboots (see [`VmConfig::boot_fail_wait`]).
+    pub boot: BootOptions,
 }
 
 impl Default for VmConfig {
@@ -105,11 +108,12 @@ impl Default for VmConfig {
             drives: Vec::new(),
             virtio_disks: Vec::new(),
             ide: Default::default(),
+            ide_cdrom: Default::default(),
             serial: CharBackend::Null,
             debugcon: CharBackend::None,
             nographic: false,
             no_reboot: false,
-            reboot_timeout: None,
+            boot: BootOptions::default(),
         }
     }
 }
@@ -120,7 +124,7 @@ impl VmConfig {
     /// QEMU's default is -1; with `-no-reboot` rqemu defaults to 0 instead, so that a
     /// machine with nothing to boot ends the run rather than idling forever.
     pub fn boot_fail_wait(&self) -> i64 {
-        match self.reboot_timeout {
+        match self.boot.reboot_timeout {
             Some(ms) => ms,
             None if self.no_reboot => 0,
             None => -1,
@@ -186,7 +190,7 @@ pub fn machine_help() -> String {
 /// Options that take an argument; everything else in [`FLAGS`] takes none.
 const WITH_ARG: &[&str] = &[
     "m", "bios", "kernel", "initrd", "append", "drive", "blockdev", "device", "serial", "debugcon",
-    "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net",
+    "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net", "cdrom",
 ];
 const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "nodefaults"];
 
@@ -291,7 +295,11 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "trace" => block::trace::configure(arg)?,
         "machine" | "M" => return parse_machine(arg),
         "accel" => parse_accel(arg)?,
-        "boot" => cfg.reboot_timeout = parse_boot(arg)?.or(cfg.reboot_timeout),
+        "boot" => cfg.boot.parse(arg)?,
+        "cdrom" => parse_drive(
+            cfg,
+            &format!("file={},index=2,media=cdrom", arg.replace(',', ",,")),
+        )?,
         "smp" => parse_smp(arg)?,
         "display" | "vga" | "net" if arg == "none" => {}
         _ => return Err(format!("'{arg}' is not supported by rqemu")),
@@ -356,32 +364,6 @@ fn parse_accel(arg: &str) -> Result<(), String> {
     }
 }
 
-/// `-boot reboot-timeout=MS` (other -boot keys are accepted and ignored: boot order comes
-/// from the devices, and menus have no user here).
-fn parse_boot(arg: &str) -> Result<Option<i64>, String> {
-    let opts = Options::parse_keyval(arg, Some("order")).map_err(|e| e.to_string())?;
-    let mut timeout = None;
-    for (key, value) in opts.iter() {
-        match key {
-            "reboot-timeout" => {
-                let ms: i64 = value
-                    .parse()
-                    .map_err(|_| "Parameter 'reboot-timeout' expects a number".to_string())?;
-                if !(-1..=0xffff).contains(&ms) {
-                    return Err(
-                        "reboot timeout is invalid, it should be a value between -1 and 65535"
-                            .to_string(),
-                    );
-                }
-                timeout = Some(ms);
-            }
-            "order" | "once" | "menu" | "splash-time" | "strict" => {}
-            _ => return Err(format!("Invalid parameter '{key}'")),
-        }
-    }
-    Ok(timeout)
-}
-
 fn parse_smp(arg: &str) -> Result<(), String> {
     let opts = Options::parse_keyval(arg, Some("cpus")).map_err(|e| e.to_string())?;
     for (key, value) in opts.iter() {
@@ -412,8 +394,7 @@ fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     let mut opts = Options::parse_keyval(arg, Some("driver")).map_err(|e| e.to_string())?;
     let driver = opts.take("driver").unwrap_or_default();
     match driver.as_str() {
-        "ide-hd" => {}
-        "ide-cd" => return Err("device 'ide-cd' (CD-ROM) is not supported by rqemu".to_string()),
+        "ide-hd" | "ide-cd" => {}
         d if virtio::is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
         _ => return Err(format!("'{driver}' is not a valid device model name")),
     }
@@ -430,11 +411,11 @@ fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     };
     let unit = opts.take_u64("unit").map_err(|e| e.to_string())?;
     if let Some((key, _)) = opts.iter().next() {
-        return Err(format!("Property 'ide-hd.{key}' not found"));
+        return Err(format!("Property '{driver}.{key}' not found"));
     }
     let Some(d) = cfg.drives.iter().find(|d| d.id == drive) else {
         return Err(format!(
-            "Property 'ide-hd.drive' can't find value '{drive}'"
+            "Property '{driver}.drive' can't find value '{drive}'"
         ));
     };
     let in_use = cfg
@@ -445,11 +426,12 @@ fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
         || cfg.virtio_disks.iter().any(|v| v.drive == drive);
     if d.interface != DriveInterface::None || in_use {
         return Err(format!(
-            "Property 'ide-hd.drive' can't take value '{drive}', it's in use"
+            "Property '{driver}.drive' can't take value '{drive}', it's in use"
         ));
     }
     let (bus, unit) = ide_device_slot(cfg, bus, unit)?;
     cfg.ide[bus][unit] = Some(drive);
+    cfg.ide_cdrom[bus][unit] = driver == "ide-cd";
     Ok(())
 }
 
@@ -534,17 +516,22 @@ fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
         DriveInterface::Ide => Some(ide_slot(cfg, index)?),
         _ => None,
     };
-    match opts.take("media").as_deref() {
-        None | Some("disk") => {}
-        Some("cdrom") => return Err("media=cdrom (ide-cd) is not supported by rqemu".to_string()),
+    let cdrom = match opts.take("media").as_deref() {
+        None | Some("disk") => false,
+        Some("cdrom") if interface == DriveInterface::Virtio => {
+            return Err("media=cdrom is only supported with if=ide".to_string())
+        }
+        Some("cdrom") => true,
         Some(other) => return Err(format!("'{other}' invalid media")),
-    }
-    let flags = take_open_flags(&mut opts)?;
+    };
+    let mut flags = take_open_flags(&mut opts)?;
+    flags.read_only |= cdrom; // a CD is never written
     if let Some(format) = opts.take("format") {
         opts.set("driver", format);
     }
     let id = match (opts.take("id"), slot) {
         (Some(id), _) => id,
+        (None, Some((bus, unit))) if cdrom => format!("ide{bus}-cd{unit}"),
         (None, Some((bus, unit))) => format!("ide{bus}-hd{unit}"),
         (None, None) => format!("none{}", index.unwrap_or(cfg.drives.len() as u64)),
     };
@@ -555,6 +542,7 @@ fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     check_unique_id(cfg, &id)?;
     if let Some((bus, unit)) = slot {
         cfg.ide[bus][unit] = Some(id.clone());
+        cfg.ide_cdrom[bus][unit] = cdrom;
     }
     cfg.drives.push(DriveConfig {
         origin: format!("-drive {arg}"),
@@ -631,5 +619,6 @@ fn parse_blockdev(arg: &str) -> Result<DriveConfig, String> {
     })
 }
 
+mod boot;
 #[cfg(test)]
 mod tests;

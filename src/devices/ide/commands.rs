@@ -87,7 +87,7 @@ pub mod cmd {
 }
 
 /// How a command left the drive.
-enum Done {
+pub(super) enum Done {
     /// Finished: clear BSY, set DSC on success, interrupt.
     Now,
     /// Finished, status left without DSC (power-management commands, diagnostics).
@@ -135,6 +135,11 @@ impl AtaChannel {
 
     fn dispatch(&mut self, val: u8) -> Done {
         use cmd::*;
+        if self.cur().cd.is_some() {
+            if let Some(done) = self.atapi_ata_command(val) {
+                return done;
+            }
+        }
         match val {
             READ | READ_ONCE | READ_EXT => self.cmd_read(val == READ_EXT, 1),
             READ_MULTIPLE | READ_MULTIPLE_EXT => {
@@ -163,7 +168,7 @@ impl AtaChannel {
                 self.cur().diagnostic();
                 Done::NowNoDsc
             }
-            // IDENTIFY PACKET, DMA, SMART, security... are not for this disk.
+            // PACKET, IDENTIFY PACKET, DMA, SMART, security... are not for this disk.
             _ => self.abort(),
         }
     }
@@ -421,9 +426,16 @@ impl AtaChannel {
         }
         // The completion belongs to its drive even if the guest selected the other one since.
         let selected = std::mem::replace(&mut self.unit, unit);
+        if let Pending::AtapiRead(n) = pending {
+            // The packet protocol decides itself when the host hears of it.
+            self.atapi_read_done(n, result);
+            self.unit = selected;
+            return;
+        }
         match pending {
             Pending::Read(n) => self.read_done(n, result),
             Pending::Write(n) => self.write_done(n, result.map(|_| ())),
+            Pending::AtapiRead(_) => unreachable!("handled above"),
             Pending::Flush => {
                 let d = self.cur();
                 match result {
