@@ -1,5 +1,5 @@
-//! The DSDT: the PCI host bridge with its interrupt routing, and the S5 (soft off) sleep
-//! state.
+//! The DSDT: the PCI host bridge with its interrupt routing, the keyboard controller, and the
+//! S5 (soft off) sleep state.
 //!
 //! QEMU's hw/i386/acpi-build.c (build_dsdt; its i440FX DSDT routes through link devices
 //! LNKA-LNKD that read the PIIX3 PIRQ registers). This machine's routing is fixed instead, so
@@ -8,7 +8,9 @@
 //! the PIIX3 (and with it every PCI function's Interrupt Line, which the devices follow).
 //! `\_S5` holds the SLP_TYP value that powers the machine off: 0, the PIIX4 encoding.
 
-use acpi_tables::aml::{self, Device, EISAName, Name, Package, PackageBuilder, Scope};
+use acpi_tables::aml::{
+    self, Device, EISAName, Interrupt, Name, Package, PackageBuilder, ResourceTemplate, Scope, IO,
+};
 use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
 
@@ -47,7 +49,19 @@ pub fn build() -> Sdt {
     let hid = Name::new("_HID".into(), &EISAName::new("PNP0A03"));
     let adr = Name::new("_ADR".into(), &aml::ZERO);
     let uid = Name::new("_UID".into(), &aml::ZERO);
-    let pci0 = Device::new("PCI0".into(), vec![&hid, &adr, &uid, &prt]);
+    // The i8042 keyboard controller: SeaBIOS only initialises a PS/2 keyboard the DSDT
+    // declares (PNP0303), and an OS finds the controller's ports the same way.
+    let (data, command) = (IO::new(0x60, 0x60, 1, 1), IO::new(0x64, 0x64, 1, 1));
+    let irq1 = Interrupt::new(true, true, false, false, 1);
+    let kbd_crs = Name::new(
+        "_CRS".into(),
+        &ResourceTemplate::new(vec![&data, &command, &irq1]),
+    );
+    let kbd_hid = Name::new("_HID".into(), &EISAName::new("PNP0303"));
+    let kbd = Device::new("KBD_".into(), vec![&kbd_hid, &kbd_crs]);
+    let isa_adr = Name::new("_ADR".into(), &0x0001_0000u32); // the PIIX3 at 00:01.0
+    let isa = Device::new("ISA_".into(), vec![&isa_adr, &kbd]);
+    let pci0 = Device::new("PCI0".into(), vec![&hid, &adr, &uid, &prt, &isa]);
     let sb = Scope::new("\\_SB_".into(), vec![&pci0]);
     let s5 = Name::new(
         "_S5_".into(),

@@ -151,6 +151,8 @@ fn dsdt_holds_s5_and_routes_every_slot_and_pin() {
     assert_eq!(aml[s5 + 6], 4);
     assert_eq!(aml[s5 + 7], 0x00, "SLP_TYPa 0");
     assert!(aml.windows(4).any(|w| w == b"PCI0"));
+    // PNP0303, the keyboard SeaBIOS looks for, as a compressed EISA id.
+    assert!(aml.windows(5).any(|w| w == [0x0C, 0x41, 0xD0, 0x03, 0x03]));
     let prt = aml.windows(4).position(|w| w == b"_PRT").expect("_PRT");
     // Entry for slot 3, pin B: {0x0003FFFF, 1, 0, IRQ}.
     let entry = [0x0C, 0xFF, 0xFF, 0x03, 0x00, 0x01, 0x00, 0x0A];

@@ -71,6 +71,7 @@ const PMREGMISC: usize = 0x80;
 const SMBBA: usize = 0x90;
 const SMBHSTCFG: usize = 0xD2;
 const INTERRUPT_PIN: usize = 0x3D;
+const DEVACTB: usize = 0x58;
 
 /// The function: configuration space, PM1 registers and the timer's origin.
 pub struct Piix4Pm {
@@ -97,6 +98,10 @@ impl Piix4Pm {
         config.set_writable(SMBHSTCFG, 1);
         config.set_word(PMBA, PM_BASE | 1);
         config.set_byte(PMREGMISC, 0x01);
+        // There is no SMM: DEVACTB's APMC_EN reads set, which tells SeaBIOS that SMM is
+        // already initialised (QEMU does the same when SMM is off) instead of waiting forever
+        // for an SMI handler to run.
+        config.set_byte(DEVACTB + 3, 0x02);
         Piix4Pm {
             config,
             pm1_sts: 0,

@@ -41,6 +41,12 @@ fn config_space_identifies_piix4_pm_decoding_at_0x600() {
     PciFunction::config_read(&mut pm, 0x40, &mut b);
     assert_eq!(u32::from_le_bytes(b), 0x601);
     assert_eq!(read16(&mut pm, PM1_CNT), SCI_EN);
+    PciFunction::config_read(&mut pm, 0x58, &mut b);
+    assert_eq!(
+        u32::from_le_bytes(b) & 1 << 25,
+        1 << 25,
+        "APMC_EN: no SMM to set up"
+    );
     // Decode off: the block reads as absent and ignores writes.
     PciFunction::config_write(&mut pm, 0x80, &[0]);
     assert_eq!(read16(&mut pm, PM1_CNT), 0xFFFF);
