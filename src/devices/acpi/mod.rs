@@ -179,7 +179,7 @@ impl BusDevice for Piix4Pm {
         }
         for (i, byte) in data.iter_mut().enumerate() {
             let at = offset as u16 + i as u16;
-            let reg_start = if at >= PM_TMR && at < PM_TMR + 4 {
+            let reg_start = if (PM_TMR..PM_TMR + 4).contains(&at) {
                 PM_TMR
             } else {
                 at & !1
@@ -194,8 +194,8 @@ impl BusDevice for Piix4Pm {
         }
         let offset = offset as u16;
         match *data {
-            [lo, hi] if offset % 2 == 0 => self.write_reg(offset, u16::from_le_bytes([lo, hi])),
-            [a, b, c, d] if offset % 4 == 0 => {
+            [lo, hi] if offset & 1 == 0 => self.write_reg(offset, u16::from_le_bytes([lo, hi])),
+            [a, b, c, d] if offset & 3 == 0 => {
                 self.write_reg(offset, u16::from_le_bytes([a, b]));
                 self.write_reg(offset + 2, u16::from_le_bytes([c, d]));
             }
