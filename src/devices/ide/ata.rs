@@ -20,7 +20,8 @@ use std::collections::VecDeque;
 use block::trace;
 
 use super::atapi::CdState;
-use super::identify::{DriveInfo, Geometry, IdentifyState, MAX_MULT_SECTORS};
+pub use super::identify::{DriveConfig, DriveKind};
+use super::identify::{Geometry, MAX_MULT_SECTORS};
 
 /// Status: busy.
 pub const BSY: u8 = 0x80;
@@ -77,29 +78,6 @@ pub mod reg {
     pub const DEVICE: u8 = 6;
     /// Status (read) / Command (write).
     pub const STATUS_COMMAND: u8 = 7;
-}
-
-/// What sits in a drive slot (QEMU's IDEDriveKind).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum DriveKind {
-    /// An ATA hard disk (`ide-hd`).
-    #[default]
-    Disk,
-    /// An ATAPI CD/DVD-ROM drive (`ide-cd`), see [`super::atapi`].
-    Cdrom,
-}
-
-/// What the drive in a slot is: its identity, size and whether it may be written.
-#[derive(Clone, Debug)]
-pub struct DriveConfig {
-    /// Disk or CD-ROM.
-    pub kind: DriveKind,
-    /// IDENTIFY strings and capacity.
-    pub info: DriveInfo,
-    /// Writes abort when set (a read-only image).
-    pub read_only: bool,
-    /// Initial state of the volatile write cache (the backend's cache mode).
-    pub write_cache: bool,
 }
 
 /// Identifies one block request so a late completion can be recognised.
@@ -333,17 +311,6 @@ impl Drive {
             self.end_transfer,
             EndTransfer::SectorWrite | EndTransfer::AtapiPacket
         )
-    }
-
-    /// The identity state IDENTIFY reports.
-    pub(super) fn identify_state(&self) -> IdentifyState {
-        let sectors = self.config.as_ref().map_or(0, |c| c.info.sectors);
-        IdentifyState {
-            default_chs: Geometry::guess(sectors),
-            current_chs: self.chs,
-            mult_sectors: self.mult_sectors,
-            write_cache: self.write_cache,
-        }
     }
 }
 

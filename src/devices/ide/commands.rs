@@ -14,7 +14,7 @@
 use block::trace;
 
 use super::ata::*;
-use super::identify::{identify_page, MAX_MULT_SECTORS};
+use super::identify::{identify_page, Geometry, IdentifyState, MAX_MULT_SECTORS};
 
 /// Command opcodes (ATA-7 names, QEMU's WIN_* constants).
 pub mod cmd {
@@ -480,6 +480,19 @@ impl AtaChannel {
         } else {
             let n1 = d.remaining.min(d.block_sectors) as usize;
             d.transfer_start(n1 * SECTOR_SIZE, EndTransfer::SectorWrite);
+        }
+    }
+}
+
+impl Drive {
+    /// The identity state IDENTIFY reports.
+    pub(super) fn identify_state(&self) -> IdentifyState {
+        let sectors = self.config.as_ref().map_or(0, |c| c.info.sectors);
+        IdentifyState {
+            default_chs: Geometry::guess(sectors),
+            current_chs: self.chs,
+            mult_sectors: self.mult_sectors,
+            write_cache: self.write_cache,
         }
     }
 }

@@ -48,6 +48,29 @@ impl DriveInfo {
     }
 }
 
+/// What sits in a drive slot (QEMU's IDEDriveKind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DriveKind {
+    /// An ATA hard disk (`ide-hd`).
+    #[default]
+    Disk,
+    /// An ATAPI CD/DVD-ROM drive (`ide-cd`), see [`super::atapi`].
+    Cdrom,
+}
+
+/// What the drive in a slot is: its identity, size and whether it may be written.
+#[derive(Clone, Debug)]
+pub struct DriveConfig {
+    /// Disk or CD-ROM.
+    pub kind: DriveKind,
+    /// IDENTIFY strings and capacity.
+    pub info: DriveInfo,
+    /// Writes abort when set (a read-only image).
+    pub read_only: bool,
+    /// Initial state of the volatile write cache (the backend's cache mode).
+    pub write_cache: bool,
+}
+
 /// A cylinders/heads/sectors-per-track geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {

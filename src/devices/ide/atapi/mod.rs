@@ -176,7 +176,6 @@ impl AtaChannel {
                 d.cd().abort_transfer();
                 d.transfer_stop();
                 d.diagnostic();
-                d.error = 0x01;
                 Done::Later // no interrupt: the host polls BSY
             }
             cmd::DIAGNOSE

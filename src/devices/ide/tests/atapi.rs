@@ -130,6 +130,13 @@ fn a_packet_device_shows_the_atapi_signature_and_identifies_only_by_packet() {
     let mut disk = Rig::new(SMALL);
     disk.command(WIN_PACKETCMD);
     assert_eq!(disk.status(), DRDY | ERR);
+    // DEVICE RESET: the signature, status 0, no interrupt.
+    rig.write(reg::LBA_MID, 0);
+    let irqs = rig.irqs;
+    rig.command(super::super::atapi::WIN_DEVICE_RESET);
+    assert_eq!(rig.irqs, irqs);
+    assert_eq!(rig.status(), 0);
+    assert_eq!((rig.read(reg::LBA_MID), rig.error()), (0x14, 0x01));
     // A software reset brings the signature back.
     rig.control(SRST);
     rig.control(0);
