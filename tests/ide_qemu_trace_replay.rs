@@ -155,6 +155,7 @@ impl Context {
 
 fn replay(accesses: &[Access], boot: Vec<u8>) -> (usize, usize, Vec<String>) {
     let drive = DriveConfig {
+        kind: Default::default(),
         info: DriveInfo::qemu_default(DISK_SECTORS, 0),
         read_only: false,
         write_cache: true,

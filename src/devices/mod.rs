@@ -5,6 +5,7 @@
 //! hw/rtc/mc146818rtc.c, hw/input/pckbd.c, hw/nvram/fw_cfg.c, hw/char/debugcon.c). The 8259
 //! PICs, the IOAPIC and the PIT are not here: KVM emulates them in the kernel.
 
+pub mod acpi;
 pub mod cmos;
 pub mod debugcon;
 pub mod fw_cfg;
@@ -35,9 +36,10 @@ pub trait IrqLine: Send + Sync {
 pub type Irq = Arc<dyn IrqLine>;
 
 /// Set by a device that asks for a system reset (keyboard controller 0xFE, port 0x92 bit 0,
-/// 0xCF9); the vCPU loop checks it after every exit (QEMU's qemu_system_reset_request).
+/// 0xCF9) or a power-off (ACPI S5); the vCPU loop checks it after every exit (QEMU's
+/// qemu_system_reset_request / qemu_system_shutdown_request).
 #[derive(Clone, Default)]
-pub struct ResetRequest(Arc<AtomicBool>);
+pub struct ResetRequest(Arc<AtomicBool>, Arc<AtomicBool>);
 
 impl ResetRequest {
     /// Asks for a reset.
@@ -48,6 +50,16 @@ impl ResetRequest {
     /// Whether a reset was asked for, clearing the request.
     pub fn take(&self) -> bool {
         self.0.swap(false, Ordering::SeqCst)
+    }
+
+    /// Asks for the machine to power off.
+    pub fn request_power_off(&self) {
+        self.1.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a power-off was asked for.
+    pub fn power_off_requested(&self) -> bool {
+        self.1.load(Ordering::SeqCst)
     }
 }
 

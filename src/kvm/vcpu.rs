@@ -88,6 +88,9 @@ pub fn run_loop(vcpu: &mut VcpuFd, bql: &Bql, reset: &ResetRequest) -> Result<Ru
         if reset.take() {
             return Ok(RunExit::Reset);
         }
+        if reset.power_off_requested() {
+            return Ok(RunExit::PowerOff);
+        }
     }
 }
 

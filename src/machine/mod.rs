@@ -19,12 +19,15 @@ use block::aio::AioContextHandle;
 use crate::boot::{bios, linux};
 use crate::bus::{lock, Bql, DeviceRef, IoBuses};
 use crate::chardev::{spawn_stdin_reader, CharBackend, CharInput, CharOut};
+use crate::devices::acpi::{self as pm, Piix4Pm, PM_BASE, PM_BLOCK_LEN, SCI_IRQ};
 use crate::devices::cmos::{Cmos, CMOS_PORT, RTC_IRQ};
 use crate::devices::debugcon::{DebugCon, DEBUGCON_PORT};
 use crate::devices::fw_cfg::{self, e820_bytes, E820Type, FwCfg, FW_CFG_PORT_SEL};
 use crate::devices::i8042::{I8042, I8042_COMMAND, I8042_DATA, KBD_IRQ};
 use crate::devices::ide::piix::LEGACY_PORTS;
-use crate::devices::ide::{ChannelWiring, DriveConfig, IdeBlockSubmitter, IdePorts, Piix3Ide};
+use crate::devices::ide::{
+    ChannelWiring, DriveConfig, DriveKind, IdeBlockSubmitter, IdePorts, Piix3Ide,
+};
 use crate::devices::pci::{pc_pci_bus, BarKind, PciBarWindow, PciHost, PCI_CONFIG_ADDRESS};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::{Port92, ResetRequest};
@@ -173,7 +176,7 @@ fn build_devices(
     let mut rtc = Cmos::new(vm.irq(RTC_IRQ));
     rtc.set_memory(ram.below_4g(), ram.above_4g());
     rtc.set_cpus(1);
-    rtc.set_boot_order([2, 3, 1]);
+    rtc.set_boot_order(cfg.boot.cmos_order([2, 3, 1]));
     let cmos = Arc::new(Mutex::new(rtc));
     pio.insert(CMOS_PORT as u64, 2, cmos.clone())?;
     let kbc = dev(I8042::new(vm.irq(KBD_IRQ), reset.clone()));
@@ -182,6 +185,9 @@ fn build_devices(
     pio.insert(0x92, 1, dev(Port92::new(reset.clone())))?;
     let ide = build_ide(cfg, vm, main, pio)?;
     let mut pci_bus = pc_pci_bus(ide);
+    let pm = Arc::new(Mutex::new(Piix4Pm::new(vm.irq(SCI_IRQ), reset.clone())));
+    pci_bus.add(pm::DEVFN, pm.clone())?;
+    pio.insert(PM_BASE as u64, PM_BLOCK_LEN as u64, pm)?;
     let virtio = virtio::plug_all(&cfg.virtio_disks, &mut pci_bus, vm, ram.memory(), main)?;
     let pci = Arc::new(Mutex::new(PciHost::new(pci_bus, reset.clone())));
     pio.insert(PCI_CONFIG_ADDRESS as u64, 8, pci.clone())?;
@@ -209,7 +215,11 @@ fn build_ide(
         for (unit, id) in units.iter().enumerate() {
             if let Some(id) = id {
                 let index = (bus * units.len() + unit) as u32;
-                disks[bus][unit] = Some(DriveConfig::query(main, id, index)?);
+                let kind = match cfg.ide_cdrom[bus][unit] {
+                    true => DriveKind::Cdrom,
+                    false => DriveKind::Disk,
+                };
+                disks[bus][unit] = Some(DriveConfig::query(main, id, index, kind)?);
             }
         }
     }
@@ -244,7 +254,10 @@ fn firmware_config(cfg: &VmConfig, ram: &GuestRam) -> Result<FwCfg, String> {
     fw.add_u16(fw_cfg::FW_CFG_NOGRAPHIC, cfg.nographic as u16);
     fw.add_u16(fw_cfg::FW_CFG_NB_CPUS, 1);
     fw.add_u16(fw_cfg::FW_CFG_MAX_CPUS, 1);
-    fw.add_u16(fw_cfg::FW_CFG_BOOT_MENU, 0);
+    fw.add_u16(fw_cfg::FW_CFG_BOOT_MENU, cfg.boot.menu as u16);
+    if let Some(ms) = cfg.boot.splash_time {
+        fw.add_file("etc/boot-menu-wait", ms.to_le_bytes().to_vec())?;
+    }
     let mut e820 = vec![
         (KVM_RESERVED.0, KVM_RESERVED.1, E820Type::Reserved),
         (0, ram.below_4g(), E820Type::Ram),
@@ -256,6 +269,7 @@ fn firmware_config(cfg: &VmConfig, ram: &GuestRam) -> Result<FwCfg, String> {
     fw.add_file("bootorder", virtio::bootorder(&cfg.virtio_disks))?;
     let wait = cfg.boot_fail_wait() as i32;
     fw.add_file("etc/boot-fail-wait", wait.to_le_bytes().to_vec())?;
+    crate::boot::acpi::build().install(&mut fw)?;
     if cfg.nographic && cfg.serial != CharBackend::None {
         // SeaBIOS's serial console: its text screen goes to COM1.
         fw.add_file("etc/sercon-port", COM1_BASE.to_le_bytes().to_vec())?;
@@ -306,8 +320,13 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
             os_error(&e)
         ));
     }
+    // `-boot once=` is for the first boot only.
+    let mut cfg = std::borrow::Cow::Borrowed(cfg);
     while !crate::runstate::stop_requested() {
-        let machine = Machine::new(cfg, &boot, &out, main.handle())?;
+        let machine = Machine::new(&cfg, &boot, &out, main.handle())?;
+        if cfg.boot.once.is_some() {
+            cfg.to_mut().boot.once = None;
+        }
         let vcpu = std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || machine.run())

@@ -12,8 +12,7 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> 
     let mut opts = Options::parse_keyval(arg, Some("driver")).map_err(|e| e.to_string())?;
     let driver = opts.take("driver").unwrap_or_default();
     match driver.as_str() {
-        "ide-hd" => {}
-        "ide-cd" => return Err("device 'ide-cd' (CD-ROM) is not supported by rqemu".to_string()),
+        "ide-hd" | "ide-cd" => {}
         d if is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
         _ => return Err(format!("'{driver}' is not a valid device model name")),
     }
@@ -30,11 +29,11 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> 
     };
     let unit = opts.take_u64("unit").map_err(|e| e.to_string())?;
     if let Some((key, _)) = opts.iter().next() {
-        return Err(format!("Property 'ide-hd.{key}' not found"));
+        return Err(format!("Property '{driver}.{key}' not found"));
     }
     let Some(d) = cfg.drives.iter().find(|d| d.id == drive) else {
         return Err(format!(
-            "Property 'ide-hd.drive' can't find value '{drive}'"
+            "Property '{driver}.drive' can't find value '{drive}'"
         ));
     };
     let in_use = cfg
@@ -45,11 +44,12 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> 
         || cfg.virtio_disks.iter().any(|v| v.drive == drive);
     if d.interface != DriveInterface::None || in_use {
         return Err(format!(
-            "Property 'ide-hd.drive' can't take value '{drive}', it's in use"
+            "Property '{driver}.drive' can't take value '{drive}', it's in use"
         ));
     }
     let (bus, unit) = ide_device_slot(cfg, bus, unit)?;
     cfg.ide[bus][unit] = Some(drive);
+    cfg.ide_cdrom[bus][unit] = driver == "ide-cd";
     Ok(())
 }
 

@@ -41,17 +41,22 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
         DriveInterface::Ide => Some(ide_slot(cfg, index)?),
         _ => None,
     };
-    match opts.take("media").as_deref() {
-        None | Some("disk") => {}
-        Some("cdrom") => return Err("media=cdrom (ide-cd) is not supported by rqemu".to_string()),
+    let cdrom = match opts.take("media").as_deref() {
+        None | Some("disk") => false,
+        Some("cdrom") if interface == DriveInterface::Virtio => {
+            return Err("media=cdrom is only supported with if=ide".to_string())
+        }
+        Some("cdrom") => true,
         Some(other) => return Err(format!("'{other}' invalid media")),
-    }
-    let flags = take_open_flags(&mut opts)?;
+    };
+    let mut flags = take_open_flags(&mut opts)?;
+    flags.read_only |= cdrom; // a CD is never written
     if let Some(format) = opts.take("format") {
         opts.set("driver", format);
     }
     let id = match (opts.take("id"), slot) {
         (Some(id), _) => id,
+        (None, Some((bus, unit))) if cdrom => format!("ide{bus}-cd{unit}"),
         (None, Some((bus, unit))) => format!("ide{bus}-hd{unit}"),
         (None, None) => format!("none{}", index.unwrap_or(cfg.drives.len() as u64)),
     };
@@ -62,6 +67,7 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     check_unique_id(cfg, &id)?;
     if let Some((bus, unit)) = slot {
         cfg.ide[bus][unit] = Some(id.clone());
+        cfg.ide_cdrom[bus][unit] = cdrom;
     }
     cfg.drives.push(DriveOptions {
         origin: format!("-drive {arg}"),

@@ -8,10 +8,12 @@
 use std::fmt;
 use std::path::PathBuf;
 
+mod boot;
 mod device;
 mod drive;
 
 use block::Options;
+pub use boot::BootOptions;
 
 use crate::chardev::{parse_chardev, CharBackend};
 use crate::drives::{DriveInterface, DriveOptions};
@@ -47,6 +49,8 @@ pub struct VmConfig {
     pub virtio_disks: Vec<VirtioDiskConfig>,
     /// The drive id of each IDE disk, by channel and unit (`-drive if=ide`, `-device ide-hd`).
     pub ide: [[Option<String>; IDE_UNITS]; IDE_BUSES],
+    /// Which IDE slots hold a CD-ROM drive rather than a disk (`media=cdrom`, `-cdrom`, `ide-cd`).
+    pub ide_cdrom: [[bool; IDE_UNITS]; IDE_BUSES],
     /// COM1.
     pub serial: CharBackend,
     /// The debug console at port 0x402.
@@ -55,9 +59,9 @@ pub struct VmConfig {
     pub nographic: bool,
     /// `-no-reboot`: a guest reset ends the run instead of restarting the machine.
     pub no_reboot: bool,
-    /// `-boot reboot-timeout=MS`: how long SeaBIOS waits after "No bootable device"
-    /// before it reboots; `None` = the default (see [`VmConfig::boot_fail_wait`]).
-    pub reboot_timeout: Option<i64>,
+    /// `-boot`: boot order, menu, and (`reboot-timeout=`) how long SeaBIOS waits after "No
+    /// bootable device" before it reboots (see [`VmConfig::boot_fail_wait`]).
+    pub boot: BootOptions,
 }
 
 impl Default for VmConfig {
@@ -71,11 +75,12 @@ impl Default for VmConfig {
             drives: Vec::new(),
             virtio_disks: Vec::new(),
             ide: Default::default(),
+            ide_cdrom: Default::default(),
             serial: CharBackend::Null,
             debugcon: CharBackend::None,
             nographic: false,
             no_reboot: false,
-            reboot_timeout: None,
+            boot: BootOptions::default(),
         }
     }
 }
@@ -86,7 +91,7 @@ impl VmConfig {
     /// QEMU's default is -1; with `-no-reboot` rqemu defaults to 0 instead, so that a
     /// machine with nothing to boot ends the run rather than idling forever.
     pub fn boot_fail_wait(&self) -> i64 {
-        match self.reboot_timeout {
+        match self.boot.reboot_timeout {
             Some(ms) => ms,
             None if self.no_reboot => 0,
             None => -1,
@@ -152,7 +157,7 @@ pub fn machine_help() -> String {
 /// Options that take an argument; everything else in [`FLAGS`] takes none.
 const WITH_ARG: &[&str] = &[
     "m", "bios", "kernel", "initrd", "append", "drive", "blockdev", "device", "serial", "debugcon",
-    "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net", "object",
+    "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net", "object", "cdrom",
 ];
 const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "nodefaults"];
 
@@ -259,7 +264,11 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "object" => block::objects::user_creatable_add_from_str(arg).map_err(|e| e.to_string())?,
         "machine" | "M" => return parse_machine(arg),
         "accel" => parse_accel(arg)?,
-        "boot" => cfg.reboot_timeout = parse_boot(arg)?.or(cfg.reboot_timeout),
+        "boot" => cfg.boot.parse(arg)?,
+        "cdrom" => parse_drive(
+            cfg,
+            &format!("file={},index=2,media=cdrom", arg.replace(',', ",,")),
+        )?,
         "smp" => parse_smp(arg)?,
         "display" | "vga" | "net" if arg == "none" => {}
         _ => return Err(format!("'{arg}' is not supported by rqemu")),
@@ -322,32 +331,6 @@ fn parse_accel(arg: &str) -> Result<(), String> {
         )),
         _ => Err(format!("invalid accelerator {accel}")),
     }
-}
-
-/// `-boot reboot-timeout=MS` (other -boot keys are accepted and ignored: boot order comes
-/// from the devices, and menus have no user here).
-fn parse_boot(arg: &str) -> Result<Option<i64>, String> {
-    let opts = Options::parse_keyval(arg, Some("order")).map_err(|e| e.to_string())?;
-    let mut timeout = None;
-    for (key, value) in opts.iter() {
-        match key {
-            "reboot-timeout" => {
-                let ms: i64 = value
-                    .parse()
-                    .map_err(|_| "Parameter 'reboot-timeout' expects a number".to_string())?;
-                if !(-1..=0xffff).contains(&ms) {
-                    return Err(
-                        "reboot timeout is invalid, it should be a value between -1 and 65535"
-                            .to_string(),
-                    );
-                }
-                timeout = Some(ms);
-            }
-            "order" | "once" | "menu" | "splash-time" | "strict" => {}
-            _ => return Err(format!("Invalid parameter '{key}'")),
-        }
-    }
-    Ok(timeout)
 }
 
 fn parse_smp(arg: &str) -> Result<(), String> {

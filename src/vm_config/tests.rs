@@ -168,7 +168,34 @@ fn ide_drives_take_their_index_or_the_first_free_slot() {
         config(&["-drive", "file=a,bus=1,unit=0"]).ide[1][0].as_deref(),
         Some("ide1-hd0")
     );
-    assert!(error(&["-drive", "file=a,media=cdrom"]).contains("not supported by rqemu"));
+}
+
+#[test]
+fn cdroms_come_from_cdrom_media_and_ide_cd_read_only() {
+    let cfg = config(&["-drive", "file=a,media=cdrom", "-cdrom", "b,c.iso"]);
+    assert_eq!(cfg.ide[0][0].as_deref(), Some("ide0-cd0"));
+    assert_eq!(
+        cfg.ide[1][0].as_deref(),
+        Some("ide1-cd0"),
+        "-cdrom is index 2"
+    );
+    assert_eq!(cfg.ide_cdrom, [[true, false], [true, false]]);
+    assert_eq!(cfg.drives[1].filename.as_deref(), Some("b,c.iso"));
+    assert!(cfg.drives.iter().all(|d| d.flags.read_only));
+    let cfg = config(&[
+        "-drive",
+        "file=x.iso,if=none,id=cd",
+        "-device",
+        "ide-cd,drive=cd,bus=ide.0,unit=1",
+    ]);
+    assert!(cfg.ide_cdrom[0][1] && cfg.ide[0][1].as_deref() == Some("cd"));
+    assert!(error(&["-device", "ide-cd,drive=nope"]).contains("'ide-cd.drive' can't find"));
+    assert!(error(&["-drive", "file=a,if=virtio,media=cdrom"]).contains("only supported"));
+    let cfg = config(&["-boot", "order=dc,menu=on", "-boot", "splash-time=500"]);
+    assert_eq!(cfg.boot.order.as_deref(), Some("dc"));
+    assert!(cfg.boot.menu);
+    assert_eq!(cfg.boot.splash_time, Some(500));
+    assert!(error(&["-boot", "order=z"]).contains("Invalid boot device 'z'"));
 }
 
 #[test]

@@ -19,7 +19,9 @@ use std::collections::VecDeque;
 
 use block::trace;
 
-use super::identify::{DriveInfo, Geometry, IdentifyState, MAX_MULT_SECTORS};
+use super::atapi::CdState;
+pub use super::identify::{DriveConfig, DriveKind};
+use super::identify::{Geometry, MAX_MULT_SECTORS};
 
 /// Status: busy.
 pub const BSY: u8 = 0x80;
@@ -78,17 +80,6 @@ pub mod reg {
     pub const STATUS_COMMAND: u8 = 7;
 }
 
-/// What the drive in a slot is: its identity, size and whether it may be written.
-#[derive(Clone, Debug)]
-pub struct DriveConfig {
-    /// IDENTIFY strings and capacity.
-    pub info: DriveInfo,
-    /// Writes abort when set (a read-only image).
-    pub read_only: bool,
-    /// Initial state of the volatile write cache (the backend's cache mode).
-    pub write_cache: bool,
-}
-
 /// Identifies one block request so a late completion can be recognised.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestId {
@@ -138,6 +129,10 @@ pub(super) enum EndTransfer {
     SectorRead,
     /// A data-out block of a write command was filled: write it.
     SectorWrite,
+    /// The host wrote an ATAPI command packet: run it.
+    AtapiPacket,
+    /// The host read an ATAPI DRQ block: send the next one or end the command.
+    AtapiReply,
 }
 
 /// The request a drive waits for.
@@ -146,6 +141,8 @@ pub(super) enum Pending {
     Read(u32),
     Write(u32),
     Flush,
+    /// Sectors (of 2048 bytes) of an ATAPI READ.
+    AtapiRead(u32),
 }
 
 /// Registers and command state of one drive slot (QEMU's IDEState).
@@ -180,12 +177,18 @@ pub(super) struct Drive {
     pub(super) pending: Option<(u64, Pending)>,
     /// A software reset arrived while a request was in flight: finish it on completion.
     pub(super) reset_on_completion: bool,
+    /// The medium and packet state of a CD-ROM drive; `None` for a disk.
+    pub(super) cd: Option<CdState>,
 }
 
 impl Drive {
     fn new(config: Option<DriveConfig>) -> Drive {
         let sectors = config.as_ref().map_or(0, |c| c.info.sectors);
         let write_cache = config.as_ref().is_some_and(|c| c.write_cache);
+        let cd = config
+            .as_ref()
+            .filter(|c| c.kind == DriveKind::Cdrom)
+            .map(|_| CdState::new(sectors));
         let mut d = Drive {
             config,
             feature: 0,
@@ -213,6 +216,7 @@ impl Drive {
             end_transfer: EndTransfer::Stop,
             pending: None,
             reset_on_completion: false,
+            cd,
         };
         d.reset();
         d.diagnostic();
@@ -243,32 +247,43 @@ impl Drive {
         self.remaining = 0;
         self.mult_sectors = MAX_MULT_SECTORS;
         self.transfer_stop();
+        if let Some(cd) = &mut self.cd {
+            cd.abort_transfer();
+        }
     }
 
-    /// The ATA signature a disk shows after reset or diagnostics (Count 1, LBA 1/0/0); an
-    /// empty slot shows mid/high 0xFF.
+    /// The signature a drive shows after reset or diagnostics: Count 1, LBA low 1, and LBA
+    /// mid/high 0x00/0x00 for a disk, 0x14/0xEB for a packet device, 0xFF/0xFF for no drive.
     pub(super) fn set_signature(&mut self) {
         self.select &= !DEV_HEAD;
         self.nsector = 1;
         self.sector = 1;
-        let byte = if self.present() { 0x00 } else { 0xFF };
-        self.lcyl = byte;
-        self.hcyl = byte;
+        (self.lcyl, self.hcyl) = match (self.present(), self.cd.is_some()) {
+            (false, _) => (0xFF, 0xFF),
+            (true, false) => (0x00, 0x00),
+            (true, true) => (0x14, 0xEB),
+        };
     }
 
     /// Result of EXECUTE DEVICE DIAGNOSTIC and of a software reset: signature, status
-    /// DRDY|DSC, error 0x01 ("device 0 passed").
+    /// DRDY|DSC (0 for a packet device, which must not look like a ready disk), error 0x01
+    /// ("device 0 passed").
     pub(super) fn diagnostic(&mut self) {
         self.set_signature();
-        self.status = DRDY | DSC;
+        self.status = if self.cd.is_some() { 0 } else { DRDY | DSC };
         self.error = 0x01;
     }
 
     /// Opens the data port for `len` bytes of the buffer (ide_transfer_start).
     pub(super) fn transfer_start(&mut self, len: usize, end: EndTransfer) {
+        self.transfer_start_at(0, len, end);
+    }
+
+    /// Opens the data port for `len` bytes of the buffer from `start`.
+    pub(super) fn transfer_start_at(&mut self, start: usize, len: usize, end: EndTransfer) {
         trace!(ide_transfer_start, "IDEState {:p} size {}", self, len);
-        self.data_pos = 0;
-        self.data_end = len;
+        self.data_pos = start;
+        self.data_end = start + len;
         self.end_transfer = end;
         if self.status & ERR == 0 {
             self.status |= DRQ;
@@ -292,18 +307,10 @@ impl Drive {
 
     /// Whether the open transfer goes from device to host.
     pub(super) fn data_in(&self) -> bool {
-        self.end_transfer != EndTransfer::SectorWrite
-    }
-
-    /// The identity state IDENTIFY reports.
-    pub(super) fn identify_state(&self) -> IdentifyState {
-        let sectors = self.config.as_ref().map_or(0, |c| c.info.sectors);
-        IdentifyState {
-            default_chs: Geometry::guess(sectors),
-            current_chs: self.chs,
-            mult_sectors: self.mult_sectors,
-            write_cache: self.write_cache,
-        }
+        !matches!(
+            self.end_transfer,
+            EndTransfer::SectorWrite | EndTransfer::AtapiPacket
+        )
     }
 }
 

@@ -14,7 +14,7 @@
 use block::trace;
 
 use super::ata::*;
-use super::identify::{identify_page, MAX_MULT_SECTORS};
+use super::identify::{identify_page, Geometry, IdentifyState, MAX_MULT_SECTORS};
 
 /// Command opcodes (ATA-7 names, QEMU's WIN_* constants).
 pub mod cmd {
@@ -87,7 +87,7 @@ pub mod cmd {
 }
 
 /// How a command left the drive.
-enum Done {
+pub(super) enum Done {
     /// Finished: clear BSY, set DSC on success, interrupt.
     Now,
     /// Finished, status left without DSC (power-management commands, diagnostics).
@@ -135,6 +135,11 @@ impl AtaChannel {
 
     fn dispatch(&mut self, val: u8) -> Done {
         use cmd::*;
+        if self.cur().cd.is_some() {
+            if let Some(done) = self.atapi_ata_command(val) {
+                return done;
+            }
+        }
         match val {
             READ | READ_ONCE | READ_EXT => self.cmd_read(val == READ_EXT, 1),
             READ_MULTIPLE | READ_MULTIPLE_EXT => {
@@ -163,7 +168,7 @@ impl AtaChannel {
                 self.cur().diagnostic();
                 Done::NowNoDsc
             }
-            // IDENTIFY PACKET, DMA, SMART, security... are not for this disk.
+            // PACKET, IDENTIFY PACKET, DMA, SMART, security... are not for this disk.
             _ => self.abort(),
         }
     }
@@ -425,9 +430,16 @@ impl AtaChannel {
         }
         // The completion belongs to its drive even if the guest selected the other one since.
         let selected = std::mem::replace(&mut self.unit, unit);
+        if let Pending::AtapiRead(n) = pending {
+            // The packet protocol decides itself when the host hears of it.
+            self.atapi_read_done(n, result);
+            self.unit = selected;
+            return;
+        }
         match pending {
             Pending::Read(n) => self.read_done(n, result),
             Pending::Write(n) => self.write_done(n, result.map(|_| ())),
+            Pending::AtapiRead(_) => unreachable!("handled above"),
             Pending::Flush => {
                 let d = self.cur();
                 match result {
@@ -472,6 +484,19 @@ impl AtaChannel {
         } else {
             let n1 = d.remaining.min(d.block_sectors) as usize;
             d.transfer_start(n1 * SECTOR_SIZE, EndTransfer::SectorWrite);
+        }
+    }
+}
+
+impl Drive {
+    /// The identity state IDENTIFY reports.
+    pub(super) fn identify_state(&self) -> IdentifyState {
+        let sectors = self.config.as_ref().map_or(0, |c| c.info.sectors);
+        IdentifyState {
+            default_chs: Geometry::guess(sectors),
+            current_chs: self.chs,
+            mult_sectors: self.mult_sectors,
+            write_cache: self.write_cache,
         }
     }
 }

@@ -61,7 +61,8 @@ impl AtaChannel {
 
     /// A `rep ins` of `buf.len() / size` accesses of `size` (2 or 4) bytes. Accesses past the
     /// end of the DRQ block read zero and move nothing, as single accesses without DRQ do: the
-    /// next block is never ready within the same exit on real hardware either.
+    /// next block is never ready within the same exit on real hardware either. A block of odd
+    /// length (an ATAPI reply) ends in an access that carries a zero pad byte.
     pub fn data_read_buf(&mut self, size: usize, buf: &mut [u8]) {
         if size != 2 && size != 4 {
             buf.fill(if size == 1 { 0xFF } else { 0 });
@@ -70,7 +71,7 @@ impl AtaChannel {
         let d = &mut self.drives[self.unit];
         let avail = d.data_end - d.data_pos;
         let n = if d.status & DRQ != 0 && d.data_in() {
-            (avail.min(buf.len()) / size) * size
+            avail.min(buf.len() / size * size)
         } else {
             0
         };
@@ -116,6 +117,8 @@ impl AtaChannel {
             EndTransfer::Stop => self.cur().transfer_stop(),
             EndTransfer::SectorRead => self.sector_read(),
             EndTransfer::SectorWrite => self.sector_write(),
+            EndTransfer::AtapiPacket => self.atapi_packet_received(),
+            EndTransfer::AtapiReply => self.atapi_reply_end(),
         }
     }
 }

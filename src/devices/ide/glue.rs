@@ -19,7 +19,7 @@ use block::aio::notifier::EventNotifier;
 use block::aio::AioContextHandle;
 use block::{AioContext, BlockBackend, Error, IoVector, RequestFlags};
 
-use super::ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, SECTOR_SIZE};
+use super::ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, DriveKind, SECTOR_SIZE};
 use super::identify::DriveInfo;
 use super::piix::Piix3Ide;
 use crate::bus::{lock, BusDevice};
@@ -29,21 +29,31 @@ use crate::drives;
 impl DriveConfig {
     /// The drive a backend makes for `-drive if=ide,index=N`: its size in whole sectors, its
     /// read-only flag and its cache mode (on the loop thread, before the device is built).
-    pub fn for_backend(blk: &block::BlockBackend, index: u32) -> DriveConfig {
+    pub fn for_backend(blk: &block::BlockBackend, index: u32, kind: DriveKind) -> DriveConfig {
+        let sectors = blk.getlength() / SECTOR_SIZE as u64;
         DriveConfig {
-            info: DriveInfo::qemu_default(blk.getlength() / SECTOR_SIZE as u64, index),
+            kind,
+            info: match kind {
+                DriveKind::Disk => DriveInfo::qemu_default(sectors, index),
+                DriveKind::Cdrom => DriveInfo::qemu_cdrom(sectors, index),
+            },
             read_only: blk.is_read_only(),
             write_cache: blk.write_cache(),
         }
     }
 
     /// Asks the loop behind `ctx` for the drive registered as `id` (the machine is built on
-    /// another thread than the one owning the backends) and describes it as IDE disk `index`.
-    pub fn query(ctx: &AioContextHandle, id: &str, index: u32) -> Result<DriveConfig, String> {
+    /// another thread than the one owning the backends) and describes it as IDE drive `index`.
+    pub fn query(
+        ctx: &AioContextHandle,
+        id: &str,
+        index: u32,
+        kind: DriveKind,
+    ) -> Result<DriveConfig, String> {
         let (tx, rx) = mpsc::channel();
         let name = id.to_string();
         ctx.schedule_bh(move || {
-            let cfg = drives::lookup(&name).map(|blk| DriveConfig::for_backend(&blk, index));
+            let cfg = drives::lookup(&name).map(|blk| DriveConfig::for_backend(&blk, index, kind));
             let _ = tx.send(cfg);
         });
         rx.recv()

@@ -38,6 +38,37 @@ impl DriveInfo {
             firmware: "2.5+".to_string(),
         }
     }
+
+    /// The identity QEMU gives the CD/DVD drive with index `index` (`-cdrom`, `ide-cd`).
+    pub fn qemu_cdrom(sectors: u64, index: u32) -> DriveInfo {
+        DriveInfo {
+            model: "QEMU DVD-ROM".to_string(),
+            ..DriveInfo::qemu_default(sectors, index)
+        }
+    }
+}
+
+/// What sits in a drive slot (QEMU's IDEDriveKind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DriveKind {
+    /// An ATA hard disk (`ide-hd`).
+    #[default]
+    Disk,
+    /// An ATAPI CD/DVD-ROM drive (`ide-cd`), see [`super::atapi`].
+    Cdrom,
+}
+
+/// What the drive in a slot is: its identity, size and whether it may be written.
+#[derive(Clone, Debug)]
+pub struct DriveConfig {
+    /// Disk or CD-ROM.
+    pub kind: DriveKind,
+    /// IDENTIFY strings and capacity.
+    pub info: DriveInfo,
+    /// Writes abort when set (a read-only image).
+    pub read_only: bool,
+    /// Initial state of the volatile write cache (the backend's cache mode).
+    pub write_cache: bool,
 }
 
 /// A cylinders/heads/sectors-per-track geometry.
@@ -132,6 +163,11 @@ pub fn identify_page(info: &DriveInfo, state: &IdentifyState) -> [u8; 512] {
     for (i, word) in w[100..104].iter_mut().enumerate() {
         *word = (info.sectors >> (16 * i)) as u16;
     }
+    page_bytes(&w)
+}
+
+/// An identify page's words as the little-endian bytes the data port moves.
+pub(super) fn page_bytes(w: &[u16; 256]) -> [u8; 512] {
     let mut page = [0u8; 512];
     for (i, word) in w.iter().enumerate() {
         page[2 * i..2 * i + 2].copy_from_slice(&word.to_le_bytes());
@@ -140,7 +176,7 @@ pub fn identify_page(info: &DriveInfo, state: &IdentifyState) -> [u8; 512] {
 }
 
 /// ATA strings: space-padded ASCII with the two bytes of each word swapped.
-fn put_string(words: &mut [u16], s: &str) {
+pub(super) fn put_string(words: &mut [u16], s: &str) {
     let mut bytes = s.bytes().filter(|b| b.is_ascii_graphic() || *b == b' ');
     for word in words.iter_mut() {
         let hi = bytes.next().unwrap_or(b' ');

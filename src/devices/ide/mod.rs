@@ -50,13 +50,14 @@
 //! `io_buffer` under the one lock both sides hold.
 
 pub mod ata;
+pub mod atapi;
 pub mod commands;
 pub mod data_port;
 pub mod glue;
 pub mod identify;
 pub mod piix;
 
-pub use ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, RequestId};
+pub use ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, DriveKind, RequestId};
 pub use glue::{AtaController, ChannelWiring, IdeBlockSubmitter, IdePorts};
 pub use identify::DriveInfo;
 pub use piix::Piix3Ide;

@@ -252,6 +252,7 @@ mod tests {
     fn port_buffers_reach_the_channel_registers_and_data_port() {
         use crate::devices::ide::identify::DriveInfo;
         let disk = DriveConfig {
+            kind: Default::default(),
             info: DriveInfo::qemu_default(2048, 0),
             read_only: false,
             write_cache: true,

@@ -56,9 +56,9 @@ fn pio_requests_reach_a_raw_image_through_the_loop() {
     let image: Vec<u8> = (0..64 * 1024).map(|i| (i / 512) as u8).collect();
     std::fs::write(file.path(), &image).unwrap();
     let main = start_loop(file.path());
-    let config = DriveConfig::query(&main.handle(), "d1", 0).unwrap();
+    let config = DriveConfig::query(&main.handle(), "d1", 0, DriveKind::Disk).unwrap();
     assert_eq!((config.info.sectors, config.read_only), (128, false));
-    assert!(DriveConfig::query(&main.handle(), "d2", 1).is_err());
+    assert!(DriveConfig::query(&main.handle(), "d2", 1, DriveKind::Disk).is_err());
 
     let mut slave = drive(128);
     slave.info.serial = "UNREGISTERED".into();

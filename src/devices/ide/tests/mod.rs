@@ -1,6 +1,7 @@
 //! Tests of the ATA state machine, driven register by register as guests do, with a
 //! synchronous fake disk standing in for the block layer; and of the glue with a real loop.
 
+mod atapi;
 mod control;
 mod glue;
 mod rw;
@@ -64,6 +65,7 @@ pub(super) const SMALL: u64 = 4096;
 
 pub(super) fn drive(sectors: u64) -> DriveConfig {
     DriveConfig {
+        kind: DriveKind::Disk,
         info: DriveInfo::qemu_default(sectors, 0),
         read_only: false,
         write_cache: true,
