@@ -67,6 +67,15 @@ fn chain(dir: &Path) {
     ok(QEMU_IO, dir, &["-c", "write -z 4M 256k", "top.qcow2"]);
 }
 
+/// `qemu-img compare` finds the raw file `raw` identical to top.qcow2.
+fn assert_same_as_top(dir: &Path, raw: &str) {
+    ok(
+        QEMU_IMG,
+        dir,
+        &["compare", "-f", "raw", "-F", "qcow2", raw, "top.qcow2"],
+    );
+}
+
 #[test]
 fn read_only_chain_looks_the_same_through_both_servers() {
     if !tools_available(&[NBDINFO]) {
@@ -123,54 +132,16 @@ fn read_only_chain_looks_the_same_through_both_servers() {
         };
         assert_eq!(run_on(&ours), run_on(&theirs), "{cmd:?}");
     }
-    let cmp = output(
-        QEMU_IMG,
-        &dir,
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            &uri(&ours),
-            "top.qcow2",
-        ],
-        &ours,
-    );
-    assert_eq!(cmp, "Images are identical.");
+    assert_same_as_top(&dir, &uri(&ours));
     ok(
         QEMU_IMG,
         &dir,
         &["convert", "-f", "raw", "-O", "raw", &uri(&ours), "copy.raw"],
     );
-    ok(
-        QEMU_IMG,
-        &dir,
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            "copy.raw",
-            "top.qcow2",
-        ],
-    );
+    assert_same_as_top(&dir, "copy.raw");
     if Path::new(NBDCOPY).exists() {
         ok(NBDCOPY, &dir, &[&uri(&ours), "nbdcopy.raw"]);
-        ok(
-            QEMU_IMG,
-            &dir,
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "qcow2",
-                "nbdcopy.raw",
-                "top.qcow2",
-            ],
-        );
+        assert_same_as_top(&dir, "nbdcopy.raw");
     }
 }
 
@@ -285,17 +256,5 @@ fn copies_into_an_export() {
     let server = Server::start(RQEMU_NBD, &dir, "t2", &["-f", "raw", "-t", "target2.raw"]);
     ok(NBDCOPY, &dir, &["top.raw", &server.uri()]);
     assert!(server.stop());
-    ok(
-        QEMU_IMG,
-        &dir,
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            "target2.raw",
-            "top.qcow2",
-        ],
-    );
+    assert_same_as_top(&dir, "target2.raw");
 }
