@@ -23,6 +23,17 @@ fn scratch(case: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A sparse raw image in a fresh directory, served by rqemu-nbd with `args` before it.
+fn serve_raw(case: &str, args: &[&str]) -> (std::path::PathBuf, Server) {
+    let dir = scratch(case);
+    let image = raw_image(&dir);
+    let mut all = vec!["-f", "raw"];
+    all.extend_from_slice(args);
+    all.push(image.to_str().unwrap());
+    let server = Server::start(RQEMU_NBD, &dir, "srv", &all);
+    (image, server)
+}
+
 fn raw_image(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("disk.raw");
     // Sparse: 64 KiB of data, then a hole to the end.
@@ -69,14 +80,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn hostile_requests_get_errors_and_good_client_keeps_working() {
-    let dir = scratch("requests");
-    let image = raw_image(&dir);
-    let server = Server::start(
-        RQEMU_NBD,
-        &dir,
-        "srv",
-        &["-f", "raw", "-e", "0", "-t", image.to_str().unwrap()],
-    );
+    let (image, server) = serve_raw("requests", &["-e", "0", "-t"]);
     let pid = server.pid();
     let mut good = TestClient::connect(&server.socket, false);
     assert_eq!(good.size, SIZE);
@@ -164,14 +168,7 @@ fn hostile_requests_get_errors_and_good_client_keeps_working() {
 
 #[test]
 fn structured_reads_have_holes_and_block_status_maps_them() {
-    let dir = scratch("structured");
-    let image = raw_image(&dir);
-    let server = Server::start(
-        RQEMU_NBD,
-        &dir,
-        "srv",
-        &["-f", "raw", image.to_str().unwrap()],
-    );
+    let (_, server) = serve_raw("structured", &[]);
     let mut c = TestClient::connect(&server.socket, true);
     // 64 KiB of data then zeroes: one data chunk, then a hole chunk that ends the reply.
     c.request(cmd::READ, 0, 1, 0, 128 << 10, &[]);
@@ -246,23 +243,7 @@ fn structured_reads_have_holes_and_block_status_maps_them() {
 
 #[test]
 fn connection_flood_is_cut_off_by_the_handshake_limit() {
-    let dir = scratch("flood");
-    let image = raw_image(&dir);
-    let server = Server::start(
-        RQEMU_NBD,
-        &dir,
-        "srv",
-        &[
-            "-f",
-            "raw",
-            "-t",
-            "-e",
-            "4",
-            "--handshake-limit",
-            "1",
-            image.to_str().unwrap(),
-        ],
-    );
+    let (_, server) = serve_raw("flood", &["-t", "-e", "4", "--handshake-limit", "1"]);
     // Eight connections that never negotiate; the server serves four at a time and cuts
     // each off after a second, so a real client gets its turn.
     let idle: Vec<UnixStream> = (0..8)

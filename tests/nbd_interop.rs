@@ -67,6 +67,15 @@ fn chain(dir: &Path) {
     ok(QEMU_IO, dir, &["-c", "write -z 4M 256k", "top.qcow2"]);
 }
 
+/// `qemu-img compare` finds the raw file `raw` identical to top.qcow2.
+fn assert_same_as_top(dir: &Path, raw: &str) {
+    ok(
+        QEMU_IMG,
+        dir,
+        &["compare", "-f", "raw", "-F", "qcow2", raw, "top.qcow2"],
+    );
+}
+
 #[test]
 fn read_only_chain_looks_the_same_through_both_servers() {
     if !tools_available(&[NBDINFO]) {
@@ -123,54 +132,16 @@ fn read_only_chain_looks_the_same_through_both_servers() {
         };
         assert_eq!(run_on(&ours), run_on(&theirs), "{cmd:?}");
     }
-    let cmp = output(
-        QEMU_IMG,
-        &dir,
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            &uri(&ours),
-            "top.qcow2",
-        ],
-        &ours,
-    );
-    assert_eq!(cmp, "Images are identical.");
+    assert_same_as_top(&dir, &uri(&ours));
     ok(
         QEMU_IMG,
         &dir,
         &["convert", "-f", "raw", "-O", "raw", &uri(&ours), "copy.raw"],
     );
-    ok(
-        QEMU_IMG,
-        &dir,
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            "copy.raw",
-            "top.qcow2",
-        ],
-    );
+    assert_same_as_top(&dir, "copy.raw");
     if Path::new(NBDCOPY).exists() {
         ok(NBDCOPY, &dir, &[&uri(&ours), "nbdcopy.raw"]);
-        ok(
-            QEMU_IMG,
-            &dir,
-            &[
-                "compare",
-                "-f",
-                "raw",
-                "-F",
-                "qcow2",
-                "nbdcopy.raw",
-                "top.qcow2",
-            ],
-        );
+        assert_same_as_top(&dir, "nbdcopy.raw");
     }
 }
 
@@ -285,17 +256,111 @@ fn copies_into_an_export() {
     let server = Server::start(RQEMU_NBD, &dir, "t2", &["-f", "raw", "-t", "target2.raw"]);
     ok(NBDCOPY, &dir, &["top.raw", &server.uri()]);
     assert!(server.stop());
+    assert_same_as_top(&dir, "target2.raw");
+}
+
+/// Runs qemu-io `checks` on an export (read-only with `-r` in `opts`); all must succeed.
+fn qemu_io_sees(dir: &Path, uri: &str, opts: &[&str], checks: &[&str]) {
+    let mut args = vec!["-f", "raw"];
+    args.extend_from_slice(opts);
+    for c in checks {
+        args.extend(["-c", c]);
+    }
+    args.push(uri);
+    let out = run(QEMU_IO, dir, &args);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !text.contains("fail"),
+        "{checks:?}: {text}"
+    );
+}
+
+#[test]
+fn offset_snapshots_and_fork() {
+    if !tools_available(&[]) {
+        return;
+    }
+    let dir = scratch("nbd-options");
     ok(
         QEMU_IMG,
         &dir,
-        &[
-            "compare",
-            "-f",
-            "raw",
-            "-F",
-            "qcow2",
-            "target2.raw",
-            "top.qcow2",
-        ],
+        &["create", "-q", "-f", "raw", "o.raw", "4M"],
     );
+    ok(
+        QEMU_IO,
+        &dir,
+        &["-f", "raw", "-c", "write -P 0x99 1M 64k", "o.raw"],
+    );
+    // -o: the export starts 1 MiB into the image.
+    let server = Server::start(
+        RQEMU_NBD,
+        &dir,
+        "o",
+        &["-f", "raw", "-o", "1048576", "o.raw"],
+    );
+    qemu_io_sees(
+        &dir,
+        &server.uri(),
+        &[],
+        &["read -P 0x99 0 64k", "read -P 0 64k 64k"],
+    );
+    drop(server);
+    image(&dir, "l.qcow2", "4M", None, &[(1, 0, 65536)]);
+    ok(QEMU_IMG, &dir, &["snapshot", "-c", "snap1", "l.qcow2"]);
+    ok(QEMU_IO, &dir, &["-c", "write -P 2 0 64k", "l.qcow2"]);
+    // -l: an internal snapshot, read-only.
+    let server = Server::start(
+        RQEMU_NBD,
+        &dir,
+        "l",
+        &["-f", "qcow2", "-l", "snap1", "l.qcow2"],
+    );
+    qemu_io_sees(&dir, &server.uri(), &["-r"], &["read -P 1 0 64k"]);
+    drop(server);
+    // -s: writes go to a temporary overlay and never reach the image.
+    let server = Server::start(RQEMU_NBD, &dir, "s", &["-f", "qcow2", "-s", "l.qcow2"]);
+    qemu_io_sees(
+        &dir,
+        &server.uri(),
+        &[],
+        &["write -P 3 0 64k", "read -P 3 0 64k"],
+    );
+    drop(server);
+    ok(QEMU_IO, &dir, &["-c", "read -P 2 0 64k", "l.qcow2"]);
+    // --fork: the parent returns once the server listens; a failing child fails the parent.
+    let sock = dir.join("f.sock");
+    let pid_file = dir.join("f.pid");
+    let fork_args = [
+        "-f",
+        "qcow2",
+        "-t",
+        "--fork",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "-k",
+        sock.to_str().unwrap(),
+    ];
+    let out = run(RQEMU_NBD, &dir, &[&fork_args[..], &["l.qcow2"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let uri = format!("nbd+unix:///?socket={}", sock.display());
+    qemu_io_sees(&dir, &uri, &[], &["read -P 2 0 64k"]);
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill on the pid the daemon wrote; it is our grandchild.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let out = run(
+        RQEMU_NBD,
+        &dir,
+        &[&fork_args[..], &["missing.qcow2"]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Failed to blk_new_open 'missing.qcow2'"));
 }

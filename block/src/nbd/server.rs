@@ -140,8 +140,10 @@ pub fn listen_tcp(host: &str, port: &str) -> Result<OwnedFd> {
     Ok(listener.into())
 }
 
-/// Listens on a unix socket at `path`, replacing nothing: an existing file is an error.
+/// Listens on a unix socket at `path`; a stale socket file left there is replaced, as
+/// QEMU's socket_listen_unix does.
 pub fn listen_unix(path: &Path) -> Result<OwnedFd> {
+    let _ = std::fs::remove_file(path);
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| {
         Error::new(
             e.raw_os_error().unwrap_or(libc::EINVAL),

@@ -215,16 +215,7 @@ impl Haggle<'_> {
 
     /// NBD_OPT_INFO / NBD_OPT_GO; returns whether the export was found and described.
     async fn info(&self, option: u32, data: &[u8]) -> Result<bool> {
-        let mut r = WireReader::new(data);
-        let parsed = (|| {
-            let name = r.string()?;
-            let count = r.u16()?;
-            let mut wanted = Vec::new();
-            for _ in 0..count {
-                wanted.push(r.u16()?);
-            }
-            (r.remaining() == 0).then_some((name, wanted))
-        })();
+        let parsed = parse_name_and_list(data, |r| r.u16().map(u32::from), WireReader::u16);
         let Some((name, wanted)) = parsed else {
             self.error(option, rep::ERR_INVALID, "request data length mismatch")
                 .await?;
@@ -266,16 +257,7 @@ impl Haggle<'_> {
                 .error(option, rep::ERR_INVALID, "request structured replies first")
                 .await;
         }
-        let mut r = WireReader::new(data);
-        let parsed = (|| {
-            let name = r.string()?;
-            let count = r.u32()?;
-            let mut queries = Vec::new();
-            for _ in 0..count {
-                queries.push(r.string()?);
-            }
-            (r.remaining() == 0).then_some((name, queries))
-        })();
+        let parsed = parse_name_and_list(data, WireReader::u32, WireReader::string);
         let Some((name, queries)) = parsed else {
             return self
                 .error(option, rep::ERR_INVALID, "request data length mismatch")
@@ -317,4 +299,22 @@ impl Haggle<'_> {
         }
         self.reply(option, rep::ACK, &[]).await
     }
+}
+
+/// Parses the shape INFO/GO and the META_CONTEXT options share: an export name, a count,
+/// and that many items, filling the data exactly. `None` when anything is missing or left
+/// over; the count only bounds a loop that stops at the end of the data.
+fn parse_name_and_list<'a, T>(
+    data: &'a [u8],
+    count: impl Fn(&mut WireReader<'a>) -> Option<u32>,
+    item: impl Fn(&mut WireReader<'a>) -> Option<T>,
+) -> Option<(&'a str, Vec<T>)> {
+    let mut r = WireReader::new(data);
+    let name = r.string()?;
+    let n = count(&mut r)?;
+    let mut items = Vec::new();
+    for _ in 0..n {
+        items.push(item(&mut r)?);
+    }
+    (r.remaining() == 0).then_some((name, items))
 }

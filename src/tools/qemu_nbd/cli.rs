@@ -236,7 +236,7 @@ pub fn parse(argv0: &str, args: &[String]) -> Parsed {
             OPT_DETECT_ZEROES => {
                 if !matches!(arg.as_str(), "off" | "on" | "unmap") {
                     return fail(format_args!(
-                        "Failed to parse detect_zeroes mode: Parameter 'detect-zeroes' does not accept value '{arg}'"
+                        "Failed to parse detect_zeroes mode: invalid parameter value: {arg}"
                     ));
                 }
                 if arg == "unmap" && !o.unmap {

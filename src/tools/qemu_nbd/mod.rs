@@ -123,11 +123,23 @@ pub fn main(args: Vec<String>) -> i32 {
 
 /// The features of qemu-nbd that rqemu-nbd does not have yet, named in the error.
 fn unsupported(o: &NbdOptions) -> Option<String> {
-    if o.connect.is_some() || o.disconnect {
-        return Some(
-            "Kernel /dev/nbdN support not available: rqemu-nbd has no kernel NBD client (-c/-d)"
-                .into(),
-        );
+    // As qemu-nbd, the device is opened first, so a host without the nbd driver gets the
+    // same message; where the device exists, the missing kernel client is named.
+    let device = match (&o.connect, o.disconnect) {
+        (Some(dev), _) => Some((dev.as_str(), "Failed to open")),
+        (None, true) => Some((o.file.as_deref().unwrap_or_default(), "Cannot open")),
+        (None, false) => None,
+    };
+    if let Some((dev, what)) = device {
+        return Some(match std::fs::File::open(dev) {
+            Err(e) => format!(
+                "{what} {dev}: {}",
+                block::error::strerror(e.raw_os_error().unwrap_or(libc::EIO))
+            ),
+            Ok(_) => {
+                format!("{dev}: the kernel NBD client (-c/-d) is not supported by rqemu-nbd yet")
+            }
+        });
     }
     if o.list {
         return Some("-L/--list is not supported yet: rqemu has no NBD client yet".into());
