@@ -126,6 +126,10 @@ impl Vdi {
             let h = self.header.borrow();
             (h.blocks_allocated, h.block_size as usize)
         };
+        if !is_allocated(new_entry) {
+            // A (malformed) count that leaves no block index to hand out.
+            return Err(Error::new(libc::ENOSPC, "vdi: no free block index left"));
+        }
         let whole = IoVector::alloc(block_size);
         whole.copy_from(in_block as usize, data, 0, data.len());
         file.co_pwritev(
