@@ -58,7 +58,7 @@ fn sizes_round_to_sectors_and_the_maximum_is_enforced() {
     create_fmt(img, "vdi", 1000, "").unwrap();
     let len = block_on(async { open_fmt(img, "vdi", false).await.unwrap().getlength() });
     assert_eq!(len, 1024);
-    let err = create_fmt(img, "vdi", 0x1fff_ff80_0000_0 + 512, "").unwrap_err();
+    let err = create_fmt(img, "vdi", 0x0001_ffff_f800_0000 + 512, "").unwrap_err();
     assert!(
         err.to_string()
             .starts_with("Unsupported VDI image size (size is 0x1fffff8000200"),

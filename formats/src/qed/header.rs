@@ -127,13 +127,14 @@ impl Header {
 
     /// Whether a virtual size fits the geometry (qed_is_image_size_valid).
     pub fn image_size_valid(&self, size: u64) -> bool {
-        size % 512 == 0 && size <= max_image_size(self.cluster_size as u64, self.table_size as u64)
+        size.is_multiple_of(512)
+            && size <= max_image_size(self.cluster_size as u64, self.table_size as u64)
     }
 
     /// Whether an offset can hold a cluster of `file_len`: aligned, past the header and
     /// inside the file (qed_check_cluster_offset).
     pub fn cluster_offset_valid(&self, offset: u64, file_len: u64) -> bool {
-        offset % self.cluster_size as u64 == 0
+        offset.is_multiple_of(self.cluster_size as u64)
             && offset >= self.header_size as u64 * self.cluster_size as u64
             && offset < file_len
     }

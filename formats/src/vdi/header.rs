@@ -182,7 +182,7 @@ impl Header {
                 self.signature
             )));
         }
-        if self.disk_size % SECTOR_SIZE != 0 {
+        if !self.disk_size.is_multiple_of(SECTOR_SIZE) {
             self.disk_size = self.disk_size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
         }
         if self.disk_size > DISK_SIZE_MAX {
@@ -198,13 +198,13 @@ impl Header {
                 self.version & 0xffff
             ));
         }
-        if self.offset_bmap as u64 % SECTOR_SIZE != 0 {
+        if !(self.offset_bmap as u64).is_multiple_of(SECTOR_SIZE) {
             return unsupported(format!(
                 "unaligned block map offset 0x{:x}",
                 self.offset_bmap
             ));
         }
-        if self.offset_data as u64 % SECTOR_SIZE != 0 {
+        if !(self.offset_data as u64).is_multiple_of(SECTOR_SIZE) {
             return unsupported(format!("unaligned data offset 0x{:x}", self.offset_data));
         }
         if self.sector_size as u64 != SECTOR_SIZE {

@@ -126,6 +126,10 @@ impl Vdi {
             let h = self.header.borrow();
             (h.blocks_allocated, h.block_size as usize)
         };
+        if !is_allocated(new_entry) {
+            // A (malformed) count that leaves no block index to hand out.
+            return Err(Error::new(libc::ENOSPC, "vdi: no free block index left"));
+        }
         let whole = IoVector::alloc(block_size);
         whole.copy_from(in_block as usize, data, 0, data.len());
         file.co_pwritev(
@@ -156,6 +160,39 @@ impl Vdi {
     }
 }
 
+impl Vdi {
+    /// Reads or writes block by block (vdi_co_preadv, vdi_co_pwritev): a block without
+    /// data reads as zeroes, and is allocated by the first write into it.
+    async fn rw(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        write: bool,
+    ) -> Result<()> {
+        let file = Self::file(bs);
+        let mut done = 0u64;
+        let len = qiov.len() as u64;
+        while done < len {
+            let (block, in_block, n) = self.locate(offset + done, len - done);
+            let part = qiov.slice(done as usize, n as usize);
+            let entry = self.entry(block);
+            let at = self.host_offset(entry, in_block);
+            match (is_allocated(entry), write) {
+                (true, false) => file.co_preadv(at, &part, RequestFlags::empty()).await?,
+                (true, true) => file.co_pwritev(at, &part, RequestFlags::empty()).await?,
+                (false, false) => part.fill(0, n as usize, 0),
+                (false, true) => {
+                    self.allocate_and_write(&file, block, in_block, &part)
+                        .await?
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait(?Send)]
 impl BlockDriver for Vdi {
     async fn co_preadv(
@@ -165,22 +202,7 @@ impl BlockDriver for Vdi {
         qiov: &IoVector,
         _flags: RequestFlags,
     ) -> Result<()> {
-        let file = Self::file(bs);
-        let mut done = 0u64;
-        let len = qiov.len() as u64;
-        while done < len {
-            let (block, in_block, n) = self.locate(offset + done, len - done);
-            let part = qiov.slice(done as usize, n as usize);
-            let entry = self.entry(block);
-            if is_allocated(entry) {
-                let at = self.host_offset(entry, in_block);
-                file.co_preadv(at, &part, RequestFlags::empty()).await?;
-            } else {
-                part.fill(0, n as usize, 0);
-            }
-            done += n;
-        }
-        Ok(())
+        self.rw(bs, offset, qiov, false).await
     }
 
     async fn co_pwritev(
@@ -190,23 +212,7 @@ impl BlockDriver for Vdi {
         qiov: &IoVector,
         _flags: RequestFlags,
     ) -> Result<()> {
-        let file = Self::file(bs);
-        let mut done = 0u64;
-        let len = qiov.len() as u64;
-        while done < len {
-            let (block, in_block, n) = self.locate(offset + done, len - done);
-            let part = qiov.slice(done as usize, n as usize);
-            let entry = self.entry(block);
-            if is_allocated(entry) {
-                let at = self.host_offset(entry, in_block);
-                file.co_pwritev(at, &part, RequestFlags::empty()).await?;
-            } else {
-                self.allocate_and_write(&file, block, in_block, &part)
-                    .await?;
-            }
-            done += n;
-        }
-        Ok(())
+        self.rw(bs, offset, qiov, true).await
     }
 
     async fn co_block_status(

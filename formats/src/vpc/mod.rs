@@ -210,12 +210,15 @@ impl Table {
     /// leaves at worst an unreferenced block.
     async fn alloc_block(&self, file: &BlockDriverState, block: u64, footer: &[u8]) -> Result<()> {
         let at = self.free_offset.get();
+        let entry = u32::try_from(at / 512)
+            .ok()
+            .filter(|&e| e != UNALLOCATED)
+            .ok_or_else(|| Error::new(libc::ENOSPC, "vpc: the image file is full"))?;
         let bitmap = vec![0xff; self.header.bitmap_size() as usize];
         write_bytes(file, at, &bitmap).await?;
         let end = at + self.header.bitmap_size() + self.header.block_size as u64;
         write_bytes(file, end, footer).await?;
         self.free_offset.set(end);
-        let entry = (at / 512) as u32;
         let entry_at = self.header.table_offset + block * 4;
         write_bytes(file, entry_at, &entry.to_be_bytes()).await?;
         file.co_flush().await?;
