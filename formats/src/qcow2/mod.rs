@@ -129,6 +129,20 @@ fn refuse_unimplemented(h: &Header) -> Result<()> {
     Ok(())
 }
 
+/// Whether refcount updates may be deferred behind the dirty bit: the `lazy-refcounts`
+/// option, by default the header's compatible bit (QCOW2_OPT_LAZY_REFCOUNTS).
+fn take_lazy_refcounts(options: &mut Options, h: &Header) -> Result<bool> {
+    let lazy = options
+        .take_bool("lazy-refcounts")?
+        .unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0);
+    if lazy && h.version < 3 {
+        return Err(Error::invalid(
+            "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
+        ));
+    }
+    Ok(lazy)
+}
+
 /// Takes the other qcow2 runtime options QEMU accepts (discard and overlap-check policies,
 /// which this driver fixes at QEMU's defaults).
 fn take_runtime_options(options: &mut Options) -> Result<()> {
@@ -142,7 +156,6 @@ fn take_runtime_options(options: &mut Options) -> Result<()> {
     }
     options.take_u64("cache-clean-interval")?;
     for key in [
-        "lazy-refcounts",
         "pass-discard-request",
         "pass-discard-snapshot",
         "pass-discard-other",
@@ -170,6 +183,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         ));
     }
     let sizes = cache::take_cache_options(options, h.cluster_size())?;
+    let lazy_refcounts = take_lazy_refcounts(options, &h)?;
     take_runtime_options(options)?;
     let backing_opt = options.take("backing");
     let backing_opts = options.extract_prefix("backing");
@@ -193,7 +207,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         allocs: RefCell::new(Vec::new()),
         next_alloc_id: Cell::new(1),
         alloc_done: CoQueue::new(),
-        lazy_refcounts: Cell::new(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0),
+        lazy_refcounts: Cell::new(lazy_refcounts),
         info: RefCell::new(h.clone()),
         needs_repair: Cell::new(writable && dirty && !checking),
         repair_lock: CoMutex::new(()),
