@@ -207,6 +207,11 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
             continue;
         };
         let name = name.strip_prefix('-').unwrap_or(name);
+        match name {
+            "h" | "help" => return Ok(Command::Print(usage::usage())),
+            "version" => return Ok(Command::Print(usage::version())),
+            _ => {}
+        }
         if FLAGS.contains(&name) {
             apply_flag(&mut cfg, name);
             continue;
@@ -288,7 +293,7 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         }
         "serial" => cfg.serial = parse_chardev(arg)?,
         "debugcon" => cfg.debugcon = parse_chardev(arg)?,
-        "trace" => block::trace::configure(arg)?,
+        "trace" => return block::trace::configure(arg),
         "machine" | "M" => return parse_machine(arg),
         "accel" => parse_accel(arg)?,
         "boot" => cfg.reboot_timeout = parse_boot(arg)?.or(cfg.reboot_timeout),
@@ -630,6 +635,8 @@ fn parse_blockdev(arg: &str) -> Result<DriveConfig, String> {
         flags,
     })
 }
+
+mod usage;
 
 #[cfg(test)]
 mod tests;

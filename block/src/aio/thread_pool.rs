@@ -138,7 +138,7 @@ impl Shared {
     {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         trace!(
-            thread_pool_submit,
+            thread_pool_submit_aio,
             "pool {:p} req {}",
             Arc::as_ptr(self),
             id
@@ -148,7 +148,7 @@ impl Shared {
             let result = work();
             slot.state.lock().unwrap().0 = Some(result);
             trace!(
-                thread_pool_complete,
+                thread_pool_complete_aio,
                 "pool {:p} req {}",
                 Arc::as_ptr(&me),
                 id
