@@ -216,3 +216,97 @@ fn lines_carry_no_thread_tag_unless_asked_and_bad_values_fail() {
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// scripts/trace-request.sh on a real trace of rqemu-io: the write's journey, layer by
+/// layer, each step on the thread it ran on, ended by the next request, with a time summary.
+#[test]
+fn trace_request_tells_one_requests_journey() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.raw");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let trace = dir.path().join("trace.log");
+    let arg = format!(
+        "bdrv_open_common,blk_*,bdrv_*,thread_pool_*,file={},thread=on",
+        trace.display()
+    );
+    let io = [
+        "-f",
+        "raw",
+        "-T",
+        &arg,
+        "-c",
+        "write 0 4k",
+        "-c",
+        "read 0 4k",
+    ];
+    assert!(bin("rqemu-io", &[&io[..], &[path(&image)]].concat())
+        .status
+        .success());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/trace-request.sh");
+    let journey = |args: &[&str]| {
+        let mut cmd = Command::new(script);
+        cmd.args(args).arg(&trace);
+        run(cmd)
+    };
+    let out = journey(&[]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("request: blk_co_pwritev "), "{text}");
+    assert!(text.contains("offset 0 bytes 4096"), "{text}");
+    assert!(text.contains("(the next request begins)"), "{text}");
+    // The steps in order, each with its layer and thread.
+    let steps: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[2], *f.iter().rev().find(|w| w.contains('_')).unwrap())
+        })
+        .collect();
+    let first: Vec<String> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .take(5)
+        .map(|l| {
+            l.split("  ")
+                .filter(|s| !s.is_empty())
+                .nth(3)
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        first,
+        [
+            "BlockBackend",
+            "block/io [raw]",
+            "block/io [file]",
+            "worker thread (system call)",
+            "worker -> main loop (completion BH)"
+        ],
+        "{text}"
+    );
+    assert!(
+        steps.iter().any(|(t, _)| t.starts_with("worker#")),
+        "{text}"
+    );
+    assert!(steps
+        .iter()
+        .all(|(t, _)| t.starts_with("main#") || t.starts_with("worker#")));
+    // The per-layer times add up to the total.
+    let summary: Vec<f64> = text
+        .split("time per layer")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().last().unwrap().parse().unwrap())
+        .collect();
+    let (total, layers) = summary.split_last().unwrap();
+    assert_eq!(layers.iter().sum::<f64>(), *total, "{text}");
+    // The second request is the read; there is no third.
+    let second = String::from_utf8(journey(&["-n", "2"]).stdout).unwrap();
+    assert!(second.starts_with("request: blk_co_preadv "), "{second}");
+    assert_eq!(journey(&["-n", "3"]).status.code(), Some(1));
+}

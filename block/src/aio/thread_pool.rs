@@ -79,7 +79,8 @@ impl ThreadPool {
     }
 
     /// Runs `work` on a worker thread; the returned future completes, on the home thread,
-    /// with its result (thread_pool_submit_co).
+    /// with its result (thread_pool_submit_co; the queueing is thread_pool_submit_aio, whose
+    /// trace event it emits).
     pub fn submit<R, F>(&self, work: F) -> impl Future<Output = R>
     where
         R: Send + 'static,
