@@ -89,7 +89,7 @@ pub fn configure(arg: &str) -> Result<Option<String>, String> {
             "thread" => output::set_thread_tag(match value {
                 "on" => true,
                 "off" => false,
-                _ => return Err(format!("Parameter 'thread' expects 'on' or 'off'")),
+                _ => return Err("Parameter 'thread' expects 'on' or 'off'".to_string()),
             }),
             _ => return Err(format!("Invalid parameter '{key}'")),
         }
