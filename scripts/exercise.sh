@@ -89,7 +89,7 @@ case $cmd in
             if (cd "$copy" && eval "$(grading_of "$p")") > "$copy/grading.log" 2>&1; then
                 echo "FAIL $name: the grading tests pass with the piece removed"
                 failed=1
-            elif grep -q '^error\(\[E[0-9]*\]\)\?:' "$copy/grading.log"; then
+            elif grep -q '^error\[E[0-9]*\]:\|^error: could not compile' "$copy/grading.log"; then
                 echo "FAIL $name: the tree does not build with the patch applied"
                 grep -m5 -A5 '^error' "$copy/grading.log"
                 failed=1
