@@ -86,8 +86,13 @@ case $cmd in
                 failed=1
                 continue
             fi
-            if (cd "$copy" && eval "$(grading_of "$p")") > "$copy/grading.log" 2>&1; then
+            rc=0
+            (cd "$copy" && timeout 1200 bash -c "$(grading_of "$p")") > "$copy/grading.log" 2>&1 || rc=$?
+            if [ $rc -eq 0 ]; then
                 echo "FAIL $name: the grading tests pass with the piece removed"
+                failed=1
+            elif [ $rc -eq 124 ]; then
+                echo "FAIL $name: the grading tests hang with the piece removed"
                 failed=1
             elif grep -q '^error\[E[0-9]*\]:\|^error: could not compile' "$copy/grading.log"; then
                 echo "FAIL $name: the tree does not build with the patch applied"
