@@ -1,6 +1,7 @@
 #!/bin/bash
 # Builds rqemu and boots it on a default image: SeaBIOS loads fixtures/guests/hello.asm from a
-# qcow2 disk on IDE; the guest reads a sector through int13 and prints it on the serial console.
+# qcow2 disk on IDE; the guest reads a sector through int13, prints it on the serial console and
+# writes it back as the third sector.
 #   scripts/run.sh [extra rqemu options...]       e.g. --trace 'ide_*' or -trace 'blk_*'
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -232,10 +232,30 @@ fn raw_run(emu: Emulator, transport: Transport) {
     let program = std::fs::read(build_guest()).unwrap();
     let image = scratch(&format!("virtio-guest-{emu:?}-{transport:?}.raw"));
     std::fs::write(&image, raw_image(&program)).unwrap();
-    let (out, err) = run_guest(&cmdline(emu, &image, "raw", transport), TIMEOUT);
+    let mut cmd = cmdline(emu, &image, "raw", transport);
+    let trace = image.with_extension("trace");
+    if matches!(emu, Emulator::Rqemu) {
+        cmd.push("-trace".into());
+        let events = "virtio_pci_intx,virtio_notify_irqfd";
+        cmd.push(format!("{events},file={}", trace.display()));
+    }
+    let (out, err) = run_guest(&cmd, TIMEOUT);
     check_verdicts(&out, &err, transport);
     check_image(&std::fs::read(&image).unwrap());
     std::fs::remove_file(&image).unwrap();
+    if matches!(emu, Emulator::Rqemu) {
+        check_irq_trace(&std::fs::read_to_string(&trace).unwrap());
+        std::fs::remove_file(&trace).unwrap();
+    }
+}
+
+/// The guest's "intx" test took an interrupt: the pin rose and fell (ISR read) and the
+/// irqfd was signalled, each a trace line.
+fn check_irq_trace(trace: &str) {
+    let has = |what: &str| trace.lines().any(|l| l.contains(what));
+    assert!(has(":virtio_pci_intx ") && has(" level 1"), "{trace}");
+    assert!(has(" level 0"), "{trace}");
+    assert!(has(":virtio_notify_irqfd irqfd "), "{trace}");
 }
 
 fn qcow2_run(emu: Emulator, transport: Transport) {

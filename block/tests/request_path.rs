@@ -1,4 +1,4 @@
-//! The generic request path (block/src/io.rs): alignment and read-modify-write, serialisation
+//! The generic request path (block/src/io/): alignment and read-modify-write, serialisation
 //! of overlapping requests, max_transfer splitting, reads past the end, zero-write fallback.
 
 mod common;

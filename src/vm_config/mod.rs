@@ -11,6 +11,7 @@ use std::path::PathBuf;
 mod boot;
 mod device;
 mod drive;
+mod usage;
 
 use block::Options;
 pub use boot::BootOptions;
@@ -178,6 +179,11 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
             continue;
         };
         let name = name.strip_prefix('-').unwrap_or(name);
+        match name {
+            "h" | "help" => return Ok(Command::Print(usage::usage())),
+            "version" => return Ok(Command::Print(usage::version())),
+            _ => {}
+        }
         if FLAGS.contains(&name) {
             apply_flag(&mut cfg, name);
             continue;
@@ -259,7 +265,7 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         }
         "serial" => cfg.serial = parse_chardev(arg)?,
         "debugcon" => cfg.debugcon = parse_chardev(arg)?,
-        "trace" => block::trace::configure(arg)?,
+        "trace" => return block::trace::configure(arg),
         // Secrets for encrypted drives; created at once, before any drive is opened.
         "object" => block::objects::user_creatable_add_from_str(arg).map_err(|e| e.to_string())?,
         "machine" | "M" => return parse_machine(arg),

@@ -79,7 +79,8 @@ impl ThreadPool {
     }
 
     /// Runs `work` on a worker thread; the returned future completes, on the home thread,
-    /// with its result (thread_pool_submit_co).
+    /// with its result (thread_pool_submit_co; the queueing is thread_pool_submit_aio, whose
+    /// trace event it emits).
     pub fn submit<R, F>(&self, work: F) -> impl Future<Output = R>
     where
         R: Send + 'static,
@@ -138,7 +139,7 @@ impl Shared {
     {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         trace!(
-            thread_pool_submit,
+            thread_pool_submit_aio,
             "pool {:p} req {}",
             Arc::as_ptr(self),
             id
@@ -148,7 +149,7 @@ impl Shared {
             let result = work();
             slot.state.lock().unwrap().0 = Some(result);
             trace!(
-                thread_pool_complete,
+                thread_pool_complete_aio,
                 "pool {:p} req {}",
                 Arc::as_ptr(&me),
                 id

@@ -159,6 +159,14 @@ pub(crate) fn open_node(
         if let Some(list) = ancestors {
             *bs.backing_ancestors.borrow_mut() = list.split('\n').map(str::to_string).collect();
         }
+        crate::trace!(
+            bdrv_open_common,
+            "bs {:p} node {} filename \"{}\" format_name \"{}\"",
+            Rc::as_ptr(&bs),
+            bs.node_name(),
+            bs.filename(),
+            bs.format_name()
+        );
         let drv = (bs.class().open)(&bs, &mut options).await?;
         if let Some(key) = options.first_key() {
             let (kind, verb) = if bs.class().is_format {

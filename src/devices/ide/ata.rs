@@ -392,12 +392,17 @@ impl AtaChannel {
     pub fn irq_update(&mut self) -> &'static [bool] {
         let level = self.irq_level();
         let dropped = std::mem::take(&mut self.irq_dropped);
-        match (std::mem::replace(&mut self.irq_reported, level), level) {
+        let edges: &'static [bool] = match (std::mem::replace(&mut self.irq_reported, level), level)
+        {
             (true, true) if dropped => &[false, true],
             (false, true) => &[true],
             (true, false) => &[false],
             _ => &[],
+        };
+        for &level in edges {
+            trace!(ide_bus_set_irq, "bus {:p} level {}", self, level as u8);
         }
+        edges
     }
 
     /// Acknowledges the interrupt (Status read, Command write, reset).

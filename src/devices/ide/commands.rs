@@ -452,6 +452,7 @@ impl AtaChannel {
         self.set_irq();
     }
 
+    /// A read of `n` sectors finished: start the PIO data-in phase (ide_sector_read_cb).
     fn read_done(&mut self, n: u32, result: Result<Vec<u8>, block::Error>) {
         let len = n as usize * SECTOR_SIZE;
         let d = self.cur();
@@ -468,6 +469,7 @@ impl AtaChannel {
         d.transfer_start(len, EndTransfer::SectorRead);
     }
 
+    /// A write of `n` sectors finished: ask for the next block or end (ide_sector_write_cb).
     fn write_done(&mut self, n: u32, result: Result<(), block::Error>) {
         let d = self.cur();
         d.status &= !BSY;

@@ -314,7 +314,8 @@ impl VirtioBlkHandler {
         }
     }
 
-    /// Pops every available chain of queue `q` and starts its request (virtio_blk_handle_vq).
+    /// Pops every available chain of queue `q` and starts its request (QEMU's
+    /// virtio_blk_handle_output, which calls virtio_blk_handle_vq).
     /// Kicks are suppressed while popping and re-enabled after, re-checking the ring so a chain
     /// published in between is not left waiting.
     pub fn handle_output(self: &Rc<Self>, q: usize) {
@@ -406,7 +407,7 @@ impl VirtioBlkHandler {
         task.detach();
     }
 
-    /// Completes a request with the outcome of its block-layer call.
+    /// Completes a request with the outcome of its block-layer call (virtio_blk_rw_complete).
     fn finish(self: &Rc<Self>, mut done: Completion, ret: block::Result<()>) {
         done.status = match ret {
             Ok(()) => VIRTIO_BLK_S_OK,

@@ -21,7 +21,7 @@
 //!   the ISA IRQ it routed the slot's PIRQ to through the PIIX3); each write re-registers
 //!   the irqfd on the new GSI.
 
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -76,7 +76,15 @@ impl IrqfdLine {
         })
     }
 
+    /// Signals the irqfd: KVM asserts the GSI without the main loop entering the kernel
+    /// for KVM_IRQ_LINE (QEMU's virtio_notify_irqfd signals the guest notifier the same way).
     fn trigger(&self) {
+        block::trace!(
+            virtio_notify_irqfd,
+            "irqfd {} gsi {:?}",
+            self.irqfd.as_raw_fd(),
+            *self.gsi.lock().unwrap_or_else(|p| p.into_inner())
+        );
         if let Err(e) = self.irqfd.write(1) {
             eprintln!("rqemu: virtio irqfd write failed: {e}");
         }

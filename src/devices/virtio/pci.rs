@@ -115,6 +115,7 @@ impl IntxPin {
         let out = st.level && !st.disabled;
         if out != st.output {
             st.output = out;
+            block::trace!(virtio_pci_intx, "pin {:p} level {}", self, out as u8);
             self.line.set_level(out);
         }
     }

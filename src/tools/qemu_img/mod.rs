@@ -125,12 +125,17 @@ pub fn main(args: Vec<String>) -> i32 {
                 print!("{}", help::version());
                 return 0;
             }
-            'T' => {
-                if let Err(e) = block::trace::configure(opt.arg.as_deref().unwrap_or("")) {
+            'T' => match block::trace::configure(opt.arg.as_deref().unwrap_or("")) {
+                Ok(None) => {}
+                Ok(Some(events)) => {
+                    print!("{events}");
+                    return 0;
+                }
+                Err(e) => {
                     cli::error_report(&e);
                     return 1;
                 }
-            }
+            },
             _ => {}
         }
     }

@@ -141,10 +141,17 @@ fn apply_option(inv: &mut Invocation, key: char, arg: String) -> Result<(), Exit
         'k' => parse_aio(&mut inv.req, "native").map_err(fail)?,
         'i' => parse_aio(&mut inv.req, &arg).map_err(fail)?,
         't' => parse_cache(&mut inv.req, &arg).map_err(fail)?,
-        'T' => block::trace::configure(&arg).map_err(|e| {
-            report!("{e}");
-            Exit(1)
-        })?,
+        'T' => match block::trace::configure(&arg) {
+            Ok(None) => {}
+            Ok(Some(events)) => {
+                out!("{events}");
+                return Err(Exit(0));
+            }
+            Err(e) => {
+                report!("{e}");
+                return Err(Exit(1));
+            }
+        },
         'V' => {
             out!(
                 "qemu-io version 10.0.2 (rqemu {})\n\

@@ -206,3 +206,25 @@ fn an_immediate_command_after_an_unacknowledged_irq_gives_a_fresh_edge() {
     assert_eq!(r.ch.irq_update(), &[false]);
     assert_eq!(r.ch.irq_update(), &[] as &[bool]);
 }
+
+#[test]
+fn interrupt_edges_are_traced_as_ide_bus_set_irq() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("trace.log");
+    let arg = format!("ide_bus_set_irq,file={}", log.display());
+    assert_eq!(block::trace::configure(&arg), Ok(None));
+    let mut r = Rig::new(SMALL);
+    r.ch.ioport_write(reg::STATUS_COMMAND, cmd::SEEK);
+    r.ch.irq_update();
+    r.ch.ioport_write(reg::STATUS_COMMAND, cmd::SEEK);
+    r.ch.irq_update();
+    // Other tests of this process may trace their own channels: keep this one's lines.
+    let bus = format!("bus {:p} ", &r.ch);
+    let levels: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(":ide_bus_set_irq ") && l.contains(&bus))
+        .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(levels, ["1", "0", "1"]);
+}

@@ -1,9 +1,13 @@
 //! Trace events, switched on by name pattern like QEMU's `-trace PATTERN` (log backend).
 //!
 //! Every layer calls `trace!(event_name, "fmt", args...)` at its boundaries with the event
-//! names QEMU uses (`blk_co_preadv`, `bdrv_co_pwritev`, `thread_pool_submit`...). Events are
-//! off by default and cost one relaxed atomic load each; `enable("blk_*")` turns a glob on.
-//! Lines go to stderr as QEMU's log backend prints them: `PID@SECONDS.MICROS:name args`.
+//! names QEMU uses (`blk_co_preadv`, `bdrv_co_pwritev_part`, `thread_pool_submit_aio`...).
+//! Every event is declared once in [`catalogue`] (QEMU's `trace-events` files); `trace!`
+//! rejects an undeclared name when compiled. Events are off by default and cost one relaxed
+//! atomic load each; `enable("blk_*")` turns a glob on. [`output`] writes the lines.
+
+pub mod catalogue;
+pub mod output;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::RwLock;
@@ -59,30 +63,38 @@ pub fn enable(pattern: &str) {
     GENERATION.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Parses a `-trace`/`--trace` argument: `PATTERN`, `enable=PATTERN`, or `events=FILE`
-/// (one pattern per line, `#` comments), optionally followed by `,file=...` which is refused.
-pub fn configure(arg: &str) -> Result<(), String> {
+/// Parses a `-trace`/`--trace` argument as QEMU's trace_opt_parse does: `PATTERN` or
+/// `enable=PATTERN`, `events=FILE` (one pattern per line, `#` comments), `file=FILE` (where
+/// lines go), and rqemu's `thread=on|off` (tag each line with its thread), comma-separated.
+/// `help` as the pattern returns `Ok(Some(listing))`: the caller prints it and exits 0.
+pub fn configure(arg: &str) -> Result<Option<String>, String> {
     for part in arg.split(',') {
-        if let Some(p) = part.strip_prefix("enable=") {
-            enable(p);
-        } else if let Some(path) = part.strip_prefix("events=") {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("could not open trace events file '{path}': {e}"))?;
-            for line in text.lines().map(str::trim) {
-                if !line.is_empty() && !line.starts_with('#') {
-                    enable(line);
+        let (key, value) = match part.split_once('=') {
+            Some((key, value)) => (key, value),
+            None => ("enable", part),
+        };
+        match key {
+            "enable" if value == "help" || value == "?" => return Ok(Some(catalogue::help())),
+            "enable" => enable(value),
+            "events" => {
+                let text = std::fs::read_to_string(value)
+                    .map_err(|e| format!("could not open trace events file '{value}': {e}"))?;
+                for line in text.lines().map(str::trim) {
+                    if !line.is_empty() && !line.starts_with('#') {
+                        enable(line);
+                    }
                 }
             }
-        } else if part.contains('=') {
-            return Err(format!(
-                "Invalid parameter '{}'",
-                part.split('=').next().unwrap_or("")
-            ));
-        } else {
-            enable(part);
+            "file" => output::set_file(value)?,
+            "thread" => output::set_thread_tag(match value {
+                "on" => true,
+                "off" => false,
+                _ => return Err("Parameter 'thread' expects 'on' or 'off'".to_string()),
+            }),
+            _ => return Err(format!("Invalid parameter '{key}'")),
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 fn event_enabled(name: &str) -> bool {
@@ -105,26 +117,20 @@ fn glob_match(glob: &[u8], name: &[u8]) -> bool {
     }
 }
 
-/// Writes one event line in the format of QEMU's log backend.
+/// Writes one event line (see [`output`]).
 #[doc(hidden)]
 pub fn emit(name: &str, args: std::fmt::Arguments<'_>) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    eprintln!(
-        "{}@{}.{:06}:{} {}",
-        std::process::id(),
-        now.as_secs(),
-        now.subsec_micros(),
-        name,
-        args
-    );
+    output::write_line(name, args);
 }
 
 /// Emits a trace event if its name is enabled: `trace!(blk_co_preadv, "offset {} bytes {}", o, b)`.
 #[macro_export]
 macro_rules! trace {
     ($name:ident, $($fmt:tt)*) => {{
+        const _: () = assert!(
+            $crate::trace::catalogue::contains(stringify!($name)),
+            concat!("trace event `", stringify!($name), "` is not in block/src/trace/catalogue.rs")
+        );
         static SITE: $crate::trace::CallSite = $crate::trace::CallSite::new();
         if SITE.enabled(stringify!($name)) {
             $crate::trace::emit(stringify!($name), format_args!($($fmt)*));

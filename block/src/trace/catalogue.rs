@@ -1,0 +1,175 @@
+//! The catalogue of every trace event rqemu emits: QEMU's `trace-events` files in one table.
+//!
+//! QEMU declares each event once (`name(args) "format"` in a `trace-events` file next to the
+//! code) and generates its `trace_NAME()` function from that line. rqemu keeps the same single
+//! declaration here: the `trace!` macro refuses at compile time an event missing from this
+//! table, `-trace help` prints it, and a test checks that every entry still has a call site.
+//! `qemu` names QEMU 10's event where QEMU has one (usually the same name, so traces of both
+//! read alike); an empty `qemu` marks an event of rqemu's own.
+
+/// One trace event: what `-trace help` lists about it.
+pub struct TraceEvent {
+    /// The name `trace!` and `-trace PATTERN` use.
+    pub name: &'static str,
+    /// The arguments it prints, in order.
+    pub args: &'static str,
+    /// What happened when it fires.
+    pub meaning: &'static str,
+    /// QEMU 10's event of the same role, or "" for an event QEMU does not have.
+    pub qemu: &'static str,
+}
+
+const fn ev(
+    name: &'static str,
+    args: &'static str,
+    meaning: &'static str,
+    qemu: &'static str,
+) -> TraceEvent {
+    TraceEvent {
+        name,
+        args,
+        meaning,
+        qemu,
+    }
+}
+
+/// Every event, grouped by layer from the guest down to the worker threads.
+#[rustfmt::skip]
+pub const EVENTS: &[TraceEvent] = &[
+    // The vCPU and PC platform devices (accel/kvm, hw/).
+    ev("kvm_run_exit", "cpu_index, reason", "KVM_RUN returned to the vCPU thread", "kvm_run_exit"),
+    ev("pckbd_kbd_write_command", "command", "i8042 controller command byte written", "pckbd_kbd_write_command"),
+    ev("pckbd_kbd_write_data", "byte", "i8042 data byte written", "pckbd_kbd_write_data"),
+    ev("fw_cfg_select", "key, known", "fw_cfg item selected by the firmware", "fw_cfg_select"),
+    ev("pci_cfg_read", "bus:dev.fn, offset, value", "PCI configuration space read", "pci_cfg_read"),
+    ev("pci_cfg_write", "bus:dev.fn, offset, value", "PCI configuration space write", "pci_cfg_write"),
+    // IDE (hw/ide/core.c): register accesses on the vCPU thread, commands, the interrupt.
+    ev("ide_ioport_read", "addr, register, value, bus, IDEState", "IDE task-file register read", "ide_ioport_read"),
+    ev("ide_ioport_write", "addr, register, value, bus, IDEState", "IDE task-file register write", "ide_ioport_write"),
+    ev("ide_status_read", "addr, value, bus, IDEState", "IDE Alternate Status read (does not acknowledge)", "ide_status_read"),
+    ev("ide_ctrl_write", "addr, value, bus", "IDE Device Control write (nIEN, SRST)", "ide_ctrl_write"),
+    ev("ide_data_readw", "addr, value, bus, IDEState", "16-bit PIO read of the data port", "ide_data_readw"),
+    ev("ide_data_readl", "addr, value, bus, IDEState", "32-bit PIO read of the data port", "ide_data_readl"),
+    ev("ide_data_writew", "addr, value, bus, IDEState", "16-bit PIO write of the data port", "ide_data_writew"),
+    ev("ide_data_writel", "addr, value, bus, IDEState", "32-bit PIO write of the data port", "ide_data_writel"),
+    ev("ide_bus_exec_cmd", "bus, IDEState, command", "an ATA command starts", "ide_bus_exec_cmd"),
+    ev("ide_reset", "IDEState", "a drive is reset", "ide_reset"),
+    ev("ide_transfer_start", "IDEState, size", "a PIO data phase of size bytes begins", "ide_transfer_start"),
+    ev("ide_sector_read", "sector, nsectors", "READ SECTORS asks the block layer for sectors", "ide_sector_read"),
+    ev("ide_sector_write", "sector, nsectors", "the guest filled the PIO buffer: the write goes to the block layer", "ide_sector_write"),
+    ev("ide_bus_set_irq", "bus, level", "the channel's IRQ 14/15 line changes level (QEMU's ide_bus_set_irq has no event)", ""),
+    // virtio-blk (hw/block/virtio-blk.c, hw/virtio/virtio.c).
+    ev("virtio_queue_notify", "vdev, queue", "the guest kicked a queue (ioeventfd seen by the main loop)", "virtio_queue_notify"),
+    ev("virtio_blk_handle_read", "vdev, req, sector, nsectors", "a read request popped from the ring", "virtio_blk_handle_read"),
+    ev("virtio_blk_handle_write", "vdev, req, sector, nsectors", "a write request popped from the ring", "virtio_blk_handle_write"),
+    ev("virtio_blk_handle_discard", "vdev, req, sector, nsectors", "a discard request popped from the ring", ""),
+    ev("virtio_blk_handle_write_zeroes", "vdev, req, sector, nsectors, unmap", "a write-zeroes request popped from the ring", ""),
+    ev("virtio_blk_req_complete", "vdev, req, status", "a request's status byte is written back", "virtio_blk_req_complete"),
+    ev("virtio_notify", "vdev, queue", "used buffers pushed: the device raises the queue interrupt", "virtio_notify"),
+    ev("virtio_error", "message", "the guest broke the virtio protocol: the device needs a reset", ""),
+    ev("virtio_pci_intx", "pin, level", "the virtio PCI INTx pin changes level (ISR set, or read to clear)", ""),
+    ev("virtio_notify_irqfd", "irqfd, gsi", "the irqfd is signalled: KVM injects the interrupt", "virtio_notify_irqfd"),
+    // BlockBackend (block/block-backend.c).
+    ev("blk_co_preadv", "blk, bs, offset, bytes, flags", "a device's read enters the block layer", "blk_co_preadv"),
+    ev("blk_co_pwritev", "blk, bs, offset, bytes, flags", "a device's write enters the block layer", "blk_co_pwritev"),
+    ev("blk_co_pwrite_zeroes", "blk, offset, bytes, flags", "a write-zeroes enters the block layer", ""),
+    ev("blk_co_pdiscard", "blk, offset, bytes", "a discard enters the block layer", ""),
+    ev("blk_co_flush", "blk", "a flush enters the block layer", ""),
+    ev("blk_aio_complete", "blk, ret", "the completion bottom half calls the device's callback", ""),
+    // The generic request path (block.c, block/io.c).
+    ev("bdrv_open_common", "bs, node, filename, format_name", "a node is opened: maps `bs 0x...` to a node and file", "bdrv_open_common"),
+    ev("bdrv_co_preadv_part", "bs, offset, bytes, flags", "a read reaches one node of the graph", "bdrv_co_preadv_part"),
+    ev("bdrv_co_pwritev_part", "bs, offset, bytes, flags", "a write reaches one node of the graph", "bdrv_co_pwritev_part"),
+    ev("bdrv_co_pad_request", "bs, head, tail", "an unaligned request is padded to the node's alignment", ""),
+    ev("bdrv_co_padding_rmw_read", "bs, offset, bytes", "read-modify-write reads the padding of an unaligned write", ""),
+    ev("bdrv_co_wait_serialising", "bs, offset, bytes", "a request waits for an overlapping serialising one", ""),
+    ev("bdrv_co_pwrite_zeroes", "bs, offset, bytes, flags", "a write-zeroes reaches one node", "bdrv_co_pwrite_zeroes"),
+    ev("bdrv_co_pdiscard", "bs, offset, bytes", "a discard reaches one node", ""),
+    ev("bdrv_co_flush", "bs", "a flush reaches one node", ""),
+    ev("bdrv_co_truncate", "bs, offset", "a node is resized", ""),
+    // qcow2 (block/qcow2*.c).
+    ev("qcow2_co_preadv_part", "offset, bytes, cluster type", "qcow2 maps one piece of a read", ""),
+    ev("qcow2_writev_data", "host offset, bytes, cow head+tail", "qcow2 writes guest data at its host offset", "qcow2_writev_data"),
+    ev("qcow2_wait_dependency", "offset", "a write waits for an overlapping cluster allocation", ""),
+    ev("qcow2_l2_allocate", "l1_index, offset", "a new L2 table is allocated", "qcow2_l2_allocate"),
+    ev("qcow2_cache_entry_flush", "cache, offset", "a dirty L2 or refcount table is written back", "qcow2_cache_entry_flush"),
+    ev("qcow2_alloc_clusters", "offset, n", "host clusters are allocated", ""),
+    ev("qcow2_alloc_bytes", "offset, size", "a sub-cluster range is allocated (compressed data)", ""),
+    ev("qcow2_alloc_refblock", "index, offset", "a new refcount block is allocated", ""),
+    ev("qcow2_grow_reftable", "offset, clusters", "the refcount table is moved to a bigger place", ""),
+    // The protocol driver and the threads under it (block/file-posix.c, util/, block/io_uring.c).
+    ev("file_create", "filename, size", "an image file is created", ""),
+    ev("thread_pool_submit_aio", "pool, req", "a blocking call is queued for a worker thread", "thread_pool_submit_aio"),
+    ev("thread_pool_complete_aio", "pool, req", "a worker finished the call (printed on the worker thread)", "thread_pool_complete_aio"),
+    ev("luring_do_submit", "engine, slot", "a request is queued for io_uring", "luring_do_submit"),
+    ev("luring_io_uring_submit", "engine, entries", "queued entries are submitted to the kernel", "luring_io_uring_submit"),
+    ev("luring_process_completion", "slot, ret", "an io_uring completion is reaped", "luring_process_completion"),
+];
+
+/// Whether `name` is in [`EVENTS`]; `const` so that `trace!` checks its name when compiled.
+pub const fn contains(name: &str) -> bool {
+    let mut i = 0;
+    while i < EVENTS.len() {
+        if str_eq(EVENTS[i].name, name) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The listing `-trace help` prints: one event a line, name first so `grep` and globs work.
+pub fn help() -> String {
+    let mut s = String::from("Possible trace events (name(arguments): meaning [QEMU's name]):\n");
+    for e in EVENTS {
+        let qemu = match e.qemu {
+            "" => "rqemu only".to_string(),
+            q if q == e.name => "same in QEMU".to_string(),
+            q => format!("QEMU: {q}"),
+        };
+        s.push_str(&format!("{}({}): {} [{qemu}]\n", e.name, e.args, e.meaning));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_lookup_finds_them() {
+        for (i, e) in EVENTS.iter().enumerate() {
+            assert!(contains(e.name));
+            assert!(
+                EVENTS[..i].iter().all(|o| o.name != e.name),
+                "{} listed twice",
+                e.name
+            );
+        }
+        assert!(!contains("blk_co_preadvx"));
+        assert!(!contains("blk_co_pread"));
+    }
+
+    #[test]
+    fn help_lists_every_event_on_its_own_line() {
+        let text = help();
+        for e in EVENTS {
+            assert!(text.lines().any(|l| l.starts_with(&format!("{}(", e.name))));
+        }
+    }
+}
