@@ -58,6 +58,14 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("ide_sector_read", "sector, nsectors", "READ SECTORS asks the block layer for sectors", "ide_sector_read"),
     ev("ide_sector_write", "sector, nsectors", "the guest filled the PIO buffer: the write goes to the block layer", "ide_sector_write"),
     ev("ide_bus_set_irq", "bus, level", "the channel's IRQ 14/15 line changes level (QEMU's ide_bus_set_irq has no event)", ""),
+    // The ATAPI CD-ROM (hw/ide/atapi.c): packet commands and their PIO replies.
+    ev("ide_atapi_cmd", "IDEState, cmd", "an ATAPI packet command starts", "ide_atapi_cmd"),
+    ev("ide_atapi_cmd_read", "IDEState, lba, nb_sectors", "READ(10)/(12) asks the block layer for 2048-byte sectors", "ide_atapi_cmd_read"),
+    ev("ide_atapi_cmd_reply_end", "IDEState, packet_transfer_size, elementary_transfer_size, io_buffer_index", "the next DRQ block of a packet reply is prepared", "ide_atapi_cmd_reply_end"),
+    ev("ide_atapi_cmd_reply_end_eot", "IDEState, status", "a packet reply is complete (end of transfer)", "ide_atapi_cmd_reply_end_eot"),
+    ev("ide_atapi_cmd_reply_end_bcl", "IDEState, byte_count_limit", "the guest's byte count limit sizes the DRQ block", "ide_atapi_cmd_reply_end_bcl"),
+    ev("ide_atapi_cmd_reply_end_new", "IDEState, status", "a new DRQ block of the reply is offered to the guest", "ide_atapi_cmd_reply_end_new"),
+    ev("ide_atapi_cmd_error", "IDEState, sense, asc", "a packet command fails with CHECK CONDITION", "ide_atapi_cmd_error"),
     // virtio-blk (hw/block/virtio-blk.c, hw/virtio/virtio.c).
     ev("virtio_queue_notify", "vdev, queue", "the guest kicked a queue (ioeventfd seen by the main loop)", "virtio_queue_notify"),
     ev("virtio_blk_handle_read", "vdev, req, sector, nsectors", "a read request popped from the ring", "virtio_blk_handle_read"),
@@ -69,6 +77,18 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("virtio_error", "message", "the guest broke the virtio protocol: the device needs a reset", ""),
     ev("virtio_pci_intx", "pin, level", "the virtio PCI INTx pin changes level (ISR set, or read to clear)", ""),
     ev("virtio_notify_irqfd", "irqfd, gsi", "the irqfd is signalled: KVM injects the interrupt", "virtio_notify_irqfd"),
+    // The NBD server (nbd/server.c): handshake, requests, replies.
+    ev("nbd_negotiate_begin", "", "a client connected: the fixed-newstyle handshake starts", "nbd_negotiate_begin"),
+    ev("nbd_negotiate_success", "", "the handshake ended: transmission phase", "nbd_negotiate_success"),
+    ev("nbd_negotiate_options_check_option", "option, name", "the client sent a handshake option", "nbd_negotiate_options_check_option"),
+    ev("nbd_co_receive_request_decode_type", "cookie, type, name", "a transmission request header was decoded", "nbd_co_receive_request_decode_type"),
+    ev("nbd_co_receive_request_payload_received", "cookie, len", "a WRITE request's payload arrived", "nbd_co_receive_request_payload_received"),
+    ev("nbd_co_send_chunk_read_hole", "cookie, offset, len", "a structured READ reply chunk says the range is a hole", "nbd_co_send_chunk_read_hole"),
+    ev("nbd_co_send_chunk_read", "cookie, offset, len", "a structured READ reply chunk carries data", "nbd_co_send_chunk_read"),
+    ev("nbd_co_send_extents", "cookie, extents, context", "a BLOCK_STATUS reply carries extents of one meta context", "nbd_co_send_extents"),
+    ev("nbd_co_send_simple_reply", "cookie, error, len", "a simple reply is sent", "nbd_co_send_simple_reply"),
+    ev("nbd_co_send_chunk_done", "cookie", "the final chunk of a structured reply is sent", "nbd_co_send_chunk_done"),
+    ev("nbd_co_send_chunk_error", "cookie, error, msg", "a structured reply reports an error", "nbd_co_send_chunk_error"),
     // BlockBackend (block/block-backend.c).
     ev("blk_co_preadv", "blk, bs, offset, bytes, flags", "a device's read enters the block layer", "blk_co_preadv"),
     ev("blk_co_pwritev", "blk, bs, offset, bytes, flags", "a device's write enters the block layer", "blk_co_pwritev"),
