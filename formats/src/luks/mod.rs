@@ -9,6 +9,8 @@
 
 mod create;
 
+pub use create::measure;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
