@@ -109,8 +109,19 @@ pub fn measure(options: &mut Options, size: u64) -> Result<u64> {
     Ok(luks::header_area_len(params.master_key_len()) + size)
 }
 
-/// Creates a LUKS image at `filename`.
+/// Creates a LUKS image at `filename`. Like QEMU, a failed creation leaves no image file
+/// behind, not even one that existed before (bdrv_co_delete_file_noerr).
 pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
+    let result = create_image(filename, options).await;
+    let is_file = block::driver::find_protocol(filename).is_ok_and(|c| c.format_name == "file");
+    if result.is_err() && is_file {
+        let path = filename.strip_prefix("file:").unwrap_or(filename);
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+async fn create_image(filename: &str, options: &mut Options) -> Result<()> {
     let size = options.take_size("size")?.unwrap_or(0);
     let prealloc = match options.take("preallocation") {
         Some(p) => PreallocMode::parse(&p)?,
