@@ -159,20 +159,23 @@ trait SectorCipher: Send + Sync {
     fn decrypt(&self, iv: &[u8], data: &mut [u8]) -> Result<()>;
 }
 
-fn not_multiple(len: usize, block: usize) -> Error {
-    Error::invalid(format!(
-        "Length {len} must be a multiple of block size {block}"
-    ))
+/// The block size of `C`, once `data` is known to be whole blocks of it.
+fn whole_blocks<C: BlockSizeUser>(data: &[u8]) -> Result<usize> {
+    let bs = C::block_size();
+    if !data.len().is_multiple_of(bs) {
+        return Err(Error::invalid(format!(
+            "Length {} must be a multiple of block size {bs}",
+            data.len()
+        )));
+    }
+    Ok(bs)
 }
 
 struct Ecb<C>(C);
 
 impl<C: BlockEncrypt + BlockDecrypt + Send + Sync> SectorCipher for Ecb<C> {
     fn encrypt(&self, _iv: &[u8], data: &mut [u8]) -> Result<()> {
-        let bs = C::block_size();
-        if data.len() % bs != 0 {
-            return Err(not_multiple(data.len(), bs));
-        }
+        let bs = whole_blocks::<C>(data)?;
         for block in data.chunks_exact_mut(bs) {
             self.0.encrypt_block(GenericArray::from_mut_slice(block));
         }
@@ -180,10 +183,7 @@ impl<C: BlockEncrypt + BlockDecrypt + Send + Sync> SectorCipher for Ecb<C> {
     }
 
     fn decrypt(&self, _iv: &[u8], data: &mut [u8]) -> Result<()> {
-        let bs = C::block_size();
-        if data.len() % bs != 0 {
-            return Err(not_multiple(data.len(), bs));
-        }
+        let bs = whole_blocks::<C>(data)?;
         for block in data.chunks_exact_mut(bs) {
             self.0.decrypt_block(GenericArray::from_mut_slice(block));
         }
@@ -199,10 +199,7 @@ where
     C: BlockCipher + BlockEncrypt + BlockDecrypt + Clone + Send + Sync,
 {
     fn encrypt(&self, iv: &[u8], data: &mut [u8]) -> Result<()> {
-        let bs = C::block_size();
-        if data.len() % bs != 0 {
-            return Err(not_multiple(data.len(), bs));
-        }
+        let bs = whole_blocks::<C>(data)?;
         let mut enc = cbc::Encryptor::<C>::inner_iv_slice_init(self.0.clone(), iv)
             .map_err(|_| Error::invalid("Invalid IV length"))?;
         for block in data.chunks_exact_mut(bs) {
@@ -212,10 +209,7 @@ where
     }
 
     fn decrypt(&self, iv: &[u8], data: &mut [u8]) -> Result<()> {
-        let bs = C::block_size();
-        if data.len() % bs != 0 {
-            return Err(not_multiple(data.len(), bs));
-        }
+        let bs = whole_blocks::<C>(data)?;
         let mut dec = cbc::Decryptor::<C>::inner_iv_slice_init(self.0.clone(), iv)
             .map_err(|_| Error::invalid("Invalid IV length"))?;
         for block in data.chunks_exact_mut(bs) {

@@ -115,11 +115,10 @@ impl HashAlg {
             if ms >= 500 {
                 return Ok(iterations * 1000 / ms);
             }
-            iterations = if ms == 0 {
-                iterations * 1000
-            } else {
-                iterations * 1000 / ms
-            };
+            // A run too short to time at all: try a thousand times as many.
+            iterations = (iterations * 1000)
+                .checked_div(ms)
+                .unwrap_or(iterations * 1000);
             if iterations > u32::MAX as u64 {
                 return Err(Error::invalid(format!(
                     "PBKDF iterations {iterations} larger than {}",

@@ -87,18 +87,10 @@ fn parse_params(opts: &mut Options) -> Result<LuksParams> {
     })
 }
 
-/// Creates a LUKS image at `filename`.
-pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
-    let size = options.take_size("size")?.unwrap_or(0);
-    let prealloc = match options.take("preallocation") {
-        Some(p) => PreallocMode::parse(&p)?,
-        None => PreallocMode::Off,
-    };
+/// The algorithms and the passphrase a creation (or measurement) names.
+fn parse_create(options: &mut Options) -> Result<(LuksParams, String)> {
     let key_secret = options.take("key-secret");
     let params = parse_params(options)?;
-    let iter_time_ms = options
-        .take_u64("iter-time")?
-        .unwrap_or(DEFAULT_ITER_TIME_MS);
     if options.contains("detached-header") {
         return Err(Error::invalid("Parameter 'detached-header' is unexpected"));
     }
@@ -107,7 +99,39 @@ pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
             "Parameter 'key-secret' is required for cipher",
         ));
     };
-    let password = Arc::new(qcrypto_secret_lookup_as_utf8(&key_secret)?);
+    Ok((params, qcrypto_secret_lookup_as_utf8(&key_secret)?))
+}
+
+/// Bytes a LUKS image of `size` virtual bytes needs, allocated or not
+/// (block_crypto_measure): the header area is always counted in full.
+pub fn measure(options: &mut Options, size: u64) -> Result<u64> {
+    let (params, _) = parse_create(options)?;
+    Ok(luks::header_area_len(params.master_key_len()) + size)
+}
+
+/// Creates a LUKS image at `filename`. Like QEMU, a failed creation leaves no image file
+/// behind, not even one that existed before (bdrv_co_delete_file_noerr).
+pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
+    let result = create_image(filename, options).await;
+    let is_file = block::driver::find_protocol(filename).is_ok_and(|c| c.format_name == "file");
+    if result.is_err() && is_file {
+        let path = filename.strip_prefix("file:").unwrap_or(filename);
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+async fn create_image(filename: &str, options: &mut Options) -> Result<()> {
+    let size = options.take_size("size")?.unwrap_or(0);
+    let prealloc = match options.take("preallocation") {
+        Some(p) => PreallocMode::parse(&p)?,
+        None => PreallocMode::Off,
+    };
+    let (params, password) = parse_create(options)?;
+    let password = Arc::new(password);
+    let iter_time_ms = options
+        .take_u64("iter-time")?
+        .unwrap_or(DEFAULT_ITER_TIME_MS);
     let create_opts = LuksCreateOptions {
         params,
         iter_time_ms,

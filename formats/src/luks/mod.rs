@@ -9,6 +9,8 @@
 
 mod create;
 
+pub use create::measure;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -132,7 +134,14 @@ impl LuksDriver {
     }
 }
 
-/// Runs `op` over `buf` on the thread pool and hands the buffer back.
+/// (offset, length) of each bounce buffer a request of `len` bytes goes through.
+fn bounce_chunks(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len)
+        .step_by(MAX_IO_SIZE)
+        .map(move |done| (done, (len - done).min(MAX_IO_SIZE)))
+}
+
+/// Encrypts or decrypts `buf` on the thread pool and hands the buffer back.
 async fn on_pool(
     crypto: Arc<CryptoBlock>,
     start_sector: u64,
@@ -161,16 +170,12 @@ impl BlockDriver for LuksDriver {
         qiov: &IoVector,
         _flags: RequestFlags,
     ) -> Result<()> {
-        let crypto = self.crypto()?;
-        let file = file(bs);
-        let mut done = 0;
-        while done < qiov.len() {
-            let n = (qiov.len() - done).min(MAX_IO_SIZE);
+        let (crypto, file) = (self.crypto()?, file(bs));
+        for (done, n) in bounce_chunks(qiov.len()) {
             let at = offset + done as u64;
             let data = read_file(&file, self.payload_offset + at, n).await?;
             let data = on_pool(crypto.clone(), at / 512, data, false).await?;
             qiov.copy_from_slice(done, &data);
-            done += n;
         }
         Ok(())
     }
@@ -182,11 +187,8 @@ impl BlockDriver for LuksDriver {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
-        let crypto = self.crypto()?;
-        let file = file(bs);
-        let mut done = 0;
-        while done < qiov.len() {
-            let n = (qiov.len() - done).min(MAX_IO_SIZE);
+        let (crypto, file) = (self.crypto()?, file(bs));
+        for (done, n) in bounce_chunks(qiov.len()) {
             let at = offset + done as u64;
             let mut data = vec![0u8; n];
             qiov.copy_to_slice(done, &mut data);
@@ -198,7 +200,6 @@ impl BlockDriver for LuksDriver {
                 flags,
             )
             .await?;
-            done += n;
         }
         Ok(())
     }

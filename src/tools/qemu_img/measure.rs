@@ -3,7 +3,7 @@
 //!
 //! Measured either for a new image of `--size N` or for converting an existing image. The
 //! raw answer is the virtual size (sector-rounded), allocated or not; qcow2 measures its
-//! metadata geometry (formats::qcow2::measure).
+//! metadata geometry (formats::qcow2::measure); luks adds its header area.
 
 use block::BlockDriverState;
 use serde_json::{json, Map, Value};
@@ -184,6 +184,23 @@ async fn measure(
                     required: m.required,
                     fully_allocated: m.fully_allocated,
                     bitmaps: m.bitmaps,
+                }),
+                Err(e) => {
+                    error_report(&e.to_string());
+                    None
+                }
+            }
+        }
+        "luks" => {
+            let size = match input {
+                Some(bs) => bs.getlength(),
+                None => opts.get_number("size").unwrap_or(0),
+            };
+            match formats::luks::measure(&mut opts.to_options(), size) {
+                Ok(required) => Some(MeasureInfo {
+                    required,
+                    fully_allocated: required,
+                    bitmaps: None,
                 }),
                 Err(e) => {
                     error_report(&e.to_string());

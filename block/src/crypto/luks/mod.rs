@@ -96,9 +96,18 @@ pub struct NewVolume {
 impl NewVolume {
     /// Bytes the header area takes: the header and all eight key material areas.
     pub fn header_area_len(&self) -> u64 {
-        KEY_SLOT_OFFSET
-            + NUM_KEY_SLOTS as u64 * self.header.splitkeylen_sectors(STRIPES) * SECTOR_SIZE
+        header_area_len(self.header.master_key_len as usize)
     }
+}
+
+/// Bytes the header area of a new volume takes for a master key of `master_key_len` bytes
+/// (what `qemu-img measure` adds to the virtual size).
+pub fn header_area_len(master_key_len: usize) -> u64 {
+    let h = LuksHeader {
+        master_key_len: master_key_len as u32,
+        ..LuksHeader::default()
+    };
+    KEY_SLOT_OFFSET + NUM_KEY_SLOTS as u64 * h.splitkeylen_sectors(STRIPES) * SECTOR_SIZE
 }
 
 fn scaled_iters(per_sec: u64, iter_time_ms: u64, divisor: u64) -> Result<u32> {
