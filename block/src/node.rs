@@ -468,7 +468,7 @@ pub(crate) fn open_node(
                 let bs = Rc::new(BlockDriverState::new(
                     c,
                     node_name,
-                    file.filename(),
+                    format_node_filename(c.format_name, &file.filename()),
                     flags,
                     detect_zeroes,
                 ));
@@ -497,6 +497,15 @@ pub(crate) fn open_node(
         bs.refresh_total_bytes().await?;
         Ok(bs)
     })
+}
+
+/// A format node's name: its file's, or when the file is named by a `json:` description
+/// (rbd), a description of both, as QEMU's bdrv_refresh_filename builds it.
+fn format_node_filename(format: &str, file: &str) -> String {
+    match file.strip_prefix("json:") {
+        Some(inner) => format!("json:{{\"driver\": \"{format}\", \"file\": {inner}}}"),
+        None => file.to_string(),
+    }
 }
 
 /// Whether options describe a protocol node directly (`driver=file,filename=...`).
