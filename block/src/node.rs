@@ -624,8 +624,10 @@ fn canonical_name(name: &str) -> String {
 /// Resolves `name` against the directory of `base` unless it is absolute or a URI
 /// (path_combine).
 pub fn resolve_relative(base: &str, name: &str) -> String {
+    // A ':' before any '/' names a protocol (`rbd:pool/image`), as QEMU's path_has_protocol.
+    let has_protocol = name.find([':', '/']).is_some_and(|i| name.as_bytes()[i] == b':');
     if name.starts_with('/')
-        || name.contains("://")
+        || has_protocol
         || name.starts_with("json:")
         || base.contains("://")
     {

@@ -63,6 +63,8 @@ pub struct RbdDriver {
     image: Arc<Image>,
     /// The size as last seen, to know when a write must grow the image first.
     image_size: Cell<u64>,
+    /// Held while a write grows the image, so concurrent growths never shrink it again.
+    grow_lock: async_lock::Mutex<()>,
     object_size: u64,
     /// librbd before 1.17 needs block-status queries aligned to objects.
     align_status: bool,
@@ -109,6 +111,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     Ok(Box::new(RbdDriver {
         image: Arc::new(image),
         image_size: Cell::new(info.size),
+        grow_lock: async_lock::Mutex::new(()),
         object_size: info.obj_size,
         align_status: ffi::version(api) < (1, 17),
     }))
@@ -150,7 +153,10 @@ impl RbdDriver {
         // librbd refuses writes past the end; a growing image (a qcow2 file) is resized first.
         let writes = matches!(cmd, RbdCmd::Write | RbdCmd::WriteZeroes);
         if writes && offset + bytes > self.image_size.get() {
-            self.resize(offset + bytes).await?;
+            let _growing = self.grow_lock.lock().await;
+            if offset + bytes > self.image_size.get() {
+                self.resize(offset + bytes).await?;
+            }
         }
         start_co(&self.image, cmd, offset, bytes, qiov, may_unmap).await
     }
