@@ -625,12 +625,10 @@ fn canonical_name(name: &str) -> String {
 /// (path_combine).
 pub fn resolve_relative(base: &str, name: &str) -> String {
     // A ':' before any '/' names a protocol (`rbd:pool/image`), as QEMU's path_has_protocol.
-    let has_protocol = name.find([':', '/']).is_some_and(|i| name.as_bytes()[i] == b':');
-    if name.starts_with('/')
-        || has_protocol
-        || name.starts_with("json:")
-        || base.contains("://")
-    {
+    let has_protocol = name
+        .find([':', '/'])
+        .is_some_and(|i| name.as_bytes()[i] == b':');
+    if name.starts_with('/') || has_protocol || name.starts_with("json:") || base.contains("://") {
         return name.to_string();
     }
     match base.rfind('/') {
