@@ -7,8 +7,10 @@
 //!
 //! Needs nasm, qemu-system-x86_64, qemu-img, SeaBIOS and /dev/kvm (qemu-img builds the images
 //! and reads them back for both emulators); each missing piece skips the test with a reason,
-//! or fails it when RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
+//! or fails it when RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1. rqemu also boots it from
+//! `rbd:` drives on a throw-away Ceph cluster (skipped without Ceph, RQEMU_REQUIRE_CEPH=1).
 
+mod ceph;
 mod prereq;
 
 use std::io::Read;
@@ -225,17 +227,53 @@ fn check_written(image: &Path, format: &str, scratch: &Path) {
     }
 }
 
-fn ide_test_guest(emulator: Emulator, qcow2: bool) {
+/// Where the test images live: host files, or rbd images of a throw-away cluster.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Local,
+    Rbd,
+}
+
+/// The base image with the guest at sector 0, on `store`; None when the store is missing.
+fn base_image(store: Store, dir: &Path, guest: &Path, tag: &str) -> Option<PathBuf> {
+    match store {
+        Store::Local => {
+            let base = dir.join("base.raw");
+            raw_image(&base, DISK_SECTORS * 512, guest);
+            Some(base)
+        }
+        Store::Rbd => {
+            let c = ceph::cluster()?;
+            let base = c.image(&format!("ide-{tag}-base"));
+            let rqemu_img = env!("CARGO_BIN_EXE_rqemu-img");
+            run(Command::new(rqemu_img)
+                .args(["create", "-q", "-f", "raw", &base])
+                .arg((DISK_SECTORS * 512).to_string()));
+            let len = std::fs::metadata(guest).unwrap().len();
+            let write = format!("write -s {} 0 {len}", guest.display());
+            run(Command::new(env!("CARGO_BIN_EXE_rqemu-io"))
+                .args(["-f", "raw", "-c", &write, &base]));
+            Some(PathBuf::from(base))
+        }
+    }
+}
+
+fn ide_test_guest(emulator: Emulator, qcow2: bool, store: Store) {
     if !prerequisites() {
         return;
     }
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let defines = [format!("-DDISK_SECTORS={DISK_SECTORS}")];
     let guest = build_guest("ide-test", &defines, dir.path());
-    let base = dir.path().join("base.raw");
-    raw_image(&base, DISK_SECTORS * 512, &guest);
+    let tag = if qcow2 { "qcow2" } else { "raw" };
+    let Some(base) = base_image(store, dir.path(), &guest, tag) else {
+        return;
+    };
     let (image, format) = if qcow2 {
-        let top = dir.path().join("top.qcow2");
+        let top = match store {
+            Store::Local => dir.path().join("top.qcow2"),
+            Store::Rbd => PathBuf::from(ceph::cluster().unwrap().image("ide-qcow2-top")),
+        };
         run(Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
             .arg(&base)
@@ -260,22 +298,32 @@ fn ide_test_guest(emulator: Emulator, qcow2: bool) {
 
 #[test]
 fn ide_test_guest_passes_on_a_raw_image_under_qemu() {
-    ide_test_guest(qemu, false);
+    ide_test_guest(qemu, false, Store::Local);
 }
 
 #[test]
 fn ide_test_guest_passes_on_a_qcow2_overlay_under_qemu() {
-    ide_test_guest(qemu, true);
+    ide_test_guest(qemu, true, Store::Local);
 }
 
 #[test]
 fn ide_test_guest_passes_on_a_raw_image_under_rqemu() {
-    ide_test_guest(rqemu_ide_hd, false);
+    ide_test_guest(rqemu_ide_hd, false, Store::Local);
 }
 
 #[test]
 fn ide_test_guest_passes_on_a_qcow2_overlay_under_rqemu() {
-    ide_test_guest(rqemu, true);
+    ide_test_guest(rqemu, true, Store::Local);
+}
+
+#[test]
+fn ide_test_guest_passes_on_an_rbd_raw_image_under_rqemu() {
+    ide_test_guest(rqemu, false, Store::Rbd);
+}
+
+#[test]
+fn ide_test_guest_passes_on_an_rbd_qcow2_with_rbd_backing_under_rqemu() {
+    ide_test_guest(rqemu, true, Store::Rbd);
 }
 
 /// `snapshot=on`: the guest's writes go to a temporary overlay; the image is left untouched.

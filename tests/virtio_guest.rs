@@ -8,7 +8,9 @@
 //! the three transports (legacy-only, transitional, modern-only) over a raw image, and on a
 //! qcow2 image. Needs nasm and KVM (and QEMU for its half, qemu-img for qcow2): skips with the
 //! reason when one is missing, fails instead when RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
+//! rqemu also runs it over `rbd:` drives on a throw-away Ceph cluster (RQEMU_REQUIRE_CEPH).
 
+mod ceph;
 mod prereq;
 
 use std::io::Read;
@@ -366,4 +368,75 @@ fn virtio_disk_with_bootindex_boots_before_an_ide_disk_under_rqemu() {
     for p in [image, ide] {
         std::fs::remove_file(p).unwrap();
     }
+}
+
+/// The guest under rqemu over an `rbd:` drive: the raw image itself, or a qcow2 overlay on
+/// rbd whose raw backing file is on rbd too. The bytes are checked with `rbd export`.
+fn rbd_run(qcow2: bool) {
+    if !prerequisites(Emulator::Rqemu) {
+        return;
+    }
+    let Some(c) = ceph::cluster() else { return };
+    let program = std::fs::read(build_guest()).unwrap();
+    let initial = raw_image(&program);
+    let tag = if qcow2 { "qcow2" } else { "raw" };
+    let local = scratch(&format!("virtio-rbd-{tag}.raw"));
+    std::fs::write(&local, &initial).unwrap();
+    let base = format!("virtio-{tag}-base");
+    c.rbd(&["import", "--no-progress", local.to_str().unwrap(), &base]);
+    let (image, format) = if qcow2 {
+        let top = c.image("virtio-qcow2-top");
+        let status = Command::new(env!("CARGO_BIN_EXE_rqemu-img"))
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "-b",
+                &c.image(&base),
+                &top,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "rqemu-img create on rbd");
+        (top, "qcow2")
+    } else {
+        (c.image(&base), "raw")
+    };
+    let cmd = cmdline(
+        Emulator::Rqemu,
+        Path::new(&image),
+        format,
+        Transport::Modern,
+    );
+    let (out, err) = run_guest(&cmd, TIMEOUT);
+    check_verdicts(&out, &err, Transport::Modern);
+    if qcow2 {
+        let status = Command::new(env!("CARGO_BIN_EXE_rqemu-img"))
+            .args(["convert", "-f", "qcow2", "-O", "raw", &image])
+            .arg(&local)
+            .status()
+            .unwrap();
+        assert!(status.success(), "rqemu-img convert from rbd");
+        check_image(&std::fs::read(&local).unwrap());
+        assert!(
+            c.export(&base) == initial,
+            "the guest wrote to the backing file"
+        );
+    } else {
+        check_image(&c.export(&base));
+    }
+    std::fs::remove_file(&local).unwrap();
+}
+
+#[test]
+fn virtio_guest_on_rbd_raw_image_under_rqemu() {
+    rbd_run(false);
+}
+
+#[test]
+fn virtio_guest_on_rbd_qcow2_with_rbd_backing_under_rqemu() {
+    rbd_run(true);
 }

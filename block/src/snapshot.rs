@@ -4,7 +4,12 @@
 //! A format that keeps snapshots inside the image (qcow2) implements the `co_snapshot_*`
 //! hooks of [`crate::driver::BlockDriver`]; these functions add what every caller needs: the
 //! lookup rules (by id, by name), the error texts QEMU's callers print, and the refresh of
-//! the node's length after a snapshot with another disk size was applied.
+//! the node's length after a snapshot with another disk size was applied. A node whose
+//! driver has no snapshots of its own and whose only child is its `file` (raw over rbd)
+//! passes the operation down to that child, as QEMU's bdrv_snapshot_fallback does.
+
+use std::future::Future;
+use std::rc::Rc;
 
 pub use crate::driver::SnapshotInfo;
 use crate::error::{Error, Result};
@@ -19,9 +24,40 @@ fn no_internal_snapshots(bs: &BlockDriverState) -> Error {
     ))
 }
 
+/// The child that snapshot operations fall back to when the driver has none: the `file`
+/// child, when it is the node's only child (bdrv_snapshot_fallback).
+fn fallback(bs: &BlockDriverState, e: &Error) -> Option<Rc<BlockDriverState>> {
+    let unsupported = e.errno() == libc::ENOTSUP && e.message().is_none();
+    match bs.children().as_slice() {
+        [only] if unsupported && only.name == "file" => Some(only.bs.clone()),
+        _ => None,
+    }
+}
+
+/// `result` of the node's driver, or when the driver has no snapshots, `again` on the
+/// fallback child.
+async fn or_fallback<F: Future<Output = Result<()>>>(
+    bs: &BlockDriverState,
+    result: Result<()>,
+    again: impl FnOnce(Rc<BlockDriverState>) -> F,
+) -> Result<()> {
+    match result {
+        Err(e) => match fallback(bs, &e) {
+            Some(file) => again(file).await,
+            None => Err(e),
+        },
+        ok => ok,
+    }
+}
+
 /// The node's snapshots (bdrv_snapshot_list); ENOTSUP for formats without any.
 pub fn bdrv_snapshot_list(bs: &BlockDriverState) -> Result<Vec<SnapshotInfo>> {
-    bs.drv().snapshot_list(bs)
+    bs.drv()
+        .snapshot_list(bs)
+        .or_else(|e| match fallback(bs, &e) {
+            Some(file) => bdrv_snapshot_list(&file),
+            None => Err(e),
+        })
 }
 
 /// The first snapshot named `name` (bdrv_snapshot_find: names only, not ids).
@@ -37,13 +73,24 @@ pub async fn bdrv_snapshot_create(bs: &BlockDriverState, sn: &SnapshotInfo) -> R
     // A write planned before the snapshot must not land in a cluster it makes shared
     // (QEMU drains the node around snapshot operations).
     bs.in_flight.drained().await;
-    bs.drv().co_snapshot_create(bs, sn).await
+    or_fallback(
+        bs,
+        bs.drv().co_snapshot_create(bs, sn).await,
+        |file| async move { Box::pin(bdrv_snapshot_create(&file, sn)).await },
+    )
+    .await
 }
 
 /// Reverts the node to the snapshot with this id, or else this name (bdrv_snapshot_goto).
 pub async fn bdrv_snapshot_goto(bs: &BlockDriverState, id_or_name: &str) -> Result<()> {
     bs.in_flight.drained().await;
-    match bs.drv().co_snapshot_goto(bs, id_or_name).await {
+    let result = or_fallback(
+        bs,
+        bs.drv().co_snapshot_goto(bs, id_or_name).await,
+        |file| async move { Box::pin(bdrv_snapshot_goto(&file, id_or_name)).await },
+    )
+    .await;
+    match result {
         Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => Err(Error::new(
             libc::ENOTSUP,
             "Block driver does not support snapshots",
@@ -69,7 +116,13 @@ pub async fn bdrv_snapshot_delete(
         ));
     }
     bs.in_flight.drained().await;
-    match bs.drv().co_snapshot_delete(bs, id, name).await {
+    let result = or_fallback(
+        bs,
+        bs.drv().co_snapshot_delete(bs, id, name).await,
+        |file| async move { Box::pin(bdrv_snapshot_delete(&file, id, name)).await },
+    )
+    .await;
+    match result {
         Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => {
             Err(no_internal_snapshots(bs))
         }
@@ -90,7 +143,13 @@ pub async fn bdrv_snapshot_load_tmp(
     if !bs.is_read_only() {
         return Err(Error::invalid("Device is not readonly"));
     }
-    match bs.drv().co_snapshot_load_tmp(bs, id, name).await {
+    let result = or_fallback(
+        bs,
+        bs.drv().co_snapshot_load_tmp(bs, id, name).await,
+        |file| async move { Box::pin(bdrv_snapshot_load_tmp(&file, id, name)).await },
+    )
+    .await;
+    match result {
         Err(e) if e.errno() == libc::ENOTSUP && e.message().is_none() => {
             Err(no_internal_snapshots(bs))
         }

@@ -56,10 +56,16 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     Ok(Box::new(RawDriver { offset, size }))
 }
 
+/// A raw image is the protocol's bytes: the protocol the name selects creates it
+/// (raw_co_create_opts -> bdrv_co_create_file).
 async fn create(filename: &str, options: &mut Options) -> Result<()> {
-    let create = block::protocols::file::FILE
-        .create
-        .expect("file protocol can create");
+    let class = block::driver::find_protocol(filename)?;
+    let create = class.create.ok_or_else(|| {
+        Error::not_supported(format!(
+            "Protocol driver '{}' does not support image creation",
+            class.format_name
+        ))
+    })?;
     create(filename, options).await
 }
 
@@ -178,8 +184,10 @@ impl BlockDriver for RawDriver {
         Ok(self.size.unwrap_or(file_len.saturating_sub(self.offset)))
     }
 
-    fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
-        Ok(DriverInfo::default())
+    /// The protocol's facts (an rbd object size shows as the cluster size), as raw_get_info.
+    fn get_info(&self, bs: &BlockDriverState) -> Result<DriverInfo> {
+        let file = Self::file(bs);
+        file.drv().get_info(&file)
     }
 
     fn has_zero_init(&self, bs: &BlockDriverState) -> bool {

@@ -147,7 +147,7 @@ pub(crate) fn open_node(
                 let bs = Rc::new(BlockDriverState::new(
                     c,
                     node_name,
-                    file.filename(),
+                    format_node_filename(c.format_name, &file.filename()),
                     flags,
                     detect_zeroes,
                 ));
@@ -184,6 +184,15 @@ pub(crate) fn open_node(
         bs.refresh_total_bytes().await?;
         Ok(bs)
     })
+}
+
+/// A format node's name: its file's, or when the file is named by a `json:` description
+/// (rbd), a description of both, as QEMU's bdrv_refresh_filename builds it.
+fn format_node_filename(format: &str, file: &str) -> String {
+    match file.strip_prefix("json:") {
+        Some(inner) => format!("json:{{\"driver\": \"{format}\", \"file\": {inner}}}"),
+        None => file.to_string(),
+    }
 }
 
 /// Whether options describe a protocol node directly (`driver=file,filename=...`).
@@ -302,11 +311,11 @@ fn canonical_name(name: &str) -> String {
 /// Resolves `name` against the directory of `base` unless it is absolute or a URI
 /// (path_combine).
 pub fn resolve_relative(base: &str, name: &str) -> String {
-    if name.starts_with('/')
-        || name.contains("://")
-        || name.starts_with("json:")
-        || base.contains("://")
-    {
+    // A ':' before any '/' names a protocol (`rbd:pool/image`), as QEMU's path_has_protocol.
+    let has_protocol = name
+        .find([':', '/'])
+        .is_some_and(|i| name.as_bytes()[i] == b':');
+    if name.starts_with('/') || has_protocol || name.starts_with("json:") || base.contains("://") {
         return name.to_string();
     }
     match base.rfind('/') {

@@ -2,12 +2,14 @@
 //!
 //! `file` (QEMU's block/file-posix.c) stores them in a host file, `host_device` and
 //! `host_cdrom` on a host device through the same code; `null-co` (block/null.c)
-//! drops writes and reads zeroes or nothing, to measure the layers above without storage.
+//! drops writes and reads zeroes or nothing, to measure the layers above without storage;
+//! `rbd` (block/rbd.c) keeps them in a Ceph cluster through librbd.
 
 pub mod file;
 pub mod host_device;
 mod locking;
 pub mod null;
+pub mod rbd;
 
 use crate::driver::DriverClass;
 
@@ -17,6 +19,7 @@ pub(crate) const ALL: &[&DriverClass] = &[
     &host_device::HOST_DEVICE,
     &host_device::HOST_CDROM,
     &null::NULL_CO,
+    &rbd::RBD,
 ];
 
 /// The protocol of a filename without a `proto:` prefix: `host_device` when it names a host

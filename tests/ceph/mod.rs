@@ -1,0 +1,139 @@
+//! A throw-away Ceph cluster per test binary, for the rbd tests: started on first use with
+//! scripts/ceph-micro.sh, stopped when the test process exits (and by a watchdog if the
+//! process dies without exiting).
+//!
+//! Where Ceph is not installed the tests skip with a printed reason; under
+//! RQEMU_REQUIRE_CEPH=1 that is a failure instead.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// A running cluster: its directory and configuration file.
+pub struct Cluster {
+    /// Where the cluster's data, logs and keyring live.
+    pub dir: PathBuf,
+    /// DIR/ceph.conf.
+    pub conf: String,
+}
+
+const DAEMONS: &[&str] = &["/usr/bin/ceph-mon", "/usr/bin/ceph-osd", "/usr/bin/rbd"];
+const LIBRBD: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/librbd.so.1",
+    "/usr/lib/aarch64-linux-gnu/librbd.so.1",
+    "/usr/lib64/librbd.so.1",
+];
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/ceph-micro.sh")
+}
+
+/// Prints "skipping: why" and returns None, or panics when RQEMU_REQUIRE_CEPH=1.
+fn skip(why: &str) -> Option<&'static Cluster> {
+    if std::env::var("RQEMU_REQUIRE_CEPH").as_deref() == Ok("1") {
+        panic!("RQEMU_REQUIRE_CEPH=1 but {why}");
+    }
+    eprintln!("skipping: {why}");
+    None
+}
+
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+extern "C" fn stop_at_exit() {
+    if let Some(Some(c)) = CLUSTER.get() {
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(&c.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&c.dir);
+    }
+}
+
+fn start() -> Option<Cluster> {
+    let dir = std::env::temp_dir().join(format!("rqemu-ceph-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(script())
+        .arg("start")
+        .arg(&dir)
+        .output()
+        .expect("run scripts/ceph-micro.sh");
+    // Stops the daemons if this process dies without running its exit handlers.
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' stop '{dir}'; rm -rf '{dir}'",
+        pid = std::process::id(),
+        script = script().display(),
+        dir = dir.display()
+    );
+    let _ = Command::new("sh")
+        .args(["-c", &watchdog])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    assert!(
+        out.status.success(),
+        "ceph-micro.sh start failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(Cluster {
+        conf: dir.join("ceph.conf").display().to_string(),
+        dir,
+    })
+}
+
+/// The cluster of this test binary, started on first call; None (after printing why) where
+/// Ceph or librbd is not installed.
+pub fn cluster() -> Option<&'static Cluster> {
+    if let Some(missing) = DAEMONS.iter().find(|p| !Path::new(p).exists()) {
+        return skip(&format!(
+            "{missing} is missing (install ceph-mon ceph-osd ceph-common)"
+        ));
+    }
+    if !LIBRBD.iter().any(|p| Path::new(p).exists()) {
+        return skip("librbd.so.1 is missing (install librbd1)");
+    }
+    let c = CLUSTER.get_or_init(|| {
+        let c = start();
+        // SAFETY: registers a plain extern "C" function with the C library's atexit.
+        unsafe { libc::atexit(stop_at_exit) };
+        c
+    });
+    c.as_ref()
+}
+
+impl Cluster {
+    /// The `rbd:` filename of image `name` in pool `rbd`.
+    pub fn image(&self, name: &str) -> String {
+        format!("rbd:rbd/{name}:conf={}", self.conf)
+    }
+
+    /// Runs the `rbd` command line tool against the cluster; panics on failure.
+    pub fn rbd(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new("rbd")
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .output()
+            .expect("run rbd");
+        assert!(
+            out.status.success(),
+            "rbd {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// The image's bytes as `rbd export` reads them.
+    pub fn export(&self, name: &str) -> Vec<u8> {
+        let path = self.dir.join(format!("export-{name}"));
+        let _ = std::fs::remove_file(&path);
+        self.rbd(&["export", "--no-progress", name, path.to_str().unwrap()]);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        bytes
+    }
+}
