@@ -59,7 +59,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
 /// A raw image is the protocol's bytes: the protocol the name selects creates it
 /// (raw_co_create_opts -> bdrv_co_create_file).
 async fn create(filename: &str, options: &mut Options) -> Result<()> {
-    let class = block::driver::find_protocol(filename)?;
+    let class = block::registry::find_protocol(filename)?;
     let create = class.create.ok_or_else(|| {
         Error::not_supported(format!(
             "Protocol driver '{}' does not support image creation",

@@ -117,6 +117,8 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("qcow2_alloc_bytes", "offset, size", "a sub-cluster range is allocated (compressed data)", ""),
     ev("qcow2_alloc_refblock", "index, offset", "a new refcount block is allocated", ""),
     ev("qcow2_grow_reftable", "offset, clusters", "the refcount table is moved to a bigger place", ""),
+    // The rbd protocol (block/rbd.c): librbd completes on its own threads, a bottom half resumes the request.
+    ev("qemu_rbd_start_co", "cmd, offset, bytes", "an rbd request is handed to librbd", "qemu_rbd_start_co"),
     // The protocol driver and the threads under it (block/file-posix.c, util/, block/io_uring.c).
     ev("file_create", "filename, size", "an image file is created", ""),
     ev("thread_pool_submit_aio", "pool, req", "a blocking call is queued for a worker thread", "thread_pool_submit_aio"),

@@ -113,7 +113,7 @@ pub fn measure(options: &mut Options, size: u64) -> Result<u64> {
 /// behind, not even one that existed before (bdrv_co_delete_file_noerr).
 pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
     let result = create_image(filename, options).await;
-    let is_file = block::driver::find_protocol(filename).is_ok_and(|c| c.format_name == "file");
+    let is_file = block::registry::find_protocol(filename).is_ok_and(|c| c.format_name == "file");
     if result.is_err() && is_file {
         let path = filename.strip_prefix("file:").unwrap_or(filename);
         let _ = std::fs::remove_file(path);
