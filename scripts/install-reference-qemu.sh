@@ -32,7 +32,12 @@ EOF
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq -t bookworm-backports \
-  qemu-system-x86 qemu-utils qemu-block-extra seabios "$@" >/dev/null
+  qemu-system-x86 qemu-utils qemu-block-extra seabios >/dev/null
+# The other packages come from their default suite (bookworm's Ceph 16, which the rbd tests'
+# cluster setup is written for), not from backports.
+if [ $# -gt 0 ]; then
+  apt-get install -y -qq "$@" >/dev/null
+fi
 
 version=$(qemu-img --version | head -1)
 case "$version" in

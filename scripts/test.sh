@@ -20,13 +20,17 @@ PACKAGES=(
   nbdkit      # NBD interop: another NBD server
   libnbd-bin  # NBD interop: nbdinfo, nbdcopy and nbdfuse (bookworm has no separate nbdfuse)
   gnutls-bin  # NBD over TLS: certtool makes the test certificates
-  # ceph's packages for the rbd tests go here
+  ceph-mon    # rbd tests: the single-node cluster scripts/ceph-micro.sh starts (tests/ceph/)
+  ceph-osd    #   its memstore OSD
+  ceph-common #   the rbd and ceph command-line tools
+  librbd1     #   loaded at run time by the rbd protocol driver
 )
 
 missing_prerequisites() {
   qemu-img --version 2>/dev/null | grep -q ' version 10\.0\.' || return 0
   command -v qemu-system-x86_64 >/dev/null || return 0
   [ -f /usr/share/seabios/bios-256k.bin ] || return 0
+  dpkg-query -W -f='${Status}\n' qemu-block-extra 2>/dev/null | grep -q '^install ok installed' || return 0
   local p
   for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || return 0
