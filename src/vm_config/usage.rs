@@ -36,16 +36,17 @@ const OPTIONS: &[(&str, &str)] = &[
     ("-initrd FILE", "initial ram disk for -kernel"),
     ("-append CMDLINE", "kernel command line for -kernel"),
     (
-        "-boot [order=..][,reboot-timeout=MS]",
-        "boot options; only reboot-timeout has an effect",
+        "-boot [order=DRIVES][,once=DRIVES][,menu=on|off][,splash-time=MS][,reboot-timeout=MS]",
+        "boot order (c disk, d CD-ROM), boot menu, and SeaBIOS's reboot timeout",
     ),
+    ("-cdrom FILE", "an ATAPI CD-ROM on the secondary IDE master (index=2)"),
     (
-        "-drive file=F[,if=ide|virtio|none][,index=I][,format=raw|qcow2][,id=ID]",
+        "-drive file=F[,if=ide|virtio|none][,index=I][,format=FMT][,id=ID]",
         "a drive",
     ),
     (
         "",
-        "also cache=, aio=threads|native|io_uring, readonly=, snapshot=, media=disk",
+        "also cache=, aio=threads|native|io_uring, readonly=, snapshot=, media=disk|cdrom",
     ),
     (
         "-blockdev driver=D,node-name=N,...",
@@ -56,8 +57,16 @@ const OPTIONS: &[(&str, &str)] = &[
         "an IDE disk on an if=none drive",
     ),
     (
+        "-device ide-cd,drive=ID[,bus=ide.N][,unit=U]",
+        "an IDE CD-ROM on an if=none drive",
+    ),
+    (
         "-device virtio-blk-pci,drive=ID[,...]",
         "a virtio-blk disk on an if=none drive",
+    ),
+    (
+        "-object secret,id=ID,data=S|file=F[,format=raw|base64]",
+        "a secret, e.g. an encrypted drive's key-secret",
     ),
     ("-serial stdio|file:PATH|null|none", "the COM1 backend"),
     (
