@@ -1,0 +1,215 @@
+//! The cloop format driver, read-only: compressed loopback images of Linux live CDs
+//! (QEMU's block/cloop.c).
+//!
+//! After a 128-byte shell-script preamble come the block size and block count (both
+//! big-endian 32-bit), then one big-endian 64-bit file offset per block plus one for the
+//! end; block `i` is the zlib stream between offsets `i` and `i + 1` and decodes to
+//! exactly one block. A read decodes each block it touches into a one-block cache.
+
+use std::cell::RefCell;
+
+use async_trait::async_trait;
+use block::coroutine::CoMutex;
+use block::driver::{BlockDriver, BlockLimits, BlockStatus, DriverClass, RequestFlags};
+use block::{BlockDriverState, Error, IoVector, Options, Result};
+
+use crate::image_file::read_bytes;
+use crate::read_only;
+
+/// The class registered as `cloop`.
+pub static CLOOP: DriverClass = DriverClass {
+    format_name: "cloop",
+    protocol_name: None,
+    is_format: true,
+    probe: Some(probe),
+    open: |bs, options| Box::pin(open(bs, options)),
+    create: None,
+    create_options: &[],
+};
+
+/// The preamble of a version 2.0 image, which is all that identifies one.
+const MAGIC_V2_0: &[u8] =
+    b"#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n";
+/// Where the block size and count follow the preamble.
+const HEADER_OFFSET: u64 = 128;
+/// Largest block QEMU decodes (MAX_BLOCK_SIZE).
+const MAX_BLOCK_SIZE: u32 = 64 * 1024 * 1024;
+/// Largest offsets table QEMU reads.
+const MAX_OFFSETS_SIZE: u64 = 512 * 1024 * 1024;
+
+/// A weak score for the preamble: other shell scripts could start alike (cloop_probe).
+fn probe(buf: &[u8], _filename: &str) -> u32 {
+    if buf.starts_with(MAGIC_V2_0) {
+        2
+    } else {
+        0
+    }
+}
+
+/// An open cloop image.
+pub struct Cloop {
+    block_size: u32,
+    /// n_blocks + 1 file offsets: block `i` lies between entries `i` and `i + 1`.
+    offsets: Vec<u64>,
+    /// The block last decoded, and its bytes.
+    cache: RefCell<Option<(usize, Vec<u8>)>>,
+    lock: CoMutex<()>,
+}
+
+/// Checks the block size and count and reads the offsets, with QEMU's messages.
+async fn read_table(file: &BlockDriverState) -> Result<(u32, Vec<u64>)> {
+    let h = read_bytes(file, HEADER_OFFSET, 8).await?;
+    let block_size = u32::from_be_bytes(h[0..4].try_into().unwrap());
+    if block_size % 512 != 0 {
+        return Err(Error::invalid(format!(
+            "block_size {block_size} must be a multiple of 512"
+        )));
+    }
+    if block_size == 0 {
+        return Err(Error::invalid("block_size cannot be zero"));
+    }
+    if block_size > MAX_BLOCK_SIZE {
+        return Err(Error::invalid(format!(
+            "block_size {block_size} must be {} MB or less",
+            MAX_BLOCK_SIZE / (1024 * 1024)
+        )));
+    }
+    let n_blocks = u32::from_be_bytes(h[4..8].try_into().unwrap());
+    let max_blocks = (u32::MAX - 1) / 8;
+    if n_blocks > max_blocks {
+        return Err(Error::invalid(format!(
+            "n_blocks {n_blocks} must be {max_blocks} or less"
+        )));
+    }
+    let offsets_size = (n_blocks as u64 + 1) * 8;
+    if offsets_size > MAX_OFFSETS_SIZE {
+        return Err(Error::invalid(
+            "image requires too many offsets, try increasing block size",
+        ));
+    }
+    // A table longer than the file cannot be read; refuse it before allocating for it.
+    if HEADER_OFFSET + 8 + offsets_size > file.getlength() {
+        return Err(Error::from_errno(libc::EIO));
+    }
+    let raw = read_bytes(file, HEADER_OFFSET + 8, offsets_size as usize).await?;
+    let offsets: Vec<u64> = raw
+        .chunks_exact(8)
+        .map(|e| u64::from_be_bytes(e.try_into().unwrap()))
+        .collect();
+    for (i, pair) in offsets.windows(2).enumerate() {
+        let index = i + 1;
+        if pair[1] < pair[0] {
+            return Err(Error::invalid(format!(
+                "offsets not monotonically increasing at index {index}, image file is corrupt"
+            )));
+        }
+        if pair[1] - pair[0] > 2 * MAX_BLOCK_SIZE as u64 {
+            return Err(Error::invalid(format!(
+                "invalid compressed block size at index {index}, image file is corrupt"
+            )));
+        }
+    }
+    Ok((block_size, offsets))
+}
+
+async fn open(bs: &BlockDriverState, _options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+    read_only::require_read_only(bs)?;
+    let file = bs.file().expect("format nodes have a file child");
+    let (block_size, offsets) = read_table(&file)
+        .await
+        .map_err(|e| read_only::open_error(bs, e))?;
+    Ok(Box::new(Cloop {
+        block_size,
+        offsets,
+        cache: RefCell::new(None),
+        lock: CoMutex::new(()),
+    }))
+}
+
+impl Cloop {
+    /// Inflates one block; a stream that fails or is not exactly a block long is an I/O
+    /// error (cloop_read_block).
+    async fn read_block(&self, file: &BlockDriverState, block: usize) -> Result<Vec<u8>> {
+        let (start, end) = (self.offsets[block], self.offsets[block + 1]);
+        let eio = || Error::from_errno(libc::EIO);
+        // The open check bounded the length by 128 MiB; the file bounds it further.
+        if end > file.getlength() {
+            return Err(eio());
+        }
+        let compressed = read_bytes(file, start, (end - start) as usize).await?;
+        let mut out = vec![0u8; self.block_size as usize];
+        let mut z = flate2::Decompress::new(true);
+        match z.decompress(&compressed, &mut out, flate2::FlushDecompress::Finish) {
+            Ok(flate2::Status::StreamEnd) if z.total_out() == out.len() as u64 => Ok(out),
+            _ => Err(eio()),
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for Cloop {
+    async fn co_preadv(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        _flags: RequestFlags,
+    ) -> Result<()> {
+        let _guard = self.lock.lock().await;
+        let file = bs.file().expect("format nodes have a file child");
+        let bsize = self.block_size as u64;
+        let mut done = 0u64;
+        let len = qiov.len() as u64;
+        while done < len {
+            let pos = offset + done;
+            let block = (pos / bsize) as usize;
+            let in_block = pos % bsize;
+            let n = (bsize - in_block).min(len - done);
+            if !self.cache.borrow().as_ref().is_some_and(|c| c.0 == block) {
+                *self.cache.borrow_mut() = None;
+                let data = self.read_block(&file, block).await?;
+                *self.cache.borrow_mut() = Some((block, data));
+            }
+            let cache = self.cache.borrow();
+            let data = &cache.as_ref().unwrap().1;
+            qiov.copy_from_slice(
+                done as usize,
+                &data[in_block as usize..(in_block + n) as usize],
+            );
+            done += n;
+        }
+        Ok(())
+    }
+
+    async fn co_pwritev(
+        &self,
+        _bs: &BlockDriverState,
+        _offset: u64,
+        _qiov: &IoVector,
+        _flags: RequestFlags,
+    ) -> Result<()> {
+        Err(read_only::write_refused())
+    }
+
+    async fn co_block_status(
+        &self,
+        _bs: &BlockDriverState,
+        _want_zero: bool,
+        _offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        Ok(read_only::all_data(bytes))
+    }
+
+    async fn co_getlength(&self, _bs: &BlockDriverState) -> Result<u64> {
+        Ok((self.offsets.len() as u64 - 1) * self.block_size as u64)
+    }
+
+    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
+        read_only::sector_limits(bs)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
