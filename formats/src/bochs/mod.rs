@@ -6,12 +6,14 @@
 //! never written. Each slot is a bitmap (one bit per sector, set when the sector is
 //! stored) followed by the extent's sectors. Unwritten extents and sectors read as zeroes.
 
+use std::rc::Rc;
+
 use async_trait::async_trait;
-use block::driver::{BlockDriver, BlockLimits, BlockStatus, DriverClass, RequestFlags};
-use block::{BlockDriverState, Error, IoVector, Options, Result};
+use block::driver::{DriverClass, RequestFlags};
+use block::{BlockDriverState, Error, IoVector, Result};
 
 use crate::image_file::read_bytes;
-use crate::read_only::{self, SECTOR_SIZE};
+use crate::read_only::{self, ReadOnlyFormat, SECTOR_SIZE};
 
 /// The class registered as `bochs`.
 pub static BOCHS: DriverClass = DriverClass {
@@ -19,7 +21,7 @@ pub static BOCHS: DriverClass = DriverClass {
     protocol_name: None,
     is_format: true,
     probe: Some(probe),
-    open: |bs, options| Box::pin(open(bs, options)),
+    open: |bs, _options| Box::pin(read_only::open(bs, read_image)),
     create: None,
     create_options: &[],
 };
@@ -80,18 +82,9 @@ pub struct Bochs {
     total_sectors: u64,
 }
 
-async fn open(bs: &BlockDriverState, _options: &mut Options) -> Result<Box<dyn BlockDriver>> {
-    read_only::require_read_only(bs)?;
-    let file = bs.file().expect("format nodes have a file child");
-    read_image(&file)
-        .await
-        .map(|b| Box::new(b) as Box<dyn BlockDriver>)
-        .map_err(|e| read_only::open_error(bs, e))
-}
-
 /// Reads and checks the header and the catalog, with QEMU's messages.
-async fn read_image(file: &BlockDriverState) -> Result<Bochs> {
-    let h = read_bytes(file, 0, HEADER_SIZE).await?;
+async fn read_image(file: Rc<BlockDriverState>) -> Result<Bochs> {
+    let h = read_bytes(&file, 0, HEADER_SIZE).await?;
     let version = version_of(&h).ok_or_else(|| Error::invalid("Image not in Bochs format"))?;
     // Version 2 has a reserved word before the disk size.
     let disk_size = if version == HEADER_V1 {
@@ -105,7 +98,7 @@ async fn read_image(file: &BlockDriverState) -> Result<Bochs> {
         return Err(Error::new(libc::EFBIG, "Catalog size is too large"));
     }
     let header_len = le32(&h, 68) as u64;
-    let raw = read_bytes(file, header_len, catalog_size as usize * 4).await?;
+    let raw = read_bytes(&file, header_len, catalog_size as usize * 4).await?;
     let catalog = raw
         .chunks_exact(4)
         .map(|e| u32::from_le_bytes(e.try_into().unwrap()))
@@ -162,19 +155,12 @@ impl Bochs {
 }
 
 #[async_trait(?Send)]
-impl BlockDriver for Bochs {
-    async fn co_preadv(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        qiov: &IoVector,
-        _flags: RequestFlags,
-    ) -> Result<()> {
-        let file = bs.file().expect("format nodes have a file child");
+impl ReadOnlyFormat for Bochs {
+    async fn read(&self, file: &BlockDriverState, offset: u64, qiov: &IoVector) -> Result<()> {
         let first = offset / SECTOR_SIZE;
         for i in 0..qiov.len() as u64 / SECTOR_SIZE {
             let part = qiov.slice((i * SECTOR_SIZE) as usize, SECTOR_SIZE as usize);
-            match self.sector_offset(&file, first + i).await? {
+            match self.sector_offset(file, first + i).await? {
                 Some(at) => file.co_preadv(at, &part, RequestFlags::empty()).await?,
                 None => part.fill(0, SECTOR_SIZE as usize, 0),
             }
@@ -182,35 +168,7 @@ impl BlockDriver for Bochs {
         Ok(())
     }
 
-    async fn co_pwritev(
-        &self,
-        _bs: &BlockDriverState,
-        _offset: u64,
-        _qiov: &IoVector,
-        _flags: RequestFlags,
-    ) -> Result<()> {
-        Err(read_only::write_refused())
-    }
-
-    async fn co_block_status(
-        &self,
-        _bs: &BlockDriverState,
-        _want_zero: bool,
-        _offset: u64,
-        bytes: u64,
-    ) -> Result<BlockStatus> {
-        Ok(read_only::all_data(bytes))
-    }
-
-    async fn co_getlength(&self, _bs: &BlockDriverState) -> Result<u64> {
-        Ok(self.total_sectors * SECTOR_SIZE)
-    }
-
-    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
-        read_only::sector_limits(bs)
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn length(&self) -> u64 {
+        self.total_sectors * SECTOR_SIZE
     }
 }

@@ -7,14 +7,15 @@
 //! exactly one block. A read decodes each block it touches into a one-block cache.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use async_trait::async_trait;
 use block::coroutine::CoMutex;
-use block::driver::{BlockDriver, BlockLimits, BlockStatus, DriverClass, RequestFlags};
-use block::{BlockDriverState, Error, IoVector, Options, Result};
+use block::driver::DriverClass;
+use block::{BlockDriverState, Error, IoVector, Result};
 
 use crate::image_file::read_bytes;
-use crate::read_only;
+use crate::read_only::{self, ReadOnlyFormat};
 
 /// The class registered as `cloop`.
 pub static CLOOP: DriverClass = DriverClass {
@@ -22,7 +23,7 @@ pub static CLOOP: DriverClass = DriverClass {
     protocol_name: None,
     is_format: true,
     probe: Some(probe),
-    open: |bs, options| Box::pin(open(bs, options)),
+    open: |bs, _options| Box::pin(read_only::open(bs, read_image)),
     create: None,
     create_options: &[],
 };
@@ -57,8 +58,8 @@ pub struct Cloop {
 }
 
 /// Checks the block size and count and reads the offsets, with QEMU's messages.
-async fn read_table(file: &BlockDriverState) -> Result<(u32, Vec<u64>)> {
-    let h = read_bytes(file, HEADER_OFFSET, 8).await?;
+async fn read_image(file: Rc<BlockDriverState>) -> Result<Cloop> {
+    let h = read_bytes(&file, HEADER_OFFSET, 8).await?;
     let block_size = u32::from_be_bytes(h[0..4].try_into().unwrap());
     if block_size % 512 != 0 {
         return Err(Error::invalid(format!(
@@ -91,7 +92,7 @@ async fn read_table(file: &BlockDriverState) -> Result<(u32, Vec<u64>)> {
     if HEADER_OFFSET + 8 + offsets_size > file.getlength() {
         return Err(Error::from_errno(libc::EIO));
     }
-    let raw = read_bytes(file, HEADER_OFFSET + 8, offsets_size as usize).await?;
+    let raw = read_bytes(&file, HEADER_OFFSET + 8, offsets_size as usize).await?;
     let offsets: Vec<u64> = raw
         .chunks_exact(8)
         .map(|e| u64::from_be_bytes(e.try_into().unwrap()))
@@ -109,21 +110,12 @@ async fn read_table(file: &BlockDriverState) -> Result<(u32, Vec<u64>)> {
             )));
         }
     }
-    Ok((block_size, offsets))
-}
-
-async fn open(bs: &BlockDriverState, _options: &mut Options) -> Result<Box<dyn BlockDriver>> {
-    read_only::require_read_only(bs)?;
-    let file = bs.file().expect("format nodes have a file child");
-    let (block_size, offsets) = read_table(&file)
-        .await
-        .map_err(|e| read_only::open_error(bs, e))?;
-    Ok(Box::new(Cloop {
+    Ok(Cloop {
         block_size,
         offsets,
         cache: RefCell::new(None),
         lock: CoMutex::new(()),
-    }))
+    })
 }
 
 impl Cloop {
@@ -147,16 +139,9 @@ impl Cloop {
 }
 
 #[async_trait(?Send)]
-impl BlockDriver for Cloop {
-    async fn co_preadv(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        qiov: &IoVector,
-        _flags: RequestFlags,
-    ) -> Result<()> {
+impl ReadOnlyFormat for Cloop {
+    async fn read(&self, file: &BlockDriverState, offset: u64, qiov: &IoVector) -> Result<()> {
         let _guard = self.lock.lock().await;
-        let file = bs.file().expect("format nodes have a file child");
         let bsize = self.block_size as u64;
         let mut done = 0u64;
         let len = qiov.len() as u64;
@@ -167,7 +152,7 @@ impl BlockDriver for Cloop {
             let n = (bsize - in_block).min(len - done);
             if !self.cache.borrow().as_ref().is_some_and(|c| c.0 == block) {
                 *self.cache.borrow_mut() = None;
-                let data = self.read_block(&file, block).await?;
+                let data = self.read_block(file, block).await?;
                 *self.cache.borrow_mut() = Some((block, data));
             }
             let cache = self.cache.borrow();
@@ -181,35 +166,7 @@ impl BlockDriver for Cloop {
         Ok(())
     }
 
-    async fn co_pwritev(
-        &self,
-        _bs: &BlockDriverState,
-        _offset: u64,
-        _qiov: &IoVector,
-        _flags: RequestFlags,
-    ) -> Result<()> {
-        Err(read_only::write_refused())
-    }
-
-    async fn co_block_status(
-        &self,
-        _bs: &BlockDriverState,
-        _want_zero: bool,
-        _offset: u64,
-        bytes: u64,
-    ) -> Result<BlockStatus> {
-        Ok(read_only::all_data(bytes))
-    }
-
-    async fn co_getlength(&self, _bs: &BlockDriverState) -> Result<u64> {
-        Ok((self.offsets.len() as u64 - 1) * self.block_size as u64)
-    }
-
-    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
-        read_only::sector_limits(bs)
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn length(&self) -> u64 {
+        (self.offsets.len() as u64 - 1) * self.block_size as u64
     }
 }

@@ -10,13 +10,14 @@ pub mod chunks;
 pub mod koly;
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use async_trait::async_trait;
 use block::coroutine::CoMutex;
-use block::driver::{BlockDriver, BlockLimits, BlockStatus, DriverClass, RequestFlags};
-use block::{BlockDriverState, Error, IoVector, Options, Result};
+use block::driver::DriverClass;
+use block::{BlockDriverState, Error, IoVector, Result};
 
-use crate::read_only::{self, SECTOR_SIZE};
+use crate::read_only::{self, ReadOnlyFormat, SECTOR_SIZE};
 use chunks::{Chunk, ChunkType};
 
 /// The class registered as `dmg`.
@@ -25,7 +26,7 @@ pub static DMG: DriverClass = DriverClass {
     protocol_name: None,
     is_format: true,
     probe: Some(probe),
-    open: |bs, options| Box::pin(open(bs, options)),
+    open: |bs, _options| Box::pin(read_only::open(bs, read_image)),
     create: None,
     create_options: &[],
 };
@@ -55,20 +56,15 @@ pub struct Dmg {
     lock: CoMutex<()>,
 }
 
-async fn open(bs: &BlockDriverState, _options: &mut Options) -> Result<Box<dyn BlockDriver>> {
-    read_only::require_read_only(bs)?;
-    let file = bs.file().expect("format nodes have a file child");
-    let table = async {
-        let k = koly::read(&file).await?;
-        Ok((chunks::read_table(&file, &k).await?, k.sector_count))
-    };
-    let (chunks, sector_count) = table.await.map_err(|e| read_only::open_error(bs, e))?;
-    Ok(Box::new(Dmg {
-        chunks,
-        sector_count,
+/// Reads the trailer and the chunk table.
+async fn read_image(file: Rc<BlockDriverState>) -> Result<Dmg> {
+    let k = koly::read(&file).await?;
+    Ok(Dmg {
+        chunks: chunks::read_table(&file, &k).await?,
+        sector_count: k.sector_count,
         cache: RefCell::new(None),
         lock: CoMutex::new(()),
-    }))
+    })
 }
 
 impl Dmg {
@@ -150,16 +146,9 @@ impl Dmg {
 }
 
 #[async_trait(?Send)]
-impl BlockDriver for Dmg {
-    async fn co_preadv(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        qiov: &IoVector,
-        _flags: RequestFlags,
-    ) -> Result<()> {
+impl ReadOnlyFormat for Dmg {
+    async fn read(&self, file: &BlockDriverState, offset: u64, qiov: &IoVector) -> Result<()> {
         let _guard = self.lock.lock().await;
-        let file = bs.file().expect("format nodes have a file child");
         let first = offset / SECTOR_SIZE;
         let count = qiov.len() as u64 / SECTOR_SIZE;
         let mut i = 0;
@@ -183,7 +172,7 @@ impl BlockDriver for Dmg {
                     .is_some_and(|x| x.index == index)
                 {
                     *self.cache.borrow_mut() = None;
-                    let data = self.decode(&file, index).await?;
+                    let data = self.decode(file, index).await?;
                     *self.cache.borrow_mut() = Some(Cached { index, data });
                 }
                 let cache = self.cache.borrow();
@@ -196,35 +185,7 @@ impl BlockDriver for Dmg {
         Ok(())
     }
 
-    async fn co_pwritev(
-        &self,
-        _bs: &BlockDriverState,
-        _offset: u64,
-        _qiov: &IoVector,
-        _flags: RequestFlags,
-    ) -> Result<()> {
-        Err(read_only::write_refused())
-    }
-
-    async fn co_block_status(
-        &self,
-        _bs: &BlockDriverState,
-        _want_zero: bool,
-        _offset: u64,
-        bytes: u64,
-    ) -> Result<BlockStatus> {
-        Ok(read_only::all_data(bytes))
-    }
-
-    async fn co_getlength(&self, _bs: &BlockDriverState) -> Result<u64> {
-        Ok(self.sector_count * SECTOR_SIZE)
-    }
-
-    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
-        read_only::sector_limits(bs)
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
+    fn length(&self) -> u64 {
+        self.sector_count * SECTOR_SIZE
     }
 }
