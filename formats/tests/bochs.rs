@@ -29,7 +29,7 @@ fn build(version: u32) -> (Vec<u8>, Vec<u8>) {
     let at = if version == 0x1_0000 { 84 } else { 88 };
     h[at..at + 8].copy_from_slice(&disk_size.to_le_bytes());
     let stored = [(1usize, 2u32), (2, 0), (4, 3), (7, 1)];
-    let mut catalog = vec![0xffff_ffffu32; EXTENTS];
+    let mut catalog = [0xffff_ffffu32; EXTENTS];
     let mut slots = vec![Vec::new(); stored.len()];
     let mut disk = vec![0u8; EXTENT * EXTENTS];
     for &(extent, slot) in &stored {
@@ -96,8 +96,8 @@ fn probing_and_read_only_open() {
     assert_eq!(open_error(&img, "bochs"), "Image not in Bochs format");
     let img = write_image(&dir, "w.bochs", &f);
     let err = block_on(open_fmt(&img, "bochs", true))
-        .err()
-        .expect("opened rw");
+        .map(drop)
+        .expect_err("opened rw");
     assert_eq!(err.to_string(), "Image is read-only");
 }
 

@@ -85,8 +85,8 @@ fn probing_finds_the_preamble_and_writes_are_refused() {
     assert_eq!(probed, Some("cloop"));
     let img = write_image(&dir, "w.cloop", &f);
     let err = block_on(open_fmt(&img, "cloop", true))
-        .err()
-        .expect("opened rw");
+        .map(drop)
+        .expect_err("opened rw");
     assert_eq!(err.to_string(), "Image is read-only");
 }
 

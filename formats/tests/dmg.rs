@@ -237,8 +237,8 @@ fn probing_goes_by_the_extension_and_writes_are_refused() {
     assert_eq!(probed(&img), Some("dmg"));
     assert_ne!(probed("p.img"), Some("dmg"));
     let err = block_on(open_fmt(&img, "dmg", true))
-        .err()
-        .expect("opened rw");
+        .map(drop)
+        .expect_err("opened rw");
     assert_eq!(err.to_string(), "Image is read-only");
 }
 

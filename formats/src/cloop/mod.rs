@@ -150,7 +150,7 @@ impl ReadOnlyFormat for Cloop {
             let block = (pos / bsize) as usize;
             let in_block = pos % bsize;
             let n = (bsize - in_block).min(len - done);
-            if !self.cache.borrow().as_ref().is_some_and(|c| c.0 == block) {
+            if self.cache.borrow().as_ref().is_none_or(|c| c.0 != block) {
                 *self.cache.borrow_mut() = None;
                 let data = self.read_block(file, block).await?;
                 *self.cache.borrow_mut() = Some((block, data));

@@ -165,11 +165,11 @@ impl ReadOnlyFormat for Dmg {
                 // Never decoded: such a chunk may be far larger than any buffer.
                 qiov.fill(at, len, 0);
             } else {
-                if !self
+                if self
                     .cache
                     .borrow()
                     .as_ref()
-                    .is_some_and(|x| x.index == index)
+                    .is_none_or(|x| x.index != index)
                 {
                     *self.cache.borrow_mut() = None;
                     let data = self.decode(file, index).await?;
