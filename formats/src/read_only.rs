@@ -8,7 +8,9 @@ use std::future::Future;
 use std::rc::Rc;
 
 use async_trait::async_trait;
-use block::driver::{BlockDriver, BlockLimits, BlockStatus, RequestFlags, StatusFlags};
+use block::driver::{
+    BlockDriver, BlockLimits, BlockStatus, DriverClass, OpenFn, RequestFlags, StatusFlags,
+};
 use block::{BlockDriverState, Error, IoVector, Result};
 
 /// The sector these formats address their data in (BDRV_SECTOR_SIZE).
@@ -22,6 +24,23 @@ pub(crate) trait ReadOnlyFormat: 'static {
 
     /// The virtual disk's size in bytes.
     fn length(&self) -> u64;
+}
+
+/// The class of a read-only format: probed and opened, never created.
+pub(crate) const fn class(
+    format_name: &'static str,
+    probe: fn(&[u8], &str) -> u32,
+    open: OpenFn,
+) -> DriverClass {
+    DriverClass {
+        format_name,
+        protocol_name: None,
+        is_format: true,
+        probe: Some(probe),
+        open,
+        create: None,
+        create_options: &[],
+    }
 }
 
 /// A read-only format as a block driver.

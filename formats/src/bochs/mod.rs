@@ -16,15 +16,9 @@ use crate::image_file::read_bytes;
 use crate::read_only::{self, ReadOnlyFormat, SECTOR_SIZE};
 
 /// The class registered as `bochs`.
-pub static BOCHS: DriverClass = DriverClass {
-    format_name: "bochs",
-    protocol_name: None,
-    is_format: true,
-    probe: Some(probe),
-    open: |bs, _options| Box::pin(read_only::open(bs, read_image)),
-    create: None,
-    create_options: &[],
-};
+pub static BOCHS: DriverClass = read_only::class("bochs", probe, |bs, _options| {
+    Box::pin(read_only::open(bs, read_image))
+});
 
 const HEADER_SIZE: usize = 512;
 const MAGIC: &[u8] = b"Bochs Virtual HD Image";

@@ -18,15 +18,9 @@ use crate::image_file::read_bytes;
 use crate::read_only::{self, ReadOnlyFormat};
 
 /// The class registered as `cloop`.
-pub static CLOOP: DriverClass = DriverClass {
-    format_name: "cloop",
-    protocol_name: None,
-    is_format: true,
-    probe: Some(probe),
-    open: |bs, _options| Box::pin(read_only::open(bs, read_image)),
-    create: None,
-    create_options: &[],
-};
+pub static CLOOP: DriverClass = read_only::class("cloop", probe, |bs, _options| {
+    Box::pin(read_only::open(bs, read_image))
+});
 
 /// The preamble of a version 2.0 image, which is all that identifies one.
 const MAGIC_V2_0: &[u8] =

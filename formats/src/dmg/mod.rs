@@ -21,15 +21,9 @@ use crate::read_only::{self, ReadOnlyFormat, SECTOR_SIZE};
 use chunks::{Chunk, ChunkType};
 
 /// The class registered as `dmg`.
-pub static DMG: DriverClass = DriverClass {
-    format_name: "dmg",
-    protocol_name: None,
-    is_format: true,
-    probe: Some(probe),
-    open: |bs, _options| Box::pin(read_only::open(bs, read_image)),
-    create: None,
-    create_options: &[],
-};
+pub static DMG: DriverClass = read_only::class("dmg", probe, |bs, _options| {
+    Box::pin(read_only::open(bs, read_image))
+});
 
 /// A dmg has no magic at its start: QEMU goes by the `.dmg` extension, weakly.
 fn probe(_buf: &[u8], filename: &str) -> u32 {
