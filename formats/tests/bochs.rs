@@ -56,12 +56,6 @@ fn build(version: u32) -> (Vec<u8>, Vec<u8>) {
     (f, disk)
 }
 
-fn write_image(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
-    let p = dir.path().join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
 #[test]
 fn both_header_versions_read_as_their_contents_and_as_qemu_reads_them() {
     let _serial = setup();

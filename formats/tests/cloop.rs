@@ -50,12 +50,6 @@ fn disk() -> Vec<u8> {
         .collect()
 }
 
-fn write_image(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
-    let p = dir.path().join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
 #[test]
 fn built_images_read_as_their_contents_and_as_qemu_reads_them() {
     let _serial = setup();

@@ -183,12 +183,6 @@ fn build(parts: &[Part], table: Table) -> Vec<u8> {
     f
 }
 
-fn write_image(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
-    let p = dir.path().join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p.to_str().unwrap().to_string()
-}
-
 #[test]
 fn zlib_raw_zero_and_ignored_chunks_read_as_qemu_reads_them() {
     let _serial = setup();

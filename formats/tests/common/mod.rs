@@ -249,6 +249,13 @@ pub fn poke(path: &str, offset: u64, bytes: &[u8]) {
     f.write_all_at(bytes, offset).unwrap();
 }
 
+/// Writes an image built by a test into `dir`, returning its path.
+pub fn write_image(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
 /// The message of a failed open through our driver.
 pub fn open_error(path: &str, fmt: &str) -> String {
     match block_on(open_fmt(path, fmt, false)) {
