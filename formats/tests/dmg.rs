@@ -251,7 +251,7 @@ fn malformed_images_fail_cleanly() {
     let (parts, disk) = parts(false);
     let good = build(&parts, Table::Xml);
     let k = good.len() - 512;
-    let einval = |img: &str| format!("Could not open '{img}': Invalid argument");
+    let einval = |_: &str| "Invalid argument".to_string();
 
     // The file's length is seen in whole sectors: only an empty file is too short.
     let img = write_image(&dir, "short.dmg", &[]);

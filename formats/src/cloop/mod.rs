@@ -44,7 +44,9 @@ fn probe(buf: &[u8], _filename: &str) -> u32 {
 /// An open cloop image.
 pub struct Cloop {
     block_size: u32,
-    /// n_blocks + 1 file offsets: block `i` lies between entries `i` and `i + 1`.
+    n_blocks: u32,
+    /// The file offsets that lie inside the file: block `i` lies between entries `i` and
+    /// `i + 1` of n_blocks + 1, and entries past the end of the file read as 0.
     offsets: Vec<u64>,
     /// The block last decoded, and its bytes.
     cache: RefCell<Option<(usize, Vec<u8>)>>,
@@ -82,23 +84,25 @@ async fn read_image(file: Rc<BlockDriverState>) -> Result<Cloop> {
             "image requires too many offsets, try increasing block size",
         ));
     }
-    // A table longer than the file cannot be read; refuse it before allocating for it.
-    if HEADER_OFFSET + 8 + offsets_size > file.getlength() {
-        return Err(Error::from_errno(libc::EIO));
-    }
-    let raw = read_bytes(&file, HEADER_OFFSET + 8, offsets_size as usize).await?;
+    // Only the part of the table inside the file is read (and allocated for); the rest
+    // reads as zeroes, as it does from QEMU's file driver.
+    let table_at = HEADER_OFFSET + 8;
+    let in_file = file.getlength().saturating_sub(table_at).min(offsets_size) / 8;
+    let raw = read_bytes(&file, table_at, (in_file * 8) as usize).await?;
     let offsets: Vec<u64> = raw
         .chunks_exact(8)
         .map(|e| u64::from_be_bytes(e.try_into().unwrap()))
         .collect();
-    for (i, pair) in offsets.windows(2).enumerate() {
+    let missing_zero = (in_file * 8 < offsets_size).then_some(0);
+    let entries = offsets.iter().copied().chain(missing_zero);
+    for (i, (prev, next)) in entries.clone().zip(entries.skip(1)).enumerate() {
         let index = i + 1;
-        if pair[1] < pair[0] {
+        if next < prev {
             return Err(Error::invalid(format!(
                 "offsets not monotonically increasing at index {index}, image file is corrupt"
             )));
         }
-        if pair[1] - pair[0] > 2 * MAX_BLOCK_SIZE as u64 {
+        if next - prev > 2 * MAX_BLOCK_SIZE as u64 {
             return Err(Error::invalid(format!(
                 "invalid compressed block size at index {index}, image file is corrupt"
             )));
@@ -106,6 +110,7 @@ async fn read_image(file: Rc<BlockDriverState>) -> Result<Cloop> {
     }
     Ok(Cloop {
         block_size,
+        n_blocks,
         offsets,
         cache: RefCell::new(None),
         lock: CoMutex::new(()),
@@ -116,13 +121,12 @@ impl Cloop {
     /// Inflates one block; a stream that fails or is not exactly a block long is an I/O
     /// error (cloop_read_block).
     async fn read_block(&self, file: &BlockDriverState, block: usize) -> Result<Vec<u8>> {
-        let (start, end) = (self.offsets[block], self.offsets[block + 1]);
+        let entry = |i: usize| self.offsets.get(i).copied().unwrap_or(0);
+        let (start, end) = (entry(block), entry(block + 1));
         let eio = || Error::from_errno(libc::EIO);
-        // The open check bounded the length by 128 MiB; the file bounds it further.
-        if end > file.getlength() {
-            return Err(eio());
-        }
-        let compressed = read_bytes(file, start, (end - start) as usize).await?;
+        // The open check bounded the length by 128 MiB; the file bounds what is read.
+        let in_file = file.getlength().min(end).saturating_sub(start);
+        let compressed = read_bytes(file, start, in_file as usize).await?;
         let mut out = vec![0u8; self.block_size as usize];
         let mut z = flate2::Decompress::new(true);
         match z.decompress(&compressed, &mut out, flate2::FlushDecompress::Finish) {
@@ -161,6 +165,6 @@ impl ReadOnlyFormat for Cloop {
     }
 
     fn length(&self) -> u64 {
-        (self.offsets.len() as u64 - 1) * self.block_size as u64
+        self.n_blocks as u64 * self.block_size as u64
     }
 }
