@@ -47,7 +47,7 @@ pub(crate) const fn class(
 pub(crate) struct ReadOnly<F>(F);
 
 /// Opens a read-only format: refuses write access, then lets `read_image` parse the
-/// image's metadata.
+/// image's metadata, giving errno-only failures QEMU's generic "Could not open 'x': ...".
 pub(crate) async fn open<F, Fut>(
     bs: &BlockDriverState,
     read_image: impl FnOnce(Rc<BlockDriverState>) -> Fut,
@@ -60,8 +60,15 @@ where
         return Err(read_only_error());
     }
     let file = bs.file().expect("format nodes have a file child");
-    let format = read_image(file).await?;
-    Ok(Box::new(ReadOnly(format)))
+    match read_image(file).await {
+        Ok(format) => Ok(Box::new(ReadOnly(format))),
+        // bdrv_open_driver's wrapping, which the tools then prefix once more.
+        Err(e) if e.message().is_none() => Err(Error::with_errno_message(
+            e.errno(),
+            format!("Could not open '{}'", bs.filename()),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// What bdrv_apply_auto_read_only says to a read-write open without `auto-read-only`.
