@@ -5,11 +5,15 @@
 //! generic request path, so the same qcow2 code runs over a file, a null device or any filter.
 //! [`register_all`] adds every format to the block layer's registry, where probing finds them.
 
+pub mod bochs;
+pub mod cloop;
+pub mod dmg;
 mod image_file;
 pub mod luks;
 pub mod qcow2;
 pub mod qed;
 pub mod raw;
+mod read_only;
 pub mod vdi;
 pub mod vpc;
 
@@ -21,4 +25,7 @@ pub fn register_all() {
     block::registry::register(&qed::QED);
     block::registry::register(&vdi::VDI);
     block::registry::register(&vpc::VPC);
+    block::registry::register(&dmg::DMG);
+    block::registry::register(&cloop::CLOOP);
+    block::registry::register(&bochs::BOCHS);
 }

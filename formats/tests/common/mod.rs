@@ -249,10 +249,63 @@ pub fn poke(path: &str, offset: u64, bytes: &[u8]) {
     f.write_all_at(bytes, offset).unwrap();
 }
 
+/// Writes an image built by a test into `dir`, returning its path.
+pub fn write_image(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
 /// The message of a failed open through our driver.
 pub fn open_error(path: &str, fmt: &str) -> String {
     match block_on(open_fmt(path, fmt, false)) {
         Ok(_) => panic!("{path} opened"),
         Err(e) => e.to_string(),
     }
+}
+
+/// Our driver's view of a whole image; when the reference QEMU is installed, it must match
+/// what `qemu-img convert -f FMT -O raw` makes of the same file.
+pub fn read_like_reference(img: &str, fmt: &str) -> Vec<u8> {
+    let ours = block_on(async {
+        let blk = open_fmt(img, fmt, false).await.expect("open");
+        read_all(&blk, 300 << 10).await
+    });
+    if have_qemu() {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let expected = reference_raw_fmt(img, fmt, dir.path());
+        assert_eq!(first_diff(&ours, &expected), None, "{fmt} {img}");
+    }
+    ours
+}
+
+/// A sample image of qemu-iotests, decompressed into `dir`, if the suite's cache is here
+/// (it is GPL test data: read at test time, never copied into the project).
+pub fn iotests_sample(name: &str, dir: &Path) -> Option<String> {
+    let src = Path::new("/var/tmp/qemu-iotests-src/qemu-10.0.2/tests/qemu-iotests/sample_images")
+        .join(format!("{name}.bz2"));
+    if !src.exists() {
+        eprintln!("skipped: {} is absent", src.display());
+        return None;
+    }
+    let out = dir.join(name);
+    let (rc, _, err) = run(
+        "sh",
+        &[
+            "-c",
+            &format!("bzcat '{}' > '{}'", src.display(), out.display()),
+        ],
+    );
+    assert_eq!(rc, 0, "bzcat: {err}");
+    Some(out.to_str().unwrap().to_string())
+}
+
+/// The message `qemu-img info` fails with on an image, if the reference is installed.
+pub fn reference_open_error(path: &str, fmt: &str) -> Option<String> {
+    if !have_qemu() {
+        return None;
+    }
+    let (rc, _, err) = run("/usr/bin/qemu-img", &["info", "-f", fmt, path]);
+    assert_ne!(rc, 0, "qemu-img opened {path}");
+    Some(err)
 }
