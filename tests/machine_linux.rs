@@ -3,8 +3,8 @@
 //! A stock kernel cannot run on the nested-PVM KVM of the development machines, so the
 //! "kernel" here is a hand-made bzImage: a valid setup header and, at startup_64 (the load
 //! address plus 0x200), 64-bit code that reads the zero page RSI points to (type_of_loader
-//! 0xFF, the command line's first byte at cmd_line_ptr), prints "L64" and what it read on
-//! COM1, and resets through the keyboard controller. Needs /dev/kvm: skipped with a printed reason
+//! 0xFF, the command line's first byte at cmd_line_ptr, the 8-byte signature at
+//! acpi_rsdp_addr), prints "L64" and what it read on COM1, and resets through the keyboard controller. Needs /dev/kvm: skipped with a printed reason
 //! when absent, failed instead when RQEMU_REQUIRE_KVM=1.
 
 mod common;
@@ -14,7 +14,8 @@ use std::time::Duration;
 use common::{kvm_usable, run, temp_path};
 
 /// 64-bit code: print "L64", then [rsi+0x210] (type_of_loader), then the first byte of the
-/// command line (through cmd_line_ptr at [rsi+0x228]), "\n", and reset.
+/// command line (through cmd_line_ptr at [rsi+0x228]), the RSDP's signature (through
+/// acpi_rsdp_addr at [rsi+0x70]), "\n", and reset.
 fn entry_code() -> Vec<u8> {
     let mut c = vec![0x66, 0xBA, 0xF8, 0x03]; // mov dx, 0x3f8
     for &ch in b"L64" {
@@ -23,6 +24,10 @@ fn entry_code() -> Vec<u8> {
     c.extend_from_slice(&[0x8A, 0x86, 0x10, 0x02, 0x00, 0x00, 0xEE]); // mov al, [rsi+0x210]; out
     c.extend_from_slice(&[0x8B, 0x9E, 0x28, 0x02, 0x00, 0x00]); // mov ebx, [rsi+0x228]
     c.extend_from_slice(&[0x8A, 0x03, 0xEE]); // mov al, [rbx]; out dx, al
+    c.extend_from_slice(&[0x48, 0x8B, 0x5E, 0x70]); // mov rbx, [rsi+0x70]
+    for i in 0..8 {
+        c.extend_from_slice(&[0x8A, 0x43, i, 0xEE]); // mov al, [rbx+i]; out dx, al
+    }
     c.extend_from_slice(&[0xB0, b'\n', 0xEE]);
     c.extend_from_slice(&[0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFD]); // reset; hlt loop
     c
@@ -71,5 +76,5 @@ fn fake_kernel_runs_its_64_bit_entry_with_the_zero_page() {
     std::fs::remove_file(&kernel).unwrap();
     std::fs::remove_file(&initrd).unwrap();
     assert_eq!(r.exited, Some(true), "rqemu failed: {}", r.stderr);
-    assert_eq!(r.stdout, b"L64\xFFX\n", "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, b"L64\xFFXRSD PTR \n", "stderr: {}", r.stderr);
 }

@@ -9,17 +9,24 @@
 //! `startup_64` (load address + 0x200) in long mode with RSI pointing at the zero page.
 //! linux-loader parses and copies the bzImage; the rest is built here.
 //!
+//! The kernel gets the ACPI tables a firmware boot gets: rqemu runs their table-loader script
+//! itself ([`acpi::place`]) into the BIOS area, where the kernel's scan finds the RSDP, and
+//! also hands the RSDP's address in `boot_params.acpi_rsdp_addr` (protocol 2.14).
+//!
 //! Guest physical layout (all below 1 MiB is free before the kernel runs):
 //! 0x500 GDT, 0x7000 zero page, 0x8FF0 boot stack, 0x9000 PML4, 0xA000 PDPT, 0xB000 page
 //! directories (4 of them, mapping 4 GiB with 2 MiB pages), 0x20000 command line,
+//! 0xE0000 ACPI tables, 0xF0000 RSDP (0xE0000-0xFFFFF reserved in e820),
 //! 0x100000 kernel, initrd at the top of low RAM.
 
 use std::fs::File;
+use std::ops::Range;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{bzimage::BzImage, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::boot::acpi::{self, place};
 use crate::devices::fw_cfg::E820Type;
 use crate::memory::{GuestRam, HIGHMEM_START, KVM_RESERVED};
 
@@ -46,12 +53,19 @@ pub const BOOT_DS: u16 = 0x18;
 /// The GDT: null, unused, 64-bit code (0x10), data (0x18).
 pub const GDT: [u64; 4] = [0, 0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF];
 
+/// Where the ACPI tables go (the loader's high zone).
+pub const ACPI_TABLES_AREA: Range<u64> = 0xE_0000..0xF_0000;
+/// Where the RSDP goes (the loader's F segment zone), inside the kernel's RSDP scan.
+pub const ACPI_FSEG_AREA: Range<u64> = 0xF_0000..0x10_0000;
+
 /// End of conventional memory below the EBDA.
 const EBDA_START: u64 = 0x9_FC00;
 /// "HdrS" at 0x202 of a bzImage.
 const HDRS_MAGIC: u32 = 0x5372_6448;
 /// Oldest boot protocol with a 64-bit entry point and xloadflags.
 const MIN_PROTOCOL: u16 = 0x020C;
+/// Oldest boot protocol that reads `acpi_rsdp_addr`.
+const RSDP_ADDR_PROTOCOL: u16 = 0x020E;
 /// xloadflags bit 0: the kernel has a 64-bit entry at +0x200.
 const XLF_KERNEL_64: u16 = 0x1;
 /// loadflags bit 7: the loader set heap_end_ptr.
@@ -82,7 +96,11 @@ pub fn e820_map(ram: &GuestRam) -> Vec<(u64, u64, E820Type)> {
     let mut map = vec![
         (0, EBDA_START, E820Type::Ram),
         (EBDA_START, 0xA_0000 - EBDA_START, E820Type::Reserved),
-        (0xF_0000, 0x1_0000, E820Type::Reserved),
+        (
+            ACPI_TABLES_AREA.start,
+            ACPI_FSEG_AREA.end - ACPI_TABLES_AREA.start,
+            E820Type::Reserved,
+        ),
         (KERNEL_ADDR, ram.below_4g() - KERNEL_ADDR, E820Type::Ram),
     ];
     if ram.above_4g() > 0 {
@@ -121,6 +139,10 @@ pub fn load(
         params.hdr.ramdisk_image = addr as u32;
         params.hdr.ramdisk_size = image.len() as u32;
     }
+    let rsdp = place_acpi(ram)?;
+    if hdr.version >= RSDP_ADDR_PROTOCOL {
+        params.acpi_rsdp_addr = rsdp;
+    }
     set_e820(&mut params, &e820_map(ram))?;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
         .map_err(|e| format!("cannot write the zero page: {e}"))?;
@@ -133,6 +155,20 @@ pub fn load(
         cr3: PML4_ADDR,
         gdt: (GDT_ADDR, (GDT.len() * 8 - 1) as u16),
     })
+}
+
+/// Runs the ACPI table loader into the BIOS area, as SeaBIOS would; returns the RSDP's address.
+fn place_acpi(ram: &GuestRam) -> Result<u64, String> {
+    let zones = place::Zones {
+        fseg: ACPI_FSEG_AREA,
+        high: ACPI_TABLES_AREA,
+    };
+    let loaded = place::run_loader(&acpi::build(), &zones)?;
+    loaded.write(ram)?;
+    loaded
+        .file(acpi::ACPI_RSDP_FILE)
+        .map(|f| f.addr)
+        .ok_or_else(|| "the ACPI table loader allocated no RSDP".to_string())
 }
 
 /// Refuses kernels too old for the 64-bit entry point.

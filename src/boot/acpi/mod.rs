@@ -9,7 +9,7 @@
 //!   it;
 //! - `etc/acpi/rsdp`: the RSDP (ACPI 2.0, pointing at the XSDT), for the BIOS F segment;
 //! - `etc/table-loader`: the [`loader`] script that allocates both, patches the pointers and
-//!   fixes the checksums.
+//!   fixes the checksums; SeaBIOS runs it, or [`place`] on the host for direct Linux boot.
 //!
 //! The FADT describes the PIIX4 power management function ([`crate::devices::acpi`]): its
 //! PM1 event and control blocks and PM timer at [`PM_BASE`], the SCI on IRQ 9, a fixed-feature
@@ -20,6 +20,7 @@
 
 pub mod dsdt;
 pub mod loader;
+pub mod place;
 
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -70,6 +71,15 @@ impl AcpiBuild {
         fw.add_file(ACPI_TABLES_FILE, self.tables)?;
         fw.add_file(ACPI_RSDP_FILE, self.rsdp)?;
         fw.add_file(TABLE_LOADER_FILE, self.loader)
+    }
+
+    /// The contents of the fw_cfg file `name` that the loader script may allocate.
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        match name {
+            ACPI_TABLES_FILE => Some(&self.tables),
+            ACPI_RSDP_FILE => Some(&self.rsdp),
+            _ => None,
+        }
     }
 }
 

@@ -2,12 +2,8 @@
 //! run against fake allocations, every checksum, the FADT's PM blocks, `\_S5` and `_PRT`.
 
 use super::loader::{COMMAND_ADD_CHECKSUM, COMMAND_ADD_POINTER, COMMAND_ALLOCATE, ENTRY_SIZE};
+use super::place;
 use super::*;
-
-fn name(field: &[u8]) -> String {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    String::from_utf8(field[..end].to_vec()).unwrap()
-}
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -20,58 +16,15 @@ fn sum(b: &[u8]) -> u8 {
 /// Runs the script as SeaBIOS does, with the RSDP at 0xF0000 and the tables at 0x7FE0000;
 /// returns the two relocated files.
 fn run_loader(acpi: &AcpiBuild) -> (Vec<u8>, Vec<u8>) {
-    const RSDP_AT: u64 = 0xF_0000;
-    const TABLES_AT: u64 = 0x7FE_0000;
-    let mut rsdp = acpi.rsdp.clone();
-    let mut tables = acpi.tables.clone();
-    let mut allocated = Vec::new();
-    assert_eq!(acpi.loader.len() % ENTRY_SIZE, 0);
-    for e in acpi.loader.chunks(ENTRY_SIZE) {
-        let (cmd, body) = (u32_at(e, 0), &e[4..]);
-        let file = name(&body[..56]);
-        match cmd {
-            COMMAND_ALLOCATE => {
-                let zone = body[60];
-                assert_eq!(zone, if file == ACPI_RSDP_FILE { 2 } else { 1 });
-                allocated.push(file);
-            }
-            COMMAND_ADD_POINTER => {
-                let src = name(&body[56..112]);
-                let (offset, size) = (u32_at(body, 112) as usize, body[116] as usize);
-                assert!(allocated.contains(&file) && allocated.contains(&src));
-                let base = if src == ACPI_TABLES_FILE {
-                    TABLES_AT
-                } else {
-                    RSDP_AT
-                };
-                let dest = if file == ACPI_TABLES_FILE {
-                    &mut tables
-                } else {
-                    &mut rsdp
-                };
-                let mut v = [0u8; 8];
-                v[..size].copy_from_slice(&dest[offset..offset + size]);
-                let patched = u64::from_le_bytes(v) + base;
-                dest[offset..offset + size].copy_from_slice(&patched.to_le_bytes()[..size]);
-            }
-            COMMAND_ADD_CHECKSUM => {
-                let (offset, start, len) = (
-                    u32_at(body, 56) as usize,
-                    u32_at(body, 60) as usize,
-                    u32_at(body, 64) as usize,
-                );
-                let data = if file == ACPI_TABLES_FILE {
-                    &mut tables
-                } else {
-                    &mut rsdp
-                };
-                let s = sum(&data[start..start + len]);
-                data[offset] = data[offset].wrapping_sub(s);
-            }
-            other => panic!("unknown loader command {other}"),
-        }
-    }
-    (rsdp, tables)
+    let zones = place::Zones {
+        fseg: 0xF_0000..0x10_0000,
+        high: 0x7FE_0000..0x800_0000,
+    };
+    let loaded = place::run_loader(acpi, &zones).unwrap();
+    let rsdp = loaded.file(ACPI_RSDP_FILE).unwrap();
+    let tables = loaded.file(ACPI_TABLES_FILE).unwrap();
+    assert_eq!((rsdp.addr, tables.addr), (0xF_0000, 0x7FE_0000));
+    (rsdp.bytes.clone(), tables.bytes.clone())
 }
 
 /// The table of `sig` in the relocated blob, found through RSDP -> XSDT.
@@ -164,4 +117,22 @@ fn dsdt_holds_s5_and_routes_every_slot_and_pin() {
     assert_eq!(dsdt::pci_irq(3, 1), 10);
     assert_eq!(dsdt::pci_irq(1, 1), 11);
     assert_eq!(sum(aml), 0);
+}
+
+#[test]
+fn host_loader_refuses_zones_too_small_and_unknown_commands() {
+    let zones = |fseg_end| place::Zones {
+        fseg: 0xF_0000..fseg_end,
+        high: 0x10_0000..0x20_0000,
+    };
+    let err = place::run_loader(&build(), &zones(0xF_0010)).err().unwrap();
+    assert!(err.contains("etc/acpi/rsdp does not fit"), "{err}");
+    let zones = zones(0x10_0000);
+    let mut bad = build();
+    bad.loader[..4].copy_from_slice(&7u32.to_le_bytes());
+    let err = place::run_loader(&bad, &zones).err().unwrap();
+    assert!(err.contains("command 7 is not supported"), "{err}");
+    let mut truncated = build();
+    truncated.loader.pop();
+    assert!(place::run_loader(&truncated, &zones).is_err());
 }

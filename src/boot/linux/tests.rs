@@ -149,3 +149,80 @@ fn e820_for_big_guests_continues_above_4g() {
     assert!(map.contains(&(HIGHMEM_START, (4 << 30) - 0xC000_0000, E820Type::Ram)));
     assert!(map.contains(&(KERNEL_ADDR, 0xC000_0000 - KERNEL_ADDR, E820Type::Ram)));
 }
+
+fn read_bytes(ram: &GuestRam, addr: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    ram.read(GuestAddress(addr), &mut b).unwrap();
+    b
+}
+
+fn checksum_ok(b: &[u8]) -> bool {
+    b.iter().fold(0u8, |s, x| s.wrapping_add(*x)) == 0
+}
+
+/// Reads the ACPI table at `addr`, checking its signature and checksum; returns it whole.
+fn acpi_table(ram: &GuestRam, addr: u64, sig: &[u8; 4]) -> Vec<u8> {
+    let header = read_bytes(ram, addr, 8);
+    assert_eq!(&header[..4], sig, "table at {addr:#x}");
+    let len = u32::from_le_bytes(header[4..8].try_into().unwrap()) as usize;
+    let table = read_bytes(ram, addr, len);
+    assert!(checksum_ok(&table), "{sig:?} checksum");
+    table
+}
+
+#[test]
+fn the_kernel_finds_acpi_tables_by_scan_and_by_boot_params() {
+    let ram = GuestRam::new(RAM, None).unwrap();
+    let mut kernel = fake_bzimage(0x7F, &[0; 512]);
+    load(&ram, &mut kernel, None, "").unwrap();
+    // The scan of Linux's acpi_find_root_pointer: 16-byte steps over 0xE0000-0xFFFFF.
+    let bios = read_bytes(&ram, 0xE_0000, 0x2_0000);
+    let at = (0..bios.len())
+        .step_by(16)
+        .find(|&i| &bios[i..i + 8] == b"RSD PTR ")
+        .expect("RSDP in the BIOS area");
+    let rsdp_addr = 0xE_0000 + at as u64;
+    let rsdp = &bios[at..at + 36];
+    assert!(
+        checksum_ok(&rsdp[..20]) && checksum_ok(rsdp),
+        "RSDP checksums"
+    );
+    assert_eq!(rsdp[15], 2, "ACPI 2.0 RSDP");
+    let zp: boot_params = ram.memory().read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+    assert_eq!({ zp.acpi_rsdp_addr }, rsdp_addr);
+    // RSDP -> XSDT -> FADT -> DSDT and FACS, all inside the reserved area.
+    let e820 = &zp.e820_table[..zp.e820_entries as usize];
+    let reserved = |addr: u64, len: usize| {
+        e820.iter().any(|e| {
+            e.r#type == 2 && e.addr <= addr && addr + len as u64 <= { e.addr } + { e.size }
+        })
+    };
+    assert!(reserved(rsdp_addr, 36));
+    let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+    let xsdt = acpi_table(&ram, xsdt_addr, b"XSDT");
+    assert!(reserved(xsdt_addr, xsdt.len()));
+    let entries: Vec<u64> = xsdt[36..]
+        .chunks(8)
+        .map(|e| u64::from_le_bytes(e.try_into().unwrap()))
+        .collect();
+    assert_eq!(entries.len(), 2);
+    let fadt = acpi_table(&ram, entries[0], b"FACP");
+    acpi_table(&ram, entries[1], b"APIC");
+    let dsdt_addr = u32::from_le_bytes(fadt[40..44].try_into().unwrap()) as u64;
+    let dsdt = acpi_table(&ram, dsdt_addr, b"DSDT");
+    assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+    let facs_addr = u32::from_le_bytes(fadt[36..40].try_into().unwrap()) as u64;
+    assert_eq!(&read_bytes(&ram, facs_addr, 4), b"FACS");
+    assert_eq!(facs_addr % 64, 0);
+    for (addr, len) in [
+        (dsdt_addr, dsdt.len()),
+        (entries[0], fadt.len()),
+        (facs_addr, 64),
+    ] {
+        assert!(reserved(addr, len), "{addr:#x} reserved in e820");
+    }
+    // Nothing the tables occupy is RAM to the kernel.
+    assert!(e820
+        .iter()
+        .all(|e| e.r#type != 1 || { e.addr } + { e.size } <= 0xE_0000 || { e.addr } >= 0x10_0000));
+}
