@@ -21,7 +21,7 @@ pub const LOG_FLAG_MASK: u64 = LOG_FLUSH_FLAG | LOG_FUA_FLAG | LOG_DISCARD_FLAG 
 /// The only log version there is.
 pub const WRITE_LOG_VERSION: u64 = 1;
 /// "rhswfsj" read as a little-endian number: dm-log-writes' magic.
-pub const WRITE_LOG_MAGIC: u64 = 0x6a73_6677_7368_72;
+pub const WRITE_LOG_MAGIC: u64 = 0x006a_7366_7773_6872;
 
 /// Bytes of the super block's fields (the rest of sector 0 is zero).
 pub const SUPER_SIZE: usize = 28;

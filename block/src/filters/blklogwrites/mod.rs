@@ -176,7 +176,9 @@ impl BlkLogWrites {
             log.co_pwrite_zeroes(zero_offset, bytes, RequestFlags::empty())
                 .await?;
         }
-        if entry_flags & LOG_FLUSH_FLAG != 0 || self.nr_entries.get() % self.update_interval == 0 {
+        if entry_flags & LOG_FLUSH_FLAG != 0
+            || self.nr_entries.get().is_multiple_of(self.update_interval)
+        {
             let sb = LogSuper {
                 nr_entries: self.nr_entries.get(),
                 sectorsize: self.sectorsize,
