@@ -2,11 +2,13 @@
 //! on the way (QEMU's block/blkdebug.c and the other filters).
 //!
 //! `blkdebug` injects errors and suspends requests at the debug events formats raise, so
-//! that tests can reproduce failures and races deterministically.
+//! that tests can reproduce failures and races deterministically. `blklogwrites` records
+//! every write and flush in a dm-log-writes log, from which crash states can be replayed.
 
 pub mod blkdebug;
+pub mod blklogwrites;
 
 use crate::driver::DriverClass;
 
 /// The filter drivers built into the block crate, registered with the protocols.
-pub(crate) const ALL: &[&DriverClass] = &[&blkdebug::BLKDEBUG];
+pub(crate) const ALL: &[&DriverClass] = &[&blkdebug::BLKDEBUG, &blklogwrites::BLKLOGWRITES];
