@@ -201,7 +201,10 @@ fn the_readme_layout_table_matches_the_tree() {
         .iter()
         .filter(|p| !root().join(p.as_str()).exists())
         .collect();
-    assert!(gone.is_empty(), "README.md's layout names paths that are gone: {gone:?}");
+    assert!(
+        gone.is_empty(),
+        "README.md's layout names paths that are gone: {gone:?}"
+    );
     // Every top-level module of each crate is named: by its own path in the first column, or
     // in the second column of its folder's row (`formats/src/`: `raw.rs`, `qcow2/`...).
     let mut unnamed = Vec::new();
