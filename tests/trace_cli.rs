@@ -1,4 +1,4 @@
-//! The trace and usage options of the three binaries, as a user discovers them: `-trace help`
+//! The trace and usage options of the four binaries, as a user discovers them: `-trace help`
 //! lists the catalogue and exits, `rqemu -h` / `-version` print and exit, and `-trace
 //! events=FILE,file=FILE,thread=on` writes tagged lines to the file. No KVM needed: each
 //! of these ends before the machine starts.
@@ -50,6 +50,7 @@ fn bin(name: &str, args: &[&str]) -> Output {
     let path = match name {
         "rqemu" => env!("CARGO_BIN_EXE_rqemu"),
         "rqemu-io" => env!("CARGO_BIN_EXE_rqemu-io"),
+        "rqemu-nbd" => env!("CARGO_BIN_EXE_rqemu-nbd"),
         _ => env!("CARGO_BIN_EXE_rqemu-img"),
     };
     let mut cmd = Command::new(path);
@@ -67,6 +68,8 @@ fn trace_help_lists_the_catalogue_in_every_binary() {
         ("rqemu-io", &["--trace", "help"]),
         ("rqemu-img", &["-T", "help"]),
         ("rqemu-img", &["--trace", "help"]),
+        ("rqemu-nbd", &["-T", "help"]),
+        ("rqemu-nbd", &["--trace", "help"]),
     ];
     for (name, args) in cases {
         let out = bin(name, args);

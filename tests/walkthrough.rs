@@ -3,6 +3,8 @@
 //! virtio-blk, traces the events of each journey table in the order the table gives them
 //! (through scripts/trace-request.sh, as the walkthrough shows). The run needs KVM, nasm and
 //! SeaBIOS: without them it skips, or fails under RQEMU_REQUIRE_KVM=1 / RQEMU_REQUIRE_QEMU=1.
+//! README.md's layout table cannot drift either: every path it names exists, and every
+//! top-level module of the three crates is named.
 
 mod prereq;
 
@@ -161,5 +163,77 @@ fn a_run_of_the_hello_guest_traces_the_journeys_in_the_walkthroughs_order() {
         traced_journey(&virtio, &["-s", "virtio_blk_handle_read", "-n", "2"]),
         journey(&doc, "virtio"),
         "the virtio-blk read's trace (left) differs from WALKTHROUGH.md's table (right)"
+    );
+}
+
+/// The rows of README.md's layout table: (paths of the first column, backticked names of the
+/// second), each name in backticks.
+fn layout_rows(readme: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let table = readme
+        .split("| path | what it is | QEMU's counterpart |")
+        .nth(1)
+        .expect("README.md's layout table");
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').collect();
+            (ticked(cells[1]), ticked(cells[2]))
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_layout_table_matches_the_tree() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let rows = layout_rows(&readme);
+    assert!(rows.len() > 20, "layout table not found: {rows:?}");
+    let paths: Vec<&String> = rows.iter().flat_map(|(paths, _)| paths).collect();
+    let gone: Vec<&&String> = paths
+        .iter()
+        .filter(|p| !root().join(p.as_str()).exists())
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "README.md's layout names paths that are gone: {gone:?}"
+    );
+    // Every top-level module of each crate is named: by its own path in the first column, or
+    // in the second column of its folder's row (`formats/src/`: `raw.rs`, `qcow2/`...).
+    let mut unnamed = Vec::new();
+    for dir in ["block/src", "formats/src", "src"] {
+        let folder_row = rows
+            .iter()
+            .find(|(paths, _)| paths.iter().any(|p| *p == format!("{dir}/")));
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name == "lib.rs" {
+                continue;
+            }
+            let name = if entry.path().is_dir() {
+                format!("{name}/")
+            } else {
+                name
+            };
+            let full = format!("{dir}/{name}");
+            let named = paths.iter().any(|p| **p == full)
+                || folder_row.is_some_and(|(_, names)| names.contains(&name));
+            if !named {
+                unnamed.push(full);
+            }
+        }
+    }
+    unnamed.sort();
+    assert!(
+        unnamed.is_empty(),
+        "README.md's layout table does not name: {unnamed:?}"
     );
 }

@@ -291,11 +291,14 @@ pub fn parse(argv0: &str, args: &[String]) -> Parsed {
             OPT_TLS_HOSTNAME => o.tls.push(("--tls-hostname", arg)),
             OPT_TLS_AUTHZ => o.tls.push(("--tls-authz", arg)),
             OPT_IMAGE_OPTS => o.image_opts = true,
-            'T' => {
-                if let Err(e) = block::trace::configure(&arg) {
-                    return fail(e);
+            'T' => match block::trace::configure(&arg) {
+                Ok(None) => {}
+                Ok(Some(events)) => {
+                    print!("{events}");
+                    return Parsed::Exit(0);
                 }
-            }
+                Err(e) => return fail(e),
+            },
             OPT_FORK => o.fork = true,
             'L' => o.list = true,
             OPT_PID_FILE => o.pid_file = Some(arg),
