@@ -39,7 +39,10 @@ const OPTIONS: &[(&str, &str)] = &[
         "-boot [order=DRIVES][,once=DRIVES][,menu=on|off][,splash-time=MS][,reboot-timeout=MS]",
         "boot order (c disk, d CD-ROM), boot menu, and SeaBIOS's reboot timeout",
     ),
-    ("-cdrom FILE", "an ATAPI CD-ROM on the secondary IDE master (index=2)"),
+    (
+        "-cdrom FILE",
+        "an ATAPI CD-ROM on the secondary IDE master (index=2)",
+    ),
     (
         "-drive file=F[,if=ide|virtio|none][,index=I][,format=FMT][,id=ID]",
         "a drive",
