@@ -2,11 +2,13 @@
 //! on the way (QEMU's block/blkdebug.c and the other filters).
 //!
 //! `blkdebug` injects errors and suspends requests at the debug events formats raise, so
-//! that tests can reproduce failures and races deterministically.
+//! that tests can reproduce failures and races deterministically. `copy-on-read` copies
+//! what reads find in the backing chain into the image below it.
 
 pub mod blkdebug;
+pub mod copy_on_read;
 
 use crate::driver::DriverClass;
 
 /// The filter drivers built into the block crate, registered with the protocols.
-pub(crate) const ALL: &[&DriverClass] = &[&blkdebug::BLKDEBUG];
+pub(crate) const ALL: &[&DriverClass] = &[&blkdebug::BLKDEBUG, &copy_on_read::COPY_ON_READ];
