@@ -35,6 +35,8 @@ bitflags::bitflags! {
         const SERIALISING = 0x80;
         /// Store the data compressed; whole clusters only (BDRV_REQ_WRITE_COMPRESSED).
         const WRITE_COMPRESSED = 0x20;
+        /// Copy what the read finds unallocated in the node into it (BDRV_REQ_COPY_ON_READ).
+        const COPY_ON_READ = 0x1;
     }
 }
 
@@ -170,6 +172,9 @@ impl PreallocMode {
 pub struct DriverInfo {
     /// Allocation unit of the format (0 when it has none).
     pub cluster_size: u64,
+    /// Smallest unit a cluster's allocation is tracked in (qcow2's extended L2 subclusters;
+    /// 0 when it is the cluster itself): copy-on-read rounds to it.
+    pub subcluster_size: u64,
     /// Where VM state would be stored (qcow2 internal snapshots).
     pub vm_state_offset: u64,
     /// The image is marked dirty (lazy refcounts).

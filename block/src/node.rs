@@ -141,6 +141,8 @@ pub struct BlockDriverState {
     node_name: String,
     filename: RefCell<String>,
     read_only: Cell<bool>,
+    /// Every read copies what it finds unallocated into this node (bs->copy_on_read).
+    pub(crate) copy_on_read: Cell<bool>,
     flags: OpenFlags,
     pub(crate) detect_zeroes: DetectZeroes,
     children: RefCell<Vec<BdrvChild>>,
@@ -172,6 +174,7 @@ impl BlockDriverState {
             node_name,
             filename: RefCell::new(filename),
             read_only: Cell::new(flags.read_only),
+            copy_on_read: Cell::new(false),
             flags,
             detect_zeroes,
             children: RefCell::new(Vec::new()),
@@ -184,6 +187,16 @@ impl BlockDriverState {
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
         }
+    }
+
+    /// Makes every read of this node copy-on-read (bdrv_enable_copy_on_read, what
+    /// BDRV_O_COPY_ON_READ asks for); a read-only node cannot take the copies.
+    pub fn enable_copy_on_read(&self) -> Result<()> {
+        if self.is_read_only() {
+            return Err(Error::invalid("Can't use copy-on-read on read-only device"));
+        }
+        self.copy_on_read.set(true);
+        Ok(())
     }
 
     /// The driver's per-node state.

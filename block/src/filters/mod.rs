@@ -4,11 +4,17 @@
 //! `blkdebug` injects errors and suspends requests at the debug events formats raise, so
 //! that tests can reproduce failures and races deterministically. `blklogwrites` records
 //! every write and flush in a dm-log-writes log, from which crash states can be replayed.
+//! `copy-on-read` copies what reads find in the backing chain into the image below it.
 
 pub mod blkdebug;
 pub mod blklogwrites;
+pub mod copy_on_read;
 
 use crate::driver::DriverClass;
 
 /// The filter drivers built into the block crate, registered with the protocols.
-pub(crate) const ALL: &[&DriverClass] = &[&blkdebug::BLKDEBUG, &blklogwrites::BLKLOGWRITES];
+pub(crate) const ALL: &[&DriverClass] = &[
+    &blkdebug::BLKDEBUG,
+    &blklogwrites::BLKLOGWRITES,
+    &copy_on_read::COPY_ON_READ,
+];

@@ -8,9 +8,11 @@
 //! keeps the cached length up to date when a write grows the node.
 //!
 //! Requests are tracked in the node's [`crate::tracked`] list. The folder is split by concept:
-//! `rw` (reads and writes, with alignment padding), `zeroes_discard` (write zeroes, discard,
+//! `rw` (reads and writes, with alignment padding), `copy_on_read` (reads that copy
+//! what they find unallocated into the node), `zeroes_discard` (write zeroes, discard,
 //! flush, truncate) and `status` (block status).
 
+mod copy_on_read;
 mod rw;
 mod status;
 mod zeroes_discard;

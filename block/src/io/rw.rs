@@ -14,6 +14,10 @@ impl BlockDriverState {
     /// Reads `qiov.len()` bytes at `offset` (bdrv_co_preadv).
     pub async fn co_preadv(&self, offset: u64, qiov: &IoVector, flags: RequestFlags) -> Result<()> {
         let bytes = qiov.len() as u64;
+        let mut flags = flags;
+        if self.copy_on_read.get() {
+            flags |= RequestFlags::COPY_ON_READ;
+        }
         trace!(
             bdrv_co_preadv_part,
             "bs {:p} offset {} bytes {} flags 0x{:x}",
@@ -27,13 +31,10 @@ impl BlockDriverState {
         let align = self.limits().request_alignment as u64;
         let start = round_down(offset, align);
         let end = round_up(offset + bytes, align);
-        let _req = self
-            .track(
-                start,
-                end - start,
-                flags.contains(RequestFlags::SERIALISING),
-            )
-            .await;
+        // A copy-on-read widens to whole clusters and writes them: no other request may
+        // slip in between its read and its write (QEMU marks it serialising too).
+        let serialising = flags.intersects(RequestFlags::SERIALISING | RequestFlags::COPY_ON_READ);
+        let _req = self.track(start, end - start, serialising).await;
         if start == offset && end == offset + bytes {
             return self.aligned_preadv(offset, qiov, flags).await;
         }
@@ -61,18 +62,32 @@ impl BlockDriverState {
         flags: RequestFlags,
     ) -> Result<()> {
         let bytes = qiov.len() as u64;
+        if flags.contains(RequestFlags::COPY_ON_READ) {
+            let (allocated, n) = self.co_is_allocated(offset, bytes).await?;
+            if !allocated || n < bytes {
+                return self.co_copy_on_readv(offset, qiov).await;
+            }
+        }
+        let flags = flags & !(RequestFlags::SERIALISING | RequestFlags::COPY_ON_READ);
+        self.driver_preadv(offset, qiov, flags).await
+    }
+
+    /// Hands an aligned read to the driver in max_transfer pieces, zero-filling what lies
+    /// past the end of the node (the rest of bdrv_aligned_preadv).
+    pub(super) async fn driver_preadv(
+        &self,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        let bytes = qiov.len() as u64;
         let align = self.limits().request_alignment as u64;
         let total = self.total_bytes.get();
         let readable = round_up(total.saturating_sub(offset), align).min(bytes);
         for (done, n) in self.max_transfer_pieces(readable) {
             let part = piece(qiov, done, n);
             self.drv()
-                .co_preadv(
-                    self,
-                    offset + done,
-                    &part,
-                    flags & !RequestFlags::SERIALISING,
-                )
+                .co_preadv(self, offset + done, &part, flags)
                 .await?;
         }
         if readable < bytes {
@@ -237,7 +252,7 @@ impl BlockDriverState {
     }
 
     /// The pieces `(offset in the request, length)` a request is split into at max_transfer.
-    fn max_transfer_pieces(&self, bytes: u64) -> impl Iterator<Item = (u64, u64)> {
+    pub(super) fn max_transfer_pieces(&self, bytes: u64) -> impl Iterator<Item = (u64, u64)> {
         let max = match self.limits().max_transfer {
             0 => MAX_REQUEST_BYTES,
             m => m,

@@ -102,6 +102,7 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("bdrv_co_pwritev_part", "bs, offset, bytes, flags", "a write reaches one node of the graph", "bdrv_co_pwritev_part"),
     ev("bdrv_co_pad_request", "bs, head, tail", "an unaligned request is padded to the node's alignment", ""),
     ev("bdrv_co_padding_rmw_read", "bs, offset, bytes", "read-modify-write reads the padding of an unaligned write", ""),
+    ev("bdrv_co_do_copy_on_readv", "bs, offset, bytes, cluster_offset, cluster_bytes", "a copy-on-read copies the unallocated clusters a read covers into the node", "bdrv_co_do_copy_on_readv"),
     ev("bdrv_co_wait_serialising", "bs, offset, bytes", "a request waits for an overlapping serialising one", ""),
     ev("bdrv_co_pwrite_zeroes", "bs, offset, bytes, flags", "a write-zeroes reaches one node", "bdrv_co_pwrite_zeroes"),
     ev("bdrv_co_pdiscard", "bs, offset, bytes", "a discard reaches one node", ""),

@@ -436,6 +436,7 @@ impl BlockDriver for Qcow2 {
         let h = self.info.borrow();
         Ok(DriverInfo {
             cluster_size: self.g.cluster_size,
+            subcluster_size: self.g.subcluster_size(),
             vm_state_offset: self.vm_state_offset(),
             is_dirty: h.incompatible_features & header::INCOMPAT_DIRTY != 0,
         })

@@ -379,6 +379,7 @@ impl BlockDriver for Qed {
 
     fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
         Ok(DriverInfo {
+            subcluster_size: 0,
             cluster_size: self.cluster_size,
             is_dirty: self.need_check.get(),
             ..DriverInfo::default()

@@ -244,6 +244,7 @@ impl BlockDriver for Vdi {
 
     fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
         Ok(DriverInfo {
+            subcluster_size: 0,
             cluster_size: self.header.borrow().block_size as u64,
             ..DriverInfo::default()
         })

@@ -341,6 +341,7 @@ impl BlockDriver for Vpc {
 
     fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
         Ok(DriverInfo {
+            subcluster_size: 0,
             cluster_size: self
                 .table
                 .as_ref()

@@ -25,6 +25,8 @@ pub struct OpenRequest {
     pub force_share: bool,
     /// `-s`: writes go to a temporary overlay (BDRV_O_SNAPSHOT).
     pub snapshot: bool,
+    /// `-C`: reads copy backing data into the image (BDRV_O_COPY_ON_READ).
+    pub copy_on_read: bool,
 }
 
 impl OpenRequest {
@@ -128,6 +130,9 @@ pub async fn open_backend(req: &OpenRequest) -> block::Result<Rc<BlockBackend>> 
         ..req.flags
     };
     let blk = BlockBackend::open(req.name.as_deref(), req.opts.clone(), flags).await?;
+    if req.copy_on_read {
+        blk.bs().enable_copy_on_read()?;
+    }
     blk.set_write_cache(req.flags.cache.writeback);
     Ok(blk)
 }
@@ -146,8 +151,8 @@ fn open_request(io: &QemuIo, argv: &[String]) -> Result<(OpenRequest, Vec<String
             }
             Ok(('n', _)) => parse_cache(&mut req, "none"),
             Ok(('C', _)) => {
-                report!("copy-on-read (-C) is not supported by rqemu yet");
-                Err(Reported)
+                req.copy_on_read = true;
+                Ok(())
             }
             Ok(('r', _)) => {
                 read_only = true;

@@ -129,10 +129,7 @@ fn apply_option(inv: &mut Invocation, key: char, arg: String) -> Result<(), Exit
     match key {
         's' => inv.req.snapshot = true,
         'n' => parse_cache(&mut inv.req, "none").map_err(fail)?,
-        'C' => {
-            report!("copy-on-read (-C) is not supported by rqemu yet");
-            return Err(Exit(1));
-        }
+        'C' => inv.req.copy_on_read = true,
         'd' => parse_discard(&mut inv.req, &arg).map_err(fail)?,
         'f' => inv.format = Some(arg),
         'c' => inv.commands.push(arg),

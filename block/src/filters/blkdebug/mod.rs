@@ -50,10 +50,14 @@ pub struct Blkdebug {
     opt_discard: u32,
 }
 
-/// Splits `blkdebug:CONFIG:IMAGE` into the `config` and `x-image` options
-/// (blkdebug_parse_filename).
+/// Splits `blkdebug:CONFIG:IMAGE` into the `config` and `x-image` options; any other
+/// filename is the image (blkdebug_parse_filename).
 fn parse_filename(filename: &str, options: &mut Options) -> Result<()> {
-    let rest = filename.strip_prefix("blkdebug:").unwrap_or(filename);
+    // A plain filename (a filter's child named by path) is the image, with no config.
+    let Some(rest) = filename.strip_prefix("blkdebug:") else {
+        options.set_default("x-image", filename);
+        return Ok(());
+    };
     let (config, image) = rest
         .split_once(':')
         .ok_or_else(|| Error::invalid("blkdebug requires both config file and image path"))?;

@@ -277,6 +277,7 @@ impl BlockDriver for RbdDriver {
 
     fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
         Ok(DriverInfo {
+            subcluster_size: 0,
             cluster_size: self.object_size,
             ..DriverInfo::default()
         })
