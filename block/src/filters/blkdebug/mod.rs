@@ -130,10 +130,6 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
 }
 
 impl Blkdebug {
-    fn image(bs: &BlockDriverState) -> Rc<BlockDriverState> {
-        bs.file().expect("blkdebug nodes have an image child")
-    }
-
     /// The rules of the node, for breakpoints.
     pub fn rules(&self) -> &RuleSet {
         &self.rules
@@ -151,7 +147,7 @@ impl BlockDriver for Blkdebug {
     ) -> Result<()> {
         let bytes = qiov.len() as u64;
         self.rules.check(offset, bytes, iotype::READ).await?;
-        Self::image(bs).co_preadv(offset, qiov, flags).await
+        super::filtered(bs).co_preadv(offset, qiov, flags).await
     }
 
     async fn co_pwritev(
@@ -163,7 +159,7 @@ impl BlockDriver for Blkdebug {
     ) -> Result<()> {
         let bytes = qiov.len() as u64;
         self.rules.check(offset, bytes, iotype::WRITE).await?;
-        Self::image(bs).co_pwritev(offset, qiov, flags).await
+        super::filtered(bs).co_pwritev(offset, qiov, flags).await
     }
 
     async fn co_pwrite_zeroes(
@@ -176,12 +172,14 @@ impl BlockDriver for Blkdebug {
         self.rules
             .check(offset, bytes, iotype::WRITE_ZEROES)
             .await?;
-        Self::image(bs).co_pwrite_zeroes(offset, bytes, flags).await
+        super::filtered(bs)
+            .co_pwrite_zeroes(offset, bytes, flags)
+            .await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
         self.rules.check(offset, bytes, iotype::DISCARD).await?;
-        Self::image(bs).co_pdiscard(offset, bytes).await
+        super::filtered(bs).co_pdiscard(offset, bytes).await
     }
 
     async fn co_flush_to_disk(&self, _bs: &BlockDriverState) -> Result<()> {
@@ -209,15 +207,17 @@ impl BlockDriver for Blkdebug {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        Self::image(bs).co_truncate(offset, exact, prealloc).await
+        super::filtered(bs)
+            .co_truncate(offset, exact, prealloc)
+            .await
     }
 
     async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        Ok(Self::image(bs).getlength())
+        Ok(super::filtered(bs).getlength())
     }
 
     fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
-        let mut limits = Self::image(bs).limits();
+        let mut limits = super::filtered(bs).limits();
         if self.align != 0 {
             limits.request_alignment = self.align;
         }
@@ -238,7 +238,7 @@ impl BlockDriver for Blkdebug {
     }
 
     fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
-        let image = Self::image(bs);
+        let image = super::filtered(bs);
         image.drv().has_zero_init(&image)
     }
 

@@ -133,10 +133,6 @@ async fn read_bytes(node: &BlockDriverState, offset: u64, out: &mut [u8]) -> Res
 }
 
 impl BlkLogWrites {
-    fn file(bs: &BlockDriverState) -> Rc<BlockDriverState> {
-        bs.file().expect("blklogwrites nodes have a file child")
-    }
-
     fn log(bs: &BlockDriverState) -> Rc<BlockDriverState> {
         bs.child("log")
             .expect("blklogwrites nodes have a log child")
@@ -216,7 +212,7 @@ impl BlockDriver for BlkLogWrites {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
-        Self::file(bs).co_preadv(offset, qiov, flags).await
+        super::filtered(bs).co_preadv(offset, qiov, flags).await
     }
 
     async fn co_pwritev(
@@ -227,7 +223,7 @@ impl BlockDriver for BlkLogWrites {
         flags: RequestFlags,
     ) -> Result<()> {
         let bytes = qiov.len() as u64;
-        let file = Self::file(bs).co_pwritev(offset, qiov, flags).await;
+        let file = super::filtered(bs).co_pwritev(offset, qiov, flags).await;
         let log = self.co_log(bs, offset, bytes, Some(qiov), 0, false).await;
         Self::both(file, log)
     }
@@ -239,13 +235,15 @@ impl BlockDriver for BlkLogWrites {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
-        let file = Self::file(bs).co_pwrite_zeroes(offset, bytes, flags).await;
+        let file = super::filtered(bs)
+            .co_pwrite_zeroes(offset, bytes, flags)
+            .await;
         let log = self.co_log(bs, offset, bytes, None, 0, true).await;
         Self::both(file, log)
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
-        let file = Self::file(bs).co_pdiscard(offset, bytes).await;
+        let file = super::filtered(bs).co_pdiscard(offset, bytes).await;
         let log = self
             .co_log(bs, offset, bytes, None, LOG_DISCARD_FLAG, false)
             .await;
@@ -255,7 +253,7 @@ impl BlockDriver for BlkLogWrites {
     async fn co_flush_to_disk(&self, bs: &BlockDriverState) -> Result<()> {
         // The file is flushed before the flush entry is logged, so that the entry never
         // claims a flush that did not happen.
-        let file = Self::file(bs).co_flush().await;
+        let file = super::filtered(bs).co_flush().await;
         let log = self.co_log(bs, 0, 0, None, LOG_FLUSH_FLAG, false).await;
         Self::both(file, log)
     }
@@ -277,22 +275,24 @@ impl BlockDriver for BlkLogWrites {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        Self::file(bs).co_truncate(offset, exact, prealloc).await
+        super::filtered(bs)
+            .co_truncate(offset, exact, prealloc)
+            .await
     }
 
     async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        Ok(Self::file(bs).getlength())
+        Ok(super::filtered(bs).getlength())
     }
 
     fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
         // Entries count whole log sectors, so requests must be aligned to them.
-        let mut limits = Self::file(bs).limits();
+        let mut limits = super::filtered(bs).limits();
         limits.request_alignment = self.sectorsize;
         limits
     }
 
     fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
-        let file = Self::file(bs);
+        let file = super::filtered(bs);
         file.drv().has_zero_init(&file)
     }
 

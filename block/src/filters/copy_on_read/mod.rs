@@ -12,7 +12,7 @@ use std::rc::Rc;
 use async_trait::async_trait;
 
 use crate::driver::{
-    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags, StatusFlags,
+    BlockDriver, BlockStatus, DriverClass, PreallocMode, RequestFlags, StatusFlags,
 };
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -75,10 +75,6 @@ fn find_in_backing_chain(top: &BlockDriverState, name: &str) -> Option<Rc<BlockD
 }
 
 impl CopyOnRead {
-    fn file(bs: &BlockDriverState) -> Rc<BlockDriverState> {
-        bs.file().expect("copy-on-read nodes have a file child")
-    }
-
     /// How many bytes at `offset` read with (true) or without (false) copying: with a
     /// bottom, only data allocated at or above it is copied.
     async fn copy_extent(
@@ -109,7 +105,7 @@ impl BlockDriver for CopyOnRead {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
-        let file = Self::file(bs);
+        let file = super::filtered(bs);
         let bytes = qiov.len() as u64;
         let mut done = 0;
         while done < bytes {
@@ -134,7 +130,7 @@ impl BlockDriver for CopyOnRead {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
-        Self::file(bs).co_pwritev(offset, qiov, flags).await
+        super::filtered(bs).co_pwritev(offset, qiov, flags).await
     }
 
     async fn co_pwrite_zeroes(
@@ -144,11 +140,13 @@ impl BlockDriver for CopyOnRead {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
-        Self::file(bs).co_pwrite_zeroes(offset, bytes, flags).await
+        super::filtered(bs)
+            .co_pwrite_zeroes(offset, bytes, flags)
+            .await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
-        Self::file(bs).co_pdiscard(offset, bytes).await
+        super::filtered(bs).co_pdiscard(offset, bytes).await
     }
 
     async fn co_block_status(
@@ -168,15 +166,13 @@ impl BlockDriver for CopyOnRead {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        Self::file(bs).co_truncate(offset, exact, prealloc).await
+        super::filtered(bs)
+            .co_truncate(offset, exact, prealloc)
+            .await
     }
 
     async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        Ok(Self::file(bs).getlength())
-    }
-
-    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
-        Self::file(bs).limits()
+        Ok(super::filtered(bs).getlength())
     }
 
     fn supported_write_flags(&self) -> RequestFlags {
