@@ -154,24 +154,28 @@ const QCOW2: &[&str] = &[
 /// a test, at most three per format.
 const EXCUSED: &[(&str, &str, &str)] = &[];
 
-/// The suite's verdict for each test it reported, from lines "TEST  pass|fail|not run  [..".
-/// The report also carries the diffs of failed tests, whose lines start with a space, '+'
-/// or '-': a verdict line starts with the test's name.
+/// The suite's verdict for each test it reported, from records "TEST  pass|fail|not run  [..".
+/// With -j the suite writes several records on one line (a record is not ended by a newline
+/// until the next one starts), so records are found anywhere on a line. The report also
+/// carries the diffs of failed tests, whose lines start with a space, '+' or '-': those
+/// lines are skipped.
 fn verdicts(report: &str) -> BTreeMap<&str, &str> {
     let mut found = BTreeMap::new();
-    let verdict_lines = report
+    let record_lines = report
         .lines()
         .filter(|l| l.starts_with(|c: char| c.is_ascii_alphanumeric()));
-    for line in verdict_lines {
+    for line in record_lines {
         let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            [test, verdict @ ("pass" | "fail"), stamp, ..] if stamp.starts_with('[') => {
-                found.insert(*test, *verdict);
+        for at in 0..words.len() {
+            match &words[at..] {
+                [test, verdict @ ("pass" | "fail"), stamp, ..] if stamp.starts_with('[') => {
+                    found.insert(*test, *verdict);
+                }
+                [test, "not", "run", stamp, ..] if stamp.starts_with('[') => {
+                    found.insert(*test, "not run");
+                }
+                _ => {}
             }
-            [test, "not", "run", stamp, ..] if stamp.starts_with('[') => {
-                found.insert(*test, "not run");
-            }
-            _ => {}
         }
     }
     found
@@ -284,11 +288,20 @@ fn verdict_lines_are_read_as_the_suite_prints_them() {
                   045   not run  [02:03:03] [02:03:04]   ...   not suitable for this image format\n\
                   -Image pass [x\n\
                   \x20002 pass [y\n\
-                  061   fail     [02:03:04] [02:03:09]   output mismatch\n";
+                  061   fail     [02:03:04] [02:03:09]   output mismatch\n\
+                  008   started  [04:44:50]   ...   001   started  [04:44:50]   ...\n\
+                  008   pass     [04:44:50] [04:44:51]   0.5s   (last: 1.3s)  \
+                  009   pass     [04:44:50] [04:44:51]   0.5s   (last: 1.5s)\n";
     let found = verdicts(report);
     assert_eq!(
         found.into_iter().collect::<Vec<_>>(),
-        [("001", "pass"), ("045", "not run"), ("061", "fail")]
+        [
+            ("001", "pass"),
+            ("008", "pass"),
+            ("009", "pass"),
+            ("045", "not run"),
+            ("061", "fail")
+        ]
     );
 }
 
