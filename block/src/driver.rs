@@ -266,8 +266,16 @@ pub trait BlockDriver {
         Ok(())
     }
 
+    /// Whether the node only passes requests on to its `file` child, changing how they
+    /// behave but not where the data lies (QEMU's BlockDriver.is_filter). A filter gets the
+    /// pass-through defaults below for status, size and zero-init instead of a format's.
+    fn is_filter(&self) -> bool {
+        false
+    }
+
     /// Describes the range starting at `offset` (bdrv_co_block_status). The default suits a
-    /// format that maps everything 1:1 onto its `file` child, or a protocol with only data.
+    /// format that maps everything 1:1 onto its `file` child, or a protocol with only data;
+    /// a filter sends the question on to its child (bdrv_co_block_status_from_file).
     async fn co_block_status(
         &self,
         bs: &BlockDriverState,
@@ -275,27 +283,39 @@ pub trait BlockDriver {
         offset: u64,
         bytes: u64,
     ) -> Result<BlockStatus> {
+        if self.is_filter() {
+            return Ok(BlockStatus::in_file(bs.file(), offset, bytes));
+        }
         let mut status = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, bytes);
         status.map = offset;
         status.file = bs.file();
         Ok(status)
     }
 
-    /// Changes the node's size (bdrv_co_truncate).
+    /// Changes the node's size (bdrv_co_truncate); a filter resizes its child.
     async fn co_truncate(
         &self,
-        _bs: &BlockDriverState,
-        _offset: u64,
-        _exact: bool,
-        _prealloc: PreallocMode,
+        bs: &BlockDriverState,
+        offset: u64,
+        exact: bool,
+        prealloc: PreallocMode,
     ) -> Result<()> {
-        Err(Error::not_supported(
-            "Image format driver does not support resize",
-        ))
+        match bs.file() {
+            Some(child) if self.is_filter() => child.co_truncate(offset, exact, prealloc).await,
+            _ => Err(Error::not_supported(
+                "Image format driver does not support resize",
+            )),
+        }
     }
 
-    /// The node's length in bytes (bdrv_co_getlength).
-    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64>;
+    /// The node's length in bytes (bdrv_co_getlength). Every driver but a filter, whose
+    /// length is its child's, must say.
+    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
+        match bs.file() {
+            Some(child) if self.is_filter() => Ok(child.getlength()),
+            _ => Err(Error::not_supported("the driver does not know its length")),
+        }
+    }
 
     /// Bytes the node occupies on the host, if known (bdrv_co_get_allocated_file_size).
     async fn co_get_allocated_file_size(&self, bs: &BlockDriverState) -> Result<Option<u64>> {
@@ -430,9 +450,13 @@ pub trait BlockDriver {
         Err(Error::from_errno(libc::ENOTSUP))
     }
 
-    /// Whether a freshly created image reads as zeroes (bdrv_has_zero_init).
-    fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {
-        false
+    /// Whether a freshly created image reads as zeroes (bdrv_has_zero_init); a filter's
+    /// answer is its child's.
+    fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
+        match bs.file() {
+            Some(child) if self.is_filter() => child.drv().has_zero_init(&child),
+            _ => false,
+        }
     }
 
     /// Writes back state before the node goes away (bdrv_close).

@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use block::driver::PreallocMode;
 use block::filters::blkdebug;
 use block::{bdrv_open, AioContext, BlkdbgEvent, BlockDriverState, IoVector, OpenFlags, Options};
 
@@ -153,4 +154,34 @@ fn bad_filenames_and_config_files_are_refused() {
     assert!(err
         .to_string()
         .contains("Could not read blkdebug config file"));
+}
+
+#[test]
+fn a_filter_passes_length_resize_status_and_zero_init_to_its_child() {
+    let img = scratch();
+    let bs = open(
+        &format!("blkdebug::{}", img.path().display()),
+        Options::new(),
+    );
+    assert!(bs.drv().is_filter());
+    let ctx = AioContext::current();
+    assert_eq!(bs.getlength(), 1 << 20);
+    ctx.run_until(bs.co_truncate(2 << 20, false, PreallocMode::Off))
+        .unwrap();
+    assert_eq!(
+        img.as_file().metadata().unwrap().len(),
+        2 << 20,
+        "the file grew"
+    );
+    assert_eq!(ctx.run_until(bs.drv().co_getlength(&bs)).unwrap(), 2 << 20);
+    let file = bs.file().unwrap();
+    assert_eq!(bs.drv().has_zero_init(&bs), file.drv().has_zero_init(&file));
+    let status = ctx
+        .run_until(bs.drv().co_block_status(&bs, true, 4096, 512))
+        .unwrap();
+    assert_eq!((status.map, status.bytes), (4096, 512));
+    assert!(
+        Rc::ptr_eq(status.file.as_ref().unwrap(), &file),
+        "asks the child"
+    );
 }

@@ -16,9 +16,7 @@ use std::rc::Rc;
 use async_trait::async_trait;
 
 use crate::coroutine::LocalBoxFuture;
-use crate::driver::{
-    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags,
-};
+use crate::driver::{BlockDriver, BlockLimits, BlockStatus, DriverClass, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
@@ -200,22 +198,6 @@ impl BlockDriver for Blkdebug {
         Ok(BlockStatus::in_file(bs.file(), offset, bytes))
     }
 
-    async fn co_truncate(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        exact: bool,
-        prealloc: PreallocMode,
-    ) -> Result<()> {
-        super::filtered(bs)
-            .co_truncate(offset, exact, prealloc)
-            .await
-    }
-
-    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        Ok(super::filtered(bs).getlength())
-    }
-
     fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
         let mut limits = super::filtered(bs).limits();
         if self.align != 0 {
@@ -237,13 +219,12 @@ impl BlockDriver for Blkdebug {
         RequestFlags::FUA
     }
 
-    fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
-        let image = super::filtered(bs);
-        image.drv().has_zero_init(&image)
-    }
-
     fn debug_event(&self, event: BlkdbgEvent) -> Option<LocalBoxFuture<'_, ()>> {
         self.rules.event(event)
+    }
+
+    fn is_filter(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

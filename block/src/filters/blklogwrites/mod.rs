@@ -14,9 +14,7 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
-use crate::driver::{
-    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags,
-};
+use crate::driver::{BlockDriver, BlockLimits, DriverClass, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
@@ -258,32 +256,6 @@ impl BlockDriver for BlkLogWrites {
         Self::both(file, log)
     }
 
-    async fn co_block_status(
-        &self,
-        bs: &BlockDriverState,
-        _want_zero: bool,
-        offset: u64,
-        bytes: u64,
-    ) -> Result<BlockStatus> {
-        Ok(BlockStatus::in_file(bs.file(), offset, bytes))
-    }
-
-    async fn co_truncate(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        exact: bool,
-        prealloc: PreallocMode,
-    ) -> Result<()> {
-        super::filtered(bs)
-            .co_truncate(offset, exact, prealloc)
-            .await
-    }
-
-    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        Ok(super::filtered(bs).getlength())
-    }
-
     fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
         // Entries count whole log sectors, so requests must be aligned to them.
         let mut limits = super::filtered(bs).limits();
@@ -291,9 +263,8 @@ impl BlockDriver for BlkLogWrites {
         limits
     }
 
-    fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
-        let file = super::filtered(bs);
-        file.drv().has_zero_init(&file)
+    fn is_filter(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -11,9 +11,7 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
-use crate::driver::{
-    BlockDriver, BlockStatus, DriverClass, PreallocMode, RequestFlags, StatusFlags,
-};
+use crate::driver::{BlockDriver, DriverClass, RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
@@ -149,34 +147,12 @@ impl BlockDriver for CopyOnRead {
         super::filtered(bs).co_pdiscard(offset, bytes).await
     }
 
-    async fn co_block_status(
-        &self,
-        bs: &BlockDriverState,
-        _want_zero: bool,
-        offset: u64,
-        bytes: u64,
-    ) -> Result<BlockStatus> {
-        Ok(BlockStatus::in_file(bs.file(), offset, bytes))
-    }
-
-    async fn co_truncate(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        exact: bool,
-        prealloc: PreallocMode,
-    ) -> Result<()> {
-        super::filtered(bs)
-            .co_truncate(offset, exact, prealloc)
-            .await
-    }
-
-    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        Ok(super::filtered(bs).getlength())
-    }
-
     fn supported_write_flags(&self) -> RequestFlags {
         RequestFlags::FUA
+    }
+
+    fn is_filter(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
