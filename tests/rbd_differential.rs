@@ -275,3 +275,47 @@ fn connection_errors_match_qemu() {
         "{err}"
     );
 }
+
+#[test]
+fn key_secret_authenticates_as_in_qemu() {
+    let Some(c) = setup() else { return };
+    ok(
+        RQEMU_IMG,
+        &["create", "-f", "raw", &c.image("keysecret"), "1M"],
+    );
+    // A configuration without the keyring: only the secret object can authenticate.
+    let conf = std::fs::read_to_string(&c.conf).unwrap();
+    let nokey = c.dir.join("nokey.conf");
+    let lines: Vec<&str> = conf.lines().filter(|l| !l.starts_with("keyring")).collect();
+    std::fs::write(&nokey, lines.join("\n") + "\n").unwrap();
+    let keyring = std::fs::read_to_string(c.dir.join("keyring")).unwrap();
+    let admin = keyring.split("[client.admin]").nth(1).unwrap();
+    let key = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("key = "))
+        .unwrap();
+    let image = format!(
+        "driver=rbd,pool=rbd,image=keysecret,conf={},user=admin",
+        nokey.display()
+    );
+    let info = |secret: Option<&str>| {
+        let mut args = vec!["info".to_string()];
+        let mut opts = image.clone();
+        if let Some(secret) = secret {
+            args.push("--object".into());
+            args.push(format!("secret,id=sec0,data={secret},format=base64"));
+            opts.push_str(",key-secret=sec0");
+        }
+        args.extend(["--image-opts".into(), opts]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        same_output(&args)
+    };
+    let good = info(Some(key));
+    assert!(good.contains("virtual size: 1 MiB"), "{good}");
+    let wrong = "AQCZ1UNnAAAAABAAJ5n4+J9uB6rWJ2M4m7Vw3A==";
+    assert!(info(Some(wrong)).contains("Could not open"));
+    assert!(info(None).contains("Could not open"));
+    // A key-secret naming no object.
+    let missing = same_output(&["info", "--image-opts", &format!("{image},key-secret=nope")]);
+    assert!(missing.contains("nope"), "{missing}");
+}

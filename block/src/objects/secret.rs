@@ -142,6 +142,11 @@ pub fn qcrypto_secret_lookup_as_utf8(id: &str) -> Result<String> {
         .map_err(|_| Error::invalid(format!("Data from secret {id} is not valid UTF-8")))
 }
 
+/// The secret `id` in base64 (qcrypto_secret_lookup_as_base64): how librados takes a key.
+pub fn qcrypto_secret_lookup_as_base64(id: &str) -> Result<String> {
+    Ok(base64::engine::general_purpose::STANDARD.encode(qcrypto_secret_lookup(id)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::user_creatable_add_from_str as add;
@@ -153,6 +158,7 @@ mod tests {
         assert_eq!(qcrypto_secret_lookup("t-raw").unwrap(), b"abc");
         add("secret,id=t-b64,data=YWJj,format=base64").unwrap();
         assert_eq!(qcrypto_secret_lookup_as_utf8("t-b64").unwrap(), "abc");
+        assert_eq!(qcrypto_secret_lookup_as_base64("t-raw").unwrap(), "YWJj");
         let f = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(f.path(), b"pw\n").unwrap();
         add(&format!("secret,id=t-file,file={}", f.path().display())).unwrap();

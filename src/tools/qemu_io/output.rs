@@ -6,7 +6,8 @@
 //! the captured text. Scripts and golden files depend on that order, so this module keeps the
 //! same rules: full buffering flushed at block boundaries, line buffering on a terminal,
 //! explicit flushes where qemu-io calls `fflush` (the interactive prompt, `sigraise`), and
-//! nothing flushed by `abort`. Rust's own `std::io::stdout` is always line-buffered.
+//! nothing flushed by `abort`, and `stdbuf -o` obeyed. Rust's own `std::io::stdout` is always
+//! line-buffered.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -17,6 +18,21 @@ enum Mode {
     Full { block: usize },
     /// Flush at every newline (a terminal).
     Line,
+}
+
+impl Mode {
+    /// The mode `stdbuf -o MODE` asks for: coreutils' stdbuf passes it in `_STDBUF_O` to a
+    /// preloaded library that calls setvbuf, which a C qemu-io obeys; "L" is line
+    /// buffering, "0" none (a block of one byte), a size full buffering in blocks of it.
+    fn from_stdbuf(choice: &str, default_block: usize) -> Mode {
+        match choice {
+            "L" => Mode::Line,
+            "0" => Mode::Full { block: 1 },
+            size => Mode::Full {
+                block: size.parse().unwrap_or(default_block).max(1),
+            },
+        }
+    }
 }
 
 struct Stdout {
@@ -41,10 +57,10 @@ impl Stdout {
             };
             (libc::isatty(1) == 1, blksize)
         };
-        let mode = if tty {
-            Mode::Line
-        } else {
-            Mode::Full { block: blksize }
+        let mode = match std::env::var("_STDBUF_O").ok().as_deref() {
+            Some(choice) => Mode::from_stdbuf(choice, blksize),
+            None if tty => Mode::Line,
+            None => Mode::Full { block: blksize },
         };
         Stdout {
             mode,
@@ -147,5 +163,22 @@ mod tests {
         assert!(out.push(b"qemu-io> ").is_empty());
         assert_eq!(out.push(b"a\nb\nc"), b"qemu-io> a\nb\n");
         assert_eq!(out.buf, b"c");
+    }
+
+    #[test]
+    fn stdbuf_modes_are_obeyed() {
+        assert!(matches!(Mode::from_stdbuf("L", 4096), Mode::Line));
+        assert!(matches!(
+            Mode::from_stdbuf("0", 4096),
+            Mode::Full { block: 1 }
+        ));
+        assert!(matches!(
+            Mode::from_stdbuf("64", 4096),
+            Mode::Full { block: 64 }
+        ));
+        assert!(matches!(
+            Mode::from_stdbuf("1K", 4096),
+            Mode::Full { block: 4096 }
+        ));
     }
 }

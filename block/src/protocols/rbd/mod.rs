@@ -76,14 +76,13 @@ async fn blocking<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) 
     AioContext::current().thread_pool().submit(work).await
 }
 
-/// The key to authenticate with, from `key-secret` (secret objects are another module's).
+/// The key to authenticate with, from the `key-secret` object: librados takes it in base64
+/// (qemu_rbd_set_auth).
 fn secret_key(loc: &RbdLocation) -> Result<Option<String>> {
-    match &loc.key_secret {
-        None => Ok(None),
-        Some(id) => Err(Error::not_supported(format!(
-            "rbd key-secret '{id}': secret objects (--object secret) are not supported yet"
-        ))),
-    }
+    loc.key_secret
+        .as_deref()
+        .map(crate::objects::secret::qcrypto_secret_lookup_as_base64)
+        .transpose()
 }
 
 async fn connect(loc: RbdLocation, nocache: bool) -> Result<Cluster> {
