@@ -158,41 +158,6 @@ fn convert_round_trip() {
     assert_eq!(out, "Images are identical.\n");
 }
 
-#[test]
-fn convert_writes_whole_objects() {
-    let Some(c) = setup() else { return };
-    let src = c.dir.join("objects-src.raw");
-    std::fs::write(&src, vec![0x5au8; 9 << 20]).unwrap();
-    let (s, target) = (src.to_str().unwrap(), c.image("objects"));
-    let out = run(
-        RQEMU_IMG,
-        &[
-            "--trace",
-            "qemu_rbd_start_co",
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "raw",
-            s,
-            &target,
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
-    let trace = String::from_utf8_lossy(&out.stderr);
-    // Like QEMU's, convert writes whole 4 MiB objects (the driver's discard alignment sizes
-    // its buffer), the last one short.
-    let writes: Vec<&str> = trace
-        .lines()
-        .filter(|l| l.contains("qemu_rbd_start_co cmd 1 "))
-        .collect();
-    let sizes: Vec<&str> = writes
-        .iter()
-        .filter_map(|l| l.split("bytes ").nth(1))
-        .collect();
-    assert_eq!(sizes, ["4194304", "4194304", "1048576"], "{trace}");
-}
-
 /// Both tools' output for the same arguments, which must agree.
 fn same_output(args: &[&str]) -> String {
     same_output_of(QEMU_IMG, RQEMU_IMG, args)

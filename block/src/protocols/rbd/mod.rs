@@ -22,8 +22,8 @@ use self::cluster::{Cluster, Image};
 use self::location::RbdLocation;
 use crate::aio::AioContext;
 use crate::driver::{
-    BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode,
-    RequestFlags, StatusFlags,
+    BlockDriver, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode, RequestFlags,
+    StatusFlags,
 };
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -272,18 +272,6 @@ impl BlockDriver for RbdDriver {
 
     fn supported_write_flags(&self) -> RequestFlags {
         RequestFlags::MAY_UNMAP
-    }
-
-    /// Discards and zero writes work in whole objects (qemu_rbd_refresh_limits); convert
-    /// also sizes its buffer by the discard alignment, so its writes fill whole objects,
-    /// which librbd turns into one operation each.
-    fn refresh_limits(&self, _bs: &BlockDriverState) -> BlockLimits {
-        let object = u32::try_from(self.object_size).unwrap_or(u32::MAX);
-        BlockLimits {
-            pdiscard_alignment: object,
-            pwrite_zeroes_alignment: object,
-            ..BlockLimits::default()
-        }
     }
 
     fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
