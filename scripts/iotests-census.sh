@@ -37,14 +37,18 @@ census() {
   IOTESTS_WORK="$OUT/work-$TAG-$who" "$HERE/iotests.sh" "${SUITE_ARGS[@]}" "$@" \
     > "$OUT/$TAG-$who.log" 2>&1
   # The report's verdict lines, "TEST  pass|fail|not run  [start] [end] ...", not the diffs'.
-  awk '/^[[:alnum:]]/ && ($2 == "pass" || $2 == "fail") && $3 ~ /^\[/ { print $1, $2 }
-       /^[[:alnum:]]/ && $2 == "not" && $3 == "run" && $4 ~ /^\[/ { print $1, "notrun" }' \
+  # With -j the suite writes several records on one line, so a record is looked for at
+  # every field of a line; diff lines (starting with a space, + or -) are skipped.
+  awk '/^[[:alnum:]]/ { for (i = 1; i < NF; i++) {
+         if (($(i+1) == "pass" || $(i+1) == "fail") && $(i+2) ~ /^\[/) print $i, $(i+1)
+         if ($(i+1) == "not" && $(i+2) == "run" && $(i+3) ~ /^\[/) print $i, "notrun" } }' \
     "$OUT/$TAG-$who.log" | sort -u > "$OUT/$TAG-$who.txt"
 }
 [ "${CENSUS_REUSE_REF:-0}" = 1 ] && [ -s "$OUT/$TAG-ref.txt" ] || census ref
 census ours "${OURS[@]}"
 
-verdicts=$(join "$OUT/$TAG-ref.txt" "$OUT/$TAG-ours.txt")
+# A test ours never reported a verdict for counts as "none", not as absent.
+verdicts=$(join -a 1 -e none -o 0,1.2,2.2 "$OUT/$TAG-ref.txt" "$OUT/$TAG-ours.txt")
 missing=$(awk '$2 == "pass" && $3 != "pass" { printf "%s ", $1 }' <<< "$verdicts")
 reference=$(grep -c ' pass$' "$OUT/$TAG-ref.txt")
 both=$(awk '$2 == "pass" && $3 == "pass"' <<< "$verdicts" | wc -l)
