@@ -269,3 +269,41 @@ fn malformed_parallels_images_are_refused_or_repaired() {
     );
     ok(OURS, &dir, &["check", "outside.img"]);
 }
+
+/// The suite's Parallels sample with a dirty bitmap extension (made by Virtuozzo's ploop)
+/// opens read-only, which parses and checks the extension, as it does for QEMU.
+#[test]
+fn the_parallels_bitmap_sample_opens_read_only() {
+    let sample = Path::new(
+        "/var/tmp/qemu-iotests-src/qemu-10.0.2/tests/qemu-iotests/sample_images/parallels-with-bitmap.bz2",
+    );
+    if !sample.exists() {
+        eprintln!("skipping: {} is not fetched", sample.display());
+        return;
+    }
+    let dir = scratch("bitmap-sample");
+    let out = Command::new("bzip2")
+        .arg("-dc")
+        .arg(sample)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bzip2 -dc failed");
+    std::fs::write(dir.join("bm.img"), out.stdout).unwrap();
+    let info = run(OURS, &dir, &["info", "-f", "parallels", "bm.img"]);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    // A damaged extension cluster is refused on a read-only open.
+    let image = std::fs::read(dir.join("bm.img")).unwrap();
+    let ext_off = u64::from_le_bytes(image[56..64].try_into().unwrap()) * 512;
+    let at = ext_off as usize + 100;
+    poke(&dir.join("bm.img"), at as u64, &[image[at] ^ 0xff]);
+    refused(
+        &dir,
+        "parallels",
+        "bm.img",
+        "Wrong checksum in Format Extension header",
+    );
+}

@@ -252,7 +252,7 @@ impl BlockDriver for Parallels {
     /// generic fallback (parallels_co_pdiscard).
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
         let cs = self.cluster_size;
-        if bs.backing().is_some() || offset % cs != 0 || bytes % cs != 0 {
+        if bs.backing().is_some() || !offset.is_multiple_of(cs) || !bytes.is_multiple_of(cs) {
             return Err(Error::from_errno(libc::ENOTSUP));
         }
         let file = bs.file().expect("format nodes have a file child");

@@ -138,7 +138,7 @@ pub fn check_entries(
                 break;
             }
         }
-        let is_payload = (i + 1) % (layout.chunk_ratio + 1) != 0;
+        let is_payload = !(i + 1).is_multiple_of(layout.chunk_ratio + 1);
         if is_payload && regions.check(offset, layout.block_size).is_err() && fail(&mut errcnt) {
             break;
         }

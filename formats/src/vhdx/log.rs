@@ -86,14 +86,16 @@ enum Change {
 /// Parses a descriptor of entry `seq` (vhdx_log_desc_is_valid).
 fn parse_desc(d: &[u8], seq: u64) -> Option<Change> {
     let file_offset = le_u64(d, 16);
-    if le_u64(d, 24) != seq || file_offset % SECTOR != 0 {
+    if le_u64(d, 24) != seq || !file_offset.is_multiple_of(SECTOR) {
         return None;
     }
     match &d[0..4] {
-        s if s == ZERO_DESC_SIGNATURE && le_u64(d, 8) % SECTOR == 0 => Some(Change::Zero {
-            file_offset,
-            length: le_u64(d, 8),
-        }),
+        s if s == ZERO_DESC_SIGNATURE && le_u64(d, 8).is_multiple_of(SECTOR) => {
+            Some(Change::Zero {
+                file_offset,
+                length: le_u64(d, 8),
+            })
+        }
         s if s == DATA_DESC_SIGNATURE => Some(Change::Data {
             file_offset,
             leading: d[8..16].try_into().unwrap(),
@@ -137,7 +139,7 @@ impl Log {
         };
         let n_desc = h.desc_sectors();
         if h.entry_length > self.length
-            || h.entry_length % SECTOR != 0
+            || !h.entry_length.is_multiple_of(SECTOR)
             || h.entry_length < n_desc * SECTOR
             || h.sequence_number == 0
             || h.log_guid != *log_guid
@@ -264,13 +266,13 @@ impl Log {
         let einval = || Error::from_errno(libc::EINVAL);
         self.offset = h.log_offset;
         self.length = h.log_length as u64;
-        if self.offset < MIB || self.offset % MIB != 0 || h.log_version != 0 {
+        if self.offset < MIB || !self.offset.is_multiple_of(MIB) || h.log_version != 0 {
             return Err(einval());
         }
         if h.log_guid == [0; 16] || self.length == 0 {
             return Ok(false);
         }
-        if self.length % MIB != 0 || self.offset + self.length > file.getlength() {
+        if !self.length.is_multiple_of(MIB) || self.offset + self.length > file.getlength() {
             return Err(einval());
         }
         let entries = self.search(file, &h.log_guid).await?;
