@@ -188,6 +188,47 @@ fn parallels_survives_a_killed_writer() {
     crash_test("parallels", "cluster_size=64k", 1 << 16);
 }
 
+/// A BAT update whose in-place write fails (blkdebug fails writes to the BAT's sector)
+/// leaves its entry in the log: read-only opens refuse the image as QEMU does, and a
+/// read-write open replays the log, ours and QEMU's alike, after which the data is there.
+#[test]
+fn vhdx_log_left_by_a_failed_bat_update_replays() {
+    let dir = scratch("dirty-log");
+    ok(OURS, &dir, &["create", "-q", "-f", "vhdx", "d.vhdx", "64M"]);
+    // The BAT of a new 64 MiB image is at 2 MiB, sector 4096.
+    let rule = "[inject-error]\nevent = \"pwritev\"\nsector = \"4096\"\niotype = \"write\"\n";
+    std::fs::write(dir.join("bat.ini"), rule).unwrap();
+    let out = run(
+        OURS_IO,
+        &dir,
+        &["-c", "write -P 5 0 4k", "blkdebug:bat.ini:d.vhdx"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("write failed: Input/output error"),
+        "{stdout}"
+    );
+    std::fs::copy(dir.join("d.vhdx"), dir.join("q.vhdx")).unwrap();
+    let ro = run(OURS_IO, &dir, &["-r", "-c", "read 0 4k", "d.vhdx"]);
+    let err = String::from_utf8_lossy(&ro.stderr);
+    assert!(
+        err.contains("contains a log that needs to be replayed"),
+        "{err}"
+    );
+    ok(OURS_IO, &dir, &["-c", "read -P 5 0 4k", "d.vhdx"]);
+    ok(OURS_IO, &dir, &["-r", "-c", "read -P 5 0 4k", "d.vhdx"]);
+    if reference_available() {
+        ok(QEMU_IMG, &dir, &["check", "d.vhdx"]);
+        let out = run(QEMU_IMG, &dir, &["check", "-r", "all", "q.vhdx"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ok(QEMU_IO, &dir, &["-r", "-c", "read -P 5 0 4k", "q.vhdx"]);
+    }
+}
+
 /// Overwrites bytes of a file.
 fn poke(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
