@@ -1,7 +1,7 @@
 //! `rqemu-img convert` round trips between the formats beyond qcow2 (vdi, vpc fixed and
-//! dynamic, qed), raw and qcow2: every conversion keeps the guest contents, as the
-//! reference `qemu-img compare` sees them, and the images written pass `qemu-img check`
-//! where the format has one.
+//! dynamic, qed, vhdx dynamic and fixed, parallels), raw and qcow2: every conversion keeps
+//! the guest contents, as the reference `qemu-img compare` sees them, and the images
+//! written pass `qemu-img check` where the format has one.
 
 mod reference_tools;
 
@@ -16,6 +16,9 @@ const TARGETS: &[(&str, &str)] = &[
     ("vpc", ""),
     ("vpc", "subformat=fixed,force_size=on"),
     ("qed", ""),
+    ("vhdx", ""),
+    ("vhdx", "subformat=fixed,block_state_zero=off"),
+    ("parallels", ""),
 ];
 
 #[test]
@@ -56,7 +59,7 @@ fn convert_round_trips_between_formats() {
             "raw -> {fmt} {opts}: {}",
             String::from_utf8_lossy(&cmp.stdout)
         );
-        if matches!(*fmt, "vdi" | "qed" | "qcow2") {
+        if matches!(*fmt, "vdi" | "qed" | "qcow2" | "vhdx" | "parallels") {
             ok(QEMU_IMG, &dir, &["check", "-f", fmt, &img]);
         }
         // ...and back out of it into every other format.

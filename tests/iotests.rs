@@ -229,6 +229,66 @@ const QED: &[&str] = &[
     "279",
 ];
 
+/// Issue #15's vhdx census (064 and 070 read Hyper-V and Disk2VHD sample images, 070 and
+/// regression-vhdx-log replay dirty logs): every test the reference passes with its tools.
+const VHDX: &[&str] = &[
+    "001",
+    "002",
+    "003",
+    "004",
+    "005",
+    "008",
+    "009",
+    "010",
+    "011",
+    "012",
+    "021",
+    "032",
+    "033",
+    "052",
+    "064",
+    "070",
+    "072",
+    "104",
+    "105",
+    "159",
+    "170",
+    "174",
+    "197",
+    "215",
+    "226",
+    "regression-vhdx-log",
+];
+
+/// Issue #15's parallels census (076 reads the Parallels sample images, 131 and
+/// parallels-checks repair damaged ones): every test the reference passes with its tools.
+const PARALLELS: &[&str] = &[
+    "001",
+    "002",
+    "003",
+    "005",
+    "008",
+    "009",
+    "010",
+    "011",
+    "012",
+    "021",
+    "032",
+    "033",
+    "052",
+    "076",
+    "131",
+    "159",
+    "170",
+    "174",
+    "197",
+    "215",
+    "226",
+    "251",
+    "parallels-checks",
+    "regression-vhdx-log",
+];
+
 fn run_suite(format: &str, tests: &[&str]) {
     let excused: Vec<&str> = EXCUSED
         .iter()
@@ -318,4 +378,14 @@ fn vpc_conformance() {
 #[test]
 fn qed_conformance() {
     run_suite("qed", QED);
+}
+
+#[test]
+fn vhdx_conformance() {
+    run_suite("vhdx", VHDX);
+}
+
+#[test]
+fn parallels_conformance() {
+    run_suite("parallels", PARALLELS);
 }

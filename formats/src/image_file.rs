@@ -25,6 +25,34 @@ pub(crate) async fn write_bytes(file: &BlockDriverState, offset: u64, data: &[u8
         .await
 }
 
+/// Reads a backing file range; what lies past its end reads as zeroes (the backing
+/// reads of formats whose backing file may be shorter than the image).
+pub(crate) async fn read_backing(
+    backing: &BlockDriverState,
+    offset: u64,
+    buf: &IoVector,
+) -> Result<()> {
+    let n = backing
+        .getlength()
+        .saturating_sub(offset)
+        .min(buf.len() as u64) as usize;
+    if n > 0 {
+        backing
+            .co_preadv(offset, &buf.slice(0, n), RequestFlags::empty())
+            .await?;
+    }
+    buf.fill(n, buf.len() - n, 0);
+    Ok(())
+}
+
+/// Flushes and closes the file a new image was written into, keeping the first error
+/// (the end of each driver's co_create).
+pub(crate) async fn finish_create(file: &BlockDriverState, written: Result<()>) -> Result<()> {
+    let flushed = file.co_flush().await;
+    let closed = file.close().await;
+    written.and(flushed).and(closed)
+}
+
 /// Creates an empty file with the protocol its name selects, and names that protocol.
 pub(crate) async fn create_protocol_file(
     name: &str,

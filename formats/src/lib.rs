@@ -10,11 +10,13 @@ pub mod cloop;
 pub mod dmg;
 mod image_file;
 pub mod luks;
+pub mod parallels;
 pub mod qcow2;
 pub mod qed;
 pub mod raw;
 mod read_only;
 pub mod vdi;
+pub mod vhdx;
 pub mod vpc;
 
 /// Registers every format driver with the block layer (QEMU's block_init).
@@ -25,6 +27,8 @@ pub fn register_all() {
     block::registry::register(&qed::QED);
     block::registry::register(&vdi::VDI);
     block::registry::register(&vpc::VPC);
+    block::registry::register(&vhdx::VHDX);
+    block::registry::register(&parallels::PARALLELS);
     block::registry::register(&dmg::DMG);
     block::registry::register(&cloop::CLOOP);
     block::registry::register(&bochs::BOCHS);
