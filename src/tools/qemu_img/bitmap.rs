@@ -117,8 +117,11 @@ pub fn run(args: &[String]) -> i32 {
     let source = src_file.map(|filename| OpenSpec {
         filename,
         fmt: src_fmt,
+        // Only the source's own bitmaps are read: its backing chain (which may be the
+        // image being changed) stays closed.
         flags: OpenFlags {
             read_only: true,
+            no_backing: true,
             ..OpenFlags::default()
         },
         ..OpenSpec::default()
