@@ -157,18 +157,19 @@ fn bitmaps_read_and_written_like_qemu() {
     }
 }
 
+/// A 4 MiB qcow2 image made by QEMU with one enabled bitmap, b0.
+fn image_with_bitmap(dir: &Path, name: &str) {
+    ok(QEMU_IMG, dir, &["create", "-q", "-f", "qcow2", name, "4M"]);
+    ok(QEMU_IMG, dir, &["bitmap", "--add", name, "b0"]);
+}
+
 #[test]
 fn a_crash_leaves_bitmaps_inconsistent() {
     if !reference_available() {
         return;
     }
     let dir = scratch("bitmaps-crash");
-    ok(
-        QEMU_IMG,
-        &dir,
-        &["create", "-q", "-f", "qcow2", "t.qcow2", "4M"],
-    );
-    ok(QEMU_IMG, &dir, &["bitmap", "--add", "t.qcow2", "b0"]);
+    image_with_bitmap(&dir, "t.qcow2");
     // Killed while open read-write: the bitmap stays marked in use.
     let _ = run(
         OURS_IO,
@@ -227,6 +228,9 @@ fn a_crash_leaves_bitmaps_inconsistent() {
     assert!(fs::read(dir.join("r.qcow2")).unwrap() == fs::read(dir.join("o.qcow2")).unwrap());
 }
 
+/// A corruption applied to an image's bytes.
+type Patch = Box<dyn Fn(&mut Vec<u8>)>;
+
 /// The offset of the bitmaps extension's data in the first cluster.
 fn bitmaps_ext(image: &[u8]) -> usize {
     let mut pos = 112;
@@ -247,16 +251,11 @@ fn malformed_bitmap_directories_are_refused_like_qemu() {
         return;
     }
     let dir = scratch("bitmaps-malformed");
-    ok(
-        QEMU_IMG,
-        &dir,
-        &["create", "-q", "-f", "qcow2", "good.qcow2", "4M"],
-    );
-    ok(QEMU_IMG, &dir, &["bitmap", "--add", "good.qcow2", "b0"]);
+    image_with_bitmap(&dir, "good.qcow2");
     let good = fs::read(dir.join("good.qcow2")).unwrap();
     let ext = bitmaps_ext(&good);
     let dir_offset = u64::from_be_bytes(good[ext + 16..ext + 24].try_into().unwrap()) as usize;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    let cases: Vec<(&str, Patch)> = vec![
         (
             "too many bitmaps",
             Box::new(move |b| b[ext..ext + 4].copy_from_slice(&u32::MAX.to_be_bytes())),

@@ -234,23 +234,28 @@ impl BdrvDirtyBitmap {
 
     /// The first dirty byte in `offset..offset+bytes` (bdrv_dirty_bitmap_next_dirty).
     pub fn next_dirty(&self, offset: u64, bytes: u64) -> Option<u64> {
-        let end = offset.saturating_add(bytes).min(self.size());
-        if offset >= end {
-            return None;
-        }
-        let (first, last) = self.bit_range(offset, end - offset);
-        let bit = self.bits.borrow().next_set(first, last)?;
-        Some((bit << self.shift()).max(offset))
+        self.find(offset, bytes, HBitmap::next_set)
     }
 
     /// The first clean byte in `offset..offset+bytes` (bdrv_dirty_bitmap_next_zero).
     pub fn next_zero(&self, offset: u64, bytes: u64) -> Option<u64> {
+        self.find(offset, bytes, HBitmap::next_clear)
+    }
+
+    /// Runs a bit search over the granules of a byte range, clamped to the bitmap, and
+    /// turns the bit found back into a byte offset no lower than `offset`.
+    fn find(
+        &self,
+        offset: u64,
+        bytes: u64,
+        search: fn(&HBitmap, u64, u64) -> Option<u64>,
+    ) -> Option<u64> {
         let end = offset.saturating_add(bytes).min(self.size());
         if offset >= end {
             return None;
         }
         let (first, last) = self.bit_range(offset, end - offset);
-        let bit = self.bits.borrow().next_clear(first, last)?;
+        let bit = search(&self.bits.borrow(), first, last)?;
         Some((bit << self.shift()).max(offset))
     }
 

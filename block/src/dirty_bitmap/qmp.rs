@@ -53,8 +53,7 @@ pub async fn add(bs: &BlockDriverState, name: &str, opts: AddOptions) -> Result<
 
 /// block-dirty-bitmap-remove: drops the bitmap, and its copy in the image.
 pub async fn remove(bs: &BlockDriverState, name: &str) -> Result<()> {
-    let bm = lookup(bs, name)?;
-    bm.check(BitmapCheck::BUSY_RO)?;
+    let bm = lookup_checked(bs, name, BitmapCheck::BUSY_RO)?;
     if bm.persistent() {
         bs.co_remove_persistent_dirty_bitmap(name).await?;
     }
@@ -62,27 +61,32 @@ pub async fn remove(bs: &BlockDriverState, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The named bitmap, refused in any of the `what` states.
+fn lookup_checked(
+    bs: &BlockDriverState,
+    name: &str,
+    what: BitmapCheck,
+) -> Result<Rc<BdrvDirtyBitmap>> {
+    let bm = lookup(bs, name)?;
+    bm.check(what)?;
+    Ok(bm)
+}
+
 /// block-dirty-bitmap-clear.
 pub fn clear(bs: &BlockDriverState, name: &str) -> Result<()> {
-    let bm = lookup(bs, name)?;
-    bm.check(BitmapCheck::DEFAULT)?;
-    bm.clear();
+    lookup_checked(bs, name, BitmapCheck::DEFAULT)?.clear();
     Ok(())
 }
 
 /// block-dirty-bitmap-enable.
 pub fn enable(bs: &BlockDriverState, name: &str) -> Result<()> {
-    let bm = lookup(bs, name)?;
-    bm.check(BitmapCheck::ALLOW_RO)?;
-    bm.enable();
+    lookup_checked(bs, name, BitmapCheck::ALLOW_RO)?.enable();
     Ok(())
 }
 
 /// block-dirty-bitmap-disable.
 pub fn disable(bs: &BlockDriverState, name: &str) -> Result<()> {
-    let bm = lookup(bs, name)?;
-    bm.check(BitmapCheck::ALLOW_RO)?;
-    bm.disable();
+    lookup_checked(bs, name, BitmapCheck::ALLOW_RO)?.disable();
     Ok(())
 }
 

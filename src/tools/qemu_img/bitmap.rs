@@ -170,13 +170,13 @@ async fn perform(
                     persistent: true,
                     disabled: false,
                 };
-                qmp::add(&bs, bitmap, opts).await
+                qmp::add(bs, bitmap, opts).await
             }
-            Action::Remove => qmp::remove(&bs, bitmap).await,
-            Action::Clear => qmp::clear(&bs, bitmap),
-            Action::Enable => qmp::enable(&bs, bitmap),
-            Action::Disable => qmp::disable(&bs, bitmap),
-            Action::Merge(name) => qmp::merge(&bs, bitmap, &[(&src_bs, name)]),
+            Action::Remove => qmp::remove(bs, bitmap).await,
+            Action::Clear => qmp::clear(bs, bitmap),
+            Action::Enable => qmp::enable(bs, bitmap),
+            Action::Disable => qmp::disable(bs, bitmap),
+            Action::Merge(name) => qmp::merge(bs, bitmap, &[(&src_bs, name)]),
         };
         if let Err(e) = done {
             error_report(&format!(

@@ -110,7 +110,7 @@ impl Header {
         if ext.nb_bitmaps == 0 {
             return Err(err("found bitmaps extension with zero bitmaps"));
         }
-        if ext.directory_offset % self.cluster_size() != 0 {
+        if !ext.directory_offset.is_multiple_of(self.cluster_size()) {
             return Err(err("bitmaps_ext: invalid bitmap directory offset"));
         }
         if ext.directory_size > MAX_BITMAP_DIRECTORY_SIZE {
