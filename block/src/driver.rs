@@ -459,6 +459,36 @@ pub trait BlockDriver {
         }
     }
 
+    /// Whether the format can store dirty bitmaps in the image
+    /// (bdrv_supports_persistent_dirty_bitmap).
+    fn supports_persistent_dirty_bitmap(&self, _bs: &BlockDriverState) -> bool {
+        false
+    }
+
+    /// Checks that a new persistent bitmap fits in the image
+    /// (bdrv_co_can_store_new_dirty_bitmap); only called where the format supports them.
+    async fn co_can_store_new_dirty_bitmap(
+        &self,
+        bs: &BlockDriverState,
+        _name: &str,
+        _granularity: u32,
+    ) -> Result<()> {
+        Err(Error::not_supported(format!(
+            "Can't store persistent bitmaps to {}",
+            bs.node_name()
+        )))
+    }
+
+    /// Removes a bitmap from the image; one the image does not hold is no error
+    /// (bdrv_co_remove_persistent_dirty_bitmap).
+    async fn co_remove_persistent_dirty_bitmap(
+        &self,
+        _bs: &BlockDriverState,
+        _name: &str,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     /// Writes back state before the node goes away (bdrv_close).
     async fn close(&self, _bs: &BlockDriverState) -> Result<()> {
         Ok(())

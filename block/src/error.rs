@@ -24,6 +24,11 @@ pub fn error_report(msg: &str) {
     }
 }
 
+/// Prints `PROGNAME: warning: MSG` on stderr (QEMU's warn_report).
+pub fn warn_report(msg: &str) {
+    error_report(&format!("warning: {msg}"));
+}
+
 /// A block-layer error: what went wrong (errno) and, optionally, the sentence to show.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Error {

@@ -8,6 +8,7 @@
 //! [`protocols`] (file, null-co) → [`aio`] (the main loop, thread pool, io_uring).
 //! [`open`] builds a graph, finding drivers in the [`registry`]; [`filters`] hold blkdebug,
 //! which acts on the [`debug_event`]s formats raise.
+//! [`dirty_bitmap`] records which parts of a node were written, for incremental backup.
 //! [`nbd`] serves a BlockBackend to NBD clients over a socket.
 //! [`coroutine`], [`iov`], [`options`], [`error`] and [`trace`] are the vocabulary they share.
 
@@ -16,6 +17,7 @@ pub mod backend;
 pub mod coroutine;
 pub mod crypto;
 pub mod debug_event;
+pub mod dirty_bitmap;
 pub mod driver;
 pub mod error;
 pub mod filters;

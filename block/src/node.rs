@@ -158,6 +158,8 @@ pub struct BlockDriverState {
     /// flushed_gen).
     pub(crate) write_gen: Cell<u64>,
     pub(crate) flushed_gen: Cell<u64>,
+    /// The node's dirty bitmaps, newest first (bs->dirty_bitmaps).
+    pub(crate) dirty_bitmaps: RefCell<Vec<Rc<crate::dirty_bitmap::BdrvDirtyBitmap>>>,
 }
 
 impl BlockDriverState {
@@ -186,6 +188,7 @@ impl BlockDriverState {
             backing_ancestors: RefCell::new(Vec::new()),
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
+            dirty_bitmaps: RefCell::new(Vec::new()),
         }
     }
 
@@ -330,6 +333,7 @@ impl BlockDriverState {
             self.co_flush().await
         };
         let closed = self.drv().close(self).await;
+        self.release_named_dirty_bitmaps();
         flushed.and(closed)
     }
 }

@@ -73,13 +73,37 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// Counts a write when it finishes (bdrv_co_write_req_finish's write_gen): a flush tells
-/// from the count whether anything was written since the last one.
-pub(super) struct WriteGenGuard<'a>(pub(super) &'a BlockDriverState);
+/// Finishes a write when it ends, whether it succeeded or not (bdrv_co_write_req_finish):
+/// counts it in write_gen, so that a flush tells whether anything was written since the last
+/// one, and marks its range in the node's enabled dirty bitmaps.
+pub(super) struct WriteGenGuard<'a> {
+    bs: &'a BlockDriverState,
+    dirty: Option<(u64, u64)>,
+}
+
+impl<'a> WriteGenGuard<'a> {
+    /// A request that changes no guest data (truncate).
+    pub(super) fn new(bs: &'a BlockDriverState) -> Self {
+        WriteGenGuard { bs, dirty: None }
+    }
+
+    /// A write, write-zeroes or discard of `bytes` at `offset`.
+    pub(super) fn dirtying(bs: &'a BlockDriverState, offset: u64, bytes: u64) -> Self {
+        WriteGenGuard {
+            bs,
+            dirty: Some((offset, bytes)),
+        }
+    }
+}
 
 impl Drop for WriteGenGuard<'_> {
     fn drop(&mut self) {
-        self.0.write_gen.set(self.0.write_gen.get() + 1);
+        self.bs.write_gen.set(self.bs.write_gen.get() + 1);
+        if let Some((offset, bytes)) = self.dirty {
+            if bytes > 0 {
+                self.bs.set_dirty(offset, bytes);
+            }
+        }
     }
 }
 

@@ -123,10 +123,10 @@ impl BlockDriverState {
             return Err(Error::from_errno(libc::ENOTSUP));
         }
         let _in_flight = InFlightGuard::new(self);
-        let _gen = WriteGenGuard(self);
         let align = self.limits().request_alignment as u64;
         let start = round_down(offset, align);
         let end = round_up(offset + bytes, align);
+        let _gen = WriteGenGuard::dirtying(self, start, end - start);
         if start == offset && end == offset + bytes {
             let _req = self
                 .track(offset, bytes, flags.contains(RequestFlags::SERIALISING))

@@ -44,7 +44,7 @@ impl BlockDriverState {
         }
         if tail_start > head_end {
             let _in_flight = InFlightGuard::new(self);
-            let _gen = WriteGenGuard(self);
+            let _gen = WriteGenGuard::dirtying(self, head_end, tail_start - head_end);
             let _req = self.track(head_end, tail_start - head_end, false).await;
             self.aligned_pwrite_zeroes(head_end, tail_start - head_end, flags)
                 .await?;
@@ -138,7 +138,7 @@ impl BlockDriverState {
             return Ok(());
         }
         let _in_flight = InFlightGuard::new(self);
-        let _gen = WriteGenGuard(self);
+        let _gen = WriteGenGuard::dirtying(self, offset, bytes);
         let limits = self.limits();
         let align = (limits.pdiscard_alignment as u64)
             .max(limits.request_alignment as u64)
@@ -213,14 +213,15 @@ impl BlockDriverState {
             return Err(Error::new(libc::EACCES, "Image is read-only"));
         }
         let _in_flight = InFlightGuard::new(self);
-        let _gen = WriteGenGuard(self);
+        let _gen = WriteGenGuard::new(self);
         let _req = self
             .track(offset.min(self.total_bytes.get()), u64::MAX / 2, true)
             .await;
         self.drv()
             .co_truncate(self, offset, exact, prealloc)
             .await?;
-        self.refresh_total_bytes().await?;
+        let len = self.refresh_total_bytes().await?;
+        self.truncate_dirty_bitmaps(len);
         Ok(())
     }
 }

@@ -108,10 +108,16 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("bdrv_co_pdiscard", "bs, offset, bytes", "a discard reaches one node", ""),
     ev("bdrv_co_flush", "bs", "a flush reaches one node", ""),
     ev("bdrv_co_truncate", "bs, offset", "a node is resized", ""),
+    // Dirty bitmaps (block/dirty-bitmap.c, util/hbitmap.c).
+    ev("bdrv_dirty_bitmap_create", "bs, name, granularity", "a dirty bitmap is added to a node", ""),
+    ev("bdrv_dirty_bitmap_release", "bs, name", "a dirty bitmap is dropped from a node", ""),
+    ev("bdrv_dirty_bitmap_set", "name, offset, bytes", "a completed write marks its range in an enabled bitmap", "hbitmap_set"),
     // qcow2 (block/qcow2*.c).
     ev("qcow2_co_preadv_part", "offset, bytes, cluster type", "qcow2 maps one piece of a read", ""),
     ev("qcow2_writev_data", "host offset, bytes, cow head+tail", "qcow2 writes guest data at its host offset", "qcow2_writev_data"),
     ev("qcow2_wait_dependency", "offset", "a write waits for an overlapping cluster allocation", ""),
+    ev("qcow2_load_dirty_bitmaps", "nb_bitmaps, directory offset", "the bitmap directory is loaded at open", ""),
+    ev("qcow2_store_persistent_dirty_bitmaps", "nb_bitmaps", "persistent bitmaps are written to the image", ""),
     ev("qcow2_l2_allocate", "l1_index, offset", "a new L2 table is allocated", "qcow2_l2_allocate"),
     ev("qcow2_cache_entry_flush", "cache, offset", "a dirty L2 or refcount table is written back", "qcow2_cache_entry_flush"),
     ev("qcow2_alloc_clusters", "offset, n", "host clusters are allocated", ""),

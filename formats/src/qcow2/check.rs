@@ -23,7 +23,7 @@ use super::state::{decode_table, Meta};
 use super::Qcow2;
 
 /// The references counted by walking the metadata.
-pub(super) struct Refs {
+pub(crate) struct Refs {
     pub(super) counts: Vec<u64>,
     /// The refcount structure itself is broken: only a rebuild repairs it.
     broken_structure: bool,
@@ -33,7 +33,7 @@ pub(super) struct Refs {
 
 impl Refs {
     /// Counts one reference to every cluster of a range (inc_refcounts).
-    fn inc(&mut self, res: &mut CheckResult, offset: u64, size: u64) {
+    pub(crate) fn inc(&mut self, res: &mut CheckResult, offset: u64, size: u64) {
         if size == 0 {
             return;
         }
@@ -147,7 +147,7 @@ impl Meta {
                 refs.broken_structure = true;
             }
         }
-        Ok(())
+        self.count_bitmaps(res, refs).await
     }
 
     /// Counts the snapshot table and every snapshot's L1/L2/data clusters.

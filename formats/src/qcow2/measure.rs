@@ -11,10 +11,8 @@
 use block::driver::{PreallocMode, StatusFlags};
 use block::{BlockDriverState, Error, Options, Result};
 
-use super::header::{AUTOCLEAR_BITMAPS, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS};
-
-/// Magic of the bitmaps header extension (QCOW2_EXT_MAGIC_BITMAPS).
-const EXT_BITMAPS: u32 = 0x2385_2875;
+use super::bitmaps::persistent_dirty_bitmap_size;
+use super::header::{MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS};
 
 /// What a measurement answers (QEMU's BlockMeasureInfo).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,28 +135,6 @@ async fn allocated_bytes(input: &BlockDriverState, cluster_size: u64) -> Result<
     Ok(required)
 }
 
-/// Whether `bs` is a qcow2 v3 node, which could carry persistent bitmaps
-/// (qcow2_supports_persistent_dirty_bitmap).
-fn holds_persistent_bitmaps(bs: &BlockDriverState) -> Result<bool> {
-    let Some(q) = bs.drv().as_any().downcast_ref::<super::Qcow2>() else {
-        return Ok(false);
-    };
-    let h = q.info.borrow();
-    if h.version < 3 {
-        return Ok(false);
-    }
-    let has_bitmaps = h.autoclear_features & AUTOCLEAR_BITMAPS != 0
-        && h.other_extensions
-            .iter()
-            .any(|(magic, _)| *magic == EXT_BITMAPS);
-    if has_bitmaps {
-        return Err(Error::not_supported(
-            "qcow2: measuring persistent dirty bitmaps is not supported by rqemu",
-        ));
-    }
-    Ok(true)
-}
-
 /// Measures an image of the options `opts` (creation options, `size` included), converted
 /// from `input` when given (qcow2_measure).
 pub async fn measure(opts: &mut Options, input: Option<&BlockDriverState>) -> Result<Measurement> {
@@ -191,8 +167,11 @@ pub async fn measure(opts: &mut Options, input: Option<&BlockDriverState>) -> Re
         required = virtual_size;
     }
     let fully_allocated = prealloc_size(virtual_size, &shape);
+    // Bitmaps count only when both sides could hold them.
     let bitmaps = match input {
-        Some(bs) if shape.version >= 3 && holds_persistent_bitmaps(bs)? => Some(0),
+        Some(bs) if shape.version >= 3 && bs.supports_persistent_dirty_bitmap() => {
+            Some(persistent_dirty_bitmap_size(bs, cs))
+        }
         _ => None,
     };
     Ok(Measurement {

@@ -13,6 +13,7 @@
 
 pub mod amend;
 mod amend_walk;
+pub mod bitmaps;
 pub mod cache;
 pub mod check;
 pub mod cluster;
@@ -23,6 +24,7 @@ pub mod header;
 pub mod l2;
 pub mod mapping;
 pub mod measure;
+mod open_options;
 mod read;
 pub mod rebuild;
 pub mod refcount;
@@ -50,6 +52,7 @@ use cluster::InflightAlloc;
 use data_file::DataFile;
 use header::{CompressionType, Header};
 use l2::Geometry;
+use open_options::{refuse_unimplemented, take_lazy_refcounts, take_runtime_options};
 use state::Meta;
 
 /// The class registered as `qcow2`.
@@ -104,6 +107,8 @@ pub struct Qcow2 {
     snapshot_infos: RefCell<Vec<block::snapshot::SnapshotInfo>>,
     /// Whether the image looks metadata-preallocated, once block status asked.
     metadata_preallocation: Cell<Option<bool>>,
+    /// The bitmap directory as last read or written, for `info`.
+    bitmap_dir: RefCell<Vec<bitmaps::directory::DirEntry>>,
 }
 
 async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
@@ -116,57 +121,6 @@ async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
         return Ok(head);
     }
     read_bytes(file, 0, 1 << bits).await
-}
-
-/// Refuses what this driver does not implement, naming it.
-fn refuse_unimplemented(h: &Header) -> Result<()> {
-    h.check_incompatible()?;
-    if h.crypt_method != 0 {
-        return Err(Error::not_supported(
-            "qcow2: encrypted images (AES or LUKS) are not supported by rqemu",
-        ));
-    }
-    Ok(())
-}
-
-/// Whether refcount updates may be deferred behind the dirty bit: the `lazy-refcounts`
-/// option, by default the header's compatible bit (QCOW2_OPT_LAZY_REFCOUNTS).
-fn take_lazy_refcounts(options: &mut Options, h: &Header) -> Result<bool> {
-    let lazy = options
-        .take_bool("lazy-refcounts")?
-        .unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0);
-    if lazy && h.version < 3 {
-        return Err(Error::invalid(
-            "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
-        ));
-    }
-    Ok(lazy)
-}
-
-/// Takes the other qcow2 runtime options QEMU accepts (discard and overlap-check policies,
-/// which this driver fixes at QEMU's defaults).
-fn take_runtime_options(options: &mut Options) -> Result<()> {
-    for key in [
-        "l2-cache-size",
-        "refcount-cache-size",
-        "cache-size",
-        "l2-cache-entry-size",
-    ] {
-        options.take_size(key)?;
-    }
-    options.take_u64("cache-clean-interval")?;
-    for key in [
-        "pass-discard-request",
-        "pass-discard-snapshot",
-        "pass-discard-other",
-        "discard-no-unref",
-    ] {
-        options.take_bool(key)?;
-    }
-    for key in ["overlap-check", "overlap-check.template"] {
-        options.take(key);
-    }
-    Ok(())
 }
 
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
@@ -190,10 +144,12 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     let data = data_file::open(bs, &h, options).await?;
     let g = Geometry::new(&h);
     let dirty = h.incompatible_features & header::INCOMPAT_DIRTY != 0;
-    // Of the autoclear structures only the raw data file is maintained here: declare the
-    // others stale.
-    let kept = h.autoclear_features & header::AUTOCLEAR_DATA_FILE_RAW;
-    let stale_autoclear = writable && h.autoclear_features != kept;
+    // Autoclear bits this driver does not know are cleared: what they guarded is stale.
+    let kept = h.autoclear_features & (header::AUTOCLEAR_DATA_FILE_RAW | header::AUTOCLEAR_BITMAPS);
+    if h.bitmaps_stale {
+        bitmaps::warn_stale(h.version);
+    }
+    let stale_autoclear = writable && (h.autoclear_features != kept || h.bitmaps_stale);
     if stale_autoclear {
         h.autoclear_features = kept;
     }
@@ -214,15 +170,15 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         data,
         snapshot_infos: RefCell::new(Vec::new()),
         metadata_preallocation: Cell::new(None),
+        bitmap_dir: RefCell::new(Vec::new()),
     };
     q.publish_snapshots(&*q.meta.lock().await);
-    if writable {
-        let mut meta = q.meta.lock().await;
-        if stale_autoclear {
-            meta.write_header().await?;
-            meta.file.co_flush().await?;
-        }
+    let mut meta = q.meta.lock().await;
+    if stale_autoclear {
+        meta.write_header_sync().await?;
     }
+    q.load_dirty_bitmaps(bs, &mut meta).await?;
+    drop(meta);
     open_backing(bs, &h, backing_opt, backing_opts).await?;
     Ok(Box::new(q))
 }
@@ -405,6 +361,7 @@ impl BlockDriver for Qcow2 {
         prealloc: PreallocMode,
     ) -> Result<()> {
         self.repair_if_dirty(bs).await?;
+        self.truncate_bitmaps_check(bs)?;
         self.truncate(bs, offset, exact, prealloc).await
     }
 
@@ -455,10 +412,21 @@ impl BlockDriver for Qcow2 {
                 "compat": "1.1",
                 "compression-type": h.compression_type.name(),
                 "lazy-refcounts": h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0,
-                "refcount-bits": h.refcount_bits(),
-                "corrupt": h.incompatible_features & header::INCOMPAT_CORRUPT != 0,
-                "extended-l2": h.extended_l2(),
             });
+            let dir = self.bitmap_dir.borrow();
+            if !dir.is_empty() {
+                data["bitmaps"] = bitmaps::info_list(&dir);
+            }
+            data.as_object_mut().unwrap().extend(
+                serde_json::json!({
+                    "refcount-bits": h.refcount_bits(),
+                    "corrupt": h.incompatible_features & header::INCOMPAT_CORRUPT != 0,
+                    "extended-l2": h.extended_l2(),
+                })
+                .as_object()
+                .unwrap()
+                .clone(),
+            );
             if let Some(name) = &h.data_file {
                 data["data-file"] = serde_json::json!(name);
             }
@@ -561,9 +529,16 @@ impl BlockDriver for Qcow2 {
         if bs.is_read_only() {
             return Ok(());
         }
-        // Each cache is written back and reported on its own, and the image is marked
-        // clean only when both made it (qcow2_inactivate).
+        // Bitmaps first, then each cache is written back and reported on its own, and the
+        // image is marked clean only when all made it (qcow2_inactivate).
         let mut meta = self.meta.lock().await;
+        let stored = self.store_persistent_dirty_bitmaps(bs, &mut meta).await;
+        if let Err(e) = &stored {
+            block::error::error_report(&format!(
+                "Lost persistent bitmaps during inactivation of node '{}': {e}",
+                bs.node_name()
+            ));
+        }
         let mut result = Ok(());
         for (which, name) in [
             (cache::Which::L2, "L2 table"),
@@ -579,7 +554,33 @@ impl BlockDriver for Qcow2 {
             }
         }
         result?;
+        // As in QEMU, lost bitmaps keep the image from being marked clean but do not make
+        // closing fail.
+        if stored.is_err() {
+            return Ok(());
+        }
         self.mark_clean(&mut meta).await
+    }
+
+    fn supports_persistent_dirty_bitmap(&self, _bs: &BlockDriverState) -> bool {
+        self.info.borrow().version >= 3
+    }
+
+    async fn co_can_store_new_dirty_bitmap(
+        &self,
+        bs: &BlockDriverState,
+        name: &str,
+        granularity: u32,
+    ) -> Result<()> {
+        self.can_store_new_dirty_bitmap(bs, name, granularity).await
+    }
+
+    async fn co_remove_persistent_dirty_bitmap(
+        &self,
+        _bs: &BlockDriverState,
+        name: &str,
+    ) -> Result<()> {
+        self.remove_persistent_dirty_bitmap(name).await
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -9,6 +9,7 @@ use block::{BlockBackend, OpenFlags, Options, RequestFlags};
 use super::cli::{self, error_report, long, OpenSpec};
 use super::cli::{OPT_BITMAPS, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_SALVAGE, OPT_SKIP_BROKEN};
 use super::cli::{OPT_TARGET_IMAGE_OPTS, OPT_TARGET_IS_ZERO};
+use super::convert_bitmaps;
 use super::convert_copy::{ConvertState, SECTOR};
 use super::create::accumulate_options;
 use super::create_opts::{has_help_option, print_block_option_help, CreateOpts};
@@ -225,10 +226,25 @@ async fn convert(
             return false;
         }
     }
+    if a.bitmaps {
+        let fine = if src.len() > 1 {
+            error_report("Copying bitmaps only possible with single source");
+            false
+        } else {
+            convert_bitmaps::check_source(src[0].bs(), a.skip_broken)
+        };
+        if !fine {
+            progress.end();
+            close_all(src).await;
+            return false;
+        }
+    }
     let total_bytes: u64 = src.iter().map(|b| b.getlength()).sum();
     let result = match prepare_target(a, out, total_bytes, src.len()).await {
         Some((target, target_has_backing)) => {
             copy(a, src.clone(), target.clone(), target_has_backing, progress).await
+                && (!a.bitmaps
+                    || convert_bitmaps::copy(src[0].bs(), target.bs(), a.skip_broken).await)
                 && cli::close(&target).await
         }
         None => {
@@ -236,10 +252,15 @@ async fn convert(
             false
         }
     };
+    close_all(src).await;
+    result
+}
+
+/// Closes the sources; what they fail to write back is not the conversion's concern.
+async fn close_all(src: Vec<Rc<BlockBackend>>) {
     for s in src {
         let _ = s.close().await;
     }
-    result
 }
 
 /// Creates (unless -n) and opens the target; reports errors. Returns it and whether it has
@@ -274,6 +295,9 @@ async fn prepare_target(
         }
     }
     let target = open_target(a, out).await?;
+    if a.bitmaps && !convert_bitmaps::check_target(target.bs()) {
+        return None;
+    }
     let can_compress = target
         .bs()
         .drv()
@@ -315,13 +339,6 @@ fn check_target(
         if opt("preallocation").is_some_and(|p| p != "off") {
             return Err("Compression and preallocation not supported at the same time");
         }
-    }
-    if a.bitmaps {
-        return Err(if nsrc > 1 {
-            "Copying bitmaps only possible with single source"
-        } else {
-            "Source lacks bitmap support"
-        });
     }
     if a.copy_range {
         return Err("Copy offloading (-C) is not supported by rqemu-img yet");

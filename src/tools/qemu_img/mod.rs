@@ -9,11 +9,13 @@
 
 pub mod amend;
 pub mod bench;
+pub mod bitmap;
 pub mod check;
 pub mod cli;
 pub mod commit;
 pub mod compare;
 pub mod convert;
+pub mod convert_bitmaps;
 pub mod convert_copy;
 pub mod create;
 pub mod create_opts;
@@ -37,9 +39,6 @@ struct Command {
     run: fn(&[String]) -> i32,
 }
 
-/// Subcommands qemu-img 10.0.2 has that rqemu-img does not implement yet.
-const NOT_YET: &[&str] = &["bitmap"];
-
 const COMMANDS: &[Command] = &[
     Command {
         name: "amend",
@@ -48,6 +47,10 @@ const COMMANDS: &[Command] = &[
     Command {
         name: "bench",
         run: bench::run,
+    },
+    Command {
+        name: "bitmap",
+        run: bitmap::run,
     },
     Command {
         name: "check",
@@ -144,12 +147,6 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     if let Some(cmd) = COMMANDS.iter().find(|c| c.name == name) {
         return (cmd.run)(&parsed.operands);
-    }
-    if NOT_YET.contains(&name.as_str()) {
-        cli::error_report(&format!(
-            "The '{name}' command is not supported by rqemu-img yet"
-        ));
-        return 1;
     }
     error_exit(&format!("Command not found: {name}"))
 }

@@ -6,9 +6,14 @@
 use block::{Error, Result};
 
 use super::{
-    be32, err, Header, EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_END, EXT_FEATURE_TABLE,
-    MAX_BACKING_NAME,
+    be32, be64, err, BitmapsExt, Header, AUTOCLEAR_BITMAPS, EXT_BACKING_FORMAT, EXT_BITMAPS,
+    EXT_DATA_FILE, EXT_END, EXT_FEATURE_TABLE, MAX_BACKING_NAME,
 };
+
+/// Most bitmaps an image may hold (QCOW2_MAX_BITMAPS).
+pub const MAX_BITMAPS: u32 = 65535;
+/// Largest bitmap directory (QCOW2_MAX_BITMAP_DIRECTORY_SIZE).
+pub const MAX_BITMAP_DIRECTORY_SIZE: u64 = 1024 * MAX_BITMAPS as u64;
 
 /// One entry of the feature name table extension.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,10 +75,51 @@ impl Header {
                 EXT_DATA_FILE => {
                     self.data_file = Some(String::from_utf8_lossy(data).into_owned());
                 }
+                EXT_BITMAPS => self.parse_bitmaps_ext(data)?,
                 _ => self.other_extensions.push((ty, data.to_vec())),
             }
             pos += len.next_multiple_of(8);
         }
+        Ok(())
+    }
+
+    /// Takes the bitmaps extension, with QEMU's checks; without its autoclear bit the
+    /// extension is stale and dropped (qcow2_read_extensions).
+    fn parse_bitmaps_ext(&mut self, data: &[u8]) -> Result<()> {
+        if data.len() != 24 {
+            return Err(err("bitmaps_ext: Invalid extension length"));
+        }
+        if self.autoclear_features & AUTOCLEAR_BITMAPS == 0 {
+            self.bitmaps_stale = true;
+            return Ok(());
+        }
+        if be32(data, 4) != 0 {
+            return Err(err("bitmaps_ext: Reserved field is not zero"));
+        }
+        let ext = BitmapsExt {
+            nb_bitmaps: be32(data, 0),
+            directory_size: be64(data, 8),
+            directory_offset: be64(data, 16),
+        };
+        if ext.nb_bitmaps > MAX_BITMAPS {
+            return Err(err(format!(
+                "bitmaps_ext: Image has {} bitmaps, exceeding the QEMU supported maximum of {MAX_BITMAPS}",
+                ext.nb_bitmaps
+            )));
+        }
+        if ext.nb_bitmaps == 0 {
+            return Err(err("found bitmaps extension with zero bitmaps"));
+        }
+        if !ext.directory_offset.is_multiple_of(self.cluster_size()) {
+            return Err(err("bitmaps_ext: invalid bitmap directory offset"));
+        }
+        if ext.directory_size > MAX_BITMAP_DIRECTORY_SIZE {
+            return Err(err(format!(
+                "bitmaps_ext: bitmap directory size ({}) exceeds the maximum supported size ({MAX_BITMAP_DIRECTORY_SIZE})",
+                ext.directory_size
+            )));
+        }
+        self.bitmaps = Some(ext);
         Ok(())
     }
 
@@ -127,6 +173,16 @@ pub(super) fn feature_table_bytes(names: &[FeatureName]) -> Vec<u8> {
         out.extend_from_slice(&e);
     }
     out
+}
+
+/// The bitmaps extension's 24 bytes.
+pub(super) fn bitmaps_ext_bytes(ext: &BitmapsExt) -> Vec<u8> {
+    let mut b = Vec::with_capacity(24);
+    b.extend_from_slice(&ext.nb_bitmaps.to_be_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&ext.directory_size.to_be_bytes());
+    b.extend_from_slice(&ext.directory_offset.to_be_bytes());
+    b
 }
 
 /// Appends one extension (type, length, data padded to 8 bytes).

@@ -12,7 +12,7 @@ mod extensions;
 use block::{Error, Result};
 
 use extensions::{feature_table_bytes, push_ext};
-pub use extensions::{FeatureName, QEMU_FEATURE_NAMES};
+pub use extensions::{FeatureName, MAX_BITMAPS, MAX_BITMAP_DIRECTORY_SIZE, QEMU_FEATURE_NAMES};
 
 /// The magic at offset 0: "QFI\xfb".
 pub const QCOW_MAGIC: u32 = 0x5146_49fb;
@@ -61,6 +61,19 @@ pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
 /// Header extension: external data file name.
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Header extension: where the bitmap directory is.
+pub const EXT_BITMAPS: u32 = 0x2385_2875;
+
+/// The bitmaps extension: the bitmap directory's place and size (Qcow2BitmapHeaderExt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BitmapsExt {
+    /// Bitmaps in the directory.
+    pub nb_bitmaps: u32,
+    /// Bytes of the directory.
+    pub directory_size: u64,
+    /// Host offset of the directory.
+    pub directory_offset: u64,
+}
 
 /// Compression types (header byte 104).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +141,11 @@ pub struct Header {
     pub data_file: Option<String>,
     /// The feature name table.
     pub feature_names: Vec<FeatureName>,
+    /// The bitmaps extension, when present and valid (its autoclear bit set).
+    pub bitmaps: Option<BitmapsExt>,
+    /// A bitmaps extension was found without its autoclear bit: a program unaware of
+    /// bitmaps wrote the image, and the extension is dropped.
+    pub bitmaps_stale: bool,
     /// Extensions this driver does not interpret, kept to be written back unchanged.
     pub other_extensions: Vec<(u32, Vec<u8>)>,
 }
@@ -136,7 +154,7 @@ pub(super) fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+pub(super) fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
 }
 
@@ -181,6 +199,8 @@ impl Header {
             } else {
                 Vec::new()
             },
+            bitmaps: None,
+            bitmaps_stale: false,
             other_extensions: Vec::new(),
         }
     }
@@ -381,6 +401,9 @@ impl Header {
                 EXT_FEATURE_TABLE,
                 &feature_table_bytes(&self.feature_names),
             );
+        }
+        if let Some(ext) = &self.bitmaps {
+            push_ext(&mut b, EXT_BITMAPS, &extensions::bitmaps_ext_bytes(ext));
         }
         for (ty, data) in &self.other_extensions {
             push_ext(&mut b, *ty, data);
