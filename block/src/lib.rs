@@ -19,6 +19,7 @@ pub mod debug_event;
 pub mod driver;
 pub mod error;
 pub mod filters;
+pub mod graph;
 pub mod io;
 pub mod iov;
 pub mod nbd;

@@ -26,6 +26,34 @@ struct Stdout {
 
 thread_local! {
     static STDOUT: RefCell<Stdout> = RefCell::new(Stdout::new());
+    /// While a monitor runs a qemu-io command, everything it prints is collected here.
+    static CAPTURE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with everything qemu-io prints (reports and errors alike) collected instead
+/// of written, as QEMU's monitor collects a `qemu-io` HMP command's output; returns `f`'s
+/// result and the text.
+pub async fn capture<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(String::new()));
+    let result = f.await;
+    let text = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (result, text)
+}
+
+/// Appends to the capture if one is active; false if the text should be written.
+fn captured(text: &str) -> bool {
+    CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+        Some(buf) => {
+            buf.push_str(text);
+            true
+        }
+        None => false,
+    })
+}
+
+/// Whether a monitor is collecting the output (error_report then names no program).
+pub fn capturing() -> bool {
+    CAPTURE.with(|c| c.borrow().is_some())
 }
 
 impl Stdout {
@@ -83,6 +111,9 @@ fn write_all(data: &[u8]) {
 /// Appends formatted text to stdout's buffer (qemu-io's `printf`).
 pub fn print(args: std::fmt::Arguments<'_>) {
     let text = std::fmt::format(args);
+    if captured(&text) {
+        return;
+    }
     let ready = STDOUT.with(|s| s.borrow_mut().push(text.as_bytes()));
     if !ready.is_empty() {
         write_all(&ready);
@@ -97,6 +128,9 @@ pub fn flush() {
 /// Writes an error line to stderr at once, flushing nothing (`fprintf(stderr, ...)`).
 pub fn eprint(args: std::fmt::Arguments<'_>) {
     let text = std::fmt::format(args);
+    if captured(&text) {
+        return;
+    }
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
@@ -109,10 +143,14 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::tools::qemu_io::output::print(format_args!($($arg)*)) };
 }
 
-/// `error_report`: "qemu-io: " and the message on stderr.
+/// `error_report`: "qemu-io: " and the message on stderr (in a monitor, the message only).
 macro_rules! report {
     ($($arg:tt)*) => {
-        $crate::tools::qemu_io::output::eprint(format_args!("qemu-io: {}\n", format_args!($($arg)*)))
+        $crate::tools::qemu_io::output::eprint(format_args!(
+            "{}{}\n",
+            if $crate::tools::qemu_io::output::capturing() { "" } else { "qemu-io: " },
+            format_args!($($arg)*)
+        ))
     };
 }
 
