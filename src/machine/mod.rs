@@ -309,6 +309,9 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
     if cfg.accel == crate::vm_config::Accel::Qtest {
         return qtest::run(cfg);
     }
+    if cfg.machine_none {
+        return Err("machine 'none' is supported by rqemu only with -accel qtest".to_string());
+    }
     if cfg.start_paused {
         return Err(
             "-S: starting a KVM guest paused is not supported by rqemu yet \

@@ -2,8 +2,8 @@
 //! (QEMU's monitor/hmp.c, monitor/hmp-cmds.c, block/monitor/block-hmp-cmds.c).
 //!
 //! Commands: `qemu-io [-d] DEVICE "COMMAND"` runs a qemu-io command line on a drive or node
-//! with the same command set as rqemu-io, its output collected as the command's reply, and
-//! `quit`. Others answer that they are unknown.
+//! with the same command set as rqemu-io (its reports go to stdout, as QEMU's printf, and its
+//! errors are the command's reply), and `quit`. Others answer that they are unknown.
 
 use std::io::{BufRead, BufReader, Write};
 
@@ -79,6 +79,7 @@ async fn hmp_qemu_io(words: &[String]) -> String {
         commands::run_line(&io, command).await;
     })
     .await;
+    output::flush();
     text
 }
 

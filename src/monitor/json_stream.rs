@@ -25,7 +25,8 @@ pub enum Piece {
 pub struct JsonStream {
     buf: Vec<u8>,
     depth: usize,
-    in_string: bool,
+    /// The quote that opened the string being read (QEMU also takes 'single quotes').
+    in_string: Option<u8>,
     escaped: bool,
 }
 
@@ -47,7 +48,7 @@ impl JsonStream {
 
     fn reset(&mut self) -> Vec<u8> {
         self.depth = 0;
-        self.in_string = false;
+        self.in_string = None;
         self.escaped = false;
         std::mem::take(&mut self.buf)
     }
@@ -57,17 +58,17 @@ impl JsonStream {
             self.reset();
             return Some(Piece::Garbage("JSON token size limit exceeded".into()));
         }
-        if self.in_string {
+        if let Some(quote) = self.in_string {
             match (self.escaped, b) {
                 (true, _) => self.escaped = false,
                 (false, b'\\') => self.escaped = true,
-                (false, b'"') => self.in_string = false,
+                (false, b) if b == quote => self.in_string = None,
                 _ => {}
             }
             return None;
         }
         match b {
-            b'"' => self.in_string = true,
+            b'"' | b'\'' => self.in_string = Some(b),
             b'{' | b'[' => {
                 self.depth += 1;
                 if self.depth > MAX_NESTING {
@@ -112,7 +113,9 @@ mod tests {
     #[test]
     fn messages_split_at_closing_brackets_across_reads() {
         let mut s = JsonStream::default();
-        assert!(s.feed(br#"{"execute": "a", "x": "}{"#).is_empty());
+        assert!(s
+            .feed(br#"{"execute": "a", 'y': '"}', "x": "}{"#)
+            .is_empty());
         let out = messages(s.feed(b"\"}\n{\"execute\":\"b\"}{\"c\":[1]}"));
         assert_eq!(
             out,

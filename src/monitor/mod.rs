@@ -116,6 +116,14 @@ where
     let _ = finished.recv();
 }
 
+/// Parses one message; QEMU's parser also takes 'single-quoted' strings.
+fn parse_message(bytes: &[u8]) -> Result<Value, String> {
+    let text = String::from_utf8_lossy(bytes);
+    serde_json::from_str::<Value>(&text)
+        .or_else(|_| serde_json::from_str(&block::options::single_quotes_to_double(&text)))
+        .map_err(|e| format!("JSON parse error, {}", e.to_string().to_lowercase()))
+}
+
 /// Serves one QMP client: the greeting, then requests until the client goes away.
 fn serve_qmp(mut conn: Connection, pretty: bool, main: &AioContextHandle) {
     let session = Arc::new(Session {
@@ -140,8 +148,7 @@ fn serve_qmp(mut conn: Connection, pretty: bool, main: &AioContextHandle) {
                         Arc::as_ptr(&session),
                         String::from_utf8_lossy(&bytes)
                     );
-                    serde_json::from_slice::<Value>(&bytes)
-                        .map_err(|e| format!("JSON parse error, {}", e.to_string().to_lowercase()))
+                    parse_message(&bytes)
                 }
                 Piece::Garbage(desc) => Err(desc),
             };

@@ -77,6 +77,8 @@ pub struct VmConfig {
     pub qtest: Option<ChardevBackend>,
     /// `-object iothread,id=`: the iothreads' ids.
     pub iothreads: Vec<String>,
+    /// `-M none`: QEMU's empty machine, which rqemu offers only under qtest.
+    pub machine_none: bool,
 }
 
 /// Which accelerator runs the machine (`-accel`, `-machine accel=`).
@@ -112,6 +114,7 @@ impl Default for VmConfig {
             monitors: Vec::new(),
             qtest: None,
             iothreads: Vec::new(),
+            machine_none: false,
         }
     }
 }
@@ -179,6 +182,7 @@ pub fn machine_help() -> String {
             "pc-i440fx-10.0",
             "Standard PC (i440FX + PIIX, 1996) (default)",
         ),
+        ("none", "empty machine"),
     ] {
         s.push_str(&format!("{name:<20} {desc}\n"));
     }
@@ -255,6 +259,9 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
         if name == "serial" {
             serial_given = true;
         }
+        if name == "device" && arg == "help" {
+            return Ok(Command::Print(usage::device_help()));
+        }
         if name == "device" {
             devices.push((ctx, arg.clone()));
             continue;
@@ -305,6 +312,7 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "kernel" => cfg.kernel = Some(PathBuf::from(arg)),
         "initrd" => cfg.initrd = Some(PathBuf::from(arg)),
         "append" => cfg.append = arg.to_string(),
+        "drive" if arg == "format=help" => return Ok(Some(usage::format_help())),
         "drive" => {
             parse_drive(cfg, arg)?;
             let virtio = cfg
@@ -401,7 +409,8 @@ fn parse_machine(cfg: &mut VmConfig, arg: &str) -> Result<Option<String>, String
     for (key, value) in opts.iter() {
         match (key, value) {
             ("type", "help") => return Ok(Some(machine_help())),
-            ("type", "pc" | "pc-i440fx-10.0") => {}
+            ("type", "pc" | "pc-i440fx-10.0") => cfg.machine_none = false,
+            ("type", "none") => cfg.machine_none = true,
             ("type", other) => {
                 return Err(format!(
                     "unsupported machine type: \"{other}\"\nUse -machine help to list supported machines"

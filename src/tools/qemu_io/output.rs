@@ -26,13 +26,13 @@ struct Stdout {
 
 thread_local! {
     static STDOUT: RefCell<Stdout> = RefCell::new(Stdout::new());
-    /// While a monitor runs a qemu-io command, everything it prints is collected here.
+    /// While a monitor runs a qemu-io command, the errors it reports are collected here.
     static CAPTURE: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with everything qemu-io prints (reports and errors alike) collected instead
-/// of written, as QEMU's monitor collects a `qemu-io` HMP command's output; returns `f`'s
-/// result and the text.
+/// Runs `f` with the errors qemu-io reports collected instead of written, as QEMU's
+/// monitor collects what error_report prints during an HMP `qemu-io` command (its other
+/// output still goes to stdout, as QEMU's printf does); returns `f`'s result and the text.
 pub async fn capture<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
     CAPTURE.with(|c| *c.borrow_mut() = Some(String::new()));
     let result = f.await;
@@ -40,20 +40,20 @@ pub async fn capture<T>(f: impl std::future::Future<Output = T>) -> (T, String) 
     (result, text)
 }
 
-/// Appends to the capture if one is active; false if the text should be written.
-fn captured(text: &str) -> bool {
-    CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+/// `error_report`: the message for the monitor collecting errors, else "qemu-io: " and
+/// the message on stderr.
+pub fn error_report(args: std::fmt::Arguments<'_>) {
+    let text = format!("{args}\n");
+    let taken = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
         Some(buf) => {
-            buf.push_str(text);
+            buf.push_str(&text);
             true
         }
         None => false,
-    })
-}
-
-/// Whether a monitor is collecting the output (error_report then names no program).
-pub fn capturing() -> bool {
-    CAPTURE.with(|c| c.borrow().is_some())
+    });
+    if !taken {
+        eprint(format_args!("qemu-io: {text}"));
+    }
 }
 
 impl Stdout {
@@ -111,9 +111,6 @@ fn write_all(data: &[u8]) {
 /// Appends formatted text to stdout's buffer (qemu-io's `printf`).
 pub fn print(args: std::fmt::Arguments<'_>) {
     let text = std::fmt::format(args);
-    if captured(&text) {
-        return;
-    }
     let ready = STDOUT.with(|s| s.borrow_mut().push(text.as_bytes()));
     if !ready.is_empty() {
         write_all(&ready);
@@ -128,9 +125,6 @@ pub fn flush() {
 /// Writes an error line to stderr at once, flushing nothing (`fprintf(stderr, ...)`).
 pub fn eprint(args: std::fmt::Arguments<'_>) {
     let text = std::fmt::format(args);
-    if captured(&text) {
-        return;
-    }
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
@@ -146,11 +140,7 @@ macro_rules! out {
 /// `error_report`: "qemu-io: " and the message on stderr (in a monitor, the message only).
 macro_rules! report {
     ($($arg:tt)*) => {
-        $crate::tools::qemu_io::output::eprint(format_args!(
-            "{}{}\n",
-            if $crate::tools::qemu_io::output::capturing() { "" } else { "qemu-io: " },
-            format_args!($($arg)*)
-        ))
+        $crate::tools::qemu_io::output::error_report(format_args!($($arg)*))
     };
 }
 
