@@ -6,8 +6,7 @@
 //! there as a coroutine, because commands touch the block graph, which belongs to that
 //! thread's AioContext. The reader waits for the reply before it reads the next request,
 //! so a monitor's commands run one at a time, in order, as QEMU's in-band commands do.
-//! Replies and events are written from the main loop, so an event a command raises after
-//! its reply (SHUTDOWN after `quit`) is never overtaken by it.
+//! Replies and events are written from the main loop, in the order they happen.
 //!
 //! Modules: [`channel`] (the chardev connections), [`json_stream`] (cutting the input into
 //! messages), [`events`] (broadcast with timestamps),
@@ -167,8 +166,5 @@ fn serve_qmp(mut conn: Connection, pretty: bool, main: &AioContextHandle) {
             }
         }
     }
-    // Events the last commands raised from bottom halves (SHUTDOWN after `quit`) still
-    // reach this client: they were scheduled before this no-op, so they run first.
-    run_on_main_loop(main, || async {});
     lock(&SESSIONS).retain(|s| !Arc::ptr_eq(s, &session));
 }

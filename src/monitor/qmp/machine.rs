@@ -141,15 +141,14 @@ pub async fn system_reset(args: Args) -> CmdResult {
     Ok(json!({}))
 }
 
-/// `quit`: replies, then raises SHUTDOWN and ends the run (after the reply is written).
+/// `quit`: raises SHUTDOWN (before the reply, as QEMU's shutdown request does) and ends
+/// the run once the reply is written.
 pub async fn quit(args: Args) -> CmdResult {
     args.finish()?;
-    block::AioContext::current().schedule_bh(|| {
-        events::emit(
-            "SHUTDOWN",
-            Some(json!({"guest": false, "reason": "host-qmp-quit"})),
-        );
-        crate::runstate::request_stop();
-    });
+    events::emit(
+        "SHUTDOWN",
+        Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+    );
+    block::AioContext::current().schedule_bh(crate::runstate::request_stop);
     Ok(json!({}))
 }
