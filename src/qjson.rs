@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn compact_separates_members_with_comma_space() {
         let v = json!({"return": {}, "list": [1, "é"]});
-        assert_eq!(to_compact(&v), r#"{"return": {}, "list": [1, "\u00E9"]}"#);
+        assert_eq!(to_compact(&v), r#"{"list": [1, "\u00E9"], "return": {}}"#);
     }
 
     #[test]

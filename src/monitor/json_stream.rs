@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(
             out,
             [
-                r#"{"execute": "a", "x": "}{"}"#,
+                r#"{"execute": "a", 'y': '"}', "x": "}{"}"#,
                 r#"{"execute":"b"}"#,
                 r#"{"c":[1]}"#
             ]

@@ -85,6 +85,30 @@ const OPTIONS: &[(&str, &str)] = &[
         "accepted: there is no display or network",
     ),
     ("-nodefaults", "accepted: there are no default devices"),
+    (
+        "-accel kvm|qtest",
+        "run the guest under KVM, or no vCPU at all (a test drives the monitor)",
+    ),
+    ("-S", "start paused (with -accel qtest)"),
+    (
+        "-chardev socket,id=ID,path=P|fd=N[,server=on,wait=off]",
+        "a monitor's or qtest's connection (also stdio,id= and null,id=)",
+    ),
+    (
+        "-mon chardev=ID[,mode=control|readline]",
+        "a monitor on a -chardev",
+    ),
+    (
+        "-qmp unix:PATH,server=on,wait=off|stdio",
+        "a QMP monitor (-qmp-pretty: indented replies)",
+    ),
+    ("-qmp-pretty stdio", "a QMP monitor with indented replies"),
+    ("-monitor stdio|none|null", "a human monitor"),
+    (
+        "-qtest chardev:ID|unix:PATH",
+        "the qtest protocol (with -accel qtest)",
+    ),
+    ("-incoming ADDR", "refused: migration is not supported"),
     ("-no-reboot", "exit instead of rebooting"),
     (
         "-trace [[enable=]PATTERN][,events=FILE][,file=FILE][,thread=on|off]",
@@ -149,4 +173,3 @@ mod tests {
         }
     }
 }
-
