@@ -9,7 +9,7 @@
 //!   completion callback **from a bottom half**, never inside the submitting call, even when
 //!   the request could finish immediately. Device code is therefore never re-entered.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::aio::AioContext;
@@ -27,7 +27,8 @@ pub type CompletionFn = Box<dyn FnOnce(Result<()>)>;
 
 /// The user-facing handle of a block graph.
 pub struct BlockBackend {
-    root: Rc<BlockDriverState>,
+    /// Swapped by graph changes above the device (a live snapshot's new overlay).
+    root: RefCell<Rc<BlockDriverState>>,
     ctx: Rc<AioContext>,
     in_flight: InFlight,
     write_cache: Cell<bool>,
@@ -83,7 +84,7 @@ impl BlockBackend {
     pub fn new(root: Rc<BlockDriverState>) -> Rc<BlockBackend> {
         let write_cache = root.open_flags().cache.writeback;
         Rc::new(BlockBackend {
-            root,
+            root: RefCell::new(root),
             ctx: AioContext::current(),
             in_flight: InFlight::default(),
             write_cache: Cell::new(write_cache),
@@ -102,13 +103,21 @@ impl BlockBackend {
     }
 
     /// The root node.
-    pub fn bs(&self) -> &Rc<BlockDriverState> {
-        &self.root
+    pub fn bs(&self) -> Rc<BlockDriverState> {
+        self.root.borrow().clone()
+    }
+
+    /// Points the backend at another root once the requests in flight have drained
+    /// (blk_replace_bs / bdrv_replace_node for the BlockBackend parent): later requests go
+    /// to `new`, which usually has the old root below it (a snapshot overlay).
+    pub async fn replace_root(&self, new: Rc<BlockDriverState>) {
+        self.drain().await;
+        *self.root.borrow_mut() = new;
     }
 
     /// The device size in bytes.
     pub fn getlength(&self) -> u64 {
-        self.root.getlength()
+        self.bs().getlength()
     }
 
     /// Whether writes complete only once stable (writethrough) or once cached (writeback).
@@ -123,7 +132,7 @@ impl BlockBackend {
 
     /// Whether the root is read-only.
     pub fn is_read_only(&self) -> bool {
-        self.root.is_read_only()
+        self.bs().is_read_only()
     }
 
     /// Requests past the device's end fail with EIO (blk_check_byte_request).
@@ -186,7 +195,7 @@ impl BlockBackend {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        self.counted(self.root.co_truncate(offset, exact, prealloc))
+        self.counted(self.bs().co_truncate(offset, exact, prealloc))
             .await
     }
 
@@ -197,13 +206,13 @@ impl BlockBackend {
             blk_co_preadv,
             "blk {:p} bs {:p} offset {} bytes {} flags 0x{:x}",
             self,
-            Rc::as_ptr(&self.root),
+            Rc::as_ptr(&self.bs()),
             offset,
             qiov.len(),
             flags.bits()
         );
         self.check_byte_request(offset, qiov.len() as u64)?;
-        self.root.co_preadv(offset, qiov, flags).await
+        self.bs().co_preadv(offset, qiov, flags).await
     }
 
     async fn do_pwritev(&self, offset: u64, qiov: &IoVector, flags: RequestFlags) -> Result<()> {
@@ -211,13 +220,13 @@ impl BlockBackend {
             blk_co_pwritev,
             "blk {:p} bs {:p} offset {} bytes {} flags 0x{:x}",
             self,
-            Rc::as_ptr(&self.root),
+            Rc::as_ptr(&self.bs()),
             offset,
             qiov.len(),
             flags.bits()
         );
         self.check_byte_request(offset, qiov.len() as u64)?;
-        self.root
+        self.bs()
             .co_pwritev(offset, qiov, self.write_flags(flags))
             .await
     }
@@ -232,7 +241,7 @@ impl BlockBackend {
             flags.bits()
         );
         self.check_byte_request(offset, bytes)?;
-        self.root
+        self.bs()
             .co_pwrite_zeroes(offset, bytes, self.write_flags(flags))
             .await
     }
@@ -246,12 +255,12 @@ impl BlockBackend {
             bytes
         );
         self.check_byte_request(offset, bytes)?;
-        self.root.co_pdiscard(offset, bytes).await
+        self.bs().co_pdiscard(offset, bytes).await
     }
 
     async fn do_flush(&self) -> Result<()> {
         trace!(blk_co_flush, "blk {:p}", self);
-        self.root.co_flush().await
+        self.bs().co_flush().await
     }
 
     async fn counted<T>(&self, request: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -329,13 +338,13 @@ impl BlockBackend {
     /// Drains and closes the graph, writing back cached metadata (blk_unref of the last ref).
     pub async fn close(&self) -> Result<()> {
         self.drain().await;
-        close_graph(&self.root).await
+        close_graph(&self.bs()).await
     }
 }
 
 impl std::fmt::Debug for BlockBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlockBackend({:?})", self.root)
+        write!(f, "BlockBackend({:?})", self.bs())
     }
 }
 

@@ -21,6 +21,7 @@ pub mod dirty_bitmap;
 pub mod driver;
 pub mod error;
 pub mod filters;
+pub mod graph;
 pub mod io;
 pub mod iov;
 pub mod nbd;

@@ -336,3 +336,60 @@ fn virtio_blk_pci_devices_and_virtio_drives() {
     .concat();
     assert!(error(&ide).ends_with("it's in use"));
 }
+
+#[test]
+fn the_test_harness_command_line_is_understood() {
+    let cfg = config(&[
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-chardev",
+        "socket,id=mon,fd=5",
+        "-mon",
+        "chardev=mon,mode=control",
+        "-chardev",
+        "socket,id=qtest,fd=3",
+        "-qtest",
+        "chardev:qtest",
+        "-accel",
+        "qtest",
+        "-nodefaults",
+        "-S",
+        "-qmp",
+        "unix:/tmp/q.sock,server=on,wait=off",
+        "-monitor",
+        "none",
+        "-object",
+        "iothread,id=io0",
+    ]);
+    assert_eq!(cfg.accel, Accel::Qtest);
+    assert!(cfg.start_paused);
+    assert_eq!(cfg.qtest, Some(ChardevBackend::SocketFd(3)));
+    assert_eq!(
+        cfg.monitors,
+        [
+            MonitorConfig {
+                backend: ChardevBackend::SocketFd(5),
+                mode: MonitorMode::Control { pretty: false }
+            },
+            MonitorConfig {
+                backend: ChardevBackend::SocketPath {
+                    path: "/tmp/q.sock".into(),
+                    server: true
+                },
+                mode: MonitorMode::Control { pretty: false }
+            },
+        ]
+    );
+    assert_eq!(cfg.iothreads, ["io0"]);
+    assert_eq!(
+        error(&["-incoming", "defer"]),
+        "-incoming defer: migration is not supported by rqemu"
+    );
+    assert_eq!(
+        error(&["-mon", "chardev=nope"]),
+        "-mon chardev=nope: chardev \"nope\" not found"
+    );
+    assert!(error(&["-object", "throttle-group,id=g"]).contains("not supported by rqemu yet"));
+}

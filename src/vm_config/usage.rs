@@ -85,6 +85,30 @@ const OPTIONS: &[(&str, &str)] = &[
         "accepted: there is no display or network",
     ),
     ("-nodefaults", "accepted: there are no default devices"),
+    (
+        "-accel kvm|qtest",
+        "run the guest under KVM, or no vCPU at all (a test drives the monitor)",
+    ),
+    ("-S", "start paused (with -accel qtest)"),
+    (
+        "-chardev socket,id=ID,path=P|fd=N[,server=on,wait=off]",
+        "a monitor's or qtest's connection (also stdio,id= and null,id=)",
+    ),
+    (
+        "-mon chardev=ID[,mode=control|readline]",
+        "a monitor on a -chardev",
+    ),
+    (
+        "-qmp unix:PATH,server=on,wait=off|stdio",
+        "a QMP monitor (-qmp-pretty: indented replies)",
+    ),
+    ("-qmp-pretty stdio", "a QMP monitor with indented replies"),
+    ("-monitor stdio|none|null", "a human monitor"),
+    (
+        "-qtest chardev:ID|unix:PATH",
+        "the qtest protocol (with -accel qtest)",
+    ),
+    ("-incoming ADDR", "refused: migration is not supported"),
     ("-no-reboot", "exit instead of rebooting"),
     (
         "-trace [[enable=]PATTERN][,events=FILE][,file=FILE][,thread=on|off]",
@@ -116,6 +140,22 @@ pub fn usage() -> String {
         }
     }
     s
+}
+
+/// `-device help`: the device models a drive can be attached to, in QEMU's layout.
+pub fn device_help() -> String {
+    "Storage devices:\n\
+     name \"ide-cd\", bus IDE, desc \"virtual IDE CD-ROM\"\n\
+     name \"ide-hd\", bus IDE, desc \"virtual IDE disk\"\n\
+     name \"virtio-blk-pci\", bus PCI, alias \"virtio-blk\"\n"
+        .to_string()
+}
+
+/// `-drive format=help`: every block driver, on one line.
+pub fn format_help() -> String {
+    formats::register_all();
+    let names = block::registry::driver_names().join(" ");
+    format!("Supported formats: {names}\n")
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::cli::{self, error_exit, error_report, long, OpenSpec, OutputFormat};
 use super::cli::{OPT_IMAGE_OPTS, OPT_OBJECT, OPT_OUTPUT};
-use super::qjson;
+use crate::qjson;
 
 const LONG: &[crate::tools::getopt::LongOpt] = &[
     long("help", false, 'h'),
@@ -80,7 +80,7 @@ pub fn run(args: &[String]) -> i32 {
         let Some(blk) = cli::img_open(&spec).await else {
             return 1;
         };
-        let ret = check_image(blk.bs(), &spec.filename, fix, format, quiet).await;
+        let ret = check_image(&blk.bs(), &spec.filename, fix, format, quiet).await;
         if !cli::close(&blk).await {
             return 1;
         }

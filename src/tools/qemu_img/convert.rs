@@ -220,7 +220,7 @@ async fn convert(
         return false;
     };
     if let Some(param) = &a.snapshot {
-        if let Err(e) = param.load(src[0].bs()).await {
+        if let Err(e) = param.load(&src[0].bs()).await {
             error_report(&format!("Failed to load snapshot: {e}"));
             progress.end();
             return false;
@@ -417,7 +417,10 @@ fn create_options(a: &Args, fmt: &str, out: &str, total_bytes: u64) -> Option<Cr
 fn source_alignment(blk: &BlockBackend) -> u64 {
     let bs = blk.bs();
     let align = (bs.limits().request_alignment as u64).div_ceil(SECTOR);
-    let cluster = bs.drv().get_info(bs).map_or(0, |i| i.cluster_size / SECTOR);
+    let cluster = bs
+        .drv()
+        .get_info(&bs)
+        .map_or(0, |i| i.cluster_size / SECTOR);
     align.max(cluster).max(1)
 }
 
@@ -457,7 +460,7 @@ async fn copy(
     s.compressed = a.compressed;
     s.cluster_sectors = out_bs
         .drv()
-        .get_info(out_bs)
+        .get_info(&out_bs)
         .map_or(0, |i| i.cluster_size / SECTOR);
     if s.compressed {
         if s.cluster_sectors == 0 || s.cluster_sectors > s.buf_sectors {
@@ -470,7 +473,7 @@ async fn copy(
         || (!a.skip_create
             && s.min_sparse != 0
             && !target_has_backing
-            && out_bs.drv().has_zero_init(out_bs));
+            && out_bs.drv().has_zero_init(&out_bs));
     let s = Rc::new(s);
     let ret = s.do_copy().await;
     s.progress_end(ret == 0);
