@@ -42,7 +42,7 @@ fn lazy_refcounts_mark_dirty_while_writing_and_clean_on_close() {
     let blk = block_on(open(p, true)).unwrap();
     write(&blk, 0, &[1; 70000], RequestFlags::empty());
     assert_eq!(incompatible_bits(p) & 1, 1, "dirty while open");
-    assert!(blk.bs().drv().get_info(blk.bs()).unwrap().is_dirty);
+    assert!(blk.bs().drv().get_info(&blk.bs()).unwrap().is_dirty);
     block_on(blk.close()).unwrap();
     drop(blk);
     assert_eq!(incompatible_bits(p) & 1, 0, "clean after close");
@@ -59,7 +59,7 @@ fn lazy_refcounts_mark_dirty_while_writing_and_clean_on_close() {
     let blk = block_on(open(p, true)).unwrap();
     // The first write repairs the refcounts (as QEMU's open does), then dirties it anew.
     write(&blk, 2 << 20, &[3; 512], RequestFlags::empty());
-    assert!(blk.bs().drv().get_info(blk.bs()).unwrap().is_dirty);
+    assert!(blk.bs().drv().get_info(&blk.bs()).unwrap().is_dirty);
     block_on(blk.close()).unwrap();
     drop(blk);
     assert_eq!(incompatible_bits(p) & 1, 0);

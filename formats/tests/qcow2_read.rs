@@ -144,13 +144,13 @@ fn info_and_block_status() {
     block_on(async {
         let blk = open(path, false).await.unwrap();
         let bs = blk.bs();
-        let spec = bs.drv().get_specific_info(bs).unwrap();
+        let spec = bs.drv().get_specific_info(&bs).unwrap();
         assert_eq!(
             spec,
             serde_json::json!({"type": "qcow2", "data": {"compat": "1.1", "compression-type": "zstd",
                 "lazy-refcounts": true, "refcount-bits": 16, "corrupt": false, "extended-l2": false}})
         );
-        assert_eq!(bs.drv().get_info(bs).unwrap().cluster_size, 65536);
+        assert_eq!(bs.drv().get_info(&bs).unwrap().cluster_size, 65536);
         use block::driver::StatusFlags;
         let s = bs.co_block_status(true, 0, 1 << 20).await.unwrap();
         assert_eq!(s.bytes, 65536);

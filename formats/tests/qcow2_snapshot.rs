@@ -95,7 +95,7 @@ fn our_snapshots_read_back_by_qemu() {
             date_sec: 1_700_000_000,
             ..SnapshotInfo::default()
         };
-        bdrv_snapshot_create(blk.bs(), &sn).await.unwrap();
+        bdrv_snapshot_create(&blk.bs(), &sn).await.unwrap();
         // Partial-cluster writes into shared clusters: copy-on-write, never in place.
         write(&blk, 4096, 8192, 3).await;
         write(&blk, 1 << 20, 512, 4).await;
@@ -113,14 +113,14 @@ fn our_snapshots_read_back_by_qemu() {
     assert_eq!(after[4096], 3);
     block_on(async {
         let blk = open(&p, true).await.unwrap();
-        bdrv_snapshot_goto(blk.bs(), "first").await.unwrap();
+        bdrv_snapshot_goto(&blk.bs(), "first").await.unwrap();
         blk.close().await.unwrap();
     });
     assert_clean(&p);
     assert_eq!(reference_raw(&p, dir.path()), before);
     block_on(async {
         let blk = open(&p, true).await.unwrap();
-        bdrv_snapshot_delete(blk.bs(), Some("1"), Some("first"))
+        bdrv_snapshot_delete(&blk.bs(), Some("1"), Some("first"))
             .await
             .unwrap();
         blk.close().await.unwrap();
@@ -150,7 +150,7 @@ fn qemu_snapshots_applied_and_deleted_by_us() {
     let raw_b = reference_snapshot_raw(&p, "b", dir.path());
     let list = block_on(async {
         let blk = open(&p, false).await.unwrap();
-        let list = bdrv_snapshot_list(blk.bs()).unwrap();
+        let list = bdrv_snapshot_list(&blk.bs()).unwrap();
         blk.close().await.unwrap();
         list
     });
@@ -162,7 +162,7 @@ fn qemu_snapshots_applied_and_deleted_by_us() {
     for (name, raw, size) in [("a", &raw_a, 1u64 << 20), ("b", &raw_b, 2 << 20)] {
         block_on(async {
             let blk = open(&p, true).await.unwrap();
-            bdrv_snapshot_goto(blk.bs(), name).await.unwrap();
+            bdrv_snapshot_goto(&blk.bs(), name).await.unwrap();
             assert_eq!(blk.getlength(), size);
             blk.close().await.unwrap();
         });
@@ -174,10 +174,10 @@ fn qemu_snapshots_applied_and_deleted_by_us() {
     }
     block_on(async {
         let blk = open(&p, true).await.unwrap();
-        bdrv_snapshot_delete(blk.bs(), None, Some("a"))
+        bdrv_snapshot_delete(&blk.bs(), None, Some("a"))
             .await
             .unwrap();
-        let e = bdrv_snapshot_delete(blk.bs(), None, Some("a"))
+        let e = bdrv_snapshot_delete(&blk.bs(), None, Some("a"))
             .await
             .unwrap_err();
         assert_eq!(e.to_string(), "Can't find the snapshot");
@@ -222,7 +222,7 @@ fn malformed_snapshot_tables_give_clear_errors() {
     patch(&p, 60, &1000u32.to_be_bytes());
     let ours = block_on(async {
         let blk = open(&p, false).await.unwrap();
-        let list = bdrv_snapshot_list(blk.bs()).unwrap();
+        let list = bdrv_snapshot_list(&blk.bs()).unwrap();
         blk.close().await.unwrap();
         list
     });
@@ -236,7 +236,7 @@ fn malformed_snapshot_tables_give_clear_errors() {
     patch(&p, table, &0x10200u64.to_be_bytes());
     let e = block_on(async {
         let blk = open(&p, true).await.unwrap();
-        let e = bdrv_snapshot_goto(blk.bs(), "s").await.unwrap_err();
+        let e = bdrv_snapshot_goto(&blk.bs(), "s").await.unwrap_err();
         blk.close().await.unwrap();
         e
     });
@@ -248,7 +248,7 @@ fn malformed_snapshot_tables_give_clear_errors() {
     patch(&p, table + 8, &u32::MAX.to_be_bytes());
     let e = block_on(async {
         let blk = open(&p, true).await.unwrap();
-        let e = bdrv_snapshot_delete(blk.bs(), None, Some("s"))
+        let e = bdrv_snapshot_delete(&blk.bs(), None, Some("s"))
             .await
             .unwrap_err();
         blk.close().await.unwrap();

@@ -160,8 +160,8 @@ async fn perform(
     actions: &[Action],
     granularity: Option<u32>,
 ) -> i32 {
-    let bs = blk.bs();
-    let src_bs = src.map_or_else(|| bs.clone(), |s| s.bs().clone());
+    let bs = &blk.bs();
+    let src_bs = src.map_or_else(|| bs.clone(), |s| s.bs());
     for action in actions {
         let done = match action {
             Action::Add => {

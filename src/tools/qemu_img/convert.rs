@@ -231,7 +231,7 @@ async fn convert(
             error_report("Copying bitmaps only possible with single source");
             false
         } else {
-            convert_bitmaps::check_source(src[0].bs(), a.skip_broken)
+            convert_bitmaps::check_source(&src[0].bs(), a.skip_broken)
         };
         if !fine {
             progress.end();
@@ -244,7 +244,7 @@ async fn convert(
         Some((target, target_has_backing)) => {
             copy(a, src.clone(), target.clone(), target_has_backing, progress).await
                 && (!a.bitmaps
-                    || convert_bitmaps::copy(src[0].bs(), target.bs(), a.skip_broken).await)
+                    || convert_bitmaps::copy(&src[0].bs(), &target.bs(), a.skip_broken).await)
                 && cli::close(&target).await
         }
         None => {
@@ -295,7 +295,7 @@ async fn prepare_target(
         }
     }
     let target = open_target(a, out).await?;
-    if a.bitmaps && !convert_bitmaps::check_target(target.bs()) {
+    if a.bitmaps && !convert_bitmaps::check_target(&target.bs()) {
         return None;
     }
     let can_compress = target
