@@ -10,11 +10,13 @@ pub mod cloop;
 pub mod dmg;
 mod image_file;
 pub mod luks;
+pub mod qcow;
 pub mod qcow2;
 pub mod qed;
 pub mod raw;
 mod read_only;
 pub mod vdi;
+pub mod vmdk;
 pub mod vpc;
 
 /// Registers every format driver with the block layer (QEMU's block_init).
@@ -23,8 +25,10 @@ pub fn register_all() {
     block::registry::register(&qcow2::QCOW2);
     block::registry::register(&luks::LUKS);
     block::registry::register(&qed::QED);
+    block::registry::register(&qcow::QCOW);
     block::registry::register(&vdi::VDI);
     block::registry::register(&vpc::VPC);
+    block::registry::register(&vmdk::VMDK);
     block::registry::register(&dmg::DMG);
     block::registry::register(&cloop::CLOOP);
     block::registry::register(&bochs::BOCHS);

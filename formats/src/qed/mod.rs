@@ -25,7 +25,7 @@ use block::driver::{
 use block::open::bdrv_open_backing;
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
-use crate::image_file::{read_bytes, write_bytes};
+use crate::image_file::{read_backing, read_bytes, write_bytes};
 use header::{Header, F_BACKING_FILE, F_BACKING_FORMAT_NO_PROBE, F_NEED_CHECK, HEADER_BYTES};
 use table::{Mapping, Tables};
 
@@ -241,19 +241,6 @@ impl Qed {
         *self.backing.borrow_mut() = name.map(|n| (n.to_string(), raw.then(|| "raw".to_string())));
         Ok(())
     }
-}
-
-/// Reads a backing file range; what lies past its end reads as zeroes.
-async fn read_backing(backing: &BlockDriverState, offset: u64, buf: &IoVector) -> Result<()> {
-    let len = backing.getlength();
-    let n = len.saturating_sub(offset).min(buf.len() as u64) as usize;
-    if n > 0 {
-        backing
-            .co_preadv(offset, &buf.slice(0, n), RequestFlags::empty())
-            .await?;
-    }
-    buf.fill(n, buf.len() - n, 0);
-    Ok(())
 }
 
 #[async_trait(?Send)]
