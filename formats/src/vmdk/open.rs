@@ -80,11 +80,18 @@ pub async fn open_extents(bs: &BlockDriverState, options: &mut Options) -> Resul
     Ok(o)
 }
 
+/// Most sectors a disk may have, so that its size in bytes fits QEMU's int64_t.
+const MAX_TOTAL_SECTORS: u64 = i64::MAX as u64 / 512;
+
 /// Appends an extent after the ones already open.
-fn push_extent(o: &mut Opened, mut extent: Extent) {
+fn push_extent(o: &mut Opened, mut extent: Extent) -> Result<()> {
     let start = o.extents.last().map_or(0, |e| e.end_sector);
-    extent.end_sector = start + extent.sectors;
+    extent.end_sector = start
+        .checked_add(extent.sectors)
+        .filter(|&end| end <= MAX_TOTAL_SECTORS)
+        .ok_or_else(|| Error::new(libc::EFBIG, "VMDK image is too large"))?;
     o.extents.push(extent);
+    Ok(())
 }
 
 /// Opens a sparse extent by its magic (vmdk_open_sparse).
@@ -101,8 +108,7 @@ fn open_sparse<'a>(
             VMDK3_MAGIC => {
                 let header = padded(&file, 0, VMDK3_HEADER_BYTES).await?;
                 let extent = Extent::open_sparse(file, &parse_vmdk3(&header), 4).await?;
-                push_extent(o, extent);
-                Ok(())
+                push_extent(o, extent)
             }
             VMDK4_MAGIC => open_vmdk4(bs, file, options, o, depth).await,
             _ => Err(Error::invalid("Image not in VMDK format")),
@@ -203,8 +209,7 @@ async fn open_vmdk4(
     if compressed {
         o.create_type = "streamOptimized".into();
     }
-    push_extent(o, extent);
-    Ok(())
+    push_extent(o, extent)
 }
 
 /// Opens an seSparse extent, read-only (vmdk_open_se_sparse).
@@ -270,7 +275,7 @@ async fn open_desc_file(
             extent.sectors = line.sectors;
         }
         extent.kind = Some(line.kind);
-        push_extent(o, extent);
+        push_extent(o, extent)?;
     }
     Ok(())
 }
