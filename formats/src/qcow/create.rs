@@ -7,7 +7,7 @@
 use block::driver::CreateOption;
 use block::{Error, Options, Result};
 
-use super::header::{Header, CRYPT_NONE, HEADER_BYTES, MAGIC, VERSION};
+use super::header::{Header, CRYPT_AES, CRYPT_NONE, HEADER_BYTES, MAGIC, VERSION};
 use crate::image_file::{create_image_file, write_bytes};
 
 /// Creation options in QEMU's order (qcow_create_opts).
@@ -92,21 +92,18 @@ pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
     let size = options.take_size("size")?.unwrap_or(0).div_ceil(512) * 512;
     let backing_file = options.take("backing_file");
     options.take("backing_fmt");
-    let encryption = options.take_bool("encryption")?.unwrap_or(false);
-    let format = options.take("encrypt.format");
-    options.take("encrypt.key-secret");
-    if encryption || format.is_some() {
-        return Err(Error::not_supported(
-            "qcow AES encryption is not supported yet",
-        ));
-    }
+    let encrypted = super::crypt::create(options)?;
     if size == 0 {
         return Err(Error::invalid(
             "Image size is too small, cannot be zero length",
         ));
     }
     let file = create_image_file(filename, options).await?;
-    let result = write_bytes(&file, 0, &new_image(size, backing_file.as_deref())).await;
+    let mut image = new_image(size, backing_file.as_deref());
+    if encrypted {
+        image[36..40].copy_from_slice(&CRYPT_AES.to_be_bytes());
+    }
+    let result = write_bytes(&file, 0, &image).await;
     let flushed = file.co_flush().await;
     let closed = file.close().await;
     result.and(flushed).and(closed)

@@ -105,11 +105,6 @@ impl Header {
         if self.crypt_method > CRYPT_AES {
             return Err(Error::invalid("invalid encryption method in qcow header"));
         }
-        if self.crypt_method == CRYPT_AES {
-            return Err(Error::not_supported(
-                "qcow AES encryption is not supported yet",
-            ));
-        }
         let shift = self.cluster_bits as u32 + self.l2_bits as u32;
         if self.size > u64::MAX - (1u64 << shift) {
             return Err(Error::invalid("Image too large"));

@@ -10,23 +10,25 @@
 //! new ones.
 
 pub mod create;
+pub mod crypt;
 pub mod header;
 
 use std::rc::Rc;
 
 use async_trait::async_trait;
 use block::coroutine::CoMutex;
+use block::crypto::block::CryptoBlock;
 use block::driver::{
     BlockDriver, BlockLimits, BlockStatus, DriverClass, DriverInfo, PreallocMode, RequestFlags,
     StatusFlags,
 };
 use block::open::bdrv_open_backing;
-use block::{BlockDriverState, Error, IoVector, Options, Result};
+use block::{BlkdbgEvent, BlockDriverState, Error, IoVector, Options, Result};
 
 use crate::image_file::{read_backing, read_in_file, write_bytes};
 use crate::qcow2::compress::{compress, decompress};
 use crate::qcow2::header::CompressionType;
-use header::{Header, HEADER_BYTES, MAGIC, VERSION};
+use header::{Header, CRYPT_AES, HEADER_BYTES, MAGIC, VERSION};
 
 /// The class registered as `qcow`.
 pub static QCOW: DriverClass = DriverClass {
@@ -75,6 +77,10 @@ pub struct Qcow {
     l2_bits: u32,
     size: u64,
     backing: Option<String>,
+    /// The image is encrypted.
+    encrypted: bool,
+    /// Its payload cipher, unless only metadata is looked at.
+    crypto: Option<CryptoBlock>,
 }
 
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
@@ -99,6 +105,12 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     } else {
         None
     };
+    let encrypted = h.crypt_method == CRYPT_AES;
+    let crypto = if encrypted {
+        crypt::open(options, bs.open_flags().no_io)?
+    } else {
+        None
+    };
     let backing_opt = options.take("backing");
     let backing_opts = options.extract_prefix("backing");
     if !bs.open_flags().no_backing && !matches!(backing_opt.as_deref(), Some("" | "null")) {
@@ -119,6 +131,8 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         l2_bits: h.l2_bits as u32,
         size: h.size,
         backing,
+        encrypted,
+        crypto,
     }))
 }
 
@@ -202,11 +216,14 @@ impl Qcow {
             Allocate::Cluster => {
                 let at = end.next_multiple_of(self.cluster_size());
                 // A compressed cluster being partly overwritten keeps the rest of its data.
-                let data = if entry & OFLAG_COMPRESSED != 0 {
+                let mut data = if entry & OFLAG_COMPRESSED != 0 {
                     self.decompress_cluster(t, entry).await?
                 } else {
                     vec![0; self.cluster_size() as usize]
                 };
+                // What the guest does not write must decrypt to zeroes.
+                let start = (offset & !(self.cluster_size() - 1)) >> 9;
+                self.encrypt(start, &mut data)?;
                 write_bytes(&t.file, at, &data).await?;
                 at
             }
@@ -219,6 +236,15 @@ impl Qcow {
         Ok(new)
     }
 
+    /// Encrypts data of an encrypted image in place, starting at guest sector `sector`.
+    fn encrypt(&self, sector: u64, data: &mut [u8]) -> Result<()> {
+        match (&self.crypto, self.encrypted) {
+            (Some(crypto), _) => crypto.encrypt(sector, data),
+            (None, true) => Err(Error::from_errno(libc::EACCES)),
+            (None, false) => Ok(()),
+        }
+    }
+
     /// Inflates a compressed cluster, keeping the last one (decompress_cluster).
     async fn decompress_cluster(&self, t: &mut Tables, entry: u64) -> Result<Vec<u8>> {
         if let Some((cached, data)) = &t.cluster_cache {
@@ -228,6 +254,7 @@ impl Qcow {
         }
         let mask = (1u64 << (63 - self.cluster_bits)) - 1;
         let size = (entry >> (63 - self.cluster_bits)) & (self.cluster_size() - 1);
+        t.file.debug_event(BlkdbgEvent::ReadCompressed).await;
         let input = read_in_file(&t.file, entry & mask, size).await?;
         let data = decompress(CompressionType::Zlib, input, self.cluster_size() as usize)
             .await
@@ -262,6 +289,7 @@ impl Qcow {
             return Err(Error::from_errno(libc::EIO));
         }
         let mask = (1u64 << (63 - self.cluster_bits)) - 1;
+        t.file.debug_event(BlkdbgEvent::WriteCompressed).await;
         write_bytes(&t.file, entry & mask, &deflated).await
     }
 
@@ -280,9 +308,16 @@ impl Qcow {
                 return Err(Error::from_errno(libc::EIO));
             }
             let part = qiov.slice(done as usize, n as usize);
-            t.file
-                .co_pwritev(entry + oic, &part, RequestFlags::empty())
-                .await?;
+            t.file.debug_event(BlkdbgEvent::WriteAio).await;
+            if self.crypto.is_some() {
+                let mut data = part.to_vec();
+                self.encrypt(offset >> 9, &mut data)?;
+                write_bytes(&t.file, entry + oic, &data).await?;
+            } else {
+                t.file
+                    .co_pwritev(entry + oic, &part, RequestFlags::empty())
+                    .await?;
+            }
             done += n;
             offset += n;
         }
@@ -321,7 +356,10 @@ impl BlockDriver for Qcow {
             let entry = self.cluster_entry(&mut t, offset, Allocate::No).await?;
             if entry == 0 {
                 match bs.backing() {
-                    Some(backing) => read_backing(&backing, offset, &part).await?,
+                    Some(backing) => {
+                        t.file.debug_event(BlkdbgEvent::ReadBackingAio).await;
+                        read_backing(&backing, offset, &part).await?
+                    }
                     None => part.fill(0, n as usize, 0),
                 }
             } else if entry & OFLAG_COMPRESSED != 0 {
@@ -330,9 +368,15 @@ impl BlockDriver for Qcow {
             } else if entry & 511 != 0 {
                 return Err(Error::from_errno(libc::EIO));
             } else {
+                t.file.debug_event(BlkdbgEvent::ReadAio).await;
                 t.file
                     .co_preadv(entry + oic, &part, RequestFlags::empty())
                     .await?;
+                if let Some(crypto) = &self.crypto {
+                    let mut data = part.to_vec();
+                    crypto.decrypt(offset >> 9, &mut data)?;
+                    part.copy_from_slice(0, &data);
+                }
             }
             done += n;
             offset += n;
@@ -369,6 +413,9 @@ impl BlockDriver for Qcow {
             BlockStatus::new(StatusFlags::empty(), n)
         } else if entry & OFLAG_COMPRESSED != 0 {
             BlockStatus::new(StatusFlags::DATA | StatusFlags::COMPRESSED, n)
+        } else if self.encrypted {
+            // Encrypted data cannot be read from the file as it is: no mapping.
+            BlockStatus::new(StatusFlags::DATA, n)
         } else {
             let mut st = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, n);
             st.map = entry + offset % cs;
@@ -397,6 +444,10 @@ impl BlockDriver for Qcow {
             cluster_size: self.cluster_size(),
             ..DriverInfo::default()
         })
+    }
+
+    fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
 
     fn backing_file_name(&self, _bs: &BlockDriverState) -> Option<(String, Option<String>)> {
