@@ -225,3 +225,48 @@ fn malformed_headers_fail_cleanly() {
     assert!(out.status.code().is_some());
     assert!(String::from_utf8_lossy(&out.stdout).contains("read failed"));
 }
+
+#[test]
+fn aes_encrypted_images_cross() {
+    if !reference_available() {
+        return;
+    }
+    let dir = scratch("qcow-aes");
+    let secret = "secret,id=sec0,data=astrochicken";
+    let spec = "driver=qcow,file.filename=e.qcow,encrypt.key-secret=sec0";
+    let opts = "encryption=on,encrypt.key-secret=sec0";
+    for (maker, writer, reader) in [(OURS, OURS_IO, QEMU_IO), (QEMU_IMG, QEMU_IO, OURS_IO)] {
+        let _ = std::fs::remove_file(dir.join("e.qcow"));
+        let create = [
+            "create", "--object", secret, "-f", "qcow", "-o", opts, "e.qcow", "1M",
+        ];
+        ok(maker, &dir, &create);
+        let write = [
+            "--object",
+            secret,
+            "-c",
+            "write -P 0xb 512 512",
+            "--image-opts",
+            spec,
+        ];
+        ok(writer, &dir, &write);
+        let mut read = vec!["--object", secret];
+        for c in ["read -P 0 0 512", "read -P 0xb 512 512", "read -P 0 1k 3k"] {
+            read.extend(["-c", c]);
+        }
+        read.extend(["--image-opts", spec]);
+        let out = run(reader, &dir, &read);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains("Pattern verification failed"),
+            "{maker}: {text}"
+        );
+        assert_eq!(text.matches("read ").count(), 3, "{maker}: {text}");
+    }
+    // Without the key only metadata can be looked at.
+    let info = run(OURS, &dir, &["info", "e.qcow"]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains("encrypted: yes"));
+    let out = run(OURS_IO, &dir, &["-c", "read 0 512", "e.qcow"]);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("Parameter 'encrypt.key-secret' is required for cipher"));
+}
