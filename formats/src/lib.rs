@@ -15,6 +15,7 @@ pub mod qcow2;
 pub mod qed;
 pub mod raw;
 mod read_only;
+mod table_cache;
 pub mod vdi;
 pub mod vmdk;
 pub mod vpc;

@@ -28,6 +28,7 @@ use block::{BlkdbgEvent, BlockDriverState, Error, IoVector, Options, Result};
 use crate::image_file::{read_backing, read_in_file, write_bytes};
 use crate::qcow2::compress::{compress, decompress};
 use crate::qcow2::header::CompressionType;
+use crate::table_cache::TableCache;
 use header::{Header, CRYPT_AES, HEADER_BYTES, MAGIC, VERSION};
 
 /// The class registered as `qcow`.
@@ -54,8 +55,6 @@ fn probe(buf: &[u8], _filename: &str) -> u32 {
 
 /// Table entry flag of a compressed cluster (QCOW_OFLAG_COMPRESSED).
 const OFLAG_COMPRESSED: u64 = 1 << 63;
-/// L2 tables kept in memory.
-const L2_CACHE_SIZE: usize = 16;
 /// Longest backing file name (QEMU's buffer).
 const MAX_BACKING_NAME: u32 = 1023;
 
@@ -64,8 +63,8 @@ struct Tables {
     file: Rc<BlockDriverState>,
     l1_table: Vec<u64>,
     l1_table_offset: u64,
-    /// Recently used L2 tables: (offset, entries, hits).
-    l2_cache: Vec<(u64, Vec<u64>, u32)>,
+    /// Recently used L2 tables.
+    l2_cache: TableCache,
     /// The last decompressed cluster: (table entry, data).
     cluster_cache: Option<(u64, Vec<u8>)>,
 }
@@ -124,7 +123,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
             file,
             l1_table,
             l1_table_offset: h.l1_table_offset,
-            l2_cache: Vec::new(),
+            l2_cache: TableCache::default(),
             cluster_cache: None,
         }),
         cluster_bits: h.cluster_bits as u32,
@@ -175,15 +174,14 @@ impl Qcow {
         let entries = 1usize << self.l2_bits;
         write_bytes(&t.file, l2_offset, &vec![0; entries * 8]).await?;
         t.file.co_flush().await?;
-        cache_insert(t, l2_offset, vec![0; entries]);
+        t.l2_cache.insert(l2_offset, vec![0; entries]);
         Ok(l2_offset)
     }
 
     /// The L2 table at `l2_offset`, through the cache.
     async fn l2_table<'a>(&self, t: &'a mut Tables, l2_offset: u64) -> Result<&'a mut Vec<u64>> {
-        if let Some(i) = t.l2_cache.iter().position(|c| c.0 == l2_offset) {
-            t.l2_cache[i].2 = t.l2_cache[i].2.saturating_add(1);
-            return Ok(&mut t.l2_cache[i].1);
+        if t.l2_cache.contains(l2_offset) {
+            return Ok(t.l2_cache.get_mut(l2_offset).expect("cached"));
         }
         let entries = 1u64 << self.l2_bits;
         let raw = read_in_file(&t.file, l2_offset, entries * 8).await?;
@@ -194,8 +192,7 @@ impl Qcow {
             .chunks_exact(8)
             .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
             .collect();
-        cache_insert(t, l2_offset, table);
-        Ok(&mut t.l2_cache.last_mut().expect("just inserted").1)
+        Ok(t.l2_cache.insert(l2_offset, table))
     }
 
     /// The table entry of the cluster holding `offset`, allocating per `alloc`
@@ -323,18 +320,6 @@ impl Qcow {
         }
         Ok(())
     }
-}
-
-/// Adds a table to the cache, replacing the least used one when it is full.
-fn cache_insert(t: &mut Tables, offset: u64, table: Vec<u64>) {
-    t.l2_cache.retain(|c| c.0 != offset);
-    if t.l2_cache.len() == L2_CACHE_SIZE {
-        let least = (0..L2_CACHE_SIZE)
-            .min_by_key(|&i| t.l2_cache[i].2)
-            .expect("cache is full");
-        t.l2_cache.swap_remove(least);
-    }
-    t.l2_cache.push((offset, table, 1));
 }
 
 #[async_trait(?Send)]

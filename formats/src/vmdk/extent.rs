@@ -15,11 +15,10 @@ use flate2::write::ZlibEncoder;
 
 use super::header::Geometry;
 use crate::image_file::{read_in_file, write_bytes};
+use crate::table_cache::TableCache;
 
 /// Grain table entry of a zeroed grain (VMDK_GTE_ZEROED).
 pub const GTE_ZEROED: u32 = 1;
-/// Grain tables kept in memory per extent (L2_CACHE_SIZE).
-const L2_CACHE_SIZE: usize = 16;
 /// Sparse extents address sectors with 32 bits (VMDK_EXTENT_MAX_SECTORS).
 const EXTENT_MAX_SECTORS: u64 = 1 << 32;
 /// Bytes of a grain marker before the compressed data (VmdkGrainMarker).
@@ -88,7 +87,7 @@ pub struct Extent {
     /// Entries per grain table.
     l2_size: u64,
     /// Recently used grain tables: (offset in sectors, entries, hits).
-    l2_cache: Vec<(u64, Vec<u64>, u32)>,
+    l2_cache: TableCache,
     /// Sectors per grain (the whole extent for flat ones).
     pub cluster_sectors: u64,
     /// Where the next grain goes, in sectors.
@@ -125,7 +124,7 @@ impl Extent {
             l1_backup_table: None,
             l1_entry_sectors: 0,
             l2_size: 0,
-            l2_cache: Vec::new(),
+            l2_cache: TableCache::default(),
             cluster_sectors: sectors,
             next_cluster_sector: 0,
             kind: None,
@@ -183,7 +182,7 @@ impl Extent {
             l1_backup_table,
             l1_entry_sectors: g.l2_size * g.cluster_sectors,
             l2_size: g.l2_size,
-            l2_cache: Vec::new(),
+            l2_cache: TableCache::default(),
             cluster_sectors: g.cluster_sectors,
             next_cluster_sector: nb_sectors.next_multiple_of(g.cluster_sectors),
             kind: None,
@@ -216,9 +215,8 @@ impl Extent {
 
     /// The grain table at `l2_offset` (sectors), through the cache.
     async fn l2_table(&mut self, l2_offset: u64) -> Result<&Vec<u64>> {
-        if let Some(i) = self.l2_cache.iter().position(|c| c.0 == l2_offset) {
-            self.l2_cache[i].2 = self.l2_cache[i].2.saturating_add(1);
-            return Ok(&self.l2_cache[i].1);
+        if self.l2_cache.contains(l2_offset) {
+            return Ok(self.l2_cache.get_mut(l2_offset).expect("cached"));
         }
         let size = self.entry_size();
         self.file.debug_event(BlkdbgEvent::L2Load).await;
@@ -230,14 +228,7 @@ impl Extent {
         let table = (0..self.l2_size as usize)
             .map(|i| entry(&raw, i, size))
             .collect();
-        if self.l2_cache.len() == L2_CACHE_SIZE {
-            let least = (0..L2_CACHE_SIZE)
-                .min_by_key(|&i| self.l2_cache[i].2)
-                .expect("cache is full");
-            self.l2_cache.swap_remove(least);
-        }
-        self.l2_cache.push((l2_offset, table, 1));
-        Ok(&self.l2_cache.last().expect("just pushed").1)
+        Ok(self.l2_cache.insert(l2_offset, table))
     }
 
     /// The grain table of a directory entry, in sectors (0: none), checking seSparse's
@@ -336,8 +327,8 @@ impl Extent {
             write_bytes(&self.file, l2 * 512 + slot.l2_index as u64 * 4, &bytes).await?;
         }
         self.file.co_flush().await?;
-        if let Some(c) = self.l2_cache.iter_mut().find(|c| c.0 == slot.l2_offset) {
-            c.1[slot.l2_index] = value as u64;
+        if let Some(table) = self.l2_cache.get_mut(slot.l2_offset) {
+            table[slot.l2_index] = value as u64;
         }
         Ok(())
     }
