@@ -179,6 +179,8 @@ pub struct DriverInfo {
     pub vm_state_offset: u64,
     /// The image is marked dirty (lazy refcounts).
     pub is_dirty: bool,
+    /// Data can only be written compressed (vmdk streamOptimized): convert compresses.
+    pub needs_compressed_writes: bool,
 }
 
 /// What `qemu-img check -r` may repair (QEMU's BdrvCheckMode).

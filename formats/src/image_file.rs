@@ -87,6 +87,21 @@ pub(crate) async fn create_image_file(
     block::bdrv_open(None, open_opts, OpenFlags::default()).await
 }
 
+/// Reads `len` bytes at `offset`; what lies beyond the end of the file reads as zeroes
+/// and is never allocated for, however large `len` claims to be.
+pub(crate) async fn read_in_file(
+    file: &BlockDriverState,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>> {
+    let n = len.min(file.getlength().saturating_sub(offset));
+    let buf = IoVector::alloc(n as usize);
+    if n > 0 {
+        file.co_preadv(offset, &buf, RequestFlags::empty()).await?;
+    }
+    Ok(buf.to_vec())
+}
+
 /// A random UUID (version 4), as uuid_generate makes for a new image's identity.
 pub(crate) fn random_uuid() -> [u8; 16] {
     let mut u: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));

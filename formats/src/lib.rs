@@ -11,12 +11,15 @@ pub mod dmg;
 mod image_file;
 pub mod luks;
 pub mod parallels;
+pub mod qcow;
 pub mod qcow2;
 pub mod qed;
 pub mod raw;
 mod read_only;
+mod table_cache;
 pub mod vdi;
 pub mod vhdx;
+pub mod vmdk;
 pub mod vpc;
 
 /// Registers every format driver with the block layer (QEMU's block_init).
@@ -25,10 +28,12 @@ pub fn register_all() {
     block::registry::register(&qcow2::QCOW2);
     block::registry::register(&luks::LUKS);
     block::registry::register(&qed::QED);
+    block::registry::register(&qcow::QCOW);
     block::registry::register(&vdi::VDI);
     block::registry::register(&vpc::VPC);
     block::registry::register(&vhdx::VHDX);
     block::registry::register(&parallels::PARALLELS);
+    block::registry::register(&vmdk::VMDK);
     block::registry::register(&dmg::DMG);
     block::registry::register(&cloop::CLOOP);
     block::registry::register(&bochs::BOCHS);

@@ -396,6 +396,7 @@ impl BlockDriver for Qcow2 {
             subcluster_size: self.g.subcluster_size(),
             vm_state_offset: self.vm_state_offset(),
             is_dirty: h.incompatible_features & header::INCOMPAT_DIRTY != 0,
+            ..DriverInfo::default()
         })
     }
 

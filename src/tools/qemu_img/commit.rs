@@ -180,9 +180,15 @@ async fn commit(blk: &BlockBackend, depth: usize, a: &Args, progress: &mut Progr
         return 1;
     }
     if !a.drop {
-        if let Err(e) = top.drv().co_make_empty(&top).await {
-            error_report(&format!("Could not empty {}: {e}", a.spec.filename));
-            return 1;
+        match top.drv().co_make_empty(&top).await {
+            // A format that cannot empty itself (vmdk) keeps its data, as in QEMU,
+            // where only drivers with bdrv_make_empty are emptied.
+            Err(e) if e.errno() == libc::ENOTSUP => {}
+            Err(e) => {
+                error_report(&format!("Could not empty {}: {e}", a.spec.filename));
+                return 1;
+            }
+            Ok(()) => {}
         }
     }
     0

@@ -457,11 +457,9 @@ async fn copy(
     if target_has_backing && !a.skip_create {
         s.target_backing_sectors = out_bs.backing().map(|b| b.getlength() / SECTOR);
     }
-    s.compressed = a.compressed;
-    s.cluster_sectors = out_bs
-        .drv()
-        .get_info(&out_bs)
-        .map_or(0, |i| i.cluster_size / SECTOR);
+    let out_info = out_bs.drv().get_info(&out_bs).unwrap_or_default();
+    s.compressed = a.compressed || out_info.needs_compressed_writes;
+    s.cluster_sectors = out_info.cluster_size / SECTOR;
     if s.compressed {
         if s.cluster_sectors == 0 || s.cluster_sectors > s.buf_sectors {
             error_report("invalid cluster size");
