@@ -52,14 +52,14 @@ pub const AMEND_OPTIONS: [CreateOption; 13] = [
         "num",
         "Time to spend in PBKDF in milliseconds",
     ),
-    CREATE_OPTIONS[5],
-    CREATE_OPTIONS[6],
-    CREATE_OPTIONS[7],
-    CREATE_OPTIONS[8],
-    CREATE_OPTIONS[9],
-    CREATE_OPTIONS[10],
-    CREATE_OPTIONS[11],
-    CREATE_OPTIONS[12],
+    CREATE_OPTIONS[13],
+    CREATE_OPTIONS[14],
+    CREATE_OPTIONS[15],
+    CREATE_OPTIONS[16],
+    CREATE_OPTIONS[17],
+    CREATE_OPTIONS[18],
+    CREATE_OPTIONS[19],
+    CREATE_OPTIONS[20],
 ];
 
 /// The steps of an amendment that report progress (Qcow2AmendOperation).

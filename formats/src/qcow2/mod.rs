@@ -18,11 +18,13 @@ pub mod check;
 pub mod cluster;
 pub mod compress;
 pub mod create;
+pub mod crypto;
 pub mod data_file;
 pub mod header;
 pub mod l2;
 pub mod mapping;
 pub mod measure;
+mod open;
 mod read;
 pub mod rebuild;
 pub mod refcount;
@@ -42,7 +44,6 @@ use block::driver::{
     BlockDriver, BlockLimits, BlockStatus, CheckFix, CheckResult, DriverClass, DriverInfo,
     PreallocMode, RequestFlags,
 };
-use block::open::bdrv_open_backing;
 use block::snapshot::SnapshotInfo;
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
@@ -58,7 +59,7 @@ pub static QCOW2: DriverClass = DriverClass {
     protocol_name: None,
     is_format: true,
     probe: Some(probe),
-    open: |bs, options| Box::pin(open(bs, options)),
+    open: |bs, options| Box::pin(open::open(bs, options)),
     create: Some(|filename, options| Box::pin(create::create(filename, options))),
     create_options: &create::CREATE_OPTIONS,
 };
@@ -104,152 +105,8 @@ pub struct Qcow2 {
     snapshot_infos: RefCell<Vec<block::snapshot::SnapshotInfo>>,
     /// Whether the image looks metadata-preallocated, once block status asked.
     metadata_preallocation: Cell<Option<bool>>,
-}
-
-async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
-    let head = read_bytes(file, 0, 512).await?;
-    if head.len() < 24 || head[0..4] != header::QCOW_MAGIC.to_be_bytes() {
-        return Err(Error::invalid("Image is not in qcow2 format"));
-    }
-    let bits = u32::from_be_bytes(head[20..24].try_into().unwrap());
-    if !(header::MIN_CLUSTER_BITS..=header::MAX_CLUSTER_BITS).contains(&bits) {
-        return Ok(head);
-    }
-    read_bytes(file, 0, 1 << bits).await
-}
-
-/// Refuses what this driver does not implement, naming it.
-fn refuse_unimplemented(h: &Header) -> Result<()> {
-    h.check_incompatible()?;
-    if h.crypt_method != 0 {
-        return Err(Error::not_supported(
-            "qcow2: encrypted images (AES or LUKS) are not supported by rqemu",
-        ));
-    }
-    Ok(())
-}
-
-/// Whether refcount updates may be deferred behind the dirty bit: the `lazy-refcounts`
-/// option, by default the header's compatible bit (QCOW2_OPT_LAZY_REFCOUNTS).
-fn take_lazy_refcounts(options: &mut Options, h: &Header) -> Result<bool> {
-    let lazy = options
-        .take_bool("lazy-refcounts")?
-        .unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0);
-    if lazy && h.version < 3 {
-        return Err(Error::invalid(
-            "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
-        ));
-    }
-    Ok(lazy)
-}
-
-/// Takes the other qcow2 runtime options QEMU accepts (discard and overlap-check policies,
-/// which this driver fixes at QEMU's defaults).
-fn take_runtime_options(options: &mut Options) -> Result<()> {
-    for key in [
-        "l2-cache-size",
-        "refcount-cache-size",
-        "cache-size",
-        "l2-cache-entry-size",
-    ] {
-        options.take_size(key)?;
-    }
-    options.take_u64("cache-clean-interval")?;
-    for key in [
-        "pass-discard-request",
-        "pass-discard-snapshot",
-        "pass-discard-other",
-        "discard-no-unref",
-    ] {
-        options.take_bool(key)?;
-    }
-    for key in ["overlap-check", "overlap-check.template"] {
-        options.take(key);
-    }
-    Ok(())
-}
-
-async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
-    let file = bs.file().expect("format nodes have a file child");
-    let first = read_first_cluster(&file).await?;
-    let mut h = Header::parse(&first)?;
-    refuse_unimplemented(&h)?;
-    let writable = !bs.is_read_only();
-    let checking = bs.open_flags().check;
-    if writable && !checking && h.incompatible_features & header::INCOMPAT_CORRUPT != 0 {
-        return Err(Error::new(
-            libc::EACCES,
-            "qcow2: Image is corrupt; cannot be opened read/write",
-        ));
-    }
-    let sizes = cache::take_cache_options(options, h.cluster_size())?;
-    let lazy_refcounts = take_lazy_refcounts(options, &h)?;
-    take_runtime_options(options)?;
-    let backing_opt = options.take("backing");
-    let backing_opts = options.extract_prefix("backing");
-    let data = data_file::open(bs, &h, options).await?;
-    let g = Geometry::new(&h);
-    let dirty = h.incompatible_features & header::INCOMPAT_DIRTY != 0;
-    // Of the autoclear structures only the raw data file is maintained here: declare the
-    // others stale.
-    let kept = h.autoclear_features & header::AUTOCLEAR_DATA_FILE_RAW;
-    let stale_autoclear = writable && h.autoclear_features != kept;
-    if stale_autoclear {
-        h.autoclear_features = kept;
-    }
-    let mut meta = Meta::load(file.clone(), h.clone(), writable, sizes).await?;
-    meta.data = data.clone();
-    let q = Qcow2 {
-        meta: CoMutex::new(meta),
-        g,
-        compression_type: h.compression_type,
-        size: Cell::new(h.size),
-        allocs: RefCell::new(Vec::new()),
-        next_alloc_id: Cell::new(1),
-        alloc_done: CoQueue::new(),
-        lazy_refcounts: Cell::new(lazy_refcounts),
-        info: RefCell::new(h.clone()),
-        needs_repair: Cell::new(writable && dirty && !checking),
-        repair_lock: CoMutex::new(()),
-        data,
-        snapshot_infos: RefCell::new(Vec::new()),
-        metadata_preallocation: Cell::new(None),
-    };
-    q.publish_snapshots(&*q.meta.lock().await);
-    if writable {
-        let mut meta = q.meta.lock().await;
-        if stale_autoclear {
-            meta.write_header().await?;
-            meta.file.co_flush().await?;
-        }
-    }
-    open_backing(bs, &h, backing_opt, backing_opts).await?;
-    Ok(Box::new(q))
-}
-
-/// Opens the backing file the header names, unless options say otherwise
-/// (bdrv_open_backing_file).
-async fn open_backing(
-    bs: &BlockDriverState,
-    h: &Header,
-    backing_opt: Option<String>,
-    backing_opts: Options,
-) -> Result<()> {
-    if bs.open_flags().no_backing
-        || backing_opt.as_deref() == Some("")
-        || backing_opt.as_deref() == Some("null")
-    {
-        return Ok(());
-    }
-    let name = match (&backing_opt, &h.backing_file) {
-        (Some(n), _) => n.clone(),
-        (None, Some(n)) => n.clone(),
-        (None, None) if backing_opts.is_empty() => return Ok(()),
-        (None, None) => String::new(),
-    };
-    let backing = bdrv_open_backing(bs, &name, h.backing_format.as_deref(), backing_opts).await?;
-    bs.attach_child("backing", backing);
-    Ok(())
+    /// The encryption of guest data, if any.
+    crypto: Option<crypto::Qcow2Crypto>,
 }
 
 impl Qcow2 {
@@ -420,7 +277,8 @@ impl BlockDriver for Qcow2 {
             .map(|f| f.limits())
             .unwrap_or_default();
         BlockLimits {
-            request_alignment: 1,
+            // Encrypted data is only ever touched in whole encryption sectors.
+            request_alignment: if self.crypto.is_some() { 512 } else { 1 },
             max_transfer: 0,
             pwrite_zeroes_alignment: self.g.subcluster_size() as u32,
             pdiscard_alignment: self.g.cluster_size as u32,
@@ -467,6 +325,10 @@ impl BlockDriver for Qcow2 {
             }
             data
         };
+        let mut data = data;
+        if let Some(crypto) = &self.crypto {
+            crypto::insert_info(&mut data, crypto.info());
+        }
         Some(serde_json::json!({"type": "qcow2", "data": data}))
     }
 
@@ -553,8 +415,14 @@ impl BlockDriver for Qcow2 {
         self.load_vmstate(bs, qiov, pos).await
     }
 
+    /// Preallocated encrypted clusters hold zeroes that decrypt to noise
+    /// (qcow2_has_zero_init).
     fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {
-        true
+        self.crypto.is_none() || self.info.borrow().l1_size == 0
+    }
+
+    fn is_encrypted(&self) -> bool {
+        self.crypto.is_some()
     }
 
     async fn close(&self, bs: &BlockDriverState) -> Result<()> {

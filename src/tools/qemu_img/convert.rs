@@ -312,6 +312,11 @@ fn check_target(
         if a.out_fmt.as_deref() == Some("raw") && !a.skip_create {
             return Err("Compression not supported for this file format");
         }
+        let encryption =
+            opt("encryption").is_some_and(|v| block::options::parse_bool(v) == Some(true));
+        if encryption || opt("encrypt.format").is_some() {
+            return Err("Compression and encryption not supported at the same time");
+        }
         if opt("preallocation").is_some_and(|p| p != "off") {
             return Err("Compression and preallocation not supported at the same time");
         }

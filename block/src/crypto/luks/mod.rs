@@ -8,6 +8,7 @@
 //! caller has read, so that the caller can run it off the main loop.
 
 pub mod header;
+pub mod volume;
 
 use serde_json::{json, Value};
 

@@ -61,6 +61,12 @@ pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
 /// Header extension: external data file name.
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
+/// Header extension: full disk encryption header pointer (LUKS).
+pub const EXT_CRYPTO_HEADER: u32 = 0x0537_be77;
+/// `crypt_method` of the legacy AES encryption.
+pub const CRYPT_AES: u32 = 1;
+/// `crypt_method` of LUKS encryption.
+pub const CRYPT_LUKS: u32 = 2;
 
 /// Compression types (header byte 104).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,6 +134,8 @@ pub struct Header {
     pub data_file: Option<String>,
     /// The feature name table.
     pub feature_names: Vec<FeatureName>,
+    /// Offset and length of the LUKS header area, from its pointer extension.
+    pub crypto_header: Option<(u64, u64)>,
     /// Extensions this driver does not interpret, kept to be written back unchanged.
     pub other_extensions: Vec<(u32, Vec<u8>)>,
 }
@@ -169,6 +177,7 @@ impl Header {
             backing_file: None,
             backing_format: None,
             data_file: None,
+            crypto_header: None,
             feature_names: if version >= 3 {
                 QEMU_FEATURE_NAMES
                     .iter()
@@ -374,6 +383,11 @@ impl Header {
         }
         if let Some(df) = &self.data_file {
             push_ext(&mut b, EXT_DATA_FILE, df.as_bytes());
+        }
+        if let Some((offset, length)) = self.crypto_header {
+            let mut ext = offset.to_be_bytes().to_vec();
+            ext.extend_from_slice(&length.to_be_bytes());
+            push_ext(&mut b, EXT_CRYPTO_HEADER, &ext);
         }
         if !self.feature_names.is_empty() {
             push_ext(
