@@ -85,9 +85,9 @@ impl Qcow2Crypto {
             };
             return Ok(Some(Qcow2Crypto { block, luks: None }));
         }
-        let (offset, len) = h.crypto_header.ok_or_else(|| {
-            Error::invalid("qcow2 image is LUKS encrypted but has no encryption header")
-        })?;
+        let (offset, len) = h
+            .crypto_header
+            .ok_or_else(|| Error::invalid("Missing CRYPTO header for crypt method 2"))?;
         let area = HeaderArea {
             node: file,
             offset,

@@ -389,7 +389,9 @@ impl Header {
             ext.extend_from_slice(&length.to_be_bytes());
             push_ext(&mut b, EXT_CRYPTO_HEADER, &ext);
         }
-        if !self.feature_names.is_empty() {
+        // QEMU leaves the table out of small clusters, where it would crowd out the
+        // other extensions and the backing file name.
+        if !self.feature_names.is_empty() && cs > 4096 {
             push_ext(
                 &mut b,
                 EXT_FEATURE_TABLE,
