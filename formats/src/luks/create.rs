@@ -10,7 +10,12 @@ use block::driver::{CreateOption, PreallocMode};
 use block::objects::secret::qcrypto_secret_lookup_as_utf8;
 use block::{Error, OpenFlags, Options, Result};
 
-const fn opt(name: &'static str, kind: &'static str, help: &'static str) -> CreateOption {
+/// An option without a default.
+pub(crate) const fn opt(
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+) -> CreateOption {
     CreateOption {
         name,
         kind,

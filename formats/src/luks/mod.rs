@@ -10,16 +10,20 @@
 mod create;
 
 pub use create::measure;
+use create::opt;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use block::crypto::block::{CryptoBlock, Direction};
 use block::crypto::luks;
-use block::crypto::luks::header::{LuksHeader, LuksParams, MAGIC};
+use block::crypto::luks::amend::{amend, AmendOptions};
+use block::crypto::luks::header::{LuksHeader, LuksParams, KEY_SLOT_OFFSET, MAGIC};
 use block::crypto::luks::volume::{self, HeaderArea, LuksVolume};
 use block::driver::{
-    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags, StatusFlags,
+    BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, PreallocMode, RequestFlags,
+    StatusFlags,
 };
 use block::objects::secret::qcrypto_secret_lookup_as_utf8;
 use block::{BlockDriverState, Error, IoVector, Options, Result};
@@ -34,6 +38,31 @@ pub static LUKS: DriverClass = DriverClass {
     create: Some(|filename, options| Box::pin(create::create(filename, options))),
     create_options: &create::CREATE_OPTIONS,
 };
+
+/// The options `qemu-img amend` takes, in QEMU's order (block_crypto_amend_opts_luks).
+pub const AMEND_OPTIONS: [CreateOption; 5] = [
+    opt(
+        "state",
+        "str",
+        "Select new state of affected keyslots (active/inactive)",
+    ),
+    opt(
+        "keyslot",
+        "num",
+        "Select a single keyslot to modify explicitly",
+    ),
+    opt(
+        "old-secret",
+        "str",
+        "Select all keyslots that match this password",
+    ),
+    opt(
+        "new-secret",
+        "str",
+        "New secret to set in the matching keyslots. Empty string to erase",
+    ),
+    opt("iter-time", "num", "Time to spend in PBKDF in milliseconds"),
+];
 
 /// Bytes encrypted or decrypted per bounce buffer (QEMU's BLOCK_CRYPTO_MAX_IO_SIZE).
 const MAX_IO_SIZE: usize = 1024 * 1024;
@@ -50,7 +79,10 @@ fn probe(buf: &[u8], _filename: &str) -> u32 {
 
 /// An open LUKS volume.
 pub struct LuksDriver {
-    header: LuksHeader,
+    /// The header; amend changes its key slots.
+    header: RefCell<LuksHeader>,
+    /// The master key, for adding key slots; None when opened for metadata only.
+    master_key: Option<Vec<u8>>,
     params: LuksParams,
     /// The payload cipher; None when opened for metadata only.
     crypto: Option<Arc<CryptoBlock>>,
@@ -89,10 +121,12 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         header,
         params,
         crypto,
+        master_key,
     } = volume::open(&area, password).await?;
     let payload_offset = header.payload_offset_sector as u64 * 512;
     Ok(Box::new(LuksDriver {
-        header,
+        header: RefCell::new(header),
+        master_key,
         params,
         crypto,
         payload_offset,
@@ -207,12 +241,37 @@ impl BlockDriver for LuksDriver {
     }
 
     fn get_specific_info(&self, _bs: &BlockDriverState) -> Option<serde_json::Value> {
-        let data = luks::info_json(&self.header, &self.params);
+        let data = luks::info_json(&self.header.borrow(), &self.params);
         Some(serde_json::json!({"type": "luks", "data": data}))
     }
 
     fn is_encrypted(&self) -> bool {
         true
+    }
+
+    /// Adds or erases key slots (block_crypto_amend_options_luks).
+    async fn co_amend(
+        &self,
+        bs: &BlockDriverState,
+        options: &mut Options,
+        force: bool,
+        _status: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        let Some(opts) = AmendOptions::take(options)? else {
+            return Ok(());
+        };
+        let file = file(bs);
+        let area = HeaderArea {
+            node: &file,
+            offset: 0,
+            len: self.payload_offset.max(KEY_SLOT_OFFSET),
+        };
+        let mut header = self.header.borrow().clone();
+        let key = self.master_key.as_deref();
+        let result = amend(&area, &mut header, &self.params, key, opts, force).await;
+        *self.header.borrow_mut() = header;
+        result?;
+        file.co_flush().await
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -8,9 +8,11 @@
 //! numbers sectors by their *host* offset; the legacy AES method (1) has no header and
 //! numbers them by their *guest* offset, which QEMU keeps only for old images.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use block::crypto::block::{CryptoBlock, Direction};
+use block::crypto::luks::amend::{self as luks_amend, AmendOptions};
 use block::crypto::luks::header::{LuksHeader, LuksParams};
 use block::crypto::luks::volume::{self, HeaderArea, LuksVolume};
 use block::crypto::luks::{self, LuksCreateOptions};
@@ -27,8 +29,17 @@ use super::Qcow2;
 pub struct Qcow2Crypto {
     /// The payload cipher; None when opened for metadata only (`qemu-img info`).
     block: Option<Arc<CryptoBlock>>,
-    /// The LUKS header and its algorithms; None for AES.
-    luks: Option<(LuksHeader, LuksParams)>,
+    /// The LUKS volume; None for AES.
+    luks: Option<LuksState>,
+}
+
+/// What an open LUKS volume keeps: its header (amend changes it), algorithms, master key
+/// and where its header area is.
+struct LuksState {
+    header: RefCell<LuksHeader>,
+    params: LuksParams,
+    master_key: Option<Vec<u8>>,
+    area: (u64, u64),
 }
 
 fn format_name(method: u32) -> &'static str {
@@ -97,10 +108,17 @@ impl Qcow2Crypto {
             header,
             params,
             crypto,
+            master_key,
         } = volume::open(&area, password).await?;
+        let luks = LuksState {
+            header: RefCell::new(header),
+            params,
+            master_key,
+            area: (offset, len),
+        };
         Ok(Some(Qcow2Crypto {
             block: crypto,
-            luks: Some((header, params)),
+            luks: Some(luks),
         }))
     }
 
@@ -135,11 +153,11 @@ impl Qcow2Crypto {
     /// The `encrypt` member of `qemu-img info`'s format-specific data
     /// (ImageInfoSpecificQCow2Encryption), in the order QEMU prints it.
     pub fn info(&self) -> Value {
-        let Some((header, params)) = &self.luks else {
+        let Some(l) = &self.luks else {
             return json!({"format": "aes"});
         };
         let mut out = serde_json::Map::new();
-        if let Value::Object(data) = luks::info_json(header, params) {
+        if let Value::Object(data) = luks::info_json(&l.header.borrow(), &l.params) {
             for (k, v) in data {
                 if k == "cipher-mode" {
                     out.insert("format".into(), json!("luks"));
@@ -149,6 +167,36 @@ impl Qcow2Crypto {
         }
         Value::Object(out)
     }
+}
+
+/// Adds or erases LUKS key slots (the encryption part of qcow2_amend_options).
+pub async fn amend(
+    crypto: Option<&Qcow2Crypto>,
+    file: &BlockDriverState,
+    opts: AmendOptions,
+    force: bool,
+) -> Result<()> {
+    let Some(crypto) = crypto else {
+        return Err(Error::invalid(
+            "Can't amend encryption options - encryption not present",
+        ));
+    };
+    let Some(l) = &crypto.luks else {
+        return Err(Error::not_supported(
+            "Only LUKS encryption options can be amended",
+        ));
+    };
+    let area = HeaderArea {
+        node: file,
+        offset: l.area.0,
+        len: l.area.1,
+    };
+    let mut header = l.header.borrow().clone();
+    let key = l.master_key.as_deref();
+    let result = luks_amend::amend(&area, &mut header, &l.params, key, opts, force).await;
+    *l.header.borrow_mut() = header;
+    result?;
+    file.co_flush().await
 }
 
 /// What `encrypt.*` (or the deprecated `encryption=on`) asks a new image for; the

@@ -357,10 +357,10 @@ impl BlockDriver for Qcow2 {
         &self,
         bs: &BlockDriverState,
         options: &mut Options,
-        _force: bool,
+        force: bool,
         status: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
-        self.amend(bs, options, status).await
+        self.amend(bs, options, force, status).await
     }
 
     async fn co_check(&self, bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {

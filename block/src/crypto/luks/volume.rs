@@ -34,7 +34,7 @@ impl HeaderArea<'_> {
         }
     }
 
-    async fn read(&self, at: u64, len: usize) -> Result<Vec<u8>> {
+    pub(super) async fn read(&self, at: u64, len: usize) -> Result<Vec<u8>> {
         let pos = self.bounds(at, len)?;
         let buf = IoVector::alloc(len);
         self.node
@@ -43,7 +43,7 @@ impl HeaderArea<'_> {
         Ok(buf.to_vec())
     }
 
-    async fn write(&self, at: u64, data: &[u8]) -> Result<()> {
+    pub(super) async fn write(&self, at: u64, data: &[u8]) -> Result<()> {
         let pos = self.bounds(at, data.len())?;
         let buf = IoVector::from_slice(data);
         self.node.co_pwritev(pos, &buf, RequestFlags::empty()).await
@@ -58,6 +58,9 @@ pub struct LuksVolume {
     pub params: LuksParams,
     /// The payload cipher; None when opened without a passphrase (metadata only).
     pub crypto: Option<Arc<CryptoBlock>>,
+    /// The master key, kept for adding key slots (QEMU keeps it too); None without a
+    /// passphrase.
+    pub master_key: Option<Vec<u8>>,
 }
 
 /// Reads and checks the header, and unlocks a key slot with `password` when one is given
@@ -66,39 +69,66 @@ pub async fn open(area: &HeaderArea<'_>, password: Option<String>) -> Result<Luk
     let header = LuksHeader::parse(&area.read(0, HEADER_LEN).await?)?;
     header.check(false)?;
     let params = header.params()?;
-    let crypto = match password {
-        Some(password) => Some(Arc::new(unlock(area, &header, &params, password).await?)),
-        None => None,
+    let (crypto, master_key) = match password {
+        Some(password) => {
+            let key = find_key(area, &header, &params, password).await?;
+            (Some(Arc::new(crypto_block(&params, &key)?)), Some(key))
+        }
+        None => (None, None),
     };
     Ok(LuksVolume {
         header,
         params,
         crypto,
+        master_key,
     })
 }
 
-/// Tries the passphrase on every active slot, off the main loop
-/// (qcrypto_block_luks_find_key), and keys the payload cipher with the master key.
-async fn unlock(
+/// The master key `password` unlocks in one slot, tried off the main loop
+/// (qcrypto_block_luks_load_key); None when the slot is free or the password is wrong.
+async fn load_slot(
+    area: &HeaderArea<'_>,
+    header: &LuksHeader,
+    params: &LuksParams,
+    slot: usize,
+    password: Arc<String>,
+) -> Result<Option<Vec<u8>>> {
+    if !header.key_slots[slot].is_active() {
+        return Ok(None);
+    }
+    let (offset, len) = key_material_range(header, slot);
+    let material = area.read(offset, len).await?;
+    let (h, p) = (header.clone(), *params);
+    AioContext::current()
+        .thread_pool()
+        .submit(move || load_key(&h, &p, slot, password.as_bytes(), &material))
+        .await
+}
+
+/// Whether `password` unlocks slot `slot`.
+pub(super) async fn try_slot(
+    area: &HeaderArea<'_>,
+    header: &LuksHeader,
+    params: &LuksParams,
+    slot: usize,
+    password: String,
+) -> Result<bool> {
+    let found = load_slot(area, header, params, slot, Arc::new(password)).await?;
+    Ok(found.is_some())
+}
+
+/// Tries the passphrase on every active slot (qcrypto_block_luks_find_key) and returns
+/// the master key.
+pub(super) async fn find_key(
     area: &HeaderArea<'_>,
     header: &LuksHeader,
     params: &LuksParams,
     password: String,
-) -> Result<CryptoBlock> {
+) -> Result<Vec<u8>> {
     let password = Arc::new(password);
     for slot in 0..NUM_KEY_SLOTS {
-        if !header.key_slots[slot].is_active() {
-            continue;
-        }
-        let (offset, len) = key_material_range(header, slot);
-        let material = area.read(offset, len).await?;
-        let (h, p, pw) = (header.clone(), *params, password.clone());
-        let found = AioContext::current()
-            .thread_pool()
-            .submit(move || load_key(&h, &p, slot, pw.as_bytes(), &material))
-            .await?;
-        if let Some(master_key) = found {
-            return crypto_block(params, &master_key);
+        if let Some(key) = load_slot(area, header, params, slot, password.clone()).await? {
+            return Ok(key);
         }
     }
     Err(Error::new(
