@@ -237,6 +237,9 @@ const QED: &[&str] = &[
     "279",
 ];
 
+/// The luks tests that run with tools alone (key-slot amend).
+const LUKS: &[&str] = &["293"];
+
 fn run_suite(format: &str, tests: &[&str]) {
     let excused: Vec<&str> = EXCUSED
         .iter()
@@ -311,6 +314,11 @@ fn verdict_lines_are_read_as_the_suite_prints_them() {
             ("061", "fail")
         ]
     );
+}
+
+#[test]
+fn luks_conformance() {
+    run_suite("luks", LUKS);
 }
 
 #[test]

@@ -138,9 +138,15 @@ fn modes_in_both_directions(ext: &str) {
         String::from_utf8_lossy(&a.stdout),
         String::from_utf8_lossy(&b.stdout)
     );
-    // The check of a written image finds every cluster accounted for.
+    // The check of a written qcow2 image finds every cluster accounted for (luks has no
+    // check).
     let opts = image_opts(&format!("m2-ours.{ext}"));
-    for bin in [OURS, QEMU_IMG] {
+    let checkers = if ext == "qcow2" {
+        &[OURS, QEMU_IMG][..]
+    } else {
+        &[]
+    };
+    for &bin in checkers {
         ok(
             bin,
             &dir,

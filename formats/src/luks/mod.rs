@@ -20,7 +20,7 @@ use block::crypto::block::{CryptoBlock, Direction};
 use block::crypto::luks;
 use block::crypto::luks::amend::{amend, AmendOptions};
 use block::crypto::luks::header::{LuksHeader, LuksParams, KEY_SLOT_OFFSET, MAGIC};
-use block::crypto::luks::volume::{self, HeaderArea, LuksVolume};
+use block::crypto::luks::volume::{self, HeaderArea};
 use block::driver::{
     BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, PreallocMode, RequestFlags,
     StatusFlags,
@@ -117,18 +117,13 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         offset: 0,
         len: u64::MAX,
     };
-    let LuksVolume {
-        header,
-        params,
-        crypto,
-        master_key,
-    } = volume::open(&area, password).await?;
-    let payload_offset = header.payload_offset_sector as u64 * 512;
+    let v = volume::open(&area, password).await?;
+    let payload_offset = v.header.payload_offset_sector as u64 * 512;
     Ok(Box::new(LuksDriver {
-        header: RefCell::new(header),
-        master_key,
-        params,
-        crypto,
+        header: RefCell::new(v.header),
+        master_key: v.master_key,
+        params: v.params,
+        crypto: v.crypto,
         payload_offset,
     }))
 }

@@ -7,7 +7,8 @@
 //! accounting and allocation) → [`cache`] (L2/refcount-block cache and write ordering) →
 //! [`cluster`] (allocating writes, copy-on-write) → [`compress`] (zlib/zstd clusters) →
 //! [`zero`] (zero writes and discard) → [`resize`] (truncate) → [`create`] → [`check`].
-//! [`data_file`] says where guest data lives: in the image, or in an external data file.
+//! [`data_file`] says where guest data lives: in the image, or in an external data file;
+//! [`crypto`] encrypts it (LUKS or the legacy AES).
 //! [`state`] holds the image state behind the metadata lock; [`read`] and [`write`] are the
 //! request paths built from the pieces above.
 

@@ -85,10 +85,15 @@ pub async fn amend(
     opts: AmendOptions,
     force: bool,
 ) -> Result<()> {
+    let old = opts
+        .old_secret
+        .as_deref()
+        .map(qcrypto_secret_lookup_as_utf8)
+        .transpose()?;
     if opts.active {
-        add_keyslot(area, header, params, master_key, opts, force).await
+        add_keyslot(area, header, params, (master_key, old), opts, force).await
     } else {
-        erase_keyslots(area, header, params, opts, force).await
+        erase_keyslots(area, header, params, old, opts, force).await
     }
 }
 
@@ -96,15 +101,10 @@ async fn add_keyslot(
     area: &HeaderArea<'_>,
     header: &mut LuksHeader,
     params: &LuksParams,
-    master_key: Option<&[u8]>,
+    (master_key, old): (Option<&[u8]>, Option<String>),
     opts: AmendOptions,
     force: bool,
 ) -> Result<()> {
-    let old = opts
-        .old_secret
-        .as_deref()
-        .map(qcrypto_secret_lookup_as_utf8)
-        .transpose()?;
     let Some(new_secret) = &opts.new_secret else {
         return Err(Error::invalid(
             "'new-secret' is required to activate a keyslot",
@@ -156,14 +156,10 @@ async fn erase_keyslots(
     area: &HeaderArea<'_>,
     header: &mut LuksHeader,
     params: &LuksParams,
+    old: Option<String>,
     opts: AmendOptions,
     force: bool,
 ) -> Result<()> {
-    let old = opts
-        .old_secret
-        .as_deref()
-        .map(qcrypto_secret_lookup_as_utf8)
-        .transpose()?;
     let slots = match (opts.keyslot, old) {
         (Some(k), old) => {
             let slot = checked_slot(k)?;
