@@ -122,13 +122,17 @@ const QCOW2: &[&str] = &[
     "115",
     "121",
     "122",
+    "134",
     "138",
     "150",
     "154",
+    "158",
     "159",
     "170",
     "174",
     "187",
+    "188",
+    "189",
     "190",
     "197",
     "215",
@@ -136,17 +140,21 @@ const QCOW2: &[&str] = &[
     "226",
     "243",
     "251",
+    "263",
     "265",
     "268",
     "270",
     "272",
     "279",
+    "284",
     "287",
     "289",
     "290",
     "292",
+    "293",
     "305",
     "detect-zeroes-registered-buf",
+    "qcow2-encryption",
     "regression-vhdx-log",
 ];
 
@@ -391,6 +399,9 @@ enum Emulator {
     Rqemu,
 }
 
+/// The luks tests that run with tools alone (key-slot amend).
+const LUKS: &[&str] = &["293"];
+
 fn run_suite(format: &str, tests: &[&str]) {
     run_suite_with(format, tests, Emulator::ToolsOnly);
 }
@@ -482,6 +493,11 @@ fn verdict_lines_are_read_as_the_suite_prints_them() {
             ("061", "fail")
         ]
     );
+}
+
+#[test]
+fn luks_conformance() {
+    run_suite("luks", LUKS);
 }
 
 #[test]

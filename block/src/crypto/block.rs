@@ -5,9 +5,21 @@
 //! The IV of a sector depends on its number counted from the start of the *guest* disk
 //! (or of the key material, for key slots), never on where the bytes sit in the host file.
 
+use std::sync::Arc;
+
 use super::cipher::{Cipher, CipherAlg, CipherMode};
 use super::ivgen::IvGen;
 use crate::error::Result;
+use crate::AioContext;
+
+/// Which way [`CryptoBlock::co_encdec`] goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Plaintext to ciphertext.
+    Encrypt,
+    /// Ciphertext to plaintext.
+    Decrypt,
+}
 
 /// The encryption a volume's payload (or a key slot's material) uses.
 pub struct CryptoBlock {
@@ -52,6 +64,28 @@ impl CryptoBlock {
     /// Decrypts `data`, whose first byte starts sector `start_sector`, in place.
     pub fn decrypt(&self, start_sector: u64, data: &mut [u8]) -> Result<()> {
         self.each_sector(start_sector, data, |c, iv, s| c.decrypt(iv, s))
+    }
+
+    /// Encrypts or decrypts `buf`, whose first byte is at byte `offset` of the encrypted
+    /// space, on the thread pool, and hands the buffer back: ciphers are CPU work and
+    /// never run on the main loop (qcow2_co_encdec, block_crypto_co_preadv's bounce).
+    pub async fn co_encdec(
+        self: Arc<Self>,
+        offset: u64,
+        mut buf: Vec<u8>,
+        dir: Direction,
+    ) -> Result<Vec<u8>> {
+        let sector = offset / self.sector_size as u64;
+        AioContext::current()
+            .thread_pool()
+            .submit(move || {
+                match dir {
+                    Direction::Encrypt => self.encrypt(sector, &mut buf),
+                    Direction::Decrypt => self.decrypt(sector, &mut buf),
+                }
+                .map(|_| buf)
+            })
+            .await
     }
 
     fn each_sector(

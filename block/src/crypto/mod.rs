@@ -10,6 +10,8 @@ pub mod cipher;
 pub mod hash;
 pub mod ivgen;
 pub mod luks;
+pub mod options;
+pub mod qcow;
 
 use crate::error::{Error, Result};
 

@@ -2,18 +2,20 @@
 //! qcrypto_block_luks_create): the volume header and slot 0 are computed off the main loop,
 //! then the file is sized to header area + virtual size and the two are written.
 
-use std::sync::Arc;
-
-use block::crypto::cipher::{CipherAlg, CipherMode};
-use block::crypto::hash::HashAlg;
-use block::crypto::ivgen::{essiv_cipher, IvGenAlg};
 use block::crypto::luks::header::LuksParams;
-use block::crypto::luks::{self, key_material_range, LuksCreateOptions, DEFAULT_ITER_TIME_MS};
+use block::crypto::luks::volume::{self, HeaderArea};
+use block::crypto::luks::{self, LuksCreateOptions};
+use block::crypto::options::{take_iter_time, take_luks_params};
 use block::driver::{CreateOption, PreallocMode};
 use block::objects::secret::qcrypto_secret_lookup_as_utf8;
-use block::{AioContext, Error, IoVector, OpenFlags, Options, RequestFlags, Result};
+use block::{Error, OpenFlags, Options, Result};
 
-const fn opt(name: &'static str, kind: &'static str, help: &'static str) -> CreateOption {
+/// An option without a default.
+pub(crate) const fn opt(
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+) -> CreateOption {
     CreateOption {
         name,
         kind,
@@ -43,54 +45,10 @@ pub const CREATE_OPTIONS: [CreateOption; 9] = [
     opt("detached-header", "bool", "Create a detached LUKS header"),
 ];
 
-fn bad_value(key: &str, value: &str) -> Error {
-    Error::invalid(format!("Parameter '{key}' does not accept value '{value}'"))
-}
-
-/// Takes an enum-valued option, parsed by `parse`, or its default.
-fn take_enum<T>(
-    opts: &mut Options,
-    key: &str,
-    parse: impl Fn(&str) -> Result<Option<T>>,
-) -> Result<Option<T>> {
-    match opts.take(key) {
-        Some(v) => parse(&v)?.map(Some).ok_or_else(|| bad_value(key, &v)),
-        None => Ok(None),
-    }
-}
-
-/// The algorithms `-o` asks for, with QEMU's defaults (aes-256, xts, plain64, sha256).
-fn parse_params(opts: &mut Options) -> Result<LuksParams> {
-    let cipher = take_enum(opts, "cipher-alg", |v| Ok(CipherAlg::parse(v)))?;
-    let mode = take_enum(opts, "cipher-mode", CipherMode::parse)?;
-    let ivgen = take_enum(opts, "ivgen-alg", |v| Ok(IvGenAlg::parse(v)))?;
-    let ivgen_hash = take_enum(opts, "ivgen-hash-alg", |v| Ok(HashAlg::parse(v)))?;
-    let hash = take_enum(opts, "hash-alg", |v| Ok(HashAlg::parse(v)))?;
-    let cipher = cipher.unwrap_or(CipherAlg::Aes256);
-    let ivgen = ivgen.unwrap_or(IvGenAlg::Plain64);
-    // ESSIV needs a hash; the plain generators keep one if given, as dm-crypt does.
-    let ivgen_hash = match ivgen {
-        IvGenAlg::Essiv => Some(ivgen_hash.unwrap_or(HashAlg::Sha256)),
-        _ => ivgen_hash,
-    };
-    let ivgen_cipher = match (ivgen, ivgen_hash) {
-        (IvGenAlg::Essiv, Some(h)) => essiv_cipher(cipher, h)?,
-        _ => cipher,
-    };
-    Ok(LuksParams {
-        cipher,
-        mode: mode.unwrap_or(CipherMode::Xts),
-        ivgen,
-        ivgen_hash,
-        ivgen_cipher,
-        hash: hash.unwrap_or(HashAlg::Sha256),
-    })
-}
-
 /// The algorithms and the passphrase a creation (or measurement) names.
 fn parse_create(options: &mut Options) -> Result<(LuksParams, String)> {
     let key_secret = options.take("key-secret");
-    let params = parse_params(options)?;
+    let params = take_luks_params(options)?;
     if options.contains("detached-header") {
         return Err(Error::invalid("Parameter 'detached-header' is unexpected"));
     }
@@ -128,19 +86,12 @@ async fn create_image(filename: &str, options: &mut Options) -> Result<()> {
         None => PreallocMode::Off,
     };
     let (params, password) = parse_create(options)?;
-    let password = Arc::new(password);
-    let iter_time_ms = options
-        .take_u64("iter-time")?
-        .unwrap_or(DEFAULT_ITER_TIME_MS);
     let create_opts = LuksCreateOptions {
         params,
-        iter_time_ms,
+        iter_time_ms: take_iter_time(options)?,
         detached: false,
     };
-    let volume = AioContext::current()
-        .thread_pool()
-        .submit(move || luks::create(&create_opts, password.as_bytes()))
-        .await?;
+    let volume = volume::create(create_opts, password).await?;
 
     let mut file_opts = Options::new();
     file_opts.set("size", "0");
@@ -160,12 +111,12 @@ async fn create_image(filename: &str, options: &mut Options) -> Result<()> {
             .checked_add(size)
             .ok_or_else(|| Error::invalid("Image size is too large"))?;
         file.co_truncate(total, true, prealloc).await?;
-        let (slot_offset, _) = key_material_range(&volume.header, 0);
-        let material = IoVector::from_slice(&volume.slot0_material);
-        file.co_pwritev(slot_offset, &material, RequestFlags::empty())
-            .await?;
-        let header = IoVector::from_slice(&volume.header.to_bytes());
-        file.co_pwritev(0, &header, RequestFlags::empty()).await?;
+        let area = HeaderArea {
+            node: &file,
+            offset: 0,
+            len: header_len,
+        };
+        volume::write(&area, &volume).await?;
         file.co_flush().await
     }
     .await;

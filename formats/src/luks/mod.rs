@@ -10,18 +10,23 @@
 mod create;
 
 pub use create::measure;
+use create::opt;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use block::crypto::block::CryptoBlock;
-use block::crypto::luks::header::{LuksHeader, LuksParams, HEADER_LEN, MAGIC, NUM_KEY_SLOTS};
-use block::crypto::luks::{self, key_material_range, load_key};
+use block::crypto::block::{CryptoBlock, Direction};
+use block::crypto::luks;
+use block::crypto::luks::amend::{amend, AmendOptions};
+use block::crypto::luks::header::{LuksHeader, LuksParams, KEY_SLOT_OFFSET, MAGIC};
+use block::crypto::luks::volume::{self, HeaderArea};
 use block::driver::{
-    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags, StatusFlags,
+    BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, PreallocMode, RequestFlags,
+    StatusFlags,
 };
 use block::objects::secret::qcrypto_secret_lookup_as_utf8;
-use block::{AioContext, BlockDriverState, Error, IoVector, Options, Result};
+use block::{BlockDriverState, Error, IoVector, Options, Result};
 
 /// The class registered as `luks`.
 pub static LUKS: DriverClass = DriverClass {
@@ -33,6 +38,31 @@ pub static LUKS: DriverClass = DriverClass {
     create: Some(|filename, options| Box::pin(create::create(filename, options))),
     create_options: &create::CREATE_OPTIONS,
 };
+
+/// The options `qemu-img amend` takes, in QEMU's order (block_crypto_amend_opts_luks).
+pub const AMEND_OPTIONS: [CreateOption; 5] = [
+    opt(
+        "state",
+        "str",
+        "Select new state of affected keyslots (active/inactive)",
+    ),
+    opt(
+        "keyslot",
+        "num",
+        "Select a single keyslot to modify explicitly",
+    ),
+    opt(
+        "old-secret",
+        "str",
+        "Select all keyslots that match this password",
+    ),
+    opt(
+        "new-secret",
+        "str",
+        "New secret to set in the matching keyslots. Empty string to erase",
+    ),
+    opt("iter-time", "num", "Time to spend in PBKDF in milliseconds"),
+];
 
 /// Bytes encrypted or decrypted per bounce buffer (QEMU's BLOCK_CRYPTO_MAX_IO_SIZE).
 const MAX_IO_SIZE: usize = 1024 * 1024;
@@ -49,7 +79,10 @@ fn probe(buf: &[u8], _filename: &str) -> u32 {
 
 /// An open LUKS volume.
 pub struct LuksDriver {
-    header: LuksHeader,
+    /// The header; amend changes its key slots.
+    header: RefCell<LuksHeader>,
+    /// The master key, for adding key slots; None when opened for metadata only.
+    master_key: Option<Vec<u8>>,
     params: LuksParams,
     /// The payload cipher; None when opened for metadata only.
     crypto: Option<Arc<CryptoBlock>>,
@@ -69,61 +102,30 @@ pub(crate) async fn read_file(bs: &BlockDriverState, offset: u64, len: usize) ->
 
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
     let key_secret = options.take("key-secret");
-    let no_io = bs.open_flags().no_io;
-    let password = match (&key_secret, no_io) {
-        (Some(id), false) => Some(qcrypto_secret_lookup_as_utf8(id)?),
+    let password = match (key_secret, bs.open_flags().no_io) {
+        (_, true) => None,
+        (Some(id), false) => Some(qcrypto_secret_lookup_as_utf8(&id)?),
         (None, false) => {
             return Err(Error::invalid(
                 "Parameter 'key-secret' is required for cipher",
             ))
         }
-        (_, true) => None,
     };
     let file = file(bs);
-    let header = LuksHeader::parse(&read_file(&file, 0, HEADER_LEN).await?)?;
-    header.check(false)?;
-    let params = header.params()?;
-    let crypto = match password {
-        Some(password) => Some(Arc::new(unlock(&file, &header, &params, password).await?)),
-        None => None,
+    let area = HeaderArea {
+        node: &file,
+        offset: 0,
+        len: u64::MAX,
     };
-    let payload_offset = header.payload_offset_sector as u64 * 512;
+    let v = volume::open(&area, password).await?;
+    let payload_offset = v.header.payload_offset_sector as u64 * 512;
     Ok(Box::new(LuksDriver {
-        header,
-        params,
-        crypto,
+        header: RefCell::new(v.header),
+        master_key: v.master_key,
+        params: v.params,
+        crypto: v.crypto,
         payload_offset,
     }))
-}
-
-/// Tries the passphrase on every active slot, off the main loop
-/// (qcrypto_block_luks_find_key), and keys the payload cipher with the master key.
-async fn unlock(
-    file: &BlockDriverState,
-    header: &LuksHeader,
-    params: &LuksParams,
-    password: String,
-) -> Result<CryptoBlock> {
-    let password = Arc::new(password);
-    for slot in 0..NUM_KEY_SLOTS {
-        if !header.key_slots[slot].is_active() {
-            continue;
-        }
-        let (offset, len) = key_material_range(header, slot);
-        let material = read_file(file, offset, len).await?;
-        let (h, p, pw) = (header.clone(), *params, password.clone());
-        let found = AioContext::current()
-            .thread_pool()
-            .submit(move || load_key(&h, &p, slot, pw.as_bytes(), &material))
-            .await?;
-        if let Some(master_key) = found {
-            return luks::crypto_block(params, &master_key);
-        }
-    }
-    Err(Error::new(
-        libc::EACCES,
-        "Invalid password, cannot unlock any keyslot",
-    ))
 }
 
 impl LuksDriver {
@@ -141,26 +143,6 @@ fn bounce_chunks(len: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |done| (done, (len - done).min(MAX_IO_SIZE)))
 }
 
-/// Encrypts or decrypts `buf` on the thread pool and hands the buffer back.
-async fn on_pool(
-    crypto: Arc<CryptoBlock>,
-    start_sector: u64,
-    mut buf: Vec<u8>,
-    encrypt: bool,
-) -> Result<Vec<u8>> {
-    AioContext::current()
-        .thread_pool()
-        .submit(move || {
-            if encrypt {
-                crypto.encrypt(start_sector, &mut buf)
-            } else {
-                crypto.decrypt(start_sector, &mut buf)
-            }
-            .map(|_| buf)
-        })
-        .await
-}
-
 #[async_trait(?Send)]
 impl BlockDriver for LuksDriver {
     async fn co_preadv(
@@ -174,7 +156,10 @@ impl BlockDriver for LuksDriver {
         for (done, n) in bounce_chunks(qiov.len()) {
             let at = offset + done as u64;
             let data = read_file(&file, self.payload_offset + at, n).await?;
-            let data = on_pool(crypto.clone(), at / 512, data, false).await?;
+            let data = crypto
+                .clone()
+                .co_encdec(at, data, Direction::Decrypt)
+                .await?;
             qiov.copy_from_slice(done, &data);
         }
         Ok(())
@@ -192,7 +177,10 @@ impl BlockDriver for LuksDriver {
             let at = offset + done as u64;
             let mut data = vec![0u8; n];
             qiov.copy_to_slice(done, &mut data);
-            let data = on_pool(crypto.clone(), at / 512, data, true).await?;
+            let data = crypto
+                .clone()
+                .co_encdec(at, data, Direction::Encrypt)
+                .await?;
             let flags = flags & RequestFlags::FUA;
             file.co_pwritev(
                 self.payload_offset + at,
@@ -248,12 +236,37 @@ impl BlockDriver for LuksDriver {
     }
 
     fn get_specific_info(&self, _bs: &BlockDriverState) -> Option<serde_json::Value> {
-        let data = luks::info_json(&self.header, &self.params);
+        let data = luks::info_json(&self.header.borrow(), &self.params);
         Some(serde_json::json!({"type": "luks", "data": data}))
     }
 
     fn is_encrypted(&self) -> bool {
         true
+    }
+
+    /// Adds or erases key slots (block_crypto_amend_options_luks).
+    async fn co_amend(
+        &self,
+        bs: &BlockDriverState,
+        options: &mut Options,
+        force: bool,
+        _status: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        let Some(opts) = AmendOptions::take(options)? else {
+            return Ok(());
+        };
+        let file = file(bs);
+        let area = HeaderArea {
+            node: &file,
+            offset: 0,
+            len: self.payload_offset.max(KEY_SLOT_OFFSET),
+        };
+        let mut header = self.header.borrow().clone();
+        let key = self.master_key.as_deref();
+        let result = amend(&area, &mut header, &self.params, key, opts, force).await;
+        *self.header.borrow_mut() = header;
+        result?;
+        file.co_flush().await
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -7,6 +7,7 @@
 //! downgrade last (after the features it cannot keep are gone). The two long walks, zero
 //! cluster expansion and the refcount rebuild, live in [`super::amend_walk`].
 
+use block::crypto::luks::amend::AmendOptions;
 use block::driver::{CreateOption, PreallocMode};
 use block::{BlockDriverState, Error, Options, Result};
 
@@ -52,14 +53,14 @@ pub const AMEND_OPTIONS: [CreateOption; 13] = [
         "num",
         "Time to spend in PBKDF in milliseconds",
     ),
-    CREATE_OPTIONS[5],
-    CREATE_OPTIONS[6],
-    CREATE_OPTIONS[7],
-    CREATE_OPTIONS[8],
-    CREATE_OPTIONS[9],
-    CREATE_OPTIONS[10],
-    CREATE_OPTIONS[11],
-    CREATE_OPTIONS[12],
+    CREATE_OPTIONS[13],
+    CREATE_OPTIONS[14],
+    CREATE_OPTIONS[15],
+    CREATE_OPTIONS[16],
+    CREATE_OPTIONS[17],
+    CREATE_OPTIONS[18],
+    CREATE_OPTIONS[19],
+    CREATE_OPTIONS[20],
 ];
 
 /// The steps of an amendment that report progress (Qcow2AmendOperation).
@@ -116,11 +117,14 @@ struct Request {
     backing_fmt: Option<String>,
     lazy_refcounts: Option<bool>,
     refcount_bits: Option<u64>,
+    encrypt: Option<AmendOptions>,
 }
 
 /// Reads the options in [`AMEND_OPTIONS`] order with QEMU's checks and messages.
-fn parse_request(h: &Header, opts: &mut Options) -> Result<Request> {
+fn parse_request(opts: &mut Options) -> Result<Request> {
     let mut r = Request::default();
+    let mut encrypt = opts.extract_prefix("encrypt");
+    r.encrypt = AmendOptions::take(&mut encrypt)?;
     for desc in AMEND_OPTIONS.iter() {
         let Some(value) = opts.take(desc.name) else {
             continue;
@@ -154,16 +158,14 @@ fn parse_request(h: &Header, opts: &mut Options) -> Result<Request> {
                 }
                 r.refcount_bits = Some(bits);
             }
-            _ => refuse_unsupported(h, desc.name, &value)?,
+            _ => refuse_unsupported(desc.name, &value)?,
         }
     }
     Ok(r)
 }
 
-/// The data file and encryption options. This driver opens no image with a data file or
-/// encryption (it refuses them by name at open), so these are QEMU's answers for an image
-/// without them.
-fn refuse_unsupported(h: &Header, name: &str, value: &str) -> Result<()> {
+/// The data file options: QEMU's answers for an image without a data file.
+fn refuse_unsupported(name: &str, value: &str) -> Result<()> {
     match name {
         "data_file" => Err(Error::invalid(
             "data-file can only be set for images that use an external data file",
@@ -172,12 +174,7 @@ fn refuse_unsupported(h: &Header, name: &str, value: &str) -> Result<()> {
             "data-file-raw cannot be set on existing images",
         )),
         "data_file_raw" => Ok(()),
-        _ if h.crypt_method == 0 => Err(Error::invalid(
-            "Can't amend encryption options - encryption not present",
-        )),
-        _ => Err(Error::not_supported(
-            "Only LUKS encryption options can be amended",
-        )),
+        _ => Err(Error::invalid(format!("Invalid parameter '{name}'"))),
     }
 }
 
@@ -191,13 +188,18 @@ impl Qcow2 {
         &self,
         bs: &BlockDriverState,
         opts: &mut Options,
+        force: bool,
         status: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
         let (old_version, old_bits) = {
             let h = self.info.borrow();
             (h.version, h.refcount_bits() as u64)
         };
-        let r = parse_request(&self.info.borrow().clone(), opts)?;
+        let mut r = parse_request(opts)?;
+        if let Some(encrypt) = r.encrypt.take() {
+            let file = self.file(bs);
+            super::crypto::amend(self.crypto.as_ref(), &file, encrypt, force).await?;
+        }
         let new_version = r.version.unwrap_or(old_version);
         let refcount_bits = r.refcount_bits.unwrap_or(old_bits);
         self.repair_if_dirty(bs).await?;

@@ -115,6 +115,9 @@ impl Meta {
             self.header.refcount_table_clusters as u64,
         );
         refs.inc(res, rt_off, rt_clusters * cs);
+        if let Some((offset, len)) = self.header.crypto_header {
+            refs.inc(res, offset, len);
+        }
         for (i, &e) in self.reftable.clone().iter().enumerate() {
             let offset = e & REFT_OFFSET_MASK;
             if offset == 0 {

@@ -8,6 +8,7 @@
 use block::driver::{CreateOption, PreallocMode};
 use block::{Error, OpenFlags, Options, Result};
 
+use super::crypto::EncryptCreate;
 use super::data_file::DataFileParams;
 use super::header::{
     self, CompressionType, Header, COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2,
@@ -18,11 +19,59 @@ use crate::image_file::create_protocol_file;
 
 /// Creation options in QEMU's order (qcow2_create_opts: the qcow2-only options, then the
 /// ones shared with amend), which is the order of the "Formatting" line.
-pub const CREATE_OPTIONS: [CreateOption; 13] = [
+pub const CREATE_OPTIONS: [CreateOption; 21] = [
     opt(
         "encryption",
         "bool",
         "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+        None,
+    ),
+    opt(
+        "encrypt.format",
+        "str",
+        "Encrypt the image, format choices: 'aes', 'luks'",
+        None,
+    ),
+    opt(
+        "encrypt.key-secret",
+        "str",
+        "ID of secret providing qcow AES key or LUKS passphrase",
+        None,
+    ),
+    opt(
+        "encrypt.cipher-alg",
+        "str",
+        "Name of encryption cipher algorithm",
+        None,
+    ),
+    opt(
+        "encrypt.cipher-mode",
+        "str",
+        "Name of encryption cipher mode",
+        None,
+    ),
+    opt(
+        "encrypt.ivgen-alg",
+        "str",
+        "Name of IV generator algorithm",
+        None,
+    ),
+    opt(
+        "encrypt.ivgen-hash-alg",
+        "str",
+        "Name of IV generator hash algorithm",
+        None,
+    ),
+    opt(
+        "encrypt.hash-alg",
+        "str",
+        "Name of encryption hash algorithm",
+        None,
+    ),
+    opt(
+        "encrypt.iter-time",
+        "num",
+        "Time to spend in PBKDF in milliseconds",
         None,
     ),
     opt("cluster_size", "size", "qcow2 cluster size", Some("65536")),
@@ -111,6 +160,8 @@ pub struct CreateParams {
     pub prealloc: PreallocMode,
     /// External data file, if any.
     pub data_file: DataFileParams,
+    /// Encryption, if any.
+    pub encrypt: Option<EncryptCreate>,
 }
 
 fn v3_only(what: &str) -> Error {
@@ -166,7 +217,7 @@ pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
     let backing_file = options.take("backing_file");
     let backing_fmt = options.take("backing_fmt");
     let data_file = DataFileParams::take(options, version, backing_file.is_some())?;
-    refuse_unsupported(options)?;
+    let encrypt = EncryptCreate::take(options)?;
     if version == 2 {
         if lazy_refcounts {
             return Err(v3_only("Lazy refcounts"));
@@ -207,22 +258,8 @@ pub fn parse_params(options: &mut Options) -> Result<CreateParams> {
         backing: backing_file.map(|f| (f, backing_fmt)),
         prealloc,
         data_file,
+        encrypt,
     })
-}
-
-fn refuse_unsupported(options: &mut Options) -> Result<()> {
-    let encrypt_keys: Vec<String> = options
-        .iter()
-        .map(|(k, _)| k.to_string())
-        .filter(|k| k.starts_with("encrypt."))
-        .collect();
-    let encryption = options.take_bool("encryption")?.unwrap_or(false);
-    if encryption || !encrypt_keys.is_empty() {
-        return Err(Error::not_supported(
-            "qcow2: encryption is not supported by rqemu",
-        ));
-    }
-    Ok(())
 }
 
 /// The first three clusters of a new image of size 0: header, refcount table, refcount
@@ -297,7 +334,12 @@ pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
         ..OpenFlags::default()
     };
     let bs = block::bdrv_open(None, qcow2_opts, flags).await?;
-    let result = bs.co_truncate(params.size, false, params.prealloc).await;
+    let mut result = bs.co_truncate(params.size, false, params.prealloc).await;
+    if let (Ok(()), Some(how)) = (&result, params.encrypt) {
+        let q = bs.drv().as_any().downcast_ref::<super::Qcow2>();
+        let q = q.expect("a qcow2 node has the qcow2 driver");
+        result = q.set_up_encryption(how).await;
+    }
     let closed = bs.close().await;
     result.and(closed)
 }

@@ -7,7 +7,8 @@
 //! accounting and allocation) → [`cache`] (L2/refcount-block cache and write ordering) →
 //! [`cluster`] (allocating writes, copy-on-write) → [`compress`] (zlib/zstd clusters) →
 //! [`zero`] (zero writes and discard) → [`resize`] (truncate) → [`create`] → [`check`].
-//! [`data_file`] says where guest data lives: in the image, or in an external data file.
+//! [`data_file`] says where guest data lives: in the image, or in an external data file;
+//! [`crypto`] encrypts it (LUKS or the legacy AES).
 //! [`state`] holds the image state behind the metadata lock; [`read`] and [`write`] are the
 //! request paths built from the pieces above.
 
@@ -19,12 +20,13 @@ pub mod check;
 pub mod cluster;
 pub mod compress;
 pub mod create;
+pub mod crypto;
 pub mod data_file;
 pub mod header;
 pub mod l2;
 pub mod mapping;
 pub mod measure;
-mod open_options;
+mod open;
 mod read;
 pub mod rebuild;
 pub mod refcount;
@@ -44,7 +46,6 @@ use block::driver::{
     BlockDriver, BlockLimits, BlockStatus, CheckFix, CheckResult, DriverClass, DriverInfo,
     PreallocMode, RequestFlags,
 };
-use block::open::bdrv_open_backing;
 use block::snapshot::SnapshotInfo;
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
@@ -52,7 +53,6 @@ use cluster::InflightAlloc;
 use data_file::DataFile;
 use header::{CompressionType, Header};
 use l2::Geometry;
-use open_options::{refuse_unimplemented, take_lazy_refcounts, take_runtime_options};
 use state::Meta;
 
 /// The class registered as `qcow2`.
@@ -61,7 +61,7 @@ pub static QCOW2: DriverClass = DriverClass {
     protocol_name: None,
     is_format: true,
     probe: Some(probe),
-    open: |bs, options| Box::pin(open(bs, options)),
+    open: |bs, options| Box::pin(open::open(bs, options)),
     create: Some(|filename, options| Box::pin(create::create(filename, options))),
     create_options: &create::CREATE_OPTIONS,
 };
@@ -109,103 +109,8 @@ pub struct Qcow2 {
     metadata_preallocation: Cell<Option<bool>>,
     /// The bitmap directory as last read or written, for `info`.
     bitmap_dir: RefCell<Vec<bitmaps::directory::DirEntry>>,
-}
-
-async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
-    let head = read_bytes(file, 0, 512).await?;
-    if head.len() < 24 || head[0..4] != header::QCOW_MAGIC.to_be_bytes() {
-        return Err(Error::invalid("Image is not in qcow2 format"));
-    }
-    let bits = u32::from_be_bytes(head[20..24].try_into().unwrap());
-    if !(header::MIN_CLUSTER_BITS..=header::MAX_CLUSTER_BITS).contains(&bits) {
-        return Ok(head);
-    }
-    read_bytes(file, 0, 1 << bits).await
-}
-
-async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
-    let file = bs.file().expect("format nodes have a file child");
-    let first = read_first_cluster(&file).await?;
-    let mut h = Header::parse(&first)?;
-    refuse_unimplemented(&h)?;
-    let writable = !bs.is_read_only();
-    let checking = bs.open_flags().check;
-    if writable && !checking && h.incompatible_features & header::INCOMPAT_CORRUPT != 0 {
-        return Err(Error::new(
-            libc::EACCES,
-            "qcow2: Image is corrupt; cannot be opened read/write",
-        ));
-    }
-    let sizes = cache::take_cache_options(options, h.cluster_size())?;
-    let lazy_refcounts = take_lazy_refcounts(options, &h)?;
-    take_runtime_options(options)?;
-    let backing_opt = options.take("backing");
-    let backing_opts = options.extract_prefix("backing");
-    let data = data_file::open(bs, &h, options).await?;
-    let g = Geometry::new(&h);
-    let dirty = h.incompatible_features & header::INCOMPAT_DIRTY != 0;
-    // Autoclear bits this driver does not know are cleared: what they guarded is stale.
-    let kept = h.autoclear_features & (header::AUTOCLEAR_DATA_FILE_RAW | header::AUTOCLEAR_BITMAPS);
-    if h.bitmaps_stale {
-        bitmaps::warn_stale(h.version);
-    }
-    let stale_autoclear = writable && (h.autoclear_features != kept || h.bitmaps_stale);
-    if stale_autoclear {
-        h.autoclear_features = kept;
-    }
-    let mut meta = Meta::load(file.clone(), h.clone(), writable, sizes).await?;
-    meta.data = data.clone();
-    let q = Qcow2 {
-        meta: CoMutex::new(meta),
-        g,
-        compression_type: h.compression_type,
-        size: Cell::new(h.size),
-        allocs: RefCell::new(Vec::new()),
-        next_alloc_id: Cell::new(1),
-        alloc_done: CoQueue::new(),
-        lazy_refcounts: Cell::new(lazy_refcounts),
-        info: RefCell::new(h.clone()),
-        needs_repair: Cell::new(writable && dirty && !checking),
-        repair_lock: CoMutex::new(()),
-        data,
-        snapshot_infos: RefCell::new(Vec::new()),
-        metadata_preallocation: Cell::new(None),
-        bitmap_dir: RefCell::new(Vec::new()),
-    };
-    q.publish_snapshots(&*q.meta.lock().await);
-    let mut meta = q.meta.lock().await;
-    if stale_autoclear {
-        meta.write_header_sync().await?;
-    }
-    q.load_dirty_bitmaps(bs, &mut meta).await?;
-    drop(meta);
-    open_backing(bs, &h, backing_opt, backing_opts).await?;
-    Ok(Box::new(q))
-}
-
-/// Opens the backing file the header names, unless options say otherwise
-/// (bdrv_open_backing_file).
-async fn open_backing(
-    bs: &BlockDriverState,
-    h: &Header,
-    backing_opt: Option<String>,
-    backing_opts: Options,
-) -> Result<()> {
-    if bs.open_flags().no_backing
-        || backing_opt.as_deref() == Some("")
-        || backing_opt.as_deref() == Some("null")
-    {
-        return Ok(());
-    }
-    let name = match (&backing_opt, &h.backing_file) {
-        (Some(n), _) => n.clone(),
-        (None, Some(n)) => n.clone(),
-        (None, None) if backing_opts.is_empty() => return Ok(()),
-        (None, None) => String::new(),
-    };
-    let backing = bdrv_open_backing(bs, &name, h.backing_format.as_deref(), backing_opts).await?;
-    bs.attach_child("backing", backing);
-    Ok(())
+    /// The encryption of guest data, if any.
+    crypto: Option<crypto::Qcow2Crypto>,
 }
 
 impl Qcow2 {
@@ -377,7 +282,8 @@ impl BlockDriver for Qcow2 {
             .map(|f| f.limits())
             .unwrap_or_default();
         BlockLimits {
-            request_alignment: 1,
+            // Encrypted data is only ever touched in whole encryption sectors.
+            request_alignment: if self.crypto.is_some() { 512 } else { 1 },
             max_transfer: 0,
             pwrite_zeroes_alignment: self.g.subcluster_size() as u32,
             pdiscard_alignment: self.g.cluster_size as u32,
@@ -436,6 +342,10 @@ impl BlockDriver for Qcow2 {
             }
             data
         };
+        let mut data = data;
+        if let Some(crypto) = &self.crypto {
+            crypto::insert_info(&mut data, crypto.info());
+        }
         Some(serde_json::json!({"type": "qcow2", "data": data}))
     }
 
@@ -464,10 +374,10 @@ impl BlockDriver for Qcow2 {
         &self,
         bs: &BlockDriverState,
         options: &mut Options,
-        _force: bool,
+        force: bool,
         status: &mut dyn FnMut(u64, u64),
     ) -> Result<()> {
-        self.amend(bs, options, status).await
+        self.amend(bs, options, force, status).await
     }
 
     async fn co_check(&self, bs: &BlockDriverState, fix: CheckFix) -> Result<CheckResult> {
@@ -522,8 +432,14 @@ impl BlockDriver for Qcow2 {
         self.load_vmstate(bs, qiov, pos).await
     }
 
+    /// Preallocated encrypted clusters hold zeroes that decrypt to noise
+    /// (qcow2_has_zero_init).
     fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {
-        true
+        self.crypto.is_none() || self.info.borrow().l1_size == 0
+    }
+
+    fn is_encrypted(&self) -> bool {
+        self.crypto.is_some()
     }
 
     async fn close(&self, bs: &BlockDriverState) -> Result<()> {

@@ -52,7 +52,11 @@ impl Qcow2 {
                 Mapping::Data(host) => {
                     let data = self.data_child(bs)?;
                     data.debug_event(block::BlkdbgEvent::ReadAio).await;
-                    data.co_preadv(host, &part, RequestFlags::empty()).await?
+                    data.co_preadv(host, &part, RequestFlags::empty()).await?;
+                    if let Some(crypto) = &self.crypto {
+                        let plain = crypto.decrypt(host, offset + done, part.to_vec()).await?;
+                        part.copy_from_slice(0, &plain);
+                    }
                 }
                 Mapping::Compressed(entry) => {
                     let cluster = self.read_compressed(bs, entry).await?;

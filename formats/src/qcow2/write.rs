@@ -93,7 +93,8 @@ impl Qcow2 {
                     let _guard =
                         self.register(first, (at + bytes).next_multiple_of(self.g.cluster_size));
                     drop(meta);
-                    let part = qiov.slice(done as usize, bytes as usize);
+                    let part = self.encrypted(host, at, qiov.slice(done as usize, bytes as usize));
+                    let part = part.await?;
                     let data = self.data_child(bs)?;
                     data.debug_event(block::BlkdbgEvent::WriteAio).await;
                     data.co_pwritev(host, &part, RequestFlags::empty()).await?;
@@ -124,6 +125,18 @@ impl Qcow2 {
             }
         }
         Ok(())
+    }
+
+    /// `data` as it is to be stored at `host` for guest offset `guest`: encrypted when the
+    /// image is (qcow2_co_encrypt), else unchanged.
+    async fn encrypted(&self, host: u64, guest: u64, data: IoVector) -> Result<IoVector> {
+        match &self.crypto {
+            Some(crypto) => {
+                let sealed = crypto.encrypt(host, guest, data.to_vec()).await?;
+                Ok(IoVector::from_slice(&sealed))
+            }
+            None => Ok(data),
+        }
     }
 
     /// Writes the guest data of an allocation together with its copy-on-write head and
@@ -160,6 +173,7 @@ impl Qcow2 {
         all.push_vector(data);
         all.push_vector(&tail);
         let host = m.host_start + head_from;
+        let all = self.encrypted(host, m.guest_start + head_from, all).await?;
         block::trace!(
             qcow2_writev_data,
             "host 0x{:x} bytes {} cow {}+{}",
@@ -202,6 +216,14 @@ impl Qcow2 {
         if self.data.is_external() {
             // A compressed cluster has no place in a data file mapped one to one.
             return Err(Error::from_errno(libc::ENOTSUP));
+        }
+        if self.crypto.is_some() {
+            // QEMU would store such a cluster unencrypted; qemu-img refuses to convert
+            // that way, and so does this driver for every writer.
+            return Err(Error::new(
+                libc::ENOTSUP,
+                "Compression and encryption not supported at the same time",
+            ));
         }
         if self.g.in_cluster(offset) != 0
             || (!len.is_multiple_of(cs) && offset + len != self.size.get())

@@ -27,6 +27,7 @@ const LONG: &[crate::tools::getopt::LongOpt] = &[
 fn amend_options(format: &str) -> Option<&'static [CreateOption]> {
     match format {
         "qcow2" => Some(&formats::qcow2::amend::AMEND_OPTIONS),
+        "luks" => Some(&formats::luks::AMEND_OPTIONS),
         _ => None,
     }
 }

@@ -294,7 +294,7 @@ async fn prepare_target(
             return None;
         }
     }
-    let target = open_target(a, out).await?;
+    let target = open_target(a, out, create.as_ref().map(|(o, _)| o)).await?;
     if a.bitmaps && !convert_bitmaps::check_target(&target.bs()) {
         return None;
     }
@@ -336,6 +336,11 @@ fn check_target(
         if a.out_fmt.as_deref() == Some("raw") && !a.skip_create {
             return Err("Compression not supported for this file format");
         }
+        let encryption =
+            opt("encryption").is_some_and(|v| block::options::parse_bool(v) == Some(true));
+        if encryption || opt("encrypt.format").is_some() {
+            return Err("Compression and encryption not supported at the same time");
+        }
         if opt("preallocation").is_some_and(|p| p != "off") {
             return Err("Compression and preallocation not supported at the same time");
         }
@@ -347,7 +352,13 @@ fn check_target(
 }
 
 /// Opens the target: cache mode `-t` (default unsafe), discard on when sparse.
-async fn open_target(a: &Args, out: &str) -> Option<Rc<BlockBackend>> {
+/// Opens the target; the creation options' key secrets come along, so that an encrypted
+/// target opens with the passphrase it was created with (img_add_key_secrets).
+async fn open_target(
+    a: &Args,
+    out: &str,
+    created: Option<&CreateOpts>,
+) -> Option<Rc<BlockBackend>> {
     let cache = a.cache.clone().unwrap_or_else(|| "unsafe".into());
     let Some(mode) = cli::parse_cache(&cache) else {
         error_report(&format!("Invalid cache option: {cache}"));
@@ -364,7 +375,15 @@ async fn open_target(a: &Args, out: &str) -> Option<Rc<BlockBackend>> {
         },
         writethrough: !mode.writeback,
     };
-    cli::img_open_with(&spec, Options::new()).await
+    let mut secrets = Options::new();
+    if let Some(opts) = created {
+        for (key, value) in opts.to_options().iter() {
+            if key.ends_with("key-secret") {
+                secrets.set(key, value);
+            }
+        }
+    }
+    cli::img_open_with(&spec, secrets).await
 }
 
 /// The target's creation options: -o, the size, -B/-F (convert's part of bdrv_img_create).

@@ -7,7 +7,9 @@
 //! The master key encrypts the payload. Everything here is pure computation on bytes the
 //! caller has read, so that the caller can run it off the main loop.
 
+pub mod amend;
 pub mod header;
+pub mod volume;
 
 use serde_json::{json, Value};
 

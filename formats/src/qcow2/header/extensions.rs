@@ -6,8 +6,8 @@
 use block::{Error, Result};
 
 use super::{
-    be32, be64, err, BitmapsExt, Header, AUTOCLEAR_BITMAPS, EXT_BACKING_FORMAT, EXT_BITMAPS,
-    EXT_DATA_FILE, EXT_END, EXT_FEATURE_TABLE, MAX_BACKING_NAME,
+    be32, be64, err, BitmapsExt, Header, AUTOCLEAR_BITMAPS, CRYPT_LUKS, EXT_BACKING_FORMAT,
+    EXT_BITMAPS, EXT_CRYPTO_HEADER, EXT_DATA_FILE, EXT_END, EXT_FEATURE_TABLE, MAX_BACKING_NAME,
 };
 
 /// Most bitmaps an image may hold (QCOW2_MAX_BITMAPS).
@@ -76,6 +76,7 @@ impl Header {
                     self.data_file = Some(String::from_utf8_lossy(data).into_owned());
                 }
                 EXT_BITMAPS => self.parse_bitmaps_ext(data)?,
+                EXT_CRYPTO_HEADER => self.crypto_header = Some(self.parse_crypto_header(data)?),
                 _ => self.other_extensions.push((ty, data.to_vec())),
             }
             pos += len.next_multiple_of(8);
@@ -121,6 +122,29 @@ impl Header {
         }
         self.bitmaps = Some(ext);
         Ok(())
+    }
+
+    /// Checks the LUKS header pointer as qcow2_read_extensions does.
+    fn parse_crypto_header(&self, data: &[u8]) -> Result<(u64, u64)> {
+        if self.crypt_method != CRYPT_LUKS {
+            return Err(Error::invalid(
+                "ERROR: crypto header extension only expected with LUKS encryption method",
+            ));
+        }
+        if data.len() != 16 {
+            return Err(Error::invalid(
+                "ERROR: crypto header extension: size mismatch",
+            ));
+        }
+        let offset = u64::from_be_bytes(data[..8].try_into().unwrap());
+        let length = u64::from_be_bytes(data[8..].try_into().unwrap());
+        let cs = self.cluster_size();
+        if !offset.is_multiple_of(cs) {
+            return Err(Error::invalid(format!(
+                "Encryption header offset '{offset}' is not a multiple of cluster size '{cs}'"
+            )));
+        }
+        Ok((offset, length))
     }
 
     /// Reads the backing file name the header points to.

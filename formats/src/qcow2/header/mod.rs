@@ -75,6 +75,13 @@ pub struct BitmapsExt {
     pub directory_offset: u64,
 }
 
+/// Header extension: full disk encryption header pointer (LUKS).
+pub const EXT_CRYPTO_HEADER: u32 = 0x0537_be77;
+/// `crypt_method` of the legacy AES encryption.
+pub const CRYPT_AES: u32 = 1;
+/// `crypt_method` of LUKS encryption.
+pub const CRYPT_LUKS: u32 = 2;
+
 /// Compression types (header byte 104).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompressionType {
@@ -146,6 +153,8 @@ pub struct Header {
     /// A bitmaps extension was found without its autoclear bit: a program unaware of
     /// bitmaps wrote the image, and the extension is dropped.
     pub bitmaps_stale: bool,
+    /// Offset and length of the LUKS header area, from its pointer extension.
+    pub crypto_header: Option<(u64, u64)>,
     /// Extensions this driver does not interpret, kept to be written back unchanged.
     pub other_extensions: Vec<(u32, Vec<u8>)>,
 }
@@ -187,6 +196,7 @@ impl Header {
             backing_file: None,
             backing_format: None,
             data_file: None,
+            crypto_header: None,
             feature_names: if version >= 3 {
                 QEMU_FEATURE_NAMES
                     .iter()
@@ -395,7 +405,14 @@ impl Header {
         if let Some(df) = &self.data_file {
             push_ext(&mut b, EXT_DATA_FILE, df.as_bytes());
         }
-        if !self.feature_names.is_empty() {
+        if let Some((offset, length)) = self.crypto_header {
+            let mut ext = offset.to_be_bytes().to_vec();
+            ext.extend_from_slice(&length.to_be_bytes());
+            push_ext(&mut b, EXT_CRYPTO_HEADER, &ext);
+        }
+        // QEMU leaves the table out of small clusters, where it would crowd out the
+        // other extensions and the backing file name.
+        if !self.feature_names.is_empty() && cs > 4096 {
             push_ext(
                 &mut b,
                 EXT_FEATURE_TABLE,

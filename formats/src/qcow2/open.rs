@@ -1,0 +1,160 @@
+//! Opening an image (QEMU's qcow2_open and qcow2_do_open in block/qcow2.c): the header is
+//! read and checked, runtime options taken, the metadata loaded, the encryption unlocked
+//! and the backing file opened.
+
+use std::cell::{Cell, RefCell};
+
+use block::coroutine::CoMutex;
+use block::coroutine::CoQueue;
+use block::driver::BlockDriver;
+use block::open::bdrv_open_backing;
+use block::{BlockDriverState, Error, Options, Result};
+
+use super::crypto::Qcow2Crypto;
+use super::header::{self, Header};
+use super::l2::Geometry;
+use super::state::Meta;
+use super::{bitmaps, cache, data_file, read_bytes, Qcow2};
+
+async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
+    let head = read_bytes(file, 0, 512).await?;
+    if head.len() < 24 || head[0..4] != header::QCOW_MAGIC.to_be_bytes() {
+        return Err(Error::invalid("Image is not in qcow2 format"));
+    }
+    let bits = u32::from_be_bytes(head[20..24].try_into().unwrap());
+    if !(header::MIN_CLUSTER_BITS..=header::MAX_CLUSTER_BITS).contains(&bits) {
+        return Ok(head);
+    }
+    read_bytes(file, 0, 1 << bits).await
+}
+
+/// Whether refcount updates may be deferred behind the dirty bit: the `lazy-refcounts`
+/// option, by default the header's compatible bit (QCOW2_OPT_LAZY_REFCOUNTS).
+fn take_lazy_refcounts(options: &mut Options, h: &Header) -> Result<bool> {
+    let lazy = options
+        .take_bool("lazy-refcounts")?
+        .unwrap_or(h.compatible_features & header::COMPAT_LAZY_REFCOUNTS != 0);
+    if lazy && h.version < 3 {
+        return Err(Error::invalid(
+            "Lazy refcounts require a qcow2 image with at least qemu 1.1 compatibility level",
+        ));
+    }
+    Ok(lazy)
+}
+
+/// Takes the other qcow2 runtime options QEMU accepts (discard and overlap-check policies,
+/// which this driver fixes at QEMU's defaults).
+fn take_runtime_options(options: &mut Options) -> Result<()> {
+    for key in [
+        "l2-cache-size",
+        "refcount-cache-size",
+        "cache-size",
+        "l2-cache-entry-size",
+    ] {
+        options.take_size(key)?;
+    }
+    options.take_u64("cache-clean-interval")?;
+    for key in [
+        "pass-discard-request",
+        "pass-discard-snapshot",
+        "pass-discard-other",
+        "discard-no-unref",
+    ] {
+        options.take_bool(key)?;
+    }
+    for key in ["overlap-check", "overlap-check.template"] {
+        options.take(key);
+    }
+    Ok(())
+}
+
+pub(super) async fn open(
+    bs: &BlockDriverState,
+    options: &mut Options,
+) -> Result<Box<dyn BlockDriver>> {
+    let file = bs.file().expect("format nodes have a file child");
+    let first = read_first_cluster(&file).await?;
+    let mut h = Header::parse(&first)?;
+    h.check_incompatible()?;
+    let writable = !bs.is_read_only();
+    let checking = bs.open_flags().check;
+    if writable && !checking && h.incompatible_features & header::INCOMPAT_CORRUPT != 0 {
+        return Err(Error::new(
+            libc::EACCES,
+            "qcow2: Image is corrupt; cannot be opened read/write",
+        ));
+    }
+    let sizes = cache::take_cache_options(options, h.cluster_size())?;
+    let lazy_refcounts = take_lazy_refcounts(options, &h)?;
+    take_runtime_options(options)?;
+    let no_io = bs.open_flags().no_io;
+    let crypto = Qcow2Crypto::open(&file, &h, options, no_io).await?;
+    let backing_opt = options.take("backing");
+    let backing_opts = options.extract_prefix("backing");
+    let data = data_file::open(bs, &h, options).await?;
+    let g = Geometry::new(&h);
+    let dirty = h.incompatible_features & header::INCOMPAT_DIRTY != 0;
+    // Autoclear bits this driver does not know are cleared: what they guarded is stale.
+    let kept = h.autoclear_features & (header::AUTOCLEAR_DATA_FILE_RAW | header::AUTOCLEAR_BITMAPS);
+    if h.bitmaps_stale {
+        bitmaps::warn_stale(h.version);
+    }
+    let stale_autoclear = writable && (h.autoclear_features != kept || h.bitmaps_stale);
+    if stale_autoclear {
+        h.autoclear_features = kept;
+    }
+    let mut meta = Meta::load(file.clone(), h.clone(), writable, sizes).await?;
+    meta.data = data.clone();
+    let q = Qcow2 {
+        meta: CoMutex::new(meta),
+        g,
+        compression_type: h.compression_type,
+        size: Cell::new(h.size),
+        allocs: RefCell::new(Vec::new()),
+        next_alloc_id: Cell::new(1),
+        alloc_done: CoQueue::new(),
+        lazy_refcounts: Cell::new(lazy_refcounts),
+        info: RefCell::new(h.clone()),
+        needs_repair: Cell::new(writable && dirty && !checking),
+        repair_lock: CoMutex::new(()),
+        data,
+        snapshot_infos: RefCell::new(Vec::new()),
+        metadata_preallocation: Cell::new(None),
+        crypto,
+        bitmap_dir: RefCell::new(Vec::new()),
+    };
+    q.publish_snapshots(&*q.meta.lock().await);
+    let mut meta = q.meta.lock().await;
+    if stale_autoclear {
+        meta.write_header_sync().await?;
+    }
+    q.load_dirty_bitmaps(bs, &mut meta).await?;
+    drop(meta);
+    open_backing(bs, &h, backing_opt, backing_opts).await?;
+    Ok(Box::new(q))
+}
+
+/// Opens the backing file the header names, unless options say otherwise
+/// (bdrv_open_backing_file).
+async fn open_backing(
+    bs: &BlockDriverState,
+    h: &Header,
+    backing_opt: Option<String>,
+    backing_opts: Options,
+) -> Result<()> {
+    if bs.open_flags().no_backing
+        || backing_opt.as_deref() == Some("")
+        || backing_opt.as_deref() == Some("null")
+    {
+        return Ok(());
+    }
+    let name = match (&backing_opt, &h.backing_file) {
+        (Some(n), _) => n.clone(),
+        (None, Some(n)) => n.clone(),
+        (None, None) if backing_opts.is_empty() => return Ok(()),
+        (None, None) => String::new(),
+    };
+    let backing = bdrv_open_backing(bs, &name, h.backing_format.as_deref(), backing_opts).await?;
+    bs.attach_child("backing", backing);
+    Ok(())
+}
