@@ -4,9 +4,11 @@
 //! [`proto`] is the wire format, without I/O; [`channel`] a socket that coroutines read
 //! and write; the server is [`server`] (listening and each connection's life),
 //! [`server_negotiate`] (the handshake) and [`server_requests`] (the transmission phase),
-//! serving an [`export::NbdExport`].
+//! serving an [`export::NbdExport`]. [`client`] is the client's handshake, which the `nbd`
+//! protocol driver (`crate::protocols::nbd`) and `rqemu-nbd -L` use.
 
 pub mod channel;
+pub mod client;
 pub mod export;
 pub mod proto;
 pub mod server;

@@ -11,17 +11,6 @@ use crate::trace;
 /// Option data the server reads into memory; larger options are skipped and refused.
 const MAX_OPTION_DATA: u32 = 64 << 10;
 
-/// Which reply format the transmission phase uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Mode {
-    /// Simple replies only.
-    Simple,
-    /// Structured replies (NBD_OPT_STRUCTURED_REPLY).
-    Structured,
-    /// Structured replies with 64-bit headers (NBD_OPT_EXTENDED_HEADERS).
-    Extended,
-}
-
 /// The metadata contexts NBD_CMD_BLOCK_STATUS reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MetaContexts {

@@ -5,11 +5,12 @@
 //! `block::nbd`, which runs on this thread's AioContext until a termination signal or,
 //! without `--persistent`, until the last client that completed a handshake has left.
 //! Modules: [`cli`] (options and messages), [`daemon`] (`--fork`, pid file, signals),
-//! [`help`].
+//! [`help`], [`list`] (`-L`, client mode).
 
 pub mod cli;
 pub mod daemon;
 pub mod help;
+pub mod list;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -40,6 +41,12 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     if let Some(why) = unsupported(&o) {
         return fail(why);
+    }
+    if o.list {
+        return match AioContext::current().run_until(list::list(&o)) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        };
     }
     let forked = if o.fork {
         match daemon::fork_server() {
@@ -140,9 +147,6 @@ fn unsupported(o: &NbdOptions) -> Option<String> {
                 format!("{dev}: the kernel NBD client (-c/-d) is not supported by rqemu-nbd yet")
             }
         });
-    }
-    if o.list {
-        return Some("-L/--list is not supported yet: rqemu has no NBD client yet".into());
     }
     if let Some((name, _)) = o.tls.first() {
         return Some(format!("{name}: TLS is not supported by rqemu-nbd yet"));
