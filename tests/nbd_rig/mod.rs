@@ -25,12 +25,24 @@ pub struct Server {
 impl Server {
     /// Starts `bin` with `args` plus `-k SOCKET`, and waits until the socket accepts.
     pub fn start(bin: &str, dir: &Path, name: &str, args: &[&str]) -> Server {
+        Server::start_with(bin, dir, name, "-k", args)
+    }
+
+    /// Starts `bin` with `SOCKET_FLAG SOCKET` and then `args` (nbdkit wants its `-U`
+    /// before the plugin), and waits until the socket accepts.
+    pub fn start_with(
+        bin: &str,
+        dir: &Path,
+        name: &str,
+        socket_flag: &str,
+        args: &[&str],
+    ) -> Server {
         let socket = dir.join(format!("{name}.sock"));
         let _ = std::fs::remove_file(&socket);
         let child = Command::new(bin)
-            .args(args)
-            .arg("-k")
+            .arg(socket_flag)
             .arg(&socket)
+            .args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .spawn()

@@ -128,8 +128,13 @@ impl<'a> Handshake<'a> {
         self.ch
     }
 
-    /// Asks for TLS (NBD_OPT_STARTTLS); on success the caller wraps the channel.
-    pub async fn starttls(&self) -> Result<()> {
+    /// Upgrades the connection to TLS (NBD_OPT_STARTTLS, then the TLS handshake), checking
+    /// the server's certificate against `hostname` (nbd_receive_starttls).
+    pub async fn start_tls(
+        &self,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        hostname: &str,
+    ) -> Result<()> {
         if !self.fixed {
             return Err(Error::not_supported("Server does not support STARTTLS"));
         }
@@ -141,7 +146,19 @@ impl<'a> Handshake<'a> {
                 r.kind
             )));
         }
-        Ok(())
+        let name = rustls::pki_types::ServerName::try_from(hostname.to_owned())
+            .map_err(|_| Error::invalid(format!("Invalid TLS hostname '{hostname}'")))?;
+        let session = rustls::ClientConnection::new(config, name)
+            .map_err(|e| Error::invalid(format!("TLS setup failed: {e}")))?;
+        self.ch.start_tls(session.into()).await.map_err(|e| {
+            // QEMU names the host the certificate was checked against.
+            match e.message() {
+                Some(m) if m == super::tls::NAME_MISMATCH => {
+                    Error::new(e.errno(), format!("{m} {hostname}"))
+                }
+                _ => e,
+            }
+        })
     }
 
     /// Negotiates everything `want` asks for and enters the transmission phase.
@@ -198,6 +215,7 @@ impl<'a> Handshake<'a> {
                     let desc = String::from_utf8_lossy(rest).into_owned();
                     names.push((name.to_owned(), desc));
                 }
+                k if k & (1 << 31) != 0 => return Err(reply_error(opt::LIST, k, &r.data)),
                 k => return Err(unexpected(opt::LIST, k, rep::SERVER)),
             }
         }
@@ -312,11 +330,16 @@ impl<'a> Handshake<'a> {
         }
     }
 
-    /// An option without data whose answer is ACK or an error; true when ACKed, false
-    /// when the server does not support it.
+    /// An option without data that the client can do without: true when ACKed, false
+    /// for any error reply (QEMU's nbd_request_simple_option, not strict).
     async fn simple_option(&self, option: u32) -> Result<bool> {
-        let r = self.option(option, &[]).await?;
-        Ok(r.kind == rep::ACK)
+        self.send_option(option, &[]).await?;
+        let r = self.reply(option).await?;
+        match r.kind {
+            rep::ACK => Ok(true),
+            k if k & (1 << 31) != 0 => Ok(false),
+            k => Err(unexpected(option, k, rep::ACK)),
+        }
     }
 
     /// Sends an option and reads its one reply; ERR_UNSUP is returned as a reply, every

@@ -4,7 +4,8 @@
 use block::nbd::channel::Channel;
 use block::nbd::client::{ExportInfo, Handshake};
 use block::nbd::proto::{tflags, Mode};
-use block::protocols::nbd::address::ServerAddress;
+use block::objects::tls_creds::TlsCredsX509;
+use block::protocols::nbd::address::{tls_hostname, ServerAddress};
 use block::protocols::nbd::connect_socket;
 use block::Result;
 
@@ -27,8 +28,8 @@ const FLAG_NAMES: [&str; 13] = [
     "block-status-payload",
 ];
 
-/// Connects to the server the options name and prints its exports.
-pub async fn list(o: &NbdOptions) -> Result<()> {
+/// Connects to the server the options name (over TLS with `tls`) and prints its exports.
+pub async fn list(o: &NbdOptions, tls: Option<&TlsCredsX509>) -> Result<()> {
     let server = match o.listen() {
         Listen::Unix(path) => ServerAddress::Unix { path },
         Listen::Tcp { host, port } => ServerAddress::Inet {
@@ -37,7 +38,14 @@ pub async fn list(o: &NbdOptions) -> Result<()> {
         },
     };
     let ch = Channel::new(connect_socket(&server).await?)?;
-    let exports = Handshake::start(&ch).await?.list().await?;
+    let handshake = Handshake::start(&ch).await?;
+    if let Some(creds) = tls {
+        let hostname = tls_hostname(o.tls_option("--tls-hostname"), &server)?;
+        handshake
+            .start_tls(creds.client_config()?, &hostname)
+            .await?;
+    }
+    let exports = handshake.list().await?;
     print!("{}", describe(&exports));
     Ok(())
 }

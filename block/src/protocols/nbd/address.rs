@@ -95,6 +95,12 @@ impl NbdLocation {
         })
     }
 
+    /// The name the server's TLS certificate must carry: `tls-hostname`, else the TCP
+    /// host; a unix socket has none, so there it must be given.
+    pub fn tls_name(&self) -> Result<String> {
+        tls_hostname(self.tls_hostname.as_deref(), &self.server)
+    }
+
     /// The node's filename as QEMU shows it (nbd_refresh_filename).
     pub fn filename(&self) -> String {
         match (&self.server, &self.export) {
@@ -102,6 +108,17 @@ impl NbdLocation {
             (ServerAddress::Inet { host, port }, Some(e)) => format!("nbd://{host}:{port}/{e}"),
             (ServerAddress::Unix { path }, None) => format!("nbd+unix://?socket={path}"),
             (ServerAddress::Unix { path }, Some(e)) => format!("nbd+unix:///{e}?socket={path}"),
+        }
+    }
+}
+
+/// The name a server's certificate is checked against: the one given, else the TCP host.
+pub fn tls_hostname(given: Option<&str>, server: &ServerAddress) -> Result<String> {
+    match (given, server) {
+        (Some(h), _) => Ok(h.to_owned()),
+        (None, ServerAddress::Inet { host, .. }) => Ok(host.clone()),
+        (None, ServerAddress::Unix { .. }) => {
+            Err(Error::invalid("No hostname for certificate validation"))
         }
     }
 }

@@ -15,6 +15,7 @@ mod reply;
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -25,7 +26,8 @@ use self::reply::{receive, Expect};
 use crate::aio::{co_sleep, AioContext};
 use crate::coroutine::CoMutex;
 use crate::driver::{
-    BlockDriver, BlockLimits, BlockStatus, DriverClass, PreallocMode, RequestFlags, StatusFlags,
+    BlockDriver, BlockLimits, BlockStatus, DriverClass, DriverInfo, PreallocMode, RequestFlags,
+    StatusFlags,
 };
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -33,6 +35,7 @@ use crate::nbd::channel::Channel;
 use crate::nbd::client::{ClientRequest, Handshake};
 use crate::nbd::proto::*;
 use crate::node::BlockDriverState;
+use crate::objects::tls_creds::{lookup_tls_creds, Endpoint};
 use crate::options::Options;
 
 /// The `nbd` driver, found by `driver=nbd` and the `nbd:`/`nbd://` prefixes.
@@ -58,6 +61,7 @@ const fn nbd_class(protocol: &'static str) -> DriverClass {
 pub struct NbdDriver {
     location: NbdLocation,
     request: ClientRequest,
+    tls: Option<Arc<rustls::ClientConfig>>,
     conn: RefCell<Rc<Connection>>,
     /// Held while one request reconnects, so that the others wait for its connection.
     reconnecting: CoMutex<()>,
@@ -65,11 +69,10 @@ pub struct NbdDriver {
 
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
     let location = NbdLocation::from_options(options)?;
-    if let Some(id) = &location.tls_creds {
-        return Err(Error::not_supported(format!(
-            "tls-creds '{id}': NBD over TLS is not supported yet"
-        )));
-    }
+    let tls = match &location.tls_creds {
+        Some(id) => Some(lookup_tls_creds(id, Endpoint::Client)?.client_config()?),
+        None => None,
+    };
     let context = location
         .x_dirty_bitmap
         .clone()
@@ -82,7 +85,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     };
     let deadline = Instant::now() + location.open_timeout;
     let conn = loop {
-        match connect(&location, &request).await {
+        match connect(&location, &request, tls.as_ref()).await {
             Ok(c) => break c,
             Err(e) if Instant::now() >= deadline => return Err(e),
             Err(_) => co_sleep(Duration::from_millis(200)).await,
@@ -96,22 +99,35 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     }
     if conn.info.flags & tflags::READ_ONLY != 0 && !bs.open_flags().read_only {
         conn.disconnect().await;
-        return Err(Error::new(libc::EACCES, "NBD export is read-only"));
+        return Err(Error::with_errno_message(
+            libc::EACCES,
+            "Could not open image",
+        ));
     }
     bs.set_filename(location.filename());
     Ok(Box::new(NbdDriver {
         location,
         request,
+        tls,
         conn: RefCell::new(conn),
         reconnecting: CoMutex::new(()),
     }))
 }
 
 /// Connects, negotiates and starts the connection's reader (nbd_co_do_establish_connection).
-async fn connect(location: &NbdLocation, request: &ClientRequest) -> Result<Rc<Connection>> {
+async fn connect(
+    location: &NbdLocation,
+    request: &ClientRequest,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Rc<Connection>> {
     let fd = connect_socket(&location.server).await?;
     let ch = Channel::new(fd)?;
     let handshake = Handshake::start(&ch).await?;
+    if let Some(config) = tls {
+        handshake
+            .start_tls(config.clone(), &location.tls_name()?)
+            .await?;
+    }
     let info = handshake.go(request).await?;
     Ok(Connection::start(ch, info))
 }
@@ -169,7 +185,7 @@ impl NbdDriver {
             if !conn.is_broken() {
                 return Ok(conn);
             }
-            match connect(&self.location, &self.request).await {
+            match connect(&self.location, &self.request, self.tls.as_ref()).await {
                 Ok(new) => {
                     *self.conn.borrow_mut() = new;
                 }
@@ -349,12 +365,17 @@ impl BlockDriver for NbdDriver {
         };
         self.request(req, &[], expect).await?;
         let extent = out.ok_or_else(|| Error::from_errno(libc::EIO))?;
-        let mut flags = StatusFlags::OFFSET_VALID;
+        let mut flags = StatusFlags::empty();
         if extent.flags & NBD_STATE_HOLE == 0 {
             flags |= StatusFlags::DATA;
         }
         if extent.flags & NBD_STATE_ZERO != 0 {
             flags |= StatusFlags::ZERO;
+        }
+        // A range that is neither data nor zero is not allocated here: it has no offset,
+        // as `qemu-img map` shows a backing file's hole seen through qemu-nbd.
+        if !flags.is_empty() {
+            flags |= StatusFlags::OFFSET_VALID;
         }
         let mut s = BlockStatus::new(flags, extent.length);
         s.map = offset;
@@ -402,6 +423,11 @@ impl BlockDriver for NbdDriver {
             pdiscard_alignment: min,
             ..BlockLimits::default()
         }
+    }
+
+    /// NBD has no driver info, so `qemu-img info` shows no dirty flag (no bdrv_get_info).
+    fn get_info(&self, _bs: &BlockDriverState) -> Result<DriverInfo> {
+        Err(Error::from_errno(libc::ENOTSUP))
     }
 
     fn supported_write_flags(&self) -> RequestFlags {
