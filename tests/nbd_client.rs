@@ -8,60 +8,15 @@ mod reference_tools;
 
 use std::path::Path;
 
-use nbd_rig::{Server, QEMU_NBD, RQEMU_NBD};
-use reference_tools::{image, ok, run, scratch, OURS, QEMU_IMG, QEMU_IO};
+use nbd_rig::{same, tools_available, transcript, Server, QEMU_NBD, RQEMU_NBD};
+use reference_tools::{image, ok, scratch, OURS, QEMU_IMG, QEMU_IO};
 
 const RQEMU_IO: &str = env!("CARGO_BIN_EXE_rqemu-io");
 const NBDKIT: &str = "/usr/bin/nbdkit";
 
-fn tools_available(extra: &[&str]) -> bool {
-    let missing: Vec<&str> = [QEMU_IMG, QEMU_IO, QEMU_NBD]
-        .iter()
-        .chain(extra)
-        .copied()
-        .filter(|t| !Path::new(t).exists())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("RQEMU_REQUIRE_QEMU").as_deref() == Ok("1") {
-        panic!("{missing:?} missing and RQEMU_REQUIRE_QEMU=1");
-    }
-    eprintln!("skipping: {missing:?} not installed");
-    false
-}
-
-/// Stdout and stderr of a tool, with timing lines dropped and the socket path replaced.
-fn transcript(bin: &str, dir: &Path, args: &[&str], server: &Server) -> (bool, String) {
-    let out = run(bin, dir, args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = text
-        .replace(&server.socket.display().to_string(), "SOCKET")
-        .lines()
-        .filter(|l| !l.contains("ops/sec"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    (out.status.success(), text)
-}
-
-/// Runs the same command line through QEMU's tool and ours and asserts the same result.
-fn same(ours: &str, theirs: &str, dir: &Path, args: &[&str], server: &Server) -> String {
-    let a = transcript(theirs, dir, args, server);
-    let b = transcript(ours, dir, args, server);
-    assert_eq!(
-        a, b,
-        "{args:?}: QEMU's client (left) and ours (right) differ"
-    );
-    b.1
-}
-
 #[test]
 fn a_qcow2_chain_served_by_qemu_nbd_reads_and_maps_the_same() {
-    if !tools_available(&[]) {
+    if !tools_available(&[QEMU_IMG, QEMU_IO, QEMU_NBD]) {
         return;
     }
     let dir = scratch("chain");
@@ -102,7 +57,7 @@ fn a_qcow2_chain_served_by_qemu_nbd_reads_and_maps_the_same() {
             "top.qcow2",
         ],
     ] {
-        same(OURS, QEMU_IMG, &dir, &args, &server);
+        same(OURS, QEMU_IMG, &dir, &args, &server.socket);
     }
     let out = same(
         RQEMU_IO,
@@ -122,7 +77,7 @@ fn a_qcow2_chain_served_by_qemu_nbd_reads_and_maps_the_same() {
             "read -P 0 6M 2M",
             &uri,
         ],
-        &server,
+        &server.socket,
     );
     assert!(!out.contains("Pattern verification failed"), "{out}");
     ok(
@@ -143,7 +98,7 @@ fn a_qcow2_chain_served_by_qemu_nbd_reads_and_maps_the_same() {
 
 #[test]
 fn writes_through_our_client_land_as_through_qemus() {
-    if !tools_available(&[]) {
+    if !tools_available(&[QEMU_IMG, QEMU_IO, QEMU_NBD]) {
         return;
     }
     let dir = scratch("writes");
@@ -178,10 +133,13 @@ fn writes_through_our_client_land_as_through_qemus() {
                 "aio_flush",
                 &server.uri(),
             ],
-            &server,
+            &server.socket,
         );
         assert!(ok_, "{text}");
-        finals.push(text);
+        // The two aio_writes may complete in either order.
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort_unstable();
+        finals.push(lines.join("\n"));
         assert!(server.stop());
     }
     assert_eq!(finals[0], finals[1]);
@@ -190,7 +148,7 @@ fn writes_through_our_client_land_as_through_qemus() {
 
 #[test]
 fn nbdkit_memory_and_its_error_and_delay_filters_look_the_same() {
-    if !tools_available(&[NBDKIT]) {
+    if !tools_available(&[QEMU_IMG, QEMU_IO, QEMU_NBD, NBDKIT]) {
         return;
     }
     let dir = scratch("nbdkit");
@@ -216,22 +174,22 @@ fn nbdkit_memory_and_its_error_and_delay_filters_look_the_same() {
             "write -z 5M 4k",
             &uri,
         ],
-        &server,
+        &server.socket,
     );
     same(
         OURS,
         QEMU_IMG,
         &dir,
         &["map", "--output=json", "-f", "raw", &uri],
-        &server,
+        &server.socket,
     );
-    same(OURS, QEMU_IMG, &dir, &["info", &uri], &server);
+    same(OURS, QEMU_IMG, &dir, &["info", &uri], &server.socket);
     same(
         RQEMU_NBD,
         QEMU_NBD,
         &dir,
         &["-L", "-k", server.socket.to_str().unwrap()],
-        &server,
+        &server.socket,
     );
     drop(server);
 
@@ -266,7 +224,7 @@ fn nbdkit_memory_and_its_error_and_delay_filters_look_the_same() {
             "write -z 8k 4k",
             &failing.uri(),
         ],
-        &failing,
+        &failing.socket,
     );
     assert!(out.contains("read failed: Input/output error"), "{out}");
     assert!(out.contains("No space left on device"), "{out}");
@@ -302,14 +260,14 @@ fn nbdkit_memory_and_its_error_and_delay_filters_look_the_same() {
     }
     let slow_uri = slow.uri();
     args.push(&slow_uri);
-    let (ok_, text) = transcript(RQEMU_IO, &dir, &args, &slow);
+    let (ok_, text) = transcript(RQEMU_IO, &dir, &args, &slow.socket);
     assert!(ok_ && !text.contains("fail"), "{text}");
     assert_eq!(text.matches("read 65536/65536").count(), 32, "{text}");
 }
 
 #[test]
 fn connection_and_export_errors_read_as_qemus() {
-    if !tools_available(&[]) {
+    if !tools_available(&[QEMU_IMG, QEMU_IO, QEMU_NBD]) {
         return;
     }
     let dir = scratch("errors");
@@ -323,14 +281,20 @@ fn connection_and_export_errors_read_as_qemus() {
     let sock = server.socket.display().to_string();
     for name in ["nope", "exp"] {
         let uri = format!("nbd+unix:///{name}?socket={sock}");
-        same(OURS, QEMU_IMG, &dir, &["info", &uri], &server);
+        same(OURS, QEMU_IMG, &dir, &["info", &uri], &server.socket);
     }
     let legacy = format!("nbd:unix:{sock}:exportname=exp");
-    same(OURS, QEMU_IMG, &dir, &["info", &legacy], &server);
+    same(OURS, QEMU_IMG, &dir, &["info", &legacy], &server.socket);
     let missing = format!("nbd+unix:///?socket={}/none.sock", dir.display());
-    same(OURS, QEMU_IMG, &dir, &["info", &missing], &server);
-    same(OURS, QEMU_IMG, &dir, &["info", "nbd://"], &server);
-    same(RQEMU_NBD, QEMU_NBD, &dir, &["-L", "-k", &sock], &server);
+    same(OURS, QEMU_IMG, &dir, &["info", &missing], &server.socket);
+    same(OURS, QEMU_IMG, &dir, &["info", "nbd://"], &server.socket);
+    same(
+        RQEMU_NBD,
+        QEMU_NBD,
+        &dir,
+        &["-L", "-k", &sock],
+        &server.socket,
+    );
     // A read-only export refuses a writer.
     let uri = format!("nbd+unix:///exp?socket={sock}");
     same(
@@ -338,13 +302,13 @@ fn connection_and_export_errors_read_as_qemus() {
         QEMU_IO,
         &dir,
         &["-f", "raw", "-c", "write 0 512", &uri],
-        &server,
+        &server.socket,
     );
 }
 
 #[test]
 fn our_client_and_our_server_agree() {
-    if !tools_available(&[]) {
+    if !tools_available(&[QEMU_IMG, QEMU_IO, QEMU_NBD]) {
         return;
     }
     let dir = scratch("ours");
@@ -361,7 +325,7 @@ fn our_client_and_our_server_agree() {
         QEMU_IMG,
         &dir,
         &["map", "--output=json", "-f", "raw", &uri],
-        &server,
+        &server.socket,
     );
     same(
         RQEMU_IO,
@@ -376,13 +340,106 @@ fn our_client_and_our_server_agree() {
             "write -P 0x62 1M 4k",
             &uri,
         ],
-        &server,
+        &server.socket,
     );
     same(
         RQEMU_NBD,
         QEMU_NBD,
         &dir,
         &["-L", "-k", server.socket.to_str().unwrap()],
-        &server,
+        &server.socket,
     );
+}
+
+/// A server that negotiates simple replies and then answers every request with a reply
+/// `bad` makes from the request's header bytes.
+fn misbehaving_server(socket: &Path, bad: fn(&[u8; 28]) -> Vec<u8>) -> std::thread::JoinHandle<()> {
+    use block::nbd::proto::*;
+    use std::io::{Read, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut hello = WireBuf::default();
+        hello
+            .u64(NBD_INIT_MAGIC)
+            .u64(NBD_OPTS_MAGIC)
+            .u16(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+        s.write_all(&hello.0).unwrap();
+        let mut flags = [0u8; 4];
+        s.read_exact(&mut flags).unwrap();
+        loop {
+            let mut head = [0u8; OPTION_HEADER_LEN];
+            s.read_exact(&mut head).unwrap();
+            let h = OptionHeader::parse(&head).unwrap();
+            let mut data = vec![0u8; h.length as usize];
+            s.read_exact(&mut data).unwrap();
+            if h.option != opt::GO {
+                s.write_all(&option_reply_header(h.option, rep::ERR_UNSUP, 0))
+                    .unwrap();
+                continue;
+            }
+            let mut info = WireBuf::default();
+            info.u16(info::EXPORT).u64(1 << 20).u16(tflags::HAS_FLAGS);
+            s.write_all(&option_reply_header(h.option, rep::INFO, 12))
+                .unwrap();
+            s.write_all(&info.0).unwrap();
+            s.write_all(&option_reply_header(h.option, rep::ACK, 0))
+                .unwrap();
+            break;
+        }
+        let mut req = [0u8; 28];
+        while s.read_exact(&mut req).is_ok() {
+            if s.write_all(&bad(&req)).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[test]
+fn a_misbehaving_server_is_an_io_error_not_a_hang() {
+    let dir = scratch("hostile");
+    let cases: [(&str, fn(&[u8; 28]) -> Vec<u8>); 3] = [
+        ("unknown cookie", |_| {
+            block::nbd::proto::simple_reply(0, 999).to_vec()
+        }),
+        ("bad magic", |_| vec![0xff; 16]),
+        ("structured chunk never negotiated, oversized", |r| {
+            let cookie = u64::from_be_bytes(r[8..16].try_into().unwrap());
+            let h = block::nbd::proto::ChunkHeader {
+                flags: 1,
+                kind: 1,
+                cookie,
+                offset: 0,
+                length: u32::MAX as u64,
+            };
+            h.encode(false)
+        }),
+    ];
+    for (i, (what, bad)) in cases.into_iter().enumerate() {
+        let socket = dir.join(format!("{i}.sock"));
+        let server = misbehaving_server(&socket, bad);
+        let uri = format!("nbd+unix:///?socket={}", socket.display());
+        let out = std::process::Command::new(RQEMU_IO)
+            .args([
+                "-r",
+                "-f",
+                "raw",
+                "-c",
+                "read 0 4k",
+                "-c",
+                "read 4k 4k",
+                &uri,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.matches("read failed: Input/output error").count(),
+            2,
+            "{what}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        server.join().unwrap();
+    }
 }

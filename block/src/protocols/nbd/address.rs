@@ -60,6 +60,7 @@ impl NbdLocation {
             }
             parse_filename(&f, options)?;
         }
+        legacy_socket_options(options)?;
         let server = match options.take("server.type").as_deref() {
             Some("inet") => ServerAddress::Inet {
                 host: options
@@ -119,6 +120,45 @@ pub fn tls_hostname(given: Option<&str>, server: &ServerAddress) -> Result<Strin
         (None, ServerAddress::Inet { host, .. }) => Ok(host.clone()),
         (None, ServerAddress::Unix { .. }) => {
             Err(Error::invalid("No hostname for certificate validation"))
+        }
+    }
+}
+
+/// The older flat options `host`, `port` and `path` become `server.*`
+/// (nbd_process_legacy_socket_options).
+fn legacy_socket_options(options: &mut Options) -> Result<()> {
+    let (host, port, path) = (
+        options.take("host"),
+        options.take("port"),
+        options.take("path"),
+    );
+    if host.is_none() && port.is_none() && path.is_none() {
+        return Ok(());
+    }
+    if options.contains("server.type") {
+        return Err(Error::invalid(
+            "Cannot use 'server' and path/host/port at the same time",
+        ));
+    }
+    match (host, path) {
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "path and host may not be used at the same time",
+        )),
+        (None, Some(_)) if port.is_some() => {
+            Err(Error::invalid("port may not be used without host"))
+        }
+        (None, Some(path)) => {
+            options.set("server.type", "unix");
+            options.set("server.path", path);
+            Ok(())
+        }
+        (host, None) => {
+            options.set("server.type", "inet");
+            options.set("server.host", host.unwrap_or_else(|| "localhost".into()));
+            if let Some(port) = port {
+                options.set("server.port", port);
+            }
+            Ok(())
         }
     }
 }
@@ -256,6 +296,21 @@ mod tests {
         assert_eq!(l.filename(), "nbd://localhost:10810/x");
         let l = parse("nbd:unix:/tmp/s").unwrap();
         assert_eq!(l.filename(), "nbd+unix://?socket=/tmp/s");
+    }
+
+    #[test]
+    fn the_flat_socket_options_still_work() {
+        let mut o = Options::new();
+        o.set("host", "127.0.0.1");
+        o.set("port", "1234");
+        assert_eq!(
+            NbdLocation::from_options(&mut o).unwrap().filename(),
+            "nbd://127.0.0.1:1234"
+        );
+        let mut o = Options::new();
+        o.set("path", "/s");
+        o.set("host", "h");
+        assert!(NbdLocation::from_options(&mut o).is_err());
     }
 
     #[test]

@@ -246,6 +246,12 @@ impl Connection {
                 );
                 Ok((cookie, ReplyHeader::Simple { error }))
             }
+            NBD_STRUCTURED_REPLY_MAGIC | NBD_EXTENDED_REPLY_MAGIC
+                if (magic == NBD_EXTENDED_REPLY_MAGIC) != (self.info.mode == Mode::Extended)
+                    || self.info.mode == Mode::Simple =>
+            {
+                Err(self.protocol_error("reply chunk of a kind not negotiated"))
+            }
             NBD_STRUCTURED_REPLY_MAGIC | NBD_EXTENDED_REPLY_MAGIC => {
                 let mut rest = [0u8; 28];
                 let len = if magic == NBD_STRUCTURED_REPLY_MAGIC {
