@@ -351,9 +351,12 @@ fn our_client_and_our_server_agree() {
     );
 }
 
+/// Makes a server's reply from the request's header bytes.
+type BadReply = fn(&[u8; 28]) -> Vec<u8>;
+
 /// A server that negotiates simple replies and then answers every request with a reply
-/// `bad` makes from the request's header bytes.
-fn misbehaving_server(socket: &Path, bad: fn(&[u8; 28]) -> Vec<u8>) -> std::thread::JoinHandle<()> {
+/// `bad` makes.
+fn misbehaving_server(socket: &Path, bad: BadReply) -> std::thread::JoinHandle<()> {
     use block::nbd::proto::*;
     use std::io::{Read, Write};
     let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
@@ -399,7 +402,7 @@ fn misbehaving_server(socket: &Path, bad: fn(&[u8; 28]) -> Vec<u8>) -> std::thre
 #[test]
 fn a_misbehaving_server_is_an_io_error_not_a_hang() {
     let dir = scratch("hostile");
-    let cases: [(&str, fn(&[u8; 28]) -> Vec<u8>); 3] = [
+    let cases: [(&str, BadReply); 3] = [
         ("unknown cookie", |_| {
             block::nbd::proto::simple_reply(0, 999).to_vec()
         }),

@@ -7,7 +7,7 @@
 mod nbd_rig;
 mod reference_tools;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nbd_rig::{same, tools_available, transcript, Server, QEMU_NBD, RQEMU_NBD};
 use reference_tools::{image, ok, run, scratch, OURS, QEMU_IMG};
@@ -64,6 +64,19 @@ fn make_certificates(dir: &Path, ca: &str) {
     }
 }
 
+/// A scratch directory with certificates under pki/ and a qcow2 image a.qcow2 holding
+/// 0x42 in its first MiB; `None` (skip) without the tools.
+fn setup(case: &str) -> Option<(PathBuf, PathBuf)> {
+    if !tools_available(&[QEMU_IMG, QEMU_NBD, NBDKIT, CERTTOOL]) {
+        return None;
+    }
+    let dir = scratch(case);
+    let pki = dir.join("pki");
+    make_certificates(&pki, "Test CA");
+    image(&dir, "a.qcow2", "4M", None, &[(0x42, 0, 1 << 20)]);
+    Some((dir, pki))
+}
+
 fn creds(dir: &Path, endpoint: &str) -> String {
     format!(
         "tls-creds-x509,id=tls0,dir={},endpoint={endpoint}",
@@ -81,13 +94,9 @@ fn tls_opts(socket: &Path, hostname: &str) -> String {
 
 #[test]
 fn our_client_speaks_tls_to_qemu_nbd_and_nbdkit() {
-    if !tools_available(&[QEMU_IMG, QEMU_NBD, NBDKIT, CERTTOOL]) {
+    let Some((dir, pki)) = setup("client") else {
         return;
-    }
-    let dir = scratch("client");
-    let pki = dir.join("pki");
-    make_certificates(&pki, "Test CA");
-    image(&dir, "a.qcow2", "4M", None, &[(0x42, 0, 1 << 20)]);
+    };
     let server_creds = creds(&pki, "server");
     let server = Server::start(
         QEMU_NBD,
@@ -205,13 +214,9 @@ fn our_client_speaks_tls_to_qemu_nbd_and_nbdkit() {
 
 #[test]
 fn rqemu_nbd_serves_tls_and_refuses_plaintext_clients() {
-    if !tools_available(&[QEMU_IMG, QEMU_NBD, NBDKIT, CERTTOOL]) {
+    let Some((dir, pki)) = setup("server") else {
         return;
-    }
-    let dir = scratch("server");
-    let pki = dir.join("pki");
-    make_certificates(&pki, "Test CA");
-    image(&dir, "a.qcow2", "4M", None, &[(0x42, 0, 1 << 20)]);
+    };
     let server_creds = creds(&pki, "server");
     let client = creds(&pki, "client");
     let mut outputs = Vec::new();

@@ -153,7 +153,7 @@ pub async fn connect_socket(server: &ServerAddress) -> Result<OwnedFd> {
             }
         })
         .await
-        .map_err(|e| connect_error(&server, &e))
+        .map_err(|e| connect_error(server, &e))
 }
 
 /// QEMU's message for a failed connect (inet_connect_saddr, unix_connect_saddr).
