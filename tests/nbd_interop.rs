@@ -15,21 +15,9 @@ const NBDINFO: &str = "/usr/bin/nbdinfo";
 const NBDCOPY: &str = "/usr/bin/nbdcopy";
 
 fn tools_available(extra: &[&str]) -> bool {
-    let mut missing: Vec<&str> = [QEMU_IMG, QEMU_IO, QEMU_NBD]
-        .iter()
-        .chain(extra)
-        .copied()
-        .filter(|t| !Path::new(t).exists())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    missing.sort();
-    if std::env::var("RQEMU_REQUIRE_QEMU").as_deref() == Ok("1") {
-        panic!("{missing:?} missing and RQEMU_REQUIRE_QEMU=1");
-    }
-    eprintln!("skipping: {missing:?} not installed");
-    false
+    let mut tools = vec![QEMU_IMG, QEMU_IO, QEMU_NBD];
+    tools.extend_from_slice(extra);
+    nbd_rig::tools_available(&tools)
 }
 
 /// Runs a tool and returns its stdout with the socket path and timing figures taken out.

@@ -25,18 +25,30 @@ pub struct Server {
 impl Server {
     /// Starts `bin` with `args` plus `-k SOCKET`, and waits until the socket accepts.
     pub fn start(bin: &str, dir: &Path, name: &str, args: &[&str]) -> Server {
+        Server::start_with(bin, dir, name, "-k", args)
+    }
+
+    /// Starts `bin` with `SOCKET_FLAG SOCKET` and then `args` (nbdkit wants its `-U`
+    /// before the plugin), and waits until the socket accepts.
+    pub fn start_with(
+        bin: &str,
+        dir: &Path,
+        name: &str,
+        socket_flag: &str,
+        args: &[&str],
+    ) -> Server {
         let socket = dir.join(format!("{name}.sock"));
         let _ = std::fs::remove_file(&socket);
         let child = Command::new(bin)
-            .args(args)
-            .arg("-k")
+            .arg(socket_flag)
             .arg(&socket)
+            .args(args)
             .current_dir(dir)
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
         let server = Server { child, socket };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while UnixStream::connect(&server.socket).is_err() {
             assert!(Instant::now() < deadline, "{bin} did not start listening");
             std::thread::sleep(Duration::from_millis(20));
@@ -265,4 +277,52 @@ impl TestClient {
             other => panic!("unexpected reply {other:?}"),
         }
     }
+}
+
+/// Whether every tool is installed; without one the test is skipped, or fails under
+/// RQEMU_REQUIRE_QEMU=1.
+pub fn tools_available(tools: &[&str]) -> bool {
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| !Path::new(t).exists())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("RQEMU_REQUIRE_QEMU").as_deref() == Ok("1") {
+        panic!("{missing:?} missing and RQEMU_REQUIRE_QEMU=1");
+    }
+    eprintln!("skipping: {missing:?} not installed");
+    false
+}
+
+/// A tool's success and its stdout then stderr, with qemu-io's timing lines dropped and
+/// the socket path replaced by SOCKET.
+pub fn transcript(bin: &str, dir: &Path, args: &[&str], socket: &Path) -> (bool, String) {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = text
+        .replace(&socket.display().to_string(), "SOCKET")
+        .lines()
+        .filter(|l| !l.contains("ops/sec"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (out.status.success(), text)
+}
+
+/// Runs one command line through QEMU's program and ours; asserts the same result.
+pub fn same(ours: &str, theirs: &str, dir: &Path, args: &[&str], socket: &Path) -> String {
+    let a = transcript(theirs, dir, args, socket);
+    let b = transcript(ours, dir, args, socket);
+    assert_eq!(a, b, "{args:?}: QEMU's (left) and ours (right) differ");
+    b.1
 }

@@ -4,14 +4,17 @@
 //! The descriptor is non-blocking; when a read or write would block, the coroutine waits
 //! on the AioContext for readiness and tries again. Input and output are watched through
 //! two descriptors of the same socket (the second a `dup`), so the reader coroutine and a
-//! coroutine sending a reply can wait at the same time.
+//! coroutine sending a reply can wait at the same time. After [`Channel::start_tls`]
+//! every byte goes through a TLS session (`super::tls`).
 
+use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use std::time::Duration;
 
 use crate::aio::{co_sleep, new_fd_token, AioContext};
+use crate::coroutine::CoMutex;
 use crate::error::{Error, Result};
 
 /// One connected socket (TCP or unix) on the current thread's AioContext.
@@ -21,6 +24,10 @@ pub struct Channel {
     /// The same socket again: watched for output only.
     out: OwnedFd,
     write_token: u64,
+    /// The TLS session, once STARTTLS upgraded the connection.
+    tls: RefCell<Option<rustls::Connection>>,
+    /// Held while ciphertext is written, so that TLS records never interleave.
+    tls_write: CoMutex<()>,
 }
 
 impl Channel {
@@ -33,11 +40,42 @@ impl Channel {
             read_token: new_fd_token(),
             out,
             write_token: new_fd_token(),
+            tls: RefCell::new(None),
+            tls_write: CoMutex::new(()),
         })
+    }
+
+    /// Upgrades the connection to TLS and runs the handshake (qio_channel_tls_new_*).
+    pub async fn start_tls(&self, session: rustls::Connection) -> Result<()> {
+        *self.tls.borrow_mut() = Some(session);
+        super::tls::handshake(self).await
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.borrow().is_some()
+    }
+
+    /// Runs `f` on the TLS session; only for `super::tls`, after `start_tls`.
+    pub(super) fn with_tls<R>(&self, f: impl FnOnce(&mut rustls::Connection) -> R) -> R {
+        f(self.tls.borrow_mut().as_mut().expect("TLS session"))
+    }
+
+    /// The lock ciphertext is written under.
+    pub(super) fn tls_write_lock(&self) -> &CoMutex<()> {
+        &self.tls_write
     }
 
     /// Reads some bytes; 0 means the peer closed the connection.
     pub async fn read(&self, buf: &mut [u8]) -> Result<usize> {
+        if self.is_tls() {
+            return super::tls::read(self, buf).await;
+        }
+        self.raw_read(buf).await
+    }
+
+    /// Reads some bytes off the socket itself, under any TLS.
+    pub(super) async fn raw_read(&self, buf: &mut [u8]) -> Result<usize> {
         loop {
             // SAFETY: reads at most buf.len() bytes into `buf` from our own descriptor.
             let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -75,6 +113,14 @@ impl Channel {
 
     /// Writes every byte of every slice, in order (qio_channel_writev_all).
     pub async fn write_all(&self, parts: &[&[u8]]) -> Result<()> {
+        if self.is_tls() {
+            return super::tls::write_all(self, parts).await;
+        }
+        self.raw_write_all(parts).await
+    }
+
+    /// Writes to the socket itself, under any TLS.
+    pub(super) async fn raw_write_all(&self, parts: &[&[u8]]) -> Result<()> {
         let mut index = 0;
         let mut skip = 0;
         while index < parts.len() {

@@ -12,6 +12,7 @@ use std::cell::Cell;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::future;
@@ -42,15 +43,19 @@ pub struct NbdServer {
     /// Connections that completed a handshake and are now closed, ever.
     closed: Cell<u64>,
     changed: CoQueue,
+    /// With TLS credentials, clients must upgrade with NBD_OPT_STARTTLS first.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl NbdServer {
     /// A server for `export` that serves at most `max_clients` connections at once
-    /// (0: unlimited) and gives each `handshake_limit` to negotiate.
+    /// (0: unlimited), gives each `handshake_limit` to negotiate and, with `tls`, requires
+    /// every client to upgrade to TLS first (qemu-nbd's `--tls-creds`).
     pub fn new(
         export: Rc<NbdExport>,
         max_clients: usize,
         handshake_limit: Duration,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Rc<NbdServer> {
         Rc::new(NbdServer {
             export,
@@ -60,6 +65,7 @@ impl NbdServer {
             negotiated: Cell::new(0),
             closed: Cell::new(0),
             changed: CoQueue::new(),
+            tls,
         })
     }
 
@@ -100,10 +106,13 @@ impl NbdServer {
             Ok(ch) => ch,
             Err(e) => return error_report(&format!("Failed to set up a connection: {e}")),
         };
-        let handshake = future::or(async { Some(negotiate(&ch, &self.export).await) }, async {
-            co_sleep(self.handshake_limit).await;
-            None
-        })
+        let handshake = future::or(
+            async { Some(negotiate(&ch, &self.export, self.tls.as_ref()).await) },
+            async {
+                co_sleep(self.handshake_limit).await;
+                None
+            },
+        )
         .await;
         let negotiated = match handshake {
             Some(Ok(Some(n))) => n,

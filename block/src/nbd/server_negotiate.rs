@@ -2,6 +2,8 @@
 //! picks the export (the negotiation half of QEMU's nbd/server.c: nbd_negotiate,
 //! nbd_negotiate_options, nbd_negotiate_handle_info, nbd_negotiate_meta_queries).
 
+use std::sync::Arc;
+
 use super::channel::Channel;
 use super::export::NbdExport;
 use super::proto::*;
@@ -10,17 +12,6 @@ use crate::trace;
 
 /// Option data the server reads into memory; larger options are skipped and refused.
 const MAX_OPTION_DATA: u32 = 64 << 10;
-
-/// Which reply format the transmission phase uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Mode {
-    /// Simple replies only.
-    Simple,
-    /// Structured replies (NBD_OPT_STRUCTURED_REPLY).
-    Structured,
-    /// Structured replies with 64-bit headers (NBD_OPT_EXTENDED_HEADERS).
-    Extended,
-}
 
 /// The metadata contexts NBD_CMD_BLOCK_STATUS reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +39,8 @@ pub struct Negotiated {
 /// Negotiation state of one connection.
 struct Haggle<'a> {
     ch: &'a Channel,
+    /// Server TLS configuration; until the channel runs TLS, only STARTTLS is served.
+    tls: Option<&'a Arc<rustls::ServerConfig>>,
     export: &'a NbdExport,
     mode: Mode,
     contexts: MetaContexts,
@@ -56,7 +49,11 @@ struct Haggle<'a> {
 
 /// Runs the handshake on a fresh connection. `Ok(None)`: the client ended it with
 /// NBD_OPT_ABORT; an error means the connection must be closed.
-pub async fn negotiate(ch: &Channel, export: &NbdExport) -> Result<Option<Negotiated>> {
+pub async fn negotiate(
+    ch: &Channel,
+    export: &NbdExport,
+    tls: Option<&Arc<rustls::ServerConfig>>,
+) -> Result<Option<Negotiated>> {
     trace!(nbd_negotiate_begin, "");
     let mut hello = WireBuf::with_capacity(18);
     hello
@@ -74,6 +71,7 @@ pub async fn negotiate(ch: &Channel, export: &NbdExport) -> Result<Option<Negoti
     }
     let mut h = Haggle {
         ch,
+        tls,
         export,
         mode: Mode::Simple,
         contexts: MetaContexts::default(),
@@ -121,6 +119,9 @@ impl Haggle<'_> {
 
     /// Handles one option; `Some` ends the handshake (`Some(None)`: aborted).
     async fn option(&mut self, option: u32, data: &[u8]) -> Result<Option<Option<Negotiated>>> {
+        if let (Some(config), false) = (self.tls, self.ch.is_tls()) {
+            return self.before_tls(option, config).await;
+        }
         match option {
             opt::EXPORT_NAME => {
                 let name = std::str::from_utf8(data).unwrap_or("\u{fffd}");
@@ -175,6 +176,10 @@ impl Haggle<'_> {
             opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
                 self.meta_context(option, data).await?;
             }
+            opt::STARTTLS if self.tls.is_some() => {
+                self.error(option, rep::ERR_INVALID, "TLS already enabled")
+                    .await?
+            }
             opt::STARTTLS => {
                 self.error(option, rep::ERR_POLICY, "TLS not configured")
                     .await?
@@ -185,6 +190,37 @@ impl Haggle<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// An option on a connection that must upgrade to TLS first: only STARTTLS and ABORT
+    /// are served (nbd_negotiate_options with tlscreds).
+    async fn before_tls(
+        &mut self,
+        option: u32,
+        config: &Arc<rustls::ServerConfig>,
+    ) -> Result<Option<Option<Negotiated>>> {
+        match option {
+            opt::STARTTLS => {
+                self.reply(option, rep::ACK, &[]).await?;
+                let session = rustls::ServerConnection::new(config.clone())
+                    .map_err(|e| Error::invalid(format!("TLS setup failed: {e}")))?;
+                self.ch.start_tls(session.into()).await?;
+                Ok(None)
+            }
+            opt::ABORT => {
+                let _ = self.reply(option, rep::ACK, &[]).await;
+                Ok(Some(None))
+            }
+            // NBD_OPT_EXPORT_NAME has no error reply: the connection just ends.
+            opt::EXPORT_NAME => Err(Error::invalid(format!(
+                "Option 0x{option:x} not permitted before TLS"
+            ))),
+            _ => {
+                let msg = format!("Option 0x{option:x} not permitted before TLS");
+                self.error(option, rep::ERR_TLS_REQD, &msg).await?;
+                Ok(None)
+            }
+        }
     }
 
     fn negotiated(&self) -> Negotiated {

@@ -14,9 +14,7 @@ use std::rc::Rc;
 use super::channel::Channel;
 use super::export::NbdExport;
 use super::proto::*;
-use super::server_negotiate::{
-    Mode, Negotiated, META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION,
-};
+use super::server_negotiate::{Negotiated, META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION};
 use crate::coroutine::{co_spawn, CoMutex, CoQueue};
 use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::{Error, Result};

@@ -5,10 +5,11 @@
 //! An object definition is a keyval string whose implied first key is the type:
 //! `secret,id=sec0,data=letmein`. Each type has a constructor that takes the options it
 //! knows and refuses the rest; the objects live for the whole process, like QEMU's.
-//! Types other developers add later (tls-creds-x509 for NBD, throttle-group) go into
+//! Types other developers add later (throttle-group) go into
 //! [`TYPES`] with their own module.
 
 pub mod secret;
+pub mod tls_creds;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,21 +21,21 @@ use crate::options::Options;
 pub enum UserObject {
     /// A `secret` (passphrases, keys).
     Secret(secret::Secret),
+    /// A `tls-creds-x509` (certificates for NBD over TLS).
+    TlsCredsX509(tls_creds::TlsCredsX509),
 }
 
 /// Builds an object of one type from its remaining options.
 type Constructor = fn(&mut Options) -> Result<UserObject>;
 
 /// The types `--object` accepts, by QOM type name.
-const TYPES: &[(&str, Constructor)] = &[("secret", secret::Secret::create)];
+const TYPES: &[(&str, Constructor)] = &[
+    ("secret", secret::Secret::create),
+    ("tls-creds-x509", tls_creds::TlsCredsX509::create),
+];
 
 /// QOM types QEMU has that rqemu will need but does not build yet.
-const NOT_YET: &[&str] = &[
-    "tls-creds-x509",
-    "tls-creds-psk",
-    "tls-creds-anon",
-    "throttle-group",
-];
+const NOT_YET: &[&str] = &["tls-creds-psk", "tls-creds-anon", "throttle-group"];
 
 static OBJECTS: Mutex<BTreeMap<String, Arc<UserObject>>> = Mutex::new(BTreeMap::new());
 

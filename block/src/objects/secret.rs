@@ -133,6 +133,9 @@ pub fn qcrypto_secret_lookup(id: &str) -> Result<Vec<u8>> {
         lookup(id).ok_or_else(|| Error::invalid(format!("No secret with id '{id}'")))?;
     match &*object {
         UserObject::Secret(s) => Ok(s.data.clone()),
+        _ => Err(Error::invalid(format!(
+            "Object with id '{id}' is not a secret"
+        ))),
     }
 }
 

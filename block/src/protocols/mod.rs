@@ -3,11 +3,13 @@
 //! `file` (QEMU's block/file-posix.c) stores them in a host file, `host_device` and
 //! `host_cdrom` on a host device through the same code; `null-co` (block/null.c)
 //! drops writes and reads zeroes or nothing, to measure the layers above without storage;
+//! `nbd` (block/nbd.c) reaches an NBD server's export over a socket;
 //! `rbd` (block/rbd.c) keeps them in a Ceph cluster through librbd.
 
 pub mod file;
 pub mod host_device;
 mod locking;
+pub mod nbd;
 pub mod null;
 pub mod rbd;
 
@@ -19,6 +21,9 @@ pub(crate) const ALL: &[&DriverClass] = &[
     &host_device::HOST_DEVICE,
     &host_device::HOST_CDROM,
     &null::NULL_CO,
+    &nbd::NBD,
+    &nbd::NBD_TCP,
+    &nbd::NBD_UNIX,
     &rbd::RBD,
 ];
 

@@ -83,6 +83,14 @@ pub struct NbdOptions {
 }
 
 impl NbdOptions {
+    /// The value of a `--tls-*` option, if given.
+    pub fn tls_option(&self, name: &str) -> Option<&str> {
+        self.tls
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Where to listen, with qemu-nbd's defaults (0.0.0.0:10809).
     pub fn listen(&self) -> Listen {
         match &self.socket {

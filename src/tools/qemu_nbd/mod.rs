@@ -5,11 +5,12 @@
 //! `block::nbd`, which runs on this thread's AioContext until a termination signal or,
 //! without `--persistent`, until the last client that completed a handshake has left.
 //! Modules: [`cli`] (options and messages), [`daemon`] (`--fork`, pid file, signals),
-//! [`help`].
+//! [`help`], [`list`] (`-L`, client mode).
 
 pub mod cli;
 pub mod daemon;
 pub mod help;
+pub mod list;
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use block::nbd::server::{listen_tcp, listen_unix, DEFAULT_HANDSHAKE_LIMIT};
 use block::nbd::{ExportOptions, NbdExport, NbdServer};
 use block::node::OpenFlags;
+use block::objects::tls_creds::{lookup_tls_creds, Endpoint};
 use block::{AioContext, BlockBackend, Options};
 use futures_lite::future;
 
@@ -40,6 +42,29 @@ pub fn main(args: Vec<String>) -> i32 {
     };
     if let Some(why) = unsupported(&o) {
         return fail(why);
+    }
+    for object in &o.objects {
+        if let Err(e) = block::objects::user_creatable_add_from_str(object) {
+            return fail(e);
+        }
+    }
+    let endpoint = if o.list {
+        Endpoint::Client
+    } else {
+        Endpoint::Server
+    };
+    let tls = match o.tls_option("--tls-creds") {
+        Some(id) => match lookup_tls_creds(id, endpoint) {
+            Ok(creds) => Some(creds),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+    if o.list {
+        return match AioContext::current().run_until(list::list(&o, tls.as_ref())) {
+            Ok(()) => 0,
+            Err(e) => fail(e),
+        };
     }
     let forked = if o.fork {
         match daemon::fork_server() {
@@ -85,7 +110,11 @@ pub fn main(args: Vec<String>) -> i32 {
     let limit = o
         .handshake_limit
         .map_or(DEFAULT_HANDSHAKE_LIMIT, Duration::from_secs);
-    let server = NbdServer::new(export, o.shared, limit);
+    let server_tls = match tls.map(|t| t.server_config()).transpose() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let server = NbdServer::new(export, o.shared, limit, server_tls);
     if let Some(path) = &o.pid_file {
         if let Err(e) = daemon::write_pid_file(path) {
             return fail(e);
@@ -141,14 +170,8 @@ fn unsupported(o: &NbdOptions) -> Option<String> {
             }
         });
     }
-    if o.list {
-        return Some("-L/--list is not supported yet: rqemu has no NBD client yet".into());
-    }
-    if let Some((name, _)) = o.tls.first() {
-        return Some(format!("{name}: TLS is not supported by rqemu-nbd yet"));
-    }
-    if !o.objects.is_empty() {
-        return Some("--object is not supported by rqemu-nbd yet".into());
+    if o.tls_option("--tls-authz").is_some() {
+        return Some("--tls-authz: TLS authorization is not supported by rqemu-nbd yet".into());
     }
     if let Some(b) = o.bitmaps.first() {
         return Some(format!(

@@ -12,6 +12,8 @@ pub const NBD_INIT_MAGIC: u64 = 0x4e42_444d_4147_4943;
 pub const NBD_OPTS_MAGIC: u64 = 0x4948_4156_454f_5054;
 /// The prefix of every option reply.
 pub const NBD_REP_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// Oldstyle negotiation: the server sends the export's size right away.
+pub const NBD_CLIENT_MAGIC: u64 = 0x0000_4202_8186_1253;
 /// A request with a 32-bit length.
 pub const NBD_REQUEST_MAGIC: u32 = 0x2560_9513;
 /// A request with a 64-bit length (extended headers).
@@ -413,6 +415,28 @@ pub fn option_reply_header(option: u32, reply: u32, len: u32) -> [u8; 20] {
     let mut w = WireBuf::with_capacity(20);
     w.u64(NBD_REP_MAGIC).u32(option).u32(reply).u32(len);
     w.0.try_into().unwrap()
+}
+
+/// Parses an option reply header into (option, reply type, data length); `None` when the
+/// magic is wrong.
+pub fn parse_option_reply_header(b: &[u8; 20]) -> Option<(u32, u32, u32)> {
+    let mut r = WireReader::new(b);
+    if r.u64()? != NBD_REP_MAGIC {
+        return None;
+    }
+    Some((r.u32()?, r.u32()?, r.u32()?))
+}
+
+/// Which reply format the transmission phase uses, as the handshake settled it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Mode {
+    /// Simple replies only.
+    #[default]
+    Simple,
+    /// Structured replies (NBD_OPT_STRUCTURED_REPLY).
+    Structured,
+    /// Structured replies with 64-bit headers (NBD_OPT_EXTENDED_HEADERS).
+    Extended,
 }
 
 /// A transmission request (compact or extended: the length is widened to 64 bits).
