@@ -39,6 +39,16 @@ pub struct Body {
 /// A format variant: `(name, format, qemu-img create -o options)`.
 pub type Variant = (&'static str, &'static str, &'static str);
 
+/// What most workloads share: a 4 MiB image of the variant's own options, no backing file.
+const PLAIN: Body = Body {
+    name: "",
+    options: "",
+    size: "4M",
+    backing: &[],
+    log_backing: false,
+    steps: &[],
+};
+
 const V2: Variant = ("v2", "qcow2", "compat=0.10");
 const V3: Variant = ("v3", "qcow2", "compat=1.1");
 const LAZY: Variant = ("v3-lazy", "qcow2", "compat=1.1,lazy_refcounts=on");
@@ -46,10 +56,7 @@ const EXTL2: Variant = ("v3-extl2", "qcow2", "compat=1.1,extended_l2=on");
 
 const COW: Body = Body {
     name: "alloc-cow",
-    options: "",
-    size: "4M",
     backing: &[("base.img", &["write -P 0x5a 0 4M"])],
-    log_backing: false,
     steps: &[
         Step::Io(&[
             "write -P 1 4k 4k",
@@ -62,14 +69,11 @@ const COW: Body = Body {
         ]),
         Step::Io(&["write -P 6 3M 4k", "write -P 7 5k 1k", "write -P 8 1M 256k"]),
     ],
+    ..PLAIN
 };
 
 const COMPRESSED: Body = Body {
     name: "compressed",
-    options: "",
-    size: "4M",
-    backing: &[],
-    log_backing: false,
     steps: &[
         Step::Io(&[
             "write -c -P 1 0 64k",
@@ -79,14 +83,11 @@ const COMPRESSED: Body = Body {
         Step::Io(&["write -P 4 4k 4k", "write -c -P 5 2M 64k"]),
         Step::Io(&["discard 64k 64k", "write -c -P 6 3M 64k"]),
     ],
+    ..PLAIN
 };
 
 const DISCARD: Body = Body {
     name: "discard-zero",
-    options: "",
-    size: "4M",
-    backing: &[],
-    log_backing: false,
     steps: &[
         Step::Io(&["write -P 1 0 1M", "write -P 2 2M 256k"]),
         Step::Io(&[
@@ -98,28 +99,23 @@ const DISCARD: Body = Body {
         ]),
         Step::Io(&["write -P 4 64k 4k", "discard 0 64k", "write -z 2M 256k"]),
     ],
+    ..PLAIN
 };
 
 const GROWTH: Body = Body {
     name: "growth",
     options: "cluster_size=512,refcount_bits=64",
-    size: "4M",
-    backing: &[],
-    log_backing: false,
     steps: &[
         Step::Io(&["write -P 1 0 1M"]),
         Step::Io(&["write -P 2 1M 1M", "write -P 3 3M 512k"]),
         Step::Img(&["resize", "--image-opts", "{}", "8M"]),
         Step::Io(&["write -P 4 7M 64k", "write -P 5 2M 512k"]),
     ],
+    ..PLAIN
 };
 
 const SNAPSHOT: Body = Body {
     name: "snapshot",
-    options: "",
-    size: "4M",
-    backing: &[],
-    log_backing: false,
     steps: &[
         Step::Io(&["write -P 1 0 256k", "write -c -P 2 1M 64k"]),
         Step::Img(&["snapshot", "--image-opts", "-c", "s1", "{}"]),
@@ -131,14 +127,11 @@ const SNAPSHOT: Body = Body {
         Step::Io(&["write -P 6 128k 64k"]),
         Step::Img(&["snapshot", "--image-opts", "-d", "s1", "{}"]),
     ],
+    ..PLAIN
 };
 
 const AMEND: Body = Body {
     name: "amend",
-    options: "",
-    size: "4M",
-    backing: &[],
-    log_backing: false,
     steps: &[
         Step::Io(&["write -P 1 0 512k", "write -c -P 2 1M 64k"]),
         Step::Img(&["amend", "--image-opts", "-o", "refcount_bits=64", "{}"]),
@@ -155,12 +148,11 @@ const AMEND: Body = Body {
         ]),
         Step::Img(&["amend", "--image-opts", "-o", "compat=1.1", "{}"]),
     ],
+    ..PLAIN
 };
 
 const COMMIT: Body = Body {
     name: "commit",
-    options: "",
-    size: "4M",
     backing: &[("base.img", &["write -P 1 0 1M", "write -c -P 2 2M 64k"])],
     log_backing: true,
     steps: &[
@@ -169,17 +161,15 @@ const COMMIT: Body = Body {
         Step::Other("disk.img", &["write -P 5 512k 64k", "write -z 1M 64k"]),
         Step::Img(&["commit", "--image-opts", "{}"]),
     ],
+    ..PLAIN
 };
 
 const REBASE: Body = Body {
     name: "rebase",
-    options: "",
-    size: "4M",
     backing: &[
         ("new.img", &["write -P 7 0 2M"]),
         ("base.img", &["write -P 1 0 1M", "write -P 2 2M 1M"]),
     ],
-    log_backing: false,
     steps: &[
         Step::Io(&["write -P 3 512k 64k"]),
         // QEMU resolves no relative backing name against an --image-opts spec.
@@ -195,14 +185,11 @@ const REBASE: Body = Body {
         Step::Io(&["write -P 4 1M 64k"]),
         Step::Img(&["rebase", "--image-opts", "-b", "", "{}"]),
     ],
+    ..PLAIN
 };
 
 const OTHER_FORMAT: Body = Body {
     name: "alloc",
-    options: "",
-    size: "4M",
-    backing: &[],
-    log_backing: false,
     steps: &[
         Step::Io(&[
             "write -P 1 0 64k",
@@ -216,6 +203,7 @@ const OTHER_FORMAT: Body = Body {
             "write -P 5 1536k 512",
         ]),
     ],
+    ..PLAIN
 };
 
 /// Every workload of the run: `(body, variant)`.
