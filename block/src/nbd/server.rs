@@ -85,7 +85,7 @@ impl NbdServer {
             self.clients.set(self.clients.get() + 1);
             let server = self.clone();
             co_spawn(async move {
-                server.client_main(fd).await;
+                server.serve_client(fd).await;
                 server.clients.set(server.clients.get() - 1);
                 server.changed.restart_all();
             });
@@ -100,7 +100,9 @@ impl NbdServer {
             .await;
     }
 
-    async fn client_main(&self, fd: OwnedFd) {
+    /// Negotiates with and then serves the client connected on `fd` until it leaves (the
+    /// fuzz target feeds it a byte stream this way).
+    pub async fn serve_client(&self, fd: OwnedFd) {
         set_nodelay(&fd);
         let ch = match Channel::new(fd) {
             Ok(ch) => ch,

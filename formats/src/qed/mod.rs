@@ -199,6 +199,12 @@ impl Qed {
         buf.copy_from(head, data, 0, n as usize);
         let host = t.allocate(count);
         t.file.co_pwritev(host, &buf, RequestFlags::empty()).await?;
+        if bs.backing().is_some() {
+            // The new clusters hold backing data the guest never wrote: they must be stable
+            // before the L2 table maps them, or a crash leaves that region empty
+            // (qed_aio_write_main's flush; found by rqemu-crash-explore).
+            t.file.co_flush().await?;
+        }
         t.map_clusters(run_start, count, host).await?;
         Ok(n)
     }

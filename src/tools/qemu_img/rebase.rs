@@ -167,7 +167,10 @@ async fn rebase(
         if let Some((Some(new_blk), _)) = &new_backing {
             let _ = new_blk.close().await;
         }
-        if let Err(e) = copied {
+        // The copied clusters' mappings must be on disk before the header names the new
+        // backing file: a crash in between would show the new backing file's data where
+        // the old one's was (found by rqemu-crash-explore).
+        if let Err(e) = copied.and(blk.co_flush().await) {
             error_report(&format!("Error while rebasing the image: {e}"));
             return 1;
         }
