@@ -9,8 +9,8 @@
 //!   completion callback **from a bottom half**, never inside the submitting call, even when
 //!   the request could finish immediately. Device code is therefore never re-entered.
 
-use std::cell::Cell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
 
 use crate::aio::AioContext;
 use crate::coroutine::{CoroutinePool, InFlight, PoolJob};
@@ -22,12 +22,18 @@ use crate::open::bdrv_open;
 use crate::options::Options;
 use crate::trace;
 
+thread_local! {
+    /// The BlockBackends of this thread (QEMU's block_backends list).
+    static BACKENDS: RefCell<Vec<Weak<BlockBackend>>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A completion callback of an `aio_*` request (QEMU's BlockCompletionFunc).
 pub type CompletionFn = Box<dyn FnOnce(Result<()>)>;
 
 /// The user-facing handle of a block graph.
 pub struct BlockBackend {
-    root: Rc<BlockDriverState>,
+    /// The root node; a job's pivot or filter insertion replaces it (blk->root).
+    root: RefCell<Rc<BlockDriverState>>,
     ctx: Rc<AioContext>,
     in_flight: InFlight,
     write_cache: Cell<bool>,
@@ -82,13 +88,36 @@ impl BlockBackend {
     /// A backend over an opened graph, bound to the current thread's AioContext.
     pub fn new(root: Rc<BlockDriverState>) -> Rc<BlockBackend> {
         let write_cache = root.open_flags().cache.writeback;
-        Rc::new(BlockBackend {
-            root,
+        let blk = Rc::new(BlockBackend {
+            root: RefCell::new(root),
             ctx: AioContext::current(),
             in_flight: InFlight::default(),
             write_cache: Cell::new(write_cache),
             aio_pool: CoroutinePool::new(),
-        })
+        });
+        BACKENDS.with(|b| {
+            let mut b = b.borrow_mut();
+            b.retain(|w| w.strong_count() > 0);
+            b.push(Rc::downgrade(&blk));
+        });
+        blk
+    }
+
+    /// Every BlockBackend alive on this thread (blk_next): the roots from which the graph
+    /// layer finds a node's parents.
+    pub fn all() -> Vec<Rc<BlockBackend>> {
+        BACKENDS.with(|b| b.borrow().iter().filter_map(Weak::upgrade).collect())
+    }
+
+    /// Points the backend at another root node (the BlockBackend side of
+    /// bdrv_replace_node): later requests go there.
+    pub fn replace_root(&self, bs: Rc<BlockDriverState>) {
+        *self.root.borrow_mut() = bs;
+    }
+
+    /// Holds a new request back while a drained section covers the graph.
+    async fn wait_while_drained(&self) {
+        crate::graph::drain::wait_while_drained(|| self.bs()).await;
     }
 
     /// Opens a graph and wraps it (blk_new_open).
@@ -102,13 +131,13 @@ impl BlockBackend {
     }
 
     /// The root node.
-    pub fn bs(&self) -> &Rc<BlockDriverState> {
-        &self.root
+    pub fn bs(&self) -> Rc<BlockDriverState> {
+        self.root.borrow().clone()
     }
 
     /// The device size in bytes.
     pub fn getlength(&self) -> u64 {
-        self.root.getlength()
+        self.bs().getlength()
     }
 
     /// Whether writes complete only once stable (writethrough) or once cached (writeback).
@@ -123,7 +152,7 @@ impl BlockBackend {
 
     /// Whether the root is read-only.
     pub fn is_read_only(&self) -> bool {
-        self.root.is_read_only()
+        self.bs().is_read_only()
     }
 
     /// Requests past the device's end fail with EIO (blk_check_byte_request).
@@ -186,7 +215,8 @@ impl BlockBackend {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        self.counted(self.root.co_truncate(offset, exact, prealloc))
+        let root = self.bs();
+        self.counted(root.co_truncate(offset, exact, prealloc))
             .await
     }
 
@@ -197,13 +227,14 @@ impl BlockBackend {
             blk_co_preadv,
             "blk {:p} bs {:p} offset {} bytes {} flags 0x{:x}",
             self,
-            Rc::as_ptr(&self.root),
+            Rc::as_ptr(&self.bs()),
             offset,
             qiov.len(),
             flags.bits()
         );
         self.check_byte_request(offset, qiov.len() as u64)?;
-        self.root.co_preadv(offset, qiov, flags).await
+        self.wait_while_drained().await;
+        self.bs().co_preadv(offset, qiov, flags).await
     }
 
     async fn do_pwritev(&self, offset: u64, qiov: &IoVector, flags: RequestFlags) -> Result<()> {
@@ -211,13 +242,14 @@ impl BlockBackend {
             blk_co_pwritev,
             "blk {:p} bs {:p} offset {} bytes {} flags 0x{:x}",
             self,
-            Rc::as_ptr(&self.root),
+            Rc::as_ptr(&self.bs()),
             offset,
             qiov.len(),
             flags.bits()
         );
         self.check_byte_request(offset, qiov.len() as u64)?;
-        self.root
+        self.wait_while_drained().await;
+        self.bs()
             .co_pwritev(offset, qiov, self.write_flags(flags))
             .await
     }
@@ -232,7 +264,8 @@ impl BlockBackend {
             flags.bits()
         );
         self.check_byte_request(offset, bytes)?;
-        self.root
+        self.wait_while_drained().await;
+        self.bs()
             .co_pwrite_zeroes(offset, bytes, self.write_flags(flags))
             .await
     }
@@ -246,12 +279,14 @@ impl BlockBackend {
             bytes
         );
         self.check_byte_request(offset, bytes)?;
-        self.root.co_pdiscard(offset, bytes).await
+        self.wait_while_drained().await;
+        self.bs().co_pdiscard(offset, bytes).await
     }
 
     async fn do_flush(&self) -> Result<()> {
         trace!(blk_co_flush, "blk {:p}", self);
-        self.root.co_flush().await
+        self.wait_while_drained().await;
+        self.bs().co_flush().await
     }
 
     async fn counted<T>(&self, request: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -329,13 +364,13 @@ impl BlockBackend {
     /// Drains and closes the graph, writing back cached metadata (blk_unref of the last ref).
     pub async fn close(&self) -> Result<()> {
         self.drain().await;
-        close_graph(&self.root).await
+        close_graph(&self.bs()).await
     }
 }
 
 impl std::fmt::Debug for BlockBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BlockBackend({:?})", self.root)
+        write!(f, "BlockBackend({:?})", self.bs())
     }
 }
 

@@ -158,6 +158,8 @@ pub struct BlockDriverState {
     /// flushed_gen).
     pub(crate) write_gen: Cell<u64>,
     pub(crate) flushed_gen: Cell<u64>,
+    /// Drained sections, permissions and blockers on the node ([`crate::graph`]).
+    pub(crate) graph: crate::graph::GraphState,
 }
 
 impl BlockDriverState {
@@ -186,6 +188,7 @@ impl BlockDriverState {
             backing_ancestors: RefCell::new(Vec::new()),
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
+            graph: crate::graph::GraphState::default(),
         }
     }
 

@@ -112,9 +112,7 @@ pub(crate) fn open_node(
         let ancestors = options.take(BACKING_ANCESTORS_KEY);
         apply_flag_defaults(&mut options, &flags);
         let (flags, detect_zeroes) = take_generic_options(&mut options, flags)?;
-        let node_name = options
-            .take("node-name")
-            .unwrap_or_else(|| format!("#block{:03}", NEXT_NODE.fetch_add(1, Ordering::Relaxed)));
+        let node_name = options.take("node-name").unwrap_or_else(auto_node_name);
 
         let class = match options.take("driver") {
             Some(name) => Some(
@@ -184,6 +182,11 @@ pub(crate) fn open_node(
         bs.refresh_total_bytes().await?;
         Ok(bs)
     })
+}
+
+/// A fresh automatic node name (`#block001`...), for nodes opened without `node-name`.
+pub(crate) fn auto_node_name() -> String {
+    format!("#block{:03}", NEXT_NODE.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A format node's name: its file's, or when the file is named by a `json:` description

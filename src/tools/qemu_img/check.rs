@@ -80,7 +80,7 @@ pub fn run(args: &[String]) -> i32 {
         let Some(blk) = cli::img_open(&spec).await else {
             return 1;
         };
-        let ret = check_image(blk.bs(), &spec.filename, fix, format, quiet).await;
+        let ret = check_image(&blk.bs(), &spec.filename, fix, format, quiet).await;
         if !cli::close(&blk).await {
             return 1;
         }

@@ -219,7 +219,7 @@ async fn convert(
         return false;
     };
     if let Some(param) = &a.snapshot {
-        if let Err(e) = param.load(src[0].bs()).await {
+        if let Err(e) = param.load(&src[0].bs()).await {
             error_report(&format!("Failed to load snapshot: {e}"));
             progress.end();
             return false;
@@ -398,7 +398,7 @@ fn create_options(a: &Args, fmt: &str, out: &str, total_bytes: u64) -> Option<Cr
 
 /// Runs of a source are aligned to its request alignment and cluster size, in sectors.
 fn source_alignment(blk: &BlockBackend) -> u64 {
-    let bs = blk.bs();
+    let bs = &blk.bs();
     let align = (bs.limits().request_alignment as u64).div_ceil(SECTOR);
     let cluster = bs.drv().get_info(bs).map_or(0, |i| i.cluster_size / SECTOR);
     align.max(cluster).max(1)
@@ -420,7 +420,7 @@ async fn copy(
     s.num_coroutines = a.coroutines.unwrap_or(8);
     s.rate_limit = a.rate_limit;
     s.target_has_backing = target_has_backing;
-    let out_bs = target.bs();
+    let out_bs = &target.bs();
     let limits = out_bs.limits();
     s.buf_sectors =
         MAX_BUF_SECTORS.min(s.buf_sectors.max(limits.pdiscard_alignment as u64 / SECTOR));

@@ -98,7 +98,7 @@ async fn collect_image_info_list(mut spec: OpenSpec, chain: bool) -> Option<Vec<
             return None;
         }
         let blk = cli::img_open(&spec).await?;
-        let info = match query_block_graph_info(blk.bs()).await {
+        let info = match query_block_graph_info(&blk.bs()).await {
             Ok(info) => info,
             Err(e) => {
                 error_report(&e.to_string());

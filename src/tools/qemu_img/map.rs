@@ -94,7 +94,7 @@ pub fn run(args: &[String]) -> i32 {
         if let Some(max) = max_length {
             length = length.min(start.saturating_add(max));
         }
-        let ok = map_image(blk.bs(), start, length, format).await;
+        let ok = map_image(&blk.bs(), start, length, format).await;
         let _ = blk.close().await;
         i32::from(!ok)
     })

@@ -88,19 +88,14 @@ pub fn run(args: &[String]) -> i32 {
             None => None,
         };
         if let (Some(param), Some(b)) = (&snapshot, &blk) {
-            if let Err(e) = param.load(b.bs()).await {
+            if let Err(e) = param.load(&b.bs()).await {
                 error_report(&format!("Failed to load snapshot: {e}"));
                 let _ = b.close().await;
                 return 1;
             }
         }
-        let info = measure(
-            &out_fmt,
-            options.as_deref(),
-            size,
-            blk.as_ref().map(|b| b.bs()),
-        )
-        .await;
+        let input = blk.as_ref().map(|b| b.bs());
+        let info = measure(&out_fmt, options.as_deref(), size, input.as_ref()).await;
         if let Some(b) = blk {
             let _ = b.close().await;
         }

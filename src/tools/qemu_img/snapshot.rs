@@ -94,7 +94,7 @@ pub fn run(args: &[String]) -> i32 {
         let Some(blk) = cli::img_open(&spec).await else {
             return 1;
         };
-        let ok = perform(blk.bs(), &action).await;
+        let ok = perform(&blk.bs(), &action).await;
         // Like qemu-img, the status is the action's: a failed write-back at close is not
         // reported (an error that broke the action usually breaks the flush too).
         let _ = blk.close().await;

@@ -18,7 +18,7 @@ pub fn install_message_sink() {
 
 /// `break event tag`.
 pub async fn break_f(io: &QemuIo, argv: &[String]) -> i32 {
-    match blkdebug::debug_breakpoint(io.blk().bs(), &argv[1], &argv[2]) {
+    match blkdebug::debug_breakpoint(&io.blk().bs(), &argv[1], &argv[2]) {
         Ok(()) => 0,
         Err(e) => {
             out!("Could not set breakpoint: {}\n", strerror(e.errno()));
@@ -29,7 +29,7 @@ pub async fn break_f(io: &QemuIo, argv: &[String]) -> i32 {
 
 /// `remove_break tag`.
 pub async fn remove_break_f(io: &QemuIo, argv: &[String]) -> i32 {
-    match blkdebug::debug_remove_breakpoint(io.blk().bs(), &argv[1]) {
+    match blkdebug::debug_remove_breakpoint(&io.blk().bs(), &argv[1]) {
         Ok(()) => 0,
         Err(e) => {
             out!(
@@ -44,7 +44,7 @@ pub async fn remove_break_f(io: &QemuIo, argv: &[String]) -> i32 {
 
 /// `resume tag`.
 pub async fn resume_f(io: &QemuIo, argv: &[String]) -> i32 {
-    match blkdebug::debug_resume(io.blk().bs(), &argv[1]) {
+    match blkdebug::debug_resume(&io.blk().bs(), &argv[1]) {
         Ok(()) => 0,
         Err(e) => {
             out!("Could not resume request: {}\n", strerror(e.errno()));

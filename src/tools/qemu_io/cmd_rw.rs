@@ -163,7 +163,7 @@ async fn read(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
     let blk = io.blk();
     let (result, t) = timed(async {
         if o.vmstate {
-            block::snapshot::bdrv_load_vmstate(blk.bs(), &buf, offset).await
+            block::snapshot::bdrv_load_vmstate(&blk.bs(), &buf, offset).await
         } else {
             blk.co_preadv(offset, &buf, RequestFlags::empty()).await
         }
@@ -424,7 +424,7 @@ async fn write(io: &QemuIo, argv: &[String]) -> Result<i32, i32> {
                 blk.co_pwritev(offset, buf, flags).await
             }
             (WriteKind::VmState, Some(buf)) => {
-                block::snapshot::bdrv_save_vmstate(blk.bs(), buf, offset).await
+                block::snapshot::bdrv_save_vmstate(&blk.bs(), buf, offset).await
             }
             (_, None) => Err(Error::from_errno(libc::EINVAL)),
         }
