@@ -8,7 +8,9 @@
 //! [`protocols`] (file, null-co) → [`aio`] (the main loop, thread pool, io_uring).
 //! [`open`] builds a graph, finding drivers in the [`registry`]; [`filters`] hold blkdebug,
 //! which acts on the [`debug_event`]s formats raise.
-//! [`nbd`] serves a BlockBackend to NBD clients over a socket.
+//! [`nbd`] serves a BlockBackend to NBD clients over a socket. [`jobs`] run stream, commit,
+//! mirror and backup on a live graph, changing it through [`graph`] (drained sections, node
+//! replacement, permissions).
 //! [`coroutine`], [`iov`], [`options`], [`error`] and [`trace`] are the vocabulary they share.
 
 pub mod aio;

@@ -435,7 +435,7 @@ fn pause_resume_and_the_two_cancels_follow_qemus_state_machine() {
     rt(async {
         let opts = MirrorOptions {
             common: CommonOptions {
-                speed: (1 * MIB) as i64,
+                speed: MIB as i64,
                 ..common("m0")
             },
             granularity: 65536,
