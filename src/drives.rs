@@ -1,8 +1,11 @@
-//! The machine's drives: the `-drive`/`-blockdev` options, and the BlockBackends opened from
-//! them, found by id.
+//! The machine's drives: the `-drive`/`-blockdev` options, the BlockBackends opened from
+//! `-drive` (found by id), and the nodes the monitor owns (`-blockdev`, blockdev-add).
 //!
-//! QEMU's blockdev.c (drive_new, the BlockBackend list behind `blk_by_name`). The registry
-//! is local to the main-loop thread, because a BlockBackend and its graph belong to that
+//! QEMU's blockdev.c (drive_new, the BlockBackend list behind `blk_by_name`, and
+//! `monitor_bdrv_states`, the nodes blockdev-add created and blockdev-del may delete). A
+//! device given a node name rather than a drive id gets a backend of its own over that
+//! node (QEMU's anonymous BlockBackend of a qdev drive property). The registry is local to
+//! the main-loop thread, because a BlockBackend and its graph belong to that
 //! thread's AioContext. A device model on the vCPU thread names its drive by id and reaches
 //! it by scheduling a bottom half on the loop (`AioContextHandle::schedule_bh`) that calls
 //! [`lookup`]; the completion comes back the same way, as a bottom half that takes the
@@ -12,7 +15,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use block::BlockBackend;
+use block::{BlockBackend, BlockDriverState};
 use block::{OpenFlags, Options};
 
 /// Which device a `-drive` is meant for (`if=`).
@@ -41,10 +44,14 @@ pub struct DriveOptions {
     pub options: Options,
     /// The flags derived from `readonly=`, `snapshot=`, `cache=`, `aio=`.
     pub flags: OpenFlags,
+    /// A `-blockdev`: a node owned by the monitor, no BlockBackend.
+    pub blockdev: bool,
 }
 
 thread_local! {
     static DRIVES: RefCell<BTreeMap<String, Rc<BlockBackend>>> = const { RefCell::new(BTreeMap::new()) };
+    static DEVICE_BACKENDS: RefCell<BTreeMap<String, Rc<BlockBackend>>> = const { RefCell::new(BTreeMap::new()) };
+    static MONITOR_NODES: RefCell<Vec<Rc<BlockDriverState>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Opens one drive (QEMU's drive_new / blockdev-add).
@@ -54,26 +61,116 @@ pub async fn open(cfg: &DriveOptions) -> Result<Rc<BlockBackend>, String> {
         .map_err(|e| format!("{}: {e}", cfg.origin))
 }
 
-/// Opens every drive in order and registers it under its id; stops at the first error.
+/// Opens every drive in order and registers it under its id (a `-blockdev` as a monitor
+/// node); stops at the first error.
 pub async fn open_all(cfgs: &[DriveOptions]) -> Result<(), String> {
     for cfg in cfgs {
-        let blk = open(cfg).await?;
-        DRIVES.with(|d| d.borrow_mut().insert(cfg.id.clone(), blk));
+        if cfg.blockdev {
+            let mut options = cfg.options.clone();
+            options.set("node-name", cfg.id.clone());
+            let bs = block::bdrv_open(None, options, cfg.flags)
+                .await
+                .map_err(|e| format!("{}: {e}", cfg.origin))?;
+            add_monitor_node(bs);
+        } else {
+            let blk = open(cfg).await?;
+            DRIVES.with(|d| d.borrow_mut().insert(cfg.id.clone(), blk));
+        }
     }
     Ok(())
 }
 
-/// The drive registered as `id`, on the loop thread (QEMU's blk_by_name).
+/// The drive registered as `id`, or the device backend over the node named `id`, on the
+/// loop thread (QEMU's blk_by_name, and the backend a qdev drive property creates).
 pub fn lookup(id: &str) -> Option<Rc<BlockBackend>> {
-    DRIVES.with(|d| d.borrow().get(id).cloned())
+    if let Some(blk) = DRIVES.with(|d| d.borrow().get(id).cloned()) {
+        return Some(blk);
+    }
+    if let Some(blk) = DEVICE_BACKENDS.with(|d| d.borrow().get(id).cloned()) {
+        return Some(blk);
+    }
+    let bs = block::graph::find_node(id)?;
+    let blk = BlockBackend::new(bs);
+    DEVICE_BACKENDS.with(|d| d.borrow_mut().insert(id.to_string(), blk.clone()));
+    Some(blk)
 }
 
-/// Drains and closes every drive, reporting failures (QEMU's bdrv_close_all at exit).
+/// Every drive by id (the `-drive` backends; blk_next).
+pub fn named_backends() -> Vec<(String, Rc<BlockBackend>)> {
+    DRIVES.with(|d| {
+        d.borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
+/// The backends devices hold over nodes, by node name.
+pub fn device_backends() -> Vec<(String, Rc<BlockBackend>)> {
+    DEVICE_BACKENDS.with(|d| {
+        d.borrow()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    })
+}
+
+/// Hands a node opened by the monitor to the monitor's list (blockdev-add).
+pub fn add_monitor_node(bs: Rc<BlockDriverState>) {
+    MONITOR_NODES.with(|m| m.borrow_mut().push(bs));
+}
+
+/// Takes a node off the monitor's list; false if the monitor did not own it.
+pub fn remove_monitor_node(bs: &Rc<BlockDriverState>) -> bool {
+    MONITOR_NODES.with(|m| {
+        let mut nodes = m.borrow_mut();
+        let before = nodes.len();
+        nodes.retain(|n| !Rc::ptr_eq(n, bs));
+        nodes.len() != before
+    })
+}
+
+/// Whether the monitor owns `bs` (it was added with blockdev-add or -blockdev).
+pub fn is_monitor_node(bs: &Rc<BlockDriverState>) -> bool {
+    MONITOR_NODES.with(|m| m.borrow().iter().any(|n| Rc::ptr_eq(n, bs)))
+}
+
+/// Whether a drive or device backend has `bs` as its root.
+pub fn backend_of(bs: &Rc<BlockDriverState>) -> Option<Rc<BlockBackend>> {
+    named_backends()
+        .into_iter()
+        .chain(device_backends())
+        .map(|(_, blk)| blk)
+        .find(|blk| Rc::ptr_eq(&blk.bs(), bs))
+}
+
+/// Drains every backend, then closes every node once, parents before their children
+/// (QEMU's bdrv_close_all at exit), reporting failures.
 pub async fn close_all() {
-    let all = DRIVES.with(|d| std::mem::take(&mut *d.borrow_mut()));
-    for (id, blk) in all {
-        if let Err(e) = blk.close().await {
-            eprintln!("rqemu: closing drive '{id}': {e}");
+    let backends = DRIVES.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    let devices = DEVICE_BACKENDS.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    let mut roots = Vec::new();
+    for (_, blk) in backends.into_iter().chain(devices) {
+        blk.drain().await;
+        roots.push(blk.bs());
+    }
+    roots.extend(MONITOR_NODES.with(|m| std::mem::take(&mut *m.borrow_mut())));
+    for bs in top_down(&roots) {
+        if let Err(e) = bs.close().await {
+            eprintln!("rqemu: closing node '{}': {e}", bs.node_name());
         }
     }
+}
+
+/// The nodes below `roots`, each once, every parent before its children.
+fn top_down(roots: &[Rc<BlockDriverState>]) -> Vec<Rc<BlockDriverState>> {
+    let mut order: Vec<Rc<BlockDriverState>> = Vec::new();
+    let mut stack: Vec<Rc<BlockDriverState>> = roots.iter().rev().cloned().collect();
+    while let Some(bs) = stack.pop() {
+        // A node reached again through a later parent moves after that parent.
+        order.retain(|n| !Rc::ptr_eq(n, &bs));
+        stack.extend(bs.children().into_iter().rev().map(|c| c.bs));
+        order.push(bs);
+    }
+    order
 }

@@ -8,7 +8,7 @@
 //! loop then sees the request and ends the run cleanly, and the drives are closed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::bus::lock;
@@ -19,6 +19,8 @@ const SIG_KICK: libc::c_int = libc::SIGUSR1;
 const TERMINATION: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Wakes [`wait_for_stop`] (the flag above, under a lock).
+static STOPPED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 /// The running vCPU thread, while it may be inside KVM_RUN.
 static VCPU_THREAD: Mutex<Option<libc::pthread_t>> = Mutex::new(None);
 
@@ -30,6 +32,8 @@ pub fn stop_requested() -> bool {
 /// Asks the run to end and kicks the vCPU until it has left KVM_RUN.
 pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
+    *lock(&STOPPED.0) = true;
+    STOPPED.1.notify_all();
     loop {
         {
             let thread = lock(&VCPU_THREAD);
@@ -40,6 +44,17 @@ pub fn request_stop() {
         }
         // The vCPU may have been between its check and KVM_RUN: kick again shortly.
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sleeps until the run is asked to end (a machine without a vCPU waits here).
+pub fn wait_for_stop() {
+    let mut stopped = lock(&STOPPED.0);
+    while !*stopped {
+        stopped = STOPPED
+            .1
+            .wait(stopped)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
     }
 }
 

@@ -229,7 +229,22 @@ const QED: &[&str] = &[
     "279",
 ];
 
+/// Tests that drive rqemu itself as the system emulator (`-accel qtest`, QMP, HMP) and pass
+/// with it (issue #14; run with `--system target/release/rqemu`).
+const QCOW2_SYSTEM: &[&str] = &["065", "102"];
+
+/// The programs the suite runs in place of QEMU's: our tools, and rqemu as the system
+/// emulator or none at all.
+enum Emulator {
+    ToolsOnly,
+    Rqemu,
+}
+
 fn run_suite(format: &str, tests: &[&str]) {
+    run_suite_with(format, tests, Emulator::ToolsOnly);
+}
+
+fn run_suite_with(format: &str, tests: &[&str], emulator: Emulator) {
     let excused: Vec<&str> = EXCUSED
         .iter()
         .filter(|e| e.0 == format)
@@ -244,12 +259,20 @@ fn run_suite(format: &str, tests: &[&str]) {
     let Some(scripts) = suite_scripts() else {
         return;
     };
-    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("iotests-{format}"));
+    let (system, label) = match emulator {
+        Emulator::ToolsOnly => (["--tools-only", ""], format.to_string()),
+        Emulator::Rqemu => (
+            ["--system", env!("CARGO_BIN_EXE_rqemu")],
+            format!("{format}-system"),
+        ),
+    };
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("iotests-{label}"));
     let _ = std::fs::remove_dir_all(&work);
     let out = Command::new("bash")
         .arg(scripts.join("iotests.sh"))
         .arg(format!("-{format}"))
-        .args(["--tools-only", "--img", env!("CARGO_BIN_EXE_rqemu-img")])
+        .args(system.iter().filter(|a| !a.is_empty()))
+        .args(["--img", env!("CARGO_BIN_EXE_rqemu-img")])
         .args(["--io", env!("CARGO_BIN_EXE_rqemu-io")])
         .args(tests)
         .env("IOTESTS_WORK", &work)
@@ -279,6 +302,11 @@ fn raw_conformance() {
 #[test]
 fn qcow2_conformance() {
     run_suite("qcow2", QCOW2);
+}
+
+#[test]
+fn qcow2_system_conformance() {
+    run_suite_with("qcow2", QCOW2_SYSTEM, Emulator::Rqemu);
 }
 
 #[test]

@@ -109,10 +109,18 @@ impl BlockBackend {
         BACKENDS.with(|b| b.borrow().iter().filter_map(Weak::upgrade).collect())
     }
 
-    /// Points the backend at another root node (the BlockBackend side of
-    /// bdrv_replace_node): later requests go there.
-    pub fn replace_root(&self, bs: Rc<BlockDriverState>) {
+    /// Points the backend at another root node at once (the BlockBackend side of
+    /// bdrv_replace_node, for a caller that has drained the graph): later requests go there.
+    pub fn set_root(&self, bs: Rc<BlockDriverState>) {
         *self.root.borrow_mut() = bs;
+    }
+
+    /// Points the backend at another root once the requests in flight have drained
+    /// (blk_replace_bs): later requests go to `new`, which usually has the old root below
+    /// it (a snapshot overlay).
+    pub async fn replace_root(&self, new: Rc<BlockDriverState>) {
+        self.drain().await;
+        self.set_root(new);
     }
 
     /// Holds a new request back while a drained section covers the graph.

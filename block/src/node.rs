@@ -235,6 +235,11 @@ impl BlockDriverState {
         *self.filename.borrow_mut() = name.into();
     }
 
+    /// The detect-zeroes mode writes to this node use.
+    pub fn detect_zeroes(&self) -> DetectZeroes {
+        self.detect_zeroes
+    }
+
     /// Whether the node is read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only.get()

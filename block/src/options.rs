@@ -201,7 +201,7 @@ impl Options {
 
 /// QEMU's JSON parser also takes 'single-quoted' strings (iotests write `json:{'driver':
 /// 'null-co'}`); rewrites them as standard double-quoted strings.
-fn single_quotes_to_double(text: &str) -> String {
+pub fn single_quotes_to_double(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut quote: Option<char> = None;
     let mut chars = text.chars();

@@ -7,6 +7,7 @@
 //! simplest way to give the guest pristine RAM, firmware and device state (unlike QEMU, CMOS
 //! RAM the guest wrote does not survive the reset). With `-no-reboot` a reset ends the run.
 
+mod qtest;
 mod virtio;
 
 use std::fs::File;
@@ -305,11 +306,26 @@ fn start_rtc_timer(
 
 /// Runs the emulator: boots, and boots again after each guest reset unless `-no-reboot`.
 pub fn run(cfg: &VmConfig) -> Result<(), String> {
+    if cfg.accel == crate::vm_config::Accel::Qtest {
+        return qtest::run(cfg);
+    }
+    if cfg.machine_none {
+        return Err("machine 'none' is supported by rqemu only with -accel qtest".to_string());
+    }
+    if cfg.start_paused {
+        return Err(
+            "-S: starting a KVM guest paused is not supported by rqemu yet \
+                    (only with -accel qtest)"
+                .to_string(),
+        );
+    }
     let boot = prepare_boot(cfg)?;
     // Before any other thread starts: they all inherit the blocked termination signals.
     crate::runstate::init()?;
     let out = open_outputs(cfg)?;
     let main = MainLoop::start(cfg.drives.clone())?;
+    crate::monitor::qmp::machine::init(cfg.accel, false);
+    crate::monitor::start_all(cfg, &main.handle())?;
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -28,6 +28,8 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> 
         },
     };
     let unit = opts.take_u64("unit").map_err(|e| e.to_string())?;
+    // The qdev id names the device for the monitor; rqemu's IDE slots are found by drive.
+    opts.take("id");
     if let Some((key, _)) = opts.iter().next() {
         return Err(format!("Property '{driver}.{key}' not found"));
     }

@@ -76,6 +76,7 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
         filename,
         options: opts,
         flags,
+        blockdev: false,
     });
     Ok(())
 }
@@ -141,5 +142,6 @@ pub(super) fn parse_blockdev(arg: &str) -> Result<DriveOptions, String> {
         filename: None,
         options: opts,
         flags,
+        blockdev: true,
     })
 }

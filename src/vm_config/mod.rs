@@ -11,6 +11,7 @@ use std::path::PathBuf;
 mod boot;
 mod device;
 mod drive;
+mod monitor;
 mod usage;
 
 use block::Options;
@@ -21,6 +22,7 @@ use crate::drives::{DriveInterface, DriveOptions};
 use device::parse_device;
 pub use device::{VirtioDiskConfig, FIRST_VIRTIO_SLOT};
 use drive::{parse_blockdev, parse_drive};
+pub use monitor::{Chardev, ChardevBackend, MonitorConfig, MonitorMode};
 /// The SeaBIOS image QEMU's `pc` machine loads by default.
 pub const DEFAULT_BIOS: &str = "/usr/share/seabios/bios-256k.bin";
 /// Default guest RAM (QEMU's default_ram_size for pc: 128 MiB).
@@ -63,6 +65,30 @@ pub struct VmConfig {
     /// `-boot`: boot order, menu, and (`reboot-timeout=`) how long SeaBIOS waits after "No
     /// bootable device" before it reboots (see [`VmConfig::boot_fail_wait`]).
     pub boot: BootOptions,
+    /// The accelerator: KVM runs the guest, qtest runs no vCPU at all.
+    pub accel: Accel,
+    /// `-S`: do not start the vCPUs until the monitor says `cont`.
+    pub start_paused: bool,
+    /// `-chardev` backends, by id.
+    pub chardevs: Vec<Chardev>,
+    /// `-mon`, `-qmp`, `-monitor`: the monitors, in order.
+    pub monitors: Vec<MonitorConfig>,
+    /// `-qtest`: where the qtest protocol is spoken.
+    pub qtest: Option<ChardevBackend>,
+    /// `-object iothread,id=`: the iothreads' ids.
+    pub iothreads: Vec<String>,
+    /// `-M none`: QEMU's empty machine, which rqemu offers only under qtest.
+    pub machine_none: bool,
+}
+
+/// Which accelerator runs the machine (`-accel`, `-machine accel=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Accel {
+    /// The guest runs under KVM.
+    #[default]
+    Kvm,
+    /// No vCPU runs; a test drives the machine over the qtest protocol (QEMU's accel/qtest).
+    Qtest,
 }
 
 impl Default for VmConfig {
@@ -82,6 +108,13 @@ impl Default for VmConfig {
             nographic: false,
             no_reboot: false,
             boot: BootOptions::default(),
+            accel: Accel::Kvm,
+            start_paused: false,
+            chardevs: Vec::new(),
+            monitors: Vec::new(),
+            qtest: None,
+            iothreads: Vec::new(),
+            machine_none: false,
         }
     }
 }
@@ -149,6 +182,7 @@ pub fn machine_help() -> String {
             "pc-i440fx-10.0",
             "Standard PC (i440FX + PIIX, 1996) (default)",
         ),
+        ("none", "empty machine"),
     ] {
         s.push_str(&format!("{name:<20} {desc}\n"));
     }
@@ -157,10 +191,36 @@ pub fn machine_help() -> String {
 
 /// Options that take an argument; everything else in [`FLAGS`] takes none.
 const WITH_ARG: &[&str] = &[
-    "m", "bios", "kernel", "initrd", "append", "drive", "blockdev", "device", "serial", "debugcon",
-    "trace", "machine", "M", "accel", "boot", "smp", "display", "vga", "net", "object", "cdrom",
+    "m",
+    "bios",
+    "kernel",
+    "initrd",
+    "append",
+    "drive",
+    "blockdev",
+    "device",
+    "serial",
+    "debugcon",
+    "trace",
+    "machine",
+    "M",
+    "accel",
+    "boot",
+    "smp",
+    "display",
+    "vga",
+    "net",
+    "object",
+    "cdrom",
+    "chardev",
+    "mon",
+    "qmp",
+    "qmp-pretty",
+    "monitor",
+    "qtest",
+    "incoming",
 ];
-const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "nodefaults"];
+const FLAGS: &[&str] = &["nographic", "no-reboot", "enable-kvm", "nodefaults", "S"];
 
 /// Parses the arguments after the program name.
 pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
@@ -199,6 +259,9 @@ pub fn parse_args(args: &[String]) -> Result<Command, CliError> {
         if name == "serial" {
             serial_given = true;
         }
+        if name == "device" && arg == "help" {
+            return Ok(Command::Print(usage::device_help()));
+        }
         if name == "device" {
             devices.push((ctx, arg.clone()));
             continue;
@@ -235,6 +298,7 @@ fn apply_flag(cfg: &mut VmConfig, name: &str) {
     match name {
         "nographic" => cfg.nographic = true,
         "no-reboot" => cfg.no_reboot = true,
+        "S" => cfg.start_paused = true,
         // -enable-kvm: KVM is the only accelerator; -nodefaults: there are no default devices.
         _ => {}
     }
@@ -248,6 +312,7 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "kernel" => cfg.kernel = Some(PathBuf::from(arg)),
         "initrd" => cfg.initrd = Some(PathBuf::from(arg)),
         "append" => cfg.append = arg.to_string(),
+        "drive" if arg == "format=help" => return Ok(Some(usage::format_help())),
         "drive" => {
             parse_drive(cfg, arg)?;
             let virtio = cfg
@@ -266,10 +331,20 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         "serial" => cfg.serial = parse_chardev(arg)?,
         "debugcon" => cfg.debugcon = parse_chardev(arg)?,
         "trace" => return block::trace::configure(arg),
-        // Secrets for encrypted drives; created at once, before any drive is opened.
-        "object" => block::objects::user_creatable_add_from_str(arg).map_err(|e| e.to_string())?,
-        "machine" | "M" => return parse_machine(arg),
-        "accel" => parse_accel(arg)?,
+        "object" => parse_object(cfg, arg)?,
+        "machine" | "M" => return parse_machine(cfg, arg),
+        "accel" => cfg.accel = parse_accel(arg)?,
+        "chardev" => monitor::parse_chardev_option(cfg, arg)?,
+        "mon" => monitor::parse_mon(cfg, arg)?,
+        "qmp" => {
+            monitor::parse_monitor_shorthand(cfg, arg, MonitorMode::Control { pretty: false })?
+        }
+        "qmp-pretty" => {
+            monitor::parse_monitor_shorthand(cfg, arg, MonitorMode::Control { pretty: true })?
+        }
+        "monitor" => monitor::parse_monitor_shorthand(cfg, arg, MonitorMode::Readline)?,
+        "qtest" => monitor::parse_qtest(cfg, arg)?,
+        "incoming" => return Err("migration is not supported by rqemu".to_string()),
         "boot" => cfg.boot.parse(arg)?,
         "cdrom" => parse_drive(
             cfg,
@@ -310,30 +385,51 @@ fn parse_ram_size(arg: &str) -> Result<u64, String> {
     Ok(bytes & !0xfff)
 }
 
-fn parse_machine(arg: &str) -> Result<Option<String>, String> {
+/// `-object`: secrets are created at once, before any drive is opened; iothreads are
+/// remembered by id.
+fn parse_object(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
+    let opts = Options::parse_keyval(arg, Some("qom-type")).map_err(|e| e.to_string())?;
+    match opts.get("qom-type") {
+        Some("iothread") => {
+            let Some(id) = opts.get("id") else {
+                return Err("Parameter 'id' is missing".to_string());
+            };
+            cfg.iothreads.push(id.to_string());
+            Ok(())
+        }
+        Some("throttle-group") => {
+            Err("throttle-group objects are not supported by rqemu yet".to_string())
+        }
+        _ => block::objects::user_creatable_add_from_str(arg).map_err(|e| e.to_string()),
+    }
+}
+
+fn parse_machine(cfg: &mut VmConfig, arg: &str) -> Result<Option<String>, String> {
     let opts = Options::parse_keyval(arg, Some("type")).map_err(|e| e.to_string())?;
     for (key, value) in opts.iter() {
         match (key, value) {
             ("type", "help") => return Ok(Some(machine_help())),
-            ("type", "pc" | "pc-i440fx-10.0") => {}
+            ("type", "pc" | "pc-i440fx-10.0") => cfg.machine_none = false,
+            ("type", "none") => cfg.machine_none = true,
             ("type", other) => {
                 return Err(format!(
                     "unsupported machine type: \"{other}\"\nUse -machine help to list supported machines"
                 ))
             }
-            ("accel", v) => parse_accel(v)?,
+            ("accel", v) => cfg.accel = parse_accel(v)?,
             _ => return Err(format!("Invalid parameter '{key}'")),
         }
     }
     Ok(None)
 }
 
-fn parse_accel(arg: &str) -> Result<(), String> {
+fn parse_accel(arg: &str) -> Result<Accel, String> {
     let accel = arg.split(',').next().unwrap_or("");
     match accel {
-        "kvm" => Ok(()),
-        "tcg" | "xen" | "hvf" | "whpx" | "nvmm" | "qtest" => Err(format!(
-            "accelerator {accel} is not supported by rqemu (only kvm)"
+        "kvm" => Ok(Accel::Kvm),
+        "qtest" => Ok(Accel::Qtest),
+        "tcg" | "xen" | "hvf" | "whpx" | "nvmm" => Err(format!(
+            "accelerator {accel} is not supported by rqemu (only kvm and qtest)"
         )),
         _ => Err(format!("invalid accelerator {accel}")),
     }

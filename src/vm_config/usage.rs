@@ -133,3 +133,19 @@ mod tests {
         }
     }
 }
+
+/// `-device help`: the device models a drive can be attached to, in QEMU's layout.
+pub fn device_help() -> String {
+    "Storage devices:\n\
+     name \"ide-cd\", bus IDE, desc \"virtual IDE CD-ROM\"\n\
+     name \"ide-hd\", bus IDE, desc \"virtual IDE disk\"\n\
+     name \"virtio-blk-pci\", bus PCI, alias \"virtio-blk\"\n"
+        .to_string()
+}
+
+/// `-drive format=help`: every block driver, on one line.
+pub fn format_help() -> String {
+    formats::register_all();
+    let names = block::registry::driver_names().join(" ");
+    format!("Supported formats: {names}\n")
+}

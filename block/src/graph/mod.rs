@@ -4,8 +4,11 @@
 //! block.c bdrv_replace_node/bdrv_append/bdrv_check_perm, block/io.c bdrv_drained_*,
 //! bdrv_op_block).
 //!
-//! A node does not know its parents; the parents of a node are found by walking down from
-//! the roots: every [`crate::BlockBackend`] of the thread.
+//! A node does not know its parents. Every node opened on a thread is listed here by a weak
+//! reference (QEMU's `graph_bdrv_states`, with bdrv_find_node and bdrv_next_all_states), so
+//! the list never keeps a node alive; the parents of a node are the listed nodes that have
+//! it as a child, and the BlockBackends whose root it is. Node names are unique among the
+//! live nodes, as QEMU refuses a name a live node holds.
 
 pub mod blockers;
 pub mod drain;
@@ -13,9 +16,57 @@ pub mod permissions;
 pub mod replace;
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
+use crate::error::{Error, Result};
 use crate::node::BlockDriverState;
+
+thread_local! {
+    static NODES: RefCell<Vec<Weak<BlockDriverState>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Fails if a live node already has `name` (bdrv_assign_node_name's duplicate check).
+pub fn check_node_name_free(name: &str) -> Result<()> {
+    if find_node(name).is_some() {
+        return Err(Error::invalid(format!(
+            "node-name '{name}' is already in use"
+        )));
+    }
+    Ok(())
+}
+
+/// Lists a freshly opened node.
+pub(crate) fn register(bs: &Rc<BlockDriverState>) {
+    NODES.with(|n| {
+        let mut nodes = n.borrow_mut();
+        nodes.retain(|w| w.strong_count() > 0);
+        nodes.push(Rc::downgrade(bs));
+    });
+}
+
+/// The live node named `name` (bdrv_find_node).
+pub fn find_node(name: &str) -> Option<Rc<BlockDriverState>> {
+    all_nodes().into_iter().find(|bs| bs.node_name() == name)
+}
+
+/// Every live node, oldest first (bdrv_next_all_states).
+pub fn all_nodes() -> Vec<Rc<BlockDriverState>> {
+    NODES.with(|n| n.borrow().iter().filter_map(Weak::upgrade).collect())
+}
+
+/// The nodes that have `child` as a child, with the child's role (bdrv_parents of a node,
+/// BlockBackends aside).
+pub fn node_parents(child: &Rc<BlockDriverState>) -> Vec<(Rc<BlockDriverState>, String)> {
+    let mut parents = Vec::new();
+    for bs in all_nodes() {
+        for c in bs.children() {
+            if Rc::ptr_eq(&c.bs, child) {
+                parents.push((bs.clone(), c.name));
+            }
+        }
+    }
+    parents
+}
 
 /// What the graph layer keeps on each node.
 #[derive(Default)]
@@ -44,20 +95,7 @@ pub fn subtree(root: &Rc<BlockDriverState>) -> Vec<Rc<BlockDriverState>> {
     seen
 }
 
-/// Every node of every BlockBackend's graph on this thread.
-pub fn all_nodes() -> Vec<Rc<BlockDriverState>> {
-    let mut all: Vec<Rc<BlockDriverState>> = Vec::new();
-    for blk in crate::backend::BlockBackend::all() {
-        for bs in subtree(&blk.bs()) {
-            if !all.iter().any(|s| Rc::ptr_eq(s, &bs)) {
-                all.push(bs);
-            }
-        }
-    }
-    all
-}
-
-/// The nodes above `bs` in the BlockBackends' graphs: every node with `bs` below it.
+/// The nodes above `bs`: every live node with `bs` below it.
 pub fn ancestors(bs: &Rc<BlockDriverState>) -> Vec<Rc<BlockDriverState>> {
     all_nodes()
         .into_iter()

@@ -23,19 +23,14 @@ pub fn replace_node(from: &Rc<BlockDriverState>, to: &Rc<BlockDriverState>) {
         to.node_name()
     );
     let below_to = super::subtree(to);
-    for node in super::all_nodes() {
-        if below_to.iter().any(|n| Rc::ptr_eq(n, &node)) {
-            continue;
-        }
-        for child in node.children() {
-            if Rc::ptr_eq(&child.bs, from) {
-                node.attach_child(&child.name, to.clone());
-            }
+    for (node, role) in super::node_parents(from) {
+        if !below_to.iter().any(|n| Rc::ptr_eq(n, &node)) {
+            node.attach_child(&role, to.clone());
         }
     }
     for blk in BlockBackend::all() {
         if Rc::ptr_eq(&blk.bs(), from) {
-            blk.replace_root(to.clone());
+            blk.set_root(to.clone());
         }
     }
 }
@@ -62,6 +57,7 @@ pub async fn insert_filter(
     }
     filter.limits.set(filter.drv().refresh_limits(&filter));
     filter.refresh_total_bytes().await?;
+    super::register(&filter);
     replace_node(bs, &filter);
     Ok(filter)
 }

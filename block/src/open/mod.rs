@@ -112,7 +112,13 @@ pub(crate) fn open_node(
         let ancestors = options.take(BACKING_ANCESTORS_KEY);
         apply_flag_defaults(&mut options, &flags);
         let (flags, detect_zeroes) = take_generic_options(&mut options, flags)?;
-        let node_name = options.take("node-name").unwrap_or_else(auto_node_name);
+        let node_name = match options.take("node-name") {
+            Some(name) => {
+                crate::graph::check_node_name_free(&name)?;
+                name
+            }
+            None => auto_node_name(),
+        };
 
         let class = match options.take("driver") {
             Some(name) => Some(
@@ -180,6 +186,7 @@ pub(crate) fn open_node(
         assert!(bs.drv.set(drv).is_ok());
         bs.limits.set(bs.drv().refresh_limits(&bs));
         bs.refresh_total_bytes().await?;
+        crate::graph::register(&bs);
         Ok(bs)
     })
 }
@@ -224,7 +231,17 @@ pub async fn open_protocol_child(
     flags: OpenFlags,
 ) -> Result<Rc<BlockDriverState>> {
     let mut child_opts = options.extract_prefix(role);
-    let child_name = options.take(role).or(filename);
+    let role_value = options.take(role);
+    // `file=NAME` with no other child options may name a node opened earlier (a reference,
+    // as blockdev-add's `"file": "node-name"`).
+    if let Some(bs) = role_value
+        .as_deref()
+        .filter(|_| child_opts.is_empty())
+        .and_then(crate::graph::find_node)
+    {
+        return Ok(bs);
+    }
+    let child_name = role_value.or(filename);
     inherit(&mut child_opts, options);
     if !child_opts.contains("driver") {
         let class = match child_opts.get("filename").or(child_name.as_deref()) {

@@ -77,6 +77,13 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("virtio_error", "message", "the guest broke the virtio protocol: the device needs a reset", ""),
     ev("virtio_pci_intx", "pin, level", "the virtio PCI INTx pin changes level (ISR set, or read to clear)", ""),
     ev("virtio_notify_irqfd", "irqfd, gsi", "the irqfd is signalled: KVM injects the interrupt", "virtio_notify_irqfd"),
+    // The monitor (monitor/qmp.c, qapi/qmp-dispatch.c) and the qtest protocol (system/qtest.c).
+    ev("handle_qmp_command", "mon, req", "a QMP request arrived on a monitor", "handle_qmp_command"),
+    ev("monitor_qmp_cmd_in_band", "id", "an in-band command is dispatched on the main loop", "monitor_qmp_cmd_in_band"),
+    ev("monitor_qmp_err_in_band", "desc", "an in-band request failed before dispatch (bad JSON, bad shape)", "monitor_qmp_err_in_band"),
+    ev("monitor_qmp_respond", "mon, resp", "a response or event is written to a monitor", "monitor_qmp_respond"),
+    ev("monitor_protocol_event_emit", "event, data", "an event is sent to every negotiated monitor", "monitor_protocol_event_emit"),
+    ev("qtest_command", "line", "a qtest protocol line is answered", ""),
     // The NBD server (nbd/server.c): handshake, requests, replies.
     ev("nbd_negotiate_begin", "", "a client connected: the fixed-newstyle handshake starts", "nbd_negotiate_begin"),
     ev("nbd_negotiate_success", "", "the handshake ended: transmission phase", "nbd_negotiate_success"),

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::cli::{self, error_exit, error_report, long, OpenSpec, OutputFormat};
 use super::cli::{OPT_IMAGE_OPTS, OPT_OBJECT, OPT_OUTPUT};
-use super::qjson;
+use crate::qjson;
 
 const LONG: &[crate::tools::getopt::LongOpt] = &[
     long("help", false, 'h'),

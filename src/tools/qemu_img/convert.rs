@@ -400,7 +400,10 @@ fn create_options(a: &Args, fmt: &str, out: &str, total_bytes: u64) -> Option<Cr
 fn source_alignment(blk: &BlockBackend) -> u64 {
     let bs = &blk.bs();
     let align = (bs.limits().request_alignment as u64).div_ceil(SECTOR);
-    let cluster = bs.drv().get_info(bs).map_or(0, |i| i.cluster_size / SECTOR);
+    let cluster = bs
+        .drv()
+        .get_info(&bs)
+        .map_or(0, |i| i.cluster_size / SECTOR);
     align.max(cluster).max(1)
 }
 
@@ -440,7 +443,7 @@ async fn copy(
     s.compressed = a.compressed;
     s.cluster_sectors = out_bs
         .drv()
-        .get_info(out_bs)
+        .get_info(&out_bs)
         .map_or(0, |i| i.cluster_size / SECTOR);
     if s.compressed {
         if s.cluster_sectors == 0 || s.cluster_sectors > s.buf_sectors {
@@ -453,7 +456,7 @@ async fn copy(
         || (!a.skip_create
             && s.min_sparse != 0
             && !target_has_backing
-            && out_bs.drv().has_zero_init(out_bs));
+            && out_bs.drv().has_zero_init(&out_bs));
     let s = Rc::new(s);
     let ret = s.do_copy().await;
     s.progress_end(ret == 0);

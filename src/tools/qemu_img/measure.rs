@@ -13,7 +13,7 @@ use super::cli::{OPT_IMAGE_OPTS, OPT_OBJECT, OPT_OUTPUT, OPT_SIZE};
 use super::convert::SnapshotParam;
 use super::create::accumulate_options;
 use super::create_opts::CreateOpts;
-use super::qjson;
+use crate::qjson;
 
 const LONG: &[crate::tools::getopt::LongOpt] = &[
     long("help", false, 'h'),
@@ -94,8 +94,8 @@ pub fn run(args: &[String]) -> i32 {
                 return 1;
             }
         }
-        let input = blk.as_ref().map(|b| b.bs());
-        let info = measure(&out_fmt, options.as_deref(), size, input.as_ref()).await;
+        let root = blk.as_ref().map(|b| b.bs());
+        let info = measure(&out_fmt, options.as_deref(), size, root.as_ref()).await;
         if let Some(b) = blk {
             let _ = b.close().await;
         }

@@ -5,7 +5,7 @@
 //! I/O run their work as a coroutine on the thread's AioContext. Shared pieces: [`cli`]
 //! (option parsing and error reporting in qemu-img's words, opening images), [`create_opts`]
 //! (`-o` option lists, `-o help`, the "Formatting" line), [`human`] (sizes and the progress
-//! bar) and [`qjson`] (JSON printed exactly as QEMU's QDict/JSON writer prints it).
+//! bar) and `crate::qjson` (JSON printed exactly as QEMU's QDict/JSON writer prints it).
 
 pub mod amend;
 pub mod bench;
@@ -23,7 +23,6 @@ pub mod human;
 pub mod info;
 pub mod map;
 pub mod measure;
-pub mod qjson;
 pub mod rebase;
 pub mod resize;
 pub mod snapshot;

@@ -49,6 +49,13 @@ pub struct QemuIo {
 }
 
 impl QemuIo {
+    /// An interpreter over an image opened by someone else (a monitor's `qemu-io` command).
+    pub fn for_backend(blk: Rc<BlockBackend>) -> QemuIo {
+        let io = QemuIo::default();
+        *io.blk.borrow_mut() = Some(blk);
+        io
+    }
+
     /// The open image. Dispatch has checked that one is open for commands that need it.
     pub fn blk(&self) -> Rc<BlockBackend> {
         self.blk

@@ -26,6 +26,34 @@ struct Stdout {
 
 thread_local! {
     static STDOUT: RefCell<Stdout> = RefCell::new(Stdout::new());
+    /// While a monitor runs a qemu-io command, the errors it reports are collected here.
+    static CAPTURE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the errors qemu-io reports collected instead of written, as QEMU's
+/// monitor collects what error_report prints during an HMP `qemu-io` command (its other
+/// output still goes to stdout, as QEMU's printf does); returns `f`'s result and the text.
+pub async fn capture<T>(f: impl std::future::Future<Output = T>) -> (T, String) {
+    CAPTURE.with(|c| *c.borrow_mut() = Some(String::new()));
+    let result = f.await;
+    let text = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (result, text)
+}
+
+/// `error_report`: the message for the monitor collecting errors, else "qemu-io: " and
+/// the message on stderr.
+pub fn error_report(args: std::fmt::Arguments<'_>) {
+    let text = format!("{args}\n");
+    let taken = CAPTURE.with(|c| match c.borrow_mut().as_mut() {
+        Some(buf) => {
+            buf.push_str(&text);
+            true
+        }
+        None => false,
+    });
+    if !taken {
+        eprint(format_args!("qemu-io: {text}"));
+    }
 }
 
 impl Stdout {
@@ -109,10 +137,10 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::tools::qemu_io::output::print(format_args!($($arg)*)) };
 }
 
-/// `error_report`: "qemu-io: " and the message on stderr.
+/// `error_report`: "qemu-io: " and the message on stderr (in a monitor, the message only).
 macro_rules! report {
     ($($arg:tt)*) => {
-        $crate::tools::qemu_io::output::eprint(format_args!("qemu-io: {}\n", format_args!($($arg)*)))
+        $crate::tools::qemu_io::output::error_report(format_args!($($arg)*))
     };
 }
 

@@ -4,7 +4,9 @@
 //! the tdb hash of the member name, each bucket a list with the newest entry first, and it is
 //! printed bucket by bucket: so `qemu-img info --output=json` lists "children" before
 //! "virtual-size" before "filename". Objects here are serde_json maps built in QAPI schema
-//! order (the order QEMU inserts members); [`to_pretty`] reorders them as QEMU's table would.
+//! order (the order QEMU inserts members); [`to_pretty`] (qemu-img's output, `-qmp-pretty`)
+//! and [`to_compact`] (a monitor's one-line replies and events) reorder them as QEMU's table
+//! would.
 
 use serde_json::Value;
 
@@ -36,8 +38,28 @@ pub fn qdict_order(map: &serde_json::Map<String, Value>) -> Vec<(&String, &Value
 /// containers as `{` / `[`, newline, closing bracket.
 pub fn to_pretty(value: &Value) -> String {
     let mut out = String::new();
-    write_value(&mut out, value, 0);
+    write_value(&mut out, value, Some(0));
     out
+}
+
+/// Prints on one line as qobject_to_json: `", "` between members, `{}` for an empty object.
+pub fn to_compact(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value, None);
+    out
+}
+
+/// Before a member: the comma after the previous one and, pretty, the new line.
+fn separate(out: &mut String, first: bool, depth: Option<usize>) {
+    if !first {
+        out.push(',');
+        if depth.is_none() {
+            out.push(' ');
+        }
+    }
+    if let Some(d) = depth {
+        newline(out, d + 1);
+    }
 }
 
 fn newline(out: &mut String, depth: usize) {
@@ -45,32 +67,32 @@ fn newline(out: &mut String, depth: usize) {
     out.push_str(&" ".repeat(depth * 4));
 }
 
-fn write_value(out: &mut String, value: &Value, depth: usize) {
+/// `depth` is the indentation level when pretty-printing, None on one line.
+fn write_value(out: &mut String, value: &Value, depth: Option<usize>) {
+    let inner = depth.map(|d| d + 1);
     match value {
         Value::Object(map) => {
             out.push('{');
             for (i, (k, v)) in qdict_order(map).into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                newline(out, depth + 1);
+                separate(out, i == 0, depth);
                 write_str(out, k);
                 out.push_str(": ");
-                write_value(out, v, depth + 1);
+                write_value(out, v, inner);
             }
-            newline(out, depth);
+            if let Some(d) = depth {
+                newline(out, d);
+            }
             out.push('}');
         }
         Value::Array(list) => {
             out.push('[');
             for (i, v) in list.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                newline(out, depth + 1);
-                write_value(out, v, depth + 1);
+                separate(out, i == 0, depth);
+                write_value(out, v, inner);
             }
-            newline(out, depth);
+            if let Some(d) = depth {
+                newline(out, d);
+            }
             out.push(']');
         }
         Value::String(s) => write_str(out, s),
@@ -130,6 +152,12 @@ mod tests {
                 "dirty-flag"
             ]
         );
+    }
+
+    #[test]
+    fn compact_separates_members_with_comma_space() {
+        let v = json!({"return": {}, "list": [1, "é"]});
+        assert_eq!(to_compact(&v), r#"{"return": {}, "list": [1, "\u00E9"]}"#);
     }
 
     #[test]

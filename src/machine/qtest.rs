@@ -1,0 +1,37 @@
+//! The machine under the qtest accelerator: the drives on the main loop, the monitors and
+//! the qtest protocol, and no vCPU (QEMU's accel/qtest/qtest.c with system/qtest.c).
+//!
+//! The devices of the command line keep their drives attached, so the monitor sees the
+//! same backends a running guest's devices would hold, but no guest code runs: a test
+//! drives the block layer through the monitor. The run ends on `quit` or a termination
+//! signal; the drives are then drained and closed.
+
+use crate::main_loop::MainLoop;
+use crate::vm_config::VmConfig;
+
+/// Runs until the monitor or a signal ends the run.
+pub fn run(cfg: &VmConfig) -> Result<(), String> {
+    crate::runstate::init()?;
+    let main = MainLoop::start(cfg.drives.clone())?;
+    let handle = main.handle();
+    // The disk devices attach their drives (a `-blockdev` node gets its device backend).
+    let attached: Vec<String> = cfg
+        .virtio_disks
+        .iter()
+        .map(|d| d.drive.clone())
+        .chain(cfg.ide.iter().flatten().flatten().cloned())
+        .collect();
+    handle.schedule_bh(move || {
+        for drive in &attached {
+            crate::drives::lookup(drive);
+        }
+    });
+    crate::monitor::qmp::machine::init(cfg.accel, cfg.start_paused);
+    if let Some(backend) = &cfg.qtest {
+        crate::qtest::start(backend)?;
+    }
+    crate::monitor::start_all(cfg, &handle)?;
+    crate::runstate::wait_for_stop();
+    main.shutdown();
+    Ok(())
+}
