@@ -119,6 +119,7 @@ impl JobDriver for Backup {
         let len = self.bcs.bitmap.borrow().size();
         match self.opts.sync {
             SyncMode::None => {
+                job.progress_set_remaining(len);
                 // The filter does all the saving; the job only lives until cancelled.
                 while !job.is_cancelled() {
                     job.yield_().await;
