@@ -20,7 +20,7 @@ use futures_lite::future;
 use super::events::{JobEvent, JobType};
 use super::manager::JobManager;
 use super::ratelimit::RateLimit;
-use super::status::{apply_verb, transition_allowed, JobStatus, JobVerb};
+use super::status::{transition_allowed, JobStatus};
 use crate::aio::timer::co_sleep;
 use crate::coroutine::{co_spawn, CoQueue};
 use crate::error::{strerror, Error, Result};
@@ -78,10 +78,10 @@ pub struct JobFlags {
 /// A job (QEMU's Job with BlockJob's speed, limit and I/O status).
 pub struct Job {
     id: Option<String>,
-    driver: Box<dyn JobDriver>,
+    pub(super) driver: Box<dyn JobDriver>,
     manager: Weak<JobManager>,
     status: Cell<JobStatus>,
-    pause_count: Cell<u32>,
+    pub(super) pause_count: Cell<u32>,
     paused: Cell<bool>,
     pub(super) user_paused: Cell<bool>,
     busy: Cell<bool>,
@@ -413,48 +413,6 @@ impl Job {
         }
     }
 
-    /// block-job-pause / job-pause (job_user_pause).
-    pub fn user_pause(&self) -> Result<()> {
-        apply_verb(self.id(), JobVerb::Pause, self.status())?;
-        if self.user_paused.get() {
-            return Err(Error::invalid("Job is already paused"));
-        }
-        self.user_paused.set(true);
-        self.pause();
-        Ok(())
-    }
-
-    /// block-job-resume / job-resume (job_user_resume); clears an error status.
-    pub fn user_resume(&self) -> Result<()> {
-        if !self.user_paused.get() || self.pause_count.get() == 0 {
-            return Err(Error::invalid("Can't resume a job that was not paused"));
-        }
-        apply_verb(self.id(), JobVerb::Resume, self.status())?;
-        self.iostatus.set(super::block_job::IoStatus::Ok);
-        self.user_paused.set(false);
-        self.resume();
-        Ok(())
-    }
-
-    /// block-job-complete / job-complete (job_complete).
-    pub fn user_complete(self: &Rc<Self>) -> Result<()> {
-        apply_verb(self.id(), JobVerb::Complete, self.status())?;
-        if self.cancel_requested() || !self.driver.can_complete() {
-            return Err(Error::invalid(format!(
-                "The active block job '{}' cannot be completed",
-                self.id()
-            )));
-        }
-        self.driver.complete(self)
-    }
-
-    /// block-job-cancel / job-cancel (job_user_cancel).
-    pub fn user_cancel(self: &Rc<Self>, force: bool) -> Result<()> {
-        apply_verb(self.id(), JobVerb::Cancel, self.status())?;
-        self.cancel(force);
-        Ok(())
-    }
-
     /// Cancels the job (job_cancel): a running job notices at its next yield.
     pub fn cancel(self: &Rc<Self>, force: bool) {
         if self.status() == JobStatus::Concluded {
@@ -474,7 +432,7 @@ impl Job {
         }
     }
 
-    fn spawn_completion<F: std::future::Future<Output = ()> + 'static>(
+    pub(super) fn spawn_completion<F: std::future::Future<Output = ()> + 'static>(
         self: &Rc<Self>,
         f: impl FnOnce(Rc<Job>) -> F,
     ) {
@@ -494,21 +452,7 @@ impl Job {
         }
     }
 
-    /// job-finalize / block-job-finalize (job_finalize).
-    pub fn user_finalize(self: &Rc<Self>) -> Result<()> {
-        apply_verb(self.id(), JobVerb::Finalize, self.status())?;
-        self.spawn_completion(|job| async move { job.do_finalize().await });
-        Ok(())
-    }
-
-    /// job-dismiss / block-job-dismiss (job_dismiss).
-    pub fn user_dismiss(&self) -> Result<()> {
-        apply_verb(self.id(), JobVerb::Dismiss, self.status())?;
-        self.do_dismiss();
-        Ok(())
-    }
-
-    fn do_dismiss(&self) {
+    pub(super) fn do_dismiss(&self) {
         self.held.borrow_mut().clear();
         self.busy.set(false);
         self.paused.set(false);
@@ -560,7 +504,7 @@ impl Job {
         self.finalize_single().await;
     }
 
-    async fn do_finalize(self: Rc<Self>) {
+    pub(super) async fn do_finalize(self: Rc<Self>) {
         if self.finalizing.replace(true) {
             return;
         }

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod status;
 pub mod stream;
 pub mod top_filter;
+mod verbs;
 
 pub use block_job::{BlockJobInfo, IoStatus, JobInfo, OnError};
 pub use events::{BlockJobEventInfo, ErrorAction, IoOperation, JobEvent, JobType};
