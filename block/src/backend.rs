@@ -10,7 +10,7 @@
 //!   the request could finish immediately. Device code is therefore never re-entered.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use crate::aio::AioContext;
 use crate::coroutine::{CoroutinePool, InFlight, PoolJob};
@@ -22,12 +22,17 @@ use crate::open::bdrv_open;
 use crate::options::Options;
 use crate::trace;
 
+thread_local! {
+    /// The BlockBackends of this thread (QEMU's block_backends list).
+    static BACKENDS: RefCell<Vec<Weak<BlockBackend>>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A completion callback of an `aio_*` request (QEMU's BlockCompletionFunc).
 pub type CompletionFn = Box<dyn FnOnce(Result<()>)>;
 
 /// The user-facing handle of a block graph.
 pub struct BlockBackend {
-    /// Swapped by graph changes above the device (a live snapshot's new overlay).
+    /// The root node; a job's pivot or filter insertion replaces it (blk->root).
     root: RefCell<Rc<BlockDriverState>>,
     ctx: Rc<AioContext>,
     in_flight: InFlight,
@@ -83,13 +88,44 @@ impl BlockBackend {
     /// A backend over an opened graph, bound to the current thread's AioContext.
     pub fn new(root: Rc<BlockDriverState>) -> Rc<BlockBackend> {
         let write_cache = root.open_flags().cache.writeback;
-        Rc::new(BlockBackend {
+        let blk = Rc::new(BlockBackend {
             root: RefCell::new(root),
             ctx: AioContext::current(),
             in_flight: InFlight::default(),
             write_cache: Cell::new(write_cache),
             aio_pool: CoroutinePool::new(),
-        })
+        });
+        BACKENDS.with(|b| {
+            let mut b = b.borrow_mut();
+            b.retain(|w| w.strong_count() > 0);
+            b.push(Rc::downgrade(&blk));
+        });
+        blk
+    }
+
+    /// Every BlockBackend alive on this thread (blk_next): the roots from which the graph
+    /// layer finds a node's parents.
+    pub fn all() -> Vec<Rc<BlockBackend>> {
+        BACKENDS.with(|b| b.borrow().iter().filter_map(Weak::upgrade).collect())
+    }
+
+    /// Points the backend at another root node at once (the BlockBackend side of
+    /// bdrv_replace_node, for a caller that has drained the graph): later requests go there.
+    pub fn set_root(&self, bs: Rc<BlockDriverState>) {
+        *self.root.borrow_mut() = bs;
+    }
+
+    /// Points the backend at another root once the requests in flight have drained
+    /// (blk_replace_bs): later requests go to `new`, which usually has the old root below
+    /// it (a snapshot overlay).
+    pub async fn replace_root(&self, new: Rc<BlockDriverState>) {
+        self.drain().await;
+        self.set_root(new);
+    }
+
+    /// Holds a new request back while a drained section covers the graph.
+    async fn wait_while_drained(&self) {
+        crate::graph::drain::wait_while_drained(|| self.bs()).await;
     }
 
     /// Opens a graph and wraps it (blk_new_open).
@@ -105,14 +141,6 @@ impl BlockBackend {
     /// The root node.
     pub fn bs(&self) -> Rc<BlockDriverState> {
         self.root.borrow().clone()
-    }
-
-    /// Points the backend at another root once the requests in flight have drained
-    /// (blk_replace_bs / bdrv_replace_node for the BlockBackend parent): later requests go
-    /// to `new`, which usually has the old root below it (a snapshot overlay).
-    pub async fn replace_root(&self, new: Rc<BlockDriverState>) {
-        self.drain().await;
-        *self.root.borrow_mut() = new;
     }
 
     /// The device size in bytes.
@@ -195,7 +223,8 @@ impl BlockBackend {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        self.counted(self.bs().co_truncate(offset, exact, prealloc))
+        let root = self.bs();
+        self.counted(root.co_truncate(offset, exact, prealloc))
             .await
     }
 
@@ -212,6 +241,7 @@ impl BlockBackend {
             flags.bits()
         );
         self.check_byte_request(offset, qiov.len() as u64)?;
+        self.wait_while_drained().await;
         self.bs().co_preadv(offset, qiov, flags).await
     }
 
@@ -226,6 +256,7 @@ impl BlockBackend {
             flags.bits()
         );
         self.check_byte_request(offset, qiov.len() as u64)?;
+        self.wait_while_drained().await;
         self.bs()
             .co_pwritev(offset, qiov, self.write_flags(flags))
             .await
@@ -241,6 +272,7 @@ impl BlockBackend {
             flags.bits()
         );
         self.check_byte_request(offset, bytes)?;
+        self.wait_while_drained().await;
         self.bs()
             .co_pwrite_zeroes(offset, bytes, self.write_flags(flags))
             .await
@@ -255,11 +287,13 @@ impl BlockBackend {
             bytes
         );
         self.check_byte_request(offset, bytes)?;
+        self.wait_while_drained().await;
         self.bs().co_pdiscard(offset, bytes).await
     }
 
     async fn do_flush(&self) -> Result<()> {
         trace!(blk_co_flush, "blk {:p}", self);
+        self.wait_while_drained().await;
         self.bs().co_flush().await
     }
 

@@ -9,7 +9,9 @@
 //! [`open`] builds a graph, finding drivers in the [`registry`]; [`filters`] hold blkdebug,
 //! which acts on the [`debug_event`]s formats raise.
 //! [`dirty_bitmap`] records which parts of a node were written, for incremental backup.
-//! [`nbd`] serves a BlockBackend to NBD clients over a socket.
+//! [`nbd`] serves a BlockBackend to NBD clients over a socket. [`jobs`] run stream, commit,
+//! mirror and backup on a live graph, changing it through [`graph`] (drained sections, node
+//! replacement, permissions).
 //! [`coroutine`], [`iov`], [`options`], [`error`] and [`trace`] are the vocabulary they share.
 
 pub mod aio;
@@ -24,6 +26,7 @@ pub mod filters;
 pub mod graph;
 pub mod io;
 pub mod iov;
+pub mod jobs;
 pub mod nbd;
 pub mod node;
 pub mod objects;

@@ -160,6 +160,8 @@ pub struct BlockDriverState {
     pub(crate) flushed_gen: Cell<u64>,
     /// The node's dirty bitmaps, newest first (bs->dirty_bitmaps).
     pub(crate) dirty_bitmaps: RefCell<Vec<Rc<crate::dirty_bitmap::BdrvDirtyBitmap>>>,
+    /// Drained sections, permissions and blockers on the node ([`crate::graph`]).
+    pub(crate) graph: crate::graph::GraphState,
 }
 
 impl BlockDriverState {
@@ -189,6 +191,7 @@ impl BlockDriverState {
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
             dirty_bitmaps: RefCell::new(Vec::new()),
+            graph: crate::graph::GraphState::default(),
         }
     }
 

@@ -5,9 +5,11 @@
 //! that tests can reproduce failures and races deterministically. `blklogwrites` records
 //! every write and flush in a dm-log-writes log, from which crash states can be replayed.
 //! `copy-on-read` copies what reads find in the backing chain into the image below it.
+//! `copy-before-write` saves old data to a backup target before a write replaces it.
 
 pub mod blkdebug;
 pub mod blklogwrites;
+pub mod copy_before_write;
 pub mod copy_on_read;
 
 use std::rc::Rc;

@@ -117,7 +117,7 @@ pub(crate) fn open_node(
                 crate::graph::check_node_name_free(&name)?;
                 name
             }
-            None => format!("#block{:03}", NEXT_NODE.fetch_add(1, Ordering::Relaxed)),
+            None => auto_node_name(),
         };
 
         let class = match options.take("driver") {
@@ -189,6 +189,11 @@ pub(crate) fn open_node(
         crate::graph::register(&bs);
         Ok(bs)
     })
+}
+
+/// A fresh automatic node name (`#block001`...), for nodes opened without `node-name`.
+pub(crate) fn auto_node_name() -> String {
+    format!("#block{:03}", NEXT_NODE.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A format node's name: its file's, or when the file is named by a `json:` description

@@ -116,6 +116,8 @@ pub async fn blockdev_del(mut args: Args) -> CmdResult {
             "Node {name} is not owned by the monitor"
         )));
     }
+    // A job's op blocker is reported first, as bdrv_op_is_blocked is in QEMU.
+    block::graph::blockers::check_not_busy(&bs)?;
     if in_use(&bs) {
         return Err(QmpError::generic(format!("Block device {name} is in use")));
     }

@@ -116,15 +116,3 @@ pub async fn query_named_block_nodes(mut args: Args) -> CmdResult {
     }
     Ok(Value::Array(list))
 }
-
-/// `query-block-jobs`: no block job kind is built yet, so none ever runs.
-pub async fn query_block_jobs(args: Args) -> CmdResult {
-    args.finish()?;
-    Ok(json!([]))
-}
-
-/// `query-jobs`: likewise.
-pub async fn query_jobs(args: Args) -> CmdResult {
-    args.finish()?;
-    Ok(json!([]))
-}

@@ -11,6 +11,7 @@
 pub mod args;
 pub mod block;
 pub mod block_query;
+pub mod jobs;
 pub mod machine;
 
 use ::block::coroutine::LocalBoxFuture;
@@ -94,10 +95,14 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("query-named-block-nodes", |a| {
         Box::pin(block_query::query_named_block_nodes(a))
     }),
-    ("query-block-jobs", |a| {
-        Box::pin(block_query::query_block_jobs(a))
-    }),
-    ("query-jobs", |a| Box::pin(block_query::query_jobs(a))),
+    ("query-block-jobs", |a| Box::pin(jobs::query_block_jobs(a))),
+    ("query-jobs", |a| Box::pin(jobs::query_jobs(a))),
+    ("block-stream", |a| Box::pin(jobs::block_stream(a))),
+    ("block-commit", |a| Box::pin(jobs::block_commit(a))),
+    ("blockdev-mirror", |a| Box::pin(jobs::blockdev_mirror(a))),
+    ("drive-mirror", |a| Box::pin(jobs::drive_mirror(a))),
+    ("blockdev-backup", |a| Box::pin(jobs::blockdev_backup(a))),
+    ("drive-backup", |a| Box::pin(jobs::drive_backup(a))),
     ("blockdev-add", |a| Box::pin(block::blockdev_add(a))),
     ("blockdev-del", |a| Box::pin(block::blockdev_del(a))),
     ("block_resize", |a| Box::pin(block::block_resize(a))),
@@ -111,7 +116,9 @@ static COMMANDS: &[(&str, Handler)] = &[
 
 /// The names of every command, `qmp_capabilities` included (for query-commands).
 pub fn command_names() -> impl Iterator<Item = &'static str> {
-    std::iter::once("qmp_capabilities").chain(COMMANDS.iter().map(|(n, _)| *n))
+    std::iter::once("qmp_capabilities")
+        .chain(COMMANDS.iter().map(|(n, _)| *n))
+        .chain(jobs::JOB_VERBS.iter().map(|(n, _, _)| *n))
 }
 
 /// The greeting a client gets on connecting.
@@ -201,6 +208,9 @@ async fn run(session: &Session, name: &str, args: Args) -> CmdResult {
     }
     match COMMANDS.iter().find(|(n, _)| *n == name) {
         Some((_, handler)) => handler(args).await,
+        None if jobs::JOB_VERBS.iter().any(|(n, _, _)| *n == name) => {
+            jobs::run_job_verb(name, args).await
+        }
         None => Err(QmpError::new(
             ErrorClass::CommandNotFound,
             format!("The command {name} has not been found"),

@@ -113,7 +113,7 @@ pub fn run(args: &[String]) -> i32 {
 
 /// Checks the option list against the driver and amends the open image.
 async fn amend(blk: &block::BlockBackend, a: &Args, progress: &mut Progress) -> i32 {
-    let bs = blk.bs();
+    let bs = &blk.bs();
     let fmt = bs.format_name();
     if has_help_option(&a.options) {
         return print_amend_option_help(fmt);

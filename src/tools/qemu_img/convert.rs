@@ -434,7 +434,7 @@ fn create_options(a: &Args, fmt: &str, out: &str, total_bytes: u64) -> Option<Cr
 
 /// Runs of a source are aligned to its request alignment and cluster size, in sectors.
 fn source_alignment(blk: &BlockBackend) -> u64 {
-    let bs = blk.bs();
+    let bs = &blk.bs();
     let align = (bs.limits().request_alignment as u64).div_ceil(SECTOR);
     let cluster = bs
         .drv()
@@ -459,7 +459,7 @@ async fn copy(
     s.num_coroutines = a.coroutines.unwrap_or(8);
     s.rate_limit = a.rate_limit;
     s.target_has_backing = target_has_backing;
-    let out_bs = target.bs();
+    let out_bs = &target.bs();
     let limits = out_bs.limits();
     s.buf_sectors =
         MAX_BUF_SECTORS.min(s.buf_sectors.max(limits.pdiscard_alignment as u64 / SECTOR));

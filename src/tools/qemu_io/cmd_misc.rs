@@ -67,7 +67,7 @@ pub async fn length_f(io: &QemuIo, _argv: &[String]) -> i32 {
 /// `info`: format, cluster size, VM state offset and the format-specific facts.
 pub async fn info_f(io: &QemuIo, _argv: &[String]) -> i32 {
     let blk = io.blk();
-    let bs = blk.bs();
+    let bs = &blk.bs();
     out!("format name: {}\n", bs.format_name());
     if let Some(proto) = bs.class().protocol_name {
         out!("format name: {proto}\n");
@@ -122,7 +122,7 @@ async fn map_is_allocated(
     mut bytes: u64,
 ) -> block::Result<(bool, u64)> {
     let blk = io.blk();
-    let bs = blk.bs();
+    let bs = &blk.bs();
     let (first, mut num) = bs.co_is_allocated(offset, bytes).await?;
     let mut total = num;
     while bytes > 0 {

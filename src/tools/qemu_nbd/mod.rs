@@ -224,7 +224,7 @@ async fn open_export_image(o: &NbdOptions) -> block::Result<Rc<BlockBackend>> {
 
 /// `-l`: shows an internal snapshot instead of the current state.
 async fn load_snapshot(blk: &BlockBackend, arg: &str) -> block::Result<()> {
-    let bs = blk.bs();
+    let bs = &blk.bs();
     if arg.starts_with("snapshot.") {
         let mut id = None;
         let mut name = None;

@@ -1,0 +1,137 @@
+//! copy-before-write: a filter that, before a write reaches the node below it, saves the
+//! data about to be overwritten to a target — what a backup needs to be a point-in-time
+//! copy while the guest keeps writing (QEMU's block/copy-before-write.c).
+//!
+//! The saving is [`crate::jobs::block_copy`]'s, shared with the backup job that walks the
+//! rest of the disk. A failed save fails the guest's write (QEMU's default
+//! on-cbw-error=break-guest-write): the backup must never miss old data silently.
+
+use std::rc::Rc;
+
+use async_trait::async_trait;
+
+use crate::driver::{BlockDriver, BlockStatus, DriverClass, PreallocMode, RequestFlags};
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+use crate::jobs::block_copy::BlockCopy;
+use crate::node::BlockDriverState;
+
+/// The copy-before-write class (`driver=copy-before-write`, inserted by backup).
+pub static COPY_BEFORE_WRITE: DriverClass = DriverClass {
+    format_name: "copy-before-write",
+    protocol_name: None,
+    is_format: false,
+    probe: None,
+    open: |_, _| {
+        Box::pin(async {
+            Err(Error::not_supported(
+                "copy-before-write with blockdev-add is not supported yet; backup inserts it",
+            ))
+        })
+    },
+    create: None,
+    create_options: &[],
+};
+
+/// An open copy-before-write node (BDRVCopyBeforeWriteState).
+pub struct CopyBeforeWrite {
+    bcs: Rc<BlockCopy>,
+}
+
+impl CopyBeforeWrite {
+    /// A filter saving through `bcs` before each write.
+    pub fn new(bcs: Rc<BlockCopy>) -> CopyBeforeWrite {
+        CopyBeforeWrite { bcs }
+    }
+
+    /// Saves what `[offset, offset + bytes)` holds now (cbw_do_copy_before_write).
+    async fn save(&self, offset: u64, bytes: u64) -> Result<()> {
+        self.bcs
+            .copy(offset, bytes)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.error)
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for CopyBeforeWrite {
+    async fn co_preadv(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        super::filtered(bs).co_preadv(offset, qiov, flags).await
+    }
+
+    async fn co_pwritev(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        self.save(offset, qiov.len() as u64).await?;
+        super::filtered(bs).co_pwritev(offset, qiov, flags).await
+    }
+
+    async fn co_pwrite_zeroes(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        self.save(offset, bytes).await?;
+        super::filtered(bs)
+            .co_pwrite_zeroes(offset, bytes, flags)
+            .await
+    }
+
+    async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        self.save(offset, bytes).await?;
+        super::filtered(bs).co_pdiscard(offset, bytes).await
+    }
+
+    async fn co_flush_to_disk(&self, bs: &BlockDriverState) -> Result<()> {
+        super::filtered(bs).co_flush().await
+    }
+
+    async fn co_block_status(
+        &self,
+        bs: &BlockDriverState,
+        _want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        Ok(BlockStatus::in_file(bs.file(), offset, bytes))
+    }
+
+    async fn co_truncate(
+        &self,
+        _bs: &BlockDriverState,
+        _offset: u64,
+        _exact: bool,
+        _prealloc: PreallocMode,
+    ) -> Result<()> {
+        // The backup's target has the old size: the disk cannot change under it.
+        Err(Error::new(
+            libc::EPERM,
+            "Cannot resize a node under copy-before-write",
+        ))
+    }
+
+    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
+        Ok(super::filtered(bs).getlength())
+    }
+
+    fn supported_write_flags(&self) -> RequestFlags {
+        RequestFlags::FUA
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,104 @@
+//! Changing the graph while it is in use: drained sections that hold requests back,
+//! replacing a node under its parents and inserting filters above a node, the permissions
+//! each user of a node holds, and the blockers jobs put on the nodes they use (QEMU's
+//! block.c bdrv_replace_node/bdrv_append/bdrv_check_perm, block/io.c bdrv_drained_*,
+//! bdrv_op_block).
+//!
+//! A node does not know its parents. Every node opened on a thread is listed here by a weak
+//! reference (QEMU's `graph_bdrv_states`, with bdrv_find_node and bdrv_next_all_states), so
+//! the list never keeps a node alive; the parents of a node are the listed nodes that have
+//! it as a child, and the BlockBackends whose root it is. Node names are unique among the
+//! live nodes, as QEMU refuses a name a live node holds.
+
+pub mod blockers;
+pub mod drain;
+pub mod permissions;
+pub mod replace;
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use crate::error::{Error, Result};
+use crate::node::BlockDriverState;
+
+thread_local! {
+    static NODES: RefCell<Vec<Weak<BlockDriverState>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Fails if a live node already has `name` (bdrv_assign_node_name's duplicate check).
+pub fn check_node_name_free(name: &str) -> Result<()> {
+    if find_node(name).is_some() {
+        return Err(Error::invalid(format!(
+            "node-name '{name}' is already in use"
+        )));
+    }
+    Ok(())
+}
+
+/// Lists a freshly opened node.
+pub(crate) fn register(bs: &Rc<BlockDriverState>) {
+    NODES.with(|n| {
+        let mut nodes = n.borrow_mut();
+        nodes.retain(|w| w.strong_count() > 0);
+        nodes.push(Rc::downgrade(bs));
+    });
+}
+
+/// The live node named `name` (bdrv_find_node).
+pub fn find_node(name: &str) -> Option<Rc<BlockDriverState>> {
+    all_nodes().into_iter().find(|bs| bs.node_name() == name)
+}
+
+/// Every live node, oldest first (bdrv_next_all_states).
+pub fn all_nodes() -> Vec<Rc<BlockDriverState>> {
+    NODES.with(|n| n.borrow().iter().filter_map(Weak::upgrade).collect())
+}
+
+/// The nodes that have `child` as a child, with the child's role (bdrv_parents of a node,
+/// BlockBackends aside).
+pub fn node_parents(child: &Rc<BlockDriverState>) -> Vec<(Rc<BlockDriverState>, String)> {
+    let mut parents = Vec::new();
+    for bs in all_nodes() {
+        for c in bs.children() {
+            if Rc::ptr_eq(&c.bs, child) {
+                parents.push((bs.clone(), c.name));
+            }
+        }
+    }
+    parents
+}
+
+/// What the graph layer keeps on each node.
+#[derive(Default)]
+pub struct GraphState {
+    /// Drained sections open on the node (quiesce_counter).
+    pub(crate) quiesce: Cell<u32>,
+    /// Permissions taken on the node by its users.
+    pub(crate) perms: RefCell<Vec<permissions::PermClaim>>,
+    /// Why operations on the node are blocked (a job uses it), if they are.
+    pub(crate) blocker: RefCell<Option<String>>,
+}
+
+/// Every node reachable from `root` (itself included), each once, parents before children.
+pub fn subtree(root: &Rc<BlockDriverState>) -> Vec<Rc<BlockDriverState>> {
+    let mut seen: Vec<Rc<BlockDriverState>> = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(bs) = stack.pop() {
+        if seen.iter().any(|s| Rc::ptr_eq(s, &bs)) {
+            continue;
+        }
+        for c in bs.children().into_iter().rev() {
+            stack.push(c.bs);
+        }
+        seen.push(bs);
+    }
+    seen
+}
+
+/// The nodes above `bs`: every live node with `bs` below it.
+pub fn ancestors(bs: &Rc<BlockDriverState>) -> Vec<Rc<BlockDriverState>> {
+    all_nodes()
+        .into_iter()
+        .filter(|n| !Rc::ptr_eq(n, bs) && subtree(n).iter().any(|s| Rc::ptr_eq(s, bs)))
+        .collect()
+}

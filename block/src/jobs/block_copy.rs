@@ -1,0 +1,133 @@
+//! Copying chunks of a node to a target exactly once, whoever asks first: the backup job
+//! walking the disk, or the copy-before-write filter saving old data before a guest write
+//! overwrites it (QEMU's block/block-copy.c).
+//!
+//! A bitmap says which chunks still need saving. A chunk being copied is marked busy; a
+//! second request for it waits until the first is done and then finds it clean, so old
+//! data is never copied after a guest write has replaced it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use super::dirty::DirtyBitmap;
+use crate::coroutine::CoQueue;
+use crate::driver::RequestFlags;
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+use crate::node::BlockDriverState;
+use crate::trace;
+
+/// A failed copy: which side failed and why.
+pub struct CopyError {
+    /// The source read failed (else the target write).
+    pub is_read: bool,
+    /// The error.
+    pub error: Error,
+}
+
+/// The shared copier of one backup (BlockCopyState).
+pub struct BlockCopy {
+    source: Rc<BlockDriverState>,
+    target: Rc<BlockDriverState>,
+    /// Chunks not saved yet.
+    pub(crate) bitmap: RefCell<DirtyBitmap>,
+    busy: RefCell<Vec<u64>>,
+    done: CoQueue,
+}
+
+impl BlockCopy {
+    /// A copier from `source` to `target` in chunks of `cluster_size`; every chunk needs
+    /// saving at first.
+    pub fn new(
+        source: Rc<BlockDriverState>,
+        target: Rc<BlockDriverState>,
+        cluster_size: u64,
+    ) -> BlockCopy {
+        let len = source.getlength();
+        let mut bitmap = DirtyBitmap::new(len, cluster_size);
+        bitmap.set(0, len);
+        BlockCopy {
+            source,
+            target,
+            bitmap: RefCell::new(bitmap),
+            busy: RefCell::new(Vec::new()),
+            done: CoQueue::new(),
+        }
+    }
+
+    /// The chunk size.
+    pub fn cluster_size(&self) -> u64 {
+        self.bitmap.borrow().granularity()
+    }
+
+    /// Drops chunks the source's top layer does not allocate (sync=top:
+    /// block_copy_reset_unallocated); returns the bytes left to save.
+    pub async fn reset_unallocated(&self) -> Result<u64> {
+        let len = self.source.getlength();
+        let mut offset = 0;
+        while offset < len {
+            let (allocated, n) = self.source.co_is_allocated(offset, len - offset).await?;
+            let n = n.max(1);
+            if !allocated {
+                self.bitmap.borrow_mut().reset_covered(offset, n);
+            }
+            offset += n;
+        }
+        Ok(self.bitmap.borrow().count())
+    }
+
+    /// Saves every chunk of `[offset, offset + bytes)` not saved yet (block_copy); returns
+    /// the bytes this call copied.
+    pub async fn copy(&self, offset: u64, bytes: u64) -> std::result::Result<u64, CopyError> {
+        let cluster = self.cluster_size();
+        let len = self.source.getlength();
+        let mut chunk = offset - offset % cluster;
+        let end = (offset + bytes).min(len);
+        let mut copied = 0;
+        while chunk < end {
+            self.done
+                .wait_while(|| self.busy.borrow().contains(&chunk))
+                .await;
+            if self.bitmap.borrow().get(chunk) {
+                let n = cluster.min(len - chunk);
+                self.busy.borrow_mut().push(chunk);
+                self.bitmap.borrow_mut().reset_covered(chunk, n);
+                let result = self.copy_chunk(chunk, n).await;
+                self.busy.borrow_mut().retain(|c| *c != chunk);
+                self.done.restart_all();
+                if let Err(e) = result {
+                    self.bitmap.borrow_mut().set(chunk, n);
+                    return Err(e);
+                }
+                copied += n;
+            }
+            chunk += cluster;
+        }
+        Ok(copied)
+    }
+
+    async fn copy_chunk(&self, offset: u64, bytes: u64) -> std::result::Result<(), CopyError> {
+        trace!(
+            block_copy_process,
+            "bcs {:p} start {} bytes {}",
+            self,
+            offset,
+            bytes
+        );
+        let buf = IoVector::alloc(bytes as usize);
+        self.source
+            .co_preadv(offset, &buf, RequestFlags::empty())
+            .await
+            .map_err(|error| CopyError {
+                is_read: true,
+                error,
+            })?;
+        self.target
+            .co_pwritev(offset, &buf, RequestFlags::empty())
+            .await
+            .map_err(|error| CopyError {
+                is_read: false,
+                error,
+            })
+    }
+}

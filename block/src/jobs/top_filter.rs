@@ -1,0 +1,171 @@
+//! The filter nodes mirror and commit put above the node they copy from (QEMU's
+//! bdrv_mirror_top and bdrv_commit_top in block/mirror.c and block/commit.c).
+//!
+//! Both pass every request to their `backing` child — the node below, as in QEMU — and
+//! exist so that the job sits in the graph where the guest's writes pass: a mirror hears of
+//! each write through its [`WriteObserver`] (to mark it dirty, or in write-blocking mode to
+//! copy it to the target before the guest sees it complete). The job inserts the filter
+//! when it starts and takes it out when it ends.
+
+use std::rc::Rc;
+
+use async_trait::async_trait;
+
+use crate::driver::{BlockDriver, BlockStatus, DriverClass, PreallocMode, RequestFlags};
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+use crate::node::BlockDriverState;
+
+/// What a job does about the writes passing through its filter.
+#[async_trait(?Send)]
+pub trait WriteObserver {
+    /// A write of `bytes` at `offset` (data in `qiov`, or zeroes/discard when `None`)
+    /// reached the filtered node.
+    async fn written(&self, offset: u64, bytes: u64, qiov: Option<&IoVector>) -> Result<()>;
+}
+
+/// mirror's filter class (`mirror_top`).
+pub static MIRROR_TOP: DriverClass = top_class("mirror_top");
+/// commit's filter class (`commit_top`).
+pub static COMMIT_TOP: DriverClass = top_class("commit_top");
+
+const fn top_class(name: &'static str) -> DriverClass {
+    DriverClass {
+        format_name: name,
+        protocol_name: None,
+        is_format: false,
+        probe: None,
+        open: |bs, _| {
+            let name = bs.format_name();
+            Box::pin(async move {
+                Err(Error::invalid(format!(
+                    "Driver '{name}' is only inserted by block jobs"
+                )))
+            })
+        },
+        create: None,
+        create_options: &[],
+    }
+}
+
+/// An open top filter.
+pub struct TopFilter {
+    observer: Option<Rc<dyn WriteObserver>>,
+}
+
+impl TopFilter {
+    /// A filter that tells `observer` about writes (mirror) or only passes them (commit).
+    pub fn new(observer: Option<Rc<dyn WriteObserver>>) -> TopFilter {
+        TopFilter { observer }
+    }
+
+    async fn notify(&self, offset: u64, bytes: u64, qiov: Option<&IoVector>) -> Result<()> {
+        match &self.observer {
+            Some(o) => o.written(offset, bytes, qiov).await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn below(bs: &BlockDriverState) -> Rc<BlockDriverState> {
+    bs.backing()
+        .expect("a job's filter has the node it filters")
+}
+
+/// Puts a top filter of `class` above `bs` (bdrv_append of the filter node): `bs`'s
+/// parents now reach it through the filter.
+pub async fn insert(
+    bs: &Rc<BlockDriverState>,
+    class: &'static DriverClass,
+    node_name: Option<String>,
+    observer: Option<Rc<dyn WriteObserver>>,
+) -> Result<Rc<BlockDriverState>> {
+    crate::graph::replace::insert_filter(
+        bs,
+        class,
+        node_name,
+        "backing",
+        Box::new(TopFilter::new(observer)),
+    )
+    .await
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for TopFilter {
+    async fn co_preadv(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        below(bs).co_preadv(offset, qiov, flags).await
+    }
+
+    async fn co_pwritev(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        below(bs).co_pwritev(offset, qiov, flags).await?;
+        self.notify(offset, qiov.len() as u64, Some(qiov)).await
+    }
+
+    async fn co_pwrite_zeroes(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        below(bs).co_pwrite_zeroes(offset, bytes, flags).await?;
+        self.notify(offset, bytes, None).await
+    }
+
+    async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        below(bs).co_pdiscard(offset, bytes).await?;
+        self.notify(offset, bytes, None).await
+    }
+
+    async fn co_flush_to_disk(&self, bs: &BlockDriverState) -> Result<()> {
+        below(bs).co_flush().await
+    }
+
+    async fn co_block_status(
+        &self,
+        bs: &BlockDriverState,
+        _want_zero: bool,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<BlockStatus> {
+        Ok(BlockStatus::in_file(bs.backing(), offset, bytes))
+    }
+
+    async fn co_truncate(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        exact: bool,
+        prealloc: PreallocMode,
+    ) -> Result<()> {
+        below(bs).co_truncate(offset, exact, prealloc).await
+    }
+
+    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
+        Ok(below(bs).getlength())
+    }
+
+    fn refresh_limits(&self, bs: &BlockDriverState) -> crate::driver::BlockLimits {
+        below(bs).limits()
+    }
+
+    fn supported_write_flags(&self) -> RequestFlags {
+        RequestFlags::FUA
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
