@@ -268,7 +268,7 @@ pub trait BlockDriver {
         Ok(())
     }
 
-    /// Whether the node only passes requests on to its `file` child, changing how they
+    /// Whether the node only passes requests on to one child, changing how they
     /// behave but not where the data lies (QEMU's BlockDriver.is_filter). A filter gets the
     /// pass-through defaults below for status, size and zero-init instead of a format's.
     fn is_filter(&self) -> bool {
@@ -286,7 +286,7 @@ pub trait BlockDriver {
         bytes: u64,
     ) -> Result<BlockStatus> {
         if self.is_filter() {
-            return Ok(BlockStatus::in_file(bs.file(), offset, bytes));
+            return Ok(BlockStatus::in_file(bs.filtered(), offset, bytes));
         }
         let mut status = BlockStatus::new(StatusFlags::DATA | StatusFlags::OFFSET_VALID, bytes);
         status.map = offset;
@@ -302,7 +302,7 @@ pub trait BlockDriver {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        match bs.file() {
+        match bs.filtered() {
             Some(child) if self.is_filter() => child.co_truncate(offset, exact, prealloc).await,
             _ => Err(Error::not_supported(
                 "Image format driver does not support resize",
@@ -313,7 +313,7 @@ pub trait BlockDriver {
     /// The node's length in bytes (bdrv_co_getlength). Every driver but a filter, whose
     /// length is its child's, must say.
     async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        match bs.file() {
+        match bs.filtered() {
             Some(child) if self.is_filter() => Ok(child.getlength()),
             _ => Err(Error::not_supported("the driver does not know its length")),
         }
@@ -455,7 +455,7 @@ pub trait BlockDriver {
     /// Whether a freshly created image reads as zeroes (bdrv_has_zero_init); a filter's
     /// answer is its child's.
     fn has_zero_init(&self, bs: &BlockDriverState) -> bool {
-        match bs.file() {
+        match bs.filtered() {
             Some(child) if self.is_filter() => child.drv().has_zero_init(&child),
             _ => false,
         }

@@ -288,6 +288,12 @@ impl BlockDriverState {
         self.child("backing")
     }
 
+    /// The child a filter passes requests to (bdrv_filter_bs): its `file`, or its `backing`
+    /// for the filters that sit on a backing link (a job's mirror_top and commit_top).
+    pub fn filtered(&self) -> Option<Rc<BlockDriverState>> {
+        self.file().or_else(|| self.backing())
+    }
+
     /// Attaches a child under a role, replacing any previous one.
     pub fn attach_child(&self, name: &str, bs: Rc<BlockDriverState>) {
         let mut children = self.children.borrow_mut();

@@ -10,7 +10,7 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
-use crate::driver::{BlockDriver, BlockStatus, DriverClass, PreallocMode, RequestFlags};
+use crate::driver::{BlockDriver, DriverClass, PreallocMode, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::jobs::block_copy::BlockCopy;
@@ -99,16 +99,6 @@ impl BlockDriver for CopyBeforeWrite {
         super::filtered(bs).co_flush().await
     }
 
-    async fn co_block_status(
-        &self,
-        bs: &BlockDriverState,
-        _want_zero: bool,
-        offset: u64,
-        bytes: u64,
-    ) -> Result<BlockStatus> {
-        Ok(BlockStatus::in_file(bs.file(), offset, bytes))
-    }
-
     async fn co_truncate(
         &self,
         _bs: &BlockDriverState,
@@ -123,12 +113,12 @@ impl BlockDriver for CopyBeforeWrite {
         ))
     }
 
-    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        Ok(super::filtered(bs).getlength())
-    }
-
     fn supported_write_flags(&self) -> RequestFlags {
         RequestFlags::FUA
+    }
+
+    fn is_filter(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -17,10 +17,11 @@ use std::rc::Rc;
 use crate::driver::DriverClass;
 use crate::node::BlockDriverState;
 
-/// The child a filter node passes requests to (QEMU's bdrv_filter_bs): its `file` child,
-/// which every filter is opened with.
+/// The child a filter node passes requests to (QEMU's bdrv_filter_bs), which every filter
+/// is opened with.
 pub(crate) fn filtered(bs: &BlockDriverState) -> Rc<BlockDriverState> {
-    bs.file().expect("a filter node has the child it filters")
+    bs.filtered()
+        .expect("a filter node has the child it filters")
 }
 
 /// The filter drivers built into the block crate, registered with the protocols.

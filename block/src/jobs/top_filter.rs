@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
-use crate::driver::{BlockDriver, BlockStatus, DriverClass, PreallocMode, RequestFlags};
+use crate::driver::{BlockDriver, DriverClass, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
@@ -67,9 +67,9 @@ impl TopFilter {
     }
 }
 
+/// The node the filter sits on, through its backing link.
 fn below(bs: &BlockDriverState) -> Rc<BlockDriverState> {
-    bs.backing()
-        .expect("a job's filter has the node it filters")
+    crate::filters::filtered(bs)
 }
 
 /// Puts a top filter of `class` above `bs` (bdrv_append of the filter node): `bs`'s
@@ -133,36 +133,16 @@ impl BlockDriver for TopFilter {
         below(bs).co_flush().await
     }
 
-    async fn co_block_status(
-        &self,
-        bs: &BlockDriverState,
-        _want_zero: bool,
-        offset: u64,
-        bytes: u64,
-    ) -> Result<BlockStatus> {
-        Ok(BlockStatus::in_file(bs.backing(), offset, bytes))
-    }
-
-    async fn co_truncate(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        exact: bool,
-        prealloc: PreallocMode,
-    ) -> Result<()> {
-        below(bs).co_truncate(offset, exact, prealloc).await
-    }
-
-    async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        Ok(below(bs).getlength())
-    }
-
     fn refresh_limits(&self, bs: &BlockDriverState) -> crate::driver::BlockLimits {
         below(bs).limits()
     }
 
     fn supported_write_flags(&self) -> RequestFlags {
         RequestFlags::FUA
+    }
+
+    fn is_filter(&self) -> bool {
+        true
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
