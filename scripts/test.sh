@@ -16,6 +16,7 @@ PACKAGES=(
   fio         # the guest and block benchmarks' load
   python3     # qemu-iotests' harness (tests/iotests.rs)
   xz-utils    # unpacks the qemu-iotests source (scripts/fetch-iotests.sh)
+  bzip2       # unpacks the suite's sample images (vhdx/parallels tests, scripts/fuzz.sh seeds)
   cryptsetup  # LUKS interop: cryptsetup reads our images, we read its
   nbdkit      # NBD interop: another NBD server
   libnbd-bin  # NBD interop: nbdinfo, nbdcopy and nbdfuse (bookworm has no separate nbdfuse)
