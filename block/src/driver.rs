@@ -9,6 +9,8 @@
 //! children (`bs.file()`, `bs.backing()`); a protocol driver is a leaf. The contract knows no
 //! driver: they register in [`crate::registry`].
 
+use std::rc::Rc;
+
 use async_trait::async_trait;
 
 use crate::coroutine::LocalBoxFuture;
@@ -217,6 +219,19 @@ pub struct CheckResult {
     pub compressed_clusters: u64,
 }
 
+/// The child a filter passes a request to, or why a driver that is not a filter and did
+/// not implement the request cannot serve it.
+fn pass_through(
+    is_filter: bool,
+    bs: &BlockDriverState,
+    what: &str,
+) -> Result<Rc<BlockDriverState>> {
+    match bs.filtered() {
+        Some(child) if is_filter => Ok(child),
+        _ => Err(Error::not_supported(format!("the driver does not {what}"))),
+    }
+}
+
 /// The per-node state of an open driver and its coroutine callbacks.
 ///
 /// Every method receives the node it serves, so that a format can reach `bs.file()` and
@@ -224,6 +239,14 @@ pub struct CheckResult {
 /// alignment and permissions when a driver is called.
 #[async_trait(?Send)]
 pub trait BlockDriver {
+    /// Whether the node only passes requests on to one child, changing how they behave but
+    /// not where the data lies (QEMU's BlockDriver.is_filter). A filter gets pass-through
+    /// defaults for the requests, status, size and zero-init it does not change; every other
+    /// driver must implement reads, writes and its length.
+    fn is_filter(&self) -> bool {
+        false
+    }
+
     /// Reads `qiov.len()` bytes at `offset` (bdrv_co_preadv).
     async fn co_preadv(
         &self,
@@ -231,7 +254,10 @@ pub trait BlockDriver {
         offset: u64,
         qiov: &IoVector,
         flags: RequestFlags,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let child = pass_through(self.is_filter(), bs, "read")?;
+        child.co_preadv(offset, qiov, flags).await
+    }
 
     /// Writes `qiov` at `offset` (bdrv_co_pwritev).
     async fn co_pwritev(
@@ -240,22 +266,31 @@ pub trait BlockDriver {
         offset: u64,
         qiov: &IoVector,
         flags: RequestFlags,
-    ) -> Result<()>;
+    ) -> Result<()> {
+        let child = pass_through(self.is_filter(), bs, "write")?;
+        child.co_pwritev(offset, qiov, flags).await
+    }
 
     /// Writes zeroes efficiently; ENOTSUP makes the caller write a zero buffer instead.
     async fn co_pwrite_zeroes(
         &self,
-        _bs: &BlockDriverState,
-        _offset: u64,
-        _bytes: u64,
-        _flags: RequestFlags,
+        bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
     ) -> Result<()> {
-        Err(Error::from_errno(libc::ENOTSUP))
+        match bs.filtered() {
+            Some(child) if self.is_filter() => child.co_pwrite_zeroes(offset, bytes, flags).await,
+            _ => Err(Error::from_errno(libc::ENOTSUP)),
+        }
     }
 
     /// Discards a range (advisory: ENOTSUP is ignored by the caller).
-    async fn co_pdiscard(&self, _bs: &BlockDriverState, _offset: u64, _bytes: u64) -> Result<()> {
-        Err(Error::from_errno(libc::ENOTSUP))
+    async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        match bs.filtered() {
+            Some(child) if self.is_filter() => child.co_pdiscard(offset, bytes).await,
+            _ => Err(Error::from_errno(libc::ENOTSUP)),
+        }
     }
 
     /// Writes cached metadata to the children (bdrv_co_flush_to_os).
@@ -266,13 +301,6 @@ pub trait BlockDriver {
     /// Makes written data stable on the storage itself (bdrv_co_flush_to_disk; protocols).
     async fn co_flush_to_disk(&self, _bs: &BlockDriverState) -> Result<()> {
         Ok(())
-    }
-
-    /// Whether the node only passes requests on to one child, changing how they
-    /// behave but not where the data lies (QEMU's BlockDriver.is_filter). A filter gets the
-    /// pass-through defaults below for status, size and zero-init instead of a format's.
-    fn is_filter(&self) -> bool {
-        false
     }
 
     /// Describes the range starting at `offset` (bdrv_co_block_status). The default suits a
@@ -313,10 +341,7 @@ pub trait BlockDriver {
     /// The node's length in bytes (bdrv_co_getlength). Every driver but a filter, whose
     /// length is its child's, must say.
     async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
-        match bs.filtered() {
-            Some(child) if self.is_filter() => Ok(child.getlength()),
-            _ => Err(Error::not_supported("the driver does not know its length")),
-        }
+        Ok(pass_through(self.is_filter(), bs, "know its length")?.getlength())
     }
 
     /// Bytes the node occupies on the host, if known (bdrv_co_get_allocated_file_size).

@@ -56,16 +56,6 @@ impl CopyBeforeWrite {
 
 #[async_trait(?Send)]
 impl BlockDriver for CopyBeforeWrite {
-    async fn co_preadv(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        qiov: &IoVector,
-        flags: RequestFlags,
-    ) -> Result<()> {
-        super::filtered(bs).co_preadv(offset, qiov, flags).await
-    }
-
     async fn co_pwritev(
         &self,
         bs: &BlockDriverState,

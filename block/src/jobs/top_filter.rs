@@ -92,16 +92,6 @@ pub async fn insert(
 
 #[async_trait(?Send)]
 impl BlockDriver for TopFilter {
-    async fn co_preadv(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        qiov: &IoVector,
-        flags: RequestFlags,
-    ) -> Result<()> {
-        below(bs).co_preadv(offset, qiov, flags).await
-    }
-
     async fn co_pwritev(
         &self,
         bs: &BlockDriverState,

@@ -203,16 +203,6 @@ impl BlkLogWrites {
 
 #[async_trait(?Send)]
 impl BlockDriver for BlkLogWrites {
-    async fn co_preadv(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        qiov: &IoVector,
-        flags: RequestFlags,
-    ) -> Result<()> {
-        super::filtered(bs).co_preadv(offset, qiov, flags).await
-    }
-
     async fn co_pwritev(
         &self,
         bs: &BlockDriverState,

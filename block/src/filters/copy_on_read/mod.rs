@@ -121,32 +121,6 @@ impl BlockDriver for CopyOnRead {
         Ok(())
     }
 
-    async fn co_pwritev(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        qiov: &IoVector,
-        flags: RequestFlags,
-    ) -> Result<()> {
-        super::filtered(bs).co_pwritev(offset, qiov, flags).await
-    }
-
-    async fn co_pwrite_zeroes(
-        &self,
-        bs: &BlockDriverState,
-        offset: u64,
-        bytes: u64,
-        flags: RequestFlags,
-    ) -> Result<()> {
-        super::filtered(bs)
-            .co_pwrite_zeroes(offset, bytes, flags)
-            .await
-    }
-
-    async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
-        super::filtered(bs).co_pdiscard(offset, bytes).await
-    }
-
     fn supported_write_flags(&self) -> RequestFlags {
         RequestFlags::FUA
     }
