@@ -146,6 +146,20 @@ fn write_across_a_stop(c: &ceph::Cluster, bin: &str, img: &str) -> Output {
     out
 }
 
+/// Where a librbd log line's timestamp ("2026-12-07T05:26:30.152+0000") starts in `line`.
+fn librbd_stamp(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    (0..b.len().saturating_sub(10)).find(|&i| {
+        digits(i..i + 4)
+            && b[i + 4] == b'-'
+            && digits(i + 5..i + 7)
+            && b[i + 7] == b'-'
+            && digits(i + 8..i + 10)
+            && b[i + 10] == b'T'
+    })
+}
+
 /// The output without timings and without librbd's own (timestamped) log lines.
 fn text(out: &Output) -> String {
     let all = format!(
@@ -153,10 +167,23 @@ fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    all.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with("20") && !l.contains("ops/sec"))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    // librbd's own log lines (timestamped) may land in the middle of a tool's stderr line:
+    // the part before the stamp joins the next line again.
+    let mut text = String::new();
+    let mut pending = String::new();
+    for line in all.lines() {
+        match librbd_stamp(line) {
+            Some(at) => pending.push_str(&line[..at]),
+            None => {
+                let whole = std::mem::take(&mut pending) + line;
+                if !whole.is_empty() && !whole.contains("ops/sec") {
+                    text += &whole;
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    text
 }
 
 #[test]

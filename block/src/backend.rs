@@ -95,6 +95,8 @@ impl BlockBackend {
             write_cache: Cell::new(write_cache),
             aio_pool: CoroutinePool::new(),
         });
+        let parent: Rc<dyn crate::graph::RootParent> = blk.clone();
+        crate::graph::add_root_parent(Rc::downgrade(&parent));
         BACKENDS.with(|b| {
             let mut b = b.borrow_mut();
             b.retain(|w| w.strong_count() > 0);
@@ -391,4 +393,14 @@ fn close_graph(bs: &Rc<BlockDriverState>) -> crate::coroutine::LocalBoxFuture<'_
         }
         Ok(())
     })
+}
+
+impl crate::graph::RootParent for BlockBackend {
+    fn root(&self) -> Rc<BlockDriverState> {
+        self.bs()
+    }
+
+    fn set_root(&self, bs: Rc<BlockDriverState>) {
+        BlockBackend::set_root(self, bs);
+    }
 }

@@ -9,7 +9,6 @@
 
 pub mod blkdebug;
 pub mod blklogwrites;
-pub mod copy_before_write;
 pub mod copy_on_read;
 
 use std::rc::Rc;

@@ -17,12 +17,46 @@ pub mod replace;
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::node::BlockDriverState;
 
 thread_local! {
     static NODES: RefCell<Vec<Weak<BlockDriverState>>> = const { RefCell::new(Vec::new()) };
+    /// The root parents (BlockBackends) of this thread's graphs.
+    static ROOTS: RefCell<Vec<Weak<dyn RootParent>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Number of the next automatically named node (`#block001`...).
+static NEXT_NODE: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh automatic node name (`#block001`...), for nodes opened without `node-name`.
+pub(crate) fn auto_node_name() -> String {
+    format!("#block{:03}", NEXT_NODE.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A parent that holds a graph by its root rather than as a child: a BlockBackend (QEMU's
+/// BdrvChild of role root). Node replacement repoints it like any other parent link.
+pub trait RootParent {
+    /// The root node it holds.
+    fn root(&self) -> Rc<BlockDriverState>;
+    /// Points it at another root node.
+    fn set_root(&self, bs: Rc<BlockDriverState>);
+}
+
+/// Lists a root parent, by a weak reference (bdrv_root_attach_child's side of the list).
+pub fn add_root_parent(parent: Weak<dyn RootParent>) {
+    ROOTS.with(|r| {
+        let mut roots = r.borrow_mut();
+        roots.retain(|w| w.strong_count() > 0);
+        roots.push(parent);
+    });
+}
+
+/// The live root parents.
+pub(crate) fn root_parents() -> Vec<Rc<dyn RootParent>> {
+    ROOTS.with(|r| r.borrow().iter().filter_map(Weak::upgrade).collect())
 }
 
 /// Fails if a live node already has `name` (bdrv_assign_node_name's duplicate check).

@@ -9,7 +9,6 @@
 
 use std::rc::Rc;
 
-use crate::backend::BlockBackend;
 use crate::driver::{BlockDriver, DriverClass};
 use crate::error::Result;
 use crate::node::BlockDriverState;
@@ -28,9 +27,9 @@ pub fn replace_node(from: &Rc<BlockDriverState>, to: &Rc<BlockDriverState>) {
             node.attach_child(&role, to.clone());
         }
     }
-    for blk in BlockBackend::all() {
-        if Rc::ptr_eq(&blk.bs(), from) {
-            blk.set_root(to.clone());
+    for parent in super::root_parents() {
+        if Rc::ptr_eq(&parent.root(), from) {
+            parent.set_root(to.clone());
         }
     }
 }
@@ -46,7 +45,7 @@ pub async fn insert_filter(
 ) -> Result<Rc<BlockDriverState>> {
     let filter = Rc::new(BlockDriverState::new(
         class,
-        node_name.unwrap_or_else(crate::open::auto_node_name),
+        node_name.unwrap_or_else(super::auto_node_name),
         bs.filename(),
         bs.open_flags(),
         crate::node::DetectZeroes::Off,

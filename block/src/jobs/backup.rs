@@ -14,12 +14,12 @@ use async_trait::async_trait;
 
 use super::block_copy::BlockCopy;
 use super::block_job::OnError;
+use super::copy_before_write::{CopyBeforeWrite, COPY_BEFORE_WRITE};
 use super::events::{ErrorAction, JobType};
 use super::job::{Job, JobDriver};
 use super::mirror::SyncMode;
 use super::CommonOptions;
 use crate::error::{Error, Result};
-use crate::filters::copy_before_write::{CopyBeforeWrite, COPY_BEFORE_WRITE};
 use crate::graph::blockers::OpBlocker;
 use crate::graph::permissions::{self, Perm};
 use crate::node::BlockDriverState;

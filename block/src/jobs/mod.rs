@@ -13,6 +13,7 @@ pub mod backup;
 pub mod block_copy;
 pub mod block_job;
 pub mod commit;
+pub mod copy_before_write;
 pub mod dirty;
 pub mod events;
 pub mod job;

@@ -8,7 +8,6 @@
 mod temp_snapshot;
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::DriverClass;
 use crate::error::{Error, Result};
@@ -38,9 +37,6 @@ pub async fn bdrv_open(
     let base = open_node(filename.map(str::to_string), options, base_flags, true).await?;
     temp_snapshot::bdrv_append_temp_snapshot(base, flags).await
 }
-
-/// Number of the next automatically named node (`#block001`...).
-static NEXT_NODE: AtomicU64 = AtomicU64::new(1);
 
 /// Generic option keys every node takes, with the flag each one defaults from.
 fn apply_flag_defaults(options: &mut Options, flags: &OpenFlags) {
@@ -117,7 +113,7 @@ pub(crate) fn open_node(
                 crate::graph::check_node_name_free(&name)?;
                 name
             }
-            None => auto_node_name(),
+            None => crate::graph::auto_node_name(),
         };
 
         let class = match options.take("driver") {
@@ -189,11 +185,6 @@ pub(crate) fn open_node(
         crate::graph::register(&bs);
         Ok(bs)
     })
-}
-
-/// A fresh automatic node name (`#block001`...), for nodes opened without `node-name`.
-pub(crate) fn auto_node_name() -> String {
-    format!("#block{:03}", NEXT_NODE.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A format node's name: its file's, or when the file is named by a `json:` description

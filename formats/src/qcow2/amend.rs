@@ -195,6 +195,13 @@ impl Qcow2 {
             let h = self.info.borrow();
             (h.version, h.refcount_bits() as u64)
         };
+        // As qcow2_amend_options, an image without encryption refuses encrypt.* options
+        // before they are parsed.
+        if self.crypto.is_none() && opts.iter().any(|(k, _)| k.starts_with("encrypt.")) {
+            return Err(Error::invalid(
+                "Can't amend encryption options - encryption not present",
+            ));
+        }
         let mut r = parse_request(opts)?;
         if let Some(encrypt) = r.encrypt.take() {
             let file = self.file(bs);

@@ -64,7 +64,9 @@ impl BlockDriver for CopyBeforeWrite {
         flags: RequestFlags,
     ) -> Result<()> {
         self.save(offset, qiov.len() as u64).await?;
-        super::filtered(bs).co_pwritev(offset, qiov, flags).await
+        crate::filters::filtered(bs)
+            .co_pwritev(offset, qiov, flags)
+            .await
     }
 
     async fn co_pwrite_zeroes(
@@ -75,18 +77,20 @@ impl BlockDriver for CopyBeforeWrite {
         flags: RequestFlags,
     ) -> Result<()> {
         self.save(offset, bytes).await?;
-        super::filtered(bs)
+        crate::filters::filtered(bs)
             .co_pwrite_zeroes(offset, bytes, flags)
             .await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
         self.save(offset, bytes).await?;
-        super::filtered(bs).co_pdiscard(offset, bytes).await
+        crate::filters::filtered(bs)
+            .co_pdiscard(offset, bytes)
+            .await
     }
 
     async fn co_flush_to_disk(&self, bs: &BlockDriverState) -> Result<()> {
-        super::filtered(bs).co_flush().await
+        crate::filters::filtered(bs).co_flush().await
     }
 
     async fn co_truncate(
