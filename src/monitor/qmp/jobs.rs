@@ -153,9 +153,9 @@ pub async fn block_commit(mut args: Args) -> CmdResult {
     let common = common(&mut args, &dev)?;
     let top_node = args.opt_str("top-node")?;
     let top_file = args.opt_str("top")?;
-    let top = if top_node.is_none() && top_file.is_none() {
-        active.clone()
-    } else if top_node.as_deref() == Some(active.node_name())
+    // No top named, or the active layer named: an active commit.
+    let top = if (top_node.is_none() && top_file.is_none())
+        || top_node.as_deref() == Some(active.node_name())
         || top_file.as_deref() == Some(&active.filename())
     {
         active.clone()
@@ -368,9 +368,12 @@ async fn job_verb(
     Ok(json!({}))
 }
 
+/// What a job command does to the job it names.
+pub type JobVerb = fn(&Rc<Job>, &mut Args) -> block::Result<()>;
+
 /// The job commands, for the command table: name, by device (block-job-*) or id (job-*),
 /// and what they do.
-pub const JOB_VERBS: &[(&str, bool, fn(&Rc<Job>, &mut Args) -> block::Result<()>)] = &[
+pub const JOB_VERBS: &[(&str, bool, JobVerb)] = &[
     ("block-job-set-speed", true, |j, a| {
         j.set_speed(a.int("speed").unwrap_or(-1))
     }),

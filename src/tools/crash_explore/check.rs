@@ -175,7 +175,10 @@ mod tests {
         mixed[1024..1536].fill(2);
         let both = [old.clone(), new.clone()];
         assert_eq!(foreign_sectors(&mixed, &both), (None, None));
-        assert_eq!(foreign_sectors(&mixed, &[old.clone()]), (Some(2), None));
+        assert_eq!(
+            foreign_sectors(&mixed, std::slice::from_ref(&old)),
+            (Some(2), None)
+        );
         let mut garbage = mixed.clone();
         garbage[1100] = 0;
         assert_eq!(foreign_sectors(&garbage, &both), (None, Some(2)));

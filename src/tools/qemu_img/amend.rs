@@ -143,7 +143,7 @@ async fn amend(blk: &block::BlockBackend, a: &Args, progress: &mut Progress) -> 
     };
     let result = bs
         .drv()
-        .co_amend(&bs, &mut options, a.force, &mut status)
+        .co_amend(bs, &mut options, a.force, &mut status)
         .await;
     progress.print(100.0, 0);
     match result {

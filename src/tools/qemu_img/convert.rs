@@ -436,10 +436,7 @@ fn create_options(a: &Args, fmt: &str, out: &str, total_bytes: u64) -> Option<Cr
 fn source_alignment(blk: &BlockBackend) -> u64 {
     let bs = &blk.bs();
     let align = (bs.limits().request_alignment as u64).div_ceil(SECTOR);
-    let cluster = bs
-        .drv()
-        .get_info(&bs)
-        .map_or(0, |i| i.cluster_size / SECTOR);
+    let cluster = bs.drv().get_info(bs).map_or(0, |i| i.cluster_size / SECTOR);
     align.max(cluster).max(1)
 }
 
@@ -476,7 +473,7 @@ async fn copy(
     if target_has_backing && !a.skip_create {
         s.target_backing_sectors = out_bs.backing().map(|b| b.getlength() / SECTOR);
     }
-    let out_info = out_bs.drv().get_info(&out_bs).unwrap_or_default();
+    let out_info = out_bs.drv().get_info(out_bs).unwrap_or_default();
     s.compressed = a.compressed || out_info.needs_compressed_writes;
     s.cluster_sectors = out_info.cluster_size / SECTOR;
     if s.compressed {
@@ -490,7 +487,7 @@ async fn copy(
         || (!a.skip_create
             && s.min_sparse != 0
             && !target_has_backing
-            && out_bs.drv().has_zero_init(&out_bs));
+            && out_bs.drv().has_zero_init(out_bs));
     let s = Rc::new(s);
     let ret = s.do_copy().await;
     s.progress_end(ret == 0);

@@ -72,13 +72,13 @@ pub async fn info_f(io: &QemuIo, _argv: &[String]) -> i32 {
     if let Some(proto) = bs.class().protocol_name {
         out!("format name: {proto}\n");
     }
-    let bdi = match bs.drv().get_info(&bs) {
+    let bdi = match bs.drv().get_info(bs) {
         Ok(bdi) => bdi,
         Err(e) => return -e.errno(),
     };
     out!("cluster size: {}\n", cvtstr(bdi.cluster_size as f64));
     out!("vm state offset: {}\n", cvtstr(bdi.vm_state_offset as f64));
-    if let Some(spec) = bs.drv().get_specific_info(&bs) {
+    if let Some(spec) = bs.drv().get_specific_info(bs) {
         let data = spec.get("data").filter(|_| spec.get("type").is_some());
         out!("Format specific information:\n");
         out!("{}", dump_specific(data.unwrap_or(&spec), 1));

@@ -239,8 +239,8 @@ async fn load_snapshot(blk: &BlockBackend, arg: &str) -> block::Result<()> {
                 }
             }
         }
-        block::snapshot::bdrv_snapshot_load_tmp(&bs, id, name).await
+        block::snapshot::bdrv_snapshot_load_tmp(bs, id, name).await
     } else {
-        block::snapshot::bdrv_snapshot_load_tmp_by_id_or_name(&bs, arg).await
+        block::snapshot::bdrv_snapshot_load_tmp_by_id_or_name(bs, arg).await
     }
 }
