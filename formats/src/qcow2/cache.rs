@@ -162,6 +162,10 @@ pub struct Caches {
     refblock: TableCache,
     l2_depends_on_refblock: bool,
     refblock_depends_on_l2: bool,
+    /// The next L2 write-back must be preceded by a flush of the file: an allocation
+    /// copied data into new clusters that its L2 entries must not point at before the copy
+    /// is stable (QEMU's depends_on_flush).
+    l2_depends_on_flush: bool,
 }
 
 impl Caches {
@@ -178,6 +182,7 @@ impl Caches {
             refblock: TableCache::new(table_size, refblocks),
             l2_depends_on_refblock: false,
             refblock_depends_on_l2: false,
+            l2_depends_on_flush: false,
         }
     }
 
@@ -283,6 +288,12 @@ impl Caches {
         Ok(())
     }
 
+    /// Records that L2 tables must not reach the disk before the data written so far has
+    /// (qcow2_cache_depends_on_flush).
+    pub fn l2_depends_on_flush(&mut self) {
+        self.l2_depends_on_flush = true;
+    }
+
     /// Writes back every dirty table of one cache, honouring its dependency
     /// (qcow2_cache_write).
     pub async fn flush(&mut self, which: Which) -> Result<()> {
@@ -318,6 +329,12 @@ impl Caches {
                     Which::Refblock => self.refblock_depends_on_l2 = false,
                 }
                 self.flush(before).await?;
+                self.file.co_flush().await?;
+                if which == Which::L2 {
+                    self.l2_depends_on_flush = false;
+                }
+            } else if which == Which::L2 && self.l2_depends_on_flush && !offsets.is_empty() {
+                self.l2_depends_on_flush = false;
                 self.file.co_flush().await?;
             }
             for &offset in offsets {

@@ -85,7 +85,6 @@ impl Qcow2 {
                 continue;
             }
             meta.check_writable()?;
-            self.mark_dirty(&mut meta).await?;
             match meta.plan_write(at, len - done).await? {
                 WritePlan::InPlace { host, bytes } => {
                     meta.check_data_write(host, bytes).await?;
@@ -115,6 +114,18 @@ impl Qcow2 {
                     let part = qiov.slice(done as usize, written as usize);
                     let result = self.write_with_cow(bs, &m, &part).await;
                     let mut meta = self.meta.lock().await;
+                    // With lazy refcounts the dirty bit goes on only now, between the
+                    // data write and the L2 update (qcow2_alloc_cluster_link_l2): its flush
+                    // makes the data stable before any L2 entry can point at it.
+                    let result = match result {
+                        Ok(()) => self.mark_dirty(&mut meta).await,
+                        Err(e) => Err(e),
+                    };
+                    if m.cow_head.0 < m.cow_head.1 || m.cow_tail.0 < m.cow_tail.1 {
+                        // Copied data too must be stable before an L2 entry names it
+                        // (perform_cow), whatever the refcount mode.
+                        meta.caches.l2_depends_on_flush();
+                    }
                     if let Err(e) = result {
                         meta.abort_alloc(&m).await;
                         return Err(e);
@@ -272,7 +283,6 @@ impl Qcow2 {
         self.wait_for_allocs(at, cs).await;
         let mut meta = self.meta.lock().await;
         meta.check_writable()?;
-        self.mark_dirty(&mut meta).await?;
         let l2 = meta.l2_for_write(at).await?;
         meta.caches.load(super::cache::Which::L2, l2).await?;
         let idx = self.g.l2_index(at);
@@ -288,7 +298,12 @@ impl Qcow2 {
         let _guard = self.register(at, at + cs);
         drop(meta);
         meta_write_data(self, bs, host, &data).await?;
+        // No dirty bit for compressed clusters (QEMU sets it only when linking an
+        // allocating write). An L2 entry naming compressed data that never landed makes the
+        // cluster unreadable, not just stale: the data must be stable first, even when lazy
+        // refcounts leave the L2 table otherwise unordered.
         let mut meta = self.meta.lock().await;
+        meta.caches.l2_depends_on_flush();
         let l2 = meta.l2_for_write(at).await?;
         meta.caches.load(super::cache::Which::L2, l2).await?;
         let entry = self.g.compressed_entry(host, len);

@@ -188,6 +188,98 @@ const REBASE: Body = Body {
     ..PLAIN
 };
 
+/// Long epochs: a dozen writes in flight between flushes, each a new cluster or a partial
+/// one, so that crash states (subsets of an epoch's writes and of the metadata updates
+/// they cause) are many and distinct.
+const SCATTER: Body = Body {
+    name: "scatter",
+    steps: &[
+        Step::Io(&[
+            "aio_write -P 16 0k 12k",
+            "aio_write -P 17 52k 4k",
+            "aio_write -P 18 104k 4k",
+            "aio_write -P 19 156k 12k",
+            "aio_write -P 20 208k 4k",
+            "aio_write -P 21 260k 4k",
+            "aio_write -P 22 312k 12k",
+            "aio_write -P 23 364k 4k",
+            "aio_write -P 24 416k 4k",
+            "aio_write -P 25 468k 12k",
+            "aio_write -P 26 520k 4k",
+            "aio_write -P 27 572k 4k",
+            "aio_flush",
+            "aio_write -P 28 624k 12k",
+            "aio_write -P 29 676k 4k",
+            "aio_write -P 30 728k 4k",
+            "aio_write -P 31 780k 12k",
+            "aio_write -P 32 832k 4k",
+            "aio_write -P 33 884k 4k",
+            "aio_write -P 34 936k 12k",
+            "aio_write -P 35 988k 4k",
+            "aio_write -P 36 1040k 4k",
+            "aio_write -P 37 1092k 12k",
+            "aio_write -P 38 1144k 4k",
+            "aio_write -P 39 1196k 4k",
+            "aio_flush",
+            "aio_write -P 40 1248k 12k",
+            "aio_write -P 41 1300k 4k",
+            "aio_write -P 42 1352k 4k",
+            "aio_write -P 43 1404k 12k",
+            "aio_write -P 44 1456k 4k",
+            "aio_write -P 45 1508k 4k",
+            "aio_write -P 46 1560k 12k",
+            "aio_write -P 47 1612k 4k",
+            "aio_write -P 48 1664k 4k",
+            "aio_write -P 49 1716k 12k",
+            "aio_write -P 50 1768k 4k",
+            "aio_write -P 51 1820k 4k",
+            "aio_flush",
+        ]),
+        Step::Io(&[
+            "aio_write -P 64 1900k 12k",
+            "aio_write -P 65 1960k 4k",
+            "aio_write -P 66 2020k 4k",
+            "aio_write -P 67 2080k 12k",
+            "aio_write -P 68 2140k 4k",
+            "aio_write -P 69 2200k 4k",
+            "aio_write -P 70 2260k 12k",
+            "aio_write -P 71 2320k 4k",
+            "aio_write -P 72 2380k 4k",
+            "aio_write -P 73 2440k 12k",
+            "aio_write -P 74 2500k 4k",
+            "aio_write -P 75 2560k 4k",
+            "aio_flush",
+            "aio_write -P 76 2620k 12k",
+            "aio_write -P 77 2680k 4k",
+            "aio_write -P 78 2740k 4k",
+            "aio_write -P 79 2800k 12k",
+            "aio_write -P 80 2860k 4k",
+            "aio_write -P 81 2920k 4k",
+            "aio_write -P 82 2980k 12k",
+            "aio_write -P 83 3040k 4k",
+            "aio_write -P 84 3100k 4k",
+            "aio_write -P 85 3160k 12k",
+            "aio_write -P 86 3220k 4k",
+            "aio_write -P 87 3280k 4k",
+            "aio_flush",
+            "aio_write -P 88 3340k 12k",
+            "aio_write -P 89 3400k 4k",
+            "aio_write -P 90 3460k 4k",
+            "aio_write -P 91 3520k 12k",
+            "aio_write -P 92 3580k 4k",
+            "aio_write -P 93 3640k 4k",
+            "aio_write -P 94 3700k 12k",
+            "aio_write -P 95 3760k 4k",
+            "aio_write -P 96 3820k 4k",
+            "aio_write -P 97 3880k 12k",
+            "aio_write -P 98 3940k 4k",
+            "aio_write -P 99 4000k 4k",
+            "aio_flush",
+        ]),
+    ],
+    ..PLAIN
+};
+
 const OTHER_FORMAT: Body = Body {
     name: "alloc",
     steps: &[
@@ -209,7 +301,7 @@ const OTHER_FORMAT: Body = Body {
 /// Every workload of the run: `(body, variant)`.
 pub fn all() -> Vec<(Body, Variant)> {
     let mut list = Vec::new();
-    for body in [COW, COMPRESSED, DISCARD, SNAPSHOT, COMMIT, REBASE] {
+    for body in [COW, COMPRESSED, DISCARD, SNAPSHOT, COMMIT, REBASE, SCATTER] {
         for variant in [V2, V3, LAZY, EXTL2] {
             list.push((body, variant));
         }
