@@ -158,6 +158,11 @@ pub struct BlockDriverState {
     /// flushed_gen).
     pub(crate) write_gen: Cell<u64>,
     pub(crate) flushed_gen: Cell<u64>,
+    /// A flush is running on the node, and the flushes waiting for it (active_flush_req,
+    /// flush_queue): one at a time, so that a flush arriving while another runs finds
+    /// afterwards whether anything is left to force to the disk.
+    pub(crate) active_flush: Cell<bool>,
+    pub(crate) flush_queue: crate::coroutine::CoQueue,
     /// The node's dirty bitmaps, newest first (bs->dirty_bitmaps).
     pub(crate) dirty_bitmaps: RefCell<Vec<Rc<crate::dirty_bitmap::BdrvDirtyBitmap>>>,
     /// Drained sections, permissions and blockers on the node ([`crate::graph`]).
@@ -190,6 +195,8 @@ impl BlockDriverState {
             backing_ancestors: RefCell::new(Vec::new()),
             write_gen: Cell::new(0),
             flushed_gen: Cell::new(0),
+            active_flush: Cell::new(false),
+            flush_queue: crate::coroutine::CoQueue::new(),
             dirty_bitmaps: RefCell::new(Vec::new()),
             graph: crate::graph::GraphState::default(),
         }

@@ -166,6 +166,17 @@ impl BlockDriverState {
         trace!(bdrv_co_flush, "bs {:p}", self);
         let _in_flight = InFlightGuard::new(self);
         let current_gen = self.write_gen.get();
+        // Flushes run one at a time, in the order of the writes they cover: a flush that
+        // waited behind another usually finds nothing new to force to the disk.
+        self.flush_queue
+            .wait_while(|| self.active_flush.get())
+            .await;
+        self.active_flush.set(true);
+        let _active = ActiveFlush(self);
+        self.co_flush_serialised(current_gen).await
+    }
+
+    async fn co_flush_serialised(&self, current_gen: u64) -> Result<()> {
         let file = self.file();
         if let Some(file) = &file {
             file.debug_event(crate::debug_event::BlkdbgEvent::FlushToOs)
@@ -187,6 +198,7 @@ impl BlockDriverState {
                 child.bs.co_flush_boxed().await?;
             }
         }
+        // Flushes finish in nondecreasing generation order, so this never goes backwards.
         self.flushed_gen.set(current_gen);
         Ok(())
     }
@@ -223,5 +235,15 @@ impl BlockDriverState {
         let len = self.refresh_total_bytes().await?;
         self.truncate_dirty_bitmaps(len);
         Ok(())
+    }
+}
+
+/// Ends a node's running flush and lets the next one in, however the flush ends.
+struct ActiveFlush<'a>(&'a BlockDriverState);
+
+impl Drop for ActiveFlush<'_> {
+    fn drop(&mut self) {
+        self.0.active_flush.set(false);
+        self.0.flush_queue.restart_all();
     }
 }
