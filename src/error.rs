@@ -53,14 +53,31 @@ impl From<MachineError> for String {
 mod tests {
     use super::*;
 
+    /// A device that ignores every access.
+    struct Nop;
+    impl crate::bus::BusDevice for Nop {
+        fn read(&mut self, _base: u64, _offset: u64, _data: &mut [u8]) {}
+        fn write(&mut self, _base: u64, _offset: u64, _data: &[u8]) {}
+    }
+
     #[test]
     fn displays_the_message_alone() {
         let e = MachineError::Kvm("KVM_RUN failed: EINTR".into());
         assert_eq!(e.to_string(), "KVM_RUN failed: EINTR");
         assert_eq!(String::from(e), "KVM_RUN failed: EINTR");
-        assert_ne!(
-            MachineError::Config("x".into()),
-            MachineError::Device("x".into())
+    }
+
+    #[test]
+    fn each_layer_names_its_variant() {
+        let boot = crate::boot::linux::check_header(0, 0x020F, 1).unwrap_err();
+        assert!(matches!(boot, MachineError::Boot(_)), "{boot:?}");
+        let mut bus = crate::bus::Bus::default();
+        let empty = bus
+            .insert(0x80, 0, std::sync::Arc::new(std::sync::Mutex::new(Nop)))
+            .unwrap_err();
+        assert_eq!(
+            empty,
+            MachineError::Device("empty bus range at 0x80".to_string())
         );
     }
 }
