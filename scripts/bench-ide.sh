@@ -72,7 +72,7 @@ for i in $(seq "$RUNS"); do
 done
 
 # The guest's TSC runs at the host's rate under KVM.
-TSC_HZ=$(awk '/^cpu MHz/ {print $4 * 1000000; exit}' /proc/cpuinfo)
+TSC_HZ=$(awk '/^cpu MHz/ {printf "%.0f\n", $4 * 1000000; exit}' /proc/cpuinfo)
 row() {
     local t w
     t=$(median < "$TMP/$1.t")

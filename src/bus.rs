@@ -13,6 +13,7 @@
 //! that device lock, not the BQL: it touches nothing else, and the vCPU's next exit need not
 //! wait for it.
 
+use crate::error::MachineError;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A device model reachable through a bus.
@@ -59,19 +60,21 @@ pub struct Bus {
 
 impl Bus {
     /// Registers `device` for `[base, base + len)`; fails if that overlaps a registered range.
-    pub fn insert(&mut self, base: u64, len: u64, device: DeviceRef) -> Result<(), String> {
+    pub fn insert(&mut self, base: u64, len: u64, device: DeviceRef) -> Result<(), MachineError> {
         if len == 0 {
-            return Err(format!("empty bus range at {base:#x}"));
+            return Err(MachineError::Device(format!(
+                "empty bus range at {base:#x}"
+            )));
         }
         if let Some(r) = self
             .ranges
             .iter()
             .find(|r| base < r.base + r.len && r.base < base + len)
         {
-            return Err(format!(
+            return Err(MachineError::Device(format!(
                 "bus range {base:#x}+{len:#x} overlaps {:#x}+{:#x}",
                 r.base, r.len
-            ));
+            )));
         }
         let at = self.ranges.partition_point(|r| r.base < base);
         self.ranges.insert(at, Range { base, len, device });

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod chardev;
 pub mod devices;
 pub mod drives;
+pub mod error;
 pub mod kvm;
 pub mod machine;
 pub mod main_loop;

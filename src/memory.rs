@@ -8,6 +8,7 @@
 //! real-mode code runs. QEMU aliases those with PAM-controlled regions; here the low copy is
 //! plain RAM filled at start, which SeaBIOS's shadowing treats the same way.
 
+use crate::error::MachineError;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Where RAM below 4 GiB stops when the guest has more than [`LOWMEM_LIMIT`] of it
@@ -63,7 +64,7 @@ pub struct GuestRam {
 impl GuestRam {
     /// Allocates `ram_size` bytes of RAM and, if `bios` is given, maps it below 4 GiB and
     /// copies its tail into the low BIOS window.
-    pub fn new(ram_size: u64, bios: Option<&[u8]>) -> Result<GuestRam, String> {
+    pub fn new(ram_size: u64, bios: Option<&[u8]>) -> Result<GuestRam, MachineError> {
         let mut ranges: Vec<(GuestAddress, usize)> = Vec::new();
         let mut slots = Vec::new();
         for (start, size) in ram_ranges(ram_size) {
@@ -86,7 +87,7 @@ impl GuestRam {
         // vm-memory wants its regions in address order: the ROM sits between the two RAM parts.
         ranges.sort_by_key(|r| r.0);
         let mem = GuestMemoryMmap::from_ranges(&ranges)
-            .map_err(|e| format!("cannot allocate guest memory: {e}"))?;
+            .map_err(|e| MachineError::Machine(format!("cannot allocate guest memory: {e}")))?;
         for slot in slots.iter().filter(|s| !s.read_only) {
             advise_huge_pages(&mem, slot);
         }
@@ -101,7 +102,7 @@ impl GuestRam {
         Ok(ram)
     }
 
-    fn load_bios(&self, image: &[u8]) -> Result<(), String> {
+    fn load_bios(&self, image: &[u8]) -> Result<(), MachineError> {
         let high = GuestAddress(HIGHMEM_START - image.len() as u64);
         self.write(high, image)?;
         let tail = &image[image.len().saturating_sub(LOW_BIOS_SIZE)..];
@@ -143,17 +144,17 @@ impl GuestRam {
     }
 
     /// Copies `data` into guest memory at `addr`.
-    pub fn write(&self, addr: GuestAddress, data: &[u8]) -> Result<(), String> {
-        self.mem
-            .write_slice(data, addr)
-            .map_err(|e| format!("cannot write guest memory at {:#x}: {e}", addr.0))
+    pub fn write(&self, addr: GuestAddress, data: &[u8]) -> Result<(), MachineError> {
+        self.mem.write_slice(data, addr).map_err(|e| {
+            MachineError::Machine(format!("cannot write guest memory at {:#x}: {e}", addr.0))
+        })
     }
 
     /// Copies guest memory at `addr` into `data`.
-    pub fn read(&self, addr: GuestAddress, data: &mut [u8]) -> Result<(), String> {
-        self.mem
-            .read_slice(data, addr)
-            .map_err(|e| format!("cannot read guest memory at {:#x}: {e}", addr.0))
+    pub fn read(&self, addr: GuestAddress, data: &mut [u8]) -> Result<(), MachineError> {
+        self.mem.read_slice(data, addr).map_err(|e| {
+            MachineError::Machine(format!("cannot read guest memory at {:#x}: {e}", addr.0))
+        })
     }
 }
 

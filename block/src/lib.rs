@@ -16,6 +16,7 @@
 
 pub mod aio;
 pub mod backend;
+pub mod bitmap_qmp;
 pub mod coroutine;
 pub mod crypto;
 pub mod debug_event;

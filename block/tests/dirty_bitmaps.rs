@@ -4,7 +4,7 @@
 
 mod common;
 
-use block::dirty_bitmap::qmp::{self, AddOptions};
+use block::bitmap_qmp::{self as qmp, AddOptions};
 use block::{AioContext, IoVector, RequestFlags};
 use common::open_mem;
 

@@ -6,12 +6,14 @@
 
 use std::path::Path;
 
+use crate::error::MachineError;
+
 /// The largest image accepted (the ROM window below 4 GiB must not reach device memory).
 pub const MAX_BIOS_SIZE: u64 = 16 << 20;
 
 /// Reads a firmware image, with QEMU's message when it is missing or malformed.
-pub fn load_bios(path: &Path) -> Result<Vec<u8>, String> {
-    let error = || format!("could not load PC BIOS '{}'", path.display());
+pub fn load_bios(path: &Path) -> Result<Vec<u8>, MachineError> {
+    let error = || MachineError::Boot(format!("could not load PC BIOS '{}'", path.display()));
     let size = std::fs::metadata(path).map_err(|_| error())?.len();
     if size == 0 || size % 65536 != 0 || size > MAX_BIOS_SIZE {
         return Err(error());
@@ -32,7 +34,10 @@ mod tests {
         std::fs::write(&bad, vec![0u8; 1000]).unwrap();
         assert_eq!(load_bios(&good).unwrap().len(), 128 << 10);
         let err = load_bios(&bad).unwrap_err();
-        assert_eq!(err, format!("could not load PC BIOS '{}'", bad.display()));
+        assert_eq!(
+            err,
+            MachineError::Boot(format!("could not load PC BIOS '{}'", bad.display()))
+        );
         assert!(load_bios(Path::new("/nonexistent/bios.bin")).is_err());
         std::fs::remove_file(good).unwrap();
         std::fs::remove_file(bad).unwrap();

@@ -28,6 +28,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::boot::acpi::{self, place};
 use crate::devices::fw_cfg::E820Type;
+use crate::error::MachineError;
 use crate::memory::{GuestRam, HIGHMEM_START, KVM_RESERVED};
 
 /// Where the GDT goes.
@@ -116,13 +117,13 @@ pub fn load(
     kernel: &mut File,
     initrd: Option<&[u8]>,
     cmdline: &str,
-) -> Result<EntryState, String> {
+) -> Result<EntryState, MachineError> {
     let mem = ram.memory();
     let loaded = BzImage::load(mem, None, kernel, Some(GuestAddress(KERNEL_ADDR)))
-        .map_err(|e| format!("not a bootable bzImage: {e}"))?;
+        .map_err(|e| MachineError::Boot(format!("not a bootable bzImage: {e}")))?;
     let hdr = loaded
         .setup_header
-        .ok_or_else(|| "the kernel has no setup header".to_string())?;
+        .ok_or_else(|| MachineError::Boot("the kernel has no setup header".to_string()))?;
     check_header(hdr.header, hdr.version, hdr.xloadflags)?;
     let mut params = boot_params {
         hdr,
@@ -145,7 +146,7 @@ pub fn load(
     }
     set_e820(&mut params, &e820_map(ram))?;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
-        .map_err(|e| format!("cannot write the zero page: {e}"))?;
+        .map_err(|e| MachineError::Boot(format!("cannot write the zero page: {e}")))?;
     write_gdt(ram)?;
     write_page_tables(ram)?;
     Ok(EntryState {
@@ -158,7 +159,7 @@ pub fn load(
 }
 
 /// Runs the ACPI table loader into the BIOS area, as SeaBIOS would; returns the RSDP's address.
-fn place_acpi(ram: &GuestRam) -> Result<u64, String> {
+fn place_acpi(ram: &GuestRam) -> Result<u64, MachineError> {
     let zones = place::Zones {
         fseg: ACPI_FSEG_AREA,
         high: ACPI_TABLES_AREA,
@@ -168,35 +169,39 @@ fn place_acpi(ram: &GuestRam) -> Result<u64, String> {
     loaded
         .file(acpi::ACPI_RSDP_FILE)
         .map(|f| f.addr)
-        .ok_or_else(|| "the ACPI table loader allocated no RSDP".to_string())
+        .ok_or_else(|| MachineError::Boot("the ACPI table loader allocated no RSDP".to_string()))
 }
 
 /// Refuses kernels too old for the 64-bit entry point.
-pub fn check_header(magic: u32, version: u16, xloadflags: u16) -> Result<(), String> {
+pub fn check_header(magic: u32, version: u16, xloadflags: u16) -> Result<(), MachineError> {
     if magic != HDRS_MAGIC {
-        return Err("not a bzImage (no HdrS signature)".to_string());
+        return Err(MachineError::Boot(
+            "not a bzImage (no HdrS signature)".to_string(),
+        ));
     }
     if version < MIN_PROTOCOL {
-        return Err(format!(
+        return Err(MachineError::Boot(format!(
             "boot protocol {}.{:02} is too old for a 64-bit entry (need 2.12)",
             version >> 8,
             version & 0xFF
-        ));
+        )));
     }
     if xloadflags & XLF_KERNEL_64 == 0 {
-        return Err("the kernel has no 64-bit entry point (XLF_KERNEL_64)".to_string());
+        return Err(MachineError::Boot(
+            "the kernel has no 64-bit entry point (XLF_KERNEL_64)".to_string(),
+        ));
     }
     Ok(())
 }
 
-fn write_cmdline(ram: &GuestRam, cmdline: &str, max: u32) -> Result<(), String> {
+fn write_cmdline(ram: &GuestRam, cmdline: &str, max: u32) -> Result<(), MachineError> {
     // Protocols before 2.06 leave cmdline_size 0 and mean 255.
     let max = if max == 0 { 255 } else { max as usize };
     if cmdline.len() > max || cmdline.contains('\0') {
-        return Err(format!(
+        return Err(MachineError::Boot(format!(
             "kernel command line is {} bytes, the kernel accepts at most {max}",
             cmdline.len()
-        ));
+        )));
     }
     let mut bytes = cmdline.as_bytes().to_vec();
     bytes.push(0);
@@ -204,7 +209,7 @@ fn write_cmdline(ram: &GuestRam, cmdline: &str, max: u32) -> Result<(), String> 
 }
 
 /// The page-aligned address just below the end of usable low RAM where the initrd fits.
-pub fn initrd_address(below_4g: u64, initrd_addr_max: u32, size: u64) -> Result<u64, String> {
+pub fn initrd_address(below_4g: u64, initrd_addr_max: u32, size: u64) -> Result<u64, MachineError> {
     let max = if initrd_addr_max == 0 {
         0x37FF_FFFF
     } else {
@@ -213,13 +218,15 @@ pub fn initrd_address(below_4g: u64, initrd_addr_max: u32, size: u64) -> Result<
     let top = below_4g.min(max + 1);
     match top.checked_sub(size) {
         Some(start) if start & !0xFFF >= KERNEL_ADDR => Ok(start & !0xFFF),
-        _ => Err(format!("initrd of {size} bytes does not fit in guest RAM")),
+        _ => Err(MachineError::Boot(format!(
+            "initrd of {size} bytes does not fit in guest RAM"
+        ))),
     }
 }
 
-fn set_e820(params: &mut boot_params, map: &[(u64, u64, E820Type)]) -> Result<(), String> {
+fn set_e820(params: &mut boot_params, map: &[(u64, u64, E820Type)]) -> Result<(), MachineError> {
     if map.len() > params.e820_table.len() {
-        return Err("too many e820 entries".to_string());
+        return Err(MachineError::Boot("too many e820 entries".to_string()));
     }
     for (slot, &(addr, size, kind)) in params.e820_table.iter_mut().zip(map) {
         *slot = boot_e820_entry {
@@ -232,17 +239,17 @@ fn set_e820(params: &mut boot_params, map: &[(u64, u64, E820Type)]) -> Result<()
     Ok(())
 }
 
-fn write_gdt(ram: &GuestRam) -> Result<(), String> {
+fn write_gdt(ram: &GuestRam) -> Result<(), MachineError> {
     let bytes: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
     ram.write(GuestAddress(GDT_ADDR), &bytes)
 }
 
 /// Identity-maps the first 4 GiB with 2 MiB pages: PML4[0] -> PDPT, PDPT[i] -> PD i.
-fn write_page_tables(ram: &GuestRam) -> Result<(), String> {
+fn write_page_tables(ram: &GuestRam) -> Result<(), MachineError> {
     let mem = ram.memory();
     let w = |addr: u64, v: u64| {
         mem.write_obj(v, GuestAddress(addr))
-            .map_err(|e| format!("cannot write page tables: {e}"))
+            .map_err(|e| MachineError::Boot(format!("cannot write page tables: {e}")))
     };
     w(PML4_ADDR, PDPT_ADDR | PTE_PRESENT_RW)?;
     for i in 0..4u64 {

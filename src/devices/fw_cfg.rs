@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::bus::BusDevice;
+use crate::error::MachineError;
 
 /// The selector port; the data port follows it.
 pub const FW_CFG_PORT_SEL: u16 = 0x510;
@@ -91,9 +92,11 @@ impl FwCfg {
     }
 
     /// Adds (or replaces) a named file; names longer than 55 bytes are refused.
-    pub fn add_file(&mut self, name: &str, data: Vec<u8>) -> Result<(), String> {
+    pub fn add_file(&mut self, name: &str, data: Vec<u8>) -> Result<(), MachineError> {
         if name.len() >= FILE_NAME_LEN {
-            return Err(format!("fw_cfg file name too long: {name}"));
+            return Err(MachineError::Device(format!(
+                "fw_cfg file name too long: {name}"
+            )));
         }
         let key = match self.files.get(name) {
             Some(&key) => key,

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use super::ResetRequest;
 use crate::bus::{lock, BusDevice};
+use crate::error::MachineError;
 
 /// Standard header offsets.
 pub const PCI_VENDOR_ID: usize = 0x00;
@@ -203,14 +204,14 @@ impl Default for PciBus {
 
 impl PciBus {
     /// Plugs `function` in at `devfn`; fails if the slot is taken.
-    pub fn add(&mut self, devfn: u8, function: PciFunctionRef) -> Result<(), String> {
+    pub fn add(&mut self, devfn: u8, function: PciFunctionRef) -> Result<(), MachineError> {
         let slot = &mut self.functions[devfn as usize];
         if slot.is_some() {
-            return Err(format!(
+            return Err(MachineError::Device(format!(
                 "PCI slot {:02x}.{} is already in use",
                 devfn >> 3,
                 devfn & 7
-            ));
+            )));
         }
         *slot = Some(function);
         Ok(())

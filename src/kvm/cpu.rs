@@ -7,6 +7,8 @@
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
 
+use crate::error::MachineError;
+
 const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_SYSENTER_CS: u32 = 0x174;
 const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
@@ -30,10 +32,10 @@ const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
 /// Exposes what KVM supports, with the topology fields of a single-thread package.
-pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, id: u8) -> Result<(), String> {
+pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, id: u8) -> Result<(), MachineError> {
     let mut cpuid: CpuId = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID failed: {e}"))?;
+        .map_err(|e| MachineError::Kvm(format!("KVM_GET_SUPPORTED_CPUID failed: {e}")))?;
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             1 => {
@@ -50,11 +52,11 @@ pub fn setup_cpuid(kvm: &Kvm, vcpu: &VcpuFd, id: u8) -> Result<(), String> {
         }
     }
     vcpu.set_cpuid2(&cpuid)
-        .map_err(|e| format!("KVM_SET_CPUID2 failed: {e}"))
+        .map_err(|e| MachineError::Kvm(format!("KVM_SET_CPUID2 failed: {e}")))
 }
 
 /// The MSR values of a freshly reset CPU as QEMU programs them.
-pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), String> {
+pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), MachineError> {
     let values = [
         (MSR_IA32_SYSENTER_CS, 0),
         (MSR_IA32_SYSENTER_ESP, 0),
@@ -76,10 +78,11 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), String> {
             ..Default::default()
         })
         .collect();
-    let msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
+    let msrs =
+        Msrs::from_entries(&entries).map_err(|e| MachineError::Kvm(format!("MSR list: {e:?}")))?;
     let set = vcpu
         .set_msrs(&msrs)
-        .map_err(|e| format!("KVM_SET_MSRS failed: {e}"))?;
+        .map_err(|e| MachineError::Kvm(format!("KVM_SET_MSRS failed: {e}")))?;
     if set != entries.len() {
         // KVM stops at the first MSR it refuses; the rest keep their reset values.
         let refused = entries[set].index;
@@ -101,27 +104,27 @@ fn set_lapic_reg(regs: &mut [std::os::raw::c_char], off: usize, v: u32) {
 
 /// LINT0 = ExtINT (the 8259's output), LINT1 = NMI: the wiring of a PC's local APIC. Without
 /// it the in-kernel PIC's interrupts are not accepted once the guest enables the LAPIC.
-pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), String> {
+pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), MachineError> {
     let mut lapic = vcpu
         .get_lapic()
-        .map_err(|e| format!("KVM_GET_LAPIC failed: {e}"))?;
+        .map_err(|e| MachineError::Kvm(format!("KVM_GET_LAPIC failed: {e}")))?;
     for (off, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
         let v = lapic_reg(&lapic.regs, off);
         set_lapic_reg(&mut lapic.regs, off, (v & !0x700) | mode << 8);
     }
     vcpu.set_lapic(&lapic)
-        .map_err(|e| format!("KVM_SET_LAPIC failed: {e}"))
+        .map_err(|e| MachineError::Kvm(format!("KVM_SET_LAPIC failed: {e}")))
 }
 
 /// x87 control word and MXCSR at their reset values.
-pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), String> {
+pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), MachineError> {
     let fpu = kvm_fpu {
         fcw: 0x37F,
         mxcsr: 0x1F80,
         ..Default::default()
     };
     vcpu.set_fpu(&fpu)
-        .map_err(|e| format!("KVM_SET_FPU failed: {e}"))
+        .map_err(|e| MachineError::Kvm(format!("KVM_SET_FPU failed: {e}")))
 }
 
 /// The registers in the layout QEMU prints on a KVM internal error (abridged).
@@ -161,11 +164,14 @@ pub fn dump_state(vcpu: &VcpuFd) -> String {
 
 /// Puts the vCPU at a Linux kernel's 64-bit entry point: long mode with paging, the boot
 /// GDT's code (0x10) and data (0x18) segments, interrupts off.
-pub fn enter_linux(vcpu: &VcpuFd, entry: &crate::boot::linux::EntryState) -> Result<(), String> {
+pub fn enter_linux(
+    vcpu: &VcpuFd,
+    entry: &crate::boot::linux::EntryState,
+) -> Result<(), MachineError> {
     use crate::boot::linux::{BOOT_CS, BOOT_DS, GDT};
     let mut sregs = vcpu
         .get_sregs()
-        .map_err(|e| format!("KVM_GET_SREGS failed: {e}"))?;
+        .map_err(|e| MachineError::Kvm(format!("KVM_GET_SREGS failed: {e}")))?;
     let segment = |selector: u16| {
         let desc = GDT[(selector >> 3) as usize];
         kvm_bindings::kvm_segment {
@@ -195,7 +201,7 @@ pub fn enter_linux(vcpu: &VcpuFd, entry: &crate::boot::linux::EntryState) -> Res
     sregs.efer = 0x500;
     sregs.cr3 = entry.cr3;
     vcpu.set_sregs(&sregs)
-        .map_err(|e| format!("KVM_SET_SREGS failed: {e}"))?;
+        .map_err(|e| MachineError::Kvm(format!("KVM_SET_SREGS failed: {e}")))?;
     let regs = kvm_bindings::kvm_regs {
         rip: entry.rip,
         rsi: entry.rsi,
@@ -205,5 +211,5 @@ pub fn enter_linux(vcpu: &VcpuFd, entry: &crate::boot::linux::EntryState) -> Res
         ..Default::default()
     };
     vcpu.set_regs(&regs)
-        .map_err(|e| format!("KVM_SET_REGS failed: {e}"))
+        .map_err(|e| MachineError::Kvm(format!("KVM_SET_REGS failed: {e}")))
 }

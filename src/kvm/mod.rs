@@ -19,6 +19,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 
 use crate::devices::{Irq, IrqLine};
+use crate::error::MachineError;
 use crate::memory::{GuestRam, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
 
 /// The device node.
@@ -30,14 +31,15 @@ pub struct Vm {
     fd: Arc<VmFd>,
 }
 
-fn kvm_err(what: &str) -> impl Fn(kvm_ioctls::Error) -> String + '_ {
-    move |e| format!("{what} failed: {e}")
+fn kvm_err(what: &str) -> impl Fn(kvm_ioctls::Error) -> MachineError + '_ {
+    move |e| MachineError::Kvm(format!("{what} failed: {e}"))
 }
 
 impl Vm {
     /// Opens /dev/kvm and creates a VM over `ram`.
-    pub fn new(ram: &GuestRam) -> Result<Vm, String> {
-        let kvm = Kvm::new().map_err(|e| format!("Could not access KVM kernel module: {e}"))?;
+    pub fn new(ram: &GuestRam) -> Result<Vm, MachineError> {
+        let kvm = Kvm::new()
+            .map_err(|e| MachineError::Kvm(format!("Could not access KVM kernel module: {e}")))?;
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
             .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
@@ -58,12 +60,12 @@ impl Vm {
         Ok(vm)
     }
 
-    fn map_memory(&self, ram: &GuestRam) -> Result<(), String> {
+    fn map_memory(&self, ram: &GuestRam) -> Result<(), MachineError> {
         let readonly_ok = self.fd.check_extension(Cap::ReadonlyMem);
         for (slot, s) in ram.slots().iter().enumerate() {
-            let host = ram
-                .host_address(s.guest_addr)
-                .ok_or_else(|| format!("no host mapping for {:#x}", s.guest_addr))?;
+            let host = ram.host_address(s.guest_addr).ok_or_else(|| {
+                MachineError::Kvm(format!("no host mapping for {:#x}", s.guest_addr))
+            })?;
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
                 // Without read-only slots the ROM is writable RAM, harmless for SeaBIOS.
@@ -100,7 +102,7 @@ impl Vm {
     }
 
     /// Creates vCPU `id` with CPUID, MSRs, LAPIC and FPU in their power-on configuration.
-    pub fn create_vcpu(&self, id: u8) -> Result<VcpuFd, String> {
+    pub fn create_vcpu(&self, id: u8) -> Result<VcpuFd, MachineError> {
         let vcpu = self
             .fd
             .create_vcpu(id as u64)

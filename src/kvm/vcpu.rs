@@ -17,6 +17,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use super::cpu::dump_state;
 use crate::bus::{Bql, Bus};
 use crate::devices::ResetRequest;
+use crate::error::MachineError;
 
 /// Why the loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,7 +31,11 @@ pub enum RunExit {
 }
 
 /// Runs `vcpu` until the guest resets or powers off, or KVM fails.
-pub fn run_loop(vcpu: &mut VcpuFd, bql: &Bql, reset: &ResetRequest) -> Result<RunExit, String> {
+pub fn run_loop(
+    vcpu: &mut VcpuFd,
+    bql: &Bql,
+    reset: &ResetRequest,
+) -> Result<RunExit, MachineError> {
     let run: *const kvm_run = vcpu.get_kvm_run();
     loop {
         if crate::runstate::stop_requested() {
@@ -104,8 +109,8 @@ pub fn pio_out(bus: &Bus, port: u16, data: &[u8], size: usize) {
     bus.write_string(port as u64, size, data);
 }
 
-fn failure(vcpu: &VcpuFd, what: &str) -> String {
-    format!("{what}\n{}", dump_state(vcpu))
+fn failure(vcpu: &VcpuFd, what: &str) -> MachineError {
+    MachineError::Kvm(format!("{what}\n{}", dump_state(vcpu)))
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use crate::devices::ide::{
 use crate::devices::pci::{pc_pci_bus, BarKind, PciBarWindow, PciHost, PCI_CONFIG_ADDRESS};
 use crate::devices::serial::{SerialPort, COM1_BASE, COM1_IRQ};
 use crate::devices::{Port92, ResetRequest};
+use crate::error::MachineError;
 use crate::kvm::vcpu::{run_loop, RunExit};
 use crate::kvm::{cpu, Vm};
 use crate::main_loop::MainLoop;
@@ -88,7 +89,7 @@ impl Machine {
         boot: &Boot,
         out: &Outputs,
         main: AioContextHandle,
-    ) -> Result<Machine, String> {
+    ) -> Result<Machine, MachineError> {
         let firmware = match boot {
             Boot::Bios(image) => Some(image.as_slice()),
             Boot::Linux { .. } => None,
@@ -102,11 +103,11 @@ impl Machine {
                 cmdline,
             } => {
                 let mut f = File::open(kernel).map_err(|e| {
-                    format!(
+                    MachineError::Machine(format!(
                         "could not open kernel file '{}': {}",
                         kernel.display(),
                         os_error(&e)
-                    )
+                    ))
                 })?;
                 Some(linux::load(&ram, &mut f, initrd.as_deref(), cmdline)?)
             }
@@ -132,7 +133,7 @@ impl Machine {
     }
 
     /// Runs the guest on the calling thread (the vCPU thread) until it resets or stops.
-    pub fn run(self) -> Result<RunExit, String> {
+    pub fn run(self) -> Result<RunExit, MachineError> {
         let _kickable = crate::runstate::enter_vcpu_thread();
         let mut vcpu = self.vm.create_vcpu(0)?;
         if let Some(entry) = &self.entry {
@@ -164,7 +165,7 @@ fn build_devices(
     reset: &ResetRequest,
     out: &Outputs,
     main: &AioContextHandle,
-) -> Result<Built, String> {
+) -> Result<Built, MachineError> {
     let mut buses = IoBuses::default();
     let pio = &mut buses.pio;
     let serial = out
@@ -210,7 +211,7 @@ fn build_ide(
     vm: &Vm,
     main: &AioContextHandle,
     pio: &mut crate::bus::Bus,
-) -> Result<Arc<Mutex<Piix3Ide>>, String> {
+) -> Result<Arc<Mutex<Piix3Ide>>, MachineError> {
     let mut disks: [[Option<DriveConfig>; 2]; 2] = Default::default();
     for (bus, units) in cfg.ide.iter().enumerate() {
         for (unit, id) in units.iter().enumerate() {
@@ -246,7 +247,7 @@ fn build_ide(
 }
 
 /// What SeaBIOS learns through fw_cfg: RAM layout, CPU count, console and boot policy.
-fn firmware_config(cfg: &VmConfig, ram: &GuestRam) -> Result<FwCfg, String> {
+fn firmware_config(cfg: &VmConfig, ram: &GuestRam) -> Result<FwCfg, MachineError> {
     let mut fw = FwCfg::default();
     fw.add_bytes(
         fw_cfg::FW_CFG_RAM_SIZE,
@@ -305,36 +306,38 @@ fn start_rtc_timer(
 }
 
 /// Runs the emulator: boots, and boots again after each guest reset unless `-no-reboot`.
-pub fn run(cfg: &VmConfig) -> Result<(), String> {
+pub fn run(cfg: &VmConfig) -> Result<(), MachineError> {
     if cfg.accel == crate::vm_config::Accel::Qtest {
         return qtest::run(cfg);
     }
     if cfg.machine_none {
-        return Err("machine 'none' is supported by rqemu only with -accel qtest".to_string());
+        return Err(MachineError::Machine(
+            "machine 'none' is supported by rqemu only with -accel qtest".to_string(),
+        ));
     }
     if cfg.start_paused {
-        return Err(
+        return Err(MachineError::Machine(
             "-S: starting a KVM guest paused is not supported by rqemu yet \
                     (only with -accel qtest)"
                 .to_string(),
-        );
+        ));
     }
     let boot = prepare_boot(cfg)?;
     // Before any other thread starts: they all inherit the blocked termination signals.
-    crate::runstate::init()?;
+    crate::runstate::init().map_err(MachineError::Machine)?;
     let out = open_outputs(cfg)?;
-    let main = MainLoop::start(cfg.drives.clone())?;
+    let main = MainLoop::start(cfg.drives.clone()).map_err(MachineError::Machine)?;
     crate::monitor::qmp::machine::init(cfg.accel, false);
-    crate::monitor::start_all(cfg, &main.handle())?;
+    crate::monitor::start_all(cfg, &main.handle()).map_err(MachineError::Machine)?;
     if let Err(e) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(crate::kvm::KVM_DEVICE)
     {
-        return Err(format!(
+        return Err(MachineError::Machine(format!(
             "Could not access KVM kernel module: {}",
             os_error(&e)
-        ));
+        )));
     }
     // `-boot once=` is for the first boot only.
     let mut cfg = std::borrow::Cow::Borrowed(cfg);
@@ -346,10 +349,10 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
         let vcpu = std::thread::Builder::new()
             .name("vcpu0".into())
             .spawn(move || machine.run())
-            .map_err(|e| format!("cannot start the vCPU thread: {e}"))?;
+            .map_err(|e| MachineError::Machine(format!("cannot start the vCPU thread: {e}")))?;
         let exit = vcpu
             .join()
-            .map_err(|_| "the vCPU thread panicked".to_string())??;
+            .map_err(|_| MachineError::Machine("the vCPU thread panicked".to_string()))??;
         if exit != RunExit::Reset || cfg.no_reboot {
             break;
         }
@@ -359,24 +362,24 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
 }
 
 /// Reads the firmware or the kernel files named on the command line.
-fn prepare_boot(cfg: &VmConfig) -> Result<Boot, String> {
+fn prepare_boot(cfg: &VmConfig) -> Result<Boot, MachineError> {
     let Some(kernel) = &cfg.kernel else {
         return Ok(Boot::Bios(bios::load_bios(&cfg.bios)?));
     };
     File::open(kernel).map_err(|e| {
-        format!(
+        MachineError::Machine(format!(
             "could not open kernel file '{}': {}",
             kernel.display(),
             os_error(&e)
-        )
+        ))
     })?;
     let initrd = match &cfg.initrd {
         Some(path) => Some(std::fs::read(path).map_err(|e| {
-            format!(
+            MachineError::Machine(format!(
                 "could not load initial ram disk '{}': {}",
                 path.display(),
                 os_error(&e)
-            )
+            ))
         })?),
         None => None,
     };
@@ -395,18 +398,20 @@ fn os_error(e: &std::io::Error) -> String {
     }
 }
 
-fn open_outputs(cfg: &VmConfig) -> Result<Outputs, String> {
-    let open = |opt: &str, backend: &CharBackend| -> Result<Option<CharOut>, String> {
+fn open_outputs(cfg: &VmConfig) -> Result<Outputs, MachineError> {
+    let open = |opt: &str, backend: &CharBackend| -> Result<Option<CharOut>, MachineError> {
         if *backend == CharBackend::None {
             return Ok(None);
         }
-        CharOut::open(backend).map(Some).map_err(|e| match backend {
-            CharBackend::File(path) => format!(
-                "{opt} file:{0}: Could not open '{0}': {1}",
-                path.display(),
-                os_error(&e)
-            ),
-            _ => format!("{opt}: {}", os_error(&e)),
+        CharOut::open(backend).map(Some).map_err(|e| {
+            MachineError::Machine(match backend {
+                CharBackend::File(path) => format!(
+                    "{opt} file:{0}: Could not open '{0}': {1}",
+                    path.display(),
+                    os_error(&e)
+                ),
+                _ => format!("{opt}: {}", os_error(&e)),
+            })
         })
     };
     let serial_input = (cfg.serial == CharBackend::Stdio).then(|| {

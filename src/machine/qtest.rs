@@ -6,13 +6,14 @@
 //! drives the block layer through the monitor. The run ends on `quit` or a termination
 //! signal; the drives are then drained and closed.
 
+use crate::error::MachineError;
 use crate::main_loop::MainLoop;
 use crate::vm_config::VmConfig;
 
 /// Runs until the monitor or a signal ends the run.
-pub fn run(cfg: &VmConfig) -> Result<(), String> {
-    crate::runstate::init()?;
-    let main = MainLoop::start(cfg.drives.clone())?;
+pub fn run(cfg: &VmConfig) -> Result<(), MachineError> {
+    crate::runstate::init().map_err(MachineError::Machine)?;
+    let main = MainLoop::start(cfg.drives.clone()).map_err(MachineError::Machine)?;
     let handle = main.handle();
     // The disk devices attach their drives (a `-blockdev` node gets its device backend).
     let attached: Vec<String> = cfg
@@ -28,9 +29,9 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
     });
     crate::monitor::qmp::machine::init(cfg.accel, cfg.start_paused);
     if let Some(backend) = &cfg.qtest {
-        crate::qtest::start(backend)?;
+        crate::qtest::start(backend).map_err(MachineError::Machine)?;
     }
-    crate::monitor::start_all(cfg, &handle)?;
+    crate::monitor::start_all(cfg, &handle).map_err(MachineError::Machine)?;
     crate::runstate::wait_for_stop();
     main.shutdown();
     Ok(())

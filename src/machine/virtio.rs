@@ -22,6 +22,7 @@ use crate::devices::pci::PciBus;
 use crate::devices::virtio::block::{VirtioBlk, VirtioBlkConf, VirtioBlkHandler};
 use crate::devices::virtio::kvm_glue::{IrqfdLine, VirtioPciFunction};
 use crate::devices::virtio::pci::VirtioPciDevice;
+use crate::error::MachineError;
 use crate::kvm::Vm;
 use crate::vm_config::{VirtioDiskConfig, FIRST_VIRTIO_SLOT};
 
@@ -40,7 +41,7 @@ impl Drop for VirtioDisks {
 fn drive_facts(
     main: &AioContextHandle,
     ids: Vec<String>,
-) -> Result<Vec<Option<(u64, bool)>>, String> {
+) -> Result<Vec<Option<(u64, bool)>>, MachineError> {
     let (tx, rx) = mpsc::channel();
     main.schedule_bh(move || {
         let facts = ids
@@ -49,8 +50,9 @@ fn drive_facts(
             .collect::<Vec<_>>();
         let _ = tx.send(facts);
     });
-    rx.recv()
-        .map_err(|_| "the main loop ended while plugging virtio disks".to_string())
+    rx.recv().map_err(|_| {
+        MachineError::Machine("the main loop ended while plugging virtio disks".to_string())
+    })
 }
 
 /// The fw_cfg `bootorder` file: the OpenFirmware paths of the disks with a `bootindex`, in
@@ -79,15 +81,15 @@ pub fn bootorder(disks: &[VirtioDiskConfig]) -> Vec<u8> {
 }
 
 /// Picks each disk's slot: explicit `addr=` first, then the free slots from 02 up.
-fn assign_slots(disks: &[VirtioDiskConfig]) -> Result<Vec<u8>, String> {
+fn assign_slots(disks: &[VirtioDiskConfig]) -> Result<Vec<u8>, MachineError> {
     let mut taken = BTreeSet::new();
     for d in disks {
         if let Some(s) = d.slot {
             if !taken.insert(s) {
-                return Err(format!(
+                return Err(MachineError::Machine(format!(
                     "{}: PCI slot {s:02x}.0 is already in use",
                     d.origin
-                ));
+                )));
             }
         }
     }
@@ -101,7 +103,10 @@ fn assign_slots(disks: &[VirtioDiskConfig]) -> Result<Vec<u8>, String> {
                     next += 1;
                 }
                 if next >= 32 {
-                    return Err(format!("{}: no free PCI slot", d.origin));
+                    return Err(MachineError::Machine(format!(
+                        "{}: no free PCI slot",
+                        d.origin
+                    )));
                 }
                 taken.insert(next);
                 next
@@ -119,8 +124,8 @@ pub fn plug_all(
     vm: &Vm,
     mem: &GuestMemoryMmap,
     main: &AioContextHandle,
-) -> Result<VirtioDisks, String> {
-    let stop = Arc::new(EventNotifier::new().map_err(|e| e.to_string())?);
+) -> Result<VirtioDisks, MachineError> {
+    let stop = Arc::new(EventNotifier::new().map_err(|e| MachineError::Machine(e.to_string()))?);
     let guard = VirtioDisks { stop: stop.clone() };
     if disks.is_empty() {
         return Ok(guard);
@@ -128,10 +133,10 @@ pub fn plug_all(
     let mut used = BTreeSet::new();
     for d in disks {
         if !used.insert(d.drive.as_str()) {
-            return Err(format!(
+            return Err(MachineError::Machine(format!(
                 "{}: Drive '{}' is already in use by another device",
                 d.origin, d.drive
-            ));
+            )));
         }
     }
     let facts = drive_facts(main, disks.iter().map(|d| d.drive.clone()).collect())?;
@@ -139,10 +144,10 @@ pub fn plug_all(
     let mem = Arc::new(mem.clone());
     for ((disk, fact), slot) in disks.iter().zip(facts).zip(slots) {
         let Some((length, read_only)) = fact else {
-            return Err(format!(
+            return Err(MachineError::Machine(format!(
                 "{}: Property 'virtio-blk-pci.drive' can't find value '{}'",
                 disk.origin, disk.drive
-            ));
+            )));
         };
         plug_one(disk, (length, read_only), slot, bus, vm, &mem, main, &stop)?;
     }
@@ -159,8 +164,8 @@ fn plug_one(
     mem: &Arc<GuestMemoryMmap>,
     main: &AioContextHandle,
     stop: &Arc<EventNotifier>,
-) -> Result<(), String> {
-    let err = |e: block::Error| format!("{}: {e}", disk.origin);
+) -> Result<(), MachineError> {
+    let err = |e: block::Error| MachineError::Machine(format!("{}: {e}", disk.origin));
     let conf = VirtioBlkConf {
         serial: disk.serial.clone(),
         ..VirtioBlkConf::default()
@@ -173,7 +178,7 @@ fn plug_one(
     let notifiers = dev.notifiers();
     let function = VirtioPciFunction::new(dev, irq.clone(), vm.fd().clone())?;
     bus.add(slot << 3, Arc::new(std::sync::Mutex::new(function)))
-        .map_err(|e| format!("{}: {e}", disk.origin))?;
+        .map_err(|e| MachineError::Machine(format!("{}: {e}", disk.origin)))?;
     let (mem, stop, drive) = (mem.clone(), stop.clone(), disk.drive.clone());
     main.schedule_bh(move || {
         let Some(blk) = crate::drives::lookup(&drive) else {

@@ -9,6 +9,8 @@
 
 use block::Options;
 
+use crate::error::MachineError;
+
 /// The boot devices a `pc` machine takes in CMOS.
 pub const MAX_BOOT_DEVICES: usize = 3;
 
@@ -29,8 +31,9 @@ pub struct BootOptions {
 
 impl BootOptions {
     /// Applies one `-boot` argument over the earlier ones (QEMU merges repeated -boot).
-    pub fn parse(&mut self, arg: &str) -> Result<(), String> {
-        let opts = Options::parse_keyval(arg, Some("order")).map_err(|e| e.to_string())?;
+    pub fn parse(&mut self, arg: &str) -> Result<(), MachineError> {
+        let opts = Options::parse_keyval(arg, Some("order"))
+            .map_err(|e| MachineError::Config(e.to_string()))?;
         for (key, value) in opts.iter() {
             match key {
                 "order" => self.order = Some(validate_order(value)?),
@@ -41,12 +44,14 @@ impl BootOptions {
                 }
                 "splash-time" => {
                     let ms = value.parse().map_err(|_| {
-                        format!("Parameter 'splash-time' expects uint32, got '{value}'")
+                        MachineError::Config(format!(
+                            "Parameter 'splash-time' expects uint32, got '{value}'"
+                        ))
                     })?;
                     self.splash_time = Some(ms);
                 }
                 "reboot-timeout" => self.reboot_timeout = Some(parse_reboot_timeout(value)?),
-                _ => return Err(format!("Invalid parameter '{key}'")),
+                _ => return Err(MachineError::Config(format!("Invalid parameter '{key}'"))),
             }
         }
         Ok(())
@@ -78,42 +83,53 @@ fn cmos_code(letter: u8) -> Option<u8> {
 }
 
 /// Checks a boot order string the way QEMU does: letters it knows, no repeats, at most three.
-fn validate_order(order: &str) -> Result<String, String> {
+fn validate_order(order: &str) -> Result<String, MachineError> {
     for (i, letter) in order.bytes().enumerate() {
         if !(b'a'..=b'p').contains(&letter) {
-            return Err(format!("Invalid boot device '{}'", letter as char));
+            return Err(MachineError::Config(format!(
+                "Invalid boot device '{}'",
+                letter as char
+            )));
         }
         if order.as_bytes()[..i].contains(&letter) {
-            return Err(format!("Boot device '{}' was given twice", letter as char));
+            return Err(MachineError::Config(format!(
+                "Boot device '{}' was given twice",
+                letter as char
+            )));
         }
         if cmos_code(letter).is_none() {
-            return Err(format!("Invalid boot device for PC: '{}'", letter as char));
+            return Err(MachineError::Config(format!(
+                "Invalid boot device for PC: '{}'",
+                letter as char
+            )));
         }
     }
     if order.len() > MAX_BOOT_DEVICES {
-        return Err("Too many boot devices for PC".to_string());
+        return Err(MachineError::Config(
+            "Too many boot devices for PC".to_string(),
+        ));
     }
     Ok(order.to_string())
 }
 
-fn parse_on_off(key: &str, value: &str) -> Result<bool, String> {
+fn parse_on_off(key: &str, value: &str) -> Result<bool, MachineError> {
     match value {
         "on" | "yes" | "true" => Ok(true),
         "off" | "no" | "false" => Ok(false),
-        _ => Err(format!(
+        _ => Err(MachineError::Config(format!(
             "Parameter '{key}' expects 'on' or 'off', got '{value}'"
-        )),
+        ))),
     }
 }
 
-fn parse_reboot_timeout(value: &str) -> Result<i64, String> {
-    let ms: i64 = value
-        .parse()
-        .map_err(|_| "Parameter 'reboot-timeout' expects a number".to_string())?;
+fn parse_reboot_timeout(value: &str) -> Result<i64, MachineError> {
+    let ms: i64 = value.parse().map_err(|_| {
+        MachineError::Config("Parameter 'reboot-timeout' expects a number".to_string())
+    })?;
     if !(-1..=0xffff).contains(&ms) {
-        return Err(
+        return Err(MachineError::Config(
             "reboot timeout is invalid, it should be a value between -1 and 65535".to_string(),
-        );
+        ));
     }
     Ok(ms)
 }
@@ -139,16 +155,19 @@ mod tests {
     fn bad_orders_are_refused_with_qemus_words() {
         let mut b = BootOptions::default();
         assert_eq!(
-            b.parse("order=cc").unwrap_err(),
+            b.parse("order=cc").unwrap_err().to_string(),
             "Boot device 'c' was given twice"
         );
-        assert_eq!(b.parse("order=x").unwrap_err(), "Invalid boot device 'x'");
         assert_eq!(
-            b.parse("order=e").unwrap_err(),
+            b.parse("order=x").unwrap_err().to_string(),
+            "Invalid boot device 'x'"
+        );
+        assert_eq!(
+            b.parse("order=e").unwrap_err().to_string(),
             "Invalid boot device for PC: 'e'"
         );
         assert_eq!(
-            b.parse("order=acdn").unwrap_err(),
+            b.parse("order=acdn").unwrap_err().to_string(),
             "Too many boot devices for PC"
         );
         assert!(b.parse("menu=maybe").is_err());

@@ -6,37 +6,47 @@ use block::Options;
 use super::{VmConfig, IDE_BUSES, IDE_UNITS};
 use crate::devices::virtio::pci::VirtioPciConf;
 use crate::drives::DriveInterface;
+use crate::error::MachineError;
 
 /// `-device DRIVER,...`: `ide-hd,drive=ID[,bus=ide.N][,unit=M]` attaches an `if=none` drive.
-pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
-    let mut opts = Options::parse_keyval(arg, Some("driver")).map_err(|e| e.to_string())?;
+pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError> {
+    let mut opts = Options::parse_keyval(arg, Some("driver"))
+        .map_err(|e| MachineError::Config(e.to_string()))?;
     let driver = opts.take("driver").unwrap_or_default();
     match driver.as_str() {
         "ide-hd" | "ide-cd" => {}
         d if is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
-        _ => return Err(format!("'{driver}' is not a valid device model name")),
+        _ => {
+            return Err(MachineError::Config(format!(
+                "'{driver}' is not a valid device model name"
+            )))
+        }
     }
     let Some(drive) = opts.take("drive") else {
-        return Err("No drive specified".to_string());
+        return Err(MachineError::Config("No drive specified".to_string()));
     };
     let bus = match opts.take("bus") {
         None => None,
         Some(b) => match b.as_str() {
             "ide.0" => Some(0),
             "ide.1" => Some(1),
-            _ => return Err(format!("Bus '{b}' not found")),
+            _ => return Err(MachineError::Config(format!("Bus '{b}' not found"))),
         },
     };
-    let unit = opts.take_u64("unit").map_err(|e| e.to_string())?;
+    let unit = opts
+        .take_u64("unit")
+        .map_err(|e| MachineError::Config(e.to_string()))?;
     // The qdev id names the device for the monitor; rqemu's IDE slots are found by drive.
     opts.take("id");
     if let Some((key, _)) = opts.iter().next() {
-        return Err(format!("Property '{driver}.{key}' not found"));
+        return Err(MachineError::Config(format!(
+            "Property '{driver}.{key}' not found"
+        )));
     }
     let Some(d) = cfg.drives.iter().find(|d| d.id == drive) else {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "Property '{driver}.drive' can't find value '{drive}'"
-        ));
+        )));
     };
     let in_use = cfg
         .ide
@@ -45,9 +55,9 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> 
         .any(|s| s.as_deref() == Some(&drive))
         || cfg.virtio_disks.iter().any(|v| v.drive == drive);
     if d.interface != DriveInterface::None || in_use {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "Property '{driver}.drive' can't take value '{drive}', it's in use"
-        ));
+        )));
     }
     let (bus, unit) = ide_device_slot(cfg, bus, unit)?;
     cfg.ide[bus][unit] = Some(drive);
@@ -56,20 +66,20 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> 
 }
 
 /// `-device virtio-blk-pci,drive=ID,...`: attaches an `if=none` drive to a virtio disk.
-fn parse_virtio_device(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
+fn parse_virtio_device(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError> {
     let disk = parse_virtio_blk(arg)?;
     let id = disk.drive.as_str();
     let Some(d) = cfg.drives.iter().find(|d| d.id == id) else {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "Property 'virtio-blk-pci.drive' can't find value '{id}'"
-        ));
+        )));
     };
     let in_use = cfg.ide.iter().flatten().any(|s| s.as_deref() == Some(id))
         || cfg.virtio_disks.iter().any(|v| v.drive == id);
     if d.interface != DriveInterface::None || in_use {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "Property 'virtio-blk-pci.drive' can't take value '{id}', it's in use"
-        ));
+        )));
     }
     cfg.virtio_disks.push(disk);
     Ok(())
@@ -80,17 +90,17 @@ fn ide_device_slot(
     cfg: &VmConfig,
     bus: Option<usize>,
     unit: Option<u64>,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize), MachineError> {
     if let Some(u) = unit.filter(|u| *u >= IDE_UNITS as u64) {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "Can't create IDE unit {u}, bus supports only {IDE_UNITS} units"
-        ));
+        )));
     }
     let buses = bus.map_or(0..IDE_BUSES, |b| b..b + 1);
     for b in buses {
         if let Some(u) = unit {
             if cfg.ide[b][u as usize].is_some() {
-                return Err(format!("IDE unit {u} is in use"));
+                return Err(MachineError::Config(format!("IDE unit {u} is in use")));
             }
             return Ok((b, u as usize));
         }
@@ -98,7 +108,7 @@ fn ide_device_slot(
             return Ok((b, u));
         }
     }
-    Err("IDE bus is full".to_string())
+    Err(MachineError::Config("IDE bus is full".to_string()))
 }
 
 /// The first PCI slot handed out to virtio disks without `addr=` (00:01 is the PIIX3).
@@ -140,19 +150,23 @@ pub(super) fn is_virtio_blk(driver: &str) -> bool {
     matches!(driver, "virtio-blk-pci" | "virtio-blk")
 }
 
-fn parse_bool(prop: &str, v: &str) -> Result<bool, String> {
+fn parse_bool(prop: &str, v: &str) -> Result<bool, MachineError> {
     match v {
         "on" | "true" | "yes" => Ok(true),
         "off" | "false" | "no" => Ok(false),
-        _ => Err(format!(
+        _ => Err(MachineError::Config(format!(
             "Parameter '{prop}' expects 'on' or 'off' (got '{v}')"
-        )),
+        ))),
     }
 }
 
 /// `addr=S` or `addr=S.F` (hex, as QEMU): function must be 0, slots 2-31 are free for us.
-fn parse_addr(v: &str) -> Result<u8, String> {
-    let bad = || format!("Property 'virtio-blk-pci.addr' doesn't take value '{v}'");
+fn parse_addr(v: &str) -> Result<u8, MachineError> {
+    let bad = || {
+        MachineError::Config(format!(
+            "Property 'virtio-blk-pci.addr' doesn't take value '{v}'"
+        ))
+    };
     let (slot, func) = v.split_once('.').unwrap_or((v, "0"));
     let slot = u8::from_str_radix(slot.trim_start_matches("0x"), 16).map_err(|_| bad())?;
     let func = u8::from_str_radix(func, 16).map_err(|_| bad())?;
@@ -160,16 +174,16 @@ fn parse_addr(v: &str) -> Result<u8, String> {
         return Err(bad());
     }
     if func != 0 || slot < FIRST_VIRTIO_SLOT {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "addr={v}: rqemu plugs virtio disks only at function 0 of slots 02-1f"
-        ));
+        )));
     }
     Ok(slot)
 }
 
 /// Parses `virtio-blk-pci,drive=ID,serial=S,num-queues=1,disable-legacy=,disable-modern=,
 /// addr=` (what rqemu supports of QEMU's properties).
-pub(super) fn parse_virtio_blk(arg: &str) -> Result<VirtioDiskConfig, String> {
+pub(super) fn parse_virtio_blk(arg: &str) -> Result<VirtioDiskConfig, MachineError> {
     let mut parts = arg.split(',');
     let driver = parts.next().unwrap_or("");
     let mut disk = VirtioDiskConfig::for_drive("", &format!("-device {arg}"));
@@ -181,17 +195,21 @@ pub(super) fn parse_virtio_blk(arg: &str) -> Result<VirtioDiskConfig, String> {
             "serial" => disk.serial = value.to_string(),
             "num-queues" => match value.parse::<u32>() {
                 Ok(1) => {}
-                Ok(0) => return Err("num-queues property must be larger than 0".to_string()),
-                Ok(n) => {
-                    return Err(format!(
-                        "num-queues={n}: multiqueue virtio-blk is not supported by rqemu \
-                         (only num-queues=1)"
+                Ok(0) => {
+                    return Err(MachineError::Config(
+                        "num-queues property must be larger than 0".to_string(),
                     ))
                 }
+                Ok(n) => {
+                    return Err(MachineError::Config(format!(
+                        "num-queues={n}: multiqueue virtio-blk is not supported by rqemu \
+                         (only num-queues=1)"
+                    )))
+                }
                 Err(_) => {
-                    return Err(format!(
+                    return Err(MachineError::Config(format!(
                         "Property '{driver}.num-queues' doesn't take value '{value}'"
-                    ))
+                    )))
                 }
             },
             "disable-legacy" if value == "auto" => {}
@@ -200,17 +218,25 @@ pub(super) fn parse_virtio_blk(arg: &str) -> Result<VirtioDiskConfig, String> {
             "addr" => disk.slot = Some(parse_addr(value)?),
             "bootindex" => {
                 let n = value.parse::<u32>().map_err(|_| {
-                    format!("Property '{driver}.bootindex' doesn't take value '{value}'")
+                    MachineError::Config(format!(
+                        "Property '{driver}.bootindex' doesn't take value '{value}'"
+                    ))
                 })?;
                 disk.bootindex = Some(n);
             }
             "id" => {}
-            _ => return Err(format!("Property '{driver}.{key}' not found")),
+            _ => {
+                return Err(MachineError::Config(format!(
+                    "Property '{driver}.{key}' not found"
+                )))
+            }
         }
     }
     if disk.transport.disable_legacy && disk.transport.disable_modern {
-        return Err("device cannot work as neither modern nor legacy mode is enabled".to_string());
+        return Err(MachineError::Config(
+            "device cannot work as neither modern nor legacy mode is enabled".to_string(),
+        ));
     }
-    disk.drive = drive.ok_or_else(|| "drive property not set".to_string())?;
+    disk.drive = drive.ok_or_else(|| MachineError::Config("drive property not set".to_string()))?;
     Ok(disk)
 }

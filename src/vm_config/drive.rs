@@ -5,10 +5,11 @@ use block::Options;
 
 use super::{check_unique_id, VmConfig, IDE_BUSES, IDE_UNITS};
 use crate::drives::{DriveInterface, DriveOptions};
+use crate::error::MachineError;
 
 /// Splits `readonly=`, `snapshot=`, `cache=`, `aio=` off `opts` into open flags.
-fn take_open_flags(opts: &mut Options) -> Result<block::OpenFlags, String> {
-    let err = |e: block::Error| e.to_string();
+fn take_open_flags(opts: &mut Options) -> Result<block::OpenFlags, MachineError> {
+    let err = |e: block::Error| MachineError::Config(e.to_string());
     let mut flags = block::OpenFlags::default();
     if let Some(ro) = opts.take_bool("readonly").map_err(err)? {
         flags.read_only = ro;
@@ -28,13 +29,18 @@ fn take_open_flags(opts: &mut Options) -> Result<block::OpenFlags, String> {
 
 /// `-drive file=,format=,if=,index=,bus=,unit=,media=,id=,cache=,aio=,readonly=,snapshot=`
 /// (QEMU's drive_new): opens a drive and, for `if=ide`, attaches it as an IDE disk.
-pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
-    let mut opts = Options::parse_keyval(arg, None).map_err(|e| e.to_string())?;
+pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError> {
+    let mut opts =
+        Options::parse_keyval(arg, None).map_err(|e| MachineError::Config(e.to_string()))?;
     let interface = match opts.take("if").as_deref() {
         None | Some("ide") => DriveInterface::Ide,
         Some("virtio") => DriveInterface::Virtio,
         Some("none") => DriveInterface::None,
-        Some(other) => return Err(format!("unsupported bus type '{other}'")),
+        Some(other) => {
+            return Err(MachineError::Config(format!(
+                "unsupported bus type '{other}'"
+            )))
+        }
     };
     let index = take_index(&mut opts)?;
     let slot = match interface {
@@ -44,10 +50,12 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     let cdrom = match opts.take("media").as_deref() {
         None | Some("disk") => false,
         Some("cdrom") if interface == DriveInterface::Virtio => {
-            return Err("media=cdrom is only supported with if=ide".to_string())
+            return Err(MachineError::Config(
+                "media=cdrom is only supported with if=ide".to_string(),
+            ))
         }
         Some("cdrom") => true,
-        Some(other) => return Err(format!("'{other}' invalid media")),
+        Some(other) => return Err(MachineError::Config(format!("'{other}' invalid media"))),
     };
     let mut flags = take_open_flags(&mut opts)?;
     flags.read_only |= cdrom; // a CD is never written
@@ -62,7 +70,9 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
     };
     let filename = opts.take("file");
     if filename.is_none() && !opts.contains("file.filename") && !opts.contains("file.driver") {
-        return Err("A block device must be specified for \"file\"".to_string());
+        return Err(MachineError::Config(
+            "A block device must be specified for \"file\"".to_string(),
+        ));
     }
     check_unique_id(cfg, &id)?;
     if let Some((bus, unit)) = slot {
@@ -82,15 +92,15 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
 }
 
 /// The `index=` of a `-drive`, or the one `bus=`/`unit=` name.
-fn take_index(opts: &mut Options) -> Result<Option<u64>, String> {
-    let err = |e: block::Error| e.to_string();
+fn take_index(opts: &mut Options) -> Result<Option<u64>, MachineError> {
+    let err = |e: block::Error| MachineError::Config(e.to_string());
     let index = opts.take_u64("index").map_err(err)?;
     let bus = opts.take_u64("bus").map_err(err)?;
     let unit = opts.take_u64("unit").map_err(err)?;
     match (index, bus, unit) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            Err("index cannot be used with bus and unit".to_string())
-        }
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(MachineError::Config(
+            "index cannot be used with bus and unit".to_string(),
+        )),
         (Some(i), None, None) => Ok(Some(i)),
         (None, None, None) => Ok(None),
         (None, b, u) => Ok(Some(
@@ -102,37 +112,42 @@ fn take_index(opts: &mut Options) -> Result<Option<u64>, String> {
 }
 
 /// The (bus, unit) an `if=ide` drive takes: `index` (bus * 2 + unit) or the first free one.
-fn ide_slot(cfg: &VmConfig, index: Option<u64>) -> Result<(usize, usize), String> {
+fn ide_slot(cfg: &VmConfig, index: Option<u64>) -> Result<(usize, usize), MachineError> {
     let index = index.unwrap_or_else(|| {
         let free = cfg.ide.iter().flatten().position(|s| s.is_none());
         free.unwrap_or(IDE_BUSES * IDE_UNITS) as u64
     });
     let (bus, unit) = (index / IDE_UNITS as u64, index % IDE_UNITS as u64);
     if bus >= IDE_BUSES as u64 {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "machine type does not support if=ide,bus={bus},unit={unit}"
-        ));
+        )));
     }
     if cfg.ide[bus as usize][unit as usize].is_some() {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "drive with bus={bus}, unit={unit} (index={index}) exists"
-        ));
+        )));
     }
     Ok((bus as usize, unit as usize))
 }
 
 /// `-blockdev driver=...,node-name=...,...` (QMP blockdev-add on the command line).
-pub(super) fn parse_blockdev(arg: &str) -> Result<DriveOptions, String> {
+pub(super) fn parse_blockdev(arg: &str) -> Result<DriveOptions, MachineError> {
     let mut opts = if arg.starts_with('{') {
-        Options::parse_json_filename(&format!("json:{arg}")).map_err(|e| e.to_string())?
+        Options::parse_json_filename(&format!("json:{arg}"))
+            .map_err(|e| MachineError::Config(e.to_string()))?
     } else {
-        Options::parse_keyval(arg, None).map_err(|e| e.to_string())?
+        Options::parse_keyval(arg, None).map_err(|e| MachineError::Config(e.to_string()))?
     };
     if !opts.contains("driver") {
-        return Err("Parameter 'driver' is missing".to_string());
+        return Err(MachineError::Config(
+            "Parameter 'driver' is missing".to_string(),
+        ));
     }
     let Some(id) = opts.take("node-name") else {
-        return Err("A node-name is required for -blockdev".to_string());
+        return Err(MachineError::Config(
+            "A node-name is required for -blockdev".to_string(),
+        ));
     };
     let flags = take_open_flags(&mut opts)?;
     Ok(DriveOptions {

@@ -19,6 +19,7 @@ pub use boot::BootOptions;
 
 use crate::chardev::{parse_chardev, CharBackend};
 use crate::drives::{DriveInterface, DriveOptions};
+use crate::error::MachineError;
 use device::parse_device;
 pub use device::{VirtioDiskConfig, FIRST_VIRTIO_SLOT};
 use drive::{parse_blockdev, parse_drive};
@@ -305,7 +306,7 @@ fn apply_flag(cfg: &mut VmConfig, name: &str) {
 }
 
 /// Applies one option with an argument; `Ok(Some(text))` means "print text and exit".
-fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<String>, String> {
+fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<String>, MachineError> {
     match name {
         "m" => cfg.ram_size = parse_ram_size(arg)?,
         "bios" => cfg.bios = PathBuf::from(arg),
@@ -328,9 +329,9 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
             check_unique_id(cfg, &drive.id)?;
             cfg.drives.push(drive);
         }
-        "serial" => cfg.serial = parse_chardev(arg)?,
-        "debugcon" => cfg.debugcon = parse_chardev(arg)?,
-        "trace" => return block::trace::configure(arg),
+        "serial" => cfg.serial = parse_chardev(arg).map_err(MachineError::Config)?,
+        "debugcon" => cfg.debugcon = parse_chardev(arg).map_err(MachineError::Config)?,
+        "trace" => return block::trace::configure(arg).map_err(MachineError::Config),
         "object" => parse_object(cfg, arg)?,
         "machine" | "M" => return parse_machine(cfg, arg),
         "accel" => cfg.accel = parse_accel(arg)?,
@@ -344,7 +345,11 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         }
         "monitor" => monitor::parse_monitor_shorthand(cfg, arg, MonitorMode::Readline)?,
         "qtest" => monitor::parse_qtest(cfg, arg)?,
-        "incoming" => return Err("migration is not supported by rqemu".to_string()),
+        "incoming" => {
+            return Err(MachineError::Config(
+                "migration is not supported by rqemu".to_string(),
+            ))
+        }
         "boot" => cfg.boot.parse(arg)?,
         "cdrom" => parse_drive(
             cfg,
@@ -352,96 +357,108 @@ fn apply_option(cfg: &mut VmConfig, name: &str, arg: &str) -> Result<Option<Stri
         )?,
         "smp" => parse_smp(arg)?,
         "display" | "vga" | "net" if arg == "none" => {}
-        _ => return Err(format!("'{arg}' is not supported by rqemu")),
+        _ => {
+            return Err(MachineError::Config(format!(
+                "'{arg}' is not supported by rqemu"
+            )))
+        }
     }
     Ok(None)
 }
 
-fn check_unique_id(cfg: &VmConfig, id: &str) -> Result<(), String> {
+fn check_unique_id(cfg: &VmConfig, id: &str) -> Result<(), MachineError> {
     if cfg.drives.iter().any(|d| d.id == id) {
-        return Err(format!("Duplicate ID '{id}' for drive"));
+        return Err(MachineError::Config(format!(
+            "Duplicate ID '{id}' for drive"
+        )));
     }
     Ok(())
 }
 
 /// `-m 512`, `-m 1G`, `-m size=1G`: a plain number means MiB.
-fn parse_ram_size(arg: &str) -> Result<u64, String> {
+fn parse_ram_size(arg: &str) -> Result<u64, MachineError> {
     let value = arg.strip_prefix("size=").unwrap_or(arg);
     // qemu_strtosz_MiB: without a suffix the unit is MiB.
     let Ok(bytes) = block::options::strtosz_unit(value, 20) else {
-        return Err(
+        return Err(MachineError::Config(
             "Parameter 'size' expects a non-negative number below 2^64\n\
              Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
              and exabytes, respectively."
                 .to_string(),
-        );
+        ));
     };
     // 1 MiB is the BIOS area; 16 GiB keeps the e820 layout and the test machines sane.
     if !(2 << 20..=16 << 30).contains(&bytes) {
-        return Err(format!(
+        return Err(MachineError::Config(format!(
             "RAM size {bytes} is not supported by rqemu (use 2M to 16G)"
-        ));
+        )));
     }
     Ok(bytes & !0xfff)
 }
 
 /// `-object`: secrets are created at once, before any drive is opened; iothreads are
 /// remembered by id.
-fn parse_object(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
-    let opts = Options::parse_keyval(arg, Some("qom-type")).map_err(|e| e.to_string())?;
+fn parse_object(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError> {
+    let opts = Options::parse_keyval(arg, Some("qom-type"))
+        .map_err(|e| MachineError::Config(e.to_string()))?;
     match opts.get("qom-type") {
         Some("iothread") => {
             let Some(id) = opts.get("id") else {
-                return Err("Parameter 'id' is missing".to_string());
+                return Err(MachineError::Config(
+                    "Parameter 'id' is missing".to_string(),
+                ));
             };
             cfg.iothreads.push(id.to_string());
             Ok(())
         }
-        Some("throttle-group") => {
-            Err("throttle-group objects are not supported by rqemu yet".to_string())
-        }
-        _ => block::objects::user_creatable_add_from_str(arg).map_err(|e| e.to_string()),
+        Some("throttle-group") => Err(MachineError::Config(
+            "throttle-group objects are not supported by rqemu yet".to_string(),
+        )),
+        _ => block::objects::user_creatable_add_from_str(arg)
+            .map_err(|e| MachineError::Config(e.to_string())),
     }
 }
 
-fn parse_machine(cfg: &mut VmConfig, arg: &str) -> Result<Option<String>, String> {
-    let opts = Options::parse_keyval(arg, Some("type")).map_err(|e| e.to_string())?;
+fn parse_machine(cfg: &mut VmConfig, arg: &str) -> Result<Option<String>, MachineError> {
+    let opts = Options::parse_keyval(arg, Some("type"))
+        .map_err(|e| MachineError::Config(e.to_string()))?;
     for (key, value) in opts.iter() {
         match (key, value) {
             ("type", "help") => return Ok(Some(machine_help())),
             ("type", "pc" | "pc-i440fx-10.0") => cfg.machine_none = false,
             ("type", "none") => cfg.machine_none = true,
             ("type", other) => {
-                return Err(format!(
+                return Err(MachineError::Config(format!(
                     "unsupported machine type: \"{other}\"\nUse -machine help to list supported machines"
-                ))
+                )))
             }
             ("accel", v) => cfg.accel = parse_accel(v)?,
-            _ => return Err(format!("Invalid parameter '{key}'")),
+            _ => return Err(MachineError::Config(format!("Invalid parameter '{key}'"))),
         }
     }
     Ok(None)
 }
 
-fn parse_accel(arg: &str) -> Result<Accel, String> {
+fn parse_accel(arg: &str) -> Result<Accel, MachineError> {
     let accel = arg.split(',').next().unwrap_or("");
     match accel {
         "kvm" => Ok(Accel::Kvm),
         "qtest" => Ok(Accel::Qtest),
-        "tcg" | "xen" | "hvf" | "whpx" | "nvmm" => Err(format!(
+        "tcg" | "xen" | "hvf" | "whpx" | "nvmm" => Err(MachineError::Config(format!(
             "accelerator {accel} is not supported by rqemu (only kvm and qtest)"
-        )),
-        _ => Err(format!("invalid accelerator {accel}")),
+        ))),
+        _ => Err(MachineError::Config(format!("invalid accelerator {accel}"))),
     }
 }
 
-fn parse_smp(arg: &str) -> Result<(), String> {
-    let opts = Options::parse_keyval(arg, Some("cpus")).map_err(|e| e.to_string())?;
+fn parse_smp(arg: &str) -> Result<(), MachineError> {
+    let opts = Options::parse_keyval(arg, Some("cpus"))
+        .map_err(|e| MachineError::Config(e.to_string()))?;
     for (key, value) in opts.iter() {
         if value != "1" {
-            return Err(format!(
+            return Err(MachineError::Config(format!(
                 "{key}={value}: more than one vCPU is not supported by rqemu yet"
-            ));
+            )));
         }
     }
     Ok(())

@@ -5,13 +5,13 @@
 //! completes on the node sets the bits of the range in each enabled bitmap (the hook is in
 //! [`crate::io`]); incremental backup copies only what is dirty, and the qcow2 driver stores
 //! bitmaps marked persistent in the image. The module is split by concept: [`hbitmap`] is the
-//! bit array, this file the byte-addressed bitmap and its state flags, `node` the list on a
-//! node, [`qmp`] the operations the block-dirty-bitmap-* commands and `qemu-img bitmap`
-//! perform, `serialize` the on-disk bit layout and the SHA-256 QEMU's debug command reports.
+//! bit array, this file the byte-addressed bitmap and its state flags, `serialize` the on-disk
+//! bit layout and the SHA-256 QEMU's debug command reports. The list on a node lives with the
+//! node (`node/dirty_bitmaps.rs`) and the block-dirty-bitmap-* operations in
+//! [`crate::bitmap_qmp`]: both act on a BlockDriverState, which holds its bitmaps, so keeping
+//! them out of this module keeps it below the node.
 
 pub mod hbitmap;
-mod node;
-pub mod qmp;
 mod serialize;
 
 use std::cell::{Cell, RefCell};
@@ -51,12 +51,12 @@ impl BitmapCheck {
 /// One dirty bitmap of a node.
 #[derive(Debug)]
 pub struct BdrvDirtyBitmap {
-    name: RefCell<Option<String>>,
+    pub(crate) name: RefCell<Option<String>>,
     granularity: u32,
     bits: RefCell<HBitmap>,
     /// Size of the node in bytes the bitmap covers.
     size: Cell<u64>,
-    disabled: Cell<bool>,
+    pub(crate) disabled: Cell<bool>,
     busy: Cell<bool>,
     readonly: Cell<bool>,
     persistent: Cell<bool>,
@@ -94,7 +94,7 @@ impl BdrvDirtyBitmap {
     }
 
     /// The name as messages print it.
-    fn shown_name(&self) -> String {
+    pub(crate) fn shown_name(&self) -> String {
         self.name().unwrap_or_default()
     }
 

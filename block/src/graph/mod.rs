@@ -15,7 +15,7 @@ pub mod drain;
 pub mod permissions;
 pub mod replace;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -100,17 +100,6 @@ pub fn node_parents(child: &Rc<BlockDriverState>) -> Vec<(Rc<BlockDriverState>, 
         }
     }
     parents
-}
-
-/// What the graph layer keeps on each node.
-#[derive(Default)]
-pub struct GraphState {
-    /// Drained sections open on the node (quiesce_counter).
-    pub(crate) quiesce: Cell<u32>,
-    /// Permissions taken on the node by its users.
-    pub(crate) perms: RefCell<Vec<permissions::PermClaim>>,
-    /// Why operations on the node are blocked (a job uses it), if they are.
-    pub(crate) blocker: RefCell<Option<String>>,
 }
 
 /// Every node reachable from `root` (itself included), each once, parents before children.

@@ -11,24 +11,9 @@ use std::cell::Cell;
 use std::rc::{Rc, Weak};
 
 use crate::error::{Error, Result};
+pub use crate::node::graph_state::Perm;
+use crate::node::graph_state::PermClaim;
 use crate::node::BlockDriverState;
-
-bitflags::bitflags! {
-    /// What a user may do with a node (BLK_PERM_*).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Perm: u32 {
-        /// Read data that is consistent with what was written (not mid-copy).
-        const CONSISTENT_READ = 0x01;
-        /// Change the data.
-        const WRITE = 0x02;
-        /// Write data identical to what is there (copy-on-read, stream).
-        const WRITE_UNCHANGED = 0x04;
-        /// Change the size.
-        const RESIZE = 0x08;
-        /// Change the node's children (QEMU before 7.0; kept for teaching the model).
-        const GRAPH_MOD = 0x10;
-    }
-}
 
 /// The names bdrv_perm_names prints, in QEMU's order.
 const NAMES: [(Perm, &str); 5] = [
@@ -47,18 +32,6 @@ pub fn perm_names(perm: Perm) -> String {
         .map(|(_, n)| *n)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// One user's claim on a node (a BdrvChild's perm and shared_perm).
-#[derive(Clone, Debug)]
-pub struct PermClaim {
-    id: u64,
-    /// Who holds it: "block device 'drive0'", "node 'top'", "mirror job 'job0'".
-    user: String,
-    /// The role under which the user holds the node: "root", "file", "target".
-    child: String,
-    perm: Perm,
-    shared: Perm,
 }
 
 thread_local! {

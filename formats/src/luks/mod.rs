@@ -263,7 +263,8 @@ impl BlockDriver for LuksDriver {
         };
         let mut header = self.header.borrow().clone();
         let key = self.master_key.as_deref();
-        let result = amend(&area, &mut header, &self.params, key, opts, force).await;
+        let lookup = qcrypto_secret_lookup_as_utf8;
+        let result = amend(&area, &mut header, &self.params, key, (opts, lookup), force).await;
         *self.header.borrow_mut() = header;
         result?;
         file.co_flush().await

@@ -193,7 +193,8 @@ pub async fn amend(
     };
     let mut header = l.header.borrow().clone();
     let key = l.master_key.as_deref();
-    let result = luks_amend::amend(&area, &mut header, &l.params, key, opts, force).await;
+    let lookup = qcrypto_secret_lookup_as_utf8;
+    let result = luks_amend::amend(&area, &mut header, &l.params, key, (opts, lookup), force).await;
     *l.header.borrow_mut() = header;
     result?;
     file.co_flush().await

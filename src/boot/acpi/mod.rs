@@ -32,6 +32,7 @@ use acpi_tables::Aml;
 
 use crate::devices::acpi::{PM1_CNT, PM1_EVT, PM_BASE, PM_TMR, SCI_IRQ};
 use crate::devices::fw_cfg::FwCfg;
+use crate::error::MachineError;
 use loader::{Linker, Zone};
 
 /// fw_cfg file of the tables.
@@ -67,7 +68,7 @@ pub struct AcpiBuild {
 
 impl AcpiBuild {
     /// Adds the files to the firmware configuration.
-    pub fn install(self, fw: &mut FwCfg) -> Result<(), String> {
+    pub fn install(self, fw: &mut FwCfg) -> Result<(), MachineError> {
         fw.add_file(ACPI_TABLES_FILE, self.tables)?;
         fw.add_file(ACPI_RSDP_FILE, self.rsdp)?;
         fw.add_file(TABLE_LOADER_FILE, self.loader)

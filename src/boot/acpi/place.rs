@@ -16,6 +16,7 @@ use super::loader::{
     Zone, COMMAND_ADD_CHECKSUM, COMMAND_ADD_POINTER, COMMAND_ALLOCATE, ENTRY_SIZE, FILE_NAME_LEN,
 };
 use super::AcpiBuild;
+use crate::error::MachineError;
 use crate::memory::GuestRam;
 
 /// The guest addresses each zone of the script may allocate from.
@@ -49,7 +50,7 @@ impl Loaded {
     }
 
     /// Copies every file to its address in guest RAM.
-    pub fn write(&self, ram: &GuestRam) -> Result<(), String> {
+    pub fn write(&self, ram: &GuestRam) -> Result<(), MachineError> {
         for f in &self.files {
             ram.write(GuestAddress(f.addr), &f.bytes)?;
         }
@@ -58,9 +59,11 @@ impl Loaded {
 }
 
 /// Runs `acpi`'s loader script with allocations taken from `zones`.
-pub fn run_loader(acpi: &AcpiBuild, zones: &Zones) -> Result<Loaded, String> {
+pub fn run_loader(acpi: &AcpiBuild, zones: &Zones) -> Result<Loaded, MachineError> {
     if !acpi.loader.len().is_multiple_of(ENTRY_SIZE) {
-        return Err("table-loader script is not a whole number of commands".to_string());
+        return Err(MachineError::Boot(
+            "table-loader script is not a whole number of commands".to_string(),
+        ));
     }
     let mut cursors = [zones.fseg.start, zones.high.start];
     let mut files: Vec<LoadedFile> = Vec::new();
@@ -73,16 +76,24 @@ pub fn run_loader(acpi: &AcpiBuild, zones: &Zones) -> Result<Loaded, String> {
                 let (cursor, limit) = match body[FILE_NAME_LEN + 4] {
                     z if z == Zone::Fseg as u8 => (&mut cursors[0], zones.fseg.end),
                     z if z == Zone::High as u8 => (&mut cursors[1], zones.high.end),
-                    z => return Err(format!("table-loader: unknown zone {z} for {name}")),
+                    z => {
+                        return Err(MachineError::Boot(format!(
+                            "table-loader: unknown zone {z} for {name}"
+                        )))
+                    }
                 };
                 let bytes = acpi
                     .file(&name)
-                    .ok_or_else(|| format!("table-loader: no fw_cfg file {name}"))?
+                    .ok_or_else(|| {
+                        MachineError::Boot(format!("table-loader: no fw_cfg file {name}"))
+                    })?
                     .to_vec();
                 let addr = cursor.next_multiple_of(align);
                 let end = addr + bytes.len() as u64;
                 if end > limit {
-                    return Err(format!("ACPI file {name} does not fit below {limit:#x}"));
+                    return Err(MachineError::Boot(format!(
+                        "ACPI file {name} does not fit below {limit:#x}"
+                    )));
                 }
                 *cursor = end;
                 files.push(LoadedFile { name, addr, bytes });
@@ -94,7 +105,9 @@ pub fn run_loader(acpi: &AcpiBuild, zones: &Zones) -> Result<Loaded, String> {
                 let base = find(&mut files, &src)?.addr;
                 let dest = &mut find(&mut files, &name)?.bytes;
                 if ![1, 2, 4, 8].contains(&size) || offset + size > dest.len() {
-                    return Err(format!("table-loader: bad pointer at {offset} in {name}"));
+                    return Err(MachineError::Boot(format!(
+                        "table-loader: bad pointer at {offset} in {name}"
+                    )));
                 }
                 let mut value = [0u8; 8];
                 value[..size].copy_from_slice(&dest[offset..offset + size]);
@@ -106,25 +119,30 @@ pub fn run_loader(acpi: &AcpiBuild, zones: &Zones) -> Result<Loaded, String> {
                     [0, 4, 8].map(|i| u32_at(body, FILE_NAME_LEN + i) as usize);
                 let data = &mut find(&mut files, &name)?.bytes;
                 if offset >= data.len() || start + len > data.len() {
-                    return Err(format!("table-loader: bad checksum range in {name}"));
+                    return Err(MachineError::Boot(format!(
+                        "table-loader: bad checksum range in {name}"
+                    )));
                 }
                 let sum = data[start..start + len]
                     .iter()
                     .fold(0u8, |s, b| s.wrapping_add(*b));
                 data[offset] = data[offset].wrapping_sub(sum);
             }
-            other => return Err(format!("table-loader command {other} is not supported")),
+            other => {
+                return Err(MachineError::Boot(format!(
+                    "table-loader command {other} is not supported"
+                )))
+            }
         }
     }
     Ok(Loaded { files })
 }
 
 /// The allocated file `name`: a command may only refer to files allocated before it.
-fn find<'a>(files: &'a mut [LoadedFile], name: &str) -> Result<&'a mut LoadedFile, String> {
-    files
-        .iter_mut()
-        .find(|f| f.name == name)
-        .ok_or_else(|| format!("table-loader: {name} used before it is allocated"))
+fn find<'a>(files: &'a mut [LoadedFile], name: &str) -> Result<&'a mut LoadedFile, MachineError> {
+    files.iter_mut().find(|f| f.name == name).ok_or_else(|| {
+        MachineError::Boot(format!("table-loader: {name} used before it is allocated"))
+    })
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -132,8 +150,8 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 /// A NUL-padded name field.
-fn file_name(field: &[u8]) -> Result<String, String> {
+fn file_name(field: &[u8]) -> Result<String, MachineError> {
     let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
     String::from_utf8(field[..end].to_vec())
-        .map_err(|_| "table-loader: file name is not UTF-8".to_string())
+        .map_err(|_| MachineError::Boot("table-loader: file name is not UTF-8".to_string()))
 }

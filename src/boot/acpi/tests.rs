@@ -125,12 +125,15 @@ fn host_loader_refuses_zones_too_small_and_unknown_commands() {
         fseg: 0xF_0000..fseg_end,
         high: 0x10_0000..0x20_0000,
     };
-    let err = place::run_loader(&build(), &zones(0xF_0010)).err().unwrap();
+    let err = place::run_loader(&build(), &zones(0xF_0010))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("etc/acpi/rsdp does not fit"), "{err}");
     let zones = zones(0x10_0000);
     let mut bad = build();
     bad.loader[..4].copy_from_slice(&7u32.to_le_bytes());
-    let err = place::run_loader(&bad, &zones).err().unwrap();
+    let err = place::run_loader(&bad, &zones).err().unwrap().to_string();
     assert!(err.contains("command 7 is not supported"), "{err}");
     let mut truncated = build();
     truncated.loader.pop();

@@ -106,14 +106,17 @@ fn gdt_and_identity_page_tables() {
 fn old_or_32_bit_only_kernels_and_long_cmdlines_are_refused() {
     let ram = GuestRam::new(RAM, None).unwrap();
     let mut kernel = fake_bzimage(0, &[0; 512]);
-    let err = load(&ram, &mut kernel, None, "").unwrap_err();
+    let err = load(&ram, &mut kernel, None, "").unwrap_err().to_string();
     assert!(err.contains("64-bit"), "{err}");
     assert!(check_header(HDRS_MAGIC, 0x020B, 1)
         .unwrap_err()
+        .to_string()
         .contains("2.11"));
     assert!(check_header(0, 0x020F, 1).is_err());
     let mut kernel = fake_bzimage(0x7F, &[0; 512]);
-    let err = load(&ram, &mut kernel, None, &"x".repeat(3000)).unwrap_err();
+    let err = load(&ram, &mut kernel, None, &"x".repeat(3000))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at most 2047"), "{err}");
 }
 
@@ -126,6 +129,7 @@ fn garbage_is_not_a_bzimage() {
     std::fs::remove_file(&path).unwrap();
     assert!(load(&ram, &mut f, None, "")
         .unwrap_err()
+        .to_string()
         .contains("bzImage"));
 }
 

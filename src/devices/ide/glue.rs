@@ -25,6 +25,7 @@ use super::piix::Piix3Ide;
 use crate::bus::{lock, BusDevice};
 use crate::devices::Irq;
 use crate::drives;
+use crate::error::MachineError;
 
 impl DriveConfig {
     /// The drive a backend makes for `-drive if=ide,index=N`: its size in whole sectors, its
@@ -49,17 +50,16 @@ impl DriveConfig {
         id: &str,
         index: u32,
         kind: DriveKind,
-    ) -> Result<DriveConfig, String> {
+    ) -> Result<DriveConfig, MachineError> {
         let (tx, rx) = mpsc::channel();
         let name = id.to_string();
         ctx.schedule_bh(move || {
             let cfg = drives::lookup(&name).map(|blk| DriveConfig::for_backend(&blk, index, kind));
             let _ = tx.send(cfg);
         });
-        rx.recv()
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("drive '{id}' is not open on the main loop"))
+        rx.recv().ok().flatten().ok_or_else(|| {
+            MachineError::Device(format!("drive '{id}' is not open on the main loop"))
+        })
     }
 }
 
@@ -124,10 +124,11 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
         ctx: &AioContextHandle,
         device: Arc<Mutex<D>>,
         channels: Vec<ChannelWiring>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, MachineError> {
         let queue = RequestQueue {
             pending: Mutex::new(VecDeque::new()),
-            kick: EventNotifier::new().map_err(|e| format!("IDE request queue: {e}"))?,
+            kick: EventNotifier::new()
+                .map_err(|e| MachineError::Device(format!("IDE request queue: {e}")))?,
             stopped: AtomicBool::new(false),
         };
         let glue = IdeBlockSubmitter {

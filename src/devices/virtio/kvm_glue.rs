@@ -33,16 +33,17 @@ use super::pci::{IoEvent, IoEventAddress as VirtioIoAddr, VirtioPciDevice, LEGAC
 use super::pci::{MODERN_BAR, PCI_VENDOR_ID_REDHAT_QUMRANET};
 use crate::devices::pci::{BarKind, ConfigSpace, PciFunction, PCI_COMMAND, PCI_INTERRUPT_LINE};
 use crate::devices::IrqLine;
+use crate::error::MachineError;
 
 /// A second descriptor for the eventfd behind `notifier`, in the type kvm-ioctls takes.
-fn dup_eventfd(notifier: &EventNotifier) -> Result<EventFd, String> {
+fn dup_eventfd(notifier: &EventNotifier) -> Result<EventFd, MachineError> {
     // SAFETY: dup of a descriptor we own; the result is checked before use.
     let fd = unsafe { libc::dup(notifier.as_raw_fd()) };
     if fd < 0 {
-        return Err(format!(
+        return Err(MachineError::Device(format!(
             "cannot duplicate an eventfd: {}",
             std::io::Error::last_os_error()
-        ));
+        )));
     }
     // SAFETY: `fd` is a fresh descriptor of an eventfd that nothing else owns.
     Ok(unsafe { EventFd::from_raw_fd(fd) })
@@ -61,10 +62,11 @@ pub struct IrqfdLine {
 
 impl IrqfdLine {
     /// A line not yet routed to any GSI.
-    pub fn new(vm: Arc<VmFd>) -> Result<IrqfdLine, String> {
-        let err = |e: std::io::Error| format!("cannot create an irqfd: {e}");
+    pub fn new(vm: Arc<VmFd>) -> Result<IrqfdLine, MachineError> {
+        let err = |e: std::io::Error| MachineError::Device(format!("cannot create an irqfd: {e}"));
         let irqfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(err)?;
-        let resample = Arc::new(EventNotifier::new().map_err(|e| e.to_string())?);
+        let resample =
+            Arc::new(EventNotifier::new().map_err(|e| MachineError::Device(e.to_string()))?);
         let resample_fd = dup_eventfd(&resample)?;
         Ok(IrqfdLine {
             vm,
@@ -211,7 +213,7 @@ impl VirtioPciFunction {
         dev: VirtioPciDevice,
         irq: Arc<IrqfdLine>,
         vm: Arc<VmFd>,
-    ) -> Result<VirtioPciFunction, String> {
+    ) -> Result<VirtioPciFunction, MachineError> {
         let mut shadow = ConfigSpace::new(PCI_VENDOR_ID_REDHAT_QUMRANET, 0, 0, 0);
         if dev.bar_size(LEGACY_BAR) != 0 {
             shadow.set_bar(LEGACY_BAR, BarKind::Io, dev.bar_size(LEGACY_BAR) as u32);

@@ -2,12 +2,12 @@
 //! of an image offline (qemu-img.c's img_bitmap).
 //!
 //! The actions run in command-line order on one bitmap, each as the QMP command of the same
-//! name would (block::dirty_bitmap::qmp); the image stores the result when it closes. A merge
+//! name would (block::bitmap_qmp); the image stores the result when it closes. A merge
 //! source may live in another image (`-b`), opened read-only.
 
 use std::rc::Rc;
 
-use block::dirty_bitmap::qmp::{self, AddOptions};
+use block::bitmap_qmp::{self as qmp, AddOptions};
 use block::{BlockBackend, OpenFlags};
 
 use super::cli::{self, error_report, long, OpenSpec, OPT_IMAGE_OPTS, OPT_OBJECT};

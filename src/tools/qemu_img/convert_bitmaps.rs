@@ -2,7 +2,7 @@
 //! optionally skipping inconsistent ones (convert_check_bitmaps and convert_copy_bitmaps in
 //! qemu-img.c).
 
-use block::dirty_bitmap::qmp::{self, AddOptions};
+use block::bitmap_qmp::{self as qmp, AddOptions};
 use block::BlockDriverState;
 
 use super::cli::{error_report, warn_report};

@@ -4,6 +4,10 @@
 //!
 //! The guards that keep a user from locking the data away for good (overwriting an active
 //! slot, erasing the last one) give way only to `--force`, with QEMU's messages.
+//!
+//! The passphrases are named by secret id; the caller passes the lookup that resolves them
+//! (qcrypto_secret_lookup_as_utf8), so the crypto layer stays below the `--object`
+//! container whose secrets decrypt with its ciphers.
 
 use super::header::{LuksHeader, LuksParams, KEY_SLOT_DISABLED, NUM_KEY_SLOTS, SALT_LEN};
 use super::key_material_range;
@@ -11,8 +15,10 @@ use super::volume::{find_key, try_slot, HeaderArea};
 use crate::crypto::options::take_iter_time;
 use crate::crypto::random_bytes;
 use crate::error::{Error, Result};
-use crate::objects::secret::qcrypto_secret_lookup_as_utf8;
 use crate::{AioContext, Options};
+
+/// Resolves a secret id to its text (qcrypto_secret_lookup_as_utf8).
+pub type SecretLookup = fn(&str) -> Result<String>;
 
 /// What an amend asks of the key slots (QCryptoBlockAmendOptionsLUKS).
 pub struct AmendOptions {
@@ -76,22 +82,20 @@ fn active_count(h: &LuksHeader) -> usize {
 }
 
 /// Applies `opts` to the volume in `area`; `header` is updated as written. `master_key`
-/// is the key the volume was unlocked with, used unless an old secret is named.
+/// is the key the volume was unlocked with, used unless an old secret is named; `lookup`
+/// resolves the secret ids `opts` names.
 pub async fn amend(
     area: &HeaderArea<'_>,
     header: &mut LuksHeader,
     params: &LuksParams,
     master_key: Option<&[u8]>,
-    opts: AmendOptions,
+    (opts, lookup): (AmendOptions, SecretLookup),
     force: bool,
 ) -> Result<()> {
-    let old = opts
-        .old_secret
-        .as_deref()
-        .map(qcrypto_secret_lookup_as_utf8)
-        .transpose()?;
+    let old = opts.old_secret.as_deref().map(lookup).transpose()?;
     if opts.active {
-        add_keyslot(area, header, params, (master_key, old), opts, force).await
+        let keys = (master_key, old, lookup);
+        add_keyslot(area, header, params, keys, opts, force).await
     } else {
         erase_keyslots(area, header, params, old, opts, force).await
     }
@@ -101,7 +105,7 @@ async fn add_keyslot(
     area: &HeaderArea<'_>,
     header: &mut LuksHeader,
     params: &LuksParams,
-    (master_key, old): (Option<&[u8]>, Option<String>),
+    (master_key, old, lookup): (Option<&[u8]>, Option<String>, SecretLookup),
     opts: AmendOptions,
     force: bool,
 ) -> Result<()> {
@@ -110,7 +114,7 @@ async fn add_keyslot(
             "'new-secret' is required to activate a keyslot",
         ));
     };
-    let new = qcrypto_secret_lookup_as_utf8(new_secret)?;
+    let new = lookup(new_secret)?;
     let slot = match opts.keyslot {
         Some(k) => checked_slot(k)?,
         None => header

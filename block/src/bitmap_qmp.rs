@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use super::{BdrvDirtyBitmap, BitmapCheck, MIN_GRANULARITY};
+use crate::dirty_bitmap::{BdrvDirtyBitmap, BitmapCheck, MIN_GRANULARITY};
 use crate::error::{Error, Result};
 use crate::node::BlockDriverState;
 

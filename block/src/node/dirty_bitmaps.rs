@@ -7,9 +7,9 @@
 
 use std::rc::Rc;
 
-use super::{BdrvDirtyBitmap, BitmapCheck, MAX_NAME_SIZE};
+use super::BlockDriverState;
+use crate::dirty_bitmap::{BdrvDirtyBitmap, BitmapCheck, MAX_NAME_SIZE};
 use crate::error::{Error, Result};
-use crate::node::BlockDriverState;
 use crate::trace;
 
 impl BlockDriverState {

@@ -4,6 +4,9 @@
 //! its children (`file` for a format's container, `backing` for copy-on-write chains), its open
 //! flags, request limits, the cached length, and the list of requests in flight. How a graph
 //! of nodes is opened is [`crate::open`].
+//!
+//! The per-node state other layers act on is defined here, below them: the dirty bitmap list
+//! (`dirty_bitmaps`) and what the graph layer keeps on each node (`graph_state`).
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
@@ -13,6 +16,9 @@ use crate::debug_event::BlkdbgEvent;
 use crate::driver::{BlockDriver, BlockLimits, DriverClass};
 use crate::error::{Error, Result};
 use crate::tracked::TrackedRequests;
+
+mod dirty_bitmaps;
+pub mod graph_state;
 
 /// How data moves between the node and the host page cache (QEMU's cache modes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,7 +172,7 @@ pub struct BlockDriverState {
     /// The node's dirty bitmaps, newest first (bs->dirty_bitmaps).
     pub(crate) dirty_bitmaps: RefCell<Vec<Rc<crate::dirty_bitmap::BdrvDirtyBitmap>>>,
     /// Drained sections, permissions and blockers on the node ([`crate::graph`]).
-    pub(crate) graph: crate::graph::GraphState,
+    pub(crate) graph: graph_state::GraphState,
 }
 
 impl BlockDriverState {
@@ -198,7 +204,7 @@ impl BlockDriverState {
             active_flush: Cell::new(false),
             flush_queue: crate::coroutine::CoQueue::new(),
             dirty_bitmaps: RefCell::new(Vec::new()),
-            graph: crate::graph::GraphState::default(),
+            graph: graph_state::GraphState::default(),
         }
     }
 
