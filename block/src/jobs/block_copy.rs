@@ -9,8 +9,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::dirty::DirtyBitmap;
 use crate::coroutine::CoQueue;
+use crate::dirty_bitmap::BdrvDirtyBitmap;
 use crate::driver::RequestFlags;
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -29,10 +29,13 @@ pub struct CopyError {
 pub struct BlockCopy {
     source: Rc<BlockDriverState>,
     target: Rc<BlockDriverState>,
-    /// Chunks not saved yet.
-    pub(crate) bitmap: RefCell<DirtyBitmap>,
+    /// Chunks not saved yet (the copy bitmap of BlockCopyState, anonymous and not on the
+    /// node: guest writes do not make a chunk need saving again).
+    pub(crate) bitmap: BdrvDirtyBitmap,
     busy: RefCell<Vec<u64>>,
     done: CoQueue,
+    /// Writes go to the target compressed (backup's compress=true).
+    write_flags: RequestFlags,
 }
 
 impl BlockCopy {
@@ -42,22 +45,33 @@ impl BlockCopy {
         source: Rc<BlockDriverState>,
         target: Rc<BlockDriverState>,
         cluster_size: u64,
+        compress: bool,
     ) -> BlockCopy {
         let len = source.getlength();
-        let mut bitmap = DirtyBitmap::new(len, cluster_size);
-        bitmap.set(0, len);
+        let bitmap = BdrvDirtyBitmap::new(None, cluster_size as u32, len);
+        bitmap.set_dirty(0, len);
         BlockCopy {
             source,
             target,
-            bitmap: RefCell::new(bitmap),
+            bitmap,
             busy: RefCell::new(Vec::new()),
             done: CoQueue::new(),
+            write_flags: if compress {
+                RequestFlags::WRITE_COMPRESSED
+            } else {
+                RequestFlags::empty()
+            },
         }
+    }
+
+    /// The node copied from.
+    pub fn source(&self) -> &Rc<BlockDriverState> {
+        &self.source
     }
 
     /// The chunk size.
     pub fn cluster_size(&self) -> u64 {
-        self.bitmap.borrow().granularity()
+        self.bitmap.granularity() as u64
     }
 
     /// Drops chunks the source's top layer does not allocate (sync=top:
@@ -69,11 +83,11 @@ impl BlockCopy {
             let (allocated, n) = self.source.co_is_allocated(offset, len - offset).await?;
             let n = n.max(1);
             if !allocated {
-                self.bitmap.borrow_mut().reset_covered(offset, n);
+                self.bitmap.reset_covered(offset, n);
             }
             offset += n;
         }
-        Ok(self.bitmap.borrow().count())
+        Ok(self.bitmap.count())
     }
 
     /// Saves every chunk of `[offset, offset + bytes)` not saved yet (block_copy); returns
@@ -88,15 +102,15 @@ impl BlockCopy {
             self.done
                 .wait_while(|| self.busy.borrow().contains(&chunk))
                 .await;
-            if self.bitmap.borrow().get(chunk) {
+            if self.bitmap.get(chunk) {
                 let n = cluster.min(len - chunk);
                 self.busy.borrow_mut().push(chunk);
-                self.bitmap.borrow_mut().reset_covered(chunk, n);
+                self.bitmap.reset_covered(chunk, n);
                 let result = self.copy_chunk(chunk, n).await;
                 self.busy.borrow_mut().retain(|c| *c != chunk);
                 self.done.restart_all();
                 if let Err(e) = result {
-                    self.bitmap.borrow_mut().set(chunk, n);
+                    self.bitmap.set_dirty(chunk, n);
                     return Err(e);
                 }
                 copied += n;
@@ -123,7 +137,7 @@ impl BlockCopy {
                 error,
             })?;
         self.target
-            .co_pwritev(offset, &buf, RequestFlags::empty())
+            .co_pwritev(offset, &buf, self.write_flags)
             .await
             .map_err(|error| CopyError {
                 is_read: false,

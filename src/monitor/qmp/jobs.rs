@@ -8,11 +8,14 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use block::jobs::backup::{backup_start, BackupOptions};
+use block::dirty_bitmap::BitmapCheck;
+use block::jobs::backup::{backup_job_create, BackupOptions, BitmapSyncMode, SyncBitmap};
 use block::jobs::commit::{commit_start, CommitOptions};
 use block::jobs::mirror::{commit_active_start, mirror_start, CopyMode, MirrorOptions, SyncMode};
 use block::jobs::stream::{stream_start, StreamOptions};
-use block::jobs::{BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError};
+use block::jobs::{
+    BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, JobTxn, OnError,
+};
 use block::{BlockDriverState, OpenFlags, Options};
 use serde_json::{json, Value};
 
@@ -75,6 +78,7 @@ fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
             manual_finalize: !args.opt_bool("auto-finalize")?.unwrap_or(true),
             manual_dismiss: !args.opt_bool("auto-dismiss")?.unwrap_or(true),
         },
+        txn: None,
     })
 }
 
@@ -296,43 +300,122 @@ pub async fn drive_mirror(mut args: Args) -> CmdResult {
     started(mirror_start(&bs, &target, opts).await?)
 }
 
-fn backup_options(args: &mut Args, common: CommonOptions) -> Result<BackupOptions, QmpError> {
-    let opts = BackupOptions {
+/// backup's bitmap arguments, checked as QEMU's do_backup_common does; sync=incremental
+/// is sync=bitmap with bitmap-mode on-success.
+fn backup_options(
+    args: &mut Args,
+    bs: &BlockDriverState,
+    common: CommonOptions,
+) -> Result<BackupOptions, QmpError> {
+    let sync_name = args
+        .opt_str("sync")?
+        .ok_or_else(|| QmpError::generic("Parameter 'sync' is missing"))?;
+    let mut bitmap_mode = match args.opt_str("bitmap-mode")? {
+        Some(m) => Some(BitmapSyncMode::parse(&m)?),
+        None => None,
+    };
+    let sync = match sync_name.as_str() {
+        "incremental" => {
+            if bitmap_mode.is_some_and(|m| m != BitmapSyncMode::OnSuccess) {
+                return Err(QmpError::generic(
+                    "Bitmap sync mode must be 'on-success' when using sync mode 'incremental'",
+                ));
+            }
+            bitmap_mode = Some(BitmapSyncMode::OnSuccess);
+            None
+        }
+        "bitmap" => None,
+        other => Some(SyncMode::parse(other)?),
+    };
+    let bitmap = match args.opt_str("bitmap")? {
+        Some(name) => {
+            let bm = bs.find_dirty_bitmap(&name).ok_or_else(|| {
+                QmpError::generic(format!("Bitmap '{name}' could not be found"))
+            })?;
+            let mode = bitmap_mode.ok_or_else(|| {
+                QmpError::generic("Bitmap sync mode must be given when providing a bitmap")
+            })?;
+            bm.check(BitmapCheck::ALLOW_RO)?;
+            if sync == Some(SyncMode::None) {
+                return Err(QmpError::generic(
+                    "sync mode 'none' does not produce meaningful bitmap outputs",
+                ));
+            }
+            if mode == BitmapSyncMode::Never && sync.is_some() {
+                return Err(QmpError::generic(format!(
+                    "Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '{sync_name}'"
+                )));
+            }
+            Some(SyncBitmap {
+                bitmap: bm,
+                mode,
+                copy_marked_only: sync.is_none(),
+            })
+        }
+        None if bitmap_mode.is_some() => {
+            return Err(QmpError::generic(
+                "Cannot specify bitmap sync mode without a bitmap",
+            ))
+        }
+        None if sync.is_none() => {
+            return Err(QmpError::generic(format!(
+                "must provide a valid bitmap name for '{sync_name}' sync mode"
+            )))
+        }
+        None => None,
+    };
+    Ok(BackupOptions {
         common,
-        sync: sync_mode(args)?,
+        sync: sync.unwrap_or(SyncMode::Full),
         filter_node_name: args.opt_str("filter-node-name")?,
         on_source_error: on_error(args, "on-source-error")?,
         on_target_error: on_error(args, "on-target-error")?,
+        bitmap,
+        compress: args.opt_bool("compress")?.unwrap_or(false),
+    })
+}
+
+/// Creates the job of a `drive-backup` (`drive`) or `blockdev-backup`, in `txn` if
+/// given, without starting it.
+pub async fn backup_job(
+    mut args: Args,
+    drive: bool,
+    txn: Option<Rc<JobTxn>>,
+) -> Result<Rc<Job>, QmpError> {
+    subscribe_events();
+    let args = &mut args;
+    let (dev, bs) = device(args)?;
+    let target = if drive { None } else { Some(target_node(args)?) };
+    let mut common = common(args, &dev)?;
+    common.txn = txn;
+    let opts = backup_options(args, &bs, common)?;
+    let target = match target {
+        Some(t) => t,
+        None => {
+            let sync = if opts.bitmap.as_ref().is_some_and(|b| b.copy_marked_only) {
+                SyncMode::Full
+            } else {
+                opts.sync
+            };
+            drive_target(args, &bs, sync).await?
+        }
     };
-    if args.opt_str("bitmap")?.is_some() {
-        return Err(QmpError::generic(
-            "backup with a bitmap needs dirty bitmaps, which are not supported yet",
-        ));
-    }
-    args.opt_bool("compress")?;
-    Ok(opts)
+    std::mem::replace(args, Args::new(Default::default())).finish()?;
+    Ok(backup_job_create(&bs, &target, opts).await?)
 }
 
 /// `blockdev-backup`.
-pub async fn blockdev_backup(mut args: Args) -> CmdResult {
-    subscribe_events();
-    let (dev, bs) = device(&mut args)?;
-    let target = target_node(&mut args)?;
-    let common = common(&mut args, &dev)?;
-    let opts = backup_options(&mut args, common)?;
-    args.finish()?;
-    started(backup_start(&bs, &target, opts).await?)
+pub async fn blockdev_backup(args: Args) -> CmdResult {
+    let job = backup_job(args, false, None).await?;
+    job.start();
+    started(job)
 }
 
 /// `drive-backup`.
-pub async fn drive_backup(mut args: Args) -> CmdResult {
-    subscribe_events();
-    let (dev, bs) = device(&mut args)?;
-    let common = common(&mut args, &dev)?;
-    let opts = backup_options(&mut args, common)?;
-    let target = drive_target(&mut args, &bs, opts.sync).await?;
-    args.finish()?;
-    started(backup_start(&bs, &target, opts).await?)
+pub async fn drive_backup(args: Args) -> CmdResult {
+    let job = backup_job(args, true, None).await?;
+    job.start();
+    started(job)
 }
 
 /// The job `block-job-*` names by `device` (its id), with QEMU's DeviceNotActive error.

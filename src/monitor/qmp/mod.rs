@@ -9,10 +9,12 @@
 //! argument checks QAPI's generated visitors make).
 
 pub mod args;
+pub mod bitmaps;
 pub mod block;
 pub mod block_query;
 pub mod jobs;
 pub mod machine;
+pub mod transaction;
 
 use ::block::coroutine::LocalBoxFuture;
 use ::block::trace;
@@ -112,6 +114,16 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("blockdev-snapshot", |a| {
         Box::pin(block::blockdev_snapshot(a))
     }),
+    ("block-dirty-bitmap-add", |a| Box::pin(bitmaps::add(a))),
+    ("block-dirty-bitmap-remove", |a| Box::pin(bitmaps::remove(a))),
+    ("block-dirty-bitmap-clear", |a| Box::pin(bitmaps::clear(a))),
+    ("block-dirty-bitmap-enable", |a| Box::pin(bitmaps::enable(a))),
+    ("block-dirty-bitmap-disable", |a| Box::pin(bitmaps::disable(a))),
+    ("block-dirty-bitmap-merge", |a| Box::pin(bitmaps::merge(a))),
+    ("x-debug-block-dirty-bitmap-sha256", |a| {
+        Box::pin(bitmaps::sha256(a))
+    }),
+    ("transaction", |a| Box::pin(transaction::transaction(a))),
 ];
 
 /// The names of every command, `qmp_capabilities` included (for query-commands).
