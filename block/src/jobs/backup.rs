@@ -269,6 +269,10 @@ impl JobDriver for Backup {
         if let Some(filter) = self.filter.borrow_mut().take() {
             crate::graph::replace::drop_filter(&filter);
         }
+        // What was saved must reach the target's image even if nothing closes the node
+        // (QEMU's drive-backup closes it, which flushes); a failure here changes nothing
+        // the job can still report.
+        let _ = self.bcs.target().co_flush().await;
     }
 }
 

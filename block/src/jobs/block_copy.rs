@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use crate::coroutine::CoQueue;
 use crate::dirty_bitmap::BdrvDirtyBitmap;
-use crate::driver::RequestFlags;
+use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
@@ -67,6 +67,11 @@ impl BlockCopy {
     /// The node copied from.
     pub fn source(&self) -> &Rc<BlockDriverState> {
         &self.source
+    }
+
+    /// The node copied to.
+    pub fn target(&self) -> &Rc<BlockDriverState> {
+        &self.target
     }
 
     /// The chunk size.
@@ -128,6 +133,29 @@ impl BlockCopy {
             offset,
             bytes
         );
+        // Zeroes are written as zeroes, not copied (block_copy_do_copy's zeroes case).
+        let (status, _) = self
+            .source
+            .co_block_status_above(None, true, offset, bytes)
+            .await
+            .map_err(|error| CopyError {
+                is_read: true,
+                error,
+            })?;
+        if status.flags.contains(StatusFlags::ZERO) && status.bytes >= bytes {
+            return self
+                .target
+                .co_pwrite_zeroes(
+                    offset,
+                    bytes,
+                    (self.write_flags - RequestFlags::WRITE_COMPRESSED) | RequestFlags::MAY_UNMAP,
+                )
+                .await
+                .map_err(|error| CopyError {
+                    is_read: false,
+                    error,
+                });
+        }
         let buf = IoVector::alloc(bytes as usize);
         self.source
             .co_preadv(offset, &buf, RequestFlags::empty())

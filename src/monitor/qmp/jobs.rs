@@ -364,6 +364,7 @@ fn backup_options(
         }
         None => None,
     };
+    backup_perf(args)?;
     Ok(BackupOptions {
         common,
         sync: sync.unwrap_or(SyncMode::Full),
@@ -373,6 +374,33 @@ fn backup_options(
         bitmap,
         compress: args.opt_bool("compress")?.unwrap_or(false),
     })
+}
+
+/// Checks backup's `x-perf` tuning (BackupPerf). The job copies one chunk at a time,
+/// itself the cluster size: one worker and any chunk limit of at least a cluster are what it
+/// does anyway, and copy offloading is only ever an optimisation.
+fn backup_perf(args: &mut Args) -> Result<(), QmpError> {
+    let Some(v) = args.opt_value("x-perf") else {
+        return Ok(());
+    };
+    let Value::Object(m) = v else {
+        return Err(QmpError::generic(
+            "Invalid parameter type for 'x-perf', expected: object",
+        ));
+    };
+    let mut perf = Args::new(m);
+    perf.opt_bool("use-copy-range")?;
+    if perf.opt_int("max-workers")?.is_some_and(|w| w < 1) {
+        return Err(QmpError::generic("max-workers must be greater than zero"));
+    }
+    if let Some(c) = perf.opt_int("max-chunk")? {
+        if c < 0 || c > i32::MAX as i64 {
+            return Err(QmpError::generic(
+                "max-chunk must be zero (which means no limit) or not less than cluster size",
+            ));
+        }
+    }
+    perf.finish()
 }
 
 /// Creates the job of a `drive-backup` (`drive`) or `blockdev-backup`, in `txn` if
