@@ -164,7 +164,7 @@ pub async fn backup_job_create(
     let bcs = Rc::new(BlockCopy::new(
         source.clone(),
         target.clone(),
-        BACKUP_CLUSTER_SIZE,
+        cluster_size(target),
         opts.compress,
     ));
     let filter = crate::graph::replace::insert_filter(
@@ -190,12 +190,25 @@ pub async fn backup_job_create(
         filter: RefCell::new(Some(filter.clone())),
     };
     let sync_bitmap = backup.opts.bitmap.clone();
-    common.create(Box::new(backup), claims).inspect_err(|_| {
+    let bcs = backup.bcs.clone();
+    let job = common.create(Box::new(backup), claims).inspect_err(|_| {
         if let Some(sb) = sync_bitmap {
             let _ = source.dirty_bitmap_reclaim(&sb.bitmap);
         }
         crate::graph::replace::drop_filter(&filter);
-    })
+    })?;
+    bcs.set_progress_meter(&job);
+    Ok(job)
+}
+
+/// The chunk size: the default, or the target's cluster if larger, so that a chunk never
+/// fills part of a target cluster that has no backing file to supply the rest
+/// (block_copy_calculate_cluster_size).
+fn cluster_size(target: &BlockDriverState) -> u64 {
+    match target.drv().get_info(target) {
+        Ok(info) if info.cluster_size > 0 => BACKUP_CLUSTER_SIZE.max(info.cluster_size),
+        _ => BACKUP_CLUSTER_SIZE,
+    }
 }
 
 impl Backup {
@@ -289,7 +302,7 @@ impl Backup {
             trace!(backup_do_cow_enter, "job {} offset {}", job.id(), offset);
             match self.bcs.copy(offset, cluster).await {
                 Ok(copied) => {
-                    job.progress_update(copied);
+                    // The copier counted the progress (the filter's saves count too).
                     job.ratelimit_processed_bytes(copied);
                     offset += cluster;
                 }

@@ -7,8 +7,9 @@
 //! data is never copied after a guest write has replaced it.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
+use super::job::Job;
 use crate::coroutine::CoQueue;
 use crate::dirty_bitmap::BdrvDirtyBitmap;
 use crate::driver::{RequestFlags, StatusFlags};
@@ -36,6 +37,9 @@ pub struct BlockCopy {
     done: CoQueue,
     /// Writes go to the target compressed (backup's compress=true).
     write_flags: RequestFlags,
+    /// The job whose progress counts every chunk saved, by the job or by the filter
+    /// (block_copy_set_progress_meter).
+    progress: RefCell<Weak<Job>>,
 }
 
 impl BlockCopy {
@@ -61,7 +65,13 @@ impl BlockCopy {
             } else {
                 RequestFlags::empty()
             },
+            progress: RefCell::new(Weak::new()),
         }
+    }
+
+    /// Makes every chunk saved count as progress of `job`.
+    pub fn set_progress_meter(&self, job: &Rc<Job>) {
+        *self.progress.borrow_mut() = Rc::downgrade(job);
     }
 
     /// The node copied from.
@@ -119,6 +129,9 @@ impl BlockCopy {
                     return Err(e);
                 }
                 copied += n;
+                if let Some(job) = self.progress.borrow().upgrade() {
+                    job.progress_update(n);
+                }
             }
             chunk += cluster;
         }

@@ -278,11 +278,13 @@ async fn drive_target(
         }
     }
     let mut options = Options::new();
-    options.set("driver", format);
+    options.set("driver", format.clone());
     if let Some(name) = args.opt_str("node-name")? {
         options.set("node-name", name);
     }
-    if backing.is_none() {
+    // A protocol target (format=file) has no backing to leave out.
+    let is_format = block::registry::find_driver(&format).is_some_and(|d| d.is_format);
+    if backing.is_none() && is_format {
         options.set("backing", "null");
     }
     Ok(block::bdrv_open(Some(&file), options, OpenFlags::default()).await?)
@@ -457,22 +459,32 @@ fn block_job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
     })
 }
 
-/// The job `job-*` names by `id`.
-fn job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
+/// The job `job-*` names by `id`; `block-job-finalize`/`-dismiss` name a block job by
+/// `id` too, and miss it with DeviceNotActive (find_block_job).
+fn job(args: &mut Args, block: bool) -> Result<Rc<Job>, QmpError> {
     let id = args.str("id")?;
+    if block {
+        return JobManager::current().find(&id).ok_or_else(|| {
+            QmpError::new(
+                ErrorClass::DeviceNotActive,
+                format!("Block job '{id}' not found"),
+            )
+        });
+    }
     Ok(JobManager::current().find_job(&id)?)
 }
 
 /// Runs `verb` on the job a `block-job-*` (by device) or `job-*` (by id) command names.
 async fn job_verb(
     mut args: Args,
+    name: &str,
     by_device: bool,
     verb: fn(&Rc<Job>, &mut Args) -> block::Result<()>,
 ) -> CmdResult {
     let j = if by_device {
         block_job(&mut args)?
     } else {
-        job(&mut args)?
+        job(&mut args, name.starts_with("block-job-"))?
     };
     verb(&j, &mut args)?;
     args.finish()?;
@@ -515,7 +527,7 @@ pub async fn run_job_verb(name: &str, args: Args) -> CmdResult {
                 format!("The command {name} has not been found"),
             )
         })?;
-    job_verb(args, *by_device, *verb).await
+    job_verb(args, name, *by_device, *verb).await
 }
 
 /// `query-block-jobs`.
