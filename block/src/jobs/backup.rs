@@ -23,9 +23,9 @@ use super::job::{Job, JobDriver};
 use super::mirror::SyncMode;
 use super::CommonOptions;
 use crate::dirty_bitmap::{BdrvDirtyBitmap, BitmapCheck};
+use crate::driver::RequestFlags;
 use crate::error::{Error, Result};
 use crate::graph::blockers::OpBlocker;
-use crate::driver::RequestFlags;
 use crate::graph::permissions::{self, Perm};
 use crate::node::BlockDriverState;
 use crate::trace;
@@ -219,7 +219,8 @@ impl Backup {
             return;
         };
         let source = self.bcs.source();
-        let handed_on = (ok || sb.mode == BitmapSyncMode::Always) && sb.mode != BitmapSyncMode::Never;
+        let handed_on =
+            (ok || sb.mode == BitmapSyncMode::Always) && sb.mode != BitmapSyncMode::Never;
         let result = if handed_on {
             source.dirty_bitmap_abdicate(&sb.bitmap)
         } else {

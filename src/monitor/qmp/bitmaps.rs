@@ -21,9 +21,7 @@ pub fn bitmap_node(args: &mut Args) -> Result<Rc<BlockDriverState>, QmpError> {
 }
 
 /// The node and bitmap a command names, with QEMU's messages (block_dirty_bitmap_lookup).
-pub fn lookup(
-    args: &mut Args,
-) -> Result<(Rc<BlockDriverState>, Rc<BdrvDirtyBitmap>), QmpError> {
+pub fn lookup(args: &mut Args) -> Result<(Rc<BlockDriverState>, Rc<BdrvDirtyBitmap>), QmpError> {
     let node = args.str("node")?;
     let name = args.str("name")?;
     let bs = lookup_bs(Some(&node), Some(&node))
@@ -34,12 +32,13 @@ pub fn lookup(
 
 /// The arguments of block-dirty-bitmap-add beyond node and name.
 pub fn add_options(args: &mut Args) -> Result<AddOptions, QmpError> {
-    let granularity = match args.opt_int("granularity")? {
-        Some(g) => Some(u32::try_from(g).map_err(|_| {
-            QmpError::generic("Granularity must be power of 2 and at least 512")
-        })?),
-        None => None,
-    };
+    let granularity =
+        match args.opt_int("granularity")? {
+            Some(g) => Some(u32::try_from(g).map_err(|_| {
+                QmpError::generic("Granularity must be power of 2 and at least 512")
+            })?),
+            None => None,
+        };
     Ok(AddOptions {
         granularity,
         persistent: args.opt_bool("persistent")?.unwrap_or(false),

@@ -252,16 +252,21 @@ async fn drive_target(
     sync: SyncMode,
 ) -> Result<Rc<BlockDriverState>, QmpError> {
     let file = args.str("target")?;
-    let format = args
-        .opt_str("format")?
-        .unwrap_or_else(|| bs.format_name().to_string());
+    let format = args.opt_str("format")?;
+    let mode = args.opt_str("mode")?;
     let backing = bs.backing().filter(|_| sync == SyncMode::Top);
-    match args.opt_str("mode")?.as_deref() {
+    // An existing image without a format named is probed, a new one gets the source's.
+    let format = match (format, mode.as_deref()) {
+        (Some(f), _) => Some(f),
+        (None, Some("existing")) => None,
+        (None, _) => Some(bs.format_name().to_string()),
+    };
+    match mode.as_deref() {
         Some("existing") => {}
         None | Some("absolute-paths") => {
             let req = ImgCreate {
                 filename: file.clone(),
-                fmt: format.clone(),
+                fmt: format.clone().unwrap_or_default(),
                 backing: backing.as_ref().map(|b| b.filename()),
                 backing_fmt: backing.as_ref().map(|b| b.format_name().to_string()),
                 options: None,
@@ -278,12 +283,17 @@ async fn drive_target(
         }
     }
     let mut options = Options::new();
-    options.set("driver", format.clone());
+    if let Some(f) = &format {
+        options.set("driver", f.clone());
+    }
     if let Some(name) = args.opt_str("node-name")? {
         options.set("node-name", name);
     }
     // A protocol target (format=file) has no backing to leave out.
-    let is_format = block::registry::find_driver(&format).is_some_and(|d| d.is_format);
+    let is_format = format
+        .as_deref()
+        .and_then(block::registry::find_driver)
+        .is_some_and(|d| d.is_format);
     if backing.is_none() && is_format {
         options.set("backing", "null");
     }
@@ -331,9 +341,9 @@ fn backup_options(
     };
     let bitmap = match args.opt_str("bitmap")? {
         Some(name) => {
-            let bm = bs.find_dirty_bitmap(&name).ok_or_else(|| {
-                QmpError::generic(format!("Bitmap '{name}' could not be found"))
-            })?;
+            let bm = bs
+                .find_dirty_bitmap(&name)
+                .ok_or_else(|| QmpError::generic(format!("Bitmap '{name}' could not be found")))?;
             let mode = bitmap_mode.ok_or_else(|| {
                 QmpError::generic("Bitmap sync mode must be given when providing a bitmap")
             })?;
@@ -415,7 +425,13 @@ pub async fn backup_job(
     subscribe_events();
     let args = &mut args;
     let (dev, bs) = device(args)?;
-    let target = if drive { None } else { Some(target_node(args)?) };
+    let target = if drive {
+        None
+    } else {
+        // A device name or a node name (bdrv_lookup_bs).
+        let name = args.str("target")?;
+        Some(lookup_bs(Some(&name), Some(&name))?)
+    };
     let mut common = common(args, &dev)?;
     common.txn = txn;
     let opts = backup_options(args, &bs, common)?;

@@ -115,10 +115,16 @@ static COMMANDS: &[(&str, Handler)] = &[
         Box::pin(block::blockdev_snapshot(a))
     }),
     ("block-dirty-bitmap-add", |a| Box::pin(bitmaps::add(a))),
-    ("block-dirty-bitmap-remove", |a| Box::pin(bitmaps::remove(a))),
+    ("block-dirty-bitmap-remove", |a| {
+        Box::pin(bitmaps::remove(a))
+    }),
     ("block-dirty-bitmap-clear", |a| Box::pin(bitmaps::clear(a))),
-    ("block-dirty-bitmap-enable", |a| Box::pin(bitmaps::enable(a))),
-    ("block-dirty-bitmap-disable", |a| Box::pin(bitmaps::disable(a))),
+    ("block-dirty-bitmap-enable", |a| {
+        Box::pin(bitmaps::enable(a))
+    }),
+    ("block-dirty-bitmap-disable", |a| {
+        Box::pin(bitmaps::disable(a))
+    }),
     ("block-dirty-bitmap-merge", |a| Box::pin(bitmaps::merge(a))),
     ("x-debug-block-dirty-bitmap-sha256", |a| {
         Box::pin(bitmaps::sha256(a))

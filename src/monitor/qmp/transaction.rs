@@ -126,9 +126,7 @@ async fn prepare(
         }
         "Abort" => {
             data.finish()?;
-            Err(QmpError::generic(
-                "Transaction aborted using Abort action",
-            ))
+            Err(QmpError::generic("Transaction aborted using Abort action"))
         }
         "blockdev-snapshot-sync"
         | "blockdev-snapshot"
