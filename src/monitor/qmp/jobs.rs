@@ -1,5 +1,5 @@
 //! Block job commands and events: block-stream, block-commit, drive-/blockdev-mirror,
-//! drive-/blockdev-backup, block-job-* and job-*, query-block-jobs and query-jobs, and the
+//! block-job-* and job-* (drive-/blockdev-backup are [`super::backup`]'s), query-block-jobs and query-jobs, and the
 //! job events (QEMU's blockdev.c qmp_block_stream & co., blockdev.c/job-qmp.c's job
 //! commands, and the JOB_STATUS_CHANGE / BLOCK_JOB_* emitters). The jobs themselves are
 //! the block layer's ([`block::jobs`]); this module turns QMP arguments into their options
@@ -8,14 +8,10 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use block::dirty_bitmap::BitmapCheck;
-use block::jobs::backup::{backup_job_create, BackupOptions, BitmapSyncMode, SyncBitmap};
 use block::jobs::commit::{commit_start, CommitOptions};
 use block::jobs::mirror::{commit_active_start, mirror_start, CopyMode, MirrorOptions, SyncMode};
 use block::jobs::stream::{stream_start, StreamOptions};
-use block::jobs::{
-    BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, JobTxn, OnError,
-};
+use block::jobs::{BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError};
 use block::{BlockDriverState, OpenFlags, Options};
 use serde_json::{json, Value};
 
@@ -60,14 +56,14 @@ fn emit_job_event(e: &JobEvent) {
 }
 
 /// The monitor listens to the job events from the first job it starts on.
-fn subscribe_events() {
+pub(super) fn subscribe_events() {
     if !SUBSCRIBED.with(|s| s.replace(true)) {
         JobManager::current().subscribe(Rc::new(emit_job_event));
     }
 }
 
 /// job-id, speed, auto-finalize, auto-dismiss; a block job's id defaults to its device.
-fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
+pub(super) fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
     let job_id = args
         .opt_str("job-id")?
         .unwrap_or_else(|| device.to_string());
@@ -82,7 +78,7 @@ fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
     })
 }
 
-fn on_error(args: &mut Args, key: &str) -> Result<OnError, QmpError> {
+pub(super) fn on_error(args: &mut Args, key: &str) -> Result<OnError, QmpError> {
     Ok(match args.opt_str(key)? {
         Some(v) => OnError::parse(&v)?,
         None => OnError::Report,
@@ -97,7 +93,7 @@ fn sync_mode(args: &mut Args) -> Result<SyncMode, QmpError> {
 }
 
 /// The node a command's `device` names, with the device's name for the job id.
-fn device(args: &mut Args) -> Result<(String, Rc<BlockDriverState>), QmpError> {
+pub(super) fn device(args: &mut Args) -> Result<(String, Rc<BlockDriverState>), QmpError> {
     let device = args.str("device")?;
     let bs = lookup_bs(Some(&device), Some(&device))?;
     Ok((device, bs))
@@ -128,7 +124,7 @@ fn chain_node(
     }
 }
 
-fn started(job: Rc<Job>) -> CmdResult {
+pub(super) fn started(job: Rc<Job>) -> CmdResult {
     drop(job);
     Ok(json!({}))
 }
@@ -246,7 +242,7 @@ fn target_node(args: &mut Args) -> Result<Rc<BlockDriverState>, QmpError> {
 
 /// Creates (mode absolute-paths) or opens (mode existing) the target file of drive-mirror
 /// and drive-backup, backed like the source for sync=top.
-async fn drive_target(
+pub(super) async fn drive_target(
     args: &mut Args,
     bs: &Rc<BlockDriverState>,
     sync: SyncMode,
@@ -310,158 +306,6 @@ pub async fn drive_mirror(mut args: Args) -> CmdResult {
     args.opt_bool("unmap")?;
     args.finish()?;
     started(mirror_start(&bs, &target, opts).await?)
-}
-
-/// backup's bitmap arguments, checked as QEMU's do_backup_common does; sync=incremental
-/// is sync=bitmap with bitmap-mode on-success.
-fn backup_options(
-    args: &mut Args,
-    bs: &BlockDriverState,
-    common: CommonOptions,
-) -> Result<BackupOptions, QmpError> {
-    let sync_name = args
-        .opt_str("sync")?
-        .ok_or_else(|| QmpError::generic("Parameter 'sync' is missing"))?;
-    let mut bitmap_mode = match args.opt_str("bitmap-mode")? {
-        Some(m) => Some(BitmapSyncMode::parse(&m)?),
-        None => None,
-    };
-    let sync = match sync_name.as_str() {
-        "incremental" => {
-            if bitmap_mode.is_some_and(|m| m != BitmapSyncMode::OnSuccess) {
-                return Err(QmpError::generic(
-                    "Bitmap sync mode must be 'on-success' when using sync mode 'incremental'",
-                ));
-            }
-            bitmap_mode = Some(BitmapSyncMode::OnSuccess);
-            None
-        }
-        "bitmap" => None,
-        other => Some(SyncMode::parse(other)?),
-    };
-    let bitmap = match args.opt_str("bitmap")? {
-        Some(name) => {
-            let bm = bs
-                .find_dirty_bitmap(&name)
-                .ok_or_else(|| QmpError::generic(format!("Bitmap '{name}' could not be found")))?;
-            let mode = bitmap_mode.ok_or_else(|| {
-                QmpError::generic("Bitmap sync mode must be given when providing a bitmap")
-            })?;
-            bm.check(BitmapCheck::ALLOW_RO)?;
-            if sync == Some(SyncMode::None) {
-                return Err(QmpError::generic(
-                    "sync mode 'none' does not produce meaningful bitmap outputs",
-                ));
-            }
-            if mode == BitmapSyncMode::Never && sync.is_some() {
-                return Err(QmpError::generic(format!(
-                    "Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '{sync_name}'"
-                )));
-            }
-            Some(SyncBitmap {
-                bitmap: bm,
-                mode,
-                copy_marked_only: sync.is_none(),
-            })
-        }
-        None if bitmap_mode.is_some() => {
-            return Err(QmpError::generic(
-                "Cannot specify bitmap sync mode without a bitmap",
-            ))
-        }
-        None if sync.is_none() => {
-            return Err(QmpError::generic(format!(
-                "must provide a valid bitmap name for '{sync_name}' sync mode"
-            )))
-        }
-        None => None,
-    };
-    backup_perf(args)?;
-    Ok(BackupOptions {
-        common,
-        sync: sync.unwrap_or(SyncMode::Full),
-        filter_node_name: args.opt_str("filter-node-name")?,
-        on_source_error: on_error(args, "on-source-error")?,
-        on_target_error: on_error(args, "on-target-error")?,
-        bitmap,
-        compress: args.opt_bool("compress")?.unwrap_or(false),
-    })
-}
-
-/// Checks backup's `x-perf` tuning (BackupPerf). The job copies one chunk at a time,
-/// itself the cluster size: one worker and any chunk limit of at least a cluster are what it
-/// does anyway, and copy offloading is only ever an optimisation.
-fn backup_perf(args: &mut Args) -> Result<(), QmpError> {
-    let Some(v) = args.opt_value("x-perf") else {
-        return Ok(());
-    };
-    let Value::Object(m) = v else {
-        return Err(QmpError::generic(
-            "Invalid parameter type for 'x-perf', expected: object",
-        ));
-    };
-    let mut perf = Args::new(m);
-    perf.opt_bool("use-copy-range")?;
-    if perf.opt_int("max-workers")?.is_some_and(|w| w < 1) {
-        return Err(QmpError::generic("max-workers must be greater than zero"));
-    }
-    if let Some(c) = perf.opt_int("max-chunk")? {
-        if c < 0 || c > i32::MAX as i64 {
-            return Err(QmpError::generic(
-                "max-chunk must be zero (which means no limit) or not less than cluster size",
-            ));
-        }
-    }
-    perf.finish()
-}
-
-/// Creates the job of a `drive-backup` (`drive`) or `blockdev-backup`, in `txn` if
-/// given, without starting it.
-pub async fn backup_job(
-    mut args: Args,
-    drive: bool,
-    txn: Option<Rc<JobTxn>>,
-) -> Result<Rc<Job>, QmpError> {
-    subscribe_events();
-    let args = &mut args;
-    let (dev, bs) = device(args)?;
-    let target = if drive {
-        None
-    } else {
-        // A device name or a node name (bdrv_lookup_bs).
-        let name = args.str("target")?;
-        Some(lookup_bs(Some(&name), Some(&name))?)
-    };
-    let mut common = common(args, &dev)?;
-    common.txn = txn;
-    let opts = backup_options(args, &bs, common)?;
-    let target = match target {
-        Some(t) => t,
-        None => {
-            let sync = if opts.bitmap.as_ref().is_some_and(|b| b.copy_marked_only) {
-                SyncMode::Full
-            } else {
-                opts.sync
-            };
-            drive_target(args, &bs, sync).await?
-        }
-    };
-    std::mem::replace(args, Args::new(Default::default())).finish()?;
-    Ok(backup_job_create(&bs, &target, opts).await?)
-}
-
-/// `blockdev-backup`.
-pub async fn blockdev_backup(args: Args) -> CmdResult {
-    let job = backup_job(args, false, None).await?;
-    job.start();
-    started(job)
-}
-
-/// `drive-backup`.
-pub async fn drive_backup(args: Args) -> CmdResult {
-    let job = backup_job(args, true, None).await?;
-    job.start();
-    started(job)
 }
 
 /// The job `block-job-*` names by `device` (its id), with QEMU's DeviceNotActive error.

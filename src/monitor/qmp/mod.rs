@@ -9,6 +9,7 @@
 //! argument checks QAPI's generated visitors make).
 
 pub mod args;
+pub mod backup;
 pub mod bitmaps;
 pub mod block;
 pub mod block_query;
@@ -103,8 +104,8 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("block-commit", |a| Box::pin(jobs::block_commit(a))),
     ("blockdev-mirror", |a| Box::pin(jobs::blockdev_mirror(a))),
     ("drive-mirror", |a| Box::pin(jobs::drive_mirror(a))),
-    ("blockdev-backup", |a| Box::pin(jobs::blockdev_backup(a))),
-    ("drive-backup", |a| Box::pin(jobs::drive_backup(a))),
+    ("blockdev-backup", |a| Box::pin(backup::blockdev_backup(a))),
+    ("drive-backup", |a| Box::pin(backup::drive_backup(a))),
     ("blockdev-add", |a| Box::pin(block::blockdev_add(a))),
     ("blockdev-del", |a| Box::pin(block::blockdev_del(a))),
     ("block_resize", |a| Box::pin(block::block_resize(a))),

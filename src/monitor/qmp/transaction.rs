@@ -16,7 +16,7 @@ use block::jobs::{Job, JobTxn};
 use block::BlockDriverState;
 use serde_json::{json, Value};
 
-use super::{bitmaps, jobs, Args, CmdResult, QmpError};
+use super::{backup, bitmaps, Args, CmdResult, QmpError};
 
 /// What a prepared action undoes on abort, or finishes on commit.
 enum Prepared {
@@ -74,7 +74,7 @@ async fn prepare(
     let grouped = txn.is_some();
     match kind {
         "drive-backup" | "blockdev-backup" => Ok(Prepared::Job(
-            jobs::backup_job(data, kind == "drive-backup", txn.clone()).await?,
+            backup::backup_job(data, kind == "drive-backup", txn.clone()).await?,
         )),
         "block-dirty-bitmap-add" => {
             check_not_grouped(kind, grouped)?;
