@@ -217,6 +217,45 @@ impl BdrvDirtyBitmap {
         self.bits.borrow_mut().reset(first, end);
     }
 
+    /// Marks clean only the granules `bytes` at `offset` covers entirely, plus a short last
+    /// granule the range reaches the end of: what a copy of an unaligned range may clear
+    /// (the alignment mirror's do_sync_target_write does before bdrv_reset_dirty_bitmap).
+    pub fn reset_covered(&self, offset: u64, bytes: u64) {
+        let g = self.granularity as u64;
+        let end = offset.saturating_add(bytes);
+        let first = offset.div_ceil(g);
+        let last = if end >= self.size() {
+            self.size().div_ceil(g)
+        } else {
+            end / g
+        };
+        if last > first {
+            self.bits.borrow_mut().reset(first, last);
+        }
+    }
+
+    /// A copy of the bits, for a transaction to put back if it aborts (the `out` of
+    /// bdrv_clear_dirty_bitmap and bdrv_merge_dirty_bitmap).
+    pub fn backup_bits(&self) -> HBitmap {
+        self.bits.borrow().clone()
+    }
+
+    /// Puts back bits saved by [`BdrvDirtyBitmap::backup_bits`] (bdrv_restore_dirty_bitmap).
+    pub fn restore_bits(&self, bits: HBitmap) {
+        *self.bits.borrow_mut() = bits;
+    }
+
+    /// Whether writes are recorded, by the bitmap or by the successor standing in for it
+    /// (bdrv_dirty_bitmap_recording).
+    pub fn recording(&self) -> bool {
+        self.enabled()
+            || self
+                .successor
+                .borrow()
+                .as_ref()
+                .is_some_and(|s| s.enabled())
+    }
+
     /// Marks everything clean (bdrv_clear_dirty_bitmap).
     pub fn clear(&self) {
         self.bits.borrow_mut().reset_all();
@@ -281,7 +320,7 @@ impl BdrvDirtyBitmap {
 
     /// Sets in `self` every bit dirty in `src`, which may have another granularity
     /// (the merge inside bdrv_merge_dirty_bitmap; the checks are the caller's).
-    pub(crate) fn merge_bits_from(&self, src: &BdrvDirtyBitmap) {
+    pub fn merge_bits_from(&self, src: &BdrvDirtyBitmap) {
         if src.granularity == self.granularity {
             let src_bits = src.bits.borrow().clone();
             self.bits.borrow_mut().merge(&src_bits);
@@ -324,6 +363,21 @@ mod tests {
         assert_eq!(bm.dirty_extents(), vec![(0, 131072)]);
         bm.reset_dirty(0, 65536);
         assert_eq!(bm.dirty_extents(), vec![(65536, 65536)]);
+        bm.reset_covered(65537, 65536);
+        assert_eq!(bm.dirty_extents(), vec![(65536, 65536)]);
+        bm.reset_covered(65536, 65536);
+        assert_eq!(bm.count(), 0);
+    }
+
+    #[test]
+    fn a_range_reaching_the_end_covers_the_short_last_granule() {
+        let bm = BdrvDirtyBitmap::new(None, 4096, 10 * 4096 + 100);
+        bm.set_dirty(8 * 4096, 3 * 4096);
+        assert_eq!(bm.count(), 3 * 4096);
+        bm.reset_covered(9 * 4096 + 1, 4096 + 99);
+        assert_eq!(bm.dirty_extents(), vec![(8 * 4096, 2 * 4096)]);
+        bm.reset_covered(9 * 4096, 4096 + 100);
+        assert_eq!(bm.dirty_extents(), vec![(8 * 4096, 4096)]);
     }
 
     #[test]

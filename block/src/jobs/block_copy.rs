@@ -7,11 +7,12 @@
 //! data is never copied after a guest write has replaced it.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
-use super::dirty::DirtyBitmap;
+use super::job::Job;
 use crate::coroutine::CoQueue;
-use crate::driver::RequestFlags;
+use crate::dirty_bitmap::BdrvDirtyBitmap;
+use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
@@ -29,10 +30,16 @@ pub struct CopyError {
 pub struct BlockCopy {
     source: Rc<BlockDriverState>,
     target: Rc<BlockDriverState>,
-    /// Chunks not saved yet.
-    pub(crate) bitmap: RefCell<DirtyBitmap>,
+    /// Chunks not saved yet (the copy bitmap of BlockCopyState, anonymous and not on the
+    /// node: guest writes do not make a chunk need saving again).
+    pub(crate) bitmap: BdrvDirtyBitmap,
     busy: RefCell<Vec<u64>>,
     done: CoQueue,
+    /// Writes go to the target compressed (backup's compress=true).
+    write_flags: RequestFlags,
+    /// The job whose progress counts every chunk saved, by the job or by the filter
+    /// (block_copy_set_progress_meter).
+    progress: RefCell<Weak<Job>>,
 }
 
 impl BlockCopy {
@@ -42,22 +49,44 @@ impl BlockCopy {
         source: Rc<BlockDriverState>,
         target: Rc<BlockDriverState>,
         cluster_size: u64,
+        compress: bool,
     ) -> BlockCopy {
         let len = source.getlength();
-        let mut bitmap = DirtyBitmap::new(len, cluster_size);
-        bitmap.set(0, len);
+        let bitmap = BdrvDirtyBitmap::new(None, cluster_size as u32, len);
+        bitmap.set_dirty(0, len);
         BlockCopy {
             source,
             target,
-            bitmap: RefCell::new(bitmap),
+            bitmap,
             busy: RefCell::new(Vec::new()),
             done: CoQueue::new(),
+            write_flags: if compress {
+                RequestFlags::WRITE_COMPRESSED
+            } else {
+                RequestFlags::empty()
+            },
+            progress: RefCell::new(Weak::new()),
         }
+    }
+
+    /// Makes every chunk saved count as progress of `job`.
+    pub fn set_progress_meter(&self, job: &Rc<Job>) {
+        *self.progress.borrow_mut() = Rc::downgrade(job);
+    }
+
+    /// The node copied from.
+    pub fn source(&self) -> &Rc<BlockDriverState> {
+        &self.source
+    }
+
+    /// The node copied to.
+    pub fn target(&self) -> &Rc<BlockDriverState> {
+        &self.target
     }
 
     /// The chunk size.
     pub fn cluster_size(&self) -> u64 {
-        self.bitmap.borrow().granularity()
+        self.bitmap.granularity() as u64
     }
 
     /// Drops chunks the source's top layer does not allocate (sync=top:
@@ -69,11 +98,11 @@ impl BlockCopy {
             let (allocated, n) = self.source.co_is_allocated(offset, len - offset).await?;
             let n = n.max(1);
             if !allocated {
-                self.bitmap.borrow_mut().reset_covered(offset, n);
+                self.bitmap.reset_covered(offset, n);
             }
             offset += n;
         }
-        Ok(self.bitmap.borrow().count())
+        Ok(self.bitmap.count())
     }
 
     /// Saves every chunk of `[offset, offset + bytes)` not saved yet (block_copy); returns
@@ -88,18 +117,21 @@ impl BlockCopy {
             self.done
                 .wait_while(|| self.busy.borrow().contains(&chunk))
                 .await;
-            if self.bitmap.borrow().get(chunk) {
+            if self.bitmap.get(chunk) {
                 let n = cluster.min(len - chunk);
                 self.busy.borrow_mut().push(chunk);
-                self.bitmap.borrow_mut().reset_covered(chunk, n);
+                self.bitmap.reset_covered(chunk, n);
                 let result = self.copy_chunk(chunk, n).await;
                 self.busy.borrow_mut().retain(|c| *c != chunk);
                 self.done.restart_all();
                 if let Err(e) = result {
-                    self.bitmap.borrow_mut().set(chunk, n);
+                    self.bitmap.set_dirty(chunk, n);
                     return Err(e);
                 }
                 copied += n;
+                if let Some(job) = self.progress.borrow().upgrade() {
+                    job.progress_update(n);
+                }
             }
             chunk += cluster;
         }
@@ -114,6 +146,29 @@ impl BlockCopy {
             offset,
             bytes
         );
+        // Zeroes are written as zeroes, not copied (block_copy_do_copy's zeroes case).
+        let (status, _) = self
+            .source
+            .co_block_status_above(None, true, offset, bytes)
+            .await
+            .map_err(|error| CopyError {
+                is_read: true,
+                error,
+            })?;
+        if status.flags.contains(StatusFlags::ZERO) && status.bytes >= bytes {
+            return self
+                .target
+                .co_pwrite_zeroes(
+                    offset,
+                    bytes,
+                    (self.write_flags - RequestFlags::WRITE_COMPRESSED) | RequestFlags::MAY_UNMAP,
+                )
+                .await
+                .map_err(|error| CopyError {
+                    is_read: false,
+                    error,
+                });
+        }
         let buf = IoVector::alloc(bytes as usize);
         self.source
             .co_preadv(offset, &buf, RequestFlags::empty())
@@ -123,7 +178,7 @@ impl BlockCopy {
                 error,
             })?;
         self.target
-            .co_pwritev(offset, &buf, RequestFlags::empty())
+            .co_pwritev(offset, &buf, self.write_flags)
             .await
             .map_err(|error| CopyError {
                 is_read: false,

@@ -4,10 +4,10 @@
 //! A job's work is a [`JobDriver`]'s `run`, executed in a coroutine on the AioContext. The
 //! job yields only at points it chooses (`pause_point`, `sleep`, `yield_`): that is where a
 //! pause, a cancel or a new speed takes effect, so a pause never interrupts a copy half-way.
-//! When `run` returns, the job completes: on success it waits (for its transaction — each
-//! job is its own here), becomes pending, and is finalised (prepare, then commit or abort,
-//! then clean) either at once (auto-finalize) or on `finalize`; it then concludes and,
-//! with auto-dismiss, disappears.
+//! When `run` returns, the job completes: on success it waits for the other jobs of its
+//! transaction, becomes pending, and is finalised (prepare, then commit or abort, then
+//! clean) either at once (auto-finalize) or on `finalize`; it then concludes and, with
+//! auto-dismiss, disappears. That second half lives in [`super::txn`].
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
@@ -80,20 +80,20 @@ pub struct Job {
     id: Option<String>,
     pub(super) driver: Box<dyn JobDriver>,
     manager: Weak<JobManager>,
-    status: Cell<JobStatus>,
+    pub(super) status: Cell<JobStatus>,
     pub(super) pause_count: Cell<u32>,
     paused: Cell<bool>,
     pub(super) user_paused: Cell<bool>,
     busy: Cell<bool>,
-    started: Cell<bool>,
-    deferred: Cell<bool>,
-    finalizing: Cell<bool>,
+    pub(super) started: Cell<bool>,
+    pub(super) deferred: Cell<bool>,
+    pub(super) finalizing: Cell<bool>,
     cancelled: Cell<bool>,
     force_cancel: Cell<bool>,
-    auto_finalize: bool,
-    auto_dismiss: bool,
-    ret: Cell<i32>,
-    err: RefCell<Option<String>>,
+    pub(super) auto_finalize: bool,
+    pub(super) auto_dismiss: bool,
+    pub(super) ret: Cell<i32>,
+    pub(super) err: RefCell<Option<String>>,
     progress: Cell<(u64, u64)>,
     pub(super) speed: Cell<u64>,
     pub(super) limit: RefCell<RateLimit>,
@@ -101,10 +101,12 @@ pub struct Job {
     timer_pending: Cell<bool>,
     entered: Cell<bool>,
     waker: RefCell<Option<Waker>>,
-    changed: CoQueue,
+    pub(super) changed: CoQueue,
     /// What the job holds on nodes (op blockers, permission claims), released when it
     /// finalises (block_job_remove_all_bdrv).
-    held: RefCell<Vec<Box<dyn std::any::Any>>>,
+    pub(super) held: RefCell<Vec<Box<dyn std::any::Any>>>,
+    /// The transaction whose jobs complete together (None: a transaction of one).
+    pub(super) txn: RefCell<Option<Rc<super::txn::JobTxn>>>,
 }
 
 /// Whether a job id is acceptable (id_wellformed): a letter, then letters, digits, `-._`.
@@ -158,6 +160,7 @@ impl Job {
             waker: RefCell::new(None),
             changed: CoQueue::new(),
             held: RefCell::new(Vec::new()),
+            txn: RefCell::new(None),
         });
         job.transition(JobStatus::Created);
         manager.add(job.clone());
@@ -439,7 +442,7 @@ impl Job {
         co_spawn(f(self.clone()));
     }
 
-    fn cancel_async(self: &Rc<Self>, force: bool) {
+    pub(super) fn cancel_async(self: &Rc<Self>, force: bool) {
         let force = self.driver.cancel(self, force);
         if self.user_paused.get() {
             // The cancel takes the user's pause away; the caller enters the job.
@@ -464,7 +467,7 @@ impl Job {
     }
 
     /// Turns a cancel into -ECANCELED and any failure into aborting (job_update_rc).
-    fn update_rc(&self) {
+    pub(super) fn update_rc(&self) {
         if self.ret.get() == 0 && self.is_cancelled() {
             self.ret.set(-libc::ECANCELED);
         }
@@ -473,73 +476,6 @@ impl Job {
                 *self.err.borrow_mut() = Some(strerror(-self.ret.get()));
             }
             self.transition(JobStatus::Aborting);
-        }
-    }
-
-    /// The job's work is over (job_completed).
-    async fn completed(self: Rc<Self>) {
-        self.update_rc();
-        trace!(job_completed, "job {} ret {}", self.id(), self.ret.get());
-        if self.ret.get() != 0 {
-            self.txn_abort().await;
-            return;
-        }
-        // A transaction of one: nothing else to wait for.
-        self.transition(JobStatus::Waiting);
-        self.transition(JobStatus::Pending);
-        if !self.auto_finalize {
-            self.emit(JobEvent::Pending {
-                job_type: self.job_type(),
-                id: self.id().to_string(),
-            });
-        } else {
-            self.do_finalize().await;
-        }
-    }
-
-    async fn txn_abort(self: Rc<Self>) {
-        if self.finalizing.replace(true) {
-            return;
-        }
-        self.finalize_single().await;
-    }
-
-    pub(super) async fn do_finalize(self: Rc<Self>) {
-        if self.finalizing.replace(true) {
-            return;
-        }
-        if self.ret.get() == 0 {
-            if let Err(e) = self.driver.prepare(&self).await {
-                self.ret.set(-e.errno().max(1));
-                *self.err.borrow_mut() = Some(e.to_string());
-            }
-            self.update_rc();
-        }
-        self.finalize_single().await;
-    }
-
-    /// Commits or aborts, cleans up, announces the end and concludes (job_finalize_single).
-    async fn finalize_single(self: &Rc<Self>) {
-        self.update_rc();
-        if self.ret.get() == 0 {
-            self.driver.commit(self).await;
-        } else {
-            self.driver.abort(self).await;
-        }
-        self.driver.clean(self).await;
-        self.held.borrow_mut().clear();
-        if self.started.get() && !self.is_internal() {
-            let info = self.event_info();
-            if self.is_cancelled() {
-                self.emit(JobEvent::Cancelled(info));
-            } else {
-                let error = self.error();
-                self.emit(JobEvent::Completed { info, error });
-            }
-        }
-        self.transition(JobStatus::Concluded);
-        if self.auto_dismiss || !self.started.get() {
-            self.do_dismiss();
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! Read [`status`] first (the state machine and its tables), then [`job`] (one job's
 //! coroutine, its pause points and its way to conclusion), [`block_job`] (speed, error
-//! policy, the query fields), [`manager`] (the job list and its observers) and [`events`].
+//! policy, the query fields), [`txn`] (completion, finalisation and the jobs that complete
+//! together), [`manager`] (the job list and its observers) and [`events`].
 //! The job kinds build on them and on [`crate::graph`]: [`stream`] and [`commit`] copy along
 //! a backing chain and shorten it, [`mirror`] keeps a target in sync under a filter and
 //! pivots the guest onto it, [`backup`] saves what guest writes would overwrite.
@@ -14,7 +15,6 @@ pub mod block_copy;
 pub mod block_job;
 pub mod commit;
 pub mod copy_before_write;
-pub mod dirty;
 pub mod events;
 pub mod job;
 pub mod manager;
@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod status;
 pub mod stream;
 pub mod top_filter;
+pub mod txn;
 mod verbs;
 
 pub use block_job::{BlockJobInfo, IoStatus, JobInfo, OnError};
@@ -30,6 +31,7 @@ pub use events::{BlockJobEventInfo, ErrorAction, IoOperation, JobEvent, JobType}
 pub use job::{Job, JobDriver, JobFlags};
 pub use manager::{JobManager, JobObserver};
 pub use status::{JobStatus, JobVerb};
+pub use txn::JobTxn;
 
 use std::rc::Rc;
 
@@ -45,6 +47,8 @@ pub struct CommonOptions {
     pub speed: i64,
     /// Wait for `finalize` / `dismiss`.
     pub flags: JobFlags,
+    /// The transaction the job completes with (a grouped QMP `transaction`).
+    pub txn: Option<Rc<JobTxn>>,
 }
 
 impl CommonOptions {
@@ -58,6 +62,9 @@ impl CommonOptions {
         let job = Job::create(self.job_id.as_deref(), driver, self.flags)?;
         for claim in claims {
             job.hold(claim);
+        }
+        if let Some(txn) = &self.txn {
+            txn.add(&job);
         }
         if self.speed != 0 {
             if let Err(e) = job.set_speed(self.speed) {

@@ -73,6 +73,9 @@ pub async fn block_device_info(bs: &Rc<BlockDriverState>) -> block::Result<Value
         json!({"writeback": cache.writeback, "direct": cache.direct, "no-flush": cache.no_flush}),
     );
     m.insert("active".into(), json!(true));
+    if let Some(bitmaps) = super::bitmaps::query_dirty_bitmaps(bs) {
+        m.insert("dirty-bitmaps".into(), bitmaps);
+    }
     Ok(Value::Object(m))
 }
 

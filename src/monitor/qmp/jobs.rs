@@ -1,5 +1,5 @@
 //! Block job commands and events: block-stream, block-commit, drive-/blockdev-mirror,
-//! drive-/blockdev-backup, block-job-* and job-*, query-block-jobs and query-jobs, and the
+//! block-job-* and job-* (drive-/blockdev-backup are [`super::backup`]'s), query-block-jobs and query-jobs, and the
 //! job events (QEMU's blockdev.c qmp_block_stream & co., blockdev.c/job-qmp.c's job
 //! commands, and the JOB_STATUS_CHANGE / BLOCK_JOB_* emitters). The jobs themselves are
 //! the block layer's ([`block::jobs`]); this module turns QMP arguments into their options
@@ -8,7 +8,6 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use block::jobs::backup::{backup_start, BackupOptions};
 use block::jobs::commit::{commit_start, CommitOptions};
 use block::jobs::mirror::{commit_active_start, mirror_start, CopyMode, MirrorOptions, SyncMode};
 use block::jobs::stream::{stream_start, StreamOptions};
@@ -57,14 +56,14 @@ fn emit_job_event(e: &JobEvent) {
 }
 
 /// The monitor listens to the job events from the first job it starts on.
-fn subscribe_events() {
+pub(super) fn subscribe_events() {
     if !SUBSCRIBED.with(|s| s.replace(true)) {
         JobManager::current().subscribe(Rc::new(emit_job_event));
     }
 }
 
 /// job-id, speed, auto-finalize, auto-dismiss; a block job's id defaults to its device.
-fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
+pub(super) fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
     let job_id = args
         .opt_str("job-id")?
         .unwrap_or_else(|| device.to_string());
@@ -75,10 +74,11 @@ fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
             manual_finalize: !args.opt_bool("auto-finalize")?.unwrap_or(true),
             manual_dismiss: !args.opt_bool("auto-dismiss")?.unwrap_or(true),
         },
+        txn: None,
     })
 }
 
-fn on_error(args: &mut Args, key: &str) -> Result<OnError, QmpError> {
+pub(super) fn on_error(args: &mut Args, key: &str) -> Result<OnError, QmpError> {
     Ok(match args.opt_str(key)? {
         Some(v) => OnError::parse(&v)?,
         None => OnError::Report,
@@ -93,7 +93,7 @@ fn sync_mode(args: &mut Args) -> Result<SyncMode, QmpError> {
 }
 
 /// The node a command's `device` names, with the device's name for the job id.
-fn device(args: &mut Args) -> Result<(String, Rc<BlockDriverState>), QmpError> {
+pub(super) fn device(args: &mut Args) -> Result<(String, Rc<BlockDriverState>), QmpError> {
     let device = args.str("device")?;
     let bs = lookup_bs(Some(&device), Some(&device))?;
     Ok((device, bs))
@@ -124,7 +124,7 @@ fn chain_node(
     }
 }
 
-fn started(job: Rc<Job>) -> CmdResult {
+pub(super) fn started(job: Rc<Job>) -> CmdResult {
     drop(job);
     Ok(json!({}))
 }
@@ -242,22 +242,27 @@ fn target_node(args: &mut Args) -> Result<Rc<BlockDriverState>, QmpError> {
 
 /// Creates (mode absolute-paths) or opens (mode existing) the target file of drive-mirror
 /// and drive-backup, backed like the source for sync=top.
-async fn drive_target(
+pub(super) async fn drive_target(
     args: &mut Args,
     bs: &Rc<BlockDriverState>,
     sync: SyncMode,
 ) -> Result<Rc<BlockDriverState>, QmpError> {
     let file = args.str("target")?;
-    let format = args
-        .opt_str("format")?
-        .unwrap_or_else(|| bs.format_name().to_string());
+    let format = args.opt_str("format")?;
+    let mode = args.opt_str("mode")?;
     let backing = bs.backing().filter(|_| sync == SyncMode::Top);
-    match args.opt_str("mode")?.as_deref() {
+    // An existing image without a format named is probed, a new one gets the source's.
+    let format = match (format, mode.as_deref()) {
+        (Some(f), _) => Some(f),
+        (None, Some("existing")) => None,
+        (None, _) => Some(bs.format_name().to_string()),
+    };
+    match mode.as_deref() {
         Some("existing") => {}
         None | Some("absolute-paths") => {
             let req = ImgCreate {
                 filename: file.clone(),
-                fmt: format.clone(),
+                fmt: format.clone().unwrap_or_default(),
                 backing: backing.as_ref().map(|b| b.filename()),
                 backing_fmt: backing.as_ref().map(|b| b.format_name().to_string()),
                 options: None,
@@ -274,11 +279,18 @@ async fn drive_target(
         }
     }
     let mut options = Options::new();
-    options.set("driver", format);
+    if let Some(f) = &format {
+        options.set("driver", f.clone());
+    }
     if let Some(name) = args.opt_str("node-name")? {
         options.set("node-name", name);
     }
-    if backing.is_none() {
+    // A protocol target (format=file) has no backing to leave out.
+    let is_format = format
+        .as_deref()
+        .and_then(block::registry::find_driver)
+        .is_some_and(|d| d.is_format);
+    if backing.is_none() && is_format {
         options.set("backing", "null");
     }
     Ok(block::bdrv_open(Some(&file), options, OpenFlags::default()).await?)
@@ -296,45 +308,6 @@ pub async fn drive_mirror(mut args: Args) -> CmdResult {
     started(mirror_start(&bs, &target, opts).await?)
 }
 
-fn backup_options(args: &mut Args, common: CommonOptions) -> Result<BackupOptions, QmpError> {
-    let opts = BackupOptions {
-        common,
-        sync: sync_mode(args)?,
-        filter_node_name: args.opt_str("filter-node-name")?,
-        on_source_error: on_error(args, "on-source-error")?,
-        on_target_error: on_error(args, "on-target-error")?,
-    };
-    if args.opt_str("bitmap")?.is_some() {
-        return Err(QmpError::generic(
-            "backup with a bitmap needs dirty bitmaps, which are not supported yet",
-        ));
-    }
-    args.opt_bool("compress")?;
-    Ok(opts)
-}
-
-/// `blockdev-backup`.
-pub async fn blockdev_backup(mut args: Args) -> CmdResult {
-    subscribe_events();
-    let (dev, bs) = device(&mut args)?;
-    let target = target_node(&mut args)?;
-    let common = common(&mut args, &dev)?;
-    let opts = backup_options(&mut args, common)?;
-    args.finish()?;
-    started(backup_start(&bs, &target, opts).await?)
-}
-
-/// `drive-backup`.
-pub async fn drive_backup(mut args: Args) -> CmdResult {
-    subscribe_events();
-    let (dev, bs) = device(&mut args)?;
-    let common = common(&mut args, &dev)?;
-    let opts = backup_options(&mut args, common)?;
-    let target = drive_target(&mut args, &bs, opts.sync).await?;
-    args.finish()?;
-    started(backup_start(&bs, &target, opts).await?)
-}
-
 /// The job `block-job-*` names by `device` (its id), with QEMU's DeviceNotActive error.
 fn block_job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
     let id = args.str("device")?;
@@ -346,22 +319,32 @@ fn block_job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
     })
 }
 
-/// The job `job-*` names by `id`.
-fn job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
+/// The job `job-*` names by `id`; `block-job-finalize`/`-dismiss` name a block job by
+/// `id` too, and miss it with DeviceNotActive (find_block_job).
+fn job(args: &mut Args, block: bool) -> Result<Rc<Job>, QmpError> {
     let id = args.str("id")?;
+    if block {
+        return JobManager::current().find(&id).ok_or_else(|| {
+            QmpError::new(
+                ErrorClass::DeviceNotActive,
+                format!("Block job '{id}' not found"),
+            )
+        });
+    }
     Ok(JobManager::current().find_job(&id)?)
 }
 
 /// Runs `verb` on the job a `block-job-*` (by device) or `job-*` (by id) command names.
 async fn job_verb(
     mut args: Args,
+    name: &str,
     by_device: bool,
     verb: fn(&Rc<Job>, &mut Args) -> block::Result<()>,
 ) -> CmdResult {
     let j = if by_device {
         block_job(&mut args)?
     } else {
-        job(&mut args)?
+        job(&mut args, name.starts_with("block-job-"))?
     };
     verb(&j, &mut args)?;
     args.finish()?;
@@ -404,7 +387,7 @@ pub async fn run_job_verb(name: &str, args: Args) -> CmdResult {
                 format!("The command {name} has not been found"),
             )
         })?;
-    job_verb(args, *by_device, *verb).await
+    job_verb(args, name, *by_device, *verb).await
 }
 
 /// `query-block-jobs`.

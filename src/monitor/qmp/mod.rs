@@ -9,10 +9,13 @@
 //! argument checks QAPI's generated visitors make).
 
 pub mod args;
+pub mod backup;
+pub mod bitmaps;
 pub mod block;
 pub mod block_query;
 pub mod jobs;
 pub mod machine;
+pub mod transaction;
 
 use ::block::coroutine::LocalBoxFuture;
 use ::block::trace;
@@ -101,8 +104,8 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("block-commit", |a| Box::pin(jobs::block_commit(a))),
     ("blockdev-mirror", |a| Box::pin(jobs::blockdev_mirror(a))),
     ("drive-mirror", |a| Box::pin(jobs::drive_mirror(a))),
-    ("blockdev-backup", |a| Box::pin(jobs::blockdev_backup(a))),
-    ("drive-backup", |a| Box::pin(jobs::drive_backup(a))),
+    ("blockdev-backup", |a| Box::pin(backup::blockdev_backup(a))),
+    ("drive-backup", |a| Box::pin(backup::drive_backup(a))),
     ("blockdev-add", |a| Box::pin(block::blockdev_add(a))),
     ("blockdev-del", |a| Box::pin(block::blockdev_del(a))),
     ("block_resize", |a| Box::pin(block::block_resize(a))),
@@ -112,6 +115,22 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("blockdev-snapshot", |a| {
         Box::pin(block::blockdev_snapshot(a))
     }),
+    ("block-dirty-bitmap-add", |a| Box::pin(bitmaps::add(a))),
+    ("block-dirty-bitmap-remove", |a| {
+        Box::pin(bitmaps::remove(a))
+    }),
+    ("block-dirty-bitmap-clear", |a| Box::pin(bitmaps::clear(a))),
+    ("block-dirty-bitmap-enable", |a| {
+        Box::pin(bitmaps::enable(a))
+    }),
+    ("block-dirty-bitmap-disable", |a| {
+        Box::pin(bitmaps::disable(a))
+    }),
+    ("block-dirty-bitmap-merge", |a| Box::pin(bitmaps::merge(a))),
+    ("x-debug-block-dirty-bitmap-sha256", |a| {
+        Box::pin(bitmaps::sha256(a))
+    }),
+    ("transaction", |a| Box::pin(transaction::transaction(a))),
 ];
 
 /// The names of every command, `qmp_capabilities` included (for query-commands).

@@ -14,11 +14,11 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
+use crate::dirty_bitmap::BdrvDirtyBitmap;
 use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::jobs::block_copy::CopyError;
-use crate::jobs::dirty::DirtyBitmap;
 use crate::jobs::top_filter::WriteObserver;
 use crate::node::BlockDriverState;
 use crate::trace;
@@ -37,7 +37,9 @@ pub enum CopyMode {
 pub struct MirrorState {
     pub(super) source: Rc<BlockDriverState>,
     pub(super) target: Rc<BlockDriverState>,
-    pub(super) dirty: RefCell<DirtyBitmap>,
+    /// The chunks still to copy: an anonymous bitmap of the dirty bitmap layer, set by the
+    /// mirror_top filter rather than by every write of the node.
+    pub(super) dirty: BdrvDirtyBitmap,
     copy_mode: CopyMode,
     /// Whether guest writes are still mirrored (not once the job is over).
     pub(super) active: Cell<bool>,
@@ -59,7 +61,7 @@ impl MirrorState {
         MirrorState {
             source,
             target,
-            dirty: RefCell::new(DirtyBitmap::new(len, granularity)),
+            dirty: BdrvDirtyBitmap::new(None, granularity as u32, len),
             copy_mode,
             active: Cell::new(true),
             in_flight: Cell::new(None),
@@ -75,7 +77,12 @@ impl MirrorState {
         from: u64,
         max: u64,
     ) -> std::result::Result<(u64, u64), CopyError> {
-        let area = self.dirty.borrow().next_dirty_area(from, max);
+        // Wraps around to the start, as QEMU's dirty iterator is reset to 0 at the end.
+        let max = max.max(self.dirty.granularity() as u64);
+        let area = self
+            .dirty
+            .next_dirty_area(from, u64::MAX, max)
+            .or_else(|| self.dirty.next_dirty_area(0, u64::MAX, max));
         let Some((offset, bytes)) = area else {
             return Ok((0, 0));
         };
@@ -86,12 +93,12 @@ impl MirrorState {
             offset,
             bytes
         );
-        self.dirty.borrow_mut().reset_covered(offset, bytes);
+        self.dirty.reset_covered(offset, bytes);
         self.in_flight.set(Some((offset, bytes)));
         let result = self.copy_area(offset, bytes).await;
         self.in_flight.set(None);
         if result.is_err() {
-            self.dirty.borrow_mut().set(offset, bytes);
+            self.dirty.set_dirty(offset, bytes);
         }
         result.map(|_| (offset + bytes, bytes))
     }
@@ -157,7 +164,7 @@ impl WriteObserver for MirrorState {
             && self.sync_error.borrow().is_none()
             && !self.overlaps_iteration(offset, bytes);
         let Some(qiov) = qiov.filter(|_| sync_copy) else {
-            self.dirty.borrow_mut().set(offset, bytes);
+            self.dirty.set_dirty(offset, bytes);
             return Ok(());
         };
         trace!(
@@ -168,7 +175,7 @@ impl WriteObserver for MirrorState {
             bytes
         );
         // Cleared before the copy: a write landing meanwhile marks its chunks again.
-        self.dirty.borrow_mut().reset_covered(offset, bytes);
+        self.dirty.reset_covered(offset, bytes);
         match self
             .target
             .co_pwritev(offset, qiov, RequestFlags::empty())
@@ -177,7 +184,7 @@ impl WriteObserver for MirrorState {
             Ok(()) => {}
             Err(e) => {
                 // The guest's write succeeded on the source; the job reports the target's.
-                self.dirty.borrow_mut().set(offset, bytes);
+                self.dirty.set_dirty(offset, bytes);
                 self.sync_error.borrow_mut().get_or_insert(e);
             }
         }

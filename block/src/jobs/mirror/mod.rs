@@ -232,7 +232,7 @@ impl Mirror {
                 let zero_init =
                     s.target.backing().is_none() && s.target.drv().has_zero_init(&s.target);
                 if !zero_init {
-                    s.dirty.borrow_mut().set(0, len);
+                    s.dirty.set_dirty(0, len);
                     return Ok(());
                 }
                 None
@@ -249,7 +249,7 @@ impl Mirror {
                 .await?;
             let n = status.bytes.max(1).min(len - offset);
             if status.flags.contains(StatusFlags::ALLOCATED) {
-                s.dirty.borrow_mut().set(offset, n);
+                s.dirty.set_dirty(offset, n);
             }
             offset += n;
         }
@@ -324,7 +324,7 @@ impl JobDriver for Mirror {
                     },
                 )?;
             }
-            let cnt = s.dirty.borrow().count();
+            let cnt = s.dirty.count();
             job.progress_set_remaining(cnt);
             if cnt > 0 {
                 match s.iteration(cursor, max).await {
@@ -337,7 +337,7 @@ impl JobDriver for Mirror {
                 }
             }
             let mut should_complete = false;
-            let cnt = s.dirty.borrow().count();
+            let cnt = s.dirty.count();
             if cnt == 0 {
                 if !job.is_ready() {
                     if self.flush_target().await.is_err() {
@@ -351,7 +351,7 @@ impl JobDriver for Mirror {
             if cnt == 0 && should_complete {
                 trace!(mirror_before_drain, "s {:p} cnt {}", self, cnt);
                 let drained = drained_begin(&s.source).await;
-                if s.dirty.borrow().count() > 0 || self.flush_target().await.is_err() {
+                if s.dirty.count() > 0 || self.flush_target().await.is_err() {
                     drop(drained);
                     continue;
                 }
