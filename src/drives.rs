@@ -46,12 +46,15 @@ pub struct DriveOptions {
     pub flags: OpenFlags,
     /// A `-blockdev`: a node owned by the monitor, no BlockBackend.
     pub blockdev: bool,
+    /// A CD-ROM drive without a disc: nothing is opened (QEMU's empty BlockBackend).
+    pub empty: bool,
 }
 
 thread_local! {
     static DRIVES: RefCell<BTreeMap<String, Rc<BlockBackend>>> = const { RefCell::new(BTreeMap::new()) };
     static DEVICE_BACKENDS: RefCell<BTreeMap<String, Rc<BlockBackend>>> = const { RefCell::new(BTreeMap::new()) };
     static MONITOR_NODES: RefCell<Vec<Rc<BlockDriverState>>> = const { RefCell::new(Vec::new()) };
+    static EMPTY_DRIVES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Opens one drive (QEMU's drive_new / blockdev-add).
@@ -65,7 +68,9 @@ pub async fn open(cfg: &DriveOptions) -> Result<Rc<BlockBackend>, String> {
 /// node); stops at the first error.
 pub async fn open_all(cfgs: &[DriveOptions]) -> Result<(), String> {
     for cfg in cfgs {
-        if cfg.blockdev {
+        if cfg.empty {
+            EMPTY_DRIVES.with(|d| d.borrow_mut().push(cfg.id.clone()));
+        } else if cfg.blockdev {
             let mut options = cfg.options.clone();
             options.set("node-name", cfg.id.clone());
             let bs = block::bdrv_open(None, options, cfg.flags)
@@ -103,6 +108,11 @@ pub fn named_backends() -> Vec<(String, Rc<BlockBackend>)> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     })
+}
+
+/// The drives without a medium, by id (an empty CD-ROM drive).
+pub fn empty_drives() -> Vec<String> {
+    EMPTY_DRIVES.with(|d| d.borrow().clone())
 }
 
 /// The backends devices hold over nodes, by node name.

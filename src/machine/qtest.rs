@@ -26,6 +26,8 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
             crate::drives::lookup(drive);
         }
     });
+    // Throttling follows the virtual clock the test steps, as in QEMU under qtest.
+    block::throttle::clock::use_virtual_clock(handle.clone());
     crate::monitor::qmp::machine::init(cfg.accel, cfg.start_paused);
     if let Some(backend) = &cfg.qtest {
         crate::qtest::start(backend)?;

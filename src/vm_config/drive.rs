@@ -61,7 +61,10 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
         (None, None) => format!("none{}", index.unwrap_or(cfg.drives.len() as u64)),
     };
     let filename = opts.take("file");
-    if filename.is_none() && !opts.contains("file.filename") && !opts.contains("file.driver") {
+    // A CD-ROM drive may start without a disc (QEMU's empty drive); a disk may not.
+    let empty =
+        filename.is_none() && !opts.contains("file.filename") && !opts.contains("file.driver");
+    if empty && !cdrom {
         return Err("A block device must be specified for \"file\"".to_string());
     }
     check_unique_id(cfg, &id)?;
@@ -77,6 +80,7 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
         options: opts,
         flags,
         blockdev: false,
+        empty,
     });
     Ok(())
 }
@@ -143,5 +147,6 @@ pub(super) fn parse_blockdev(arg: &str) -> Result<DriveOptions, String> {
         options: opts,
         flags,
         blockdev: true,
+        empty: false,
     })
 }

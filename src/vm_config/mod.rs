@@ -397,9 +397,6 @@ fn parse_object(cfg: &mut VmConfig, arg: &str) -> Result<(), String> {
             cfg.iothreads.push(id.to_string());
             Ok(())
         }
-        Some("throttle-group") => {
-            Err("throttle-group objects are not supported by rqemu yet".to_string())
-        }
         _ => block::objects::user_creatable_add_from_str(arg).map_err(|e| e.to_string()),
     }
 }

@@ -86,6 +86,19 @@ fn a_allows_b(node: &str, a: &PermClaim, b: &PermClaim) -> Result<()> {
     ))
 }
 
+/// What the claims held on `bs` under the role `child` need and share together (the
+/// permissions of that child link; everything shared when none is held).
+pub fn held_as(bs: &BlockDriverState, child: &str) -> (Perm, Perm) {
+    bs.graph
+        .perms
+        .borrow()
+        .iter()
+        .filter(|c| c.child == child)
+        .fold((Perm::empty(), Perm::all()), |(p, s), c| {
+            (p | c.perm, s & c.shared)
+        })
+}
+
 /// A claim held on a node; dropping it gives the permissions back.
 pub struct PermHandle {
     bs: Weak<BlockDriverState>,

@@ -43,6 +43,7 @@ pub async fn insert_filter(
     role: &str,
     driver: Box<dyn BlockDriver>,
 ) -> Result<Rc<BlockDriverState>> {
+    let implicit = node_name.is_none();
     let filter = Rc::new(BlockDriverState::new(
         class,
         node_name.unwrap_or_else(super::auto_node_name),
@@ -50,6 +51,7 @@ pub async fn insert_filter(
         bs.open_flags(),
         crate::node::DetectZeroes::Off,
     ));
+    filter.implicit.set(implicit);
     filter.attach_child(role, bs.clone());
     if filter.drv.set(driver).is_err() {
         unreachable!("a new node has no driver yet");

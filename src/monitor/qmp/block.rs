@@ -32,6 +32,9 @@ pub fn lookup_bs(
     if let Some(bs) = node_name.and_then(block::graph::find_node) {
         return Ok(bs);
     }
+    if let Some(d) = device.filter(|d| drives::empty_drives().iter().any(|e| e == d)) {
+        return Err(QmpError::generic(format!("Device '{d}' has no medium")));
+    }
     Err(QmpError::generic(format!(
         "Cannot find device='{}' nor node-name='{}'",
         device.unwrap_or_default(),

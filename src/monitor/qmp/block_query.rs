@@ -76,6 +76,18 @@ pub async fn block_device_info(bs: &Rc<BlockDriverState>) -> block::Result<Value
     Ok(Value::Object(m))
 }
 
+/// The node a device-level query reports for `bs`: below the filters jobs inserted
+/// without a name (bdrv_skip_implicit_filters).
+pub fn skip_implicit_filters(mut bs: Rc<BlockDriverState>) -> Rc<BlockDriverState> {
+    while bs.is_implicit() {
+        match bs.filtered() {
+            Some(below) => bs = below,
+            None => break,
+        }
+    }
+    bs
+}
+
 /// BlockInfo of a backend (bdrv_query_info).
 async fn block_info(device: &str, blk: &BlockBackend) -> block::Result<Value> {
     let mut m = Map::new();
@@ -83,7 +95,8 @@ async fn block_info(device: &str, blk: &BlockBackend) -> block::Result<Value> {
     m.insert("type".into(), json!("unknown"));
     m.insert("removable".into(), json!(false));
     m.insert("locked".into(), json!(false));
-    m.insert("inserted".into(), block_device_info(&blk.bs()).await?);
+    let bs = skip_implicit_filters(blk.bs());
+    m.insert("inserted".into(), block_device_info(&bs).await?);
     Ok(Value::Object(m))
 }
 
@@ -93,6 +106,10 @@ pub async fn query_block(args: Args) -> CmdResult {
     let mut list = Vec::new();
     for (name, blk) in drives::named_backends() {
         list.push(block_info(&name, &blk).await?);
+    }
+    for device in drives::empty_drives() {
+        list.push(json!({"device": device, "locked": false, "removable": true,
+                         "tray_open": false, "type": "unknown"}));
     }
     for (_, blk) in drives::device_backends() {
         list.push(block_info("", &blk).await?);

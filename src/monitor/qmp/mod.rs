@@ -10,9 +10,12 @@
 
 pub mod args;
 pub mod block;
+pub mod block_graph;
 pub mod block_query;
+pub mod block_stats;
 pub mod jobs;
 pub mod machine;
+pub mod objects;
 
 use ::block::coroutine::LocalBoxFuture;
 use ::block::trace;
@@ -94,6 +97,11 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("query-block", |a| Box::pin(block_query::query_block(a))),
     ("query-named-block-nodes", |a| {
         Box::pin(block_query::query_named_block_nodes(a))
+    }),
+    ("query-blockstats", |a| Box::pin(block_stats::query_blockstats(a))),
+    ("object-add", |a| Box::pin(objects::object_add(a))),
+    ("x-debug-query-block-graph", |a| {
+        Box::pin(block_graph::x_debug_query_block_graph(a))
     }),
     ("query-block-jobs", |a| Box::pin(jobs::query_block_jobs(a))),
     ("query-jobs", |a| Box::pin(jobs::query_jobs(a))),

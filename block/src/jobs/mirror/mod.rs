@@ -84,10 +84,13 @@ pub struct MirrorOptions {
     pub on_source_error: OnError,
     /// What to do when writing the target fails.
     pub on_target_error: OnError,
+    /// sync=full must also zero what the source does not hold: the target may have
+    /// data of its own (an existing image; QEMU's zero_target).
+    pub zero_target: bool,
 }
 
-/// The default granularity (QEMU picks the target's cluster size, at least 4 KiB; 64 KiB is
-/// qcow2's default).
+/// The default granularity when the target has no cluster size, and the most the target's
+/// cluster size makes it.
 const DEFAULT_GRANULARITY: u64 = 64 << 10;
 /// Most bytes one iteration copies.
 const MAX_ITERATION_BYTES: u64 = 1 << 20;
@@ -147,7 +150,15 @@ async fn start_job(
     job_type: JobType,
     opts: MirrorOptions,
 ) -> Result<Rc<Job>> {
+    let target_cluster_size = target
+        .drv()
+        .get_info(target)
+        .map(|i| i.cluster_size)
+        .unwrap_or(0);
     let granularity = match opts.granularity {
+        // The target's cluster size, within 4 KiB..64 KiB
+        // (bdrv_get_default_bitmap_granularity).
+        0 if target_cluster_size > 0 => target_cluster_size.clamp(4096, DEFAULT_GRANULARITY),
         0 => DEFAULT_GRANULARITY,
         g if !g.is_power_of_two() || !(512..=64 << 20).contains(&g) => {
             return Err(Error::invalid(
@@ -182,6 +193,11 @@ async fn start_job(
         target.clone(),
         granularity,
         opts.copy_mode,
+        if target.backing().is_some() {
+            target_cluster_size
+        } else {
+            0
+        },
     ));
     let observer: Rc<dyn WriteObserver> = state.clone();
     let filter = top_filter::insert(
@@ -229,8 +245,9 @@ impl Mirror {
             (_, Some(base)) => Some(base.clone()),
             (SyncMode::Top, None) => s.source.backing(),
             (SyncMode::Full, None) => {
-                let zero_init =
-                    s.target.backing().is_none() && s.target.drv().has_zero_init(&s.target);
+                let zero_init = !self.opts.zero_target
+                    && s.target.backing().is_none()
+                    && s.target.drv().has_zero_init(&s.target);
                 if !zero_init {
                     s.dirty.borrow_mut().set(0, len);
                     return Ok(());
