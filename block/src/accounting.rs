@@ -95,8 +95,6 @@ impl BlockAcctStats {
 
     /// Nanoseconds since the last request finished; None before the first.
     pub fn idle_time_ns(&self) -> Option<u64> {
-        self.last_done
-            .get()
-            .map(|t| t.elapsed().as_nanos() as u64)
+        self.last_done.get().map(|t| t.elapsed().as_nanos() as u64)
     }
 }

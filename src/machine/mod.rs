@@ -312,6 +312,13 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
     if cfg.machine_none {
         return Err("machine 'none' is supported by rqemu only with -accel qtest".to_string());
     }
+    if !cfg.scsi_buses.is_empty() {
+        return Err(
+            "virtio-scsi: SCSI emulation for a guest is not supported by rqemu yet \
+             (the device exists only with -accel qtest)"
+                .to_string(),
+        );
+    }
     if cfg.start_paused {
         return Err(
             "-S: starting a KVM guest paused is not supported by rqemu yet \

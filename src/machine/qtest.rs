@@ -21,9 +21,15 @@ pub fn run(cfg: &VmConfig) -> Result<(), String> {
         .map(|d| d.drive.clone())
         .chain(cfg.ide.iter().flatten().flatten().cloned())
         .collect();
+    let scsi = cfg.scsi_disks.clone();
+    let buses = cfg.scsi_buses.clone();
     handle.schedule_bh(move || {
         for drive in &attached {
             crate::drives::lookup(drive);
+        }
+        crate::drives::set_scsi_buses(buses);
+        for disk in &scsi {
+            crate::drives::attach_device(&disk.id, &disk.drive);
         }
     });
     // Throttling follows the virtual clock the test steps, as in QEMU under qtest.

@@ -12,6 +12,7 @@ mod boot;
 mod device;
 mod drive;
 mod monitor;
+pub mod scsi;
 mod usage;
 
 use block::Options;
@@ -79,6 +80,10 @@ pub struct VmConfig {
     pub iothreads: Vec<String>,
     /// `-M none`: QEMU's empty machine, which rqemu offers only under qtest.
     pub machine_none: bool,
+    /// The SCSI buses of `-device virtio-scsi` (qtest only).
+    pub scsi_buses: Vec<String>,
+    /// The `-device scsi-hd` disks (qtest only).
+    pub scsi_disks: Vec<scsi::ScsiDisk>,
 }
 
 /// Which accelerator runs the machine (`-accel`, `-machine accel=`).
@@ -115,6 +120,8 @@ impl Default for VmConfig {
             qtest: None,
             iothreads: Vec::new(),
             machine_none: false,
+            scsi_buses: Vec::new(),
+            scsi_disks: Vec::new(),
         }
     }
 }

@@ -13,7 +13,6 @@ use std::rc::Rc;
 use super::clock;
 use super::ThrottleConfig;
 use crate::error::{Error, Result};
-use crate::objects::UserObject;
 
 /// A group's live buckets (ThrottleGroup).
 pub struct ThrottleGroup {
@@ -26,19 +25,17 @@ thread_local! {
 }
 
 impl ThrottleGroup {
-    /// The group of the `throttle-group` object `name` (throttle_group_register_tgm).
-    pub fn get(name: &str) -> Result<Rc<ThrottleGroup>> {
+    /// The group `name` (throttle_group_register_tgm); the first use builds its buckets
+    /// from `config`, the limits of the `throttle-group` object of that name.
+    pub fn get(
+        name: &str,
+        config: impl FnOnce() -> Option<ThrottleConfig>,
+    ) -> Result<Rc<ThrottleGroup>> {
         if let Some(g) = GROUPS.with(|g| g.borrow().get(name).cloned()) {
             return Ok(g);
         }
-        let cfg = match crate::objects::lookup(name).as_deref() {
-            Some(UserObject::ThrottleGroup(cfg)) => cfg.clone(),
-            _ => {
-                return Err(Error::invalid(format!(
-                    "Throttle group '{name}' does not exist"
-                )))
-            }
-        };
+        let cfg = config()
+            .ok_or_else(|| Error::invalid(format!("Throttle group '{name}' does not exist")))?;
         let group = Rc::new(ThrottleGroup {
             name: name.to_string(),
             state: RefCell::new(cfg),

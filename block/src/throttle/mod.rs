@@ -118,18 +118,20 @@ impl ThrottleConfig {
         }
         for b in &self.buckets {
             if b.max > 0.0 && b.avg == 0.0 {
-                return Err(Error::invalid("bps_max/iops_max require corresponding bps/iops values"));
+                return Err(Error::invalid(
+                    "bps_max/iops_max require corresponding bps/iops values",
+                ));
             }
             if b.max > 0.0 && b.max < b.avg {
-                return Err(Error::invalid("bps_max/iops_max cannot be lower than bps/iops"));
+                return Err(Error::invalid(
+                    "bps_max/iops_max cannot be lower than bps/iops",
+                ));
             }
             if b.burst_length == 0 {
                 return Err(Error::invalid("the burst length cannot be 0"));
             }
             if b.burst_length > 1 && b.max == 0.0 {
-                return Err(Error::invalid(
-                    "burst length set without burst rate",
-                ));
+                return Err(Error::invalid("burst length set without burst rate"));
             }
         }
         Ok(())

@@ -52,9 +52,11 @@ pub async fn x_debug_query_block_graph(args: Args) -> CmdResult {
             edge(i, &child.bs, &child.name);
         }
     }
-    let backends = drives::named_backends()
-        .into_iter()
-        .chain(drives::device_backends().into_iter().map(|(_, b)| (String::new(), b)));
+    let backends = drives::named_backends().into_iter().chain(
+        drives::device_backends()
+            .into_iter()
+            .map(|(_, b)| (String::new(), b)),
+    );
     for (name, blk) in backends {
         let id = nodes.len();
         nodes.push(json!({"id": id, "type": "block-backend", "name": name}));

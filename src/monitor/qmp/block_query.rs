@@ -88,10 +88,17 @@ pub fn skip_implicit_filters(mut bs: Rc<BlockDriverState>) -> Rc<BlockDriverStat
     bs
 }
 
-/// BlockInfo of a backend (bdrv_query_info).
-async fn block_info(device: &str, blk: &BlockBackend) -> block::Result<Value> {
+/// BlockInfo of a backend (bdrv_query_info); `qdev` is the id of the device holding it.
+async fn block_info(
+    device: &str,
+    qdev: Option<String>,
+    blk: &BlockBackend,
+) -> block::Result<Value> {
     let mut m = Map::new();
     m.insert("device".into(), json!(device));
+    if let Some(qdev) = qdev {
+        m.insert("qdev".into(), json!(qdev));
+    }
     m.insert("type".into(), json!("unknown"));
     m.insert("removable".into(), json!(false));
     m.insert("locked".into(), json!(false));
@@ -105,14 +112,14 @@ pub async fn query_block(args: Args) -> CmdResult {
     args.finish()?;
     let mut list = Vec::new();
     for (name, blk) in drives::named_backends() {
-        list.push(block_info(&name, &blk).await?);
+        list.push(block_info(&name, drives::device_id(&name), &blk).await?);
     }
     for device in drives::empty_drives() {
         list.push(json!({"device": device, "locked": false, "removable": true,
                          "tray_open": false, "type": "unknown"}));
     }
-    for (_, blk) in drives::device_backends() {
-        list.push(block_info("", &blk).await?);
+    for (node, blk) in drives::device_backends() {
+        list.push(block_info("", drives::device_id(&node), &blk).await?);
     }
     Ok(Value::Array(list))
 }

@@ -12,7 +12,9 @@ use block::jobs::backup::{backup_start, BackupOptions};
 use block::jobs::commit::{commit_start, CommitOptions};
 use block::jobs::mirror::{commit_active_start, mirror_start, CopyMode, MirrorOptions, SyncMode};
 use block::jobs::stream::{stream_start, StreamOptions};
-use block::jobs::{filter_or_cow, BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError};
+use block::jobs::{
+    filter_or_cow, BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError,
+};
 use block::{BlockDriverState, OpenFlags, Options};
 use serde_json::{json, Value};
 
@@ -337,14 +339,20 @@ fn x_perf(args: &mut Args) -> Result<(), QmpError> {
     };
     let mut perf = match perf {
         Value::Object(m) => Args::new(m),
-        _ => return Err(QmpError::generic("Invalid parameter type for 'x-perf', expected: object")),
+        _ => {
+            return Err(QmpError::generic(
+                "Invalid parameter type for 'x-perf', expected: object",
+            ))
+        }
     };
     perf.opt_bool("use-copy-range")?;
     if perf.opt_int("max-workers")?.is_some_and(|w| w < 1) {
         return Err(QmpError::generic("max-workers must be greater than zero"));
     }
     if perf.opt_int("max-chunk")?.is_some_and(|c| c < 0) {
-        return Err(QmpError::generic("max-chunk must be zero (which means no limit) or positive"));
+        return Err(QmpError::generic(
+            "max-chunk must be zero (which means no limit) or positive",
+        ));
     }
     perf.finish()
 }

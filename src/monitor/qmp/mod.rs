@@ -13,6 +13,7 @@ pub mod block;
 pub mod block_graph;
 pub mod block_query;
 pub mod block_stats;
+pub mod devices;
 pub mod jobs;
 pub mod machine;
 pub mod objects;
@@ -98,8 +99,11 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("query-named-block-nodes", |a| {
         Box::pin(block_query::query_named_block_nodes(a))
     }),
-    ("query-blockstats", |a| Box::pin(block_stats::query_blockstats(a))),
+    ("query-blockstats", |a| {
+        Box::pin(block_stats::query_blockstats(a))
+    }),
     ("object-add", |a| Box::pin(objects::object_add(a))),
+    ("device_add", |a| Box::pin(devices::device_add(a))),
     ("x-debug-query-block-graph", |a| {
         Box::pin(block_graph::x_debug_query_block_graph(a))
     }),

@@ -13,6 +13,7 @@ use crate::driver::{BlockDriver, DriverClass, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
+use crate::objects::UserObject;
 use crate::open::open_protocol_child;
 use crate::options::Options;
 use crate::throttle::group::ThrottleGroup;
@@ -37,7 +38,10 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     let name = options
         .take("throttle-group")
         .ok_or_else(|| Error::invalid("Parameter 'throttle-group' is missing"))?;
-    let group = ThrottleGroup::get(&name)?;
+    let group = ThrottleGroup::get(&name, || match crate::objects::lookup(&name).as_deref() {
+        Some(UserObject::ThrottleGroup(cfg)) => Some(cfg.clone()),
+        _ => None,
+    })?;
     let filename = options.take("filename");
     let child = open_protocol_child("file", filename, options, bs.open_flags()).await?;
     bs.set_filename(child.filename());
@@ -87,7 +91,9 @@ impl BlockDriver for Throttle {
         flags: RequestFlags,
     ) -> Result<()> {
         self.intercept(bs, true, bytes).await;
-        super::filtered(bs).co_pwrite_zeroes(offset, bytes, flags).await
+        super::filtered(bs)
+            .co_pwrite_zeroes(offset, bytes, flags)
+            .await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
