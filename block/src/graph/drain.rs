@@ -50,18 +50,19 @@ impl Drop for DrainedSection {
     }
 }
 
-/// Whether a drained section covers `bs` or a node above it (what lifts throttling).
-pub fn is_drained_at_or_above(bs: &BlockDriverState) -> bool {
+/// Whether a drained section covers `bs`, a node above it or a node below it: a drained
+/// section waits for the requests of the nodes above the drained one, so a request held
+/// in `bs` must pass in all three cases (what lifts throttling).
+pub fn in_drained_section(bs: &Rc<BlockDriverState>) -> bool {
     if ACTIVE.with(Cell::get) == 0 {
         return false;
     }
-    bs.graph.quiesce.get() > 0
-        || crate::graph::all_nodes().iter().any(|n| {
-            n.graph.quiesce.get() > 0
-                && super::subtree(n)
-                    .iter()
-                    .any(|c| std::ptr::eq(Rc::as_ptr(c), bs))
-        })
+    let below = super::subtree(bs);
+    crate::graph::all_nodes().iter().any(|n| {
+        n.graph.quiesce.get() > 0
+            && (below.iter().any(|c| Rc::ptr_eq(c, n))
+                || super::subtree(n).iter().any(|c| Rc::ptr_eq(c, bs)))
+    })
 }
 
 /// Whether a node of the graph under `root` is drained.

@@ -23,7 +23,7 @@ pub enum UserObject {
     /// A `tls-creds-x509` (certificates for NBD over TLS).
     TlsCredsX509(tls_creds::TlsCredsX509),
     /// A `throttle-group`: I/O limits shared by the throttle nodes naming it.
-    ThrottleGroup(crate::throttle::ThrottleConfig),
+    ThrottleGroup(Box<crate::throttle::ThrottleConfig>),
 }
 
 /// Builds an object of one type from its remaining options.
@@ -41,11 +41,11 @@ fn throttle_group(opts: &mut Options) -> Result<UserObject> {
     let legacy = crate::throttle::ThrottleConfig::from_options(opts, "x-")?;
     let nested = crate::throttle::ThrottleConfig::from_options(opts, "limits.")?;
     check_unused(opts)?;
-    Ok(UserObject::ThrottleGroup(if legacy.enabled() {
+    Ok(UserObject::ThrottleGroup(Box::new(if legacy.enabled() {
         legacy
     } else {
         nested
-    }))
+    })))
 }
 
 /// QOM types QEMU has that rqemu will need but does not build yet.

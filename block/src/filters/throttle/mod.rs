@@ -2,8 +2,9 @@
 //! block/throttle.c).
 //!
 //! Reads count as reads; writes, zero writes and discards as writes. While a drained
-//! section covers the node or a node above it, requests pass unthrottled, so that draining
-//! a throttled graph finishes (QEMU's throttle_co_drain_begin disabling the limits).
+//! section covers the node or a node above or below it, requests pass unthrottled, so
+//! that draining a throttled graph finishes (QEMU's throttle_co_drain_begin disabling the
+//! limits).
 
 use std::rc::Rc;
 
@@ -39,7 +40,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         .take("throttle-group")
         .ok_or_else(|| Error::invalid("Parameter 'throttle-group' is missing"))?;
     let group = ThrottleGroup::get(&name, || match crate::objects::lookup(&name).as_deref() {
-        Some(UserObject::ThrottleGroup(cfg)) => Some(cfg.clone()),
+        Some(UserObject::ThrottleGroup(cfg)) => Some(cfg.as_ref().clone()),
         _ => None,
     })?;
     let filename = options.take("filename");
@@ -53,7 +54,8 @@ impl Throttle {
     async fn intercept(&self, bs: &BlockDriverState, is_write: bool, bytes: u64) {
         self.group
             .co_io_limits_intercept(is_write, bytes, || {
-                crate::graph::drain::is_drained_at_or_above(bs)
+                crate::graph::find_node(bs.node_name())
+                    .is_some_and(|bs| crate::graph::drain::in_drained_section(&bs))
             })
             .await;
     }
