@@ -46,12 +46,46 @@ pub struct DriveOptions {
     pub flags: OpenFlags,
     /// A `-blockdev`: a node owned by the monitor, no BlockBackend.
     pub blockdev: bool,
+    /// A CD-ROM drive without a disc: nothing is opened (QEMU's empty BlockBackend).
+    pub empty: bool,
 }
 
 thread_local! {
     static DRIVES: RefCell<BTreeMap<String, Rc<BlockBackend>>> = const { RefCell::new(BTreeMap::new()) };
     static DEVICE_BACKENDS: RefCell<BTreeMap<String, Rc<BlockBackend>>> = const { RefCell::new(BTreeMap::new()) };
     static MONITOR_NODES: RefCell<Vec<Rc<BlockDriverState>>> = const { RefCell::new(Vec::new()) };
+    static EMPTY_DRIVES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The qdev id of the device holding each drive or node, by its name.
+    static DEVICE_IDS: RefCell<BTreeMap<String, String>> = const { RefCell::new(BTreeMap::new()) };
+    static SCSI_BUSES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records the SCSI buses the command line created (for device_add's `bus=`).
+pub fn set_scsi_buses(buses: Vec<String>) {
+    SCSI_BUSES.with(|b| *b.borrow_mut() = buses);
+}
+
+/// The SCSI buses of the machine.
+pub fn scsi_buses() -> Vec<String> {
+    SCSI_BUSES.with(|b| b.borrow().clone())
+}
+
+/// Attaches the drive or node `drive` to the device `qdev_id` (a qdev drive property):
+/// the device holds its backend from now on.
+pub fn attach_device(qdev_id: &str, drive: &str) -> Option<Rc<BlockBackend>> {
+    let blk = lookup(drive)?;
+    DEVICE_IDS.with(|d| {
+        d.borrow_mut()
+            .insert(drive.to_string(), qdev_id.to_string())
+    });
+    Some(blk)
+}
+
+/// The qdev id of the device holding the drive or node `name`, if a device with an id does.
+pub fn device_id(name: &str) -> Option<String> {
+    DEVICE_IDS
+        .with(|d| d.borrow().get(name).cloned())
+        .filter(|id| !id.is_empty())
 }
 
 /// Opens one drive (QEMU's drive_new / blockdev-add).
@@ -65,7 +99,9 @@ pub async fn open(cfg: &DriveOptions) -> Result<Rc<BlockBackend>, String> {
 /// node); stops at the first error.
 pub async fn open_all(cfgs: &[DriveOptions]) -> Result<(), String> {
     for cfg in cfgs {
-        if cfg.blockdev {
+        if cfg.empty {
+            EMPTY_DRIVES.with(|d| d.borrow_mut().push(cfg.id.clone()));
+        } else if cfg.blockdev {
             let mut options = cfg.options.clone();
             options.set("node-name", cfg.id.clone());
             let bs = block::bdrv_open(None, options, cfg.flags)
@@ -103,6 +139,11 @@ pub fn named_backends() -> Vec<(String, Rc<BlockBackend>)> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     })
+}
+
+/// The drives without a medium, by id (an empty CD-ROM drive).
+pub fn empty_drives() -> Vec<String> {
+    EMPTY_DRIVES.with(|d| d.borrow().clone())
 }
 
 /// The backends devices hold over nodes, by node name.
@@ -144,9 +185,17 @@ pub fn backend_of(bs: &Rc<BlockDriverState>) -> Option<Rc<BlockBackend>> {
         .find(|blk| Rc::ptr_eq(&blk.bs(), bs))
 }
 
-/// Drains every backend, then closes every node once, parents before their children
-/// (QEMU's bdrv_close_all at exit), reporting failures.
+/// Drains every node and cancels the jobs, drains every backend, then closes every node
+/// once, parents before their children (QEMU's bdrv_close_all at exit), reporting failures.
 pub async fn close_all() {
+    // As QEMU's qemu_cleanup: drain everything (which lifts throttling, so that requests
+    // held back by it finish), then cancel the jobs still running, then close.
+    let mut sections = Vec::new();
+    for bs in block::graph::all_nodes() {
+        sections.push(block::graph::drain::drained_begin(&bs).await);
+    }
+    block::jobs::JobManager::current().cancel_sync_all().await;
+    drop(sections);
     let backends = DRIVES.with(|d| std::mem::take(&mut *d.borrow_mut()));
     let devices = DEVICE_BACKENDS.with(|d| std::mem::take(&mut *d.borrow_mut()));
     let mut roots = Vec::new();

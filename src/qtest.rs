@@ -7,19 +7,17 @@
 //! to act on here and fail saying so.
 
 use std::io::{BufRead, BufReader, Write};
-use std::sync::atomic::{AtomicI64, Ordering};
 
+use block::throttle::clock;
 use block::trace;
 
 use crate::monitor::channel::{self, Connection};
 use crate::vm_config::ChardevBackend;
 
-/// QEMU_CLOCK_VIRTUAL under qtest, in nanoseconds: it moves only when the test steps it.
-static VIRTUAL_CLOCK_NS: AtomicI64 = AtomicI64::new(0);
-
-/// The virtual clock's current value in nanoseconds.
+/// The virtual clock's current value in nanoseconds (QEMU_CLOCK_VIRTUAL under qtest: it
+/// moves only when the test steps it; throttling waits on it).
 pub fn clock_ns() -> i64 {
-    VIRTUAL_CLOCK_NS.load(Ordering::SeqCst)
+    clock::virtual_ns()
 }
 
 /// Starts answering the protocol on `backend`.
@@ -55,16 +53,14 @@ fn answer(line: &str) -> String {
     let reply = match words.as_slice() {
         [] => return String::new(),
         ["clock_step", ns] => parse_ns(ns).map(|ns| {
-            let now = VIRTUAL_CLOCK_NS.fetch_add(ns, Ordering::SeqCst) + ns;
+            let now = clock::advance_virtual_to(clock_ns().saturating_add(ns));
             format!("OK {now}")
         }),
         // Without an amount QEMU steps to the next timer deadline; nothing in rqemu arms a
         // virtual-clock timer yet, so the clock stays where it is.
         ["clock_step"] => Ok(format!("OK {}", clock_ns())),
         ["clock_set", ns] => parse_ns(ns).map(|target| {
-            let now = VIRTUAL_CLOCK_NS
-                .fetch_max(target, Ordering::SeqCst)
-                .max(target);
+            let now = clock::advance_virtual_to(target);
             format!("OK {now}")
         }),
         ["endianness"] => Ok("OK little".to_string()),

@@ -12,6 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 
+use crate::accounting::{AcctType, BlockAcctStats};
 use crate::aio::AioContext;
 use crate::coroutine::{CoroutinePool, InFlight, PoolJob};
 use crate::driver::{PreallocMode, RequestFlags};
@@ -39,6 +40,8 @@ pub struct BlockBackend {
     write_cache: Cell<bool>,
     /// The coroutines that run `aio_*` requests.
     aio_pool: Rc<CoroutinePool<AioJob>>,
+    /// What the device's requests did (blk->stats).
+    stats: BlockAcctStats,
 }
 
 /// What an `aio_*` request does, with its arguments.
@@ -58,9 +61,31 @@ struct AioJob {
     cb: CompletionFn,
 }
 
+impl AioOp {
+    /// How the request is accounted.
+    fn acct_type(&self) -> AcctType {
+        match self {
+            AioOp::Read(..) => AcctType::Read,
+            AioOp::Write(..) | AioOp::WriteZeroes(..) => AcctType::Write,
+            AioOp::Discard(..) => AcctType::Unmap,
+            AioOp::Flush => AcctType::Flush,
+        }
+    }
+
+    /// The bytes it covers.
+    fn bytes(&self) -> u64 {
+        match self {
+            AioOp::Read(_, q, _) | AioOp::Write(_, q, _) => q.len() as u64,
+            AioOp::WriteZeroes(_, b, _) | AioOp::Discard(_, b) => *b,
+            AioOp::Flush => 0,
+        }
+    }
+}
+
 impl PoolJob for AioJob {
     async fn run(self) {
         let AioJob { blk, op, cb } = self;
+        let cookie = BlockAcctStats::start(op.acct_type(), op.bytes());
         let result = match op {
             AioOp::Read(offset, qiov, flags) => blk.do_preadv(offset, &qiov, flags).await,
             AioOp::Write(offset, qiov, flags) => blk.do_pwritev(offset, &qiov, flags).await,
@@ -70,6 +95,7 @@ impl PoolJob for AioJob {
             AioOp::Discard(offset, bytes) => blk.do_pdiscard(offset, bytes).await,
             AioOp::Flush => blk.do_flush().await,
         };
+        blk.stats.done(cookie, result.is_ok());
         let ctx = blk.ctx.clone();
         ctx.schedule_bh(move || {
             trace!(
@@ -94,6 +120,7 @@ impl BlockBackend {
             in_flight: InFlight::default(),
             write_cache: Cell::new(write_cache),
             aio_pool: CoroutinePool::new(),
+            stats: BlockAcctStats::default(),
         });
         let parent: Rc<dyn crate::graph::RootParent> = blk.clone();
         crate::graph::add_root_parent(Rc::downgrade(&parent));
@@ -138,6 +165,11 @@ impl BlockBackend {
     ) -> Result<Rc<BlockBackend>> {
         let root = bdrv_open(filename, options, flags).await?;
         Ok(BlockBackend::new(root))
+    }
+
+    /// The accounting of the device's requests (blk_get_stats).
+    pub fn stats(&self) -> &BlockAcctStats {
+        &self.stats
     }
 
     /// The root node.

@@ -14,6 +14,7 @@
 //! replacement, permissions).
 //! [`coroutine`], [`iov`], [`options`], [`error`] and [`trace`] are the vocabulary they share.
 
+pub mod accounting;
 pub mod aio;
 pub mod backend;
 pub mod bitmap_qmp;
@@ -36,6 +37,7 @@ pub mod options;
 pub mod protocols;
 pub mod registry;
 pub mod snapshot;
+pub mod throttle;
 #[macro_use]
 pub mod trace;
 mod tracked;

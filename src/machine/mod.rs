@@ -315,6 +315,13 @@ pub fn run(cfg: &VmConfig) -> Result<(), MachineError> {
             "machine 'none' is supported by rqemu only with -accel qtest".to_string(),
         ));
     }
+    if !cfg.scsi_buses.is_empty() {
+        return Err(
+            "virtio-scsi: SCSI emulation for a guest is not supported by rqemu yet \
+             (the device exists only with -accel qtest)"
+                .to_string(),
+        );
+    }
     if cfg.start_paused {
         return Err(MachineError::Machine(
             "-S: starting a KVM guest paused is not supported by rqemu yet \

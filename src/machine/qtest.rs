@@ -22,11 +22,19 @@ pub fn run(cfg: &VmConfig) -> Result<(), MachineError> {
         .map(|d| d.drive.clone())
         .chain(cfg.ide.iter().flatten().flatten().cloned())
         .collect();
+    let scsi = cfg.scsi_disks.clone();
+    let buses = cfg.scsi_buses.clone();
     handle.schedule_bh(move || {
         for drive in &attached {
             crate::drives::lookup(drive);
         }
+        crate::drives::set_scsi_buses(buses);
+        for disk in &scsi {
+            crate::drives::attach_device(&disk.id, &disk.drive);
+        }
     });
+    // Throttling follows the virtual clock the test steps, as in QEMU under qtest.
+    block::throttle::clock::use_virtual_clock(handle.clone());
     crate::monitor::qmp::machine::init(cfg.accel, cfg.start_paused);
     if let Some(backend) = &cfg.qtest {
         crate::qtest::start(backend).map_err(MachineError::Machine)?;

@@ -16,6 +16,21 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineE
     match driver.as_str() {
         "ide-hd" | "ide-cd" => {}
         d if is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
+        "virtio-scsi" | "virtio-scsi-pci" => {
+            return super::scsi::parse_hba(cfg, &mut opts).map_err(MachineError::Config)
+        }
+        "scsi-hd" => {
+            let disk = super::scsi::parse_disk(&cfg.scsi_buses, &mut opts)
+                .map_err(MachineError::Config)?;
+            if !cfg.drives.iter().any(|d| d.id == disk.drive) {
+                return Err(MachineError::Config(format!(
+                    "Property 'scsi-hd.drive' can't find value '{}'",
+                    disk.drive
+                )));
+            }
+            cfg.scsi_disks.push(disk);
+            return Ok(());
+        }
         _ => {
             return Err(MachineError::Config(format!(
                 "'{driver}' is not a valid device model name"

@@ -69,7 +69,10 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineEr
         (None, None) => format!("none{}", index.unwrap_or(cfg.drives.len() as u64)),
     };
     let filename = opts.take("file");
-    if filename.is_none() && !opts.contains("file.filename") && !opts.contains("file.driver") {
+    // A CD-ROM drive may start without a disc (QEMU's empty drive); a disk may not.
+    let empty =
+        filename.is_none() && !opts.contains("file.filename") && !opts.contains("file.driver");
+    if empty && !cdrom {
         return Err(MachineError::Config(
             "A block device must be specified for \"file\"".to_string(),
         ));
@@ -87,6 +90,7 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineEr
         options: opts,
         flags,
         blockdev: false,
+        empty,
     });
     Ok(())
 }
@@ -158,5 +162,6 @@ pub(super) fn parse_blockdev(arg: &str) -> Result<DriveOptions, MachineError> {
         options: opts,
         flags,
         blockdev: true,
+        empty: false,
     })
 }

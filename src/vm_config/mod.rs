@@ -12,6 +12,7 @@ mod boot;
 mod device;
 mod drive;
 mod monitor;
+pub mod scsi;
 mod usage;
 
 use block::Options;
@@ -80,6 +81,10 @@ pub struct VmConfig {
     pub iothreads: Vec<String>,
     /// `-M none`: QEMU's empty machine, which rqemu offers only under qtest.
     pub machine_none: bool,
+    /// The SCSI buses of `-device virtio-scsi` (qtest only).
+    pub scsi_buses: Vec<String>,
+    /// The `-device scsi-hd` disks (qtest only).
+    pub scsi_disks: Vec<scsi::ScsiDisk>,
 }
 
 /// Which accelerator runs the machine (`-accel`, `-machine accel=`).
@@ -116,6 +121,8 @@ impl Default for VmConfig {
             qtest: None,
             iothreads: Vec::new(),
             machine_none: false,
+            scsi_buses: Vec::new(),
+            scsi_disks: Vec::new(),
         }
     }
 }
@@ -411,9 +418,6 @@ fn parse_object(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError> {
             cfg.iothreads.push(id.to_string());
             Ok(())
         }
-        Some("throttle-group") => Err(MachineError::Config(
-            "throttle-group objects are not supported by rqemu yet".to_string(),
-        )),
         _ => block::objects::user_creatable_add_from_str(arg)
             .map_err(|e| MachineError::Config(e.to_string())),
     }

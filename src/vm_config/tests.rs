@@ -393,3 +393,41 @@ fn the_test_harness_command_line_is_understood() {
     );
     assert!(error(&["-object", "throttle-group,id=g"]).contains("not supported by rqemu yet"));
 }
+
+#[test]
+fn a_cdrom_drive_may_be_empty_and_a_disk_may_not() {
+    let cfg = config(&["-drive", "if=ide,media=cdrom"]);
+    assert!(cfg.drives[0].empty);
+    assert_eq!(cfg.drives[0].id, "ide0-cd0");
+    assert!(error(&["-drive", "if=ide"]).contains("A block device must be specified"));
+}
+
+#[test]
+fn scsi_disks_need_a_scsi_bus_and_a_drive() {
+    let cfg = config(&[
+        "-drive",
+        "file=a,if=none,id=d0",
+        "-device",
+        "virtio-scsi,id=hba",
+        "-device",
+        "scsi-hd,id=disk0,drive=d0,bus=hba.0",
+    ]);
+    assert_eq!(cfg.scsi_buses, ["hba.0"]);
+    assert_eq!(cfg.scsi_disks[0].id, "disk0");
+    let no_bus = error(&[
+        "-drive",
+        "file=a,if=none,id=d0",
+        "-device",
+        "scsi-hd,drive=d0",
+    ]);
+    assert!(no_bus.contains("No 'SCSI' bus"), "{no_bus}");
+    let wrong_bus = error(&[
+        "-drive",
+        "file=a,if=none,id=d0",
+        "-device",
+        "virtio-scsi",
+        "-device",
+        "scsi-hd,drive=d0,bus=x.0",
+    ]);
+    assert!(wrong_bus.contains("Bus 'x.0' not found"), "{wrong_bus}");
+}

@@ -6,10 +6,12 @@
 //! every write and flush in a dm-log-writes log, from which crash states can be replayed.
 //! `copy-on-read` copies what reads find in the backing chain into the image below it.
 //! `copy-before-write` saves old data to a backup target before a write replaces it.
+//! `throttle` holds requests back to a throttle group's limits.
 
 pub mod blkdebug;
 pub mod blklogwrites;
 pub mod copy_on_read;
+pub mod throttle;
 
 use std::rc::Rc;
 
@@ -28,4 +30,5 @@ pub(crate) const ALL: &[&DriverClass] = &[
     &blkdebug::BLKDEBUG,
     &blklogwrites::BLKLOGWRITES,
     &copy_on_read::COPY_ON_READ,
+    &throttle::THROTTLE,
 ];

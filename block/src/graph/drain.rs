@@ -29,6 +29,8 @@ pub struct DrainedSection {
 pub async fn drained_begin(bs: &Rc<BlockDriverState>) -> DrainedSection {
     bs.graph.quiesce.set(bs.graph.quiesce.get() + 1);
     ACTIVE.with(|a| a.set(a.get() + 1));
+    // Throttled requests waiting in the section must pass to let it begin.
+    crate::throttle::clock::wake_waiters();
     crate::trace!(bdrv_drained_begin, "bs {:p}", Rc::as_ptr(bs));
     let mut nodes = super::ancestors(bs);
     nodes.push(bs.clone());
@@ -46,6 +48,21 @@ impl Drop for DrainedSection {
         crate::trace!(bdrv_drained_end, "bs {:p}", Rc::as_ptr(&self.bs));
         ENDED.with(|e| e.restart_all());
     }
+}
+
+/// Whether a drained section covers `bs`, a node above it or a node below it: a drained
+/// section waits for the requests of the nodes above the drained one, so a request held
+/// in `bs` must pass in all three cases (what lifts throttling).
+pub fn in_drained_section(bs: &Rc<BlockDriverState>) -> bool {
+    if ACTIVE.with(Cell::get) == 0 {
+        return false;
+    }
+    let below = super::subtree(bs);
+    crate::graph::all_nodes().iter().any(|n| {
+        n.graph.quiesce.get() > 0
+            && (below.iter().any(|c| Rc::ptr_eq(c, n))
+                || super::subtree(n).iter().any(|c| Rc::ptr_eq(c, bs)))
+    })
 }
 
 /// Whether a node of the graph under `root` is drained.

@@ -59,6 +59,19 @@ fn a_allows_b(node: &str, a: &PermClaim, b: &PermClaim) -> Result<()> {
     ))
 }
 
+/// What the claims held on `bs` under the role `child` need and share together (the
+/// permissions of that child link; everything shared when none is held).
+pub fn held_as(bs: &BlockDriverState, child: &str) -> (Perm, Perm) {
+    bs.graph
+        .perms
+        .borrow()
+        .iter()
+        .filter(|c| c.child == child)
+        .fold((Perm::empty(), Perm::all()), |(p, s), c| {
+            (p | c.perm, s & c.shared)
+        })
+}
+
 /// A claim held on a node; dropping it gives the permissions back.
 pub struct PermHandle {
     bs: Weak<BlockDriverState>,
@@ -100,8 +113,53 @@ pub fn claim(
 
 impl Drop for PermHandle {
     fn drop(&mut self) {
-        if let Some(bs) = self.bs.upgrade() {
+        let held_here =
+            |bs: &BlockDriverState| bs.graph.perms.borrow().iter().any(|c| c.id == self.id);
+        // A node replacement may have moved the claim to the new node.
+        let bs = self
+            .bs
+            .upgrade()
+            .filter(|bs| held_here(bs))
+            .or_else(|| super::all_nodes().into_iter().find(|n| held_here(n)));
+        if let Some(bs) = bs {
             bs.graph.perms.borrow_mut().retain(|c| c.id != self.id);
         }
     }
+}
+
+/// The user name a node takes its claims on its children under.
+pub fn node_user(parent: &BlockDriverState) -> String {
+    format!("node '{}'", parent.node_name())
+}
+
+/// Checks that the claims `parents` hold on `from` are compatible with those held on `to`,
+/// and moves them there (the permission side of bdrv_replace_node); on a conflict nothing
+/// moves.
+pub fn move_claims(
+    from: &BlockDriverState,
+    to: &BlockDriverState,
+    parents: &[Rc<BlockDriverState>],
+) -> Result<()> {
+    let users: Vec<String> = parents.iter().map(|p| node_user(p)).collect();
+    let moving: Vec<PermClaim> = from
+        .graph
+        .perms
+        .borrow()
+        .iter()
+        .filter(|c| users.contains(&c.user))
+        .cloned()
+        .collect();
+    let node = to.node_name();
+    for c in &moving {
+        for held in to.graph.perms.borrow().iter() {
+            a_allows_b(node, c, held)?;
+            a_allows_b(node, held, c)?;
+        }
+    }
+    from.graph
+        .perms
+        .borrow_mut()
+        .retain(|c| !users.contains(&c.user));
+    to.graph.perms.borrow_mut().extend(moving);
+    Ok(())
 }

@@ -34,6 +34,21 @@ pub fn replace_node(from: &Rc<BlockDriverState>, to: &Rc<BlockDriverState>) {
     }
 }
 
+/// Points every parent of `from` at `to` if the permissions the moving parent nodes hold on
+/// `from` are compatible with those held on `to`; refuses with EPERM otherwise, changing
+/// nothing (bdrv_replace_node with its permission update).
+pub fn try_replace_node(from: &Rc<BlockDriverState>, to: &Rc<BlockDriverState>) -> Result<()> {
+    let below_to = super::subtree(to);
+    let moving: Vec<Rc<BlockDriverState>> = super::node_parents(from)
+        .into_iter()
+        .map(|(node, _)| node)
+        .filter(|node| !below_to.iter().any(|n| Rc::ptr_eq(n, node)))
+        .collect();
+    super::permissions::move_claims(from, to, &moving)?;
+    replace_node(from, to);
+    Ok(())
+}
+
 /// Creates a filter node of `class` with `driver` above `bs` (its child under `role`) and
 /// puts it in `bs`'s place under every parent (bdrv_open of the filter + bdrv_append).
 pub async fn insert_filter(
@@ -43,6 +58,7 @@ pub async fn insert_filter(
     role: &str,
     driver: Box<dyn BlockDriver>,
 ) -> Result<Rc<BlockDriverState>> {
+    let implicit = node_name.is_none();
     let filter = Rc::new(BlockDriverState::new(
         class,
         node_name.unwrap_or_else(super::auto_node_name),
@@ -50,6 +66,7 @@ pub async fn insert_filter(
         bs.open_flags(),
         crate::node::DetectZeroes::Off,
     ));
+    filter.implicit.set(implicit);
     filter.attach_child(role, bs.clone());
     if filter.drv.set(driver).is_err() {
         unreachable!("a new node has no driver yet");

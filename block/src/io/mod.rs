@@ -103,6 +103,10 @@ impl Drop for WriteGenGuard<'_> {
             if bytes > 0 {
                 self.bs.set_dirty(offset, bytes);
             }
+            let end = offset.saturating_add(bytes);
+            if end > self.bs.wr_highest_offset.get() {
+                self.bs.wr_highest_offset.set(end);
+            }
         }
     }
 }

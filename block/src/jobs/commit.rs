@@ -71,7 +71,7 @@ pub async fn commit_start(
     let mut node = top.clone();
     while !Rc::ptr_eq(&node, base) {
         claims.push(Box::new(OpBlocker::block_for_job(&node, "commit")?));
-        node = node.backing().expect("base is below top");
+        node = super::filter_or_cow(&node).expect("base is below top");
     }
     let user = format!(
         "commit job '{}'",

@@ -76,14 +76,25 @@ impl CommonOptions {
     }
 }
 
-/// The node whose backing child is `bs`, searching down from `top` (bdrv_find_overlay).
+/// The next node down a chain: a filter's filtered child, else the backing node
+/// (bdrv_filter_or_cow_bs).
+pub fn filter_or_cow(bs: &BlockDriverState) -> Option<Rc<BlockDriverState>> {
+    if bs.drv().is_filter() {
+        bs.filtered()
+    } else {
+        bs.backing()
+    }
+}
+
+/// The node whose backing (or filtered) child is `bs`, searching down from `top`
+/// (bdrv_find_overlay).
 pub fn find_overlay(
     top: &Rc<BlockDriverState>,
     bs: &Rc<BlockDriverState>,
 ) -> Option<Rc<BlockDriverState>> {
     let mut node = top.clone();
     loop {
-        let below = node.backing()?;
+        let below = filter_or_cow(&node)?;
         if Rc::ptr_eq(&below, bs) {
             return Some(node);
         }

@@ -173,6 +173,11 @@ pub struct BlockDriverState {
     pub(crate) dirty_bitmaps: RefCell<Vec<Rc<crate::dirty_bitmap::BdrvDirtyBitmap>>>,
     /// Drained sections, permissions and blockers on the node ([`crate::graph`]).
     pub(crate) graph: graph_state::GraphState,
+    /// A filter a job inserted without a user-given node name: device-level queries look
+    /// through it (bs->implicit).
+    pub(crate) implicit: Cell<bool>,
+    /// The end of the highest write so far (bs->wr_highest_offset).
+    pub(crate) wr_highest_offset: Cell<u64>,
 }
 
 impl BlockDriverState {
@@ -205,7 +210,19 @@ impl BlockDriverState {
             flush_queue: crate::coroutine::CoQueue::new(),
             dirty_bitmaps: RefCell::new(Vec::new()),
             graph: graph_state::GraphState::default(),
+            implicit: Cell::new(false),
+            wr_highest_offset: Cell::new(0),
         }
+    }
+
+    /// The end of the highest write to the node so far (query-blockstats).
+    pub fn wr_highest_offset(&self) -> u64 {
+        self.wr_highest_offset.get()
+    }
+
+    /// Whether the node is a filter a job inserted without a name (bs->implicit).
+    pub fn is_implicit(&self) -> bool {
+        self.implicit.get()
     }
 
     /// Makes every read of this node copy-on-read (bdrv_enable_copy_on_read, what

@@ -5,8 +5,7 @@
 //! An object definition is a keyval string whose implied first key is the type:
 //! `secret,id=sec0,data=letmein`. Each type has a constructor that takes the options it
 //! knows and refuses the rest; the objects live for the whole process, like QEMU's.
-//! Types other developers add later (throttle-group) go into
-//! [`TYPES`] with their own module.
+//! Types other developers add later go into [`TYPES`] with their own module.
 
 pub mod secret;
 pub mod tls_creds;
@@ -23,6 +22,8 @@ pub enum UserObject {
     Secret(secret::Secret),
     /// A `tls-creds-x509` (certificates for NBD over TLS).
     TlsCredsX509(tls_creds::TlsCredsX509),
+    /// A `throttle-group`: I/O limits shared by the throttle nodes naming it.
+    ThrottleGroup(Box<crate::throttle::ThrottleConfig>),
 }
 
 /// Builds an object of one type from its remaining options.
@@ -32,10 +33,23 @@ type Constructor = fn(&mut Options) -> Result<UserObject>;
 const TYPES: &[(&str, Constructor)] = &[
     ("secret", secret::Secret::create),
     ("tls-creds-x509", tls_creds::TlsCredsX509::create),
+    ("throttle-group", throttle_group),
 ];
 
+/// A `throttle-group` from its `x-`-prefixed or `limits.`-nested limits.
+fn throttle_group(opts: &mut Options) -> Result<UserObject> {
+    let legacy = crate::throttle::ThrottleConfig::from_options(opts, "x-")?;
+    let nested = crate::throttle::ThrottleConfig::from_options(opts, "limits.")?;
+    check_unused(opts)?;
+    Ok(UserObject::ThrottleGroup(Box::new(if legacy.enabled() {
+        legacy
+    } else {
+        nested
+    })))
+}
+
 /// QOM types QEMU has that rqemu will need but does not build yet.
-const NOT_YET: &[&str] = &["tls-creds-psk", "tls-creds-anon", "throttle-group"];
+const NOT_YET: &[&str] = &["tls-creds-psk", "tls-creds-anon"];
 
 static OBJECTS: Mutex<BTreeMap<String, Arc<UserObject>>> = Mutex::new(BTreeMap::new());
 
@@ -45,6 +59,13 @@ pub fn user_creatable_add_from_str(optarg: &str) -> Result<()> {
     let qom_type = opts
         .take("qom-type")
         .ok_or_else(|| Error::invalid("Parameter 'qom-type' is missing"))?;
+    user_creatable_add(&qom_type, opts)
+}
+
+/// Creates an object of `qom_type` from its `id` and properties (user_creatable_add_type;
+/// QMP's object-add).
+pub fn user_creatable_add(qom_type: &str, mut opts: Options) -> Result<()> {
+    let qom_type = qom_type.to_string();
     let Some(&(_, constructor)) = TYPES.iter().find(|(name, _)| *name == qom_type) else {
         if NOT_YET.contains(&qom_type.as_str()) {
             return Err(Error::not_supported(format!(

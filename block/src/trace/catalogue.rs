@@ -149,6 +149,7 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("mirror_before_drain", "s, cnt", "the mirror drains the source before it completes", "mirror_before_drain"),
     ev("mirror_before_sleep", "s, cnt, synced", "a ready mirror with nothing to copy sleeps one slice", "mirror_before_sleep"),
     ev("mirror_sync_write", "s, offset, bytes", "write-blocking mode copies a guest write to the target before it completes", ""),
+    ev("throttle_group_wait", "group, write, bytes, wait_ns", "a request waits for its throttle group's limits", ""),
     ev("block_copy_process", "bcs, start, bytes", "a backup chunk is saved to the target (by the job or before a guest write)", "block_copy_process"),
     ev("backup_do_cow_enter", "job, offset", "the backup job asks for one chunk to be saved", ""),
     // qcow2 (block/qcow2*.c).

@@ -54,12 +54,21 @@ impl DriveConfig {
         let (tx, rx) = mpsc::channel();
         let name = id.to_string();
         ctx.schedule_bh(move || {
-            let cfg = drives::lookup(&name).map(|blk| DriveConfig::for_backend(&blk, index, kind));
+            let cfg = match drives::lookup(&name) {
+                Some(blk) => Ok(DriveConfig::for_backend(&blk, index, kind)),
+                // The ATAPI model has no tray without a disc yet; qtest machines have no
+                // guest to see one.
+                None if drives::empty_drives().contains(&name) => Err(format!(
+                    "drive '{name}' has no medium: an empty CD-ROM drive is only supported \
+                     with -accel qtest yet"
+                )),
+                None => Err(format!("drive '{name}' is not open on the main loop")),
+            };
             let _ = tx.send(cfg);
         });
-        rx.recv().ok().flatten().ok_or_else(|| {
-            MachineError::Device(format!("drive '{id}' is not open on the main loop"))
-        })
+        rx.recv()
+            .map_err(|_| MachineError::Device(format!("drive '{id}' is not open on the main loop")))?
+            .map_err(MachineError::Device)
     }
 }
 

@@ -147,7 +147,7 @@ pub async fn backup_job(
             } else {
                 opts.sync
             };
-            drive_target(args, &bs, sync).await?
+            drive_target(args, &bs, sync).await?.0
         }
     };
     std::mem::replace(args, Args::new(Default::default())).finish()?;

@@ -12,6 +12,7 @@
 use std::rc::Rc;
 
 use block::driver::PreallocMode;
+use block::graph::permissions::{self, Perm};
 use block::{BlockBackend, BlockDriverState, OpenFlags, Options};
 use serde_json::{json, Value};
 
@@ -31,6 +32,9 @@ pub fn lookup_bs(
     }
     if let Some(bs) = node_name.and_then(block::graph::find_node) {
         return Ok(bs);
+    }
+    if let Some(d) = device.filter(|d| drives::empty_drives().iter().any(|e| e == d)) {
+        return Err(QmpError::generic(format!("Device '{d}' has no medium")));
     }
     Err(QmpError::generic(format!(
         "Cannot find device='{}' nor node-name='{}'",
@@ -136,9 +140,24 @@ pub async fn block_resize(mut args: Args) -> CmdResult {
     if size < 0 {
         return Err(QmpError::generic("Parameter 'size' expects a >0 size"));
     }
+    // The resize needs RESIZE on the node and, through filters, the node below: a job
+    // that does not share it refuses (the device's BlockBackend permission in QEMU).
+    let mut claims = Vec::new();
+    let mut node = Some(bs.clone());
+    while let Some(n) = node {
+        claims.push(permissions::claim(
+            &n,
+            "an unnamed block device",
+            "root",
+            Perm::RESIZE,
+            Perm::all(),
+        )?);
+        node = n.drv().is_filter().then(|| n.filtered()).flatten();
+    }
     let blk = BlockBackend::new(bs);
     blk.co_truncate(size as u64, false, PreallocMode::Off)
         .await?;
+    drop(claims);
     Ok(json!({}))
 }
 

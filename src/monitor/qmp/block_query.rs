@@ -79,14 +79,34 @@ pub async fn block_device_info(bs: &Rc<BlockDriverState>) -> block::Result<Value
     Ok(Value::Object(m))
 }
 
-/// BlockInfo of a backend (bdrv_query_info).
-async fn block_info(device: &str, blk: &BlockBackend) -> block::Result<Value> {
+/// The node a device-level query reports for `bs`: below the filters jobs inserted
+/// without a name (bdrv_skip_implicit_filters).
+pub fn skip_implicit_filters(mut bs: Rc<BlockDriverState>) -> Rc<BlockDriverState> {
+    while bs.is_implicit() {
+        match bs.filtered() {
+            Some(below) => bs = below,
+            None => break,
+        }
+    }
+    bs
+}
+
+/// BlockInfo of a backend (bdrv_query_info); `qdev` is the id of the device holding it.
+async fn block_info(
+    device: &str,
+    qdev: Option<String>,
+    blk: &BlockBackend,
+) -> block::Result<Value> {
     let mut m = Map::new();
     m.insert("device".into(), json!(device));
+    if let Some(qdev) = qdev {
+        m.insert("qdev".into(), json!(qdev));
+    }
     m.insert("type".into(), json!("unknown"));
     m.insert("removable".into(), json!(false));
     m.insert("locked".into(), json!(false));
-    m.insert("inserted".into(), block_device_info(&blk.bs()).await?);
+    let bs = skip_implicit_filters(blk.bs());
+    m.insert("inserted".into(), block_device_info(&bs).await?);
     Ok(Value::Object(m))
 }
 
@@ -95,10 +115,14 @@ pub async fn query_block(args: Args) -> CmdResult {
     args.finish()?;
     let mut list = Vec::new();
     for (name, blk) in drives::named_backends() {
-        list.push(block_info(&name, &blk).await?);
+        list.push(block_info(&name, drives::device_id(&name), &blk).await?);
     }
-    for (_, blk) in drives::device_backends() {
-        list.push(block_info("", &blk).await?);
+    for device in drives::empty_drives() {
+        list.push(json!({"device": device, "locked": false, "removable": true,
+                         "tray_open": false, "type": "unknown"}));
+    }
+    for (node, blk) in drives::device_backends() {
+        list.push(block_info("", drives::device_id(&node), &blk).await?);
     }
     Ok(Value::Array(list))
 }

@@ -11,7 +11,9 @@ use std::rc::Rc;
 use block::jobs::commit::{commit_start, CommitOptions};
 use block::jobs::mirror::{commit_active_start, mirror_start, CopyMode, MirrorOptions, SyncMode};
 use block::jobs::stream::{stream_start, StreamOptions};
-use block::jobs::{BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError};
+use block::jobs::{
+    filter_or_cow, BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError,
+};
 use block::{BlockDriverState, OpenFlags, Options};
 use serde_json::{json, Value};
 
@@ -92,11 +94,18 @@ fn sync_mode(args: &mut Args) -> Result<SyncMode, QmpError> {
     Ok(SyncMode::parse(&sync)?)
 }
 
-/// The node a command's `device` names, with the device's name for the job id.
+/// The node a command's `device` names, with the name of the drive above it for the
+/// default job id (bdrv_get_device_name: empty for a node no drive uses, which then needs
+/// an explicit job-id).
 pub(super) fn device(args: &mut Args) -> Result<(String, Rc<BlockDriverState>), QmpError> {
     let device = args.str("device")?;
     let bs = lookup_bs(Some(&device), Some(&device))?;
-    Ok((device, bs))
+    let name = crate::drives::named_backends()
+        .into_iter()
+        .find(|(_, blk)| Rc::ptr_eq(&blk.bs(), &bs))
+        .map(|(name, _)| name)
+        .unwrap_or_default();
+    Ok((name, bs))
 }
 
 /// A node in `top`'s backing chain named by `node` (a node name) or `file` (a filename).
@@ -105,12 +114,12 @@ fn chain_node(
     node: Option<String>,
     file: Option<String>,
 ) -> Result<Option<Rc<BlockDriverState>>, QmpError> {
-    let mut bs = top.backing();
+    let mut bs = filter_or_cow(top);
     while let Some(b) = bs {
         if node.as_deref() == Some(b.node_name()) || file.as_deref() == Some(&b.filename()) {
             return Ok(Some(b));
         }
-        bs = b.backing();
+        bs = filter_or_cow(&b);
     }
     match (node, file) {
         (None, None) => Ok(None),
@@ -186,11 +195,12 @@ pub async fn block_commit(mut args: Args) -> CmdResult {
 }
 
 fn bottom_of_chain(top: &Rc<BlockDriverState>) -> Option<Rc<BlockDriverState>> {
-    let mut bs = top.backing()?;
-    while let Some(b) = bs.backing() {
+    let mut bs = filter_or_cow(top)?;
+    while let Some(b) = filter_or_cow(&bs) {
         bs = b;
     }
-    Some(bs)
+    // A commit writes into a data node, not a filter at the bottom.
+    (!bs.drv().is_filter()).then_some(bs)
 }
 
 fn mirror_options(args: &mut Args, common: CommonOptions) -> Result<MirrorOptions, QmpError> {
@@ -216,6 +226,7 @@ fn mirror_options(args: &mut Args, common: CommonOptions) -> Result<MirrorOption
         filter_node_name: args.opt_str("filter-node-name")?,
         on_source_error: on_error(args, "on-source-error")?,
         on_target_error: on_error(args, "on-target-error")?,
+        zero_target: false,
     })
 }
 
@@ -225,7 +236,8 @@ pub async fn blockdev_mirror(mut args: Args) -> CmdResult {
     let (dev, bs) = device(&mut args)?;
     let target = target_node(&mut args)?;
     let common = common(&mut args, &dev)?;
-    let opts = mirror_options(&mut args, common)?;
+    let mut opts = mirror_options(&mut args, common)?;
+    opts.zero_target = opts.sync == SyncMode::Full;
     args.finish()?;
     started(mirror_start(&bs, &target, opts).await?)
 }
@@ -241,12 +253,12 @@ fn target_node(args: &mut Args) -> Result<Rc<BlockDriverState>, QmpError> {
 }
 
 /// Creates (mode absolute-paths) or opens (mode existing) the target file of drive-mirror
-/// and drive-backup, backed like the source for sync=top.
+/// and drive-backup, backed like the source for sync=top; says whether it existed.
 pub(super) async fn drive_target(
     args: &mut Args,
     bs: &Rc<BlockDriverState>,
     sync: SyncMode,
-) -> Result<Rc<BlockDriverState>, QmpError> {
+) -> Result<(Rc<BlockDriverState>, bool), QmpError> {
     let file = args.str("target")?;
     let format = args.opt_str("format")?;
     let mode = args.opt_str("mode")?;
@@ -257,8 +269,8 @@ pub(super) async fn drive_target(
         (None, Some("existing")) => None,
         (None, _) => Some(bs.format_name().to_string()),
     };
-    match mode.as_deref() {
-        Some("existing") => {}
+    let existing = match mode.as_deref() {
+        Some("existing") => true,
         None | Some("absolute-paths") => {
             let req = ImgCreate {
                 filename: file.clone(),
@@ -271,13 +283,14 @@ pub(super) async fn drive_target(
                 quiet: true,
             };
             img_create(&req).await.map_err(QmpError::generic)?;
+            false
         }
         Some(other) => {
             return Err(QmpError::generic(format!(
                 "Parameter 'mode' does not accept value '{other}'"
             )))
         }
-    }
+    };
     let mut options = Options::new();
     if let Some(f) = &format {
         options.set("driver", f.clone());
@@ -293,7 +306,8 @@ pub(super) async fn drive_target(
     if backing.is_none() && is_format {
         options.set("backing", "null");
     }
-    Ok(block::bdrv_open(Some(&file), options, OpenFlags::default()).await?)
+    let target = block::bdrv_open(Some(&file), options, OpenFlags::default()).await?;
+    Ok((target, existing))
 }
 
 /// `drive-mirror`.
@@ -301,8 +315,10 @@ pub async fn drive_mirror(mut args: Args) -> CmdResult {
     subscribe_events();
     let (dev, bs) = device(&mut args)?;
     let common = common(&mut args, &dev)?;
-    let opts = mirror_options(&mut args, common)?;
-    let target = drive_target(&mut args, &bs, opts.sync).await?;
+    let mut opts = mirror_options(&mut args, common)?;
+    let (target, existing) = drive_target(&mut args, &bs, opts.sync).await?;
+    opts.zero_target =
+        opts.sync == SyncMode::Full && (existing || !target.drv().has_zero_init(&target));
     args.opt_bool("unmap")?;
     args.finish()?;
     started(mirror_start(&bs, &target, opts).await?)

@@ -12,9 +12,13 @@ pub mod args;
 pub mod backup;
 pub mod bitmaps;
 pub mod block;
+pub mod block_graph;
 pub mod block_query;
+pub mod block_stats;
+pub mod devices;
 pub mod jobs;
 pub mod machine;
+pub mod objects;
 pub mod transaction;
 
 use ::block::coroutine::LocalBoxFuture;
@@ -97,6 +101,14 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("query-block", |a| Box::pin(block_query::query_block(a))),
     ("query-named-block-nodes", |a| {
         Box::pin(block_query::query_named_block_nodes(a))
+    }),
+    ("query-blockstats", |a| {
+        Box::pin(block_stats::query_blockstats(a))
+    }),
+    ("object-add", |a| Box::pin(objects::object_add(a))),
+    ("device_add", |a| Box::pin(devices::device_add(a))),
+    ("x-debug-query-block-graph", |a| {
+        Box::pin(block_graph::x_debug_query_block_graph(a))
     }),
     ("query-block-jobs", |a| Box::pin(jobs::query_block_jobs(a))),
     ("query-jobs", |a| Box::pin(jobs::query_jobs(a))),

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use crate::coroutine::LocalBoxFuture;
 use crate::driver::{BlockDriver, BlockLimits, BlockStatus, DriverClass, RequestFlags};
 use crate::error::{Error, Result};
+use crate::graph::permissions::{self, Perm, PermHandle};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::open::open_protocol_child;
@@ -46,6 +47,34 @@ pub struct Blkdebug {
     max_transfer: u64,
     opt_write_zero: u32,
     opt_discard: u32,
+    /// The permissions `take-child-perms` / `unshare-child-perms` ask for on the image.
+    _child_perms: Option<PermHandle>,
+}
+
+/// The permissions a list option names (`take-child-perms.0=consistent-read`...).
+fn take_perm_list(options: &mut Options, key: &str) -> Result<Perm> {
+    let mut names: Vec<String> = options.take(key).into_iter().collect();
+    names.extend(
+        options
+            .extract_prefix(key)
+            .iter()
+            .map(|(_, v)| v.to_string()),
+    );
+    let mut perm = Perm::empty();
+    for name in names {
+        perm |= match name.as_str() {
+            "consistent-read" => Perm::CONSISTENT_READ,
+            "write" => Perm::WRITE,
+            "write-unchanged" => Perm::WRITE_UNCHANGED,
+            "resize" => Perm::RESIZE,
+            other => {
+                return Err(Error::invalid(format!(
+                    "Parameter '{key}' does not accept value '{other}'"
+                )))
+            }
+        };
+    }
+    Ok(perm)
 }
 
 /// Splits `blkdebug:CONFIG:IMAGE` into the `config` and `x-image` options; any other
@@ -94,12 +123,22 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
     for (kind, opts) in config::take_option_rules(options) {
         rules.add(kind, opts)?;
     }
-    for key in ["take-child-perms", "unshare-child-perms"] {
-        options.take(key);
-        options.extract_prefix(key);
-    }
+    let take = take_perm_list(options, "take-child-perms")?;
+    let unshare = take_perm_list(options, "unshare-child-perms")?;
     let image = options.take("x-image");
     let child = open_protocol_child("image", image, options, bs.open_flags()).await?;
+    // Tests use these to provoke permission conflicts on the image.
+    let child_perms = if take.is_empty() && unshare.is_empty() {
+        None
+    } else {
+        Some(permissions::claim(
+            &child,
+            &permissions::node_user(bs),
+            "image",
+            take,
+            Perm::all() - unshare,
+        )?)
+    };
     bs.set_filename(child.filename());
     bs.attach_child("file", child);
     let align = take_limit(options, "align", "align")?;
@@ -124,6 +163,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         max_transfer,
         opt_write_zero: opt_write_zero as u32,
         opt_discard: opt_discard as u32,
+        _child_perms: child_perms,
     }))
 }
 

@@ -47,6 +47,10 @@ pub struct MirrorState {
     in_flight: Cell<Option<(u64, u64)>>,
     /// A write-blocking copy that failed, for the job to report.
     pub(super) sync_error: RefCell<Option<Error>>,
+    /// The target's cluster size when it has a backing file and clusters larger than the
+    /// granularity: a partly copied cluster would read the rest from the target's backing
+    /// file, so copies cover whole clusters (s->target_cluster_size); else 0.
+    target_cluster_size: u64,
 }
 
 impl MirrorState {
@@ -56,6 +60,7 @@ impl MirrorState {
         target: Rc<BlockDriverState>,
         granularity: u64,
         copy_mode: CopyMode,
+        target_cluster_size: u64,
     ) -> MirrorState {
         let len = source.getlength();
         MirrorState {
@@ -66,6 +71,11 @@ impl MirrorState {
             active: Cell::new(true),
             in_flight: Cell::new(None),
             sync_error: RefCell::new(None),
+            target_cluster_size: if target_cluster_size > granularity {
+                target_cluster_size
+            } else {
+                0
+            },
         }
     }
 
@@ -83,9 +93,18 @@ impl MirrorState {
             .dirty
             .next_dirty_area(from, u64::MAX, max)
             .or_else(|| self.dirty.next_dirty_area(0, u64::MAX, max));
-        let Some((offset, bytes)) = area else {
+        let Some((mut offset, mut bytes)) = area else {
             return Ok((0, 0));
         };
+        let tcs = self.target_cluster_size;
+        if tcs > 0 {
+            let end = (offset + bytes)
+                .div_ceil(tcs)
+                .saturating_mul(tcs)
+                .min(self.source.getlength());
+            offset -= offset % tcs;
+            bytes = end - offset;
+        }
         trace!(
             mirror_one_iteration,
             "s {:p} offset {} bytes {}",

@@ -84,10 +84,13 @@ pub struct MirrorOptions {
     pub on_source_error: OnError,
     /// What to do when writing the target fails.
     pub on_target_error: OnError,
+    /// sync=full must also zero what the source does not hold: the target may have
+    /// data of its own (an existing image; QEMU's zero_target).
+    pub zero_target: bool,
 }
 
-/// The default granularity (QEMU picks the target's cluster size, at least 4 KiB; 64 KiB is
-/// qcow2's default).
+/// The default granularity when the target has no cluster size, and the most the target's
+/// cluster size makes it.
 const DEFAULT_GRANULARITY: u64 = 64 << 10;
 /// Most bytes one iteration copies.
 const MAX_ITERATION_BYTES: u64 = 1 << 20;
@@ -147,7 +150,15 @@ async fn start_job(
     job_type: JobType,
     opts: MirrorOptions,
 ) -> Result<Rc<Job>> {
+    let target_cluster_size = target
+        .drv()
+        .get_info(target)
+        .map(|i| i.cluster_size)
+        .unwrap_or(0);
     let granularity = match opts.granularity {
+        // The target's cluster size, within 4 KiB..64 KiB
+        // (bdrv_get_default_bitmap_granularity).
+        0 if target_cluster_size > 0 => target_cluster_size.clamp(4096, DEFAULT_GRANULARITY),
         0 => DEFAULT_GRANULARITY,
         g if !g.is_power_of_two() || !(512..=64 << 20).contains(&g) => {
             return Err(Error::invalid(
@@ -166,6 +177,17 @@ async fn start_job(
         job_type.name(),
         opts.common.job_id.as_deref().unwrap_or("")
     );
+    // The source may be written and read by others while the job runs, but not resized.
+    claims.push(Box::new(permissions::claim(
+        source,
+        &format!(
+            "block job '{}'",
+            opts.common.job_id.as_deref().unwrap_or("")
+        ),
+        "main node",
+        Perm::empty(),
+        Perm::CONSISTENT_READ | Perm::WRITE | Perm::WRITE_UNCHANGED,
+    )?));
     let mut perm = Perm::WRITE | Perm::RESIZE;
     if base.is_some() {
         perm |= Perm::CONSISTENT_READ;
@@ -182,6 +204,11 @@ async fn start_job(
         target.clone(),
         granularity,
         opts.copy_mode,
+        if target.backing().is_some() {
+            target_cluster_size
+        } else {
+            0
+        },
     ));
     let observer: Rc<dyn WriteObserver> = state.clone();
     let filter = top_filter::insert(
@@ -224,13 +251,23 @@ impl Mirror {
     /// Marks what must be copied before READY (mirror_dirty_init).
     async fn dirty_init(&self, job: &Job, len: u64) -> Result<()> {
         let s = &self.state;
+        // The first data node below the filters on the source (bdrv_skip_filters): what it
+        // holds above the base is what the job copies.
+        let mut top = s.source.clone();
+        while top.drv().is_filter() {
+            match top.filtered() {
+                Some(below) => top = below,
+                None => break,
+            }
+        }
         let base = match (self.opts.sync, &self.base) {
             (SyncMode::None, _) => return Ok(()),
             (_, Some(base)) => Some(base.clone()),
-            (SyncMode::Top, None) => s.source.backing(),
+            (SyncMode::Top, None) => top.backing(),
             (SyncMode::Full, None) => {
-                let zero_init =
-                    s.target.backing().is_none() && s.target.drv().has_zero_init(&s.target);
+                let zero_init = !self.opts.zero_target
+                    && s.target.backing().is_none()
+                    && s.target.drv().has_zero_init(&s.target);
                 if !zero_init {
                     s.dirty.set_dirty(0, len);
                     return Ok(());
@@ -243,8 +280,7 @@ impl Mirror {
             if job.is_cancelled() {
                 return Ok(());
             }
-            let (status, _) = s
-                .source
+            let (status, _) = top
                 .co_block_status_above(base.as_deref(), false, offset, len - offset)
                 .await?;
             let n = status.bytes.max(1).min(len - offset);
@@ -276,15 +312,27 @@ impl Mirror {
 
     /// Takes the filter out and, after success with `complete`, moves the parents of the
     /// replaced node onto the target (mirror_exit_common).
-    fn exit_common(&self, pivot: bool) {
+    fn exit_common(&self, pivot: bool) -> Result<()> {
         self.state.active.set(false);
         if let Some(filter) = self.filter.borrow_mut().take() {
             crate::graph::replace::drop_filter(&filter);
         }
+        let mut result = Ok(());
         if pivot {
-            crate::graph::replace::replace_node(&self.to_replace, &self.state.target);
+            if let Err(e) =
+                crate::graph::replace::try_replace_node(&self.to_replace, &self.state.target)
+            {
+                // QEMU reports the conflict and fails the job with EPERM's text.
+                eprintln!(
+                    "rqemu: Can no longer replace '{}' by '{}': {e}",
+                    self.to_replace.node_name(),
+                    self.state.target.node_name()
+                );
+                result = Err(Error::from_errno(libc::EPERM));
+            }
         }
         self.drained.borrow_mut().take();
+        result
     }
 }
 
@@ -377,12 +425,12 @@ impl JobDriver for Mirror {
     }
 
     async fn prepare(&self, _job: &Rc<Job>) -> Result<()> {
-        self.exit_common(self.should_complete.get());
-        Ok(())
+        self.exit_common(self.should_complete.get())
     }
 
     async fn abort(&self, _job: &Rc<Job>) {
-        self.exit_common(false);
+        // Without a pivot nothing can fail.
+        let _ = self.exit_common(false);
     }
 
     fn can_complete(&self) -> bool {

@@ -1,0 +1,117 @@
+//! throttle: a filter that holds requests back to the limits of a throttle group (QEMU's
+//! block/throttle.c).
+//!
+//! Reads count as reads; writes, zero writes and discards as writes. While a drained
+//! section covers the node or a node above or below it, requests pass unthrottled, so
+//! that draining a throttled graph finishes (QEMU's throttle_co_drain_begin disabling the
+//! limits).
+
+use std::rc::Rc;
+
+use async_trait::async_trait;
+
+use crate::driver::{BlockDriver, DriverClass, RequestFlags};
+use crate::error::{Error, Result};
+use crate::iov::IoVector;
+use crate::node::BlockDriverState;
+use crate::objects::UserObject;
+use crate::open::open_protocol_child;
+use crate::options::Options;
+use crate::throttle::group::ThrottleGroup;
+
+/// The throttle driver class (`driver=throttle`).
+pub static THROTTLE: DriverClass = DriverClass {
+    format_name: "throttle",
+    protocol_name: None,
+    is_format: false,
+    probe: None,
+    open: |bs, options| Box::pin(open(bs, options)),
+    create: None,
+    create_options: &[],
+};
+
+/// An open throttle node.
+pub struct Throttle {
+    group: Rc<ThrottleGroup>,
+}
+
+async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+    let name = options
+        .take("throttle-group")
+        .ok_or_else(|| Error::invalid("Parameter 'throttle-group' is missing"))?;
+    let group = ThrottleGroup::get(&name, || match crate::objects::lookup(&name).as_deref() {
+        Some(UserObject::ThrottleGroup(cfg)) => Some(cfg.as_ref().clone()),
+        _ => None,
+    })?;
+    let filename = options.take("filename");
+    let child = open_protocol_child("file", filename, options, bs.open_flags()).await?;
+    bs.set_filename(child.filename());
+    bs.attach_child("file", child);
+    Ok(Box::new(Throttle { group }))
+}
+
+impl Throttle {
+    async fn intercept(&self, bs: &BlockDriverState, is_write: bool, bytes: u64) {
+        self.group
+            .co_io_limits_intercept(is_write, bytes, || {
+                crate::graph::find_node(bs.node_name())
+                    .is_some_and(|bs| crate::graph::drain::in_drained_section(&bs))
+            })
+            .await;
+    }
+}
+
+#[async_trait(?Send)]
+impl BlockDriver for Throttle {
+    async fn co_preadv(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        self.intercept(bs, false, qiov.len() as u64).await;
+        super::filtered(bs).co_preadv(offset, qiov, flags).await
+    }
+
+    async fn co_pwritev(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        qiov: &IoVector,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        self.intercept(bs, true, qiov.len() as u64).await;
+        super::filtered(bs).co_pwritev(offset, qiov, flags).await
+    }
+
+    async fn co_pwrite_zeroes(
+        &self,
+        bs: &BlockDriverState,
+        offset: u64,
+        bytes: u64,
+        flags: RequestFlags,
+    ) -> Result<()> {
+        self.intercept(bs, true, bytes).await;
+        super::filtered(bs)
+            .co_pwrite_zeroes(offset, bytes, flags)
+            .await
+    }
+
+    async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        self.intercept(bs, true, bytes).await;
+        super::filtered(bs).co_pdiscard(offset, bytes).await
+    }
+
+    fn supported_write_flags(&self) -> RequestFlags {
+        RequestFlags::FUA
+    }
+
+    fn is_filter(&self) -> bool {
+        true
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
