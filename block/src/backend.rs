@@ -37,6 +37,8 @@ pub struct BlockBackend {
     ctx: Rc<AioContext>,
     in_flight: InFlight,
     write_cache: Cell<bool>,
+    /// The device name the monitor knows it by (blk->name); empty for anonymous ones.
+    name: RefCell<String>,
     /// The coroutines that run `aio_*` requests.
     aio_pool: Rc<CoroutinePool<AioJob>>,
 }
@@ -93,6 +95,7 @@ impl BlockBackend {
             ctx: AioContext::current(),
             in_flight: InFlight::default(),
             write_cache: Cell::new(write_cache),
+            name: RefCell::new(String::new()),
             aio_pool: CoroutinePool::new(),
         });
         let parent: Rc<dyn crate::graph::RootParent> = blk.clone();
@@ -138,6 +141,11 @@ impl BlockBackend {
     ) -> Result<Rc<BlockBackend>> {
         let root = bdrv_open(filename, options, flags).await?;
         Ok(BlockBackend::new(root))
+    }
+
+    /// Names the backend as a drive (blk_new with a name, monitor_add_blk).
+    pub fn set_name(&self, name: &str) {
+        *self.name.borrow_mut() = name.to_string();
     }
 
     /// The root node.
@@ -402,5 +410,9 @@ impl crate::graph::RootParent for BlockBackend {
 
     fn set_root(&self, bs: Rc<BlockDriverState>) {
         BlockBackend::set_root(self, bs);
+    }
+
+    fn name(&self) -> String {
+        self.name.borrow().clone()
     }
 }

@@ -11,6 +11,7 @@
 pub mod args;
 pub mod block;
 pub mod block_query;
+pub mod chain;
 pub mod jobs;
 pub mod machine;
 
