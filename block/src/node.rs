@@ -257,11 +257,12 @@ impl BlockDriverState {
         self.allow_rdwr.get()
     }
 
-    /// Lets this node and the nodes below it other than its backing chain be reopened
-    /// writable: they are read-only only as the backing file of a writable node.
+    /// Lets this node and every node below it be reopened writable: they are read-only
+    /// only as the backing chain of a writable node (which opens its chain bottom-up, so the
+    /// mark is passed down once the chain is open).
     pub(crate) fn set_allow_rdwr(&self) {
         self.allow_rdwr.set(true);
-        for c in self.children().iter().filter(|c| c.name != "backing") {
+        for c in self.children() {
             c.bs.set_allow_rdwr();
         }
     }

@@ -330,7 +330,10 @@ fn active_commit_mirrors_the_top_into_its_base_and_pivots() {
         assert_eq!(job.job_type().name(), "commit");
     });
     assert!(Rc::ptr_eq(&blk.bs(), &base_bs));
-    assert!(!base_bs.is_read_only(), "the base is the writable active layer now");
+    assert!(
+        !base_bs.is_read_only(),
+        "the base is the writable active layer now"
+    );
     let seen = rt(read(&blk, 0, 4 * MIB));
     close(blk);
     // The dropped overlay is not closed: that would close the base below it again.

@@ -22,10 +22,9 @@ use super::block_job::OnError;
 use super::events::{ErrorAction, JobType};
 use super::job::{Job, JobDriver};
 use super::CommonOptions;
-use crate::driver::{RequestFlags, StatusFlags};
+use crate::driver::{DriverClass, RequestFlags, StatusFlags};
 use crate::error::Result;
-use crate::driver::DriverClass;
-use crate::graph::blockers::OpBlocker;
+use crate::graph::blockers::{check_not_busy, OpBlocker};
 use crate::graph::read_only::ReadWriteClaim;
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
@@ -66,33 +65,43 @@ struct Stream {
 }
 
 /// The nodes from `bs` down to `above_base` (all of the chain without one), each with the
-/// job's blocker, after refusing a link the job may not hold (bdrv_freeze_backing_chain:
-/// the filters of other jobs cannot be frozen).
+/// job's blocker. As qmp_block_stream and stream_start check, in this order: no node on the
+/// way is busy, then no link on the way belongs to another job's filter (which cannot be
+/// frozen, QEMU's never_freeze).
 fn claim_chain(
     bs: &Rc<BlockDriverState>,
     above_base: Option<&Rc<BlockDriverState>>,
 ) -> Result<Vec<Box<dyn std::any::Any>>> {
-    let mut claims: Vec<Box<dyn std::any::Any>> = Vec::new();
-    let mut node = bs.clone();
+    let mut nodes = vec![bs.clone()];
     loop {
-        let last = above_base.is_some_and(|a| Rc::ptr_eq(a, &node));
-        if let Some(below) = node.backing() {
-            if !last && super::top_filter::is_job_filter(&below) {
-                return Err(crate::error::Error::invalid(format!(
-                    "Cannot freeze 'backing' link to '{}'",
-                    below.node_name()
-                )));
-            }
+        let node = nodes.last().expect("not empty");
+        if above_base.is_some_and(|a| Rc::ptr_eq(a, node)) {
+            break;
         }
-        claims.push(Box::new(OpBlocker::block_for_job(
-            &node,
-            JobType::Stream.name(),
-        )?));
         match node.backing() {
-            Some(below) if !last => node = below,
-            _ => return Ok(claims),
+            Some(below) => nodes.push(below),
+            None => break,
         }
     }
+    for node in &nodes {
+        check_not_busy(node)?;
+    }
+    for node in nodes.iter().skip(1) {
+        if super::top_filter::is_job_filter(node) {
+            return Err(crate::error::Error::invalid(format!(
+                "Cannot freeze 'backing' link to '{}'",
+                node.node_name()
+            )));
+        }
+    }
+    let mut claims: Vec<Box<dyn std::any::Any>> = Vec::new();
+    for node in &nodes {
+        claims.push(Box::new(OpBlocker::block_for_job(
+            node,
+            JobType::Stream.name(),
+        )?));
+    }
+    Ok(claims)
 }
 
 /// Starts streaming into `bs` (stream_start).
@@ -107,28 +116,25 @@ pub async fn stream_start(bs: &Rc<BlockDriverState>, opts: StreamOptions) -> Res
     };
     if above_base.as_ref().is_some_and(|a| Rc::ptr_eq(a, bs)) {
         // Nothing lies between the node and its base: nothing to copy, nothing to block.
-        let claims = vec![Box::new(OpBlocker::block_for_job(bs, JobType::Stream.name())?)
-            as Box<dyn std::any::Any>];
+        let claims = vec![
+            Box::new(OpBlocker::block_for_job(bs, JobType::Stream.name())?)
+                as Box<dyn std::any::Any>,
+        ];
         return start(bs, above_base, opts, claims, None, None).await;
     }
     let mut claims = claim_chain(bs, above_base.as_ref())?;
     let reopened = ReadWriteClaim::take(bs).await?;
-    let filter = match super::top_filter::insert(
-        bs,
-        &STREAM_TOP,
-        opts.filter_node_name.clone(),
-        None,
-    )
-    .await
-    {
-        Ok(f) => f,
-        Err(e) => {
-            if let Some(r) = reopened {
-                r.restore().await;
+    let filter =
+        match super::top_filter::insert(bs, &STREAM_TOP, opts.filter_node_name.clone(), None).await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                if let Some(r) = reopened {
+                    r.restore().await;
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-    };
+        };
     match OpBlocker::block_for_job(&filter, JobType::Stream.name()) {
         Ok(b) => claims.push(Box::new(b)),
         Err(e) => {

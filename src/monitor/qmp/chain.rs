@@ -45,6 +45,22 @@ pub fn node(name: &str) -> Result<Rc<BlockDriverState>, QmpError> {
     lookup_bs(None, Some(name))
 }
 
+/// The node named `name` below `bs` in its chain; else "Node 'NAME' `relation` 'BS'".
+fn below_node(
+    bs: &Rc<BlockDriverState>,
+    name: &str,
+    relation: &str,
+) -> Result<Rc<BlockDriverState>, QmpError> {
+    let b = node(name)?;
+    if Rc::ptr_eq(&b, bs) || !chain_contains(bs, &b) {
+        return Err(QmpError::generic(format!(
+            "Node '{name}' {relation} '{}'",
+            bs.node_name()
+        )));
+    }
+    Ok(b)
+}
+
 /// block-stream's `base`, `base-node` and `bottom`: the base, or the bottom node.
 pub struct StreamRange {
     /// The node that stays the backing file.
@@ -59,7 +75,9 @@ pub fn stream_range(bs: &Rc<BlockDriverState>, args: &mut Args) -> Result<Stream
     let base_node = args.opt_str("base-node")?;
     let bottom = args.opt_str("bottom")?;
     let both = |a: &str, b: &str| {
-        QmpError::generic(format!("'{a}' and '{b}' cannot be specified at the same time"))
+        QmpError::generic(format!(
+            "'{a}' and '{b}' cannot be specified at the same time"
+        ))
     };
     if base.is_some() && base_node.is_some() {
         return Err(both("base", "base-node"));
@@ -80,24 +98,10 @@ pub fn stream_range(bs: &Rc<BlockDriverState>, args: &mut Args) -> Result<Stream
         })?);
     }
     if let Some(name) = base_node {
-        let b = node(&name)?;
-        if Rc::ptr_eq(&b, bs) || !chain_contains(bs, &b) {
-            return Err(QmpError::generic(format!(
-                "Node '{name}' is not a backing image of '{}'",
-                bs.node_name()
-            )));
-        }
-        range.base = Some(b);
+        range.base = Some(below_node(bs, &name, "is not a backing image of")?);
     }
     if let Some(name) = bottom {
-        let b = node(&name)?;
-        if Rc::ptr_eq(&b, bs) || !chain_contains(bs, &b) {
-            return Err(QmpError::generic(format!(
-                "Node '{name}' is not in a chain starting from '{}'",
-                bs.node_name()
-            )));
-        }
-        range.bottom = Some(b);
+        range.bottom = Some(below_node(bs, &name, "is not in a chain starting from")?);
     }
     Ok(range)
 }
@@ -112,9 +116,8 @@ pub fn commit_range(
     let top_node = args.opt_str("top-node")?;
     let base_file = args.opt_str("base")?;
     let base_node = args.opt_str("base-node")?;
-    let exclusive = |a: &str, b: &str| {
-        QmpError::generic(format!("'{a}' and '{b}' are mutually exclusive"))
-    };
+    let exclusive =
+        |a: &str, b: &str| QmpError::generic(format!("'{a}' and '{b}' are mutually exclusive"));
     if top_node.is_some() && top_file.is_some() {
         return Err(exclusive("top-node", "top"));
     }
@@ -124,9 +127,8 @@ pub fn commit_range(
     let top = match (&top_node, &top_file) {
         (Some(name), _) => node(name)?,
         (None, Some(file)) if *file == active.filename() => active.clone(),
-        (None, Some(file)) => find_backing_image(active, file).ok_or_else(|| {
-            QmpError::generic(format!("Top image file {file} not found"))
-        })?,
+        (None, Some(file)) => find_backing_image(active, file)
+            .ok_or_else(|| QmpError::generic(format!("Top image file {file} not found")))?,
         (None, None) => active.clone(),
     };
     if !chain_contains(active, &top) {

@@ -70,9 +70,13 @@ fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
     let is_device = crate::drives::named_backends()
         .iter()
         .any(|(n, _)| n == device);
-    let job_id = args
-        .opt_str("job-id")?
-        .unwrap_or_else(|| if is_device { device.to_string() } else { String::new() });
+    let job_id = args.opt_str("job-id")?.unwrap_or_else(|| {
+        if is_device {
+            device.to_string()
+        } else {
+            String::new()
+        }
+    });
     let speed = args.opt_int("speed")?.unwrap_or(0);
     if speed < 0 {
         return Err(QmpError::generic(

@@ -135,7 +135,10 @@ pub async fn commit_active_start(
     let mut claims: Vec<Box<dyn std::any::Any>> = Vec::new();
     let mut node = active.backing();
     while let Some(n) = node {
-        claims.push(Box::new(OpBlocker::block_for_job(&n, JobType::Commit.name())?));
+        claims.push(Box::new(OpBlocker::block_for_job(
+            &n,
+            JobType::Commit.name(),
+        )?));
         if Rc::ptr_eq(&n, base) {
             break;
         }
@@ -149,7 +152,15 @@ pub async fn commit_active_start(
         on_target_error: on_error,
         ..MirrorOptions::default()
     };
-    start_job(active, base, Some(base.clone()), JobType::Commit, opts, claims).await
+    start_job(
+        active,
+        base,
+        Some(base.clone()),
+        JobType::Commit,
+        opts,
+        claims,
+    )
+    .await
 }
 
 async fn start_job(

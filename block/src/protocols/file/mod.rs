@@ -262,8 +262,9 @@ impl BlockDriver for FileDriver {
             oflags |= libc::O_DIRECT;
         }
         let path = &self.path;
-        let fd = open_fd(path, oflags, 0)
-            .map_err(|e| Error::with_errno_message(e.errno(), format!("Could not open '{path}'")))?;
+        let fd = open_fd(path, oflags, 0).map_err(|e| {
+            Error::with_errno_message(e.errno(), format!("Could not open '{path}'"))
+        })?;
         if self.locking {
             let old = self.fd();
             // The old descriptor's locks would conflict with the new one's: give them up
