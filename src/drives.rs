@@ -110,6 +110,7 @@ pub async fn open_all(cfgs: &[DriveOptions]) -> Result<(), String> {
             add_monitor_node(bs);
         } else {
             let blk = open(cfg).await?;
+            blk.set_name(&cfg.id);
             DRIVES.with(|d| d.borrow_mut().insert(cfg.id.clone(), blk));
         }
     }

@@ -38,6 +38,8 @@ pub struct BlockBackend {
     ctx: Rc<AioContext>,
     in_flight: InFlight,
     write_cache: Cell<bool>,
+    /// The device name the monitor knows it by (blk->name); empty for anonymous ones.
+    name: RefCell<String>,
     /// The coroutines that run `aio_*` requests.
     aio_pool: Rc<CoroutinePool<AioJob>>,
     /// What the device's requests did (blk->stats).
@@ -119,6 +121,7 @@ impl BlockBackend {
             ctx: AioContext::current(),
             in_flight: InFlight::default(),
             write_cache: Cell::new(write_cache),
+            name: RefCell::new(String::new()),
             aio_pool: CoroutinePool::new(),
             stats: BlockAcctStats::default(),
         });
@@ -170,6 +173,11 @@ impl BlockBackend {
     /// The accounting of the device's requests (blk_get_stats).
     pub fn stats(&self) -> &BlockAcctStats {
         &self.stats
+    }
+
+    /// Names the backend as a drive (blk_new with a name, monitor_add_blk).
+    pub fn set_name(&self, name: &str) {
+        *self.name.borrow_mut() = name.to_string();
     }
 
     /// The root node.
@@ -434,5 +442,9 @@ impl crate::graph::RootParent for BlockBackend {
 
     fn set_root(&self, bs: Rc<BlockDriverState>) {
         BlockBackend::set_root(self, bs);
+    }
+
+    fn name(&self) -> String {
+        self.name.borrow().clone()
     }
 }

@@ -394,6 +394,13 @@ pub trait BlockDriver {
         Err(Error::from_errno(libc::ENOTSUP))
     }
 
+    /// Switches the open node between read-only and read-write in place (the `read-only`
+    /// part of bdrv_reopen_prepare/commit). Drivers that hold nothing that depends on it
+    /// (most formats: they write through their children) accept it as it is.
+    async fn co_reopen_read_only(&self, _bs: &BlockDriverState, _read_only: bool) -> Result<()> {
+        Ok(())
+    }
+
     /// Deallocates everything the image stores itself, so that it reads from its backing
     /// file again (bdrv_make_empty; `qemu-img commit` empties the committed overlay).
     async fn co_make_empty(&self, _bs: &BlockDriverState) -> Result<()> {

@@ -66,14 +66,6 @@ fn open(path: &Path) -> Rc<BlockBackend> {
     BlockBackend::new(open_node(path, Options::new()))
 }
 
-/// Opens an overlay with the backing file `depth` links down writable, as a commit into
-/// it needs (QEMU reopens the base read-write; rqemu has no bdrv_reopen yet).
-fn open_writable_base(path: &Path, depth: usize) -> Rc<BlockBackend> {
-    let mut o = Options::new();
-    o.set(&format!("{}read-only", "backing.".repeat(depth)), "off");
-    BlockBackend::new(open_node(path, o))
-}
-
 fn pattern(seed: u8, len: u64) -> Vec<u8> {
     (0..len)
         .map(|i| (i / 512) as u8 ^ seed.wrapping_mul(37))
@@ -174,6 +166,7 @@ fn stream_pulls_the_backing_chain_into_the_top_while_the_guest_writes() {
                 ..Default::default()
             },
         )
+        .await
         .unwrap();
         write(&blk, MIB, &pattern(2, 64 << 10)).await;
         job.wait_concluded().await.unwrap();
@@ -206,10 +199,13 @@ fn commit_copies_an_intermediate_layer_into_its_base_and_drops_it() {
         rt(write(&b, at, &pattern(seed, MIB)));
         close(b);
     }
-    let blk = open_writable_base(&top, 2);
+    // The base is opened read-only, as a backing file is: the job makes it writable for
+    // its copy and read-only again when done (bdrv_reopen_set_read_only).
+    let blk = open(&top);
     let active = blk.bs();
     let mid_bs = active.backing().unwrap();
     let base_bs = mid_bs.backing().unwrap();
+    assert!(base_bs.is_read_only());
     let before = rt(read(&blk, 0, 4 * MIB));
     rt(async {
         let job = commit_start(
@@ -232,6 +228,8 @@ fn commit_copies_an_intermediate_layer_into_its_base_and_drops_it() {
         job.wait_concluded().await.unwrap();
     });
     assert!(Rc::ptr_eq(&active.backing().unwrap(), &base_bs));
+    assert!(base_bs.is_read_only(), "the base is read-only again");
+    assert!(base_bs.file().unwrap().is_read_only());
     let mut expected = before;
     expected[3 * MIB as usize..(3 * MIB + 4096) as usize].copy_from_slice(&pattern(4, 4096));
     assert_eq!(rt(read(&blk, 0, 4 * MIB)), expected);
@@ -315,10 +313,11 @@ fn active_commit_mirrors_the_top_into_its_base_and_pivots() {
     rt(write(&b, 0, &pattern(1, 2 * MIB)));
     close(b);
     let rec = Recorder::new();
-    let blk = open_writable_base(&top, 1);
+    let blk = open(&top);
     rt(write(&blk, MIB, &pattern(2, MIB)));
     let active = blk.bs();
     let base_bs = active.backing().unwrap();
+    assert!(base_bs.is_read_only());
     rt(async {
         let job = commit_active_start(&active, &base_bs, common("ac"), None, OnError::Report)
             .await
@@ -331,6 +330,10 @@ fn active_commit_mirrors_the_top_into_its_base_and_pivots() {
         assert_eq!(job.job_type().name(), "commit");
     });
     assert!(Rc::ptr_eq(&blk.bs(), &base_bs));
+    assert!(
+        !base_bs.is_read_only(),
+        "the base is the writable active layer now"
+    );
     let seen = rt(read(&blk, 0, 4 * MIB));
     close(blk);
     // The dropped overlay is not closed: that would close the base below it again.
@@ -526,6 +529,7 @@ fn manual_finalize_and_dismiss_wait_for_the_user() {
                 ..Default::default()
             },
         )
+        .await
         .unwrap();
         job.wait_status(JobStatus::Pending).await;
         assert!(
@@ -653,7 +657,8 @@ fn busy_nodes_and_permission_conflicts_are_refused_with_qemus_messages() {
                 common: common("m0"),
                 ..Default::default()
             },
-        );
+        )
+        .await;
         assert!(e.is_err());
         job.user_cancel(true).unwrap();
         let _ = job.wait_concluded().await;

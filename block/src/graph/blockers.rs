@@ -8,11 +8,14 @@ use crate::error::{Error, Result};
 use crate::node::BlockDriverState;
 
 /// Refuses an operation on a blocked node with QEMU's "Node 'X' is busy: ..." error.
-pub fn check_not_busy(bs: &BlockDriverState) -> Result<()> {
+pub fn check_not_busy(bs: &Rc<BlockDriverState>) -> Result<()> {
     match bs.graph.blocker.borrow().as_ref() {
         Some(reason) => Err(Error::new(
             libc::EBUSY,
-            format!("Node '{}' is busy: {reason}", bs.node_name()),
+            format!(
+                "Node '{}' is busy: {reason}",
+                super::device_or_node_name(bs)
+            ),
         )),
         None => Ok(()),
     }

@@ -13,6 +13,7 @@
 pub mod blockers;
 pub mod drain;
 pub mod permissions;
+pub mod read_only;
 pub mod replace;
 
 use std::cell::RefCell;
@@ -43,6 +44,21 @@ pub trait RootParent {
     fn root(&self) -> Rc<BlockDriverState>;
     /// Points it at another root node.
     fn set_root(&self, bs: Rc<BlockDriverState>);
+    /// The device name it has for the monitor; empty when it has none.
+    fn name(&self) -> String {
+        String::new()
+    }
+}
+
+/// The name of the device whose root `bs` is, else its node name, as the monitor names a
+/// node in its messages (bdrv_get_device_or_node_name).
+pub fn device_or_node_name(bs: &Rc<BlockDriverState>) -> String {
+    root_parents()
+        .into_iter()
+        .filter(|p| Rc::ptr_eq(&p.root(), bs))
+        .map(|p| p.name())
+        .find(|n| !n.is_empty())
+        .unwrap_or_else(|| bs.node_name().to_string())
 }
 
 /// Lists a root parent, by a weak reference (bdrv_root_attach_child's side of the list).

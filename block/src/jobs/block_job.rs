@@ -116,7 +116,9 @@ impl Job {
     pub fn set_speed(&self, speed: i64) -> Result<()> {
         apply_verb(self.id(), JobVerb::SetSpeed, self.status())?;
         let Ok(speed) = u64::try_from(speed) else {
-            return Err(Error::invalid("Invalid parameter 'speed'"));
+            return Err(Error::invalid(
+                "Parameter 'speed' expects a non-negative value",
+            ));
         };
         let old = self.speed.get();
         self.limit.borrow_mut().set_speed(speed, SLICE);

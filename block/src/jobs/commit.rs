@@ -17,8 +17,9 @@ use super::job::{Job, JobDriver};
 use super::CommonOptions;
 use crate::driver::{PreallocMode, RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
-use crate::graph::blockers::OpBlocker;
+use crate::graph::blockers::{check_not_busy, OpBlocker};
 use crate::graph::permissions::{self, Perm};
+use crate::graph::read_only::ReadWriteClaim;
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::trace;
@@ -45,6 +46,9 @@ struct Commit {
     base: Rc<BlockDriverState>,
     opts: CommitOptions,
     filter: RefCell<Option<Rc<BlockDriverState>>>,
+    /// The base and the overlay, made writable for the job when they were read-only.
+    /// Shared with [`commit_start`], which undoes it when the job cannot be created.
+    reopened: Rc<RefCell<Vec<ReadWriteClaim>>>,
 }
 
 /// Starts committing `top` (below the active layer `active`) into `base` (commit_start).
@@ -65,32 +69,69 @@ pub async fn commit_start(
     super::check_in_chain(active, top)?;
     super::check_in_chain(top, base)?;
     let overlay = super::find_overlay(active, top).expect("top is in the chain");
-    // The layers that will be dropped, and the overlay whose link changes, are the job's.
-    let mut claims: Vec<Box<dyn std::any::Any>> =
-        vec![Box::new(OpBlocker::block_for_job(&overlay, "commit")?)];
-    let mut node = top.clone();
-    while !Rc::ptr_eq(&node, base) {
-        claims.push(Box::new(OpBlocker::block_for_job(&node, "commit")?));
-        node = super::filter_or_cow(&node).expect("base is below top");
+    // The layers from top down to the base are the job's, and so is the active layer (as
+    // in QEMU, even though only the overlay's link changes); the overlay must not be busy.
+    let mut layers = vec![top.clone()];
+    while !Rc::ptr_eq(layers.last().expect("not empty"), base) {
+        let below = layers.last().and_then(super::filter_or_cow);
+        layers.push(below.expect("base is below top"));
+    }
+    for node in &layers {
+        check_not_busy(node)?;
+    }
+    check_not_busy(&overlay)?;
+    let mut claims: Vec<Box<dyn std::any::Any>> = Vec::new();
+    if !Rc::ptr_eq(&overlay, active) {
+        claims.push(Box::new(OpBlocker::block_for_job(active, "commit")?));
+    }
+    for node in &layers {
+        claims.push(Box::new(OpBlocker::block_for_job(node, "commit")?));
+    }
+    let mut reopened = Vec::new();
+    for node in [base, &overlay] {
+        match ReadWriteClaim::take(node).await {
+            Ok(r) => reopened.extend(r),
+            Err(e) => {
+                for r in reopened {
+                    ReadWriteClaim::restore(r).await;
+                }
+                return Err(e);
+            }
+        }
     }
     let user = format!(
         "commit job '{}'",
         opts.common.job_id.as_deref().unwrap_or("")
     );
-    claims.push(Box::new(permissions::claim(
+    let claimed = permissions::claim(
         base,
         &user,
         "base",
         Perm::WRITE | Perm::RESIZE | Perm::CONSISTENT_READ,
         Perm::CONSISTENT_READ | Perm::WRITE_UNCHANGED,
-    )?));
-    let filter = super::top_filter::insert(
-        top,
-        &super::top_filter::COMMIT_TOP,
-        opts.filter_node_name.clone(),
-        None,
-    )
-    .await?;
+    );
+    let filter = match claimed {
+        Ok(c) => {
+            claims.push(Box::new(c));
+            super::top_filter::insert(
+                top,
+                &super::top_filter::COMMIT_TOP,
+                opts.filter_node_name.clone(),
+                None,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            for r in reopened {
+                r.restore().await;
+            }
+            return Err(e);
+        }
+    };
     let common = opts.common.clone();
     let commit = Commit {
         active: active.clone(),
@@ -98,7 +139,9 @@ pub async fn commit_start(
         base: base.clone(),
         opts,
         filter: RefCell::new(Some(filter.clone())),
+        reopened: Rc::new(RefCell::new(reopened)),
     };
+    let restore = commit.reopened.clone();
     let job = common.create(Box::new(commit), claims);
     match job {
         Ok(job) => {
@@ -107,6 +150,10 @@ pub async fn commit_start(
         }
         Err(e) => {
             crate::graph::replace::drop_filter(&filter);
+            let reopened = std::mem::take(&mut *restore.borrow_mut());
+            for r in reopened {
+                r.restore().await;
+            }
             Err(e)
         }
     }
@@ -209,5 +256,9 @@ impl JobDriver for Commit {
 
     async fn clean(&self, _job: &Rc<Job>) {
         self.remove_filter();
+        let reopened = std::mem::take(&mut *self.reopened.borrow_mut());
+        for r in reopened {
+            r.restore().await;
+        }
     }
 }

@@ -29,7 +29,14 @@ pub static MIRROR_TOP: DriverClass = top_class("mirror_top");
 /// commit's filter class (`commit_top`).
 pub static COMMIT_TOP: DriverClass = top_class("commit_top");
 
-const fn top_class(name: &'static str) -> DriverClass {
+/// Whether `bs` is the filter of a mirror or commit job, whose link to the node below may
+/// not be frozen by another job (QEMU's never_freeze).
+pub fn is_job_filter(bs: &BlockDriverState) -> bool {
+    std::ptr::eq(bs.class(), &MIRROR_TOP) || std::ptr::eq(bs.class(), &COMMIT_TOP)
+}
+
+/// The class of a filter only jobs insert, named `name`.
+pub(crate) const fn top_class(name: &'static str) -> DriverClass {
     DriverClass {
         format_name: name,
         protocol_name: None,

@@ -147,6 +147,9 @@ pub struct BlockDriverState {
     node_name: String,
     filename: RefCell<String>,
     read_only: Cell<bool>,
+    /// The node may be made writable by a job (BDRV_O_ALLOW_RDWR): it was opened writable,
+    /// or read-only only because it is the backing file of a writable node.
+    allow_rdwr: Cell<bool>,
     /// Every read copies what it finds unallocated into this node (bs->copy_on_read).
     pub(crate) copy_on_read: Cell<bool>,
     flags: OpenFlags,
@@ -194,6 +197,7 @@ impl BlockDriverState {
             node_name,
             filename: RefCell::new(filename),
             read_only: Cell::new(flags.read_only),
+            allow_rdwr: Cell::new(!flags.read_only),
             copy_on_read: Cell::new(false),
             flags,
             detect_zeroes,
@@ -276,6 +280,27 @@ impl BlockDriverState {
     /// Whether the node is read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only.get()
+    }
+
+    /// Whether the node may be reopened writable (BDRV_O_ALLOW_RDWR).
+    pub fn allow_rdwr(&self) -> bool {
+        self.allow_rdwr.get()
+    }
+
+    /// Lets this node and every node below it be reopened writable: they are read-only
+    /// only as the backing chain of a writable node (which opens its chain bottom-up, so the
+    /// mark is passed down once the chain is open).
+    pub(crate) fn set_allow_rdwr(&self) {
+        self.allow_rdwr.set(true);
+        for c in self.children() {
+            c.bs.set_allow_rdwr();
+        }
+    }
+
+    /// Records the node's new read-only state once its driver accepted it (the end of
+    /// bdrv_reopen_commit for `read-only`).
+    pub(crate) fn set_read_only(&self, read_only: bool) {
+        self.read_only.set(read_only);
     }
 
     /// Whether the format was guessed by probing rather than named (bs->probed): raw then

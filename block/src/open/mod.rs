@@ -307,7 +307,21 @@ pub async fn bdrv_open_backing(
     let bs = open_node(Some(path.clone()), options, flags, true)
         .await
         .map_err(|e| e.context("Could not open backing file: "))?;
+    if !parent.is_read_only() || parent.allow_rdwr() {
+        bs.set_allow_rdwr();
+    }
     Ok(bs)
+}
+
+/// The node a `backing=NAME` option refers to, as blockdev-add's `"backing": "node-name"`
+/// does: a live node of that name, when no `backing.*` options describe a new one.
+pub fn backing_reference(
+    backing_opt: Option<&str>,
+    backing_opts: &Options,
+) -> Option<Rc<BlockDriverState>> {
+    backing_opt
+        .filter(|_| backing_opts.is_empty())
+        .and_then(crate::graph::find_node)
 }
 
 /// Internal option through which a backing node learns the files of the overlays above it.

@@ -148,6 +148,10 @@ async fn open_backing(
     {
         return Ok(());
     }
+    if let Some(node) = block::open::backing_reference(backing_opt.as_deref(), &backing_opts) {
+        bs.attach_child("backing", node);
+        return Ok(());
+    }
     let name = match (&backing_opt, &h.backing_file) {
         (Some(n), _) => n.clone(),
         (None, Some(n)) => n.clone(),

@@ -18,6 +18,7 @@ use block::{BlockDriverState, OpenFlags, Options};
 use serde_json::{json, Value};
 
 use super::block::lookup_bs;
+use super::chain;
 use super::{Args, CmdResult, ErrorClass, QmpError};
 use crate::monitor::events::emit;
 use crate::tools::qemu_img::create::{img_create, ImgCreate};
@@ -64,14 +65,28 @@ pub(super) fn subscribe_events() {
     }
 }
 
-/// job-id, speed, auto-finalize, auto-dismiss; a block job's id defaults to its device.
+/// job-id, speed, auto-finalize, auto-dismiss; a block job's id defaults to its device's
+/// name, which a node that is not a device's root does not have (so the id is refused).
 pub(super) fn common(args: &mut Args, device: &str) -> Result<CommonOptions, QmpError> {
-    let job_id = args
-        .opt_str("job-id")?
-        .unwrap_or_else(|| device.to_string());
+    let is_device = crate::drives::named_backends()
+        .iter()
+        .any(|(n, _)| n == device);
+    let job_id = args.opt_str("job-id")?.unwrap_or_else(|| {
+        if is_device {
+            device.to_string()
+        } else {
+            String::new()
+        }
+    });
+    let speed = args.opt_int("speed")?.unwrap_or(0);
+    if speed < 0 {
+        return Err(QmpError::generic(
+            "Parameter 'speed' expects a non-negative value",
+        ));
+    }
     Ok(CommonOptions {
         job_id: Some(job_id),
-        speed: args.opt_int("speed")?.unwrap_or(0),
+        speed,
         flags: JobFlags {
             manual_finalize: !args.opt_bool("auto-finalize")?.unwrap_or(true),
             manual_dismiss: !args.opt_bool("auto-dismiss")?.unwrap_or(true),
@@ -108,31 +123,6 @@ pub(super) fn device(args: &mut Args) -> Result<(String, Rc<BlockDriverState>), 
     Ok((name, bs))
 }
 
-/// A node in `top`'s backing chain named by `node` (a node name) or `file` (a filename).
-fn chain_node(
-    top: &Rc<BlockDriverState>,
-    node: Option<String>,
-    file: Option<String>,
-) -> Result<Option<Rc<BlockDriverState>>, QmpError> {
-    let mut bs = filter_or_cow(top);
-    while let Some(b) = bs {
-        if node.as_deref() == Some(b.node_name()) || file.as_deref() == Some(&b.filename()) {
-            return Ok(Some(b));
-        }
-        bs = filter_or_cow(&b);
-    }
-    match (node, file) {
-        (None, None) => Ok(None),
-        (Some(n), _) => Err(QmpError::generic(format!(
-            "Node '{n}' is not a backing image of '{}'",
-            top.node_name()
-        ))),
-        (None, Some(f)) => Err(QmpError::generic(format!(
-            "Can't find '{f}' in the backing chain"
-        ))),
-    }
-}
-
 pub(super) fn started(job: Rc<Job>) -> CmdResult {
     drop(job);
     Ok(json!({}))
@@ -142,40 +132,34 @@ pub(super) fn started(job: Rc<Job>) -> CmdResult {
 pub async fn block_stream(mut args: Args) -> CmdResult {
     subscribe_events();
     let (dev, bs) = device(&mut args)?;
+    let range = chain::stream_range(&bs, &mut args)?;
     let common = common(&mut args, &dev)?;
-    let base = chain_node(&bs, args.opt_str("base-node")?, args.opt_str("base")?)?;
     let opts = StreamOptions {
         common,
-        base,
+        base: range.base,
+        bottom: range.bottom,
+        filter_node_name: args.opt_str("filter-node-name")?,
         backing_file: args.opt_str("backing-file")?,
         on_error: on_error(&mut args, "on-error")?,
     };
-    args.opt_str("filter-node-name")?;
     args.finish()?;
-    started(stream_start(&bs, opts)?)
+    started(stream_start(&bs, opts).await?)
 }
 
 /// `block-commit`: intermediate, or active when top is the device's active layer.
 pub async fn block_commit(mut args: Args) -> CmdResult {
     subscribe_events();
-    let (dev, active) = device(&mut args)?;
-    let common = common(&mut args, &dev)?;
-    let top_node = args.opt_str("top-node")?;
-    let top_file = args.opt_str("top")?;
+    let device_name = args.str("device")?;
+    let active = lookup_bs(Some(&device_name), Some(&device_name)).map_err(|_| {
+        QmpError::new(
+            ErrorClass::DeviceNotFound,
+            format!("Device '{device_name}' not found"),
+        )
+    })?;
+    let dev = device_name;
     // No top named, or the active layer named: an active commit.
-    let top = if (top_node.is_none() && top_file.is_none())
-        || top_node.as_deref() == Some(active.node_name())
-        || top_file.as_deref() == Some(&active.filename())
-    {
-        active.clone()
-    } else {
-        chain_node(&active, top_node, top_file)?.expect("named")
-    };
-    let base = match chain_node(&top, args.opt_str("base-node")?, args.opt_str("base")?)? {
-        Some(b) => b,
-        None => bottom_of_chain(&top)
-            .ok_or_else(|| QmpError::generic("Top image has no backing file to commit into"))?,
-    };
+    let (top, base) = chain::commit_range(&active, &mut args)?;
+    let common = common(&mut args, &dev)?;
     let filter_node_name = args.opt_str("filter-node-name")?;
     let on_error = on_error(&mut args, "on-error")?;
     let backing_file = args.opt_str("backing-file")?;
@@ -192,15 +176,6 @@ pub async fn block_commit(mut args: Args) -> CmdResult {
         on_error,
     };
     started(commit_start(&active, &top, &base, opts).await?)
-}
-
-fn bottom_of_chain(top: &Rc<BlockDriverState>) -> Option<Rc<BlockDriverState>> {
-    let mut bs = filter_or_cow(top)?;
-    while let Some(b) = filter_or_cow(&bs) {
-        bs = b;
-    }
-    // A commit writes into a data node, not a filter at the bottom.
-    (!bs.drv().is_filter()).then_some(bs)
 }
 
 fn mirror_options(args: &mut Args, common: CommonOptions) -> Result<MirrorOptions, QmpError> {

@@ -16,6 +16,7 @@ pub mod block_graph;
 pub mod block_query;
 pub mod block_stats;
 pub mod devices;
+pub mod chain;
 pub mod jobs;
 pub mod machine;
 pub mod objects;

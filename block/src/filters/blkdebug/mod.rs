@@ -272,15 +272,20 @@ impl BlockDriver for Blkdebug {
     }
 }
 
-/// The first blkdebug node on the way down from `bs` through primary children, as
-/// bdrv_debug_breakpoint and friends look for one.
+/// The first blkdebug node on the way down from `bs` through primary children (a filter's
+/// filtered child, else `file`), as bdrv_debug_breakpoint and friends look for one: a job's
+/// filter above the blkdebug node does not hide it.
 pub fn find_blkdebug(bs: &Rc<BlockDriverState>) -> Option<Rc<BlockDriverState>> {
     let mut node = bs.clone();
     loop {
         if node.drv().as_any().is::<Blkdebug>() {
             return Some(node);
         }
-        node = node.file()?;
+        node = if node.drv().is_filter() {
+            node.filtered()?
+        } else {
+            node.file()?
+        };
     }
 }
 

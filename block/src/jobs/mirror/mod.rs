@@ -117,7 +117,7 @@ pub async fn mirror_start(
     if Rc::ptr_eq(source, target) {
         return Err(Error::invalid("Can't mirror node into itself"));
     }
-    start_job(source, target, None, JobType::Mirror, opts).await
+    start_job(source, target, None, JobType::Mirror, opts, Vec::new()).await
 }
 
 /// Starts committing the active layer `active` into `base`: a mirror whose target is the
@@ -133,6 +133,21 @@ pub async fn commit_active_start(
         return Err(Error::invalid("cannot commit an image into itself"));
     }
     super::check_in_chain(active, base)?;
+    // The layers below the active one are the job's down to the base, which becomes
+    // writable: when the job completes it is the active layer.
+    let mut claims: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut node = active.backing();
+    while let Some(n) = node {
+        claims.push(Box::new(OpBlocker::block_for_job(
+            &n,
+            JobType::Commit.name(),
+        )?));
+        if Rc::ptr_eq(&n, base) {
+            break;
+        }
+        node = n.backing();
+    }
+    crate::graph::read_only::bdrv_reopen_set_read_only(base, false).await?;
     let opts = MirrorOptions {
         common,
         filter_node_name,
@@ -140,7 +155,15 @@ pub async fn commit_active_start(
         on_target_error: on_error,
         ..MirrorOptions::default()
     };
-    start_job(active, base, Some(base.clone()), JobType::Commit, opts).await
+    start_job(
+        active,
+        base,
+        Some(base.clone()),
+        JobType::Commit,
+        opts,
+        claims,
+    )
+    .await
 }
 
 async fn start_job(
@@ -149,6 +172,7 @@ async fn start_job(
     base: Option<Rc<BlockDriverState>>,
     job_type: JobType,
     opts: MirrorOptions,
+    mut claims: Vec<Box<dyn std::any::Any>>,
 ) -> Result<Rc<Job>> {
     let target_cluster_size = target
         .drv()
@@ -167,8 +191,7 @@ async fn start_job(
         }
         g => g,
     };
-    let mut claims: Vec<Box<dyn std::any::Any>> =
-        vec![Box::new(OpBlocker::block_for_job(source, job_type.name())?)];
+    claims.push(Box::new(OpBlocker::block_for_job(source, job_type.name())?));
     if base.is_none() {
         claims.push(Box::new(OpBlocker::block_for_job(target, job_type.name())?));
     }

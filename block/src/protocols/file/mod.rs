@@ -11,13 +11,14 @@
 mod create;
 mod posix;
 
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::host_device;
-use super::locking::{self, lock_image};
+use super::locking::{self, lock_image, unlock_image};
 use crate::aio::AioContext;
 use crate::driver::{
     BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, PreallocMode, RequestFlags,
@@ -72,7 +73,12 @@ const IOV_MAX: usize = 1024;
 
 /// An open host file.
 pub struct FileDriver {
-    fd: Arc<OwnedFd>,
+    /// Replaced when the node is reopened read-only or read-write; requests in flight keep
+    /// the descriptor they started with.
+    fd: RefCell<Arc<OwnedFd>>,
+    path: String,
+    locking: bool,
+    force_share: bool,
     aio: AioMode,
     direct: bool,
     alignment: u32,
@@ -133,7 +139,10 @@ pub(super) async fn open(
     };
     bs.set_filename(filename);
     Ok(Box::new(FileDriver {
-        fd: Arc::new(fd),
+        fd: RefCell::new(Arc::new(fd)),
+        path,
+        locking,
+        force_share: flags.force_share,
         aio: flags.aio,
         direct: flags.cache.direct,
         alignment,
@@ -156,8 +165,9 @@ fn permissions(read_only: bool, force_share: bool) -> (u32, u32) {
 }
 
 impl FileDriver {
-    fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// The descriptor requests use now.
+    fn fd(&self) -> Arc<OwnedFd> {
+        self.fd.borrow().clone()
     }
 
     /// One read or write through the selected engine (raw_co_prw).
@@ -182,7 +192,7 @@ impl FileDriver {
     async fn co_prw_engine(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
         match self.aio {
             AioMode::Threads => {
-                let fd = self.fd.clone();
+                let fd = self.fd();
                 let qiov = qiov.clone();
                 let pool = AioContext::current().thread_pool();
                 pool.submit(move || blocking_rw(fd.as_raw_fd(), &qiov, offset, write))
@@ -195,6 +205,8 @@ impl FileDriver {
     /// io_uring may complete short: resubmit the rest, zero-fill at end of file.
     async fn co_prw_uring(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
         let engine = AioContext::current().io_uring()?;
+        // Held to the end, so that a reopen cannot close it under the ring.
+        let fd = self.fd();
         let total = qiov.len();
         let mut done = 0;
         while done < total {
@@ -208,9 +220,9 @@ impl FileDriver {
             };
             let pos = offset + done as u64;
             let n = if write {
-                engine.pwritev(self.raw_fd(), part, pos).await?
+                engine.pwritev(fd.as_raw_fd(), part, pos).await?
             } else {
-                engine.preadv(self.raw_fd(), part, pos).await?
+                engine.preadv(fd.as_raw_fd(), part, pos).await?
             };
             if n == 0 {
                 if write {
@@ -228,7 +240,7 @@ impl FileDriver {
         &self,
         work: impl FnOnce(RawFd) -> R + Send + 'static,
     ) -> R {
-        let fd = self.fd.clone();
+        let fd = self.fd();
         AioContext::current()
             .thread_pool()
             .submit(move || work(fd.as_raw_fd()))
@@ -238,6 +250,37 @@ impl FileDriver {
 
 #[async_trait(?Send)]
 impl BlockDriver for FileDriver {
+    /// Opens the file again in the new mode and moves the image locks to the new
+    /// descriptor (raw_reopen_prepare/commit); on failure the old one stays in use.
+    async fn co_reopen_read_only(&self, _bs: &BlockDriverState, read_only: bool) -> Result<()> {
+        let mut oflags = if read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        if self.direct {
+            oflags |= libc::O_DIRECT;
+        }
+        let path = &self.path;
+        let fd = open_fd(path, oflags, 0).map_err(|e| {
+            Error::with_errno_message(e.errno(), format!("Could not open '{path}'"))
+        })?;
+        if self.locking {
+            let old = self.fd();
+            // The old descriptor's locks would conflict with the new one's: give them up
+            // first, and take them back if the new ones are refused.
+            let (perm, shared) = permissions(!read_only, self.force_share);
+            unlock_image(old.as_raw_fd())?;
+            let (new_perm, new_shared) = permissions(read_only, self.force_share);
+            if let Err(e) = lock_image(fd.as_raw_fd(), new_perm, new_shared, path) {
+                lock_image(old.as_raw_fd(), perm, shared, path)?;
+                return Err(e);
+            }
+        }
+        *self.fd.borrow_mut() = Arc::new(fd);
+        Ok(())
+    }
+
     async fn co_preadv(
         &self,
         _bs: &BlockDriverState,
@@ -296,7 +339,7 @@ impl BlockDriver for FileDriver {
             AioMode::IoUring => {
                 AioContext::current()
                     .io_uring()?
-                    .fdatasync(self.raw_fd())
+                    .fdatasync(self.fd().as_raw_fd())
                     .await
             }
             AioMode::Threads => {
@@ -329,7 +372,7 @@ impl BlockDriver for FileDriver {
         if !want_zero {
             return Ok(data_at(bytes));
         }
-        let fd = self.raw_fd();
+        let fd = self.fd().as_raw_fd();
         // SAFETY: lseek on our own descriptor.
         let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
         let (flags, len) = if data < 0 {
@@ -368,13 +411,13 @@ impl BlockDriver for FileDriver {
     }
 
     async fn co_getlength(&self, _bs: &BlockDriverState) -> Result<u64> {
-        file_size(self.raw_fd())
+        file_size(self.fd().as_raw_fd())
     }
 
     async fn co_get_allocated_file_size(&self, _bs: &BlockDriverState) -> Result<Option<u64>> {
         // SAFETY: fstat into a zeroed stat struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstat(self.raw_fd(), &mut st) } < 0 {
+        if unsafe { libc::fstat(self.fd().as_raw_fd(), &mut st) } < 0 {
             return Err(Error::last_os_error());
         }
         Ok(Some(st.st_blocks as u64 * 512))
@@ -383,7 +426,7 @@ impl BlockDriver for FileDriver {
     /// ImageInfoSpecificFile: the extent size hint, when the file system has one set.
     fn get_specific_info(&self, _bs: &BlockDriverState) -> Option<serde_json::Value> {
         let mut data = serde_json::Map::new();
-        if let Some(hint) = extent_size_hint(self.raw_fd()) {
+        if let Some(hint) = extent_size_hint(self.fd().as_raw_fd()) {
             data.insert("extent-size-hint".into(), hint.into());
         }
         Some(serde_json::json!({"type": "file", "data": data}))
