@@ -184,15 +184,17 @@ struct Guest {
     lines: Receiver<String>,
     log: Vec<String>,
     last_pass: u32,
+    /// Where the emulator's stderr goes, shown when a check fails.
+    stderr: PathBuf,
 }
 
 impl Guest {
-    fn start(cmd: &[String]) -> Guest {
+    fn start(cmd: &[String], stderr: PathBuf) -> Guest {
         let mut child = Command::new(&cmd[0])
             .args(&cmd[1..])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", cmd[0]));
         let stdout = child.stdout.take().unwrap();
@@ -212,6 +214,7 @@ impl Guest {
             lines,
             log: Vec::new(),
             last_pass: 0,
+            stderr,
         }
     }
 
@@ -248,6 +251,19 @@ impl Guest {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "emulator exited with {status}");
         self.last_pass
+    }
+}
+
+impl Drop for Guest {
+    /// A failed check leaves no emulator behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            eprintln!("emulator stderr:\n{text}");
+        }
+        let _ = std::fs::remove_file(&self.stderr);
     }
 }
 
@@ -300,7 +316,7 @@ fn live_jobs(emu: Emulator) {
     let (converted, text) = img_tool(&["convert", "-f", "raw", "-O", "qcow2"], &[&raw, &base]);
     assert!(converted, "{text}");
 
-    let mut guest = Guest::start(&cmdline(emu, &base, &sock));
+    let mut guest = Guest::start(&cmdline(emu, &base, &sock), scratch(&format!("{tag}-stderr")));
     let mut qmp = Qmp::connect(&sock);
     guest.next_pass();
 

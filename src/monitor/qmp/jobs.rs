@@ -278,10 +278,15 @@ async fn drive_target(
     if let Some(name) = args.opt_str("node-name")? {
         options.set("node-name", name);
     }
-    if backing.is_none() {
-        options.set("backing", "null");
+    // The target shares the source's backing node rather than opening the backing file a
+    // second time (QEMU opens it with BDRV_O_NO_BACKING and links the node): a second open
+    // of a file that is in use fails on its image lock.
+    options.set("backing", "null");
+    let target = block::bdrv_open(Some(&file), options, OpenFlags::default()).await?;
+    if let Some(backing) = backing {
+        target.attach_child("backing", backing);
     }
-    Ok(block::bdrv_open(Some(&file), options, OpenFlags::default()).await?)
+    Ok(target)
 }
 
 /// `drive-mirror`.
