@@ -46,7 +46,13 @@ fn build_guest() -> Vec<u8> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/guests/virtio-test.asm");
     let out = scratch("guest.bin");
     let status = Command::new("nasm")
-        .args(["-f", "bin", "-DLIVE", &format!("-DLIVE_MIB={LIVE_MIB}"), "-o"])
+        .args([
+            "-f",
+            "bin",
+            "-DLIVE",
+            &format!("-DLIVE_MIB={LIVE_MIB}"),
+            "-o",
+        ])
         .arg(&out)
         .arg(&src)
         .status()
@@ -87,8 +93,8 @@ fn img_tool(args: &[&str], paths: &[&Path]) -> (bool, String) {
         .args(paths)
         .output()
         .expect("run qemu-img");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -310,13 +316,17 @@ fn live_jobs(emu: Emulator) {
     }
     let program = build_guest();
     let tag = format!("{emu:?}");
-    let [raw, base, overlay, mirror, sock] = ["raw", "base.qcow2", "overlay.qcow2", "mirror.qcow2", "sock"]
-        .map(|n| scratch(&format!("{tag}-{n}")));
+    let [raw, base, overlay, mirror, sock] =
+        ["raw", "base.qcow2", "overlay.qcow2", "mirror.qcow2", "sock"]
+            .map(|n| scratch(&format!("{tag}-{n}")));
     std::fs::write(&raw, disk_after(&program, 0)).unwrap();
     let (converted, text) = img_tool(&["convert", "-f", "raw", "-O", "qcow2"], &[&raw, &base]);
     assert!(converted, "{text}");
 
-    let mut guest = Guest::start(&cmdline(emu, &base, &sock), scratch(&format!("{tag}-stderr")));
+    let mut guest = Guest::start(
+        &cmdline(emu, &base, &sock),
+        scratch(&format!("{tag}-stderr")),
+    );
     let mut qmp = Qmp::connect(&sock);
     guest.next_pass();
 

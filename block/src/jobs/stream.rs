@@ -41,6 +41,9 @@ pub struct StreamOptions {
 struct Stream {
     bs: Rc<BlockDriverState>,
     opts: StreamOptions,
+    /// The buffer the copy-on-read fills, one for the whole job (a fresh one per chunk
+    /// costs its page faults every time).
+    buf: IoVector,
 }
 
 /// Starts streaming into `bs` (stream_start).
@@ -52,6 +55,7 @@ pub fn stream_start(bs: &Rc<BlockDriverState>, opts: StreamOptions) -> Result<Rc
     let stream = Stream {
         bs: bs.clone(),
         opts: opts.clone(),
+        buf: IoVector::alloc(STREAM_CHUNK as usize),
     };
     let job = opts
         .common
@@ -113,7 +117,7 @@ impl JobDriver for Stream {
                     copy
                 );
                 if copy {
-                    let buf = IoVector::alloc(n as usize);
+                    let buf = self.buf.slice(0, n as usize);
                     result = self
                         .bs
                         .co_preadv(offset, &buf, RequestFlags::COPY_ON_READ)
