@@ -149,11 +149,12 @@ impl Qmp {
     }
 
     fn ok(&mut self, execute: &str, arguments: Value) -> Value {
-        let reply = self.cmd(execute, arguments);
-        reply
-            .get("return")
-            .cloned()
-            .unwrap_or_else(|| panic!("{execute} failed: {reply}"))
+        match self.cmd(execute, arguments) {
+            Value::Object(mut reply) if reply.contains_key("return") => {
+                reply.remove("return").unwrap()
+            }
+            reply => panic!("{execute} failed: {reply}"),
+        }
     }
 
     /// Waits for event `name` of job `device`; an error or cancellation of it fails.
@@ -283,23 +284,11 @@ fn cmdline(emu: Emulator, base: &Path, sock: &Path) -> Vec<String> {
         base.display()
     );
     let qmp = format!("unix:{},server=on,wait=off", sock.display());
-    [
-        program,
-        "-M",
-        "pc",
-        "-enable-kvm",
-        "-nographic",
-        "-no-reboot",
-        "-drive",
-        &drive,
-        "-device",
-        "virtio-blk-pci,drive=d0",
-        "-qmp",
-        &qmp,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let fixed = "-M pc -enable-kvm -nographic -no-reboot -device virtio-blk-pci,drive=d0";
+    let mut cmd = vec![program.to_string()];
+    cmd.extend(fixed.split(' ').map(String::from));
+    cmd.extend(["-drive".into(), drive, "-qmp".into(), qmp]);
+    cmd
 }
 
 fn live_jobs(emu: Emulator) {

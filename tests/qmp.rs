@@ -260,21 +260,17 @@ fn qemu_python() -> Option<PathBuf> {
 /// Runs python3 with QEMU's python package on its path: `args`, `stdin` fed to it; its
 /// stdout, after asserting it succeeded.
 fn run_python(dir: &Path, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new("python3")
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let input = temp(&format!("py-stdin-{run}"));
+    std::fs::write(&input, stdin).unwrap();
+    let out = Command::new("python3")
         .args(args)
         .env("PYTHONPATH", dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
         .expect("run python3");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_file(&input);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
