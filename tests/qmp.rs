@@ -1,9 +1,11 @@
 //! rqemu's monitor over a QMP unix socket, with no guest (`-accel qtest`): the greeting,
 //! negotiation, QEMU's error classes, blockdev-add of a qcow2 image over its file node,
 //! query-named-block-nodes, block_resize, blockdev-snapshot-sync, HMP `qemu-io`, and quit
-//! with its SHUTDOWN event; then the same socket driven by QEMU's own python library
-//! (`qemu.qmp` from the qemu-iotests source cache; skipped when absent unless
-//! RQEMU_REQUIRE_QEMU=1).
+//! with its SHUTDOWN event; then the same socket driven by QEMU's own python tools from the
+//! qemu-iotests source cache (fetched by scripts/fetch-iotests.sh): the `qemu.qmp` library,
+//! legacy and asynchronous clients (a mirror job to its end), and `qmp-shell` reading
+//! commands on its stdin. Those skip when python3 or the source is missing, unless
+//! RQEMU_REQUIRE_QEMU=1.
 
 mod prereq;
 
@@ -231,18 +233,51 @@ fn a_qmp_client_manages_the_block_graph() {
     }
 }
 
-/// The python directory of QEMU's source in the qemu-iotests cache.
+/// The python directory of QEMU's source in the qemu-iotests cache, fetched there by
+/// scripts/fetch-iotests.sh (as tests/iotests.rs does) when it is not yet.
 fn qemu_python() -> Option<PathBuf> {
+    const WHAT: &str = "QEMU's python qemu.qmp library (scripts/fetch-iotests.sh) and python3";
+    if !prereq::require(WHAT, prereq::tool("python3"), "RQEMU_REQUIRE_QEMU") {
+        return None;
+    }
     let cache =
         std::env::var("IOTESTS_CACHE").unwrap_or_else(|_| "/var/tmp/qemu-iotests-src".into());
     let dir = Path::new(&cache).join("qemu-10.0.2/python");
-    let present = dir.join("qemu/qmp/__init__.py").exists() && prereq::tool("python3");
-    prereq::require(
-        "QEMU's python qemu.qmp library (scripts/fetch-iotests.sh) and python3",
-        present,
-        "RQEMU_REQUIRE_QEMU",
-    )
-    .then_some(dir)
+    if !dir.join("qemu/qmp/__init__.py").exists() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-iotests.sh");
+        match Command::new("bash").arg(script).output() {
+            Ok(out) if !out.status.success() => {
+                eprintln!("{}", String::from_utf8_lossy(&out.stderr))
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("cannot run fetch-iotests.sh: {e}"),
+        }
+    }
+    let present = dir.join("qemu/qmp/qmp_shell.py").exists();
+    prereq::require(WHAT, present, "RQEMU_REQUIRE_QEMU").then_some(dir)
+}
+
+/// Runs python3 with QEMU's python package on its path: `args`, `stdin` fed to it; its
+/// stdout, after asserting it succeeded.
+fn run_python(dir: &Path, args: &[&str], stdin: &str) -> String {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let input = temp(&format!("py-stdin-{run}"));
+    std::fs::write(&input, stdin).unwrap();
+    let out = Command::new("python3")
+        .args(args)
+        .env("PYTHONPATH", dir)
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .expect("run python3");
+    let _ = std::fs::remove_file(&input);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 const CLIENT: &str = r#"
@@ -257,7 +292,10 @@ print(qmp.cmd_obj({"execute": "stop"}))
 print(qmp.pull_event(wait=True)["event"])
 qmp.cmd_obj({"execute": "quit"})
 print(qmp.pull_event(wait=True)["event"])
-qmp.close()
+try:
+    qmp.close()
+except EOFError:
+    pass  # the monitor closed first after quit (QEMU's machine.py tolerates this too)
 "#;
 
 #[test]
@@ -268,22 +306,183 @@ fn qemus_python_qmp_library_drives_rqemu() {
     let sock = temp("py.sock");
     let mut child = launch(&sock, &[]);
     drop(connect(&sock)); // wait until it listens; the first client going away is fine
-    let out = Command::new("python3")
-        .args(["-c", CLIENT])
-        .arg(&sock)
-        .env("PYTHONPATH", python)
-        .output()
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_python(&python, &["-c", CLIENT, sock.to_str().unwrap()], "");
     assert_eq!(
         stdout,
         "running\n{'return': {}}\n['n0']\n{'return': {}}\nSTOP\nSHUTDOWN\n"
     );
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_file(&sock);
+}
+
+/// A small image of `size` with `pattern` written at its start (qcow2, by our tools).
+fn qcow2_image(path: &Path, size: &str, pattern: Option<&str>) {
+    let _ = std::fs::remove_file(path);
+    let created = Command::new(env!("CARGO_BIN_EXE_rqemu-img"))
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size)
+        .status()
+        .unwrap();
+    assert!(created.success());
+    if let Some(p) = pattern {
+        let wrote = Command::new(env!("CARGO_BIN_EXE_rqemu-io"))
+            .args(["-f", "qcow2", "-c", &format!("write -P {p} 0 256k")])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(wrote.status.success());
+    }
+}
+
+/// qmp-shell reads commands on its stdin, one a line (`name key=value ...`, JSON values
+/// allowed), and prints each reply as JSON; an empty line prints the events received.
+#[test]
+fn qemus_qmp_shell_drives_rqemu() {
+    let Some(python) = qemu_python() else {
+        return;
+    };
+    let sock = temp("shell.sock");
+    let img = temp("shell.qcow2");
+    qcow2_image(&img, "1M", None);
+    let drive = format!("file={},format=qcow2,if=none,id=d0", img.display());
+    let mut child = launch(&sock, &["-drive", &drive]);
+    drop(connect(&sock));
+    let commands = [
+        "query-status",
+        "blockdev-add driver=null-co node-name=n0 size=4096",
+        "query-block",
+        "block_resize device=d0 size=2097152",
+        "query-named-block-nodes flat=true",
+        "query-block-jobs",
+        "blockdev-add driver=null-co node-name=n0 size=4096",
+        "no-such-command",
+        "stop",
+        "",
+    ];
+    let shell = python.join("qemu/qmp/qmp_shell.py");
+    let out = run_python(
+        &python,
+        &[shell.to_str().unwrap(), sock.to_str().unwrap()],
+        &(commands.join("\n") + "\n"),
+    );
+    assert!(
+        out.starts_with("Welcome to the QMP low-level shell!\nConnected to QEMU 10.0.2\n"),
+        "{out}"
+    );
+    // The replies, one a line after the prompt; events as python dicts.
+    let replies: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("(QEMU) "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let json = |i: usize| -> Value {
+        serde_json::from_str(replies[i]).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    assert_eq!(json(0)["return"]["status"], "running", "{out}");
+    assert_eq!(json(1), json!({"return": {}}), "{out}");
+    let block = &json(2)["return"][0];
+    assert_eq!(block["device"], "d0", "{out}");
+    assert_eq!(block["inserted"]["drv"], "qcow2", "{out}");
+    assert_eq!(block["inserted"]["image"]["virtual-size"], 1 << 20, "{out}");
+    assert_eq!(json(3), json!({"return": {}}), "{out}");
+    let nodes = json(4)["return"].clone();
+    assert_eq!(node(&nodes, "n0")["drv"], "null-co", "{out}");
+    let disk = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["drv"] == "qcow2");
+    assert_eq!(disk.unwrap()["image"]["virtual-size"], 2 << 20, "{out}");
+    assert_eq!(json(5), json!({"return": []}), "{out}");
+    let dup = json(6);
+    assert_eq!(dup["error"]["class"], "GenericError", "{out}");
+    let missing = json(7);
+    assert_eq!(missing["error"]["class"], "CommandNotFound", "{out}");
+    assert_eq!(json(8), json!({"return": {}}), "{out}");
+    assert!(replies[9].starts_with("{'timestamp': "), "{out}");
+    assert!(replies[9].contains("'event': 'STOP'"), "{out}");
+    // The shell leaves at the end of its input; a quit from it would race its own close
+    // against the monitor's (an EOFError either way), so the test ends the emulator.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for p in [&sock, &img] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// The asynchronous client of `qemu.qmp` runs a mirror job to its end: blockdev-add of two
+/// images, blockdev-mirror, BLOCK_JOB_READY, block-job-complete, BLOCK_JOB_COMPLETED.
+const MIRROR_CLIENT: &str = r#"
+import asyncio, sys
+from qemu.qmp import QMPClient, ExecuteError
+
+async def main(sock, src, dst):
+    qmp = QMPClient('rqemu-test')
+    await qmp.connect(sock)
+    print(qmp.greeting.QMP.version['qemu']['major'])
+    for node, path in (('src', src), ('dst', dst)):
+        await qmp.execute('blockdev-add', {'driver': 'qcow2', 'node-name': node,
+                                           'file': {'driver': 'file', 'filename': path}})
+    try:
+        await qmp.execute('block-job-complete', {'device': 'm0'})
+    except ExecuteError as e:
+        print(e.error_class, e)
+    with qmp.listener(('BLOCK_JOB_READY', 'BLOCK_JOB_COMPLETED')) as events:
+        await qmp.execute('blockdev-mirror', {'job-id': 'm0', 'device': 'src',
+                                              'target': 'dst', 'sync': 'full'})
+        ev = await events.get()
+        print(ev['event'], ev['data']['device'], ev['data']['len'])
+        await qmp.execute('block-job-complete', {'device': 'm0'})
+        ev = await events.get()
+        print(ev['event'], ev['data']['offset'], ev['data'].get('error'))
+    print(await qmp.execute('query-block-jobs'))
+    await qmp.execute('quit')
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass  # the monitor closed first after quit
+
+asyncio.run(main(*sys.argv[1:]))
+"#;
+
+#[test]
+fn qemus_async_qmp_client_runs_a_mirror_job_on_rqemu() {
+    let Some(python) = qemu_python() else {
+        return;
+    };
+    let sock = temp("mirror.sock");
+    let src = temp("mirror-src.qcow2");
+    let dst = temp("mirror-dst.qcow2");
+    qcow2_image(&src, "1M", Some("0xa5"));
+    qcow2_image(&dst, "1M", None);
+    let mut child = launch(&sock, &[]);
+    drop(connect(&sock));
+    let args = [&sock, &src, &dst].map(|p| p.to_str().unwrap());
+    let out = run_python(
+        &python,
+        &["-c", MIRROR_CLIENT, args[0], args[1], args[2]],
+        "",
+    );
+    assert_eq!(
+        out,
+        // Only the 256 KiB written are copied (the target reads as zeroes elsewhere).
+        "10\nDeviceNotActive Block job 'm0' not found\nBLOCK_JOB_READY m0 262144\n\
+         BLOCK_JOB_COMPLETED 262144 None\n[]\n"
+    );
+    assert!(child.wait().unwrap().success());
+    let same = Command::new(env!("CARGO_BIN_EXE_rqemu-img"))
+        .args(["compare", "-f", "qcow2", "-F", "qcow2"])
+        .arg(&src)
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    for p in [&sock, &src, &dst] {
+        let _ = std::fs::remove_file(p);
+    }
 }

@@ -49,6 +49,9 @@ struct Commit {
     /// The base and the overlay, made writable for the job when they were read-only.
     /// Shared with [`commit_start`], which undoes it when the job cannot be created.
     reopened: Rc<RefCell<Vec<ReadWriteClaim>>>,
+    /// The copy buffer, one for the whole job: a fresh 512 KiB buffer per iteration costs
+    /// its page faults every time (QEMU's commit_run allocates its buffer once too).
+    buf: IoVector,
 }
 
 /// Starts committing `top` (below the active layer `active`) into `base` (commit_start).
@@ -140,6 +143,7 @@ pub async fn commit_start(
         opts,
         filter: RefCell::new(Some(filter.clone())),
         reopened: Rc::new(RefCell::new(reopened)),
+        buf: IoVector::alloc(COMMIT_BUFFER_SIZE as usize),
     };
     let restore = commit.reopened.clone();
     let job = common.create(Box::new(commit), claims);
@@ -184,7 +188,7 @@ impl Commit {
         if !copy {
             return (Ok(()), n, false, true);
         }
-        let buf = IoVector::alloc(n as usize);
+        let buf = self.buf.slice(0, n as usize);
         if let Err(e) = self
             .top
             .co_preadv(offset, &buf, RequestFlags::empty())

@@ -62,6 +62,9 @@ struct Stream {
     /// The node made writable for the job, made read-only again at the end.
     /// Shared with [`start`], which undoes it when the job cannot be created.
     reopened: Rc<RefCell<Option<ReadWriteClaim>>>,
+    /// The buffer the copy-on-read fills, one for the whole job (a fresh one per chunk
+    /// costs its page faults every time).
+    buf: IoVector,
 }
 
 /// The nodes from `bs` down to `above_base` (all of the chain without one), each with the
@@ -159,6 +162,7 @@ async fn start(
         opts: opts.clone(),
         filter: RefCell::new(filter.clone()),
         reopened: Rc::new(RefCell::new(reopened)),
+        buf: IoVector::alloc(STREAM_CHUNK as usize),
     };
     let restore = stream.reopened.clone();
     // A job that cannot be created (a bad id) never runs its clean: undo the filter and
@@ -254,7 +258,7 @@ impl JobDriver for Stream {
                     copy
                 );
                 if copy {
-                    let buf = IoVector::alloc(n as usize);
+                    let buf = self.buf.slice(0, n as usize);
                     result = self
                         .bs
                         .co_preadv(offset, &buf, RequestFlags::COPY_ON_READ)
