@@ -210,7 +210,17 @@ async fn open_file_child(
     options: &mut Options,
     flags: OpenFlags,
 ) -> Result<Rc<BlockDriverState>> {
-    open_protocol_child("file", filename, options, flags).await
+    open_protocol_child("file", filename, options, format_child_flags(flags)).await
+}
+
+/// The flags a format node's data-holding child (`file`, `data-file`, an extent) opens with:
+/// the format decides which discards to pass down, so the child defaults to discard=unmap
+/// whatever the parent's own setting (bdrv_inherited_options); `file.discard=` still wins.
+pub fn format_child_flags(flags: OpenFlags) -> OpenFlags {
+    OpenFlags {
+        unmap: true,
+        ..flags
+    }
 }
 
 /// Opens a protocol-level child under `role` (`file`, a filter's `image`, qcow2's
