@@ -308,6 +308,23 @@ pub fn parse_size(v: &str) -> Option<u64> {
     strtosz(v).ok()
 }
 
+/// Adds a space after the ':' and ',' that separate JSON members (outside strings).
+pub fn spaced_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_str, mut escaped) = (false, false);
+    for c in text.chars() {
+        out.push(c);
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_str => escaped = true,
+            '"' => in_str = !in_str,
+            ':' | ',' if !in_str => out.push(' '),
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

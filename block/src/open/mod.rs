@@ -61,6 +61,13 @@ fn take_generic_options(
     flags.cache.direct = take_flag(options, "cache.direct")?;
     flags.cache.no_flush = take_flag(options, "cache.no-flush")?;
     flags.force_share = take_flag(options, "force-share")?;
+    // auto-read-only=on lets a node fall back to read-only where it cannot be opened for
+    // writing, which rqemu does not do yet; off is what it always does.
+    if take_flag(options, "auto-read-only")? {
+        return Err(Error::invalid(
+            "auto-read-only=on (falling back to read-only) is not supported by rqemu yet",
+        ));
+    }
     flags.unmap = match options.take("discard").as_deref() {
         Some("unmap") | Some("on") => true,
         Some("ignore") | Some("off") | None => false,
@@ -196,6 +203,30 @@ fn format_node_filename(format: &str, file: &str) -> String {
     }
 }
 
+/// The `json:` name of a format node opened with options its plain filename cannot carry
+/// (QEMU's strong runtime options, such as a key secret): bdrv_refresh_filename describes
+/// the node, its `file` child and those options, members in sorted order.
+pub fn json_filename(bs: &BlockDriverState, strong: &[(&str, &str)]) -> String {
+    use serde_json::Value;
+    let mut o = serde_json::Map::new();
+    o.insert("driver".into(), bs.format_name().into());
+    if let Some(file) = bs.file() {
+        let name = file.filename();
+        let child = match name.strip_prefix("json:") {
+            Some(inner) => serde_json::from_str(inner).unwrap_or(Value::String(name.clone())),
+            None => serde_json::json!({"driver": file.format_name(), "filename": name}),
+        };
+        o.insert("file".into(), child);
+    }
+    for (key, value) in strong {
+        o.insert((*key).into(), (*value).into());
+    }
+    format!(
+        "json:{}",
+        crate::options::spaced_json(&Value::Object(o).to_string())
+    )
+}
+
 /// Whether options describe a protocol node directly (`driver=file,filename=...`).
 fn is_protocol_opts(options: &Options) -> bool {
     options
@@ -210,7 +241,17 @@ async fn open_file_child(
     options: &mut Options,
     flags: OpenFlags,
 ) -> Result<Rc<BlockDriverState>> {
-    open_protocol_child("file", filename, options, flags).await
+    open_protocol_child("file", filename, options, format_child_flags(flags)).await
+}
+
+/// The flags a format node's data-holding child (`file`, `data-file`, an extent) opens with:
+/// the format decides which discards to pass down, so the child defaults to discard=unmap
+/// whatever the parent's own setting (bdrv_inherited_options); `file.discard=` still wins.
+pub fn format_child_flags(flags: OpenFlags) -> OpenFlags {
+    OpenFlags {
+        unmap: true,
+        ..flags
+    }
 }
 
 /// Opens a protocol-level child under `role` (`file`, a filter's `image`, qcow2's

@@ -46,6 +46,11 @@ async fn open(options: &mut Options) -> Result<Box<dyn BlockDriver>> {
 
 #[async_trait(?Send)]
 impl BlockDriver for NullDriver {
+    /// null-co has no cluster size or VM state to report (no bdrv_co_get_info: ENOTSUP).
+    fn get_info(&self, _bs: &BlockDriverState) -> Result<crate::driver::DriverInfo> {
+        Err(crate::error::Error::from_errno(libc::ENOTSUP))
+    }
+
     async fn co_preadv(
         &self,
         _bs: &BlockDriverState,

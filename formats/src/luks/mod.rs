@@ -102,6 +102,10 @@ pub(crate) async fn read_file(bs: &BlockDriverState, offset: u64, len: usize) ->
 
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
     let key_secret = options.take("key-secret");
+    // The secret is part of what opens the image, so the node is named in JSON.
+    let json_name = key_secret
+        .as_deref()
+        .map(|id| block::open::json_filename(bs, &[("key-secret", id)]));
     let password = match (key_secret, bs.open_flags().no_io) {
         (_, true) => None,
         (Some(id), false) => Some(qcrypto_secret_lookup_as_utf8(&id)?),
@@ -118,6 +122,9 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         len: u64::MAX,
     };
     let v = volume::open(&area, password).await?;
+    if let Some(name) = json_name {
+        bs.set_filename(name);
+    }
     let payload_offset = v.header.payload_offset_sector as u64 * 512;
     Ok(Box::new(LuksDriver {
         header: RefCell::new(v.header),

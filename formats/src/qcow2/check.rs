@@ -29,6 +29,8 @@ pub(crate) struct Refs {
     broken_structure: bool,
     file_len: u64,
     cluster_bits: u32,
+    /// The highest refcount an entry can hold (refcount_max).
+    refcount_max: u64,
 }
 
 impl Refs {
@@ -52,12 +54,14 @@ impl Refs {
         }
         for c in first..=last {
             let n = &mut self.counts[c as usize];
-            if *n == u64::MAX {
+            if *n >= self.refcount_max {
+                // More references than the entry width can count: repairing cannot help.
                 eprintln!(
                     "ERROR: overflow cluster offset={:#x}",
                     c << self.cluster_bits
                 );
-                res.check_errors += 1;
+                eprintln!("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing");
+                res.corruptions += 1;
             } else {
                 *n += 1;
             }
@@ -352,6 +356,7 @@ impl Meta {
             broken_structure: false,
             file_len: self.file.getlength(),
             cluster_bits: self.g.cluster_bits,
+            refcount_max: super::refcount::max_refcount(self.g.refcount_order),
         };
         self.count_all(res, &mut refs).await?;
         Ok(refs)

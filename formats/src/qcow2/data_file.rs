@@ -123,7 +123,7 @@ pub async fn open(bs: &BlockDriverState, h: &Header, options: &mut Options) -> R
             "Cannot find device='{name}' nor node-name='{name}'"
         )));
     }
-    let flags = bs.open_flags();
+    let flags = block::open::format_child_flags(bs.open_flags());
     let mut node = None;
     if explicit {
         node = Some(open_protocol_child(ROLE, None, options, flags).await?);

@@ -73,6 +73,7 @@ pub(super) async fn open(
     options: &mut Options,
 ) -> Result<Box<dyn BlockDriver>> {
     let file = bs.file().expect("format nodes have a file child");
+    let key_secret = options.get("encrypt.key-secret").map(str::to_string);
     let first = read_first_cluster(&file).await?;
     let mut h = Header::parse(&first)?;
     h.check_incompatible()?;
@@ -131,6 +132,12 @@ pub(super) async fn open(
     q.load_dirty_bitmaps(bs, &mut meta).await?;
     drop(meta);
     open_backing(bs, &h, backing_opt, backing_opts).await?;
+    if let Some(id) = key_secret {
+        bs.set_filename(block::open::json_filename(
+            bs,
+            &[("encrypt.key-secret", &id)],
+        ));
+    }
     Ok(Box::new(q))
 }
 

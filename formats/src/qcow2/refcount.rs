@@ -151,7 +151,7 @@ impl Meta {
                     .filter(|&n| n <= max_refcount(order))
                     .ok_or_else(|| {
                         Error::new(
-                            if addend < 0 { libc::EINVAL } else { libc::ERANGE },
+                            libc::EINVAL,
                             format!(
                                 "Refcount of cluster {cluster:#x} would leave its range ({old}{addend:+})"
                             ),

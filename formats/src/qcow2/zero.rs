@@ -349,6 +349,11 @@ impl Meta {
                 }
             }
         };
+        if (new, new_bitmap) == (old, old_bitmap) {
+            // Already as asked (a zero write over a zero cluster): leave the L2 table clean,
+            // so that no metadata write follows.
+            return Ok(());
+        }
         set_entry(&g, self.caches.table(Which::L2, l2), idx, new, new_bitmap);
         self.caches.mark_dirty(Which::L2, l2);
         if free {

@@ -6,6 +6,8 @@
 //! there. The longer image's tail must read as zeroes. Exit status: 0 identical, 1 different,
 //! 2 open error, 3 block-status error, 4 read error.
 
+use std::cell::RefCell;
+use std::io::Write;
 use std::rc::Rc;
 
 use block::driver::StatusFlags;
@@ -36,6 +38,10 @@ struct Compare {
     quiet: bool,
     strict: bool,
     progress: Progress,
+    /// What goes to stdout. QEMU's messages there sit in stdio's buffer (a pipe is fully
+    /// buffered) until the progress bar flushes it or the program exits, so a read error on
+    /// stderr shows before a size warning printed earlier; the suite's output records that.
+    out: RefCell<String>,
 }
 
 /// Runs `qemu-img compare`.
@@ -122,8 +128,10 @@ async fn open_and_compare(
         quiet,
         strict,
         progress,
+        out: RefCell::new(String::new()),
     };
     let ret = cmp.compare().await;
+    cmp.flush_out();
     cmp.progress.end();
     let _ = cmp.a.blk.close().await;
     let _ = cmp.b.blk.close().await;
@@ -133,8 +141,26 @@ async fn open_and_compare(
 impl Compare {
     fn say(&self, msg: &str) {
         if !self.quiet {
-            println!("{msg}");
+            let mut out = self.out.borrow_mut();
+            out.push_str(msg);
+            out.push('\n');
         }
+    }
+
+    /// Writes out what `say` kept back.
+    fn flush_out(&self) {
+        let text = std::mem::take(&mut *self.out.borrow_mut());
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+    }
+
+    /// Advances the progress bar, which flushes stdout as QEMU's does.
+    fn advance(&mut self, done: u64, total: u64) {
+        if self.progress.enabled() {
+            self.flush_out();
+        }
+        self.progress.print(done as f32 / total as f32 * 100.0, 100);
     }
 
     async fn compare(&mut self) -> i32 {
@@ -153,13 +179,12 @@ impl Compare {
                 Err(code) => return code,
             };
             offset += chunk;
-            self.progress
-                .print(chunk as f32 / progress_base as f32 * 100.0, 100);
+            self.advance(chunk, progress_base);
         }
         if len1 != len2 {
             self.say("Warning: Image size mismatch!");
-            let over = if len1 > len2 { &self.a } else { &self.b };
             while offset < progress_base {
+                let over = if len1 > len2 { &self.a } else { &self.b };
                 let status = match status_of(over, offset, progress_base - offset).await {
                     Ok(s) => s,
                     Err(code) => return code,
@@ -169,14 +194,13 @@ impl Compare {
                     && !status.0.contains(StatusFlags::ZERO)
                 {
                     chunk = chunk.min(IO_BUF_SIZE);
-                    let r = check_empty(over, offset, chunk, self.quiet).await;
-                    if r != 0 {
+                    let over = if len1 > len2 { &self.a } else { &self.b };
+                    if let Err(r) = self.check_empty(over, offset, chunk).await {
                         return r;
                     }
                 }
                 offset += chunk;
-                self.progress
-                    .print(chunk as f32 / progress_base as f32 * 100.0, 100);
+                self.advance(chunk, progress_base);
             }
         }
         self.say("Images are identical.");
@@ -211,12 +235,25 @@ impl Compare {
             }
         } else {
             let side = if alloc1 { &self.a } else { &self.b };
-            let r = check_empty(side, offset, chunk, self.quiet).await;
-            if r != 0 {
-                return Err(r);
-            }
+            self.check_empty(side, offset, chunk).await?;
         }
         Ok(chunk)
+    }
+
+    /// Checks that a range reads as zeroes (check_empty_sectors): Err(1) if not, Err(4) on a
+    /// read error.
+    async fn check_empty(&self, side: &Side, offset: u64, bytes: u64) -> Result<(), i32> {
+        let data = read(side, offset, bytes).await?;
+        match data.iter().position(|&b| b != 0) {
+            Some(idx) => {
+                self.say(&format!(
+                    "Content mismatch at offset {}!",
+                    offset + idx as u64
+                ));
+                Err(1)
+            }
+            None => Ok(()),
+        }
     }
 }
 
@@ -262,21 +299,4 @@ fn first_mismatch_sector(a: &[u8], b: &[u8]) -> Option<u64> {
         .zip(b.chunks(512))
         .position(|(x, y)| x != y)
         .map(|i| i as u64 * 512)
-}
-
-/// Checks that a range reads as zeroes (check_empty_sectors): 0 yes, 1 no, 4 read error.
-async fn check_empty(side: &Side, offset: u64, bytes: u64, quiet: bool) -> i32 {
-    let data = match read(side, offset, bytes).await {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    match data.iter().position(|&b| b != 0) {
-        Some(idx) => {
-            if !quiet {
-                println!("Content mismatch at offset {}!", offset + idx as u64);
-            }
-            1
-        }
-        None => 0,
-    }
 }

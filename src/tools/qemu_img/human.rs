@@ -68,6 +68,11 @@ impl Progress {
         }
     }
 
+    /// Whether the bar is shown.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Sets the progress to `delta` percent when `max` is 0, or advances it by `delta`% of
     /// `max` percent otherwise (qemu_progress_print).
     pub fn print(&mut self, delta: f32, max: u32) {

@@ -140,7 +140,9 @@ pub async fn query_node_info(bs: &BlockDriverState) -> block::Result<Map<String,
     if let Some((name, fmt)) = bs.drv().backing_file_name(bs) {
         info.insert("backing-filename".into(), json!(name));
         let full = resolve_relative(&bs.filename(), &name);
-        if !bs.filename().starts_with("json:") {
+        // A relative name cannot be resolved against a json: description; an absolute
+        // one needs no resolving (bdrv_get_full_backing_filename_from_filename).
+        if !bs.filename().starts_with("json:") || name.starts_with('/') {
             info.insert("full-backing-filename".into(), json!(full));
         }
         if let Some(fmt) = fmt {

@@ -318,6 +318,9 @@ impl Copy<'_> {
     ) -> Result<()> {
         let old_data = read_or_zero(old, offset, bytes).await?;
         let new_data = read_or_zero(self.new_backing, offset, bytes).await?;
+        // Where the old backing read as zeroes throughout, zero writes keep the overlay
+        // sparse (a zero cluster rather than a data cluster of zeroes), as img_rebase does.
+        let old_is_zero = old_data.iter().all(|&b| b == 0);
         let mut pos = 0u64;
         while pos < bytes {
             let next = ((offset + pos) / cluster + 1) * cluster - offset;
@@ -329,8 +332,14 @@ impl Copy<'_> {
                 } else {
                     RequestFlags::empty()
                 };
-                let qiov = IoVector::from_slice(&old_data[r]);
-                self.blk.co_pwritev(offset + pos, &qiov, flags).await?;
+                if old_is_zero {
+                    self.blk
+                        .co_pwrite_zeroes(offset + pos, len, RequestFlags::empty())
+                        .await?;
+                } else {
+                    let qiov = IoVector::from_slice(&old_data[r]);
+                    self.blk.co_pwritev(offset + pos, &qiov, flags).await?;
+                }
             }
             pos += len;
         }

@@ -7,8 +7,10 @@
 //! options do not open, the image is opened again as it was, and the error is reported.
 //! As in qemu-io, `reopen` reports a failure but still returns success.
 
+use std::rc::Rc;
+
 use block::node::CacheMode;
-use block::Options;
+use block::{BlockDriverState, Options};
 
 use super::cmd_file::{open_backend, OpenRequest};
 use super::commands::{find_command, usage};
@@ -88,6 +90,33 @@ fn apply(mut req: OpenRequest, changes: Changes) -> Result<OpenRequest, Reported
     Ok(req)
 }
 
+/// The first option that would change what a node is, its name or its driver, which a
+/// reopen may not do (bdrv_reopen_prepare); `file.driver` names the `file` child's.
+fn unchangeable(top: &Rc<BlockDriverState>, opts: &Options) -> Option<&'static str> {
+    'keys: for (key, value) in opts.iter() {
+        let (path, name) = match key.rsplit_once('.') {
+            Some((path, name)) => (Some(path), name),
+            None => (None, key),
+        };
+        let (name, current): (&'static str, fn(&BlockDriverState) -> String) = match name {
+            "node-name" => ("node-name", |bs| bs.node_name().to_string()),
+            "driver" => ("driver", |bs| bs.format_name().to_string()),
+            _ => continue,
+        };
+        let mut node = top.clone();
+        for role in path.into_iter().flat_map(|p| p.split('.')) {
+            match node.child(role) {
+                Some(child) => node = child,
+                None => continue 'keys,
+            }
+        }
+        if current(&node) != value {
+            return Some(name);
+        }
+    }
+    None
+}
+
 /// `reopen [(-r|-w)] [-c cache] [-o options]`.
 pub async fn reopen_f(io: &QemuIo, argv: &[String]) -> i32 {
     let changes = match parse(argv) {
@@ -101,9 +130,14 @@ pub async fn reopen_f(io: &QemuIo, argv: &[String]) -> i32 {
         report!("reopen of an image opened with -s is not supported by rqemu yet");
         return 0;
     }
+    let asked = changes.opts.clone();
     let Ok(new) = apply(old.clone(), changes) else {
         return -libc::EINVAL;
     };
+    if let Some(key) = unchangeable(&io.blk().bs(), &asked) {
+        report!("Cannot change the option '{key}'");
+        return 0;
+    }
     let wants_read_only = new
         .opts
         .get("read-only")

@@ -85,7 +85,7 @@ fn allocate_first_block(fd: RawFd, new_size: u64) {
 /// Creates a host file of `size` bytes (raw_co_create): the file is created if missing,
 /// locked, emptied, then grown with the requested preallocation.
 pub(super) async fn create(filename: &str, options: &mut Options) -> Result<()> {
-    let path = strip_protocol(filename, super::FILE.format_name).to_string();
+    let path = strip_protocol(filename, super::FILE.format_name);
     // Like file-posix, the file is created in whole sectors.
     let size = options
         .take_size("size")?

@@ -84,12 +84,25 @@ pub struct FileDriver {
     alignment: u32,
 }
 
-/// The path of a `proto:path` filename (raw_parse_filename, hdev_parse_filename).
-fn strip_protocol<'a>(filename: &'a str, protocol: &str) -> &'a str {
-    filename
+/// The path of a `proto:path` filename (raw_parse_filename, hdev_parse_filename). A path
+/// left with a colon before its first slash would read as another protocol prefix, so it
+/// gets a "./" in front (bdrv_parse_filename_strip_prefix); that is also the name shown.
+fn strip_protocol(filename: &str, protocol: &str) -> String {
+    match filename
         .strip_prefix(protocol)
         .and_then(|rest| rest.strip_prefix(':'))
-        .unwrap_or(filename)
+    {
+        Some(path)
+            if path
+                .split('/')
+                .next()
+                .is_some_and(|head| head.contains(':')) =>
+        {
+            format!("./{path}")
+        }
+        Some(path) => path.to_string(),
+        None => filename.to_string(),
+    }
 }
 
 /// Opens a node of `file` or of the device drivers sharing its I/O (raw_open_common).
@@ -100,7 +113,7 @@ pub(super) async fn open(
     let filename = options
         .take("filename")
         .ok_or_else(|| Error::invalid("Parameter 'filename' is required"))?;
-    let path = strip_protocol(&filename, bs.format_name()).to_string();
+    let path = strip_protocol(&filename, bs.format_name());
     let flags = bs.open_flags();
     let locking = match options.take("locking").as_deref() {
         None | Some("auto") | Some("on") => true,
@@ -137,7 +150,7 @@ pub(super) async fn open(
     } else {
         1
     };
-    bs.set_filename(filename);
+    bs.set_filename(path);
     Ok(Box::new(FileDriver {
         fd: RefCell::new(Arc::new(fd)),
         path,

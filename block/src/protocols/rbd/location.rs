@@ -198,25 +198,8 @@ impl RbdLocation {
         }
         let text = serde_json::Value::Object(o).to_string();
         // QEMU's JSON writer puts a space after each ':' and ','.
-        format!("json:{}", spaced_json(&text))
+        format!("json:{}", crate::options::spaced_json(&text))
     }
-}
-
-/// Adds a space after the ':' and ',' that separate JSON members (outside strings).
-fn spaced_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 16);
-    let (mut in_str, mut escaped) = (false, false);
-    for c in text.chars() {
-        out.push(c);
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if in_str => escaped = true,
-            '"' => in_str = !in_str,
-            ':' | ',' if !in_str => out.push(' '),
-            _ => {}
-        }
-    }
-    out
 }
 
 #[cfg(test)]
