@@ -316,11 +316,11 @@ pub fn run(cfg: &VmConfig) -> Result<(), MachineError> {
         ));
     }
     if !cfg.scsi_buses.is_empty() {
-        return Err(
+        return Err(MachineError::Device(
             "virtio-scsi: SCSI emulation for a guest is not supported by rqemu yet \
              (the device exists only with -accel qtest)"
                 .to_string(),
-        );
+        ));
     }
     if cfg.start_paused {
         return Err(MachineError::Machine(

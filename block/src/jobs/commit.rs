@@ -76,7 +76,7 @@ pub async fn commit_start(
     // in QEMU, even though only the overlay's link changes); the overlay must not be busy.
     let mut layers = vec![top.clone()];
     while !Rc::ptr_eq(layers.last().expect("not empty"), base) {
-        let below = layers.last().and_then(super::filter_or_cow);
+        let below = layers.last().and_then(|n| super::filter_or_cow(n));
         layers.push(below.expect("base is below top"));
     }
     for node in &layers {

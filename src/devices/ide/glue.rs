@@ -67,7 +67,9 @@ impl DriveConfig {
             let _ = tx.send(cfg);
         });
         rx.recv()
-            .map_err(|_| MachineError::Device(format!("drive '{id}' is not open on the main loop")))?
+            .map_err(|_| {
+                MachineError::Device(format!("drive '{id}' is not open on the main loop"))
+            })?
             .map_err(MachineError::Device)
     }
 }

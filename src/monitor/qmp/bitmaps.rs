@@ -6,7 +6,7 @@
 
 use std::rc::Rc;
 
-use block::dirty_bitmap::qmp::{self as ops, AddOptions};
+use block::bitmap_qmp::{self as ops, AddOptions};
 use block::dirty_bitmap::BdrvDirtyBitmap;
 use block::BlockDriverState;
 use serde_json::{json, Value};

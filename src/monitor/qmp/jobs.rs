@@ -11,9 +11,7 @@ use std::rc::Rc;
 use block::jobs::commit::{commit_start, CommitOptions};
 use block::jobs::mirror::{commit_active_start, mirror_start, CopyMode, MirrorOptions, SyncMode};
 use block::jobs::stream::{stream_start, StreamOptions};
-use block::jobs::{
-    filter_or_cow, BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError,
-};
+use block::jobs::{BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError};
 use block::{BlockDriverState, OpenFlags, Options};
 use serde_json::{json, Value};
 

@@ -9,8 +9,8 @@
 
 use std::rc::Rc;
 
+use block::bitmap_qmp as ops;
 use block::dirty_bitmap::hbitmap::HBitmap;
-use block::dirty_bitmap::qmp as ops;
 use block::dirty_bitmap::BdrvDirtyBitmap;
 use block::jobs::{Job, JobTxn};
 use block::BlockDriverState;

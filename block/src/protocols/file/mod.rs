@@ -150,7 +150,7 @@ pub(super) async fn open(
     } else {
         1
     };
-    bs.set_filename(path);
+    bs.set_filename(path.clone());
     Ok(Box::new(FileDriver {
         fd: RefCell::new(Arc::new(fd)),
         path,
