@@ -272,7 +272,8 @@ impl Haggle<'_> {
             w.u16(info::DESCRIPTION).bytes(desc.as_bytes());
             self.reply(option, rep::INFO, &w.0).await?;
         }
-        let [min, preferred, max] = exp.block_sizes();
+        let honoured = option == opt::INFO || wanted.contains(&info::BLOCK_SIZE);
+        let [min, preferred, max] = exp.block_sizes(honoured);
         let mut w = WireBuf::default();
         w.u16(info::BLOCK_SIZE).u32(min).u32(preferred).u32(max);
         self.reply(option, rep::INFO, &w.0).await?;
