@@ -127,14 +127,20 @@ impl Export {
             if up {
                 return export;
             }
-            assert!(Instant::now() < deadline, "rqemu-nbd did not start listening");
+            assert!(
+                Instant::now() < deadline,
+                "rqemu-nbd did not start listening"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Stops the server and asserts that it exited cleanly.
     fn stop(mut self) {
-        assert!(self.terminate(), "rqemu-nbd did not exit cleanly on SIGTERM");
+        assert!(
+            self.terminate(),
+            "rqemu-nbd did not exit cleanly on SIGTERM"
+        );
     }
 
     fn terminate(&mut self) -> bool {
@@ -172,7 +178,10 @@ fn boot(guest: &Path, dir: &Path, kind: &str, disk: &str, step: &str, expect: &s
         .expect("run scripts/linux-client/run.sh");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprint!("{stdout}");
-    assert!(out.status.success(), "the guest did not pass ({kind} {step}): {stdout}");
+    assert!(
+        out.status.success(),
+        "the guest did not pass ({kind} {step}): {stdout}"
+    );
     let line = stdout
         .lines()
         .find(|l| l.starts_with("RQEMU-LINUX: PASS"))
@@ -187,7 +196,11 @@ fn boot(guest: &Path, dir: &Path, kind: &str, disk: &str, step: &str, expect: &s
 
 /// A fresh 1 GiB qcow2 image made by rqemu-img.
 fn new_image(dir: &Path) -> PathBuf {
-    ok(OURS, dir, &["create", "-q", "-f", "qcow2", "disk.qcow2", "1G"]);
+    ok(
+        OURS,
+        dir,
+        &["create", "-q", "-f", "qcow2", "disk.qcow2", "1G"],
+    );
     dir.join("disk.qcow2")
 }
 

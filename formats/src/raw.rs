@@ -200,7 +200,11 @@ impl BlockDriver for RawDriver {
     /// blkdebug's pwritev_rmw_* events are raised. A probed image works in whole sectors,
     /// so that the write guard above always sees the first sector whole (raw_refresh_limits).
     fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
-        let align = if bs.was_probed() { PROBE_GUARD_BYTES as u32 } else { 1 };
+        let align = if bs.was_probed() {
+            PROBE_GUARD_BYTES as u32
+        } else {
+            1
+        };
         BlockLimits {
             request_alignment: align,
             ..Self::file(bs).limits()

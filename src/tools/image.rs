@@ -56,7 +56,10 @@ pub async fn open_image(
 /// `filename` names the image when it has no file child.
 pub fn warn_if_probed_raw(blk: &BlockBackend, filename: &str) {
     if blk.bs().was_probed() && blk.bs().format_name() == "raw" && !blk.is_read_only() {
-        let name = blk.bs().file().map_or(filename.to_string(), |f| f.filename());
+        let name = blk
+            .bs()
+            .file()
+            .map_or(filename.to_string(), |f| f.filename());
         eprintln!("{}", raw_probe_warning(&name));
     }
 }

@@ -64,13 +64,17 @@ impl NbdExport {
         self.blk.getlength()
     }
 
-    /// The transmission flags sent with the size: what the export supports.
-    pub fn transmission_flags(&self) -> u16 {
+    /// The transmission flags sent with the size: what the export supports (with
+    /// `extended` headers, a block-status request may also name its contexts).
+    pub fn transmission_flags(&self, extended: bool) -> u16 {
         let mut flags = tflags::HAS_FLAGS
             | tflags::SEND_FLUSH
             | tflags::SEND_FUA
             | tflags::SEND_DF
             | tflags::SEND_CACHE;
+        if extended {
+            flags |= tflags::BLOCK_STAT_PAYLOAD;
+        }
         if self.opts.read_only {
             flags |= tflags::READ_ONLY;
         } else {

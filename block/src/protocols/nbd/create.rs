@@ -42,7 +42,8 @@ pub(super) async fn create(filename: &str, options: &mut Options) -> Result<()> 
         bs.co_truncate(size, false, PreallocMode::Off).await?;
         let first = bs.getlength().min(512);
         if first > 0 {
-            bs.co_pwrite_zeroes(0, first, RequestFlags::MAY_UNMAP).await?;
+            bs.co_pwrite_zeroes(0, first, RequestFlags::MAY_UNMAP)
+                .await?;
         }
         Ok(())
     }
