@@ -360,7 +360,7 @@ fn parse_name_and_list<'a, T>(
 /// it picks out of those negotiated, or None when it is malformed, repeats an id or names
 /// one not negotiated (nbd_co_block_status_payload_read).
 pub fn status_payload(data: &[u8], negotiated: MetaContexts) -> Option<(u64, MetaContexts)> {
-    if data.len() < 8 || data.len() % 4 != 0 {
+    if data.len() < 8 || !data.len().is_multiple_of(4) {
         return None;
     }
     let length = u64::from_be_bytes(data[..8].try_into().ok()?);

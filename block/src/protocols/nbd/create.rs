@@ -9,15 +9,10 @@ use crate::options::Options;
 
 /// The options creation on an existing node takes (bdrv_create_opts_simple).
 pub(super) const CREATE_OPTIONS: &[CreateOption] = &[
-    CreateOption {
-        name: "size",
-        kind: "size",
-        help: "Virtual disk size",
-        default: None,
-    },
+    CreateOption::SIZE,
     CreateOption {
         name: "preallocation",
-        kind: "string",
+        kind: "str",
         help: "Preallocation mode (allowed values: off)",
         default: None,
     },
