@@ -21,6 +21,9 @@ PACKAGES=(
   nbdkit      # NBD interop: another NBD server
   libnbd-bin  # NBD interop: nbdinfo, nbdcopy and nbdfuse (bookworm has no separate nbdfuse)
   gnutls-bin  # NBD over TLS: certtool makes the test certificates
+  busybox-static # the Linux NBD guest's initramfs (scripts/linux-client/, tests/nbd_linux_client.rs)
+  e2fsprogs   #   its mke2fs and e2fsck
+  nbd-client  #   the guest kernel's NBD client, set up by nbd-client
   ceph-mon    # rbd tests: the single-node cluster scripts/ceph-micro.sh starts (tests/ceph/)
   ceph-osd    #   its memstore OSD
   ceph-common #   the rbd and ceph command-line tools

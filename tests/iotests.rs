@@ -21,8 +21,7 @@ use std::sync::Mutex;
 static SUITE: Mutex<()> = Mutex::new(());
 
 /// The raw tests over NBD (`-raw -nbd`: each image served by rqemu-nbd, reached by our
-/// client) that the census finds the reference passing, with ours. Not yet: 083 (oldstyle
-/// servers), 241 (the server's minimum block size), 259 (create over NBD).
+/// client) that the census finds the reference passing, with ours.
 const RAW_NBD: &[&str] = &[
     "001",
     "002",
@@ -37,10 +36,13 @@ const RAW_NBD: &[&str] = &[
     "032",
     "033",
     "077",
+    "083",
     "104",
     "123",
     "197",
     "215",
+    "241",
+    "259",
     "regression-vhdx-log",
 ];
 
@@ -185,6 +187,7 @@ const QCOW2: &[&str] = &[
     "293",
     "305",
     "detect-zeroes-registered-buf",
+    "nbd-qemu-allocation",
     "qcow2-encryption",
     "regression-vhdx-log",
 ];

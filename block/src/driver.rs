@@ -561,6 +561,16 @@ pub struct CreateOption {
     pub default: Option<&'static str>,
 }
 
+impl CreateOption {
+    /// The `size` option that every driver able to create images takes.
+    pub const SIZE: CreateOption = CreateOption {
+        name: "size",
+        kind: "size",
+        help: "Virtual disk size",
+        default: None,
+    };
+}
+
 /// The static side of a driver (QEMU's BlockDriver struct fields that are not callbacks).
 pub struct DriverClass {
     /// Name used with `-f` / `driver=` (`raw`, `qcow2`, `file`, `null-co`).

@@ -7,7 +7,8 @@
 
 use async_trait::async_trait;
 use block::driver::{
-    BlockDriver, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode, RequestFlags,
+    BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode,
+    RequestFlags,
 };
 use block::{BlockDriverState, Error, IoVector, Options, Result};
 
@@ -196,10 +197,16 @@ impl BlockDriver for RawDriver {
 
     /// The child's limits except its request alignment: as in QEMU (bdrv_merge_limits),
     /// unaligned requests pass through and the child pads them itself, which is where
-    /// blkdebug's pwritev_rmw_* events are raised.
-    fn refresh_limits(&self, bs: &BlockDriverState) -> block::driver::BlockLimits {
-        block::driver::BlockLimits {
-            request_alignment: 1,
+    /// blkdebug's pwritev_rmw_* events are raised. A probed image works in whole sectors,
+    /// so that the write guard above always sees the first sector whole (raw_refresh_limits).
+    fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
+        let align = if bs.was_probed() {
+            PROBE_GUARD_BYTES as u32
+        } else {
+            1
+        };
+        BlockLimits {
+            request_alignment: align,
             ..Self::file(bs).limits()
         }
     }

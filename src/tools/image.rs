@@ -52,6 +52,18 @@ pub async fn open_image(
     BlockBackend::open(filename.as_deref(), opts, flags).await
 }
 
+/// Prints raw_open's warning when `blk`'s format was guessed as raw and it is writable;
+/// `filename` names the image when it has no file child.
+pub fn warn_if_probed_raw(blk: &BlockBackend, filename: &str) {
+    if blk.bs().was_probed() && blk.bs().format_name() == "raw" && !blk.is_read_only() {
+        let name = blk
+            .bs()
+            .file()
+            .map_or(filename.to_string(), |f| f.filename());
+        eprintln!("{}", raw_probe_warning(&name));
+    }
+}
+
 /// The "WARNING: Image format was not specified..." text qemu-img and qemu-io print when
 /// probing picked raw (the user should name the format explicitly).
 pub fn raw_probe_warning(filename: &str) -> String {

@@ -63,11 +63,14 @@ pub struct Handshake<'a> {
     ch: &'a Channel,
     fixed: bool,
     no_zeroes: bool,
+    /// The server sent the export at once (oldstyle): no options, and the size and flags
+    /// follow the greeting.
+    oldstyle: bool,
 }
 
 impl<'a> Handshake<'a> {
-    /// Reads the server's greeting and answers it with the client's flags. Oldstyle
-    /// servers send the export at once and are refused: QEMU dropped them too.
+    /// Reads the server's greeting and answers it with the client's flags. An oldstyle
+    /// server sends its only export at once; QEMU's client still accepts one (without TLS).
     pub async fn start(ch: &'a Channel) -> Result<Handshake<'a>> {
         let mut magic = [0u8; 8];
         ch.read_exact(&mut magic)
@@ -82,9 +85,12 @@ impl<'a> Handshake<'a> {
         let magic = u64::from_be_bytes(magic);
         trace!(nbd_receive_negotiate_magic, "magic 0x{:x}", magic);
         if magic == NBD_CLIENT_MAGIC {
-            return Err(Error::not_supported(
-                "Server uses oldstyle negotiation, which is not supported",
-            ));
+            return Ok(Handshake {
+                ch,
+                fixed: false,
+                no_zeroes: false,
+                oldstyle: true,
+            });
         }
         if magic != NBD_OPTS_MAGIC {
             return Err(Error::invalid("Bad server magic received"));
@@ -115,6 +121,7 @@ impl<'a> Handshake<'a> {
             ch,
             fixed,
             no_zeroes,
+            oldstyle: false,
         })
     }
 
@@ -167,6 +174,9 @@ impl<'a> Handshake<'a> {
             name: want.export.clone(),
             ..ExportInfo::default()
         };
+        if self.oldstyle {
+            return self.oldstyle_export(info).await;
+        }
         if !self.fixed {
             return self.export_name(info).await;
         }
@@ -276,6 +286,47 @@ impl<'a> Handshake<'a> {
         let mut r = WireReader::new(&buf);
         info.size = r.u64().unwrap_or_default();
         info.flags = r.u16().unwrap_or_default();
+        info.mode = Mode::Simple;
+        trace!(
+            nbd_receive_negotiate_size_flags,
+            "size {} flags 0x{:x}",
+            info.size,
+            info.flags
+        );
+        Ok(info)
+    }
+
+    /// The oldstyle greeting's rest: size, 32 bits of flags (the high 16 must be clear) and
+    /// 124 zero bytes; an export name cannot be asked for.
+    async fn oldstyle_export(self, mut info: ExportInfo) -> Result<ExportInfo> {
+        if !info.name.is_empty() {
+            return Err(Error::not_supported(
+                "Server does not support non-empty export names",
+            ));
+        }
+        let mut size = [0u8; 8];
+        self.ch
+            .read_exact(&mut size)
+            .await
+            .map_err(|e| e.context("Failed to read export length: "))?;
+        let mut flags = [0u8; 4];
+        self.ch
+            .read_exact(&mut flags)
+            .await
+            .map_err(|e| e.context("Failed to read export flags: "))?;
+        let flags = u32::from_be_bytes(flags);
+        if flags >> 16 != 0 {
+            return Err(Error::invalid(format!(
+                "Unexpected export flags {flags:#x}"
+            )));
+        }
+        let mut zeroes = [0u8; 124];
+        self.ch
+            .read_exact(&mut zeroes)
+            .await
+            .map_err(|e| e.context("Failed to read reserved block: "))?;
+        info.size = u64::from_be_bytes(size);
+        info.flags = flags as u16;
         info.mode = Mode::Simple;
         trace!(
             nbd_receive_negotiate_size_flags,

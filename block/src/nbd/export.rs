@@ -64,13 +64,17 @@ impl NbdExport {
         self.blk.getlength()
     }
 
-    /// The transmission flags sent with the size: what the export supports.
-    pub fn transmission_flags(&self) -> u16 {
+    /// The transmission flags sent with the size: what the export supports (with
+    /// `extended` headers, a block-status request may also name its contexts).
+    pub fn transmission_flags(&self, extended: bool) -> u16 {
         let mut flags = tflags::HAS_FLAGS
             | tflags::SEND_FLUSH
             | tflags::SEND_FUA
             | tflags::SEND_DF
             | tflags::SEND_CACHE;
+        if extended {
+            flags |= tflags::BLOCK_STAT_PAYLOAD;
+        }
         if self.opts.read_only {
             flags |= tflags::READ_ONLY;
         } else {
@@ -84,15 +88,22 @@ impl NbdExport {
         flags
     }
 
-    /// Minimum, preferred and maximum block sizes (NBD_INFO_BLOCK_SIZE). The block layer
-    /// does read-modify-write for unaligned requests, so any byte granularity works.
-    pub fn block_sizes(&self) -> [u32; 3] {
-        let max_transfer = self.blk.bs().limits().max_transfer;
-        let max = if max_transfer == 0 {
+    /// Minimum, preferred and maximum block sizes (NBD_INFO_BLOCK_SIZE). The minimum is
+    /// the image's request alignment for a client that will honour it (one that asked for
+    /// block sizes, or NBD_OPT_INFO, which only looks); 1 otherwise, as older clients send
+    /// any length and the block layer does read-modify-write for them.
+    pub fn block_sizes(&self, honoured: bool) -> [u32; 3] {
+        let limits = self.blk.bs().limits();
+        let min = if honoured {
+            limits.request_alignment.max(1)
+        } else {
+            1
+        };
+        let max = if limits.max_transfer == 0 {
             NBD_MAX_BUFFER_SIZE
         } else {
-            max_transfer.min(NBD_MAX_BUFFER_SIZE as u64) as u32
+            limits.max_transfer.min(NBD_MAX_BUFFER_SIZE as u64) as u32
         };
-        [1, 4096.min(max), max]
+        [min, 4096.max(min).min(max), max]
     }
 }

@@ -130,7 +130,7 @@ impl Haggle<'_> {
                 }
                 let mut w = WireBuf::with_capacity(134);
                 w.u64(self.export.size())
-                    .u16(self.export.transmission_flags());
+                    .u16(self.export.transmission_flags(self.mode == Mode::Extended));
                 if !self.no_zeroes {
                     w.bytes(&[0; 124]);
                 }
@@ -272,14 +272,15 @@ impl Haggle<'_> {
             w.u16(info::DESCRIPTION).bytes(desc.as_bytes());
             self.reply(option, rep::INFO, &w.0).await?;
         }
-        let [min, preferred, max] = exp.block_sizes();
+        let honoured = option == opt::INFO || wanted.contains(&info::BLOCK_SIZE);
+        let [min, preferred, max] = exp.block_sizes(honoured);
         let mut w = WireBuf::default();
         w.u16(info::BLOCK_SIZE).u32(min).u32(preferred).u32(max);
         self.reply(option, rep::INFO, &w.0).await?;
         let mut w = WireBuf::default();
         w.u16(info::EXPORT)
             .u64(exp.size())
-            .u16(exp.transmission_flags());
+            .u16(exp.transmission_flags(self.mode == Mode::Extended));
         self.reply(option, rep::INFO, &w.0).await?;
         self.reply(option, rep::ACK, &[]).await?;
         Ok(true)
@@ -353,4 +354,65 @@ fn parse_name_and_list<'a, T>(
         items.push(item(&mut r)?);
     }
     (r.remaining() == 0).then_some((name, items))
+}
+
+/// A block-status payload (an effect length, then context ids): the length and the contexts
+/// it picks out of those negotiated, or None when it is malformed, repeats an id or names
+/// one not negotiated (nbd_co_block_status_payload_read).
+pub fn status_payload(data: &[u8], negotiated: MetaContexts) -> Option<(u64, MetaContexts)> {
+    if data.len() < 8 || !data.len().is_multiple_of(4) {
+        return None;
+    }
+    let length = u64::from_be_bytes(data[..8].try_into().ok()?);
+    let mut picked = MetaContexts::default();
+    for id in data[8..].chunks_exact(4) {
+        let flag = match u32::from_be_bytes(id.try_into().ok()?) {
+            META_ID_BASE_ALLOCATION if negotiated.base_allocation => &mut picked.base_allocation,
+            META_ID_ALLOCATION_DEPTH if negotiated.allocation_depth => &mut picked.allocation_depth,
+            _ => return None,
+        };
+        if std::mem::replace(flag, true) {
+            return None;
+        }
+    }
+    Some((length, picked))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(length: u64, ids: &[u32]) -> Vec<u8> {
+        let mut v = length.to_be_bytes().to_vec();
+        for id in ids {
+            v.extend_from_slice(&id.to_be_bytes());
+        }
+        v
+    }
+
+    #[test]
+    fn status_payload_picks_only_negotiated_contexts_once() {
+        let both = MetaContexts {
+            base_allocation: true,
+            allocation_depth: true,
+        };
+        let depth_only = MetaContexts {
+            base_allocation: false,
+            allocation_depth: true,
+        };
+        let got = status_payload(&payload(4096, &[META_ID_ALLOCATION_DEPTH]), both);
+        assert_eq!(got, Some((4096, depth_only)));
+        assert_eq!(
+            status_payload(&payload(1, &[]), both),
+            Some((1, MetaContexts::default()))
+        );
+        // Repeated, unknown or not negotiated ids, and ragged or short payloads, are refused.
+        let twice = [META_ID_BASE_ALLOCATION, META_ID_BASE_ALLOCATION];
+        assert_eq!(status_payload(&payload(1, &twice), both), None);
+        assert_eq!(status_payload(&payload(1, &[7]), both), None);
+        let base = [META_ID_BASE_ALLOCATION];
+        assert_eq!(status_payload(&payload(1, &base), depth_only), None);
+        assert_eq!(status_payload(&payload(1, &base)[..10], both), None);
+        assert_eq!(status_payload(&[0; 4], both), None);
+    }
 }

@@ -14,7 +14,9 @@ use std::rc::Rc;
 use super::channel::Channel;
 use super::export::NbdExport;
 use super::proto::*;
-use super::server_negotiate::{Negotiated, META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION};
+use super::server_negotiate::{
+    status_payload, MetaContexts, Negotiated, META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION,
+};
 use crate::coroutine::{co_spawn, CoMutex, CoQueue};
 use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
@@ -107,7 +109,7 @@ impl NbdClient {
                 Err(e) if e.errno() == libc::ECONNRESET => return Ok(()),
                 r => r?,
             }
-            let req = Request::parse(&head[..header_len], self.extended())
+            let mut req = Request::parse(&head[..header_len], self.extended())
                 .ok_or_else(|| Error::invalid("invalid request magic"))?;
             trace!(
                 nbd_co_receive_request_decode_type,
@@ -119,12 +121,13 @@ impl NbdClient {
             if req.kind == cmd::DISC {
                 return Ok(());
             }
+            let contexts = self.receive_status_payload(&mut req).await?;
             let payload = self.receive_payload(&req).await?;
             self.requests.set(self.requests.get() + 1);
             let client = self.clone();
             co_spawn(async move {
                 let result = match payload {
-                    Ok(data) => client.handle(&req, data).await,
+                    Ok(data) => client.handle(&req, data, contexts).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
@@ -134,6 +137,32 @@ impl NbdClient {
                 client.request_done.restart_all();
             });
         }
+    }
+
+    /// The contexts a block-status request asks for: those negotiated, or, when it carries
+    /// a payload, those the payload names; the request then takes the payload's length, or
+    /// length 0 (refused by the checks) when the payload is malformed.
+    async fn receive_status_payload(&self, req: &mut Request) -> Result<MetaContexts> {
+        let negotiated = self.negotiated.contexts;
+        if req.kind != cmd::BLOCK_STATUS || req.flags & cflags::PAYLOAD_LEN == 0 {
+            return Ok(negotiated);
+        }
+        if !self.extended() || req.length > NBD_MAX_BUFFER_SIZE as u64 {
+            return Err(Error::invalid(format!(
+                "invalid block status payload length {}",
+                req.length
+            )));
+        }
+        let mut data = vec![0u8; req.length as usize];
+        self.ch.read_exact(&mut data).await?;
+        req.flags &= !cflags::PAYLOAD_LEN;
+        let (length, contexts) = status_payload(&data, negotiated).unwrap_or_default();
+        req.length = if contexts == MetaContexts::default() {
+            0
+        } else {
+            length
+        };
+        Ok(contexts)
     }
 
     /// Reads a write's payload, or discards it when the request is refused anyway. The
@@ -239,7 +268,12 @@ impl NbdClient {
     }
 
     /// Runs a checked request and sends its successful reply (nbd_handle_request).
-    async fn handle(&self, req: &Request, payload: Vec<u8>) -> ReplyResult<()> {
+    async fn handle(
+        &self,
+        req: &Request,
+        payload: Vec<u8>,
+        contexts: MetaContexts,
+    ) -> ReplyResult<()> {
         let blk = self.export.blk();
         let fua = if req.flags & cflags::FUA != 0 {
             RequestFlags::FUA
@@ -248,7 +282,7 @@ impl NbdClient {
         };
         match req.kind {
             cmd::READ => return self.read(req).await,
-            cmd::BLOCK_STATUS => return self.block_status(req).await,
+            cmd::BLOCK_STATUS => return self.block_status(req, contexts).await,
             cmd::WRITE => {
                 let qiov = IoVector::from_slice(&payload);
                 blk.co_pwritev(req.offset, &qiov, fua).await?;
@@ -379,8 +413,7 @@ impl NbdClient {
     }
 
     /// NBD_CMD_BLOCK_STATUS: one chunk per selected context, the last one DONE.
-    async fn block_status(&self, req: &Request) -> ReplyResult<()> {
-        let contexts = self.negotiated.contexts;
+    async fn block_status(&self, req: &Request, contexts: MetaContexts) -> ReplyResult<()> {
         let mut chunks = Vec::new();
         if contexts.base_allocation {
             let extents = self.extents(req, false).await?;

@@ -334,7 +334,10 @@ pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
         ..OpenFlags::default()
     };
     let bs = block::bdrv_open(None, qcow2_opts, flags).await?;
-    let mut result = bs.co_truncate(params.size, false, params.prealloc).await;
+    let mut result = bs
+        .co_truncate(params.size, false, params.prealloc)
+        .await
+        .map_err(|e| e.context("Could not resize image: "));
     if let (Ok(()), Some(how)) = (&result, params.encrypt) {
         let q = bs.drv().as_any().downcast_ref::<super::Qcow2>();
         let q = q.expect("a qcow2 node has the qcow2 driver");

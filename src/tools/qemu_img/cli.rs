@@ -8,7 +8,7 @@ use block::node::CacheMode;
 use block::{AioContext, BlockBackend, OpenFlags, Options};
 
 use crate::tools::getopt::{getopt_long, HasArg, LongOpt, Parsed};
-use crate::tools::image::{raw_probe_warning, ImageSpec};
+use crate::tools::image::{warn_if_probed_raw, ImageSpec};
 
 /// The name QEMU's error_report prefixes messages with (the tool we stand in for).
 pub const PROG: &str = "qemu-img";
@@ -230,14 +230,7 @@ pub async fn img_open_with(spec: &OpenSpec, extra: Options) -> Option<Rc<BlockBa
     match BlockBackend::open(filename.as_deref(), opts, spec.flags).await {
         Ok(blk) => {
             blk.set_write_cache(!spec.writethrough);
-            // raw_open's warning: a guessed raw format opened for writing.
-            if blk.bs().was_probed() && blk.bs().format_name() == "raw" && !blk.is_read_only() {
-                let name = blk
-                    .bs()
-                    .file()
-                    .map_or(spec.filename.clone(), |f| f.filename());
-                eprintln!("{}", raw_probe_warning(&name));
-            }
+            warn_if_probed_raw(&blk, &spec.filename);
             Some(blk)
         }
         Err(e) => {

@@ -22,7 +22,7 @@ use block::objects::tls_creds::{lookup_tls_creds, Endpoint};
 use block::{AioContext, BlockBackend, Options};
 use futures_lite::future;
 
-use crate::tools::image::{open_image, ImageSpec};
+use crate::tools::image::{open_image, warn_if_probed_raw, ImageSpec};
 use cli::{Listen, NbdOptions, Parsed};
 
 /// Prints `qemu-nbd: MSG` and returns the failure status.
@@ -202,7 +202,9 @@ async fn open_export_image(o: &NbdOptions) -> block::Result<Rc<BlockBackend>> {
         extra.set("detect-zeroes", dz.clone());
     }
     if o.offset == 0 {
-        return open_image(&spec, extra, flags).await;
+        let blk = open_image(&spec, extra, flags).await?;
+        warn_if_probed_raw(&blk, &spec.filename);
+        return Ok(blk);
     }
     // QEMU puts a raw node with `offset` over the opened image; here the image becomes the
     // raw node's `file` child, described by the same filename and format.

@@ -63,6 +63,8 @@ pub mod tflags {
     pub const SEND_CACHE: u16 = 1 << 10;
     /// NBD_CMD_FLAG_FAST_ZERO is supported.
     pub const SEND_FAST_ZERO: u16 = 1 << 11;
+    /// NBD_CMD_BLOCK_STATUS may carry a payload choosing its contexts (extended headers).
+    pub const BLOCK_STAT_PAYLOAD: u16 = 1 << 12;
 }
 
 /// Option numbers (NBD_OPT_*).

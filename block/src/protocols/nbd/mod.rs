@@ -10,6 +10,7 @@
 
 pub mod address;
 mod connection;
+mod create;
 mod reply;
 
 use std::cell::RefCell;
@@ -52,8 +53,8 @@ const fn nbd_class(protocol: &'static str) -> DriverClass {
         is_format: false,
         probe: None,
         open: |bs, options| Box::pin(open(bs, options)),
-        create: None,
-        create_options: &[],
+        create: Some(|filename, options| Box::pin(create::create(filename, options))),
+        create_options: create::CREATE_OPTIONS,
     }
 }
 
@@ -364,7 +365,19 @@ impl BlockDriver for NbdDriver {
             out: &mut out,
         };
         self.request(req, &[], expect).await?;
-        let extent = out.ok_or_else(|| Error::from_errno(libc::EIO))?;
+        let mut extent = out.ok_or_else(|| Error::from_errno(libc::EIO))?;
+        // An extent not a multiple of the server's own minimum block size breaks the
+        // protocol, but qemu-nbd sends one for the tail of a file not a multiple of 512:
+        // as QEMU, keep the aligned part, or report a lone partial block as all data.
+        let min = self.conn.borrow().info.min_block as u64;
+        if min > 1 && extent.length % min != 0 {
+            if extent.length > min {
+                extent.length -= extent.length % min;
+            } else {
+                extent.length = min;
+                extent.flags = 0;
+            }
+        }
         let mut flags = StatusFlags::empty();
         if extent.flags & NBD_STATE_HOLE == 0 {
             flags |= StatusFlags::DATA;
