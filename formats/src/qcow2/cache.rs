@@ -288,6 +288,13 @@ impl Caches {
         Ok(())
     }
 
+    /// Lets L2 tables reach the disk before the refcount blocks again: once a lazy-refcounts
+    /// image is marked dirty its refcounts need not be accurate, as QEMU only sets that
+    /// dependency while they must be (qcow2_need_accurate_refcounts).
+    pub fn drop_l2_refblock_dependency(&mut self) {
+        self.l2_depends_on_refblock = false;
+    }
+
     /// Records that L2 tables must not reach the disk before the data written so far has
     /// (qcow2_cache_depends_on_flush).
     pub fn l2_depends_on_flush(&mut self) {

@@ -133,6 +133,7 @@ impl Qcow2 {
             meta.header.incompatible_features |= header::INCOMPAT_DIRTY;
             meta.write_incompatible().await?;
             self.info.borrow_mut().incompatible_features |= header::INCOMPAT_DIRTY;
+            meta.caches.drop_l2_refblock_dependency();
         }
         Ok(())
     }
