@@ -3,6 +3,9 @@ use std::io::Write;
 
 const RAM: u64 = 64 << 20;
 
+/// Numbers the images of [`fake_bzimage`].
+static NEXT_IMAGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A minimal bzImage: 4 setup sectors + boot sector with a 2.15 header, then a payload.
 fn fake_bzimage(xloadflags: u16, payload: &[u8]) -> File {
     let mut img = vec![0u8; 5 * 512];
@@ -17,9 +20,10 @@ fn fake_bzimage(xloadflags: u16, payload: &[u8]) -> File {
     img[0x238..0x23C].copy_from_slice(&2047u32.to_le_bytes());
     img.extend_from_slice(payload);
     let path = std::env::temp_dir().join(format!(
-        "rqemu-bzimage-{}-{xloadflags}-{}",
+        "rqemu-bzimage-{}-{}",
         std::process::id(),
-        payload.len()
+        // Tests run in parallel threads of one process: each image gets its own name.
+        NEXT_IMAGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut f = File::create(&path).unwrap();
     f.write_all(&img).unwrap();

@@ -27,7 +27,7 @@ use super::job::{Job, JobDriver};
 use super::ratelimit::SLICE;
 use super::top_filter::{self, WriteObserver};
 use super::CommonOptions;
-use crate::driver::{PreallocMode, StatusFlags};
+use crate::driver::{PreallocMode, RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
 use crate::graph::blockers::OpBlocker;
 use crate::graph::drain::{drained_begin, DrainedSection};
@@ -287,10 +287,22 @@ impl Mirror {
             (SyncMode::None, _) => return Ok(()),
             (_, Some(base)) => Some(base.clone()),
             (SyncMode::Top, None) => top.backing(),
+            // An existing target is zeroed first (not counted as progress, as QEMU's
+            // initial zeroing is not); then only the source's data needs copying.
+            (SyncMode::Full, None) if self.opts.zero_target => {
+                let zeroed = s
+                    .target
+                    .co_pwrite_zeroes(0, len, RequestFlags::MAY_UNMAP)
+                    .await;
+                if zeroed.is_err() {
+                    s.dirty.set_dirty(0, len);
+                    return Ok(());
+                }
+                None
+            }
             (SyncMode::Full, None) => {
-                let zero_init = !self.opts.zero_target
-                    && s.target.backing().is_none()
-                    && s.target.drv().has_zero_init(&s.target);
+                let zero_init =
+                    s.target.backing().is_none() && s.target.drv().has_zero_init(&s.target);
                 if !zero_init {
                     s.dirty.set_dirty(0, len);
                     return Ok(());

@@ -1,0 +1,37 @@
+//! What a driver's consistency check reports and may repair: `qemu-img check` and
+//! `check -r` (QEMU's BdrvCheckResult, BdrvCheckMode and BlockFragInfo in
+//! include/block/block-common.h).
+
+/// What `qemu-img check -r` may repair (QEMU's BdrvCheckMode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckFix {
+    /// Repair leaked clusters (`-r leaks`, `-r all`).
+    pub leaks: bool,
+    /// Repair corruptions (`-r all`).
+    pub errors: bool,
+}
+
+/// The outcome of a consistency check (QEMU's BdrvCheckResult + BlockFragInfo).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckResult {
+    /// Errors that make the image unsafe to use.
+    pub corruptions: u64,
+    /// Clusters allocated but not referenced.
+    pub leaks: u64,
+    /// Errors that prevented checking parts of the image.
+    pub check_errors: u64,
+    /// Corruptions repaired.
+    pub corruptions_fixed: u64,
+    /// Leaks repaired.
+    pub leaks_fixed: u64,
+    /// Offset of the end of the image's used data, 0 if unknown.
+    pub image_end_offset: u64,
+    /// Clusters in the virtual disk.
+    pub total_clusters: u64,
+    /// Clusters allocated.
+    pub allocated_clusters: u64,
+    /// Allocated clusters not contiguous with their predecessor.
+    pub fragmented_clusters: u64,
+    /// Compressed clusters.
+    pub compressed_clusters: u64,
+}
