@@ -341,8 +341,10 @@ impl Caches {
                     self.l2_depends_on_flush = false;
                 }
             } else if which == Which::L2 && self.l2_depends_on_flush && !offsets.is_empty() {
-                self.l2_depends_on_flush = false;
+                // Cleared only once the flush succeeded: a failed one leaves the copies
+                // unstable, and the next write-back must try again (as QEMU's).
                 self.file.co_flush().await?;
+                self.l2_depends_on_flush = false;
             }
             for &offset in offsets {
                 let Some(slot) = self.cache(which).slots.get(&offset) else {
