@@ -6,10 +6,10 @@
 #   scripts/bench-rbd.sh [RQEMU_IMG [QEMU_IMG]]
 #
 # Defaults: $CARGO_TARGET_DIR/release/rqemu-img (or target/release/rqemu-img) and
-# /usr/bin/qemu-img (with qemu-block-extra's rbd driver). Env: REPEAT (runs per case, best
-# kept; default 3), READS (4 KiB reads per read case, default 20000), WRITES (64 KiB writes,
-# default 4096 = 256 MiB). Output: one row per case, both tools' seconds and ours/QEMU
-# (ratio > 1: rqemu is faster).
+# /usr/bin/qemu-img (with qemu-block-extra's rbd driver). Env: REPEAT (runs per case and
+# tool, the tools alternating, best kept; default 3), READS (4 KiB reads per read case,
+# default 20000), WRITES (64 KiB writes, default 4096 = 256 MiB). Output: one row per case,
+# both tools' seconds and QEMU's/ours (ratio > 1: rqemu is faster).
 set -euo pipefail
 
 OURS=${1:-${CARGO_TARGET_DIR:-target}/release/rqemu-img}
@@ -34,43 +34,53 @@ img() { echo "rbd:rbd/$1:conf=$CONF"; }
 "$QEMU" create -q -f raw "$(img bench)" 256M
 "$QEMU" bench -q -f raw -w -d 32 -s 1M -c 256 "$(img bench)" >/dev/null
 
-# best TOOL ARGS...: the shortest "Run completed in X seconds" of $REPEAT runs.
-best() {
-    local tool=$1 best="" t
+# bench_time TOOL ARGS...: seconds of one `bench` run ("Run completed in X seconds").
+bench_time() {
+    local tool=$1 t
     shift
-    for _ in $(seq "$REPEAT"); do
-        t=$("$tool" bench "$@" | sed -n 's/^Run completed in \([0-9.]*\) seconds\./\1/p')
-        [ -n "$t" ] || { echo "bench-rbd.sh: $tool bench $* failed" >&2; exit 1; }
-        if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN{exit !(a<b)}'; then best=$t; fi
-    done
-    echo "$best"
+    t=$("$tool" bench "$@" | sed -n 's/^Run completed in \([0-9.]*\) seconds\./\1/p')
+    [ -n "$t" ] || { echo "bench-rbd.sh: $tool bench $* failed" >&2; exit 1; }
+    echo "$t"
 }
 
-# convert_time TOOL: seconds to convert the 1 GiB qcow2 into a new rbd image (best of REPEAT).
+# convert_time TOOL: seconds to convert the 1 GiB qcow2 into a new rbd image.
 convert_time() {
-    local tool=$1 best="" t s e
-    for i in $(seq "$REPEAT"); do
-        rbd -c "$CONF" rm --no-progress conv 2>/dev/null || true
-        s=$(date +%s.%N)
-        "$tool" convert -f qcow2 -O raw "$DIR/src.qcow2" "$(img conv)"
-        e=$(date +%s.%N)
-        t=$(awk -v s="$s" -v e="$e" 'BEGIN{printf "%.3f", e-s}')
-        if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN{exit !(a<b)}'; then best=$t; fi
-    done
+    local tool=$1 s e
     rbd -c "$CONF" rm --no-progress conv 2>/dev/null || true
-    echo "$best"
+    s=$(date +%s.%N)
+    "$tool" convert -f qcow2 -O raw "$DIR/src.qcow2" "$(img conv)"
+    e=$(date +%s.%N)
+    rbd -c "$CONF" rm --no-progress conv 2>/dev/null || true
+    awk -v s="$s" -v e="$e" 'BEGIN{printf "%.3f", e-s}'
+}
+
+# pair NAME FN ARGS...: $REPEAT rounds of FN for each tool, the tools alternating (which
+# goes first alternates too), so that load drifting on a shared machine hits both alike;
+# prints the row with each tool's best time.
+pair() {
+    local name=$1 fn=$2 o="" q="" t i
+    shift 2
+    for i in $(seq "$REPEAT"); do
+        for tool in $([ $((i % 2)) = 1 ] && echo "$OURS $QEMU" || echo "$QEMU $OURS"); do
+            t=$("$fn" "$tool" "$@")
+            if [ "$tool" = "$OURS" ]; then
+                if [ -z "$o" ] || awk -v a="$t" -v b="$o" 'BEGIN{exit !(a<b)}'; then o=$t; fi
+            else
+                if [ -z "$q" ] || awk -v a="$t" -v b="$q" 'BEGIN{exit !(a<b)}'; then q=$t; fi
+            fi
+        done
+    done
+    row "$name" "$o" "$q"
 }
 
 printf '%-30s %9s %9s %7s\n' case ours_s qemu_s ratio
 row() {
     awk -v n="$1" -v o="$2" -v q="$3" 'BEGIN{printf "%-30s %9.3f %9.3f %7.2f\n", n, o, q, q/o}'
 }
-args=(-f raw -d 32 -s 4k -c "$READS" "$(img bench)")
-row "bench read 4k d32" "$(best "$OURS" "${args[@]}")" "$(best "$QEMU" "${args[@]}")"
-args=(-f raw -d 32 -w -s 64k -c "$WRITES" "$(img bench)")
-row "bench write 64k d32" "$(best "$OURS" "${args[@]}")" "$(best "$QEMU" "${args[@]}")"
+pair "bench read 4k d32" bench_time -f raw -d 32 -s 4k -c "$READS" "$(img bench)"
+pair "bench write 64k d32" bench_time -f raw -d 32 -w -s 64k -c "$WRITES" "$(img bench)"
 
 # A 1 GiB qcow2 with 3/4 of its clusters written (the rest reads as zeroes).
 "$QEMU" create -q -f qcow2 "$DIR/src.qcow2" 1G
 qemu-io -f qcow2 -c 'write -P 0x5a 0 768M' "$DIR/src.qcow2" >/dev/null
-row "convert 1G qcow2 -> rbd" "$(convert_time "$OURS")" "$(convert_time "$QEMU")"
+pair "convert 1G qcow2 -> rbd" convert_time

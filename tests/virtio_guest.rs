@@ -238,7 +238,7 @@ fn raw_run(emu: Emulator, transport: Transport) {
     let trace = image.with_extension("trace");
     if matches!(emu, Emulator::Rqemu) {
         cmd.push("-trace".into());
-        let events = "virtio_pci_intx,virtio_notify_irqfd";
+        let events = "virtio_pci_intx,virtio_pci_gsi";
         cmd.push(format!("{events},file={}", trace.display()));
     }
     let (out, err) = run_guest(&cmd, TIMEOUT);
@@ -252,12 +252,17 @@ fn raw_run(emu: Emulator, transport: Transport) {
 }
 
 /// The guest's "intx" test took an interrupt: the pin rose and fell (ISR read) and the
-/// irqfd was signalled, each a trace line.
+/// GSI followed (raised, and lowered by the ISR read without waiting for an EOI), each a
+/// trace line.
 fn check_irq_trace(trace: &str) {
     let has = |what: &str| trace.lines().any(|l| l.contains(what));
     assert!(has(":virtio_pci_intx ") && has(" level 1"), "{trace}");
     assert!(has(" level 0"), "{trace}");
-    assert!(has(":virtio_notify_irqfd irqfd "), "{trace}");
+    assert!(has(":virtio_pci_gsi ") && has(" level 1"), "{trace}");
+    let gsi_down = trace
+        .lines()
+        .any(|l| l.contains(":virtio_pci_gsi ") && l.contains(" level 0"));
+    assert!(gsi_down, "{trace}");
 }
 
 fn qcow2_run(emu: Emulator, transport: Transport) {
@@ -432,13 +437,11 @@ fn rbd_run(qcow2: bool) {
 }
 
 #[test]
-#[ignore = "flaky: the guest's intx check fails in about half the runs over rbd (known bug, RELIABILITY.md)"]
 fn virtio_guest_on_rbd_raw_image_under_rqemu() {
     rbd_run(false);
 }
 
 #[test]
-#[ignore = "flaky: the guest's intx check fails in about half the runs over rbd (known bug, RELIABILITY.md)"]
 fn virtio_guest_on_rbd_qcow2_with_rbd_backing_under_rqemu() {
     rbd_run(true);
 }

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// An interrupt line into the interrupt controllers, as a device drives it (QEMU's qemu_irq,
-/// pci_set_irq): the machine implements it with KVM_IRQ_LINE, or for virtio with an irqfd
-/// (pulsed on the rising edge, re-asserted through a resample fd), and tests with a flag.
+/// pci_set_irq): the machine implements it with KVM_IRQ_LINE (for PCI INTx on the GSI the
+/// Interrupt Line names, shared), and tests with a flag.
 pub trait IrqLine: Send + Sync {
     /// Drives the line to `level`.
     fn set_level(&self, level: bool);

@@ -20,7 +20,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::devices::pci::PciBus;
 use crate::devices::virtio::block::{VirtioBlk, VirtioBlkConf, VirtioBlkHandler};
-use crate::devices::virtio::kvm_glue::{IrqfdLine, VirtioPciFunction};
+use crate::devices::virtio::kvm_glue::{IntxLine, IsaIrqLevels, VirtioPciFunction};
 use crate::devices::virtio::pci::VirtioPciDevice;
 use crate::error::MachineError;
 use crate::kvm::Vm;
@@ -142,6 +142,7 @@ pub fn plug_all(
     let facts = drive_facts(main, disks.iter().map(|d| d.drive.clone()).collect())?;
     let slots = assign_slots(disks)?;
     let mem = Arc::new(mem.clone());
+    let levels = IsaIrqLevels::new(vm.fd().clone());
     for ((disk, fact), slot) in disks.iter().zip(facts).zip(slots) {
         let Some((length, read_only)) = fact else {
             return Err(MachineError::Machine(format!(
@@ -149,7 +150,7 @@ pub fn plug_all(
                 disk.origin, disk.drive
             )));
         };
-        plug_one(disk, (length, read_only), slot, bus, vm, &mem, main, &stop)?;
+        plug_one(disk, (length, read_only), slot, bus, vm, &levels, &mem, main, &stop)?;
     }
     Ok(guard)
 }
@@ -161,6 +162,7 @@ fn plug_one(
     slot: u8,
     bus: &mut PciBus,
     vm: &Vm,
+    levels: &Arc<IsaIrqLevels>,
     mem: &Arc<GuestMemoryMmap>,
     main: &AioContextHandle,
     stop: &Arc<EventNotifier>,
@@ -172,7 +174,7 @@ fn plug_one(
     };
     let model = VirtioBlk::new(conf, length >> 9, read_only);
     let shared = model.shared();
-    let irq = Arc::new(IrqfdLine::new(vm.fd().clone())?);
+    let irq = Arc::new(IntxLine::new(levels.clone()));
     let dev = VirtioPciDevice::new(Box::new(model), disk.transport, irq.clone()).map_err(err)?;
     let core = dev.core();
     let notifiers = dev.notifiers();
@@ -189,13 +191,9 @@ fn plug_one(
         let tasks = handler.start();
         let serve = async move {
             let _tasks = tasks;
-            let resampler = irq.run_resampler();
-            futures_lite::future::or(resampler, async {
-                let _ = stop.wait().await;
-                // Wake the other handlers of this machine too.
-                stop.set();
-            })
-            .await;
+            let _ = stop.wait().await;
+            // Wake the other handlers of this machine too.
+            stop.set();
         };
         AioContext::current().spawn(serve).detach();
     });

@@ -76,7 +76,7 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("virtio_notify", "vdev, queue", "used buffers pushed: the device raises the queue interrupt", "virtio_notify"),
     ev("virtio_error", "message", "the guest broke the virtio protocol: the device needs a reset", ""),
     ev("virtio_pci_intx", "pin, level", "the virtio PCI INTx pin changes level (ISR set, or read to clear)", ""),
-    ev("virtio_notify_irqfd", "irqfd, gsi", "the irqfd is signalled: KVM injects the interrupt", "virtio_notify_irqfd"),
+    ev("virtio_pci_gsi", "gsi, level", "the ISA IRQ that PCI INTx pins share changes level (KVM_IRQ_LINE)", ""),
     // The monitor (monitor/qmp.c, qapi/qmp-dispatch.c) and the qtest protocol (system/qtest.c).
     ev("handle_qmp_command", "mon, req", "a QMP request arrived on a monitor", "handle_qmp_command"),
     ev("monitor_qmp_cmd_in_band", "id", "an in-band command is dispatched on the main loop", "monitor_qmp_cmd_in_band"),

@@ -1,8 +1,8 @@
 //! The virtio-pci function as the machine's PCI bus sees it, with its KVM fast paths: queue
-//! kicks through ioeventfds and INTx through a resampling irqfd.
+//! kicks through ioeventfds and INTx on the GSI its Interrupt Line names.
 //!
 //! QEMU's virtio_pci_ioeventfd_assign / memory_region_add_eventfd (kvm_set_ioeventfd_*) and
-//! the INTx irqfd with resampler that hw/vfio and kvm_irqchip_add_irqfd_notifier_gsi set up.
+//! INTx as hw/virtio/virtio-pci.c and hw/isa/piix.c drive it (pci_set_irq, piix3_set_irq_level).
 //!
 //! * Kicks: each queue's [`EventNotifier`] is handed to KVM (a dup of its fd) as an ioeventfd
 //!   on the legacy notify port (`outw` of the queue index) and on the modern doorbell. A kick
@@ -11,18 +11,20 @@
 //!   set the device wants ([`VirtioPciDevice::ioevents`]) is compared with the registered one
 //!   and the difference is (un)registered. A kick KVM does not match (another access size)
 //!   still arrives as an exit and reaches the same notifier through `bar_write`.
-//! * Interrupts: virtio's INTx is level-triggered and its ISR is read-to-clear. An irqfd
-//!   registered with a resample fd gives KVM a level line: writing the irqfd asserts the GSI,
-//!   KVM keeps it asserted until the guest EOIs the interrupt, then deasserts it and signals
-//!   the resample fd. The main loop waits on that and, if the device still asserts its pin
-//!   (the driver has not read the ISR yet), asserts again. Reading the ISR therefore needs
-//!   no ioctl: the line drops at the next EOI and is not raised again.
+//! * Interrupts: virtio's INTx is level-triggered and its ISR is read-to-clear, and the line
+//!   follows the ISR exactly, as QEMU's virtio_pci_notify / virtio_pci_isr_read drive it with
+//!   pci_set_irq and pci_irq_deassert (KVM_IRQ_LINE through the PIIX3): asserted when a
+//!   completion sets the ISR, deasserted the moment the driver reads it. A resampling irqfd
+//!   cannot do that: KVM keeps its line up until the guest EOIs the interrupt, and a driver
+//!   that polls the ISR with the line masked in the PIC never EOIs, so the stale level is
+//!   delivered the moment the line is unmasked, before the completion it should announce
+//!   (the virtio guest's `intx` check saw an ISR of 0 that way, most often over rbd, whose
+//!   completions are slow enough to lose that race).
 //!   The GSI is the Interrupt Line register as firmware programs it (SeaBIOS writes there
-//!   the ISA IRQ it routed the slot's PIRQ to through the PIIX3); each write re-registers
-//!   the irqfd on the new GSI.
+//!   the ISA IRQ it routed the slot's PIRQ to through the PIIX3); several functions may
+//!   share one, so [`IsaIrqLevels`] ORs their pins per GSI as the PIIX3's pic_levels does.
 
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex};
 
 use block::aio::notifier::EventNotifier;
@@ -49,97 +51,95 @@ fn dup_eventfd(notifier: &EventNotifier) -> Result<EventFd, MachineError> {
     Ok(unsafe { EventFd::from_raw_fd(fd) })
 }
 
-/// INTx as a resampling irqfd (see the module comment).
-pub struct IrqfdLine {
+/// The PCI INTx levels on each ISA IRQ (QEMU's PIIX3 pic_levels): a GSI is asserted while
+/// any pin routed to it is. One per machine, shared by its functions' [`IntxLine`]s.
+pub struct IsaIrqLevels {
     vm: Arc<VmFd>,
-    irqfd: EventFd,
-    /// What KVM signals after the guest's EOI; the main loop waits on it.
-    resample: Arc<EventNotifier>,
-    resample_fd: EventFd,
-    asserted: AtomicBool,
-    gsi: Mutex<Option<u32>>,
+    /// How many asserted pins each GSI 0-15 has.
+    count: Mutex<[u32; 16]>,
 }
 
-impl IrqfdLine {
-    /// A line not yet routed to any GSI.
-    pub fn new(vm: Arc<VmFd>) -> Result<IrqfdLine, MachineError> {
-        let err = |e: std::io::Error| MachineError::Device(format!("cannot create an irqfd: {e}"));
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(err)?;
-        let resample =
-            Arc::new(EventNotifier::new().map_err(|e| MachineError::Device(e.to_string()))?);
-        let resample_fd = dup_eventfd(&resample)?;
-        Ok(IrqfdLine {
+impl IsaIrqLevels {
+    /// No pin asserted yet.
+    pub fn new(vm: Arc<VmFd>) -> Arc<IsaIrqLevels> {
+        Arc::new(IsaIrqLevels {
             vm,
-            irqfd,
-            resample,
-            resample_fd,
-            asserted: AtomicBool::new(false),
-            gsi: Mutex::new(None),
+            count: Mutex::new([0; 16]),
         })
     }
 
-    /// Signals the irqfd: KVM asserts the GSI without the main loop entering the kernel
-    /// for KVM_IRQ_LINE (QEMU's virtio_notify_irqfd signals the guest notifier the same way).
-    /// `gsi` is the route the caller read (for the trace): the caller may hold the route's
-    /// lock, so this must not take it again.
-    fn trigger(&self, gsi: Option<u32>) {
-        block::trace!(
-            virtio_notify_irqfd,
-            "irqfd {} gsi {:?}",
-            self.irqfd.as_raw_fd(),
-            gsi
-        );
-        if let Err(e) = self.irqfd.write(1) {
-            eprintln!("rqemu: virtio irqfd write failed: {e}");
-        }
-    }
-
-    /// The INTx resampler, run on the main loop: each time KVM deasserts the line at an EOI
-    /// and sets the resample notifier, assert the line again while the device still wants
-    /// the interrupt (what QEMU's irqfd resample handler does). Ends if the notifier fails.
-    pub async fn run_resampler(&self) {
-        while self.resample.wait().await.is_ok() {
-            if self.asserted.load(Ordering::SeqCst) {
-                self.trigger(*self.gsi.lock().unwrap_or_else(|p| p.into_inner()));
+    /// One more (`up`) or one fewer asserted pin on `gsi`; KVM_IRQ_LINE when the OR changes.
+    fn change(&self, gsi: u32, up: bool) {
+        let mut count = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let n = &mut count[gsi as usize];
+        let before = *n > 0;
+        *n = if up { *n + 1 } else { n.saturating_sub(1) };
+        if (*n > 0) != before {
+            block::trace!(virtio_pci_gsi, "gsi {} level {}", gsi, up as u8);
+            if let Err(e) = self.vm.set_irq_line(gsi, up) {
+                eprintln!("rqemu: KVM_IRQ_LINE gsi {gsi} failed: {e}");
             }
-        }
-    }
-
-    /// Moves the irqfd to the GSI of Interrupt Line value `line` (ISA IRQs 1-15 but the
-    /// cascade; anything else unroutes the pin).
-    pub fn route(&self, line: u8) {
-        let want = (1..16).contains(&line).then_some(u32::from(line));
-        let want = want.filter(|&g| g != 2);
-        let mut gsi = self.gsi.lock().unwrap_or_else(|p| p.into_inner());
-        if *gsi == want {
-            return;
-        }
-        if let Some(old) = gsi.take() {
-            if let Err(e) = self.vm.unregister_irqfd(&self.irqfd, old) {
-                eprintln!("rqemu: KVM_IRQFD deassign gsi {old} failed: {e}");
-            }
-        }
-        if let Some(new) = want {
-            match self
-                .vm
-                .register_irqfd_with_resample(&self.irqfd, &self.resample_fd, new)
-            {
-                Ok(()) => *gsi = Some(new),
-                Err(e) => eprintln!("rqemu: KVM_IRQFD gsi {new} failed: {e}"),
-            }
-        }
-        if gsi.is_some() && self.asserted.load(Ordering::SeqCst) {
-            self.trigger(*gsi);
         }
     }
 }
 
-impl IrqLine for IrqfdLine {
+/// What an [`IntxLine`] drives: its GSI and whether its pin is asserted.
+#[derive(Default)]
+struct IntxRoute {
+    gsi: Option<u32>,
+    asserted: bool,
+}
+
+/// One function's INTx pin on the GSI its Interrupt Line names (see the module comment).
+pub struct IntxLine {
+    levels: Arc<IsaIrqLevels>,
+    route: Mutex<IntxRoute>,
+}
+
+impl IntxLine {
+    /// A deasserted pin not yet routed to any GSI.
+    pub fn new(levels: Arc<IsaIrqLevels>) -> IntxLine {
+        IntxLine {
+            levels,
+            route: Mutex::new(IntxRoute::default()),
+        }
+    }
+
+    fn route_state(&self) -> std::sync::MutexGuard<'_, IntxRoute> {
+        self.route.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the pin to the GSI of Interrupt Line value `line` (ISA IRQs 1-15 but the
+    /// cascade; anything else unroutes it). An asserted pin leaves the old GSI and asserts
+    /// the new one.
+    pub fn route(&self, line: u8) {
+        let want = (1..16).contains(&line).then_some(u32::from(line));
+        let want = want.filter(|&g| g != 2);
+        let mut st = self.route_state();
+        if st.gsi == want {
+            return;
+        }
+        if st.asserted {
+            if let Some(old) = st.gsi {
+                self.levels.change(old, false);
+            }
+            if let Some(new) = want {
+                self.levels.change(new, true);
+            }
+        }
+        st.gsi = want;
+    }
+}
+
+impl IrqLine for IntxLine {
     fn set_level(&self, asserted: bool) {
-        self.asserted.store(asserted, Ordering::SeqCst);
-        let gsi = *self.gsi.lock().unwrap_or_else(|p| p.into_inner());
-        if asserted && gsi.is_some() {
-            self.trigger(gsi);
+        let mut st = self.route_state();
+        if st.asserted == asserted {
+            return;
+        }
+        st.asserted = asserted;
+        if let Some(gsi) = st.gsi {
+            self.levels.change(gsi, asserted);
         }
     }
 }
@@ -204,14 +204,14 @@ pub struct VirtioPciFunction {
     dev: VirtioPciDevice,
     shadow: ConfigSpace,
     ioevents: IoEventFds,
-    irq: Arc<IrqfdLine>,
+    irq: Arc<IntxLine>,
 }
 
 impl VirtioPciFunction {
     /// Wraps `dev`, whose INTx is `irq`; kicks get ioeventfds on `vm`.
     pub fn new(
         dev: VirtioPciDevice,
-        irq: Arc<IrqfdLine>,
+        irq: Arc<IntxLine>,
         vm: Arc<VmFd>,
     ) -> Result<VirtioPciFunction, MachineError> {
         let mut shadow = ConfigSpace::new(PCI_VENDOR_ID_REDHAT_QUMRANET, 0, 0, 0);
@@ -244,7 +244,7 @@ impl VirtioPciFunction {
         u32::from_le_bytes(b)
     }
 
-    /// Brings the shadow, the ioeventfds and the irqfd's GSI up to date after a write.
+    /// Brings the shadow, the ioeventfds and the INTx GSI up to date after a write.
     fn sync(&mut self) {
         let command = self.dev.command().to_le_bytes();
         self.shadow.write(PCI_COMMAND, &command[..1]);
@@ -319,16 +319,16 @@ mod tests {
 
     /// The bus decodes the BARs where the guest puts them, kicks get ioeventfds that follow
     /// the BARs (re-registering the same address would fail with EEXIST, so a stale set
-    /// would show as an error), and the irqfd follows the Interrupt Line.
+    /// would show as an error), and INTx follows the Interrupt Line.
     #[test]
-    fn bars_ioeventfds_and_irqfd_follow_the_guest() {
+    fn bars_ioeventfds_and_intx_follow_the_guest() {
         if !kvm_or_skip() {
             return;
         }
         let ram = GuestRam::new(16 << 20, None).unwrap();
         let vm = crate::kvm::Vm::new(&ram).unwrap();
         let model = VirtioBlk::new(VirtioBlkConf::default(), 8, false);
-        let irq = Arc::new(IrqfdLine::new(vm.fd().clone()).unwrap());
+        let irq = Arc::new(IntxLine::new(IsaIrqLevels::new(vm.fd().clone())));
         let dev =
             VirtioPciDevice::new(Box::new(model), VirtioPciConf::default(), irq.clone()).unwrap();
         let notifier = dev.notifiers()[0].clone();
@@ -378,10 +378,64 @@ mod tests {
         assert!(!bus.bar_read(BarKind::Io, 0xc08c, &mut cap[..2]));
         assert!(!taken(0xc090));
         bus.config_write(devfn, PCI_INTERRUPT_LINE, &[11]);
-        assert_eq!(*irq.gsi.lock().unwrap(), Some(11));
+        assert_eq!(*irq.route_state().gsi, Some(11));
         bus.config_write(devfn, PCI_INTERRUPT_LINE, &[10]);
-        assert_eq!(*irq.gsi.lock().unwrap(), Some(10));
+        assert_eq!(*irq.route_state().gsi, Some(10));
         bus.config_write(devfn, PCI_INTERRUPT_LINE, &[0xff]);
-        assert_eq!(*irq.gsi.lock().unwrap(), None);
+        assert_eq!(*irq.route_state().gsi, None);
+    }
+
+    /// The slave PIC's IRR (ISA IRQs 8-15), with IRQ 10 and 11 level-triggered as SeaBIOS
+    /// sets them in the ELCR for PCI.
+    fn slave_irr(vm: &VmFd, set_level_mode: bool) -> u8 {
+        let mut chip = kvm_bindings::kvm_irqchip {
+            chip_id: kvm_bindings::KVM_IRQCHIP_PIC_SLAVE,
+            ..Default::default()
+        };
+        vm.get_irqchip(&mut chip).unwrap();
+        // SAFETY: for KVM_IRQCHIP_PIC_SLAVE the kernel fills the union's `pic` member.
+        let pic = unsafe { &mut chip.chip.pic };
+        if set_level_mode {
+            pic.elcr |= 0x0c;
+            vm.set_irqchip(&chip).unwrap();
+        }
+        pic.irr
+    }
+
+    /// The pin follows the ISR: deasserting it drops the GSI at once (no EOI needed, so a
+    /// driver that polls the ISR with the line masked leaves nothing pending), a GSI shared
+    /// by two pins stays up while either asserts, and a routed-away pin takes its level along.
+    #[test]
+    fn intx_level_follows_the_pin_on_shared_gsis() {
+        if !kvm_or_skip() {
+            return;
+        }
+        let ram = GuestRam::new(16 << 20, None).unwrap();
+        let vm = crate::kvm::Vm::new(&ram).unwrap();
+        let fd = vm.fd().clone();
+        slave_irr(&fd, true);
+        let levels = IsaIrqLevels::new(fd.clone());
+        let (a, b) = (IntxLine::new(levels.clone()), IntxLine::new(levels));
+        a.route(11);
+        b.route(11);
+        let irq11 = 1 << 3;
+        a.set_level(true);
+        assert_eq!(slave_irr(&fd, false) & irq11, irq11);
+        a.set_level(false);
+        assert_eq!(slave_irr(&fd, false) & irq11, 0, "deasserted without an EOI");
+        a.set_level(true);
+        b.set_level(true);
+        a.set_level(false);
+        assert_eq!(slave_irr(&fd, false) & irq11, irq11, "b still asserts");
+        b.route(10);
+        assert_eq!(slave_irr(&fd, false) & 0x0c, 1 << 2, "b moved to IRQ 10");
+        b.set_level(false);
+        assert_eq!(slave_irr(&fd, false) & 0x0c, 0);
+        // An unrouted pin drives nothing, and routing it while asserted raises the GSI.
+        let c = IntxLine::new(IsaIrqLevels::new(fd.clone()));
+        c.set_level(true);
+        assert_eq!(slave_irr(&fd, false) & 0x0c, 0);
+        c.route(10);
+        assert_eq!(slave_irr(&fd, false) & 0x0c, 1 << 2);
     }
 }

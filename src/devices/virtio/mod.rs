@@ -18,7 +18,7 @@
 //! the machine's (`crate::machine::virtio`): the model and its [`pci::VirtioPciDevice`] on the
 //! vCPU side, plugged into PCI
 //! bus 0 through [`kvm_glue::VirtioPciFunction`] (which also keeps the KVM ioeventfds of the
-//! queue kicks and the resampling irqfd of INTx in step with the guest's BARs and Interrupt
+//! queue kicks and the INTx GSI in step with the guest's BARs and Interrupt
 //! Line), and the [`block::VirtioBlkHandler`] on the main loop over the machine's guest memory.
 
 pub mod block;

@@ -19,8 +19,8 @@
 //! at the addresses [`VirtioPciDevice::ioevents`] lists, so kicks skip the vCPU exit. The
 //! addresses move when the guest reprograms a BAR or the command register: the machine
 //! re-reads `ioevents()` after config writes and re-registers what changed.
-//! Interrupts: INTx pin A through the [`Interrupt`] trait (in the machine a resampling irqfd,
-//! see [`super::kvm_glue`]), asserted while
+//! Interrupts: INTx pin A through the [`Interrupt`] trait (in the machine KVM_IRQ_LINE on
+//! the routed GSI, see [`super::kvm_glue`]), asserted while
 //! the ISR is non-zero; reading the ISR clears it and drops the line.
 
 pub mod legacy;

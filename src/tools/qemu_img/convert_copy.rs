@@ -352,6 +352,10 @@ impl ConvertState {
             if self.wr_in_order {
                 self.wr_offs.set(sector_num + n);
                 self.wr_turn.restart_all();
+                // Let the next writer issue its write before this coroutine maps and reads
+                // its next run: QEMU enters that coroutine directly here, and with a target
+                // as slow per request as rbd the writes are what the copy waits on.
+                futures_lite::future::yield_now().await;
             }
         }
     }
