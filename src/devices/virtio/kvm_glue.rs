@@ -378,11 +378,11 @@ mod tests {
         assert!(!bus.bar_read(BarKind::Io, 0xc08c, &mut cap[..2]));
         assert!(!taken(0xc090));
         bus.config_write(devfn, PCI_INTERRUPT_LINE, &[11]);
-        assert_eq!(*irq.route_state().gsi, Some(11));
+        assert_eq!(irq.route_state().gsi, Some(11));
         bus.config_write(devfn, PCI_INTERRUPT_LINE, &[10]);
-        assert_eq!(*irq.route_state().gsi, Some(10));
+        assert_eq!(irq.route_state().gsi, Some(10));
         bus.config_write(devfn, PCI_INTERRUPT_LINE, &[0xff]);
-        assert_eq!(*irq.route_state().gsi, None);
+        assert_eq!(irq.route_state().gsi, None);
     }
 
     /// The slave PIC's IRR (ISA IRQs 8-15), with IRQ 10 and 11 level-triggered as SeaBIOS
@@ -394,12 +394,13 @@ mod tests {
         };
         vm.get_irqchip(&mut chip).unwrap();
         // SAFETY: for KVM_IRQCHIP_PIC_SLAVE the kernel fills the union's `pic` member.
-        let pic = unsafe { &mut chip.chip.pic };
+        let irr = unsafe { chip.chip.pic.irr };
         if set_level_mode {
-            pic.elcr |= 0x0c;
+            // SAFETY: as above; a plain byte of the same member.
+            unsafe { chip.chip.pic.elcr |= 0x0c };
             vm.set_irqchip(&chip).unwrap();
         }
-        pic.irr
+        irr
     }
 
     /// The pin follows the ISR: deasserting it drops the GSI at once (no EOI needed, so a
