@@ -7,14 +7,14 @@
 #
 # Defaults: $CARGO_TARGET_DIR/release/rqemu-img (or target/release/rqemu-img) and
 # /usr/bin/qemu-img (with qemu-block-extra's rbd driver). Env: REPEAT (runs per case and
-# tool, the tools alternating, best kept; default 3), READS (4 KiB reads per read case,
+# tool, the tools alternating, the median kept; default 7), READS (4 KiB reads per read case,
 # default 20000), WRITES (64 KiB writes, default 4096 = 256 MiB). Output: one row per case,
 # both tools' seconds and QEMU's/ours (ratio > 1: rqemu is faster).
 set -euo pipefail
 
 OURS=${1:-${CARGO_TARGET_DIR:-target}/release/rqemu-img}
 QEMU=${2:-/usr/bin/qemu-img}
-REPEAT=${REPEAT:-3}
+REPEAT=${REPEAT:-7}
 READS=${READS:-20000}
 WRITES=${WRITES:-4096}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -54,23 +54,26 @@ convert_time() {
     awk -v s="$s" -v e="$e" 'BEGIN{printf "%.3f", e-s}'
 }
 
+# median: the middle one of the numbers on stdin (the lower middle for an even count).
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR + 1) / 2)]}'; }
+
 # pair NAME FN ARGS...: $REPEAT rounds of FN for each tool, the tools alternating (which
 # goes first alternates too), so that load drifting on a shared machine hits both alike;
-# prints the row with each tool's best time.
+# prints the row with each tool's median time.
 pair() {
-    local name=$1 fn=$2 o="" q="" t i
+    local name=$1 fn=$2 o="" q="" i
     shift 2
     for i in $(seq "$REPEAT"); do
         for tool in $([ $((i % 2)) = 1 ] && echo "$OURS $QEMU" || echo "$QEMU $OURS"); do
-            t=$("$fn" "$tool" "$@")
             if [ "$tool" = "$OURS" ]; then
-                if [ -z "$o" ] || awk -v a="$t" -v b="$o" 'BEGIN{exit !(a<b)}'; then o=$t; fi
+                o+="$("$fn" "$tool" "$@") "
             else
-                if [ -z "$q" ] || awk -v a="$t" -v b="$q" 'BEGIN{exit !(a<b)}'; then q=$t; fi
+                q+="$("$fn" "$tool" "$@") "
             fi
         done
     done
-    row "$name" "$o" "$q"
+    # shellcheck disable=SC2086 # the lists are split into one time per line on purpose
+    row "$name" "$(printf '%s\n' $o | median)" "$(printf '%s\n' $q | median)"
 }
 
 printf '%-30s %9s %9s %7s\n' case ours_s qemu_s ratio

@@ -319,3 +319,54 @@ fn key_secret_authenticates_as_in_qemu() {
     let missing = same_output(&["info", "--image-opts", &format!("{image},key-secret=nope")]);
     assert!(missing.contains("nope"), "{missing}");
 }
+
+/// Run only as the child of the next test (RQEMU_CEPH_PROBE set): asks for the cluster the
+/// way every rbd test does and prints what it got.
+#[test]
+fn ceph_probe() {
+    if std::env::var_os("RQEMU_CEPH_PROBE").is_none() {
+        return;
+    }
+    println!("probe: cluster {}", ceph::cluster().is_some());
+}
+
+/// Where Ceph is not installed the rbd tests skip with the reason printed, and under
+/// RQEMU_REQUIRE_CEPH=1 (what .ci/run sets) that is a failure instead. Checked in a child
+/// run of this binary that looks for the daemons in a directory without them.
+#[test]
+fn a_missing_ceph_skips_with_the_reason_or_fails_when_required() {
+    let probe = |require: &str| {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "ceph_probe",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("RQEMU_CEPH_PROBE", "1")
+            .env("RQEMU_CEPH_BIN_DIR", "/nonexistent")
+            .env("RQEMU_REQUIRE_CEPH", require)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = probe("0");
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("skipping: /nonexistent/ceph-mon is missing (install ceph-mon"),
+        "{text}"
+    );
+    assert!(text.contains("probe: cluster false"), "{text}");
+    let (ok, text) = probe("1");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("RQEMU_REQUIRE_CEPH=1 but /nonexistent/ceph-mon is missing"),
+        "{text}"
+    );
+}

@@ -419,11 +419,16 @@ fn rbd_run(qcow2: bool) {
     let (out, err) = run_guest(&cmd, TIMEOUT);
     check_verdicts(&out, &err, Transport::Modern);
     if qcow2 {
+        // The overlay as `rbd export` reads it (it still names its backing file on rbd).
+        let top = scratch("virtio-rbd-top.qcow2");
+        std::fs::write(&top, c.export("virtio-qcow2-top")).unwrap();
         let status = Command::new(env!("CARGO_BIN_EXE_rqemu-img"))
-            .args(["convert", "-f", "qcow2", "-O", "raw", &image])
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(&top)
             .arg(&local)
             .status()
             .unwrap();
+        std::fs::remove_file(&top).unwrap();
         assert!(status.success(), "rqemu-img convert from rbd");
         check_image(&std::fs::read(&local).unwrap());
         assert!(

@@ -150,7 +150,17 @@ pub fn plug_all(
                 disk.origin, disk.drive
             )));
         };
-        plug_one(disk, (length, read_only), slot, bus, vm, &levels, &mem, main, &stop)?;
+        plug_one(
+            disk,
+            (length, read_only),
+            slot,
+            bus,
+            vm,
+            &levels,
+            &mem,
+            main,
+            &stop,
+        )?;
     }
     Ok(guard)
 }

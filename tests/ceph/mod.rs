@@ -19,7 +19,9 @@ pub struct Cluster {
     pub conf: String,
 }
 
-const DAEMONS: &[&str] = &["/usr/bin/ceph-mon", "/usr/bin/ceph-osd", "/usr/bin/rbd"];
+/// The programs the cluster needs, looked for in /usr/bin, or in RQEMU_CEPH_BIN_DIR where set
+/// (so that the skip-or-fail rule itself can be tested with a directory that lacks them).
+const DAEMONS: &[&str] = &["ceph-mon", "ceph-osd", "rbd"];
 const LIBRBD: &[&str] = &[
     "/usr/lib/x86_64-linux-gnu/librbd.so.1",
     "/usr/lib/aarch64-linux-gnu/librbd.so.1",
@@ -88,9 +90,12 @@ fn start() -> Option<Cluster> {
 /// The cluster of this test binary, started on first call; None (after printing why) where
 /// Ceph or librbd is not installed.
 pub fn cluster() -> Option<&'static Cluster> {
-    if let Some(missing) = DAEMONS.iter().find(|p| !Path::new(p).exists()) {
+    let bin_dir = std::env::var_os("RQEMU_CEPH_BIN_DIR").unwrap_or_else(|| "/usr/bin".into());
+    let paths = DAEMONS.iter().map(|d| Path::new(&bin_dir).join(d));
+    if let Some(missing) = paths.into_iter().find(|p| !p.exists()) {
         return skip(&format!(
-            "{missing} is missing (install ceph-mon ceph-osd ceph-common)"
+            "{} is missing (install ceph-mon ceph-osd ceph-common)",
+            missing.display()
         ));
     }
     if !LIBRBD.iter().any(|p| Path::new(p).exists()) {

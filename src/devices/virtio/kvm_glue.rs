@@ -423,7 +423,11 @@ mod tests {
         a.set_level(true);
         assert_eq!(slave_irr(&fd, false) & irq11, irq11);
         a.set_level(false);
-        assert_eq!(slave_irr(&fd, false) & irq11, 0, "deasserted without an EOI");
+        assert_eq!(
+            slave_irr(&fd, false) & irq11,
+            0,
+            "deasserted without an EOI"
+        );
         a.set_level(true);
         b.set_level(true);
         a.set_level(false);
