@@ -87,7 +87,7 @@ fn qemu_functions_of_the_path_have_greppable_counterparts() {
     grep("block/src/aio/thread_pool.rs", "thread_pool_submit_aio");
     grep("src/devices/virtio/block.rs", "virtio_blk_handle_output");
     grep("src/devices/virtio/block.rs", "(virtio_blk_rw_complete)");
-    grep("src/devices/virtio/kvm_glue.rs", "virtio_notify_irqfd");
+    grep("src/devices/virtio/kvm_glue.rs", "virtio_pci_notify");
 }
 
 fn prerequisites() -> bool {

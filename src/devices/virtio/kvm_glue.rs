@@ -313,6 +313,16 @@ mod tests {
         false
     }
 
+    /// A VM with an irqchip and 16 MiB of RAM, or None (skipped) without KVM.
+    fn test_vm() -> Option<(crate::kvm::Vm, GuestRam)> {
+        if !kvm_or_skip() {
+            return None;
+        }
+        let ram = GuestRam::new(16 << 20, None).unwrap();
+        let vm = crate::kvm::Vm::new(&ram).unwrap();
+        Some((vm, ram))
+    }
+
     fn cfg_write(bus: &mut PciBus, devfn: u8, off: usize, v: u32) {
         bus.config_write(devfn, off, &v.to_le_bytes());
     }
@@ -322,11 +332,7 @@ mod tests {
     /// would show as an error), and INTx follows the Interrupt Line.
     #[test]
     fn bars_ioeventfds_and_intx_follow_the_guest() {
-        if !kvm_or_skip() {
-            return;
-        }
-        let ram = GuestRam::new(16 << 20, None).unwrap();
-        let vm = crate::kvm::Vm::new(&ram).unwrap();
+        let Some((vm, _ram)) = test_vm() else { return };
         let model = VirtioBlk::new(VirtioBlkConf::default(), 8, false);
         let irq = Arc::new(IntxLine::new(IsaIrqLevels::new(vm.fd().clone())));
         let dev =
@@ -408,11 +414,7 @@ mod tests {
     /// by two pins stays up while either asserts, and a routed-away pin takes its level along.
     #[test]
     fn intx_level_follows_the_pin_on_shared_gsis() {
-        if !kvm_or_skip() {
-            return;
-        }
-        let ram = GuestRam::new(16 << 20, None).unwrap();
-        let vm = crate::kvm::Vm::new(&ram).unwrap();
+        let Some((vm, _ram)) = test_vm() else { return };
         let fd = vm.fd().clone();
         slave_irr(&fd, true);
         let levels = IsaIrqLevels::new(fd.clone());
