@@ -258,26 +258,6 @@ fn base_image(store: Store, dir: &Path, guest: &Path, tag: &str) -> Option<PathB
     }
 }
 
-/// The image's bytes in a host file: the image itself, or for rbd what `rbd export` (librbd,
-/// not our driver) reads. An exported qcow2 overlay still names its backing file on rbd.
-fn exported(store: Store, image: &Path, dir: &Path) -> PathBuf {
-    match store {
-        Store::Local => image.to_path_buf(),
-        Store::Rbd => {
-            let spec = image.to_str().unwrap();
-            let name = spec
-                .strip_prefix("rbd:rbd/")
-                .unwrap()
-                .split(':')
-                .next()
-                .unwrap();
-            let copy = dir.join(format!("exported-{name}"));
-            std::fs::write(&copy, ceph::cluster().unwrap().export(name)).unwrap();
-            copy
-        }
-    }
-}
-
 fn ide_test_guest(emulator: Emulator, qcow2: bool, store: Store) {
     if !prerequisites() {
         return;
@@ -305,10 +285,11 @@ fn ide_test_guest(emulator: Emulator, qcow2: bool, store: Store) {
     let serial = boot(emulator(&image, format));
     check_report(&serial, EXPECTED);
     let scratch = dir.path().join("sectors.raw");
-    check_written(&exported(store, &image, dir.path()), format, &scratch);
+    // Read back by QEMU's tools (over rbd: QEMU's rbd driver, not ours). `rbd export` would
+    // do as well but walks all 200 GiB of the image, minutes even when sparse.
+    check_written(&image, format, &scratch);
     if qcow2 {
         // Writes went to the overlay; the backing file still reads zero there.
-        let base = exported(store, &base, dir.path());
         let below = read_sectors(&base, "raw", 50, 1, &scratch);
         assert!(
             below.iter().all(|b| *b == 0),

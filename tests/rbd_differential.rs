@@ -274,6 +274,8 @@ fn connection_errors_match_qemu() {
             .ends_with("error connecting: Connection timed out"),
         "{err}"
     );
+    // And the text is QEMU's.
+    same_output(&["info", "-f", "raw", &name]);
 }
 
 #[test]
