@@ -52,7 +52,8 @@ impl Meta {
         let name = new[n_off..n_off + n_len].to_vec();
         // 1. The name at the scratch place; 2. the first sector pointing there.
         cur[scratch..scratch + n_len].copy_from_slice(&name);
-        self.write_span(&cur, span(scratch, scratch + n_len)).await?;
+        self.write_span(&cur, span(scratch, scratch + n_len))
+            .await?;
         // The new first sector (a short header leaves the old, dead bytes after its end).
         let mut new_first = cur[..SECTOR].to_vec();
         let head = new.len().min(SECTOR);
