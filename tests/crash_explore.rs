@@ -51,6 +51,14 @@ fn explore_with(case: &str, filter: &str, zero: &[&str], [random, torn]: [&str; 
 
 const ALL: &[&str] = &["corrupt", "lost", "garbage"];
 
+/// A regression case: the workloads matching `filter` at `--random 12 --torn 8` must show no
+/// corrupt, lost or garbage state (skipped without the reference QEMU).
+fn regression(case: &str, filter: &str) {
+    if reference_available() {
+        explore_with(case, filter, ALL, ["12", "8"]);
+    }
+}
+
 #[test]
 fn sample_workload_survives_every_crash_state() {
     if reference_available() {
@@ -64,9 +72,7 @@ fn sample_workload_survives_every_crash_state() {
 /// first) left a name that opens no file, as QEMU's does.
 #[test]
 fn rebase_maps_the_copied_data_before_switching_backing_files() {
-    if reference_available() {
-        explore_with("rebase", "rebase/v3$", ALL, ["12", "8"]);
-    }
+    regression("rebase", "rebase/v3$");
 }
 
 /// Regression: with lazy refcounts nothing ordered rebase's copied data before the L2
@@ -74,9 +80,7 @@ fn rebase_maps_the_copied_data_before_switching_backing_files() {
 /// never landed (QEMU's qemu-img rebase too).
 #[test]
 fn lazy_rebase_flushes_the_copied_data_before_mapping_it() {
-    if reference_available() {
-        explore_with("lazy-rebase", "rebase/v3-lazy$", ALL, ["12", "8"]);
-    }
+    regression("lazy-rebase", "rebase/v3-lazy$");
 }
 
 /// Regression: QED mapped a newly allocated cluster before its copy of the backing data was
@@ -108,9 +112,7 @@ fn lazy_refcounts_keep_copied_data_before_its_l2_entry() {
 /// refcounts, leaving a cluster that fails to decompress.
 #[test]
 fn lazy_refcounts_keep_compressed_data_before_its_l2_entry() {
-    if reference_available() {
-        explore_with("lazy-compressed", "compressed/v3-lazy$", ALL, ["12", "8"]);
-    }
+    regression("lazy-compressed", "compressed/v3-lazy$");
 }
 
 /// Regression: VDI wrote a new block's map entry and the header's block count unordered, so
@@ -118,9 +120,7 @@ fn lazy_refcounts_keep_compressed_data_before_its_l2_entry() {
 /// mapped block out again (QEMU's order too). The count now goes first, then the entry.
 #[test]
 fn vdi_counts_a_block_before_mapping_it() {
-    if reference_available() {
-        explore_with("vdi", "alloc/vdi$", ALL, ["12", "8"]);
-    }
+    regression("vdi", "alloc/vdi$");
 }
 
 /// Snapshot create, apply and delete raise refcounts before the snapshot table or L1 that
@@ -129,9 +129,7 @@ fn vdi_counts_a_block_before_mapping_it() {
 /// flags rqemu wrote before the raised refcounts were flushed (QEMU flushes first).
 #[test]
 fn snapshot_operations_leave_only_leaks() {
-    if reference_available() {
-        explore_with("snapshot", "snapshot/v3$", ALL, ["12", "8"]);
-    }
+    regression("snapshot", "snapshot/v3$");
 }
 
 #[test]
