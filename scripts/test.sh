@@ -1,7 +1,9 @@
 #!/bin/bash
 # Runs rqemu's whole test suite on a fresh Debian machine: installs what the tests need (as root:
 # the reference QEMU 10.0.2 and SeaBIOS through install-reference-qemu.sh, and the Debian
-# packages below), then `cargo test --workspace --release`. Extra arguments go to cargo test.
+# packages below), then `cargo test --workspace --release`, then (without arguments) every fuzz
+# target for a minute (scripts/fuzz.sh 1; RQEMU_FUZZ_MINUTES sets the minutes, 0 skips). Extra
+# arguments go to cargo test.
 # qemu-iotests, QEMU's own suite, is fetched into a cache on first use (scripts/fetch-iotests.sh).
 #
 # Tests that need KVM or the reference QEMU skip with a reason when those are missing;
@@ -51,4 +53,36 @@ if missing_prerequisites; then
   fi
 fi
 
-exec cargo test --workspace --release "$@"
+cargo test --workspace --release "$@"
+
+# ---- Fuzzing (issue 17): every cargo-fuzz target in fuzz/ for RQEMU_FUZZ_MINUTES minutes
+# ---- (default 1; 0 skips), one after another over one build (scripts/fuzz.sh). Only with the
+# ---- whole suite (no arguments). The crash-state explorer's sample is tests/crash_explore.rs.
+FUZZ_MINUTES=${RQEMU_FUZZ_MINUTES:-1}
+if [ $# -gt 0 ]; then
+  echo "test.sh: fuzzing skipped: a partial run (arguments: $*)"
+  exit 0
+fi
+if [ "$FUZZ_MINUTES" = 0 ]; then
+  echo "test.sh: fuzzing skipped: RQEMU_FUZZ_MINUTES=0"
+  exit 0
+fi
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  if command -v rustup >/dev/null; then
+    echo "test.sh: installing the nightly toolchain for cargo-fuzz"
+    rustup toolchain install nightly --profile minimal || true
+  fi
+fi
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "test.sh: fuzzing skipped: no nightly toolchain (cargo-fuzz needs one) and none could be installed"
+  exit 0
+fi
+if ! command -v cargo-fuzz >/dev/null; then
+  echo "test.sh: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked || {
+    echo "test.sh: fuzzing skipped: cargo-fuzz could not be installed"
+    exit 0
+  }
+fi
+# A finding (exit 1) or a target that does not build (exit 2) fails the run.
+./scripts/fuzz.sh "$FUZZ_MINUTES"

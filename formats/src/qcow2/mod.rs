@@ -14,6 +14,7 @@
 
 pub mod amend;
 mod amend_walk;
+mod backing_name;
 pub mod bitmaps;
 pub mod cache;
 pub mod check;
@@ -165,7 +166,7 @@ impl Qcow2 {
         let saved = meta.header.clone();
         meta.header.backing_file = file.map(str::to_string);
         meta.header.backing_format = fmt.map(str::to_string);
-        if let Err(e) = meta.write_header().await {
+        if let Err(e) = meta.write_header_for_backing().await {
             meta.header = saved;
             return Err(e);
         }

@@ -45,8 +45,8 @@ impl Meta {
 
     /// Adds `addend` (+1, -1 or 0) to the refcount of every L2 table and data cluster `l1`
     /// reaches, and sets the "copied" flags in the L2 tables and in `l1` to match the new
-    /// counts (qcow2_update_snapshot_refcount). Returns whether `l1` changed; writing it is
-    /// the caller's business.
+    /// counts (qcow2_update_snapshot_refcount), and flushes them. Returns whether `l1`
+    /// changed; writing it is the caller's business.
     async fn update_l1_refcounts(&mut self, l1: &mut [u64], addend: i64) -> Result<bool> {
         let cs = self.g.cluster_size;
         let mut l1_changed = false;
@@ -77,6 +77,11 @@ impl Meta {
             l1_changed |= new != *entry;
             *entry = new;
         }
+        // The counts and L2 flags reach the disk before the caller writes an L1 whose
+        // flags depend on them (the bdrv_flush before the L1 write): else a crash can
+        // leave an L1 entry without "copied" over a table whose count is still 1.
+        self.flush().await?;
+        self.file.co_flush().await?;
         Ok(l1_changed)
     }
 

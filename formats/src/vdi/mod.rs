@@ -4,8 +4,9 @@
 //! entry per 1 MiB block of the virtual disk, then the data area. An entry is the index of
 //! the block's slot in the data area, or UNALLOCATED / DISCARDED for a block that reads as
 //! zeroes. A write to an unallocated block appends a whole new block at index
-//! `blocks_allocated` — data first, then the map entry and the header's count — so a crash
-//! can leak a block but never map one that holds garbage. [`create`] writes new images and
+//! `blocks_allocated` — data and the header's count first, then after a flush the map
+//! entry — so a crash can leak a block but never map one that holds garbage or hand a
+//! mapped block out twice. [`create`] writes new images and
 //! [`check`] verifies the map.
 
 pub mod check;
@@ -144,7 +145,12 @@ impl Vdi {
             (h.offset_bmap as u64, h.serialise())
         };
         self.bmap.borrow_mut()[block as usize] = new_entry;
-        // The sector of the map that holds the entry, then the header with the new count.
+        // The header's count first, then (after a flush, so a crash cannot keep the map
+        // entry without the count) the map sector. QEMU writes both unordered, and a map
+        // entry whose count was lost makes the next allocation reuse its block; a count
+        // whose entry was lost only leaks a block.
+        write_bytes(file, 0, &header_bytes).await?;
+        file.co_flush().await?;
         let sector = block * 4 / SECTOR_SIZE;
         let first = (sector * SECTOR_SIZE / 4) as usize;
         let sector_bytes: Vec<u8> = {
@@ -155,8 +161,7 @@ impl Vdi {
                 .flat_map(|e| e.to_le_bytes())
                 .collect()
         };
-        write_bytes(file, offset_bmap + sector * SECTOR_SIZE, &sector_bytes).await?;
-        write_bytes(file, 0, &header_bytes).await
+        write_bytes(file, offset_bmap + sector * SECTOR_SIZE, &sector_bytes).await
     }
 }
 

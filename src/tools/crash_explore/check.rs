@@ -24,6 +24,9 @@ pub enum Verdict {
         leaks: bool,
         /// The image was dirty and `check -r all` made it consistent.
         repaired: bool,
+        /// Check reported errors that are the consequence of leaks only (see
+        /// [`Judge::leak_caused`]): counted with the leaks, not as corruption.
+        leak_caused: bool,
     },
     /// qemu-img check found corruption (or could not open or read the image).
     Corrupt(String),
@@ -53,7 +56,7 @@ impl Judge {
         if let Err(e) = std::fs::write(&path, &img.0) {
             return Verdict::Corrupt(format!("cannot write {}: {e}", path.display()));
         }
-        let (mut leaks, mut repaired) = (false, false);
+        let (mut leaks, mut repaired, mut leak_caused) = (false, false, false);
         // QEMU's vpc and raw drivers have no check.
         if !matches!(self.format, "vpc" | "raw") {
             match self.check(&path, false) {
@@ -65,6 +68,7 @@ impl Judge {
                     Ok(l) => (leaks, repaired) = (l, true),
                     Err(after) => return Verdict::Corrupt(format!("{why}; after -r all: {after}")),
                 },
+                Err(_) if self.leak_caused(&path) => (leaks, leak_caused) = (true, true),
                 Err(why) => return Verdict::Corrupt(why),
             }
         }
@@ -73,7 +77,11 @@ impl Judge {
             Err(why) => return Verdict::Corrupt(why),
         };
         if views.is_empty() {
-            return Verdict::Good { leaks, repaired };
+            return Verdict::Good {
+                leaks,
+                repaired,
+                leak_caused,
+            };
         }
         match foreign_sectors(&view, views) {
             (Some(s), _) => Verdict::Lost(format!(
@@ -85,7 +93,11 @@ impl Judge {
                  old nor its new contents",
                 s * SECTOR
             )),
-            (None, None) => Verdict::Good { leaks, repaired },
+            (None, None) => Verdict::Good {
+                leaks,
+                repaired,
+                leak_caused,
+            },
         }
     }
 
@@ -110,6 +122,49 @@ impl Judge {
                 first_lines(&out.stdout),
                 first_lines(&out.stderr)
             )),
+        }
+    }
+
+    /// Whether every error `check` reports on the image at `path` follows from refcounts
+    /// (or a block count) higher than the references, i.e. from leaks, which a crash in
+    /// the middle of an operation that counts references before it makes them may leave
+    /// (qcow2 snapshot create and goto raise refcounts, then commit the snapshot table or
+    /// L1; VDI raises the header's block count, then maps the block).
+    ///
+    /// qcow2: a cluster whose refcount is 2 while only one L2 entry (with "copied" set)
+    /// points at it is reported as an OFLAG_COPIED error besides the leak, yet writing it
+    /// in place is right: nothing else references it. QEMU's own `check -r leaks` repairs
+    /// "copied" flags only when, the leaks fixed, no other error is left (the repair it
+    /// deems safe), so: the image is leak-caused when `check -r leaks` makes it clean.
+    /// A refcount lower than its references, or a "copied" flag on a cluster referenced
+    /// twice, survives that repair and stays corruption. VDI: QEMU's check cannot repair;
+    /// a header count above the blocks the map uses (`is X, should be Y`, X < Y) with no
+    /// other error only leaks blocks (the next allocation goes past them), while a count
+    /// below them (X > Y) would hand a mapped block out again, and stays corruption.
+    fn leak_caused(&self, path: &Path) -> bool {
+        match self.format {
+            "qcow2" => {
+                let repaired = Command::new(&self.qemu_img)
+                    .args(["check", "-q", "-r", "leaks", "-f", "qcow2"])
+                    .arg(path)
+                    .output()
+                    .is_ok();
+                repaired && self.check(path, false).is_ok()
+            }
+            "vdi" => {
+                let Ok(out) = Command::new(&self.qemu_img)
+                    .args(["check", "-f", "vdi"])
+                    .arg(path)
+                    .output()
+                else {
+                    return false;
+                };
+                let text = String::from_utf8_lossy(&out.stderr).to_string()
+                    + &String::from_utf8_lossy(&out.stdout);
+                let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("ERROR")).collect();
+                !errors.is_empty() && errors.iter().all(|l| vdi_count_above_map(l))
+            }
+            _ => false,
         }
     }
 
@@ -156,6 +211,18 @@ fn foreign_sectors(view: &[u8], allowed: &[Vec<u8>]) -> (Option<usize>, Option<u
     (lost, garbage)
 }
 
+/// Whether a VDI check error line says the header counts more blocks than the map uses.
+fn vdi_count_above_map(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix("ERROR: allocated blocks mismatch, is ") else {
+        return false;
+    };
+    let mut numbers = rest.split(", should be ").map(|n| n.trim().parse::<u64>());
+    matches!(
+        (numbers.next(), numbers.next()),
+        (Some(Ok(used)), Some(Ok(counted))) if used < counted
+    )
+}
+
 /// The first two lines of a tool's output, for a report.
 fn first_lines(out: &[u8]) -> String {
     let text = String::from_utf8_lossy(out);
@@ -185,5 +252,16 @@ mod tests {
         garbage[1600] = 0;
         assert_eq!(foreign_sectors(&garbage, &both), (Some(3), Some(2)));
         assert_eq!(foreign_sectors(&old[..1024], &both), (Some(0), None));
+    }
+
+    #[test]
+    fn a_vdi_count_above_the_map_is_a_leak() {
+        assert!(vdi_count_above_map(
+            "ERROR: allocated blocks mismatch, is 0, should be 1"
+        ));
+        assert!(!vdi_count_above_map(
+            "ERROR: allocated blocks mismatch, is 1, should be 0"
+        ));
+        assert!(!vdi_count_above_map("ERROR: block index 0 too large, is 0"));
     }
 }

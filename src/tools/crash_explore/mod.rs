@@ -129,8 +129,8 @@ fn explore_workloads(s: &Settings) -> Result<bool, String> {
     if list.is_empty() {
         return Err(format!("no workload matches '{}'", s.filter));
     }
-    println!("| workload | variant | tools | entries | flushes | states | leaks | repaired | corrupt | lost | garbage |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| workload | variant | tools | entries | flushes | states | leaks | of which leak-caused errors | repaired | corrupt | lost | garbage |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut clean = true;
     let mut totals: Vec<(String, usize)> = Vec::new();
     for (body, variant) in &list {
@@ -170,8 +170,16 @@ fn explore_workloads(s: &Settings) -> Result<bool, String> {
 
 fn print_row(workload: &str, variant: &str, tools: &str, t: &Tally) {
     println!(
-        "| {workload} | {variant} | {tools} | {} | {} | {} | {} | {} | {} | {} | {} |",
-        t.entries, t.flushes, t.states, t.leaks, t.repaired, t.corrupt, t.lost, t.garbage
+        "| {workload} | {variant} | {tools} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        t.entries,
+        t.flushes,
+        t.states,
+        t.leaks,
+        t.leak_caused,
+        t.repaired,
+        t.corrupt,
+        t.lost,
+        t.garbage
     );
     for f in &t.failures {
         println!("|   | | | failure: {f} |");

@@ -32,6 +32,8 @@ pub struct Tally {
     pub leaks: usize,
     /// Of which needed (and got) `check -r all`.
     pub repaired: usize,
+    /// Of which (counted in `leaks` too) check reported errors that only leaks caused.
+    pub leak_caused: usize,
     /// Corrupt images.
     pub corrupt: usize,
     /// Images where a durable write did not read back.
@@ -130,9 +132,14 @@ pub fn run(
         let allowed = allowed_steps(&boundaries, state.durable, last.unwrap_or(state.durable));
         tally.states += 1;
         match judge.judge(img, &views[allowed]) {
-            Verdict::Good { leaks, repaired } => {
+            Verdict::Good {
+                leaks,
+                repaired,
+                leak_caused,
+            } => {
                 tally.leaks += leaks as usize;
                 tally.repaired += repaired as usize;
+                tally.leak_caused += leak_caused as usize;
             }
             Verdict::Corrupt(why) => {
                 tally.corrupt += 1;

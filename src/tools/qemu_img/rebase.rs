@@ -169,8 +169,15 @@ async fn rebase(
         }
         // The copied clusters' mappings must be on disk before the header names the new
         // backing file: a crash in between would show the new backing file's data where
-        // the old one's was (found by rqemu-crash-explore).
-        if let Err(e) = copied.and(blk.co_flush().await) {
+        // the old one's was (found by rqemu-crash-explore). And the copied data before its
+        // mappings: the copy is the guest's durable view, and with lazy refcounts nothing
+        // else orders a cached L2 table's write-back after the data (a crash could map a
+        // cluster whose copy never landed), so the image's file is flushed first.
+        let data_flushed = match bs.file() {
+            Some(file) => file.co_flush().await,
+            None => Ok(()),
+        };
+        if let Err(e) = copied.and(data_flushed).and(blk.co_flush().await) {
             error_report(&format!("Error while rebasing the image: {e}"));
             return 1;
         }
