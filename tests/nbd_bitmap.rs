@@ -22,7 +22,15 @@ fn bitmapped(dir: &Path, name: &str) {
     ok(
         QEMU_IO,
         dir,
-        &["-c", "write 0 4k", "-c", "write 1M 100k", "-c", "write 5M 64k", name],
+        &[
+            "-c",
+            "write 0 4k",
+            "-c",
+            "write 1M 100k",
+            "-c",
+            "write 5M 64k",
+            name,
+        ],
     );
     ok(QEMU_IMG, dir, &["bitmap", "--disable", name, "b0"]);
     ok(QEMU_IMG, dir, &["bitmap", "--add", name, "b1"]);
@@ -77,7 +85,9 @@ fn exported_bitmaps_read_the_same_through_both_servers() {
     let mut seen = Vec::new();
     for (bin, name) in [(RQEMU_NBD, "ours"), (QEMU_NBD, "theirs")] {
         let file = format!("{name}.qcow2");
-        let args = ["-r", "-t", "-f", "qcow2", "-A", "-B", "b0", "-B", "b1", &file];
+        let args = [
+            "-r", "-t", "-f", "qcow2", "-A", "-B", "b0", "-B", "b1", &file,
+        ];
         let server = Server::start(bin, &dir, name, &args);
         seen.push(views(&dir, &server, &["b0", "b1"]));
         assert!(server.stop(), "{name} did not exit cleanly");
@@ -103,16 +113,34 @@ fn writes_through_the_export_dirty_the_recording_bitmap() {
         ok(
             QEMU_IO,
             &dir,
-            &["-f", "raw", "-c", "write 3M 130k", "-c", "write -z 6M 4k", &uri],
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "write 3M 130k",
+                "-c",
+                "write -z 6M 4k",
+                &uri,
+            ],
         );
         seen.push(views(&dir, &server, &["b1"]));
         assert!(server.stop(), "{name} did not exit cleanly");
     }
     assert!(seen[1][2].contains("3145728"), "{}", seen[1][2]);
     assert_eq!(seen[0], seen[1]);
-    // Closed, the image stores b1 with the writes made through the export.
-    let info = |f: &str| output_of(&dir, &["info", "--output=json", f]);
-    assert_eq!(info("ours.qcow2"), info("theirs.qcow2").replace("theirs", "ours"));
+    // Closed, the image stores b1 with the writes made through the export (host allocation
+    // aside: ours fills a partial cluster's copy-on-write tail with written zeroes).
+    let info = |f: &str| {
+        output_of(&dir, &["info", "--output=json", f])
+            .lines()
+            .filter(|l| !l.contains("actual-size"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        info("ours.qcow2"),
+        info("theirs.qcow2").replace("theirs", "ours")
+    );
     ok(QEMU_IMG, &dir, &["check", "ours.qcow2"]);
     ok(QEMU_IMG, &dir, &["compare", "ours.qcow2", "theirs.qcow2"]);
 }
@@ -132,7 +160,18 @@ fn a_missing_or_busy_bitmap_is_refused_as_qemu_nbd_does() {
     bitmapped(&dir, "img.qcow2");
     for args in [
         &["-r", "-f", "qcow2", "-B", "nosuch", "img.qcow2"][..],
-        &["-r", "-f", "qcow2", "-B", "b0", "-B", "b1", "-B", "b2", "img.qcow2"][..],
+        &[
+            "-r",
+            "-f",
+            "qcow2",
+            "-B",
+            "b0",
+            "-B",
+            "b1",
+            "-B",
+            "b2",
+            "img.qcow2",
+        ][..],
     ] {
         let ours = run(RQEMU_NBD, &dir, args);
         let theirs = run(QEMU_NBD, &dir, args);

@@ -90,7 +90,10 @@ impl MetaContexts {
             out.push((META_ID_BASE_ALLOCATION, "base:allocation".to_string()));
         }
         if self.allocation_depth {
-            out.push((META_ID_ALLOCATION_DEPTH, "qemu:allocation-depth".to_string()));
+            out.push((
+                META_ID_ALLOCATION_DEPTH,
+                "qemu:allocation-depth".to_string(),
+            ));
         }
         for (i, (name, _)) in export.bitmaps().iter().enumerate() {
             if self.bitmaps & (1 << i) != 0 {
@@ -122,9 +125,7 @@ pub fn status_payload(data: &[u8], negotiated: MetaContexts) -> Option<(u64, Met
     for id in data[8..].chunks_exact(4) {
         let before = picked;
         match u32::from_be_bytes(id.try_into().ok()?) {
-            META_ID_BASE_ALLOCATION if negotiated.base_allocation => {
-                picked.base_allocation = true
-            }
+            META_ID_BASE_ALLOCATION if negotiated.base_allocation => picked.base_allocation = true,
             META_ID_ALLOCATION_DEPTH if negotiated.allocation_depth => {
                 picked.allocation_depth = true
             }
@@ -283,7 +284,10 @@ mod tests {
         assert_eq!(status_payload(&payload(1, &twice), both), None);
         let twice = [META_ID_DIRTY_BITMAP + 1, META_ID_DIRTY_BITMAP + 1];
         assert_eq!(status_payload(&payload(1, &twice), both), None);
-        assert_eq!(status_payload(&payload(1, &[META_ID_DIRTY_BITMAP]), both), None);
+        assert_eq!(
+            status_payload(&payload(1, &[META_ID_DIRTY_BITMAP]), both),
+            None
+        );
         assert_eq!(status_payload(&payload(1, &[7]), both), None);
         assert_eq!(status_payload(&payload(1, &[u32::MAX]), both), None);
         let base = [META_ID_BASE_ALLOCATION];

@@ -13,11 +13,11 @@ use std::rc::Rc;
 
 use super::channel::Channel;
 use super::export::NbdExport;
-use super::proto::*;
 use super::meta_context::{
     allocation_extents, bitmap_extents, status_payload, ExtentArray, MetaContexts,
     META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION, META_ID_DIRTY_BITMAP,
 };
+use super::proto::*;
 use super::server_negotiate::Negotiated;
 use crate::coroutine::{co_spawn, CoMutex, CoQueue};
 use crate::driver::{RequestFlags, StatusFlags};
@@ -417,7 +417,7 @@ impl NbdClient {
     /// NBD_CMD_BLOCK_STATUS: one chunk per selected context, in id order, the last one
     /// DONE (nbd_co_send_block_status, nbd_co_send_bitmap).
     async fn block_status(&self, req: &Request, contexts: MetaContexts) -> ReplyResult<()> {
-        let bs = self.export.blk().bs().clone();
+        let bs = self.export.blk().bs();
         let mut chunks = Vec::new();
         for depth in [false, true] {
             let (id, wanted) = if depth {

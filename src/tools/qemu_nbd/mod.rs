@@ -105,7 +105,8 @@ pub fn main(args: Vec<String>) -> i32 {
             read_only: o.read_only,
             allocation_depth: o.allocation_depth,
             multi_conn: o.shared != 1,
-            bitmaps: o.bitmaps.clone(),
+            // qemu-nbd prepends each -B to its list: the last one gets the first context id.
+            bitmaps: o.bitmaps.iter().rev().cloned().collect(),
         },
     );
     let export = match export {
