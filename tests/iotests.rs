@@ -194,6 +194,7 @@ const QCOW2: &[&str] = &[
     "detect-zeroes-registered-buf",
     "nbd-qemu-allocation",
     "qcow2-encryption",
+    "qemu-img-bitmaps",
     "regression-vhdx-log",
 ];
 
@@ -334,6 +335,7 @@ const PARALLELS: &[&str] = &[
     "226",
     "251",
     "parallels-checks",
+    "parallels-read-bitmap",
     "regression-vhdx-log",
 ];
 
