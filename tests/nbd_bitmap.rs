@@ -9,7 +9,7 @@ mod reference_tools;
 
 use std::path::Path;
 
-use nbd_rig::{Server, QEMU_NBD, RQEMU_NBD};
+use nbd_rig::{output, Server, QEMU_NBD, RQEMU_NBD};
 use reference_tools::{image, ok, run, scratch, QEMU_IMG, QEMU_IO};
 
 const NBDINFO: &str = "/usr/bin/nbdinfo";
@@ -41,17 +41,6 @@ fn bitmapped(dir: &Path, name: &str) {
     );
 }
 
-/// Runs a tool that must succeed; its stdout with the socket path replaced.
-fn output(bin: &str, dir: &Path, args: &[&str], server: &Server) -> String {
-    let out = run(bin, dir, args);
-    assert!(
-        out.status.success(),
-        "{bin} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).replace(&server.socket.display().to_string(), "SOCKET")
-}
-
 /// What QEMU's client and nbdinfo see of `server`'s bitmaps.
 fn views(dir: &Path, server: &Server, bitmaps: &[&str]) -> Vec<String> {
     let uri = server.uri();
@@ -74,24 +63,54 @@ fn views(dir: &Path, server: &Server, bitmaps: &[&str]) -> Vec<String> {
     seen
 }
 
-#[test]
-fn exported_bitmaps_read_the_same_through_both_servers() {
+/// A scratch directory holding ours.qcow2 and theirs.qcow2, the same bitmapped image;
+/// None (skip) without the reference tools.
+fn two_images(case: &str) -> Option<std::path::PathBuf> {
     if !nbd_rig::tools_available(&[QEMU_IMG, QEMU_IO, QEMU_NBD, NBDINFO]) {
-        return;
+        return None;
     }
-    let dir = scratch("nbd-bitmap-read");
+    let dir = scratch(case);
     bitmapped(&dir, "ours.qcow2");
     bitmapped(&dir, "theirs.qcow2");
+    Some(dir)
+}
+
+/// Serves ours.qcow2 with rqemu-nbd and theirs.qcow2 with qemu-nbd, each with `args`;
+/// qemu-io runs `writes` through each export, then [`views`] of `bitmaps` are taken.
+fn through_both_servers(
+    dir: &Path,
+    args: &[&str],
+    writes: &[&str],
+    bitmaps: &[&str],
+) -> Vec<Vec<String>> {
     let mut seen = Vec::new();
     for (bin, name) in [(RQEMU_NBD, "ours"), (QEMU_NBD, "theirs")] {
         let file = format!("{name}.qcow2");
-        let args = [
-            "-r", "-t", "-f", "qcow2", "-A", "-B", "b0", "-B", "b1", &file,
-        ];
-        let server = Server::start(bin, &dir, name, &args);
-        seen.push(views(&dir, &server, &["b0", "b1"]));
+        let mut all = args.to_vec();
+        all.push(&file);
+        let server = Server::start(bin, dir, name, &all);
+        if !writes.is_empty() {
+            let uri = server.uri();
+            let mut io = vec!["-f", "raw"];
+            for w in writes {
+                io.extend(["-c", w]);
+            }
+            io.push(&uri);
+            ok(QEMU_IO, dir, &io);
+        }
+        seen.push(views(dir, &server, bitmaps));
         assert!(server.stop(), "{name} did not exit cleanly");
     }
+    seen
+}
+
+#[test]
+fn exported_bitmaps_read_the_same_through_both_servers() {
+    let Some(dir) = two_images("nbd-bitmap-read") else {
+        return;
+    };
+    let args = ["-r", "-t", "-f", "qcow2", "-A", "-B", "b0", "-B", "b1"];
+    let seen = through_both_servers(&dir, &args, &[], &["b0", "b1"]);
     // The maps are not trivially equal: b0 has dirty and clean ranges.
     assert!(seen[1][2].contains("\"dirty\""), "{}", seen[1][2]);
     assert_eq!(seen[0], seen[1]);
@@ -99,33 +118,12 @@ fn exported_bitmaps_read_the_same_through_both_servers() {
 
 #[test]
 fn writes_through_the_export_dirty_the_recording_bitmap() {
-    if !nbd_rig::tools_available(&[QEMU_IMG, QEMU_IO, QEMU_NBD, NBDINFO]) {
+    let Some(dir) = two_images("nbd-bitmap-write") else {
         return;
-    }
-    let dir = scratch("nbd-bitmap-write");
-    bitmapped(&dir, "ours.qcow2");
-    bitmapped(&dir, "theirs.qcow2");
-    let mut seen = Vec::new();
-    for (bin, name) in [(RQEMU_NBD, "ours"), (QEMU_NBD, "theirs")] {
-        let file = format!("{name}.qcow2");
-        let server = Server::start(bin, &dir, name, &["-t", "-f", "qcow2", "-B", "b1", &file]);
-        let uri = server.uri();
-        ok(
-            QEMU_IO,
-            &dir,
-            &[
-                "-f",
-                "raw",
-                "-c",
-                "write 3M 130k",
-                "-c",
-                "write -z 6M 4k",
-                &uri,
-            ],
-        );
-        seen.push(views(&dir, &server, &["b1"]));
-        assert!(server.stop(), "{name} did not exit cleanly");
-    }
+    };
+    let args = ["-t", "-f", "qcow2", "-B", "b1"];
+    let writes = ["write 3M 130k", "write -z 6M 4k"];
+    let seen = through_both_servers(&dir, &args, &writes, &["b1"]);
     assert!(seen[1][2].contains("3145728"), "{}", seen[1][2]);
     assert_eq!(seen[0], seen[1]);
     // Closed, the image stores b1 with the writes made through the export (host allocation

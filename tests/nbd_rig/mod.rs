@@ -339,6 +339,27 @@ pub fn transcript(bin: &str, dir: &Path, args: &[&str], socket: &Path) -> (bool,
     (out.status.success(), text)
 }
 
+/// Runs a tool that must succeed against `server` and returns its stdout, with the socket
+/// path written as SOCKET and qemu-io's timing lines dropped.
+pub fn output(bin: &str, dir: &Path, args: &[&str], server: &Server) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .replace(&server.socket.display().to_string(), "SOCKET")
+        .lines()
+        .filter(|l| !l.contains("ops/sec"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Runs one command line through QEMU's program and ours; asserts the same result.
 pub fn same(ours: &str, theirs: &str, dir: &Path, args: &[&str], socket: &Path) -> String {
     let a = transcript(theirs, dir, args, socket);
