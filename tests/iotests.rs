@@ -335,7 +335,6 @@ const PARALLELS: &[&str] = &[
     "226",
     "251",
     "parallels-checks",
-    "parallels-read-bitmap",
     "regression-vhdx-log",
 ];
 
