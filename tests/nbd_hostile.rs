@@ -1,9 +1,10 @@
 //! rqemu-nbd against clients that break the protocol: bad magics, unknown commands and
 //! flags, out-of-range and oversized requests, a disconnect in the middle of a write
 //! payload, an option that claims gigabytes, and a flood of connections that never
-//! negotiate. Throughout, a well-behaved client keeps reading and writing, the image holds
-//! exactly what the well-behaved writes put there, and the server's memory stays bounded.
-//! Needs nothing but rqemu-nbd.
+//! negotiate, and block-status payloads (extended headers) with bogus lengths and context
+//! ids. Throughout, a well-behaved client keeps reading and writing, the image holds exactly
+//! what the well-behaved writes put there, and the server's memory stays bounded. Needs
+//! nothing but rqemu-nbd (and rqemu-img for a qcow2 image with a bitmap).
 
 mod nbd_rig;
 
@@ -78,10 +79,19 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The end of a hostile session: the server's memory stayed bounded, and once the good
+/// client has gone it exits cleanly on SIGTERM.
+fn bounded_then_stopped(good: TestClient, server: Server) {
+    let pid = server.pid();
+    let rss = rss_kib(pid);
+    assert!(rss < 256 << 10, "server memory grew to {rss} KiB");
+    drop(good);
+    assert!(server.stop(), "rqemu-nbd did not exit cleanly on SIGTERM");
+}
+
 #[test]
 fn hostile_requests_get_errors_and_good_client_keeps_working() {
     let (image, server) = serve_raw("requests", &["-e", "0", "-t"]);
-    let pid = server.pid();
     let mut good = TestClient::connect(&server.socket, false);
     assert_eq!(good.size, SIZE);
     good_round(&mut good, 0);
@@ -153,13 +163,7 @@ fn hostile_requests_get_errors_and_good_client_keeps_working() {
         expect_closed(&mut s);
     }
     good_round(&mut good, 5);
-    assert!(
-        rss_kib(pid) < 256 << 10,
-        "server memory grew to {} KiB",
-        rss_kib(pid)
-    );
-    drop(good);
-    assert!(server.stop(), "rqemu-nbd did not exit cleanly on SIGTERM");
+    bounded_then_stopped(good, server);
     let data = std::fs::read(&image).unwrap();
     assert_eq!(&data[..65536], &[0x11; 65536][..]);
     assert_eq!(&data[2 << 20..(2 << 20) + 65536], &[0; 65536][..]);
@@ -254,4 +258,184 @@ fn connection_flood_is_cut_off_by_the_handshake_limit() {
     assert!(start.elapsed() < Duration::from_secs(9));
     good_round(&mut good, 0);
     drop(idle);
+}
+
+/// A client with extended headers and the given metadata contexts selected, for
+/// block-status payloads (NBD_CMD_FLAG_PAYLOAD_LEN).
+struct ExtendedClient {
+    stream: UnixStream,
+    /// The context ids the server gave, in query order.
+    ids: Vec<u32>,
+}
+
+impl ExtendedClient {
+    fn connect(socket: &std::path::Path, queries: &[&str]) -> ExtendedClient {
+        // The handshake's first options are the plain client's, with extended headers.
+        let mut plain = TestClient::connect_with(socket, &[opt::EXTENDED_HEADERS]);
+        let mut q = WireBuf::default();
+        q.u32(0).u32(queries.len() as u32);
+        for name in queries {
+            q.u32(name.len() as u32).bytes(name.as_bytes());
+        }
+        plain.option(opt::SET_META_CONTEXT, &q.0);
+        let mut ids = Vec::new();
+        for (kind, data) in plain.option_replies() {
+            if kind == rep::META_CONTEXT {
+                ids.push(u32::from_be_bytes(data[..4].try_into().unwrap()));
+            }
+        }
+        assert_eq!(ids.len(), queries.len(), "contexts not all offered");
+        plain.go();
+        ExtendedClient {
+            stream: plain.stream,
+            ids,
+        }
+    }
+
+    /// A block-status request whose payload is `payload` (its length in the header).
+    fn status_with_payload(&mut self, cookie: u64, offset: u64, length: u64, payload: &[u8]) {
+        let req = Request {
+            flags: cflags::PAYLOAD_LEN,
+            kind: cmd::BLOCK_STATUS,
+            cookie,
+            offset,
+            length,
+        };
+        self.stream.write_all(&req.encode(true)).unwrap();
+        let _ = self.stream.write_all(payload);
+    }
+
+    /// Reads one extended chunk: its header and payload.
+    fn chunk(&mut self) -> std::io::Result<(ChunkHeader, Vec<u8>)> {
+        let mut head = [0u8; 32];
+        self.stream.read_exact(&mut head)?;
+        let magic = u32::from_be_bytes(head[..4].try_into().unwrap());
+        let header = ChunkHeader::parse(magic, &head[4..]).expect("an extended reply");
+        assert!(header.length <= 8 << 20, "reply of {} bytes", header.length);
+        let mut payload = vec![0u8; header.length as usize];
+        self.stream.read_exact(&mut payload)?;
+        Ok((header, payload))
+    }
+
+    /// The contexts a successful reply reports, in order, with the bytes each covers.
+    fn status_reply(&mut self, cookie: u64) -> Vec<(u32, u64)> {
+        let mut out = Vec::new();
+        loop {
+            let (header, payload) = self.chunk().unwrap();
+            assert_eq!(header.cookie, cookie);
+            assert_eq!(header.kind, chunk::BLOCK_STATUS_EXT, "{payload:?}");
+            let mut r = WireReader::new(&payload);
+            let id = r.u32().unwrap();
+            let count = r.u32().unwrap();
+            let mut covered = 0;
+            for _ in 0..count {
+                covered += r.u64().unwrap();
+                r.u64().unwrap();
+            }
+            out.push((id, covered));
+            if header.flags & NBD_REPLY_FLAG_DONE != 0 {
+                return out;
+            }
+        }
+    }
+
+    /// The error a reply carries, which must be the request's only chunk.
+    fn error_reply(&mut self, cookie: u64) -> u32 {
+        let (header, payload) = self.chunk().unwrap();
+        assert_eq!(header.cookie, cookie);
+        assert_eq!(header.kind, chunk::ERROR, "{payload:?}");
+        assert_ne!(header.flags & NBD_REPLY_FLAG_DONE, 0);
+        u32::from_be_bytes(payload[..4].try_into().unwrap())
+    }
+}
+
+/// A block-status payload: the effect length, then context ids.
+fn status_payload(length: u64, ids: &[u32]) -> Vec<u8> {
+    let mut w = WireBuf::default();
+    w.u64(length);
+    for id in ids {
+        w.u32(*id);
+    }
+    w.0
+}
+
+#[test]
+fn block_status_payloads_with_bogus_lengths_and_ids_are_refused() {
+    let dir = scratch("status-payload");
+    let image = dir.join("disk.qcow2");
+    let img = env!("CARGO_BIN_EXE_rqemu-img");
+    for args in [
+        &["create", "-q", "-f", "qcow2", image.to_str().unwrap(), "4M"][..],
+        &["bitmap", "--add", image.to_str().unwrap(), "b0"][..],
+    ] {
+        let out = std::process::Command::new(img).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let args = ["-t", "-e", "0", "-f", "qcow2", "-A", "-B", "b0"];
+    let mut all = args.to_vec();
+    all.push(image.to_str().unwrap());
+    let server = Server::start(RQEMU_NBD, &dir, "srv", &all);
+    let mut good = TestClient::connect(&server.socket, false);
+    assert_eq!(good.write(1, 0, &[0x11; 4096]), 0);
+    let contexts = [
+        "base:allocation",
+        "qemu:allocation-depth",
+        "qemu:dirty-bitmap:b0",
+    ];
+    let mut bad = ExtendedClient::connect(&server.socket, &contexts);
+    let [base, depth, bitmap] = bad.ids[..] else {
+        unreachable!()
+    };
+    // Well formed: the payload picks the contexts, its length is the effect length.
+    bad.status_with_payload(1, 0, 16, &status_payload(SIZE, &[bitmap, depth]));
+    assert_eq!(bad.status_reply(1), [(depth, SIZE), (bitmap, SIZE)]);
+    let unknown = bitmap + 1;
+    let many_ids: Vec<u8> = std::iter::repeat_n(unknown.to_be_bytes(), 16 << 10)
+        .flatten()
+        .collect();
+    let cases: &[(&str, Vec<u8>)] = &[
+        ("an unknown id", status_payload(SIZE, &[unknown])),
+        ("the largest id", status_payload(SIZE, &[u32::MAX])),
+        ("an id twice", status_payload(SIZE, &[base, base])),
+        ("no id", status_payload(SIZE, &[])),
+        (
+            "a ragged payload",
+            status_payload(SIZE, &[base])[..10].to_vec(),
+        ),
+        ("a short payload", vec![0; 4]),
+        ("an effect length of 0", status_payload(0, &[base])),
+        ("past the end", status_payload(SIZE + 1, &[depth])),
+        ("the largest length", status_payload(u64::MAX, &[bitmap])),
+        (
+            "64 KiB of unknown ids",
+            [&SIZE.to_be_bytes()[..], &many_ids].concat(),
+        ),
+    ];
+    for (i, (what, payload)) in cases.iter().enumerate() {
+        let cookie = 100 + i as u64;
+        bad.status_with_payload(cookie, 0, payload.len() as u64, payload);
+        assert_eq!(bad.error_reply(cookie), errno::EINVAL, "{what}");
+        good_round(&mut good, i as u64);
+    }
+    // Still in sync: a well-formed query after the refused ones.
+    bad.status_with_payload(200, 4096, 12, &status_payload(4096, &[base]));
+    assert_eq!(bad.status_reply(200), [(base, 4096)]);
+    // A payload length over the buffer limit: the server hangs up instead of reading it.
+    bad.status_with_payload(201, 0, 1 << 40, &status_payload(SIZE, &[base]));
+    expect_closed(&mut bad.stream);
+    // A block-status payload without extended headers: the connection ends, as the
+    // compact header has no room for it.
+    let mut compact = TestClient::connect(&server.socket, true);
+    compact.request(cmd::BLOCK_STATUS, cflags::PAYLOAD_LEN, 1, 0, 12, &[0; 12]);
+    expect_closed(&mut compact.stream);
+    // A flood of whole-image queries on every context, never read, then a disconnect.
+    let mut flood = ExtendedClient::connect(&server.socket, &contexts);
+    for cookie in 0..200 {
+        flood.status_with_payload(cookie, 0, 20, &status_payload(SIZE, &[base, depth, bitmap]));
+    }
+    drop(flood);
+    for round in 20..24 {
+        good_round(&mut good, round);
+    }
+    bounded_then_stopped(good, server);
 }

@@ -8,7 +8,7 @@ mod reference_tools;
 
 use std::path::Path;
 
-use nbd_rig::{Server, QEMU_NBD, RQEMU_NBD};
+use nbd_rig::{output, Server, QEMU_NBD, RQEMU_NBD};
 use reference_tools::{image, ok, run, scratch, QEMU_IMG, QEMU_IO};
 
 const NBDINFO: &str = "/usr/bin/nbdinfo";
@@ -18,22 +18,6 @@ fn tools_available(extra: &[&str]) -> bool {
     let mut tools = vec![QEMU_IMG, QEMU_IO, QEMU_NBD];
     tools.extend_from_slice(extra);
     nbd_rig::tools_available(&tools)
-}
-
-/// Runs a tool and returns its stdout with the socket path and timing figures taken out.
-fn output(bin: &str, dir: &Path, args: &[&str], server: &Server) -> String {
-    let out = run(bin, dir, args);
-    assert!(
-        out.status.success(),
-        "{bin} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .replace(&server.socket.display().to_string(), "SOCKET")
-        .lines()
-        .filter(|l| !l.contains("ops/sec"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// A base with data and an overlay that overwrites part of it and zeroes another part.

@@ -278,3 +278,46 @@ fn rqemu_nbd_serves_tls_and_refuses_plaintext_clients() {
         "qemu-nbd (left) and rqemu-nbd (right) look different over TLS"
     );
 }
+
+/// TLS with pre-shared keys (iotest 233's tls-creds-psk) is refused by name, on both
+/// sides: rustls has no TLS-PSK.
+#[test]
+fn psk_credentials_are_refused_with_a_clear_error() {
+    let dir = scratch("nbd-tls-psk");
+    std::fs::write(dir.join("keys.psk"), "qemu:0123456789abcdef\n").unwrap();
+    let object = |endpoint: &str| {
+        format!(
+            "tls-creds-psk,id=tls0,dir={},endpoint={endpoint},username=qemu",
+            dir.display()
+        )
+    };
+    let server = object("server");
+    let client = object("client");
+    let runs = [
+        run(
+            RQEMU_NBD,
+            &dir,
+            &["--object", &server, "--tls-creds", "tls0", "t.qcow2"],
+        ),
+        run(
+            OURS,
+            &dir,
+            &[
+                "info",
+                "--object",
+                &client,
+                "--image-opts",
+                "driver=nbd,host=localhost,port=1,tls-creds=tls0",
+            ],
+        ),
+    ];
+    for out in runs {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("Object type 'tls-creds-psk' is not supported by rqemu")
+                && stderr.contains("TLS-PSK"),
+            "{stderr}"
+        );
+    }
+}

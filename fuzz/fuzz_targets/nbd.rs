@@ -27,9 +27,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             read_only: data.first().is_some_and(|b| b & 1 == 1),
             allocation_depth: true,
             multi_conn: false,
+            bitmaps: Vec::new(),
         },
-    );
-    let server = NbdServer::new(export, 1, Duration::from_secs(5));
+    )
+    .unwrap();
+    let server = NbdServer::new(export, 1, Duration::from_secs(5), None);
     let (mut client, server_end) = UnixStream::pair().unwrap();
     let input = data.to_vec();
     // The client side: send the stream, then read every reply until the server hangs up.

@@ -135,6 +135,27 @@ impl TestClient {
     /// Connects and runs the handshake: structured replies and base:allocation when
     /// `structured`, then NBD_OPT_GO on the default export.
     pub fn connect(socket: &Path, structured: bool) -> TestClient {
+        let first: &[u32] = if structured {
+            &[opt::STRUCTURED_REPLY]
+        } else {
+            &[]
+        };
+        let mut c = TestClient::connect_with(socket, first);
+        c.structured = structured;
+        if structured {
+            let mut q = WireBuf::default();
+            q.u32(0).u32(1).u32(15).bytes(b"base:allocation");
+            c.option(opt::SET_META_CONTEXT, &q.0);
+            let replies = c.option_replies();
+            assert_eq!(replies.len(), 2, "{replies:?}");
+        }
+        c.go();
+        c
+    }
+
+    /// Connects and sends `options` (without data), each of which must be acknowledged;
+    /// the handshake is left open for more options and [`TestClient::go`].
+    pub fn connect_with(socket: &Path, options: &[u32]) -> TestClient {
         let mut stream = UnixStream::connect(socket).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
@@ -149,29 +170,28 @@ impl TestClient {
             stream,
             size: 0,
             flags: 0,
-            structured,
+            structured: false,
         };
-        if structured {
-            c.option(opt::STRUCTURED_REPLY, &[]);
+        for &option in options {
+            c.option(option, &[]);
             assert_eq!(c.option_replies(), vec![(rep::ACK, vec![])]);
-            let mut q = WireBuf::default();
-            q.u32(0).u32(1).u32(15).bytes(b"base:allocation");
-            c.option(opt::SET_META_CONTEXT, &q.0);
-            let replies = c.option_replies();
-            assert_eq!(replies.len(), 2, "{replies:?}");
         }
+        c
+    }
+
+    /// Ends the handshake with NBD_OPT_GO on the default export, keeping its size and flags.
+    pub fn go(&mut self) {
         let mut go = WireBuf::default();
         go.u32(0).u16(0);
-        c.option(opt::GO, &go.0);
-        for (kind, data) in c.option_replies() {
+        self.option(opt::GO, &go.0);
+        for (kind, data) in self.option_replies() {
             if kind == rep::INFO && data[..2] == info::EXPORT.to_be_bytes() {
                 let mut r = WireReader::new(&data[2..]);
-                c.size = r.u64().unwrap();
-                c.flags = r.u16().unwrap();
+                self.size = r.u64().unwrap();
+                self.flags = r.u16().unwrap();
             }
             assert!(kind == rep::INFO || kind == rep::ACK, "GO failed: {kind:x}");
         }
-        c
     }
 
     /// Sends an option.
@@ -317,6 +337,27 @@ pub fn transcript(bin: &str, dir: &Path, args: &[&str], socket: &Path) -> (bool,
         .collect::<Vec<_>>()
         .join("\n");
     (out.status.success(), text)
+}
+
+/// Runs a tool that must succeed against `server` and returns its stdout, with the socket
+/// path written as SOCKET and qemu-io's timing lines dropped.
+pub fn output(bin: &str, dir: &Path, args: &[&str], server: &Server) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    assert!(
+        out.status.success(),
+        "{bin} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .replace(&server.socket.display().to_string(), "SOCKET")
+        .lines()
+        .filter(|l| !l.contains("ops/sec"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Runs one command line through QEMU's program and ours; asserts the same result.

@@ -3,8 +3,12 @@
 
 use std::rc::Rc;
 
+use super::meta_context::MAX_EXPORT_BITMAPS;
 use super::proto::{tflags, NBD_MAX_BUFFER_SIZE};
 use crate::backend::BlockBackend;
+use crate::dirty_bitmap::{BdrvDirtyBitmap, BitmapCheck};
+use crate::error::{Error, Result};
+use crate::jobs::filter_or_cow;
 
 /// How an export is offered (the knobs of qemu-nbd's command line that reach the server).
 #[derive(Clone, Debug, Default)]
@@ -20,18 +24,60 @@ pub struct ExportOptions {
     /// Tell clients a flush on one connection covers all (NBD_FLAG_CAN_MULTI_CONN); qemu-nbd
     /// sets it when more than one client may connect.
     pub multi_conn: bool,
+    /// Dirty bitmaps offered as `qemu:dirty-bitmap:NAME` contexts (`-B`).
+    pub bitmaps: Vec<String>,
 }
 
 /// One export of a server.
 pub struct NbdExport {
     blk: Rc<BlockBackend>,
     opts: ExportOptions,
+    /// The `-B` bitmaps by name, marked busy while exported.
+    bitmaps: Vec<(String, Rc<BdrvDirtyBitmap>)>,
 }
 
 impl NbdExport {
-    /// Offers `blk` as described by `opts`.
-    pub fn new(blk: Rc<BlockBackend>, opts: ExportOptions) -> Rc<NbdExport> {
-        Rc::new(NbdExport { blk, opts })
+    /// Offers `blk` as described by `opts`. Each bitmap is looked for on the node and down
+    /// its chain of filters and backing files, and refused when busy, inconsistent, or
+    /// still recording while the export is read-only (nbd_export_create).
+    pub fn new(blk: Rc<BlockBackend>, opts: ExportOptions) -> Result<Rc<NbdExport>> {
+        if opts.bitmaps.len() > MAX_EXPORT_BITMAPS {
+            return Err(Error::invalid(format!(
+                "Exporting more than {MAX_EXPORT_BITMAPS} bitmaps is not supported"
+            )));
+        }
+        let mut bitmaps = Vec::new();
+        for name in &opts.bitmaps {
+            let mut node = Some(blk.bs().clone());
+            let mut found = None;
+            while let (Some(bs), None) = (node.clone(), &found) {
+                found = bs.find_dirty_bitmap(name).map(|bm| (bs.clone(), bm));
+                node = filter_or_cow(&bs);
+            }
+            let Some((bs, bm)) = found else {
+                return Err(Error::new(
+                    libc::ENOENT,
+                    format!("Bitmap '{name}' is not found"),
+                ));
+            };
+            bm.check(BitmapCheck::ALLOW_RO)?;
+            if opts.read_only && !bs.is_read_only() && bm.enabled() {
+                return Err(Error::invalid(format!(
+                    "Enabled bitmap '{name}' incompatible with readonly export"
+                )));
+            }
+            bitmaps.push((name.clone(), bm));
+        }
+        // Marked in a loop of its own, so that a failure above leaves nothing to undo.
+        for (_, bm) in &bitmaps {
+            bm.set_busy(true);
+        }
+        Ok(Rc::new(NbdExport { blk, opts, bitmaps }))
+    }
+
+    /// The exported dirty bitmaps with their names, in context-id order.
+    pub fn bitmaps(&self) -> &[(String, Rc<BdrvDirtyBitmap>)] {
+        &self.bitmaps
     }
 
     /// The backend requests go to.
@@ -105,5 +151,14 @@ impl NbdExport {
             limits.max_transfer.min(NBD_MAX_BUFFER_SIZE as u64) as u32
         };
         [min, 4096.max(min).min(max), max]
+    }
+}
+
+impl Drop for NbdExport {
+    /// Releases the exported bitmaps (nbd_export_delete).
+    fn drop(&mut self) {
+        for (_, bm) in &self.bitmaps {
+            bm.set_busy(false);
+        }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! [`proto`] is the wire format, without I/O; [`channel`] a socket that coroutines read
 //! and write; the server is [`server`] (listening and each connection's life),
-//! [`server_negotiate`] (the handshake) and [`server_requests`] (the transmission phase),
+//! [`server_negotiate`] (the handshake), [`server_requests`] (the transmission phase) and
+//! [`meta_context`] (what block status reports),
 //! serving an [`export::NbdExport`]. [`client`] is the client's handshake, which the `nbd`
 //! protocol driver (`crate::protocols::nbd`) and `rqemu-nbd -L` use; [`tls`] secures a
 //! channel after NBD_OPT_STARTTLS.
@@ -11,6 +12,7 @@
 pub mod channel;
 pub mod client;
 pub mod export;
+pub mod meta_context;
 pub mod proto;
 pub mod server;
 pub mod server_negotiate;

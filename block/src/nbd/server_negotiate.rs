@@ -6,26 +6,13 @@ use std::sync::Arc;
 
 use super::channel::Channel;
 use super::export::NbdExport;
+use super::meta_context::MetaContexts;
 use super::proto::*;
 use crate::error::{Error, Result};
 use crate::trace;
 
 /// Option data the server reads into memory; larger options are skipped and refused.
 const MAX_OPTION_DATA: u32 = 64 << 10;
-
-/// The metadata contexts NBD_CMD_BLOCK_STATUS reports.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MetaContexts {
-    /// `base:allocation`: holes and zeroes.
-    pub base_allocation: bool,
-    /// `qemu:allocation-depth`: which backing layer holds the data.
-    pub allocation_depth: bool,
-}
-
-/// The context id of base:allocation (QEMU's NBD_META_ID_BASE_ALLOCATION).
-pub const META_ID_BASE_ALLOCATION: u32 = 0;
-/// The context id of qemu:allocation-depth.
-pub const META_ID_ALLOCATION_DEPTH: u32 = 1;
 
 /// What a successful handshake settled.
 #[derive(Clone, Copy, Debug)]
@@ -303,30 +290,15 @@ impl Haggle<'_> {
         if name != self.export.name() {
             return self.unknown_export(option, name).await;
         }
+        let list = !set;
         let mut found = MetaContexts::default();
-        let depth_offered = self.export.allocation_depth();
-        if queries.is_empty() && !set {
-            found.base_allocation = true;
-            found.allocation_depth = depth_offered;
+        if queries.is_empty() && list {
+            found = MetaContexts::all(self.export);
         }
         for q in &queries {
-            // A bare namespace lists everything in it, but selects nothing.
-            match *q {
-                "base:allocation" => found.base_allocation = true,
-                "base:" if !set => found.base_allocation = true,
-                "qemu:allocation-depth" => found.allocation_depth |= depth_offered,
-                "qemu:" if !set => found.allocation_depth |= depth_offered,
-                _ => {}
-            }
+            found.add_query(q, self.export, list);
         }
-        let mut contexts = Vec::new();
-        if found.base_allocation {
-            contexts.push((META_ID_BASE_ALLOCATION, "base:allocation"));
-        }
-        if found.allocation_depth {
-            contexts.push((META_ID_ALLOCATION_DEPTH, "qemu:allocation-depth"));
-        }
-        for (id, name) in contexts {
+        for (id, name) in found.named(self.export) {
             let mut w = WireBuf::default();
             w.u32(id).bytes(name.as_bytes());
             self.reply(option, rep::META_CONTEXT, &w.0).await?;
@@ -354,65 +326,4 @@ fn parse_name_and_list<'a, T>(
         items.push(item(&mut r)?);
     }
     (r.remaining() == 0).then_some((name, items))
-}
-
-/// A block-status payload (an effect length, then context ids): the length and the contexts
-/// it picks out of those negotiated, or None when it is malformed, repeats an id or names
-/// one not negotiated (nbd_co_block_status_payload_read).
-pub fn status_payload(data: &[u8], negotiated: MetaContexts) -> Option<(u64, MetaContexts)> {
-    if data.len() < 8 || !data.len().is_multiple_of(4) {
-        return None;
-    }
-    let length = u64::from_be_bytes(data[..8].try_into().ok()?);
-    let mut picked = MetaContexts::default();
-    for id in data[8..].chunks_exact(4) {
-        let flag = match u32::from_be_bytes(id.try_into().ok()?) {
-            META_ID_BASE_ALLOCATION if negotiated.base_allocation => &mut picked.base_allocation,
-            META_ID_ALLOCATION_DEPTH if negotiated.allocation_depth => &mut picked.allocation_depth,
-            _ => return None,
-        };
-        if std::mem::replace(flag, true) {
-            return None;
-        }
-    }
-    Some((length, picked))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn payload(length: u64, ids: &[u32]) -> Vec<u8> {
-        let mut v = length.to_be_bytes().to_vec();
-        for id in ids {
-            v.extend_from_slice(&id.to_be_bytes());
-        }
-        v
-    }
-
-    #[test]
-    fn status_payload_picks_only_negotiated_contexts_once() {
-        let both = MetaContexts {
-            base_allocation: true,
-            allocation_depth: true,
-        };
-        let depth_only = MetaContexts {
-            base_allocation: false,
-            allocation_depth: true,
-        };
-        let got = status_payload(&payload(4096, &[META_ID_ALLOCATION_DEPTH]), both);
-        assert_eq!(got, Some((4096, depth_only)));
-        assert_eq!(
-            status_payload(&payload(1, &[]), both),
-            Some((1, MetaContexts::default()))
-        );
-        // Repeated, unknown or not negotiated ids, and ragged or short payloads, are refused.
-        let twice = [META_ID_BASE_ALLOCATION, META_ID_BASE_ALLOCATION];
-        assert_eq!(status_payload(&payload(1, &twice), both), None);
-        assert_eq!(status_payload(&payload(1, &[7]), both), None);
-        let base = [META_ID_BASE_ALLOCATION];
-        assert_eq!(status_payload(&payload(1, &base), depth_only), None);
-        assert_eq!(status_payload(&payload(1, &base)[..10], both), None);
-        assert_eq!(status_payload(&[0; 4], both), None);
-    }
 }

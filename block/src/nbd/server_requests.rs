@@ -13,10 +13,12 @@ use std::rc::Rc;
 
 use super::channel::Channel;
 use super::export::NbdExport;
-use super::proto::*;
-use super::server_negotiate::{
-    status_payload, MetaContexts, Negotiated, META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION,
+use super::meta_context::{
+    allocation_extents, bitmap_extents, status_payload, ExtentArray, MetaContexts,
+    META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION, META_ID_DIRTY_BITMAP,
 };
+use super::proto::*;
+use super::server_negotiate::Negotiated;
 use crate::coroutine::{co_spawn, CoMutex, CoQueue};
 use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
@@ -412,16 +414,29 @@ impl NbdClient {
         Ok(())
     }
 
-    /// NBD_CMD_BLOCK_STATUS: one chunk per selected context, the last one DONE.
+    /// NBD_CMD_BLOCK_STATUS: one chunk per selected context, in id order, the last one
+    /// DONE (nbd_co_send_block_status, nbd_co_send_bitmap).
     async fn block_status(&self, req: &Request, contexts: MetaContexts) -> ReplyResult<()> {
+        let bs = self.export.blk().bs();
         let mut chunks = Vec::new();
-        if contexts.base_allocation {
-            let extents = self.extents(req, false).await?;
-            chunks.push((META_ID_BASE_ALLOCATION, extents));
+        for depth in [false, true] {
+            let (id, wanted) = if depth {
+                (META_ID_ALLOCATION_DEPTH, contexts.allocation_depth)
+            } else {
+                (META_ID_BASE_ALLOCATION, contexts.base_allocation)
+            };
+            if wanted {
+                let mut ea = self.extent_array(req);
+                allocation_extents(&bs, req.offset, req.length, depth, &mut ea).await?;
+                chunks.push((id, ea.into_vec()));
+            }
         }
-        if contexts.allocation_depth {
-            let extents = self.extents(req, true).await?;
-            chunks.push((META_ID_ALLOCATION_DEPTH, extents));
+        for (i, (_, bitmap)) in self.export.bitmaps().iter().enumerate() {
+            if contexts.bitmaps & (1 << i) != 0 {
+                let mut ea = self.extent_array(req);
+                bitmap_extents(bitmap, req.offset, req.length, &mut ea);
+                chunks.push((META_ID_DIRTY_BITMAP + i as u32, ea.into_vec()));
+            }
         }
         let kind = if self.extended() {
             chunk::BLOCK_STATUS_EXT
@@ -444,57 +459,20 @@ impl NbdClient {
         Ok(())
     }
 
-    /// The extents of base:allocation, or of qemu:allocation-depth with `depth`, merging
-    /// neighbours with equal flags (blockstatus_to_extents / blockalloc_to_extents).
-    async fn extents(&self, req: &Request, depth: bool) -> Result<Vec<Extent>> {
-        let bs = self.export.blk().bs();
-        let end = req.offset + req.length;
+    /// Where one context's extents collect: one with NBD_CMD_FLAG_REQ_ONE, else up to
+    /// QEMU's limit; compact replies carry 32-bit lengths.
+    fn extent_array(&self, req: &Request) -> ExtentArray {
         let max = if req.flags & cflags::REQ_ONE != 0 {
             1
         } else {
             MAX_BLOCK_STATUS_EXTENTS
         };
-        // Compact replies carry 32-bit lengths.
         let max_len = if self.extended() {
             u64::MAX
         } else {
             u32::MAX as u64
         };
-        let mut extents: Vec<Extent> = Vec::new();
-        let mut offset = req.offset;
-        while offset < end {
-            let (status, layer) = bs
-                .co_block_status_above(None, !depth, offset, end - offset)
-                .await?;
-            if status.bytes == 0 {
-                break;
-            }
-            let flags = if depth {
-                if status.flags.contains(StatusFlags::ALLOCATED) {
-                    layer + 1
-                } else {
-                    0
-                }
-            } else {
-                let mut f = 0;
-                if !status.flags.contains(StatusFlags::DATA) {
-                    f |= NBD_STATE_HOLE;
-                }
-                if status.flags.contains(StatusFlags::ZERO) {
-                    f |= NBD_STATE_ZERO;
-                }
-                f
-            };
-            let n = status.bytes.min(end - offset);
-            let full = extents.len() == max;
-            match extents.last_mut() {
-                Some(last) if last.flags == flags && last.length + n <= max_len => last.length += n,
-                _ if full => break,
-                _ => extents.push(Extent { length: n, flags }),
-            }
-            offset += n;
-        }
-        Ok(extents)
+        ExtentArray::new(max, max_len)
     }
 
     /// Sends a message whole; a failure closes the connection, which ends the reader.

@@ -49,7 +49,50 @@ fn uuid_text(id: &[u8]) -> String {
     )
 }
 
+/// Bytes of memory a loaded bitmap may take: the disk size in the header is the image's
+/// word, so a huge disk with a fine granularity is refused instead of allocated.
+const MAX_LOADED_BITMAP_BYTES: u64 = 256 << 20;
+
 impl DirtyBitmap {
+    /// Makes this bitmap one of `bs`'s dirty bitmaps, named by its UUID, its bits read
+    /// from `file` (the loading half of parallels_load_bitmap); `disk_size` in bytes.
+    pub async fn load(
+        &self,
+        bs: &BlockDriverState,
+        file: &BlockDriverState,
+        disk_size: u64,
+    ) -> Result<()> {
+        let granularity = u32::try_from(self.granularity)
+            .map_err(|_| Error::invalid("Bitmap granularity is too large"))?;
+        if disk_size.div_ceil(self.granularity).div_ceil(8) > MAX_LOADED_BITMAP_BYTES {
+            return Err(Error::invalid(format!(
+                "Bitmap '{}' is too large to load",
+                self.name
+            )));
+        }
+        let bm = bs.create_dirty_bitmap_sized(granularity, Some(&self.name), disk_size)?;
+        let coverage = bm.serialization_coverage(self.cluster_size);
+        for (i, &entry) in self.l1.iter().enumerate() {
+            let offset = i as u64 * coverage;
+            if offset >= disk_size {
+                break;
+            }
+            let count = coverage.min(disk_size - offset);
+            match entry {
+                0 => {}
+                1 => bm.deserialize_ones(offset, count),
+                sector => {
+                    let at = sector.checked_mul(512).ok_or_else(|| {
+                        Error::invalid(format!("Bitmap '{}' has a bad data offset", self.name))
+                    })?;
+                    let data = read_bytes(file, at, self.cluster_size as usize).await?;
+                    bm.deserialize_part(&data, offset, count);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the bit covering guest byte `offset` is set.
     pub async fn get(&self, file: &BlockDriverState, offset: u64) -> Result<bool> {
         let bit = offset / self.granularity;

@@ -99,6 +99,10 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         } else {
             let size = header.nb_sectors;
             bitmaps = ext::read(&file, header.ext_off * 512, header.cluster_size(), size).await?;
+            // As QEMU, they become the node's bitmaps (what `qemu-nbd -B UUID` exports).
+            for bm in &bitmaps {
+                bm.load(bs, &file, size * 512).await?;
+            }
         }
     }
     // The format cannot name a backing file; one given in the options is opened.

@@ -105,8 +105,14 @@ pub fn main(args: Vec<String>) -> i32 {
             read_only: o.read_only,
             allocation_depth: o.allocation_depth,
             multi_conn: o.shared != 1,
+            // qemu-nbd prepends each -B to its list: the last one gets the first context id.
+            bitmaps: o.bitmaps.iter().rev().cloned().collect(),
         },
     );
+    let export = match export {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
     let limit = o
         .handshake_limit
         .map_or(DEFAULT_HANDSHAKE_LIMIT, Duration::from_secs);
@@ -172,11 +178,6 @@ fn unsupported(o: &NbdOptions) -> Option<String> {
     }
     if o.tls_option("--tls-authz").is_some() {
         return Some("--tls-authz: TLS authorization is not supported by rqemu-nbd yet".into());
-    }
-    if let Some(b) = o.bitmaps.first() {
-        return Some(format!(
-            "-B {b}: exporting dirty bitmaps is not supported by rqemu-nbd yet"
-        ));
     }
     None
 }
