@@ -25,13 +25,10 @@
 # data each case moves through the cipher per wall second (best run).
 set -euo pipefail
 
-BIN=${1:-${CARGO_TARGET_DIR:-target}/release}
+BENCH_NAME=luks
+. "$(dirname "$0")/bench-common.sh"
 OURS_IMG=$BIN/rqemu-img
 OURS_IO=$BIN/rqemu-io
-DIR=$(mktemp -d "${BENCH_DIR:-/var/tmp}/rqemu-bench-luks.XXXXXX")
-REPEAT=${REPEAT:-3}
-READS=${READS:-40000}
-WRITES=${WRITES:-8192}
 SECRET=(--object secret,id=sec0,data=rqemu-bench)
 GIB=$((1 << 30))
 
@@ -58,14 +55,6 @@ measure() {
         exit 1
     fi
     awk -v a="$s0" -v b="$s1" -v c="$out" 'BEGIN{split(c, f, " "); printf "%.3f %.2f\n", b-a, f[2]+f[3]}'
-}
-
-# summary FILE: "BEST_WALL MEDIAN_CPU" of the "WALL CPU" lines in FILE.
-summary() {
-    local best med
-    best=$(cut -d' ' -f1 "$1" | sort -g | head -1)
-    med=$(cut -d' ' -f2 "$1" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-    echo "$best $med"
 }
 
 printf '%-36s %8s %8s %6s %8s %8s %6s %9s %9s\n' \

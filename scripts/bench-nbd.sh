@@ -19,13 +19,10 @@
 # server on the same image file, so both tools see the same page-cache state.
 set -euo pipefail
 
-BIN=${1:-${CARGO_TARGET_DIR:-target}/release}
+BENCH_NAME=nbd
+. "$(dirname "$0")/bench-common.sh"
 OURS_NBD=$BIN/rqemu-nbd
 OURS_IMG=$BIN/rqemu-img
-DIR=$(mktemp -d "${BENCH_DIR:-/var/tmp}/rqemu-bench-nbd.XXXXXX")
-REPEAT=${REPEAT:-3}
-READS=${READS:-40000}
-WRITES=${WRITES:-8192}
 SOCK=$DIR/nbd.sock
 URI="nbd+unix:///?socket=$SOCK"
 SERVER=""
@@ -86,14 +83,6 @@ measure() {
         cpu=$(awk '/^CPU/{printf "%.2f", $2 + $3}' <<<"$out")
     fi
     echo "$wall $cpu"
-}
-
-# summary FILE: "BEST_WALL MEDIAN_CPU" of the "WALL CPU" lines in FILE.
-summary() {
-    local best med
-    best=$(cut -d' ' -f1 "$1" | sort -g | head -1)
-    med=$(cut -d' ' -f2 "$1" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
-    echo "$best $med"
 }
 
 printf '%-38s %8s %8s %6s %8s %8s %6s\n' case ours_s qemu_s ratio ours_cpu qemu_cpu ratio
