@@ -402,8 +402,7 @@ impl NbdClient {
                 let start = offset.to_be_bytes();
                 let mut parts: Vec<&[u8]> = vec![&start];
                 parts.extend_from_slice(&qiov.slices());
-                self.send_chunk(req, done, chunk::OFFSET_DATA, &parts)
-                    .await;
+                self.send_chunk(req, done, chunk::OFFSET_DATA, &parts).await;
             }
             offset += n;
         }

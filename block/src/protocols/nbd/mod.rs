@@ -198,12 +198,7 @@ impl NbdDriver {
 
     /// Sends one command and reads its reply (nbd_co_request); a request that lost its
     /// connection is sent once more on a new one when reconnecting is allowed.
-    async fn request(
-        &self,
-        req: Request,
-        payload: &[&[u8]],
-        mut expect: Expect<'_>,
-    ) -> Result<()> {
+    async fn request(&self, req: Request, payload: &[&[u8]], mut expect: Expect<'_>) -> Result<()> {
         let mut retried = false;
         loop {
             let conn = self.connection().await?;
