@@ -4,7 +4,9 @@
 //!
 //! A [`Cipher`] is keyed once and then asked to encrypt or decrypt one sector at a time with
 //! that sector's IV, which is all disk encryption needs. The `aes` crate picks AES-NI at run
-//! time when the CPU has it; the mode crates (`cbc`, `xts-mode`) drive it a block at a time.
+//! time when the CPU has it. XTS over whole blocks and CBC decryption hand a whole sector to
+//! the cipher at once, so that AES-NI works on several blocks in parallel; CBC encryption is
+//! a chain and goes a block at a time (`cbc`), as does XTS ciphertext stealing (`xts-mode`).
 
 use cipher::generic_array::GenericArray;
 use cipher::inout::InOutBuf;
