@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::task::{Poll, Waker};
 
-use event_listener::Event;
+use event_listener::{Event, IntoNotification};
 
 use crate::aio::AioContext;
 
@@ -72,6 +72,13 @@ impl CoQueue {
     /// Wakes every waiting coroutine (qemu_co_queue_restart_all).
     pub fn restart_all(&self) {
         self.event.notify(usize::MAX);
+    }
+
+    /// Wakes one more waiting coroutine (qemu_co_queue_next): each call wakes another
+    /// waiter, even while one woken earlier has not run yet, so that a resource freed
+    /// twice is offered to two waiters.
+    pub fn restart_one(&self) {
+        self.event.notify(1.additional());
     }
 }
 

@@ -163,8 +163,13 @@ impl Shared {
             drop(q);
             self.spawn_worker();
         } else {
+            // A busy worker takes the job when it looks for the next one; waking costs a
+            // futex call per request, so only when a worker is actually waiting.
+            let waiting = q.idle > 0;
             drop(q);
-            self.work_ready.notify_one();
+            if waiting {
+                self.work_ready.notify_one();
+            }
         }
     }
 

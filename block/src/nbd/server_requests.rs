@@ -286,7 +286,7 @@ impl NbdClient {
             cmd::READ => return self.read(req).await,
             cmd::BLOCK_STATUS => return self.block_status(req, contexts).await,
             cmd::WRITE => {
-                let qiov = IoVector::from_slice(&payload);
+                let qiov = IoVector::from_vec(payload);
                 blk.co_pwritev(req.offset, &qiov, fua).await?;
             }
             cmd::WRITE_ZEROES => {
@@ -320,7 +320,7 @@ impl NbdClient {
         let end = req.offset + req.length;
         while offset < end {
             let n = (end - offset).min(NBD_MAX_BUFFER_SIZE as u64);
-            let qiov = IoVector::alloc(n as usize);
+            let qiov = IoVector::alloc_for_read(n as usize);
             self.export
                 .blk()
                 .co_preadv(offset, &qiov, RequestFlags::empty())
@@ -336,21 +336,22 @@ impl NbdClient {
         let blk = self.export.blk();
         let sparse = self.mode >= Mode::Structured && req.flags & cflags::DF == 0;
         if !sparse || req.length == 0 {
-            let qiov = IoVector::alloc(req.length as usize);
+            let qiov = IoVector::alloc_for_read(req.length as usize);
             blk.co_preadv(req.offset, &qiov, RequestFlags::empty())
                 .await?;
-            let data = qiov.to_vec();
+            // The reply goes out of the read's own buffer, with no copy.
+            let data = qiov.slices();
             if self.mode == Mode::Simple {
-                self.send(&[&simple_reply(0, req.cookie), &data]).await;
+                let head = simple_reply(0, req.cookie);
+                let mut parts: Vec<&[u8]> = vec![&head];
+                parts.extend_from_slice(&data);
+                self.send(&parts).await;
             } else {
                 let offset = req.offset.to_be_bytes();
-                self.send_chunk(
-                    req,
-                    NBD_REPLY_FLAG_DONE,
-                    chunk::OFFSET_DATA,
-                    &[&offset, &data],
-                )
-                .await;
+                let mut parts: Vec<&[u8]> = vec![&offset];
+                parts.extend_from_slice(&data);
+                self.send_chunk(req, NBD_REPLY_FLAG_DONE, chunk::OFFSET_DATA, &parts)
+                    .await;
             }
             return Ok(());
         }
@@ -384,7 +385,7 @@ impl NbdClient {
                 self.send_chunk(req, done, chunk::OFFSET_HOLE, &[&w.0])
                     .await;
             } else {
-                let qiov = IoVector::alloc(n as usize);
+                let qiov = IoVector::alloc_for_read(n as usize);
                 blk.co_preadv(offset, &qiov, RequestFlags::empty())
                     .await
                     .map_err(|e| {
@@ -400,14 +401,10 @@ impl NbdClient {
                     offset,
                     n
                 );
-                let data = qiov.to_vec();
-                self.send_chunk(
-                    req,
-                    done,
-                    chunk::OFFSET_DATA,
-                    &[&offset.to_be_bytes(), &data],
-                )
-                .await;
+                let start = offset.to_be_bytes();
+                let mut parts: Vec<&[u8]> = vec![&start];
+                parts.extend_from_slice(&qiov.slices());
+                self.send_chunk(req, done, chunk::OFFSET_DATA, &parts).await;
             }
             offset += n;
         }

@@ -189,12 +189,9 @@ impl BlockDriver for LuksDriver {
                 .co_encdec(at, data, Direction::Encrypt)
                 .await?;
             let flags = flags & RequestFlags::FUA;
-            file.co_pwritev(
-                self.payload_offset + at,
-                &IoVector::from_slice(&data),
-                flags,
-            )
-            .await?;
+            // The ciphertext buffer itself goes down, with no second copy.
+            file.co_pwritev(self.payload_offset + at, &IoVector::from_vec(data), flags)
+                .await?;
         }
         Ok(())
     }

@@ -144,7 +144,7 @@ impl Qcow2 {
         match &self.crypto {
             Some(crypto) => {
                 let sealed = crypto.encrypt(host, guest, data.to_vec()).await?;
-                Ok(IoVector::from_slice(&sealed))
+                Ok(IoVector::from_vec(sealed))
             }
             None => Ok(data),
         }

@@ -11,7 +11,7 @@
 mod create;
 mod posix;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -82,6 +82,11 @@ pub struct FileDriver {
     aio: AioMode,
     direct: bool,
     alignment: u32,
+    /// The last data extent SEEK_DATA/SEEK_HOLE found, `start..end` (QEMU's
+    /// BlockStatusCache): a request inside it is data without two more lseeks, which
+    /// otherwise cost an NBD server a tenth of its time serving small reads. Writes only
+    /// add data, so just discard, write-zeroes and truncate forget it.
+    data_extent: Cell<Option<(u64, u64)>>,
 }
 
 /// The path of a `proto:path` filename (raw_parse_filename, hdev_parse_filename). A path
@@ -159,7 +164,18 @@ pub(super) async fn open(
         aio: flags.aio,
         direct: flags.cache.direct,
         alignment,
+        data_extent: Cell::new(None),
     }))
+}
+
+/// Forgets the cached data extent when dropped: at the end of an operation that may make
+/// holes, however it ends.
+struct ForgetExtent<'a>(&'a Cell<Option<(u64, u64)>>);
+
+impl Drop for ForgetExtent<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 /// What a tool's open holds and shares (blk_new_open with BDRV_O_NO_SHARE unless -U).
@@ -322,6 +338,9 @@ impl BlockDriver for FileDriver {
         flags: RequestFlags,
     ) -> Result<()> {
         let may_unmap = flags.contains(RequestFlags::MAY_UNMAP);
+        // Forgotten before (a hole may be punched) and after (a status taken meanwhile).
+        self.data_extent.set(None);
+        let _forget = ForgetExtent(&self.data_extent);
         self.blocking(move |fd| {
             let size = file_size(fd)?;
             if may_unmap && offset + bytes <= size {
@@ -336,6 +355,8 @@ impl BlockDriver for FileDriver {
     }
 
     async fn co_pdiscard(&self, _bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        self.data_extent.set(None);
+        let _forget = ForgetExtent(&self.data_extent);
         self.blocking(move |fd| {
             fallocate(
                 fd,
@@ -385,6 +406,11 @@ impl BlockDriver for FileDriver {
         if !want_zero {
             return Ok(data_at(bytes));
         }
+        if let Some((start, end)) = self.data_extent.get() {
+            if (start..end).contains(&offset) {
+                return Ok(data_at((end - offset).min(bytes)));
+            }
+        }
         let fd = self.fd().as_raw_fd();
         // SAFETY: lseek on our own descriptor.
         let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
@@ -405,6 +431,7 @@ impl BlockDriver for FileDriver {
             // A data extent ends in the middle of a request-alignment block only at a
             // partial block at EOF: it counts whole, as a read of it would (QEMU rounds up).
             let len = (hole as u64 - offset).next_multiple_of(self.alignment as u64);
+            self.data_extent.set(Some((offset, offset + len)));
             (StatusFlags::DATA, len.min(bytes))
         };
         let mut s = BlockStatus::new(flags | StatusFlags::OFFSET_VALID, len);
@@ -419,6 +446,8 @@ impl BlockDriver for FileDriver {
         _exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
+        self.data_extent.set(None);
+        let _forget = ForgetExtent(&self.data_extent);
         self.blocking(move |fd| regular_truncate(fd, offset, prealloc))
             .await
     }

@@ -48,8 +48,13 @@ pub struct Connection {
     pub info: ExportInfo,
     send_lock: CoMutex<()>,
     slots: RefCell<Vec<Slot>>,
-    /// Signalled when a slot frees up, a header is handed over, or the connection breaks.
-    changed: CoQueue,
+    /// Requests waiting for a free slot: one is woken per slot freed.
+    slot_free: CoQueue,
+    /// Per slot, the request waiting for its reply header: the reader wakes just that one
+    /// (QEMU wakes the request's own coroutine), not every request in flight.
+    replies: Vec<CoQueue>,
+    /// The reader, waiting for a request to finish with the chunk it was handed.
+    reader_wake: CoQueue,
     /// Set once the connection is unusable; every request then fails with this errno.
     broken: Cell<Option<i32>>,
 }
@@ -62,7 +67,9 @@ impl Connection {
             info,
             send_lock: CoMutex::new(()),
             slots: RefCell::new((0..MAX_NBD_REQUESTS).map(|_| Slot::default()).collect()),
-            changed: CoQueue::new(),
+            slot_free: CoQueue::new(),
+            replies: (0..MAX_NBD_REQUESTS).map(|_| CoQueue::new()).collect(),
+            reader_wake: CoQueue::new(),
             broken: Cell::new(None),
         });
         let reader = conn.clone();
@@ -78,7 +85,7 @@ impl Connection {
     /// Sends a request with its payload (for WRITE) and returns its cookie; the caller then
     /// reads its reply with [`Connection::next_header`] and must end with [`Connection::finish`].
     pub async fn send(&self, mut req: Request, payload: &[&[u8]]) -> Result<u64> {
-        self.changed
+        self.slot_free
             .wait_while(|| !self.is_broken() && self.slots.borrow().iter().all(|s| s.in_use))
             .await;
         self.check()?;
@@ -117,7 +124,7 @@ impl Connection {
     /// call [`Connection::chunk_done`].
     pub async fn next_header(&self, cookie: u64) -> Result<ReplyHeader> {
         let index = cookie as usize - 1;
-        self.changed
+        self.replies[index]
             .wait_while(|| !self.is_broken() && self.slots.borrow()[index].header.is_none())
             .await;
         if let Some(h) = self.slots.borrow()[index].header {
@@ -139,7 +146,7 @@ impl Connection {
     /// The request has consumed its chunk: the reader may read the next header.
     pub fn chunk_done(&self, cookie: u64) {
         self.slots.borrow_mut()[cookie as usize - 1].header = None;
-        self.changed.restart_all();
+        self.reader_wake.restart_all();
     }
 
     /// The request is over; its slot is free again.
@@ -147,7 +154,8 @@ impl Connection {
         let mut slots = self.slots.borrow_mut();
         slots[cookie as usize - 1] = Slot::default();
         drop(slots);
-        self.changed.restart_all();
+        self.reader_wake.restart_all();
+        self.slot_free.restart_one();
     }
 
     /// Marks the connection broken because the server broke the protocol; the request
@@ -197,7 +205,11 @@ impl Connection {
             self.broken.set(Some(errno));
             self.ch.shutdown();
         }
-        self.changed.restart_all();
+        self.slot_free.restart_all();
+        self.reader_wake.restart_all();
+        for q in &self.replies {
+            q.restart_all();
+        }
     }
 
     /// The reader coroutine: hands every reply header to its request until the connection
@@ -219,8 +231,8 @@ impl Connection {
                 break;
             }
             self.slots.borrow_mut()[index].header = Some(h);
-            self.changed.restart_all();
-            self.changed
+            self.replies[index].restart_all();
+            self.reader_wake
                 .wait_while(|| !self.is_broken() && self.slots.borrow()[index].header.is_some())
                 .await;
         }

@@ -198,11 +198,11 @@ impl NbdDriver {
 
     /// Sends one command and reads its reply (nbd_co_request); a request that lost its
     /// connection is sent once more on a new one when reconnecting is allowed.
-    async fn request(&self, req: Request, payload: &[u8], mut expect: Expect<'_>) -> Result<()> {
+    async fn request(&self, req: Request, payload: &[&[u8]], mut expect: Expect<'_>) -> Result<()> {
         let mut retried = false;
         loop {
             let conn = self.connection().await?;
-            let r = match conn.send(req, &[payload]).await {
+            let r = match conn.send(req, payload).await {
                 Ok(cookie) => receive(&conn, cookie, expect_again(&mut expect)).await,
                 Err(e) => Err(e),
             };
@@ -295,9 +295,9 @@ impl BlockDriver for NbdDriver {
         if flags.contains(RequestFlags::FUA) {
             f |= cflags::FUA;
         }
-        let data = qiov.to_vec();
-        let req = command(cmd::WRITE, f, offset, data.len() as u64);
-        self.request(req, &data, Expect::Nothing).await
+        // The payload goes out of the caller's buffer itself, with no copy.
+        let req = command(cmd::WRITE, f, offset, qiov.len() as u64);
+        self.request(req, &qiov.slices(), Expect::Nothing).await
     }
 
     async fn co_pwrite_zeroes(
