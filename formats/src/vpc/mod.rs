@@ -226,7 +226,14 @@ impl Table {
             let entries = self.entries.borrow();
             let end = (first + 128).min(entries.len());
             (first..end)
-                .flat_map(|i| if i == block as usize { entry } else { entries[i] }.to_be_bytes())
+                .flat_map(|i| {
+                    if i == block as usize {
+                        entry
+                    } else {
+                        entries[i]
+                    }
+                    .to_be_bytes()
+                })
                 .collect()
         };
         let sector_at = self.header.table_offset + first as u64 * 4;
