@@ -16,21 +16,13 @@
 # Output: one row per case: best wall-clock seconds, the CPU seconds (user + system) of that
 # run, throughput, and the ratio QEMU's time / ours (> 1: ours faster).
 set -euo pipefail
-BENCH_NAME=bench-convert.sh
 . "$(dirname "$0")/bench-lib.sh"
-
-OURS=${1:-${CARGO_TARGET_DIR:-target}/release/rqemu-img}
-QEMU=${2:-/usr/bin/qemu-img}
-DIR=${BENCH_DIR:-/var/tmp}
-REPEAT=${REPEAT:-3}
-CONVERT_CACHE=${CONVERT_CACHE:-none}
+bench_tools bench-convert.sh "$@"
 FORMATS=${FORMATS:-vmdk vhdx vpc vdi qed}
 P=$DIR/rqemu-bench-convert-$$
 MIXED=$P-mixed.raw # the source of every "into" case
 OUT=$P-out         # convert target
 
-[ -x "$OURS" ] || { echo "bench-convert.sh: $OURS not built (cargo build --release)" >&2; exit 2; }
-[ -x "$QEMU" ] || { echo "bench-convert.sh: $QEMU missing" >&2; exit 2; }
 trap 'rm -f "$P"-*' EXIT
 
 mixed_image "$MIXED"

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Shared pieces of the image benchmarks (bench-qcow2.sh, bench-convert.sh), sourced by them:
 # the deterministic 1 GiB "mixed data" image, timing one command, and one result row that
-# runs ours and QEMU's tool alternately. The caller sets OURS, QEMU, REPEAT and BENCH_NAME.
+# runs ours and QEMU's tool alternately. The caller starts with bench_tools.
 #
 # The mixed image is made 1 MiB chunk by chunk, chunk i by i % 8:
 #   0, 1  random bytes (a fixed-seed PRNG: incompressible)
@@ -10,6 +10,20 @@
 #   5, 6  text: numbered lines of prose (compresses about 5:1 with zlib)
 #   7     4 KiB blocks alternating random / zero
 # so about 31% random, 25% text, 12.5% written zeroes and 25% holes.
+
+# bench_tools NAME [RQEMU_IMG [QEMU_IMG]]: sets BENCH_NAME, OURS and QEMU (the script's
+# arguments, with their defaults), DIR, REPEAT and CONVERT_CACHE (from BENCH_DIR, REPEAT and
+# CONVERT_CACHE), and checks that both tools are there.
+bench_tools() {
+  BENCH_NAME=$1
+  OURS=${2:-${CARGO_TARGET_DIR:-target}/release/rqemu-img}
+  QEMU=${3:-/usr/bin/qemu-img}
+  DIR=${BENCH_DIR:-/var/tmp}
+  REPEAT=${REPEAT:-3}
+  CONVERT_CACHE=${CONVERT_CACHE:-none}
+  [ -x "$OURS" ] || { echo "$BENCH_NAME: $OURS not built (cargo build --release)" >&2; exit 2; }
+  [ -x "$QEMU" ] || { echo "$BENCH_NAME: $QEMU missing" >&2; exit 2; }
+}
 
 # mixed_image FILE: writes the 1 GiB mixed raw image.
 mixed_image() {

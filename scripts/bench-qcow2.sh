@@ -19,16 +19,10 @@
 # Output: one row per case: best wall-clock seconds, the CPU seconds (user + system) of that
 # run, throughput, and the ratio ours/QEMU in throughput (QEMU's time / ours; > 1: faster).
 set -euo pipefail
-BENCH_NAME=bench-qcow2.sh
 . "$(dirname "$0")/bench-lib.sh"
-
-OURS=${1:-${CARGO_TARGET_DIR:-target}/release/rqemu-img}
-QEMU=${2:-/usr/bin/qemu-img}
-DIR=${BENCH_DIR:-/var/tmp}
-REPEAT=${REPEAT:-3}
+bench_tools bench-qcow2.sh "$@"
 READS=${READS:-75000}
 WRITES=${WRITES:-16384}
-CONVERT_CACHE=${CONVERT_CACHE:-none}
 P=$DIR/rqemu-bench-qcow2-$$
 FULL=$P-full.qcow2    # fully written, for reads
 EMPTY=$P-empty.qcow2  # recreated before every allocating-write run
@@ -36,8 +30,6 @@ MIXED=$P-mixed.raw    # the convert source
 MIXEDQ=$P-mixed.qcow2 # the same data as qcow2 (made by qemu-img), for qcow2->raw
 OUT=$P-out            # convert target
 
-[ -x "$OURS" ] || { echo "bench-qcow2.sh: $OURS not built (cargo build --release)" >&2; exit 2; }
-[ -x "$QEMU" ] || { echo "bench-qcow2.sh: $QEMU missing" >&2; exit 2; }
 trap 'rm -f "$FULL" "$EMPTY" "$MIXED" "$MIXEDQ" "$OUT"' EXIT
 
 # The fully written image: every cluster allocated, with non-zero data.
