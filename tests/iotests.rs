@@ -338,9 +338,8 @@ const PARALLELS: &[&str] = &[
     "regression-vhdx-log",
 ];
 
-/// Issue #15's vmdk census: 36 of the 39 tests the reference passes with its tools (059
-/// and 110 open images through the quorum driver, which rqemu does not have; 126 differs
-/// for every format in how a `file:`-prefixed image name is shown).
+/// Issue #15's vmdk census: 37 of the 39 tests the reference passes with its tools (059
+/// and 110 open images through the quorum driver, which rqemu does not have).
 const VMDK: &[&str] = &[
     "001",
     "002",
@@ -369,6 +368,7 @@ const VMDK: &[&str] = &[
     "104",
     "105",
     "111",
+    "126",
     "159",
     "170",
     "174",
@@ -380,9 +380,8 @@ const VMDK: &[&str] = &[
     "regression-vhdx-log",
 ];
 
-/// Issue #15's qcow (version 1) census: 42 of the 44 tests the reference passes with its
-/// tools (110 opens an image through quorum; 126 differs for every format in how a
-/// `file:`-prefixed image name is shown).
+/// Issue #15's qcow (version 1) census: 43 of the 44 tests the reference passes with its
+/// tools (110 opens an image through quorum).
 const QCOW: &[&str] = &[
     "001",
     "002",
@@ -415,6 +414,7 @@ const QCOW: &[&str] = &[
     "097",
     "104",
     "111",
+    "126",
     "134",
     "158",
     "159",

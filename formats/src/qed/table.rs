@@ -18,6 +18,8 @@ use crate::image_file::{read_bytes, write_bytes};
 
 /// L2 entry of a cluster that reads as zeroes (QED_ZERO_CLUSTER).
 pub const ZERO_CLUSTER: u64 = 1;
+/// Bytes of the file's sectors: table updates write whole ones.
+const SECTOR: u64 = 512;
 /// L2 tables kept in memory at most (the L2 cache).
 const L2_CACHE_TABLES: usize = 64;
 
@@ -195,7 +197,16 @@ impl Tables {
         let table_at = self.l1[l1i];
         let table = self.l2(l1i).await?.expect("L1 entry is set");
         table[l2i..l2i + count as usize].copy_from_slice(&new_entries);
-        write_bytes(&self.file, table_at + l2i as u64 * 8, &encode(&new_entries)).await
+        // Whole sectors of the cached table, as qed_write_table: an 8-byte write would make
+        // the layer below read the sector back first.
+        let per_sector = SECTOR as usize / 8;
+        let first = l2i / per_sector * per_sector;
+        let end = (l2i + count as usize)
+            .div_ceil(per_sector)
+            .saturating_mul(per_sector)
+            .min(table.len());
+        let bytes = encode(&table[first..end]);
+        write_bytes(&self.file, table_at + first as u64 * 8, &bytes).await
     }
 
     /// Reserves `clusters` clusters at the end of the file (qed_alloc_clusters).

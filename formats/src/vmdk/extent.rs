@@ -318,13 +318,29 @@ impl Extent {
     /// Points a grain table entry (and its redundant copy) at `value`, stably
     /// (vmdk_L2update).
     pub async fn update_l2(&mut self, slot: &Slot, value: u32) -> Result<()> {
-        let bytes = value.to_le_bytes();
-        let at = slot.l2_offset * 512 + slot.l2_index as u64 * 4;
         self.file.debug_event(BlkdbgEvent::L2Update).await;
-        write_bytes(&self.file, at, &bytes).await?;
+        // With the table cached, the entry's whole sector goes out from the cache: a 4-byte
+        // write would make the layer below read the sector back first. The redundant table
+        // mirrors the primary one, so the same sector serves both.
+        let (first, bytes) = match self.l2_cache.get_mut(slot.l2_offset) {
+            Some(table) => {
+                let old = std::mem::replace(&mut table[slot.l2_index], value as u64);
+                let first = slot.l2_index / 128 * 128;
+                let end = (first + 128).min(table.len());
+                let bytes: Vec<u8> = table[first..end]
+                    .iter()
+                    .flat_map(|&e| (e as u32).to_le_bytes())
+                    .collect();
+                // Until the write lands the file still holds the old entry.
+                table[slot.l2_index] = old;
+                (first, bytes)
+            }
+            None => (slot.l2_index, value.to_le_bytes().to_vec()),
+        };
+        write_bytes(&self.file, slot.l2_offset * 512 + first as u64 * 4, &bytes).await?;
         if let Some(backup) = &self.l1_backup_table {
             let l2 = backup.get(slot.l1_index).copied().unwrap_or(0) as u64;
-            write_bytes(&self.file, l2 * 512 + slot.l2_index as u64 * 4, &bytes).await?;
+            write_bytes(&self.file, l2 * 512 + first as u64 * 4, &bytes).await?;
         }
         self.file.co_flush().await?;
         if let Some(table) = self.l2_cache.get_mut(slot.l2_offset) {

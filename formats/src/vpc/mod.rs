@@ -219,8 +219,25 @@ impl Table {
         let end = at + self.header.bitmap_size() + self.header.block_size as u64;
         write_bytes(file, end, footer).await?;
         self.free_offset.set(end);
-        let entry_at = self.header.table_offset + block * 4;
-        write_bytes(file, entry_at, &entry.to_be_bytes()).await?;
+        // The entry's whole sector of the table: a 4-byte write would make the layer below
+        // read the sector back first.
+        let first = block as usize / 128 * 128;
+        let sector: Vec<u8> = {
+            let entries = self.entries.borrow();
+            let end = (first + 128).min(entries.len());
+            (first..end)
+                .flat_map(|i| {
+                    if i == block as usize {
+                        entry
+                    } else {
+                        entries[i]
+                    }
+                    .to_be_bytes()
+                })
+                .collect()
+        };
+        let sector_at = self.header.table_offset + first as u64 * 4;
+        write_bytes(file, sector_at, &sector).await?;
         file.co_flush().await?;
         self.entries.borrow_mut()[block as usize] = entry;
         Ok(())
