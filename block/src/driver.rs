@@ -194,30 +194,7 @@ pub struct CheckFix {
     pub errors: bool,
 }
 
-/// The outcome of a consistency check (QEMU's BdrvCheckResult + BlockFragInfo).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CheckResult {
-    /// Errors that make the image unsafe to use.
-    pub corruptions: u64,
-    /// Clusters allocated but not referenced.
-    pub leaks: u64,
-    /// Errors that prevented checking parts of the image.
-    pub check_errors: u64,
-    /// Corruptions repaired.
-    pub corruptions_fixed: u64,
-    /// Leaks repaired.
-    pub leaks_fixed: u64,
-    /// Offset of the end of the image's used data, 0 if unknown.
-    pub image_end_offset: u64,
-    /// Clusters in the virtual disk.
-    pub total_clusters: u64,
-    /// Clusters allocated.
-    pub allocated_clusters: u64,
-    /// Allocated clusters not contiguous with their predecessor.
-    pub fragmented_clusters: u64,
-    /// Compressed clusters.
-    pub compressed_clusters: u64,
-}
+pub use crate::driver_check::CheckResult;
 
 /// The child a filter passes a request to, or why a driver that is not a filter and did
 /// not implement the request cannot serve it.
@@ -514,6 +491,31 @@ pub trait BlockDriver {
         _name: &str,
     ) -> Result<()> {
         Ok(())
+    }
+
+    /// Checks new options for a reopen, taking those the driver applies, and stages the
+    /// change (bdrv_reopen_prepare); None: the driver cannot be reopened.
+    async fn reopen_prepare(
+        &self,
+        _bs: &BlockDriverState,
+        _opts: &mut Options,
+        _flags: crate::node::OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        self.reopen_keeps_options().then(|| Ok(Box::new(()) as Box<dyn std::any::Any>))
+    }
+
+    /// Whether a reopen that changes none of the driver's own options is accepted (a
+    /// bdrv_reopen_prepare that only returns 0), when `reopen_prepare` is not implemented.
+    fn reopen_keeps_options(&self) -> bool {
+        false
+    }
+
+    /// Applies what `reopen_prepare` staged (bdrv_reopen_commit).
+    async fn reopen_commit(&self, _bs: &BlockDriverState, _staged: Box<dyn std::any::Any>) {}
+
+    /// Options a reopen may leave out to reset them to their defaults (mutable_opts).
+    fn mutable_opts(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// Writes back state before the node goes away (bdrv_close).

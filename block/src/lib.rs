@@ -21,6 +21,7 @@ pub mod crypto;
 pub mod debug_event;
 pub mod dirty_bitmap;
 pub mod driver;
+pub mod driver_check;
 pub mod error;
 pub mod filters;
 pub mod graph;

@@ -6,7 +6,7 @@
 //! of nodes is opened is [`crate::open`].
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use crate::coroutine::InFlight;
 use crate::debug_event::BlkdbgEvent;
@@ -141,10 +141,23 @@ pub struct BlockDriverState {
     node_name: String,
     filename: RefCell<String>,
     read_only: Cell<bool>,
+    /// The options the node was opened (or last reopened) with, its children's left out
+    /// (bs->explicit_options): what a reopen compares new options against.
+    pub(crate) explicit_options: RefCell<crate::options::Options>,
+    /// The parent that opened this node as its child (bs->inherits_from); a reopen of the
+    /// parent passes its child options only to the children it opened itself.
+    pub(crate) inherits_from: RefCell<Weak<BlockDriverState>>,
+    /// Opened by a parent and not yet claimed by it (set by the child opens, taken by
+    /// the parent when it records `inherits_from`).
+    pub(crate) opened_as_child: Cell<bool>,
+    /// A filter a job inserted without a user-given name (bs->implicit).
+    pub(crate) implicit: Cell<bool>,
+    /// Child roles frozen by a job (BdrvChild.frozen): a reopen may not change them.
+    pub(crate) frozen: RefCell<Vec<String>>,
     /// Every read copies what it finds unallocated into this node (bs->copy_on_read).
     pub(crate) copy_on_read: Cell<bool>,
-    flags: OpenFlags,
-    pub(crate) detect_zeroes: DetectZeroes,
+    flags: Cell<OpenFlags>,
+    pub(crate) detect_zeroes: Cell<DetectZeroes>,
     children: RefCell<Vec<BdrvChild>>,
     pub(crate) probed: Cell<bool>,
     pub(crate) limits: Cell<BlockLimits>,
@@ -178,9 +191,14 @@ impl BlockDriverState {
             node_name,
             filename: RefCell::new(filename),
             read_only: Cell::new(flags.read_only),
+            explicit_options: RefCell::new(crate::options::Options::new()),
+            inherits_from: RefCell::new(Weak::new()),
+            opened_as_child: Cell::new(false),
+            implicit: Cell::new(false),
+            frozen: RefCell::new(Vec::new()),
             copy_on_read: Cell::new(false),
-            flags,
-            detect_zeroes,
+            flags: Cell::new(flags),
+            detect_zeroes: Cell::new(detect_zeroes),
             children: RefCell::new(Vec::new()),
             probed: Cell::new(false),
             limits: Cell::new(BlockLimits::default()),
@@ -240,7 +258,7 @@ impl BlockDriverState {
 
     /// The detect-zeroes mode writes to this node use.
     pub fn detect_zeroes(&self) -> DetectZeroes {
-        self.detect_zeroes
+        self.detect_zeroes.get()
     }
 
     /// Whether the node is read-only.
@@ -256,7 +274,24 @@ impl BlockDriverState {
 
     /// The flags the node was opened with.
     pub fn open_flags(&self) -> OpenFlags {
-        self.flags
+        self.flags.get()
+    }
+
+    /// Applies the flags and read-only state a committed reopen decided on.
+    pub(crate) fn set_open_flags(&self, flags: OpenFlags, detect_zeroes: DetectZeroes) {
+        self.flags.set(flags);
+        self.read_only.set(flags.read_only);
+        self.detect_zeroes.set(detect_zeroes);
+    }
+
+    /// Whether a job inserted this filter without a user-given name (bs->implicit).
+    pub fn is_implicit(&self) -> bool {
+        self.implicit.get()
+    }
+
+    /// Marks a job's filter as implicit (no user-given node name).
+    pub fn set_implicit(&self, implicit: bool) {
+        self.implicit.set(implicit);
     }
 
     /// Request limits.

@@ -13,6 +13,7 @@
 pub mod blockers;
 pub mod drain;
 pub mod permissions;
+pub mod reopen;
 pub mod replace;
 
 use std::cell::{Cell, RefCell};

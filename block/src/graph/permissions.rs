@@ -61,6 +61,39 @@ pub struct PermClaim {
     shared: Perm,
 }
 
+impl PermClaim {
+    /// The claim a parent node holds on a child in `role` (a BdrvChild's permissions).
+    pub(crate) fn node(parent: &str, role: &str, perm: Perm, shared: Perm) -> PermClaim {
+        PermClaim {
+            id: 0,
+            user: format!("node '{parent}'"),
+            child: role.to_string(),
+            perm,
+            shared,
+        }
+    }
+
+    /// The permissions the user needs.
+    pub(crate) fn perm(&self) -> Perm {
+        self.perm
+    }
+}
+
+/// Checks a claim about to be taken on `bs` against `links` (the other parents' claims)
+/// and the claims held on it, as `claim` does (bdrv_check_perm for a new child link).
+pub(crate) fn check_new_claim(
+    bs: &BlockDriverState,
+    new: &PermClaim,
+    links: &[PermClaim],
+) -> Result<()> {
+    let node = bs.node_name();
+    for held in links.iter().chain(bs.graph.perms.borrow().iter()) {
+        a_allows_b(node, new, held)?;
+        a_allows_b(node, held, new)?;
+    }
+    Ok(())
+}
+
 thread_local! {
     static NEXT_CLAIM: Cell<u64> = const { Cell::new(1) };
 }

@@ -80,14 +80,18 @@ pub async fn insert(
     node_name: Option<String>,
     observer: Option<Rc<dyn WriteObserver>>,
 ) -> Result<Rc<BlockDriverState>> {
-    crate::graph::replace::insert_filter(
+    let implicit = node_name.is_none();
+    let filter = crate::graph::replace::insert_filter(
         bs,
         class,
         node_name,
         "backing",
         Box::new(TopFilter::new(observer)),
     )
-    .await
+    .await?;
+    // Without a user-given name the filter is the job's own, hidden from the user.
+    filter.set_implicit(implicit);
+    Ok(filter)
 }
 
 #[async_trait(?Send)]
@@ -132,6 +136,10 @@ impl BlockDriver for TopFilter {
     }
 
     fn is_filter(&self) -> bool {
+        true
+    }
+
+    fn reopen_keeps_options(&self) -> bool {
         true
     }
 

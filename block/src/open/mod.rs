@@ -106,6 +106,7 @@ pub(crate) fn open_node(
             filename = options.take("filename");
         }
         let ancestors = options.take(BACKING_ANCESTORS_KEY);
+        let mut explicit = options.clone();
         apply_flag_defaults(&mut options, &flags);
         let (flags, detect_zeroes) = take_generic_options(&mut options, flags)?;
         let node_name = match options.take("node-name") {
@@ -182,6 +183,15 @@ pub(crate) fn open_node(
         assert!(bs.drv.set(drv).is_ok());
         bs.limits.set(bs.drv().refresh_limits(&bs));
         bs.refresh_total_bytes().await?;
+        // The children keep their own options; the ones opened here inherit from `bs`.
+        for c in bs.children() {
+            explicit.extract_prefix(&c.name);
+            explicit.take(&c.name);
+            if c.bs.opened_as_child.take() {
+                *c.bs.inherits_from.borrow_mut() = Rc::downgrade(&bs);
+            }
+        }
+        *bs.explicit_options.borrow_mut() = explicit;
         crate::graph::register(&bs);
         Ok(bs)
     })
@@ -245,7 +255,9 @@ pub async fn open_protocol_child(
         };
         child_opts.set("driver", class.format_name);
     }
-    open_node(child_name, child_opts, flags, false).await
+    let bs = open_node(child_name, child_opts, flags, false).await?;
+    bs.opened_as_child.set(true);
+    Ok(bs)
 }
 
 /// Children inherit the generic options their parent was given explicitly.
@@ -307,6 +319,7 @@ pub async fn bdrv_open_backing(
     let bs = open_node(Some(path.clone()), options, flags, true)
         .await
         .map_err(|e| e.context("Could not open backing file: "))?;
+    bs.opened_as_child.set(true);
     Ok(bs)
 }
 

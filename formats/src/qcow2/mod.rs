@@ -500,6 +500,23 @@ impl BlockDriver for Qcow2 {
         self.remove_persistent_dirty_bitmap(name).await
     }
 
+    async fn reopen_prepare(
+        &self,
+        bs: &BlockDriverState,
+        opts: &mut Options,
+        flags: block::OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        Some(open::reopen_prepare(self, bs, opts, flags).await)
+    }
+
+    async fn reopen_commit(&self, _bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
+        open::reopen_commit(self, staged).await;
+    }
+
+    fn mutable_opts(&self) -> &'static [&'static str] {
+        open::MUTABLE_OPTS
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

@@ -83,12 +83,12 @@ pub async fn blockdev_add(args: Args) -> CmdResult {
 }
 
 /// Whether anything but the monitor holds `bs`: a drive or a parent node.
-fn in_use(bs: &Rc<BlockDriverState>) -> bool {
+pub(super) fn in_use(bs: &Rc<BlockDriverState>) -> bool {
     drives::backend_of(bs).is_some() || !block::graph::node_parents(bs).is_empty()
 }
 
 /// Closes `bs`, then every child nothing else holds (bdrv_close then the children's unref).
-fn close_unreferenced(
+pub(super) fn close_unreferenced(
     bs: Rc<BlockDriverState>,
 ) -> block::coroutine::LocalBoxFuture<'static, block::Result<()>> {
     Box::pin(async move {

@@ -13,6 +13,7 @@ pub mod block;
 pub mod block_query;
 pub mod jobs;
 pub mod machine;
+pub mod reopen;
 
 use ::block::coroutine::LocalBoxFuture;
 use ::block::trace;
@@ -105,6 +106,7 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("drive-backup", |a| Box::pin(jobs::drive_backup(a))),
     ("blockdev-add", |a| Box::pin(block::blockdev_add(a))),
     ("blockdev-del", |a| Box::pin(block::blockdev_del(a))),
+    ("blockdev-reopen", |a| Box::pin(reopen::blockdev_reopen(a))),
     ("block_resize", |a| Box::pin(block::block_resize(a))),
     ("blockdev-snapshot-sync", |a| {
         Box::pin(block::blockdev_snapshot_sync(a))

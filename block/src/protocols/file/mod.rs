@@ -11,6 +11,7 @@
 mod create;
 mod posix;
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
@@ -25,7 +26,7 @@ use crate::driver::{
 };
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
-use crate::node::{AioMode, BlockDriverState};
+use crate::node::{AioMode, BlockDriverState, OpenFlags};
 use crate::options::Options;
 
 use create::{create, regular_truncate};
@@ -72,10 +73,13 @@ const IOV_MAX: usize = 1024;
 
 /// An open host file.
 pub struct FileDriver {
-    fd: Arc<OwnedFd>,
+    fd: RefCell<Arc<OwnedFd>>,
+    /// The descriptor first opened, which holds the image locks for the node's lifetime
+    /// (a reopen replaces `fd` but moves the locks by changing them here), if locking.
+    lock_fd: Option<Arc<OwnedFd>>,
     aio: AioMode,
-    direct: bool,
-    alignment: u32,
+    direct: Cell<bool>,
+    alignment: Cell<u32>,
 }
 
 /// The path of a `proto:path` filename (raw_parse_filename, hdev_parse_filename).
@@ -132,12 +136,64 @@ pub(super) async fn open(
         1
     };
     bs.set_filename(filename);
+    let fd = Arc::new(fd);
     Ok(Box::new(FileDriver {
-        fd: Arc::new(fd),
+        fd: RefCell::new(fd.clone()),
+        lock_fd: locking.then_some(fd),
         aio: flags.aio,
-        direct: flags.cache.direct,
-        alignment,
+        direct: Cell::new(flags.cache.direct),
+        alignment: Cell::new(alignment),
     }))
+}
+
+/// A new descriptor for a reopen that changes read-only or O_DIRECT (raw_reopen_prepare),
+/// with its alignment; the image locks move to the new permissions at once.
+struct FileReopen {
+    fd: Option<(Arc<OwnedFd>, u32)>,
+    direct: bool,
+}
+
+impl FileDriver {
+    fn reopen_prepare(
+        &self,
+        bs: &BlockDriverState,
+        opts: &mut Options,
+        flags: OpenFlags,
+    ) -> Result<Box<dyn std::any::Any>> {
+        opts.take("x-check-cache-dropped");
+        let old = bs.open_flags();
+        if old.read_only == flags.read_only && old.cache.direct == flags.cache.direct {
+            return Ok(Box::new(FileReopen {
+                fd: None,
+                direct: flags.cache.direct,
+            }));
+        }
+        let filename = bs.filename();
+        let path = strip_protocol(&filename, bs.format_name());
+        let mut oflags = if flags.read_only {
+            libc::O_RDONLY
+        } else {
+            libc::O_RDWR
+        };
+        if flags.cache.direct {
+            oflags |= libc::O_DIRECT;
+        }
+        let fd = open_fd(path, oflags, 0)
+            .map_err(|e| Error::with_errno_message(e.errno(), format!("Could not reopen '{path}'")))?;
+        if let Some(lock_fd) = &self.lock_fd {
+            let (perm, shared) = permissions(flags.read_only, flags.force_share);
+            lock_image(lock_fd.as_raw_fd(), perm, shared, path)?;
+        }
+        let alignment = if flags.cache.direct {
+            probe_alignment(fd.as_raw_fd())
+        } else {
+            1
+        };
+        Ok(Box::new(FileReopen {
+            fd: Some((Arc::new(fd), alignment)),
+            direct: flags.cache.direct,
+        }))
+    }
 }
 
 /// What a tool's open holds and shares (blk_new_open with BDRV_O_NO_SHARE unless -U).
@@ -157,14 +213,14 @@ fn permissions(read_only: bool, force_share: bool) -> (u32, u32) {
 
 impl FileDriver {
     fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.fd.borrow().as_raw_fd()
     }
 
     /// One read or write through the selected engine (raw_co_prw).
     async fn co_prw(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
         // O_DIRECT needs aligned memory; long vectors exceed IOV_MAX: both use a bounce buffer.
         let needs_bounce =
-            (self.direct && !qiov.is_aligned(self.alignment as usize)) || qiov.niov() > IOV_MAX;
+            (self.direct.get() && !qiov.is_aligned(self.alignment.get() as usize)) || qiov.niov() > IOV_MAX;
         if needs_bounce {
             let bounce = IoVector::alloc(qiov.len());
             if write {
@@ -182,7 +238,7 @@ impl FileDriver {
     async fn co_prw_engine(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
         match self.aio {
             AioMode::Threads => {
-                let fd = self.fd.clone();
+                let fd = self.fd.borrow().clone();
                 let qiov = qiov.clone();
                 let pool = AioContext::current().thread_pool();
                 pool.submit(move || blocking_rw(fd.as_raw_fd(), &qiov, offset, write))
@@ -228,7 +284,7 @@ impl FileDriver {
         &self,
         work: impl FnOnce(RawFd) -> R + Send + 'static,
     ) -> R {
-        let fd = self.fd.clone();
+        let fd = self.fd.borrow().clone();
         AioContext::current()
             .thread_pool()
             .submit(move || work(fd.as_raw_fd()))
@@ -348,7 +404,7 @@ impl BlockDriver for FileDriver {
             }
             // A data extent ends in the middle of a request-alignment block only at a
             // partial block at EOF: it counts whole, as a read of it would (QEMU rounds up).
-            let len = (hole as u64 - offset).next_multiple_of(self.alignment as u64);
+            let len = (hole as u64 - offset).next_multiple_of(self.alignment.get() as u64);
             (StatusFlags::DATA, len.min(bytes))
         };
         let mut s = BlockStatus::new(flags | StatusFlags::OFFSET_VALID, len);
@@ -391,9 +447,9 @@ impl BlockDriver for FileDriver {
 
     fn refresh_limits(&self, _bs: &BlockDriverState) -> BlockLimits {
         BlockLimits {
-            request_alignment: self.alignment,
-            min_mem_alignment: if self.direct {
-                self.alignment as usize
+            request_alignment: self.alignment.get(),
+            min_mem_alignment: if self.direct.get() {
+                self.alignment.get() as usize
             } else {
                 1
             },
@@ -403,6 +459,29 @@ impl BlockDriver for FileDriver {
 
     fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {
         true
+    }
+
+    async fn reopen_prepare(
+        &self,
+        bs: &BlockDriverState,
+        opts: &mut Options,
+        flags: OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        Some(FileDriver::reopen_prepare(self, bs, opts, flags))
+    }
+
+    async fn reopen_commit(&self, _bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
+        if let Ok(r) = staged.downcast::<FileReopen>() {
+            if let Some((fd, alignment)) = r.fd {
+                *self.fd.borrow_mut() = fd;
+                self.alignment.set(alignment);
+            }
+            self.direct.set(r.direct);
+        }
+    }
+
+    fn mutable_opts(&self) -> &'static [&'static str] {
+        &["x-check-cache-dropped"]
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
