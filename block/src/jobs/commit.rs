@@ -19,6 +19,7 @@ use crate::driver::{PreallocMode, RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
 use crate::graph::blockers::OpBlocker;
 use crate::graph::permissions::{self, Perm};
+use crate::graph::reopen::{FrozenChain, WritableForJob};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::trace;
@@ -77,6 +78,8 @@ pub async fn commit_start(
         "commit job '{}'",
         opts.common.job_id.as_deref().unwrap_or("")
     );
+    // The base is written: a read-only backing node is made writable for the job.
+    claims.push(Box::new(WritableForJob::new(base).await?));
     claims.push(Box::new(permissions::claim(
         base,
         &user,
@@ -91,6 +94,7 @@ pub async fn commit_start(
         None,
     )
     .await?;
+    claims.push(Box::new(FrozenChain::new(&filter, Some(base))));
     let common = opts.common.clone();
     let commit = Commit {
         active: active.clone(),

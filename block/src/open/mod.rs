@@ -168,6 +168,7 @@ pub(crate) fn open_node(
             bs.filename(),
             bs.format_name()
         );
+        crate::graph::reserve_place(&bs);
         let drv = (bs.class().open)(&bs, &mut options).await?;
         if let Some(key) = options.first_key() {
             let (kind, verb) = if bs.class().is_format {
@@ -244,7 +245,8 @@ pub async fn open_protocol_child(
     }
     let child_name = role_value.or(filename);
     inherit(&mut child_opts, options);
-    if !child_opts.contains("driver") {
+    let probed_protocol = !child_opts.contains("driver");
+    if probed_protocol {
         let class = match child_opts.get("filename").or(child_name.as_deref()) {
             Some(name) => find_protocol(name)?,
             None => {
@@ -256,6 +258,10 @@ pub async fn open_protocol_child(
         child_opts.set("driver", class.format_name);
     }
     let bs = open_node(child_name, child_opts, flags, false).await?;
+    if probed_protocol {
+        // Found from the filename, not given: a reopen need not repeat it.
+        bs.explicit_options.borrow_mut().take("driver");
+    }
     bs.opened_as_child.set(true);
     Ok(bs)
 }
@@ -304,9 +310,15 @@ pub async fn bdrv_open_backing(
     let path = resolve_relative(&parent.filename(), backing_name);
     let mut ancestors = parent.backing_ancestors.borrow().clone();
     ancestors.push(canonical_name(&parent.filename()));
-    if ancestors.contains(&canonical_name(&path)) {
+    // The file actually opened: options may name another than the header does, or a node.
+    let opened = match (options.get("file.filename"), options.contains("file")) {
+        (Some(file), _) => Some(file.to_string()),
+        (None, true) => None,
+        (None, false) => Some(path.clone()),
+    };
+    if let Some(file) = opened.filter(|f| ancestors.contains(&canonical_name(f))) {
         return Err(Error::invalid(format!(
-            "Backing file '{path}' creates an infinite loop."
+            "Backing file '{file}' creates an infinite loop."
         )));
     }
     options.set(BACKING_ANCESTORS_KEY, ancestors.join("\n"));

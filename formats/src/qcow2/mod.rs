@@ -509,8 +509,8 @@ impl BlockDriver for Qcow2 {
         Some(open::reopen_prepare(self, bs, opts, flags).await)
     }
 
-    async fn reopen_commit(&self, _bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
-        open::reopen_commit(self, staged).await;
+    async fn reopen_commit(&self, bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
+        open::reopen_commit(self, bs, staged).await;
     }
 
     fn mutable_opts(&self) -> &'static [&'static str] {

@@ -189,9 +189,19 @@ pub(super) async fn reopen_prepare(
 }
 
 /// Applies a prepared reopen (qcow2_reopen_commit).
-pub(super) async fn reopen_commit(q: &Qcow2, staged: Box<dyn std::any::Any>) {
+pub(super) async fn reopen_commit(
+    q: &Qcow2,
+    bs: &BlockDriverState,
+    staged: Box<dyn std::any::Any>,
+) {
     if let Ok(r) = staged.downcast::<Qcow2Reopen>() {
-        q.meta.lock().await.writable = r.writable;
+        let mut meta = q.meta.lock().await;
+        meta.writable = r.writable;
+        // A reopen may have given the node another `file` (a filter inserted, or swapped).
+        if let Some(file) = bs.file() {
+            meta.file = file;
+        }
+        drop(meta);
         q.lazy_refcounts.set(r.lazy_refcounts);
     }
 }

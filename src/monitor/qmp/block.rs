@@ -116,7 +116,17 @@ pub async fn blockdev_del(mut args: Args) -> CmdResult {
             "Node {name} is not owned by the monitor"
         )));
     }
-    // A job's op blocker is reported first, as bdrv_op_is_blocked is in QEMU.
+    // The blocker a backing link puts on its node (bdrv_set_backing_hd's backing_blocker),
+    // then a job's, as bdrv_op_is_blocked finds them in QEMU.
+    if let Some((overlay, _)) = block::graph::node_parents(&bs)
+        .into_iter()
+        .find(|(_, role)| role == "backing")
+    {
+        return Err(QmpError::generic(format!(
+            "Node '{name}' is busy: node is used as backing hd of '{}'",
+            overlay.node_name()
+        )));
+    }
     block::graph::blockers::check_not_busy(&bs)?;
     if in_use(&bs) {
         return Err(QmpError::generic(format!("Block device {name} is in use")));

@@ -152,7 +152,6 @@ pub async fn bdrv_reopen_multiple(
         let staged = e.staged.expect("every node was prepared");
         let bs = &e.bs;
         bs.set_open_flags(staged.flags, staged.detect_zeroes);
-        bs.drv().reopen_commit(bs, staged.driver).await;
         for (role, new) in staged.children {
             if let Some(old) = bs.child(&role) {
                 let inherited = old.inherits_from.borrow().upgrade();
@@ -166,6 +165,8 @@ pub async fn bdrv_reopen_multiple(
                 None => bs.detach_child(&role),
             }
         }
+        // The driver sees its new children (a format whose `file` changed reads the new one).
+        bs.drv().reopen_commit(bs, staged.driver).await;
         let mut explicit = e.explicit;
         for c in bs.children() {
             explicit.extract_prefix(&c.name);

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::graph::blockers::OpBlocker;
 use crate::graph::drain::{drained_begin, DrainedSection};
 use crate::graph::permissions::{self, Perm};
+use crate::graph::reopen::{FrozenChain, WritableForJob};
 use crate::node::BlockDriverState;
 use crate::trace;
 use copy::MirrorState;
@@ -169,6 +170,8 @@ async fn start_job(
     let mut perm = Perm::WRITE | Perm::RESIZE;
     if base.is_some() {
         perm |= Perm::CONSISTENT_READ;
+        // An active commit writes the base: a read-only backing node becomes writable.
+        claims.push(Box::new(WritableForJob::new(target).await?));
     }
     claims.push(Box::new(permissions::claim(
         target,
@@ -197,6 +200,10 @@ async fn start_job(
         source.node_name(),
         target.node_name()
     );
+    if let Some(base) = &base {
+        // The links from the filter down to the base stay until the commit is done.
+        claims.push(Box::new(FrozenChain::new(&filter, Some(base))));
+    }
     let common = opts.common.clone();
     let mirror = Mirror {
         state,
