@@ -501,7 +501,8 @@ pub trait BlockDriver {
         _opts: &mut Options,
         _flags: crate::node::OpenFlags,
     ) -> Option<Result<Box<dyn std::any::Any>>> {
-        self.reopen_keeps_options().then(|| Ok(Box::new(()) as Box<dyn std::any::Any>))
+        self.reopen_keeps_options()
+            .then(|| Ok(Box::new(()) as Box<dyn std::any::Any>))
     }
 
     /// Whether a reopen that changes none of the driver's own options is accepted (a

@@ -172,7 +172,11 @@ impl BlockDriver for RawDriver {
         offset: u64,
         bytes: u64,
     ) -> Result<BlockStatus> {
-        Ok(BlockStatus::in_file(bs.file(), offset + self.offset.get(), bytes))
+        Ok(BlockStatus::in_file(
+            bs.file(),
+            offset + self.offset.get(),
+            bytes,
+        ))
     }
 
     async fn co_truncate(
@@ -192,7 +196,10 @@ impl BlockDriver for RawDriver {
 
     async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
         let file_len = Self::file(bs).getlength();
-        Ok(self.size.get().unwrap_or(file_len.saturating_sub(self.offset.get())))
+        Ok(self
+            .size
+            .get()
+            .unwrap_or(file_len.saturating_sub(self.offset.get())))
     }
 
     /// The protocol's facts (an rbd object size shows as the cluster size), as raw_get_info.

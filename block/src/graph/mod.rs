@@ -73,7 +73,9 @@ pub fn check_node_name_free(name: &str) -> Result<()> {
 /// Gives a node being opened its place in the list, before its driver opens the backing
 /// file (QEMU names a node in bdrv_open_common, ahead of the backing's open).
 pub(crate) fn reserve_place(bs: &BlockDriverState) {
-    bs.graph.place.set(NEXT_PLACE.fetch_add(1, Ordering::Relaxed));
+    bs.graph
+        .place
+        .set(NEXT_PLACE.fetch_add(1, Ordering::Relaxed));
 }
 
 /// Number of the next place in the node list.

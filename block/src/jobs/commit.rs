@@ -46,6 +46,8 @@ struct Commit {
     base: Rc<BlockDriverState>,
     opts: CommitOptions,
     filter: RefCell<Option<Rc<BlockDriverState>>>,
+    /// The job's write permission on the base, and the base made writable for it.
+    base_write: RefCell<Option<(permissions::PermHandle, WritableForJob)>>,
 }
 
 /// Starts committing `top` (below the active layer `active`) into `base` (commit_start).
@@ -79,14 +81,14 @@ pub async fn commit_start(
         opts.common.job_id.as_deref().unwrap_or("")
     );
     // The base is written: a read-only backing node is made writable for the job.
-    claims.push(Box::new(WritableForJob::new(base).await?));
-    claims.push(Box::new(permissions::claim(
+    let writable = WritableForJob::new(base).await?;
+    let base_claim = permissions::claim(
         base,
         &user,
         "base",
         Perm::WRITE | Perm::RESIZE | Perm::CONSISTENT_READ,
         Perm::CONSISTENT_READ | Perm::WRITE_UNCHANGED,
-    )?));
+    )?;
     let filter = super::top_filter::insert(
         top,
         &super::top_filter::COMMIT_TOP,
@@ -102,6 +104,7 @@ pub async fn commit_start(
         base: base.clone(),
         opts,
         filter: RefCell::new(Some(filter.clone())),
+        base_write: RefCell::new(Some((base_claim, writable))),
     };
     let job = common.create(Box::new(commit), claims);
     match job {
@@ -213,5 +216,10 @@ impl JobDriver for Commit {
 
     async fn clean(&self, _job: &Rc<Job>) {
         self.remove_filter();
+        let base_write = self.base_write.borrow_mut().take();
+        if let Some((claim, writable)) = base_write {
+            drop(claim);
+            writable.restore().await;
+        }
     }
 }

@@ -18,6 +18,7 @@ use super::CommonOptions;
 use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::Result;
 use crate::graph::blockers::OpBlocker;
+use crate::graph::reopen::FrozenChain;
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::trace;
@@ -53,9 +54,12 @@ pub fn stream_start(bs: &Rc<BlockDriverState>, opts: StreamOptions) -> Result<Rc
         bs: bs.clone(),
         opts: opts.clone(),
     };
+    // The links from `bs` down to the node above the base stay while the job runs.
+    let above_base = opts.base.as_ref().and_then(|b| super::find_overlay(bs, b));
+    let frozen = FrozenChain::new(bs, above_base.as_ref());
     let job = opts
         .common
-        .create(Box::new(stream), vec![Box::new(blocker)])?;
+        .create(Box::new(stream), vec![Box::new(blocker), Box::new(frozen)])?;
     job.start();
     Ok(job)
 }

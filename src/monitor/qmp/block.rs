@@ -120,7 +120,7 @@ pub async fn blockdev_del(mut args: Args) -> CmdResult {
     // then a job's, as bdrv_op_is_blocked finds them in QEMU.
     if let Some((overlay, _)) = block::graph::node_parents(&bs)
         .into_iter()
-        .find(|(_, role)| role == "backing")
+        .find(|(p, role)| role == "backing" && !p.drv().is_filter())
     {
         return Err(QmpError::generic(format!(
             "Node '{name}' is busy: node is used as backing hd of '{}'",

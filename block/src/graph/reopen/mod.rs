@@ -87,20 +87,20 @@ fn queue_child(
             options.set_default(k, v);
         }
     }
-    let backing_missing =
-        !options.contains("backing") && !options.iter().any(|(k, _)| k.starts_with("backing."));
+    let backing_missing = !keep_old
+        && !options.contains("backing")
+        && !options.iter().any(|(k, _)| k.starts_with("backing."));
     let mut explicit = options.clone();
     if let Some((role, parent_opts)) = parent {
         inherit(role, &mut options, parent_opts);
     }
     let mut children = Vec::new();
     for c in bs.children() {
-        let inherited = c
-            .bs
-            .inherits_from
-            .borrow()
-            .upgrade()
-            .is_some_and(|p| Rc::ptr_eq(&p, bs));
+        let inherited =
+            c.bs.inherits_from
+                .borrow()
+                .upgrade()
+                .is_some_and(|p| Rc::ptr_eq(&p, bs));
         if !inherited {
             continue;
         }
@@ -125,7 +125,13 @@ fn queue_child(
         staged: None,
     });
     for (c, sub, keep) in children {
-        queue_child(queue, &c.bs, sub, keep, Some((&c.name, &queue[index].options.clone())));
+        queue_child(
+            queue,
+            &c.bs,
+            sub,
+            keep,
+            Some((&c.name, &queue[index].options.clone())),
+        );
     }
 }
 
@@ -233,6 +239,16 @@ impl WritableForJob {
             bs: bs.clone(),
             was_read_only,
         })
+    }
+}
+
+impl WritableForJob {
+    /// Makes the node read-only again now, when the job cleans up, rather than later.
+    pub async fn restore(mut self) {
+        if std::mem::take(&mut self.was_read_only) {
+            // A failure leaves the node writable, as QEMU's commit_clean ignores it too.
+            let _ = bdrv_reopen_set_read_only(&self.bs, true).await;
+        }
     }
 }
 

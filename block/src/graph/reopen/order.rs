@@ -28,7 +28,11 @@ mod tests {
     #[test]
     fn backing_keys_come_in_qemus_order() {
         // The keys iotest 245 sees reported first.
-        let keys = ["backing.file.driver", "backing.file.filename", "backing.driver"];
+        let keys = [
+            "backing.file.driver",
+            "backing.file.filename",
+            "backing.driver",
+        ];
         assert_eq!(qdict_order(keys.into_iter())[0], "backing.driver");
         let keys = [
             "backing.driver",

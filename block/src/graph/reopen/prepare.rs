@@ -83,9 +83,12 @@ fn current_value(bs: &BlockDriverState, key: &str) -> Option<String> {
     match key {
         "driver" => Some(bs.format_name().to_string()),
         "node-name" => Some(bs.node_name().to_string()),
-        _ => bs.explicit_options.borrow().get(key).map(str::to_string).or_else(|| {
-            (key == "filename" && !bs.class().is_format).then(|| bs.filename())
-        }),
+        _ => bs
+            .explicit_options
+            .borrow()
+            .get(key)
+            .map(str::to_string)
+            .or_else(|| (key == "filename" && !bs.class().is_format).then(|| bs.filename())),
     }
 }
 
@@ -114,12 +117,12 @@ fn parse_child(
     let new = if value == NULL_CHILD {
         None
     } else {
-        let node = crate::graph::find_node(value).ok_or_else(|| {
-            invalid(format!(
-                "Cannot find device='' nor node-name='{value}'"
-            ))
-        })?;
-        if crate::graph::subtree(&node).iter().any(|n| Rc::ptr_eq(n, bs)) {
+        let node = crate::graph::find_node(value)
+            .ok_or_else(|| invalid(format!("Cannot find device='' nor node-name='{value}'")))?;
+        if crate::graph::subtree(&node)
+            .iter()
+            .any(|n| Rc::ptr_eq(n, bs))
+        {
             return Err(invalid(format!(
                 "Making '{value}' a {role} child of '{}' would create a cycle",
                 bs.node_name()
@@ -227,7 +230,11 @@ pub(super) async fn prepare(e: &Entry) -> Result<Staged> {
 }
 
 /// The node's child in `role` once the queue is committed.
-fn new_child(queue: &[Entry], bs: &Rc<BlockDriverState>, role: &str) -> Option<Rc<BlockDriverState>> {
+fn new_child(
+    queue: &[Entry],
+    bs: &Rc<BlockDriverState>,
+    role: &str,
+) -> Option<Rc<BlockDriverState>> {
     for e in queue.iter().filter(|e| Rc::ptr_eq(&e.bs, bs)) {
         let staged = e.staged.as_ref().expect("prepared");
         if let Some((_, new)) = staged.children.iter().find(|(r, _)| r == role) {
@@ -242,7 +249,9 @@ fn new_read_only(queue: &[Entry], bs: &Rc<BlockDriverState>) -> bool {
     queue
         .iter()
         .find(|e| Rc::ptr_eq(&e.bs, bs))
-        .map_or(bs.is_read_only(), |e| e.staged.as_ref().expect("prepared").flags.read_only)
+        .map_or(bs.is_read_only(), |e| {
+            e.staged.as_ref().expect("prepared").flags.read_only
+        })
 }
 
 /// What a parent takes on its child in a role (bdrv_default_perms): a format writes and
@@ -266,7 +275,12 @@ pub(super) fn check_permissions(queue: &[Entry]) -> Result<()> {
     for e in queue {
         let bs = &e.bs;
         if new_read_only(queue, bs) && !bs.is_read_only() {
-            let writer = bs.graph.perms.borrow().iter().any(|c| c.perm().intersects(Perm::WRITE | Perm::WRITE_UNCHANGED))
+            let writer = bs
+                .graph
+                .perms
+                .borrow()
+                .iter()
+                .any(|c| c.perm().intersects(Perm::WRITE | Perm::WRITE_UNCHANGED))
                 || crate::graph::node_parents(bs).iter().any(|(p, role)| {
                     new_child(queue, p, role).is_some_and(|c| Rc::ptr_eq(&c, bs))
                         && link_perms(queue, p, role).0.contains(Perm::WRITE)
@@ -291,7 +305,12 @@ pub(super) fn check_permissions(queue: &[Entry]) -> Result<()> {
                 let still = new_child(queue, &p, &r).is_some_and(|c| Rc::ptr_eq(&c, child));
                 if still && !Rc::ptr_eq(&p, bs) {
                     let (perm, shared) = link_perms(queue, &p, &r);
-                    held.push(permissions::PermClaim::node(p.node_name(), &r, perm, shared));
+                    held.push(permissions::PermClaim::node(
+                        p.node_name(),
+                        &r,
+                        perm,
+                        shared,
+                    ));
                 }
             }
             permissions::check_new_claim(child, &new, &held)?;

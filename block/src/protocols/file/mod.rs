@@ -178,8 +178,9 @@ impl FileDriver {
         if flags.cache.direct {
             oflags |= libc::O_DIRECT;
         }
-        let fd = open_fd(path, oflags, 0)
-            .map_err(|e| Error::with_errno_message(e.errno(), format!("Could not reopen '{path}'")))?;
+        let fd = open_fd(path, oflags, 0).map_err(|e| {
+            Error::with_errno_message(e.errno(), format!("Could not reopen '{path}'"))
+        })?;
         if let Some(lock_fd) = &self.lock_fd {
             let (perm, shared) = permissions(flags.read_only, flags.force_share);
             lock_image(lock_fd.as_raw_fd(), perm, shared, path)?;
@@ -219,8 +220,8 @@ impl FileDriver {
     /// One read or write through the selected engine (raw_co_prw).
     async fn co_prw(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
         // O_DIRECT needs aligned memory; long vectors exceed IOV_MAX: both use a bounce buffer.
-        let needs_bounce =
-            (self.direct.get() && !qiov.is_aligned(self.alignment.get() as usize)) || qiov.niov() > IOV_MAX;
+        let needs_bounce = (self.direct.get() && !qiov.is_aligned(self.alignment.get() as usize))
+            || qiov.niov() > IOV_MAX;
         if needs_bounce {
             let bounce = IoVector::alloc(qiov.len());
             if write {
