@@ -148,9 +148,9 @@ pub async fn bdrv_reopen_multiple(
     for e in &queue {
         e.bs.in_flight.drained().await;
     }
-    for i in 0..queue.len() {
-        let staged = prepare::prepare(&queue[i]).await?;
-        queue[i].staged = Some(staged);
+    for e in queue.iter_mut() {
+        let staged = prepare::prepare(e).await?;
+        e.staged = Some(staged);
     }
     prepare::check_permissions(&queue)?;
     let mut detached = Vec::new();
