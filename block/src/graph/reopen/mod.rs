@@ -112,7 +112,8 @@ fn queue_child(
             None => {
                 let sub = options.extract_prefix(&c.name);
                 explicit.extract_prefix(&c.name);
-                children.push((c, sub, false));
+                // Its old options are kept when the parent's are (child_keep_old).
+                children.push((c, sub, keep_old));
             }
         }
     }
