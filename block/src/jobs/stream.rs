@@ -25,7 +25,7 @@ use super::CommonOptions;
 use crate::driver::{DriverClass, RequestFlags, StatusFlags};
 use crate::error::Result;
 use crate::graph::blockers::{check_not_busy, OpBlocker};
-use crate::graph::read_only::ReadWriteClaim;
+use crate::graph::reopen::{FrozenChain, ReadWriteClaim};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::trace;
@@ -104,6 +104,9 @@ fn claim_chain(
             JobType::Stream.name(),
         )?));
     }
+    // The links from `bs` down to the node above the base stay while the job runs
+    // (bdrv_freeze_backing_chain): a reopen may not change them.
+    claims.push(Box::new(FrozenChain::new(bs, above_base)));
     Ok(claims)
 }
 
