@@ -87,9 +87,9 @@ pub async fn commit_start(
     }
     check_not_busy(&overlay)?;
     let mut claims: Vec<Box<dyn std::any::Any>> = Vec::new();
-    if !Rc::ptr_eq(&overlay, active) {
-        claims.push(Box::new(OpBlocker::block_for_job(active, "commit")?));
-    }
+    // The job belongs to the device's node, which is blocked whatever part of its chain is
+    // committed (block_job_create on the active layer), the overlay of top included.
+    claims.push(Box::new(OpBlocker::block_for_job(active, "commit")?));
     for node in &layers {
         claims.push(Box::new(OpBlocker::block_for_job(node, "commit")?));
     }

@@ -193,6 +193,10 @@ pub(super) async fn reopen_prepare(
     if flags.read_only && !bs.is_read_only() {
         // What the node still caches must reach its file while that is writable.
         bs.co_flush().await?;
+    } else if !bs.is_read_only() {
+        // The caches are started afresh on commit: what they hold dirty is written back
+        // now (qcow2_update_options_prepare flushes them).
+        q.meta.lock().await.caches.flush_all().await?;
     } else if !flags.read_only
         && q.meta.lock().await.header.incompatible_features & header::INCOMPAT_CORRUPT != 0
     {
@@ -219,6 +223,7 @@ pub(super) async fn reopen_commit(
         meta.writable = r.writable;
         // A reopen may have given the node another `file` (a filter inserted, or swapped).
         if let Some(file) = bs.file() {
+            meta.caches.set_file(file.clone());
             meta.file = file;
         }
         drop(meta);
