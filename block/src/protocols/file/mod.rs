@@ -105,6 +105,20 @@ fn strip_protocol(filename: &str, protocol: &str) -> String {
     }
 }
 
+/// The open(2) flags of a node's mode (raw_parse_flags).
+fn raw_parse_flags(flags: OpenFlags) -> libc::c_int {
+    let access = if flags.read_only {
+        libc::O_RDONLY
+    } else {
+        libc::O_RDWR
+    };
+    if flags.cache.direct {
+        access | libc::O_DIRECT
+    } else {
+        access
+    }
+}
+
 /// Opens a node of `file` or of the device drivers sharing its I/O (raw_open_common).
 pub(super) async fn open(
     bs: &BlockDriverState,
@@ -127,15 +141,7 @@ pub(super) async fn open(
     for ignored in ["x-check-cache-dropped", "pr-manager", "drop-cache"] {
         options.take(ignored);
     }
-    let mut oflags = if flags.read_only {
-        libc::O_RDONLY
-    } else {
-        libc::O_RDWR
-    };
-    if flags.cache.direct {
-        oflags |= libc::O_DIRECT;
-    }
-    let fd = open_fd(&path, oflags, 0)
+    let fd = open_fd(&path, raw_parse_flags(flags), 0)
         .map_err(|e| Error::with_errno_message(e.errno(), format!("Could not open '{path}'")))?;
     host_device::check_kind(bs.format_name(), &filename, fd.as_raw_fd())?;
     if flags.aio == AioMode::IoUring {
@@ -185,15 +191,7 @@ impl FileDriver {
         }
         let filename = bs.filename();
         let path = strip_protocol(&filename, bs.format_name());
-        let mut oflags = if flags.read_only {
-            libc::O_RDONLY
-        } else {
-            libc::O_RDWR
-        };
-        if flags.cache.direct {
-            oflags |= libc::O_DIRECT;
-        }
-        let fd = open_fd(&path, oflags, 0).map_err(|e| {
+        let fd = open_fd(&path, raw_parse_flags(flags), 0).map_err(|e| {
             Error::with_errno_message(e.errno(), format!("Could not reopen '{path}'"))
         })?;
         if let Some(lock_fd) = &self.lock_fd {
