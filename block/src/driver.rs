@@ -362,13 +362,6 @@ pub trait BlockDriver {
         Err(Error::from_errno(libc::ENOTSUP))
     }
 
-    /// Switches the open node between read-only and read-write in place (the `read-only`
-    /// part of bdrv_reopen_prepare/commit). Drivers that hold nothing that depends on it
-    /// (most formats: they write through their children) accept it as it is.
-    async fn co_reopen_read_only(&self, _bs: &BlockDriverState, _read_only: bool) -> Result<()> {
-        Ok(())
-    }
-
     /// Deallocates everything the image stores itself, so that it reads from its backing
     /// file again (bdrv_make_empty; `qemu-img commit` empties the committed overlay).
     async fn co_make_empty(&self, _bs: &BlockDriverState) -> Result<()> {
@@ -489,6 +482,32 @@ pub trait BlockDriver {
         _name: &str,
     ) -> Result<()> {
         Ok(())
+    }
+
+    /// Checks new options for a reopen, taking those the driver applies, and stages the
+    /// change (bdrv_reopen_prepare); None: the driver cannot be reopened.
+    async fn reopen_prepare(
+        &self,
+        _bs: &BlockDriverState,
+        _opts: &mut Options,
+        _flags: crate::node::OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        self.reopen_keeps_options()
+            .then(|| Ok(Box::new(()) as Box<dyn std::any::Any>))
+    }
+
+    /// Whether a reopen that changes none of the driver's own options is accepted (a
+    /// bdrv_reopen_prepare that only returns 0), when `reopen_prepare` is not implemented.
+    fn reopen_keeps_options(&self) -> bool {
+        false
+    }
+
+    /// Applies what `reopen_prepare` staged (bdrv_reopen_commit).
+    async fn reopen_commit(&self, _bs: &BlockDriverState, _staged: Box<dyn std::any::Any>) {}
+
+    /// Options a reopen may leave out to reset them to their defaults (mutable_opts).
+    fn mutable_opts(&self) -> &'static [&'static str] {
+        &[]
     }
 
     /// Writes back state before the node goes away (bdrv_close).

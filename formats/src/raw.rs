@@ -5,12 +5,14 @@
 //! embedded image is presented as a disk. Every probe scores raw at 1, the lowest non-zero
 //! score, so it is chosen only when no real format recognises the image.
 
+use std::cell::Cell;
+
 use async_trait::async_trait;
 use block::driver::{
     BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, DriverInfo, PreallocMode,
     RequestFlags,
 };
-use block::{BlockDriverState, Error, IoVector, Options, Result};
+use block::{BlockDriverState, Error, IoVector, OpenFlags, Options, Result};
 
 /// The class registered as `raw`.
 pub static RAW: DriverClass = DriverClass {
@@ -30,11 +32,20 @@ pub static RAW: DriverClass = DriverClass {
 
 /// An open raw node: a window `[offset, offset + size)` of the file child.
 pub struct RawDriver {
-    offset: u64,
-    size: Option<u64>,
+    offset: Cell<u64>,
+    size: Cell<Option<u64>>,
 }
 
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+    let (offset, size) = take_window(bs, options)?;
+    Ok(Box::new(RawDriver {
+        offset: Cell::new(offset),
+        size: Cell::new(size),
+    }))
+}
+
+/// The `offset` and `size` options, checked against the file's length (raw_apply_options).
+fn take_window(bs: &BlockDriverState, options: &mut Options) -> Result<(u64, Option<u64>)> {
     let offset = options.take_size("offset")?.unwrap_or(0);
     let size = options.take_size("size")?;
     let file = bs.file().expect("format nodes have a file child");
@@ -54,7 +65,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
             return Err(Error::invalid("Specified size is not multiple of 512"));
         }
     }
-    Ok(Box::new(RawDriver { offset, size }))
+    Ok((offset, size))
 }
 
 /// A raw image is the protocol's bytes: the protocol the name selects creates it
@@ -94,13 +105,13 @@ async fn check_probe_guard(bs: &BlockDriverState, offset: u64, qiov: &IoVector) 
 impl RawDriver {
     /// Checks a request against the window and moves it into file coordinates.
     fn map(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<u64> {
-        if let Some(size) = self.size {
+        if let Some(size) = self.size.get() {
             if offset.checked_add(bytes).is_none_or(|end| end > size) {
                 return Err(Error::from_errno(libc::EINVAL));
             }
         }
         let _ = bs;
-        Ok(offset + self.offset)
+        Ok(offset + self.offset.get())
     }
 
     fn file(bs: &BlockDriverState) -> std::rc::Rc<BlockDriverState> {
@@ -162,7 +173,11 @@ impl BlockDriver for RawDriver {
         offset: u64,
         bytes: u64,
     ) -> Result<BlockStatus> {
-        Ok(BlockStatus::in_file(bs.file(), offset + self.offset, bytes))
+        Ok(BlockStatus::in_file(
+            bs.file(),
+            offset + self.offset.get(),
+            bytes,
+        ))
     }
 
     async fn co_truncate(
@@ -172,7 +187,7 @@ impl BlockDriver for RawDriver {
         exact: bool,
         prealloc: PreallocMode,
     ) -> Result<()> {
-        if self.offset != 0 || self.size.is_some() {
+        if self.offset.get() != 0 || self.size.get().is_some() {
             return Err(Error::not_supported(
                 "Cannot resize a raw image with an offset or size option",
             ));
@@ -182,7 +197,10 @@ impl BlockDriver for RawDriver {
 
     async fn co_getlength(&self, bs: &BlockDriverState) -> Result<u64> {
         let file_len = Self::file(bs).getlength();
-        Ok(self.size.unwrap_or(file_len.saturating_sub(self.offset)))
+        Ok(self
+            .size
+            .get()
+            .unwrap_or(file_len.saturating_sub(self.offset.get())))
     }
 
     /// The protocol's facts (an rbd object size shows as the cluster size), as raw_get_info.
@@ -209,6 +227,26 @@ impl BlockDriver for RawDriver {
             request_alignment: align,
             ..Self::file(bs).limits()
         }
+    }
+
+    async fn reopen_prepare(
+        &self,
+        bs: &BlockDriverState,
+        opts: &mut Options,
+        _flags: OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        Some(take_window(bs, opts).map(|w| Box::new(w) as Box<dyn std::any::Any>))
+    }
+
+    async fn reopen_commit(&self, _bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
+        if let Ok(w) = staged.downcast::<(u64, Option<u64>)>() {
+            self.offset.set(w.0);
+            self.size.set(w.1);
+        }
+    }
+
+    fn mutable_opts(&self) -> &'static [&'static str] {
+        &["offset", "size"]
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -13,7 +13,7 @@
 pub mod blockers;
 pub mod drain;
 pub mod permissions;
-pub mod read_only;
+pub mod reopen;
 pub mod replace;
 
 use std::cell::RefCell;
@@ -85,12 +85,31 @@ pub fn check_node_name_free(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Lists a freshly opened node.
+/// Gives a node being opened its place in the list, before its driver opens the backing
+/// file (QEMU names a node in bdrv_open_common, ahead of the backing's open).
+pub(crate) fn reserve_place(bs: &BlockDriverState) {
+    bs.graph
+        .place
+        .set(NEXT_PLACE.fetch_add(1, Ordering::Relaxed));
+}
+
+/// Number of the next place in the node list.
+static NEXT_PLACE: AtomicU64 = AtomicU64::new(1);
+
+/// Lists a freshly opened node, at the place it reserved.
 pub(crate) fn register(bs: &Rc<BlockDriverState>) {
+    if bs.graph.place.get() == 0 {
+        reserve_place(bs);
+    }
     NODES.with(|n| {
         let mut nodes = n.borrow_mut();
         nodes.retain(|w| w.strong_count() > 0);
-        nodes.push(Rc::downgrade(bs));
+        let place = bs.graph.place.get();
+        let at = nodes
+            .iter()
+            .position(|w| w.upgrade().is_some_and(|o| o.graph.place.get() > place))
+            .unwrap_or(nodes.len());
+        nodes.insert(at, Rc::downgrade(bs));
     });
 }
 

@@ -38,6 +38,33 @@ thread_local! {
     static NEXT_CLAIM: Cell<u64> = const { Cell::new(1) };
 }
 
+/// The claim a parent node holds on a child in `role` (a BdrvChild's permissions), for a
+/// check of a link not made yet.
+pub(crate) fn node_claim(parent: &str, role: &str, perm: Perm, shared: Perm) -> PermClaim {
+    PermClaim {
+        id: 0,
+        user: format!("node '{parent}'"),
+        child: role.to_string(),
+        perm,
+        shared,
+    }
+}
+
+/// Checks a claim about to be taken on `bs` against `links` (the other parents' claims)
+/// and the claims held on it, as `claim` does (bdrv_check_perm for a new child link).
+pub(crate) fn check_new_claim(
+    bs: &BlockDriverState,
+    new: &PermClaim,
+    links: &[PermClaim],
+) -> Result<()> {
+    let node = bs.node_name();
+    for held in links.iter().chain(bs.graph.perms.borrow().iter()) {
+        a_allows_b(node, new, held)?;
+        a_allows_b(node, held, new)?;
+    }
+    Ok(())
+}
+
 /// Refuses `b` if `a` does not share what `b` needs (bdrv_a_allow_b).
 fn a_allows_b(node: &str, a: &PermClaim, b: &PermClaim) -> Result<()> {
     let missing = b.perm & !a.shared;

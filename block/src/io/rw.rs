@@ -227,8 +227,8 @@ impl BlockDriverState {
         mut flags: RequestFlags,
     ) -> Result<()> {
         let bytes = qiov.len() as u64;
-        if self.detect_zeroes != DetectZeroes::Off && qiov.is_zero() {
-            if self.detect_zeroes == DetectZeroes::Unmap && self.open_flags().unmap {
+        if self.detect_zeroes() != DetectZeroes::Off && qiov.is_zero() {
+            if self.detect_zeroes() == DetectZeroes::Unmap && self.open_flags().unmap {
                 flags |= RequestFlags::MAY_UNMAP;
             }
             return self.aligned_pwrite_zeroes(offset, bytes, flags).await;

@@ -19,7 +19,7 @@ use crate::driver::{PreallocMode, RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
 use crate::graph::blockers::{check_not_busy, OpBlocker};
 use crate::graph::permissions::{self, Perm};
-use crate::graph::read_only::ReadWriteClaim;
+use crate::graph::reopen::{FrozenChain, ReadWriteClaim};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::trace;
@@ -49,6 +49,9 @@ struct Commit {
     /// The base and the overlay, made writable for the job when they were read-only.
     /// Shared with [`commit_start`], which undoes it when the job cannot be created.
     reopened: Rc<RefCell<Vec<ReadWriteClaim>>>,
+    /// The job's write permission on the base, given up before the base is made
+    /// read-only again (a read-only node may have no writer).
+    base_write: RefCell<Option<permissions::PermHandle>>,
     /// The copy buffer, one for the whole job: a fresh 512 KiB buffer per iteration costs
     /// its page faults every time (QEMU's commit_run allocates its buffer once too).
     buf: IoVector,
@@ -84,9 +87,9 @@ pub async fn commit_start(
     }
     check_not_busy(&overlay)?;
     let mut claims: Vec<Box<dyn std::any::Any>> = Vec::new();
-    if !Rc::ptr_eq(&overlay, active) {
-        claims.push(Box::new(OpBlocker::block_for_job(active, "commit")?));
-    }
+    // The job belongs to the device's node, which is blocked whatever part of its chain is
+    // committed (block_job_create on the active layer), the overlay of top included.
+    claims.push(Box::new(OpBlocker::block_for_job(active, "commit")?));
     for node in &layers {
         claims.push(Box::new(OpBlocker::block_for_job(node, "commit")?));
     }
@@ -102,6 +105,7 @@ pub async fn commit_start(
             }
         }
     }
+    let mut base_write = None;
     let user = format!(
         "commit job '{}'",
         opts.common.job_id.as_deref().unwrap_or("")
@@ -115,7 +119,7 @@ pub async fn commit_start(
     );
     let filter = match claimed {
         Ok(c) => {
-            claims.push(Box::new(c));
+            base_write = Some(c);
             super::top_filter::insert(
                 top,
                 &super::top_filter::COMMIT_TOP,
@@ -129,12 +133,15 @@ pub async fn commit_start(
     let filter = match filter {
         Ok(f) => f,
         Err(e) => {
+            drop(base_write);
             for r in reopened {
                 r.restore().await;
             }
             return Err(e);
         }
     };
+    // The links from the filter down to the base stay while the job runs.
+    claims.push(Box::new(FrozenChain::new(&filter, Some(base))));
     let common = opts.common.clone();
     let commit = Commit {
         active: active.clone(),
@@ -143,6 +150,7 @@ pub async fn commit_start(
         opts,
         filter: RefCell::new(Some(filter.clone())),
         reopened: Rc::new(RefCell::new(reopened)),
+        base_write: RefCell::new(base_write),
         buf: IoVector::alloc(COMMIT_BUFFER_SIZE as usize),
     };
     let restore = commit.reopened.clone();
@@ -260,6 +268,8 @@ impl JobDriver for Commit {
 
     async fn clean(&self, _job: &Rc<Job>) {
         self.remove_filter();
+        // Write permission is given up before the base is made read-only again.
+        self.base_write.borrow_mut().take();
         let reopened = std::mem::take(&mut *self.reopened.borrow_mut());
         for r in reopened {
             r.restore().await;

@@ -154,7 +154,19 @@ pub(crate) async fn set_backing(
     backing_file: Option<&str>,
 ) -> Result<()> {
     match base {
-        Some(b) => bs.attach_child("backing", b.clone()),
+        Some(b) => {
+            // A base that the chain opened below `bs` is now opened by `bs` itself
+            // (bdrv_set_backing_hd's inherits_from update).
+            let mut up = b.inherits_from.borrow().upgrade();
+            while let Some(p) = up {
+                if Rc::ptr_eq(&p, bs) {
+                    *b.inherits_from.borrow_mut() = Rc::downgrade(bs);
+                    break;
+                }
+                up = p.inherits_from.borrow().upgrade();
+            }
+            bs.attach_child("backing", b.clone())
+        }
         None => bs.detach_child("backing"),
     }
     let (name, fmt) = backing_reference(base, backing_file);

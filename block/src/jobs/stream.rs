@@ -25,7 +25,8 @@ use super::CommonOptions;
 use crate::driver::{DriverClass, RequestFlags, StatusFlags};
 use crate::error::Result;
 use crate::graph::blockers::{check_not_busy, OpBlocker};
-use crate::graph::read_only::ReadWriteClaim;
+use crate::graph::permissions::{self, Perm};
+use crate::graph::reopen::{FrozenChain, ReadWriteClaim};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::trace;
@@ -59,6 +60,9 @@ struct Stream {
     above_base: Option<Rc<BlockDriverState>>,
     opts: StreamOptions,
     filter: RefCell<Option<Rc<BlockDriverState>>>,
+    /// What the filter's link takes on `bs` (cor_child_perm's write-unchanged): the node
+    /// cannot be made read-only under the job. Given up with the filter.
+    filter_perm: RefCell<Option<permissions::PermHandle>>,
     /// The node made writable for the job, made read-only again at the end.
     /// Shared with [`start`], which undoes it when the job cannot be created.
     reopened: Rc<RefCell<Option<ReadWriteClaim>>>,
@@ -104,6 +108,9 @@ fn claim_chain(
             JobType::Stream.name(),
         )?));
     }
+    // The links from `bs` down to the node above the base stay while the job runs
+    // (bdrv_freeze_backing_chain): a reopen may not change them.
+    claims.push(Box::new(FrozenChain::new(bs, above_base)));
     Ok(claims)
 }
 
@@ -138,14 +145,30 @@ pub async fn stream_start(bs: &Rc<BlockDriverState>, opts: StreamOptions) -> Res
                 return Err(e);
             }
         };
-    match OpBlocker::block_for_job(&filter, JobType::Stream.name()) {
-        Ok(b) => claims.push(Box::new(b)),
+    let filter_perm = permissions::claim(
+        bs,
+        &permissions::node_user(&filter),
+        "backing",
+        Perm::WRITE_UNCHANGED,
+        Perm::all(),
+    );
+    let filter_perm = match filter_perm
+        .and_then(|p| OpBlocker::block_for_job(&filter, JobType::Stream.name()).map(|b| (p, b)))
+    {
+        Ok((p, b)) => {
+            claims.push(Box::new(b));
+            p
+        }
         Err(e) => {
             crate::graph::replace::drop_filter(&filter);
+            if let Some(r) = reopened {
+                r.restore().await;
+            }
             return Err(e);
         }
-    }
-    start(bs, above_base, opts, claims, Some(filter), reopened).await
+    };
+    let filter = Some((filter, filter_perm));
+    start(bs, above_base, opts, claims, filter, reopened).await
 }
 
 async fn start(
@@ -153,14 +176,16 @@ async fn start(
     above_base: Option<Rc<BlockDriverState>>,
     opts: StreamOptions,
     claims: Vec<Box<dyn std::any::Any>>,
-    filter: Option<Rc<BlockDriverState>>,
+    filter: Option<(Rc<BlockDriverState>, permissions::PermHandle)>,
     reopened: Option<ReadWriteClaim>,
 ) -> Result<Rc<Job>> {
+    let (filter, filter_perm) = filter.unzip();
     let stream = Stream {
         bs: bs.clone(),
         above_base,
         opts: opts.clone(),
         filter: RefCell::new(filter.clone()),
+        filter_perm: RefCell::new(filter_perm),
         reopened: Rc::new(RefCell::new(reopened)),
         buf: IoVector::alloc(STREAM_CHUNK as usize),
     };
@@ -192,6 +217,7 @@ impl Stream {
     }
 
     fn remove_filter(&self) {
+        self.filter_perm.borrow_mut().take();
         if let Some(filter) = self.filter.borrow_mut().take() {
             crate::graph::replace::drop_filter(&filter);
         }

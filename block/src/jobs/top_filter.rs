@@ -142,6 +142,10 @@ impl BlockDriver for TopFilter {
         true
     }
 
+    fn reopen_keeps_options(&self) -> bool {
+        true
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

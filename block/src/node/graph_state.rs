@@ -43,6 +43,8 @@ pub struct GraphState {
     pub(crate) quiesce: Cell<u32>,
     /// Permissions taken on the node by its users.
     pub(crate) perms: RefCell<Vec<PermClaim>>,
+    /// The node's place in the node list (0 until reserved).
+    pub(crate) place: Cell<u64>,
     /// Why operations on the node are blocked (a job uses it), if they are.
     pub(crate) blocker: RefCell<Option<String>>,
 }

@@ -9,7 +9,7 @@
 //! (`dirty_bitmaps`) and what the graph layer keeps on each node (`graph_state`).
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use crate::coroutine::InFlight;
 use crate::debug_event::BlkdbgEvent;
@@ -147,13 +147,21 @@ pub struct BlockDriverState {
     node_name: String,
     filename: RefCell<String>,
     read_only: Cell<bool>,
-    /// The node may be made writable by a job (BDRV_O_ALLOW_RDWR): it was opened writable,
-    /// or read-only only because it is the backing file of a writable node.
-    allow_rdwr: Cell<bool>,
+    /// The options the node was opened (or last reopened) with, its children's left out
+    /// (bs->explicit_options): what a reopen compares new options against.
+    pub(crate) explicit_options: RefCell<crate::options::Options>,
+    /// The parent that opened this node as its child (bs->inherits_from); a reopen of the
+    /// parent passes its child options only to the children it opened itself.
+    pub(crate) inherits_from: RefCell<Weak<BlockDriverState>>,
+    /// Opened by a parent and not yet claimed by it (set by the child opens, taken by
+    /// the parent when it records `inherits_from`).
+    pub(crate) opened_as_child: Cell<bool>,
+    /// Child roles frozen by a job (BdrvChild.frozen): a reopen may not change them.
+    pub(crate) frozen: RefCell<Vec<String>>,
     /// Every read copies what it finds unallocated into this node (bs->copy_on_read).
     pub(crate) copy_on_read: Cell<bool>,
-    flags: OpenFlags,
-    pub(crate) detect_zeroes: DetectZeroes,
+    flags: Cell<OpenFlags>,
+    pub(crate) detect_zeroes: Cell<DetectZeroes>,
     children: RefCell<Vec<BdrvChild>>,
     pub(crate) probed: Cell<bool>,
     pub(crate) limits: Cell<BlockLimits>,
@@ -197,10 +205,13 @@ impl BlockDriverState {
             node_name,
             filename: RefCell::new(filename),
             read_only: Cell::new(flags.read_only),
-            allow_rdwr: Cell::new(!flags.read_only),
+            explicit_options: RefCell::new(crate::options::Options::new()),
+            inherits_from: RefCell::new(Weak::new()),
+            opened_as_child: Cell::new(false),
+            frozen: RefCell::new(Vec::new()),
             copy_on_read: Cell::new(false),
-            flags,
-            detect_zeroes,
+            flags: Cell::new(flags),
+            detect_zeroes: Cell::new(detect_zeroes),
             children: RefCell::new(Vec::new()),
             probed: Cell::new(false),
             limits: Cell::new(BlockLimits::default()),
@@ -274,33 +285,12 @@ impl BlockDriverState {
 
     /// The detect-zeroes mode writes to this node use.
     pub fn detect_zeroes(&self) -> DetectZeroes {
-        self.detect_zeroes
+        self.detect_zeroes.get()
     }
 
     /// Whether the node is read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only.get()
-    }
-
-    /// Whether the node may be reopened writable (BDRV_O_ALLOW_RDWR).
-    pub fn allow_rdwr(&self) -> bool {
-        self.allow_rdwr.get()
-    }
-
-    /// Lets this node and every node below it be reopened writable: they are read-only
-    /// only as the backing chain of a writable node (which opens its chain bottom-up, so the
-    /// mark is passed down once the chain is open).
-    pub(crate) fn set_allow_rdwr(&self) {
-        self.allow_rdwr.set(true);
-        for c in self.children() {
-            c.bs.set_allow_rdwr();
-        }
-    }
-
-    /// Records the node's new read-only state once its driver accepted it (the end of
-    /// bdrv_reopen_commit for `read-only`).
-    pub(crate) fn set_read_only(&self, read_only: bool) {
-        self.read_only.set(read_only);
     }
 
     /// Whether the format was guessed by probing rather than named (bs->probed): raw then
@@ -311,7 +301,14 @@ impl BlockDriverState {
 
     /// The flags the node was opened with.
     pub fn open_flags(&self) -> OpenFlags {
-        self.flags
+        self.flags.get()
+    }
+
+    /// Applies the flags and read-only state a committed reopen decided on.
+    pub(crate) fn set_open_flags(&self, flags: OpenFlags, detect_zeroes: DetectZeroes) {
+        self.flags.set(flags);
+        self.read_only.set(flags.read_only);
+        self.detect_zeroes.set(detect_zeroes);
     }
 
     /// Request limits.

@@ -113,6 +113,7 @@ pub(crate) fn open_node(
             filename = options.take("filename");
         }
         let ancestors = options.take(BACKING_ANCESTORS_KEY);
+        let mut explicit = options.clone();
         apply_flag_defaults(&mut options, &flags);
         let (flags, detect_zeroes) = take_generic_options(&mut options, flags)?;
         let node_name = match options.take("node-name") {
@@ -174,6 +175,7 @@ pub(crate) fn open_node(
             bs.filename(),
             bs.format_name()
         );
+        crate::graph::reserve_place(&bs);
         let drv = (bs.class().open)(&bs, &mut options).await?;
         if let Some(key) = options.first_key() {
             let (kind, verb) = if bs.class().is_format {
@@ -189,6 +191,15 @@ pub(crate) fn open_node(
         assert!(bs.drv.set(drv).is_ok());
         bs.limits.set(bs.drv().refresh_limits(&bs));
         bs.refresh_total_bytes().await?;
+        // The children keep their own options; the ones opened here inherit from `bs`.
+        for c in bs.children() {
+            explicit.extract_prefix(&c.name);
+            explicit.take(&c.name);
+            if c.bs.opened_as_child.take() {
+                *c.bs.inherits_from.borrow_mut() = Rc::downgrade(&bs);
+            }
+        }
+        *bs.explicit_options.borrow_mut() = explicit;
         crate::graph::register(&bs);
         Ok(bs)
     })
@@ -275,7 +286,8 @@ pub async fn open_protocol_child(
     }
     let child_name = role_value.or(filename);
     inherit(&mut child_opts, options);
-    if !child_opts.contains("driver") {
+    let probed_protocol = !child_opts.contains("driver");
+    if probed_protocol {
         let class = match child_opts.get("filename").or(child_name.as_deref()) {
             Some(name) => find_protocol(name)?,
             None => {
@@ -286,7 +298,13 @@ pub async fn open_protocol_child(
         };
         child_opts.set("driver", class.format_name);
     }
-    open_node(child_name, child_opts, flags, false).await
+    let bs = open_node(child_name, child_opts, flags, false).await?;
+    if probed_protocol {
+        // Found from the filename, not given: a reopen need not repeat it.
+        bs.explicit_options.borrow_mut().take("driver");
+    }
+    bs.opened_as_child.set(true);
+    Ok(bs)
 }
 
 /// Children inherit the generic options their parent was given explicitly.
@@ -333,9 +351,15 @@ pub async fn bdrv_open_backing(
     let path = resolve_relative(&parent.filename(), backing_name);
     let mut ancestors = parent.backing_ancestors.borrow().clone();
     ancestors.push(canonical_name(&parent.filename()));
-    if ancestors.contains(&canonical_name(&path)) {
+    // The file actually opened: options may name another than the header does, or a node.
+    let opened = match (options.get("file.filename"), options.contains("file")) {
+        (Some(file), _) => Some(file.to_string()),
+        (None, true) => None,
+        (None, false) => Some(path.clone()),
+    };
+    if let Some(file) = opened.filter(|f| ancestors.contains(&canonical_name(f))) {
         return Err(Error::invalid(format!(
-            "Backing file '{path}' creates an infinite loop."
+            "Backing file '{file}' creates an infinite loop."
         )));
     }
     options.set(BACKING_ANCESTORS_KEY, ancestors.join("\n"));
@@ -348,9 +372,7 @@ pub async fn bdrv_open_backing(
     let bs = open_node(Some(path.clone()), options, flags, true)
         .await
         .map_err(|e| e.context("Could not open backing file: "))?;
-    if !parent.is_read_only() || parent.allow_rdwr() {
-        bs.set_allow_rdwr();
-    }
+    bs.opened_as_child.set(true);
     Ok(bs)
 }
 

@@ -74,16 +74,6 @@ pub fn lock_image(fd: RawFd, perm: u32, shared: u32, filename: &str) -> Result<(
     Ok(())
 }
 
-/// Drops every lock `fd` holds on the permission bytes, before the same image takes new
-/// ones on another descriptor (a reopen).
-pub fn unlock_image(fd: RawFd) -> Result<()> {
-    for n in 0..PERM_NAMES.len() as i64 {
-        lock_op(fd, libc::F_OFD_SETLK, libc::F_UNLCK, PERM_BASE + n)?;
-        lock_op(fd, libc::F_OFD_SETLK, libc::F_UNLCK, SHARED_BASE + n)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

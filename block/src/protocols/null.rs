@@ -108,6 +108,10 @@ impl BlockDriver for NullDriver {
         RequestFlags::FUA
     }
 
+    fn reopen_keeps_options(&self) -> bool {
+        true
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

@@ -375,4 +375,12 @@ impl Caches {
         self.l2.slots.clear();
         self.refblock.slots.clear();
     }
+
+    /// Reads and writes the tables through `file` from now on, every table forgotten: a
+    /// reopen gave the node another file child (qcow2_update_options_commit creates new
+    /// caches). The caller wrote the dirty tables back first.
+    pub fn set_file(&mut self, file: Rc<BlockDriverState>) {
+        self.file = file;
+        self.clear();
+    }
 }

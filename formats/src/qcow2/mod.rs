@@ -444,23 +444,6 @@ impl BlockDriver for Qcow2 {
         self.crypto.is_some()
     }
 
-    /// A corrupt image stays read-only (qcow2_reopen_prepare); going read-only writes the
-    /// metadata caches back first, as close would.
-    async fn co_reopen_read_only(&self, _bs: &BlockDriverState, read_only: bool) -> Result<()> {
-        let mut meta = self.meta.lock().await;
-        if read_only {
-            meta.caches.flush_all().await?;
-            meta.file.co_flush().await?;
-        } else if meta.header.incompatible_features & header::INCOMPAT_CORRUPT != 0 {
-            return Err(Error::new(
-                libc::EACCES,
-                "qcow2: Image is corrupt; cannot be opened read/write",
-            ));
-        }
-        meta.writable = !read_only;
-        Ok(())
-    }
-
     async fn close(&self, bs: &BlockDriverState) -> Result<()> {
         if bs.is_read_only() {
             return Ok(());
@@ -517,6 +500,23 @@ impl BlockDriver for Qcow2 {
         name: &str,
     ) -> Result<()> {
         self.remove_persistent_dirty_bitmap(name).await
+    }
+
+    async fn reopen_prepare(
+        &self,
+        bs: &BlockDriverState,
+        opts: &mut Options,
+        flags: block::OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        Some(open::reopen_prepare(self, bs, opts, flags).await)
+    }
+
+    async fn reopen_commit(&self, bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
+        open::reopen_commit(self, bs, staged).await;
+    }
+
+    fn mutable_opts(&self) -> &'static [&'static str] {
+        open::MUTABLE_OPTS
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -169,3 +169,80 @@ async fn open_backing(
     bs.attach_child("backing", backing);
     Ok(())
 }
+
+/// What a reopen of a qcow2 node stages (qcow2_reopen_prepare): whether it will be
+/// writable and its lazy-refcounts setting. The cache sizes are checked like at open; the
+/// caches keep the size they were opened with.
+struct Qcow2Reopen {
+    writable: bool,
+    lazy_refcounts: bool,
+}
+
+/// Checks a qcow2 node's new options, and writes back what a node that becomes read-only
+/// must not keep in its caches.
+pub(super) async fn reopen_prepare(
+    q: &Qcow2,
+    bs: &BlockDriverState,
+    options: &mut Options,
+    flags: block::OpenFlags,
+) -> Result<Box<dyn std::any::Any>> {
+    let h = q.info.borrow().clone();
+    cache::take_cache_options(options, h.cluster_size())?;
+    let lazy_refcounts = take_lazy_refcounts(options, &h)?;
+    take_runtime_options(options)?;
+    if flags.read_only && !bs.is_read_only() {
+        // What the node still caches must reach its file while that is writable.
+        bs.co_flush().await?;
+    } else if !bs.is_read_only() {
+        // The caches are started afresh on commit: what they hold dirty is written back
+        // now (qcow2_update_options_prepare flushes them).
+        q.meta.lock().await.caches.flush_all().await?;
+    } else if !flags.read_only
+        && q.meta.lock().await.header.incompatible_features & header::INCOMPAT_CORRUPT != 0
+    {
+        // A corrupt image stays read-only.
+        return Err(Error::new(
+            libc::EACCES,
+            "qcow2: Image is corrupt; cannot be opened read/write",
+        ));
+    }
+    Ok(Box::new(Qcow2Reopen {
+        writable: !flags.read_only,
+        lazy_refcounts,
+    }))
+}
+
+/// Applies a prepared reopen (qcow2_reopen_commit).
+pub(super) async fn reopen_commit(
+    q: &Qcow2,
+    bs: &BlockDriverState,
+    staged: Box<dyn std::any::Any>,
+) {
+    if let Ok(r) = staged.downcast::<Qcow2Reopen>() {
+        let mut meta = q.meta.lock().await;
+        meta.writable = r.writable;
+        // A reopen may have given the node another `file` (a filter inserted, or swapped).
+        if let Some(file) = bs.file() {
+            meta.caches.set_file(file.clone());
+            meta.file = file;
+        }
+        drop(meta);
+        q.lazy_refcounts.set(r.lazy_refcounts);
+    }
+}
+
+/// The options a reopen may leave out (qcow2's mutable_opts).
+pub(super) const MUTABLE_OPTS: &[&str] = &[
+    "lazy-refcounts",
+    "l2-cache-size",
+    "l2-cache-entry-size",
+    "refcount-cache-size",
+    "cache-size",
+    "cache-clean-interval",
+    "pass-discard-request",
+    "pass-discard-snapshot",
+    "pass-discard-other",
+    "discard-no-unref",
+    "overlap-check",
+    "overlap-check.template",
+];

@@ -87,12 +87,12 @@ pub async fn blockdev_add(args: Args) -> CmdResult {
 }
 
 /// Whether anything but the monitor holds `bs`: a drive or a parent node.
-fn in_use(bs: &Rc<BlockDriverState>) -> bool {
+pub(super) fn in_use(bs: &Rc<BlockDriverState>) -> bool {
     drives::backend_of(bs).is_some() || !block::graph::node_parents(bs).is_empty()
 }
 
 /// Closes `bs`, then every child nothing else holds (bdrv_close then the children's unref).
-fn close_unreferenced(
+pub(super) fn close_unreferenced(
     bs: Rc<BlockDriverState>,
 ) -> block::coroutine::LocalBoxFuture<'static, block::Result<()>> {
     Box::pin(async move {
@@ -120,7 +120,17 @@ pub async fn blockdev_del(mut args: Args) -> CmdResult {
             "Node {name} is not owned by the monitor"
         )));
     }
-    // A job's op blocker is reported first, as bdrv_op_is_blocked is in QEMU.
+    // The blocker a backing link puts on its node (bdrv_set_backing_hd's backing_blocker),
+    // then a job's, as bdrv_op_is_blocked finds them in QEMU.
+    if let Some((overlay, _)) = block::graph::node_parents(&bs)
+        .into_iter()
+        .find(|(p, role)| role == "backing" && !p.drv().is_filter())
+    {
+        return Err(QmpError::generic(format!(
+            "Node '{name}' is busy: node is used as backing hd of '{}'",
+            overlay.node_name()
+        )));
+    }
     block::graph::blockers::check_not_busy(&bs)?;
     if in_use(&bs) {
         return Err(QmpError::generic(format!("Block device {name} is in use")));

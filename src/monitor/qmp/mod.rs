@@ -20,6 +20,7 @@ pub mod devices;
 pub mod jobs;
 pub mod machine;
 pub mod objects;
+pub mod reopen;
 pub mod transaction;
 
 use ::block::coroutine::LocalBoxFuture;
@@ -121,6 +122,7 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("drive-backup", |a| Box::pin(backup::drive_backup(a))),
     ("blockdev-add", |a| Box::pin(block::blockdev_add(a))),
     ("blockdev-del", |a| Box::pin(block::blockdev_del(a))),
+    ("blockdev-reopen", |a| Box::pin(reopen::blockdev_reopen(a))),
     ("block_resize", |a| Box::pin(block::block_resize(a))),
     ("blockdev-snapshot-sync", |a| {
         Box::pin(block::blockdev_snapshot_sync(a))

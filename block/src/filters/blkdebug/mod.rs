@@ -267,6 +267,10 @@ impl BlockDriver for Blkdebug {
         true
     }
 
+    fn reopen_keeps_options(&self) -> bool {
+        true
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

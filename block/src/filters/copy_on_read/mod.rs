@@ -129,6 +129,10 @@ impl BlockDriver for CopyOnRead {
         true
     }
 
+    fn reopen_keeps_options(&self) -> bool {
+        true
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

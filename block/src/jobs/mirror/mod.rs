@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::graph::blockers::OpBlocker;
 use crate::graph::drain::{drained_begin, DrainedSection};
 use crate::graph::permissions::{self, Perm};
+use crate::graph::reopen::{bdrv_reopen_set_read_only, FrozenChain};
 use crate::node::BlockDriverState;
 use crate::trace;
 use copy::MirrorState;
@@ -147,7 +148,7 @@ pub async fn commit_active_start(
         }
         node = n.backing();
     }
-    crate::graph::read_only::bdrv_reopen_set_read_only(base, false).await?;
+    bdrv_reopen_set_read_only(base, false).await?;
     let opts = MirrorOptions {
         common,
         filter_node_name,
@@ -247,6 +248,10 @@ async fn start_job(
         source.node_name(),
         target.node_name()
     );
+    if let Some(base) = &base {
+        // The links from the filter down to the base stay until the commit is done.
+        claims.push(Box::new(FrozenChain::new(&filter, Some(base))));
+    }
     let common = opts.common.clone();
     let mirror = Mirror {
         state,

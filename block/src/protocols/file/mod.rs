@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::host_device;
-use super::locking::{self, lock_image, unlock_image};
+use super::locking::{self, lock_image};
 use crate::aio::AioContext;
 use crate::driver::{
     BlockDriver, BlockLimits, BlockStatus, CreateOption, DriverClass, PreallocMode, RequestFlags,
@@ -26,7 +26,7 @@ use crate::driver::{
 };
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
-use crate::node::{AioMode, BlockDriverState};
+use crate::node::{AioMode, BlockDriverState, OpenFlags};
 use crate::options::Options;
 
 use create::{create, regular_truncate};
@@ -76,12 +76,12 @@ pub struct FileDriver {
     /// Replaced when the node is reopened read-only or read-write; requests in flight keep
     /// the descriptor they started with.
     fd: RefCell<Arc<OwnedFd>>,
-    path: String,
-    locking: bool,
-    force_share: bool,
+    /// The descriptor first opened, which holds the image locks for the node's lifetime
+    /// (a reopen replaces `fd` but moves the locks by changing them here), if locking.
+    lock_fd: Option<Arc<OwnedFd>>,
     aio: AioMode,
-    direct: bool,
-    alignment: u32,
+    direct: Cell<bool>,
+    alignment: Cell<u32>,
     /// The last data extent SEEK_DATA/SEEK_HOLE found, `start..end` (QEMU's
     /// BlockStatusCache): a request inside it is data without two more lseeks, which
     /// otherwise cost an NBD server a tenth of its time serving small reads. Writes only
@@ -110,6 +110,20 @@ fn strip_protocol(filename: &str, protocol: &str) -> String {
     }
 }
 
+/// The open(2) flags of a node's mode (raw_parse_flags).
+fn raw_parse_flags(flags: OpenFlags) -> libc::c_int {
+    let access = if flags.read_only {
+        libc::O_RDONLY
+    } else {
+        libc::O_RDWR
+    };
+    if flags.cache.direct {
+        access | libc::O_DIRECT
+    } else {
+        access
+    }
+}
+
 /// Opens a node of `file` or of the device drivers sharing its I/O (raw_open_common).
 pub(super) async fn open(
     bs: &BlockDriverState,
@@ -132,15 +146,7 @@ pub(super) async fn open(
     for ignored in ["x-check-cache-dropped", "pr-manager", "drop-cache"] {
         options.take(ignored);
     }
-    let mut oflags = if flags.read_only {
-        libc::O_RDONLY
-    } else {
-        libc::O_RDWR
-    };
-    if flags.cache.direct {
-        oflags |= libc::O_DIRECT;
-    }
-    let fd = open_fd(&path, oflags, 0)
+    let fd = open_fd(&path, raw_parse_flags(flags), 0)
         .map_err(|e| Error::with_errno_message(e.errno(), format!("Could not open '{path}'")))?;
     host_device::check_kind(bs.format_name(), &filename, fd.as_raw_fd())?;
     if flags.aio == AioMode::IoUring {
@@ -155,15 +161,14 @@ pub(super) async fn open(
     } else {
         1
     };
-    bs.set_filename(path.clone());
+    bs.set_filename(path);
+    let fd = Arc::new(fd);
     Ok(Box::new(FileDriver {
-        fd: RefCell::new(Arc::new(fd)),
-        path,
-        locking,
-        force_share: flags.force_share,
+        fd: RefCell::new(fd.clone()),
+        lock_fd: locking.then_some(fd),
         aio: flags.aio,
-        direct: flags.cache.direct,
-        alignment,
+        direct: Cell::new(flags.cache.direct),
+        alignment: Cell::new(alignment),
         data_extent: Cell::new(None),
     }))
 }
@@ -175,6 +180,49 @@ struct ForgetExtent<'a>(&'a Cell<Option<(u64, u64)>>);
 impl Drop for ForgetExtent<'_> {
     fn drop(&mut self) {
         self.0.set(None);
+    }
+}
+
+/// A new descriptor for a reopen that changes read-only or O_DIRECT (raw_reopen_prepare),
+/// with its alignment; the image locks move to the new permissions at once.
+struct FileReopen {
+    fd: Option<(Arc<OwnedFd>, u32)>,
+    direct: bool,
+}
+
+impl FileDriver {
+    fn reopen_prepare(
+        &self,
+        bs: &BlockDriverState,
+        opts: &mut Options,
+        flags: OpenFlags,
+    ) -> Result<Box<dyn std::any::Any>> {
+        opts.take("x-check-cache-dropped");
+        let old = bs.open_flags();
+        if old.read_only == flags.read_only && old.cache.direct == flags.cache.direct {
+            return Ok(Box::new(FileReopen {
+                fd: None,
+                direct: flags.cache.direct,
+            }));
+        }
+        let filename = bs.filename();
+        let path = strip_protocol(&filename, bs.format_name());
+        let fd = open_fd(&path, raw_parse_flags(flags), 0).map_err(|e| {
+            Error::with_errno_message(e.errno(), format!("Could not reopen '{path}'"))
+        })?;
+        if let Some(lock_fd) = &self.lock_fd {
+            let (perm, shared) = permissions(flags.read_only, flags.force_share);
+            lock_image(lock_fd.as_raw_fd(), perm, shared, &path)?;
+        }
+        let alignment = if flags.cache.direct {
+            probe_alignment(fd.as_raw_fd())
+        } else {
+            1
+        };
+        Ok(Box::new(FileReopen {
+            fd: Some((Arc::new(fd), alignment)),
+            direct: flags.cache.direct,
+        }))
     }
 }
 
@@ -202,8 +250,8 @@ impl FileDriver {
     /// One read or write through the selected engine (raw_co_prw).
     async fn co_prw(&self, offset: u64, qiov: &IoVector, write: bool) -> Result<()> {
         // O_DIRECT needs aligned memory; long vectors exceed IOV_MAX: both use a bounce buffer.
-        let needs_bounce =
-            (self.direct && !qiov.is_aligned(self.alignment as usize)) || qiov.niov() > IOV_MAX;
+        let needs_bounce = (self.direct.get() && !qiov.is_aligned(self.alignment.get() as usize))
+            || qiov.niov() > IOV_MAX;
         if needs_bounce {
             let bounce = IoVector::alloc(qiov.len());
             if write {
@@ -281,35 +329,6 @@ impl FileDriver {
 impl BlockDriver for FileDriver {
     /// Opens the file again in the new mode and moves the image locks to the new
     /// descriptor (raw_reopen_prepare/commit); on failure the old one stays in use.
-    async fn co_reopen_read_only(&self, _bs: &BlockDriverState, read_only: bool) -> Result<()> {
-        let mut oflags = if read_only {
-            libc::O_RDONLY
-        } else {
-            libc::O_RDWR
-        };
-        if self.direct {
-            oflags |= libc::O_DIRECT;
-        }
-        let path = &self.path;
-        let fd = open_fd(path, oflags, 0).map_err(|e| {
-            Error::with_errno_message(e.errno(), format!("Could not open '{path}'"))
-        })?;
-        if self.locking {
-            let old = self.fd();
-            // The old descriptor's locks would conflict with the new one's: give them up
-            // first, and take them back if the new ones are refused.
-            let (perm, shared) = permissions(!read_only, self.force_share);
-            unlock_image(old.as_raw_fd())?;
-            let (new_perm, new_shared) = permissions(read_only, self.force_share);
-            if let Err(e) = lock_image(fd.as_raw_fd(), new_perm, new_shared, path) {
-                lock_image(old.as_raw_fd(), perm, shared, path)?;
-                return Err(e);
-            }
-        }
-        *self.fd.borrow_mut() = Arc::new(fd);
-        Ok(())
-    }
-
     async fn co_preadv(
         &self,
         _bs: &BlockDriverState,
@@ -430,7 +449,7 @@ impl BlockDriver for FileDriver {
             }
             // A data extent ends in the middle of a request-alignment block only at a
             // partial block at EOF: it counts whole, as a read of it would (QEMU rounds up).
-            let len = (hole as u64 - offset).next_multiple_of(self.alignment as u64);
+            let len = (hole as u64 - offset).next_multiple_of(self.alignment.get() as u64);
             self.data_extent.set(Some((offset, offset + len)));
             (StatusFlags::DATA, len.min(bytes))
         };
@@ -476,9 +495,9 @@ impl BlockDriver for FileDriver {
 
     fn refresh_limits(&self, _bs: &BlockDriverState) -> BlockLimits {
         BlockLimits {
-            request_alignment: self.alignment,
-            min_mem_alignment: if self.direct {
-                self.alignment as usize
+            request_alignment: self.alignment.get(),
+            min_mem_alignment: if self.direct.get() {
+                self.alignment.get() as usize
             } else {
                 1
             },
@@ -488,6 +507,29 @@ impl BlockDriver for FileDriver {
 
     fn has_zero_init(&self, _bs: &BlockDriverState) -> bool {
         true
+    }
+
+    async fn reopen_prepare(
+        &self,
+        bs: &BlockDriverState,
+        opts: &mut Options,
+        flags: OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        Some(FileDriver::reopen_prepare(self, bs, opts, flags))
+    }
+
+    async fn reopen_commit(&self, _bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
+        if let Ok(r) = staged.downcast::<FileReopen>() {
+            if let Some((fd, alignment)) = r.fd {
+                *self.fd.borrow_mut() = fd;
+                self.alignment.set(alignment);
+            }
+            self.direct.set(r.direct);
+        }
+    }
+
+    fn mutable_opts(&self) -> &'static [&'static str] {
+        &["x-check-cache-dropped"]
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
