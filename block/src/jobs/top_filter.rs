@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
+use crate::coroutine::LocalBoxFuture;
 use crate::driver::{BlockDriver, DriverClass, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -19,9 +20,17 @@ use crate::node::BlockDriverState;
 /// What a job does about the writes passing through its filter.
 #[async_trait(?Send)]
 pub trait WriteObserver {
-    /// A write of `bytes` at `offset` (data in `qiov`, or zeroes/discard when `None`)
-    /// reached the filtered node.
-    async fn written(&self, offset: u64, bytes: u64, qiov: Option<&IoVector>) -> Result<()>;
+    /// A write of `bytes` at `offset` (data in `qiov`, or zeroes/discard when `None`):
+    /// the observer runs `write`, the write to the filtered node, itself, so that it can
+    /// act before it (a write-blocking mirror keeps overlapping copies apart:
+    /// active_write_prepare) and after it (marks or copies what was written).
+    async fn around_write(
+        &self,
+        offset: u64,
+        bytes: u64,
+        qiov: Option<&IoVector>,
+        write: LocalBoxFuture<'_, Result<()>>,
+    ) -> Result<()>;
 }
 
 /// mirror's filter class (`mirror_top`).
@@ -66,10 +75,17 @@ impl TopFilter {
         TopFilter { observer }
     }
 
-    async fn notify(&self, offset: u64, bytes: u64, qiov: Option<&IoVector>) -> Result<()> {
+    /// Runs `write` to the node below, through the observer if there is one.
+    async fn write(
+        &self,
+        offset: u64,
+        bytes: u64,
+        qiov: Option<&IoVector>,
+        write: LocalBoxFuture<'_, Result<()>>,
+    ) -> Result<()> {
         match &self.observer {
-            Some(o) => o.written(offset, bytes, qiov).await,
-            None => Ok(()),
+            Some(o) => o.around_write(offset, bytes, qiov, write).await,
+            None => write.await,
         }
     }
 }
@@ -106,8 +122,10 @@ impl BlockDriver for TopFilter {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
-        below(bs).co_pwritev(offset, qiov, flags).await?;
-        self.notify(offset, qiov.len() as u64, Some(qiov)).await
+        let below = below(bs);
+        let write = Box::pin(below.co_pwritev(offset, qiov, flags));
+        self.write(offset, qiov.len() as u64, Some(qiov), write)
+            .await
     }
 
     async fn co_pwrite_zeroes(
@@ -117,13 +135,15 @@ impl BlockDriver for TopFilter {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
-        below(bs).co_pwrite_zeroes(offset, bytes, flags).await?;
-        self.notify(offset, bytes, None).await
+        let below = below(bs);
+        let write = Box::pin(below.co_pwrite_zeroes(offset, bytes, flags));
+        self.write(offset, bytes, None, write).await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
-        below(bs).co_pdiscard(offset, bytes).await?;
-        self.notify(offset, bytes, None).await
+        let below = below(bs);
+        let write = Box::pin(below.co_pdiscard(offset, bytes));
+        self.write(offset, bytes, None, write).await
     }
 
     async fn co_flush_to_disk(&self, bs: &BlockDriverState) -> Result<()> {

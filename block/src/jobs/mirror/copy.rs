@@ -3,13 +3,14 @@
 //! mode each guest write as it happens (bdrv_mirror_top_pwritev / do_sync_target_write in
 //! QEMU's block/mirror.c).
 //!
-//! Guest writes reach the source through the mirror_top filter, which tells [`MirrorState`]
-//! after each one. In background mode the written chunks become dirty and a later copy
+//! Guest writes reach the source through the mirror_top filter, which hands each one to
+//! [`MirrorState`]. In background mode the written chunks become dirty and a later copy
 //! takes them; in write-blocking mode the same data is written to the target before the
 //! guest's request completes, so the target converges even under a steady write load. A
-//! copy clears its chunks before it reads: a guest write that lands meanwhile marks them
-//! dirty again and they are copied once more, after the first copy ended ([`super::ops`]
-//! keeps overlapping copies apart).
+//! background copy clears its chunks before it reads: a guest write that lands meanwhile
+//! marks them dirty again and they are copied once more, after the first copy ended
+//! ([`super::ops`] keeps overlapping copies apart, and write-blocking writes out of the way
+//! of copies of the same bytes).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -18,7 +19,7 @@ use std::rc::{Rc, Weak};
 use async_trait::async_trait;
 
 use super::ops::{InFlightOps, OpKind, MAX_IN_FLIGHT};
-use crate::coroutine::co_spawn;
+use crate::coroutine::{co_spawn, LocalBoxFuture};
 use crate::dirty_bitmap::BdrvDirtyBitmap;
 use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
@@ -141,7 +142,7 @@ impl MirrorState {
             }
             // A copy in flight over part of the area: stop short of it, or wait for it to
             // end if it covers the start (mirror_wait_on_conflicts).
-            match ops.conflicts(offset, bytes).first {
+            match ops.first_conflict(offset, bytes) {
                 None => break (offset, bytes),
                 Some(c) if c > offset && c - offset >= align => {
                     break (offset, (c - offset) - (c - offset) % align)
@@ -273,33 +274,44 @@ impl MirrorState {
 
 #[async_trait(?Send)]
 impl WriteObserver for MirrorState {
-    async fn written(&self, offset: u64, bytes: u64, qiov: Option<&IoVector>) -> Result<()> {
-        if !self.active.get() {
-            return Ok(());
-        }
-        let sync_copy = self.copy_mode == CopyMode::WriteBlocking && self.sync_error.borrow().is_none();
-        let Some(qiov) = qiov.filter(|_| sync_copy) else {
-            self.dirty.set_dirty(offset, bytes);
-            return Ok(());
-        };
-        // Another guest write's copy of these bytes goes first, or the older data could
-        // land last; a background copy may have read the source before this write, so the
-        // chunks stay dirty for the next one instead.
-        loop {
-            if !self.active.get() {
-                return Ok(());
-            }
-            let c = self.ops.conflicts(offset, bytes);
-            if c.background {
+    async fn around_write(
+        &self,
+        offset: u64,
+        bytes: u64,
+        qiov: Option<&IoVector>,
+        write: LocalBoxFuture<'_, Result<()>>,
+    ) -> Result<()> {
+        if !self.active.get() || self.copy_mode != CopyMode::WriteBlocking {
+            let written = write.await;
+            // Even a failed write may have changed part of the source.
+            if self.active.get() {
                 self.dirty.set_dirty(offset, bytes);
-                return Ok(());
             }
-            if c.first.is_none() {
-                break;
-            }
+            return written;
+        }
+        // Copies of these bytes in flight end first and none starts until this write is
+        // over, so that neither the source nor the target sees them in another order and
+        // no chunk is marked clean over a newer write (active_write_prepare with
+        // mirror_wait_on_conflicts).
+        while self.ops.first_conflict(offset, bytes).is_some() {
             self.ops.wait_any().await;
         }
         let _op = self.ops.begin(offset, bytes, OpKind::Active);
+        if let Err(e) = write.await {
+            if self.active.get() {
+                self.dirty.set_dirty(offset, bytes);
+            }
+            return Err(e);
+        }
+        let sync_copy = self.active.get() && self.sync_error.borrow().is_none();
+        let Some(qiov) = qiov.filter(|_| sync_copy) else {
+            // Zeroes and discards, or a copy that failed before: a background copy
+            // takes them.
+            if self.active.get() {
+                self.dirty.set_dirty(offset, bytes);
+            }
+            return Ok(());
+        };
         trace!(
             mirror_sync_write,
             "s {:p} offset {} bytes {}",
@@ -307,19 +319,17 @@ impl WriteObserver for MirrorState {
             offset,
             bytes
         );
-        // Cleared before the copy: a write landing meanwhile marks its chunks again.
+        // The chunks the write covers whole are clean once it reaches the target; the
+        // others stay dirty for a background copy of the rest of them.
         self.dirty.reset_covered(offset, bytes);
-        match self
+        if let Err(e) = self
             .target
             .co_pwritev(offset, qiov, RequestFlags::empty())
             .await
         {
-            Ok(()) => {}
-            Err(e) => {
-                // The guest's write succeeded on the source; the job reports the target's.
-                self.dirty.set_dirty(offset, bytes);
-                self.sync_error.borrow_mut().get_or_insert(e);
-            }
+            // The guest's write succeeded on the source; the job reports the target's.
+            self.dirty.set_dirty(offset, bytes);
+            self.sync_error.borrow_mut().get_or_insert(e);
         }
         Ok(())
     }

@@ -493,7 +493,15 @@ impl JobDriver for Mirror {
     }
 
     async fn prepare(&self, _job: &Rc<Job>) -> Result<()> {
-        self.exit_common(self.should_complete.get())
+        let pivot = self.should_complete.get();
+        self.exit_common(pivot)?;
+        if pivot {
+            // The replaced node has left the guest's graph and may never be closed: what
+            // its driver caches (qcow2's tables) reaches its image now, as QEMU's close of
+            // it would write it back. Its failure changes nothing the job could report.
+            let _ = self.to_replace.co_flush().await;
+        }
+        Ok(())
     }
 
     async fn abort(&self, _job: &Rc<Job>) {

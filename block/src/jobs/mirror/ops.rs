@@ -30,15 +30,6 @@ struct Op {
     kind: OpKind,
 }
 
-/// What a range overlaps among the copies in flight.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Conflicts {
-    /// The lowest offset of an overlapping copy, if any.
-    pub first: Option<u64>,
-    /// Whether a background copy overlaps.
-    pub background: bool,
-}
-
 /// The copies in flight of one mirror.
 #[derive(Default)]
 pub(super) struct InFlightOps {
@@ -108,17 +99,15 @@ impl InFlightOps {
         self.changed.restart_all();
     }
 
-    /// What `[offset, offset + bytes)` overlaps.
-    pub fn conflicts(&self, offset: u64, bytes: u64) -> Conflicts {
+    /// The lowest offset of a copy in flight that overlaps `[offset, offset + bytes)`.
+    pub fn first_conflict(&self, offset: u64, bytes: u64) -> Option<u64> {
         let end = offset.saturating_add(bytes);
-        let mut c = Conflicts::default();
-        for op in self.ops.borrow().iter() {
-            if op.offset < end && offset < op.offset + op.bytes {
-                c.first = Some(c.first.map_or(op.offset, |f| f.min(op.offset)));
-                c.background |= op.kind == OpKind::Background;
-            }
-        }
-        c
+        self.ops
+            .borrow()
+            .iter()
+            .filter(|op| op.offset < end && offset < op.offset + op.bytes)
+            .map(|op| op.offset)
+            .min()
     }
 
     /// Background copies in flight.
