@@ -75,17 +75,16 @@ impl TopFilter {
         TopFilter { observer }
     }
 
-    /// Runs `write` to the node below, through the observer if there is one.
-    async fn write(
-        &self,
-        offset: u64,
-        bytes: u64,
-        qiov: Option<&IoVector>,
-        write: LocalBoxFuture<'_, Result<()>>,
-    ) -> Result<()> {
+    /// `write` to the node below, handed to the observer if there is one.
+    fn observed<'a>(
+        &'a self,
+        (offset, bytes): (u64, u64),
+        qiov: Option<&'a IoVector>,
+        write: LocalBoxFuture<'a, Result<()>>,
+    ) -> LocalBoxFuture<'a, Result<()>> {
         match &self.observer {
-            Some(o) => o.around_write(offset, bytes, qiov, write).await,
-            None => write.await,
+            Some(o) => o.around_write(offset, bytes, qiov, write),
+            None => write,
         }
     }
 }
@@ -124,7 +123,7 @@ impl BlockDriver for TopFilter {
     ) -> Result<()> {
         let below = below(bs);
         let write = Box::pin(below.co_pwritev(offset, qiov, flags));
-        self.write(offset, qiov.len() as u64, Some(qiov), write)
+        self.observed((offset, qiov.len() as u64), Some(qiov), write)
             .await
     }
 
@@ -137,13 +136,13 @@ impl BlockDriver for TopFilter {
     ) -> Result<()> {
         let below = below(bs);
         let write = Box::pin(below.co_pwrite_zeroes(offset, bytes, flags));
-        self.write(offset, bytes, None, write).await
+        self.observed((offset, bytes), None, write).await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
         let below = below(bs);
         let write = Box::pin(below.co_pdiscard(offset, bytes));
-        self.write(offset, bytes, None, write).await
+        self.observed((offset, bytes), None, write).await
     }
 
     async fn co_flush_to_disk(&self, bs: &BlockDriverState) -> Result<()> {

@@ -269,7 +269,6 @@ impl MirrorState {
         }
         Ok(())
     }
-
 }
 
 #[async_trait(?Send)]
