@@ -17,20 +17,37 @@ use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 
+/// A guest write passing through a job's filter.
+pub struct ObservedWrite<'a> {
+    /// Where it starts.
+    pub offset: u64,
+    /// How long it is.
+    pub bytes: u64,
+    /// Its data, or `None` for zeroes and discards.
+    pub qiov: Option<&'a IoVector>,
+}
+
+impl<'a> ObservedWrite<'a> {
+    /// The write of `bytes` at `offset`, with `qiov` its data if it has any.
+    pub fn new(offset: u64, bytes: u64, qiov: Option<&'a IoVector>) -> ObservedWrite<'a> {
+        ObservedWrite {
+            offset,
+            bytes,
+            qiov,
+        }
+    }
+}
+
+/// The write to the filtered node, for the observer to run.
+pub type WriteFuture<'a> = LocalBoxFuture<'a, Result<()>>;
+
 /// What a job does about the writes passing through its filter.
 #[async_trait(?Send)]
 pub trait WriteObserver {
-    /// A write of `bytes` at `offset` (data in `qiov`, or zeroes/discard when `None`):
-    /// the observer runs `write`, the write to the filtered node, itself, so that it can
+    /// The observer runs `write`, the write to the filtered node, itself, so that it can
     /// act before it (a write-blocking mirror keeps overlapping copies apart:
     /// active_write_prepare) and after it (marks or copies what was written).
-    async fn around_write(
-        &self,
-        offset: u64,
-        bytes: u64,
-        qiov: Option<&IoVector>,
-        write: LocalBoxFuture<'_, Result<()>>,
-    ) -> Result<()>;
+    async fn around_write(&self, req: ObservedWrite<'_>, write: WriteFuture<'_>) -> Result<()>;
 }
 
 /// mirror's filter class (`mirror_top`).
@@ -76,14 +93,9 @@ impl TopFilter {
     }
 
     /// `write` to the node below, handed to the observer if there is one.
-    fn observed<'a>(
-        &'a self,
-        (offset, bytes): (u64, u64),
-        qiov: Option<&'a IoVector>,
-        write: LocalBoxFuture<'a, Result<()>>,
-    ) -> LocalBoxFuture<'a, Result<()>> {
+    fn observed<'a>(&'a self, req: ObservedWrite<'a>, write: WriteFuture<'a>) -> WriteFuture<'a> {
         match &self.observer {
-            Some(o) => o.around_write(offset, bytes, qiov, write),
+            Some(o) => o.around_write(req, write),
             None => write,
         }
     }
@@ -123,8 +135,8 @@ impl BlockDriver for TopFilter {
     ) -> Result<()> {
         let below = below(bs);
         let write = Box::pin(below.co_pwritev(offset, qiov, flags));
-        self.observed((offset, qiov.len() as u64), Some(qiov), write)
-            .await
+        let req = ObservedWrite::new(offset, qiov.len() as u64, Some(qiov));
+        self.observed(req, write).await
     }
 
     async fn co_pwrite_zeroes(
@@ -135,14 +147,16 @@ impl BlockDriver for TopFilter {
         flags: RequestFlags,
     ) -> Result<()> {
         let below = below(bs);
-        let write = Box::pin(below.co_pwrite_zeroes(offset, bytes, flags));
-        self.observed((offset, bytes), None, write).await
+        let zeroes = below.co_pwrite_zeroes(offset, bytes, flags);
+        self.observed(ObservedWrite::new(offset, bytes, None), Box::pin(zeroes))
+            .await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
         let below = below(bs);
-        let write = Box::pin(below.co_pdiscard(offset, bytes));
-        self.observed((offset, bytes), None, write).await
+        let discard = Box::pin(below.co_pdiscard(offset, bytes));
+        self.observed(ObservedWrite::new(offset, bytes, None), discard)
+            .await
     }
 
     async fn co_flush_to_disk(&self, bs: &BlockDriverState) -> Result<()> {

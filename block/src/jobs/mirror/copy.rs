@@ -19,14 +19,14 @@ use std::rc::{Rc, Weak};
 use async_trait::async_trait;
 
 use super::ops::{InFlightOps, OpKind, MAX_IN_FLIGHT};
-use crate::coroutine::{co_spawn, LocalBoxFuture};
+use crate::coroutine::co_spawn;
 use crate::dirty_bitmap::BdrvDirtyBitmap;
 use crate::driver::{RequestFlags, StatusFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::jobs::block_copy::CopyError;
 use crate::jobs::job::Job;
-use crate::jobs::top_filter::WriteObserver;
+use crate::jobs::top_filter::{ObservedWrite, WriteFuture, WriteObserver};
 use crate::node::BlockDriverState;
 use crate::trace;
 
@@ -273,13 +273,12 @@ impl MirrorState {
 
 #[async_trait(?Send)]
 impl WriteObserver for MirrorState {
-    async fn around_write(
-        &self,
-        offset: u64,
-        bytes: u64,
-        qiov: Option<&IoVector>,
-        write: LocalBoxFuture<'_, Result<()>>,
-    ) -> Result<()> {
+    async fn around_write(&self, req: ObservedWrite<'_>, write: WriteFuture<'_>) -> Result<()> {
+        let ObservedWrite {
+            offset,
+            bytes,
+            qiov,
+        } = req;
         if !self.active.get() || self.copy_mode != CopyMode::WriteBlocking {
             let written = write.await;
             // Even a failed write may have changed part of the source.
