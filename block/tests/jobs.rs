@@ -252,7 +252,33 @@ fn commit_copies_an_intermediate_layer_into_its_base_and_drops_it() {
 
 /// Mirrors a written source to a fresh target, writes more once READY, completes, and
 /// checks the pivot and the images.
-fn mirror_and_pivot(copy_mode: CopyMode, guest_writes: usize) {
+/// How the guest writes while a mirror copies.
+#[derive(Clone, Copy)]
+enum GuestWrites {
+    /// This many writes, one after another.
+    OneByOne(usize),
+    /// Rounds of writes in flight all at once, unaligned and overlapping each other and
+    /// the areas the job's parallel copies take.
+    Concurrent,
+}
+
+/// Writes `round` of [`GuestWrites::Concurrent`] and waits for all of it.
+async fn concurrent_writes(blk: &Rc<BlockBackend>, round: u8) {
+    let ctx = AioContext::current();
+    let writes: Vec<_> = (0..24u8)
+        .map(|i| {
+            let blk = blk.clone();
+            let at = (i as u64 * 283 * 1024 + round as u64 * 4097) % (7 * MIB);
+            let data = pattern(round * 24 + i + 2, 200 * 1024 + 512);
+            ctx.spawn(async move { write(&blk, at, &data).await })
+        })
+        .collect();
+    for w in writes {
+        w.await;
+    }
+}
+
+fn mirror_and_pivot(copy_mode: CopyMode, guest: GuestWrites) {
     let dir = Dir::new();
     let src = dir.qcow2("src.qcow2", 8 * MIB, None);
     let dst = dir.qcow2("dst.qcow2", 8 * MIB, None);
@@ -270,12 +296,23 @@ fn mirror_and_pivot(copy_mode: CopyMode, guest_writes: usize) {
         let job = mirror_start(&source, &target, opts).await.unwrap();
         assert_eq!(blk.bs().format_name(), "mirror_top");
         // The guest writes while the copy runs, and after READY.
-        for i in 0..guest_writes {
-            let at = (i as u64 * 777 * 4096) % (7 * MIB);
-            write(&blk, at, &pattern(i as u8 + 2, 8192)).await;
+        match guest {
+            GuestWrites::OneByOne(n) => {
+                for i in 0..n {
+                    let at = (i as u64 * 777 * 4096) % (7 * MIB);
+                    write(&blk, at, &pattern(i as u8 + 2, 8192)).await;
+                }
+            }
+            GuestWrites::Concurrent => {
+                concurrent_writes(&blk, 0).await;
+                concurrent_writes(&blk, 1).await;
+            }
         }
         job.wait_status(JobStatus::Ready).await;
         write(&blk, 5 * MIB, &pattern(9, 65536)).await;
+        if let GuestWrites::Concurrent = guest {
+            concurrent_writes(&blk, 2).await;
+        }
         job.user_complete().unwrap();
         job.wait_concluded().await.unwrap();
     });
@@ -296,12 +333,22 @@ fn mirror_and_pivot(copy_mode: CopyMode, guest_writes: usize) {
 
 #[test]
 fn mirror_converges_under_guest_writes_and_pivots_on_complete() {
-    mirror_and_pivot(CopyMode::Background, 20);
+    mirror_and_pivot(CopyMode::Background, GuestWrites::OneByOne(20));
 }
 
 #[test]
 fn write_blocking_mirror_copies_guest_writes_synchronously() {
-    mirror_and_pivot(CopyMode::WriteBlocking, 40);
+    mirror_and_pivot(CopyMode::WriteBlocking, GuestWrites::OneByOne(40));
+}
+
+#[test]
+fn mirror_copies_in_parallel_under_concurrent_guest_writes() {
+    mirror_and_pivot(CopyMode::Background, GuestWrites::Concurrent);
+}
+
+#[test]
+fn write_blocking_mirror_keeps_overlapping_copies_apart() {
+    mirror_and_pivot(CopyMode::WriteBlocking, GuestWrites::Concurrent);
 }
 
 #[test]

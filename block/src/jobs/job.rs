@@ -399,6 +399,12 @@ impl Job {
         self.pause_point().await;
     }
 
+    /// Whether a pause waits for the job's next pause point: a job with requests of its
+    /// own in flight lets them finish first, so a paused job does no I/O.
+    pub fn pause_requested(&self) -> bool {
+        self.pause_count.get() > 0 && !self.is_cancelled()
+    }
+
     /// Asks the job to pause at its next pause point (job_pause).
     pub fn pause(&self) {
         self.pause_count.set(self.pause_count.get() + 1);

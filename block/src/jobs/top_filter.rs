@@ -11,17 +11,43 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
+use crate::coroutine::LocalBoxFuture;
 use crate::driver::{BlockDriver, DriverClass, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 
+/// A guest write passing through a job's filter.
+pub struct ObservedWrite<'a> {
+    /// Where it starts.
+    pub offset: u64,
+    /// How long it is.
+    pub bytes: u64,
+    /// Its data, or `None` for zeroes and discards.
+    pub qiov: Option<&'a IoVector>,
+}
+
+impl<'a> ObservedWrite<'a> {
+    /// The write of `bytes` at `offset`, with `qiov` its data if it has any.
+    pub fn new(offset: u64, bytes: u64, qiov: Option<&'a IoVector>) -> ObservedWrite<'a> {
+        ObservedWrite {
+            offset,
+            bytes,
+            qiov,
+        }
+    }
+}
+
+/// The write to the filtered node, for the observer to run.
+pub type WriteFuture<'a> = LocalBoxFuture<'a, Result<()>>;
+
 /// What a job does about the writes passing through its filter.
 #[async_trait(?Send)]
 pub trait WriteObserver {
-    /// A write of `bytes` at `offset` (data in `qiov`, or zeroes/discard when `None`)
-    /// reached the filtered node.
-    async fn written(&self, offset: u64, bytes: u64, qiov: Option<&IoVector>) -> Result<()>;
+    /// The observer runs `write`, the write to the filtered node, itself, so that it can
+    /// act before it (a write-blocking mirror keeps overlapping copies apart:
+    /// active_write_prepare) and after it (marks or copies what was written).
+    async fn around_write(&self, req: ObservedWrite<'_>, write: WriteFuture<'_>) -> Result<()>;
 }
 
 /// mirror's filter class (`mirror_top`).
@@ -66,10 +92,11 @@ impl TopFilter {
         TopFilter { observer }
     }
 
-    async fn notify(&self, offset: u64, bytes: u64, qiov: Option<&IoVector>) -> Result<()> {
+    /// `write` to the node below, handed to the observer if there is one.
+    fn observed<'a>(&'a self, req: ObservedWrite<'a>, write: WriteFuture<'a>) -> WriteFuture<'a> {
         match &self.observer {
-            Some(o) => o.written(offset, bytes, qiov).await,
-            None => Ok(()),
+            Some(o) => o.around_write(req, write),
+            None => write,
         }
     }
 }
@@ -106,8 +133,10 @@ impl BlockDriver for TopFilter {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
-        below(bs).co_pwritev(offset, qiov, flags).await?;
-        self.notify(offset, qiov.len() as u64, Some(qiov)).await
+        let below = below(bs);
+        let write = Box::pin(below.co_pwritev(offset, qiov, flags));
+        let req = ObservedWrite::new(offset, qiov.len() as u64, Some(qiov));
+        self.observed(req, write).await
     }
 
     async fn co_pwrite_zeroes(
@@ -117,13 +146,17 @@ impl BlockDriver for TopFilter {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
-        below(bs).co_pwrite_zeroes(offset, bytes, flags).await?;
-        self.notify(offset, bytes, None).await
+        let below = below(bs);
+        let zeroes = below.co_pwrite_zeroes(offset, bytes, flags);
+        self.observed(ObservedWrite::new(offset, bytes, None), Box::pin(zeroes))
+            .await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
-        below(bs).co_pdiscard(offset, bytes).await?;
-        self.notify(offset, bytes, None).await
+        let below = below(bs);
+        let discard = Box::pin(below.co_pdiscard(offset, bytes));
+        self.observed(ObservedWrite::new(offset, bytes, None), discard)
+            .await
     }
 
     async fn co_flush_to_disk(&self, bs: &BlockDriverState) -> Result<()> {

@@ -145,6 +145,8 @@ pub const EVENTS: &[TraceEvent] = &[
     ev("commit_one_iteration", "job, offset, bytes, is_allocated", "block-commit looked at one chunk and copied it if allocated above the base", "commit_one_iteration"),
     ev("mirror_start", "bs, target", "a mirror (or active commit) starts", "mirror_start"),
     ev("mirror_one_iteration", "s, offset, bytes", "the mirror copies one dirty area", "mirror_one_iteration"),
+    ev("mirror_yield_in_flight", "s, offset, in_flight", "the mirror waits for a free slot among its copies in flight", "mirror_yield_in_flight"),
+    ev("mirror_iteration_done", "s, offset, bytes, ret", "one of the mirror's copies in flight ended", "mirror_iteration_done"),
     ev("mirror_before_flush", "s", "nothing is dirty: the mirror flushes the target", "mirror_before_flush"),
     ev("mirror_before_drain", "s, cnt", "the mirror drains the source before it completes", "mirror_before_drain"),
     ev("mirror_before_sleep", "s, cnt, synced", "a ready mirror with nothing to copy sleeps one slice", "mirror_before_sleep"),

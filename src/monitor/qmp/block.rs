@@ -152,9 +152,11 @@ pub async fn block_resize(mut args: Args) -> CmdResult {
     }
     // The resize needs RESIZE on the node and, through filters, the node below: a job
     // that does not share it refuses (the device's BlockBackend permission in QEMU).
+    // A node a job works on refuses it too (bdrv_op_is_blocked with BLOCK_OP_TYPE_RESIZE).
     let mut claims = Vec::new();
     let mut node = Some(bs.clone());
     while let Some(n) = node {
+        block::graph::blockers::check_not_busy(&n)?;
         claims.push(permissions::claim(
             &n,
             "an unnamed block device",

@@ -9,13 +9,19 @@ use block::BlockDriverState;
 use super::block::lookup_bs;
 use super::{Args, QmpError};
 
-/// The nodes below `top`, each with the node whose backing file it is.
+/// The nodes below `top` through backing links and filters (bdrv_filter_or_cow_bs), each
+/// with the nearest node above it that is not a filter: the overlay whose backing file it
+/// is, or through which it is reached.
 fn below(top: &Rc<BlockDriverState>) -> Vec<(Rc<BlockDriverState>, Rc<BlockDriverState>)> {
     let mut out = Vec::new();
     let mut overlay = top.clone();
-    while let Some(b) = overlay.backing() {
+    let mut node = top.clone();
+    while let Some(b) = block::jobs::filter_or_cow(&node) {
+        if !node.drv().is_filter() {
+            overlay = node.clone();
+        }
         out.push((overlay.clone(), b.clone()));
-        overlay = b;
+        node = b;
     }
     out
 }
@@ -28,7 +34,11 @@ fn canonical(name: &str) -> String {
 /// The node below `top` whose file is `name`, as given or relative to the overlay that
 /// refers to it (bdrv_find_backing_image).
 pub fn find_backing_image(top: &Rc<BlockDriverState>, name: &str) -> Option<Rc<BlockDriverState>> {
+    // Filters have no file of their own to be named by (bdrv_backing_chain_next skips them).
     below(top).into_iter().find_map(|(overlay, b)| {
+        if b.drv().is_filter() {
+            return None;
+        }
         let file = b.filename();
         let resolved = block::open::resolve_relative(&overlay.filename(), name);
         (file == name || canonical(&resolved) == canonical(&file)).then_some(b)

@@ -11,6 +11,7 @@
 //! pivoting, leaving a consistent copy.
 
 mod copy;
+mod ops;
 
 pub use copy::CopyMode;
 
@@ -73,7 +74,7 @@ pub struct MirrorOptions {
     pub sync: SyncMode,
     /// Dirty tracking chunk in bytes (0: the default, 64 KiB).
     pub granularity: u64,
-    /// Most bytes copied in one iteration (0: the default, 16 MiB... capped at 1 MiB here).
+    /// Most bytes the copies in flight hold at once (0: the default, 16 MiB).
     pub buf_size: u64,
     /// How guest writes reach the target.
     pub copy_mode: CopyMode,
@@ -93,11 +94,16 @@ pub struct MirrorOptions {
 /// The default granularity when the target has no cluster size, and the most the target's
 /// cluster size makes it.
 const DEFAULT_GRANULARITY: u64 = 64 << 10;
-/// Most bytes one iteration copies.
-const MAX_ITERATION_BYTES: u64 = 1 << 20;
+/// The default of buf-size: the bytes all copies in flight hold together
+/// (DEFAULT_MIRROR_BUF_SIZE).
+const DEFAULT_BUF_SIZE: u64 = 16 << 20;
+/// The least of the most bytes one copy takes; more when the buffer is shared by fewer than
+/// [`ops::MAX_IN_FLIGHT`] copies (MAX_IO_BYTES).
+const MAX_IO_BYTES: u64 = 1 << 20;
 
 struct Mirror {
     state: Rc<MirrorState>,
+    granularity: u64,
     job_type: JobType,
     opts: MirrorOptions,
     /// The node whose parents move to the target on completion.
@@ -255,6 +261,7 @@ async fn start_job(
     let common = opts.common.clone();
     let mirror = Mirror {
         state,
+        granularity,
         job_type,
         to_replace: opts.replaces.clone().unwrap_or_else(|| source.clone()),
         opts,
@@ -350,6 +357,91 @@ impl Mirror {
         }
     }
 
+    /// Copies until nothing is dirty, announces READY, and keeps copying until `complete`
+    /// or a cancel (the loop of mirror_run).
+    async fn mirror_loop(&self, job: &Rc<Job>) -> Result<()> {
+        let s = &self.state;
+        // The buffer the copies in flight share, in whole chunks, and each copy's share of
+        // it (mirror_start_job, mirror_iteration's max_io_bytes).
+        let g = self.granularity;
+        let buf_size = match self.opts.buf_size {
+            0 => DEFAULT_BUF_SIZE,
+            b => b.max(g).div_ceil(g) * g,
+        };
+        let max_io = buf_size.min((buf_size / ops::MAX_IN_FLIGHT as u64).max(MAX_IO_BYTES));
+        let mut cursor = 0;
+        loop {
+            while let Some(e) = s.take_failure() {
+                self.handle_copy_error(job, e)?;
+            }
+            if let Some(e) = s.sync_error.borrow_mut().take() {
+                self.handle_copy_error(
+                    job,
+                    CopyError {
+                        is_read: false,
+                        error: e,
+                    },
+                )?;
+            }
+            let cnt = s.dirty.count();
+            job.progress_set_remaining(cnt + s.in_flight().1);
+            if cnt > 0 && !job.pause_requested() {
+                if let Some((next, bytes)) =
+                    s.launch(cursor, max_io, buf_size, Rc::downgrade(job)).await
+                {
+                    job.ratelimit_processed_bytes(bytes);
+                    cursor = next;
+                }
+            }
+            let (in_flight, _) = s.in_flight();
+            let cnt = s.dirty.count();
+            let mut should_complete = false;
+            if cnt == 0 && in_flight == 0 {
+                if !job.is_ready() {
+                    if self.flush_target().await.is_err() {
+                        continue;
+                    }
+                    // Converged: from now on a cancel leaves a consistent target.
+                    job.transition_to_ready();
+                }
+                should_complete = self.should_complete.get() || job.cancel_requested();
+            }
+            if should_complete {
+                trace!(mirror_before_drain, "s {:p} cnt {}", self, cnt);
+                let drained = drained_begin(&s.source).await;
+                if s.dirty.count() > 0 || self.flush_target().await.is_err() {
+                    drop(drained);
+                    continue;
+                }
+                // In sync: stay drained until the pivot, so no write slips in between.
+                *self.drained.borrow_mut() = Some(drained);
+                return Ok(());
+            }
+            if job.pause_requested() {
+                // A paused job does no I/O: its copies end first (mirror_pause).
+                s.wait_for_all_copies().await;
+            } else if cnt == 0 && in_flight > 0 {
+                // Nothing left to start: wait for a copy to end, which may fail or leave
+                // chunks dirty again.
+                s.wait_for_any_copy().await;
+            }
+            if job.is_ready() && !should_complete {
+                if cnt == 0 && in_flight == 0 {
+                    trace!(mirror_before_sleep, "s {:p} cnt {} synced 1", self, cnt);
+                    job.sleep(SLICE).await;
+                } else {
+                    // Still a pause point between copies while ready.
+                    job.sleep(Duration::ZERO).await;
+                }
+            } else {
+                job.ratelimit_sleep().await;
+            }
+            if job.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+
     /// Takes the filter out and, after success with `complete`, moves the parents of the
     /// replaced node onto the target (mirror_exit_common).
     fn exit_common(&self, pivot: bool) -> Result<()> {
@@ -399,73 +491,22 @@ impl JobDriver for Mirror {
         if job.is_cancelled() {
             return Ok(());
         }
-        let max = self.opts.buf_size.clamp(0, MAX_ITERATION_BYTES);
-        let max = if max == 0 { MAX_ITERATION_BYTES } else { max };
-        let mut cursor = 0;
-        loop {
-            if let Some(e) = s.sync_error.borrow_mut().take() {
-                self.handle_copy_error(
-                    job,
-                    CopyError {
-                        is_read: false,
-                        error: e,
-                    },
-                )?;
-            }
-            let cnt = s.dirty.count();
-            job.progress_set_remaining(cnt);
-            if cnt > 0 {
-                match s.iteration(cursor, max).await {
-                    Ok((next, copied)) => {
-                        job.progress_update(copied);
-                        job.ratelimit_processed_bytes(copied);
-                        cursor = next;
-                    }
-                    Err(e) => self.handle_copy_error(job, e)?,
-                }
-            }
-            let mut should_complete = false;
-            let cnt = s.dirty.count();
-            if cnt == 0 {
-                if !job.is_ready() {
-                    if self.flush_target().await.is_err() {
-                        continue;
-                    }
-                    // Converged: from now on a cancel leaves a consistent target.
-                    job.transition_to_ready();
-                }
-                should_complete = self.should_complete.get() || job.cancel_requested();
-            }
-            if cnt == 0 && should_complete {
-                trace!(mirror_before_drain, "s {:p} cnt {}", self, cnt);
-                let drained = drained_begin(&s.source).await;
-                if s.dirty.count() > 0 || self.flush_target().await.is_err() {
-                    drop(drained);
-                    continue;
-                }
-                // In sync: stay drained until the pivot, so no write slips in between.
-                *self.drained.borrow_mut() = Some(drained);
-                return Ok(());
-            }
-            if job.is_ready() && !should_complete {
-                if cnt == 0 {
-                    trace!(mirror_before_sleep, "s {:p} cnt {} synced 1", self, cnt);
-                    job.sleep(SLICE).await;
-                } else {
-                    // Still a pause point between areas while ready.
-                    job.sleep(Duration::ZERO).await;
-                }
-            } else {
-                job.ratelimit_sleep().await;
-            }
-            if job.is_cancelled() {
-                return Ok(());
-            }
-        }
+        let result = self.mirror_loop(job).await;
+        // No copy outlives the job, whatever ended it (mirror_wait_for_all_io).
+        self.state.wait_for_all_copies().await;
+        result
     }
 
     async fn prepare(&self, _job: &Rc<Job>) -> Result<()> {
-        self.exit_common(self.should_complete.get())
+        let pivot = self.should_complete.get();
+        self.exit_common(pivot)?;
+        if pivot {
+            // The replaced node has left the guest's graph and may never be closed: what
+            // its driver caches (qcow2's tables) reaches its image now, as QEMU's close of
+            // it would write it back. Its failure changes nothing the job could report.
+            let _ = self.to_replace.co_flush().await;
+        }
+        Ok(())
     }
 
     async fn abort(&self, _job: &Rc<Job>) {
