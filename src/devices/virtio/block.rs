@@ -11,6 +11,10 @@
 //!   status bytes, used elements, one move of the used index, and an interrupt if the
 //!   driver asked for one.
 //!
+//! A failed request meets the drive's error policy (`werror=`/`rerror=`): `report` returns
+//! VIRTIO_BLK_S_IOERR, `ignore` success, `stop` stops the VM and keeps the request, which
+//! runs again when the VM resumes.
+//!
 //! Reset: QEMU drains the device's requests inside the reset (blk_drain under the big lock).
 //! Here the reset happens on the vCPU side while requests run on the main loop, so a request
 //! in flight at a reset finishes on its own and then leaves the rings alone (the core's
@@ -32,6 +36,9 @@ use super::queue::{DescriptorChain, Queue, QueueError};
 use super::request::{DiskLimits, Request, RequestKind, VIRTIO_BLK_ID_BYTES};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::{SharedCore, VirtioDevice};
+use crate::block_error::blk_error_action;
+use crate::runstate::vm::{self, VmChangeStateEntry};
+use block::error_action::ErrorAction;
 use super::{VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_RING_F_EVENT_IDX};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
 use crate::bus::lock;
@@ -261,6 +268,10 @@ pub struct VirtioBlkHandler {
     in_flight: Cell<u64>,
     /// Requests finished, waiting for the completion bottom half to return them.
     completions: RefCell<Vec<Completion>>,
+    /// Requests an error stopped the VM on, retried when it resumes (s->rq).
+    stopped: RefCell<Vec<(Completion, RequestKind)>>,
+    /// The handler that retries them (virtio_blk_dma_restart_cb), while the device lives.
+    restart: RefCell<Option<VmChangeStateEntry>>,
 }
 
 impl VirtioBlkHandler {
@@ -272,6 +283,8 @@ impl VirtioBlkHandler {
         blk: Rc<BlockBackend>,
         notifiers: Vec<Arc<EventNotifier>>,
     ) -> Rc<VirtioBlkHandler> {
+        // The device reports the error that stopped the VM (virtio_blk_device_realize).
+        blk.iostatus_enable();
         Rc::new(VirtioBlkHandler {
             core,
             mem,
@@ -281,11 +294,20 @@ impl VirtioBlkHandler {
             notifiers,
             in_flight: Cell::new(0),
             completions: RefCell::new(Vec::new()),
+            stopped: RefCell::new(Vec::new()),
+            restart: RefCell::new(None),
         })
     }
 
     /// Starts one coroutine per queue that waits for kicks; dropping the tasks stops them.
     pub fn start(self: &Rc<Self>) -> Vec<Task<()>> {
+        let me = Rc::downgrade(self);
+        let restart = vm::add_vm_change_state_handler(move |running| {
+            if let Some(me) = me.upgrade().filter(|_| running) {
+                me.restart_stopped();
+            }
+        });
+        *self.restart.borrow_mut() = Some(restart);
         let ctx = AioContext::current();
         (0..self.notifiers.len())
             .map(|q| {
@@ -366,26 +388,40 @@ impl VirtioBlkHandler {
             status: VIRTIO_BLK_S_OK,
             generation,
         };
+        self.start_request(ctx, done, req.kind);
+    }
+
+    /// Runs a request's block-layer call; its completion goes through [`Self::finish`].
+    fn start_request(self: &Rc<Self>, ctx: &AioContext, done: Completion, kind: RequestKind) {
         let me = self.clone();
         let none = RequestFlags::empty();
-        let task = match req.kind {
+        let task = match kind {
             // Reads and writes, the hot path, run on the BlockBackend's pooled coroutines
-            // (blk_aio_preadv / blk_aio_pwritev, as QEMU's virtio-blk submits them).
+            // (blk_aio_preadv / blk_aio_pwritev, as QEMU's virtio-blk submits them). The
+            // callback keeps the request (a vector of two inline segments) for a retry.
             RequestKind::Read { offset, data } => {
-                let cb = Box::new(move |ret| me.finish(done, ret));
+                let retry = RequestKind::Read {
+                    offset,
+                    data: data.clone(),
+                };
+                let cb = Box::new(move |ret| me.finish(done, retry, ret));
                 return self.blk.aio_preadv(offset, data, none, cb);
             }
             RequestKind::Write { offset, data } => {
-                let cb = Box::new(move |ret| me.finish(done, ret));
+                let retry = RequestKind::Write {
+                    offset,
+                    data: data.clone(),
+                };
+                let cb = Box::new(move |ret| me.finish(done, retry, ret));
                 return self.blk.aio_pwritev(offset, data, none, cb);
             }
             RequestKind::Flush => ctx.spawn(async move {
                 let ret = me.blk.co_flush().await;
-                me.finish(done, ret)
+                me.finish(done, RequestKind::Flush, ret)
             }),
             RequestKind::Discard { offset, bytes } => ctx.spawn(async move {
                 let ret = me.blk.co_pdiscard(offset, bytes).await;
-                me.finish(done, ret)
+                me.finish(done, RequestKind::Discard { offset, bytes }, ret)
             }),
             RequestKind::WriteZeroes {
                 offset,
@@ -394,7 +430,12 @@ impl VirtioBlkHandler {
             } => ctx.spawn(async move {
                 let flags = if unmap { RequestFlags::MAY_UNMAP } else { none };
                 let ret = me.blk.co_pwrite_zeroes(offset, bytes, flags).await;
-                me.finish(done, ret)
+                let kind = RequestKind::WriteZeroes {
+                    offset,
+                    bytes,
+                    unmap,
+                };
+                me.finish(done, kind, ret)
             }),
             RequestKind::GetId { data } => {
                 let id = self.limits.serial.as_bytes();
@@ -407,13 +448,43 @@ impl VirtioBlkHandler {
         task.detach();
     }
 
-    /// Completes a request with the outcome of its block-layer call (virtio_blk_rw_complete).
-    fn finish(self: &Rc<Self>, mut done: Completion, ret: block::Result<()>) {
-        done.status = match ret {
-            Ok(()) => VIRTIO_BLK_S_OK,
-            Err(_) => VIRTIO_BLK_S_IOERR,
-        };
+    /// Completes a request with the outcome of its block-layer call (virtio_blk_rw_complete),
+    /// a failure under the drive's error policy (virtio_blk_handle_rw_error): `report` is
+    /// VIRTIO_BLK_S_IOERR, `ignore` success, `stop` keeps the request for the retry.
+    fn finish(self: &Rc<Self>, mut done: Completion, kind: RequestKind, ret: block::Result<()>) {
+        done.status = VIRTIO_BLK_S_OK;
+        if let Err(e) = ret {
+            let is_read = matches!(kind, RequestKind::Read { .. });
+            let action = self.blk.get_error_action(is_read, e.errno());
+            if action == ErrorAction::Report {
+                done.status = VIRTIO_BLK_S_IOERR;
+            }
+            if action == ErrorAction::Stop {
+                self.stopped.borrow_mut().push((done, kind));
+                return blk_error_action(&self.blk, action, is_read, e.errno());
+            }
+            blk_error_action(&self.blk, action, is_read, e.errno());
+        }
         self.complete(done);
+    }
+
+    /// The VM resumed: runs the stopped requests again (virtio_blk_dma_restart_bh). One from
+    /// before a device reset only leaves (its completion is dropped), as QEMU's reset
+    /// discards them.
+    fn restart_stopped(self: &Rc<Self>) {
+        let stopped = self.stopped.take();
+        if stopped.is_empty() {
+            return;
+        }
+        let generation = lock(&self.core).reset_count;
+        let ctx = AioContext::current();
+        for (done, kind) in stopped {
+            if done.generation == generation {
+                self.start_request(&ctx, done, kind);
+            } else {
+                self.complete(done);
+            }
+        }
     }
 
     /// The trace event of a request about to run, named as QEMU's.
