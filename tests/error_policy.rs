@@ -33,7 +33,8 @@ use std::time::Duration;
 use guest_rig::{Guest, Qmp};
 use serde_json::{json, Value};
 
-const IMAGE_SIZE: usize = 4 << 20;
+/// Big enough for the live mode's region (1 MiB from sector 8192).
+const IMAGE_SIZE: usize = 8 << 20;
 /// The first sector the guests' requests use (their ERR_BASE / ERR_LBA); request k is at
 /// ERR_BASE + 8k.
 const ERR_BASE: usize = 6144;
@@ -100,12 +101,14 @@ fn prerequisites(emu: Emulator) -> bool {
         && prereq::require("/dev/kvm", prereq::kvm(), "RQEMU_REQUIRE_KVM")
 }
 
-/// Assembles a guest with `defines` into a 4 MiB raw disk image at `image`.
+/// Assembles a guest with `defines` into a raw disk image at `image`.
 fn guest_image(source: &str, defines: &[&str], image: &Path) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/guests").join(source);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/guests");
+    let src = dir.join(source);
     let bin = image.with_extension("bin");
     let status = Command::new("nasm")
         .args(["-f", "bin"])
+        .arg(format!("-i{}/", dir.display()))
         .args(defines)
         .arg("-o")
         .arg(&bin)
