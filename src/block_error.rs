@@ -29,7 +29,10 @@ pub fn blk_error_action(blk: &BlockBackend, action: ErrorAction, is_read: bool, 
         // The status first, so that a query after the event sees it.
         blk.iostatus_set_err(errno);
     }
-    events::emit("BLOCK_IO_ERROR", Some(event_data(blk, action, operation, errno)));
+    events::emit(
+        "BLOCK_IO_ERROR",
+        Some(event_data(blk, action, operation, errno)),
+    );
     if action == ErrorAction::Stop && vm::vm_stop(RunState::IoError) {
         events::emit("STOP", None);
     }

@@ -45,7 +45,9 @@ impl OnError {
             Ok(on_err) => return Ok(on_err),
         }
         let what = if is_read { "read" } else { "write" };
-        Err(Error::invalid(format!("'{name}' invalid {what} error action")))
+        Err(Error::invalid(format!(
+            "'{name}' invalid {what} error action"
+        )))
     }
 
     /// The action an error with `errno` gets under this policy (blk_get_error_action).

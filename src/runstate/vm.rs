@@ -80,7 +80,12 @@ pub fn vm_stop(to: RunState) -> bool {
     }
     vm.state = to;
     drop(vm);
-    block::trace!(runstate_set, "current_state {} new_state {}", "running", to.name());
+    block::trace!(
+        runstate_set,
+        "current_state {} new_state {}",
+        "running",
+        to.name()
+    );
     spawn_kicker();
     true
 }
@@ -100,7 +105,9 @@ fn spawn_kicker() {
         std::thread::sleep(Duration::from_millis(1));
     };
     // Without a thread the pause still happens at the vCPU's next exit.
-    let _ = std::thread::Builder::new().name("vcpu-kick".into()).spawn(kick);
+    let _ = std::thread::Builder::new()
+        .name("vcpu-kick".into())
+        .spawn(kick);
 }
 
 /// Resumes a stopped VM (vm_start): returns whether it was stopped, in which case the caller
@@ -114,7 +121,11 @@ pub fn vm_start() -> bool {
     vm.state = RunState::Running;
     drop(vm);
     VM.1.notify_all();
-    block::trace!(runstate_set, "current_state {} new_state running", from.name());
+    block::trace!(
+        runstate_set,
+        "current_state {} new_state running",
+        from.name()
+    );
     block::AioContext::current().schedule_bh(|| vm_state_notify(true));
     true
 }
@@ -182,7 +193,8 @@ pub fn add_vm_change_state_handler(handler: impl Fn(bool) + 'static) -> VmChange
 
 /// Runs every handler (vm_state_notify); they may add or remove handlers meanwhile.
 fn vm_state_notify(running: bool) {
-    let handlers: Vec<Handler> = HANDLERS.with(|h| h.borrow().iter().map(|(_, f)| f.clone()).collect());
+    let handlers: Vec<Handler> =
+        HANDLERS.with(|h| h.borrow().iter().map(|(_, f)| f.clone()).collect());
     for handler in handlers {
         handler(running);
     }

@@ -109,7 +109,11 @@ fn parse_virtio_device(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError
 
 /// A device's `rerror=`/`werror=` property (BlockdevOnError; `auto`, the default, keeps the
 /// drive's policy).
-fn take_device_on_error(opts: &mut Options, driver: &str, key: &str) -> Result<OnError, MachineError> {
+fn take_device_on_error(
+    opts: &mut Options,
+    driver: &str,
+    key: &str,
+) -> Result<OnError, MachineError> {
     match opts.take(key) {
         None => Ok(OnError::Auto),
         Some(v) => parse_on_error(driver, key, &v),

@@ -456,8 +456,9 @@ fn error_policies_come_from_drives_and_devices() {
     assert_eq!(cfg.drives[0].on_error, (OnError::Report, OnError::Enospc));
     assert!(error(&["-drive", "file=/tmp/a,rerror=enospc"])
         .contains("'enospc' invalid read error action"));
-    assert!(error(&["-drive", "file=/tmp/a,werror=auto"])
-        .contains("'auto' invalid write error action"));
+    assert!(
+        error(&["-drive", "file=/tmp/a,werror=auto"]).contains("'auto' invalid write error action")
+    );
     assert!(error(&[
         "-drive",
         "file=/tmp/a,if=none,id=d0",

@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use super::events::{BlockJobEventInfo, JobEvent, JobType};
-pub use crate::error_action::{ErrorAction, IoOperation, IoStatus, OnError};
 use super::job::Job;
 use super::ratelimit::SLICE;
 use super::status::{apply_verb, JobStatus, JobVerb};
 use crate::error::{Error, Result};
+pub use crate::error_action::{ErrorAction, IoOperation, IoStatus, OnError};
 
 /// A block job as query-block-jobs describes it (BlockJobInfo).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -36,11 +36,11 @@ use super::queue::{DescriptorChain, Queue, QueueError};
 use super::request::{DiskLimits, Request, RequestKind, VIRTIO_BLK_ID_BYTES};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 use super::SharedCore;
+use super::VIRTIO_F_NOTIFY_ON_EMPTY;
 use crate::block_error::blk_error_action;
+use crate::bus::lock;
 use crate::runstate::vm::{self, VmChangeStateEntry};
 use block::error_action::ErrorAction;
-use super::VIRTIO_F_NOTIFY_ON_EMPTY;
-use crate::bus::lock;
 
 mod model;
 
