@@ -75,7 +75,14 @@ fn action(policy: Option<&str>, is_read: bool, errno: i32) -> Action {
 
 /// Request k: a read for k < 2, EIO for even k.
 fn request(k: usize) -> (bool, i32) {
-    (k < 2, if k % 2 == 0 { libc::EIO } else { libc::ENOSPC })
+    (
+        k < 2,
+        if k.is_multiple_of(2) {
+            libc::EIO
+        } else {
+            libc::ENOSPC
+        },
+    )
 }
 
 /// (rerror, werror) of the runs; together every policy of each direction.
@@ -91,14 +98,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn prerequisites(emu: Emulator) -> bool {
-    prereq::require("nasm", prereq::tool("nasm"), "RQEMU_REQUIRE_KVM")
-        && (emu == Emulator::Rqemu
-            || prereq::require(
-                "qemu-system-x86_64",
-                prereq::tool("qemu-system-x86_64"),
-                "RQEMU_REQUIRE_QEMU",
-            ))
-        && prereq::require("/dev/kvm", prereq::kvm(), "RQEMU_REQUIRE_KVM")
+    prereq::guest(emu == Emulator::Qemu)
 }
 
 /// Assembles a guest with `defines` into a raw disk image at `image`.

@@ -161,14 +161,7 @@ fn cmdline(emu: Emulator, base: &Path, sock: &Path) -> Vec<String> {
 }
 
 fn live_jobs(emu: Emulator) {
-    let ok = prereq::require("nasm", prereq::tool("nasm"), "RQEMU_REQUIRE_KVM")
-        && (emu == Emulator::Rqemu
-            || prereq::require(
-                "qemu-system-x86_64",
-                prereq::tool("qemu-system-x86_64"),
-                "RQEMU_REQUIRE_QEMU",
-            ))
-        && prereq::require("/dev/kvm", prereq::kvm(), "RQEMU_REQUIRE_KVM");
+    let ok = prereq::guest(emu == Emulator::Qemu);
     if !ok {
         return;
     }
