@@ -1,17 +1,35 @@
 //! What a device does after applying its error policy to a failed request: the
-//! BLOCK_IO_ERROR event for every action, and for `stop` the I/O status and the VM stop
-//! (runstate io-error, with the STOP event after BLOCK_IO_ERROR).
+//! BLOCK_IO_ERROR event for every action (at most one a second per device, as QEMU 10
+//! rate-limits it, so one may come after the STOP it caused), and for `stop` the I/O
+//! status and the VM stop (runstate io-error).
 //!
 //! QEMU's blk_error_action and send_qmp_error_event (block/block-backend.c). The policy
 //! itself (blk_get_error_action) is the BlockBackend's; the device keeps a stopped request
 //! and retries it when the VM resumes (its change-state handler, [`crate::runstate::vm`]).
 
+use std::sync::OnceLock;
+
 use block::error_action::{ErrorAction, IoOperation};
 use block::{trace, BlockBackend};
 use serde_json::{json, Map, Value};
 
-use crate::monitor::events;
 use crate::runstate::vm::{self, RunState};
+
+/// How the events go out: the monitor's senders, which it installs when it starts (the
+/// devices below it do not import it). Without a monitor nobody hears them.
+pub struct EventSender {
+    /// Sends an event at once (qapi_event_send_stop).
+    pub emit: fn(&str, Option<Value>),
+    /// Sends an event under its rate limit, per key (BLOCK_IO_ERROR).
+    pub emit_rate_limited: fn(&str, &str, Value),
+}
+
+static EVENTS: OnceLock<EventSender> = OnceLock::new();
+
+/// Installs the monitor's event senders (once per process).
+pub fn set_event_sender(sender: EventSender) {
+    let _ = EVENTS.set(sender);
+}
 
 /// Announces `action` for a request that failed with `errno` and, for `stop`, records the
 /// I/O status and stops the VM (blk_error_action). Runs on the main loop.
@@ -29,12 +47,18 @@ pub fn blk_error_action(blk: &BlockBackend, action: ErrorAction, is_read: bool, 
         // The status first, so that a query after the event sees it.
         blk.iostatus_set_err(errno);
     }
-    events::emit(
-        "BLOCK_IO_ERROR",
-        Some(event_data(blk, action, operation, errno)),
-    );
+    // Rate-limited per device (QEMU keys it by the device's QOM path; rqemu by the drive
+    // name, or the node of an anonymous backend).
+    let key = format!("{}/{}", blk.name(), blk.bs().node_name());
+    let data = event_data(blk, action, operation, errno);
+    let events = EVENTS.get();
+    if let Some(events) = events {
+        (events.emit_rate_limited)("BLOCK_IO_ERROR", &key, data);
+    }
     if action == ErrorAction::Stop && vm::vm_stop(RunState::IoError) {
-        events::emit("STOP", None);
+        if let Some(events) = events {
+            (events.emit)("STOP", None);
+        }
     }
 }
 

@@ -13,9 +13,9 @@
 //! `stop` a BLOCK_IO_ERROR event with action stop, the VM paused in io-error with the
 //! drive's io-status failed or nospace, and after `cont` the request retried (the error was
 //! injected once) and seen as a success; a stopped write reaches the image, the others do
-//! not. rqemu must also announce every error with BLOCK_IO_ERROR (QEMU 10 rate-limits the
-//! event to one a second per device, so only its stops are checked). The same matrix runs
-//! under the reference QEMU.
+//! not. BLOCK_IO_ERROR is rate-limited to one a second per device (QEMU 10, and rqemu as
+//! it), so beyond a run's first error only the stops' events are sure to come, and checked.
+//! The same matrix runs under the reference QEMU.
 //!
 //! `stop`/`cont`: the virtio guest in its live mode prints a line per pass; after `stop` no
 //! line comes for a while and query-status says paused, after `cont` the lines come again.
@@ -236,11 +236,11 @@ fn matrix_run(emu: Emulator, dev: Device, run: usize) {
         let (is_read, errno) = request(k);
         let act = action(if is_read { rerror } else { werror }, is_read, errno);
         if act == Action::Stop {
-            // QEMU's rate limit may let earlier errors' events through after the stop's
-            // own, or drop them; rqemu's must come one per error, in order.
+            // The rate limit may hold the stop's event back behind earlier errors' events
+            // (or drop those): the stop's own comes within a second.
             let event = loop {
                 let event = qmp.event("BLOCK_IO_ERROR");
-                if emu == Emulator::Rqemu || event["data"]["action"] == "stop" {
+                if event["data"]["action"] == "stop" {
                     break event;
                 }
             };
@@ -277,7 +277,8 @@ fn matrix_run(emu: Emulator, dev: Device, run: usize) {
             Action::Ignore | Action::Stop => 0,
         };
         assert_eq!(value, want, "request {k} ({act:?}) {context}");
-        if act != Action::Stop && emu == Emulator::Rqemu {
+        if k == 0 && act != Action::Stop {
+            // The first error of a period is announced at once.
             let event = qmp.event("BLOCK_IO_ERROR");
             check_event(&event, device, k, act);
         }
