@@ -176,9 +176,12 @@ impl BlockBackend {
         self.iostatus.set(Some(IoStatus::Ok));
     }
 
-    /// The I/O status, if a device keeps one (blk_iostatus_is_enabled, blk_iostatus).
+    /// The I/O status, if a device keeps one and a policy can stop the VM
+    /// (blk_iostatus_is_enabled, blk_iostatus).
     pub fn iostatus(&self) -> Option<IoStatus> {
-        self.iostatus.get()
+        let can_stop = matches!(self.on_write_error.get(), OnError::Enospc | OnError::Stop)
+            || self.on_read_error.get() == OnError::Stop;
+        self.iostatus.get().filter(|_| can_stop)
     }
 
     /// Records the error that stops the VM; the first one sticks until a reset
