@@ -133,13 +133,10 @@ fn stop_guest(mut guest: Guest) -> u32 {
     guest.stdin.flush().unwrap();
     guest.until("the guest's end", |l| l == "DONE");
     guest.wait_exit();
-    let passes = guest
-        .log
-        .iter()
-        .filter_map(|l| l.strip_prefix("LIVE PASS "));
+    let passes = guest.log.iter().rev();
+    let mut passes = passes.filter_map(|l| l.strip_prefix("LIVE PASS "));
     passes
-        .filter_map(|hex| u32::from_str_radix(hex, 16).ok())
-        .last()
+        .find_map(|hex| u32::from_str_radix(hex, 16).ok())
         .unwrap_or(0)
 }
 
