@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use block::error_action::OnError;
 use block::{BlockBackend, BlockDriverState};
 use block::{OpenFlags, Options};
 
@@ -48,6 +49,9 @@ pub struct DriveOptions {
     pub blockdev: bool,
     /// A CD-ROM drive without a disc: nothing is opened (QEMU's empty BlockBackend).
     pub empty: bool,
+    /// The read and write error policies (`rerror=`, `werror=` of the drive or of the device
+    /// using it); `Auto` keeps the BlockBackend's defaults (report, enospc).
+    pub on_error: (OnError, OnError),
 }
 
 thread_local! {
@@ -58,6 +62,9 @@ thread_local! {
     /// The qdev id of the device holding each drive or node, by its name.
     static DEVICE_IDS: RefCell<BTreeMap<String, String>> = const { RefCell::new(BTreeMap::new()) };
     static SCSI_BUSES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// The error policies of `-blockdev` nodes a device gives (`werror=` on the device),
+    /// applied to the device's backend when it is created.
+    static NODE_ON_ERROR: RefCell<BTreeMap<String, (OnError, OnError)>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Records the SCSI buses the command line created (for device_add's `bus=`).
@@ -108,9 +115,11 @@ pub async fn open_all(cfgs: &[DriveOptions]) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("{}: {e}", cfg.origin))?;
             add_monitor_node(bs);
+            NODE_ON_ERROR.with(|m| m.borrow_mut().insert(cfg.id.clone(), cfg.on_error));
         } else {
             let blk = open(cfg).await?;
             blk.set_name(&cfg.id);
+            blk.set_on_error(cfg.on_error.0, cfg.on_error.1);
             DRIVES.with(|d| d.borrow_mut().insert(cfg.id.clone(), blk));
         }
     }
@@ -128,6 +137,9 @@ pub fn lookup(id: &str) -> Option<Rc<BlockBackend>> {
     }
     let bs = block::graph::find_node(id)?;
     let blk = BlockBackend::new(bs);
+    if let Some((rerror, werror)) = NODE_ON_ERROR.with(|m| m.borrow().get(id).copied()) {
+        blk.set_on_error(rerror, werror);
+    }
     DEVICE_BACKENDS.with(|d| d.borrow_mut().insert(id.to_string(), blk.clone()));
     Some(blk)
 }

@@ -7,6 +7,7 @@
 //! → [`boot`] (SeaBIOS or direct Linux). [`main_loop`] and [`drives`] are where the block
 //! layer runs beside the vCPU.
 
+pub mod block_error;
 pub mod boot;
 pub mod bus;
 pub mod chardev;

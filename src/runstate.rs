@@ -6,6 +6,9 @@
 //! stop. A vCPU sleeping inside KVM_RUN (a halted guest) only notices when KVM_RUN returns,
 //! so the stopper also sends SIGUSR1, whose empty handler makes KVM_RUN fail with EINTR; the
 //! loop then sees the request and ends the run cleanly, and the drives are closed.
+//! [`vm`] holds the run state and pausing the vCPU (`stop`, `cont`, an I/O error's stop).
+
+pub mod vm;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -34,17 +37,26 @@ pub fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
     *lock(&STOPPED.0) = true;
     STOPPED.1.notify_all();
-    loop {
-        {
-            let thread = lock(&VCPU_THREAD);
-            let Some(t) = *thread else { return };
-            // SAFETY: `t` is a live thread: it removes itself from VCPU_THREAD (under this
-            // lock) before it ends, and SIG_KICK has a handler, so the signal cannot kill.
-            unsafe { libc::pthread_kill(t, SIG_KICK) };
-        }
-        // The vCPU may have been between its check and KVM_RUN: kick again shortly.
+    vm::wake_parked();
+    // The vCPU may have been between its check and KVM_RUN: kick again shortly.
+    while kick_vcpu() {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Sends the kick to the vCPU thread; false when none runs.
+fn kick_vcpu() -> bool {
+    let thread = lock(&VCPU_THREAD);
+    let Some(t) = *thread else { return false };
+    // SAFETY: `t` is a live thread: it removes itself from VCPU_THREAD (under this lock)
+    // before it ends, and SIG_KICK has a handler, so the signal cannot kill.
+    unsafe { libc::pthread_kill(t, SIG_KICK) };
+    true
+}
+
+/// Whether a vCPU thread runs now.
+fn vcpu_running() -> bool {
+    lock(&VCPU_THREAD).is_some()
 }
 
 /// Sleeps until the run is asked to end (a machine without a vCPU waits here).

@@ -12,14 +12,15 @@
 //! qemu-system-x86_64 (RQEMU_REQUIRE_QEMU=1). The checks use QEMU's qemu-img when present,
 //! else ours.
 
+mod guest_rig;
 mod prereq;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
+
+use guest_rig::{Guest, Qmp};
 
 use serde_json::{json, Value};
 
@@ -98,180 +99,45 @@ fn img_tool(args: &[&str], paths: &[&Path]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// A QMP client that keeps the events it reads while waiting for replies.
-struct Qmp {
-    out: UnixStream,
-    input: BufReader<UnixStream>,
-    events: Vec<Value>,
+/// Waits for event `name` of job `device`; an error or cancellation of it fails.
+fn job_event(qmp: &mut Qmp, name: &str, device: &str) -> Value {
+    let event = qmp.event_where(name, |e| {
+        for bad in ["BLOCK_JOB_ERROR", "BLOCK_JOB_CANCELLED"] {
+            assert!(e["event"] != bad, "waiting for {name}: {e}");
+        }
+    });
+    assert_eq!(event["data"]["device"], device, "{event}");
+    event
 }
 
-impl Qmp {
-    fn connect(sock: &Path) -> Qmp {
-        let start = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(sock) {
-                Ok(s) => break s,
-                Err(_) if start.elapsed() < Duration::from_secs(60) => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
-            }
-        };
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut qmp = Qmp {
-            out: stream.try_clone().unwrap(),
-            input: BufReader::new(stream),
-            events: Vec::new(),
-        };
-        assert!(qmp.recv().get("QMP").is_some(), "no greeting");
-        qmp.ok("qmp_capabilities", json!({}));
-        qmp
-    }
-
-    fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        self.input.read_line(&mut line).expect("read a QMP message");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    }
-
-    /// Runs a command; its reply, the events before it kept for [`Qmp::event`].
-    fn cmd(&mut self, execute: &str, arguments: Value) -> Value {
-        let text = json!({"execute": execute, "arguments": arguments}).to_string();
-        self.out.write_all(text.as_bytes()).unwrap();
-        loop {
-            let msg = self.recv();
-            if msg.get("event").is_some() {
-                self.events.push(msg);
-            } else {
-                return msg;
-            }
-        }
-    }
-
-    fn ok(&mut self, execute: &str, arguments: Value) -> Value {
-        match self.cmd(execute, arguments) {
-            Value::Object(mut reply) if reply.contains_key("return") => {
-                reply.remove("return").unwrap()
-            }
-            reply => panic!("{execute} failed: {reply}"),
-        }
-    }
-
-    /// Waits for event `name` of job `device`; an error or cancellation of it fails.
-    fn event(&mut self, name: &str, device: &str) -> Value {
-        loop {
-            if let Some(at) = self.events.iter().position(|e| e["event"] == name) {
-                let event = self.events.remove(at);
-                assert_eq!(event["data"]["device"], device, "{event}");
-                return event;
-            }
-            for bad in ["BLOCK_JOB_ERROR", "BLOCK_JOB_CANCELLED"] {
-                let seen = self.events.iter().find(|e| e["event"] == bad);
-                assert!(seen.is_none(), "waiting for {name}: {seen:?}");
-            }
-            let msg = self.recv();
-            self.events.push(msg);
-        }
-    }
-
-    /// Runs a job that reaches READY to its end: complete, COMPLETED without an error.
-    fn complete_job(&mut self, job: &str) {
-        self.event("BLOCK_JOB_READY", job);
-        self.ok("block-job-complete", json!({"device": job}));
-        let done = self.event("BLOCK_JOB_COMPLETED", job);
-        assert!(done["data"].get("error").is_none(), "{done}");
-        assert_eq!(done["data"]["offset"], done["data"]["len"], "{done}");
-    }
+/// Runs a job that reaches READY to its end: complete, COMPLETED without an error.
+fn complete_job(qmp: &mut Qmp, job: &str) {
+    job_event(qmp, "BLOCK_JOB_READY", job);
+    qmp.ok("block-job-complete", json!({"device": job}));
+    let done = job_event(qmp, "BLOCK_JOB_COMPLETED", job);
+    assert!(done["data"].get("error").is_none(), "{done}");
+    assert_eq!(done["data"]["offset"], done["data"]["len"], "{done}");
 }
 
-/// The running guest: its COM1 lines as they come, and its stdin to stop it.
-struct Guest {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    log: Vec<String>,
-    last_pass: u32,
-    /// Where the emulator's stderr goes, shown when a check fails.
-    stderr: PathBuf,
+/// Waits for the guest to finish one more whole pass; returns its number.
+fn next_pass(guest: &mut Guest) -> u32 {
+    let line = guest.until("a pass of the guest", |l| l.starts_with("LIVE PASS "));
+    let hex = line.strip_prefix("LIVE PASS ").unwrap();
+    u32::from_str_radix(hex, 16).expect("pass number")
 }
 
-impl Guest {
-    fn start(cmd: &[String], stderr: PathBuf) -> Guest {
-        let mut child = Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", cmd[0]));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take().unwrap();
-        Guest {
-            child,
-            stdin,
-            lines,
-            log: Vec::new(),
-            last_pass: 0,
-            stderr,
-        }
-    }
-
-    /// Reads COM1 until a line `done` accepts (or the output ends); fails on a FAIL line.
-    fn until(&mut self, what: &str, done: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match self.lines.recv_timeout(left) {
-                Ok(line) => line.trim_end().to_string(),
-                Err(e) => panic!("waiting for {what}: {e}\nguest output:\n{:#?}", self.log),
-            };
-            self.log.push(line.clone());
-            assert!(!line.contains("FAIL"), "guest output:\n{:#?}", self.log);
-            if let Some(hex) = line.strip_prefix("LIVE PASS ") {
-                self.last_pass = u32::from_str_radix(hex, 16).expect("pass number");
-            }
-            if done(&line) {
-                return;
-            }
-        }
-    }
-
-    /// Waits for the guest to finish one more whole pass.
-    fn next_pass(&mut self) {
-        self.until("a pass of the guest", |l| l.starts_with("LIVE PASS "));
-    }
-
-    /// Asks the guest to stop after its current pass and waits for the emulator to exit.
-    fn stop(mut self) -> u32 {
-        self.stdin.write_all(b"x").unwrap();
-        self.stdin.flush().unwrap();
-        self.until("the guest's end", |l| l == "DONE");
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "emulator exited with {status}");
-        self.last_pass
-    }
-}
-
-impl Drop for Guest {
-    /// A failed check leaves no emulator behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-            eprintln!("emulator stderr:\n{text}");
-        }
-        let _ = std::fs::remove_file(&self.stderr);
-    }
+/// Asks the guest to stop after its current pass, waits for the emulator to exit, and
+/// returns the last pass the guest reported.
+fn stop_guest(mut guest: Guest) -> u32 {
+    guest.stdin.write_all(b"x").unwrap();
+    guest.stdin.flush().unwrap();
+    guest.until("the guest's end", |l| l == "DONE");
+    guest.wait_exit();
+    let passes = guest.log.iter().rev();
+    let mut passes = passes.filter_map(|l| l.strip_prefix("LIVE PASS "));
+    passes
+        .find_map(|hex| u32::from_str_radix(hex, 16).ok())
+        .unwrap_or(0)
 }
 
 fn cmdline(emu: Emulator, base: &Path, sock: &Path) -> Vec<String> {
@@ -292,14 +158,7 @@ fn cmdline(emu: Emulator, base: &Path, sock: &Path) -> Vec<String> {
 }
 
 fn live_jobs(emu: Emulator) {
-    let ok = prereq::require("nasm", prereq::tool("nasm"), "RQEMU_REQUIRE_KVM")
-        && (emu == Emulator::Rqemu
-            || prereq::require(
-                "qemu-system-x86_64",
-                prereq::tool("qemu-system-x86_64"),
-                "RQEMU_REQUIRE_QEMU",
-            ))
-        && prereq::require("/dev/kvm", prereq::kvm(), "RQEMU_REQUIRE_KVM");
+    let ok = prereq::guest(emu == Emulator::Qemu);
     if !ok {
         return;
     }
@@ -315,9 +174,10 @@ fn live_jobs(emu: Emulator) {
     let mut guest = Guest::start(
         &cmdline(emu, &base, &sock),
         scratch(&format!("{tag}-stderr")),
+        TIMEOUT,
     );
-    let mut qmp = Qmp::connect(&sock);
-    guest.next_pass();
+    let mut qmp = Qmp::connect(&sock, TIMEOUT);
+    next_pass(&mut guest);
 
     // The guest's writes go to a new overlay from here on.
     qmp.ok(
@@ -325,7 +185,7 @@ fn live_jobs(emu: Emulator) {
         json!({"device": "d0", "snapshot-file": overlay, "snapshot-node-name": "overlay",
                "format": "qcow2"}),
     );
-    guest.next_pass();
+    next_pass(&mut guest);
 
     // The overlay moves to a new image over the same base, which becomes the active layer.
     qmp.ok(
@@ -333,21 +193,21 @@ fn live_jobs(emu: Emulator) {
         json!({"device": "d0", "job-id": "mirror", "target": mirror, "format": "qcow2",
                "sync": "top", "node-name": "mirror"}),
     );
-    qmp.complete_job("mirror");
-    guest.next_pass();
+    complete_job(&mut qmp, "mirror");
+    next_pass(&mut guest);
 
     // The active layer goes back down into the base, which the disk ends on.
     qmp.ok("block-commit", json!({"device": "d0", "job-id": "commit"}));
-    qmp.complete_job("commit");
+    complete_job(&mut qmp, "commit");
     let blocks = qmp.ok("query-block", json!({}));
     let inserted = &blocks[0]["inserted"];
     assert_eq!(inserted["node-name"], "base", "{blocks}");
     assert_eq!(inserted["backing_file_depth"], 0, "{blocks}");
-    guest.next_pass();
+    next_pass(&mut guest);
     let jobs = qmp.ok("query-block-jobs", json!({}));
     assert_eq!(jobs, json!([]));
 
-    let last = guest.stop();
+    let last = stop_guest(guest);
     assert!(last >= 4, "the guest ran {last} passes");
     std::fs::write(&raw, disk_after(&program, last)).unwrap();
     let (same, text) = img_tool(&["compare", "-f", "qcow2", "-F", "raw"], &[&base, &raw]);

@@ -211,14 +211,7 @@ fn check_verdicts(out: &str, err: &str, transport: Transport) {
 }
 
 fn prerequisites(emu: Emulator) -> bool {
-    prereq::require("nasm", prereq::tool("nasm"), "RQEMU_REQUIRE_KVM")
-        && (emu == Emulator::Rqemu
-            || prereq::require(
-                "qemu-system-x86_64",
-                prereq::tool("qemu-system-x86_64"),
-                "RQEMU_REQUIRE_QEMU",
-            ))
-        && prereq::require("/dev/kvm", prereq::kvm(), "RQEMU_REQUIRE_KVM")
+    prereq::guest(emu == Emulator::Qemu)
 }
 
 fn scratch(name: &str) -> PathBuf {

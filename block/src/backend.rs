@@ -17,6 +17,7 @@ use crate::aio::AioContext;
 use crate::coroutine::{CoroutinePool, InFlight, PoolJob};
 use crate::driver::{PreallocMode, RequestFlags};
 use crate::error::{Error, Result};
+use crate::error_action::{ErrorAction, IoStatus, OnError};
 use crate::iov::IoVector;
 use crate::node::{BlockDriverState, OpenFlags};
 use crate::open::bdrv_open;
@@ -44,6 +45,12 @@ pub struct BlockBackend {
     aio_pool: Rc<CoroutinePool<AioJob>>,
     /// What the device's requests did (blk->stats).
     stats: BlockAcctStats,
+    /// The device's policy for failed reads (`rerror=`, blk->on_read_error).
+    on_read_error: Cell<OnError>,
+    /// The device's policy for failed writes and flushes (`werror=`, blk->on_write_error).
+    on_write_error: Cell<OnError>,
+    /// The I/O status, once a device that reports one is attached (blk->iostatus).
+    iostatus: Cell<Option<IoStatus>>,
 }
 
 /// What an `aio_*` request does, with its arguments.
@@ -124,6 +131,9 @@ impl BlockBackend {
             name: RefCell::new(String::new()),
             aio_pool: CoroutinePool::new(),
             stats: BlockAcctStats::default(),
+            on_read_error: Cell::new(OnError::Report),
+            on_write_error: Cell::new(OnError::Enospc),
+            iostatus: Cell::new(None),
         });
         let parent: Rc<dyn crate::graph::RootParent> = blk.clone();
         crate::graph::add_root_parent(Rc::downgrade(&parent));
@@ -133,6 +143,60 @@ impl BlockBackend {
             b.push(Rc::downgrade(&blk));
         });
         blk
+    }
+
+    /// Sets the error policies (blk_set_on_error); `Auto` keeps the current one, as a
+    /// device property left at its default does.
+    pub fn set_on_error(&self, on_read_error: OnError, on_write_error: OnError) {
+        if on_read_error != OnError::Auto {
+            self.on_read_error.set(on_read_error);
+        }
+        if on_write_error != OnError::Auto {
+            self.on_write_error.set(on_write_error);
+        }
+    }
+
+    /// The policy for failed reads (`is_read`) or writes (blk_get_on_error).
+    pub fn on_error(&self, is_read: bool) -> OnError {
+        if is_read {
+            self.on_read_error.get()
+        } else {
+            self.on_write_error.get()
+        }
+    }
+
+    /// What a device does about a failed request (blk_get_error_action).
+    pub fn get_error_action(&self, is_read: bool, errno: i32) -> ErrorAction {
+        self.on_error(is_read).action(errno)
+    }
+
+    /// Starts keeping an I/O status: the device reports errors that stop the VM
+    /// (blk_iostatus_enable).
+    pub fn iostatus_enable(&self) {
+        self.iostatus.set(Some(IoStatus::Ok));
+    }
+
+    /// The I/O status, if a device keeps one and a policy can stop the VM
+    /// (blk_iostatus_is_enabled, blk_iostatus).
+    pub fn iostatus(&self) -> Option<IoStatus> {
+        let can_stop = matches!(self.on_write_error.get(), OnError::Enospc | OnError::Stop)
+            || self.on_read_error.get() == OnError::Stop;
+        self.iostatus.get().filter(|_| can_stop)
+    }
+
+    /// Records the error that stops the VM; the first one sticks until a reset
+    /// (blk_iostatus_set_err).
+    pub fn iostatus_set_err(&self, errno: i32) {
+        if self.iostatus.get() == Some(IoStatus::Ok) {
+            self.iostatus.set(Some(IoStatus::of_errno(errno)));
+        }
+    }
+
+    /// Clears the I/O status when the VM resumes (blk_iostatus_reset).
+    pub fn iostatus_reset(&self) {
+        if self.iostatus.get().is_some() {
+            self.iostatus.set(Some(IoStatus::Ok));
+        }
     }
 
     /// Every BlockBackend alive on this thread (blk_next): the roots from which the graph
@@ -178,6 +242,11 @@ impl BlockBackend {
     /// Names the backend as a drive (blk_new with a name, monitor_add_blk).
     pub fn set_name(&self, name: &str) {
         *self.name.borrow_mut() = name.to_string();
+    }
+
+    /// The device name the monitor knows it by; empty for an anonymous backend (blk_name).
+    pub fn name(&self) -> String {
+        self.name.borrow().clone()
     }
 
     /// The root node.

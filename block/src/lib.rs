@@ -25,6 +25,7 @@ pub mod dirty_bitmap;
 pub mod driver;
 pub mod driver_check;
 pub mod error;
+pub mod error_action;
 pub mod filters;
 pub mod graph;
 pub mod io;

@@ -38,6 +38,8 @@ pub fn run_loop(
 ) -> Result<RunExit, MachineError> {
     let run: *const kvm_run = vcpu.get_kvm_run();
     loop {
+        // A stopped VM (`stop`, an I/O error's stop) parks here until `cont`.
+        crate::runstate::vm::vcpu_wait_while_paused();
         if crate::runstate::stop_requested() {
             return Ok(RunExit::Stopped);
         }

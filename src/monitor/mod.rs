@@ -79,6 +79,10 @@ pub(crate) fn negotiated_sessions() -> Vec<Arc<Session>> {
 
 /// Starts every monitor of the command line; commands will run on `main`.
 pub fn start_all(cfg: &VmConfig, main: &AioContextHandle) -> Result<(), String> {
+    crate::block_error::set_event_sender(crate::block_error::EventSender {
+        emit: events::emit,
+        emit_rate_limited: events::emit_rate_limited,
+    });
     for (i, mon) in cfg.monitors.iter().enumerate() {
         let main = main.clone();
         match mon.mode {

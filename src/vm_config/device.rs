@@ -1,6 +1,7 @@
 //! `-device`: the device models a drive can be attached to, and their properties
 //! (QEMU's qdev property parsing for `ide-hd` and `virtio-blk-pci`).
 
+use block::error_action::OnError;
 use block::Options;
 
 use super::{VmConfig, IDE_BUSES, IDE_UNITS};
@@ -53,6 +54,10 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineE
         .map_err(|e| MachineError::Config(e.to_string()))?;
     // The qdev id names the device for the monitor; rqemu's IDE slots are found by drive.
     opts.take("id");
+    let on_error = (
+        take_device_on_error(&mut opts, &driver, "rerror")?,
+        take_device_on_error(&mut opts, &driver, "werror")?,
+    );
     if let Some((key, _)) = opts.iter().next() {
         return Err(MachineError::Config(format!(
             "Property '{driver}.{key}' not found"
@@ -75,6 +80,7 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineE
         )));
     }
     let (bus, unit) = ide_device_slot(cfg, bus, unit)?;
+    set_on_error(cfg, &drive, on_error);
     cfg.ide[bus][unit] = Some(drive);
     cfg.ide_cdrom[bus][unit] = driver == "ide-cd";
     Ok(())
@@ -96,8 +102,43 @@ fn parse_virtio_device(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError
             "Property 'virtio-blk-pci.drive' can't take value '{id}', it's in use"
         )));
     }
+    set_on_error(cfg, &disk.drive.clone(), disk.on_error);
     cfg.virtio_disks.push(disk);
     Ok(())
+}
+
+/// A device's `rerror=`/`werror=` property (BlockdevOnError; `auto`, the default, keeps the
+/// drive's policy).
+fn take_device_on_error(
+    opts: &mut Options,
+    driver: &str,
+    key: &str,
+) -> Result<OnError, MachineError> {
+    match opts.take(key) {
+        None => Ok(OnError::Auto),
+        Some(v) => parse_on_error(driver, key, &v),
+    }
+}
+
+fn parse_on_error(driver: &str, key: &str, value: &str) -> Result<OnError, MachineError> {
+    OnError::parse(value).map_err(|_| {
+        MachineError::Config(format!(
+            "Property '{driver}.{key}' doesn't take value '{value}'"
+        ))
+    })
+}
+
+/// Applies a device's error policies to its drive (blkconf_apply_backend_options'
+/// blk_set_on_error, which keeps the drive's policy where the device says `auto`).
+fn set_on_error(cfg: &mut VmConfig, drive: &str, (rerror, werror): (OnError, OnError)) {
+    if let Some(d) = cfg.drives.iter_mut().find(|d| d.id == drive) {
+        if rerror != OnError::Auto {
+            d.on_error.0 = rerror;
+        }
+        if werror != OnError::Auto {
+            d.on_error.1 = werror;
+        }
+    }
 }
 
 /// The slot `-device ide-hd` takes: the first free one on the given (or any) bus.
@@ -144,6 +185,8 @@ pub struct VirtioDiskConfig {
     pub slot: Option<u8>,
     /// `bootindex=N`: the disk's place in the firmware's boot order.
     pub bootindex: Option<u32>,
+    /// `rerror=`, `werror=`: the device's error policies (`Auto`: the drive's).
+    pub on_error: (OnError, OnError),
 }
 
 impl VirtioDiskConfig {
@@ -156,6 +199,7 @@ impl VirtioDiskConfig {
             transport: VirtioPciConf::default(),
             slot: None,
             bootindex: None,
+            on_error: (OnError::Auto, OnError::Auto),
         }
     }
 }
@@ -197,7 +241,7 @@ fn parse_addr(v: &str) -> Result<u8, MachineError> {
 }
 
 /// Parses `virtio-blk-pci,drive=ID,serial=S,num-queues=1,disable-legacy=,disable-modern=,
-/// addr=` (what rqemu supports of QEMU's properties).
+/// addr=,bootindex=,rerror=,werror=` (what rqemu supports of QEMU's properties).
 pub(super) fn parse_virtio_blk(arg: &str) -> Result<VirtioDiskConfig, MachineError> {
     let mut parts = arg.split(',');
     let driver = parts.next().unwrap_or("");
@@ -231,6 +275,8 @@ pub(super) fn parse_virtio_blk(arg: &str) -> Result<VirtioDiskConfig, MachineErr
             "disable-legacy" => disk.transport.disable_legacy = parse_bool(key, value)?,
             "disable-modern" => disk.transport.disable_modern = parse_bool(key, value)?,
             "addr" => disk.slot = Some(parse_addr(value)?),
+            "rerror" => disk.on_error.0 = parse_on_error(driver, key, value)?,
+            "werror" => disk.on_error.1 = parse_on_error(driver, key, value)?,
             "bootindex" => {
                 let n = value.parse::<u32>().map_err(|_| {
                     MachineError::Config(format!(

@@ -1,6 +1,7 @@
 //! `-drive` and `-blockdev`: the drives to open, their open flags, and the IDE slot an
 //! `if=ide` drive takes (QEMU's drive_new in blockdev.c).
 
+use block::error_action::OnError;
 use block::Options;
 
 use super::{check_unique_id, VmConfig, IDE_BUSES, IDE_UNITS};
@@ -27,7 +28,18 @@ fn take_open_flags(opts: &mut Options) -> Result<block::OpenFlags, MachineError>
     Ok(flags)
 }
 
-/// `-drive file=,format=,if=,index=,bus=,unit=,media=,id=,cache=,aio=,readonly=,snapshot=`
+/// Splits `rerror=` and `werror=` off `opts` (blockdev.c's parse_block_error_action).
+fn take_on_error(opts: &mut Options) -> Result<(OnError, OnError), MachineError> {
+    let mut policy = |key: &str, is_read: bool| match opts.take(key) {
+        None => Ok(OnError::Auto),
+        Some(name) => OnError::parse_drive_option(&name, is_read)
+            .map_err(|e| MachineError::Config(e.to_string())),
+    };
+    Ok((policy("rerror", true)?, policy("werror", false)?))
+}
+
+/// `-drive file=,format=,if=,index=,bus=,unit=,media=,id=,cache=,aio=,readonly=,snapshot=,
+/// rerror=,werror=`
 /// (QEMU's drive_new): opens a drive and, for `if=ide`, attaches it as an IDE disk.
 pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError> {
     let mut opts =
@@ -57,6 +69,7 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineEr
         Some("cdrom") => true,
         Some(other) => return Err(MachineError::Config(format!("'{other}' invalid media"))),
     };
+    let on_error = take_on_error(&mut opts)?;
     let mut flags = take_open_flags(&mut opts)?;
     flags.read_only |= cdrom; // a CD is never written
     if let Some(format) = opts.take("format") {
@@ -91,6 +104,7 @@ pub(super) fn parse_drive(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineEr
         flags,
         blockdev: false,
         empty,
+        on_error,
     });
     Ok(())
 }
@@ -163,5 +177,6 @@ pub(super) fn parse_blockdev(arg: &str) -> Result<DriveOptions, MachineError> {
         flags,
         blockdev: true,
         empty: false,
+        on_error: (OnError::Auto, OnError::Auto),
     })
 }

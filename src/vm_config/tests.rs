@@ -431,3 +431,39 @@ fn scsi_disks_need_a_scsi_bus_and_a_drive() {
     ]);
     assert!(wrong_bus.contains("Bus 'x.0' not found"), "{wrong_bus}");
 }
+
+#[test]
+fn error_policies_come_from_drives_and_devices() {
+    use block::error_action::OnError;
+    let cfg = config(&["-drive", "file=/tmp/a,if=ide,werror=stop,rerror=ignore"]);
+    assert_eq!(cfg.drives[0].on_error, (OnError::Ignore, OnError::Stop));
+    let cfg = config(&["-drive", "file=/tmp/a,if=ide"]);
+    assert_eq!(cfg.drives[0].on_error, (OnError::Auto, OnError::Auto));
+    // A device's policy overrides the drive's; `auto` keeps it.
+    let cfg = config(&[
+        "-drive",
+        "file=/tmp/a,if=none,id=d0,werror=report,rerror=stop",
+        "-device",
+        "virtio-blk-pci,drive=d0,werror=ignore,rerror=auto",
+    ]);
+    assert_eq!(cfg.drives[0].on_error, (OnError::Stop, OnError::Ignore));
+    let cfg = config(&[
+        "-drive",
+        "file=/tmp/a,if=none,id=d0",
+        "-device",
+        "ide-hd,drive=d0,werror=enospc,rerror=report",
+    ]);
+    assert_eq!(cfg.drives[0].on_error, (OnError::Report, OnError::Enospc));
+    assert!(error(&["-drive", "file=/tmp/a,rerror=enospc"])
+        .contains("'enospc' invalid read error action"));
+    assert!(
+        error(&["-drive", "file=/tmp/a,werror=auto"]).contains("'auto' invalid write error action")
+    );
+    assert!(error(&[
+        "-drive",
+        "file=/tmp/a,if=none,id=d0",
+        "-device",
+        "virtio-blk-pci,drive=d0,werror=bogus"
+    ])
+    .contains("Property 'virtio-blk-pci.werror' doesn't take value 'bogus'"));
+}

@@ -35,3 +35,16 @@ pub fn kvm() -> bool {
         .open("/dev/kvm")
         .is_ok()
 }
+
+/// What an assembled test guest needs: nasm and KVM, and for QEMU's run (`qemu`) the
+/// reference qemu-system-x86_64.
+pub fn guest(qemu: bool) -> bool {
+    require("nasm", tool("nasm"), "RQEMU_REQUIRE_KVM")
+        && (!qemu
+            || require(
+                "qemu-system-x86_64",
+                tool("qemu-system-x86_64"),
+                "RQEMU_REQUIRE_QEMU",
+            ))
+        && require("/dev/kvm", kvm(), "RQEMU_REQUIRE_KVM")
+}

@@ -3,65 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::events::{BlockJobEventInfo, ErrorAction, IoOperation, JobEvent, JobType};
+use super::events::{BlockJobEventInfo, JobEvent, JobType};
 use super::job::Job;
 use super::ratelimit::SLICE;
 use super::status::{apply_verb, JobStatus, JobVerb};
 use crate::error::{Error, Result};
-
-/// What to do when a job's request fails (BlockdevOnError: on-source-error,
-/// on-target-error).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OnError {
-    /// Fail the job.
-    #[default]
-    Report,
-    /// Carry on.
-    Ignore,
-    /// Pause the job until the user resumes it.
-    Stop,
-    /// Stop on ENOSPC, report anything else.
-    Enospc,
-    /// As enospc (the default of some devices).
-    Auto,
-}
-
-impl OnError {
-    /// Parses QEMU's names.
-    pub fn parse(name: &str) -> Result<OnError> {
-        Ok(match name {
-            "report" => OnError::Report,
-            "ignore" => OnError::Ignore,
-            "stop" => OnError::Stop,
-            "enospc" => OnError::Enospc,
-            "auto" => OnError::Auto,
-            _ => return Err(Error::invalid(format!("Invalid parameter '{name}'"))),
-        })
-    }
-}
-
-/// A job's I/O status (BlockDeviceIoStatus): what its last error was.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum IoStatus {
-    /// No error.
-    #[default]
-    Ok,
-    /// An error other than ENOSPC stopped it.
-    Failed,
-    /// ENOSPC stopped it.
-    NoSpace,
-}
-
-impl IoStatus {
-    /// QEMU's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            IoStatus::Ok => "ok",
-            IoStatus::Failed => "failed",
-            IoStatus::NoSpace => "nospace",
-        }
-    }
-}
+pub use crate::error_action::{ErrorAction, IoOperation, IoStatus, OnError};
 
 /// A block job as query-block-jobs describes it (BlockJobInfo).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,20 +103,11 @@ impl Job {
     /// Applies the error policy to a failed request, announces BLOCK_JOB_ERROR and, for
     /// stop, pauses the job as if the user had (block_job_error_action).
     pub fn error_action(&self, on_err: OnError, is_read: bool, errno: i32) -> ErrorAction {
-        let action = match on_err {
-            OnError::Enospc | OnError::Auto if errno == libc::ENOSPC => ErrorAction::Stop,
-            OnError::Enospc | OnError::Auto | OnError::Report => ErrorAction::Report,
-            OnError::Stop => ErrorAction::Stop,
-            OnError::Ignore => ErrorAction::Ignore,
-        };
+        let action = on_err.action(errno);
         if !self.is_internal() {
             self.emit(JobEvent::Error {
                 device: self.id().to_string(),
-                operation: if is_read {
-                    IoOperation::Read
-                } else {
-                    IoOperation::Write
-                },
+                operation: IoOperation::of(is_read),
                 action,
             });
         }
@@ -178,11 +116,7 @@ impl Job {
                 self.pause();
                 self.user_paused.set(true);
             }
-            self.iostatus.set(if errno == libc::ENOSPC {
-                IoStatus::NoSpace
-            } else {
-                IoStatus::Failed
-            });
+            self.iostatus.set(IoStatus::of_errno(errno));
         }
         action
     }

@@ -32,46 +32,7 @@ impl JobType {
     }
 }
 
-/// The direction of a failed request (IoOperationType).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoOperation {
-    /// Reading (the source of a copy).
-    Read,
-    /// Writing (the target of a copy).
-    Write,
-}
-
-impl IoOperation {
-    /// QEMU's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            IoOperation::Read => "read",
-            IoOperation::Write => "write",
-        }
-    }
-}
-
-/// What a job did about an I/O error (BlockErrorAction).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorAction {
-    /// Went on as if nothing happened.
-    Ignore,
-    /// Failed the job.
-    Report,
-    /// Paused the job until the user resumes it.
-    Stop,
-}
-
-impl ErrorAction {
-    /// QEMU's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorAction::Ignore => "ignore",
-            ErrorAction::Report => "report",
-            ErrorAction::Stop => "stop",
-        }
-    }
-}
+pub use crate::error_action::{ErrorAction, IoOperation};
 
 /// The common fields of BLOCK_JOB_READY/COMPLETED/CANCELLED.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -38,6 +38,8 @@ const fn ev(
 pub const EVENTS: &[TraceEvent] = &[
     // The vCPU and PC platform devices (accel/kvm, hw/).
     ev("kvm_run_exit", "cpu_index, reason", "KVM_RUN returned to the vCPU thread", "kvm_run_exit"),
+    ev("runstate_set", "current_state, new_state", "the VM's run state changes (stop, cont, an I/O error's stop)", "runstate_set"),
+    ev("blk_error_action", "blk, action, operation, error", "a device applies its werror/rerror policy to a failed request", ""),
     ev("pckbd_kbd_write_command", "command", "i8042 controller command byte written", "pckbd_kbd_write_command"),
     ev("pckbd_kbd_write_data", "byte", "i8042 data byte written", "pckbd_kbd_write_data"),
     ev("fw_cfg_select", "key, known", "fw_cfg item selected by the firmware", "fw_cfg_select"),

@@ -8,7 +8,9 @@
 //! the controller's [`IdeBus`]es (one per channel, holding the BlockBackend of each slot,
 //! resolved once when the controller is wired, as the virtio-blk handler holds its own) turn
 //! it into `blk.aio_*`. The completion bottom half locks the device, calls
-//! [`AtaChannel::complete`] and moves the interrupt line.
+//! [`AtaChannel::complete`] and moves the interrupt line. A failed request first meets the
+//! drive's error policy (`rerror=`/`werror=`); one that stops the VM waits here, its command
+//! BSY, and is queued again when the VM resumes.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -17,15 +19,18 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use block::aio::notifier::EventNotifier;
 use block::aio::AioContextHandle;
+use block::error_action::ErrorAction;
 use block::{AioContext, BlockBackend, Error, IoVector, RequestFlags};
 
 use super::ata::{AtaChannel, BlockOp, BlockRequest, DriveConfig, DriveKind, SECTOR_SIZE};
 use super::identify::DriveInfo;
 use super::piix::Piix3Ide;
+use crate::block_error::blk_error_action;
 use crate::bus::{lock, BusDevice};
 use crate::devices::Irq;
 use crate::drives;
 use crate::error::MachineError;
+use crate::runstate::vm;
 
 impl DriveConfig {
     /// The drive a backend makes for `-drive if=ide,index=N`: its size in whole sectors, its
@@ -108,6 +113,9 @@ struct RequestQueue {
     kick: EventNotifier,
     /// The controller is gone: the loop side stops serving.
     stopped: AtomicBool,
+    /// Requests an error stopped the VM on (`werror=stop`...), retried when it resumes
+    /// (QEMU's bus->error_status and ide_restart_bh).
+    retry: Mutex<Vec<(usize, BlockRequest)>>,
 }
 
 /// Carries a controller's block requests to the main loop and their completions back.
@@ -141,6 +149,7 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
             kick: EventNotifier::new()
                 .map_err(|e| MachineError::Device(format!("IDE request queue: {e}")))?,
             stopped: AtomicBool::new(false),
+            retry: Mutex::new(Vec::new()),
         };
         let glue = IdeBlockSubmitter {
             device,
@@ -189,6 +198,18 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
     /// once, then starts every request queued for them.
     async fn serve(self) {
         let buses: Vec<IdeBus> = self.channels.iter().map(IdeBus::attach).collect();
+        let queue = self.queue.clone();
+        let _restart = vm::add_vm_change_state_handler(move |running| {
+            let mut stopped = lock(&queue.retry);
+            if running && !stopped.is_empty() {
+                // Ahead of anything queued since: the channel was BSY with these.
+                let mut pending = lock(&queue.pending);
+                for r in stopped.drain(..).rev() {
+                    pending.push_front(r);
+                }
+                queue.kick.set();
+            }
+        });
         while self.queue.kick.wait().await.is_ok() {
             loop {
                 let next = lock(&self.queue.pending).pop_front();
@@ -211,38 +232,69 @@ impl<D: AtaController> IdeBlockSubmitter<D> {
             let err = Error::new(libc::ENOMEDIUM, "IDE drive not registered on this loop");
             return self.complete(index, req.id, Err(err));
         };
-        let id = req.id;
-        match req.op {
+        let done_blk = blk.clone();
+        match &req.op {
             BlockOp::Read { sector, count } => {
-                let qiov = IoVector::alloc(count as usize * SECTOR_SIZE);
+                let offset = sector * SECTOR_SIZE as u64;
+                let qiov = IoVector::alloc(*count as usize * SECTOR_SIZE);
                 let data = qiov.clone();
                 let cb = move |r: block::Result<()>| {
-                    self.complete(index, id, r.map(|()| data.to_vec()));
+                    self.finish(index, &done_blk, req, r.map(|()| data.to_vec()));
                 };
-                blk.aio_preadv(
-                    sector * SECTOR_SIZE as u64,
-                    qiov,
-                    RequestFlags::empty(),
-                    Box::new(cb),
-                );
+                blk.aio_preadv(offset, qiov, RequestFlags::empty(), Box::new(cb));
             }
             BlockOp::Write { sector, data, fua } => {
-                let flags = if fua {
+                let flags = if *fua {
                     RequestFlags::FUA
                 } else {
                     RequestFlags::empty()
                 };
-                let qiov = IoVector::from_slice(&data);
-                let cb =
-                    move |r: block::Result<()>| self.complete(index, id, r.map(|()| Vec::new()));
-                blk.aio_pwritev(sector * SECTOR_SIZE as u64, qiov, flags, Box::new(cb));
+                let offset = sector * SECTOR_SIZE as u64;
+                let qiov = IoVector::from_slice(data);
+                let cb = move |r: block::Result<()>| {
+                    self.finish(index, &done_blk, req, r.map(|()| Vec::new()))
+                };
+                blk.aio_pwritev(offset, qiov, flags, Box::new(cb));
             }
             BlockOp::Flush => {
-                let cb =
-                    move |r: block::Result<()>| self.complete(index, id, r.map(|()| Vec::new()));
+                let cb = move |r: block::Result<()>| {
+                    self.finish(index, &done_blk, req, r.map(|()| Vec::new()))
+                };
                 blk.aio_flush(Box::new(cb));
             }
         }
+    }
+
+    /// A request's block call returned: applies the drive's error policy to a failure
+    /// (ide_handle_rw_error: `report` fails the command, `ignore` completes it as if it had
+    /// worked, `stop` keeps it BSY for the retry on resume), then completes it.
+    fn finish(
+        &self,
+        index: usize,
+        blk: &BlockBackend,
+        req: BlockRequest,
+        result: block::Result<Vec<u8>>,
+    ) {
+        let result = match result {
+            Ok(data) => Ok(data),
+            Err(e) => {
+                let is_read = matches!(req.op, BlockOp::Read { .. });
+                let action = blk.get_error_action(is_read, e.errno());
+                if action == ErrorAction::Stop {
+                    lock(&self.queue.retry).push((index, req));
+                    return blk_error_action(blk, action, is_read, e.errno());
+                }
+                blk_error_action(blk, action, is_read, e.errno());
+                match (action, &req.op) {
+                    (ErrorAction::Ignore, BlockOp::Read { count, .. }) => {
+                        Ok(vec![0; *count as usize * SECTOR_SIZE])
+                    }
+                    (ErrorAction::Ignore, _) => Ok(Vec::new()),
+                    _ => Err(e),
+                }
+            }
+        };
+        self.complete(index, req.id, result);
     }
 
     /// The completion bottom half: under the device lock, report and move the line.
@@ -262,12 +314,13 @@ pub struct IdeBus {
 impl IdeBus {
     /// Looks the channel's drives up in the loop's registry, once (blk_by_name at realize).
     fn attach(wiring: &ChannelWiring) -> IdeBus {
-        IdeBus {
-            blk: wiring
-                .drives
-                .clone()
-                .map(|id| id.and_then(|id| drives::lookup(&id))),
-        }
+        let blk = wiring
+            .drives
+            .clone()
+            .map(|id| id.and_then(|id| drives::lookup(&id)));
+        // An IDE drive reports the error that stopped the VM (ide_dev_initfn).
+        blk.iter().flatten().for_each(|b| b.iostatus_enable());
+        IdeBus { blk }
     }
 
     /// The backend of slot `unit`, if a drive is attached there.

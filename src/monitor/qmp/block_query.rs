@@ -107,6 +107,9 @@ async fn block_info(
     m.insert("locked".into(), json!(false));
     let bs = skip_implicit_filters(blk.bs());
     m.insert("inserted".into(), block_device_info(&bs).await?);
+    if let Some(status) = blk.iostatus() {
+        m.insert("io-status".into(), json!(status.name()));
+    }
     Ok(Value::Object(m))
 }
 

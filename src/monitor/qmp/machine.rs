@@ -1,8 +1,9 @@
 //! Machine commands: capabilities, version, the command list, the run state (stop, cont,
 //! system_reset, quit) (QEMU's monitor/qmp-cmds.c, system/runstate.c, qapi/run-state.json).
 //!
-//! Under the qtest accelerator no vCPU runs, so the run state is only what the monitor
-//! reports and its events; under KVM pausing the vCPU is not built yet and says so.
+//! The run state itself and the pausing of the vCPU are in [`crate::runstate::vm`]; this
+//! module answers the commands and sends the events. Under the qtest accelerator no vCPU
+//! runs, so the run state is only what the monitor reports and its events.
 
 use std::sync::Mutex;
 
@@ -11,48 +12,19 @@ use serde_json::{json, Value};
 use super::{Args, CmdResult, QmpError};
 use crate::bus::lock;
 use crate::monitor::events;
+use crate::runstate::vm::{self, RunState};
 use crate::vm_config::Accel;
-
-/// QEMU's RunState values rqemu reaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunState {
-    /// Started with `-S`, never run yet.
-    Prelaunch,
-    /// Running.
-    Running,
-    /// Stopped by `stop`.
-    Paused,
-}
-
-impl RunState {
-    fn name(self) -> &'static str {
-        match self {
-            RunState::Prelaunch => "prelaunch",
-            RunState::Running => "running",
-            RunState::Paused => "paused",
-        }
-    }
-}
 
 struct Machine {
     accel: Accel,
-    state: RunState,
 }
 
-static MACHINE: Mutex<Machine> = Mutex::new(Machine {
-    accel: Accel::Kvm,
-    state: RunState::Running,
-});
+static MACHINE: Mutex<Machine> = Mutex::new(Machine { accel: Accel::Kvm });
 
 /// Records the accelerator and the initial state (`-S`) before any monitor starts.
 pub fn init(accel: Accel, start_paused: bool) {
-    let mut m = lock(&MACHINE);
-    m.accel = accel;
-    m.state = if start_paused {
-        RunState::Prelaunch
-    } else {
-        RunState::Running
-    };
+    lock(&MACHINE).accel = accel;
+    vm::init(start_paused);
 }
 
 /// The version rqemu answers as: the QEMU release whose behaviour it follows.
@@ -93,37 +65,31 @@ pub async fn query_commands(args: Args) -> CmdResult {
 /// `query-status`.
 pub async fn query_status(args: Args) -> CmdResult {
     args.finish()?;
-    let state = lock(&MACHINE).state;
+    let state = vm::state();
     Ok(json!({"status": state.name(), "running": state == RunState::Running}))
 }
 
-/// Moves to `to`, with the event a change raises; only the qtest accelerator can pause.
-fn change_state(to: RunState, event: &str) -> CmdResult {
-    let mut m = lock(&MACHINE);
-    if m.accel != Accel::Qtest {
-        return Err(QmpError::generic(
-            "pausing a KVM guest is not supported by rqemu yet (only with -accel qtest)",
-        ));
+/// `stop` (vm_stop): the STOP event when it was running; returns once the vCPU is paused.
+pub async fn stop(args: Args) -> CmdResult {
+    args.finish()?;
+    if vm::vm_stop(RunState::Paused) {
+        events::emit("STOP", None);
     }
-    let from = m.state;
-    m.state = to;
-    drop(m);
-    if from != to {
-        events::emit(event, None);
-    }
+    vm::wait_paused().await;
     Ok(json!({}))
 }
 
-/// `stop` (the STOP event when it was running).
-pub async fn stop(args: Args) -> CmdResult {
-    args.finish()?;
-    change_state(RunState::Paused, "STOP")
-}
-
-/// `cont` (the RESUME event).
+/// `cont` (qmp_cont): clears every drive's I/O status, then resumes (the RESUME event), and
+/// the devices retry the requests an error stopped.
 pub async fn cont(args: Args) -> CmdResult {
     args.finish()?;
-    change_state(RunState::Running, "RESUME")
+    for blk in block::BlockBackend::all() {
+        blk.iostatus_reset();
+    }
+    if vm::vm_start() {
+        events::emit("RESUME", None);
+    }
+    Ok(json!({}))
 }
 
 /// `system_reset`: the RESET event; under qtest there is no guest state to reset.

@@ -11,6 +11,10 @@
 //!   status bytes, used elements, one move of the used index, and an interrupt if the
 //!   driver asked for one.
 //!
+//! A failed request meets the drive's error policy (`werror=`/`rerror=`): `report` returns
+//! VIRTIO_BLK_S_IOERR, `ignore` success, `stop` stops the VM and keeps the request, which
+//! runs again when the VM resumes.
+//!
 //! Reset: QEMU drains the device's requests inside the reset (blk_drain under the big lock).
 //! Here the reset happens on the vCPU side while requests run on the main loop, so a request
 //! in flight at a reset finishes on its own and then leaves the rings alone (the core's
@@ -31,223 +35,16 @@ use vm_memory::GuestMemoryMmap;
 use super::queue::{DescriptorChain, Queue, QueueError};
 use super::request::{DiskLimits, Request, RequestKind, VIRTIO_BLK_ID_BYTES};
 use super::request::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
-use super::{SharedCore, VirtioDevice};
-use super::{VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_RING_F_EVENT_IDX};
-use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
+use super::SharedCore;
+use super::VIRTIO_F_NOTIFY_ON_EMPTY;
+use crate::block_error::blk_error_action;
 use crate::bus::lock;
+use crate::runstate::vm::{self, VmChangeStateEntry};
+use block::error_action::ErrorAction;
 
-/// Feature: `size_max` is valid.
-pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
-/// Feature: `seg_max` is valid.
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
-/// Feature: the disk is read-only.
-pub const VIRTIO_BLK_F_RO: u32 = 5;
-/// Feature: `blk_size` is valid.
-pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
-/// Feature: FLUSH requests.
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
-/// Feature: topology fields are valid.
-pub const VIRTIO_BLK_F_TOPOLOGY: u32 = 10;
-/// Feature: the write-cache mode is switchable in config space.
-pub const VIRTIO_BLK_F_CONFIG_WCE: u32 = 11;
-/// Feature: DISCARD requests.
-pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
-/// Feature: WRITE_ZEROES requests.
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+mod model;
 
-/// virtio device type of a block device.
-pub const VIRTIO_ID_BLOCK: u16 = 2;
-/// Size of the configuration space we expose (through `write_zeroes_may_unmap` + padding).
-pub const VIRTIO_BLK_CONFIG_LEN: usize = 60;
-/// Offset of the `writeback` byte in the configuration space.
-const CONFIG_WRITEBACK: usize = 32;
-
-/// User-settable properties of a virtio-blk device (QEMU's `-device virtio-blk-pci,...`).
-#[derive(Clone, Debug)]
-pub struct VirtioBlkConf {
-    /// GET_ID answer (`serial=`), at most 20 bytes are returned.
-    pub serial: String,
-    /// Queue size (`queue-size=`, default 256).
-    pub queue_size: u16,
-    /// Offer CONFIG_WCE (`config-wce=`, default on).
-    pub config_wce: bool,
-    /// Offer DISCARD (`discard=`, default on).
-    pub discard: bool,
-    /// Offer WRITE_ZEROES (`write-zeroes=`, default on).
-    pub write_zeroes: bool,
-    /// Logical block size (`logical_block_size=`, default 512).
-    pub logical_block_size: u32,
-    /// Physical block size (`physical_block_size=`, default 512).
-    pub physical_block_size: u32,
-    /// Largest segment in bytes announced as size_max.
-    pub size_max: u32,
-}
-
-impl Default for VirtioBlkConf {
-    fn default() -> Self {
-        VirtioBlkConf {
-            serial: String::new(),
-            queue_size: 256,
-            config_wce: true,
-            discard: true,
-            write_zeroes: true,
-            logical_block_size: 512,
-            physical_block_size: 512,
-            size_max: 1 << 20,
-        }
-    }
-}
-
-/// The device model half: features and configuration space (QEMU's VirtIOBlock fields).
-pub struct VirtioBlk {
-    conf: VirtioBlkConf,
-    capacity: u64,
-    read_only: bool,
-    /// Write cache on (writeback) or off (writethrough); read by the handler per request.
-    wce: Arc<AtomicBool>,
-}
-
-impl VirtioBlk {
-    /// A device over a disk of `capacity` sectors.
-    pub fn new(conf: VirtioBlkConf, capacity: u64, read_only: bool) -> VirtioBlk {
-        VirtioBlk {
-            conf,
-            capacity,
-            read_only,
-            wce: Arc::new(AtomicBool::new(true)),
-        }
-    }
-
-    /// What the main-loop handler shares with this model; take it before boxing the model
-    /// into its transport.
-    pub fn shared(&self) -> VirtioBlkShared {
-        VirtioBlkShared {
-            limits: DiskLimits {
-                capacity: self.capacity,
-                logical_block_size: self.conf.logical_block_size,
-                discard: self.conf.discard,
-                write_zeroes: self.conf.write_zeroes,
-                max_discard_sectors: MAX_DWZ_SECTORS,
-                max_write_zeroes_sectors: MAX_DWZ_SECTORS,
-                serial: self.conf.serial.clone(),
-            },
-            wce: self.wce.clone(),
-        }
-    }
-
-    fn config_bytes(&self) -> [u8; VIRTIO_BLK_CONFIG_LEN] {
-        let c = &self.conf;
-        let mut b = [0u8; VIRTIO_BLK_CONFIG_LEN];
-        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
-        put(0, &self.capacity.to_le_bytes());
-        put(8, &c.size_max.to_le_bytes());
-        put(12, &u32::from(c.queue_size.saturating_sub(2)).to_le_bytes());
-        put(20, &c.logical_block_size.to_le_bytes());
-        let exp = (c.physical_block_size / c.logical_block_size.max(1))
-            .max(1)
-            .ilog2() as u8;
-        put(24, &[exp, 0]);
-        put(
-            26,
-            &((c.physical_block_size / c.logical_block_size.max(1)) as u16).to_le_bytes(),
-        );
-        put(CONFIG_WRITEBACK, &[self.wce.load(Ordering::Relaxed) as u8]);
-        put(34, &1u16.to_le_bytes());
-        let discard_align = (c.logical_block_size >> 9).max(1);
-        put(36, &MAX_DWZ_SECTORS.to_le_bytes());
-        put(40, &1u32.to_le_bytes());
-        put(44, &discard_align.to_le_bytes());
-        put(48, &MAX_DWZ_SECTORS.to_le_bytes());
-        put(52, &1u32.to_le_bytes());
-        put(56, &[1]);
-        b
-    }
-}
-
-/// The part of the device model the handler needs: request limits and the write-cache switch.
-#[derive(Clone, Debug)]
-pub struct VirtioBlkShared {
-    /// The limits requests are judged against.
-    pub limits: DiskLimits,
-    /// Write cache on (writeback) or off (writethrough), switched by the driver.
-    pub wce: Arc<AtomicBool>,
-}
-
-/// Largest discard / write-zeroes in sectors (QEMU's default max-*-sectors).
-const MAX_DWZ_SECTORS: u32 = (i32::MAX as u32) >> 9;
-
-impl VirtioDevice for VirtioBlk {
-    fn device_type(&self) -> u16 {
-        VIRTIO_ID_BLOCK
-    }
-
-    fn host_features(&self) -> u64 {
-        let mut bits = vec![
-            VIRTIO_BLK_F_SIZE_MAX,
-            VIRTIO_BLK_F_SEG_MAX,
-            VIRTIO_BLK_F_BLK_SIZE,
-            VIRTIO_BLK_F_FLUSH,
-            VIRTIO_BLK_F_TOPOLOGY,
-            VIRTIO_F_NOTIFY_ON_EMPTY,
-            VIRTIO_F_ANY_LAYOUT,
-            VIRTIO_RING_F_INDIRECT_DESC,
-            VIRTIO_RING_F_EVENT_IDX,
-        ];
-        let optional = [
-            (self.read_only, VIRTIO_BLK_F_RO),
-            (self.conf.config_wce, VIRTIO_BLK_F_CONFIG_WCE),
-            (self.conf.discard, VIRTIO_BLK_F_DISCARD),
-            (self.conf.write_zeroes, VIRTIO_BLK_F_WRITE_ZEROES),
-        ];
-        bits.extend(optional.iter().filter(|(on, _)| *on).map(|(_, b)| *b));
-        bits.iter().fold(0, |f, b| f | 1u64 << b)
-    }
-
-    fn num_queues(&self) -> usize {
-        1
-    }
-
-    fn queue_max_size(&self) -> u16 {
-        self.conf.queue_size
-    }
-
-    fn config_len(&self) -> usize {
-        VIRTIO_BLK_CONFIG_LEN
-    }
-
-    fn read_config(&self, offset: usize, data: &mut [u8]) {
-        let bytes = self.config_bytes();
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = offset
-                .checked_add(i)
-                .and_then(|o| bytes.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
-    }
-
-    fn write_config(&mut self, offset: usize, data: &[u8]) {
-        // Only `writeback` is writable, and only when CONFIG_WCE is offered.
-        if self.conf.config_wce && offset <= CONFIG_WRITEBACK {
-            if let Some(&v) = data.get(CONFIG_WRITEBACK - offset) {
-                self.wce.store(v != 0, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn set_features(&mut self, features: u64) {
-        // A driver that cannot switch the cache gets writeback only if it can flush
-        // (virtio_blk_set_features); a modern driver always gets writeback.
-        let has = |bit: u32| features & (1u64 << bit) != 0;
-        if !has(VIRTIO_BLK_F_CONFIG_WCE) && !has(VIRTIO_F_VERSION_1) {
-            self.wce.store(has(VIRTIO_BLK_F_FLUSH), Ordering::Relaxed);
-        }
-    }
-
-    fn reset(&mut self) {
-        self.wce.store(true, Ordering::Relaxed);
-    }
-}
+pub use model::*;
 
 /// The main-loop half: pops requests and runs them on the block layer.
 pub struct VirtioBlkHandler {
@@ -261,6 +58,10 @@ pub struct VirtioBlkHandler {
     in_flight: Cell<u64>,
     /// Requests finished, waiting for the completion bottom half to return them.
     completions: RefCell<Vec<Completion>>,
+    /// Requests an error stopped the VM on, retried when it resumes (s->rq).
+    stopped: RefCell<Vec<(Completion, RequestKind)>>,
+    /// The handler that retries them (virtio_blk_dma_restart_cb), while the device lives.
+    restart: RefCell<Option<VmChangeStateEntry>>,
 }
 
 impl VirtioBlkHandler {
@@ -272,6 +73,8 @@ impl VirtioBlkHandler {
         blk: Rc<BlockBackend>,
         notifiers: Vec<Arc<EventNotifier>>,
     ) -> Rc<VirtioBlkHandler> {
+        // The device reports the error that stopped the VM (virtio_blk_device_realize).
+        blk.iostatus_enable();
         Rc::new(VirtioBlkHandler {
             core,
             mem,
@@ -281,11 +84,20 @@ impl VirtioBlkHandler {
             notifiers,
             in_flight: Cell::new(0),
             completions: RefCell::new(Vec::new()),
+            stopped: RefCell::new(Vec::new()),
+            restart: RefCell::new(None),
         })
     }
 
     /// Starts one coroutine per queue that waits for kicks; dropping the tasks stops them.
     pub fn start(self: &Rc<Self>) -> Vec<Task<()>> {
+        let me = Rc::downgrade(self);
+        let restart = vm::add_vm_change_state_handler(move |running| {
+            if let Some(me) = me.upgrade().filter(|_| running) {
+                me.restart_stopped();
+            }
+        });
+        *self.restart.borrow_mut() = Some(restart);
         let ctx = AioContext::current();
         (0..self.notifiers.len())
             .map(|q| {
@@ -366,26 +178,40 @@ impl VirtioBlkHandler {
             status: VIRTIO_BLK_S_OK,
             generation,
         };
+        self.start_request(ctx, done, req.kind);
+    }
+
+    /// Runs a request's block-layer call; its completion goes through [`Self::finish`].
+    fn start_request(self: &Rc<Self>, ctx: &AioContext, done: Completion, kind: RequestKind) {
         let me = self.clone();
         let none = RequestFlags::empty();
-        let task = match req.kind {
+        let task = match kind {
             // Reads and writes, the hot path, run on the BlockBackend's pooled coroutines
-            // (blk_aio_preadv / blk_aio_pwritev, as QEMU's virtio-blk submits them).
+            // (blk_aio_preadv / blk_aio_pwritev, as QEMU's virtio-blk submits them). The
+            // callback keeps the request (a vector of two inline segments) for a retry.
             RequestKind::Read { offset, data } => {
-                let cb = Box::new(move |ret| me.finish(done, ret));
+                let retry = RequestKind::Read {
+                    offset,
+                    data: data.clone(),
+                };
+                let cb = Box::new(move |ret| me.finish(done, retry, ret));
                 return self.blk.aio_preadv(offset, data, none, cb);
             }
             RequestKind::Write { offset, data } => {
-                let cb = Box::new(move |ret| me.finish(done, ret));
+                let retry = RequestKind::Write {
+                    offset,
+                    data: data.clone(),
+                };
+                let cb = Box::new(move |ret| me.finish(done, retry, ret));
                 return self.blk.aio_pwritev(offset, data, none, cb);
             }
             RequestKind::Flush => ctx.spawn(async move {
                 let ret = me.blk.co_flush().await;
-                me.finish(done, ret)
+                me.finish(done, RequestKind::Flush, ret)
             }),
             RequestKind::Discard { offset, bytes } => ctx.spawn(async move {
                 let ret = me.blk.co_pdiscard(offset, bytes).await;
-                me.finish(done, ret)
+                me.finish(done, RequestKind::Discard { offset, bytes }, ret)
             }),
             RequestKind::WriteZeroes {
                 offset,
@@ -394,7 +220,12 @@ impl VirtioBlkHandler {
             } => ctx.spawn(async move {
                 let flags = if unmap { RequestFlags::MAY_UNMAP } else { none };
                 let ret = me.blk.co_pwrite_zeroes(offset, bytes, flags).await;
-                me.finish(done, ret)
+                let kind = RequestKind::WriteZeroes {
+                    offset,
+                    bytes,
+                    unmap,
+                };
+                me.finish(done, kind, ret)
             }),
             RequestKind::GetId { data } => {
                 let id = self.limits.serial.as_bytes();
@@ -407,13 +238,43 @@ impl VirtioBlkHandler {
         task.detach();
     }
 
-    /// Completes a request with the outcome of its block-layer call (virtio_blk_rw_complete).
-    fn finish(self: &Rc<Self>, mut done: Completion, ret: block::Result<()>) {
-        done.status = match ret {
-            Ok(()) => VIRTIO_BLK_S_OK,
-            Err(_) => VIRTIO_BLK_S_IOERR,
-        };
+    /// Completes a request with the outcome of its block-layer call (virtio_blk_rw_complete),
+    /// a failure under the drive's error policy (virtio_blk_handle_rw_error): `report` is
+    /// VIRTIO_BLK_S_IOERR, `ignore` success, `stop` keeps the request for the retry.
+    fn finish(self: &Rc<Self>, mut done: Completion, kind: RequestKind, ret: block::Result<()>) {
+        done.status = VIRTIO_BLK_S_OK;
+        if let Err(e) = ret {
+            let is_read = matches!(kind, RequestKind::Read { .. });
+            let action = self.blk.get_error_action(is_read, e.errno());
+            if action == ErrorAction::Report {
+                done.status = VIRTIO_BLK_S_IOERR;
+            }
+            if action == ErrorAction::Stop {
+                self.stopped.borrow_mut().push((done, kind));
+                return blk_error_action(&self.blk, action, is_read, e.errno());
+            }
+            blk_error_action(&self.blk, action, is_read, e.errno());
+        }
         self.complete(done);
+    }
+
+    /// The VM resumed: runs the stopped requests again (virtio_blk_dma_restart_bh). One from
+    /// before a device reset only leaves (its completion is dropped), as QEMU's reset
+    /// discards them.
+    fn restart_stopped(self: &Rc<Self>) {
+        let stopped = self.stopped.take();
+        if stopped.is_empty() {
+            return;
+        }
+        let generation = lock(&self.core).reset_count;
+        let ctx = AioContext::current();
+        for (done, kind) in stopped {
+            if done.generation == generation {
+                self.start_request(&ctx, done, kind);
+            } else {
+                self.complete(done);
+            }
+        }
     }
 
     /// The trace event of a request about to run, named as QEMU's.
