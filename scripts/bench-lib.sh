@@ -1,7 +1,9 @@
 #!/bin/bash
-# Shared pieces of the image benchmarks (bench-qcow2.sh, bench-convert.sh), sourced by them:
-# the deterministic 1 GiB "mixed data" image, timing one command, and one result row that
-# runs ours and QEMU's tool alternately. The caller starts with bench_tools.
+# Shared pieces of the benchmarks, sourced by them. The image benchmarks (bench-qcow2.sh,
+# bench-convert.sh) start with bench_tools and use the deterministic 1 GiB "mixed data" image,
+# timing one command, and one result row that runs ours and QEMU's tool alternately; the ones
+# that drive several of our programs (bench-nbd.sh, bench-luks.sh) start with bench_scratch
+# and summarise their alternating runs with summary.
 #
 # The mixed image is made 1 MiB chunk by chunk, chunk i by i % 8:
 #   0, 1  random bytes (a fixed-seed PRNG: incompressible)
@@ -86,4 +88,27 @@ row() {
     split(o, O, " "); split(q, Q, " ");
     printf "%-34s %8.3f %8.3f %8.3f %8.3f %10.1f %10.1f %7.2f\n",
       n, O[1], Q[1], O[2], Q[2], b/O[1]/1048576, b/Q[1]/1048576, Q[1]/O[1] }'
+}
+
+# bench_scratch NAME [BIN_DIR]: sets BENCH_NAME, BIN (where rqemu's programs are: BIN_DIR, else
+# $CARGO_TARGET_DIR/release or target/release), DIR (a fresh scratch directory under
+# BENCH_DIR, default /var/tmp; the caller removes it), REPEAT and the workload sizes READS
+# (4 KiB reads) and WRITES (64 KiB writes).
+bench_scratch() {
+  BENCH_NAME=$1
+  BIN=${2:-${CARGO_TARGET_DIR:-target}/release}
+  DIR=$(mktemp -d "${BENCH_DIR:-/var/tmp}/rqemu-bench-$BENCH_NAME.XXXXXX")
+  REPEAT=${REPEAT:-3}
+  READS=${READS:-40000}
+  WRITES=${WRITES:-8192}
+}
+
+# summary FILE: "BEST_WALL MEDIAN_CPU" of the "WALL CPU" lines in FILE. Wall times on a
+# shared machine only get worse with load, so the best is kept; CPU seconds are steadier,
+# so the median.
+summary() {
+  local best med
+  best=$(cut -d' ' -f1 "$1" | sort -g | head -1)
+  med=$(cut -d' ' -f2 "$1" | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}')
+  echo "$best $med"
 }

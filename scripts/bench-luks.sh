@@ -27,8 +27,8 @@
 # data each case moves through the cipher per wall second (best run).
 set -euo pipefail
 
-BENCH_NAME=luks
-. "$(dirname "$0")/bench-common.sh"
+. "$(dirname "$0")/bench-lib.sh"
+bench_scratch luks "${1:-}"
 OURS_IMG=$BIN/rqemu-img
 OURS_IO=$BIN/rqemu-io
 SECRET=(--object secret,id=sec0,data=rqemu-bench)

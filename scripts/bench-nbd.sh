@@ -19,8 +19,8 @@
 # server on the same image file, so both tools see the same page-cache state.
 set -euo pipefail
 
-BENCH_NAME=nbd
-. "$(dirname "$0")/bench-common.sh"
+. "$(dirname "$0")/bench-lib.sh"
+bench_scratch nbd "${1:-}"
 OURS_NBD=$BIN/rqemu-nbd
 OURS_IMG=$BIN/rqemu-img
 SOCK=$DIR/nbd.sock
