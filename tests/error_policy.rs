@@ -236,9 +236,19 @@ fn matrix_run(emu: Emulator, dev: Device, run: usize) {
     let mut guest = Guest::start(&cmd, stderr, TIMEOUT);
     let mut qmp = Qmp::connect(&sock, TIMEOUT);
     let (rerror, werror) = RUNS[run];
+    let mut read_retried = false;
     for k in 0..4 {
         let (is_read, errno) = request(k);
         let act = action(if is_read { rerror } else { werror }, is_read, errno);
+        if emu == Emulator::Qemu && dev == Device::Ide && is_read && read_retried {
+            // Observed with QEMU 10.0.2 (every run on 2026-12-07): once its IDE has retried
+            // a stopped PIO read, blkdebug's rule for the next read does not fire there, so
+            // that read succeeds without an event. rqemu fails it as the rule says.
+            let line = guest.until(&format!("RESULT {k} "), |l| l.starts_with("RESULT"));
+            assert_eq!(line, format!("RESULT {k} 00000000"), "{context}");
+            continue;
+        }
+        read_retried |= is_read && act == Action::Stop;
         if act == Action::Stop {
             // The rate limit may hold the stop's event back behind earlier errors' events
             // (or drop those): the stop's own comes within a second.
