@@ -197,7 +197,10 @@ fn a_qmp_client_manages_the_block_graph() {
     );
     assert_eq!(wrote, "");
     let busy = qmp.cmd("blockdev-del", json!({"node-name": "disk"}));
-    assert_eq!(busy["error"]["desc"], "Block device disk is in use");
+    assert_eq!(
+        busy["error"]["desc"],
+        "Node 'disk' is busy: node is used as backing hd of 'top'"
+    );
 
     // QEMU raises SHUTDOWN before it replies to quit.
     let event = qmp.cmd("quit", json!({}));

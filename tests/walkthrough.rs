@@ -85,8 +85,14 @@ fn qemu_functions_of_the_path_have_greppable_counterparts() {
     };
     grep("src/devices/ide/commands.rs", "(ide_sector_write_cb)");
     grep("block/src/aio/thread_pool.rs", "thread_pool_submit_aio");
-    grep("src/devices/virtio/block.rs", "virtio_blk_handle_output");
-    grep("src/devices/virtio/block.rs", "(virtio_blk_rw_complete)");
+    grep(
+        "src/devices/virtio/block/mod.rs",
+        "virtio_blk_handle_output",
+    );
+    grep(
+        "src/devices/virtio/block/mod.rs",
+        "(virtio_blk_rw_complete)",
+    );
     grep("src/devices/virtio/kvm_glue.rs", "virtio_pci_notify");
 }
 
