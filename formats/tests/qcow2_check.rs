@@ -154,3 +154,45 @@ fn writes_respect_internal_snapshots() {
     assert_eq!(&old[4096..8192], &[7; 4096][..]);
     assert_eq!(&old[256 * 1024..260 * 1024], &[9; 4096][..]);
 }
+
+/// A file of more clusters than QEMU's check counts (INT_MAX; a sparse file can claim any
+/// length, as a write to a fuzzed image made one of 1 TiB with 512-byte clusters) fails the
+/// check with EFBIG, as `qemu-img check` does, instead of allocating a table for it.
+#[test]
+fn a_file_of_more_than_int_max_clusters_is_too_large_to_check() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("huge.qcow2").to_str().unwrap().to_string();
+    run_ok(
+        "/usr/bin/qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            &p,
+            "1M",
+        ],
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let err = block_on(async {
+        let blk = open(&p, false).await.unwrap();
+        let bs = blk.bs().clone();
+        let r = bs.drv().co_check(&bs, CheckFix::default()).await;
+        blk.close().await.unwrap();
+        r
+    })
+    .unwrap_err();
+    assert_eq!(err.errno(), libc::EFBIG, "{err}");
+    let (_, _, stderr) = run("/usr/bin/qemu-img", &["check", &p]);
+    assert!(stderr.contains("File too large"), "{stderr}");
+}

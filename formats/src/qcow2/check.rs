@@ -351,10 +351,17 @@ impl Meta {
 
     /// Walks all metadata and counts the references to every cluster.
     async fn count_refs(&mut self, res: &mut CheckResult) -> Result<Refs> {
+        let file_len = self.file.getlength();
+        // The counts are a table of one entry per cluster of the file, and a sparse file can
+        // claim any length: QEMU refuses more than INT_MAX clusters with EFBIG, and so do we.
+        if file_len.div_ceil(self.g.cluster_size) > i32::MAX as u64 {
+            res.check_errors += 1;
+            return Err(block::Error::from_errno(libc::EFBIG));
+        }
         let mut refs = Refs {
             counts: Vec::new(),
             broken_structure: false,
-            file_len: self.file.getlength(),
+            file_len,
             cluster_bits: self.g.cluster_bits,
             refcount_max: super::refcount::max_refcount(self.g.refcount_order),
         };
