@@ -57,7 +57,7 @@ fn check_l2(
 ) -> u64 {
     let file_len = t.file.getlength();
     let cs = t.header.cluster_size as u64;
-    let mut last = 0;
+    let mut last: u64 = 0;
     let mut bad = 0;
     for entry in table.iter_mut().filter(|e| **e > ZERO_CLUSTER) {
         res.allocated_clusters += 1;
