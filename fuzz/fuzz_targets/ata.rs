@@ -57,11 +57,19 @@ fn perform(
     }
     match &req.op {
         BlockOp::Read { sector, count } => {
-            assert!(sector + *count as u64 <= SECTORS, "read past the disk: {:?}", req.op);
+            assert!(
+                sector + *count as u64 <= SECTORS,
+                "read past the disk: {:?}",
+                req.op
+            );
             Ok(vec![0x5a; *count as usize * 512])
         }
         BlockOp::Write { sector, data, .. } => {
-            assert!(data.len() % 512 == 0 && sector + (data.len() / 512) as u64 <= SECTORS);
+            assert!(
+                data.len() % 512 == 0 && sector + (data.len() / 512) as u64 <= SECTORS,
+                "write past the disk or of part of a sector: sector {sector}, {} bytes",
+                data.len()
+            );
             Ok(Vec::new())
         }
         BlockOp::Flush => Ok(Vec::new()),

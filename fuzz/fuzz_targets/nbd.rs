@@ -12,12 +12,19 @@ use block::{AioContext, BlockBackend, OpenFlags, Options};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     formats::register_all();
     let path = std::env::temp_dir().join(format!("rqemu-fuzz-nbd-{}.img", std::process::id()));
-    std::fs::File::create(&path).unwrap().set_len(1 << 20).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let mut opts = Options::new();
     opts.set("driver", "raw");
     let ctx = AioContext::current();
     let blk = ctx
-        .run_until(BlockBackend::open(path.to_str(), opts, OpenFlags::default()))
+        .run_until(BlockBackend::open(
+            path.to_str(),
+            opts,
+            OpenFlags::default(),
+        ))
         .unwrap();
     let export = NbdExport::new(
         blk,

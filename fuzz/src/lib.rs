@@ -75,10 +75,22 @@ pub fn open_check_write(data: &[u8], format: &str) {
         for (i, at) in [0, len / 3, seed % len.max(1)].into_iter().enumerate() {
             let n = (4096 + i * 1000).min((len - at.min(len)) as usize);
             let buf = IoVector::from_slice(&vec![0xa5 ^ i as u8; n]);
-            if blk.co_pwritev(at, &buf, RequestFlags::empty()).await.is_ok() {
+            if blk
+                .co_pwritev(at, &buf, RequestFlags::empty())
+                .await
+                .is_ok()
+            {
                 let back = IoVector::alloc(n);
-                if blk.co_preadv(at, &back, RequestFlags::empty()).await.is_ok() {
-                    assert_eq!(back.to_vec(), buf.to_vec(), "{format}: write at {at} did not read back");
+                if blk
+                    .co_preadv(at, &back, RequestFlags::empty())
+                    .await
+                    .is_ok()
+                {
+                    assert_eq!(
+                        back.to_vec(),
+                        buf.to_vec(),
+                        "{format}: write at {at} did not read back"
+                    );
                 }
             }
         }

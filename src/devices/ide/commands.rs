@@ -252,16 +252,33 @@ impl AtaChannel {
         }
     }
 
+    /// The registers' sector, if `count` sectors from it lie inside the drive.
+    fn range_start(&mut self, count: u32) -> Option<u64> {
+        let capacity = self.cur().config.as_ref().map_or(0, |c| c.info.sectors);
+        self.get_sector()
+            .filter(|&s| s <= capacity && count as u64 <= capacity - s)
+    }
+
     /// Validates the command's range; on failure the command fails with IDNF.
     fn check_range(&mut self, count: u32) -> bool {
-        let capacity = self.cur().config.as_ref().map_or(0, |c| c.info.sectors);
-        let ok = self
-            .get_sector()
-            .is_some_and(|s| s <= capacity && count as u64 <= capacity - s);
+        let ok = self.range_start(count).is_some();
         if !ok {
             self.cur().fail(IDNF);
         }
         ok
+    }
+
+    /// The sector the next DRQ block of `n` sectors starts at. The guest may rewrite the
+    /// address registers between blocks, so each block is checked against the drive again
+    /// (ide_sect_range_ok in ide_sector_read/ide_sector_write); out of range, the command
+    /// fails with IDNF and None is returned.
+    fn block_sector(&mut self, n: u32) -> Option<u64> {
+        let sector = self.range_start(n);
+        if sector.is_none() {
+            self.cur().fail(IDNF);
+            self.set_irq();
+        }
+        sector
     }
 
     fn cmd_read(&mut self, lba48: bool, block: u32) -> Done {
@@ -292,9 +309,7 @@ impl AtaChannel {
         }
         d.status |= BSY;
         let n = d.remaining.min(d.block_sectors);
-        let Some(sector) = self.get_sector() else {
-            self.cur().fail(IDNF);
-            self.set_irq();
+        let Some(sector) = self.block_sector(n) else {
             return;
         };
         trace!(ide_sector_read, "sector={} nsectors={}", sector, n);
@@ -331,9 +346,7 @@ impl AtaChannel {
         let n = d.remaining.min(d.block_sectors);
         let data = d.buffer[..n as usize * SECTOR_SIZE].to_vec();
         let fua = !d.write_cache;
-        let Some(sector) = self.get_sector() else {
-            self.cur().fail(IDNF);
-            self.set_irq();
+        let Some(sector) = self.block_sector(n) else {
             return;
         };
         trace!(ide_sector_write, "sector={} nsectors={}", sector, n);

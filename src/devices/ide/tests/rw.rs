@@ -242,6 +242,25 @@ fn out_of_range_commands_fail_with_idnf_before_any_transfer() {
 }
 
 #[test]
+fn address_registers_rewritten_mid_transfer_are_checked_again() {
+    // A guest may rewrite the LBA registers between DRQ blocks: the next block's address is
+    // checked against the drive again (a fuzz finding: a write at sector 257040 of 2048).
+    let mut r = Rig::new(SMALL);
+    r.lba28(SMALL - 2, 2);
+    r.command(cmd::WRITE);
+    r.rep_out(2, &[0x11; 512]);
+    assert_eq!(r.status(), DRDY | DSC | DRQ);
+    r.lba28(SMALL + 100, 1);
+    r.rep_out(2, &[0x22; 512]);
+    assert_eq!((r.status(), r.error()), (DRDY | ERR, IDNF));
+    assert!(
+        r.disk.written.keys().all(|&s| s < SMALL),
+        "{:?}",
+        r.disk.written.keys()
+    );
+}
+
+#[test]
 fn block_errors_report_unc_on_reads_and_abrt_on_writes_and_flushes() {
     let mut r = Rig::new(SMALL);
     r.disk.fail_next = true;
