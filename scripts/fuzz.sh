@@ -1,13 +1,17 @@
 #!/bin/bash
 # Runs every cargo-fuzz target in fuzz/ for MINUTES minutes each (default 1: the CI-sized
 # run), seeding the image targets with images QEMU's qemu-img made and qemu-iotests'
-# sample images, and prints one line per target: executions, coverage, corpus, findings.
+# sample images, and prints one line per target: executions, coverage, corpus, findings
+# (libFuzzer's own output goes to fuzz/logs/TARGET.log).
 #
 #   scripts/fuzz.sh [MINUTES] [TARGET...]
 #
+# FUZZ_JOBS=N runs up to N targets at once (default 1), each for MINUTES of wall time; the
+# long campaigns recorded in RELIABILITY.md use it.
+#
 # Needs the nightly toolchain (cargo-fuzz is installed if missing). A finding leaves its
 # input in fuzz/artifacts/TARGET/ and makes the script exit 1; turn it into a regression
-# test in the ordinary suite (tests/fuzz_findings.rs) before fixing it.
+# test in the ordinary suite (next to the code it breaks) before fixing it.
 set -u
 cd "$(dirname "$0")/../fuzz"
 MINUTES=${1:-1}
@@ -63,11 +67,11 @@ seeds() {
         >corpus/options/json
 }
 seeds
+mkdir -p logs
 
-status=0
-printf '%-11s %12s %8s %8s %8s %s\n' target executions cov ft corpus findings
-for t in "${TARGETS[@]}"; do
-    log=/tmp/rqemu-fuzz-$t.log
+# run TARGET: fuzzes one target for MINUTES and prints its line; exit 1 on a new finding.
+run() {
+    local t=$1 log=logs/$1.log before after execs last cov ft corp
     before=$(ls artifacts/$t 2>/dev/null | wc -l)
     cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time=$((MINUTES * 60)) \
         -max_len=262144 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1
@@ -79,6 +83,22 @@ for t in "${TARGETS[@]}"; do
     corp=$(sed -n 's/.* corp: \([0-9]*\).*/\1/p' <<<"$last")
     printf '%-11s %12s %8s %8s %8s %s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" \
         "$((after - before)) (log: $log)"
-    [ "$after" -gt "$before" ] && status=1
+    [ "$after" -eq "$before" ]
+}
+
+status=0
+printf '%-11s %12s %8s %8s %8s %s\n' target executions cov ft corpus findings
+running=0
+for t in "${TARGETS[@]}"; do
+    if [ "$running" -ge "${FUZZ_JOBS:-1}" ]; then
+        wait -n || status=1
+        running=$((running - 1))
+    fi
+    run "$t" &
+    running=$((running + 1))
+done
+while [ "$running" -gt 0 ]; do
+    wait -n || status=1
+    running=$((running - 1))
 done
 exit $status
