@@ -306,12 +306,20 @@ pub async fn drive_mirror(mut args: Args) -> CmdResult {
 /// The job `block-job-*` names by `device` (its id), with QEMU's DeviceNotActive error.
 fn block_job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
     let id = args.str("device")?;
-    JobManager::current().find(&id).ok_or_else(|| {
-        QmpError::new(
-            ErrorClass::DeviceNotActive,
-            format!("Block job '{id}' not found"),
-        )
-    })
+    find_block_job(&id)
+}
+
+/// The block job `id` names: a job that is not a block job is not found (find_block_job).
+fn find_block_job(id: &str) -> Result<Rc<Job>, QmpError> {
+    let found = JobManager::current().find(id);
+    found
+        .filter(|j| j.job_type().is_block_job())
+        .ok_or_else(|| {
+            QmpError::new(
+                ErrorClass::DeviceNotActive,
+                format!("Block job '{id}' not found"),
+            )
+        })
 }
 
 /// The job `job-*` names by `id`; `block-job-finalize`/`-dismiss` name a block job by
@@ -319,12 +327,7 @@ fn block_job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
 fn job(args: &mut Args, block: bool) -> Result<Rc<Job>, QmpError> {
     let id = args.str("id")?;
     if block {
-        return JobManager::current().find(&id).ok_or_else(|| {
-            QmpError::new(
-                ErrorClass::DeviceNotActive,
-                format!("Block job '{id}' not found"),
-            )
-        });
+        return find_block_job(&id);
     }
     Ok(JobManager::current().find_job(&id)?)
 }
