@@ -271,18 +271,19 @@ pub(super) async fn drive_target(
     if let Some(name) = args.opt_str("node-name")? {
         options.set("node-name", name);
     }
-    // A protocol target (format=file) has no backing to leave out. A format target shares
-    // the source's backing node rather than opening the backing file a second time (QEMU
-    // opens it with BDRV_O_NO_BACKING and links the node): a second open of a file that is
-    // in use fails on its image lock.
+    // A format target shares the source's backing node rather than opening the backing
+    // file a second time (QEMU opens it with BDRV_O_NO_BACKING and links the node): a second
+    // open of a file that is in use fails on its image lock. The flag, unlike a `backing`
+    // option, is no error for a format without backing files (raw) or a protocol target.
     let is_format = format
         .as_deref()
         .and_then(block::registry::find_driver)
         .is_some_and(|d| d.is_format);
-    if is_format {
-        options.set("backing", "null");
-    }
-    let target = block::bdrv_open(Some(&file), options, OpenFlags::default()).await?;
+    let flags = OpenFlags {
+        no_backing: is_format,
+        ..OpenFlags::default()
+    };
+    let target = block::bdrv_open(Some(&file), options, flags).await?;
     if let (Some(backing), true) = (backing, is_format) {
         target.attach_child("backing", backing);
     }
