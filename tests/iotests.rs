@@ -431,8 +431,12 @@ const QCOW: &[&str] = &[
 /// Tests that drive rqemu itself as the system emulator (`-accel qtest`, QMP, HMP) and pass
 /// with it (issue #14; run with `--system target/release/rqemu`).
 const QCOW2_SYSTEM: &[&str] = &[
-    "030", "041", "055", "056", "065", "102", "117", "120", "124", "129", "216", "310",
+    "030", "041", "055", "056", "065", "102", "117", "120", "124", "129", "216", "257", "310",
 ];
+
+/// The raw runs of the system tests: those of [`QCOW2_SYSTEM`] that accept raw images and
+/// pass with rqemu (the others are "not suitable for this image format").
+const RAW_SYSTEM: &[&str] = &["055", "120"];
 
 /// The programs the suite runs in place of QEMU's: our tools, and rqemu as the system
 /// emulator or none at all.
@@ -525,6 +529,11 @@ fn qcow2_conformance() {
 #[test]
 fn qcow2_system_conformance() {
     run_suite_with("qcow2", "file", QCOW2_SYSTEM, Emulator::Rqemu);
+}
+
+#[test]
+fn raw_system_conformance() {
+    run_suite_with("raw", "file", RAW_SYSTEM, Emulator::Rqemu);
 }
 
 #[test]

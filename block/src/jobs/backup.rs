@@ -167,14 +167,19 @@ pub async fn backup_job_create(
         cluster_size(target),
         opts.compress,
     ));
+    let cbw = CopyBeforeWrite::new(bcs.clone());
+    let cbw_bitmaps = cbw.bitmaps();
     let filter = crate::graph::replace::insert_filter(
         source,
         &COPY_BEFORE_WRITE,
         opts.filter_node_name.clone(),
         "file",
-        Box::new(CopyBeforeWrite::new(bcs.clone())),
+        Box::new(cbw),
     )
     .await?;
+    for bm in cbw_bitmaps {
+        filter.add_dirty_bitmap(bm);
+    }
     if let Some(sb) = &opts.bitmap {
         // From here on an anonymous successor records the guest's writes
         // (bdrv_dirty_bitmap_create_successor).

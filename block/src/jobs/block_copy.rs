@@ -30,9 +30,10 @@ pub struct CopyError {
 pub struct BlockCopy {
     source: Rc<BlockDriverState>,
     target: Rc<BlockDriverState>,
-    /// Chunks not saved yet (the copy bitmap of BlockCopyState, anonymous and not on the
-    /// node: guest writes do not make a chunk need saving again).
-    pub(crate) bitmap: BdrvDirtyBitmap,
+    /// Chunks not saved yet (the copy bitmap of BlockCopyState): anonymous and disabled,
+    /// since guest writes do not make a chunk need saving again; the copy-before-write
+    /// node lists it, as QEMU's does.
+    pub(crate) bitmap: Rc<BdrvDirtyBitmap>,
     busy: RefCell<Vec<u64>>,
     done: CoQueue,
     /// Writes go to the target compressed (backup's compress=true).
@@ -52,7 +53,8 @@ impl BlockCopy {
         compress: bool,
     ) -> BlockCopy {
         let len = source.getlength();
-        let bitmap = BdrvDirtyBitmap::new(None, cluster_size as u32, len);
+        let bitmap = Rc::new(BdrvDirtyBitmap::new(None, cluster_size as u32, len));
+        bitmap.disable();
         bitmap.set_dirty(0, len);
         BlockCopy {
             source,

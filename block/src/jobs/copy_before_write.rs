@@ -10,6 +10,7 @@ use std::rc::Rc;
 
 use async_trait::async_trait;
 
+use crate::dirty_bitmap::BdrvDirtyBitmap;
 use crate::driver::{BlockDriver, DriverClass, PreallocMode, RequestFlags};
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -36,21 +37,43 @@ pub static COPY_BEFORE_WRITE: DriverClass = DriverClass {
 /// An open copy-before-write node (BDRVCopyBeforeWriteState).
 pub struct CopyBeforeWrite {
     bcs: Rc<BlockCopy>,
+    /// The chunks guest writes had saved first (done_bitmap): the target holds the
+    /// point-in-time data there, whatever the source holds now.
+    done: Rc<BdrvDirtyBitmap>,
+    /// The chunks the point-in-time view covers (access_bitmap): every chunk the copier had
+    /// to save when the filter was inserted.
+    access: Rc<BdrvDirtyBitmap>,
 }
 
 impl CopyBeforeWrite {
     /// A filter saving through `bcs` before each write.
     pub fn new(bcs: Rc<BlockCopy>) -> CopyBeforeWrite {
-        CopyBeforeWrite { bcs }
+        let bitmap = |size| {
+            let bm = BdrvDirtyBitmap::new(None, bcs.cluster_size() as u32, size);
+            bm.disable();
+            Rc::new(bm)
+        };
+        let done = bitmap(bcs.bitmap.size());
+        let access = bitmap(bcs.bitmap.size());
+        access.merge_bits_from(&bcs.bitmap);
+        CopyBeforeWrite { bcs, done, access }
+    }
+
+    /// The bitmaps the node keeps, oldest first: the copier's, then its own (cbw_open
+    /// creates them on the node in that order, so that queries list them).
+    pub fn bitmaps(&self) -> [Rc<BdrvDirtyBitmap>; 3] {
+        [
+            self.bcs.bitmap.clone(),
+            self.done.clone(),
+            self.access.clone(),
+        ]
     }
 
     /// Saves what `[offset, offset + bytes)` holds now (cbw_do_copy_before_write).
     async fn save(&self, offset: u64, bytes: u64) -> Result<()> {
-        self.bcs
-            .copy(offset, bytes)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.error)
+        self.bcs.copy(offset, bytes).await.map_err(|e| e.error)?;
+        self.done.set_dirty(offset, bytes);
+        Ok(())
     }
 }
 

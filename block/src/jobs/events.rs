@@ -18,6 +18,9 @@ pub enum JobType {
     Mirror,
     /// drive-backup, blockdev-backup.
     Backup,
+    /// blockdev-create: a job, but not a block job (no BLOCK_JOB_* events, not in
+    /// query-block-jobs).
+    Create,
 }
 
 impl JobType {
@@ -28,7 +31,14 @@ impl JobType {
             JobType::Stream => "stream",
             JobType::Mirror => "mirror",
             JobType::Backup => "backup",
+            JobType::Create => "create",
         }
+    }
+
+    /// Whether jobs of this type are block jobs, announced by BLOCK_JOB_* events
+    /// (is_block_job).
+    pub fn is_block_job(self) -> bool {
+        self != JobType::Create
     }
 }
 

@@ -316,6 +316,7 @@ impl Job {
         self.deferred.set(true);
         // Completion may drain nodes: the job is no longer doing I/O of its own.
         self.busy.set(false);
+        let _completing = self.manager.upgrade().map(|m| m.completing());
         self.completed().await;
     }
 
@@ -445,7 +446,12 @@ impl Job {
         self: &Rc<Self>,
         f: impl FnOnce(Rc<Job>) -> F,
     ) {
-        co_spawn(f(self.clone()));
+        let completing = self.manager.upgrade().map(|m| m.completing());
+        let completion = f(self.clone());
+        co_spawn(async move {
+            completion.await;
+            drop(completing);
+        });
     }
 
     pub(super) fn cancel_async(self: &Rc<Self>, force: bool) {

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use super::block_job::{BlockJobInfo, JobInfo};
 use super::events::JobEvent;
 use super::job::Job;
+use crate::coroutine::CoQueue;
 use crate::error::{Error, Result};
 
 /// An observer of job events (a monitor, a test).
@@ -19,6 +20,23 @@ pub struct JobManager {
     jobs: RefCell<Vec<Rc<Job>>>,
     observers: RefCell<Vec<(u64, JobObserver)>>,
     next_observer: Cell<u64>,
+    /// Jobs between the end of their work (or a cancel, a finalize) and the state they
+    /// stop in: concluded, dismissed, pending or waiting for the rest of their transaction.
+    completing: Cell<usize>,
+    settled: CoQueue,
+}
+
+/// One job's completion in progress, counted until dropped.
+pub(super) struct Completing(Rc<JobManager>);
+
+impl Drop for Completing {
+    fn drop(&mut self) {
+        let m = &self.0;
+        m.completing.set(m.completing.get() - 1);
+        if m.completing.get() == 0 {
+            m.settled.restart_all();
+        }
+    }
 }
 
 thread_local! {
@@ -40,6 +58,20 @@ impl JobManager {
         self.jobs
             .borrow_mut()
             .retain(|j| !std::ptr::eq(Rc::as_ptr(j), job));
+    }
+
+    /// Counts a completion in progress until the returned guard is dropped.
+    pub(super) fn completing(self: &Rc<Self>) -> Completing {
+        self.completing.set(self.completing.get() + 1);
+        Completing(self.clone())
+    }
+
+    /// Waits until no job is in the middle of its completion. QEMU completes a job in one
+    /// go under the BQL, and its monitor, dispatching from the iohandler context, never
+    /// runs a command in between; the monitor waits here so that a command sees a job
+    /// before its completion or after it (a failed job already dismissed, not aborting).
+    pub async fn settled(&self) {
+        self.settled.wait_while(|| self.completing.get() > 0).await;
     }
 
     /// The job with this id (job_get).
@@ -69,7 +101,10 @@ impl JobManager {
 
     /// query-block-jobs.
     pub fn query_block_jobs(&self) -> Vec<BlockJobInfo> {
-        self.user_jobs().map(|j| j.block_job_info()).collect()
+        self.user_jobs()
+            .filter(|j| j.job_type().is_block_job())
+            .map(|j| j.block_job_info())
+            .collect()
     }
 
     /// query-jobs.

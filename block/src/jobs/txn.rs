@@ -79,7 +79,7 @@ impl Job {
         }
         for j in &jobs {
             j.transition(JobStatus::Pending);
-            if !j.auto_finalize {
+            if !j.auto_finalize && j.job_type().is_block_job() {
                 j.emit(JobEvent::Pending {
                     job_type: j.job_type(),
                     id: j.id().to_string(),
@@ -155,7 +155,7 @@ impl Job {
         }
         self.driver.clean(self).await;
         self.held.borrow_mut().clear();
-        if self.started.get() && !self.is_internal() {
+        if self.started.get() && !self.is_internal() && self.job_type().is_block_job() {
             let info = self.event_info();
             if self.is_cancelled() {
                 self.emit(JobEvent::Cancelled(info));

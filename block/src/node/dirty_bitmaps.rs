@@ -50,6 +50,12 @@ impl BlockDriverState {
         Ok(bm)
     }
 
+    /// Puts a bitmap made elsewhere on the node's list, as the newest: a filter's own
+    /// bitmaps, made before the node is (the copy-before-write ones).
+    pub(crate) fn add_dirty_bitmap(&self, bitmap: Rc<BdrvDirtyBitmap>) {
+        self.dirty_bitmaps.borrow_mut().insert(0, bitmap);
+    }
+
     /// The named bitmap, if the node has one (bdrv_find_dirty_bitmap).
     pub fn find_dirty_bitmap(&self, name: &str) -> Option<Rc<BdrvDirtyBitmap>> {
         self.dirty_bitmaps

@@ -6,7 +6,7 @@
 //! table is placed by the same allocation code every later write uses.
 
 use block::driver::{CreateOption, PreallocMode};
-use block::{Error, OpenFlags, Options, Result};
+use block::{BlockDriverState, Error, OpenFlags, Options, Result};
 
 use super::crypto::EncryptCreate;
 use super::data_file::DataFileParams;
@@ -329,6 +329,33 @@ pub async fn create(filename: &str, options: &mut Options) -> Result<()> {
         qcow2_opts.set("data-file.driver", data_class.format_name);
         qcow2_opts.set("data-file.filename", data_file.as_str());
     }
+    grow(qcow2_opts, params).await
+}
+
+/// Formats the open protocol node `file` as a qcow2 image, as blockdev-create does with the
+/// node its `file` names (qcow2_co_create); the node stays open for its owner.
+pub async fn create_on_node(file: &BlockDriverState, options: &mut Options) -> Result<()> {
+    let params = parse_params(options)?;
+    if params.data_file.name.is_some() {
+        return Err(Error::not_supported(
+            "blockdev-create of qcow2 with a data-file is not supported yet",
+        ));
+    }
+    let name = file.node_name();
+    if name.is_empty() {
+        return Err(Error::invalid("The image file node needs a node name"));
+    }
+    super::write_bytes(file, 0, &initial_image(&params)?).await?;
+    file.co_flush().await?;
+    let mut qcow2_opts = Options::new();
+    qcow2_opts.set("driver", "qcow2");
+    qcow2_opts.set("file", name);
+    grow(qcow2_opts, params).await
+}
+
+/// Opens the minimal image `qcow2_opts` describes and grows it to the requested size, then
+/// sets up its encryption (the second half of qcow2_co_create).
+async fn grow(qcow2_opts: Options, params: CreateParams) -> Result<()> {
     let flags = OpenFlags {
         no_backing: true,
         ..OpenFlags::default()

@@ -16,8 +16,8 @@ use super::block::lookup_bs;
 use super::jobs::{common, device, drive_target, on_error, started, subscribe_events};
 use super::{Args, CmdResult, QmpError};
 
-/// backup's bitmap arguments, checked as QEMU's do_backup_common does; sync=incremental
-/// is sync=bitmap with bitmap-mode on-success.
+/// backup's bitmap arguments, checked in the order QEMU's do_backup_common checks them;
+/// sync=incremental is sync=bitmap with bitmap-mode on-success.
 fn backup_options(
     args: &mut Args,
     bs: &BlockDriverState,
@@ -26,6 +26,13 @@ fn backup_options(
     let sync_name = args
         .opt_str("sync")?
         .ok_or_else(|| QmpError::generic("Parameter 'sync' is missing"))?;
+    let bitmap_name = args.opt_str("bitmap")?;
+    // Before incremental becomes bitmap, so that the message names the mode given.
+    if matches!(sync_name.as_str(), "bitmap" | "incremental") && bitmap_name.is_none() {
+        return Err(QmpError::generic(format!(
+            "must provide a valid bitmap name for '{sync_name}' sync mode"
+        )));
+    }
     let mut bitmap_mode = match args.opt_str("bitmap-mode")? {
         Some(m) => Some(BitmapSyncMode::parse(&m)?),
         None => None,
@@ -43,7 +50,7 @@ fn backup_options(
         "bitmap" => None,
         other => Some(SyncMode::parse(other)?),
     };
-    let bitmap = match args.opt_str("bitmap")? {
+    let bitmap = match bitmap_name {
         Some(name) => {
             let bm = bs
                 .find_dirty_bitmap(&name)
@@ -72,11 +79,6 @@ fn backup_options(
             return Err(QmpError::generic(
                 "Cannot specify bitmap sync mode without a bitmap",
             ))
-        }
-        None if sync.is_none() => {
-            return Err(QmpError::generic(format!(
-                "must provide a valid bitmap name for '{sync_name}' sync mode"
-            )))
         }
         None => None,
     };

@@ -271,18 +271,19 @@ pub(super) async fn drive_target(
     if let Some(name) = args.opt_str("node-name")? {
         options.set("node-name", name);
     }
-    // A protocol target (format=file) has no backing to leave out. A format target shares
-    // the source's backing node rather than opening the backing file a second time (QEMU
-    // opens it with BDRV_O_NO_BACKING and links the node): a second open of a file that is
-    // in use fails on its image lock.
+    // A format target shares the source's backing node rather than opening the backing
+    // file a second time (QEMU opens it with BDRV_O_NO_BACKING and links the node): a second
+    // open of a file that is in use fails on its image lock. The flag, unlike a `backing`
+    // option, is no error for a format without backing files (raw) or a protocol target.
     let is_format = format
         .as_deref()
         .and_then(block::registry::find_driver)
         .is_some_and(|d| d.is_format);
-    if is_format {
-        options.set("backing", "null");
-    }
-    let target = block::bdrv_open(Some(&file), options, OpenFlags::default()).await?;
+    let flags = OpenFlags {
+        no_backing: is_format,
+        ..OpenFlags::default()
+    };
+    let target = block::bdrv_open(Some(&file), options, flags).await?;
     if let (Some(backing), true) = (backing, is_format) {
         target.attach_child("backing", backing);
     }
@@ -306,12 +307,20 @@ pub async fn drive_mirror(mut args: Args) -> CmdResult {
 /// The job `block-job-*` names by `device` (its id), with QEMU's DeviceNotActive error.
 fn block_job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
     let id = args.str("device")?;
-    JobManager::current().find(&id).ok_or_else(|| {
-        QmpError::new(
-            ErrorClass::DeviceNotActive,
-            format!("Block job '{id}' not found"),
-        )
-    })
+    find_block_job(&id)
+}
+
+/// The block job `id` names: a job that is not a block job is not found (find_block_job).
+fn find_block_job(id: &str) -> Result<Rc<Job>, QmpError> {
+    let found = JobManager::current().find(id);
+    found
+        .filter(|j| j.job_type().is_block_job())
+        .ok_or_else(|| {
+            QmpError::new(
+                ErrorClass::DeviceNotActive,
+                format!("Block job '{id}' not found"),
+            )
+        })
 }
 
 /// The job `job-*` names by `id`; `block-job-finalize`/`-dismiss` name a block job by
@@ -319,12 +328,7 @@ fn block_job(args: &mut Args) -> Result<Rc<Job>, QmpError> {
 fn job(args: &mut Args, block: bool) -> Result<Rc<Job>, QmpError> {
     let id = args.str("id")?;
     if block {
-        return JobManager::current().find(&id).ok_or_else(|| {
-            QmpError::new(
-                ErrorClass::DeviceNotActive,
-                format!("Block job '{id}' not found"),
-            )
-        });
+        return find_block_job(&id);
     }
     Ok(JobManager::current().find_job(&id)?)
 }

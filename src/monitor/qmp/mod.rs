@@ -16,6 +16,7 @@ pub mod block_graph;
 pub mod block_query;
 pub mod block_stats;
 pub mod chain;
+pub mod create;
 pub mod devices;
 pub mod jobs;
 pub mod machine;
@@ -121,6 +122,7 @@ static COMMANDS: &[(&str, Handler)] = &[
     ("blockdev-backup", |a| Box::pin(backup::blockdev_backup(a))),
     ("drive-backup", |a| Box::pin(backup::drive_backup(a))),
     ("blockdev-add", |a| Box::pin(block::blockdev_add(a))),
+    ("blockdev-create", |a| Box::pin(create::blockdev_create(a))),
     ("blockdev-del", |a| Box::pin(block::blockdev_del(a))),
     ("blockdev-reopen", |a| Box::pin(reopen::blockdev_reopen(a))),
     ("block_resize", |a| Box::pin(block::block_resize(a))),
@@ -212,6 +214,7 @@ pub async fn dispatch(session: &Session, request: Value) -> Value {
                 "{}",
                 id.as_ref().map(Value::to_string).unwrap_or_default()
             );
+            ::block::jobs::JobManager::current().settled().await;
             run(session, &name, Args::new(arguments)).await
         }
         Err(e) => Err(e),
