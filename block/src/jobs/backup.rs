@@ -167,6 +167,10 @@ pub async fn backup_job_create(
         cluster_size(target),
         opts.compress,
     ));
+    // A sync=none target is backed by the source itself. In QEMU the target is the filter's
+    // child, so the filter's insertion leaves the target's links alone: the target keeps
+    // reading the source directly.
+    let backed_by_source = target.backing().is_some_and(|b| Rc::ptr_eq(&b, source));
     let filter = crate::graph::replace::insert_filter(
         source,
         &COPY_BEFORE_WRITE,
@@ -175,6 +179,9 @@ pub async fn backup_job_create(
         Box::new(CopyBeforeWrite::new(bcs.clone())),
     )
     .await?;
+    if backed_by_source {
+        target.attach_child("backing", source.clone());
+    }
     if let Some(sb) = &opts.bitmap {
         // From here on an anonymous successor records the guest's writes
         // (bdrv_dirty_bitmap_create_successor).
