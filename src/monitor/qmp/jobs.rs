@@ -12,6 +12,7 @@ use block::jobs::commit::{commit_start, CommitOptions};
 use block::jobs::mirror::{
     commit_active_start, mirror_start, BackingMode, CopyMode, MirrorOptions, SyncMode,
 };
+use block::jobs::skip_filters;
 use block::jobs::stream::{stream_start, StreamOptions};
 use block::jobs::{BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError};
 use block::{BlockDriverState, OpenFlags, Options};
@@ -164,9 +165,11 @@ pub async fn block_commit(mut args: Args) -> CmdResult {
     let on_error = on_error(&mut args, "on-error")?;
     let backing_file = args.opt_str("backing-file")?;
     args.finish()?;
-    if Rc::ptr_eq(&top, &active) {
+    // The device's own layer, whatever filters sit above it, is committed actively, from
+    // the top named (which a filter above may keep pointing at the base afterwards).
+    if Rc::ptr_eq(&skip_filters(&top), &skip_filters(&active)) {
         return started(
-            commit_active_start(&active, &base, common, filter_node_name, on_error).await?,
+            commit_active_start(&top, &base, common, filter_node_name, on_error).await?,
         );
     }
     let opts = CommitOptions {
