@@ -88,6 +88,28 @@ pub fn attach_device(qdev_id: &str, drive: &str) -> Option<Rc<BlockBackend>> {
     Some(blk)
 }
 
+/// Takes the device `qdev_id` off the drive or node it holds (the release of its drive
+/// property); returns that drive's or node's name.
+pub fn detach_device(qdev_id: &str) -> Option<String> {
+    DEVICE_IDS.with(|d| {
+        let mut ids = d.borrow_mut();
+        let name = ids
+            .iter()
+            .find(|(_, id)| id.as_str() == qdev_id)
+            .map(|(name, _)| name.clone())?;
+        ids.remove(&name);
+        Some(name)
+    })
+}
+
+/// Drops the backend a device held over `name` as the device goes: a `-drive` goes with
+/// its device (blockdev_auto_del), a node keeps to the monitor but loses the device's
+/// backend. Returns the `-drive` backend that went.
+pub fn auto_del(name: &str) -> Option<Rc<BlockBackend>> {
+    DEVICE_BACKENDS.with(|d| d.borrow_mut().remove(name));
+    DRIVES.with(|d| d.borrow_mut().remove(name))
+}
+
 /// The qdev id of the device holding the drive or node `name`, if a device with an id does.
 pub fn device_id(name: &str) -> Option<String> {
     DEVICE_IDS

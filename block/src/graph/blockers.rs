@@ -27,6 +27,11 @@ pub struct OpBlocker {
 }
 
 impl OpBlocker {
+    /// The node it blocks.
+    pub fn node(&self) -> &Rc<BlockDriverState> {
+        &self.bs
+    }
+
     /// Blocks `bs` for a job of type `job_type` (block_job_add_bdrv); a node already
     /// blocked is refused.
     pub fn block_for_job(bs: &Rc<BlockDriverState>, job_type: &str) -> Result<OpBlocker> {

@@ -169,6 +169,10 @@ pub async fn backup_job_create(
     ));
     let cbw = CopyBeforeWrite::new(bcs.clone());
     let cbw_bitmaps = cbw.bitmaps();
+    // A sync=none target is backed by the source itself. In QEMU the target is the filter's
+    // child, so the filter's insertion leaves the target's links alone: the target keeps
+    // reading the source directly.
+    let backed_by_source = target.backing().is_some_and(|b| Rc::ptr_eq(&b, source));
     let filter = crate::graph::replace::insert_filter(
         source,
         &COPY_BEFORE_WRITE,
@@ -179,6 +183,9 @@ pub async fn backup_job_create(
     .await?;
     for bm in cbw_bitmaps {
         filter.add_dirty_bitmap(bm);
+    }
+    if backed_by_source {
+        target.attach_child("backing", source.clone());
     }
     if let Some(sb) = &opts.bitmap {
         // From here on an anonymous successor records the guest's writes

@@ -1,6 +1,7 @@
 //! What a block job adds to a job: a speed limit, a policy for I/O errors, the I/O status
 //! and the fields query-block-jobs reports (QEMU's blockjob.c).
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::events::{BlockJobEventInfo, JobEvent, JobType};
@@ -9,6 +10,8 @@ use super::ratelimit::SLICE;
 use super::status::{apply_verb, JobStatus, JobVerb};
 use crate::error::{Error, Result};
 pub use crate::error_action::{ErrorAction, IoOperation, IoStatus, OnError};
+use crate::graph::blockers::OpBlocker;
+use crate::node::BlockDriverState;
 
 /// A block job as query-block-jobs describes it (BlockJobInfo).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +62,15 @@ pub struct JobInfo {
 }
 
 impl Job {
+    /// Whether the job works on `bs`, one of the nodes it blocked (block_job_has_bdrv).
+    pub fn has_bdrv(&self, bs: &Rc<BlockDriverState>) -> bool {
+        self.held.borrow().iter().any(|claim| {
+            claim
+                .downcast_ref::<OpBlocker>()
+                .is_some_and(|b| Rc::ptr_eq(b.node(), bs))
+        })
+    }
+
     /// block-job-set-speed (block_job_set_speed): bytes per second, 0 for no limit.
     pub fn set_speed(&self, speed: i64) -> Result<()> {
         apply_verb(self.id(), JobVerb::SetSpeed, self.status())?;

@@ -119,7 +119,7 @@ pub(crate) fn check_in_chain(
 
 /// The first node at or below `bs` that is not a filter (bdrv_skip_filters): what an image
 /// header can name, where a job's filter may sit above the real node for a while.
-fn skip_filters(bs: &Rc<BlockDriverState>) -> Rc<BlockDriverState> {
+pub fn skip_filters(bs: &Rc<BlockDriverState>) -> Rc<BlockDriverState> {
     let mut node = bs.clone();
     while node.drv().is_filter() {
         match node.filtered() {

@@ -369,7 +369,10 @@ pub async fn bdrv_open_backing(
     let mut flags = parent.open_flags();
     flags.read_only = true;
     flags.force_share = parent.open_flags().force_share;
-    let bs = open_node(Some(path.clone()), options, flags, true)
+    // Options alone (no name in the header) describe the node, as a driver that takes no
+    // file name (null-co) needs: the parent's directory is no file to hand it.
+    let filename = (!backing_name.is_empty()).then_some(path);
+    let bs = open_node(filename, options, flags, true)
         .await
         .map_err(|e| e.context("Could not open backing file: "))?;
     bs.opened_as_child.set(true);

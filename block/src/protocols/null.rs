@@ -17,7 +17,14 @@ pub static NULL_CO: DriverClass = DriverClass {
     protocol_name: Some("null-co"),
     is_format: false,
     probe: None,
-    open: |_bs, options| Box::pin(open(options)),
+    open: |bs, options| {
+        // Without the options that change what it is, the node is named by its URI
+        // (null_refresh_filename), also when opened by options alone.
+        if !options.contains("size") && !options.contains("read-zeroes") {
+            bs.set_filename("null-co://");
+        }
+        Box::pin(open(options))
+    },
     create: None,
     create_options: &[],
 };

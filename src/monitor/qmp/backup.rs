@@ -13,7 +13,9 @@ use block::BlockDriverState;
 use serde_json::Value;
 
 use super::block::lookup_bs;
-use super::jobs::{common, device, drive_target, on_error, started, subscribe_events};
+use super::jobs::{
+    common, device, drive_target, on_error, started, subscribe_events, target_backing,
+};
 use super::{Args, CmdResult, QmpError};
 
 /// backup's bitmap arguments, checked in the order QEMU's do_backup_common checks them;
@@ -149,7 +151,9 @@ pub async fn backup_job(
             } else {
                 opts.sync
             };
-            drive_target(args, &bs, sync).await?.0
+            drive_target(args, &bs, target_backing(&bs, sync), true)
+                .await?
+                .0
         }
     };
     std::mem::replace(args, Args::new(Default::default())).finish()?;

@@ -115,6 +115,10 @@ pub async fn blockdev_del(mut args: Args) -> CmdResult {
     args.finish()?;
     let bs = block::graph::find_node(&name)
         .ok_or_else(|| QmpError::generic(format!("Failed to find node with node-name='{name}'")))?;
+    // A device's backend comes first (bdrv_has_blk).
+    if drives::backend_of(&bs).is_some() {
+        return Err(QmpError::generic(format!("Node {name} is in use")));
+    }
     if !drives::is_monitor_node(&bs) {
         return Err(QmpError::generic(format!(
             "Node {name} is not owned by the monitor"

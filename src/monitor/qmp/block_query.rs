@@ -14,18 +14,31 @@ use crate::drives;
 use crate::tools::qemu_img::info::query_node_info;
 
 /// The backing node, what `backing-image` and `backing_file_depth` follow (QEMU's
-/// bdrv_filter_or_cow_bs also follows filters; the graph has no filter flag yet).
-fn filter_or_cow_child(bs: &BlockDriverState) -> Option<Rc<BlockDriverState>> {
-    bs.backing()
+/// bdrv_filter_or_cow_bs also follows filters; the graph has no filter flag yet). A
+/// device's view (query-block) passes over the filters jobs inserted without a name, which
+/// its user did not ask for; a node's view (query-named-block-nodes) shows them.
+fn filter_or_cow_child(bs: &BlockDriverState, device_view: bool) -> Option<Rc<BlockDriverState>> {
+    let below = bs.backing()?;
+    Some(if device_view {
+        skip_implicit_filters(below)
+    } else {
+        below
+    })
 }
 
 /// ImageInfo of a node and, nested, of the nodes below it (bdrv_query_image_info with
 /// `backing-image`).
-fn image_info(bs: &BlockDriverState) -> block::coroutine::LocalBoxFuture<'_, block::Result<Value>> {
+fn image_info(
+    bs: &BlockDriverState,
+    device_view: bool,
+) -> block::coroutine::LocalBoxFuture<'_, block::Result<Value>> {
     Box::pin(async move {
         let mut info = query_node_info(bs).await?;
-        if let Some(below) = filter_or_cow_child(bs) {
-            info.insert("backing-image".into(), image_info(&below).await?);
+        if let Some(below) = filter_or_cow_child(bs, device_view) {
+            info.insert(
+                "backing-image".into(),
+                image_info(&below, device_view).await?,
+            );
         }
         Ok(Value::Object(info))
     })
@@ -41,7 +54,10 @@ fn detect_zeroes_name(mode: DetectZeroes) -> &'static str {
 
 /// BlockDeviceInfo of a node (bdrv_block_device_info), without throttling (none is built:
 /// every limit reads 0, as QEMU reports a node without a throttle group).
-pub async fn block_device_info(bs: &Rc<BlockDriverState>) -> block::Result<Value> {
+pub async fn block_device_info(
+    bs: &Rc<BlockDriverState>,
+    device_view: bool,
+) -> block::Result<Value> {
     let mut m = Map::new();
     m.insert("file".into(), json!(bs.filename()));
     m.insert("node-name".into(), json!(bs.node_name()));
@@ -51,10 +67,10 @@ pub async fn block_device_info(bs: &Rc<BlockDriverState>) -> block::Result<Value
         m.insert("backing_file".into(), json!(name));
     }
     let mut depth = 0;
-    let mut below = filter_or_cow_child(bs);
+    let mut below = filter_or_cow_child(bs, device_view);
     while let Some(b) = below {
         depth += 1;
-        below = filter_or_cow_child(&b);
+        below = filter_or_cow_child(&b, device_view);
     }
     m.insert("backing_file_depth".into(), json!(depth));
     m.insert("encrypted".into(), json!(bs.drv().is_encrypted()));
@@ -65,7 +81,7 @@ pub async fn block_device_info(bs: &Rc<BlockDriverState>) -> block::Result<Value
     for key in ["bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr"] {
         m.insert(key.into(), json!(0));
     }
-    m.insert("image".into(), image_info(bs).await?);
+    m.insert("image".into(), image_info(bs, device_view).await?);
     m.insert("write_threshold".into(), json!(0));
     let cache = bs.open_flags().cache;
     m.insert(
@@ -106,7 +122,7 @@ async fn block_info(
     m.insert("removable".into(), json!(false));
     m.insert("locked".into(), json!(false));
     let bs = skip_implicit_filters(blk.bs());
-    m.insert("inserted".into(), block_device_info(&bs).await?);
+    m.insert("inserted".into(), block_device_info(&bs, true).await?);
     if let Some(status) = blk.iostatus() {
         m.insert("io-status".into(), json!(status.name()));
     }
@@ -136,7 +152,7 @@ pub async fn query_named_block_nodes(mut args: Args) -> CmdResult {
     args.finish()?;
     let mut list = Vec::new();
     for bs in block::graph::all_nodes().iter().rev() {
-        let mut info = block_device_info(bs).await?;
+        let mut info = block_device_info(bs, false).await?;
         if flat {
             if let Some(image) = info.get_mut("image").and_then(Value::as_object_mut) {
                 image.remove("backing-image");

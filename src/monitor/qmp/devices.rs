@@ -1,11 +1,15 @@
-//! `device_add`: plugging a disk device in while the machine runs (QEMU's
-//! system/qdev-monitor.c qmp_device_add). rqemu plugs the devices that only hold a drive
-//! under qtest (`scsi-hd` on a virtio-scsi bus); the others are not hot-pluggable yet.
+//! `device_add` and `device_del`: plugging a disk device in and out while the machine runs
+//! (QEMU's system/qdev-monitor.c qmp_device_add, qmp_device_del). rqemu plugs the devices
+//! that only hold a drive under qtest (`scsi-hd` on a virtio-scsi bus); the others are not
+//! hot-pluggable yet.
 
+use block::jobs::JobManager;
 use serde_json::{json, Value};
 
-use super::{Args, CmdResult, QmpError};
+use super::block::{close_unreferenced, in_use};
+use super::{Args, CmdResult, ErrorClass, QmpError};
 use crate::drives;
+use crate::monitor::events::emit;
 use crate::vm_config::scsi;
 
 /// `device_add driver=scsi-hd,drive=D[,id=ID][,bus=B]`.
@@ -26,5 +30,53 @@ pub async fn device_add(mut args: Args) -> CmdResult {
             disk.drive
         ))
     })?;
+    Ok(json!({}))
+}
+
+/// `device_del id`: unplugs a disk device. No guest acknowledges the unplug under qtest,
+/// so the device goes at once (DEVICE_DELETED). A `-drive` goes with its device: the jobs
+/// on its node are cancelled, and its nodes close once those jobs have ended
+/// (blockdev_auto_del).
+pub async fn device_del(mut args: Args) -> CmdResult {
+    let id = args.str("id")?;
+    args.finish()?;
+    let drive = drives::detach_device(&id).ok_or_else(|| {
+        QmpError::new(
+            ErrorClass::DeviceNotFound,
+            format!("Device '{id}' not found"),
+        )
+    })?;
+    let gone = drives::auto_del(&drive);
+    emit(
+        "DEVICE_DELETED",
+        Some(json!({"device": id, "path": format!("/machine/peripheral/{id}")})),
+    );
+    let Some(blk) = gone else {
+        return Ok(json!({}));
+    };
+    // The root, and below the filters jobs put there, the node the jobs work on.
+    let root = blk.bs();
+    drop(blk);
+    let below = super::block_query::skip_implicit_filters(root.clone());
+    let jobs: Vec<_> = JobManager::current()
+        .jobs()
+        .into_iter()
+        .filter(|j| j.has_bdrv(&root) || j.has_bdrv(&below))
+        .collect();
+    for job in &jobs {
+        job.cancel(false);
+    }
+    block::coroutine::co_spawn(async move {
+        for job in jobs {
+            let _ = job.wait_concluded().await;
+        }
+        // The filters are gone with the jobs: the node that was below them is the root.
+        let root = super::block_query::skip_implicit_filters(root);
+        if !in_use(&root) && !drives::is_monitor_node(&root) {
+            if let Err(e) = close_unreferenced(root).await {
+                eprintln!("rqemu: closing the nodes of drive '{drive}': {e}");
+            }
+        }
+    });
     Ok(json!({}))
 }

@@ -9,7 +9,10 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use block::jobs::commit::{commit_start, CommitOptions};
-use block::jobs::mirror::{commit_active_start, mirror_start, CopyMode, MirrorOptions, SyncMode};
+use block::jobs::mirror::{
+    commit_active_start, mirror_start, BackingMode, CopyMode, MirrorOptions, SyncMode,
+};
+use block::jobs::skip_filters;
 use block::jobs::stream::{stream_start, StreamOptions};
 use block::jobs::{BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError};
 use block::{BlockDriverState, OpenFlags, Options};
@@ -162,9 +165,11 @@ pub async fn block_commit(mut args: Args) -> CmdResult {
     let on_error = on_error(&mut args, "on-error")?;
     let backing_file = args.opt_str("backing-file")?;
     args.finish()?;
-    if Rc::ptr_eq(&top, &active) {
+    // The device's own layer, whatever filters sit above it, is committed actively, from
+    // the top named (which a filter above may keep pointing at the base afterwards).
+    if Rc::ptr_eq(&skip_filters(&top), &skip_filters(&active)) {
         return started(
-            commit_active_start(&active, &base, common, filter_node_name, on_error).await?,
+            commit_active_start(&top, &base, common, filter_node_name, on_error).await?,
         );
     }
     let opts = CommitOptions {
@@ -200,6 +205,7 @@ fn mirror_options(args: &mut Args, common: CommonOptions) -> Result<MirrorOption
         on_source_error: on_error(args, "on-source-error")?,
         on_target_error: on_error(args, "on-target-error")?,
         zero_target: false,
+        backing_mode: BackingMode::Leave,
     })
 }
 
@@ -225,17 +231,33 @@ fn target_node(args: &mut Args) -> Result<Rc<BlockDriverState>, QmpError> {
     })
 }
 
+/// The node a new drive-mirror or drive-backup target image is backed by: the source's
+/// backing node for sync=top, the source itself for sync=none (whose unwritten areas the
+/// target leaves to it), none for sync=full.
+pub(super) fn target_backing(
+    bs: &Rc<BlockDriverState>,
+    sync: SyncMode,
+) -> Option<Rc<BlockDriverState>> {
+    match sync {
+        SyncMode::Full => None,
+        SyncMode::Top => bs.backing(),
+        SyncMode::None => Some(bs.clone()),
+    }
+}
+
 /// Creates (mode absolute-paths) or opens (mode existing) the target file of drive-mirror
-/// and drive-backup, backed like the source for sync=top; says whether it existed.
+/// and drive-backup, a new one naming `backing` as its backing file; says whether it
+/// existed. The target is opened without a backing file; with `link`, `backing` becomes
+/// its backing node at once (drive-backup), else the mirror job settles it on completion.
 pub(super) async fn drive_target(
     args: &mut Args,
     bs: &Rc<BlockDriverState>,
-    sync: SyncMode,
+    backing: Option<Rc<BlockDriverState>>,
+    link: bool,
 ) -> Result<(Rc<BlockDriverState>, bool), QmpError> {
     let file = args.str("target")?;
     let format = args.opt_str("format")?;
     let mode = args.opt_str("mode")?;
-    let backing = bs.backing().filter(|_| sync == SyncMode::Top);
     // An existing image without a format named is probed, a new one gets the source's.
     let format = match (format, mode.as_deref()) {
         (Some(f), _) => Some(f),
@@ -284,7 +306,7 @@ pub(super) async fn drive_target(
         ..OpenFlags::default()
     };
     let target = block::bdrv_open(Some(&file), options, flags).await?;
-    if let (Some(backing), true) = (backing, is_format) {
+    if let (Some(backing), true, true) = (backing, is_format, link) {
         target.attach_child("backing", backing);
     }
     Ok((target, existing))
@@ -296,7 +318,13 @@ pub async fn drive_mirror(mut args: Args) -> CmdResult {
     let (dev, bs) = device(&mut args)?;
     let common = common(&mut args, &dev)?;
     let mut opts = mirror_options(&mut args, common)?;
-    let (target, existing) = drive_target(&mut args, &bs, opts.sync).await?;
+    let backing = target_backing(&bs, opts.sync);
+    let (target, existing) = drive_target(&mut args, &bs, backing, false).await?;
+    opts.backing_mode = if existing {
+        BackingMode::Open
+    } else {
+        BackingMode::Source
+    };
     opts.zero_target =
         opts.sync == SyncMode::Full && (existing || !target.drv().has_zero_init(&target));
     args.opt_bool("unmap")?;

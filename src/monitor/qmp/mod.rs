@@ -110,6 +110,7 @@ static COMMANDS: &[(&str, Handler)] = &[
     }),
     ("object-add", |a| Box::pin(objects::object_add(a))),
     ("device_add", |a| Box::pin(devices::device_add(a))),
+    ("device_del", |a| Box::pin(devices::device_del(a))),
     ("x-debug-query-block-graph", |a| {
         Box::pin(block_graph::x_debug_query_block_graph(a))
     }),

@@ -6,6 +6,7 @@
 //! that draining a throttled graph finishes (QEMU's throttle_co_drain_begin disabling the
 //! limits).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use async_trait::async_trait;
@@ -32,27 +33,36 @@ pub static THROTTLE: DriverClass = DriverClass {
 
 /// An open throttle node.
 pub struct Throttle {
-    group: Rc<ThrottleGroup>,
+    /// A reopen may move the node to another group.
+    group: RefCell<Rc<ThrottleGroup>>,
 }
 
-async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+/// The group the `throttle-group` option names (throttle_parse_options).
+fn take_group(options: &mut Options) -> Result<Rc<ThrottleGroup>> {
     let name = options
         .take("throttle-group")
         .ok_or_else(|| Error::invalid("Parameter 'throttle-group' is missing"))?;
-    let group = ThrottleGroup::get(&name, || match crate::objects::lookup(&name).as_deref() {
+    ThrottleGroup::get(&name, || match crate::objects::lookup(&name).as_deref() {
         Some(UserObject::ThrottleGroup(cfg)) => Some(cfg.as_ref().clone()),
         _ => None,
-    })?;
+    })
+}
+
+async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
+    let group = take_group(options)?;
     let filename = options.take("filename");
     let child = open_protocol_child("file", filename, options, bs.open_flags()).await?;
     bs.set_filename(child.filename());
     bs.attach_child("file", child);
-    Ok(Box::new(Throttle { group }))
+    Ok(Box::new(Throttle {
+        group: RefCell::new(group),
+    }))
 }
 
 impl Throttle {
     async fn intercept(&self, bs: &BlockDriverState, is_write: bool, bytes: u64) {
-        self.group
+        let group = self.group.borrow().clone();
+        group
             .co_io_limits_intercept(is_write, bytes, || {
                 crate::graph::find_node(bs.node_name())
                     .is_some_and(|bs| crate::graph::drain::in_drained_section(&bs))
@@ -109,6 +119,23 @@ impl BlockDriver for Throttle {
 
     fn is_filter(&self) -> bool {
         true
+    }
+
+    /// A reopen (a job making the chain writable, blockdev-reopen) may name another group
+    /// (throttle_reopen_prepare); the node moves to it on commit.
+    async fn reopen_prepare(
+        &self,
+        _bs: &BlockDriverState,
+        opts: &mut Options,
+        _flags: crate::node::OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        Some(take_group(opts).map(|g| Box::new(g) as Box<dyn std::any::Any>))
+    }
+
+    async fn reopen_commit(&self, _bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
+        if let Ok(group) = staged.downcast::<Rc<ThrottleGroup>>() {
+            *self.group.borrow_mut() = *group;
+        }
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

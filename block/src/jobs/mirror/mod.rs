@@ -10,9 +10,11 @@
 //! (the guest's BlockBackend) now uses the target. A cancel after READY finishes without
 //! pivoting, leaving a consistent copy.
 
+mod backing;
 mod copy;
 mod ops;
 
+pub use backing::BackingMode;
 pub use copy::CopyMode;
 
 use std::cell::{Cell, RefCell};
@@ -89,6 +91,8 @@ pub struct MirrorOptions {
     /// sync=full must also zero what the source does not hold: the target may have
     /// data of its own (an existing image; QEMU's zero_target).
     pub zero_target: bool,
+    /// The target's backing chain after completion.
+    pub backing_mode: BackingMode,
 }
 
 /// The default granularity when the target has no cluster size, and the most the target's
@@ -234,7 +238,8 @@ async fn start_job(
         target.clone(),
         granularity,
         opts.copy_mode,
-        if target.backing().is_some() {
+        // A backing file the target has, or names and gets only on completion.
+        if target.backing().is_some() || target.drv().backing_file_name(target).is_some() {
             target_cluster_size
         } else {
             0
@@ -499,7 +504,22 @@ impl JobDriver for Mirror {
 
     async fn prepare(&self, _job: &Rc<Job>) -> Result<()> {
         let pivot = self.should_complete.get();
+        let settled = if pivot {
+            backing::settle_target_backing(
+                self.opts.backing_mode,
+                self.opts.sync,
+                &self.state.source,
+                &self.state.target,
+            )
+            .await
+            .inspect_err(|e| eprintln!("rqemu: {e}"))
+        } else {
+            Ok(())
+        };
+        // The guest moves to the target even when its chain could not be settled, and
+        // the job then fails (mirror_exit_common).
         self.exit_common(pivot)?;
+        settled?;
         if pivot {
             // The replaced node has left the guest's graph and may never be closed: what
             // its driver caches (qcow2's tables) reaches its image now, as QEMU's close of
