@@ -117,6 +117,10 @@ pub struct BlockLimits {
     pub pwrite_zeroes_alignment: u32,
     /// Alignment a driver prefers for discard (0: none).
     pub pdiscard_alignment: u32,
+    /// Largest write-zeroes request the driver takes at once (0: no limit).
+    pub max_pwrite_zeroes: u64,
+    /// Largest discard request the driver takes at once (0: no limit).
+    pub max_pdiscard: u64,
     /// Memory alignment buffers need (O_DIRECT).
     pub min_mem_alignment: usize,
 }
@@ -128,6 +132,8 @@ impl Default for BlockLimits {
             max_transfer: 0,
             pwrite_zeroes_alignment: 0,
             pdiscard_alignment: 0,
+            max_pwrite_zeroes: 0,
+            max_pdiscard: 0,
             min_mem_alignment: 1,
         }
     }
@@ -504,6 +510,15 @@ pub trait BlockDriver {
 
     /// Applies what `reopen_prepare` staged (bdrv_reopen_commit).
     async fn reopen_commit(&self, _bs: &BlockDriverState, _staged: Box<dyn std::any::Any>) {}
+
+    /// Fills a reopen's new options with the node's old explicit ones, which the new ones
+    /// override (bdrv_join_options); a driver whose options stand for one another says
+    /// which old ones a new one replaces.
+    fn join_options(&self, options: &mut Options, old: &Options) {
+        for (k, v) in old.iter() {
+            options.set_default(k, v);
+        }
+    }
 
     /// Options a reopen may leave out to reset them to their defaults (mutable_opts).
     fn mutable_opts(&self) -> &'static [&'static str] {

@@ -29,6 +29,23 @@ impl BlockDriverState {
             .co_block_status(self, want_zero, offset, bytes)
             .await?;
         status.bytes = status.bytes.min(bytes);
+        if self.drv().is_filter() && status.flags.contains(StatusFlags::RECURSE) {
+            // A filter has no allocation of its own: its child's answer is its answer
+            // (QEMU's BDRV_BLOCK_RAW).
+            if let Some(file) = status.file.clone() {
+                let mut inner = file
+                    .co_block_status_boxed(want_zero, status.map, status.bytes)
+                    .await?;
+                if inner.bytes > 0 {
+                    inner.bytes = inner.bytes.min(status.bytes);
+                    inner.flags.remove(StatusFlags::EOF);
+                    if offset + inner.bytes == total {
+                        inner.flags |= StatusFlags::EOF;
+                    }
+                    return Ok(inner);
+                }
+            }
+        }
         if status.flags.contains(StatusFlags::RECURSE) {
             status = self.recurse_into_file(want_zero, status).await?;
         }
@@ -137,7 +154,7 @@ impl BlockDriverState {
     ) -> Result<(BlockStatus, u32)> {
         let mut status = self.co_block_status(want_zero, offset, bytes).await?;
         let mut depth = 0;
-        let mut layer = self.backing();
+        let mut layer = filtered_or_cow(self);
         let mut bytes = status.bytes;
         while !status.flags.contains(StatusFlags::ALLOCATED) {
             let Some(next) = layer else { break };
@@ -153,8 +170,18 @@ impl BlockDriverState {
             }
             bytes = below.bytes;
             status = below;
-            layer = next.backing();
+            layer = filtered_or_cow(&next);
         }
         Ok((status, depth))
+    }
+}
+
+/// The node below `bs` in a chain: a filter's child, else the backing file
+/// (bdrv_filter_or_cow_bs).
+fn filtered_or_cow(bs: &BlockDriverState) -> Option<Rc<BlockDriverState>> {
+    if bs.drv().is_filter() {
+        bs.filtered()
+    } else {
+        bs.backing()
     }
 }

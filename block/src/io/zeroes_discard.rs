@@ -10,6 +10,18 @@ use crate::iov::IoVector;
 use crate::node::BlockDriverState;
 use crate::trace;
 
+/// The limit of a driver that sets none (QEMU's INT64_MAX).
+const MAX_UNLIMITED: u64 = i64::MAX as u64;
+
+/// The smaller of two limits where 0 means "none" (MIN_NON_ZERO).
+fn min_non_zero(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, b) => b,
+        (a, 0) => a,
+        (a, b) => a.min(b),
+    }
+}
+
 impl BlockDriverState {
     /// Writes zeroes over a range (bdrv_co_pwrite_zeroes). Partial blocks at either end of an
     /// unaligned range are written as data, by read-modify-write.
@@ -76,54 +88,58 @@ impl BlockDriverState {
         Ok(())
     }
 
-    /// Asks the driver for efficient zeroing in pieces aligned to its preference; pieces it
-    /// cannot zero natively are written from a zero buffer (bdrv_co_do_pwrite_zeroes).
+    /// Asks the driver for efficient zeroing in pieces aligned to its preference (a head up
+    /// to the first boundary, the aligned bulk, the tail); pieces it cannot zero natively
+    /// are written from a zero buffer (bdrv_co_do_pwrite_zeroes). The alignment need not
+    /// be a power of two.
     async fn do_pwrite_zeroes(&self, offset: u64, bytes: u64, flags: RequestFlags) -> Result<()> {
         let limits = self.limits();
-        let zero_align = (limits.pwrite_zeroes_alignment as u64)
+        let alignment = (limits.pwrite_zeroes_alignment as u64)
             .max(limits.request_alignment as u64)
             .max(1);
-        let max = match limits.max_transfer {
-            0 => MAX_ZERO_BOUNCE,
-            m => m.min(MAX_ZERO_BOUNCE),
-        };
-        let end = offset + bytes;
-        let mut pos = offset;
-        while pos < end {
-            // Head up to the next alignment boundary, then whole aligned pieces, then the tail.
-            let boundary = round_up(pos + 1, zero_align);
-            let n = if !pos.is_multiple_of(zero_align) {
-                boundary.min(end) - pos
-            } else if end - pos >= zero_align {
-                round_down(end - pos, zero_align)
-            } else {
-                end - pos
-            };
-            match self.drv().co_pwrite_zeroes(self, pos, n, flags).await {
+        let max_transfer = min_non_zero(limits.max_transfer, MAX_ZERO_BOUNCE);
+        let max_write_zeroes = round_down(
+            min_non_zero(limits.max_pwrite_zeroes, MAX_UNLIMITED),
+            alignment,
+        )
+        .max(alignment);
+        let mut head = offset % alignment;
+        let tail = (offset + bytes) % alignment;
+        let (mut pos, mut left) = (offset, bytes);
+        while left > 0 {
+            let mut num = left;
+            if head != 0 {
+                // A small piece up to the first boundary, no longer than one bounce buffer
+                // in case it must be written as data.
+                num = left.min(max_transfer).min(alignment - head);
+                head = (head + num) % alignment;
+            } else if tail != 0 && num > alignment {
+                num -= tail;
+            }
+            num = num.min(max_write_zeroes);
+            match self.drv().co_pwrite_zeroes(self, pos, num, flags).await {
                 Err(e)
                     if e.errno() == libc::ENOTSUP && !flags.contains(RequestFlags::NO_FALLBACK) =>
                 {
-                    let mut done = 0;
-                    while done < n {
-                        let chunk = (n - done).min(max);
-                        let zeroes = IoVector::alloc(chunk as usize);
-                        let write_flags =
-                            flags & self.drv().supported_write_flags() & RequestFlags::FUA;
-                        self.drv()
-                            .co_pwritev(self, pos + done, &zeroes, write_flags)
-                            .await?;
-                        done += chunk;
-                    }
+                    num = num.min(max_transfer);
+                    let zeroes = IoVector::alloc(num as usize);
+                    let write_flags =
+                        flags & self.drv().supported_write_flags() & RequestFlags::FUA;
+                    self.drv()
+                        .co_pwritev(self, pos, &zeroes, write_flags)
+                        .await?;
                 }
                 other => other?,
             }
-            pos += n;
+            pos += num;
+            left -= num;
         }
         Ok(())
     }
 
-    /// Discards a range if the node was opened with discard=unmap (bdrv_co_pdiscard). The
-    /// unaligned head and tail are dropped: discard is only advisory.
+    /// Discards a range if the node was opened with discard=unmap (bdrv_co_pdiscard): the
+    /// driver gets the unaligned head and tail as pieces of their own, which it may refuse
+    /// (discard is only advisory), and the aligned bulk in pieces it can take.
     pub async fn co_pdiscard(&self, offset: u64, bytes: u64) -> Result<()> {
         trace!(
             bdrv_co_pdiscard,
@@ -134,30 +150,51 @@ impl BlockDriverState {
         );
         check_request(offset, bytes)?;
         self.check_writable()?;
-        if !self.open_flags().unmap {
+        if !self.open_flags().unmap || bytes == 0 {
             return Ok(());
         }
         let _in_flight = InFlightGuard::new(self);
         let _gen = WriteGenGuard::dirtying(self, offset, bytes);
         let limits = self.limits();
-        let align = (limits.pdiscard_alignment as u64)
-            .max(limits.request_alignment as u64)
-            .max(1);
-        let start = round_up(offset, align);
-        let end = round_down(offset + bytes, align).max(start);
-        let end = if offset + bytes >= self.total_bytes.get() {
-            (offset + bytes).max(start)
-        } else {
-            end
-        };
-        if end <= start {
-            return Ok(());
+        let request_alignment = (limits.request_alignment as u64).max(1);
+        let align = (limits.pdiscard_alignment as u64).max(request_alignment);
+        // (Never below the alignment, whatever the driver says: a zero would never end.)
+        let max_pdiscard =
+            round_down(min_non_zero(limits.max_pdiscard, MAX_UNLIMITED), align).max(align);
+        let mut head = offset % align;
+        let mut tail = (offset + bytes) % align;
+        let _req = self.track(offset, bytes, false).await;
+        let (mut pos, mut left) = (offset, bytes);
+        while left > 0 {
+            let mut num = left;
+            if head != 0 {
+                num = left.min(align - head);
+                if !num.is_multiple_of(request_alignment) {
+                    num %= request_alignment;
+                }
+                head = (head + num) % align;
+            } else if tail != 0 {
+                if num > align {
+                    num -= tail;
+                } else if !tail.is_multiple_of(request_alignment) && tail > request_alignment {
+                    tail %= request_alignment;
+                    num -= tail;
+                }
+            }
+            num = num.min(max_pdiscard);
+            match self.drv().co_pdiscard(self, pos, num).await {
+                Ok(()) => {}
+                Err(e) if e.errno() == libc::ENOTSUP => {}
+                // A driver may reject an unaligned head or tail outright.
+                Err(e)
+                    if e.errno() == libc::EINVAL
+                        && (!pos.is_multiple_of(align) || !num.is_multiple_of(align)) => {}
+                Err(e) => return Err(e),
+            }
+            pos += num;
+            left -= num;
         }
-        let _req = self.track(start, end - start, false).await;
-        match self.drv().co_pdiscard(self, start, end - start).await {
-            Err(e) if e.errno() == libc::ENOTSUP => Ok(()),
-            other => other,
-        }
+        Ok(())
     }
 
     /// Flushes caches down to stable storage (bdrv_co_flush): the driver's metadata to its

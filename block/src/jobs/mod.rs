@@ -117,19 +117,6 @@ pub(crate) fn check_in_chain(
     }
 }
 
-/// The first node at or below `bs` that is not a filter (bdrv_skip_filters): what an image
-/// header can name, where a job's filter may sit above the real node for a while.
-pub fn skip_filters(bs: &Rc<BlockDriverState>) -> Rc<BlockDriverState> {
-    let mut node = bs.clone();
-    while node.drv().is_filter() {
-        match node.filtered() {
-            Some(below) => node = below,
-            None => break,
-        }
-    }
-    node
-}
-
 /// The backing file name and format a node records for `base` (what bdrv_change_backing_file
 /// is given): an explicit `backing-file`, else the filename and format of the base, or of
 /// the node below it when the base is a filter (another job's, gone when that job ends).
@@ -137,7 +124,7 @@ pub(crate) fn backing_reference(
     base: Option<&Rc<BlockDriverState>>,
     backing_file: Option<&str>,
 ) -> (Option<String>, Option<&'static str>) {
-    match base.map(skip_filters) {
+    match base.map(BlockDriverState::skip_filters) {
         None => (None, None),
         Some(b) => (
             Some(backing_file.map_or_else(|| b.filename(), str::to_string)),

@@ -346,6 +346,19 @@ impl BlockDriverState {
         self.file().or_else(|| self.backing())
     }
 
+    /// The first node at or below this one that is not a filter (bdrv_skip_filters): what an
+    /// image header can name, where a job's filter may sit above the real node for a while.
+    pub fn skip_filters(self: &Rc<Self>) -> Rc<Self> {
+        let mut node = self.clone();
+        while node.drv().is_filter() {
+            match node.filtered() {
+                Some(below) => node = below,
+                None => break,
+            }
+        }
+        node
+    }
+
     /// Attaches a child under a role, replacing any previous one.
     pub fn attach_child(&self, name: &str, bs: Rc<BlockDriverState>) {
         let mut children = self.children.borrow_mut();

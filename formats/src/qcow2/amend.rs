@@ -12,7 +12,9 @@ use block::driver::{CreateOption, PreallocMode};
 use block::{BlockDriverState, Error, Options, Result};
 
 use super::create::CREATE_OPTIONS;
-use super::header::{self, Header, COMPAT_LAZY_REFCOUNTS, INCOMPAT_COMPRESSION, INCOMPAT_DIRTY};
+use super::data_file::DataFile;
+use super::header::{self, Header, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS};
+use super::header::{INCOMPAT_COMPRESSION, INCOMPAT_DIRTY};
 use super::l2::Geometry;
 use super::Qcow2;
 
@@ -118,11 +120,19 @@ struct Request {
     lazy_refcounts: Option<bool>,
     refcount_bits: Option<u64>,
     encrypt: Option<AmendOptions>,
+    /// The data file name to record; "" removes it from the header.
+    data_file: Option<String>,
+    /// Whether the data file stays a valid raw image (only clearing is allowed).
+    data_file_raw: bool,
 }
 
-/// Reads the options in [`AMEND_OPTIONS`] order with QEMU's checks and messages.
-fn parse_request(opts: &mut Options) -> Result<Request> {
-    let mut r = Request::default();
+/// Reads the options in [`AMEND_OPTIONS`] order with QEMU's checks and messages; `data`
+/// is where the image keeps its guest data now.
+fn parse_request(opts: &mut Options, data: &DataFile) -> Result<Request> {
+    let mut r = Request {
+        data_file_raw: data.is_raw(),
+        ..Request::default()
+    };
     let mut encrypt = opts.extract_prefix("encrypt");
     r.encrypt = AmendOptions::take(&mut encrypt)?;
     for desc in AMEND_OPTIONS.iter() {
@@ -158,24 +168,26 @@ fn parse_request(opts: &mut Options) -> Result<Request> {
                 }
                 r.refcount_bits = Some(bits);
             }
-            _ => refuse_unsupported(desc.name, &value)?,
+            "data_file" if !data.is_external() => {
+                return Err(Error::invalid(
+                    "data-file can only be set for images that use an external data file",
+                ))
+            }
+            "data_file" => r.data_file = Some(value),
+            "data_file_raw" => {
+                // The raw property is a promise about the data file's whole past: it can
+                // be given up, never taken on later.
+                r.data_file_raw = block::options::parse_bool(&value).unwrap_or(r.data_file_raw);
+                if r.data_file_raw && !data.is_raw() {
+                    return Err(Error::invalid(
+                        "data-file-raw cannot be set on existing images",
+                    ));
+                }
+            }
+            name => return Err(Error::invalid(format!("Invalid parameter '{name}'"))),
         }
     }
     Ok(r)
-}
-
-/// The data file options: QEMU's answers for an image without a data file.
-fn refuse_unsupported(name: &str, value: &str) -> Result<()> {
-    match name {
-        "data_file" => Err(Error::invalid(
-            "data-file can only be set for images that use an external data file",
-        )),
-        "data_file_raw" if block::options::parse_bool(value) == Some(true) => Err(Error::invalid(
-            "data-file-raw cannot be set on existing images",
-        )),
-        "data_file_raw" => Ok(()),
-        _ => Err(Error::invalid(format!("Invalid parameter '{name}'"))),
-    }
 }
 
 fn v3_feature_names() -> Vec<header::FeatureName> {
@@ -202,7 +214,7 @@ impl Qcow2 {
                 "Can't amend encryption options - encryption not present",
             ));
         }
-        let mut r = parse_request(opts)?;
+        let mut r = parse_request(opts, &self.data)?;
         if let Some(encrypt) = r.encrypt.take() {
             let file = self.file(bs);
             super::crypto::amend(self.crypto.as_ref(), &file, encrypt, force).await?;
@@ -235,6 +247,7 @@ impl Qcow2 {
                 .await?;
             self.info.borrow_mut().refcount_order = meta.header.refcount_order;
         }
+        self.set_data_file(&r).await;
         self.rewrite_header()
             .await
             .map_err(|e| e.context("Failed to update the image header: "))?;
@@ -250,6 +263,29 @@ impl Qcow2 {
             self.downgrade(bs, &mut progress).await?;
         }
         Ok(())
+    }
+
+    /// Records the data file options in the header to be written (before the backing file
+    /// check, as QEMU: data-file-raw forbids a backing file).
+    async fn set_data_file(&self, r: &Request) {
+        let mut meta = self.meta.lock().await;
+        if !meta.data.is_external() {
+            return;
+        }
+        if r.data_file_raw {
+            meta.header.autoclear_features |= AUTOCLEAR_DATA_FILE_RAW;
+        } else {
+            meta.header.autoclear_features &= !AUTOCLEAR_DATA_FILE_RAW;
+            if let DataFile::External { raw, .. } = &mut meta.data {
+                *raw = false;
+            }
+        }
+        if let Some(name) = &r.data_file {
+            meta.header.data_file = Some(name.clone()).filter(|n| !n.is_empty());
+        }
+        let mut info = self.info.borrow_mut();
+        info.autoclear_features = meta.header.autoclear_features;
+        info.data_file = meta.header.data_file.clone();
     }
 
     /// Writes the header as it stands (qcow2_update_header).
@@ -335,6 +371,23 @@ impl Qcow2 {
                 "compat=0.10 requires refcount_bits=16",
             ));
         }
+        if meta.data.is_external() {
+            return Err(Error::not_supported(
+                "Cannot downgrade an image with a data file",
+            ));
+        }
+        // A version 2 reader would take the image's size for every snapshot's and might
+        // truncate its VM state size to 32 bits.
+        let size = self.size.get();
+        if meta
+            .snapshots
+            .iter()
+            .any(|sn| sn.vm_state_size > u32::MAX as u64 || sn.disk_size != size)
+        {
+            return Err(Error::not_supported(
+                "Internal snapshots prevent downgrade of image",
+            ));
+        }
         if meta.header.incompatible_features & INCOMPAT_DIRTY != 0 {
             self.mark_clean(&mut meta)
                 .await
@@ -345,11 +398,6 @@ impl Qcow2 {
             return Err(Error::not_supported(format!(
                 "Cannot downgrade an image with incompatible features {incompatible:#x} set"
             )));
-        }
-        if meta.header.nb_snapshots > 0 {
-            return Err(Error::not_supported(
-                "qcow2: downgrading an image with internal snapshots is not supported by rqemu",
-            ));
         }
         meta.header.compatible_features = 0;
         meta.header.autoclear_features = 0;

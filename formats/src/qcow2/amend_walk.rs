@@ -17,53 +17,78 @@ use super::refcount::{self, max_refcount, REFT_OFFSET_MASK};
 use super::state::{c_hex, Meta};
 
 impl Meta {
-    /// Replaces every zero cluster of the active L1 table by zeroed data (or by nothing,
-    /// without a backing file); reports progress per L1 entry.
+    /// Replaces every zero cluster by zeroed data (or by nothing, without a backing file),
+    /// in the active L1 table and then in each snapshot's; reports progress per L1 entry
+    /// of all of them (qcow2_expand_zero_clusters).
     pub(super) async fn expand_zero_clusters(
         &mut self,
         has_backing: bool,
         progress: &mut AmendProgress<'_>,
     ) -> Result<()> {
-        let n = self.l1.len() as u64;
-        for i in 0..self.l1.len() {
-            let l2 = self.l1[i] & L1E_OFFSET_MASK;
+        let snapshots = self.snapshots.clone();
+        let total = self.l1.len() as u64 + snapshots.iter().map(|s| s.l1_size as u64).sum::<u64>();
+        let mut visited = 0;
+        let active = self.l1.clone();
+        self.expand_in_l1(&active, has_backing, &mut visited, total, progress)
+            .await?;
+        for sn in snapshots.iter().filter(|sn| sn.l1_size != 0) {
+            // Snapshot L1 tables are only read: an L2 table is rewritten in place.
+            let l1 = self.read_snapshot_l1(sn).await?;
+            self.expand_in_l1(&l1, has_backing, &mut visited, total, progress)
+                .await?;
+        }
+        self.flush().await
+    }
+
+    async fn expand_in_l1(
+        &mut self,
+        l1: &[u64],
+        has_backing: bool,
+        visited: &mut u64,
+        total: u64,
+        progress: &mut AmendProgress<'_>,
+    ) -> Result<()> {
+        for (i, entry) in l1.iter().enumerate() {
+            let l2 = entry & L1E_OFFSET_MASK;
             if l2 != 0 {
                 if l2 & (self.g.cluster_size - 1) != 0 {
                     let msg = format!("L2 table offset {} unaligned (L1 index: {i:#x})", c_hex(l2));
                     return Err(self.signal_corruption(msg).await);
                 }
-                self.expand_in_l2(l2, has_backing).await?;
+                let l2_refcount = self.get_refcount(l2 >> self.g.cluster_bits).await?;
+                self.expand_in_l2(l2, l2_refcount, has_backing).await?;
             }
-            progress.report(i as u64 + 1, n);
+            *visited += 1;
+            progress.report(*visited, total);
         }
-        self.flush().await
+        Ok(())
     }
 
-    async fn expand_in_l2(&mut self, l2: u64, has_backing: bool) -> Result<()> {
+    /// Expands the zero clusters of one L2 table, which `l2_refcount` L1 tables share: a
+    /// new cluster is shared as much, and only an unshared table's entries are "copied".
+    async fn expand_in_l2(&mut self, l2: u64, l2_refcount: u64, has_backing: bool) -> Result<()> {
         let g = self.g;
         let mut dirty = false;
         for j in 0..g.l2_size as usize {
             self.caches.load(Which::L2, l2).await?;
             let (entry, _) = get_entry(&g, self.caches.table(Which::L2, l2), j);
-            let host = match cluster_type(&g, entry) {
+            let (host, fresh) = match cluster_type(&g, entry) {
                 ClusterType::ZeroPlain if !has_backing => {
                     self.store_entry(&g, l2, j, 0).await?;
                     dirty = true;
                     continue;
                 }
-                ClusterType::ZeroPlain => self.alloc_clusters(1).await?,
-                ClusterType::ZeroAlloc => entry & L2E_OFFSET_MASK,
+                ClusterType::ZeroPlain => (self.alloc_clusters(1).await?, true),
+                ClusterType::ZeroAlloc => (entry & L2E_OFFSET_MASK, false),
                 _ => continue,
             };
-            self.check_data_write(host, g.cluster_size).await?;
-            self.file
-                .co_pwrite_zeroes(host, g.cluster_size, RequestFlags::empty())
-                .await?;
-            let copied = if self.get_refcount(host >> g.cluster_bits).await? == 1 {
-                OFLAG_COPIED
-            } else {
-                0
-            };
+            if let Err(e) = self.zero_cluster(host, fresh, l2_refcount).await {
+                if fresh {
+                    let _ = self.free_clusters(host, g.cluster_size).await;
+                }
+                return Err(e);
+            }
+            let copied = if l2_refcount == 1 { OFLAG_COPIED } else { 0 };
             self.store_entry(&g, l2, j, host | copied).await?;
             dirty = true;
         }
@@ -73,6 +98,20 @@ impl Meta {
             self.caches.flush(Which::L2).await?;
         }
         Ok(())
+    }
+
+    /// Writes zeroes over a cluster about to become data; a `fresh` one is first given the
+    /// refcount of the L2 table that will point to it.
+    async fn zero_cluster(&mut self, host: u64, fresh: bool, l2_refcount: u64) -> Result<()> {
+        let cs = self.g.cluster_size;
+        if fresh && l2_refcount > 1 {
+            self.update_refcount(host, cs, l2_refcount as i64 - 1)
+                .await?;
+        }
+        self.check_data_write(host, cs).await?;
+        self.file
+            .co_pwrite_zeroes(host, cs, RequestFlags::empty())
+            .await
     }
 
     async fn store_entry(&mut self, g: &Geometry, l2: u64, j: usize, entry: u64) -> Result<()> {

@@ -18,57 +18,6 @@ use block::{BlockDriverState, Result};
 
 use super::{read_bytes, write_bytes};
 
-/// Cache sizes a user asked for (`cache-size`, `l2-cache-size`, `refcount-cache-size`),
-/// in tables; None leaves the driver's default.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CacheSizes {
-    /// L2 tables.
-    pub l2_tables: Option<usize>,
-    /// Refcount blocks.
-    pub refblocks: Option<usize>,
-}
-
-/// Reads and checks the cache options with QEMU's rules and messages (read_cache_sizes).
-pub fn take_cache_options(options: &mut block::Options, cluster_size: u64) -> Result<CacheSizes> {
-    let combined = options.take_size("cache-size")?;
-    let l2 = options.take_size("l2-cache-size")?;
-    let refcount = options.take_size("refcount-cache-size")?;
-    let entry = options.take_size("l2-cache-entry-size")?;
-    options.take_u64("cache-clean-interval")?;
-    let invalid = |m: &str| Err(block::Error::invalid(m));
-    if combined.is_some() && l2.is_some() && refcount.is_some() {
-        return invalid(
-            "cache-size, l2-cache-size and refcount-cache-size may not be set at the same time",
-        );
-    }
-    if let Some(c) = combined {
-        if l2.is_some_and(|l| l > c) {
-            return invalid("l2-cache-size may not exceed cache-size");
-        }
-        if refcount.is_some_and(|r| r > c) {
-            return invalid("refcount-cache-size may not exceed cache-size");
-        }
-    }
-    if let Some(e) = entry {
-        if !e.is_power_of_two() || e < 512 || e > cluster_size {
-            return Err(block::Error::invalid(format!(
-                "L2 cache entry size must be a power of two between 512 and the cluster size ({cluster_size})"
-            )));
-        }
-    }
-    let tables = |bytes: u64| Some((bytes / cluster_size).clamp(2, 1 << 16) as usize);
-    let (l2, refcount) = match (combined, l2, refcount) {
-        (Some(c), Some(l), None) => (Some(l), Some(c - l)),
-        (Some(c), None, Some(r)) => (Some(c - r), Some(r)),
-        (Some(c), None, None) => (Some(c - c / 4), Some(c / 4)),
-        (_, l, r) => (l, r),
-    };
-    Ok(CacheSizes {
-        l2_tables: l2.and_then(tables),
-        refblocks: refcount.and_then(tables),
-    })
-}
-
 /// Which of the two caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Which {

@@ -32,6 +32,7 @@ mod read;
 pub mod rebuild;
 pub mod refcount;
 pub mod resize;
+mod runtime_opts;
 pub mod snapshot;
 mod snapshot_ops;
 pub mod state;
@@ -276,6 +277,10 @@ impl BlockDriver for Qcow2 {
         Ok(self.size.get())
     }
 
+    fn join_options(&self, options: &mut block::Options, old: &block::Options) {
+        runtime_opts::join_options(options, old)
+    }
+
     fn refresh_limits(&self, bs: &BlockDriverState) -> BlockLimits {
         let file = bs.file().map(|f| f.limits()).unwrap_or_default();
         // Buffers must suit the data file too (it may be opened with O_DIRECT alone).
@@ -289,6 +294,8 @@ impl BlockDriver for Qcow2 {
             max_transfer: 0,
             pwrite_zeroes_alignment: self.g.subcluster_size() as u32,
             pdiscard_alignment: self.g.cluster_size as u32,
+            max_pwrite_zeroes: 0,
+            max_pdiscard: 0,
             min_mem_alignment: file.min_mem_alignment.max(data.min_mem_alignment),
         }
     }

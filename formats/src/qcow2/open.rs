@@ -14,7 +14,7 @@ use super::crypto::Qcow2Crypto;
 use super::header::{self, Header};
 use super::l2::Geometry;
 use super::state::Meta;
-use super::{bitmaps, cache, data_file, read_bytes, Qcow2};
+use super::{bitmaps, data_file, read_bytes, runtime_opts, Qcow2};
 
 async fn read_first_cluster(file: &BlockDriverState) -> Result<Vec<u8>> {
     let head = read_bytes(file, 0, 512).await?;
@@ -42,32 +42,6 @@ fn take_lazy_refcounts(options: &mut Options, h: &Header) -> Result<bool> {
     Ok(lazy)
 }
 
-/// Takes the other qcow2 runtime options QEMU accepts (discard and overlap-check policies,
-/// which this driver fixes at QEMU's defaults).
-fn take_runtime_options(options: &mut Options) -> Result<()> {
-    for key in [
-        "l2-cache-size",
-        "refcount-cache-size",
-        "cache-size",
-        "l2-cache-entry-size",
-    ] {
-        options.take_size(key)?;
-    }
-    options.take_u64("cache-clean-interval")?;
-    for key in [
-        "pass-discard-request",
-        "pass-discard-snapshot",
-        "pass-discard-other",
-        "discard-no-unref",
-    ] {
-        options.take_bool(key)?;
-    }
-    for key in ["overlap-check", "overlap-check.template"] {
-        options.take(key);
-    }
-    Ok(())
-}
-
 pub(super) async fn open(
     bs: &BlockDriverState,
     options: &mut Options,
@@ -85,9 +59,9 @@ pub(super) async fn open(
             "qcow2: Image is corrupt; cannot be opened read/write",
         ));
     }
-    let sizes = cache::take_cache_options(options, h.cluster_size())?;
+    let sizes = runtime_opts::take_cache_options(options, &h)?;
     let lazy_refcounts = take_lazy_refcounts(options, &h)?;
-    take_runtime_options(options)?;
+    runtime_opts::take_policies(options)?;
     let no_io = bs.open_flags().no_io;
     let crypto = Qcow2Crypto::open(&file, &h, options, no_io).await?;
     let backing_opt = options.take("backing");
@@ -187,9 +161,9 @@ pub(super) async fn reopen_prepare(
     flags: block::OpenFlags,
 ) -> Result<Box<dyn std::any::Any>> {
     let h = q.info.borrow().clone();
-    cache::take_cache_options(options, h.cluster_size())?;
+    runtime_opts::take_cache_options(options, &h)?;
     let lazy_refcounts = take_lazy_refcounts(options, &h)?;
-    take_runtime_options(options)?;
+    runtime_opts::take_policies(options)?;
     if flags.read_only && !bs.is_read_only() {
         // What the node still caches must reach its file while that is writable.
         bs.co_flush().await?;
@@ -245,4 +219,13 @@ pub(super) const MUTABLE_OPTS: &[&str] = &[
     "discard-no-unref",
     "overlap-check",
     "overlap-check.template",
+    "overlap-check.main-header",
+    "overlap-check.active-l1",
+    "overlap-check.active-l2",
+    "overlap-check.refcount-table",
+    "overlap-check.refcount-block",
+    "overlap-check.snapshot-table",
+    "overlap-check.inactive-l1",
+    "overlap-check.inactive-l2",
+    "overlap-check.bitmap-directory",
 ];

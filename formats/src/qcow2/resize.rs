@@ -44,7 +44,8 @@ impl Qcow2 {
             meta.check_writable()?;
             // Version 3 snapshots record their own disk size; version 2 ones would take
             // the new one.
-            if meta.header.nb_snapshots != 0 && !self.g.v3 {
+            // (The header's version, not the one opened: amend may have upgraded it.)
+            if meta.header.nb_snapshots != 0 && meta.header.version < 3 {
                 return Err(Error::not_supported(
                     "Can't resize a v2 image which has snapshots",
                 ));

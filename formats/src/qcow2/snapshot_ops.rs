@@ -37,7 +37,7 @@ impl Meta {
     }
 
     /// Reads a snapshot's L1 table after validating where it lies.
-    async fn read_snapshot_l1(&self, sn: &Snapshot) -> Result<Vec<u64>> {
+    pub(super) async fn read_snapshot_l1(&self, sn: &Snapshot) -> Result<Vec<u64>> {
         validate_l1(sn, self.g.cluster_size, self.file.getlength())?;
         let bytes = read_bytes(&self.file, sn.l1_table_offset, sn.l1_size as usize * 8).await?;
         Ok(decode_table(&bytes))

@@ -10,11 +10,12 @@ use std::rc::Rc;
 
 use block::{BlockDriverState, Error, Result};
 
-use super::cache::{CacheSizes, Caches};
+use super::cache::Caches;
 use super::data_file::DataFile;
 use super::header::{self, Header};
 use super::l2::{Geometry, L1E_OFFSET_MASK};
 use super::refcount::REFT_OFFSET_MASK;
+use super::runtime_opts::CacheSizes;
 use super::snapshot::{read_snapshots, Snapshot};
 use super::{read_bytes, write_bytes};
 

@@ -12,7 +12,6 @@ use block::jobs::commit::{commit_start, CommitOptions};
 use block::jobs::mirror::{
     commit_active_start, mirror_start, BackingMode, CopyMode, MirrorOptions, SyncMode,
 };
-use block::jobs::skip_filters;
 use block::jobs::stream::{stream_start, StreamOptions};
 use block::jobs::{BlockJobEventInfo, CommonOptions, Job, JobEvent, JobFlags, JobManager, OnError};
 use block::{BlockDriverState, OpenFlags, Options};
@@ -167,7 +166,7 @@ pub async fn block_commit(mut args: Args) -> CmdResult {
     args.finish()?;
     // The device's own layer, whatever filters sit above it, is committed actively, from
     // the top named (which a filter above may keep pointing at the base afterwards).
-    if Rc::ptr_eq(&skip_filters(&top), &skip_filters(&active)) {
+    if Rc::ptr_eq(&top.skip_filters(), &active.skip_filters()) {
         return started(
             commit_active_start(&top, &base, common, filter_node_name, on_error).await?,
         );

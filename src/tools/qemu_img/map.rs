@@ -147,6 +147,8 @@ pub async fn get_block_status(
     let mut depth = 0;
     let mut bytes = bytes;
     let status = loop {
+        // Filters are looked through, and count for no depth.
+        layer = layer.skip_filters();
         let mut status = layer.co_block_status(true, offset, bytes).await?;
         if status.bytes == 0 {
             if depth == 0 {

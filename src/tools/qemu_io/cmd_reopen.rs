@@ -58,7 +58,13 @@ fn parse(argv: &[String]) -> Result<Changes, i32> {
 }
 
 /// The request updated by `changes`; errors are printed.
-fn apply(mut req: OpenRequest, changes: Changes) -> Result<OpenRequest, Reported> {
+/// The request the image is opened with again. `join` fills the new options with the old
+/// ones they leave in force (the top driver's bdrv_join_options).
+fn apply(
+    mut req: OpenRequest,
+    changes: Changes,
+    join: &dyn Fn(&mut Options, &Options),
+) -> Result<OpenRequest, Reported> {
     if let Some(read_only) = changes.read_only {
         if changes.opts.contains("read-only") {
             report!("Cannot set both -r/-w and 'read-only'");
@@ -84,9 +90,9 @@ fn apply(mut req: OpenRequest, changes: Changes) -> Result<OpenRequest, Reported
         }
         req.flags.cache = cache;
     }
-    for (k, v) in changes.opts.iter() {
-        req.opts.set(k, v);
-    }
+    let mut opts = changes.opts;
+    join(&mut opts, &req.opts);
+    req.opts = opts;
     Ok(req)
 }
 
@@ -131,7 +137,13 @@ pub async fn reopen_f(io: &QemuIo, argv: &[String]) -> i32 {
         return 0;
     }
     let asked = changes.opts.clone();
-    let Ok(new) = apply(old.clone(), changes) else {
+    let applied = {
+        // (The node must not outlive this: its image locks go with the old graph.)
+        let top = io.blk().bs();
+        let join = |new: &mut Options, old: &Options| top.drv().join_options(new, old);
+        apply(old.clone(), changes, &join)
+    };
+    let Ok(new) = applied else {
         return -libc::EINVAL;
     };
     if let Some(key) = unchangeable(&io.blk().bs(), &asked) {
@@ -170,6 +182,12 @@ pub async fn reopen_f(io: &QemuIo, argv: &[String]) -> i32 {
 mod tests {
     use super::*;
 
+    fn keep_old(new: &mut Options, old: &Options) {
+        for (k, v) in old.iter() {
+            new.set_default(k, v);
+        }
+    }
+
     fn words(s: &str) -> Vec<String> {
         s.split(' ').map(str::to_string).collect()
     }
@@ -181,7 +199,7 @@ mod tests {
         req.opts.set("offset", "512");
         req.opts.set("read-only", "on");
         let changes = parse(&words("reopen -w -o offset=1536,size=1024")).unwrap();
-        let new = apply(req, changes).unwrap();
+        let new = apply(req, changes, &keep_old).unwrap();
         assert_eq!(new.opts.get("offset"), Some("1536"));
         assert_eq!(new.opts.get("size"), Some("1024"));
         assert_eq!(new.opts.get("driver"), Some("raw"));
@@ -193,10 +211,10 @@ mod tests {
     fn conflicting_changes_are_refused() {
         assert!(parse(&words("reopen -r -w")).is_err());
         let changes = parse(&words("reopen -r -o read-only=off")).unwrap();
-        assert!(apply(OpenRequest::new(), changes).is_err());
+        assert!(apply(OpenRequest::new(), changes, &keep_old).is_err());
         let changes = parse(&words("reopen -c none -o cache.direct=off")).unwrap();
-        assert!(apply(OpenRequest::new(), changes).is_err());
+        assert!(apply(OpenRequest::new(), changes, &keep_old).is_err());
         let changes = parse(&words("reopen -c none -o cache.no-flush=off")).unwrap();
-        assert!(apply(OpenRequest::new(), changes).is_err());
+        assert!(apply(OpenRequest::new(), changes, &keep_old).is_err());
     }
 }

@@ -46,7 +46,9 @@ pub struct Blkdebug {
     align: u32,
     max_transfer: u64,
     opt_write_zero: u32,
+    max_write_zero: u64,
     opt_discard: u32,
+    max_discard: u64,
     /// The permissions `take-child-perms` / `unshare-child-perms` ask for on the image.
     _child_perms: Option<PermHandle>,
 }
@@ -95,12 +97,18 @@ fn parse_filename(filename: &str, options: &mut Options) -> Result<()> {
     Ok(())
 }
 
-/// Takes a power-of-two size option no larger than u32 (align, opt-write-zero...).
-fn take_limit(options: &mut Options, key: &str, what: &str) -> Result<u64> {
+/// Takes a size option that must be below 2^31 and, unless 0, a multiple of `align` (a
+/// power of two for `align` itself: pass 0); QEMU's checks in blkdebug_open.
+fn take_limit(options: &mut Options, key: &str, align: u64) -> Result<u64> {
     let v = options.take_size(key)?.unwrap_or(0);
-    if v != 0 && (!v.is_power_of_two() || v > i32::MAX as u64) {
+    let fits = if align == 0 {
+        v.is_power_of_two()
+    } else {
+        v.is_multiple_of(align)
+    };
+    if v != 0 && (!fits || v >= i32::MAX as u64) {
         return Err(Error::invalid(format!(
-            "Cannot meet constraints with {what} {v}"
+            "Cannot meet constraints with {key} {v}"
         )));
     }
     Ok(v)
@@ -140,19 +148,14 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         )?)
     };
     bs.set_filename(child.filename());
-    bs.attach_child("file", child);
-    let align = take_limit(options, "align", "align")?;
-    let max_transfer = options.take_size("max-transfer")?.unwrap_or(0);
-    let opt_write_zero = take_limit(options, "opt-write-zero", "opt-write-zero")?;
-    let opt_discard = take_limit(options, "opt-discard", "opt-discard")?;
-    for key in ["max-write-zero", "max-discard"] {
-        options.take_size(key)?;
-    }
-    if max_transfer != 0 && align != 0 && max_transfer % align != 0 {
-        return Err(Error::invalid(format!(
-            "Cannot meet constraints with max-transfer {max_transfer}"
-        )));
-    }
+    bs.attach_child("file", child.clone());
+    let align = take_limit(options, "align", 0)?;
+    let base = align.max(child.limits().request_alignment as u64);
+    let max_transfer = take_limit(options, "max-transfer", base)?;
+    let opt_write_zero = take_limit(options, "opt-write-zero", base)?;
+    let max_write_zero = take_limit(options, "max-write-zero", opt_write_zero.max(base))?;
+    let opt_discard = take_limit(options, "opt-discard", base)?;
+    let max_discard = take_limit(options, "max-discard", opt_discard.max(base))?;
     // Rules of the `none` event apply from the start; no breakpoint can exist yet (qemu-io's
     // `break` sets them later), so nothing is suspended here.
     let suspends = rules.event(BlkdbgEvent::None).is_some();
@@ -162,7 +165,9 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
         align: align as u32,
         max_transfer,
         opt_write_zero: opt_write_zero as u32,
+        max_write_zero,
         opt_discard: opt_discard as u32,
+        max_discard,
         _child_perms: child_perms,
     }))
 }
@@ -207,6 +212,12 @@ impl BlockDriver for Blkdebug {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
+        // Requests smaller than the preferred alignment are refused, so that the block
+        // layer's fallback to writing zeroes as data gets tested.
+        let limits = bs.limits();
+        if bytes < limits.request_alignment.max(limits.pwrite_zeroes_alignment) as u64 {
+            return Err(Error::from_errno(libc::ENOTSUP));
+        }
         self.rules
             .check(offset, bytes, iotype::WRITE_ZEROES)
             .await?;
@@ -216,6 +227,9 @@ impl BlockDriver for Blkdebug {
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
+        if bytes < bs.limits().request_alignment as u64 {
+            return Err(Error::from_errno(libc::ENOTSUP));
+        }
         self.rules.check(offset, bytes, iotype::DISCARD).await?;
         super::filtered(bs).co_pdiscard(offset, bytes).await
     }
@@ -246,12 +260,11 @@ impl BlockDriver for Blkdebug {
         if self.max_transfer != 0 {
             limits.max_transfer = self.max_transfer;
         }
-        if self.opt_write_zero != 0 {
-            limits.pwrite_zeroes_alignment = self.opt_write_zero;
-        }
-        if self.opt_discard != 0 {
-            limits.pdiscard_alignment = self.opt_discard;
-        }
+        // As in QEMU, the child's zero and discard preferences are not inherited.
+        limits.pwrite_zeroes_alignment = self.opt_write_zero;
+        limits.max_pwrite_zeroes = self.max_write_zero;
+        limits.pdiscard_alignment = self.opt_discard;
+        limits.max_pdiscard = self.max_discard;
         limits
     }
 

@@ -86,9 +86,8 @@ fn queue_child(
         return;
     }
     if keep_old {
-        for (k, v) in bs.explicit_options.borrow().iter() {
-            options.set_default(k, v);
-        }
+        bs.drv()
+            .join_options(&mut options, &bs.explicit_options.borrow());
     }
     let backing_missing = !keep_old
         && !options.contains("backing")

@@ -10,7 +10,6 @@ use std::rc::Rc;
 
 use super::SyncMode;
 use crate::error::Result;
-use crate::jobs::skip_filters;
 use crate::node::BlockDriverState;
 use crate::options::Options;
 
@@ -37,13 +36,13 @@ pub(super) async fn settle_target_backing(
     source: &Rc<BlockDriverState>,
     target: &Rc<BlockDriverState>,
 ) -> Result<()> {
-    let target = skip_filters(target);
+    let target = target.skip_filters();
     match mode {
         BackingMode::Leave => Ok(()),
         BackingMode::Source => {
             let backing = match sync {
                 SyncMode::None => Some(source.clone()),
-                SyncMode::Top => skip_filters(source).backing().map(|b| skip_filters(&b)),
+                SyncMode::Top => source.skip_filters().backing().map(|b| b.skip_filters()),
                 SyncMode::Full => None,
             };
             let current = target.backing();
