@@ -49,7 +49,7 @@ fn count_children(options: &Options) -> Result<usize> {
             .parse::<usize>()
             .is_ok_and(|i| i < count && i.to_string() == index)
     };
-    if !keys.iter().all(|k| belongs(k)) || options.contains("children") {
+    if !keys.iter().all(belongs) || options.contains("children") {
         return Err(not_array());
     }
     Ok(count)
