@@ -151,6 +151,7 @@ const QCOW2: &[&str] = &[
     "104",
     "105",
     "107",
+    "110",
     "111",
     "114",
     "115",
@@ -273,13 +274,13 @@ const VPC: &[&str] = &[
     "088", "135", "146", "159", "170", "174", "197", "215", "226", "251",
 ];
 
-/// Issue #15's qed census so far (40 of the 46 tests the reference passes; among those that
-/// still differ: 020, 024, 104, 110, 126).
+/// Issue #15's qed census so far (41 of the 46 tests the reference passes; among those that
+/// still differ: 020, 024, 104, 126).
 const QED: &[&str] = &[
     "001", "002", "003", "004", "005", "008", "009", "010", "011", "012", "017", "018", "019",
     "021", "025", "027", "032", "033", "034", "037", "038", "042", "043", "048", "050", "052",
-    "063", "069", "072", "105", "111", "116", "159", "170", "174", "197", "215", "226", "251",
-    "279",
+    "063", "069", "072", "105", "110", "111", "116", "159", "170", "174", "197", "215", "226",
+    "251", "279",
 ];
 
 /// Issue #15's vhdx census (064 and 070 read Hyper-V and Disk2VHD sample images, 070 and
@@ -342,8 +343,8 @@ const PARALLELS: &[&str] = &[
     "regression-vhdx-log",
 ];
 
-/// Issue #15's vmdk census: 37 of the 39 tests the reference passes with its tools (059
-/// and 110 open images through the quorum driver, which rqemu does not have).
+/// Issue #15's vmdk census: every test the reference passes with its tools (059 and 110
+/// open images through the quorum driver).
 const VMDK: &[&str] = &[
     "001",
     "002",
@@ -366,11 +367,13 @@ const VMDK: &[&str] = &[
     "034",
     "037",
     "052",
+    "059",
     "063",
     "069",
     "072",
     "104",
     "105",
+    "110",
     "111",
     "126",
     "159",
@@ -384,8 +387,8 @@ const VMDK: &[&str] = &[
     "regression-vhdx-log",
 ];
 
-/// Issue #15's qcow (version 1) census: 43 of the 44 tests the reference passes with its
-/// tools (110 opens an image through quorum).
+/// Issue #15's qcow (version 1) census: every test the reference passes with its tools
+/// (110 opens an image through quorum).
 const QCOW: &[&str] = &[
     "001",
     "002",
@@ -417,6 +420,7 @@ const QCOW: &[&str] = &[
     "092",
     "097",
     "104",
+    "110",
     "111",
     "126",
     "134",

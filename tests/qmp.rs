@@ -236,6 +236,84 @@ fn a_qmp_client_manages_the_block_graph() {
     }
 }
 
+/// A quorum node added over three file nodes, one of them corrupted: a read through it
+/// returns the majority's data and raises QUORUM_REPORT_BAD naming the bad child, as
+/// QEMU's iotest 081 sees; with all three different, QUORUM_FAILURE and an error.
+#[test]
+fn a_quorum_reports_its_bad_children_as_events() {
+    let sock = temp("quorum-sock");
+    let files: Vec<PathBuf> = (1..=3).map(|i| temp(&format!("quorum-{i}.raw"))).collect();
+    for file in &files {
+        let created = Command::new(env!("CARGO_BIN_EXE_rqemu-img"))
+            .args(["create", "-q", "-f", "raw"])
+            .arg(file)
+            .arg("1M")
+            .status()
+            .unwrap();
+        assert!(created.success());
+    }
+    for (file, pattern) in files.iter().zip(["0x32", "0x42", "0x32"]) {
+        let wrote = Command::new(env!("CARGO_BIN_EXE_rqemu-io"))
+            .args(["-f", "raw", "-c", &format!("write -P {pattern} 0 1M")])
+            .arg(file)
+            .status()
+            .unwrap();
+        assert!(wrote.success());
+    }
+    let mut child = launch(&sock, &[]);
+    let stream = connect(&sock);
+    let mut qmp = Qmp {
+        out: stream.try_clone().unwrap(),
+        input: BufReader::new(stream),
+    };
+    qmp.recv();
+    qmp.ok("qmp_capabilities", json!({}));
+    for (i, file) in files.iter().enumerate() {
+        qmp.ok(
+            "blockdev-add",
+            json!({"driver": "file", "node-name": format!("f{}", i + 1), "filename": file}),
+        );
+    }
+    qmp.ok(
+        "blockdev-add",
+        json!({"driver": "quorum", "node-name": "q", "vote-threshold": 2,
+               "children": ["f1", "f2", "f3"]}),
+    );
+    // The event comes first: the vote reports before the read completes.
+    let event = qmp.send_raw(
+        &json!({"execute": "human-monitor-command",
+                "arguments": {"command-line": "qemu-io q \"read -P 0x32 0 1M\""}})
+        .to_string(),
+    );
+    assert_eq!(event["event"], "QUORUM_REPORT_BAD", "{event}");
+    assert_eq!(
+        event["data"],
+        json!({"type": "read", "node-name": "f2", "sector-num": 0, "sectors-count": 2048})
+    );
+    assert_eq!(qmp.recv(), json!({"return": ""}));
+
+    qmp.ok(
+        "human-monitor-command",
+        json!({"command-line": "qemu-io f1 \"write -P 0x41 0 1M\""}),
+    );
+    let event = qmp.send_raw(
+        &json!({"execute": "human-monitor-command",
+                "arguments": {"command-line": "qemu-io q \"read 0 4k\""}})
+        .to_string(),
+    );
+    assert_eq!(event["event"], "QUORUM_FAILURE", "{event}");
+    assert_eq!(
+        event["data"],
+        json!({"reference": "q", "sector-num": 0, "sectors-count": 8})
+    );
+    assert!(qmp.recv().get("return").is_some());
+    qmp.cmd("quit", json!({}));
+    assert!(child.wait().unwrap().success());
+    for p in files.iter().chain([&sock]) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// The python directory of QEMU's source in the qemu-iotests cache, fetched there by
 /// scripts/fetch-iotests.sh (as tests/iotests.rs does) when it is not yet.
 fn qemu_python() -> Option<PathBuf> {

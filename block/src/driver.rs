@@ -139,41 +139,7 @@ impl Default for BlockLimits {
     }
 }
 
-/// Preallocation modes for create and truncate (QEMU's PreallocMode).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PreallocMode {
-    /// No preallocation.
-    Off,
-    /// Allocate metadata only (formats).
-    Metadata,
-    /// posix_fallocate the space.
-    Falloc,
-    /// Write zeroes to the space.
-    Full,
-}
-
-impl PreallocMode {
-    /// Parses QEMU's names.
-    pub fn parse(s: &str) -> Result<PreallocMode> {
-        match s {
-            "off" => Ok(PreallocMode::Off),
-            "metadata" => Ok(PreallocMode::Metadata),
-            "falloc" => Ok(PreallocMode::Falloc),
-            "full" => Ok(PreallocMode::Full),
-            _ => Err(Error::invalid(format!("Invalid parameter '{s}'"))),
-        }
-    }
-
-    /// QEMU's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            PreallocMode::Off => "off",
-            PreallocMode::Metadata => "metadata",
-            PreallocMode::Falloc => "falloc",
-            PreallocMode::Full => "full",
-        }
-    }
-}
+pub use crate::prealloc::PreallocMode;
 
 /// Facts `qemu-io info` and `qemu-img info` print (QEMU's BlockDriverInfo).
 #[derive(Clone, Debug, Default)]
@@ -275,6 +241,13 @@ pub trait BlockDriver {
     /// Makes written data stable on the storage itself (bdrv_co_flush_to_disk; protocols).
     async fn co_flush_to_disk(&self, _bs: &BlockDriverState) -> Result<()> {
         Ok(())
+    }
+
+    /// Flushes the node and its children in one go (a driver's own bdrv_co_flush), for a
+    /// driver that decides itself how its children's flushes count (quorum votes on them);
+    /// None leaves it to the generic order: to_os, to_disk, then every written child.
+    async fn co_flush(&self, _bs: &BlockDriverState) -> Option<Result<()>> {
+        None
     }
 
     /// Describes the range starting at `offset` (bdrv_co_block_status). The default suits a

@@ -36,6 +36,7 @@ pub mod node;
 pub mod objects;
 pub mod open;
 pub mod options;
+pub mod prealloc;
 pub mod protocols;
 pub mod registry;
 pub mod snapshot;

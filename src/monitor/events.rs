@@ -90,3 +90,37 @@ pub fn emit_rate_limited(name: &str, key: &str, data: Value) {
     };
     block::AioContext::current().spawn(period).detach();
 }
+
+/// QUORUM_REPORT_BAD and QUORUM_FAILURE from quorum nodes, under QEMU's rate limit of each
+/// (monitor_qapi_event_conf): a bad child's reports per node name, failures per event.
+pub fn quorum_event(event: &block::filters::quorum::report::QuorumEvent) {
+    use block::filters::quorum::report::QuorumEvent;
+    match event {
+        QuorumEvent::ReportBad {
+            op,
+            error,
+            node_name,
+            sector_num,
+            sectors_count,
+        } => {
+            let mut data = Map::new();
+            data.insert("type".into(), json!(op.name()));
+            if let Some(error) = error {
+                data.insert("error".into(), json!(error));
+            }
+            data.insert("node-name".into(), json!(node_name));
+            data.insert("sector-num".into(), json!(sector_num));
+            data.insert("sectors-count".into(), json!(sectors_count));
+            emit_rate_limited("QUORUM_REPORT_BAD", node_name, Value::Object(data));
+        }
+        QuorumEvent::Failure {
+            reference,
+            sector_num,
+            sectors_count,
+        } => emit_rate_limited(
+            "QUORUM_FAILURE",
+            "",
+            json!({"reference": reference, "sector-num": sector_num, "sectors-count": sectors_count}),
+        ),
+    }
+}

@@ -83,6 +83,7 @@ pub fn start_all(cfg: &VmConfig, main: &AioContextHandle) -> Result<(), String> 
         emit: events::emit,
         emit_rate_limited: events::emit_rate_limited,
     });
+    block::filters::quorum::report::set_event_sink(events::quorum_event);
     for (i, mon) in cfg.monitors.iter().enumerate() {
         let main = main.clone();
         match mon.mode {

@@ -6,11 +6,13 @@
 //! every write and flush in a dm-log-writes log, from which crash states can be replayed.
 //! `copy-on-read` copies what reads find in the backing chain into the image below it.
 //! `copy-before-write` saves old data to a backup target before a write replaces it.
-//! `throttle` holds requests back to a throttle group's limits.
+//! `throttle` holds requests back to a throttle group's limits. `quorum` is the one that
+//! fans out: it keeps the same data on several children and votes on what reads return.
 
 pub mod blkdebug;
 pub mod blklogwrites;
 pub mod copy_on_read;
+pub mod quorum;
 pub mod throttle;
 
 use std::rc::Rc;
@@ -30,5 +32,6 @@ pub(crate) const ALL: &[&DriverClass] = &[
     &blkdebug::BLKDEBUG,
     &blklogwrites::BLKLOGWRITES,
     &copy_on_read::COPY_ON_READ,
+    &quorum::QUORUM,
     &throttle::THROTTLE,
 ];

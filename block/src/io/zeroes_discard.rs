@@ -214,6 +214,11 @@ impl BlockDriverState {
     }
 
     async fn co_flush_serialised(&self, current_gen: u64) -> Result<()> {
+        if let Some(result) = self.drv().co_flush(self).await {
+            result?;
+            self.flushed_gen.set(current_gen);
+            return Ok(());
+        }
         let file = self.file();
         if let Some(file) = &file {
             file.debug_event(crate::debug_event::BlkdbgEvent::FlushToOs)

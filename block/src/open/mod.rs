@@ -5,7 +5,12 @@
 //! when none was given), then the driver itself, which may open a backing file in turn;
 //! `temp_snapshot` puts the throw-away overlay of snapshot mode on top.
 
+mod filename;
 mod temp_snapshot;
+
+pub use filename::{
+    bdrv_dirname, bdrv_make_absolute_filename, full_open_options, is_exact_filename, json_name,
+};
 
 use std::rc::Rc;
 
@@ -178,7 +183,9 @@ pub(crate) fn open_node(
         crate::graph::reserve_place(&bs);
         let drv = (bs.class().open)(&bs, &mut options).await?;
         if let Some(key) = options.first_key() {
-            let (kind, verb) = if bs.class().is_format {
+            // Only drivers opened from a filename of their own are protocols here (QEMU's
+            // bdrv_file_open); filters and quorum speak as formats.
+            let (kind, verb) = if bs.class().is_format || bs.class().protocol_name.is_none() {
                 ("format", "does not")
             } else {
                 ("protocol", "doesn't")
@@ -190,7 +197,9 @@ pub(crate) fn open_node(
         }
         assert!(bs.drv.set(drv).is_ok());
         bs.limits.set(bs.drv().refresh_limits(&bs));
-        bs.refresh_total_bytes().await?;
+        bs.refresh_total_bytes().await.map_err(|e| {
+            Error::with_errno_message(e.errno(), "Could not refresh total sector count")
+        })?;
         // The children keep their own options; the ones opened here inherit from `bs`.
         for c in bs.children() {
             explicit.extract_prefix(&c.name);
@@ -348,7 +357,7 @@ pub async fn bdrv_open_backing(
     backing_format: Option<&str>,
     mut options: Options,
 ) -> Result<Rc<BlockDriverState>> {
-    let path = resolve_relative(&parent.filename(), backing_name);
+    let path = bdrv_make_absolute_filename(parent, backing_name)?;
     let mut ancestors = parent.backing_ancestors.borrow().clone();
     ancestors.push(canonical_name(&parent.filename()));
     // The file actually opened: options may name another than the header does, or a node.

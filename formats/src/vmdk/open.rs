@@ -11,7 +11,7 @@
 use std::rc::Rc;
 
 use block::coroutine::LocalBoxFuture;
-use block::open::{open_protocol_child, resolve_relative};
+use block::open::open_protocol_child;
 use block::{BlockDriverState, Error, Options, Result};
 
 use super::descriptor::{parse_description, parse_extents, DESCRIPTOR_FILE_TYPES};
@@ -247,10 +247,7 @@ async fn open_desc_file(
     }
     o.create_type = ct;
     o.desc_offset = 0;
-    let desc_file = bs
-        .file()
-        .expect("format nodes have a file child")
-        .filename();
+    let desc_file = bs.file().expect("format nodes have a file child");
     for line in parse_extents(desc)? {
         let path = extent_path(&desc_file, &line.file_name)?;
         let role = format!("extents.{}", o.extents.len());
@@ -280,20 +277,13 @@ async fn open_desc_file(
     Ok(())
 }
 
-/// An extent's file name resolved against the descriptor's directory.
-fn extent_path(desc_file: &str, name: &str) -> Result<String> {
-    if name.starts_with('/') {
-        return Ok(name.to_string());
-    }
-    if let Some(json) = desc_file.strip_prefix("json:") {
-        let driver = serde_json::from_str::<serde_json::Value>(json)
-            .ok()
-            .and_then(|v| v["driver"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        return Err(Error::invalid(format!(
-            "Cannot use relative paths with VMDK descriptor file '{desc_file}': \
-             Cannot generate a base directory for {driver} nodes"
-        )));
-    }
-    Ok(resolve_relative(desc_file, name))
+/// An extent's file name resolved against the descriptor's directory; a descriptor file
+/// with no directory (under a quorum) cannot name extents relatively.
+fn extent_path(desc_file: &BlockDriverState, name: &str) -> Result<String> {
+    block::open::bdrv_make_absolute_filename(desc_file, name).map_err(|e| {
+        e.context(format!(
+            "Cannot use relative paths with VMDK descriptor file '{}': ",
+            desc_file.filename()
+        ))
+    })
 }

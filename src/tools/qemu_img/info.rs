@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 
-use block::open::resolve_relative;
 use block::snapshot::SnapshotInfo;
 use block::{BlockDriverState, OpenFlags};
 use serde_json::{json, Map, Value};
@@ -139,10 +138,10 @@ pub async fn query_node_info(bs: &BlockDriverState) -> block::Result<Map<String,
     }
     if let Some((name, fmt)) = bs.drv().backing_file_name(bs) {
         info.insert("backing-filename".into(), json!(name));
-        let full = resolve_relative(&bs.filename(), &name);
-        // A relative name cannot be resolved against a json: description; an absolute
-        // one needs no resolving (bdrv_get_full_backing_filename_from_filename).
-        if !bs.filename().starts_with("json:") || name.starts_with('/') {
+        // Where no directory can be found for a relative name (a node named by a json:
+        // description of several files), there is no full name to show
+        // (bdrv_get_full_backing_filename).
+        if let Ok(full) = block::open::bdrv_make_absolute_filename(bs, &name) {
             info.insert("full-backing-filename".into(), json!(full));
         }
         if let Some(fmt) = fmt {

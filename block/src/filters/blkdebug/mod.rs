@@ -114,10 +114,55 @@ fn take_limit(options: &mut Options, key: &str, align: u64) -> Result<u64> {
     Ok(v)
 }
 
+/// The options that change what the node does besides its config file, as given
+/// (blkdebug_strong_runtime_opts): a node opened with any of them needs a `json:` name.
+fn strong_options(options: &Options) -> Vec<(String, String)> {
+    const LIMITS: [&str; 6] = [
+        "align",
+        "max-transfer",
+        "opt-write-zero",
+        "max-write-zero",
+        "opt-discard",
+        "max-discard",
+    ];
+    options
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("inject-error.") || k.starts_with("set-state.") || LIMITS.contains(k)
+        })
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The node's name (blkdebug_refresh_filename): `blkdebug:CONFIG:IMAGE` when that says
+/// everything it was opened with, else a `json:` description of its image and options.
+fn node_filename(
+    image: &BlockDriverState,
+    config: Option<&str>,
+    strong: Vec<(String, String)>,
+) -> String {
+    let image_name = image.filename();
+    if strong.is_empty() && crate::open::is_exact_filename(&image_name) {
+        return format!("blkdebug:{}:{image_name}", config.unwrap_or_default());
+    }
+    let mut o = serde_json::Map::new();
+    o.insert("driver".into(), "blkdebug".into());
+    o.insert("image".into(), crate::open::full_open_options(image));
+    if let Some(config) = config {
+        o.insert("config".into(), config.into());
+    }
+    for (key, value) in strong {
+        o.insert(key, value.into());
+    }
+    crate::open::json_name(&serde_json::Value::Object(o))
+}
+
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
     if let Some(name) = options.take("filename") {
         parse_filename(&name, options)?;
     }
+    let strong = strong_options(options);
+    let config = options.get("config").map(str::to_string);
     let rules = RuleSet::new();
     if let Some(path) = options.take("config") {
         let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -147,7 +192,7 @@ async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn Bl
             Perm::all() - unshare,
         )?)
     };
-    bs.set_filename(child.filename());
+    bs.set_filename(node_filename(&child, config.as_deref(), strong));
     bs.attach_child("file", child.clone());
     let align = take_limit(options, "align", 0)?;
     let base = align.max(child.limits().request_alignment as u64);
