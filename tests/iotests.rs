@@ -431,7 +431,8 @@ const QCOW: &[&str] = &[
 /// Tests that drive rqemu itself as the system emulator (`-accel qtest`, QMP, HMP) and pass
 /// with it (issue #14; run with `--system target/release/rqemu`).
 const QCOW2_SYSTEM: &[&str] = &[
-    "030", "041", "055", "056", "065", "102", "117", "120", "124", "129", "216", "310",
+    "030", "041", "055", "056", "065", "102", "117", "120", "124", "129", "151", "216", "245",
+    "310",
 ];
 
 /// The programs the suite runs in place of QEMU's: our tools, and rqemu as the system

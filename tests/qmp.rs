@@ -489,3 +489,108 @@ fn qemus_async_qmp_client_runs_a_mirror_job_on_rqemu() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+/// rqemu-io through the machine's NBD server, on the export named `export`.
+fn io_over_nbd(sock: &Path, export: &str, cmd: &str) -> String {
+    let url = format!("nbd+unix:///{export}?socket={}", sock.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_rqemu-io"))
+        .args(["-f", "raw", "-c", cmd, &url])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn the_machine_exports_nodes_over_its_nbd_server() {
+    let sock = temp("exp-qmp.sock");
+    let nbd = temp("exp-nbd.sock");
+    let img = temp("exp.qcow2");
+    qcow2_image(&img, "1M", None);
+    let mut child = launch(&sock, &[]);
+    let stream = connect(&sock);
+    let mut qmp = Qmp {
+        out: stream.try_clone().unwrap(),
+        input: BufReader::new(stream),
+    };
+    qmp.recv();
+    qmp.ok("qmp_capabilities", json!({}));
+    let file = json!({"driver": "file", "filename": img});
+    qmp.ok(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "disk", "file": file}),
+    );
+    let early = qmp.cmd(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e0", "node-name": "disk"}),
+    );
+    assert_eq!(early["error"]["desc"], "NBD server not running");
+    let addr = json!({"type": "unix", "data": {"path": nbd}});
+    qmp.ok("nbd-server-start", json!({"addr": addr}));
+    let twice = qmp.cmd("nbd-server-start", json!({"addr": addr}));
+    assert_eq!(twice["error"]["desc"], "NBD server already running");
+    qmp.ok(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e0", "node-name": "disk", "writable": true}),
+    );
+    qmp.ok(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e1", "node-name": "disk", "name": "ro"}),
+    );
+    let dup = qmp.cmd(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e1", "node-name": "disk"}),
+    );
+    assert_eq!(
+        dup["error"]["desc"],
+        "Block export id 'e1' is already in use"
+    );
+    let same_name = qmp.cmd(
+        "block-export-add",
+        json!({"type": "nbd", "id": "e2", "node-name": "disk", "name": "ro"}),
+    );
+    assert_eq!(
+        same_name["error"]["desc"],
+        "NBD server already has export named 'ro'"
+    );
+    let list = qmp.ok("query-block-exports", json!({}));
+    assert_eq!(
+        list,
+        json!([
+            {"type": "nbd", "id": "e0", "node-name": "disk", "shutting-down": false},
+            {"type": "nbd", "id": "e1", "node-name": "disk", "shutting-down": false}
+        ])
+    );
+    // The export is named after its node by default; the other one is read-only.
+    let wrote = io_over_nbd(&nbd, "disk", "write -P 0x6b 0 64k");
+    assert!(wrote.contains("wrote 65536/65536"), "{wrote}");
+    let read = io_over_nbd(&nbd, "ro", "read -P 0x6b 0 64k");
+    assert!(read.contains("read 65536/65536"), "{read}");
+    let refused = io_over_nbd(&nbd, "ro", "write 0 4k");
+    assert!(!refused.contains("wrote"), "{refused}");
+    assert!(!io_over_nbd(&nbd, "nope", "read 0 4k").contains("read 4096"));
+
+    // A removal is announced before the reply.
+    let event = qmp.cmd("block-export-del", json!({"id": "e1"}));
+    assert_eq!(event["event"], "BLOCK_EXPORT_DELETED");
+    assert_eq!(event["data"]["id"], "e1");
+    assert_eq!(qmp.recv(), json!({"return": {}}));
+    assert!(!io_over_nbd(&nbd, "ro", "read 0 4k").contains("read 4096"));
+    let gone = qmp.cmd("block-export-del", json!({"id": "e1"}));
+    assert_eq!(gone["error"]["desc"], "Export 'e1' is not found");
+    let event = qmp.cmd("nbd-server-stop", json!({}));
+    assert_eq!(event["data"]["id"], "e0");
+    assert_eq!(qmp.recv(), json!({"return": {}}));
+    assert_eq!(qmp.ok("query-block-exports", json!({})), json!([]));
+    let stopped = qmp.cmd("nbd-server-stop", json!({}));
+    assert_eq!(stopped["error"]["desc"], "NBD server not running");
+    let event = qmp.cmd("quit", json!({}));
+    assert_eq!(event["event"], "SHUTDOWN");
+    assert!(child.wait().unwrap().success());
+    for p in [&sock, &nbd, &img] {
+        let _ = std::fs::remove_file(p);
+    }
+}

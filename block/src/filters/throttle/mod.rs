@@ -4,8 +4,9 @@
 //! Reads count as reads; writes, zero writes and discards as writes. While a drained
 //! section covers the node or a node above or below it, requests pass unthrottled, so
 //! that draining a throttled graph finishes (QEMU's throttle_co_drain_begin disabling the
-//! limits).
+//! limits). A reopen may move the node to another group (throttle_reopen_prepare/commit).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use async_trait::async_trait;
@@ -32,27 +33,35 @@ pub static THROTTLE: DriverClass = DriverClass {
 
 /// An open throttle node.
 pub struct Throttle {
-    group: Rc<ThrottleGroup>,
+    group: RefCell<Rc<ThrottleGroup>>,
+}
+
+/// The group named `name`, made from its `throttle-group` object when first used.
+fn group_named(name: &str) -> Result<Rc<ThrottleGroup>> {
+    ThrottleGroup::get(name, || match crate::objects::lookup(name).as_deref() {
+        Some(UserObject::ThrottleGroup(cfg)) => Some(cfg.as_ref().clone()),
+        _ => None,
+    })
 }
 
 async fn open(bs: &BlockDriverState, options: &mut Options) -> Result<Box<dyn BlockDriver>> {
     let name = options
         .take("throttle-group")
         .ok_or_else(|| Error::invalid("Parameter 'throttle-group' is missing"))?;
-    let group = ThrottleGroup::get(&name, || match crate::objects::lookup(&name).as_deref() {
-        Some(UserObject::ThrottleGroup(cfg)) => Some(cfg.as_ref().clone()),
-        _ => None,
-    })?;
+    let group = group_named(&name)?;
     let filename = options.take("filename");
     let child = open_protocol_child("file", filename, options, bs.open_flags()).await?;
     bs.set_filename(child.filename());
     bs.attach_child("file", child);
-    Ok(Box::new(Throttle { group }))
+    Ok(Box::new(Throttle {
+        group: RefCell::new(group),
+    }))
 }
 
 impl Throttle {
     async fn intercept(&self, bs: &BlockDriverState, is_write: bool, bytes: u64) {
-        self.group
+        let group = self.group.borrow().clone();
+        group
             .co_io_limits_intercept(is_write, bytes, || {
                 crate::graph::find_node(bs.node_name())
                     .is_some_and(|bs| crate::graph::drain::in_drained_section(&bs))
@@ -109,6 +118,26 @@ impl BlockDriver for Throttle {
 
     fn is_filter(&self) -> bool {
         true
+    }
+
+    /// The group must be named again, and exist (throttle_parse_options).
+    async fn reopen_prepare(
+        &self,
+        _bs: &BlockDriverState,
+        opts: &mut Options,
+        _flags: crate::node::OpenFlags,
+    ) -> Option<Result<Box<dyn std::any::Any>>> {
+        let staged = match opts.take("throttle-group") {
+            None => Err(Error::invalid("Please specify a throttle group")),
+            Some(name) => group_named(&name).map(|g| Box::new(g) as Box<dyn std::any::Any>),
+        };
+        Some(staged)
+    }
+
+    async fn reopen_commit(&self, _bs: &BlockDriverState, staged: Box<dyn std::any::Any>) {
+        if let Ok(group) = staged.downcast::<Rc<ThrottleGroup>>() {
+            *self.group.borrow_mut() = *group;
+        }
     }
 
     fn as_any(&self) -> &dyn std::any::Any {
