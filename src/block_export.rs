@@ -119,8 +119,15 @@ fn server() -> Option<Rc<NbdServer>> {
     SERVER.with(|s| s.borrow().as_ref().map(|r| r.server.clone()))
 }
 
-/// Fails if an export has the id `id` (blk_exp_add's first check).
+/// Fails unless `id` is a well-formed id no export has (blk_exp_add's first checks): a
+/// letter, then letters, digits, '-', '.' and '_' (id_wellformed).
 pub fn check_id_free(id: &str) -> Result<(), String> {
+    let mut chars = id.chars();
+    let well_formed = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "-._".contains(c));
+    if !well_formed {
+        return Err("Invalid block export id".to_string());
+    }
     match find(id) {
         Some(_) => Err(format!("Block export id '{id}' is already in use")),
         None => Ok(()),
@@ -131,7 +138,7 @@ pub fn check_id_free(id: &str) -> Result<(), String> {
 pub fn block_export_add(spec: ExportSpec, bs: Rc<BlockDriverState>) -> Result<(), String> {
     check_id_free(&spec.id)?;
     if spec.writable && bs.is_read_only() {
-        return Err("Block node is read-only".to_string());
+        return Err("Cannot export read-only node as writable".to_string());
     }
     let Some(server) = server() else {
         return Err("NBD server not running".to_string());
@@ -184,9 +191,9 @@ pub fn block_export_del(id: &str, hard: bool) -> Result<(), String> {
     };
     if nbd.clients() > 0 {
         if !hard {
-            return Err(format!(
-                "export '{id}' still in use\nUse mode='hard' to force client disconnect"
-            ));
+            // QEMU's hint, "Use mode='hard' to force client disconnect", is not part of the
+            // message a QMP client gets.
+            return Err(format!("export '{id}' still in use"));
         }
         if let Some(server) = server() {
             server.close_clients(Some(&nbd));

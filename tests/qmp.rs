@@ -523,6 +523,11 @@ fn the_machine_exports_nodes_over_its_nbd_server() {
         "blockdev-add",
         json!({"driver": "qcow2", "node-name": "disk", "file": file}),
     );
+    let bad_id = qmp.cmd(
+        "block-export-add",
+        json!({"type": "nbd", "id": "0e", "node-name": "disk"}),
+    );
+    assert_eq!(bad_id["error"]["desc"], "Invalid block export id");
     let early = qmp.cmd(
         "block-export-add",
         json!({"type": "nbd", "id": "e0", "node-name": "disk"}),
