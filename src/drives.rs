@@ -61,31 +61,31 @@ thread_local! {
     static EMPTY_DRIVES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// The qdev id of the device holding each drive or node, by its name.
     static DEVICE_IDS: RefCell<BTreeMap<String, String>> = const { RefCell::new(BTreeMap::new()) };
-    static SCSI_BUSES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// The error policies of `-blockdev` nodes a device gives (`werror=` on the device),
     /// applied to the device's backend when it is created.
     static NODE_ON_ERROR: RefCell<BTreeMap<String, (OnError, OnError)>> = const { RefCell::new(BTreeMap::new()) };
 }
 
-/// Records the SCSI buses the command line created (for device_add's `bus=`).
-pub fn set_scsi_buses(buses: Vec<String>) {
-    SCSI_BUSES.with(|b| *b.borrow_mut() = buses);
-}
-
-/// The SCSI buses of the machine.
-pub fn scsi_buses() -> Vec<String> {
-    SCSI_BUSES.with(|b| b.borrow().clone())
-}
-
 /// Attaches the drive or node `drive` to the device `qdev_id` (a qdev drive property):
-/// the device holds its backend from now on.
-pub fn attach_device(qdev_id: &str, drive: &str) -> Option<Rc<BlockBackend>> {
+/// the device holds its backend from now on, in the AioContext of `iothread` if it runs
+/// in one (blk_attach_dev, and the device's blk_set_aio_context). `None`: no such drive.
+pub fn attach_device(
+    qdev_id: &str,
+    drive: &str,
+    iothread: Option<&str>,
+) -> Option<Result<Rc<BlockBackend>, String>> {
     let blk = lookup(drive)?;
+    if let Some(ctx) = iothread {
+        if let Err(e) = block::graph::aio_context::change(&blk.bs(), ctx) {
+            return Some(Err(e.to_string()));
+        }
+    }
+    blk.attach_dev();
     DEVICE_IDS.with(|d| {
         d.borrow_mut()
             .insert(drive.to_string(), qdev_id.to_string())
     });
-    Some(blk)
+    Some(Ok(blk))
 }
 
 /// Takes the device `qdev_id` off the drive or node it holds (the release of its drive

@@ -8,6 +8,7 @@
 //! layer runs beside the vCPU.
 
 pub mod block_error;
+pub mod block_export;
 pub mod boot;
 pub mod bus;
 pub mod chardev;

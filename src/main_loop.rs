@@ -114,6 +114,7 @@ fn loop_thread(drives: Vec<DriveOptions>, stop: Arc<Stop>, started: mpsc::Sender
     let _ = started.send(Ok(ctx.handle()));
     ctx.run_until(async {
         stop.wait().await;
+        crate::block_export::close_all();
         drives::close_all().await;
     });
 }

@@ -439,8 +439,8 @@ const QCOW: &[&str] = &[
 /// Tests that drive rqemu itself as the system emulator (`-accel qtest`, QMP, HMP) and pass
 /// with it (issue #14; run with `--system target/release/rqemu`).
 const QCOW2_SYSTEM: &[&str] = &[
-    "030", "040", "041", "055", "056", "065", "102", "117", "120", "124", "129", "141", "155",
-    "216", "257", "310",
+    "030", "040", "041", "055", "056", "065", "102", "117", "120", "124", "129", "141", "151",
+    "155", "216", "245", "257", "310",
 ];
 
 /// The raw runs of the system tests: those of [`QCOW2_SYSTEM`] that accept raw images and

@@ -51,6 +51,8 @@ pub struct BlockBackend {
     on_write_error: Cell<OnError>,
     /// The I/O status, once a device that reports one is attached (blk->iostatus).
     iostatus: Cell<Option<IoStatus>>,
+    /// A device holds it (blk->dev): it stays in the device's AioContext.
+    dev_attached: Cell<bool>,
 }
 
 /// What an `aio_*` request does, with its arguments.
@@ -134,6 +136,7 @@ impl BlockBackend {
             on_read_error: Cell::new(OnError::Report),
             on_write_error: Cell::new(OnError::Enospc),
             iostatus: Cell::new(None),
+            dev_attached: Cell::new(false),
         });
         let parent: Rc<dyn crate::graph::RootParent> = blk.clone();
         crate::graph::add_root_parent(Rc::downgrade(&parent));
@@ -237,6 +240,12 @@ impl BlockBackend {
     /// The accounting of the device's requests (blk_get_stats).
     pub fn stats(&self) -> &BlockAcctStats {
         &self.stats
+    }
+
+    /// Marks the backend as held by a device (blk_attach_dev): its graph may no longer be
+    /// moved to another AioContext under the device.
+    pub fn attach_dev(&self) {
+        self.dev_attached.set(true);
     }
 
     /// Names the backend as a drive (blk_new with a name, monitor_add_blk).
@@ -515,5 +524,9 @@ impl crate::graph::RootParent for BlockBackend {
 
     fn name(&self) -> String {
         self.name.borrow().clone()
+    }
+
+    fn can_change_aio_context(&self) -> bool {
+        !self.dev_attached.get()
     }
 }

@@ -26,11 +26,16 @@ pub fn run(cfg: &VmConfig) -> Result<(), MachineError> {
     let buses = cfg.scsi_buses.clone();
     handle.schedule_bh(move || {
         for drive in &attached {
-            crate::drives::lookup(drive);
+            if let Some(blk) = crate::drives::lookup(drive) {
+                blk.attach_dev();
+            }
         }
-        crate::drives::set_scsi_buses(buses);
+        crate::monitor::qmp::devices::set_scsi_buses(buses);
         for disk in &scsi {
-            crate::drives::attach_device(&disk.id, &disk.drive);
+            let iothread = disk.iothread.as_deref();
+            if let Some(Err(e)) = crate::drives::attach_device(&disk.id, &disk.drive, iothread) {
+                block::error::error_report(&format!("-device scsi-hd,drive={}: {e}", disk.drive));
+            }
         }
     });
     // Throttling follows the virtual clock the test steps, as in QEMU under qtest.

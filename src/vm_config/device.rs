@@ -18,7 +18,12 @@ pub(super) fn parse_device(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineE
         "ide-hd" | "ide-cd" => {}
         d if is_virtio_blk(d) => return parse_virtio_device(cfg, arg),
         "virtio-scsi" | "virtio-scsi-pci" => {
-            return super::scsi::parse_hba(cfg, &mut opts).map_err(MachineError::Config)
+            let bus = super::scsi::parse_hba(&cfg.scsi_buses, &mut opts, |t| {
+                cfg.iothreads.iter().any(|i| i == t)
+            })
+            .map_err(MachineError::Config)?;
+            cfg.scsi_buses.push(bus);
+            return Ok(());
         }
         "scsi-hd" => {
             let disk = super::scsi::parse_disk(&cfg.scsi_buses, &mut opts)

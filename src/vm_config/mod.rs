@@ -82,7 +82,7 @@ pub struct VmConfig {
     /// `-M none`: QEMU's empty machine, which rqemu offers only under qtest.
     pub machine_none: bool,
     /// The SCSI buses of `-device virtio-scsi` (qtest only).
-    pub scsi_buses: Vec<String>,
+    pub scsi_buses: Vec<scsi::ScsiBus>,
     /// The `-device scsi-hd` disks (qtest only).
     pub scsi_disks: Vec<scsi::ScsiDisk>,
 }
@@ -403,24 +403,17 @@ fn parse_ram_size(arg: &str) -> Result<u64, MachineError> {
     Ok(bytes & !0xfff)
 }
 
-/// `-object`: secrets are created at once, before any drive is opened; iothreads are
-/// remembered by id.
+/// `-object`: objects are created at once, before any drive is opened; the iothreads'
+/// ids are remembered too, for the devices that name one.
 fn parse_object(cfg: &mut VmConfig, arg: &str) -> Result<(), MachineError> {
     let opts = Options::parse_keyval(arg, Some("qom-type"))
         .map_err(|e| MachineError::Config(e.to_string()))?;
-    match opts.get("qom-type") {
-        Some("iothread") => {
-            let Some(id) = opts.get("id") else {
-                return Err(MachineError::Config(
-                    "Parameter 'id' is missing".to_string(),
-                ));
-            };
-            cfg.iothreads.push(id.to_string());
-            Ok(())
-        }
-        _ => block::objects::user_creatable_add_from_str(arg)
-            .map_err(|e| MachineError::Config(e.to_string())),
+    block::objects::user_creatable_add_from_str(arg)
+        .map_err(|e| MachineError::Config(e.to_string()))?;
+    if let (Some("iothread"), Some(id)) = (opts.get("qom-type"), opts.get("id")) {
+        cfg.iothreads.push(id.to_string());
     }
+    Ok(())
 }
 
 fn parse_machine(cfg: &mut VmConfig, arg: &str) -> Result<Option<String>, MachineError> {

@@ -412,8 +412,22 @@ fn scsi_disks_need_a_scsi_bus_and_a_drive() {
         "-device",
         "scsi-hd,id=disk0,drive=d0,bus=hba.0",
     ]);
-    assert_eq!(cfg.scsi_buses, ["hba.0"]);
+    assert_eq!(cfg.scsi_buses[0].name, "hba.0");
     assert_eq!(cfg.scsi_disks[0].id, "disk0");
+    assert_eq!(cfg.scsi_disks[0].iothread, None);
+    let cfg = config(&[
+        "-object",
+        "iothread,id=io-scsi",
+        "-drive",
+        "file=a,if=none,id=d0",
+        "-device",
+        "virtio-scsi,id=hba,iothread=io-scsi",
+        "-device",
+        "scsi-hd,drive=d0,share-rw=on",
+    ]);
+    assert_eq!(cfg.scsi_disks[0].iothread.as_deref(), Some("io-scsi"));
+    let no_thread = error(&["-device", "virtio-scsi,iothread=nope"]);
+    assert!(no_thread.contains("can't find value 'nope'"), "{no_thread}");
     let no_bus = error(&[
         "-drive",
         "file=a,if=none,id=d0",

@@ -33,9 +33,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
-use async_task::Task;
-
 use crate::error::{Error, Result};
+/// A spawned coroutine's handle: dropping it cancels the coroutine.
+pub use async_task::Task;
 pub use bh::AioContextHandle;
 use bh::{BhQueue, LocalBhQueue};
 pub use timer::co_sleep;

@@ -10,6 +10,7 @@
 //! it as a child, and the BlockBackends whose root it is. Node names are unique among the
 //! live nodes, as QEMU refuses a name a live node holds.
 
+pub mod aio_context;
 pub mod blockers;
 pub mod drain;
 pub mod permissions;
@@ -47,6 +48,11 @@ pub trait RootParent {
     /// The device name it has for the monitor; empty when it has none.
     fn name(&self) -> String {
         String::new()
+    }
+    /// Whether it can follow its root into another AioContext: not when a device holds it
+    /// (blk_root_change_aio_ctx).
+    fn can_change_aio_context(&self) -> bool {
+        true
     }
 }
 

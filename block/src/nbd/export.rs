@@ -1,6 +1,7 @@
 //! An NBD export: a BlockBackend offered under a name, with the facts the handshake
 //! advertises (QEMU's NBDExport in nbd/server.c, made by nbd_export_create).
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use super::meta_context::MAX_EXPORT_BITMAPS;
@@ -34,6 +35,9 @@ pub struct NbdExport {
     opts: ExportOptions,
     /// The `-B` bitmaps by name, marked busy while exported.
     bitmaps: Vec<(String, Rc<BdrvDirtyBitmap>)>,
+    /// Connections in their transmission phase on this export (the clients holding a
+    /// reference to QEMU's NBDExport).
+    clients: Cell<usize>,
 }
 
 impl NbdExport {
@@ -72,7 +76,12 @@ impl NbdExport {
         for (_, bm) in &bitmaps {
             bm.set_busy(true);
         }
-        Ok(Rc::new(NbdExport { blk, opts, bitmaps }))
+        Ok(Rc::new(NbdExport {
+            blk,
+            opts,
+            bitmaps,
+            clients: Cell::new(0),
+        }))
     }
 
     /// The exported dirty bitmaps with their names, in context-id order.
@@ -83,6 +92,17 @@ impl NbdExport {
     /// The backend requests go to.
     pub fn blk(&self) -> &Rc<BlockBackend> {
         &self.blk
+    }
+
+    /// Counts a client that starts (`true`) or stops (`false`) using the export.
+    pub(crate) fn client_connected(&self, connected: bool) {
+        let n = self.clients.get();
+        self.clients.set(if connected { n + 1 } else { n - 1 });
+    }
+
+    /// Connections using the export now.
+    pub fn clients(&self) -> usize {
+        self.clients.get()
     }
 
     /// The export's name.

@@ -8,8 +8,8 @@
 //! flood of connections waits in the kernel's backlog instead of costing memory; a
 //! handshake that takes longer than the limit is cut off.
 
-use std::cell::Cell;
-use std::os::fd::OwnedFd;
+use std::cell::{Cell, RefCell};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,9 +31,10 @@ pub const NBD_DEFAULT_PORT: u16 = 10809;
 /// How long a client may take over its handshake by default (qemu-nbd's 10 seconds).
 pub const DEFAULT_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
-/// A server offering one export.
+/// A server offering its exports by name: qemu-nbd's one, or those the monitor adds to the
+/// machine's server (block-export-add).
 pub struct NbdServer {
-    export: Rc<NbdExport>,
+    exports: RefCell<Vec<Rc<NbdExport>>>,
     /// Connections served at once; 0: no limit (qemu-nbd's `-e`).
     max_clients: usize,
     handshake_limit: Duration,
@@ -45,6 +46,16 @@ pub struct NbdServer {
     changed: CoQueue,
     /// With TLS credentials, clients must upgrade with NBD_OPT_STARTTLS first.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The open connections, so that they can be cut (QEMU's client list of a server).
+    conns: RefCell<Vec<Conn>>,
+    next_conn: Cell<u64>,
+}
+
+/// An open connection: a second descriptor of its socket, and the export it picked.
+struct Conn {
+    id: u64,
+    socket: OwnedFd,
+    export: Option<Rc<NbdExport>>,
 }
 
 impl NbdServer {
@@ -57,8 +68,19 @@ impl NbdServer {
         handshake_limit: Duration,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Rc<NbdServer> {
+        let server = NbdServer::without_exports(max_clients, handshake_limit, tls);
+        server.exports.borrow_mut().push(export);
+        server
+    }
+
+    /// A server with no export yet (nbd-server-start), limited as [`NbdServer::new`] says.
+    pub fn without_exports(
+        max_clients: usize,
+        handshake_limit: Duration,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Rc<NbdServer> {
         Rc::new(NbdServer {
-            export,
+            exports: RefCell::new(Vec::new()),
             max_clients,
             handshake_limit,
             clients: Cell::new(0),
@@ -66,12 +88,38 @@ impl NbdServer {
             closed: Cell::new(0),
             changed: CoQueue::new(),
             tls,
+            conns: RefCell::new(Vec::new()),
+            next_conn: Cell::new(0),
         })
     }
 
-    /// The export.
-    pub fn export(&self) -> &Rc<NbdExport> {
-        &self.export
+    /// Offers `export` too; its name must be free (nbd_export_create's check).
+    pub fn add_export(&self, export: Rc<NbdExport>) -> Result<()> {
+        if self.find_export(export.name()).is_some() {
+            return Err(Error::invalid(format!(
+                "NBD server already has export named '{}'",
+                export.name()
+            )));
+        }
+        self.exports.borrow_mut().push(export);
+        Ok(())
+    }
+
+    /// The export named `name`, if the server offers one.
+    pub fn find_export(&self, name: &str) -> Option<Rc<NbdExport>> {
+        self.exports
+            .borrow()
+            .iter()
+            .find(|e| e.name() == name)
+            .cloned()
+    }
+
+    /// Stops offering the export named `name` to new clients; connected ones keep it until
+    /// they leave. Returns it, if it was offered.
+    pub fn remove_export(&self, name: &str) -> Option<Rc<NbdExport>> {
+        let mut exports = self.exports.borrow_mut();
+        let at = exports.iter().position(|e| e.name() == name)?;
+        Some(exports.remove(at))
     }
 
     /// Accepts clients from `listener` for ever, each served by its own coroutine.
@@ -100,23 +148,49 @@ impl NbdServer {
             .await;
     }
 
+    /// Cuts the connections using `export`, or every connection with `None` (QEMU's
+    /// client_close for an export's clients or a server's): each socket is shut down, so
+    /// the connection's coroutines see the client gone and end as if it had left.
+    pub fn close_clients(&self, export: Option<&Rc<NbdExport>>) {
+        for c in self.conns.borrow().iter() {
+            let picked = c.export.as_ref();
+            if export.is_none_or(|e| picked.is_some_and(|p| Rc::ptr_eq(p, e))) {
+                // SAFETY: shutdown on a descriptor we own; it touches no memory.
+                unsafe { libc::shutdown(c.socket.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+        }
+    }
+
     /// Negotiates with and then serves the client connected on `fd` until it leaves (the
     /// fuzz target feeds it a byte stream this way).
     pub async fn serve_client(&self, fd: OwnedFd) {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        if let Ok(socket) = fd.try_clone() {
+            let export = None;
+            self.conns.borrow_mut().push(Conn { id, socket, export });
+        }
+        self.serve_connection(id, fd).await;
+        self.conns.borrow_mut().retain(|c| c.id != id);
+    }
+
+    async fn serve_connection(&self, id: u64, fd: OwnedFd) {
         set_nodelay(&fd);
         let ch = match Channel::new(fd) {
             Ok(ch) => ch,
             Err(e) => return error_report(&format!("Failed to set up a connection: {e}")),
         };
+        // The exports offered when the client connected are the ones it may pick.
+        let exports = self.exports.borrow().clone();
         let handshake = future::or(
-            async { Some(negotiate(&ch, &self.export, self.tls.as_ref()).await) },
+            async { Some(negotiate(&ch, &exports, self.tls.as_ref()).await) },
             async {
                 co_sleep(self.handshake_limit).await;
                 None
             },
         )
         .await;
-        let negotiated = match handshake {
+        let (export, negotiated) = match handshake {
             Some(Ok(Some(n))) => n,
             // NBD_OPT_ABORT: the client left politely.
             Some(Ok(None)) => return,
@@ -130,10 +204,15 @@ impl NbdServer {
             None => return error_report("Failed to negotiate: handshake timed out"),
         };
         self.negotiated.set(self.negotiated.get() + 1);
-        let client = NbdClient::new(ch, self.export.clone(), negotiated);
+        if let Some(c) = self.conns.borrow_mut().iter_mut().find(|c| c.id == id) {
+            c.export = Some(export.clone());
+        }
+        export.client_connected(true);
+        let client = NbdClient::new(ch, export.clone(), negotiated);
         if let Err(e) = client.run().await {
             error_report(&format!("Disconnect client, due to: {e}"));
         }
+        export.client_connected(false);
         self.closed.set(self.closed.get() + 1);
     }
 }
@@ -173,7 +252,6 @@ fn parse_port(port: &str) -> Result<u16> {
 /// Turns off Nagle's algorithm on a TCP connection: replies are whole messages, and
 /// holding a small one back only adds latency. Unix sockets refuse it, harmlessly.
 fn set_nodelay(fd: &OwnedFd) {
-    use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
     // SAFETY: setsockopt reads an int from a valid pointer for the given length.
     unsafe {

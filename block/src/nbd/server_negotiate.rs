@@ -2,6 +2,7 @@
 //! picks the export (the negotiation half of QEMU's nbd/server.c: nbd_negotiate,
 //! nbd_negotiate_options, nbd_negotiate_handle_info, nbd_negotiate_meta_queries).
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::channel::Channel;
@@ -28,19 +29,25 @@ struct Haggle<'a> {
     ch: &'a Channel,
     /// Server TLS configuration; until the channel runs TLS, only STARTTLS is served.
     tls: Option<&'a Arc<rustls::ServerConfig>>,
-    export: &'a NbdExport,
+    exports: &'a [Rc<NbdExport>],
     mode: Mode,
     contexts: MetaContexts,
+    /// The export `contexts` were selected on: they hold only if the client picks it.
+    contexts_export: Option<Rc<NbdExport>>,
     no_zeroes: bool,
 }
 
-/// Runs the handshake on a fresh connection. `Ok(None)`: the client ended it with
-/// NBD_OPT_ABORT; an error means the connection must be closed.
+/// What a handshake ends with: the export the client picked and the settings, or `None`
+/// when the client ended it with NBD_OPT_ABORT.
+pub type Picked = Option<(Rc<NbdExport>, Negotiated)>;
+
+/// Runs the handshake on a fresh connection, offering `exports`; an error means the
+/// connection must be closed.
 pub async fn negotiate(
     ch: &Channel,
-    export: &NbdExport,
+    exports: &[Rc<NbdExport>],
     tls: Option<&Arc<rustls::ServerConfig>>,
-) -> Result<Option<Negotiated>> {
+) -> Result<Picked> {
     trace!(nbd_negotiate_begin, "");
     let mut hello = WireBuf::with_capacity(18);
     hello
@@ -59,9 +66,10 @@ pub async fn negotiate(
     let mut h = Haggle {
         ch,
         tls,
-        export,
+        exports,
         mode: Mode::Simple,
         contexts: MetaContexts::default(),
+        contexts_export: None,
         no_zeroes: flags & NBD_FLAG_C_NO_ZEROES != 0,
     };
     let result = h.options().await;
@@ -72,7 +80,12 @@ pub async fn negotiate(
 }
 
 impl Haggle<'_> {
-    async fn options(&mut self) -> Result<Option<Negotiated>> {
+    /// The offered export named `name`.
+    fn find(&self, name: &str) -> Option<Rc<NbdExport>> {
+        self.exports.iter().find(|e| e.name() == name).cloned()
+    }
+
+    async fn options(&mut self) -> Result<Picked> {
         loop {
             let mut head = [0u8; OPTION_HEADER_LEN];
             self.ch.read_exact(&mut head).await?;
@@ -105,24 +118,27 @@ impl Haggle<'_> {
     }
 
     /// Handles one option; `Some` ends the handshake (`Some(None)`: aborted).
-    async fn option(&mut self, option: u32, data: &[u8]) -> Result<Option<Option<Negotiated>>> {
+    async fn option(&mut self, option: u32, data: &[u8]) -> Result<Option<Picked>> {
         if let (Some(config), false) = (self.tls, self.ch.is_tls()) {
             return self.before_tls(option, config).await;
         }
         match option {
             opt::EXPORT_NAME => {
                 let name = std::str::from_utf8(data).unwrap_or("\u{fffd}");
-                if data.len() > NBD_MAX_STRING_SIZE || name != self.export.name() {
+                let found = self
+                    .find(name)
+                    .filter(|_| data.len() <= NBD_MAX_STRING_SIZE);
+                let Some(exp) = found else {
                     return Err(Error::invalid(format!("export '{name}' not present")));
-                }
+                };
                 let mut w = WireBuf::with_capacity(134);
-                w.u64(self.export.size())
-                    .u16(self.export.transmission_flags(self.mode == Mode::Extended));
+                w.u64(exp.size())
+                    .u16(exp.transmission_flags(self.mode == Mode::Extended));
                 if !self.no_zeroes {
                     w.bytes(&[0; 124]);
                 }
                 self.ch.write_all(&[&w.0]).await?;
-                return Ok(Some(Some(self.negotiated())));
+                return Ok(Some(Some(self.negotiated(exp))));
             }
             opt::ABORT => {
                 // The client may already have closed; a failed ACK changes nothing.
@@ -133,16 +149,18 @@ impl Haggle<'_> {
                 if !data.is_empty() {
                     return self.invalid(option, "no payload expected").await;
                 }
-                let mut w = WireBuf::default();
-                w.u32(self.export.name().len() as u32)
-                    .bytes(self.export.name().as_bytes())
-                    .bytes(self.export.description().unwrap_or("").as_bytes());
-                self.reply(option, rep::SERVER, &w.0).await?;
+                for exp in self.exports {
+                    let mut w = WireBuf::default();
+                    w.u32(exp.name().len() as u32)
+                        .bytes(exp.name().as_bytes())
+                        .bytes(exp.description().unwrap_or("").as_bytes());
+                    self.reply(option, rep::SERVER, &w.0).await?;
+                }
                 self.reply(option, rep::ACK, &[]).await?;
             }
             opt::INFO | opt::GO => {
-                if self.info(option, data).await? && option == opt::GO {
-                    return Ok(Some(Some(self.negotiated())));
+                if let (Some(exp), opt::GO) = (self.info(option, data).await?, option) {
+                    return Ok(Some(Some(self.negotiated(exp))));
                 }
             }
             opt::STRUCTURED_REPLY | opt::EXTENDED_HEADERS => {
@@ -185,7 +203,7 @@ impl Haggle<'_> {
         &mut self,
         option: u32,
         config: &Arc<rustls::ServerConfig>,
-    ) -> Result<Option<Option<Negotiated>>> {
+    ) -> Result<Option<Picked>> {
         match option {
             opt::STARTTLS => {
                 self.reply(option, rep::ACK, &[]).await?;
@@ -210,11 +228,20 @@ impl Haggle<'_> {
         }
     }
 
-    fn negotiated(&self) -> Negotiated {
-        Negotiated {
-            mode: self.mode,
-            contexts: self.contexts,
-        }
+    /// The end of the handshake on `exp`: contexts selected on another export do not
+    /// carry over (nbd_negotiate_handle_info resetting client->contexts).
+    fn negotiated(&self, exp: Rc<NbdExport>) -> (Rc<NbdExport>, Negotiated) {
+        let same = self
+            .contexts_export
+            .as_ref()
+            .is_some_and(|c| Rc::ptr_eq(c, &exp));
+        let contexts = if same {
+            self.contexts
+        } else {
+            MetaContexts::default()
+        };
+        let mode = self.mode;
+        (exp, Negotiated { mode, contexts })
     }
 
     async fn reply(&self, option: u32, kind: u32, data: &[u8]) -> Result<()> {
@@ -226,7 +253,7 @@ impl Haggle<'_> {
         self.reply(option, kind, msg.as_bytes()).await
     }
 
-    async fn invalid(&self, option: u32, msg: &str) -> Result<Option<Option<Negotiated>>> {
+    async fn invalid(&self, option: u32, msg: &str) -> Result<Option<Picked>> {
         self.error(option, rep::ERR_INVALID, msg).await?;
         Ok(None)
     }
@@ -236,19 +263,18 @@ impl Haggle<'_> {
         self.error(option, rep::ERR_UNKNOWN, &msg).await
     }
 
-    /// NBD_OPT_INFO / NBD_OPT_GO; returns whether the export was found and described.
-    async fn info(&self, option: u32, data: &[u8]) -> Result<bool> {
+    /// NBD_OPT_INFO / NBD_OPT_GO; returns the export, if it was found and described.
+    async fn info(&self, option: u32, data: &[u8]) -> Result<Option<Rc<NbdExport>>> {
         let parsed = parse_name_and_list(data, |r| r.u16().map(u32::from), WireReader::u16);
         let Some((name, wanted)) = parsed else {
             self.error(option, rep::ERR_INVALID, "request data length mismatch")
                 .await?;
-            return Ok(false);
+            return Ok(None);
         };
-        if name != self.export.name() {
+        let Some(exp) = self.find(name) else {
             self.unknown_export(option, name).await?;
-            return Ok(false);
-        }
-        let exp = self.export;
+            return Ok(None);
+        };
         if wanted.contains(&info::NAME) {
             let mut w = WireBuf::default();
             w.u16(info::NAME).bytes(exp.name().as_bytes());
@@ -270,7 +296,7 @@ impl Haggle<'_> {
             .u16(exp.transmission_flags(self.mode == Mode::Extended));
         self.reply(option, rep::INFO, &w.0).await?;
         self.reply(option, rep::ACK, &[]).await?;
-        Ok(true)
+        Ok(Some(exp))
     }
 
     /// NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.
@@ -287,24 +313,25 @@ impl Haggle<'_> {
                 .error(option, rep::ERR_INVALID, "request data length mismatch")
                 .await;
         };
-        if name != self.export.name() {
+        let Some(exp) = self.find(name) else {
             return self.unknown_export(option, name).await;
-        }
+        };
         let list = !set;
         let mut found = MetaContexts::default();
         if queries.is_empty() && list {
-            found = MetaContexts::all(self.export);
+            found = MetaContexts::all(&exp);
         }
         for q in &queries {
-            found.add_query(q, self.export, list);
+            found.add_query(q, &exp, list);
         }
-        for (id, name) in found.named(self.export) {
+        for (id, name) in found.named(&exp) {
             let mut w = WireBuf::default();
             w.u32(id).bytes(name.as_bytes());
             self.reply(option, rep::META_CONTEXT, &w.0).await?;
         }
         if set {
             self.contexts = found;
+            self.contexts_export = Some(exp);
         }
         self.reply(option, rep::ACK, &[]).await
     }

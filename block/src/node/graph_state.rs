@@ -47,4 +47,7 @@ pub struct GraphState {
     pub(crate) place: Cell<u64>,
     /// Why operations on the node are blocked (a job uses it), if they are.
     pub(crate) blocker: RefCell<Option<String>>,
+    /// The AioContext it belongs to: an iothread's id, empty for the main loop's
+    /// (bs->aio_context).
+    pub(crate) aio_context: RefCell<String>,
 }

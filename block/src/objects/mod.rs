@@ -7,6 +7,7 @@
 //! knows and refuses the rest; the objects live for the whole process, like QEMU's.
 //! Types other developers add later go into [`TYPES`] with their own module.
 
+pub mod iothread;
 pub mod secret;
 pub mod tls_creds;
 
@@ -24,6 +25,8 @@ pub enum UserObject {
     TlsCredsX509(tls_creds::TlsCredsX509),
     /// A `throttle-group`: I/O limits shared by the throttle nodes naming it.
     ThrottleGroup(Box<crate::throttle::ThrottleConfig>),
+    /// An `iothread`: an AioContext devices and nodes can be given to.
+    IoThread(iothread::IoThread),
 }
 
 /// Builds an object of one type from its remaining options.
@@ -34,6 +37,7 @@ const TYPES: &[(&str, Constructor)] = &[
     ("secret", secret::Secret::create),
     ("tls-creds-x509", tls_creds::TlsCredsX509::create),
     ("throttle-group", throttle_group),
+    ("iothread", iothread::IoThread::create),
 ];
 
 /// A `throttle-group` from its `x-`-prefixed or `limits.`-nested limits.

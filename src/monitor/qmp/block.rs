@@ -86,9 +86,11 @@ pub async fn blockdev_add(args: Args) -> CmdResult {
     Ok(json!({}))
 }
 
-/// Whether anything but the monitor holds `bs`: a drive or a parent node.
+/// Whether anything but the monitor holds `bs`: a drive, an export or a parent node.
 pub(super) fn in_use(bs: &Rc<BlockDriverState>) -> bool {
-    drives::backend_of(bs).is_some() || !block::graph::node_parents(bs).is_empty()
+    drives::backend_of(bs).is_some()
+        || crate::block_export::exports_node(bs)
+        || !block::graph::node_parents(bs).is_empty()
 }
 
 /// Closes `bs`, then every child nothing else holds (bdrv_close then the children's unref).

@@ -1,7 +1,9 @@
 //! `device_add` and `device_del`: plugging a disk device in and out while the machine runs
 //! (QEMU's system/qdev-monitor.c qmp_device_add, qmp_device_del). rqemu plugs the devices
-//! that only hold a drive under qtest (`scsi-hd` on a virtio-scsi bus); the others are not
-//! hot-pluggable yet.
+//! that only hold a drive under qtest (`virtio-scsi` adapters, possibly in an iothread, and
+//! `scsi-hd` disks on their buses); the others are not hot-pluggable yet.
+
+use std::cell::RefCell;
 
 use block::jobs::JobManager;
 use serde_json::{json, Value};
@@ -10,26 +12,51 @@ use super::block::{close_unreferenced, in_use};
 use super::{Args, CmdResult, ErrorClass, QmpError};
 use crate::drives;
 use crate::monitor::events::emit;
-use crate::vm_config::scsi;
+use crate::vm_config::scsi::{self, ScsiBus};
 
-/// `device_add driver=scsi-hd,drive=D[,id=ID][,bus=B]`.
+thread_local! {
+    /// The SCSI buses of the machine: the command line's and those device_add plugged.
+    static SCSI_BUSES: RefCell<Vec<ScsiBus>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records the SCSI buses the command line created (for device_add's `bus=`).
+pub fn set_scsi_buses(buses: Vec<ScsiBus>) {
+    SCSI_BUSES.with(|b| *b.borrow_mut() = buses);
+}
+
+fn scsi_buses() -> Vec<ScsiBus> {
+    SCSI_BUSES.with(|b| b.borrow().clone())
+}
+
+/// `device_add driver=virtio-scsi|scsi-hd,...`.
 pub async fn device_add(mut args: Args) -> CmdResult {
     let driver = args.str("driver")?;
-    if driver != "scsi-hd" {
-        return Err(QmpError::generic(format!(
-            "device_add: hot-plugging '{driver}' is not supported by rqemu yet"
-        )));
-    }
     let props = Value::Object(args.into_rest());
     let mut opts = block::Options::parse_json_filename(&props.to_string())
         .map_err(|e| QmpError::generic(e.to_string()))?;
-    let disk = scsi::parse_disk(&drives::scsi_buses(), &mut opts).map_err(QmpError::generic)?;
-    drives::attach_device(&disk.id, &disk.drive).ok_or_else(|| {
-        QmpError::generic(format!(
-            "Property 'scsi-hd.drive' can't find value '{}'",
-            disk.drive
-        ))
-    })?;
+    match driver.as_str() {
+        "virtio-scsi" | "virtio-scsi-pci" => {
+            let bus = scsi::parse_hba(&scsi_buses(), &mut opts, block::objects::iothread::exists)
+                .map_err(QmpError::generic)?;
+            SCSI_BUSES.with(|b| b.borrow_mut().push(bus));
+        }
+        "scsi-hd" => {
+            let disk = scsi::parse_disk(&scsi_buses(), &mut opts).map_err(QmpError::generic)?;
+            let attached = drives::attach_device(&disk.id, &disk.drive, disk.iothread.as_deref());
+            let Some(attached) = attached else {
+                return Err(QmpError::generic(format!(
+                    "Property 'scsi-hd.drive' can't find value '{}'",
+                    disk.drive
+                )));
+            };
+            attached.map_err(QmpError::generic)?;
+        }
+        _ => {
+            return Err(QmpError::generic(format!(
+                "device_add: hot-plugging '{driver}' is not supported by rqemu yet"
+            )))
+        }
+    }
     Ok(json!({}))
 }
 

@@ -18,6 +18,7 @@ pub mod block_stats;
 pub mod chain;
 pub mod create;
 pub mod devices;
+pub mod exports;
 pub mod jobs;
 pub mod machine;
 pub mod objects;
@@ -149,6 +150,23 @@ static COMMANDS: &[(&str, Handler)] = &[
         Box::pin(bitmaps::sha256(a))
     }),
     ("transaction", |a| Box::pin(transaction::transaction(a))),
+    ("nbd-server-start", |a| {
+        Box::pin(exports::nbd_server_start(a))
+    }),
+    ("nbd-server-stop", |a| Box::pin(exports::nbd_server_stop(a))),
+    ("nbd-server-add", |a| Box::pin(exports::nbd_server_add(a))),
+    ("nbd-server-remove", |a| {
+        Box::pin(exports::nbd_server_remove(a))
+    }),
+    ("block-export-add", |a| {
+        Box::pin(exports::block_export_add(a))
+    }),
+    ("block-export-del", |a| {
+        Box::pin(exports::block_export_del(a))
+    }),
+    ("query-block-exports", |a| {
+        Box::pin(exports::query_block_exports(a))
+    }),
 ];
 
 /// The names of every command, `qmp_capabilities` included (for query-commands).

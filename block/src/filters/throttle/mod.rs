@@ -4,7 +4,7 @@
 //! Reads count as reads; writes, zero writes and discards as writes. While a drained
 //! section covers the node or a node above or below it, requests pass unthrottled, so
 //! that draining a throttled graph finishes (QEMU's throttle_co_drain_begin disabling the
-//! limits).
+//! limits). A reopen may move the node to another group (throttle_reopen_prepare/commit).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -121,14 +121,17 @@ impl BlockDriver for Throttle {
         true
     }
 
-    /// A reopen (a job making the chain writable, blockdev-reopen) may name another group
-    /// (throttle_reopen_prepare); the node moves to it on commit.
+    /// A reopen (a job making the chain writable, blockdev-reopen) must name the group again,
+    /// and may name another (throttle_reopen_prepare); the node moves to it on commit.
     async fn reopen_prepare(
         &self,
         _bs: &BlockDriverState,
         opts: &mut Options,
         _flags: crate::node::OpenFlags,
     ) -> Option<Result<Box<dyn std::any::Any>>> {
+        if opts.get("throttle-group").is_none() {
+            return Some(Err(Error::invalid("Please specify a throttle group")));
+        }
         Some(take_group(opts).map(|g| Box::new(g) as Box<dyn std::any::Any>))
     }
 

@@ -53,6 +53,8 @@ struct Staged {
     driver: Box<dyn std::any::Any>,
     /// Child roles that change, to another node or to none.
     children: Vec<(String, Option<Rc<BlockDriverState>>)>,
+    /// The graphs a new link moves to another AioContext, with that context.
+    moves: Vec<(Rc<BlockDriverState>, String)>,
 }
 
 /// Options a child inherits from its parent unless it sets them itself
@@ -161,6 +163,10 @@ pub async fn bdrv_reopen_multiple(
         let staged = e.staged.expect("every node was prepared");
         let bs = &e.bs;
         bs.set_open_flags(staged.flags, staged.detect_zeroes);
+        // Moved while the two graphs are still apart; prepare checked that they may.
+        for (node, ctx) in &staged.moves {
+            let _ = crate::graph::aio_context::change(node, ctx);
+        }
         for (role, new) in staged.children {
             if let Some(old) = bs.child(&role) {
                 let inherited = old.inherits_from.borrow().upgrade();

@@ -206,9 +206,13 @@ pub(super) async fn prepare(e: &Entry) -> Result<Staged> {
         )));
     }
     let mut children = Vec::new();
+    let mut moves = Vec::new();
     for role in ["backing", "file"] {
         if let Some(value) = o.take(role) {
             if let Some(new) = parse_child(bs, role, &value)? {
+                if let Some(child) = &new {
+                    moves.extend(crate::graph::aio_context::plan_attach(bs, child)?);
+                }
                 children.push((role.to_string(), new));
             }
         }
@@ -227,6 +231,7 @@ pub(super) async fn prepare(e: &Entry) -> Result<Staged> {
         detect_zeroes,
         driver,
         children,
+        moves,
     })
 }
 

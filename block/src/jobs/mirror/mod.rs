@@ -246,13 +246,19 @@ async fn start_job(
         },
     ));
     let observer: Rc<dyn WriteObserver> = state.clone();
+    // Requests in flight finish before the filter goes in (mirror_start_job drains around
+    // bdrv_append): a write issued below it would otherwise escape the dirty bitmap, which
+    // the job only builds afterwards from what the source holds.
+    let drained = drained_begin(source).await;
     let filter = top_filter::insert(
         source,
         &top_filter::MIRROR_TOP,
         opts.filter_node_name.clone(),
         Some(observer),
     )
-    .await?;
+    .await;
+    drop(drained);
+    let filter = filter?;
     trace!(
         mirror_start,
         "bs {} target {}",
