@@ -67,7 +67,7 @@ seeds
 status=0
 printf '%-11s %12s %8s %8s %8s %s\n' target executions cov ft corpus findings
 for t in "${TARGETS[@]}"; do
-    log=/tmp/rqemu-fuzz-$t.log
+    log=${TMPDIR:-/tmp}/rqemu-fuzz-$t.log
     before=$(ls artifacts/$t 2>/dev/null | wc -l)
     cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time=$((MINUTES * 60)) \
         -max_len=262144 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1
