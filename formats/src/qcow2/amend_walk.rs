@@ -11,8 +11,10 @@ use block::{Error, RequestFlags, Result};
 
 use super::amend::AmendProgress;
 use super::cache::Which;
+use super::header::MAX_REFTABLE_BYTES;
 use super::l2::{cluster_type, get_entry, set_entry, ClusterType, Geometry};
 use super::l2::{L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED};
+use super::rebuild::BlockCounts;
 use super::refcount::{self, max_refcount, REFT_OFFSET_MASK};
 use super::state::{c_hex, Meta};
 
@@ -140,12 +142,15 @@ impl Meta {
         Ok(false)
     }
 
-    /// Every cluster's refcount at the current width, checked to fit `new_order`.
-    async fn read_all_refcounts(&mut self, new_order: u32) -> Result<Vec<u64>> {
+    /// Every cluster's refcount, read at the current width and kept at `new`'s, checked to
+    /// fit it. Only blocks with counts are kept: a sparse file's length costs nothing.
+    async fn read_all_refcounts(&mut self, new: &Geometry) -> Result<BlockCounts> {
         let g = self.g;
         let file_clusters = self.file.getlength().div_ceil(g.cluster_size);
-        let mut counts = vec![0u64; file_clusters as usize];
+        let mut counts = BlockCounts::new(new);
         let epb = 1u64 << g.refblock_bits;
+        // Where a count would need a refcount table QEMU would refuse anyway.
+        let too_far = (MAX_REFTABLE_BYTES / 8) << new.refblock_bits;
         for idx in 0..self.reftable.len() as u64 {
             let block = self.reftable[idx as usize] & REFT_OFFSET_MASK;
             if block == 0 {
@@ -160,25 +165,26 @@ impl Meta {
                     continue;
                 }
                 let cluster = idx * epb + i;
-                if count > max_refcount(new_order) {
+                if count > max_refcount(new.refcount_order) {
                     return Err(Error::invalid(format!(
                         "Cannot decrease refcount entry width to {} bits: Cluster at offset {} has a refcount of {count}",
-                        1u32 << new_order,
+                        1u32 << new.refcount_order,
                         c_hex(cluster << g.cluster_bits)
                     )));
                 }
-                match counts.get_mut(cluster as usize) {
-                    Some(c) => *c = count,
-                    None => {
-                        return Err(Error::new(
-                            libc::EIO,
-                            format!(
-                                "qcow2: cluster at offset {} past the end of the file has a refcount; repair the image first (qemu-img check -r all)",
-                                c_hex(cluster << g.cluster_bits)
-                            ),
-                        ))
-                    }
+                if cluster >= file_clusters {
+                    return Err(Error::new(
+                        libc::EIO,
+                        format!(
+                            "qcow2: cluster at offset {} past the end of the file has a refcount; repair the image first (qemu-img check -r all)",
+                            c_hex(cluster << g.cluster_bits)
+                        ),
+                    ));
                 }
+                if cluster >= too_far {
+                    return Err(Error::new(libc::EFBIG, "Reference count table too large"));
+                }
+                counts.set(cluster, count);
             }
         }
         Ok(counts)
@@ -192,7 +198,10 @@ impl Meta {
     ) -> Result<()> {
         progress.report(0, 3);
         self.caches.flush_all().await?;
-        let mut counts = self.read_all_refcounts(new_order).await?;
+        let mut new_header = self.header.clone();
+        new_header.refcount_order = new_order;
+        let new_g = Geometry::new(&new_header);
+        let mut counts = self.read_all_refcounts(&new_g).await?;
         progress.report(1, 3);
         let cs = self.g.cluster_size;
         let old_blocks: Vec<u64> = self
@@ -208,7 +217,7 @@ impl Meta {
         let saved_header = self.header.clone();
         let old_g = self.g;
         self.header.refcount_order = new_order;
-        self.g = Geometry::new(&self.header);
+        self.g = new_g;
         let new = match self.write_refcount_structure(&mut counts).await {
             Ok(new) => new,
             Err(e) => {

@@ -303,7 +303,7 @@ impl Meta {
     /// when a used cluster has none (qcow2_check_refcounts). Returns the highest cluster in
     /// use.
     async fn check_refcounts(&mut self, res: &mut CheckResult, fix: CheckFix) -> Result<u64> {
-        let mut refs = self.count_refs(res).await?;
+        let refs = self.count_refs(res).await?;
         let pre_compare = res.clone();
         let (mut highest, rebuild) = self
             .compare_refcounts(res, &refs, CheckFix::default())
@@ -312,7 +312,7 @@ impl Meta {
         if rebuild && fix.errors {
             eprintln!("Rebuilding refcount structure");
             let old = res.clone();
-            self.rebuild_refcount_structure(&mut refs).await?;
+            self.rebuild_refcount_structure(&refs).await?;
             res.corruptions = 0;
             res.leaks = 0;
             let refs = self.count_refs(res).await?;

@@ -6,34 +6,65 @@
 //! nothing references is a leak, harmless but reported. An image that passes, or whose
 //! corruptions were all repaired, loses its need-check bit.
 
+use std::collections::BTreeMap;
+
 use block::driver::{CheckFix, CheckResult};
 use block::Result;
 
 use super::header::F_NEED_CHECK;
 use super::table::{Tables, ZERO_CLUSTER};
 
-/// Which clusters of the file the tables reference; its size follows the file's, never a
-/// header field.
+/// Clusters per chunk of the [`Used`] bitmap.
+const CHUNK_CLUSTERS: u64 = 512;
+
+/// Which clusters of the file the tables reference: a bitmap kept in chunks of 512
+/// clusters, made only where a table points, so that its memory follows the tables read,
+/// never the file's length (a sparse file may claim any).
 struct Used {
-    bits: Vec<bool>,
+    chunks: BTreeMap<u64, [u64; (CHUNK_CLUSTERS / 64) as usize]>,
+    marked: u64,
+    nclusters: u64,
     cluster_size: u64,
 }
 
 impl Used {
+    fn new(file_len: u64, cluster_size: u64) -> Self {
+        // QEMU's count of the file's clusters (qed_bytes_to_clusters on the length rounded
+        // down to a cluster) divides by cluster_size - 1: one cluster too many per 4095 of
+        // 4 KiB, which its leak count includes, and so does ours.
+        let whole = file_len - file_len % cluster_size;
+        Used {
+            chunks: BTreeMap::new(),
+            marked: 0,
+            nclusters: whole / (cluster_size - 1),
+            cluster_size,
+        }
+    }
+
     /// Marks `n` clusters from `offset`; false when one was already marked
-    /// (qed_set_used_clusters).
+    /// (qed_set_used_clusters). Clusters past the end of the file are not counted.
     fn mark(&mut self, offset: u64, n: u64, res: &mut CheckResult) -> bool {
         let first = offset / self.cluster_size;
+        let end = first.saturating_add(n).min(self.nclusters);
         let mut twice = 0;
-        for c in first..first + n {
-            match self.bits.get_mut(c as usize) {
-                Some(bit) if *bit => twice += 1,
-                Some(bit) => *bit = true,
-                None => {}
+        for c in first..end {
+            let chunk = self.chunks.entry(c / CHUNK_CLUSTERS).or_default();
+            let word = &mut chunk[(c % CHUNK_CLUSTERS / 64) as usize];
+            let bit = 1u64 << (c % 64);
+            if *word & bit != 0 {
+                twice += 1;
+            } else {
+                *word |= bit;
+                self.marked += 1;
             }
         }
         res.corruptions += twice;
         twice == 0
+    }
+
+    /// Clusters of the file nothing references.
+    fn unused(&self) -> u64 {
+        self.nclusters - self.marked
     }
 }
 
@@ -85,10 +116,7 @@ pub async fn check(t: &mut Tables, fix: CheckFix) -> Result<CheckResult> {
         total_clusters: t.header.image_size.div_ceil(cs),
         ..CheckResult::default()
     };
-    let mut used = Used {
-        bits: vec![false; file_len.div_ceil(cs) as usize],
-        cluster_size: cs,
-    };
+    let mut used = Used::new(file_len, cs);
     let table_size = t.header.table_size as u64;
     used.mark(0, t.header.header_size as u64, &mut res);
     used.mark(t.header.l1_table_offset, table_size, &mut res);
@@ -119,7 +147,7 @@ pub async fn check(t: &mut Tables, fix: CheckFix) -> Result<CheckResult> {
         t.write_table(at, &l1).await?;
         t.l1 = l1;
     }
-    res.leaks = used.bits.iter().filter(|b| !**b).count() as u64;
+    res.leaks = used.unused();
     if fix && res.corruptions == 0 && res.check_errors == 0 && t.header.features & F_NEED_CHECK != 0
     {
         t.file.co_flush().await?;

@@ -40,11 +40,12 @@ pub enum Verdict {
 pub struct Judge {
     /// QEMU's qemu-img.
     pub qemu_img: PathBuf,
-    /// Image format name (`qcow2`, `qed`, `vdi`, `vpc`).
+    /// Image format name (`qcow2`, `qed`, `vdi`, `vpc`, `vhdx`).
     pub format: &'static str,
     /// Where crash images are written (beside their backing files, so relative names resolve).
     pub dir: PathBuf,
-    /// Whether a crash may leave images of this workload dirty on purpose (lazy refcounts, QED).
+    /// Whether a crash may leave images of this workload dirty on purpose (lazy refcounts, QED,
+    /// a vhdx log to replay).
     pub may_be_dirty: bool,
 }
 

@@ -89,7 +89,10 @@ pub fn run(
         qemu_img: qemu_img.to_path_buf(),
         format,
         dir: dir.to_path_buf(),
-        may_be_dirty: format == "qed" || opts.contains("lazy_refcounts=on") || body.name == "amend",
+        // A vhdx crash may leave a log to replay, which QEMU's check -r all does.
+        may_be_dirty: matches!(format, "qed" | "vhdx")
+            || opts.contains("lazy_refcounts=on")
+            || body.name == "amend",
     };
     let base = FileImage(read(&dir.join(logged))?);
     let mut views = vec![judge.guest_view(&dir.join(logged))?];

@@ -1,6 +1,7 @@
 //! The workloads the explorer replays: qemu-io command scripts and qemu-img commands run
 //! through blklogwrites on qcow2 (every feature whose metadata updates must be ordered) and
-//! on the other writable formats, each in the format variants it applies to.
+//! on the other writable formats (vhdx: its metadata log), each in the format variants it
+//! applies to.
 //!
 //! Every step is a separate tool run (its close flushes), so the log's entry count after a
 //! step marks a point where everything the step wrote is durable. No step writes a guest
@@ -147,6 +148,24 @@ const AMEND: Body = Body {
             "{}",
         ]),
         Step::Img(&["amend", "--image-opts", "-o", "compat=1.1", "{}"]),
+    ],
+    ..PLAIN
+};
+
+/// Persistent dirty bitmaps: the bitmap directory, tables and data written at close and by
+/// qemu-img bitmap, and the in-use flag a writer sets at open, between guest writes.
+const BITMAPS: Body = Body {
+    name: "bitmaps",
+    steps: &[
+        Step::Io(&["write -P 1 0 256k"]),
+        Step::Img(&["bitmap", "--image-opts", "--add", "{}", "b0"]),
+        Step::Io(&["write -P 2 64k 128k", "write -P 3 1M 64k"]),
+        Step::Img(&["bitmap", "--image-opts", "--add", "-g", "128k", "{}", "b1"]),
+        Step::Io(&["write -P 4 2M 64k", "discard 0 64k"]),
+        Step::Img(&["bitmap", "--image-opts", "--disable", "{}", "b0"]),
+        Step::Img(&["bitmap", "--image-opts", "--merge", "b0", "{}", "b1"]),
+        Step::Img(&["bitmap", "--image-opts", "--remove", "{}", "b0"]),
+        Step::Io(&["write -P 5 3M 64k"]),
     ],
     ..PLAIN
 };
@@ -307,13 +326,23 @@ pub fn all() -> Vec<(Body, Variant)> {
             list.push((body, variant));
         }
     }
+    // Version 2 images have no bitmaps.
+    for variant in [V3, LAZY, EXTL2] {
+        list.push((BITMAPS, variant));
+    }
     // Extended L2 needs clusters of 16 KiB or more and cannot be amended back to v2.
     for variant in [V3, LAZY] {
         list.push((GROWTH, variant));
         list.push((AMEND, variant));
     }
     list.push((COW, ("qed", "qed", "")));
-    for variant in [("qed", "qed", ""), ("vdi", "vdi", ""), ("vpc", "vpc", "")] {
+    let others = [
+        ("qed", "qed", ""),
+        ("vdi", "vdi", ""),
+        ("vpc", "vpc", ""),
+        ("vhdx", "vhdx", ""),
+    ];
+    for variant in others {
         list.push((OTHER_FORMAT, variant));
     }
     list

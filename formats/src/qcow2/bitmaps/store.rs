@@ -126,8 +126,14 @@ impl Meta {
             let dir = directory::serialise(list, self.g.cluster_size, self.bitmap_len())?;
             let offset = self.alloc_bytes_clusters(dir.len() as u64).await?;
             new_dir = Some((offset, dir.len() as u64));
+            // The directory, the tables and data it points at and the refcounts that count
+            // them all reach the disk before the header that makes them live
+            // (qcow2_flush_caches, which flushes the file too).
             let written = match write_bytes(&self.file, offset, &dir).await {
-                Ok(()) => self.caches.flush_all().await,
+                Ok(()) => match self.caches.flush_all().await {
+                    Ok(()) => self.file.co_flush().await,
+                    Err(e) => Err(e),
+                },
                 Err(e) => Err(e),
             };
             if let Err(e) = written {
