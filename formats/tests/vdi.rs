@@ -113,6 +113,17 @@ fn malformed_headers_are_refused_with_qemus_messages() {
     }
 }
 
+/// A disk size in the last sector below 2^64 rounds up to 0 as in QEMU's unsigned
+/// arithmetic, an empty image (it overflowed: fuzz finding).
+#[test]
+fn a_disk_size_that_rounds_past_2_64_wraps_as_in_qemu() {
+    let _serial = setup();
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let img = victim(&dir);
+    poke(&img, 0x170, &[0xff; 8]);
+    assert!(read_like_reference(&img, "vdi").is_empty());
+}
+
 #[test]
 fn a_block_map_past_the_end_of_the_file_is_not_allocated_for() {
     let _serial = setup();

@@ -183,7 +183,9 @@ impl Header {
             )));
         }
         if !self.disk_size.is_multiple_of(SECTOR_SIZE) {
-            self.disk_size = self.disk_size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
+            // QEMU's ROUND_UP in unsigned arithmetic: a size in the last sector below 2^64
+            // wraps to 0 (an empty image), as it does there.
+            self.disk_size = self.disk_size.wrapping_add(SECTOR_SIZE - 1) & !(SECTOR_SIZE - 1);
         }
         if self.disk_size > DISK_SIZE_MAX {
             return Err(Error::not_supported(format!(
