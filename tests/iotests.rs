@@ -195,6 +195,7 @@ const QCOW2: &[&str] = &[
     "nbd-qemu-allocation",
     "qcow2-encryption",
     "qemu-img-bitmaps",
+    "qemu-img-close-errors",
     "regression-vhdx-log",
 ];
 

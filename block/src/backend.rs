@@ -480,6 +480,13 @@ impl BlockBackend {
         self.aio_submit(AioOp::Flush, cb);
     }
 
+    /// Drains the graph and writes back everything its nodes hold, saying whether it all made
+    /// it, which closing does not (bdrv_inactivate_all, for this backend's graph).
+    pub async fn inactivate(&self) -> Result<()> {
+        self.drain().await;
+        inactivate_graph(&self.bs()).await
+    }
+
     /// Drains and closes the graph, writing back cached metadata (blk_unref of the last ref).
     pub async fn close(&self) -> Result<()> {
         self.drain().await;
@@ -491,6 +498,18 @@ impl std::fmt::Debug for BlockBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "BlockBackend({:?})", self.bs())
     }
+}
+
+/// Inactivates a node and then its children, top-down, stopping at the first failure
+/// (bdrv_inactivate_recurse).
+fn inactivate_graph(bs: &Rc<BlockDriverState>) -> crate::coroutine::LocalBoxFuture<'_, Result<()>> {
+    Box::pin(async move {
+        bs.inactivate().await?;
+        for child in bs.children() {
+            inactivate_graph(&child.bs).await?;
+        }
+        Ok(())
+    })
 }
 
 /// Closes a node and then its children, top-down as QEMU's bdrv_close does.
