@@ -23,6 +23,7 @@ pub mod compress;
 pub mod create;
 pub mod crypto;
 pub mod data_file;
+mod discards;
 pub mod header;
 pub mod l2;
 pub mod mapping;
