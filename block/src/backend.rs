@@ -484,7 +484,10 @@ impl BlockBackend {
     /// it, which closing does not (bdrv_inactivate_all, for this backend's graph).
     pub async fn inactivate(&self) -> Result<()> {
         self.drain().await;
-        inactivate_graph(&self.bs()).await
+        for bs in top_down(&self.bs()) {
+            bs.inactivate().await?;
+        }
+        Ok(())
     }
 
     /// Drains and closes the graph, writing back cached metadata (blk_unref of the last ref).
@@ -500,16 +503,14 @@ impl std::fmt::Debug for BlockBackend {
     }
 }
 
-/// Inactivates a node and then its children, top-down, stopping at the first failure
-/// (bdrv_inactivate_recurse).
-fn inactivate_graph(bs: &Rc<BlockDriverState>) -> crate::coroutine::LocalBoxFuture<'_, Result<()>> {
-    Box::pin(async move {
-        bs.inactivate().await?;
-        for child in bs.children() {
-            inactivate_graph(&child.bs).await?;
-        }
-        Ok(())
-    })
+/// A node and every node below it, each before its children (the order in which
+/// bdrv_inactivate_recurse visits them).
+fn top_down(bs: &Rc<BlockDriverState>) -> Vec<Rc<BlockDriverState>> {
+    let mut nodes = vec![bs.clone()];
+    for child in bs.children() {
+        nodes.extend(top_down(&child.bs));
+    }
+    nodes
 }
 
 /// Closes a node and then its children, top-down as QEMU's bdrv_close does.
