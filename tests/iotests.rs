@@ -181,6 +181,7 @@ const QCOW2: &[&str] = &[
     "217",
     "226",
     "243",
+    "250",
     "251",
     "252",
     "263",
@@ -200,6 +201,7 @@ const QCOW2: &[&str] = &[
     "nbd-qemu-allocation",
     "qcow2-encryption",
     "qemu-img-bitmaps",
+    "qemu-img-close-errors",
     "regression-vhdx-log",
 ];
 

@@ -489,6 +489,16 @@ impl BlockBackend {
         self.aio_submit(AioOp::Flush, cb);
     }
 
+    /// Drains the graph and writes back everything its nodes hold, saying whether it all made
+    /// it, which closing does not (bdrv_inactivate_all, for this backend's graph).
+    pub async fn inactivate(&self) -> Result<()> {
+        self.drain().await;
+        for bs in top_down(&self.bs()) {
+            bs.inactivate().await?;
+        }
+        Ok(())
+    }
+
     /// Drains and closes the graph, writing back cached metadata (blk_unref of the last ref).
     pub async fn close(&self) -> Result<()> {
         self.drain().await;
@@ -500,6 +510,16 @@ impl std::fmt::Debug for BlockBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "BlockBackend({:?})", self.bs())
     }
+}
+
+/// A node and every node below it, each before its children (the order in which
+/// bdrv_inactivate_recurse visits them).
+fn top_down(bs: &Rc<BlockDriverState>) -> Vec<Rc<BlockDriverState>> {
+    let mut nodes = vec![bs.clone()];
+    for child in bs.children() {
+        nodes.extend(top_down(&child.bs));
+    }
+    nodes
 }
 
 /// Closes a node and then its children, top-down as QEMU's bdrv_close does.

@@ -498,8 +498,15 @@ pub trait BlockDriver {
         &[]
     }
 
-    /// Writes back state before the node goes away (bdrv_close).
+    /// Writes back state before the node goes away (bdrv_close). After a successful
+    /// `inactivate` there is nothing left to write, and `bs.is_inactive()` says so.
     async fn close(&self, _bs: &BlockDriverState) -> Result<()> {
+        Ok(())
+    }
+
+    /// Writes back everything the driver holds and says whether it all made it
+    /// (bdrv_inactivate); the node stays open.
+    async fn inactivate(&self, _bs: &BlockDriverState) -> Result<()> {
         Ok(())
     }
 

@@ -103,14 +103,16 @@ async fn check_probe_guard(bs: &BlockDriverState, offset: u64, qiov: &IoVector) 
 }
 
 impl RawDriver {
-    /// Checks a request against the window and moves it into file coordinates.
-    fn map(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<u64> {
+    /// Checks a request against the window and moves it into file coordinates. A write past
+    /// the window finds no space there (ENOSPC, as a full disk would say); a read past it is
+    /// an invalid request (raw_adjust_offset).
+    fn map(&self, offset: u64, bytes: u64, is_write: bool) -> Result<u64> {
         if let Some(size) = self.size.get() {
             if offset.checked_add(bytes).is_none_or(|end| end > size) {
-                return Err(Error::from_errno(libc::EINVAL));
+                let errno = if is_write { libc::ENOSPC } else { libc::EINVAL };
+                return Err(Error::from_errno(errno));
             }
         }
-        let _ = bs;
         Ok(offset + self.offset.get())
     }
 
@@ -128,7 +130,7 @@ impl BlockDriver for RawDriver {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
-        let at = self.map(bs, offset, qiov.len() as u64)?;
+        let at = self.map(offset, qiov.len() as u64, false)?;
         let file = Self::file(bs);
         file.debug_event(block::BlkdbgEvent::ReadAio).await;
         file.co_preadv(at, qiov, flags).await
@@ -141,7 +143,7 @@ impl BlockDriver for RawDriver {
         qiov: &IoVector,
         flags: RequestFlags,
     ) -> Result<()> {
-        let at = self.map(bs, offset, qiov.len() as u64)?;
+        let at = self.map(offset, qiov.len() as u64, true)?;
         if bs.was_probed() && offset < PROBE_GUARD_BYTES {
             check_probe_guard(bs, offset, qiov).await?;
         }
@@ -157,12 +159,12 @@ impl BlockDriver for RawDriver {
         bytes: u64,
         flags: RequestFlags,
     ) -> Result<()> {
-        let at = self.map(bs, offset, bytes)?;
+        let at = self.map(offset, bytes, true)?;
         Self::file(bs).co_pwrite_zeroes(at, bytes, flags).await
     }
 
     async fn co_pdiscard(&self, bs: &BlockDriverState, offset: u64, bytes: u64) -> Result<()> {
-        let at = self.map(bs, offset, bytes)?;
+        let at = self.map(offset, bytes, true)?;
         Self::file(bs).co_pdiscard(at, bytes).await
     }
 

@@ -28,12 +28,21 @@ pub const MAX_REQUEST_BYTES: u64 = i32::MAX as u64 & !511;
 /// Largest zero buffer written when a driver cannot write zeroes natively.
 pub(super) const MAX_ZERO_BOUNCE: u64 = 16 << 20;
 
-/// Rejects ranges the layer cannot represent (bdrv_check_request).
+/// Rejects ranges the layer cannot represent or that carry more data than one request may
+/// (bdrv_check_request32).
 pub(super) fn check_request(offset: u64, bytes: u64) -> Result<()> {
-    if bytes > MAX_REQUEST_BYTES
-        || offset
-            .checked_add(bytes)
-            .is_none_or(|end| end > i64::MAX as u64)
+    if bytes > MAX_REQUEST_BYTES {
+        return Err(Error::from_errno(libc::EINVAL));
+    }
+    check_request64(offset, bytes)
+}
+
+/// Rejects ranges past what an image offset can be, for requests that move no data, whose
+/// length is not bounded by a buffer (bdrv_check_request).
+pub(super) fn check_request64(offset: u64, bytes: u64) -> Result<()> {
+    if offset
+        .checked_add(bytes)
+        .is_none_or(|end| end > i64::MAX as u64)
     {
         return Err(Error::from_errno(libc::EINVAL));
     }

@@ -3,7 +3,7 @@
 //! bdrv_co_truncate in QEMU's block/io.c).
 
 use super::MAX_ZERO_BOUNCE;
-use super::{check_request, round_down, round_up, InFlightGuard, WriteGenGuard};
+use super::{check_request, check_request64, round_down, round_up, InFlightGuard, WriteGenGuard};
 use crate::driver::RequestFlags;
 use crate::error::{Error, Result};
 use crate::iov::IoVector;
@@ -148,7 +148,9 @@ impl BlockDriverState {
             offset,
             bytes
         );
-        check_request(offset, bytes)?;
+        // A discard moves no data: one may cover more than any read or write (a qcow2
+        // shrink discards everything past the new end at once).
+        check_request64(offset, bytes)?;
         self.check_writable()?;
         if !self.open_flags().unmap || bytes == 0 {
             return Ok(());

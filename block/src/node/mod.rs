@@ -189,6 +189,9 @@ pub struct BlockDriverState {
     pub(crate) implicit: Cell<bool>,
     /// The end of the highest write so far (bs->wr_highest_offset).
     pub(crate) wr_highest_offset: Cell<u64>,
+    /// Everything the node held is written back (BDRV_O_INACTIVE): closing has nothing
+    /// left to write.
+    inactive: Cell<bool>,
 }
 
 impl BlockDriverState {
@@ -227,6 +230,7 @@ impl BlockDriverState {
             graph: graph_state::GraphState::default(),
             implicit: Cell::new(false),
             wr_highest_offset: Cell::new(0),
+            inactive: Cell::new(false),
         }
     }
 
@@ -401,12 +405,33 @@ impl BlockDriverState {
         }
     }
 
+    /// Whether the node has been inactivated: all written back, nothing left to write.
+    pub fn is_inactive(&self) -> bool {
+        self.inactive.get()
+    }
+
+    /// Writes back everything the node holds, so that closing it has nothing left to do
+    /// (one node of bdrv_inactivate_recurse). Unlike closing, this says whether it all
+    /// made it; a node that failed stays active, and closing tries again.
+    pub async fn inactivate(&self) -> Result<()> {
+        if self.inactive.get() {
+            return Ok(());
+        }
+        self.in_flight.drained().await;
+        if !self.is_read_only() {
+            self.co_flush().await?;
+        }
+        self.drv().inactivate(self).await?;
+        self.inactive.set(true);
+        Ok(())
+    }
+
     /// Writes back state and closes the driver (bdrv_close); children close when dropped.
     /// The driver closes even when the flush failed, as in QEMU: it may report what it
     /// could not write back itself.
     pub async fn close(&self) -> Result<()> {
         self.in_flight.drained().await;
-        let flushed = if self.is_read_only() {
+        let flushed = if self.is_read_only() || self.inactive.get() {
             Ok(())
         } else {
             self.co_flush().await

@@ -23,6 +23,7 @@ pub mod compress;
 pub mod create;
 pub mod crypto;
 pub mod data_file;
+mod discards;
 pub mod header;
 pub mod l2;
 pub mod mapping;
@@ -152,6 +153,41 @@ impl Qcow2 {
             self.info.borrow_mut().incompatible_features &= !header::INCOMPAT_DIRTY;
         }
         Ok(())
+    }
+
+    /// Stores the bitmaps, writes each cache back and marks the image clean only when all
+    /// made it (qcow2_inactivate); each failure is reported here. Says whether bitmaps were
+    /// lost, and how writing the rest went.
+    async fn write_back(&self, bs: &BlockDriverState) -> (bool, Result<()>) {
+        if bs.is_read_only() {
+            return (false, Ok(()));
+        }
+        let mut meta = self.meta.lock().await;
+        let stored = self.store_persistent_dirty_bitmaps(bs, &mut meta).await;
+        if let Err(e) = &stored {
+            block::error::error_report(&format!(
+                "Lost persistent bitmaps during inactivation of node '{}': {e}",
+                bs.node_name()
+            ));
+        }
+        let mut result = Ok(());
+        for (which, name) in [
+            (cache::Which::L2, "L2 table"),
+            (cache::Which::Refblock, "refcount block"),
+        ] {
+            let flushed = match meta.caches.flush(which).await {
+                Ok(()) => meta.file.co_flush().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = flushed {
+                block::error::error_report(&format!("Failed to flush the {name} cache: {e}"));
+                result = Err(e);
+            }
+        }
+        if result.is_ok() && stored.is_ok() {
+            result = self.mark_clean(&mut meta).await;
+        }
+        (stored.is_err(), result)
     }
 
     /// Rewrites the backing file name and the backing-format extension in the header,
@@ -452,40 +488,21 @@ impl BlockDriver for Qcow2 {
     }
 
     async fn close(&self, bs: &BlockDriverState) -> Result<()> {
-        if bs.is_read_only() {
+        if bs.is_inactive() {
             return Ok(());
         }
-        // Bitmaps first, then each cache is written back and reported on its own, and the
-        // image is marked clean only when all made it (qcow2_inactivate).
-        let mut meta = self.meta.lock().await;
-        let stored = self.store_persistent_dirty_bitmaps(bs, &mut meta).await;
-        if let Err(e) = &stored {
-            block::error::error_report(&format!(
-                "Lost persistent bitmaps during inactivation of node '{}': {e}",
-                bs.node_name()
-            ));
-        }
-        let mut result = Ok(());
-        for (which, name) in [
-            (cache::Which::L2, "L2 table"),
-            (cache::Which::Refblock, "refcount block"),
-        ] {
-            let flushed = match meta.caches.flush(which).await {
-                Ok(()) => meta.file.co_flush().await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = flushed {
-                block::error::error_report(&format!("Failed to flush the {name} cache: {e}"));
-                result = Err(e);
-            }
-        }
-        result?;
         // As in QEMU, lost bitmaps keep the image from being marked clean but do not make
         // closing fail.
-        if stored.is_err() {
-            return Ok(());
+        self.write_back(bs).await.1
+    }
+
+    async fn inactivate(&self, bs: &BlockDriverState) -> Result<()> {
+        let (bitmaps_lost, written) = self.write_back(bs).await;
+        written?;
+        if bitmaps_lost {
+            return Err(Error::from_errno(libc::EINVAL));
         }
-        self.mark_clean(&mut meta).await
+        Ok(())
     }
 
     fn supports_persistent_dirty_bitmap(&self, _bs: &BlockDriverState) -> bool {

@@ -125,6 +125,20 @@ impl Qcow2 {
 impl Meta {
     /// Drops every cluster at or past `new_size` (the full discard of qcow2_shrink).
     async fn discard_beyond(&mut self, new_size: u64, old_size: u64) -> Result<()> {
+        self.discards = Some(Default::default());
+        let dropped = self.drop_clusters_beyond(new_size, old_size).await;
+        if dropped.is_err() {
+            // After a failure the freed clusters may still be referenced on disk: their
+            // data stays (QEMU drops the queue too).
+            self.discards = None;
+        }
+        dropped?;
+        self.process_discards().await?;
+        self.truncate_file_to_last_cluster().await
+    }
+
+    /// Empties the L2 entries at or past `new_size` and frees their clusters.
+    async fn drop_clusters_beyond(&mut self, new_size: u64, old_size: u64) -> Result<()> {
         let g = self.g;
         let mut pos = new_size.next_multiple_of(g.cluster_size);
         while pos < old_size {
@@ -143,7 +157,7 @@ impl Meta {
             self.free_and_discard(entry).await?;
             pos += g.cluster_size;
         }
-        self.truncate_file_to_last_cluster().await
+        Ok(())
     }
 
     /// Cuts the file after its last used cluster (the end of qcow2_co_truncate's shrink).

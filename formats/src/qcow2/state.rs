@@ -54,6 +54,9 @@ pub struct Meta {
     pub snapshots: Vec<Snapshot>,
     /// Bytes the snapshot table on disk occupies.
     pub snapshots_size: u64,
+    /// While set, freed clusters are queued here instead of discarded one by one
+    /// (cache_discards); whoever set it sends them with [`Meta::process_discards`].
+    pub discards: Option<super::discards::DiscardQueue>,
 }
 
 /// Largest L1 or refcount table whose entries the overlap check scans.
@@ -131,6 +134,7 @@ impl Meta {
             data: DataFile::Internal,
             snapshots,
             snapshots_size,
+            discards: None,
         };
         meta.set_reftable(decode_table(&reftable_bytes));
         Ok(meta)

@@ -275,7 +275,24 @@ impl Meta {
             && cluster_type(&g, entry) != ClusterType::Compressed
             && self.get_refcount(host >> g.cluster_bits).await? == 0
         {
-            self.file.co_pdiscard(host, g.cluster_size).await?;
+            match &mut self.discards {
+                Some(queue) => queue.add(host, g.cluster_size),
+                None => self.file.co_pdiscard(host, g.cluster_size).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the discards queued while `discards` was set, and stops queueing
+    /// (qcow2_process_discards).
+    pub(super) async fn process_discards(&mut self) -> Result<()> {
+        let regions = self
+            .discards
+            .take()
+            .map(|mut q| q.take())
+            .unwrap_or_default();
+        for (offset, bytes) in regions {
+            self.file.co_pdiscard(offset, bytes).await?;
         }
         Ok(())
     }

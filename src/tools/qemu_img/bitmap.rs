@@ -141,7 +141,17 @@ pub fn run(args: &[String]) -> i32 {
             },
             None => None,
         };
-        let ret = perform(&blk, src.as_ref(), &bitmap, &actions, granularity).await;
+        let mut ret = perform(&blk, src.as_ref(), &bitmap, &actions, granularity).await;
+        // Storing the bitmaps is the point: its failure, which closing would not tell,
+        // fails the command (QEMU's img_bitmap inactivates everything first).
+        let mut inactivated = blk.inactivate().await;
+        if let Some(src) = &src {
+            inactivated = inactivated.and(src.inactivate().await);
+        }
+        if let Err(e) = inactivated {
+            cli::report_close_error(&e);
+            ret = 1;
+        }
         if let Some(src) = src {
             cli::close(&src).await;
         }

@@ -240,6 +240,14 @@ pub async fn img_open_with(spec: &OpenSpec, extra: Options) -> Option<Rc<BlockBa
     }
 }
 
+/// Reports that writing back an image's state before closing it failed.
+pub fn report_close_error(e: &block::Error) {
+    error_report(&format!(
+        "Error while closing the image: {}",
+        block::error::strerror(e.errno())
+    ));
+}
+
 /// Closes a backend, reporting a failed write-back (blk_unref of the last reference).
 pub async fn close(blk: &BlockBackend) -> bool {
     match blk.close().await {

@@ -107,7 +107,14 @@ pub fn run(args: &[String]) -> i32 {
             return 1;
         };
         let mut ret = commit(&blk, depth, &a, &mut progress).await;
+        // Closing does not say whether the images' metadata (bitmaps) made it to disk:
+        // inactivating first does, as QEMU's img_commit asks bdrv_inactivate_all.
+        let inactivated = blk.inactivate().await;
         if !cli::close(&blk).await {
+            ret = 1;
+        }
+        if let (0, Err(e)) = (ret, inactivated) {
+            cli::report_close_error(&e);
             ret = 1;
         }
         ret

@@ -226,6 +226,9 @@ impl Qcow2 {
         if to_store.is_empty() {
             return Ok(());
         }
+        // In the directory's order, as QEMU stores them: which bitmap a full disk refuses
+        // depends on it.
+        to_store.sort_by_key(|(idx, _)| *idx);
         block::trace!(
             qcow2_store_persistent_dirty_bitmaps,
             "nb_bitmaps {}",
