@@ -540,7 +540,7 @@ impl BlockDriver for Qcow2 {
     }
 
     fn mutable_opts(&self) -> &'static [&'static str] {
-        open::MUTABLE_OPTS
+        runtime_opts::MUTABLE_OPTS
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

@@ -204,28 +204,3 @@ pub(super) async fn reopen_commit(
         q.lazy_refcounts.set(r.lazy_refcounts);
     }
 }
-
-/// The options a reopen may leave out (qcow2's mutable_opts).
-pub(super) const MUTABLE_OPTS: &[&str] = &[
-    "lazy-refcounts",
-    "l2-cache-size",
-    "l2-cache-entry-size",
-    "refcount-cache-size",
-    "cache-size",
-    "cache-clean-interval",
-    "pass-discard-request",
-    "pass-discard-snapshot",
-    "pass-discard-other",
-    "discard-no-unref",
-    "overlap-check",
-    "overlap-check.template",
-    "overlap-check.main-header",
-    "overlap-check.active-l1",
-    "overlap-check.active-l2",
-    "overlap-check.refcount-table",
-    "overlap-check.refcount-block",
-    "overlap-check.snapshot-table",
-    "overlap-check.inactive-l1",
-    "overlap-check.inactive-l2",
-    "overlap-check.bitmap-directory",
-];

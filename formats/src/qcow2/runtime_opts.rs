@@ -22,9 +22,20 @@ pub struct CacheSizes {
 /// QEMU's default ceiling of the L2 cache (DEFAULT_L2_CACHE_MAX_SIZE on Linux).
 const DEFAULT_L2_CACHE_MAX: u64 = 32 << 20;
 
-/// The structures the overlap check can guard, one boolean option each
-/// (overlap_bool_option_names).
-const OVERLAP_CHECKS: [&str; 9] = [
+/// The options a reopen may leave out (qcow2's mutable_opts).
+pub(super) const MUTABLE_OPTS: &[&str] = &[
+    "lazy-refcounts",
+    "l2-cache-size",
+    "l2-cache-entry-size",
+    "refcount-cache-size",
+    "cache-size",
+    "cache-clean-interval",
+    "pass-discard-request",
+    "pass-discard-snapshot",
+    "pass-discard-other",
+    "discard-no-unref",
+    "overlap-check",
+    "overlap-check.template",
     "overlap-check.main-header",
     "overlap-check.active-l1",
     "overlap-check.active-l2",
@@ -35,6 +46,10 @@ const OVERLAP_CHECKS: [&str; 9] = [
     "overlap-check.inactive-l2",
     "overlap-check.bitmap-directory",
 ];
+
+/// The structures the overlap check can guard, one boolean option each
+/// (overlap_bool_option_names): the last nine of [`MUTABLE_OPTS`].
+const OVERLAP_CHECKS: &[&str] = MUTABLE_OPTS.split_at(MUTABLE_OPTS.len() - 9).1;
 
 /// Reads and checks the cache options with QEMU's rules and messages (read_cache_sizes and
 /// the size limits of qcow2_update_options_prepare), and the cache clean interval.
