@@ -62,13 +62,20 @@ pub fn open_header_only(data: &[u8], format: &str) {
 
 /// A writable format: check it, read it, write a few places (unaligned too), read back,
 /// and check again with repairs, as `qemu-img check -r all` after a guest's use would.
+/// A write must read back unless the first check found the image corrupt: in such an image
+/// two clusters may share one place in the file, and QEMU's drivers, like ours, then let a
+/// later write overwrite an earlier one ("further writes to the image may corrupt it").
 pub fn open_check_write(data: &[u8], format: &str) {
     let Some(blk) = open(data, format, true, false) else {
         return;
     };
     AioContext::current().run_until(async {
         let bs = blk.bs().clone();
-        let _ = bs.drv().co_check(&bs, CheckFix::default()).await;
+        let sound = bs
+            .drv()
+            .co_check(&bs, CheckFix::default())
+            .await
+            .is_ok_and(|r| r.corruptions == 0 && r.check_errors == 0);
         probe_reads(&blk).await;
         let len = blk.getlength();
         let seed = data.iter().fold(0u64, |h, &b| h.rotate_left(5) ^ b as u64);
@@ -81,11 +88,8 @@ pub fn open_check_write(data: &[u8], format: &str) {
                 .is_ok()
             {
                 let back = IoVector::alloc(n);
-                if blk
-                    .co_preadv(at, &back, RequestFlags::empty())
-                    .await
-                    .is_ok()
-                {
+                let read = blk.co_preadv(at, &back, RequestFlags::empty()).await;
+                if sound && read.is_ok() {
                     assert_eq!(
                         back.to_vec(),
                         buf.to_vec(),

@@ -168,8 +168,8 @@ impl Header {
     }
 
     /// Refuses what QEMU refuses to open, with its messages (the checks in vdi_open). A
-    /// disk size that is not a whole number of sectors is rounded up first, as QEMU does
-    /// for images `VBoxManage convert` writes.
+    /// disk size that is not a whole number of sectors is rounded up once it is known to be
+    /// in range, as QEMU does for images `VBoxManage convert` writes.
     pub fn validate(&mut self) -> Result<()> {
         let unsupported = |what: String| {
             Err(Error::not_supported(format!(
@@ -182,16 +182,15 @@ impl Header {
                 self.signature
             )));
         }
-        if !self.disk_size.is_multiple_of(SECTOR_SIZE) {
-            // QEMU's ROUND_UP in unsigned arithmetic: a size in the last sector below 2^64
-            // wraps to 0 (an empty image), as it does there.
-            self.disk_size = self.disk_size.wrapping_add(SECTOR_SIZE - 1) & !(SECTOR_SIZE - 1);
-        }
         if self.disk_size > DISK_SIZE_MAX {
             return Err(Error::not_supported(format!(
                 "Unsupported VDI image size (size is 0x{:x}, max supported is 0x{:x})",
                 self.disk_size, DISK_SIZE_MAX
             )));
+        }
+        // Only now, as in QEMU: a size near 2^64 is refused before rounding could overflow.
+        if !self.disk_size.is_multiple_of(SECTOR_SIZE) {
+            self.disk_size = self.disk_size.div_ceil(SECTOR_SIZE) * SECTOR_SIZE;
         }
         if self.version != VERSION_1_1 {
             return unsupported(format!(
