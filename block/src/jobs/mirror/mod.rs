@@ -299,13 +299,7 @@ impl Mirror {
         let s = &self.state;
         // The first data node below the filters on the source (bdrv_skip_filters): what it
         // holds above the base is what the job copies.
-        let mut top = s.source.clone();
-        while top.drv().is_filter() {
-            match top.filtered() {
-                Some(below) => top = below,
-                None => break,
-            }
-        }
+        let top = s.source.skip_filters();
         let base = match (self.opts.sync, &self.base) {
             (SyncMode::None, _) => return Ok(()),
             (_, Some(base)) => Some(base.clone()),
